@@ -1,0 +1,242 @@
+"""Arithmetic in one format, every operation rounded to it, with IEEE events per case.
+
+:class:`Arith` is the only place kernels do arithmetic.  Each operation takes
+arrays whose first axis is the case ("row"), computes the result in the format's
+dtype (numpy / ml_dtypes evaluate float16, bfloat16 and float8 operations in
+float32 and round once; for + - * / that is correctly rounded, because float32
+has at least 2p + 2 bits), and records, for each row, the first operation at
+which each IEEE event happened.
+
+numpy's floating-point flags are neither per row nor raised in every format (a
+float16 multiply that underflows to 0 sets no flag), so events are detected from
+the operands and the result:
+
+``overflow``
+    finite operands, non-finite result, and the operation was neither invalid nor
+    at a pole (float8_e4m3fn has no infinity: its overflow gives NaN);
+``underflow``
+    the exact result is non-zero but the rounded result is 0;
+``subnormal``
+    an inexact result in the subnormal range (gradual underflow: bits lost);
+``divide_by_zero``
+    a pole: ``x / 0`` with x != 0, ``log(0)``, ``log1p(-1)``;
+``invalid``
+    a mathematically undefined operation on non-NaN operands:
+    ``0 / 0``, ``inf - inf``, ``0 * inf``, ``log(x < 0)``.
+
+With ``ftz=True`` every subnormal input and result is flushed to (signed) zero,
+as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
+non-zero value is an ``underflow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .formats import Format
+
+__all__ = ["Arith", "EVENTS"]
+
+EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
+_INDEX = {name: i for i, name in enumerate(EVENTS)}
+NEVER = np.iinfo(np.int64).max
+
+
+def _wide_dtype(fmt: Format):
+    """A dtype in which the format's * / exp of its values are (nearly) exact, or None."""
+    if fmt.precision <= 24:
+        return np.dtype(np.float64)
+    if np.finfo(np.longdouble).nmant > 52:
+        return np.dtype(np.longdouble)
+    return None
+
+
+class Arith:
+    """Operations on a batch of ``rows`` cases in ``fmt``, recording IEEE events.
+
+    Every method takes format arrays with the case on axis 0 and an optional
+    ``where`` (bool per row): events of rows outside ``where`` are not recorded
+    (used when a result is computed for all rows but used by some).
+    """
+
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False):
+        self.fmt = fmt
+        self.dtype = fmt.dtype
+        self.rows = rows
+        self.ftz = ftz
+        self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
+        self.step = 0
+        self._wide = _wide_dtype(fmt)
+
+    def fork(self) -> "Arith":
+        """A copy with the same events so far (inputs loaded once, several kernels)."""
+        other = Arith.__new__(Arith)
+        other.__dict__.update(self.__dict__)
+        other.first = self.first.copy()
+        return other
+
+    # ---------------------------------------------------------------- events
+    def events(self) -> list[tuple[str, ...]]:
+        """Per row, the events seen, in order of first occurrence (ties: EVENTS order)."""
+        order = np.argsort(self.first, axis=0, kind="stable")
+        out = []
+        for row in range(self.rows):
+            out.append(tuple(EVENTS[i] for i in order[:, row] if self.first[i, row] != NEVER))
+        return out
+
+    def first_step(self, event: str) -> np.ndarray:
+        """Per row, the step at which ``event`` first happened (NEVER if it did not)."""
+        return self.first[_INDEX[event]]
+
+    def _note(self, event: str, mask, where) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        per_row = mask.reshape(self.rows, -1).any(axis=1)
+        if where is not None:
+            per_row &= where
+        row = self.first[_INDEX[event]]
+        np.copyto(row, self.step, where=per_row & (row == NEVER))
+
+    def _flush(self, y: np.ndarray) -> np.ndarray:
+        if not self.ftz:
+            return y
+        sub = (y != 0) & (np.abs(y) < self.fmt.tiny)
+        if sub.any():
+            y = np.where(sub, y * 0, y).astype(self.dtype)
+        return y
+
+    def _finish(self, y, operands, *, where, invalid=False, pole=False, exact_nonzero=None, wide=None):
+        """Round-trip bookkeeping shared by every operation; returns the (flushed) result.
+
+        ``exact_nonzero``: mask where the exact result is non-zero (None: the
+        operation cannot underflow).  ``wide``: function computing the result in
+        a wider dtype, to tell exact subnormal results from inexact ones (None:
+        results in the subnormal range are always exact, as for + and -).
+        """
+        self.step += 1
+        y = self._flush(np.asarray(y))
+        finite_in = np.ones(y.shape, dtype=bool)
+        nan_in = np.zeros(y.shape, dtype=bool)
+        for a in operands:
+            finite_in = finite_in & np.isfinite(a)
+            nan_in = nan_in | np.isnan(a)
+        invalid = np.asarray(invalid) & ~nan_in
+        pole = np.asarray(pole) & finite_in
+        finite_y = np.isfinite(y)
+        self._note("invalid", invalid, where)
+        self._note("divide_by_zero", pole, where)
+        self._note("overflow", ~finite_y & finite_in & ~pole & ~invalid, where)
+        if exact_nonzero is not None:
+            self._note("underflow", (y == 0) & exact_nonzero & finite_in, where)
+            if wide is not None:
+                tiny = (y != 0) & (np.abs(y) < self.fmt.tiny) & finite_in
+                if tiny.any():
+                    if self._wide is None:
+                        inexact = tiny
+                    else:
+                        with np.errstate(all="ignore"):
+                            exact = wide(*(np.asarray(a).astype(self._wide) for a in operands))
+                        inexact = tiny & (exact != y.astype(self._wide))
+                    self._note("subnormal", inexact, where)
+        return y
+
+    # ------------------------------------------------------------ operations
+    def load(self, x, where=None) -> np.ndarray:
+        """Round float64 inputs to the format (correctly; DAZ under ftz)."""
+        x = np.asarray(x, dtype=np.float64)
+        self.step += 1
+        with np.errstate(all="ignore"):
+            y = self._flush(self.fmt.round(x))
+            finite = np.isfinite(x)
+            self._note("overflow", finite & ~np.isfinite(y), where)
+            self._note("underflow", finite & (x != 0) & (y == 0), where)
+            self._note("subnormal", (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x), where)
+        return y
+
+    def const(self, value) -> np.ndarray:
+        """A constant, rounded to the format (no events: constants are chosen)."""
+        return self.fmt.round(value)
+
+    def add(self, a, b, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(a + b, (a, b), where=where,
+                                invalid=np.isinf(a) & np.isinf(b) & (np.sign(a) != np.sign(b)),
+                                exact_nonzero=(a != -b) if self.ftz else None)
+
+    def sub(self, a, b, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(a - b, (a, b), where=where,
+                                invalid=np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b)),
+                                exact_nonzero=(a != b) if self.ftz else None)
+
+    def mul(self, a, b, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(a * b, (a, b), where=where,
+                                invalid=((a == 0) & np.isinf(b)) | (np.isinf(a) & (b == 0)),
+                                exact_nonzero=(a != 0) & (b != 0), wide=np.multiply)
+
+    def div(self, a, b, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(a / b, (a, b), where=where,
+                                invalid=((a == 0) & (b == 0)) | (np.isinf(a) & np.isinf(b)),
+                                pole=(b == 0) & (a != 0),
+                                exact_nonzero=(a != 0), wide=np.divide)
+
+    def neg(self, a):
+        """-a: exact, no events."""
+        return -a
+
+    def exp(self, x, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(np.exp(x), (x,), where=where, exact_nonzero=np.ones(np.shape(x), bool), wide=np.exp)
+
+    def log(self, x, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(np.log(x), (x,), where=where, invalid=x < 0, pole=x == 0)
+
+    def log1p(self, x, where=None):
+        with np.errstate(all="ignore"):
+            return self._finish(np.log1p(x), (x,), where=where, invalid=x < -1, pole=x == -1,
+                                exact_nonzero=(x != 0), wide=np.log1p)
+
+    def max(self, x):
+        """Maximum along the last axis (exact; NaN propagates)."""
+        return np.max(x, axis=-1)
+
+    # ------------------------------------------------------------ reductions
+    def tree(self, op, x, identity: float):
+        """Pairwise (tree) reduction along the last axis, each partial rounded.
+
+        Level by level, neighbours (x0, x1), (x2, x3), ... are combined; an odd
+        last element passes up unchanged (implemented as pairing with the exact
+        identity, 0 for +, 1 for *).  Error bound of the sum: ~ log2(n) u.
+        """
+        x = np.asarray(x)
+        while x.shape[-1] > 1:
+            if x.shape[-1] % 2:
+                pad = np.full(x.shape[:-1] + (1,), identity, dtype=x.dtype)
+                x = np.concatenate([x, pad], axis=-1)
+            x = op(x[..., 0::2], x[..., 1::2])
+        return x[..., 0]
+
+    def repeat(self, op, v, n):
+        """The same tree reduction over ``n[row]`` copies of ``v[row]``, in O(log n).
+
+        The tree over n equal leaves is square-and-multiply: at each level the
+        full pairs give one value V (V <- op(V, V)) and, when the count is odd,
+        the last V joins the pending tail T.  Exactly equal to :meth:`tree` on the
+        expanded array, for any n >= 1, in bounded memory.
+        """
+        n = np.asarray(n, dtype=np.int64).copy()
+        value = np.asarray(v).copy()
+        tail = np.zeros_like(value)
+        has_tail = np.zeros(value.shape, dtype=bool)
+        while (n > 0).any():
+            odd = (n % 2 == 1)
+            joined = op(value, tail, where=odd & has_tail)
+            tail = np.where(odd, np.where(has_tail, joined, value), tail).astype(value.dtype)
+            has_tail |= odd
+            n //= 2
+            more = n > 0
+            if more.any():
+                value = np.where(more, op(value, value, where=more), value).astype(value.dtype)
+        return tail

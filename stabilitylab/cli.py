@@ -1,0 +1,194 @@
+"""Command-line interface: parse, call the core, render.  No numerics here."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Sequence
+
+import click
+from rich.console import Console
+
+from . import atomic
+from .engine import compare as run_compare
+from .experiments import EXPERIMENTS
+from .experiments.likelihood import iid
+from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from .render import jsonout
+from .render.markdown import sections_md, table_md
+from .render.model import compare_sections, formats_table
+from .render.table import print_sections, print_table
+from .status import ExitStatus
+from .userdata import InputError, user_logits
+
+__all__ = ["main", "cli"]
+
+OUTPUT_FORMATS = ("table", "markdown", "json")
+
+
+class FormatType(click.ParamType):
+    """A format name or alias (fp16, half, bf16, single, double, e4m3, ...) or 'all'."""
+
+    name = "format"
+
+    def convert(self, value, param, ctx) -> tuple[Format, ...]:
+        if isinstance(value, tuple):
+            return value
+        if str(value).strip().lower() == "all":
+            return ALL_FORMATS
+        try:
+            return (get_format(str(value)),)
+        except KeyError as exc:
+            self.fail(exc.args[0], param, ctx)
+
+
+def _formats(chosen: Sequence[tuple[Format, ...]]) -> tuple[Format, ...]:
+    flat = [f for group in chosen for f in group] or list(DEFAULT_FORMATS)
+    return tuple(dict.fromkeys(flat))
+
+
+def _emit(text_or_sections, output: str | None, kind: str, console_fn=None) -> None:
+    """Write ``text`` to ``output`` atomically, or to stdout."""
+    if output:
+        atomic.write_text(output, text_or_sections)
+    else:
+        click.echo(text_or_sections, nl=False)
+
+
+def _check_output(output: str | None) -> None:
+    if output:
+        problem = atomic.check_writable(output)
+        if problem:
+            raise click.BadParameter(problem, param_hint="'-o' / '--output'")
+
+
+def _console(output: str | None) -> Console:
+    """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
+    if output:
+        return Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _render(sections, output: str | None, fmt: str, document=None) -> None:
+    if fmt == "json":
+        _emit(jsonout.dumps(document), output, fmt)
+    elif fmt == "markdown":
+        _emit(sections_md(sections), output, fmt)
+    else:
+        console = _console(output)
+        print_sections(console, sections)
+        if output:
+            _emit(console.export_text(), output, fmt)
+
+
+output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                             help="Write to this file (atomically) instead of standard output.")
+format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
+                             show_default=True, help="Rich table, GitHub markdown, or JSON.")
+dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+                            help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
+                                 "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. "
+                                 "Default: float16, bfloat16, float32, float64.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stabilitylab")
+def cli() -> None:
+    """Show, measure and guard numerical (in)stability of ML loss computations."""
+
+
+@cli.command()
+@click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)), multiple=True,
+              help="Experiment to run (repeatable). Default: all.")
+@dtype_option
+@click.option("--p", "p", type=float, default=None,
+              help="likelihood: custom case, true-class probability p in (0, 1] (default 0.1 with --n).")
+@click.option("--n", "n", type=int, default=None,
+              help="likelihood: custom case, number of samples n >= 1 (default 100 with --p).")
+@click.option("--logits", type=click.Path(), default=None,
+              help="softmax_ce: logits file (.npy, .npz, .csv, .txt) of shape (rows, classes); its rows become "
+                   "the only softmax_ce cases.")
+@click.option("--labels", type=click.Path(), default=None,
+              help="softmax_ce: labels file, one integer per row (default: each row's argmax).")
+@click.option("--tolerance", type=float, default=None,
+              help="Relative error above which a finite loss is 'inaccurate' (default sqrt(u) of each format).")
+@click.option("--ftz", is_flag=True, help="Flush subnormal inputs and results to zero (FTZ/DAZ hardware modes).")
+@format_option
+@output_option
+def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, output) -> None:
+    """Run naive and stable formulations side by side in several formats."""
+    _check_output(output)
+    if p is not None and not (0 < p <= 1):
+        raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
+    if n is not None and n < 1:
+        raise click.BadParameter(f"n = {n}; n must be an integer >= 1", param_hint="'--n'")
+    if tolerance is not None and not (tolerance > 0):
+        raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
+    if labels and not logits:
+        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
+    chosen = [EXPERIMENTS[name] for name in dict.fromkeys(experiments)] or list(EXPERIMENTS.values())
+    cases, notes = {}, []
+    if p is not None or n is not None:
+        cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
+    if logits:
+        try:
+            cases["softmax_ce"], notes = user_logits(logits, labels)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
+    comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
+    comparison.notes.extend(notes)
+    doc = jsonout.compare_document(comparison) if fmt == "json" else None
+    _render(compare_sections(comparison), output, fmt, doc)
+
+
+@cli.command()
+@dtype_option
+@format_option
+@output_option
+def formats(dtypes, fmt, output) -> None:
+    """Print each format's facts (from finfo): max, smallest normal/subnormal, eps, u, ln thresholds."""
+    _check_output(output)
+    chosen = _formats(dtypes) if dtypes else ALL_FORMATS
+    table = formats_table(list(chosen))
+    if fmt == "json":
+        doc = {"schema": "stabilitylab.formats/1", "formats": [
+            {"name": f.name, "aliases": list(f.aliases), "precision": f.precision, "max": f.max,
+             "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
+             "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max,
+             "ln_smallest_subnormal": f.ln_smallest_subnormal, "has_inf": f.has_inf} for f in chosen]}
+        _emit(jsonout.dumps(doc), output, fmt)
+    elif fmt == "markdown":
+        _emit(table_md(table), output, fmt)
+    else:
+        console = _console(output)
+        print_table(console, table)
+        if output:
+            _emit(console.export_text(), output, fmt)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one line on stderr and exit 2 for bad input, never a traceback."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - depends on click version
+        click.echo(exc.ctx.get_help())
+        return ExitStatus.OK
+    except click.ClickException as exc:
+        click.echo(f"stabilitylab: error: {exc.format_message()}", err=True)
+        return ExitStatus.USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("stabilitylab: interrupted", err=True)
+        return ExitStatus.INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("stabilitylab: interrupted", err=True)
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        return ExitStatus.OK
+    return ExitStatus.OK
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Run experiments: methods x formats x cases (vectorized over cases) -> results.
+
+``evaluate`` is the one place a method meets a format; ``compare`` assembles the
+rows and counts that every renderer, the report and the baseline check consume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import reference
+from .arith import Arith
+from .experiments import Experiment
+from .formats import Format
+from .outcome import STATUSES, Outcome, classify, gather
+
+__all__ = ["Result", "Comparison", "evaluate", "compare"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One method on one case in one format (a row of ``compare --format json``)."""
+
+    experiment: str
+    case: str
+    method: str
+    dtype: str
+    value: float
+    reference: float
+    status: str
+    rel_error: float
+    ulps: float
+    error_bits: float
+    events: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Count:
+    """How many cases of one method in one format ended in each status."""
+
+    experiment: str
+    method: str
+    dtype: str
+    cases: int
+    ok: int
+    overflow: int
+    underflow: int
+    nan: int
+    inaccurate: int
+
+
+@dataclass
+class Comparison:
+    experiments: tuple[Experiment, ...]
+    formats: tuple[Format, ...]
+    results: list[Result]
+    summary: list[Count]
+    notes: list[str] = field(default_factory=list)
+    tolerance: float | None = None
+    ftz: bool = False
+
+
+def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
+             tolerance: float | None = None, ftz: bool = False) -> dict[str, Outcome]:
+    """Outcome of each method on a batch of cases in one format.
+
+    Inputs are rounded to the format once; the exact reference is computed for
+    those rounded inputs; each method then runs on a fork of the input events.
+    """
+    chosen = [m for m in experiment.methods if methods is None or m.name in methods]
+    parts: dict[str, list] = {m.name: [] for m in chosen}
+    for rows in cases.groups():
+        group = cases.take(rows)
+        loaded = Arith(fmt, len(group), ftz=ftz)
+        inputs = experiment.load(loaded, group)
+        hi, lo = reference.evaluate(experiment.reference_fn, experiment.exact_rows(inputs))
+        for method in chosen:
+            arith = loaded.fork()
+            value = method.kernel(arith, inputs)
+            parts[method.name].append((rows, classify(fmt, value, hi, lo, arith, tolerance)))
+    return {name: gather(p, len(cases)) for name, p in parts.items()}
+
+
+def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
+            cases: Mapping[str, Any] | None = None, *, tolerance: float | None = None,
+            ftz: bool = False) -> Comparison:
+    """Every method of every experiment on its cases, in every format.
+
+    ``cases`` maps an experiment name to its batch; missing names use the
+    experiment's default cases.
+    """
+    results: list[Result] = []
+    summary: list[Count] = []
+    for experiment in experiments:
+        batch = (cases or {}).get(experiment.name) or experiment.default_cases()
+        by_format = {fmt.name: evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz) for fmt in formats}
+        for method in experiment.methods:
+            for fmt in formats:
+                o = by_format[fmt.name][method.name]
+                for i, name in enumerate(batch.names):
+                    results.append(Result(experiment.name, name, method.name, fmt.name, float(o.value[i]),
+                                          float(o.reference[i]), str(o.status[i]), float(o.rel_error[i]),
+                                          float(o.ulps[i]), float(o.error_bits[i]), o.events[i]))
+                counts = {s: int((o.status == s).sum()) for s in STATUSES}
+                summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
+    return Comparison(tuple(experiments), tuple(formats), results, summary, tolerance=tolerance, ftz=ftz)

@@ -1,0 +1,117 @@
+"""What an experiment is: data, not a script.
+
+An :class:`Experiment` names a question, its :class:`Method` kernels, how to turn
+a batch of cases into format-rounded inputs (``load``) and the exact loss of
+those inputs (``reference``).  The engine, thresholds, renderers, report and
+check are written once against this shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..arith import Arith
+
+__all__ = ["Batch", "Method", "Experiment", "Family", "stack_padded"]
+
+
+def stack_padded(blocks: Sequence[np.ndarray], fill: float) -> np.ndarray:
+    """Stack 2-D blocks of rows, padding short rows on the right with ``fill``."""
+    width = max(b.shape[1] for b in blocks)
+    return np.vstack([np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=fill) for b in blocks])
+
+
+class Batch:
+    """Cases of one experiment as arrays, one row per case (subclasses are dataclasses).
+
+    ``groups()`` splits the rows into sets that kernels can run together (rows of
+    the same shape); ``take(rows)`` selects them.
+    """
+
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def groups(self) -> list[np.ndarray]:
+        return [np.arange(len(self))]
+
+    def take(self, rows: np.ndarray) -> "Batch":
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Method:
+    """One formulation of the loss.
+
+    ``kernel(arith, inputs) -> loss per case`` does all its arithmetic through
+    ``arith`` (so every operation is rounded to the format and its IEEE events
+    are recorded).  ``stable`` marks the formulations we recommend.
+    """
+
+    name: str
+    formula: str
+    kernel: Callable[[Arith, Any], np.ndarray]
+    stable: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    """A one-parameter family of cases that get harder as the parameter grows.
+
+    ``cases(params)`` builds a batch for an array of parameter values;
+    ``predicted(fmt, method)`` is the analytic first failure (or None) and
+    ``formula`` says how it was derived.  ``integer``: the parameter is an
+    integer (searched over the integers), else a value of the format.
+    """
+
+    name: str
+    parameter: str
+    description: str
+    cases: Callable[[np.ndarray], Any]
+    lower: float
+    upper: Callable[[Any], float]
+    integer: bool = False
+    predicted: Callable[[Any, str], float | None] = lambda fmt, method: None
+    formula: Callable[[str], str] = lambda method: ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A question, its methods, and how to run them on a batch of cases.
+
+    ``load(arith, cases)`` rounds the cases' inputs to the format (recording
+    input events) and returns what kernels take; ``exact(inputs)`` returns the
+    rows (tuples of floats) whose exact loss ``reference_fn(*row)`` is computed
+    with mpmath.
+    """
+
+    name: str
+    title: str
+    question: str
+    methods: tuple[Method, ...]
+    default_cases: Callable[[], Any]
+    load: Callable[[Arith, Any], Any]
+    exact_rows: Callable[[Any], Sequence[tuple]]
+    reference_fn: Callable[..., Any]
+    families: tuple[Family, ...] = field(default=())
+
+    def method(self, name: str) -> Method:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(f"unknown method {name!r} of {self.name}; valid: {', '.join(self.method_names)}")
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.methods)
+
+    def family(self, name: str) -> Family:
+        for f in self.families:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown family {name!r} of {self.name}; valid: {', '.join(f.name for f in self.families)}")

@@ -1,0 +1,123 @@
+"""likelihood: product of probabilities vs sum of log-probabilities.
+
+A case is a block of true-class probabilities q_1..q_K repeated n times (n
+samples of probability p is the block [p] repeated n times).  Both methods
+reduce pairwise (as numpy and PyTorch reductions do), the block first and then
+the n block results, every partial rounded to the format:
+
+* ``product``: ``-log(prod q)``: the product underflows long before the loss
+  is large (0.1**100 = 1e-100 is 0 in float32, so the NLL is inf);
+* ``sum_log``: ``-sum(log q)``: the same loss with no tiny intermediate.
+
+Exact reference: ``-n * sum_k ln(q_k)`` for the format-rounded q (mpmath).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mpmath
+import numpy as np
+
+from ..arith import Arith
+from .base import Batch, Experiment, Method, stack_padded
+
+__all__ = ["Samples", "LIKELIHOOD", "iid", "samples"]
+
+
+@dataclass(frozen=True)
+class Samples(Batch):
+    """Likelihood cases: ``probs`` (rows, K) padded with 1.0 (exact in every format:
+    x * 1 = x and log(1) = 0), each row's block repeated ``repeat`` (rows,) times."""
+
+    names: tuple[str, ...]
+    probs: np.ndarray
+    repeat: np.ndarray
+
+    def take(self, rows):
+        return Samples(tuple(self.names[i] for i in rows), self.probs[rows], self.repeat[rows])
+
+
+def iid(p, n, names=None) -> Samples:
+    """n samples of true-class probability p (arrays broadcast)."""
+    p, n = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(n, dtype=np.int64))
+    p, n = p.ravel(), n.ravel()
+    if names is None:
+        names = tuple(f"p={float(pi):g},n={int(ni)}" for pi, ni in zip(p, n))
+    return Samples(tuple(names), p[:, None].copy(), n.copy())
+
+
+def samples(name: str, probs, repeat: int = 1) -> Samples:
+    """One case from an explicit list of true-class probabilities."""
+    return Samples((name,), np.asarray(probs, dtype=np.float64)[None, :], np.array([repeat], dtype=np.int64))
+
+
+def concat(batches: list[Samples]) -> Samples:
+    return Samples(sum((b.names for b in batches), ()),
+                 stack_padded([b.probs for b in batches], fill=1.0),
+                 np.concatenate([b.repeat for b in batches]))
+
+
+def article_case() -> Samples:
+    """Article 002: P(True) = [0.4, 0.6, 0.9, 0.1], labels [0, 1, 1, 0].
+
+    The true-class probability is p for label 1 and 1 - p for label 0:
+    [0.6, 0.6, 0.9, 0.9], whose product is 0.2916.
+    """
+    p = np.array([0.4, 0.6, 0.9, 0.1])
+    y = np.array([0, 1, 1, 0])
+    q = np.where(y == 1, p, 1 - p)
+    return samples("article:P=[0.4,0.6,0.9,0.1],y=[0,1,1,0]", q)
+
+
+def default_cases() -> Samples:
+    return concat([
+        iid(0.1, 100),  # the seed claim: 0.1**100 = 1e-100
+        article_case(),
+        iid([0.5, 0.9, 0.999], [1000, 10_000, 10**9]),
+    ])
+
+
+@dataclass(frozen=True)
+class Loaded:
+    probs: np.ndarray  # in the format
+    repeat: np.ndarray
+
+
+def load(arith: Arith, cases: Samples) -> Loaded:
+    return Loaded(arith.load(cases.probs), cases.repeat)
+
+
+def product(a: Arith, x: Loaded):
+    block = a.tree(a.mul, x.probs, 1.0)
+    return a.neg(a.log(a.repeat(a.mul, block, x.repeat)))
+
+
+def sum_log(a: Arith, x: Loaded):
+    block = a.tree(a.add, a.log(x.probs), 0.0)
+    return a.neg(a.repeat(a.add, block, x.repeat))
+
+
+def exact_rows(x: Loaded):
+    probs = x.probs.astype(np.float64)
+    return [(tuple(row), int(n)) for row, n in zip(probs.tolist(), x.repeat.tolist())]
+
+
+def exact_nll(probs: tuple[float, ...], n: int):
+    """-n * sum(ln q) for the rounded q (padding 1.0 contributes 0)."""
+    return -n * mpmath.fsum(mpmath.log(mpmath.mpf(q)) for q in probs)
+
+
+LIKELIHOOD = Experiment(
+    name="likelihood",
+    title="Product of probabilities vs sum of log-probabilities",
+    question="When does the likelihood as a product of probabilities underflow, and does the sum of logs survive?",
+    methods=(
+        Method("product", "-log(prod_i q_i)", product),
+        Method("sum_log", "-sum_i log(q_i)", sum_log, stable=True),
+    ),
+    default_cases=default_cases,
+    load=load,
+    exact_rows=exact_rows,
+    reference_fn=exact_nll,
+)

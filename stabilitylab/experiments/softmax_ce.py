@@ -1,0 +1,156 @@
+"""softmax_ce: cross-entropy -log softmax(x)_y in four formulations.
+
+With m = max_i x_i, z = x - m and k = argmax x:
+
+* ``naive_softmax_log``   p = exp(x) / sum exp(x), loss = -log p_y
+  (exp overflows once x > ln(max));
+* ``shifted_softmax_log`` p = exp(z) / sum exp(z), loss = -log p_y
+  (no overflow, but exp(z_y) underflows to 0 and log(0) = -inf);
+* ``log_softmax``         loss = log(sum exp(z)) - z_y  (log-sum-exp);
+* ``log_softmax_log1p``   loss = log1p(sum_{i != k} exp(z_i)) - z_y
+  (the accurate form of Blanchard, Higham & Higham 2021 and scipy's logsumexp:
+  when the true class dominates, the loss ~ sum exp(z_i) is not lost in 1 + s).
+
+A batch is a (rows, K) matrix of logits and a label per row; rows with the same
+number of classes run together.  Exact reference: ``log1p(sum_{i != y} exp(x_i - x_y))`` with mpmath.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mpmath
+import numpy as np
+
+from ..arith import Arith
+from .base import Batch, Experiment, Method, stack_padded
+
+__all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
+
+
+@dataclass(frozen=True)
+class Logits(Batch):
+    """Cases ``logits`` (rows, K) float64 and ``labels`` (rows,); a row with fewer
+    classes is padded (with 0) past ``widths[row]``.  Rows of one width run
+    together: no padding value is neutral in every format (float8_e4m3fn has no
+    -inf)."""
+
+    names: tuple[str, ...]
+    logits: np.ndarray
+    labels: np.ndarray
+    widths: np.ndarray
+
+    def groups(self):
+        return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
+
+    def take(self, rows):
+        width = int(self.widths[rows].max())
+        return Logits(tuple(self.names[i] for i in rows), self.logits[rows, :width], self.labels[rows],
+                      self.widths[rows])
+
+
+def _fmt_list(values) -> str:
+    return "[" + ",".join(f"{v:g}" for v in values) + "]"
+
+
+def logits_case(logits, label: int, name: str | None = None) -> Logits:
+    x = np.asarray(logits, dtype=np.float64)
+    return Logits((name or f"{_fmt_list(x)},y={label}",), x[None, :], np.array([label], dtype=np.int64),
+                  np.array([x.size], dtype=np.int64))
+
+
+def concat(batches: list[Logits]) -> Logits:
+    return Logits(sum((b.names for b in batches), ()),
+                  stack_padded([b.logits for b in batches], fill=0.0),
+                  np.concatenate([b.labels for b in batches]), np.concatenate([b.widths for b in batches]))
+
+
+def default_cases() -> Logits:
+    return concat([
+        logits_case([10, 9.9, 9.9], 0, "article:[10,9.9,9.9],y=0"),
+        logits_case([-0.1, -0.1, 0.1], 2, "article:[-0.1,-0.1,0.1],y=2"),
+        # article 001: prediction (0.1, 0.7, 0.2), label (0, 1, 0): loss -ln 0.7
+        logits_case(np.log([0.1, 0.7, 0.2]), 1, "article:probs=(0.1,0.7,0.2),y=1"),
+        logits_case([12, 0, -12], 0, "moderate:[12,0,-12],y=0"),
+        logits_case([1000, 0, -1000], 0, "large:[1000,0,-1000],y=0"),
+        logits_case([1000, 0, -1000], 2, "large:[1000,0,-1000],y=2"),
+        logits_case([0, -40], 0, "gap:[0,-40],y=0 (true class is the max)"),
+        logits_case([0, -40], 1, "gap:[0,-40],y=1 (true class is the min)"),
+    ])
+
+
+@dataclass(frozen=True)
+class Loaded:
+    logits: np.ndarray  # in the format
+    labels: np.ndarray
+
+
+def load(arith: Arith, cases: Logits) -> Loaded:
+    return Loaded(arith.load(cases.logits), cases.labels)
+
+
+def _at(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
+
+
+def _shift(a: Arith, x: Loaded) -> np.ndarray:
+    """z = x - max(x), row by row."""
+    return a.sub(x.logits, a.max(x.logits)[:, None])
+
+
+def naive_softmax_log(a: Arith, x: Loaded):
+    e = a.exp(x.logits)
+    return a.neg(a.log(a.div(_at(e, x.labels), a.tree(a.add, e, 0.0))))
+
+
+def shifted_softmax_log(a: Arith, x: Loaded):
+    e = a.exp(_shift(a, x))
+    return a.neg(a.log(a.div(_at(e, x.labels), a.tree(a.add, e, 0.0))))
+
+
+def log_softmax(a: Arith, x: Loaded):
+    z = _shift(a, x)
+    return a.sub(a.log(a.tree(a.add, a.exp(z), 0.0)), _at(z, x.labels))
+
+
+def log_softmax_log1p(a: Arith, x: Loaded):
+    z = _shift(a, x)
+    e = a.exp(z)
+    np.put_along_axis(e, np.argmax(x.logits, axis=1)[:, None], 0, axis=1)  # drop exp(0) = 1
+    return a.sub(a.log1p(a.tree(a.add, e, 0.0)), _at(z, x.labels))
+
+
+def exact_rows(x: Loaded):
+    logits = x.logits.astype(np.float64)
+    return [(tuple(row), int(y)) for row, y in zip(logits.tolist(), x.labels.tolist())]
+
+
+def exact_cross_entropy(logits: tuple[float, ...], label: int):
+    """-log softmax(x)_y = log1p(sum_{i != y} exp(x_i - x_y)), exact to DIGITS digits."""
+    xy = mpmath.mpf(logits[label])
+    rest = [mpmath.mpf(v) for i, v in enumerate(logits) if i != label]
+    if mpmath.isnan(xy) or any(mpmath.isnan(v) for v in rest):
+        return mpmath.mpf("nan")
+    if mpmath.isinf(xy):
+        if xy < 0:  # the true class has probability 0
+            return mpmath.mpf("inf") if any(v > xy for v in rest) else mpmath.mpf("nan")
+        ties = sum(1 for v in rest if v == xy)  # exp(inf - inf) is undefined unless alone
+        return mpmath.mpf(0) if ties == 0 else mpmath.mpf("nan")
+    return mpmath.log1p(mpmath.fsum(mpmath.exp(v - xy) for v in rest))
+
+
+SOFTMAX_CE = Experiment(
+    name="softmax_ce",
+    title="Softmax cross-entropy: naive, shifted, log-softmax, log1p",
+    question="Which formulation of -log softmax(x)_y overflows, underflows or loses the loss, and for which logits?",
+    methods=(
+        Method("naive_softmax_log", "-log(exp(x_y) / sum_i exp(x_i))", naive_softmax_log),
+        Method("shifted_softmax_log", "-log(exp(x_y - m) / sum_i exp(x_i - m))", shifted_softmax_log),
+        Method("log_softmax", "log(sum_i exp(x_i - m)) - (x_y - m)", log_softmax, stable=True),
+        Method("log_softmax_log1p", "log1p(sum_{i != k} exp(x_i - m)) - (x_y - m)", log_softmax_log1p, stable=True),
+    ),
+    default_cases=default_cases,
+    load=load,
+    exact_rows=exact_rows,
+    reference_fn=exact_cross_entropy,
+)

@@ -1,0 +1,52 @@
+"""JSON documents: stable key order, non-finite numbers as the strings "inf", "-inf", "nan"."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from ..engine import Comparison
+from ..environment import fingerprint, package_version
+from ..findings import findings
+
+__all__ = ["number", "dumps", "compare_document"]
+
+COMPARE_SCHEMA = "stabilitylab.compare/1"
+
+
+def number(x: float) -> float | str:
+    """A float for JSON: finite as is (repr round-trips), else "inf" / "-inf" / "nan"."""
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def compare_document(comparison: Comparison) -> dict:
+    results = []
+    for r in comparison.results:
+        results.append({
+            "experiment": r.experiment, "case": r.case, "method": r.method, "dtype": r.dtype,
+            "value": number(r.value), "reference": number(r.reference), "status": r.status,
+            "rel_error": number(r.rel_error), "ulps": number(r.ulps), "error_bits": number(r.error_bits),
+            "events": list(r.events),
+        })
+    return {
+        "schema": COMPARE_SCHEMA,
+        "version": package_version(),
+        "environment": fingerprint(),
+        "settings": {"tolerance": comparison.tolerance, "ftz": comparison.ftz,
+                     "formats": [f.name for f in comparison.formats]},
+        "results": results,
+        "summary": [asdict(c) for c in comparison.summary],
+        "findings": [{"experiment": e, "text": t} for e, t in findings(comparison)],
+        "notes": list(comparison.notes),
+    }

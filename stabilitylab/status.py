@@ -1,0 +1,18 @@
+"""Exit statuses of the command-line tool (documented in README)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["ExitStatus"]
+
+
+class ExitStatus(IntEnum):
+    """0 ok; 1 a regression against the baseline; 2 usage error or bad input;
+    3 baseline entries missing or not comparable; 130 interrupted (Ctrl-C)."""
+
+    OK = 0
+    REGRESSION = 1
+    USAGE = 2
+    INCOMPARABLE = 3
+    INTERRUPTED = 130
