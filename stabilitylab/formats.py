@@ -119,7 +119,7 @@ class Format:
         r = np.abs(np.asarray(r, dtype=np.float64))
         with np.errstate(all="ignore"):
             _, e = np.frexp(r)
-        e = np.maximum(e - 1, self.min_exponent)
+        e = np.where(r == 0, self.min_exponent, np.maximum(e - 1, self.min_exponent))
         return np.ldexp(1.0, e - (self.precision - 1))
 
     def __str__(self) -> str:
