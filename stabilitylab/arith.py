@@ -35,7 +35,7 @@ import numpy as np
 
 from .formats import Format
 
-__all__ = ["Arith", "EVENTS"]
+__all__ = ["Arith", "EVENTS", "events_from_steps"]
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
@@ -49,6 +49,29 @@ def _wide_dtype(fmt: Format):
     if np.finfo(np.longdouble).nmant > 52:
         return np.dtype(np.longdouble)
     return None
+
+
+def _opposite_infinities(a, b):
+    return np.isinf(a) & np.isinf(b) & (np.sign(a) != np.sign(b))
+
+
+def _equal_infinities(a, b):
+    return np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
+
+
+def events_from_steps(first: np.ndarray) -> list[tuple[str, ...]]:
+    """Event tuples from a (len(EVENTS), rows) matrix of first steps.
+
+    Rows share few distinct patterns, so tuples are built once per pattern.
+    """
+    if first.shape[1] == 0:
+        return []
+    order = np.argsort(first, axis=0, kind="stable")
+    seen = np.take_along_axis(first, order, axis=0) != NEVER
+    key = np.where(seen, order, len(EVENTS))
+    patterns, inverse = np.unique(key.T, axis=0, return_inverse=True)
+    tuples = [tuple(EVENTS[i] for i in p if i < len(EVENTS)) for p in patterns]
+    return [tuples[i] for i in inverse.ravel()]
 
 
 class Arith:
@@ -78,11 +101,7 @@ class Arith:
     # ---------------------------------------------------------------- events
     def events(self) -> list[tuple[str, ...]]:
         """Per row, the events seen, in order of first occurrence (ties: EVENTS order)."""
-        order = np.argsort(self.first, axis=0, kind="stable")
-        out = []
-        for row in range(self.rows):
-            out.append(tuple(EVENTS[i] for i in order[:, row] if self.first[i, row] != NEVER))
-        return out
+        return events_from_steps(self.first)
 
     def first_step(self, event: str) -> np.ndarray:
         """Per row, the step at which ``event`` first happened (NEVER if it did not)."""
@@ -104,39 +123,46 @@ class Arith:
             y = np.where(sub, y * 0, y).astype(self.dtype)
         return y
 
-    def _finish(self, y, operands, *, where, invalid=False, pole=False, exact_nonzero=None, wide=None):
-        """Round-trip bookkeeping shared by every operation; returns the (flushed) result.
+    def _finish(self, y, operands, *, where, invalid=None, pole=None, exact_nonzero=None, wide=None):
+        """Bookkeeping shared by every operation; returns the (flushed) result.
 
-        ``exact_nonzero``: mask where the exact result is non-zero (None: the
-        operation cannot underflow).  ``wide``: function computing the result in
-        a wider dtype, to tell exact subnormal results from inexact ones (None:
-        results in the subnormal range are always exact, as for + and -).
+        ``invalid``, ``pole``, ``exact_nonzero`` are functions of the operands
+        giving masks (undefined operation; a pole; exact result non-zero), called
+        only when the result could show that event (None: it cannot happen).
+        ``wide`` computes the result in a wider dtype, to tell exact subnormal
+        results from inexact ones (None: subnormal results are always exact, as
+        for + and -).
         """
         self.step += 1
         y = self._flush(np.asarray(y))
-        finite_in = np.ones(y.shape, dtype=bool)
-        nan_in = np.zeros(y.shape, dtype=bool)
-        for a in operands:
-            finite_in = finite_in & np.isfinite(a)
-            nan_in = nan_in | np.isnan(a)
-        invalid = np.asarray(invalid) & ~nan_in
-        pole = np.asarray(pole) & finite_in
-        finite_y = np.isfinite(y)
-        self._note("invalid", invalid, where)
-        self._note("divide_by_zero", pole, where)
-        self._note("overflow", ~finite_y & finite_in & ~pole & ~invalid, where)
-        if exact_nonzero is not None:
-            self._note("underflow", (y == 0) & exact_nonzero & finite_in, where)
-            if wide is not None:
-                tiny = (y != 0) & (np.abs(y) < self.fmt.tiny) & finite_in
-                if tiny.any():
-                    if self._wide is None:
-                        inexact = tiny
-                    else:
-                        with np.errstate(all="ignore"):
-                            exact = wide(*(np.asarray(a).astype(self._wide) for a in operands))
-                        inexact = tiny & (exact != y.astype(self._wide))
-                    self._note("subnormal", inexact, where)
+        magnitude = np.abs(y)
+        finite_y = magnitude <= self.fmt.max  # False for inf and NaN
+        all_finite = bool(finite_y.all())
+        if all_finite and bool((magnitude >= self.fmt.tiny).all()):
+            return y  # finite, normal, non-zero results: no event is possible
+        finite_in = np.logical_and.reduce([np.isfinite(a) for a in np.broadcast_arrays(*operands)])
+        if not all_finite:
+            nan_in = np.logical_or.reduce([np.isnan(a) for a in np.broadcast_arrays(*operands)])
+            bad = invalid(*operands) & ~nan_in if invalid else np.zeros(y.shape, bool)
+            at_pole = pole(*operands) & finite_in if pole else np.zeros(y.shape, bool)
+            self._note("invalid", bad, where)
+            self._note("divide_by_zero", at_pole, where)
+            self._note("overflow", ~finite_y & finite_in & ~at_pole & ~bad, where)
+        if exact_nonzero is None:
+            return y
+        zero = magnitude == 0
+        if zero.any():
+            self._note("underflow", zero & exact_nonzero(*operands) & finite_in, where)
+        if wide is not None:
+            tiny = (magnitude < self.fmt.tiny) & ~zero & finite_in
+            if tiny.any():
+                if self._wide is None:
+                    inexact = tiny
+                else:
+                    with np.errstate(all="ignore"):
+                        exact = wide(*(np.asarray(a).astype(self._wide) for a in operands))
+                    inexact = tiny & (exact != y.astype(self._wide))
+                self._note("subnormal", inexact, where)
         return y
 
     # ------------------------------------------------------------ operations
@@ -158,28 +184,26 @@ class Arith:
 
     def add(self, a, b, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(a + b, (a, b), where=where,
-                                invalid=np.isinf(a) & np.isinf(b) & (np.sign(a) != np.sign(b)),
-                                exact_nonzero=(a != -b) if self.ftz else None)
+            return self._finish(a + b, (a, b), where=where, invalid=_opposite_infinities,
+                                exact_nonzero=(lambda a, b: a != -b) if self.ftz else None)
 
     def sub(self, a, b, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(a - b, (a, b), where=where,
-                                invalid=np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b)),
-                                exact_nonzero=(a != b) if self.ftz else None)
+            return self._finish(a - b, (a, b), where=where, invalid=_equal_infinities,
+                                exact_nonzero=(lambda a, b: a != b) if self.ftz else None)
 
     def mul(self, a, b, where=None):
         with np.errstate(all="ignore"):
             return self._finish(a * b, (a, b), where=where,
-                                invalid=((a == 0) & np.isinf(b)) | (np.isinf(a) & (b == 0)),
-                                exact_nonzero=(a != 0) & (b != 0), wide=np.multiply)
+                                invalid=lambda a, b: ((a == 0) & np.isinf(b)) | (np.isinf(a) & (b == 0)),
+                                exact_nonzero=lambda a, b: (a != 0) & (b != 0), wide=np.multiply)
 
     def div(self, a, b, where=None):
         with np.errstate(all="ignore"):
             return self._finish(a / b, (a, b), where=where,
-                                invalid=((a == 0) & (b == 0)) | (np.isinf(a) & np.isinf(b)),
-                                pole=(b == 0) & (a != 0),
-                                exact_nonzero=(a != 0), wide=np.divide)
+                                invalid=lambda a, b: ((a == 0) & (b == 0)) | (np.isinf(a) & np.isinf(b)),
+                                pole=lambda a, b: (b == 0) & (a != 0),
+                                exact_nonzero=lambda a, b: a != 0, wide=np.divide)
 
     def neg(self, a):
         """-a: exact, no events."""
@@ -187,16 +211,17 @@ class Arith:
 
     def exp(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.exp(x), (x,), where=where, exact_nonzero=np.ones(np.shape(x), bool), wide=np.exp)
+            return self._finish(np.exp(x), (x,), where=where,
+                                exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp)
 
     def log(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.log(x), (x,), where=where, invalid=x < 0, pole=x == 0)
+            return self._finish(np.log(x), (x,), where=where, invalid=lambda x: x < 0, pole=lambda x: x == 0)
 
     def log1p(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.log1p(x), (x,), where=where, invalid=x < -1, pole=x == -1,
-                                exact_nonzero=(x != 0), wide=np.log1p)
+            return self._finish(np.log1p(x), (x,), where=where, invalid=lambda x: x < -1,
+                                pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p)
 
     def max(self, x):
         """Maximum along the last axis (exact; NaN propagates)."""
@@ -233,10 +258,10 @@ class Arith:
         while (n > 0).any():
             odd = (n % 2 == 1)
             joined = op(value, tail, where=odd & has_tail)
-            tail = np.where(odd, np.where(has_tail, joined, value), tail).astype(value.dtype)
+            tail = np.where(odd, np.where(has_tail, joined, value), tail).astype(value.dtype, copy=False)
             has_tail |= odd
             n //= 2
             more = n > 0
             if more.any():
-                value = np.where(more, op(value, value, where=more), value).astype(value.dtype)
+                value = np.where(more, op(value, value, where=more), value).astype(value.dtype, copy=False)
         return tail

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from . import atomic
 from .engine import compare as run_compare
+from .environment import package_version
 from .experiments import EXPERIMENTS
 from .experiments.likelihood import iid
 from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
@@ -24,6 +25,7 @@ from .userdata import InputError, user_logits
 __all__ = ["main", "cli"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
+MAX_N = 2**63 - 1
 
 
 class FormatType(click.ParamType):
@@ -93,7 +95,7 @@ dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="stabilitylab")
+@click.version_option(version=package_version(), prog_name="stabilitylab")
 def cli() -> None:
     """Show, measure and guard numerical (in)stability of ML loss computations."""
 
@@ -121,8 +123,8 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
     _check_output(output)
     if p is not None and not (0 < p <= 1):
         raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
-    if n is not None and n < 1:
-        raise click.BadParameter(f"n = {n}; n must be an integer >= 1", param_hint="'--n'")
+    if n is not None and not 1 <= n <= MAX_N:
+        raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
     if tolerance is not None and not (tolerance > 0):
         raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
     if labels and not logits:
@@ -138,8 +140,10 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
             raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
     comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
     comparison.notes.extend(notes)
-    doc = jsonout.compare_document(comparison) if fmt == "json" else None
-    _render(compare_sections(comparison), output, fmt, doc)
+    if fmt == "json":
+        _emit(jsonout.dumps(jsonout.compare_document(comparison)), output, fmt)
+    else:
+        _render(compare_sections(comparison), output, fmt)
 
 
 @cli.command()

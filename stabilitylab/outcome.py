@@ -20,10 +20,11 @@ Metrics: ``rel_error = |v - r| / |r|`` (0 if v == r, inf if r == 0 != v),
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from .arith import NEVER, Arith
+from .arith import NEVER, Arith, events_from_steps
 from .formats import Format
 
 __all__ = ["STATUSES", "Outcome", "classify", "gather"]
@@ -42,34 +43,47 @@ class Outcome:
     rel_error: np.ndarray
     ulps: np.ndarray
     error_bits: np.ndarray
-    events: list[tuple[str, ...]]
+    first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
+
+    @cached_property
+    def events(self) -> list[tuple[str, ...]]:
+        """Per row, the IEEE events in order of first occurrence (built on demand)."""
+        return events_from_steps(self.first_steps)
 
 
-def errors(fmt: Format, value, hi, lo):
-    """(rel_error, ulps, error_bits) of value against the exact hi + lo."""
+def errors(fmt: Format, value, hi, lo, zero=None):
+    """(rel_error, ulps, error_bits) of value against the exact hi + lo.
+
+    ``zero`` marks exact zeros; where it is False but hi = 0 the exact value is
+    non-zero yet below float64's range: its relative error is 1 for v = 0.
+    """
     v = np.asarray(value, dtype=np.float64)
+    if zero is None:
+        zero = (hi == 0) & (lo == 0)
     with np.errstate(all="ignore"):
         diff = np.abs((v - hi) - lo)
         diff = np.where(v == hi, np.abs(lo), diff)  # also v == hi == +-inf
         diff = np.where(np.isnan(v) | np.isnan(hi), np.nan, diff)
         rel = np.where(hi == 0, np.where(diff == 0, 0.0, np.inf), diff / np.abs(hi))
+        rel = np.where((hi == 0) & ~zero, np.where(v == 0, 1.0, np.inf), rel)
         ulps = diff / fmt.ulp(hi)
         ulps = np.where(np.isinf(hi) & (v == hi), 0.0, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
 
 
-def classify(fmt: Format, value, hi, lo, arith: Arith, tolerance: float | None = None) -> Outcome:
-    """Apply the rule above to a batch; ``arith`` holds the events of the computation."""
+def classify(fmt: Format, value, hi, lo, zero, arith: Arith, tolerance: float | None = None) -> Outcome:
+    """Apply the rule above to a batch; ``arith`` holds the events of the computation;
+    ``zero`` marks references that are exactly 0."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
-    rel, ulps, bits = errors(fmt, v, hi, lo)
-    reference_zero = (hi == 0) & (lo == 0)
+    rel, ulps, bits = errors(fmt, v, hi, lo, zero)
+    reference_zero = zero
     lost = (np.isinf(v) & (v != hi)) | ((v == 0) & ~reference_zero)
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     seen = (over != NEVER) | (under != NEVER)
     overflow_first = over <= under
-    status = np.full(v.shape, "ok", dtype=object)
+    status = np.full(v.shape, "ok", dtype="<U10")
     status[rel > tol] = "inaccurate"
     status[lost & seen & overflow_first] = "overflow"
     status[lost & seen & ~overflow_first] = "underflow"
@@ -77,7 +91,7 @@ def classify(fmt: Format, value, hi, lo, arith: Arith, tolerance: float | None =
     # kept so that the rule is total): name it by what it is.
     status[lost & ~seen & np.isinf(v)] = "overflow"
     status[np.isnan(v)] = "nan"
-    return Outcome(v, np.asarray(hi, dtype=np.float64), status.astype(str), rel, ulps, bits, arith.events())
+    return Outcome(v, np.asarray(hi, dtype=np.float64), status, rel, ulps, bits, arith.first.copy())
 
 
 def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
@@ -87,12 +101,11 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
     columns = {}
     for name in ("value", "reference", "status", "rel_error", "ulps", "error_bits"):
         first = getattr(parts[0][1], name)
-        out = np.empty(rows, dtype=first.dtype if first.dtype.kind != "U" else object)
+        out = np.empty(rows, dtype=first.dtype)
         for idx, part in parts:
             out[idx] = getattr(part, name)
-        columns[name] = out.astype(str) if name == "status" else out
-    events: list[tuple[str, ...]] = [()] * rows
+        columns[name] = out
+    steps = np.full((parts[0][1].first_steps.shape[0], rows), NEVER, dtype=np.int64)
     for idx, part in parts:
-        for i, ev in zip(idx.tolist(), part.events):
-            events[i] = ev
-    return Outcome(**columns, events=events)
+        steps[:, idx] = part.first_steps
+    return Outcome(**columns, first_steps=steps)

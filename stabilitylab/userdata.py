@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
             _check_size(arr.shape, what, p)
             arr = np.array(arr)
         elif suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
+            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 if len(z.files) != 1:
                     raise InputError(f"{what} file {p} holds {len(z.files)} arrays ({', '.join(z.files) or 'none'}); "
                                      "an .npz must hold exactly one")
@@ -42,7 +43,11 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
                 raise InputError(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
             text = p.read_text(encoding="utf-8")
             delimiter = "," if ("," in text or suffix == ".csv") else None
-            arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": checked below
+                arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
+            if arr.size == 0:
+                raise InputError(f"{what} file {p} holds no numbers")
         else:
             raise InputError(f"{what} file {p} has suffix {suffix or '(none)'!r}; allowed: .npy, .npz, .csv, .txt")
     except InputError:
@@ -86,7 +91,7 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
             raise InputError(f"labels has {y.size} entries but logits has {rows} rows; they must match")
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
-            raise InputError(f"label in row {bad} is {y[bad]!r}; labels must be integers")
+            raise InputError(f"label in row {bad} is {float(y[bad])!r}; labels must be integers")
         labels = y.astype(np.int64)
         out = (labels < 0) | (labels >= classes)
         if out.any():

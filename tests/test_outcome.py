@@ -18,7 +18,7 @@ def status_of(value, ref, events=(), fmt=F32, tolerance=None):
         a.step += 1
         a._note(ev, np.array([True]), None)
     hi = np.array([ref], dtype=np.float64)
-    return classify(fmt, np.array([value]), hi, np.zeros(1), a, tolerance).status[0]
+    return classify(fmt, np.array([value]), hi, np.zeros(1), hi == 0, a, tolerance).status[0]
 
 
 def test_rule():

@@ -16,13 +16,29 @@ import numpy as np
 
 from ..arith import Arith
 
-__all__ = ["Batch", "Method", "Experiment", "Family", "stack_padded"]
+__all__ = ["ParamNames", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings", "stack_padded"]
 
 
 def stack_padded(blocks: Sequence[np.ndarray], fill: float) -> np.ndarray:
     """Stack 2-D blocks of rows, padding short rows on the right with ``fill``."""
     width = max(b.shape[1] for b in blocks)
     return np.vstack([np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=fill) for b in blocks])
+
+
+class ParamNames(Sequence):
+    """Case names ``<parameter>=<value>`` for a family's batch, formatted on access."""
+
+    def __init__(self, parameter: str, values: np.ndarray):
+        self.parameter, self.values = parameter, values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        v = self.values[i]
+        return f"{self.parameter}={int(v)}" if np.issubdtype(self.values.dtype, np.integer) else f"{self.parameter}={v:g}"
 
 
 class Batch:
@@ -60,24 +76,42 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """Knobs shared by families: ``p`` of the iid likelihood family, flush-to-zero."""
+
+    p: float = 0.1
+    ftz: bool = False
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An analytic threshold: ``value`` of ``kind`` (first_failure or first_inaccurate),
+    derived by ``formula``; measured values within ``slack`` (relative) agree."""
+
+    value: float | int
+    kind: str
+    formula: str
+    slack: float = 0.0
+
+
+@dataclass(frozen=True)
 class Family:
     """A one-parameter family of cases that get harder as the parameter grows.
 
-    ``cases(params)`` builds a batch for an array of parameter values;
-    ``predicted(fmt, method)`` is the analytic first failure (or None) and
-    ``formula`` says how it was derived.  ``integer``: the parameter is an
-    integer (searched over the integers), else a value of the format.
+    ``cases(params, settings)`` builds a batch for an array of parameter values.
+    The parameter is searched over the integers in ``[lower, 2**62]``
+    (``integer``) or over the representable values of the format in
+    ``[lower, max]``.  ``predict(fmt, method, settings)`` is the analytic
+    threshold, or None where no closed form is known.
     """
 
     name: str
     parameter: str
     description: str
-    cases: Callable[[np.ndarray], Any]
-    lower: float
-    upper: Callable[[Any], float]
+    cases: Callable[[np.ndarray, Settings], Any]
     integer: bool = False
-    predicted: Callable[[Any, str], float | None] = lambda fmt, method: None
-    formula: Callable[[str], str] = lambda method: ""
+    lower: float = 0.0
+    predict: Callable[[Any, str, Settings], Prediction | None] = lambda fmt, method, settings: None
 
 
 @dataclass(frozen=True)
@@ -87,7 +121,8 @@ class Experiment:
     ``load(arith, cases)`` rounds the cases' inputs to the format (recording
     input events) and returns what kernels take; ``exact(inputs)`` returns the
     rows (tuples of floats) whose exact loss ``reference_fn(*row)`` is computed
-    with mpmath.
+    with mpmath.  ``fast_reference(inputs)``, optional, is the same loss
+    vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``.
     """
 
     name: str
@@ -99,6 +134,7 @@ class Experiment:
     exact_rows: Callable[[Any], Sequence[tuple]]
     reference_fn: Callable[..., Any]
     families: tuple[Family, ...] = field(default=())
+    fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     def method(self, name: str) -> Method:
         for m in self.methods:

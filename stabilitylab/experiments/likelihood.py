@@ -14,13 +14,16 @@ Exact reference: ``-n * sum_k ln(q_k)`` for the format-rounded q (mpmath).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mpmath
 import numpy as np
 
+from .. import predict
 from ..arith import Arith
-from .base import Batch, Experiment, Method, stack_padded
+from ..formats import Format
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings, stack_padded
 
 __all__ = ["Samples", "LIKELIHOOD", "iid", "samples"]
 
@@ -44,7 +47,7 @@ def iid(p, n, names=None) -> Samples:
     p, n = p.ravel(), n.ravel()
     if names is None:
         names = tuple(f"p={float(pi):g},n={int(ni)}" for pi, ni in zip(p, n))
-    return Samples(tuple(names), p[:, None].copy(), n.copy())
+    return Samples(names, p[:, None].copy(), n.copy())
 
 
 def samples(name: str, probs, repeat: int = 1) -> Samples:
@@ -83,6 +86,9 @@ class Loaded:
     probs: np.ndarray  # in the format
     repeat: np.ndarray
 
+    def take(self, rows):
+        return Loaded(self.probs[rows], self.repeat[rows])
+
 
 def load(arith: Arith, cases: Samples) -> Loaded:
     return Loaded(arith.load(cases.probs), cases.repeat)
@@ -108,6 +114,47 @@ def exact_nll(probs: tuple[float, ...], n: int):
     return -n * mpmath.fsum(mpmath.log(mpmath.mpf(q)) for q in probs)
 
 
+def iid_cases(n: np.ndarray, settings: Settings) -> Samples:
+    return iid(settings.p, n, names=ParamNames("n", np.asarray(n, dtype=np.int64)))
+
+
+def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    """product: the tree product is ~ fl(p)**n, 0 once that rounds to 0;
+    sum_log: the sum ~ n |fl(log fl(p))| overflows once it passes max + ulp/2."""
+    p = float(fmt.round(settings.p).astype(np.float64))
+    if method == "product":
+        n = predict.first_power_at_most(p, predict.zero_bound(fmt, settings.ftz), strict=settings.ftz)
+        bound = "tiny - smallest_subnormal/2 (flush to zero)" if settings.ftz else "smallest_subnormal/2"
+        relation = "<" if settings.ftz else "<="
+        return None if n is None else Prediction(
+            n, "first_failure", f"n* = min{{n : fl(p)^n {relation} {bound}}}: the product rounds to 0, -log(0) = inf")
+    if method == "sum_log":
+        with np.errstate(all="ignore"):
+            step = abs(float(np.log(fmt.round(p)).astype(np.float64)))
+        if step == 0:
+            return None
+        limit, _ = predict.overflow_bound(fmt)
+        n = int(mpmath.floor(limit / step)) + 1
+        return Prediction(n, "first_failure",
+                          "n* ~ (max + ulp(max)/2) / |fl(log fl(p))|: the sum passes the largest finite value "
+                          "(tree rounding moves it by up to log2(n) u)",
+                          slack=(math.log2(n) + 1) * fmt.unit_roundoff)
+    return None
+
+
+IID = Family("iid", "n", "n samples of true-class probability p (default 0.1, --p)", iid_cases,
+             integer=True, lower=1, predict=iid_predict)
+
+
+def fast_nll(x: Loaded):
+    """-n * sum(ln q) in longdouble: ln of exact inputs, a sum of same-sign terms."""
+    q = x.probs.astype(np.float64)
+    handled = np.all((q > 0) & np.isfinite(q), axis=1)
+    logs = np.log(np.where(handled[:, None], q, 1.0).astype(np.longdouble))
+    loss = -x.repeat.astype(np.longdouble) * logs.sum(axis=1)
+    return loss, np.all(q == 1, axis=1), handled
+
+
 LIKELIHOOD = Experiment(
     name="likelihood",
     title="Product of probabilities vs sum of log-probabilities",
@@ -120,4 +167,6 @@ LIKELIHOOD = Experiment(
     load=load,
     exact_rows=exact_rows,
     reference_fn=exact_nll,
+    families=(IID,),
+    fast_reference=fast_nll,
 )

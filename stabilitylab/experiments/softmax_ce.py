@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
+from .. import predict
 from ..arith import Arith
-from .base import Batch, Experiment, Method, stack_padded
+from ..formats import Format
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings, stack_padded
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
 
@@ -84,6 +86,9 @@ class Loaded:
     logits: np.ndarray  # in the format
     labels: np.ndarray
 
+    def take(self, rows):
+        return Loaded(self.logits[rows], self.labels[rows])
+
 
 def load(arith: Arith, cases: Logits) -> Loaded:
     return Loaded(arith.load(cases.logits), cases.labels)
@@ -139,6 +144,79 @@ def exact_cross_entropy(logits: tuple[float, ...], label: int):
     return mpmath.log1p(mpmath.fsum(mpmath.exp(v - xy) for v in rest))
 
 
+def _pair_cases(first: np.ndarray, second: np.ndarray, label: int, names) -> Logits:
+    rows = len(first)
+    return Logits(names, np.stack([first, second], axis=1), np.full(rows, label, dtype=np.int64),
+                  np.full(rows, 2, dtype=np.int64))
+
+
+def overflow_cases(d: np.ndarray, settings: Settings) -> Logits:
+    """[d, 0], label 0: exp(d) overflows the naive form; loss log1p(e**-d)."""
+    return _pair_cases(d, np.zeros_like(d), 0, ParamNames("d", d))
+
+
+def underflow_cases(d: np.ndarray, settings: Settings) -> Logits:
+    """[0, -d], label 1: exp(-d) underflows and log(0) = -inf; loss d + log1p(e**-d)."""
+    return _pair_cases(np.zeros_like(d), -d, 1, ParamNames("d", d))
+
+
+def confident_cases(d: np.ndarray, settings: Settings) -> Logits:
+    """[0, -d], label 0: the true class dominates; loss log1p(e**-d) ~ e**-d."""
+    return _pair_cases(np.zeros_like(d), -d, 0, ParamNames("d", d))
+
+
+def overflow_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    if method != "naive_softmax_log":
+        return None
+    limit, _ = predict.overflow_bound(fmt)
+    d = predict.first_value_above(fmt, mpmath.log(limit))
+    return Prediction(d, "first_failure",
+                      "d* = first format value above ln(max + ulp(max)/2) ~ ln(max): exp(d) overflows, "
+                      "inf/inf = NaN (up to the rounding of exp)")
+
+
+def underflow_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    if method not in ("naive_softmax_log", "shifted_softmax_log"):
+        return None
+    bound = predict.zero_bound(fmt, settings.ftz)
+    d = predict.first_value_above(fmt, -mpmath.log(bound))
+    what = "tiny - smallest_subnormal/2 (flush to zero)" if settings.ftz else "smallest_subnormal/2"
+    return Prediction(d, "first_failure",
+                      f"d* = first format value above -ln({what}): exp(-d) rounds to 0, log(0) = -inf "
+                      "(up to the rounding of exp)")
+
+
+FAMILIES = (
+    Family("overflow", "d", "logits [d, 0], label 0", overflow_cases, predict=overflow_predict),
+    Family("underflow", "d", "logits [0, -d], label 1", underflow_cases, predict=underflow_predict),
+    Family("confident", "d", "logits [0, -d], label 0 (the loss ~ exp(-d) is lost by plain log-softmax)",
+           confident_cases),
+)
+
+
+def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a - b = hi + lo exactly (Knuth's TwoSum on float64)."""
+    hi = a - b
+    bb = hi - a
+    lo = (a - (hi - bb)) - (b + bb)
+    return hi, lo
+
+
+def fast_cross_entropy(x: Loaded):
+    """log(sum_i e^(x_i - m)) + (m - x_y) in longdouble, with x_i - m split exactly
+    into float64 hi + lo so that exp sees exact arguments: relative error ~ 2**-60."""
+    X = x.logits.astype(np.float64)
+    m = X.max(axis=1, keepdims=True)
+    hi, lo = _two_diff(X, m)
+    handled = np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(hi), axis=1)
+    hi, lo = np.where(handled[:, None], hi, 0.0), np.where(handled[:, None], lo, 0.0)
+    terms = np.exp(hi.astype(np.longdouble)) * np.exp(lo.astype(np.longdouble))
+    np.put_along_axis(terms, np.argmax(X, axis=1)[:, None], 0, axis=1)  # the max's own e^0 = 1
+    gap = -(_at(hi, x.labels).astype(np.longdouble) + _at(lo, x.labels).astype(np.longdouble))  # m - x_y >= 0
+    loss = np.log1p(terms.sum(axis=1)) + gap
+    return loss, np.full(len(X), X.shape[1] == 1), handled
+
+
 SOFTMAX_CE = Experiment(
     name="softmax_ce",
     title="Softmax cross-entropy: naive, shifted, log-softmax, log1p",
@@ -153,4 +231,6 @@ SOFTMAX_CE = Experiment(
     load=load,
     exact_rows=exact_rows,
     reference_fn=exact_cross_entropy,
+    families=FAMILIES,
+    fast_reference=fast_cross_entropy,
 )

@@ -65,7 +65,7 @@ def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Sectio
         rows = []
         for case in shown:
             first = {f.name: results[(experiment.name, case, experiment.methods[0].name, f.name)] for f in formats}
-            rows.append([Cell(case), Cell("exact")] + [Cell(value_text(first[f.name].reference, widest))
+            rows.append([Cell(case), Cell("exact")] + [Cell(number_text(first[f.name].reference, 8))
                                                       for f in formats])
             for method in experiment.methods:
                 cells = [Cell(""), Cell(method.name)]
