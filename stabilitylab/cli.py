@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 import click
 from rich.console import Console
 
-from . import atomic
+from . import atomic, baseline
 from .engine import compare as run_compare
+from .experiments.base import Settings
+from .thresholds import thresholds as run_thresholds
 from .environment import package_version
 from .experiments import EXPERIMENTS
 from .experiments.likelihood import iid
 from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
-from .render.model import compare_sections, formats_table
+from .render.model import Section, check_table, compare_sections, formats_table, formulas_section, thresholds_table
 from .render.table import print_sections, print_table
 from .status import ExitStatus
 from .userdata import InputError, user_logits
@@ -121,12 +124,11 @@ def cli() -> None:
 def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, output) -> None:
     """Run naive and stable formulations side by side in several formats."""
     _check_output(output)
-    if p is not None and not (0 < p <= 1):
-        raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
+    if p is not None:
+        _settings(p, ftz)
     if n is not None and not 1 <= n <= MAX_N:
         raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
-    if tolerance is not None and not (tolerance > 0):
-        raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
+    _check_tolerance(tolerance)
     if labels and not logits:
         raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
     chosen = [EXPERIMENTS[name] for name in dict.fromkeys(experiments)] or list(EXPERIMENTS.values())
@@ -171,16 +173,137 @@ def formats(dtypes, fmt, output) -> None:
             _emit(console.export_text(), output, fmt)
 
 
+def _settings(p: float | None, ftz: bool) -> Settings:
+    if p is not None and not (0 < p <= 1):
+        raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
+    return Settings(p=0.1 if p is None else p, ftz=ftz)
+
+
+def _check_tolerance(tolerance: float | None) -> None:
+    if tolerance is not None and not (tolerance > 0):
+        raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
+
+
+def _families(names: Sequence[str]) -> set[str] | None:
+    known = {f"{e.name}/{f.name}" for e in EXPERIMENTS.values() for f in e.families}
+    short = {k.split("/")[1] for k in known}
+    for name in names:
+        if name not in known and name not in short:
+            raise click.BadParameter(f"unknown family {name!r}; valid: {', '.join(sorted(known))}",
+                                     param_hint="'--family'")
+    return set(names) or None
+
+
+family_option = click.option("--family", "families", multiple=True,
+                             help="Family to search (repeatable), e.g. iid or softmax_ce/underflow. Default: all.")
+p_option = click.option("--p", "p", type=float, default=None,
+                        help="likelihood/iid: the true-class probability p in (0, 1] (default 0.1).")
+ftz_option = click.option("--ftz", is_flag=True, help="Flush subnormal inputs and results to zero (FTZ/DAZ).")
+tolerance_option = click.option("--tolerance", type=float, default=None,
+                                help="Relative error above which a loss is 'inaccurate' (default sqrt(u)).")
+
+
+@cli.command("thresholds")
+@click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)), multiple=True,
+              help="Experiment (repeatable). Default: all.")
+@family_option
+@dtype_option
+@p_option
+@ftz_option
+@tolerance_option
+@format_option
+@output_option
+def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, output) -> None:
+    """Find the exact input at which each formulation first fails, beside the analytic prediction."""
+    _check_output(output)
+    _check_tolerance(tolerance)
+    settings = _settings(p, ftz)
+    chosen = [EXPERIMENTS[name] for name in dict.fromkeys(experiments)] or list(EXPERIMENTS.values())
+    formats_ = _formats(dtypes)
+    rows = run_thresholds(chosen, formats_, settings, tolerance, _families(families))
+    if fmt == "json":
+        _emit(jsonout.dumps(jsonout.thresholds_document(rows, settings, tolerance)), output, fmt)
+        return
+    sections = [Section("Thresholds", tables=[thresholds_table(rows, list(formats_))]), formulas_section(rows)]
+    _render(sections, output, fmt)
+
+
+@cli.command()
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), required=True,
+              help="Baseline JSON file (schema stabilitylab.baseline/1).")
+@click.option("--update", is_flag=True,
+              help="Recompute and write the baseline (atomically); entries outside the selection are kept.")
+@click.option("--ulps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
+@dtype_option
+@click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
+@format_option
+def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
+    """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
+    if fmt == "json":
+        raise click.BadParameter("check prints a table or markdown", param_hint="'--format'")
+    if update:
+        previous, settings, tolerance = {}, Settings(), None
+        if Path(baseline_path).exists():
+            try:
+                old = baseline.load(baseline_path)
+                previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
+            except baseline.BaselineError:
+                previous = {}
+        _check_output(baseline_path)
+        rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+        baseline.write(baseline_path, baseline.document(rows, settings, tolerance, previous))
+        click.echo(f"wrote {len(rows)} entries to {baseline_path}")
+        return
+    try:
+        doc = baseline.load(baseline_path)
+    except baseline.BaselineError as exc:
+        raise CheckExit(str(exc), ExitStatus.INCOMPARABLE if exc.missing else ExitStatus.USAGE) from None
+    settings, tolerance = baseline.settings_of(doc)
+    if dtypes:
+        formats_ = _formats(dtypes)
+    else:
+        named = {k.split("/")[-1] for k in doc["entries"]}
+        formats_ = tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS
+    rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance)
+    result = baseline.compare(doc, rows, ulps)
+    for w in result.warnings:
+        click.echo(f"stabilitylab: warning: {w}", err=True)
+    regressions, missing, unknown = result.count("!"), result.count("+"), result.count("x")
+    summary = (f"{result.compared} entries compared: {regressions} regressed, {missing} not in baseline, "
+               f"{unknown} not comparable")
+    table = check_table(result, show_all)
+    if fmt == "markdown":
+        click.echo(table_md(table) + "\n" + summary)
+    else:
+        console = _console(None)
+        if table.rows:
+            print_table(console, table)
+        console.print(summary)
+    if regressions:
+        raise click.exceptions.Exit(ExitStatus.REGRESSION)
+    if missing or unknown:
+        raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
+
+
+class CheckExit(click.ClickException):
+    """A one-line error with its own exit status."""
+
+    def __init__(self, message: str, status: ExitStatus):
+        super().__init__(message)
+        self.exit_code = int(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line on stderr and exit 2 for bad input, never a traceback."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
+        rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - depends on click version
         click.echo(exc.ctx.get_help())
         return ExitStatus.OK
     except click.ClickException as exc:
         click.echo(f"stabilitylab: error: {exc.format_message()}", err=True)
-        return ExitStatus.USAGE
+        return exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -191,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         return ExitStatus.OK
-    return ExitStatus.OK
+    return rc if isinstance(rc, int) else ExitStatus.OK
 
 
 def run() -> None:

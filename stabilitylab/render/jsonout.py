@@ -50,3 +50,27 @@ def compare_document(comparison: Comparison) -> dict:
         "findings": [{"experiment": e, "text": t} for e, t in findings(comparison)],
         "notes": list(comparison.notes),
     }
+
+
+THRESHOLDS_SCHEMA = "stabilitylab.thresholds/1"
+
+
+def _param(x):
+    """Thresholds: integers stay integers, floats are exact (repr round-trips), None is null."""
+    return x if x is None or isinstance(x, int) else number(x)
+
+
+def thresholds_document(rows, settings, tolerance) -> dict:
+    return {
+        "schema": THRESHOLDS_SCHEMA,
+        "version": package_version(),
+        "environment": fingerprint(),
+        "settings": {"p": settings.p, "ftz": settings.ftz, "tolerance": tolerance},
+        "thresholds": [{
+            "experiment": r.experiment, "family": r.family, "method": r.method, "dtype": r.dtype,
+            "parameter": r.parameter, "first_inaccurate": _param(r.first_inaccurate),
+            "first_failure": _param(r.first_failure), "failure": r.failure, "predicted": _param(r.predicted),
+            "formula": r.formula, "search_range": [_param(x) for x in r.search_range],
+            "predicted_for": r.predicted_for, "agrees": r.agrees, "monotone": r.monotone,
+        } for r in rows],
+    }

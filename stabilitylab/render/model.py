@@ -13,7 +13,8 @@ from ..engine import Comparison
 from ..findings import findings
 from ..formats import Format
 
-__all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table"]
+__all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table", "thresholds_table",
+           "formulas_section", "check_table"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,81 @@ def formats_table(formats: list[Format]) -> Table:
     return Table("Formats (from numpy.finfo / ml_dtypes.finfo)", headers, rows)
 
 
+
+
+def _param_text(value, fmt: Format) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**12 else f"{value:.4g}"
+    return str(fmt.dtype.type(value))  # shortest text that round-trips in the format
+
+
+THRESHOLD_LEGEND = ("each cell: first inaccurate / first failure (status at failure); "
+                    "pred = analytic prediction (✓ agrees, ✗ differs); — = never in the search range")
+
+
+def thresholds_table(rows, formats: list[Format]) -> Table:
+    """family x method rows, one column per format."""
+    by_key = {(r.experiment, r.family, r.method, r.dtype): r for r in rows}
+    groups = list(dict.fromkeys((r.experiment, r.family, r.parameter) for r in rows))
+    methods: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        family_methods = methods.setdefault((r.experiment, r.family), [])
+        if r.method not in family_methods:
+            family_methods.append(r.method)
+    table_rows = []
+    for experiment, family, parameter in groups:
+        for i, method in enumerate(methods[(experiment, family)]):
+            cells = [Cell(f"{experiment}/{family} ({parameter})" if i == 0 else ""), Cell(method)]
+            for fmt in formats:
+                r = by_key.get((experiment, family, method, fmt.name))
+                if r is None:
+                    cells.append(Cell(""))
+                    continue
+                text = f"{_param_text(r.first_inaccurate, fmt)} / {_param_text(r.first_failure, fmt)}"
+                if r.failure:
+                    text += f" {r.failure}"
+                if r.predicted is not None:
+                    text += f" (pred {_param_text(r.predicted, fmt)} {'✓' if r.agrees else '✗'})"
+                status = r.failure or ("inaccurate" if r.first_inaccurate is not None else "ok")
+                cells.append(Cell(text, status))
+            table_rows.append(cells)
+    return Table("Thresholds: first failing parameter per method and format",
+                 ["family (parameter)", "method", *(f.name for f in formats)], table_rows, THRESHOLD_LEGEND)
+
+
+def formulas_section(rows) -> Section:
+    """The analytic predictions' formulas, once per family and method."""
+    seen = {}
+    for r in rows:
+        if r.formula:
+            seen.setdefault(f"{r.experiment}/{r.family}/{r.method}", r.formula)
+    return Section("Predictions", bullets=[f"`{k}`: {v}" for k, v in seen.items()])
+
+
+def check_table(result, show_all: bool = False) -> Table:
+    """asv-compare style: mark, baseline, current, change, tolerance, entry."""
+    rows = []
+    for r in result.rows:
+        if r.mark == "" and not show_all:
+            continue
+        change = "—"
+        if r.mark == "!":
+            if isinstance(r.baseline, (int, float)) and isinstance(r.current, (int, float)) and r.baseline:
+                change = f"{r.current / r.baseline:.6g}x"
+            else:
+                change = "changed"
+        status = {"": "ok", "!": "nan", "+": "inaccurate", "x": "inaccurate"}[r.mark]
+        rows.append([Cell(r.mark or " ", status), Cell(_plain(r.baseline)), Cell(_plain(r.current)),
+                     Cell(change), Cell(r.tolerance), Cell(f"{r.entry} {r.metric}" if r.metric != "-" else r.entry)])
+    return Table("Baseline check", ["mark", "baseline", "current", "change", "tolerance", "entry"], rows,
+                 "! regression · + not in baseline · x unknown entry (not comparable)")
+
+
+def _plain(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)

@@ -1,0 +1,169 @@
+"""Threshold baselines: a stable JSON file, and the comparison CI runs against it.
+
+File layout (``stabilitylab.baseline/1``), keys sorted, one entry per
+``experiment/family/method/dtype``::
+
+    {"schema": ..., "version": ..., "environment": {...},
+     "settings": {"p": 0.1, "ftz": false, "tolerance": null},
+     "entries": {"likelihood/iid/product/float32":
+                    {"first_failure": 46, "first_inaccurate": 45, "failure": "underflow"}, ...}}
+
+Tolerance: integers (n) and statuses must match exactly; a float parameter (a
+value of the entry's format) may move by at most ``ulps * ulp(baseline)`` in
+that format (default 0: bit-exact).  ``null`` (never fails in the search
+range) only matches ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import atomic
+from .environment import fingerprint, package_version
+from .experiments import EXPERIMENTS
+from .experiments.base import Settings
+from .formats import FORMATS, Format
+from .render.jsonout import dumps
+from .thresholds import Threshold
+
+__all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
+           "compare", "within"]
+
+SCHEMA = "stabilitylab.baseline/1"
+METRICS = ("first_inaccurate", "first_failure", "failure")
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be read (missing: ``missing`` is True)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+def entries_of(rows: list[Threshold]) -> dict[str, dict]:
+    return {r.key: {"first_inaccurate": r.first_inaccurate, "first_failure": r.first_failure,
+                    "failure": r.failure} for r in rows}
+
+
+def document(rows: list[Threshold], settings: Settings, tolerance: float | None,
+             previous: dict | None = None) -> dict:
+    """A baseline document; entries of ``previous`` that were not recomputed are kept."""
+    entries = dict(previous or {})
+    entries.update(entries_of(rows))
+    return {"schema": SCHEMA, "version": package_version(), "environment": fingerprint(),
+            "settings": {"p": settings.p, "ftz": settings.ftz, "tolerance": tolerance},
+            "entries": entries}
+
+
+def write(path: str | os.PathLike, doc: dict) -> None:
+    atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read and validate a baseline; BaselineError says what is wrong in one line."""
+    p = Path(path)
+    if not p.exists():
+        raise BaselineError(f"baseline {p} does not exist (create it with --update)", missing=True)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"baseline {p} could not be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"baseline {p} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                            "regenerate it with --update") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise BaselineError(f"baseline {p} has schema {found!r}; expected {SCHEMA!r}")
+    entries = doc.get("entries")
+    settings = doc.get("settings", {})
+    if not isinstance(entries, dict) or not isinstance(settings, dict):
+        raise BaselineError(f"baseline {p} lacks an 'entries' object")
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or any(m not in entry for m in METRICS):
+            raise BaselineError(f"baseline {p}: entry {key!r} must hold {', '.join(METRICS)}")
+    return doc
+
+
+def settings_of(doc: dict) -> tuple[Settings, float | None]:
+    s = doc.get("settings", {})
+    return Settings(p=float(s.get("p", 0.1)), ftz=bool(s.get("ftz", False))), s.get("tolerance")
+
+
+def split_key(key: str) -> tuple[str, str, str, str] | None:
+    """(experiment, family, method, dtype) if the key names something that exists now."""
+    parts = key.split("/")
+    if len(parts) != 4:
+        return None
+    experiment, family, method, dtype = parts
+    e = EXPERIMENTS.get(experiment)
+    if e is None or dtype not in FORMATS or method not in e.method_names:
+        return None
+    if family not in {f.name for f in e.families}:
+        return None
+    return experiment, family, method, dtype
+
+
+def within(baseline, current, fmt: Format, ulps: int) -> bool:
+    """The tolerance rule stated in the module docstring."""
+    if baseline is None or current is None or isinstance(baseline, str) or isinstance(current, str):
+        return baseline == current
+    if isinstance(baseline, int) and isinstance(current, int) and not isinstance(baseline, bool):
+        return baseline == current
+    return abs(float(current) - float(baseline)) <= ulps * float(fmt.ulp(float(baseline)))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric of one entry: mark '' ok, '!' regression, '+' missing from the baseline,
+    'x' in the baseline but not comparable (unknown now)."""
+
+    mark: str
+    entry: str
+    metric: str
+    baseline: object
+    current: object
+    tolerance: str
+
+
+@dataclass
+class CheckResult:
+    rows: list[Row] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, mark: str) -> int:
+        return len({r.entry for r in self.rows if r.mark == mark})
+
+    @property
+    def compared(self) -> int:
+        return len({r.entry for r in self.rows if r.mark in ("", "!")})
+
+
+def compare(doc: dict, rows: list[Threshold], ulps: int) -> CheckResult:
+    """Compare recomputed thresholds with a loaded baseline."""
+    result = CheckResult()
+    env = doc.get("environment", {})
+    now = fingerprint()
+    for name, value in sorted(now.items()):
+        if env.get(name) not in (None, value):
+            result.warnings.append(f"baseline made with {name} {env.get(name)}; now {value}")
+    current = {r.key: r for r in rows}
+    for key, entry in sorted(doc["entries"].items()):
+        if split_key(key) is None:
+            result.rows.append(Row("x", key, "-", "-", "-", "unknown entry"))
+            continue
+        r = current.get(key)
+        if r is None:
+            continue  # not recomputed (outside the selected formats)
+        fmt = FORMATS[r.dtype]
+        for metric in METRICS:
+            base, cur = entry[metric], getattr(r, metric)
+            integer = isinstance(base, int) or metric == "failure" or base is None
+            tol = "exact" if integer or ulps == 0 else f"{ulps} ulp"
+            result.rows.append(Row("" if within(base, cur, fmt, ulps) else "!", key, metric, base, cur, tol))
+    for key in sorted(set(current) - set(doc["entries"])):
+        result.rows.append(Row("+", key, "-", "missing", "-", "not in baseline"))
+    return result

@@ -1,0 +1,35 @@
+"""pytest plugin (entry point ``pytest11``): the ``stability_baseline`` fixture.
+
+Options: ``--stability-update`` rewrites the checked entries; the ini value
+``stability_baseline`` names the file (default ``stability-baseline.json`` in
+the rootdir).  See :mod:`stabilitylab.testing` for the tolerance rule.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .testing import StabilityBaseline
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("stabilitylab")
+    group.addoption("--stability-update", action="store_true", default=False,
+                    help="Recompute the stability thresholds that tests check and write them to the baseline.")
+    parser.addini("stability_baseline", default="stability-baseline.json",
+                  help="Baseline file for the stability_baseline fixture (relative to the rootdir).")
+
+
+@pytest.fixture(scope="session")
+def _stability_session(request):
+    config = request.config
+    store = StabilityBaseline(config.rootpath / config.getini("stability_baseline"),
+                              update=config.getoption("stability_update"))
+    yield store
+    store.save()
+
+
+@pytest.fixture
+def stability_baseline(_stability_session) -> StabilityBaseline:
+    """Check thresholds against the baseline: ``stability_baseline.check("likelihood/iid/product/float32")``."""
+    return _stability_session

@@ -1,0 +1,87 @@
+"""Assert stability thresholds in your own tests, against a baseline file.
+
+>>> def test_product_threshold(stability_baseline):
+...     stability_baseline.check("likelihood/iid/product/float32")
+
+Tolerance (the same rule as ``stabilitylab check``): for an entry of format F,
+a float threshold x passes iff ``|x - x_baseline| <= ulps * ulp_F(x_baseline)``
+(``ulps = 0``: bit-exact); integer thresholds (n) and the failure status must
+be equal; ``None`` (never fails in the search range) only equals ``None``.
+With ``pytest --stability-update`` the checked entries are recomputed and
+written to the baseline instead (other entries are kept).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import baseline
+from .experiments import EXPERIMENTS
+from .experiments.base import Settings
+from .formats import FORMATS
+from .thresholds import Threshold, family_thresholds
+
+__all__ = ["StabilityBaseline", "threshold"]
+
+_CACHE: dict[tuple, list[Threshold]] = {}
+
+
+def threshold(key: str, settings: Settings = Settings(), tolerance: float | None = None) -> Threshold:
+    """The current threshold of ``experiment/family/method/dtype``."""
+    parts = baseline.split_key(key)
+    if parts is None:
+        raise KeyError(f"unknown threshold {key!r}; expected experiment/family/method/dtype, "
+                       f"e.g. likelihood/iid/product/float32")
+    experiment, family, method, dtype = parts
+    cache_key = (experiment, family, dtype, settings, tolerance)
+    if cache_key not in _CACHE:
+        e = EXPERIMENTS[experiment]
+        _CACHE[cache_key] = family_thresholds(e, e.family(family), FORMATS[dtype], settings, tolerance)
+    return next(r for r in _CACHE[cache_key] if r.method == method)
+
+
+class StabilityBaseline:
+    """A baseline file and the checks made against it in one test session."""
+
+    def __init__(self, path: str | os.PathLike, update: bool = False, ulps: int = 0):
+        self.path, self.update, self.ulps = Path(path), update, ulps
+        self._doc: dict | None = None
+        self._recorded: list[Threshold] = []
+
+    def _baseline(self) -> dict:
+        if self._doc is None:
+            self._doc = baseline.load(self.path)
+        return self._doc
+
+    def check(self, key: str, ulps: int | None = None) -> Threshold:
+        """Assert (or, when updating, record) the threshold ``key``; returns it."""
+        if self.update:
+            row = threshold(key)
+            self._recorded.append(row)
+            return row
+        doc = self._baseline()
+        settings, tolerance = baseline.settings_of(doc)
+        row = threshold(key, settings, tolerance)
+        entry = doc["entries"].get(key)
+        if entry is None:
+            raise AssertionError(f"{key} is not in baseline {self.path}; run pytest --stability-update")
+        k = self.ulps if ulps is None else ulps
+        fmt = FORMATS[row.dtype]
+        for metric in baseline.METRICS:
+            base, cur = entry[metric], getattr(row, metric)
+            if not baseline.within(base, cur, fmt, k):
+                raise AssertionError(f"{key} {metric}: baseline {base!r}, now {cur!r} (tolerance {k} ulp)")
+        return row
+
+    def save(self) -> None:
+        """Write recorded entries (update mode), keeping the others."""
+        if not (self.update and self._recorded):
+            return
+        previous = {}
+        if self.path.exists():
+            try:
+                previous = baseline.load(self.path)["entries"]
+            except baseline.BaselineError:
+                previous = {}
+        baseline.write(self.path, baseline.document(self._recorded, Settings(), None, previous))

@@ -1,0 +1,123 @@
+"""Thresholds proved against independent reasoning and brute force."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+
+from stabilitylab import thresholds as th
+from stabilitylab.experiments import EXPERIMENTS
+from stabilitylab.experiments.base import Settings
+from stabilitylab.formats import FORMATS
+
+LIK, SCE = EXPERIMENTS["likelihood"], EXPERIMENTS["softmax_ce"]
+F16, F32, F64 = FORMATS["float16"], FORMATS["float32"], FORMATS["float64"]
+
+
+def rows(experiment, family, fmt, **kw):
+    return {r.method: r for r in th.family_thresholds(experiment, experiment.family(family), fmt, **kw)}
+
+
+def float16_values() -> np.ndarray:
+    """Every finite float16 >= 0, ascending (bit patterns 0 .. 0x7bff)."""
+    return np.arange(0x7C00, dtype=np.uint16).view(np.float16)
+
+
+@pytest.mark.parametrize("fmt,n", [(F32, 46), (F64, 324)], ids=["float32", "float64"])
+def test_product_of_tenths_first_infinite_at(fmt, n):
+    """fl(0.1)**n first drops to at most smallest_subnormal/2 (so rounds to 0) at n."""
+    p, half = mpmath.mpf(float(fmt.round(0.1))), mpmath.mpf(fmt.smallest_subnormal) / 2
+    with mpmath.workdps(60):
+        assert p ** (n - 1) > half >= p**n
+    r = rows(LIK, "iid", fmt)["product"]
+    assert r.first_failure == n and r.failure == "underflow"
+    assert r.predicted == n and r.agrees
+    assert r.first_inaccurate <= n
+
+
+def test_ftz_moves_the_float32_product_threshold_to_38():
+    """Flush-to-zero: the product dies as soon as it is below tiny = 1.18e-38:
+    0.1**37 = 1e-37 is normal, 0.1**38 = 1e-38 < tiny."""
+    r = rows(LIK, "iid", F32, settings=Settings(ftz=True))["product"]
+    assert r.first_failure == 38 and r.predicted == 38
+
+
+def test_float32_naive_softmax_overflow_is_past_88_72283172607422():
+    """The largest float32 x with finite exp(x) is 88.72283172607422, so the naive
+    softmax of [d, 0] first fails at the next float32."""
+    last = np.float32(88.72283172607422)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(np.exp(last)) and np.isinf(np.exp(np.nextafter(last, np.float32(np.inf))))
+    r = rows(SCE, "overflow", F32)["naive_softmax_log"]
+    assert r.first_failure == float(np.nextafter(last, np.float32(np.inf))) == 88.72283935546875
+    assert r.failure == "nan"  # inf / inf
+
+
+def test_float16_naive_thresholds_by_brute_force():
+    """Scan every float16 with numpy directly (no stabilitylab arithmetic)."""
+    d = float16_values()
+    with np.errstate(all="ignore"):
+        first_exp_inf = d[np.argmax(np.isinf(np.exp(d)))]
+        first_exp_zero = d[np.argmax(np.exp(-d) == 0)]
+    assert rows(SCE, "overflow", F16)["naive_softmax_log"].first_failure == float(first_exp_inf)
+    under = rows(SCE, "underflow", F16)
+    assert under["naive_softmax_log"].first_failure == float(first_exp_zero)
+    assert under["shifted_softmax_log"].first_failure == float(first_exp_zero)
+    assert under["log_softmax"].first_failure is None and under["log_softmax_log1p"].first_failure is None
+
+
+def test_float16_sum_of_logs_overflow_by_independent_pairwise_sum():
+    """The float16 tree sum of n copies of log(fl16(0.1)) first overflows at n = 28451."""
+    r = rows(LIK, "iid", F16)["sum_log"]
+    n = r.first_failure
+    step = np.log(np.float16(0.1))  # numpy's float16 log, as the kernel computes it
+
+    def tree(k):
+        level = [step] * k
+        with np.errstate(over="ignore"):
+            while len(level) > 1:
+                level = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)] + (
+                    [level[-1]] if len(level) % 2 else [])
+        return level[0]
+
+    assert np.isfinite(tree(n - 1)) and np.isinf(tree(n))
+    assert r.failure == "overflow" and n == 28451
+
+
+def test_search_agrees_with_exhaustive_scan_on_float16(monkeypatch):
+    """Force the k-ary search on float16 and compare with the complete scan: equal
+    wherever the scan finds the predicate monotone."""
+    scanned = {(r.family, r.method): r for fam in SCE.families for r in th.family_thresholds(SCE, fam, F16)}
+    monkeypatch.setattr(th, "EXHAUSTIVE_POINTS", 0)
+    compared = 0
+    for fam in SCE.families:
+        for r in th.family_thresholds(SCE, fam, F16):
+            s = scanned[(r.family, r.method)]
+            assert r.first_failure == s.first_failure  # non-finite: monotone here
+            if s.monotone:
+                assert r.first_inaccurate == s.first_inaccurate
+                compared += 1
+    assert compared >= 2  # most float16 inaccuracy thresholds flicker (see the scan's monotone flag)
+
+
+def test_thresholds_json_and_table(capsys):
+    import json
+
+    from stabilitylab.cli import main
+
+    assert main(["thresholds", "-d", "float32", "--family", "iid", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "stabilitylab.thresholds/1"
+    first = doc["thresholds"][0]
+    assert list(first)[:11] == ["experiment", "family", "method", "dtype", "parameter", "first_inaccurate",
+                                "first_failure", "failure", "predicted", "formula", "search_range"]
+    product = next(t for t in doc["thresholds"] if t["method"] == "product")
+    assert product["first_failure"] == 46 and isinstance(product["first_failure"], int)
+    assert product["search_range"] == [1, th.INTEGER_UPPER]
+    assert main(["thresholds", "-d", "float32", "--family", "softmax_ce/overflow", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    naive = next(t for t in doc["thresholds"] if t["method"] == "naive_softmax_log")
+    assert naive["first_failure"] == 88.72283935546875  # repr round-trips exactly
+    assert main(["thresholds", "--family", "nope"]) == 2
+    assert "unknown family" in capsys.readouterr().err
