@@ -1,21 +1,22 @@
-"""Command-line interface: parse, call the core, render.  No numerics here."""
+"""Command-line interface: parse and validate, call the core, render.  No numerics here."""
 
 from __future__ import annotations
 
 import io
+import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
 from . import atomic, baseline
 from .engine import compare as run_compare
-from .experiments.base import Settings
-from .thresholds import thresholds as run_thresholds
 from .environment import package_version
 from .experiments import EXPERIMENTS
+from .experiments.base import Settings
 from .experiments.likelihood import iid
 from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
@@ -23,9 +24,10 @@ from .render.markdown import sections_md, table_md
 from .render.model import Section, check_table, compare_sections, formats_table, formulas_section, thresholds_table
 from .render.table import print_sections, print_table
 from .status import ExitStatus
+from .thresholds import thresholds as run_thresholds
 from .userdata import InputError, user_logits
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "run"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
 MAX_N = 2**63 - 1
@@ -47,130 +49,22 @@ class FormatType(click.ParamType):
             self.fail(exc.args[0], param, ctx)
 
 
+class CheckExit(click.ClickException):
+    """A one-line error with its own exit status."""
+
+    def __init__(self, message: str, status: ExitStatus):
+        super().__init__(message)
+        self.exit_code = int(status)
+
+
+# ------------------------------------------------------------------ helpers
 def _formats(chosen: Sequence[tuple[Format, ...]]) -> tuple[Format, ...]:
     flat = [f for group in chosen for f in group] or list(DEFAULT_FORMATS)
     return tuple(dict.fromkeys(flat))
 
 
-def _emit(text_or_sections, output: str | None, kind: str, console_fn=None) -> None:
-    """Write ``text`` to ``output`` atomically, or to stdout."""
-    if output:
-        atomic.write_text(output, text_or_sections)
-    else:
-        click.echo(text_or_sections, nl=False)
-
-
-def _check_output(output: str | None) -> None:
-    if output:
-        problem = atomic.check_writable(output)
-        if problem:
-            raise click.BadParameter(problem, param_hint="'-o' / '--output'")
-
-
-def _console(output: str | None) -> Console:
-    """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
-    if output:
-        return Console(record=True, width=160, file=io.StringIO(), color_system=None)
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def _render(sections, output: str | None, fmt: str, document=None) -> None:
-    if fmt == "json":
-        _emit(jsonout.dumps(document), output, fmt)
-    elif fmt == "markdown":
-        _emit(sections_md(sections), output, fmt)
-    else:
-        console = _console(output)
-        print_sections(console, sections)
-        if output:
-            _emit(console.export_text(), output, fmt)
-
-
-output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-                             help="Write to this file (atomically) instead of standard output.")
-format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
-                             show_default=True, help="Rich table, GitHub markdown, or JSON.")
-dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
-                            help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
-                                 "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. "
-                                 "Default: float16, bfloat16, float32, float64.")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version=package_version(), prog_name="stabilitylab")
-def cli() -> None:
-    """Show, measure and guard numerical (in)stability of ML loss computations."""
-
-
-@cli.command()
-@click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)), multiple=True,
-              help="Experiment to run (repeatable). Default: all.")
-@dtype_option
-@click.option("--p", "p", type=float, default=None,
-              help="likelihood: custom case, true-class probability p in (0, 1] (default 0.1 with --n).")
-@click.option("--n", "n", type=int, default=None,
-              help="likelihood: custom case, number of samples n >= 1 (default 100 with --p).")
-@click.option("--logits", type=click.Path(), default=None,
-              help="softmax_ce: logits file (.npy, .npz, .csv, .txt) of shape (rows, classes); its rows become "
-                   "the only softmax_ce cases.")
-@click.option("--labels", type=click.Path(), default=None,
-              help="softmax_ce: labels file, one integer per row (default: each row's argmax).")
-@click.option("--tolerance", type=float, default=None,
-              help="Relative error above which a finite loss is 'inaccurate' (default sqrt(u) of each format).")
-@click.option("--ftz", is_flag=True, help="Flush subnormal inputs and results to zero (FTZ/DAZ hardware modes).")
-@format_option
-@output_option
-def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, output) -> None:
-    """Run naive and stable formulations side by side in several formats."""
-    _check_output(output)
-    if p is not None:
-        _settings(p, ftz)
-    if n is not None and not 1 <= n <= MAX_N:
-        raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
-    _check_tolerance(tolerance)
-    if labels and not logits:
-        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
-    chosen = [EXPERIMENTS[name] for name in dict.fromkeys(experiments)] or list(EXPERIMENTS.values())
-    cases, notes = {}, []
-    if p is not None or n is not None:
-        cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
-    if logits:
-        try:
-            cases["softmax_ce"], notes = user_logits(logits, labels)
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
-    comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
-    comparison.notes.extend(notes)
-    if fmt == "json":
-        _emit(jsonout.dumps(jsonout.compare_document(comparison)), output, fmt)
-    else:
-        _render(compare_sections(comparison), output, fmt)
-
-
-@cli.command()
-@dtype_option
-@format_option
-@output_option
-def formats(dtypes, fmt, output) -> None:
-    """Print each format's facts (from finfo): max, smallest normal/subnormal, eps, u, ln thresholds."""
-    _check_output(output)
-    chosen = _formats(dtypes) if dtypes else ALL_FORMATS
-    table = formats_table(list(chosen))
-    if fmt == "json":
-        doc = {"schema": "stabilitylab.formats/1", "formats": [
-            {"name": f.name, "aliases": list(f.aliases), "precision": f.precision, "max": f.max,
-             "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
-             "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max,
-             "ln_smallest_subnormal": f.ln_smallest_subnormal, "has_inf": f.has_inf} for f in chosen]}
-        _emit(jsonout.dumps(doc), output, fmt)
-    elif fmt == "markdown":
-        _emit(table_md(table), output, fmt)
-    else:
-        console = _console(output)
-        print_table(console, table)
-        if output:
-            _emit(console.export_text(), output, fmt)
+def _experiments(names: Sequence[str]):
+    return [EXPERIMENTS[name] for name in dict.fromkeys(names)] or list(EXPERIMENTS.values())
 
 
 def _settings(p: float | None, ftz: bool) -> Settings:
@@ -184,6 +78,13 @@ def _check_tolerance(tolerance: float | None) -> None:
         raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
 
 
+def _check_output(output: str | None) -> None:
+    if output:
+        problem = atomic.check_writable(output)
+        if problem:
+            raise click.BadParameter(problem, param_hint="'-o' / '--output'")
+
+
 def _families(names: Sequence[str]) -> set[str] | None:
     known = {f"{e.name}/{f.name}" for e in EXPERIMENTS.values() for f in e.families}
     short = {k.split("/")[1] for k in known}
@@ -194,18 +95,117 @@ def _families(names: Sequence[str]) -> set[str] | None:
     return set(names) or None
 
 
+def _console(output: str | None) -> Console:
+    """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
+    if output:
+        return Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _emit(text: str, output: str | None) -> None:
+    """Write ``text`` to ``output`` atomically, or to stdout."""
+    if output:
+        atomic.write_text(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+def _render(sections: list[Section], output: str | None, fmt: str) -> None:
+    if fmt == "markdown":
+        _emit(sections_md(sections), output)
+        return
+    console = _console(output)
+    print_sections(console, sections)
+    if output:
+        _emit(console.export_text(), output)
+
+
+# ------------------------------------------------------------------ options
+output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                             help="Write to this file (atomically) instead of standard output.")
+format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
+                             show_default=True, help="Rich table, GitHub markdown, or JSON.")
+dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+                            help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
+                                 "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. "
+                                 "Default: float16, bfloat16, float32, float64.")
+experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),
+                                 multiple=True, help="Experiment (repeatable). Default: all.")
 family_option = click.option("--family", "families", multiple=True,
                              help="Family to search (repeatable), e.g. iid or softmax_ce/underflow. Default: all.")
 p_option = click.option("--p", "p", type=float, default=None,
-                        help="likelihood/iid: the true-class probability p in (0, 1] (default 0.1).")
-ftz_option = click.option("--ftz", is_flag=True, help="Flush subnormal inputs and results to zero (FTZ/DAZ).")
+                        help="likelihood: the true-class probability p in (0, 1] (default 0.1).")
+ftz_option = click.option("--ftz", is_flag=True,
+                          help="Flush subnormal inputs and results to zero (FTZ/DAZ hardware modes).")
 tolerance_option = click.option("--tolerance", type=float, default=None,
-                                help="Relative error above which a loss is 'inaccurate' (default sqrt(u)).")
+                                help="Relative error above which a finite loss is 'inaccurate' "
+                                     "(default sqrt(u) of each format).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=package_version(), prog_name="stabilitylab")
+def cli() -> None:
+    """Show, measure and guard numerical (in)stability of ML loss computations."""
+
+
+# ----------------------------------------------------------------- commands
+@cli.command()
+@experiment_option
+@dtype_option
+@p_option
+@click.option("--n", "n", type=int, default=None,
+              help="likelihood: custom case of n >= 1 samples (default 100 with --p); replaces the default cases.")
+@click.option("--logits", type=click.Path(), default=None,
+              help="softmax_ce: logits file (.npy, .npz, .csv, .txt) of shape (rows, classes); its rows become "
+                   "the only softmax_ce cases.")
+@click.option("--labels", type=click.Path(), default=None,
+              help="softmax_ce: labels file, one integer per row (default: each row's argmax).")
+@tolerance_option
+@ftz_option
+@format_option
+@output_option
+def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, output) -> None:
+    """Run naive and stable formulations side by side in several formats."""
+    _check_output(output)
+    _settings(p, ftz)
+    if n is not None and not 1 <= n <= MAX_N:
+        raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
+    _check_tolerance(tolerance)
+    if labels and not logits:
+        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
+    cases, notes = {}, []
+    if p is not None or n is not None:
+        cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
+    if logits:
+        try:
+            cases["softmax_ce"], notes = user_logits(logits, labels)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
+    comparison = run_compare(_experiments(experiments), _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
+    comparison.notes.extend(notes)
+    if fmt == "json":
+        _emit(jsonout.dumps(jsonout.compare_document(comparison)), output)
+    else:
+        _render(compare_sections(comparison), output, fmt)
+
+
+@cli.command()
+@dtype_option
+@format_option
+@output_option
+def formats(dtypes, fmt, output) -> None:
+    """Print each format's facts (from finfo): max, smallest normal/subnormal, eps, u, ln thresholds."""
+    _check_output(output)
+    chosen = _formats(dtypes) if dtypes else ALL_FORMATS
+    if fmt == "json":
+        _emit(jsonout.dumps(jsonout.formats_document(chosen)), output)
+    else:
+        _render([Section("Formats", tables=[formats_table(list(chosen))])], output, fmt)
 
 
 @cli.command("thresholds")
-@click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)), multiple=True,
-              help="Experiment (repeatable). Default: all.")
+@experiment_option
 @family_option
 @dtype_option
 @p_option
@@ -218,14 +218,13 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
     _check_output(output)
     _check_tolerance(tolerance)
     settings = _settings(p, ftz)
-    chosen = [EXPERIMENTS[name] for name in dict.fromkeys(experiments)] or list(EXPERIMENTS.values())
     formats_ = _formats(dtypes)
-    rows = run_thresholds(chosen, formats_, settings, tolerance, _families(families))
+    rows = run_thresholds(_experiments(experiments), formats_, settings, tolerance, _families(families))
     if fmt == "json":
-        _emit(jsonout.dumps(jsonout.thresholds_document(rows, settings, tolerance)), output, fmt)
-        return
-    sections = [Section("Thresholds", tables=[thresholds_table(rows, list(formats_))]), formulas_section(rows)]
-    _render(sections, output, fmt)
+        _emit(jsonout.dumps(jsonout.thresholds_document(rows, settings, tolerance)), output)
+    else:
+        _render([Section("Thresholds", tables=[thresholds_table(rows, list(formats_))]), formulas_section(rows)],
+                output, fmt)
 
 
 @cli.command()
@@ -237,44 +236,29 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
               help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
 @dtype_option
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
-@format_option
+@click.option("--format", "fmt", type=click.Choice(("table", "markdown")), default="table", show_default=True,
+              help="Rich table, or markdown (for a CI step summary).")
 def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
-    if fmt == "json":
-        raise click.BadParameter("check prints a table or markdown", param_hint="'--format'")
     if update:
-        previous, settings, tolerance = {}, Settings(), None
-        if Path(baseline_path).exists():
-            try:
-                old = baseline.load(baseline_path)
-                previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
-            except baseline.BaselineError:
-                previous = {}
-        _check_output(baseline_path)
-        rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
-        baseline.write(baseline_path, baseline.document(rows, settings, tolerance, previous))
-        click.echo(f"wrote {len(rows)} entries to {baseline_path}")
+        _update_baseline(baseline_path, dtypes)
         return
     try:
         doc = baseline.load(baseline_path)
     except baseline.BaselineError as exc:
         raise CheckExit(str(exc), ExitStatus.INCOMPARABLE if exc.missing else ExitStatus.USAGE) from None
     settings, tolerance = baseline.settings_of(doc)
-    if dtypes:
-        formats_ = _formats(dtypes)
-    else:
-        named = {k.split("/")[-1] for k in doc["entries"]}
-        formats_ = tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS
-    rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance)
-    result = baseline.compare(doc, rows, ulps)
-    for w in result.warnings:
-        click.echo(f"stabilitylab: warning: {w}", err=True)
+    named = {key.split("/")[-1] for key in doc["entries"]}
+    formats_ = _formats(dtypes) if dtypes else (tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS)
+    result = baseline.compare(doc, run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance), ulps)
+    for warning in result.warnings:
+        click.echo(f"stabilitylab: warning: {warning}", err=True)
     regressions, missing, unknown = result.count("!"), result.count("+"), result.count("x")
     summary = (f"{result.compared} entries compared: {regressions} regressed, {missing} not in baseline, "
                f"{unknown} not comparable")
     table = check_table(result, show_all)
     if fmt == "markdown":
-        click.echo(table_md(table) + "\n" + summary)
+        click.echo((table_md(table) + "\n" if table.rows else "") + summary)
     else:
         console = _console(None)
         if table.rows:
@@ -286,30 +270,66 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
         raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
 
 
-class CheckExit(click.ClickException):
-    """A one-line error with its own exit status."""
+def _update_baseline(path: str, dtypes) -> None:
+    """Recompute the selected formats; keep the file's settings and its other entries."""
+    _check_output(path)
+    previous, settings, tolerance = {}, Settings(), None
+    if Path(path).exists():
+        try:
+            old = baseline.load(path)
+            previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
+        except baseline.BaselineError:
+            pass  # an unreadable baseline is replaced whole
+    rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+    baseline.write(path, baseline.document(rows, settings, tolerance, previous))
+    click.echo(f"wrote {len(rows)} entries to {path}")
 
-    def __init__(self, message: str, status: ExitStatus):
-        super().__init__(message)
-        self.exit_code = int(status)
+
+@cli.command("report")
+@click.option("-o", "--output", "folder", type=click.Path(file_okay=False), default="reports", show_default=True,
+              help="Folder for the markdown report (README.md) and its figures/.")
+@dtype_option
+@p_option
+def report_command(folder, dtypes, p) -> None:
+    """Write a markdown report with tables, figures and findings, all computed in the run."""
+    from . import report  # matplotlib is imported only for reports
+
+    target = Path(folder)
+    if target.exists() and not target.is_dir():
+        raise click.BadParameter(f"{target} exists and is not a folder", param_hint="'-o' / '--output'")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise click.BadParameter(f"{existing} is not a writable folder", param_hint="'-o' / '--output'")
+    settings = _settings(p, False)
+    console = Console(stderr=True)
+    if console.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("report", total=report.STEPS)
+            files = report.build(_formats(dtypes), settings,
+                                 lambda step: bar.update(task, advance=1, description=step))
+    else:
+        files = report.build(_formats(dtypes), settings)
+    try:
+        written = report.write(target, files)
+    except OSError as exc:
+        raise click.ClickException(f"could not write the report to {target}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
 
 
+# --------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: one line on stderr and exit 2 for bad input, never a traceback."""
+    """Run the CLI; bad input is one line on stderr and exit 2, never a traceback."""
     try:
         rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - depends on click version
-        click.echo(exc.ctx.get_help())
-        return ExitStatus.OK
     except click.ClickException as exc:
         click.echo(f"stabilitylab: error: {exc.format_message()}", err=True)
         return exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("stabilitylab: interrupted", err=True)
-        return ExitStatus.INTERRUPTED
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("stabilitylab: interrupted", err=True)
         return ExitStatus.INTERRUPTED
     except BrokenPipeError:

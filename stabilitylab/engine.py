@@ -65,14 +65,15 @@ class Comparison:
 
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
-             tolerance: float | None = None, ftz: bool = False, statuses_only: bool = False) -> dict[str, Outcome]:
+             tolerance: float | None = None, ftz: bool = False, fast_reference: bool = False) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
     those rounded inputs; each method then runs on a fork of the input events.
-    ``statuses_only``: use the fast reference (metrics then carry its ~2**-56
-    relative error) and re-check with mpmath any row whose status it cannot
-    decide (relative error within that margin of the tolerance).
+    ``fast_reference``: use the vectorized longdouble reference (metrics then
+    carry its < 2**-56 relative error: for statuses and figures, not for printed
+    numbers) and re-check with mpmath any row whose status it cannot decide
+    (relative error within that margin of the tolerance).
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
     parts: dict[str, list] = {m.name: [] for m in chosen}
@@ -81,14 +82,14 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         group = cases if len(groups) == 1 else cases.take(rows)
         loaded = Arith(fmt, len(group), ftz=ftz)
         inputs = experiment.load(loaded, group)
-        hi, lo, zero = (reference.fast if statuses_only else reference.exact)(experiment, inputs)
+        hi, lo, zero = (reference.fast if fast_reference else reference.exact)(experiment, inputs)
         tol = fmt.default_tolerance if tolerance is None else tolerance
         runs = []
         for method in chosen:
             arith = loaded.fork()
             runs.append((method.name, arith, method.kernel(arith, inputs)))
         outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
-        if statuses_only:
+        if fast_reference:
             undecided = np.flatnonzero(np.any([_undecided(o, tol) for o in outcomes], axis=0))
             if undecided.size:
                 hi, lo, zero = hi.copy(), lo.copy(), zero.copy()

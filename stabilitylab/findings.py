@@ -47,6 +47,14 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
     return f"{method} " + "; ".join(parts)
 
 
+def _relative(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    if b == 0 or not (abs(a) < float("inf") and abs(b) < float("inf")):
+        return float("inf")
+    return abs(a - b) / abs(b)
+
+
 def _short(v: float) -> str:
     return f"{v:.4g}"
 
@@ -63,12 +71,53 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
     grouped: dict[tuple[str, str], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     for r in comparison.results:
         grouped[(r.experiment, r.case)][r.method].append(r)
+    tolerance = {f.name: f.default_tolerance if comparison.tolerance is None else comparison.tolerance
+                 for f in comparison.formats}
     out = []
     for (experiment, case), methods in grouped.items():
         rows = [r for rs in methods.values() for r in rs]
+        widest = next(r for r in rows if r.dtype == widest_format)
+        moved = sorted({r.dtype: r.reference for r in rows
+                        if _relative(r.reference, widest.reference) > tolerance[r.dtype]}.items())
+        if moved:
+            changes = ", ".join(f"{d} {_short(ref)}" for d, ref in moved)
+            out.append((experiment, f"{case}: rounding the inputs to the format changes the exact loss itself "
+                                    f"({_short(widest.reference)} in {widest.dtype}; {changes})."))
         if all(r.status == "ok" for r in rows):
             continue
-        widest = next(r for r in rows if r.dtype == widest_format)
         phrases = [_method_phrase(m, rs, formats) for m, rs in methods.items()]
         out.append((experiment, f"{case} (exact {widest.reference:.10g} in {widest.dtype}): " + "; ".join(phrases) + "."))
     return out
+
+
+def threshold_findings(rows) -> list[tuple[str, str]]:
+    """One sentence per family and format: where each method first fails.
+
+    Example: "In float32, along likelihood/iid (n): product first fails at
+    n = 46 (underflow; predicted 46); sum_log never fails for n <= 2**62."
+    """
+    grouped: dict[tuple[str, str, str], list] = defaultdict(list)
+    for r in rows:
+        grouped[(r.experiment, r.family, r.dtype)].append(r)
+    out = []
+    for (experiment, family, dtype), rs in grouped.items():
+        parts = []
+        for r in rs:
+            if r.first_failure is not None:
+                text = f"{r.method} first fails at {r.parameter} = {_param(r.first_failure)} ({r.failure}"
+                if r.predicted is not None and r.predicted_for == "first_failure":
+                    text += f"; predicted {_param(r.predicted)}"
+                parts.append(text + ")")
+            elif r.first_inaccurate is not None:
+                parts.append(f"{r.method} never fails but is inaccurate from {r.parameter} = "
+                             f"{_param(r.first_inaccurate)}")
+            else:
+                parts.append(f"{r.method} never fails for {r.parameter} <= {_param(r.search_range[1])}")
+        out.append((experiment, f"In {dtype}, along {family} ({rs[0].parameter}): " + "; ".join(parts) + "."))
+    return out
+
+
+def _param(x) -> str:
+    if isinstance(x, int):
+        return str(x) if x < 10**12 else f"2**{x.bit_length() - 1}" if x & (x - 1) == 0 else f"{x:.4g}"
+    return repr(x)

@@ -122,7 +122,7 @@ class _Search:
             return
         cases = self.family.cases(self.grid.params(todo), self.settings)
         out = evaluate(self.experiment, self.fmt, cases, tolerance=self.tolerance, ftz=self.settings.ftz,
-                       statuses_only=True)
+                       fast_reference=True)
         for j, idx in enumerate(todo):
             self.seen[idx] = {m: (str(o.status[j]), bool(np.isfinite(o.value[j]))) for m, o in out.items()}
 
@@ -136,7 +136,7 @@ class _Search:
         indices = np.arange(g.start, g.end + 1)
         cases = self.family.cases(self.grid.params(indices.tolist()), self.settings)
         outcomes = evaluate(self.experiment, self.fmt, cases, tolerance=self.tolerance, ftz=self.settings.ftz,
-                            statuses_only=True)
+                            fast_reference=True)
         out = {}
         for m, o in outcomes.items():
             for kind, bad in (("first_inaccurate", o.status != "ok"), ("first_failure", ~np.isfinite(o.value))):

@@ -74,3 +74,11 @@ def thresholds_document(rows, settings, tolerance) -> dict:
             "predicted_for": r.predicted_for, "agrees": r.agrees, "monotone": r.monotone,
         } for r in rows],
     }
+
+
+def formats_document(formats) -> dict:
+    return {"schema": "stabilitylab.formats/1", "formats": [
+        {"name": f.name, "aliases": list(f.aliases), "precision": f.precision, "max": f.max,
+         "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
+         "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max, "ln_smallest_subnormal": f.ln_smallest_subnormal,
+         "has_inf": f.has_inf} for f in formats]}
