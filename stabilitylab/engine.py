@@ -65,17 +65,21 @@ class Comparison:
 
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
-             tolerance: float | None = None, ftz: bool = False, fast_reference: bool = False) -> dict[str, Outcome]:
+             tolerance: float | None = None, ftz: bool = False,
+             fast_reference: bool | None = None) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
     those rounded inputs; each method then runs on a fork of the input events.
-    ``fast_reference``: use the vectorized longdouble reference (metrics then
-    carry its < 2**-56 relative error: for statuses and figures, not for printed
-    numbers) and re-check with mpmath any row whose status it cannot decide
-    (relative error within that margin of the tolerance).
+    ``fast_reference``: use the vectorized longdouble reference (relative error
+    below ``reference.FAST_ERROR``) and re-check with mpmath any row whose status
+    it cannot decide (relative error within that margin of the tolerance).  The
+    default (None) uses it for formats of at most 24 bits, where its error is
+    below 2**-24 ulp, and mpmath for float64, whose metrics need more.
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
+    if fast_reference is None:
+        fast_reference = fmt.precision <= 24
     parts: dict[str, list] = {m.name: [] for m in chosen}
     groups = cases.groups()
     for rows in groups:

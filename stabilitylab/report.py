@@ -64,7 +64,7 @@ def _likelihood_figure(formats, settings, rows):
 def _family_figure(experiment, family, formats, settings, rows):
     panels = {}
     for fmt in formats:
-        out = evaluate(experiment, fmt, family.cases(D_GRID, settings), fast_reference=True)
+        out = evaluate(experiment, fmt, family.cases(D_GRID, settings), fast_reference=True)  # a figure
         panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
     failures = {(r.method, r.dtype): r.first_failure for r in rows
                 if r.experiment == experiment.name and r.family == family.name}
