@@ -149,8 +149,9 @@ finite16 = st.floats(min_value=-30000, max_value=30000, allow_nan=False, width=1
        data=st.data())
 def test_log_softmax_log1p_is_nonnegative_and_finite_when_representable(fmt, logits, data):
     """The log-probability from the log1p form is <= 0 (loss >= 0) for every
-    finite input, and finite whenever the inputs and the exact loss are
-    representable (the exact loss is at most max - min of the logits)."""
+    finite input, finite whenever the inputs and the exact loss are
+    representable (the exact loss is at most max - min of the logits), and ok
+    unless the exact loss is below the format's normal range."""
     label = data.draw(st.integers(min_value=0, max_value=len(logits) - 1))
     x = fmt.round(np.array(logits)).astype(np.float64)
     out = run(SOFTMAX_CE, fmt, logits_case(x, label))["log_softmax_log1p"]
@@ -158,7 +159,9 @@ def test_log_softmax_log1p_is_nonnegative_and_finite_when_representable(fmt, log
     if np.all(np.isfinite(x)):
         assert not v < 0, v  # loss >= 0 (NaN is caught below)
         if (x.max() - x.min()) * 2 < fmt.max:
-            assert np.isfinite(v) and out.status[0] in ("ok", "underflow"), (v, out.status[0])
+            assert np.isfinite(v), v
+            # accurate, unless the exact loss itself is subnormal (or below) in the format
+            assert out.status[0] == "ok" or abs(out.reference[0]) < fmt.tiny, (v, out.status[0])
 
 
 def test_compare_covers_every_method_case_and_format():
