@@ -165,6 +165,11 @@ class Arith:
                 self._note("subnormal", inexact, where)
         return y
 
+    def record(self, event: str, mask, where=None) -> None:
+        """Record an event found by a kernel that computes outside these operations."""
+        self.step += 1
+        self._note(event, mask, where)
+
     # ------------------------------------------------------------ operations
     def load(self, x, where=None) -> np.ndarray:
         """Round float64 inputs to the format (correctly; DAZ under ftz)."""

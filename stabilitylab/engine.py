@@ -86,22 +86,33 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         group = cases if len(groups) == 1 else cases.take(rows)
         loaded = Arith(fmt, len(group), ftz=ftz)
         inputs = experiment.load(loaded, group)
-        hi, lo, zero = (reference.fast if fast_reference else reference.exact)(experiment, inputs)
         tol = fmt.default_tolerance if tolerance is None else tolerance
         runs = []
         for method in chosen:
             arith = loaded.fork()
-            runs.append((method.name, arith, method.kernel(arith, inputs)))
-        outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
-        if fast_reference:
-            undecided = np.flatnonzero(np.any([_undecided(o, tol) for o in outcomes], axis=0))
-            if undecided.size:
-                hi, lo, zero = hi.copy(), lo.copy(), zero.copy()
-                hi[undecided], lo[undecided], zero[undecided] = reference.exact(experiment, inputs.take(undecided))
-                outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
-        for (name, _, _), outcome in zip(runs, outcomes):
-            parts[name].append((rows, outcome))
+            runs.append((method, arith, method.kernel(arith, inputs)))
+        truths = {}
+        for method, _, _ in runs:  # methods share the experiment's exact loss unless they define their own
+            truths.setdefault(id(method.truth or experiment), (method.truth or experiment, []))
+        for truth, _ in truths.values():
+            members = [r for r in runs if (r[0].truth or experiment) is truth]
+            for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
+                                                                   fast_reference)):
+                parts[method.name].append((rows, outcome))
     return {name: gather(p, len(cases)) for name, p in parts.items()}
+
+
+def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool) -> list[Outcome]:
+    """Outcomes of ``runs`` against ``truth``'s exact loss (fast path re-checked where undecided)."""
+    hi, lo, zero = (reference.fast if fast else reference.exact)(truth, inputs)
+    outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
+    if fast:
+        undecided = np.flatnonzero(np.any([_undecided(o, tol) for o in outcomes], axis=0))
+        if undecided.size:
+            hi, lo, zero = hi.copy(), lo.copy(), zero.copy()
+            hi[undecided], lo[undecided], zero[undecided] = reference.exact(truth, inputs.take(undecided))
+            outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
+    return outcomes
 
 
 def _undecided(o: Outcome, tol: float) -> np.ndarray:

@@ -119,5 +119,10 @@ def threshold_findings(rows) -> list[tuple[str, str]]:
 
 def _param(x) -> str:
     if isinstance(x, int):
-        return str(x) if x < 10**12 else f"2**{x.bit_length() - 1}" if x & (x - 1) == 0 else f"{x:.4g}"
+        if x < 10**12:
+            return str(x)
+        if x & (x - 1) == 0:
+            return f"2**{x.bit_length() - 1}"
+        digits = str(x)
+        return f"{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
     return repr(x)

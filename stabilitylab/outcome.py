@@ -3,7 +3,7 @@
 For a computed value v and the exact reference r (held as a float64 pair
 ``hi + lo``, so that errors below one float64 ulp are still seen):
 
-* ``nan``         v is NaN;
+* ``nan``         v is NaN (but see float8_e4m3fn below);
 * ``overflow`` /  v is +-inf, or 0 where r is not, and the first of the events
   ``underflow``   overflow / underflow seen while computing v is that one (a
                   product that became 0 and then ``log(0) = -inf`` is an
@@ -11,6 +11,10 @@ For a computed value v and the exact reference r (held as a float64 pair
 * ``inaccurate``  otherwise, if ``rel_error > tolerance`` (default sqrt(u): more
                   than half the significand bits lost);
 * ``ok``          otherwise.
+
+float8_e4m3fn has no infinity: its overflow *is* NaN (and NaN then
+propagates).  In a format without infinity a NaN whose first event was an
+overflow, with no invalid operation before it, is classified ``overflow``.
 
 Metrics: ``rel_error = |v - r| / |r|`` (0 if v == r, inf if r == 0 != v),
 ``ulps = |v - r| / ulp(r)`` with ulp in the format (see :meth:`Format.ulp`), and
@@ -90,7 +94,11 @@ def classify(fmt: Format, value, hi, lo, zero, arith: Arith, tolerance: float | 
     # an infinite value with no recorded event (cannot happen with loaded inputs,
     # kept so that the rule is total): name it by what it is.
     status[lost & ~seen & np.isinf(v)] = "overflow"
-    status[np.isnan(v)] = "nan"
+    nan = np.isnan(v)
+    status[nan] = "nan"
+    if not fmt.has_inf:  # e4m3fn: overflow gives NaN
+        invalid = arith.first_step("invalid")
+        status[nan & (over != NEVER) & (over <= under) & (over < invalid)] = "overflow"
     return Outcome(v, np.asarray(hi, dtype=np.float64), status, rel, ulps, bits, arith.first.copy())
 
 

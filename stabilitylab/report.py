@@ -31,7 +31,8 @@ __all__ = ["build", "write", "STEPS"]
 INDEX = "README.md"
 N_GRID = np.unique(np.round(np.logspace(0, 6, 181)).astype(np.int64))
 D_GRID = np.unique(np.concatenate([np.linspace(0, 1, 11), np.logspace(0, np.log10(800), 240)]))
-STEPS = 5
+INTEGER_FIGURE_UPPER = 2**32
+STEPS = 6
 
 
 def _likelihood_figure(formats, settings, rows):
@@ -62,14 +63,26 @@ def _likelihood_figure(formats, settings, rows):
 
 
 def _family_figure(experiment, family, formats, settings, rows):
+    if family.integer:
+        top = min(family.upper or INTEGER_FIGURE_UPPER, INTEGER_FIGURE_UPPER)
+        grid = np.unique(np.round(np.logspace(0, np.log10(top), 161)).astype(np.int64))
+    else:
+        grid = D_GRID
     panels = {}
     for fmt in formats:
-        out = evaluate(experiment, fmt, family.cases(D_GRID, settings), fast_reference=True)  # a figure
-        panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
+        out = evaluate(experiment, fmt, family.cases(grid, settings), fast_reference=True)  # a figure
+        if family.figure == "magnitude":
+            panels[fmt.name] = {m: o.value for m, o in out.items()}
+        else:
+            panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
+    if family.figure == "magnitude":
+        title = f"{experiment.name}/{family.name}: {family.description}: |value| vs {family.parameter}"
+        return plots.magnitude_figure(title, panels, grid, family.parameter)
     failures = {(r.method, r.dtype): r.first_failure for r in rows
                 if r.experiment == experiment.name and r.family == family.name}
-    title = f"{experiment.name}/{family.name}: {family.description}: error of the loss in bits vs d"
-    return plots.family_figure(title, panels, D_GRID, failures)
+    title = (f"{experiment.name}/{family.name}: {family.description}: "
+             f"error in bits vs {family.parameter}")
+    return plots.family_figure(title, panels, grid, failures, family.parameter, family.integer)
 
 
 def build(formats: Sequence[Format], settings: Settings = Settings(),
@@ -83,21 +96,39 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     files: dict[str, bytes] = {}
     progress("drawing the likelihood figure")
     files["figures/likelihood_nll.png"], curve_sentences = _likelihood_figure(formats, settings, rows)
-    progress("drawing the softmax figures")
+    progress("drawing the family figures")
     family_figures = {}
     for experiment in experiments:
         for family in experiment.families:
-            if family.integer:
-                continue
             name = f"figures/{experiment.name}_{family.name}.png"
             files[name] = _family_figure(experiment, family, formats, settings, rows)
             family_figures.setdefault(experiment.name, []).append((family, name))
+    progress("searching thresholds with flush-to-zero")
+    ftz_rows = thresholds(experiments, formats, Settings(p=settings.p, ftz=True))
     progress("writing markdown")
-    files[INDEX] = _markdown(comparison, rows, formats, curve_sentences, family_figures).encode("utf-8")
+    files[INDEX] = _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures).encode("utf-8")
     return files
 
 
-def _markdown(comparison, rows, formats, curve_sentences, family_figures) -> str:
+def _ftz_table(rows, ftz_rows) -> Table:
+    """The thresholds that flush-to-zero moves: without and with FTZ."""
+    before = {r.key: r for r in rows}
+    table_rows = []
+    for r in ftz_rows:
+        b = before.get(r.key)
+        if b is None or (b.first_inaccurate, b.first_failure) == (r.first_inaccurate, r.first_failure):
+            continue
+        table_rows.append([Cell(r.key), Cell(r.parameter), Cell(f"{_text(b.first_inaccurate)} / {_text(b.first_failure)}"),
+                           Cell(f"{_text(r.first_inaccurate)} / {_text(r.first_failure)}")])
+    return Table("Thresholds that flush-to-zero moves (first inaccurate / first failure)",
+                 ["entry", "parameter", "IEEE (gradual underflow)", "flush-to-zero"], table_rows)
+
+
+def _text(x) -> str:
+    return "—" if x is None else repr(x)
+
+
+def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures) -> str:
     env = fingerprint()
     lines = [
         "# stabilitylab report",
@@ -127,6 +158,9 @@ def _markdown(comparison, rows, formats, curve_sentences, family_figures) -> str
                       *[f"- {s}" for s in curve_sentences], ""]
         for family, path in family_figures.get(experiment.name, []):
             lines += [f"![{experiment.name}/{family.name}]({path})", ""]
+    lines += ["## Flush-to-zero", "",
+              "GPUs and CPUs in flush-to-zero / denormals-are-zero modes replace subnormal inputs and results by 0 "
+              "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3)]
     return "\n".join(lines).rstrip() + "\n"
 
 

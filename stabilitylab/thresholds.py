@@ -74,7 +74,7 @@ class Grid:
         self.integer = family.integer
         self.fmt = fmt
         if self.integer:
-            self.start, self.end = int(family.lower), INTEGER_UPPER
+            self.start, self.end = int(family.lower), family.upper or INTEGER_UPPER
         else:
             self._bits = np.dtype(f"u{fmt.dtype.itemsize}")
             self.start = self._index(float(fmt.round(family.lower).astype(np.float64)))

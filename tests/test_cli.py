@@ -13,6 +13,8 @@ import mpmath
 import numpy as np
 import pytest
 
+from stabilitylab.experiments import EXPERIMENTS
+
 from stabilitylab import atomic
 from stabilitylab.cli import main
 
@@ -223,7 +225,7 @@ def test_json_document_structure(capsys):
             v = r[key]
             assert (isinstance(v, float) and np.isfinite(v)) or isinstance(v, int) or v in ("inf", "-inf", "nan"), \
                 (key, v)
-    assert {r["experiment"] for r in doc["results"]} == {"likelihood", "softmax_ce"}
+    assert {r["experiment"] for r in doc["results"]} == set(EXPERIMENTS)
     assert {r["dtype"] for r in doc["results"]} == set(DEFAULT_FOUR)
     assert doc["settings"]["formats"] == list(DEFAULT_FOUR)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..arith import Arith
 
-__all__ = ["ParamNames", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings", "stack_padded"]
+__all__ = ["Truth", "ParamNames", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings", "stack_padded"]
 
 
 def stack_padded(blocks: Sequence[np.ndarray], fill: float) -> np.ndarray:
@@ -61,18 +61,31 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Truth:
+    """An exact quantity: the mpmath ``reference_fn(*row)`` of each row of
+    ``exact_rows(inputs)``, and optionally its vectorized ``fast_reference``."""
+
+    reference_fn: Callable[..., Any]
+    exact_rows: Callable[[Any], Sequence[tuple]]
+    fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+
+@dataclass(frozen=True)
 class Method:
     """One formulation of the loss.
 
     ``kernel(arith, inputs) -> loss per case`` does all its arithmetic through
     ``arith`` (so every operation is rounded to the format and its IEEE events
-    are recorded).  ``stable`` marks the formulations we recommend.
+    are recorded).  ``stable`` marks the formulations we recommend.  ``truth``
+    overrides the experiment's exact value for a method that computes another
+    quantity (the gradient experiment's MSE gradient).
     """
 
     name: str
     formula: str
     kernel: Callable[[Arith, Any], np.ndarray]
     stable: bool = False
+    truth: Truth | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Family:
     cases: Callable[[np.ndarray, Settings], Any]
     integer: bool = False
     lower: float = 0.0
+    upper: int | None = None  # integer families: the search range's end (default thresholds.INTEGER_UPPER)
+    figure: str = "error_bits"  # what the report plots against the parameter: error_bits or magnitude
     predict: Callable[[Any, str, Settings], Prediction | None] = lambda fmt, method, settings: None
 
 
@@ -123,6 +138,8 @@ class Experiment:
     rows (tuples of floats) whose exact loss ``reference_fn(*row)`` is computed
     with mpmath.  ``fast_reference(inputs)``, optional, is the same loss
     vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``.
+    ``facts(formats)``, optional: a table (headers, rows of text) of format facts
+    the experiment's question depends on, computed in each format.
     """
 
     name: str
@@ -135,6 +152,7 @@ class Experiment:
     reference_fn: Callable[..., Any]
     families: tuple[Family, ...] = field(default=())
     fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    facts: Callable[[list], tuple[list[str], list[list[str]]]] | None = None
 
     def method(self, name: str) -> Method:
         for m in self.methods:

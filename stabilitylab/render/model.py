@@ -65,10 +65,14 @@ def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Sectio
         shown = cases[:max_cases]
         rows = []
         for case in shown:
-            first = {f.name: results[(experiment.name, case, experiment.methods[0].name, f.name)] for f in formats}
-            rows.append([Cell(case), Cell("exact")] + [Cell(number_text(first[f.name].reference, 8))
-                                                      for f in formats])
+            shared = next(m for m in experiment.methods if m.truth is None)
+            label = Cell(case)
             for method in experiment.methods:
+                if method is shared or method.truth is not None:
+                    name = "exact" if method is shared else f"exact ({method.name})"
+                    rows.append([label, Cell(name)] + [Cell(number_text(
+                        results[(experiment.name, case, method.name, f.name)].reference, 8)) for f in formats])
+                    label = Cell("")
                 cells = [Cell(""), Cell(method.name)]
                 for fmt in formats:
                     r = results[(experiment.name, case, method.name, fmt.name)]
@@ -91,10 +95,15 @@ def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Sectio
         counts_table = Table(f"{experiment.name}: overflow / underflow / NaN / inaccurate counts",
                              ["method", *(f.name for f in formats)], count_rows)
         formulas = [f"`{m.name}`: {m.formula}" for m in experiment.methods]
+        extra = []
+        if experiment.facts is not None:
+            headers, fact_rows = experiment.facts(list(formats))
+            extra.append(Table(f"{experiment.name}: facts per format", headers,
+                               [[Cell(c) for c in row] for row in fact_rows]))
         sections.append(Section(
             heading=f"{experiment.name}: {experiment.title}",
             paragraphs=[experiment.question, "Methods: " + "; ".join(formulas) + "."],
-            tables=[results_table, counts_table],
+            tables=[*extra, results_table, counts_table],
             bullets=[text for name, text in said if name == experiment.name],
         ))
     if comparison.notes:
@@ -121,7 +130,10 @@ def _param_text(value, fmt: Format) -> str:
     if value is None:
         return "—"
     if isinstance(value, int):
-        return str(value) if abs(value) < 10**12 else f"{value:.4g}"
+        if abs(value) < 10**12:
+            return str(value)
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
     return str(fmt.dtype.type(value))  # shortest text that round-trips in the format
 
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["png", "likelihood_figure", "family_figure", "FAILED"]
+__all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "FAILED"]
 
 FAILED = "failed (inf / NaN)"
 COLORS = {"float16": "#1f77b4", "bfloat16": "#ff7f0e", "float32": "#2ca02c", "float64": "#d62728",
@@ -60,8 +60,9 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     return png(fig)
 
 
-def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict) -> bytes:
-    """Loss error in bits vs d, one panel per format, one line per method.
+def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, parameter: str = "d",
+                  integer: bool = False) -> bytes:
+    """Error in bits vs the family's parameter, one panel per format, one line per method.
 
     ``panels[dtype][method] = (error_bits, finite)``; non-finite results are drawn
     on a 'failed' band above the finite ones; ``failures[(method, dtype)]`` is
@@ -79,13 +80,44 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict) -> by
             if first is not None:
                 ax.axvline(first, color=color, ls=":", lw=1)
         ax.axhspan(66, 76, color="0.9")
-        ax.text(d[0] if d[0] > 0 else 0.1, 73.5, FAILED, fontsize=7, va="center")
-        ax.set_xscale("symlog", linthresh=1)
+        ax.text(max(d[0], 0.1), 73.5, FAILED, fontsize=7, va="center")
+        if integer:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=1)
         ax.set_ylim(-1, 76)
         ax.set_title(dtype, fontsize=10)
-        ax.set_xlabel("d")
+        ax.set_xlabel(parameter)
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("error in bits (capped at 64)")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title, fontsize=11)
+    return png(fig)
+
+
+def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "d") -> bytes:
+    """|value| vs the parameter (log scale), one panel per format, one line per method;
+    values that became exactly 0 are drawn on a 'vanished' band at the bottom.
+
+    ``panels[dtype][method] = values``.
+    """
+    formats = list(panels)
+    fig, axes = plt.subplots(1, len(formats), figsize=(4.2 * len(formats), 3.6), sharey=True, squeeze=False)
+    floor = 1e-300  # stands for 0: below every value the formats here can hold but float64 subnormals
+    for ax, dtype in zip(axes[0], formats):
+        for i, (method, values) in enumerate(panels[dtype].items()):
+            magnitude = np.abs(values)
+            y = np.where(magnitude > floor * 1e10, magnitude, np.where(magnitude > 0, floor * 1e10, floor))
+            ax.plot(d, np.where(np.isfinite(y), y, np.nan), STYLES[i % len(STYLES)], color=f"C{i}", lw=1.6,
+                    label=method)
+        ax.axhspan(floor / 1e10, floor * 1e10, color="0.9")
+        ax.text(max(d[0], 0.1), floor, "0 (vanished)", fontsize=7, va="center")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_title(dtype, fontsize=10)
+        ax.set_xlabel(parameter)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("|value| computed in the format")
     axes[0][-1].legend(fontsize=7, loc="center right")
     fig.suptitle(title, fontsize=11)
     return png(fig)

@@ -1,0 +1,160 @@
+"""accumulation: summing n equal terms (log-probabilities, or ones) four ways.
+
+* ``sequential``  s = fl(s + v), n times: the textbook loop; it stagnates once
+  v is below half an ulp of s (float16 summing ones stops at 2048);
+* ``pairwise``    the pairwise tree (numpy's and PyTorch's reductions), error
+  ~ log2(n) u;
+* ``kahan``       Kahan's compensated loop, error ~ 2u independent of n;
+* ``wide``        the loop in a wider format (float32 for formats of at most
+  16 bits, float64 for float32; float64 itself has none wider) and one rounding
+  at the end, as frameworks accumulate half-precision inputs.
+
+The loops are simulated exactly, step by step, with periodic stretches jumped
+over (see :mod:`stabilitylab.running`).  Exact reference: n v for the
+format-rounded v (mpmath).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mpmath
+import numpy as np
+
+from .. import predict, running
+from ..arith import Arith
+from ..formats import FORMATS, Format
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings
+
+__all__ = ["Terms", "ACCUMULATION", "terms"]
+
+
+@dataclass(frozen=True)
+class Terms(Batch):
+    """Cases: the term ``values`` (rows,) summed ``repeat`` (rows,) times."""
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    repeat: np.ndarray
+
+    def take(self, rows):
+        return Terms(tuple(self.names[i] for i in rows), self.values[rows], self.repeat[rows])
+
+
+def terms(cases: list[tuple[str, float, int]]) -> Terms:
+    names, values, counts = zip(*cases)
+    return Terms(tuple(names), np.array(values, dtype=np.float64), np.array(counts, dtype=np.int64))
+
+
+def default_cases() -> Terms:
+    log_tenth = math.log(0.1)
+    return terms([
+        ("ones,n=4096", 1.0, 4096),
+        ("ones,n=10^8", 1.0, 10**8),
+        ("log(0.1),n=1000", log_tenth, 1000),
+        ("log(0.1),n=10^4", log_tenth, 10**4),
+    ])
+
+
+@dataclass(frozen=True)
+class Loaded:
+    values: np.ndarray  # in the format
+    repeat: np.ndarray
+
+    def take(self, rows):
+        return Loaded(self.values[rows], self.repeat[rows])
+
+
+def load(arith: Arith, cases: Terms) -> Loaded:
+    return Loaded(arith.load(cases.values), cases.repeat)
+
+
+def _finish(a: Arith, values: np.ndarray, overflowed: np.ndarray) -> np.ndarray:
+    a.record("overflow", overflowed)
+    with np.errstate(all="ignore"):
+        return values.astype(a.dtype)
+
+
+def sequential(a: Arith, x: Loaded):
+    return _finish(a, *running.plain(a.fmt, x.values, x.repeat, a.ftz))
+
+
+def pairwise(a: Arith, x: Loaded):
+    return a.repeat(a.add, x.values, x.repeat)
+
+
+def kahan(a: Arith, x: Loaded):
+    return _finish(a, *running.kahan(a.fmt, x.values, x.repeat, a.ftz))
+
+
+def wider(fmt: Format) -> Format:
+    """The accumulator format of the ``wide`` method."""
+    return FORMATS["float32"] if fmt.precision < 24 and fmt.dtype.itemsize <= 2 else FORMATS["float64"]
+
+
+def wide(a: Arith, x: Loaded):
+    total, overflowed = running.plain(wider(a.fmt), x.values.astype(np.float64), x.repeat, a.ftz)
+    a.record("overflow", overflowed)
+    return a.load(total)  # the one rounding back to the format (records its overflow)
+
+
+def exact_rows(x: Loaded):
+    return [(float(v), int(n)) for v, n in zip(x.values.astype(np.float64).tolist(), x.repeat.tolist())]
+
+
+def exact_sum(value: float, n: int):
+    return n * mpmath.mpf(value)
+
+
+def fast_sum(x: Loaded):
+    v = x.values.astype(np.float64)
+    return (x.repeat.astype(np.longdouble) * v.astype(np.longdouble), v == 0, np.isfinite(v))
+
+
+def ones_cases(n: np.ndarray, settings: Settings) -> Terms:
+    n = np.asarray(n, dtype=np.int64)
+    return Terms(ParamNames("n", n), np.ones(len(n)), n)
+
+
+def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    """sequential: the sum of ones is exact up to S = 2**p, then stays at S, so its
+    relative error (n - S) / n first exceeds the default tolerance t at
+    n = floor(S / (1 - t)) + 1.  pairwise and kahan keep n exact-ish until the
+    sum passes max + ulp(max)/2."""
+    if method == "sequential":
+        stall = 2**fmt.precision
+        tol = mpmath.mpf(fmt.default_tolerance)
+        n = int(mpmath.floor(stall / (1 - tol))) + 1
+        return Prediction(n, "first_inaccurate",
+                          "n* = floor(2^p / (1 - sqrt(u))) + 1: the loop stops growing at 2^p (s + 1 rounds back "
+                          "to s), and the relative error (n - 2^p)/n passes the default tolerance sqrt(u)")
+    if method in ("pairwise", "kahan"):
+        limit, tie = predict.overflow_bound(fmt)
+        n = int(mpmath.floor(limit)) + (0 if tie and limit == int(limit) else 1)
+        return Prediction(n, "first_failure", "n* ~ max + ulp(max)/2: the sum of n ones passes the largest finite "
+                          "value (pairwise rounding moves it by up to log2(n) u)",
+                          slack=(math.log2(n) + 1) * fmt.unit_roundoff)
+    return None
+
+
+ACCUMULATION = Experiment(
+    name="accumulation",
+    title="Accumulating many terms: sequential, pairwise, Kahan, wide",
+    question="How does summing n log-probabilities (or ones) go wrong as n grows, and which summation survives?",
+    methods=(
+        Method("sequential", "s = fl(s + v), n times", sequential),
+        Method("pairwise", "pairwise tree of the n terms", pairwise),
+        Method("kahan", "Kahan: y = v - c; t = s + y; c = (t - s) - y; s = t", kahan, stable=True),
+        Method("wide", "the loop in float32 (float64 for float32 inputs), rounded once", wide, stable=True),
+    ),
+    default_cases=default_cases,
+    load=load,
+    exact_rows=exact_rows,
+    reference_fn=exact_sum,
+    # n <= 2**32: Kahan's loop is simulated step by step where it has no short period, and in float32
+    # its compensation counts one step at a time once ulp(s) > 2 (2**17 steps per increment at n ~ 2**40)
+    families=(Family("ones", "n", "summing n ones (stagnation, then overflow)", ones_cases, integer=True,
+                     lower=1, upper=2**32, predict=ones_predict),),
+    fast_reference=fast_sum,
+)
