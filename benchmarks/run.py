@@ -44,7 +44,11 @@ def main() -> None:
     batch = Logits(tuple(f"row={i}" for i in range(len(x))), x, x.argmax(1), np.full(len(x), 10))
     rows.append(("compare softmax_ce, 10,000 x 10 logits, 4 formats",
                  best(lambda: compare([EXPERIMENTS["softmax_ce"]], DEFAULT_FORMATS, {"softmax_ce": batch}), 1)))
-    rows.append(("thresholds, all families, 4 formats (in process)", best(lambda: thresholds(experiments, DEFAULT_FORMATS))))
+    core = [EXPERIMENTS["likelihood"], EXPERIMENTS["softmax_ce"]]
+    rows.append(("thresholds, likelihood + softmax_ce families, 4 formats",
+                 best(lambda: thresholds(core, DEFAULT_FORMATS))))
+    rows.append(("thresholds, all 8 families, 4 formats", best(lambda: thresholds(experiments, DEFAULT_FORMATS))))
+    rows.append(("thresholds, all 8 families, 6 formats", best(lambda: thresholds(experiments, ALL_FORMATS), 1)))
     rows.append(("report build, 4 formats (in process)", best(lambda: report.build(DEFAULT_FORMATS), 1)))
     exe = [sys.executable, "-m", "stabilitylab"]
     rows.append(("python -m stabilitylab --help (import time)",

@@ -26,7 +26,6 @@ from .environment import fingerprint, package_version
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .formats import FORMATS, Format
-from .render.jsonout import dumps
 from .thresholds import Threshold
 
 __all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",

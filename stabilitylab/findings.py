@@ -86,7 +86,8 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
         if all(r.status == "ok" for r in rows):
             continue
         phrases = [_method_phrase(m, rs, formats) for m, rs in methods.items()]
-        out.append((experiment, f"{case} (exact {widest.reference:.10g} in {widest.dtype}): " + "; ".join(phrases) + "."))
+        head = f"{case} (exact {widest.reference:.10g} in {widest.dtype}): "
+        out.append((experiment, head + "; ".join(phrases) + "."))
     return out
 
 

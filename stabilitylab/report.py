@@ -23,7 +23,7 @@ from .findings import threshold_findings
 from .formats import Format
 from .render import plots
 from .render.markdown import sections_md, table_md
-from .render.model import Section, Table, Cell, compare_sections, formats_table, thresholds_table
+from .render.model import Cell, Table, compare_sections, formats_table, thresholds_table
 from .thresholds import thresholds
 
 __all__ = ["build", "write", "STEPS"]
@@ -118,7 +118,8 @@ def _ftz_table(rows, ftz_rows) -> Table:
         b = before.get(r.key)
         if b is None or (b.first_inaccurate, b.first_failure) == (r.first_inaccurate, r.first_failure):
             continue
-        table_rows.append([Cell(r.key), Cell(r.parameter), Cell(f"{_text(b.first_inaccurate)} / {_text(b.first_failure)}"),
+        table_rows.append([Cell(r.key), Cell(r.parameter),
+                           Cell(f"{_text(b.first_inaccurate)} / {_text(b.first_failure)}"),
                            Cell(f"{_text(r.first_inaccurate)} / {_text(r.first_failure)}")])
     return Table("Thresholds that flush-to-zero moves (first inaccurate / first failure)",
                  ["entry", "parameter", "IEEE (gradual underflow)", "flush-to-zero"], table_rows)

@@ -25,7 +25,7 @@ import numpy as np
 from .. import predict, running
 from ..arith import Arith
 from ..formats import FORMATS, Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings
 
 __all__ = ["Terms", "ACCUMULATION", "terms"]
 
@@ -38,8 +38,6 @@ class Terms(Batch):
     values: np.ndarray
     repeat: np.ndarray
 
-    def take(self, rows):
-        return Terms(tuple(self.names[i] for i in rows), self.values[rows], self.repeat[rows])
 
 
 def terms(cases: list[tuple[str, float, int]]) -> Terms:
@@ -58,12 +56,10 @@ def default_cases() -> Terms:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class Loaded(Rows):
     values: np.ndarray  # in the format
     repeat: np.ndarray
 
-    def take(self, rows):
-        return Loaded(self.values[rows], self.repeat[rows])
 
 
 def load(arith: Arith, cases: Terms) -> Loaded:

@@ -9,14 +9,15 @@ check are written once against this shape.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
 from ..arith import Arith
 
-__all__ = ["Truth", "ParamNames", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings", "stack_padded"]
+__all__ = ["Truth", "ParamNames", "Rows", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings",
+           "stack_padded"]
 
 
 def stack_padded(blocks: Sequence[np.ndarray], fill: float) -> np.ndarray:
@@ -38,14 +39,40 @@ class ParamNames(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         v = self.values[i]
-        return f"{self.parameter}={int(v)}" if np.issubdtype(self.values.dtype, np.integer) else f"{self.parameter}={v:g}"
+        if np.issubdtype(self.values.dtype, np.integer):
+            return f"{self.parameter}={int(v)}"
+        return f"{self.parameter}={v:g}"
 
 
-class Batch:
-    """Cases of one experiment as arrays, one row per case (subclasses are dataclasses).
+class Rows:
+    """Arrays with one row per case (subclasses are frozen dataclasses).
 
-    ``groups()`` splits the rows into sets that kernels can run together (rows of
-    the same shape); ``take(rows)`` selects them.
+    ``take(rows)`` selects rows of every array field (and of ``names``); when the
+    class has ``widths``, 2-D fields are trimmed to the widest selected row.
+    """
+
+    def take(self, rows: np.ndarray):
+        rows = np.asarray(rows)
+        width = int(self.widths[rows].max()) if hasattr(self, "widths") else None
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "names":
+                picked[f.name] = tuple(value[i] for i in rows.tolist())
+            elif isinstance(value, np.ndarray):
+                value = value[rows]
+                picked[f.name] = value[:, :width] if width is not None and value.ndim == 2 else value
+            else:
+                picked[f.name] = value
+        return replace(self, **picked)
+
+
+class Batch(Rows):
+    """Cases of one experiment as arrays, one row per case.
+
+    ``groups()`` splits the rows into sets that kernels can run together: rows
+    of the same ``widths`` when the batch has them (no padding value is neutral
+    in every format: float8_e4m3fn has no -inf), else all rows.
     """
 
     names: tuple[str, ...]
@@ -54,10 +81,9 @@ class Batch:
         return len(self.names)
 
     def groups(self) -> list[np.ndarray]:
+        if hasattr(self, "widths"):
+            return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
         return [np.arange(len(self))]
-
-    def take(self, rows: np.ndarray) -> "Batch":
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

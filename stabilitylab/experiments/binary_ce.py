@@ -25,7 +25,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
 
 __all__ = ["Binary", "BINARY_CE", "binary_case"]
 
@@ -41,13 +41,7 @@ class Binary(Batch):
     labels: np.ndarray
     widths: np.ndarray
 
-    def groups(self):
-        return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
 
-    def take(self, rows):
-        width = int(self.widths[rows].max())
-        return Binary(tuple(self.names[i] for i in rows), self.logits[rows, :width], self.labels[rows, :width],
-                      self.widths[rows])
 
 
 def binary_case(name: str, logits, labels) -> Binary:
@@ -78,12 +72,10 @@ def default_cases() -> Binary:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class Loaded(Rows):
     logits: np.ndarray
     labels: np.ndarray
 
-    def take(self, rows):
-        return Loaded(self.logits[rows], self.labels[rows])
 
 
 def load(arith: Arith, cases: Binary) -> Loaded:

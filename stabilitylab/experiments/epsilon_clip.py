@@ -102,7 +102,8 @@ def facts(formats: list[Format]) -> tuple[list[str], list[list[str]]]:
 EPSILON_CLIP = Experiment(
     name="epsilon_clip",
     title="Clipping the log with an epsilon: log(y + 1e-7)",
-    question="What does -log(y + 1e-7) cost against the exact loss: bias, a ceiling, and an epsilon that may not exist?",
+    question="What does -log(y + 1e-7) cost against the exact loss: a bias, a ceiling, "
+             "and an epsilon that may not exist?",
     methods=(
         Method("clip_add", "-log(y_t + eps), y = softmax(x), eps = fl(1e-7)", clip_add),
         Method("clip_max", "-log(max(y_t, eps))", clip_max),

@@ -21,8 +21,8 @@ multiplied by 1, 2**8, 2**16 or 2**24 and cast to the format.
 
 from __future__ import annotations
 
-import numpy as np
 import mpmath
+import numpy as np
 
 from ..arith import Arith
 from ..formats import Format

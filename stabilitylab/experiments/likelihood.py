@@ -23,7 +23,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
 
 __all__ = ["Samples", "LIKELIHOOD", "iid", "samples"]
 
@@ -37,8 +37,6 @@ class Samples(Batch):
     probs: np.ndarray
     repeat: np.ndarray
 
-    def take(self, rows):
-        return Samples(tuple(self.names[i] for i in rows), self.probs[rows], self.repeat[rows])
 
 
 def iid(p, n, names=None) -> Samples:
@@ -82,12 +80,10 @@ def default_cases() -> Samples:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class Loaded(Rows):
     probs: np.ndarray  # in the format
     repeat: np.ndarray
 
-    def take(self, rows):
-        return Loaded(self.probs[rows], self.repeat[rows])
 
 
 def load(arith: Arith, cases: Samples) -> Loaded:

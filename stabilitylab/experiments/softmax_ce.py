@@ -25,7 +25,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
 
@@ -42,13 +42,7 @@ class Logits(Batch):
     labels: np.ndarray
     widths: np.ndarray
 
-    def groups(self):
-        return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
 
-    def take(self, rows):
-        width = int(self.widths[rows].max())
-        return Logits(tuple(self.names[i] for i in rows), self.logits[rows, :width], self.labels[rows],
-                      self.widths[rows])
 
 
 def _fmt_list(values) -> str:
@@ -82,12 +76,10 @@ def default_cases() -> Logits:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class Loaded(Rows):
     logits: np.ndarray  # in the format
     labels: np.ndarray
 
-    def take(self, rows):
-        return Loaded(self.logits[rows], self.labels[rows])
 
 
 def load(arith: Arith, cases: Logits) -> Loaded:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from ..engine import Comparison
 from ..findings import findings
 from ..formats import Format
@@ -56,7 +55,6 @@ def number_text(x: float, digits: int = 10) -> str:
 def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Section]:
     """One section per experiment: results (methods x formats), counts, findings."""
     formats = comparison.formats
-    widest = max(formats, key=lambda f: f.precision)
     results = {(r.experiment, r.case, r.method, r.dtype): r for r in comparison.results}
     said = findings(comparison)
     sections = []
@@ -120,7 +118,8 @@ def formats_table(formats: list[Format]) -> Table:
         rows.append([Cell(f.name), Cell(str(f.precision)), Cell(number_text(f.max, 8)), Cell(number_text(f.tiny, 8)),
                      Cell(number_text(f.smallest_subnormal, 8)), Cell(number_text(f.eps, 8)),
                      Cell(number_text(f.unit_roundoff, 8)), Cell(number_text(f.ln_max, 10)),
-                     Cell(number_text(f.ln_smallest_subnormal, 10)), Cell("yes" if f.has_inf else "no (overflow is NaN)")])
+                     Cell(number_text(f.ln_smallest_subnormal, 10)),
+                     Cell("yes" if f.has_inf else "no (overflow is NaN)")])
     return Table("Formats (from numpy.finfo / ml_dtypes.finfo)", headers, rows)
 
 
