@@ -60,6 +60,28 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     return png(fig)
 
 
+def _panel_grid(formats: list[str]):
+    """One panel per format, side by side, sharing the y axis."""
+    return plt.subplots(1, len(formats), figsize=(4.2 * len(formats), 3.6), sharey=True, squeeze=False)
+
+
+def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, integer: bool,
+                   d: np.ndarray) -> bytes:
+    for ax, dtype in zip(axes[0], formats):
+        if integer:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(d[0], d[-1])
+        ax.set_title(dtype, fontsize=10)
+        ax.set_xlabel(parameter)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title, fontsize=11)
+    return png(fig)
+
+
 def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, parameter: str = "d",
                   integer: bool = False) -> bytes:
     """Error in bits vs the family's parameter, one panel per format, one line per method.
@@ -69,7 +91,7 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
     marked with a dotted vertical line.
     """
     formats = list(panels)
-    fig, axes = plt.subplots(1, len(formats), figsize=(4.2 * len(formats), 3.6), sharey=True, squeeze=False)
+    fig, axes = _panel_grid(formats)
     top = 72
     for ax, dtype in zip(axes[0], formats):
         for i, (method, (bits, finite)) in enumerate(panels[dtype].items()):
@@ -81,18 +103,8 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
                 ax.axvline(first, color=color, ls=":", lw=1)
         ax.axhspan(66, 76, color="0.9")
         ax.text(max(d[0], 0.1), 73.5, FAILED, fontsize=7, va="center")
-        if integer:
-            ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=1)
         ax.set_ylim(-1, 76)
-        ax.set_title(dtype, fontsize=10)
-        ax.set_xlabel(parameter)
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("error in bits (capped at 64)")
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle(title, fontsize=11)
-    return png(fig)
+    return _finish_panels(fig, axes, formats, title, parameter, "error in bits (capped at 64)", integer, d)
 
 
 def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "d") -> bytes:
@@ -102,7 +114,7 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
     ``panels[dtype][method] = values``.
     """
     formats = list(panels)
-    fig, axes = plt.subplots(1, len(formats), figsize=(4.2 * len(formats), 3.6), sharey=True, squeeze=False)
+    fig, axes = _panel_grid(formats)
     floor = 1e-300  # stands for 0: below every value the formats here can hold but float64 subnormals
     for ax, dtype in zip(axes[0], formats):
         for i, (method, values) in enumerate(panels[dtype].items()):
@@ -112,12 +124,5 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
                     label=method)
         ax.axhspan(floor / 1e10, floor * 1e10, color="0.9")
         ax.text(max(d[0], 0.1), floor, "0 (vanished)", fontsize=7, va="center")
-        ax.set_xscale("symlog", linthresh=1)
         ax.set_yscale("log")
-        ax.set_title(dtype, fontsize=10)
-        ax.set_xlabel(parameter)
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("|value| computed in the format")
-    axes[0][-1].legend(fontsize=7, loc="center right")
-    fig.suptitle(title, fontsize=11)
-    return png(fig)
+    return _finish_panels(fig, axes, formats, title, parameter, "|value| computed in the format", False, d)
