@@ -17,6 +17,7 @@ range) only matches ``null``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .environment import fingerprint, package_version
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .formats import FORMATS, Format
+from .outcome import STATUSES
 from .thresholds import Threshold
 
 __all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
@@ -80,16 +82,54 @@ def load(path: str | os.PathLike) -> dict:
     entries = doc.get("entries")
     settings = doc.get("settings", {})
     if not isinstance(entries, dict) or not isinstance(settings, dict):
-        raise BaselineError(f"baseline {p} lacks an 'entries' object")
+        raise BaselineError(f"baseline {p} lacks an 'entries' object (and 'settings', if any, must be an object)")
+    if not isinstance(doc.get("environment", {}), dict):
+        raise BaselineError(f"baseline {p}: 'environment' must be an object")
+    problem = _settings_problem(settings)
+    if problem:
+        raise BaselineError(f"baseline {p}: settings {problem}")
     for key, entry in entries.items():
         if not isinstance(entry, dict) or any(m not in entry for m in METRICS):
             raise BaselineError(f"baseline {p}: entry {key!r} must hold {', '.join(METRICS)}")
+        for metric in ("first_inaccurate", "first_failure"):
+            if not _threshold_value(entry[metric]):
+                raise BaselineError(f"baseline {p}: entry {key!r} {metric} is {entry[metric]!r}; "
+                                    "allowed: null, an integer, or a finite number")
+        if entry["failure"] is not None and entry["failure"] not in STATUSES:
+            raise BaselineError(f"baseline {p}: entry {key!r} failure is {entry['failure']!r}; "
+                                f"allowed: null or one of {', '.join(STATUSES)}")
     return doc
 
 
+def _threshold_value(x) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):
+        return abs(x) < 2**1100  # float comparisons stay possible
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _settings_problem(settings: dict) -> str | None:
+    p = settings.get("p", 0.1)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        return f"p is {p!r}; allowed: a number in (0, 1]"
+    if not isinstance(settings.get("ftz", False), bool):
+        return f"ftz is {settings.get('ftz')!r}; allowed: true or false"
+    tol = settings.get("tolerance")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                            or not 0 < tol < math.inf):
+        return f"tolerance is {tol!r}; allowed: null or a finite number > 0"
+    return None
+
+
 def settings_of(doc: dict) -> tuple[Settings, float | None]:
+    """The (validated) settings a baseline was made with."""
     s = doc.get("settings", {})
-    return Settings(p=float(s.get("p", 0.1)), ftz=bool(s.get("ftz", False))), s.get("tolerance")
+    tolerance = s.get("tolerance")
+    return (Settings(p=float(s.get("p", 0.1)), ftz=s.get("ftz", False)),
+            None if tolerance is None else float(tolerance))
 
 
 def split_key(key: str) -> tuple[str, str, str, str] | None:

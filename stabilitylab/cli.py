@@ -74,24 +74,25 @@ def _settings(p: float | None, ftz: bool) -> Settings:
 
 
 def _check_tolerance(tolerance: float | None) -> None:
-    if tolerance is not None and not (tolerance > 0):
-        raise click.BadParameter(f"tolerance = {tolerance}; it must be a number > 0", param_hint="'--tolerance'")
+    if tolerance is not None and not (0 < tolerance < float("inf")):
+        raise click.BadParameter(f"tolerance = {tolerance}; it must be a finite number > 0",
+                                 param_hint="'--tolerance'")
 
 
-def _check_output(output: str | None) -> None:
+def _check_output(output: str | None, hint: str = "'-o' / '--output'") -> None:
     if output:
         problem = atomic.check_writable(output)
         if problem:
-            raise click.BadParameter(problem, param_hint="'-o' / '--output'")
+            raise click.BadParameter(problem, param_hint=hint)
 
 
-def _families(names: Sequence[str]) -> set[str] | None:
-    known = {f"{e.name}/{f.name}" for e in EXPERIMENTS.values() for f in e.families}
+def _families(names: Sequence[str], experiments) -> set[str] | None:
+    known = {f"{e.name}/{f.name}" for e in experiments for f in e.families}
     short = {k.split("/")[1] for k in known}
     for name in names:
         if name not in known and name not in short:
-            raise click.BadParameter(f"unknown family {name!r}; valid: {', '.join(sorted(known))}",
-                                     param_hint="'--family'")
+            raise click.BadParameter(f"no family {name!r} in the chosen experiments; valid: "
+                                     f"{', '.join(sorted(known))}", param_hint="'--family'")
     return set(names) or None
 
 
@@ -174,6 +175,13 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
     _check_tolerance(tolerance)
     if labels and not logits:
         raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
+    chosen = _experiments(experiments)
+    names = {e.name for e in chosen}
+    for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
+                                (bool(logits), "--logits", "softmax_ce")):
+        if used and needs not in names:
+            raise click.BadParameter(f"{option} sets {needs} cases, but {needs} is not among the experiments "
+                                     f"chosen with -e", param_hint=f"'{option}'")
     cases, notes = {}, []
     if p is not None or n is not None:
         cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
@@ -182,7 +190,7 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
             cases["softmax_ce"], notes = user_logits(logits, labels)
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
-    comparison = run_compare(_experiments(experiments), _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
+    comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
     comparison.notes.extend(notes)
     if fmt == "json":
         _emit(jsonout.dumps(jsonout.compare_document(comparison)), output)
@@ -219,7 +227,8 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
     _check_tolerance(tolerance)
     settings = _settings(p, ftz)
     formats_ = _formats(dtypes)
-    rows = run_thresholds(_experiments(experiments), formats_, settings, tolerance, _families(families))
+    chosen = _experiments(experiments)
+    rows = run_thresholds(chosen, formats_, settings, tolerance, _families(families, chosen))
     if fmt == "json":
         _emit(jsonout.dumps(jsonout.thresholds_document(rows, settings, tolerance)), output)
     else:
@@ -272,7 +281,7 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
 
 def _update_baseline(path: str, dtypes) -> None:
     """Recompute the selected formats; keep the file's settings and its other entries."""
-    _check_output(path)
+    _check_output(path, "'--baseline'")
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
         try:

@@ -110,7 +110,9 @@ def threshold_findings(rows) -> list[tuple[str, str]]:
                     text += f"; predicted {_param(r.predicted)}"
                 parts.append(text + ")")
             elif r.first_inaccurate is not None:
-                parts.append(f"{r.method} never fails but is inaccurate from {r.parameter} = "
+                how = ("inaccurate" if r.inaccurate_status in (None, "inaccurate")
+                       else f"{r.inaccurate_status} (a finite but lost result)")
+                parts.append(f"{r.method} stays finite but is {how} from {r.parameter} = "
                              f"{_param(r.first_inaccurate)}")
             else:
                 parts.append(f"{r.method} never fails for {r.parameter} <= {_param(r.search_range[1])}")

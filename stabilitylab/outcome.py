@@ -7,7 +7,12 @@ For a computed value v and the exact reference r (held as a float64 pair
 * ``overflow`` /  v is +-inf, or 0 where r is not, and the first of the events
   ``underflow``   overflow / underflow seen while computing v is that one (a
                   product that became 0 and then ``log(0) = -inf`` is an
-                  underflow).  v equal to an infinite r is ``ok``;
+                  underflow).  v equal to an infinite r is ``ok`` when no
+                  over/underflow happened (an input p = 1e-300 rounded to 0 in
+                  float32 is an underflow, though its log is then exactly
+                  -inf).  An infinite v with neither event reached a pole
+                  because an intermediate was rounded to exactly 0 (1 - p with
+                  p rounded to 1, then log(0)): ``underflow``;
 * ``inaccurate``  otherwise, if ``rel_error > tolerance`` (default sqrt(u): more
                   than half the significand bits lost);
 * ``ok``          otherwise.
@@ -82,18 +87,22 @@ def classify(fmt: Format, value, hi, lo, zero, arith: Arith, tolerance: float | 
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, hi, lo, zero)
-    reference_zero = zero
-    lost = (np.isinf(v) & (v != hi)) | ((v == 0) & ~reference_zero)
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     seen = (over != NEVER) | (under != NEVER)
+    # an infinite exact loss computed as such is ok, unless an input or an
+    # intermediate over/underflowed on the way (then the infinity is an artefact)
+    lost = (np.isinf(v) & ((v != hi) | seen)) | ((v == 0) & ~zero)
     overflow_first = over <= under
     status = np.full(v.shape, "ok", dtype="<U10")
     status[rel > tol] = "inaccurate"
     status[lost & seen & overflow_first] = "overflow"
     status[lost & seen & ~overflow_first] = "underflow"
-    # an infinite value with no recorded event (cannot happen with loaded inputs,
-    # kept so that the rule is total): name it by what it is.
+    # infinite with neither event: a pole reached because an intermediate was
+    # rounded to exactly 0 (1 - p with p rounded to 1, then log(0)): underflow
+    # when that pole is the first event, else overflow (the value left the range)
+    pole = arith.first_step("divide_by_zero") != NEVER
     status[lost & ~seen & np.isinf(v)] = "overflow"
+    status[lost & ~seen & np.isinf(v) & pole] = "underflow"
     nan = np.isnan(v)
     status[nan] = "nan"
     if not fmt.has_inf:  # e4m3fn: overflow gives NaN

@@ -120,8 +120,8 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
                 continue
         seen[key] = (k, s)
         s_next, c = step(s, c)
-        if math.isinf(s_next) and math.isfinite(s):
-            overflowed = True
+        if not math.isfinite(s_next) and math.isfinite(s):
+            overflowed = True  # finite + finite: only an overflow leaves the range (NaN in float8_e4m3fn)
         s, k, explicit = s_next, k + 1, explicit + 1
         if explicit > MAX_EXPLICIT:
             raise ValueError(f"the running sum of {v!r} x {goal} in {fmt.name} has no short period; "

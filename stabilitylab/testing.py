@@ -54,15 +54,25 @@ class StabilityBaseline:
             self._doc = baseline.load(self.path)
         return self._doc
 
+    def _settings(self) -> tuple[Settings, float | None]:
+        """The baseline's settings; in update mode a missing or unreadable file gives the defaults."""
+        if self.update and not self.path.exists():
+            return Settings(), None
+        try:
+            return baseline.settings_of(self._baseline())
+        except baseline.BaselineError:
+            if self.update:
+                return Settings(), None
+            raise
+
     def check(self, key: str, ulps: int | None = None) -> Threshold:
         """Assert (or, when updating, record) the threshold ``key``; returns it."""
+        settings, tolerance = self._settings()
+        row = threshold(key, settings, tolerance)
         if self.update:
-            row = threshold(key)
             self._recorded.append(row)
             return row
         doc = self._baseline()
-        settings, tolerance = baseline.settings_of(doc)
-        row = threshold(key, settings, tolerance)
         entry = doc["entries"].get(key)
         if entry is None:
             raise AssertionError(f"{key} is not in baseline {self.path}; run pytest --stability-update")
@@ -84,4 +94,5 @@ class StabilityBaseline:
                 previous = baseline.load(self.path)["entries"]
             except baseline.BaselineError:
                 previous = {}
-        baseline.write(self.path, baseline.document(self._recorded, Settings(), None, previous))
+        settings, tolerance = self._settings()
+        baseline.write(self.path, baseline.document(self._recorded, settings, tolerance, previous))

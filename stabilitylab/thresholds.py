@@ -26,7 +26,7 @@ found, not necessarily the global first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mpmath
 import numpy as np
@@ -55,6 +55,7 @@ class Threshold:
     first_inaccurate: float | int | None
     first_failure: float | int | None
     failure: str | None
+    inaccurate_status: str | None  # the status at first_inaccurate (inaccurate, or a 0 that under/overflowed)
     predicted: float | int | None
     predicted_for: str | None
     formula: str
@@ -144,7 +145,8 @@ class _Search:
                 out[(m, kind)] = (None if first is None else int(indices[first]),
                                   first is None or bool(bad[first:].all()))
                 if first is not None:
-                    self.seen.setdefault(int(indices[first]), {})[m] = (str(o.status[first]), False)
+                    self.seen.setdefault(int(indices[first]), {})[m] = (str(o.status[first]),
+                                                                         bool(np.isfinite(o.value[first])))
         return out
 
     def run(self) -> dict[tuple[str, str], tuple[int | None, bool]]:
@@ -203,8 +205,9 @@ def family_thresholds(experiment: Experiment, family: Family, fmt: Format, setti
         inacc, mono_i = found[(method, "first_inaccurate")]
         fail, mono_f = found[(method, "first_failure")]
         failure = search.seen[fail][method][0] if fail is not None else None
+        degraded = search.seen[inacc][method][0] if inacc is not None else None
         with mpmath.workdps(50):
-            pred = family.predict(fmt, method, settings)
+            pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}
         agrees = None
         if pred is not None:
@@ -215,7 +218,7 @@ def family_thresholds(experiment: Experiment, family: Family, fmt: Format, setti
                 agrees = abs(m - pred.value) <= pred.slack * abs(pred.value)
         rows.append(Threshold(
             experiment.name, family.name, method, fmt.name, family.parameter,
-            measured["first_inaccurate"], measured["first_failure"], failure,
+            measured["first_inaccurate"], measured["first_failure"], failure, degraded,
             None if pred is None else pred.value, None if pred is None else pred.kind,
             "" if pred is None else pred.formula, agrees, mono_i and mono_f, g.range()))
     return rows

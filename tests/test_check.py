@@ -105,3 +105,24 @@ def test_environment_difference_only_warns(tmp_path, capsys, doc):
     path.write_text(json.dumps(other))
     code, _, err = check(capsys, path, "-d", "float16")
     assert code == ExitStatus.OK and "warning: baseline made with numpy 0.0.1" in err
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda d: d["entries"]["likelihood/iid/product/float32"].update(first_failure="46"), "first_failure"),
+    (lambda d: d["entries"]["likelihood/iid/product/float32"].update(first_failure=True), "first_failure"),
+    (lambda d: d["entries"]["likelihood/iid/product/float32"].update(first_failure={}), "first_failure"),
+    (lambda d: d["entries"]["likelihood/iid/product/float32"].update(failure="broken"), "failure"),
+    (lambda d: d["settings"].update(ftz="false"), "ftz"),
+    (lambda d: d["settings"].update(p=0), "p is 0"),
+    (lambda d: d["settings"].update(p="abc"), "p is"),
+    (lambda d: d["settings"].update(tolerance=-1), "tolerance"),
+    (lambda d: d.update(environment=[]), "environment"),
+])
+def test_wrong_types_in_baseline_are_usage_errors(tmp_path, capsys, doc, mutate, words):
+    bad = json.loads(json.dumps(doc))
+    mutate(bad)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(bad))
+    code, out, err = check(capsys, path, "-d", "float32")
+    assert code == ExitStatus.USAGE and err.count("\n") == 1 and words in err, err
+    assert "Traceback" not in err

@@ -226,3 +226,33 @@ def test_ftz_reference_is_unchanged():
     assert [r.reference for r in plain.results] == [r.reference for r in flushed.results]
     with mpmath.workdps(30):
         assert plain.results[0].reference == float(-100 * mpmath.log(mpmath.mpf(float(F32.round(0.1)))))
+
+
+def test_input_that_underflows_on_load_is_not_ok():
+    """p = 1e-300 rounds to 0 in float32: log(0) = -inf equals the 'exact' loss of the rounded
+    input, but an underflow led there, so the status says so."""
+    out = evaluate(EXPERIMENTS["likelihood"], F32, __import__("stabilitylab.experiments.likelihood",
+                   fromlist=["iid"]).iid(1e-300, 3))
+    for name in ("product", "sum_log"):
+        assert out[name].value[0] == np.inf and out[name].status[0] == "underflow"
+        assert out[name].events[0][0] == "underflow"
+
+
+def test_running_sum_overflow_in_e4m3fn_is_an_overflow():
+    """100 + 100 + ... passes 448 (float8_e4m3fn's max, no inf): NaN, classified overflow."""
+    out = evaluate(ACC, E4M3, terms([("v", 96.0, 10)]))
+    for name in ("sequential", "kahan", "pairwise"):
+        assert np.isnan(out[name].value[0]) and out[name].status[0] == "overflow", name
+
+
+@pytest.mark.parametrize("args,words", [
+    (["compare", "-e", "likelihood", "--logits", "x.npy"], "--logits"),
+    (["compare", "-e", "softmax_ce", "--p", "0.5"], "--p / --n"),
+    (["thresholds", "-e", "softmax_ce", "--family", "iid"], "no family 'iid'"),
+    (["compare", "--tolerance", "inf"], "finite"),
+    (["thresholds", "--tolerance", "nan"], "finite"),
+])
+def test_options_that_cannot_apply_are_refused(capsys, args, words):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err

@@ -34,3 +34,23 @@ def test_missing_entry_tells_how_to_update(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*not in baseline*--stability-update*"])
+
+
+def test_update_keeps_the_baseline_settings(pytester):
+    """--stability-update recomputes with the file's settings (p = 0.5 here) and keeps them."""
+    from stabilitylab.cli import main
+
+    pytester.makeini("[pytest]\nstability_baseline = base.json\n")
+    path = pytester.path / "base.json"
+    assert main(["check", "--baseline", str(path), "--update", "-d", "float16"]) == 0
+    doc = json.loads(path.read_text())
+    doc["settings"]["p"] = 0.5
+    path.write_text(json.dumps(doc))
+    assert main(["check", "--baseline", str(path), "--update", "-d", "float16", "-d", "float32"]) == 0
+    pytester.makepyfile(test_user=TEST.replace("== 46", "> 0"))
+    pytester.runpytest("--stability-update").assert_outcomes(passed=1)
+    after = json.loads(path.read_text())
+    assert after["settings"]["p"] == 0.5
+    # 0.5**n: float32's smallest subnormal is 2**-149, so 2**-150 rounds (tie, to even) to 0
+    assert after["entries"]["likelihood/iid/product/float32"]["first_failure"] == 150
+    assert main(["check", "--baseline", str(path)]) == 0

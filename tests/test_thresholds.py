@@ -120,4 +120,4 @@ def test_thresholds_json_and_table(capsys):
     naive = next(t for t in doc["thresholds"] if t["method"] == "naive_softmax_log")
     assert naive["first_failure"] == 88.72283935546875  # repr round-trips exactly
     assert main(["thresholds", "--family", "nope"]) == 2
-    assert "unknown family" in capsys.readouterr().err
+    assert "no family 'nope'" in capsys.readouterr().err

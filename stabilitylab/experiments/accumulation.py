@@ -115,17 +115,20 @@ def ones_cases(n: np.ndarray, settings: Settings) -> Terms:
 
 def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
     """sequential: the sum of ones is exact up to S = 2**p, then stays at S, so its
-    relative error (n - S) / n first exceeds the default tolerance t at
-    n = floor(S / (1 - t)) + 1.  pairwise and kahan keep n exact-ish until the
-    sum passes max + ulp(max)/2."""
+    relative error (n - S) / n first exceeds the tolerance t at
+    n = floor(S / (1 - t)) + 1 (none if t >= 1).  pairwise keeps n exact-ish
+    until the sum passes max + ulp(max)/2.  Kahan has no prediction: its
+    compensation itself stalls in formats of few bits (bfloat16, float8)."""
     if method == "sequential":
         stall = 2**fmt.precision
-        tol = mpmath.mpf(fmt.default_tolerance)
+        tol = mpmath.mpf(fmt.default_tolerance if settings.tolerance is None else settings.tolerance)
+        if tol >= 1:
+            return None
         n = int(mpmath.floor(stall / (1 - tol))) + 1
         return Prediction(n, "first_inaccurate",
-                          "n* = floor(2^p / (1 - sqrt(u))) + 1: the loop stops growing at 2^p (s + 1 rounds back "
-                          "to s), and the relative error (n - 2^p)/n passes the default tolerance sqrt(u)")
-    if method in ("pairwise", "kahan"):
+                          "n* = floor(2^p / (1 - t)) + 1: the loop stops growing at 2^p (s + 1 rounds back "
+                          "to s), and the relative error (n - 2^p)/n passes the tolerance t (default sqrt(u))")
+    if method == "pairwise":
         limit, tie = predict.overflow_bound(fmt)
         n = int(mpmath.floor(limit)) + (0 if tie and limit == int(limit) else 1)
         return Prediction(n, "first_failure", "n* ~ max + ulp(max)/2: the sum of n ones passes the largest finite "

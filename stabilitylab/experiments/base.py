@@ -116,10 +116,12 @@ class Method:
 
 @dataclass(frozen=True)
 class Settings:
-    """Knobs shared by families: ``p`` of the iid likelihood family, flush-to-zero."""
+    """Knobs shared by families: ``p`` of the iid likelihood family, flush-to-zero, and
+    (for predictions) the tolerance in force (None: each format's sqrt(u))."""
 
     p: float = 0.1
     ftz: bool = False
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)

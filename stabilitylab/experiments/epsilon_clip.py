@@ -94,7 +94,7 @@ def facts(formats: list[Format]) -> tuple[list[str], list[list[str]]]:
         down = bool(a.sub(one, eps).astype(np.float64)[0] == 1)
         up = bool(a.add(one, eps).astype(np.float64)[0] == 1)
         ceiling = float(a.neg(a.log(eps)).astype(np.float64)[0])
-        rows.append([fmt.name, str(fmt.dtype.type(value)), kind, "yes" if down else "no", "yes" if up else "no",
+        rows.append([fmt.name, repr(value), kind, "yes" if down else "no", "yes" if up else "no",
                      str(fmt.dtype.type(ceiling))])
     return headers, rows
 

@@ -71,7 +71,8 @@ def thresholds_document(rows, settings, tolerance) -> dict:
             "parameter": r.parameter, "first_inaccurate": _param(r.first_inaccurate),
             "first_failure": _param(r.first_failure), "failure": r.failure, "predicted": _param(r.predicted),
             "formula": r.formula, "search_range": [_param(x) for x in r.search_range],
-            "predicted_for": r.predicted_for, "agrees": r.agrees, "monotone": r.monotone,
+            "inaccurate_status": r.inaccurate_status, "predicted_for": r.predicted_for, "agrees": r.agrees,
+            "monotone": r.monotone,
         } for r in rows],
     }
 
