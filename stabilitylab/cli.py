@@ -311,6 +311,11 @@ def report_command(folder, dtypes, p) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise click.BadParameter(f"{existing} is not a writable folder", param_hint="'-o' / '--output'")
+    try:  # fail before the build, not after it
+        (target / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {target}: {exc.strerror or exc}",
+                                 param_hint="'-o' / '--output'") from None
     settings = _settings(p, False)
     console = Console(stderr=True)
     if console.is_terminal:
