@@ -304,29 +304,17 @@ def test_formats_output_file(capsys, tmp_path):
     assert os.listdir(tmp_path) == ["formats.json"]
 
 
-def test_atomic_write_keeps_old_file_when_replace_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step,message", [("replace", "simulated failure"), ("fsync", "disk full")])
+def test_atomic_write_keeps_old_file_when_a_step_fails(tmp_path, monkeypatch, step, message):
+    """A failing rename or a failing write (fsync) leaves the old file whole and no temporary file."""
     target = tmp_path / "keep.txt"
     target.write_text("original\n", encoding="utf-8")
 
     def fail(*args, **kwargs):
-        raise OSError("simulated failure")
+        raise OSError(message)
 
-    monkeypatch.setattr(atomic.os, "replace", fail)
-    with pytest.raises(OSError, match="simulated failure"):
-        atomic.write_text(target, "new content\n")
-    assert target.read_text(encoding="utf-8") == "original\n"
-    assert os.listdir(tmp_path) == ["keep.txt"]
-
-
-def test_atomic_write_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
-    target = tmp_path / "keep.txt"
-    target.write_text("original\n", encoding="utf-8")
-
-    def fail(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(atomic.os, "fsync", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(atomic.os, step, fail)
+    with pytest.raises(OSError, match=message):
         atomic.write_text(target, "new content\n")
     assert target.read_text(encoding="utf-8") == "original\n"
     assert os.listdir(tmp_path) == ["keep.txt"]

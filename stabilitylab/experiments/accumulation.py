@@ -39,7 +39,6 @@ class Terms(Batch):
     repeat: np.ndarray
 
 
-
 def terms(cases: list[tuple[str, float, int]]) -> Terms:
     names, values, counts = zip(*cases)
     return Terms(tuple(names), np.array(values, dtype=np.float64), np.array(counts, dtype=np.int64))
@@ -59,7 +58,6 @@ def default_cases() -> Terms:
 class Loaded(Rows):
     values: np.ndarray  # in the format
     repeat: np.ndarray
-
 
 
 def load(arith: Arith, cases: Terms) -> Loaded:

@@ -42,8 +42,6 @@ class Binary(Batch):
     widths: np.ndarray
 
 
-
-
 def binary_case(name: str, logits, labels) -> Binary:
     z = np.atleast_1d(np.asarray(logits, dtype=np.float64))
     y = np.atleast_1d(np.asarray(labels, dtype=np.float64))
@@ -75,7 +73,6 @@ def default_cases() -> Binary:
 class Loaded(Rows):
     logits: np.ndarray
     labels: np.ndarray
-
 
 
 def load(arith: Arith, cases: Binary) -> Loaded:

@@ -38,7 +38,6 @@ class Samples(Batch):
     repeat: np.ndarray
 
 
-
 def iid(p, n, names=None) -> Samples:
     """n samples of true-class probability p (arrays broadcast)."""
     p, n = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(n, dtype=np.int64))
@@ -83,7 +82,6 @@ def default_cases() -> Samples:
 class Loaded(Rows):
     probs: np.ndarray  # in the format
     repeat: np.ndarray
-
 
 
 def load(arith: Arith, cases: Samples) -> Loaded:

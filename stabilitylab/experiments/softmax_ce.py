@@ -43,8 +43,6 @@ class Logits(Batch):
     widths: np.ndarray
 
 
-
-
 def _fmt_list(values) -> str:
     return "[" + ",".join(f"{v:g}" for v in values) + "]"
 
@@ -79,7 +77,6 @@ def default_cases() -> Logits:
 class Loaded(Rows):
     logits: np.ndarray  # in the format
     labels: np.ndarray
-
 
 
 def load(arith: Arith, cases: Logits) -> Loaded:
