@@ -376,6 +376,7 @@ def test_f32_ranges_are_what_they_say():
                                            float(np.nextafter(np.float32(1), np.float32(2)))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FUNCS)
 def test_float32_random_patterns(name):
     check(F32, name, random_patterns(F32, 200_000, seed=32))
