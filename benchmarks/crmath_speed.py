@@ -1,0 +1,74 @@
+"""crmath speed and undecided rates (not a test).
+
+For each format and function: time per element of crmath on 10**6 values
+against plain numpy on the same format-dtype array, and how many of the 10**6
+elements were undecided (recomputed with mpmath).  Two input sets:
+``range``: values spread over the interesting range of the function
+(exp: uniform in [ln(smallest subnormal) - 1, ln(max) + 1]; log: e**uniform over
+the same span; log1p: half uniform in (-1, 1), half e**uniform), rounded to the
+format; ``bits``: uniformly random bit patterns (NaN, inf, huge, tiny included).
+
+    python benchmarks/crmath_speed.py [n]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from stabilitylab import crmath
+from stabilitylab.formats import FORMATS
+
+FUNCS = ("exp", "log", "log1p")
+
+
+def best(fn, repeat=3) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def inputs(fmt, name: str, kind: str, n: int, rng) -> np.ndarray:
+    if kind == "bits":
+        udt = np.dtype(f"u{fmt.dtype.itemsize}")
+        return rng.integers(0, np.iinfo(udt).max, n, dtype=udt, endpoint=True).view(fmt.dtype)
+    lo, hi = fmt.ln_smallest_subnormal - 1, fmt.ln_max + 1
+    if name == "exp":
+        x = rng.uniform(lo, hi, n)
+    elif name == "log":
+        x = np.exp(rng.uniform(lo, hi, n))
+    else:
+        x = np.concatenate([rng.uniform(-1, 1, n // 2), np.exp(rng.uniform(lo, hi, n - n // 2))])
+    with np.errstate(all="ignore"):
+        return fmt.round(x)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10**6
+    rng = np.random.default_rng(0)
+    print(f"n = {n}, longdouble significand bits: {np.finfo(np.longdouble).nmant + 1}")
+    print(f"{'format':14} {'func':6} {'input':6} {'crmath ns/el':>12} {'numpy ns/el':>12} {'undecided':>10} "
+          f"{'per 1e6':>8} {'max mp bits':>11}")
+    for fname in ("float8_e4m3fn", "float8_e5m2", "float16", "bfloat16", "float32", "float64"):
+        fmt = FORMATS[fname]
+        for name in FUNCS:
+            for kind in ("range", "bits"):
+                x = inputs(fmt, name, kind, n, rng)
+                stats = {}
+                getattr(crmath, name)(fmt, x, stats=stats)
+                t_cr = best(lambda: getattr(crmath, name)(fmt, x))
+                with np.errstate(all="ignore"):
+                    t_np = best(lambda: getattr(np, name)(x))
+                und = stats["undecided"]
+                print(f"{fname:14} {name:6} {kind:6} {t_cr / n * 1e9:12.1f} {t_np / n * 1e9:12.1f} {und:10d} "
+                      f"{und / n * 1e6:8.1f} {stats.get('max_prec', 0):11d}")
+                sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
