@@ -4,11 +4,11 @@ For each format and function: time per element of crmath on 10**6 values
 against plain numpy on the same format-dtype array, and how many of the 10**6
 elements were undecided (recomputed with mpmath).  Two input sets:
 ``range``: values spread over the interesting range of the function
-(exp: uniform in [ln(smallest subnormal) - 1, ln(max) + 1]; log: e**uniform over
-the same span; log1p: half uniform in (-1, 1), half e**uniform), rounded to the
-format; ``bits``: uniformly random bit patterns (NaN, inf, huge, tiny included).
+(exp: uniform in [ln(smallest subnormal) - 1, ln(max) + 1]; log: 2**uniform in
+[log2(smallest subnormal), log2(max)]; log1p: half uniform in (-1, 1), half as
+for log), rounded to the format; ``bits``: uniformly random bit patterns (NaN, inf, huge, tiny included).
 
-    python benchmarks/crmath_speed.py [n]
+    PYTHONPATH=. python benchmarks/crmath_speed.py [n]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def inputs(fmt, name: str, kind: str, n: int, rng) -> np.ndarray:
     if kind == "bits":
         udt = np.dtype(f"u{fmt.dtype.itemsize}")
         return rng.integers(0, np.iinfo(udt).max, n, dtype=udt, endpoint=True).view(fmt.dtype)
-    lo, hi = fmt.ln_smallest_subnormal - 1, fmt.ln_max + 1
     if name == "exp":
-        x = rng.uniform(lo, hi, n)
-    elif name == "log":
-        x = np.exp(rng.uniform(lo, hi, n))
-    else:
-        x = np.concatenate([rng.uniform(-1, 1, n // 2), np.exp(rng.uniform(lo, hi, n - n // 2))])
+        x = rng.uniform(fmt.ln_smallest_subnormal - 1, fmt.ln_max + 1, n)
+    else:  # 2**u, not e**u: log(fl(e**u)) would lie next to the float u, far from rounding boundaries
+        lo, hi = np.log2(fmt.smallest_subnormal), np.log2(fmt.max)
+        x = np.exp2(rng.uniform(lo, hi, n))
+        if name == "log1p":
+            x[: n // 2] = rng.uniform(-1, 1, n // 2)
     with np.errstate(all="ignore"):
         return fmt.round(x)
 

@@ -429,7 +429,7 @@ def test_float64_samples(name):
 @pytest.mark.parametrize("name", FUNCS)
 def test_float64_without_wide_longdouble(name, monkeypatch):
     """Where longdouble is only float64 (Windows, macOS/ARM): mpmath for every element."""
-    monkeypatch.setattr(crmath, "wide_dtype", lambda fmt: None if fmt.precision > 24 else np.dtype(np.float64))
+    monkeypatch.setattr(crmath, "wide_type", lambda fmt: None if fmt.precision > 24 else "float64")
     x = f64_samples(name, 150, seed=65)
     stats = {}
     check(F64, name, x, stats=stats)
@@ -441,7 +441,7 @@ def test_float64_without_wide_longdouble(name, monkeypatch):
 @pytest.mark.parametrize("fmt", [*SMALL, F32], ids=str)
 def test_everything_through_mpmath(fmt, name, monkeypatch):
     """The mpmath (Ziv) path alone is correct too: force it for every element."""
-    monkeypatch.setattr(crmath, "wide_dtype", lambda fmt: None)
+    monkeypatch.setattr(crmath, "wide_type", lambda fmt: None)
     x = random_patterns(fmt, 1500, seed=7)
     check(fmt, name, x)
 
@@ -449,12 +449,38 @@ def test_everything_through_mpmath(fmt, name, monkeypatch):
 @pytest.mark.parametrize("name", FUNCS)
 def test_loose_wide_bound_still_correct(name, monkeypatch):
     """With a huge assumed wide error, most elements are undecided; results do not change."""
-    monkeypatch.setitem(crmath.WIDE_REL_ERROR, np.dtype(np.float64), 2.0**-6)
+    monkeypatch.setitem(crmath.WIDE_REL_ERROR, "float64", 2.0**-6)
     fmt = FORMATS["bfloat16"]
     x = random_patterns(fmt, 3000, seed=8)
     stats = {}
     check(fmt, name, x, stats=stats)
     assert stats["undecided"] > 0.2 * x.size
+
+
+def test_wide_types():
+    assert {f.name: crmath.wide_type(f) for f in FORMATS.values() if f.precision <= 24} == {
+        n: "float64" for n in ("float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2")}
+    assert crmath.wide_type(F64) == ("longdouble" if HAS_WIDE_LONGDOUBLE else None)
+
+
+@pytest.mark.skipif(not HAS_WIDE_LONGDOUBLE, reason="longdouble is not wider than float64")
+def test_loose_longdouble_bound_still_correct(monkeypatch):
+    monkeypatch.setitem(crmath.WIDE_REL_ERROR, "longdouble", 2.0**-54)
+    x = f64_samples("exp", 300, seed=66)
+    stats = {}
+    check(F64, "exp", x, stats=stats)
+    assert stats["undecided"] > 0.2 * x.size
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_ziv_loop_raises_precision(name, monkeypatch):
+    """With a huge assumed mpmath error the first precisions cannot decide: the loop doubles P."""
+    monkeypatch.setattr(crmath, "_MP_SLACK_BITS", 70)  # P = 80 bits (float32) leaves 10 good bits
+    monkeypatch.setattr(crmath, "wide_type", lambda fmt: None)
+    x = np.concatenate([random_patterns(F32, 300, seed=9), np.array(HARD[name], dtype=np.uint32).view(np.float32)])
+    stats = {}
+    check(F32, name, x, stats=stats)
+    assert stats["max_prec"] >= 160  # doubled at least once (starts at 2 * 24 + 32 = 80)
 
 
 @pytest.mark.skipif(not HAS_WIDE_LONGDOUBLE, reason="longdouble is not wider than float64")
