@@ -152,7 +152,10 @@ def _mp_correct(name: str, fmt: Format, x: float, stats: dict | None) -> float:
     prec = 2 * fmt.precision + 32
     while prec <= _MP_MAX_PREC:
         _MP.prec = prec
-        sign, man, exp2, _ = getattr(_MP, name)(_MP.mpf(x))._mpf_
+        value = getattr(_MP, name)(_MP.mpf(x))
+        sign = value < 0
+        man, exp2 = value.man_exp  # |value| = man * 2**exp2
+        man = abs(man)
         k = prec - _MP_SLACK_BITS  # value * (1 +- 2**-k) = (man * 2**k +- man) * 2**(exp2 - k)
         lo = _round_exact(fmt, (man << k) - man, exp2 - k)
         hi = _round_exact(fmt, (man << k) + man, exp2 - k)
