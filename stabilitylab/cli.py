@@ -189,7 +189,7 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
         try:
             cases["softmax_ce"], notes = user_logits(logits, labels)
         except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
+            raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
     comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
     comparison.notes.extend(notes)
     if fmt == "json":
