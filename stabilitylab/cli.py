@@ -240,8 +240,9 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), required=True,
               help="Baseline JSON file (schema stabilitylab.baseline/1).")
 @click.option("--update", is_flag=True,
-              help="Recompute and write the baseline (atomically); entries outside the selection are kept.")
-@click.option("--ulps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Recompute and write the baseline (atomically); its settings and the entries outside the "
+                   "selection are kept. A file that is not a valid baseline is refused, not overwritten.")
+@click.option("--ulps", type=click.IntRange(min=0, max=2**53), default=0, show_default=True,
               help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
 @dtype_option
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
@@ -280,18 +281,26 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
 
 
 def _update_baseline(path: str, dtypes) -> None:
-    """Recompute the selected formats; keep the file's settings and its other entries."""
+    """Recompute the selected formats; keep the file's settings and every other entry.
+
+    An existing file must be a valid baseline: rewriting anything else would lose
+    it (a typo'd path) or drop the entries that could not be read.
+    """
     _check_output(path, "'--baseline'")
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
         try:
             old = baseline.load(path)
-            previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
-        except baseline.BaselineError:
-            pass  # an unreadable baseline is replaced whole
+        except baseline.BaselineError as exc:
+            raise click.BadParameter(f"{exc}; --update rewrites only a valid baseline (it keeps the entries it "
+                                     "does not recompute), so the file was left unchanged",
+                                     param_hint="'--baseline'") from None
+        previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
     rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
-    baseline.write(path, baseline.document(rows, settings, tolerance, previous))
-    click.echo(f"wrote {len(rows)} entries to {path}")
+    doc = baseline.document(rows, settings, tolerance, previous)
+    baseline.write(path, doc)
+    kept = len(doc["entries"]) - len(rows)
+    click.echo(f"wrote {len(rows)} recomputed entries to {path}" + (f"; kept {kept} others" if kept else ""))
 
 
 @cli.command("report")

@@ -111,6 +111,108 @@ def fail_fsync(monkeypatch, after: int = 0) -> None:
     monkeypatch.setattr(atomic.os, "fsync", fsync)
 
 
+# ------------------------------------------------------------------------------------- 2. --update
+
+
+@pytest.fixture
+def committed():
+    return json.loads(BASELINE.read_text())
+
+
+def test_update_dropped_every_entry_of_a_baseline_with_one_malformed_entry(tmp_path, capsys, committed):
+    committed["settings"]["p"] = 0.5
+    committed["entries"]["likelihood/iid/product/float32"]["first_failure"] = "46"
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(committed, indent=1))
+    before = path.read_bytes()
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "fp32")
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "first_failure", "'46'", "left unchanged")
+    assert out == ""
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["b.json"]
+
+
+def test_update_overwrote_a_file_that_is_not_a_baseline(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a baseline\n")
+    code, out, err = run(capsys, "check", "--update", "--baseline", notes, "-d", "fp16")
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "notes.txt", "not valid JSON", "left unchanged")
+    assert notes.read_text() == "my notes, not a baseline\n"
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_update_reset_p_and_lost_entries_it_did_not_recompute(tmp_path, capsys, committed):
+    """A valid baseline with p = 0.5 and an entry of someone else's: both survive an update."""
+    committed["settings"]["p"] = 0.5
+    committed["entries"]["custom/family/method/float32"] = {"first_inaccurate": 1, "first_failure": 2,
+                                                           "failure": "nan"}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(committed))
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "fp32")
+    assert code == ExitStatus.OK, err
+    after = json.loads(path.read_text())
+    assert after["settings"] == {"p": 0.5, "ftz": False, "tolerance": None}
+    assert set(after["entries"]) == set(committed["entries"])
+    recomputed = {k for k in committed["entries"] if k.endswith("/float32") and not k.startswith("custom/")}
+    for key, entry in committed["entries"].items():
+        if key not in recomputed:
+            assert after["entries"][key] == entry, key
+    # 0.5**n in float32 underflows at n = 150 (2**-150 ties to even, to 0); at p = 0.1 it was 46
+    assert after["entries"]["likelihood/iid/product/float32"]["first_failure"] == 150
+    assert f"wrote {len(recomputed)} recomputed entries" in out
+    assert f"kept {len(committed['entries']) - len(recomputed)} others" in out
+
+
+def test_plugin_update_overwrote_a_file_that_is_not_a_baseline(pytester):
+    pytester.makeini("[pytest]\nstability_baseline = base.json\n")
+    pytester.makepyfile(test_user="""
+def test_threshold(stability_baseline):
+    stability_baseline.check("likelihood/iid/product/float32")
+""")
+    path = pytester.path / "base.json"
+    path.write_text("not a baseline\n")
+    result = pytester.runpytest("--stability-update")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*base.json is not valid JSON*"])
+    assert path.read_text() == "not a baseline\n"
+
+
+# ------------------------------------------------------------------------------------- 5. overflow
+
+
+@pytest.mark.parametrize("setting,entry,raw,words", [
+    ("tolerance", None, "1" + "0" * 400, "tolerance"),
+    ("p", None, "1" + "0" * 400, "p is an integer of 401 digits"),
+    (None, "first_failure", str(2**1050), "first_failure is an integer of 317 digits"),
+    (None, "first_inaccurate", str(-2**64), "first_inaccurate"),
+    ("tolerance", None, "1e400", "tolerance is inf"),
+    (None, "first_failure", "1e400", "first_failure is inf"),
+], ids=["tolerance-10**400", "p-10**400", "entry-2**1050", "entry-2**64", "tolerance-1e400", "entry-1e400"])
+def test_baseline_number_too_large_for_a_float_was_an_overflow_error(tmp_path, capsys, committed, setting, entry,
+                                                                      raw, words):
+    key = "likelihood/iid/product/float32"
+    if setting:
+        committed["settings"][setting] = "@@"
+    else:
+        committed["entries"][key][entry] = "@@"
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(committed).replace('"@@"', raw))
+    before = path.read_bytes()
+    for extra in ([], ["--update"]):
+        code, out, err = run(capsys, "check", "--baseline", path, "-d", "fp32", *extra)
+        assert code == ExitStatus.USAGE, (extra, err)
+        one_error_line(err, words)
+        assert path.read_bytes() == before
+
+
+def test_ulps_too_large_for_a_float_is_refused(capsys):
+    code, out, err = run(capsys, "check", "--baseline", BASELINE, "--ulps", str(10**400))
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "--ulps")
+
+
 # ------------------------------------------------------------------------------------- 8. npz bomb
 
 
@@ -175,3 +277,24 @@ def test_errors_named_both_options_when_one_was_at_fault(tmp_path, capsys, bad):
     line = one_error_line(err, f"'--{bad}'")
     other = "labels" if bad == "logits" else "logits"
     assert f"'--{other}'" not in line
+
+
+def test_plugin_missing_baseline_said_update_instead_of_stability_update(pytester):
+    pytester.makeini("[pytest]\nstability_baseline = base.json\n")
+    pytester.makepyfile(test_user="""
+def test_threshold(stability_baseline):
+    stability_baseline.check("likelihood/iid/product/float32")
+""")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*does not exist (create it with pytest --stability-update)*"])
+    assert not (pytester.path / "base.json").exists()
+
+
+def test_baseline_load_is_the_one_validation(tmp_path):
+    """baseline.load refuses what the CLI refuses, so the plugin and --update share it."""
+    path = tmp_path / "b.json"
+    path.write_text('{"schema": "stabilitylab.baseline/1", "settings": {"tolerance": ' + "9" * 400 + '}, '
+                    '"entries": {}}')
+    with pytest.raises(baseline.BaselineError, match="tolerance"):
+        baseline.load(path)
