@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from . import atomic, baseline
+from . import atomic, baseline, output
 from .engine import compare as run_compare
 from .environment import package_version
 from .experiments import EXPERIMENTS
@@ -79,9 +79,10 @@ def _check_tolerance(tolerance: float | None) -> None:
                                  param_hint="'--tolerance'")
 
 
-def _check_output(output: str | None, hint: str = "'-o' / '--output'") -> None:
-    if output:
-        problem = atomic.check_writable(output)
+def _check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
+    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work."""
+    if path is not None:
+        problem = atomic.check_writable(path)
         if problem:
             raise click.BadParameter(problem, param_hint=hint)
 
@@ -96,30 +97,30 @@ def _families(names: Sequence[str], experiments) -> set[str] | None:
     return set(names) or None
 
 
-def _console(output: str | None) -> Console:
     """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
-    if output:
+def _console(path: str | None) -> Console:
+    if path is not None:
         return Console(record=True, width=160, file=io.StringIO(), color_system=None)
     console = Console()
     return console if console.is_terminal else Console(width=160)
 
 
-def _emit(text: str, output: str | None) -> None:
-    """Write ``text`` to ``output`` atomically, or to stdout."""
-    if output:
-        atomic.write_text(output, text)
+def _emit(text: str, path: str | None) -> None:
+    """Write ``text`` to ``path`` atomically, or to standard output (see output.py for how that fails)."""
+    if path is not None:
+        atomic.write_text(path, text)
     else:
         click.echo(text, nl=False)
 
 
-def _render(sections: list[Section], output: str | None, fmt: str) -> None:
+def _render(sections: list[Section], path: str | None, fmt: str) -> None:
     if fmt == "markdown":
-        _emit(sections_md(sections), output)
+        _emit(sections_md(sections), path)
         return
-    console = _console(output)
+    console = _console(path)
     print_sections(console, sections)
-    if output:
-        _emit(console.export_text(), output)
+    if path is not None:
+        _emit(console.export_text(), path)
 
 
 # ------------------------------------------------------------------ options
@@ -144,7 +145,19 @@ tolerance_option = click.option("--tolerance", type=float, default=None,
                                      "(default sqrt(u) of each format).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Interrupted(Exception):
+    """Ctrl-C inside a command (click would print a blank line for a KeyboardInterrupt)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=package_version(), prog_name="stabilitylab")
 def cli() -> None:
     """Show, measure and guard numerical (in)stability of ML loss computations."""
@@ -312,19 +325,10 @@ def report_command(folder, dtypes, p) -> None:
     """Write a markdown report with tables, figures and findings, all computed in the run."""
     from . import report  # matplotlib is imported only for reports
 
+    problem = atomic.check_folder(folder)
+    if problem:  # checked before the build; nothing is created until every file is ready
+        raise click.BadParameter(problem, param_hint="'-o' / '--output'")
     target = Path(folder)
-    if target.exists() and not target.is_dir():
-        raise click.BadParameter(f"{target} exists and is not a folder", param_hint="'-o' / '--output'")
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise click.BadParameter(f"{existing} is not a writable folder", param_hint="'-o' / '--output'")
-    try:  # fail before the build, not after it
-        (target / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot create {target}: {exc.strerror or exc}",
-                                 param_hint="'-o' / '--output'") from None
     settings = _settings(p, False)
     console = Console(stderr=True)
     if console.is_terminal:
@@ -335,30 +339,53 @@ def report_command(folder, dtypes, p) -> None:
                                  lambda step: bar.update(task, advance=1, description=step))
     else:
         files = report.build(_formats(dtypes), settings)
-    try:
-        written = report.write(target, files)
-    except OSError as exc:
-        raise click.ClickException(f"could not write the report to {target}: {exc.strerror or exc}") from None
+    written = report.write(target, files)
     click.echo(f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
 
 
 # --------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input is one line on stderr and exit 2, never a traceback."""
+    """Run the CLI; every failure is one line on stderr and an ExitStatus, never a traceback.
+
+    Standard output and error are guarded while it runs (see :mod:`stabilitylab.output`):
+    a reader that goes away (``| head``) ends the output quietly; a closed or full
+    stdout is an error.
+    """
+    with output.guarded_streams() as stdout:
+        status = _run(argv)
+        try:
+            stdout.flush()
+        except output.OutputError as exc:
+            status = _fail(str(exc), ExitStatus.USAGE)
+    return status
+
+
+def _fail(message: str, status: ExitStatus) -> int:
+    click.echo(f"stabilitylab: error: {message}", err=True)
+    return int(status)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
     except click.ClickException as exc:
-        click.echo(f"stabilitylab: error: {exc.format_message()}", err=True)
-        return exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE
+        return _fail(exc.format_message(), exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
         click.echo("stabilitylab: interrupted", err=True)
         return ExitStatus.INTERRUPTED
-    except BrokenPipeError:
-        return ExitStatus.OK
+    except output.OutputError as exc:
+        return _fail(str(exc), ExitStatus.USAGE)
+    except atomic.WriteError as exc:
+        return _fail(f"could not write {exc.filename}: {exc.strerror}; nothing was written or replaced",
+                     ExitStatus.USAGE)
+    except OSError as exc:  # any other I/O failure: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", ExitStatus.USAGE)
     return rc if isinstance(rc, int) else ExitStatus.OK
 
 
 def run() -> None:
+    """Console-script entry point (kept for compatibility; see stabilitylab.__main__.run)."""
     sys.exit(main())

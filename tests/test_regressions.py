@@ -111,6 +111,45 @@ def fail_fsync(monkeypatch, after: int = 0) -> None:
     monkeypatch.setattr(atomic.os, "fsync", fsync)
 
 
+# ------------------------------------------------------------------------------------- 1. report
+
+
+def test_failed_report_build_leaves_no_empty_figures_folder(tmp_path, monkeypatch):
+    """A report whose build fails (the likelihood ValueError of item 1) created figures/ first."""
+    def build(*args, **kwargs):
+        raise ValueError("simulated failure inside the build")
+
+    monkeypatch.setattr(report, "build", build)
+    target = tmp_path / "r"
+    with pytest.raises(ValueError, match="simulated"):
+        main(["report", "-o", str(target), "-d", "fp32"])
+    assert not target.exists()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-report"])
+def test_report_on_a_disk_that_fills_up_writes_nothing(tmp_path, monkeypatch, capsys, existing):
+    """All files or none: the third file failing leaves neither a partial report nor a mixed one."""
+    target = tmp_path / "r"
+    if existing:
+        (target / "figures").mkdir(parents=True)
+        (target / "README.md").write_text("old report\n")
+        (target / "figures" / "a.png").write_bytes(b"old a")
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    files = {"README.md": b"new report\n", "figures/a.png": b"new a", "figures/b.png": b"new b"}
+    monkeypatch.setattr(report, "build", lambda *args, **kwargs: files)
+    fail_fsync(monkeypatch, after=2)
+    code, out, err = run(capsys, "report", "-o", target, "-d", "fp32")
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "No space left on device", str(target))
+    assert out == ""
+    if existing:
+        assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+        assert everything_below(target) == ["README.md", "figures", "figures/a.png"]
+    else:
+        assert os.listdir(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------------- 2. --update
 
 
@@ -179,6 +218,108 @@ def test_threshold(stability_baseline):
     assert path.read_text() == "not a baseline\n"
 
 
+# ------------------------------------------------------------------------------------- 3. devices
+
+
+def _char_device(path: Path) -> None:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the numbers of /dev/null
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot create a character device here ({exc.strerror}); needs root with CAP_MKNOD")
+
+
+@pytest.mark.parametrize("argv", [["compare", "-e", "likelihood", "-d", "fp32", "-o"], ["formats", "-o"],
+                                  ["check", "--update", "-d", "fp16", "--baseline"]],
+                         ids=["compare", "formats", "check-update"])
+def test_output_to_a_device_replaced_the_device_with_a_file(tmp_path, capsys, argv):
+    device = tmp_path / "null"
+    _char_device(device)
+    code, out, err = run(capsys, *argv, device)
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "character device")
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+    assert os.listdir(tmp_path) == ["null"]
+
+
+def test_output_to_a_fifo_is_refused_without_blocking(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, out, err = run(capsys, "formats", "-o", fifo)
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "pipe")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.listdir(tmp_path) == ["fifo"]
+
+
+def test_atomic_write_refuses_a_device_even_without_the_cli_check(tmp_path):
+    device = tmp_path / "null"
+    _char_device(device)
+    with pytest.raises(atomic.WriteError, match="character device"):
+        atomic.write_text(device, "x")
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+
+
+# ------------------------------------------------------------------------------------- 4. disk full
+
+
+@pytest.mark.parametrize("argv", [["compare", "-e", "likelihood", "-d", "fp32"], ["formats"],
+                                  ["thresholds", "-e", "likelihood", "-d", "fp16"]],
+                         ids=["compare", "formats", "thresholds"])
+def test_disk_full_on_output_file_was_a_traceback(tmp_path, monkeypatch, capsys, argv):
+    target = tmp_path / "out.txt"
+    target.write_text("previous output\n")
+    fail_fsync(monkeypatch)
+    code, out, err = run(capsys, *argv, "-o", target)
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "could not write", str(target), "No space left on device")
+    assert target.read_text() == "previous output\n"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_disk_full_on_baseline_update_was_a_traceback(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "b.json"
+    shutil.copy(BASELINE, path)
+    before = path.read_bytes()
+    fail_fsync(monkeypatch)
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "fp16")
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "No space left on device")
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["b.json"]
+
+
+def test_disk_full_on_stdout_was_a_traceback(capsys):
+    with stdout_replaced(FailingStdout(ENOSPC)):
+        code = main(["formats"])
+    out, err = capsys.readouterr()
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "cannot write to standard output", "No space left on device")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_to_dev_full_was_a_traceback():
+    with open("/dev/full", "w") as full:
+        proc = python_m("formats", stdout=full, stderr=subprocess.PIPE, capture_output=False, text=True)
+    assert proc.returncode == ExitStatus.USAGE
+    one_error_line(proc.stderr, "No space left on device")
+
+
+def test_output_to_process_substitution_was_a_traceback(tmp_path, capsys):
+    """``-o >(wc -c)`` names /dev/fd/N, a pipe: refused (-o writes regular files), the pipe untouched."""
+    read_end, write_end = os.pipe()
+    try:
+        code, out, err = run(capsys, "formats", "-o", f"/dev/fd/{write_end}")
+        assert code == ExitStatus.USAGE
+        one_error_line(err, "pipe", "standard output")
+        os.close(write_end)
+        write_end = -1
+        assert os.read(read_end, 10) == b""  # nothing was written into the pipe
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
 # ------------------------------------------------------------------------------------- 5. overflow
 
 
@@ -213,6 +354,34 @@ def test_ulps_too_large_for_a_float_is_refused(capsys):
     one_error_line(err, "--ulps")
 
 
+# ------------------------------------------------------------------------------------- 6. | head
+
+
+@pytest.mark.parametrize("argv", [["compare", "--format", "json"], ["formats"],
+                                  ["check", "--baseline", BASELINE, "--all", "-d", "fp16"]],
+                         ids=["compare", "formats", "check"])
+def test_reader_closing_the_pipe_gave_exit_1(argv):
+    """``| head``: the reader goes away; the output stops quietly and, as nothing regressed, exit 0."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    with subprocess.Popen([sys.executable, "-m", "stabilitylab", *map(str, argv)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()  # before the first write: that write, and every later one, meets EPIPE
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=300)
+    assert code == ExitStatus.OK, err
+    assert err == ""
+
+
+def test_reader_closing_the_pipe_keeps_the_regression_status(tmp_path, capsys, committed):
+    committed["entries"]["likelihood/iid/product/float32"]["first_failure"] = 47
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(committed))
+    with stdout_replaced(FailingStdout(BrokenPipeError(errno.EPIPE, "Broken pipe"))):
+        code = main(["check", "--baseline", str(path), "-d", "fp32"])
+    assert code == ExitStatus.REGRESSION
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------------- 8. npz bomb
 
 
@@ -236,6 +405,99 @@ def test_npz_bomb_was_decompressed_before_the_size_check(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2**20, peak  # the data (32 MB) was never decompressed
+
+
+# ------------------------------------------------------------------------------------- 9. -o ''
+
+
+@pytest.mark.parametrize("argv", [["compare", "-e", "likelihood"], ["formats"], ["thresholds", "-e", "likelihood"],
+                                  ["report"]], ids=["compare", "formats", "thresholds", "report"])
+def test_empty_output_name_wrote_into_the_current_folder_or_stdout(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("the project's own README\n")
+    code, out, err = run(capsys, *argv, "-o", "")
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "empty")
+    assert out == ""
+    assert everything_below(tmp_path) == ["README.md"]
+    assert (tmp_path / "README.md").read_text() == "the project's own README\n"
+
+
+# ------------------------------------------------------------------------------------- 10. encoding
+
+
+@pytest.mark.parametrize("argv,stand_in", [
+    (["compare", "-e", "likelihood", "-d", "fp32"], "ok - inacc = inaccurate"),
+    (["thresholds", "-e", "likelihood", "-d", "fp16"], "(pred 8 ok)"),
+], ids=["compare", "thresholds"])
+def test_ascii_stdout_was_a_unicode_encode_error(argv, stand_in):
+    proc = python_m(*argv, env_extra={"PYTHONIOENCODING": "ascii", "COLUMNS": "160"})
+    assert proc.returncode == ExitStatus.OK, proc.stderr.decode()
+    assert proc.stderr == b""
+    text = proc.stdout.decode("ascii")  # raises if anything is not ASCII
+    assert stand_in in text
+
+
+# ------------------------------------------------------------------------------------- 11. >&-
+
+
+def test_closed_stdout_lost_the_output_silently(capsys):
+    with stdout_replaced(None):  # what Python sets when started with fd 1 closed
+        code = main(["formats"])
+    out, err = capsys.readouterr()
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "standard output is closed")
+
+
+def test_closed_stdout_is_fine_when_nothing_goes_to_it(tmp_path, capsys):
+    target = tmp_path / "f.json"
+    with stdout_replaced(None):
+        code = main(["formats", "--format", "json", "-o", str(target)])
+    assert code == ExitStatus.OK, capsys.readouterr().err
+    assert len(json.loads(target.read_text())["formats"]) == len(ALL_FORMATS)
+
+
+def test_closed_stdout_in_a_real_process():
+    proc = python_m("formats", stdout=None, stderr=subprocess.PIPE, capture_output=False,
+                    preexec_fn=lambda: os.close(1))
+    assert proc.returncode == ExitStatus.USAGE
+    one_error_line(proc.stderr.decode(), "standard output is closed")
+
+
+# ------------------------------------------------------------------------------------- 12. Ctrl-C
+
+
+INTERRUPT_IMPORT = """
+import builtins, sys
+real = builtins.__import__
+def interrupting(name, *args, **kwargs):
+    if name == "numpy":
+        raise KeyboardInterrupt
+    return real(name, *args, **kwargs)
+builtins.__import__ = interrupting
+sys.argv = ["stabilitylab", "formats"]
+from stabilitylab.__main__ import run
+run()
+"""
+
+
+def test_ctrl_c_during_imports_was_a_traceback():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_IMPORT], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == ExitStatus.INTERRUPTED
+    assert proc.stderr == "stabilitylab: interrupted\n"
+    assert proc.stdout == ""
+
+
+def test_ctrl_c_during_a_command_is_one_line(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_compare", interrupted)
+    code, out, err = run(capsys, "compare", "-e", "likelihood")
+    assert code == ExitStatus.INTERRUPTED
+    assert err == "stabilitylab: interrupted\n"  # no blank line before it (click prints one)
 
 
 # ------------------------------------------------------------------------------------- 13. messages
@@ -289,6 +551,38 @@ def test_threshold(stability_baseline):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*does not exist (create it with pytest --stability-update)*"])
     assert not (pytester.path / "base.json").exists()
+
+
+# ------------------------------------------------------------------------------------- 16. symlinks
+
+
+def test_output_to_a_symlink_replaced_the_link(tmp_path, capsys):
+    real = tmp_path / "real.json"
+    real.write_text("old\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(real.name)
+    code, out, err = run(capsys, "formats", "--format", "json", "-o", link)
+    assert code == ExitStatus.OK, err
+    assert link.is_symlink() and os.readlink(link) == "real.json"
+    assert len(json.loads(real.read_text())["formats"]) == len(ALL_FORMATS)
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
+
+
+def test_output_to_a_dangling_symlink_creates_its_target(tmp_path, capsys):
+    link = tmp_path / "link.json"
+    link.symlink_to("made.json")
+    code, out, err = run(capsys, "formats", "--format", "json", "-o", link)
+    assert code == ExitStatus.OK, err
+    assert link.is_symlink() and (tmp_path / "made.json").is_file()
+
+
+def test_output_to_a_symlink_loop_is_refused(tmp_path, capsys):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    code, out, err = run(capsys, "formats", "-o", tmp_path / "a")
+    assert code == ExitStatus.USAGE
+    one_error_line(err)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"] and (tmp_path / "a").is_symlink()
 
 
 def test_baseline_load_is_the_one_validation(tmp_path):
