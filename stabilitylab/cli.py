@@ -31,6 +31,7 @@ __all__ = ["main", "cli", "run"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
 MAX_N = 2**63 - 1
+MAX_CASES, MAX_FINDINGS = 60, 40  # per experiment, on standard output (files get everything)
 
 
 class FormatType(click.ParamType):
@@ -97,12 +98,12 @@ def _families(names: Sequence[str], experiments) -> set[str] | None:
     return set(names) or None
 
 
-    """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
 def _console(path: str | None) -> Console:
+    """The terminal; for -o, or a pipe without COLUMNS, a console 160 wide."""
     if path is not None:
         return Console(record=True, width=160, file=io.StringIO(), color_system=None)
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
 def _emit(text: str, path: str | None) -> None:
@@ -207,6 +208,8 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
     comparison.notes.extend(notes)
     if fmt == "json":
         _emit(jsonout.dumps(jsonout.compare_document(comparison)), output)
+    elif output is None:  # a terminal: cap what it shows, and say where the rest is
+        _render(compare_sections(comparison, MAX_CASES, MAX_FINDINGS), output, fmt)
     else:
         _render(compare_sections(comparison), output, fmt)
 

@@ -553,6 +553,70 @@ def test_threshold(stability_baseline):
     assert not (pytester.path / "base.json").exists()
 
 
+# ------------------------------------------------------------------------------------- 14. caps
+
+
+def test_ten_thousand_rows_printed_twenty_thousand_lines_of_findings(tmp_path, capsys):
+    rows = 150
+    x = np.tile([[1000.0, 0.0, -1000.0]], (rows, 1))  # every row overflows the naive softmax: a finding each
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run(capsys, "compare", "-e", "softmax_ce", "-d", "fp32", "--logits", tmp_path / "x.npy")
+    assert code == ExitStatus.OK, err
+    assert f"first {cli.MAX_CASES} of {rows} cases; -o FILE or --format json has them all" in " ".join(out.split())
+    bullets = [line for line in out.splitlines() if line.startswith("  • ")]
+    assert len(bullets) == cli.MAX_FINDINGS + 1
+    assert bullets[-1].startswith(f"  • ... and {rows - cli.MAX_FINDINGS} more findings; -o FILE or --format json")
+    assert "row=59 " in out and "row=60 " not in out
+    target = tmp_path / "all.txt"
+    code, _, err = run(capsys, "compare", "-e", "softmax_ce", "-d", "fp32", "--logits", tmp_path / "x.npy",
+                       "-o", target)
+    assert code == ExitStatus.OK, err
+    text = target.read_text()
+    assert "row=149" in text and "more findings" not in text and "first 60" not in text
+
+
+# ------------------------------------------------------------------------------------- 15. wrapping
+
+
+def _tokens_of(table) -> set[str]:
+    """Every number and name the table shows, as it must appear whole."""
+    out = set()
+    for row in [table.headers] + [[c.text for c in r] for r in table.rows]:
+        for text in row:
+            out.update(t for t in re.split(r"[\s,/]+", text) if t)
+    return out
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 160])
+def test_tables_broke_numbers_and_names_at_80_columns(width):
+    from stabilitylab.engine import compare
+    from stabilitylab.experiments import EXPERIMENTS
+    from stabilitylab.experiments.likelihood import iid
+    from stabilitylab.render.model import compare_sections, formats_table
+    from stabilitylab.render.table import print_table
+
+    comparison = compare([EXPERIMENTS["likelihood"], EXPERIMENTS["softmax_ce"]], DEFAULT_FORMATS,
+                         {"likelihood": iid(0.999, 1000000000)})
+    tables = [t for s in compare_sections(comparison) for t in s.tables] + [formats_table(list(ALL_FORMATS))]
+    for table in tables:
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        print_table(console, table)
+        text = console.file.getvalue()
+        assert max(cell_len(line) for line in text.splitlines()) <= width
+        words = set(re.split(r"[\s│┃|]+", text))
+        missing = {t for t in _tokens_of(table) if not any(t in w for w in words)}
+        assert not missing, (table.title, width, sorted(missing)[:10])
+
+
+def test_case_label_wrapped_inside_a_number_in_a_real_80_column_run(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(capsys, "compare", "-e", "likelihood", "-e", "softmax_ce", "--p", "0.999",
+                         "--n", "1000000000")
+    assert code == ExitStatus.OK, err
+    assert max(cell_len(line) for line in out.splitlines()) <= 80
+    assert "n=1000000000" in out and "naive_softmax_log" in out and "shifted_softmax_log" in out
+
+
 # ------------------------------------------------------------------------------------- 16. symlinks
 
 
