@@ -129,10 +129,14 @@ output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), 
                              help="Write to this file (atomically) instead of standard output.")
 format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
                              show_default=True, help="Rich table, GitHub markdown, or JSON.")
-dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
-                            help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
-                                 "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. "
-                                 "Default: float16, bfloat16, float32, float64.")
+
+
+def dtype_option(default: str = "float16, bfloat16, float32, float64"):
+    return click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+                        help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
+                             f"float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. Default: {default}.")
+
+
 experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),
                                  multiple=True, help="Experiment (repeatable). Default: all.")
 family_option = click.option("--family", "families", multiple=True,
@@ -167,7 +171,7 @@ def cli() -> None:
 # ----------------------------------------------------------------- commands
 @cli.command()
 @experiment_option
-@dtype_option
+@dtype_option()
 @p_option
 @click.option("--n", "n", type=int, default=None,
               help="likelihood: custom case of n >= 1 samples (default 100 with --p); replaces the default cases.")
@@ -215,7 +219,7 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
 
 
 @cli.command()
-@dtype_option
+@dtype_option("all six formats")
 @format_option
 @output_option
 def formats(dtypes, fmt, output) -> None:
@@ -231,7 +235,7 @@ def formats(dtypes, fmt, output) -> None:
 @cli.command("thresholds")
 @experiment_option
 @family_option
-@dtype_option
+@dtype_option()
 @p_option
 @ftz_option
 @tolerance_option
@@ -260,7 +264,7 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
                    "selection are kept. A file that is not a valid baseline is refused, not overwritten.")
 @click.option("--ulps", type=click.IntRange(min=0, max=2**53), default=0, show_default=True,
               help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
-@dtype_option
+@dtype_option("the formats in the baseline; with --update float16, bfloat16, float32, float64")
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
 @click.option("--format", "fmt", type=click.Choice(("table", "markdown")), default="table", show_default=True,
               help="Rich table, or markdown (for a CI step summary).")
@@ -322,7 +326,7 @@ def _update_baseline(path: str, dtypes) -> None:
 @cli.command("report")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for the markdown report (README.md) and its figures/.")
-@dtype_option
+@dtype_option()
 @p_option
 def report_command(folder, dtypes, p) -> None:
     """Write a markdown report with tables, figures and findings, all computed in the run."""

@@ -553,6 +553,16 @@ def test_threshold(stability_baseline):
     assert not (pytester.path / "base.json").exists()
 
 
+def test_formats_help_said_four_formats_by_default(capsys):
+    code, out, _ = run(capsys, "formats", "--help")
+    assert code == ExitStatus.OK
+    assert "Default: all six formats" in " ".join(out.split())
+    code, out, _ = run(capsys, "formats", "--format", "json")
+    assert len(json.loads(out)["formats"]) == 6 == len(ALL_FORMATS)
+    code, out, _ = run(capsys, "compare", "--help")
+    assert "Default: float16, bfloat16, float32, float64." in " ".join(out.split())
+
+
 # ------------------------------------------------------------------------------------- 14. caps
 
 
