@@ -659,6 +659,81 @@ def test_output_to_a_symlink_loop_is_refused(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["a", "b"] and (tmp_path / "a").is_symlink()
 
 
+def _texts_overlap(fig) -> list[tuple[str, str]]:
+    """Pairs of visible texts (annotations, legend entries, panel labels) whose boxes overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent"))
+             if t.get_visible() and t.get_text().strip() and type(t).__name__ in ("Text", "Annotation")]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+
+
+@pytest.fixture(scope="module")
+def figure_rows():
+    from stabilitylab.experiments import EXPERIMENTS
+    from stabilitylab.experiments.base import Settings
+    from stabilitylab.thresholds import thresholds
+
+    return thresholds([EXPERIMENTS["likelihood"]], DEFAULT_FORMATS, Settings())
+
+
+def test_likelihood_figure_inf_labels_overlapped(figure_rows):
+    from stabilitylab.experiments.base import Settings
+    from stabilitylab.render import plots
+
+    captured = {}
+
+    def keep(fig):
+        captured["fig"] = fig
+        return b""
+
+    real = plots.likelihood_figure
+    try:
+        plots.likelihood_figure = lambda *args, **kwargs: real(*args, render=keep)
+        report._likelihood_figure(DEFAULT_FORMATS, Settings(), figure_rows)
+    finally:
+        plots.likelihood_figure = real
+    fig = captured["fig"]
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    for n in (8, 41, 46, 324):
+        assert any(label.endswith(f"inf at n = {n}") for label in labels), labels
+    assert _texts_overlap(fig) == []
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    plots.plt.close(fig)
+
+
+def test_family_figure_legend_covered_the_curves():
+    from stabilitylab.render import plots
+
+    d = np.linspace(0, 10, 50)
+    panels = {f.name: {m: (d.copy(), np.isfinite(d)) for m in ("a", "b", "c")} for f in DEFAULT_FORMATS}
+    fig = plots.family_figure("t", panels, d, {}, render=lambda f: f)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    plots.plt.close(fig)
+
+
+def test_gradient_figure_spanned_1e10_to_1e_310_in_every_panel():
+    """Each panel spans its own format (float16: about 1e-10 .. 1), not float64's range."""
+    from stabilitylab.render import plots
+
+    d = np.linspace(0, 100, 50)
+    values = np.exp(-d)
+    panels = {f.name: {"flat": np.ones_like(d), "falls": values} for f in DEFAULT_FORMATS}
+    fig = plots.magnitude_figure("t", panels, d, render=lambda f: f)
+    for ax, fmt in zip(fig.axes, DEFAULT_FORMATS):
+        low, high = ax.get_ylim()  # in decades
+        smallest = np.log10(FORMATS[fmt.name].smallest_subnormal)
+        assert smallest - 4 <= low < smallest, (fmt.name, low)
+        assert 0 < high <= 2, (fmt.name, high)
+    plots.plt.close(fig)
+
+
 def test_baseline_load_is_the_one_validation(tmp_path):
     """baseline.load refuses what the CLI refuses, so the plugin and --update share it."""
     path = tmp_path / "b.json"
