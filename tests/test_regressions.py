@@ -659,6 +659,15 @@ def test_output_to_a_symlink_loop_is_refused(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["a", "b"] and (tmp_path / "a").is_symlink()
 
 
+# ------------------------------------------------------------------------------------- 17. README, figures
+
+
+def test_quick_start_failed_on_an_externally_managed_python():
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("## What it shows")]
+    assert quick.index("python3 -m venv .venv && . .venv/bin/activate") < quick.index("python3 -m pip install")
+
+
 def _texts_overlap(fig) -> list[tuple[str, str]]:
     """Pairs of visible texts (annotations, legend entries, panel labels) whose boxes overlap."""
     fig.canvas.draw()
@@ -732,6 +741,17 @@ def test_gradient_figure_spanned_1e10_to_1e_310_in_every_panel():
         assert smallest - 4 <= low < smallest, (fmt.name, low)
         assert 0 < high <= 2, (fmt.name, high)
     plots.plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- README table
+
+
+def test_readme_exit_code_table_matches_exit_status():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Exit codes and failure modes"):]
+    section = section[:section.index("\n\n", section.index("| code |"))]
+    codes = [int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)]
+    assert codes == sorted(int(s) for s in ExitStatus)
 
 
 def test_baseline_load_is_the_one_validation(tmp_path):
