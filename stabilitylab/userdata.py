@@ -6,6 +6,7 @@ import math
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,13 @@ import numpy as np
 from .experiments.softmax_ce import Logits
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits"]
+
+try:
+    from lzma import LZMAError
+
+    _LZMA_ERRORS: tuple[type[Exception], ...] = (LZMAError,)
+except ImportError:  # Python built without lzma: zipfile cannot open such members either
+    _LZMA_ERRORS = ()
 
 MAX_ELEMENTS = 1_000_000  # rows * classes: float64 references take ~30 s at this size
 MAX_TEXT_BYTES = 512 * 2**20
@@ -77,7 +85,8 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
         exc.option = option
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, NotImplementedError,
-            RuntimeError) as exc:  # NotImplementedError / RuntimeError: unsupported or encrypted zip members
+            RuntimeError, zlib.error, *_LZMA_ERRORS) as exc:
+        # NotImplementedError / RuntimeError: unsupported or encrypted zip members; zlib / lzma: corrupt data
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise fail(f"{what} file {p} could not be read: {detail}") from None
     _check_size(arr.shape, what, p)
@@ -92,8 +101,11 @@ def _read_npy(fh, what: str, path) -> np.ndarray:
     major, _ = (fh.read(2) + b"\0\0")[:2]
     if major not in (1, 2, 3):
         raise InputError(f"{what} file {path} could not be read: unknown .npy format version {major}")
-    # version 3 differs from 2 only in allowing a UTF-8 header
-    shape, fortran_order, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(fh)
+    try:  # version 3 differs from 2 only in allowing a UTF-8 header
+        shape, fortran_order, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(fh)
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize and ast: any of their errors
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{what} file {path} could not be read: its .npy header is malformed ({detail})") from None
     if any(n < 0 for n in shape):
         raise InputError(f"{what} file {path} could not be read: its header has shape {shape}")
     _check_size(shape, what, path)
