@@ -8,7 +8,8 @@ a float threshold x passes iff ``|x - x_baseline| <= ulps * ulp_F(x_baseline)``
 (``ulps = 0``: bit-exact); integer thresholds (n) and the failure status must
 be equal; ``None`` (never fails in the search range) only equals ``None``.
 With ``pytest --stability-update`` the checked entries are recomputed and
-written to the baseline instead (other entries are kept).
+written to the baseline instead (other entries and the settings are kept; a
+file that is not a valid baseline is an error, never overwritten).
 """
 
 from __future__ import annotations
