@@ -64,63 +64,102 @@ def write(path: str | os.PathLike, doc: dict) -> None:
     atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Read and validate a baseline; BaselineError says what is wrong in one line."""
+MAX_BYTES = 64 * 2**20  # a baseline of every entry of every format is about 50 kB
+MAX_INT = 2**63 - 1  # integer thresholds are int64 parameters (n)
+
+
+def load(path: str | os.PathLike, update_flag: str = "--update") -> dict:
+    """Read and validate a baseline; BaselineError says what is wrong in one line.
+
+    Validation is complete (types, ranges, numbers too large for a float), so a
+    loaded baseline can be compared and rewritten without surprises.
+    ``update_flag`` is named in messages: how this caller creates a baseline.
+    """
     p = Path(path)
     if not p.exists():
-        raise BaselineError(f"baseline {p} does not exist (create it with --update)", missing=True)
+        raise BaselineError(f"baseline {p} does not exist (create it with {update_flag})", missing=True)
+    if not p.is_file():
+        raise BaselineError(f"baseline {p} is not a regular file; give a baseline JSON file")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        if p.stat().st_size > MAX_BYTES:
+            raise BaselineError(f"baseline {p} is larger than {MAX_BYTES >> 20} MiB; it is not a baseline")
+        doc = json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         raise BaselineError(f"baseline {p} could not be read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise BaselineError(f"baseline {p} is not valid JSON ({exc.msg} at line {exc.lineno}); "
-                            "regenerate it with --update") from None
+                            f"fix it, or delete it and create a new one with {update_flag}") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an integer of over 4300 digits
+        raise BaselineError(f"baseline {p} is not a baseline ({str(exc).splitlines()[0]})") from None
+    problem = _problem(doc)
+    if problem:
+        raise BaselineError(f"baseline {p}: {problem}")
+    return doc
+
+
+def _problem(doc) -> str | None:
+    """What is wrong with a parsed baseline document, in a few words (None if nothing)."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise BaselineError(f"baseline {p} has schema {found!r}; expected {SCHEMA!r}")
+        return f"schema is {_short(found)}; expected {SCHEMA!r} (not a stabilitylab baseline)"
     entries = doc.get("entries")
     settings = doc.get("settings", {})
     if not isinstance(entries, dict) or not isinstance(settings, dict):
-        raise BaselineError(f"baseline {p} lacks an 'entries' object (and 'settings', if any, must be an object)")
+        return "lacks an 'entries' object (and 'settings', if any, must be an object)"
     if not isinstance(doc.get("environment", {}), dict):
-        raise BaselineError(f"baseline {p}: 'environment' must be an object")
+        return "'environment' must be an object"
     problem = _settings_problem(settings)
     if problem:
-        raise BaselineError(f"baseline {p}: settings {problem}")
+        return f"settings {problem}"
     for key, entry in entries.items():
         if not isinstance(entry, dict) or any(m not in entry for m in METRICS):
-            raise BaselineError(f"baseline {p}: entry {key!r} must hold {', '.join(METRICS)}")
+            return f"entry {_short(key)} must hold {', '.join(METRICS)}"
         for metric in ("first_inaccurate", "first_failure"):
             if not _threshold_value(entry[metric]):
-                raise BaselineError(f"baseline {p}: entry {key!r} {metric} is {entry[metric]!r}; "
-                                    "allowed: null, an integer, or a finite number")
+                return (f"entry {_short(key)} {metric} is {_short(entry[metric])}; allowed: null, an integer "
+                        f"of magnitude at most 2**63 - 1, or a finite number")
         if entry["failure"] is not None and entry["failure"] not in STATUSES:
-            raise BaselineError(f"baseline {p}: entry {key!r} failure is {entry['failure']!r}; "
-                                f"allowed: null or one of {', '.join(STATUSES)}")
-    return doc
+            return (f"entry {_short(key)} failure is {_short(entry['failure'])}; "
+                    f"allowed: null or one of {', '.join(STATUSES)}")
+    return None
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr for a message: one line, at most ``limit`` characters."""
+    if isinstance(value, int) and abs(value) >= 10**limit:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _float(x) -> float | None:
+    """``x`` as a finite float, or None (not a number, a bool, or too large: JSON's 10**400)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _threshold_value(x) -> bool:
     if x is None:
         return True
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, int):
-        return abs(x) < 2**1100  # float comparisons stay possible
+    if isinstance(x, int) and not isinstance(x, bool):
+        return abs(x) <= MAX_INT
     return isinstance(x, float) and math.isfinite(x)
 
 
 def _settings_problem(settings: dict) -> str | None:
-    p = settings.get("p", 0.1)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        return f"p is {p!r}; allowed: a number in (0, 1]"
+    p = _float(settings.get("p", 0.1))
+    if p is None or not 0 < p <= 1:
+        return f"p is {_short(settings.get('p'))}; allowed: a number in (0, 1]"
     if not isinstance(settings.get("ftz", False), bool):
-        return f"ftz is {settings.get('ftz')!r}; allowed: true or false"
+        return f"ftz is {_short(settings.get('ftz'))}; allowed: true or false"
     tol = settings.get("tolerance")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                            or not 0 < tol < math.inf):
-        return f"tolerance is {tol!r}; allowed: null or a finite number > 0"
+    if tol is not None and not (_float(tol) or 0) > 0:
+        return f"tolerance is {_short(tol)}; allowed: null or a finite number > 0"
     return None
 
 

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from . import atomic, baseline
+from . import atomic, baseline, output
 from .engine import compare as run_compare
 from .environment import package_version
 from .experiments import EXPERIMENTS
@@ -31,6 +31,7 @@ __all__ = ["main", "cli", "run"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
 MAX_N = 2**63 - 1
+MAX_CASES, MAX_FINDINGS = 60, 40  # per experiment, on standard output (files get everything)
 
 
 class FormatType(click.ParamType):
@@ -79,9 +80,10 @@ def _check_tolerance(tolerance: float | None) -> None:
                                  param_hint="'--tolerance'")
 
 
-def _check_output(output: str | None, hint: str = "'-o' / '--output'") -> None:
-    if output:
-        problem = atomic.check_writable(output)
+def _check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
+    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work."""
+    if path is not None:
+        problem = atomic.check_writable(path)
         if problem:
             raise click.BadParameter(problem, param_hint=hint)
 
@@ -96,30 +98,30 @@ def _families(names: Sequence[str], experiments) -> set[str] | None:
     return set(names) or None
 
 
-def _console(output: str | None) -> Console:
-    """The terminal, or (for -o and pipes) a wide console so tables do not wrap."""
-    if output:
+def _console(path: str | None) -> Console:
+    """The terminal; for -o, or a pipe without COLUMNS, a console 160 wide."""
+    if path is not None:
         return Console(record=True, width=160, file=io.StringIO(), color_system=None)
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
-def _emit(text: str, output: str | None) -> None:
-    """Write ``text`` to ``output`` atomically, or to stdout."""
-    if output:
-        atomic.write_text(output, text)
+def _emit(text: str, path: str | None) -> None:
+    """Write ``text`` to ``path`` atomically, or to standard output (see output.py for how that fails)."""
+    if path is not None:
+        atomic.write_text(path, text)
     else:
         click.echo(text, nl=False)
 
 
-def _render(sections: list[Section], output: str | None, fmt: str) -> None:
+def _render(sections: list[Section], path: str | None, fmt: str) -> None:
     if fmt == "markdown":
-        _emit(sections_md(sections), output)
+        _emit(sections_md(sections), path)
         return
-    console = _console(output)
+    console = _console(path)
     print_sections(console, sections)
-    if output:
-        _emit(console.export_text(), output)
+    if path is not None:
+        _emit(console.export_text(), path)
 
 
 # ------------------------------------------------------------------ options
@@ -127,10 +129,14 @@ output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), 
                              help="Write to this file (atomically) instead of standard output.")
 format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
                              show_default=True, help="Rich table, GitHub markdown, or JSON.")
-dtype_option = click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
-                            help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
-                                 "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. "
-                                 "Default: float16, bfloat16, float32, float64.")
+
+
+def dtype_option(default: str = "float16, bfloat16, float32, float64"):
+    return click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+                        help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
+                             f"float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. Default: {default}.")
+
+
 experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),
                                  multiple=True, help="Experiment (repeatable). Default: all.")
 family_option = click.option("--family", "families", multiple=True,
@@ -144,7 +150,19 @@ tolerance_option = click.option("--tolerance", type=float, default=None,
                                      "(default sqrt(u) of each format).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Interrupted(Exception):
+    """Ctrl-C inside a command (click would print a blank line for a KeyboardInterrupt)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=package_version(), prog_name="stabilitylab")
 def cli() -> None:
     """Show, measure and guard numerical (in)stability of ML loss computations."""
@@ -153,7 +171,7 @@ def cli() -> None:
 # ----------------------------------------------------------------- commands
 @cli.command()
 @experiment_option
-@dtype_option
+@dtype_option()
 @p_option
 @click.option("--n", "n", type=int, default=None,
               help="likelihood: custom case of n >= 1 samples (default 100 with --p); replaces the default cases.")
@@ -189,17 +207,19 @@ def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, outp
         try:
             cases["softmax_ce"], notes = user_logits(logits, labels)
         except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--logits' / '--labels'") from None
+            raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
     comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
     comparison.notes.extend(notes)
     if fmt == "json":
         _emit(jsonout.dumps(jsonout.compare_document(comparison)), output)
+    elif output is None:  # a terminal: cap what it shows, and say where the rest is
+        _render(compare_sections(comparison, MAX_CASES, MAX_FINDINGS), output, fmt)
     else:
         _render(compare_sections(comparison), output, fmt)
 
 
 @cli.command()
-@dtype_option
+@dtype_option("all six formats")
 @format_option
 @output_option
 def formats(dtypes, fmt, output) -> None:
@@ -215,7 +235,7 @@ def formats(dtypes, fmt, output) -> None:
 @cli.command("thresholds")
 @experiment_option
 @family_option
-@dtype_option
+@dtype_option()
 @p_option
 @ftz_option
 @tolerance_option
@@ -240,10 +260,11 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), required=True,
               help="Baseline JSON file (schema stabilitylab.baseline/1).")
 @click.option("--update", is_flag=True,
-              help="Recompute and write the baseline (atomically); entries outside the selection are kept.")
-@click.option("--ulps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Recompute and write the baseline (atomically); its settings and the entries outside the "
+                   "selection are kept. A file that is not a valid baseline is refused, not overwritten.")
+@click.option("--ulps", type=click.IntRange(min=0, max=2**53), default=0, show_default=True,
               help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
-@dtype_option
+@dtype_option("the formats in the baseline; with --update float16, bfloat16, float32, float64")
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
 @click.option("--format", "fmt", type=click.Choice(("table", "markdown")), default="table", show_default=True,
               help="Rich table, or markdown (for a CI step summary).")
@@ -280,42 +301,41 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
 
 
 def _update_baseline(path: str, dtypes) -> None:
-    """Recompute the selected formats; keep the file's settings and its other entries."""
+    """Recompute the selected formats; keep the file's settings and every other entry.
+
+    An existing file must be a valid baseline: rewriting anything else would lose
+    it (a typo'd path) or drop the entries that could not be read.
+    """
     _check_output(path, "'--baseline'")
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
         try:
             old = baseline.load(path)
-            previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
-        except baseline.BaselineError:
-            pass  # an unreadable baseline is replaced whole
+        except baseline.BaselineError as exc:
+            raise click.BadParameter(f"{exc}; --update rewrites only a valid baseline (it keeps the entries it "
+                                     "does not recompute), so the file was left unchanged",
+                                     param_hint="'--baseline'") from None
+        previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
     rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
-    baseline.write(path, baseline.document(rows, settings, tolerance, previous))
-    click.echo(f"wrote {len(rows)} entries to {path}")
+    doc = baseline.document(rows, settings, tolerance, previous)
+    baseline.write(path, doc)
+    kept = len(doc["entries"]) - len(rows)
+    click.echo(f"wrote {len(rows)} recomputed entries to {path}" + (f"; kept {kept} others" if kept else ""))
 
 
 @cli.command("report")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for the markdown report (README.md) and its figures/.")
-@dtype_option
+@dtype_option()
 @p_option
 def report_command(folder, dtypes, p) -> None:
     """Write a markdown report with tables, figures and findings, all computed in the run."""
     from . import report  # matplotlib is imported only for reports
 
+    problem = atomic.check_folder(folder)
+    if problem:  # checked before the build; nothing is created until every file is ready
+        raise click.BadParameter(problem, param_hint="'-o' / '--output'")
     target = Path(folder)
-    if target.exists() and not target.is_dir():
-        raise click.BadParameter(f"{target} exists and is not a folder", param_hint="'-o' / '--output'")
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise click.BadParameter(f"{existing} is not a writable folder", param_hint="'-o' / '--output'")
-    try:  # fail before the build, not after it
-        (target / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot create {target}: {exc.strerror or exc}",
-                                 param_hint="'-o' / '--output'") from None
     settings = _settings(p, False)
     console = Console(stderr=True)
     if console.is_terminal:
@@ -326,30 +346,53 @@ def report_command(folder, dtypes, p) -> None:
                                  lambda step: bar.update(task, advance=1, description=step))
     else:
         files = report.build(_formats(dtypes), settings)
-    try:
-        written = report.write(target, files)
-    except OSError as exc:
-        raise click.ClickException(f"could not write the report to {target}: {exc.strerror or exc}") from None
+    written = report.write(target, files)
     click.echo(f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
 
 
 # --------------------------------------------------------------- entry point
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; bad input is one line on stderr and exit 2, never a traceback."""
+    """Run the CLI; every failure is one line on stderr and an ExitStatus, never a traceback.
+
+    Standard output and error are guarded while it runs (see :mod:`stabilitylab.output`):
+    a reader that goes away (``| head``) ends the output quietly; a closed or full
+    stdout is an error.
+    """
+    with output.guarded_streams() as stdout:
+        status = _run(argv)
+        try:
+            stdout.flush()
+        except output.OutputError as exc:
+            status = _fail(str(exc), ExitStatus.USAGE)
+    return status
+
+
+def _fail(message: str, status: ExitStatus) -> int:
+    click.echo(f"stabilitylab: error: {message}", err=True)
+    return int(status)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
     except click.ClickException as exc:
-        click.echo(f"stabilitylab: error: {exc.format_message()}", err=True)
-        return exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE
+        return _fail(exc.format_message(), exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
         click.echo("stabilitylab: interrupted", err=True)
         return ExitStatus.INTERRUPTED
-    except BrokenPipeError:
-        return ExitStatus.OK
+    except output.OutputError as exc:
+        return _fail(str(exc), ExitStatus.USAGE)
+    except atomic.WriteError as exc:
+        return _fail(f"could not write {exc.filename}: {exc.strerror}; nothing was written or replaced",
+                     ExitStatus.USAGE)
+    except OSError as exc:  # any other I/O failure: one line, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", ExitStatus.USAGE)
     return rc if isinstance(rc, int) else ExitStatus.OK
 
 
 def run() -> None:
+    """Console-script entry point (kept for compatibility; see stabilitylab.__main__.run)."""
     sys.exit(main())

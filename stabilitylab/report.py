@@ -166,12 +166,5 @@ def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figur
 
 
 def write(folder: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
-    """Write every file atomically (temporary file + rename) below ``folder``."""
-    root = Path(folder)
-    written = []
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(path, data)
-        written.append(path)
-    return written
+    """Write every file below ``folder``: all of them or none (see :func:`atomic.write_tree`)."""
+    return atomic.write_tree(folder, files)

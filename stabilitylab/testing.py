@@ -8,7 +8,8 @@ a float threshold x passes iff ``|x - x_baseline| <= ulps * ulp_F(x_baseline)``
 (``ulps = 0``: bit-exact); integer thresholds (n) and the failure status must
 be equal; ``None`` (never fails in the search range) only equals ``None``.
 With ``pytest --stability-update`` the checked entries are recomputed and
-written to the baseline instead (other entries are kept).
+written to the baseline instead (other entries and the settings are kept; a
+file that is not a valid baseline is an error, never overwritten).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .thresholds import Threshold, family_thresholds
 
 __all__ = ["StabilityBaseline", "threshold"]
 
+UPDATE_FLAG = "pytest --stability-update"
 _CACHE: dict[tuple, list[Threshold]] = {}
 
 
@@ -51,19 +53,18 @@ class StabilityBaseline:
 
     def _baseline(self) -> dict:
         if self._doc is None:
-            self._doc = baseline.load(self.path)
+            self._doc = baseline.load(self.path, update_flag=UPDATE_FLAG)
         return self._doc
 
     def _settings(self) -> tuple[Settings, float | None]:
-        """The baseline's settings; in update mode a missing or unreadable file gives the defaults."""
+        """The baseline's settings; in update mode a missing file gives the defaults.
+
+        A file that exists but is not a valid baseline is an error even when
+        updating: rewriting it would drop the entries that cannot be read.
+        """
         if self.update and not self.path.exists():
             return Settings(), None
-        try:
-            return baseline.settings_of(self._baseline())
-        except baseline.BaselineError:
-            if self.update:
-                return Settings(), None
-            raise
+        return baseline.settings_of(self._baseline())
 
     def check(self, key: str, ulps: int | None = None) -> Threshold:
         """Assert (or, when updating, record) the threshold ``key``; returns it."""
@@ -75,7 +76,7 @@ class StabilityBaseline:
         doc = self._baseline()
         entry = doc["entries"].get(key)
         if entry is None:
-            raise AssertionError(f"{key} is not in baseline {self.path}; run pytest --stability-update")
+            raise AssertionError(f"{key} is not in baseline {self.path}; run {UPDATE_FLAG}")
         k = self.ulps if ulps is None else ulps
         fmt = FORMATS[row.dtype]
         for metric in baseline.METRICS:
@@ -90,9 +91,6 @@ class StabilityBaseline:
             return
         previous = {}
         if self.path.exists():
-            try:
-                previous = baseline.load(self.path)["entries"]
-            except baseline.BaselineError:
-                previous = {}
+            previous = baseline.load(self.path, update_flag=UPDATE_FLAG)["entries"]
         settings, tolerance = self._settings()
         baseline.write(self.path, baseline.document(self._recorded, settings, tolerance, previous))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,56 +15,125 @@ from .experiments.softmax_ce import Logits
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits"]
 
+try:
+    from lzma import LZMAError
+
+    _LZMA_ERRORS: tuple[type[Exception], ...] = (LZMAError,)
+except ImportError:  # Python built without lzma: zipfile cannot open such members either
+    _LZMA_ERRORS = ()
+
 MAX_ELEMENTS = 1_000_000  # rows * classes: float64 references take ~30 s at this size
 MAX_TEXT_BYTES = 512 * 2**20
 
 
 class InputError(ValueError):
-    """Bad user input; the message is one line saying what was wrong and what is allowed."""
+    """Bad user input; the message is one line saying what was wrong and what is allowed.
+
+    ``option`` names the command-line option whose file was at fault (``--logits`` or ``--labels``).
+    """
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+NPY_MAGIC = b"\x93NUMPY"
+NOT_NPY = ("it is not a NumPy .npy file (it does not start with the \\x93NUMPY header); allowed: "
+           "an array saved with numpy.save (.npy) or numpy.savez (.npz), or numbers in a .csv / .txt file")
 
 
 def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
-    """A numeric array from .npy, .npz (exactly one array), or .csv / .txt (comma or blank separated)."""
+    """A numeric array from .npy, .npz (exactly one array), or .csv / .txt (comma or blank separated).
+
+    Binary files are checked from their header (shape and type) before any data is
+    read or decompressed, so an oversized or compressed-bomb array costs nothing.
+    """
     p = Path(path)
+    option = f"--{what}" if what in ("logits", "labels") else None
+
+    def fail(message: str) -> InputError:
+        return InputError(message, option)
+
     if not p.is_file():
-        raise InputError(f"{what} file {p} does not exist or is not a file")
+        raise fail(f"{what} file {p} does not exist or is not a file")
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-            _check_size(arr.shape, what, p)
-            arr = np.array(arr)
+            with open(p, "rb") as fh:
+                arr = _read_npy(fh, what, p)
         elif suffix == ".npz":
-            with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                if len(z.files) != 1:
-                    raise InputError(f"{what} file {p} holds {len(z.files)} arrays ({', '.join(z.files) or 'none'}); "
-                                     "an .npz must hold exactly one")
-                arr = z[z.files[0]]
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+                if len(names) != 1:
+                    raise fail(f"{what} file {p} holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+                               "an .npz must hold exactly one")
+                with z.open(names[0]) as member:
+                    arr = _read_npy(member, what, p)
         elif suffix in (".csv", ".txt"):
             if p.stat().st_size > MAX_TEXT_BYTES:
-                raise InputError(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
-            text = p.read_text(encoding="utf-8")
+                raise fail(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
+            text = p.read_text(encoding="utf-8-sig")  # -sig: Excel starts its UTF-8 CSV with a BOM
             delimiter = "," if ("," in text or suffix == ".csv") else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "input contained no data": checked below
                 arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
             if arr.size == 0:
-                raise InputError(f"{what} file {p} holds no numbers")
+                raise fail(f"{what} file {p} holds no numbers")
         else:
-            raise InputError(f"{what} file {p} has suffix {suffix or '(none)'!r}; allowed: .npy, .npz, .csv, .txt")
-    except InputError:
+            raise fail(f"{what} file {p} has suffix {suffix or '(none)'!r}; allowed: .npy, .npz, .csv, .txt")
+    except InputError as exc:
+        exc.option = option
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, NotImplementedError,
+            RuntimeError, zlib.error, *_LZMA_ERRORS) as exc:
+        # NotImplementedError / RuntimeError: unsupported or encrypted zip members; zlib / lzma: corrupt data
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{what} file {p} could not be read: {detail}") from None
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"{what} file {p} holds {arr.dtype} values; numbers are required")
+        raise fail(f"{what} file {p} could not be read: {detail}") from None
     _check_size(arr.shape, what, p)
     return arr
 
 
+def _read_npy(fh, what: str, path) -> np.ndarray:
+    """An array from an open .npy stream: magic, header, checks, and only then the data."""
+    fmt = np.lib.format
+    if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
+        raise InputError(f"{what} file {path} could not be read: {NOT_NPY}")
+    major, _ = (fh.read(2) + b"\0\0")[:2]
+    if major not in (1, 2, 3):
+        raise InputError(f"{what} file {path} could not be read: unknown .npy format version {major}")
+    try:  # version 3 differs from 2 only in allowing a UTF-8 header
+        shape, fortran_order, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(fh)
+    except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize and ast: any of their errors
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{what} file {path} could not be read: its .npy header is malformed ({detail})") from None
+    if any(n < 0 for n in shape):
+        raise InputError(f"{what} file {path} could not be read: its header has shape {shape}")
+    _check_size(shape, what, path)
+    _check_dtype(dtype, what, path)
+    size = math.prod(shape) * dtype.itemsize
+    data = fh.read(size)
+    if len(data) != size:
+        raise InputError(f"{what} file {path} could not be read: it is truncated ({len(data)} of {size} data bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C").copy()
+
+
+def _check_dtype(dtype: np.dtype, what: str, path) -> None:
+    if dtype.kind in "biuf":
+        return
+    if dtype.kind == "V" and dtype.names is None:
+        raise InputError(f"{what} file {path} holds {dtype.itemsize}-byte raw values ({dtype.str}): that is how "
+                         "numpy.save stores bfloat16 / float8 arrays of ml_dtypes, whose type it cannot record; "
+                         "save them as float32 instead (x.astype(numpy.float32))")
+    if dtype.kind == "V":
+        raise InputError(f"{what} file {path} holds records with fields ({', '.join(dtype.names)}); "
+                         "a plain array of numbers is required")
+    if dtype.kind == "c":
+        raise InputError(f"{what} file {path} holds {dtype} values; real numbers are required")
+    raise InputError(f"{what} file {path} holds {dtype} values; numbers are required")
+
+
 def _check_size(shape, what, path) -> None:
-    if int(np.prod(shape, dtype=np.int64)) > MAX_ELEMENTS:
+    if math.prod(shape) > MAX_ELEMENTS:  # Python integers: a forged header cannot overflow the product
         raise InputError(f"{what} file {path} has shape {tuple(shape)}: more than {MAX_ELEMENTS:,} values")
 
 
@@ -76,7 +147,8 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"logits must have shape (rows, classes) with rows, classes >= 1; got {x.shape}")
+        raise InputError(f"logits must have shape (rows, classes) with rows, classes >= 1; got {x.shape}",
+                         "--logits")
     x = x.astype(np.float64)
     rows, classes = x.shape
     if labels_path is None:
@@ -86,16 +158,18 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
         if y.ndim == 2 and 1 in y.shape:
             y = y.ravel()
         if y.ndim != 1:
-            raise InputError(f"labels must be one integer per row; got shape {y.shape}")
+            raise InputError(f"labels must be one integer per row; got shape {y.shape}", "--labels")
         if y.size != rows:
-            raise InputError(f"labels has {y.size} entries but logits has {rows} rows; they must match")
+            raise InputError(f"labels has {y.size} entries but logits has {rows} rows; they must match",
+                             "--labels")
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
-            raise InputError(f"label in row {bad} is {float(y[bad])!r}; labels must be integers")
+            raise InputError(f"label in row {bad} is {float(y[bad])!r}; labels must be integers", "--labels")
         out = (y < 0) | (y >= classes)
         if out.any():
             bad = int(np.flatnonzero(out)[0])
-            raise InputError(f"label {float(y[bad]):g} in row {bad} is out of range; allowed 0..{classes - 1}")
+            raise InputError(f"label {float(y[bad]):g} in row {bad} is out of range; allowed 0..{classes - 1}",
+                             "--labels")
         labels = y.astype(np.int64)
     notes = []
     nonfinite = np.flatnonzero(~np.all(np.isfinite(x), axis=1))

@@ -27,10 +27,14 @@ class Cell:
 
 @dataclass
 class Table:
+    """``labels``: the columns that name a row (kept in every part when a narrow terminal
+    splits the table; broken only after a comma, slash or space, never inside a number)."""
+
     title: str
     headers: list[str]
     rows: list[list[Cell]]
     caption: str = ""
+    labels: tuple[int, ...] = (0,)
 
 
 @dataclass
@@ -52,15 +56,23 @@ def number_text(x: float, digits: int = 10) -> str:
     return f"{x:.{digits}g}"
 
 
-def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Section]:
-    """One section per experiment: results (methods x formats), counts, findings."""
+MORE = "-o FILE or --format json has them all"
+
+
+def compare_sections(comparison: Comparison, max_cases: int | None = None,
+                     max_findings: int | None = None) -> list[Section]:
+    """One section per experiment: results (methods x formats), counts, findings.
+
+    ``max_cases`` / ``max_findings`` cap what a terminal shows per experiment; a
+    caption or a last bullet then says how many were left out and where they are.
+    """
     formats = comparison.formats
     results = {(r.experiment, r.case, r.method, r.dtype): r for r in comparison.results}
     said = findings(comparison)
     sections = []
     for experiment in comparison.experiments:
         cases = list(dict.fromkeys(r.case for r in comparison.results if r.experiment == experiment.name))
-        shown = cases[:max_cases]
+        shown = cases[:max_cases] if max_cases is not None else cases
         rows = []
         for case in shown:
             shared = next(m for m in experiment.methods if m.truth is None)
@@ -76,11 +88,10 @@ def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Sectio
                     r = results[(experiment.name, case, method.name, fmt.name)]
                     cells.append(Cell(value_text(r.value, fmt), r.status, tagged=True))
                 rows.append(cells)
-        caption = "" if len(cases) == len(shown) else (
-            f"first {len(shown)} of {len(cases)} cases; --format json lists all")
+        caption = "" if len(cases) == len(shown) else f"first {len(shown)} of {len(cases):,} cases; {MORE}"
         results_table = Table(f"{experiment.name}: loss per method and format "
                               "(exact: the true loss of the inputs as rounded to each format)",
-                              ["case", "method", *(f.name for f in formats)], rows, caption)
+                              ["case", "method", *(f.name for f in formats)], rows, caption, labels=(0, 1))
         counts = {(c.method, c.dtype): c for c in comparison.summary if c.experiment == experiment.name}
         count_rows = []
         for method in experiment.methods:
@@ -98,11 +109,15 @@ def compare_sections(comparison: Comparison, max_cases: int = 60) -> list[Sectio
             headers, fact_rows = experiment.facts(list(formats))
             extra.append(Table(f"{experiment.name}: facts per format", headers,
                                [[Cell(c) for c in row] for row in fact_rows]))
+        bullets = [text for name, text in said if name == experiment.name]
+        if max_findings is not None and len(bullets) > max_findings:
+            hidden = len(bullets) - max_findings
+            bullets = bullets[:max_findings] + [f"... and {hidden:,} more findings; {MORE}"]
         sections.append(Section(
             heading=f"{experiment.name}: {experiment.title}",
             paragraphs=[experiment.question, "Methods: " + "; ".join(formulas) + "."],
             tables=[*extra, results_table, counts_table],
-            bullets=[text for name, text in said if name == experiment.name],
+            bullets=bullets,
         ))
     if comparison.notes:
         sections.append(Section("Notes", bullets=list(comparison.notes)))
@@ -121,8 +136,6 @@ def formats_table(formats: list[Format]) -> Table:
                      Cell(number_text(f.ln_smallest_subnormal, 10)),
                      Cell("yes" if f.has_inf else "no (overflow is NaN)")])
     return Table("Formats (from numpy.finfo / ml_dtypes.finfo)", headers, rows)
-
-
 
 
 def _param_text(value, fmt: Format) -> str:
@@ -167,7 +180,8 @@ def thresholds_table(rows, formats: list[Format]) -> Table:
                 cells.append(Cell(text, status))
             table_rows.append(cells)
     return Table("Thresholds: first failing parameter per method and format",
-                 ["family (parameter)", "method", *(f.name for f in formats)], table_rows, THRESHOLD_LEGEND)
+                 ["family (parameter)", "method", *(f.name for f in formats)], table_rows, THRESHOLD_LEGEND,
+                 labels=(0, 1))
 
 
 def formulas_section(rows) -> Section:
@@ -195,7 +209,7 @@ def check_table(result, show_all: bool = False) -> Table:
         rows.append([Cell(r.mark or " ", status), Cell(_plain(r.baseline)), Cell(_plain(r.current)),
                      Cell(change), Cell(r.tolerance), Cell(f"{r.entry} {r.metric}" if r.metric != "-" else r.entry)])
     return Table("Baseline check", ["mark", "baseline", "current", "change", "tolerance", "entry"], rows,
-                 "! regression · + not in baseline · x unknown entry (not comparable)")
+                 "! regression · + not in baseline · x unknown entry (not comparable)", labels=(0, 5))
 
 
 def _plain(v) -> str:

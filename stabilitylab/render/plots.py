@@ -1,5 +1,7 @@
 """Figures for the report (matplotlib, Agg backend), returned as PNG bytes.
 
+Each figure function takes ``render`` (default :func:`png`); tests pass
+``lambda fig: fig`` to inspect the figure's layout instead of its pixels.
 PNG metadata is stripped (no 'Software' key, no timestamps), so two runs on the
 same machine give identical files.
 """
@@ -13,6 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from ..formats import FORMATS  # noqa: E402
 
 __all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "FAILED"]
 
@@ -29,11 +34,13 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: dict) -> bytes:
+def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: dict, render=png):
     """NLL vs n (top) and its error in bits (bottom), per format and method.
 
     ``curves[(method, dtype)] = (values, error_bits)``; ``failures[(method, dtype)]``
-    is the first n whose NLL is not finite (marked with an x on the exact curve).
+    is the first n whose NLL is not finite: marked with an x on the exact curve and
+    stated in that curve's legend entry (labels beside the marks overlapped where
+    failures are close, as float32's n = 46 and bfloat16's n = 41).
     """
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 8), sharex=True)
     top.loglog(n, exact, color="black", lw=3, alpha=0.25, label="exact -n ln p")
@@ -41,33 +48,50 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     for (method, dtype), (values, bits) in curves.items():
         style = STYLES[methods.index(method) % len(STYLES)]
         finite = np.isfinite(values)
-        top.loglog(n[finite], values[finite], style, color=COLORS.get(dtype), label=f"{method}, {dtype}")
-        bottom.semilogx(n[finite], np.minimum(bits[finite], 64), style, color=COLORS.get(dtype))
         first = failures.get((method, dtype))
-        if first is not None and first <= n[-1]:
-            y = float(np.interp(first, n, exact))
-            top.plot([first], [y], "x", color=COLORS.get(dtype), ms=10, mew=2.5)
-            top.annotate(f"{dtype} {method}: inf at n={first}", (first, y), textcoords="offset points",
-                         xytext=(6, -12 - 10 * list(COLORS).index(dtype)), fontsize=7, color=COLORS.get(dtype))
+        fails = first is not None and first <= n[-1]
+        label = f"{method}, {dtype}" + (f": inf at n = {first}" if fails else "")
+        top.loglog(n[finite], values[finite], style, color=COLORS.get(dtype), label=label)
+        bottom.semilogx(n[finite], np.minimum(bits[finite], 64), style, color=COLORS.get(dtype))
+        if fails:
+            top.plot([first], [float(np.interp(first, n, exact))], "x", color=COLORS.get(dtype), ms=10, mew=2.5)
     top.set_ylabel("NLL (loss)")
     top.set_title("Negative log-likelihood of n samples of p = 0.1: product vs sum of logs")
-    top.legend(fontsize=7, ncol=2, loc="upper left")
     bottom.set_ylabel("error in bits, log2(ulps + 1)")
     bottom.set_xlabel("n (samples)")
     bottom.set_ylim(bottom=0)
     for ax in (top, bottom):
         ax.grid(True, which="major", alpha=0.3)
-    return png(fig)
+    fig.tight_layout()
+    _legend_below(fig, *top.get_legend_handles_labels(), columns=2)
+    return render(fig)
 
 
-def _panel_grid(formats: list[str]):
-    """One panel per format, side by side, sharing the y axis."""
-    return plt.subplots(1, len(formats), figsize=(4.2 * len(formats), 3.6), sharey=True, squeeze=False)
+def _legend_below(fig, handles, labels, columns: int) -> None:
+    """One legend for the whole figure, under it: it can never cover a curve."""
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), columns),
+               fontsize=9, frameon=False)
+
+
+PANEL_COLUMNS = 2  # two panels across: readable at the ~880 px GitHub shows a figure in
+
+
+def _panel_grid(formats: list[str], sharey: bool):
+    """One panel per format, two per row (the last row may hold one: its spare axes are removed)."""
+    rows = -(-len(formats) // PANEL_COLUMNS)
+    columns = min(PANEL_COLUMNS, len(formats))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows + 0.6), sharey=sharey,
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(formats):]:
+        ax.remove()
+    return fig, flat[:len(formats)]
 
 
 def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, integer: bool,
-                   d: np.ndarray) -> bytes:
-    for ax, dtype in zip(axes[0], formats):
+                   d: np.ndarray, render):
+    """Axes, titles, and one legend for the figure, below the panels (never over a curve)."""
+    for k, (ax, dtype) in enumerate(zip(axes, formats)):
         if integer:
             ax.set_xscale("log")
         else:
@@ -76,14 +100,16 @@ def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, 
         ax.set_title(dtype, fontsize=10)
         ax.set_xlabel(parameter)
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=7, loc="center right")
+        if k % PANEL_COLUMNS == 0:
+            ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=11)
-    return png(fig)
+    fig.tight_layout()
+    _legend_below(fig, *axes[0].get_legend_handles_labels(), columns=4)
+    return render(fig)
 
 
 def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, parameter: str = "d",
-                  integer: bool = False) -> bytes:
+                  integer: bool = False, render=png):
     """Error in bits vs the family's parameter, one panel per format, one line per method.
 
     ``panels[dtype][method] = (error_bits, finite)``; non-finite results are drawn
@@ -91,9 +117,9 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
     marked with a dotted vertical line.
     """
     formats = list(panels)
-    fig, axes = _panel_grid(formats)
+    fig, axes = _panel_grid(formats, sharey=True)
     top = 72
-    for ax, dtype in zip(axes[0], formats):
+    for ax, dtype in zip(axes, formats):
         for i, (method, (bits, finite)) in enumerate(panels[dtype].items()):
             color = f"C{i}"
             y = np.where(finite, np.minimum(bits, 64), top)
@@ -102,27 +128,43 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
             if first is not None:
                 ax.axvline(first, color=color, ls=":", lw=1)
         ax.axhspan(66, 76, color="0.9")
-        ax.text(max(d[0], 0.1), 73.5, FAILED, fontsize=7, va="center")
+        ax.text(max(d[0], 0.1), 73.5, FAILED, fontsize=8, va="center")
         ax.set_ylim(-1, 76)
-    return _finish_panels(fig, axes, formats, title, parameter, "error in bits (capped at 64)", integer, d)
+    return _finish_panels(fig, axes, formats, title, parameter, "error in bits (capped at 64)", integer, d,
+                          render)
 
 
-def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "d") -> bytes:
-    """|value| vs the parameter (log scale), one panel per format, one line per method;
-    values that became exactly 0 are drawn on a 'vanished' band at the bottom.
+def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "d", render=png):
+    """|value| vs the parameter, in decades (log10), one panel per format, one line per method.
 
+    Each panel's y axis spans what its format can hold, from its smallest
+    subnormal to the largest value drawn (not float64's 1e-308 for every format);
+    values that became exactly 0 are drawn on a 'vanished' band two decades below.
+    The axis is log10|value| drawn linearly, because float64's smallest subnormal
+    (4.9e-324) leaves no float below it to draw that band on a log axis.
     ``panels[dtype][method] = values``.
     """
     formats = list(panels)
-    fig, axes = _panel_grid(formats)
-    floor = 1e-300  # stands for 0: below every value the formats here can hold but float64 subnormals
-    for ax, dtype in zip(axes[0], formats):
+    fig, axes = _panel_grid(formats, sharey=False)
+    for ax, dtype in zip(axes, formats):
+        low = float(np.log10(FORMATS[dtype].smallest_subnormal))
+        zero = np.floor(low) - 2  # where 0 is drawn
+        high = low
+        count = len(panels[dtype])
         for i, (method, values) in enumerate(panels[dtype].items()):
-            magnitude = np.abs(values)
-            y = np.where(magnitude > floor * 1e10, magnitude, np.where(magnitude > 0, floor * 1e10, floor))
-            ax.plot(d, np.where(np.isfinite(y), y, np.nan), STYLES[i % len(STYLES)], color=f"C{i}", lw=1.6,
+            magnitude = np.abs(np.asarray(values, dtype=np.float64))
+            with np.errstate(divide="ignore"):
+                decades = np.log10(magnitude)
+            decades = np.where(magnitude == 0, zero, np.where(np.isfinite(magnitude), decades, np.nan))
+            if np.isfinite(decades).any():
+                high = max(high, float(np.nanmax(decades)))
+            # widest first, so curves that coincide stay visible as stacked bands of colour
+            ax.plot(d, decades, STYLES[i % len(STYLES)], color=f"C{i}", lw=1.4 + 1.3 * (count - 1 - i),
                     label=method)
-        ax.axhspan(floor / 1e10, floor * 1e10, color="0.9")
-        ax.text(max(d[0], 0.1), floor, "0 (vanished)", fontsize=7, va="center")
-        ax.set_yscale("log")
-    return _finish_panels(fig, axes, formats, title, parameter, "|value| computed in the format", False, d)
+        ax.axhspan(zero - 1, zero + 1, color="0.9")
+        ax.text(max(d[0], 0.1), zero, "0 (vanished)", fontsize=8, va="center")
+        ax.set_ylim(zero - 1, np.ceil(high) + 1)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"$10^{{{int(round(y))}}}$"))
+    return _finish_panels(fig, axes, formats, title, parameter, "|value| computed in the format", False, d,
+                          render)
