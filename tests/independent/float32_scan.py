@@ -24,10 +24,12 @@ STATUS RULE (tol = sqrt(2^-24) = 2^-12)
     first_inaccurate = smallest parameter at which v is not ok; first_failure = smallest parameter
     at which v is inf or NaN; None if none up to float32 max.
     The reference r is evaluated in float64 from softplus / sigmoid formulas (relative error below
-    2^-47: one < 1 ulp exp, one < 1 ulp log1p, one add/divide; see ``_ref64``). Its float32 rounding
-    is recomputed with mpmath when the float64 value is within K_ULPS ulps of a float32 midpoint,
-    and the test |v - r| > tol |r| is recomputed with mpmath whenever | |v - r| - tol |r| | is within
-    2^-40 |r| (> 2^6 times the float64 error of that comparison).
+    8 float64 ulps < 2^-49: one < 1 ulp exp, then log1p or a few adds/divides; see ``_ref64``). Its
+    float32 rounding is recomputed with mpmath when the float64 value is within K_ULPS ulps of a
+    float32 midpoint, and the test |v - r| > tol |r| is recomputed with mpmath whenever
+    | |v - r| - tol |r| | is within 2^-40 |r| (the float64 error of that comparison is < 2^-47 |r|).
+    Statuses are decided per element; a per-chunk memo only avoids recomputing the same exp/log
+    of the same operands (e.g. exp(-d) shared by all methods and families).
 
 WHAT IS SCANNED
     The parameter d (or z) runs over every float32 value >= 0: bit patterns 0 .. 0x7f7fffff.
