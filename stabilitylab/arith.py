@@ -1,11 +1,17 @@
 """Arithmetic in one format, every operation rounded to it, with IEEE events per case.
 
 :class:`Arith` is the only place kernels do arithmetic.  Each operation takes
-arrays whose first axis is the case ("row"), computes the result in the format's
-dtype (numpy / ml_dtypes evaluate float16, bfloat16 and float8 operations in
-float32 and round once; for + - * / that is correctly rounded, because float32
-has at least 2p + 2 bits), and records, for each row, the first operation at
-which each IEEE event happened.
+arrays whose first axis is the case ("row"), computes the result correctly
+rounded to the format (the IEEE 754 model of Higham's analyses), and records,
+for each row, the first operation at which each IEEE event happened:
+
+* ``+ - * /`` in the format's dtype: IEEE for float16/32/64; numpy / ml_dtypes
+  evaluate float16, bfloat16 and float8 in float32 and round once, which is
+  correctly rounded because float32 has at least 2p + 2 bits;
+* ``exp``, ``log``, ``log1p`` by :mod:`stabilitylab.crmath`, correctly rounded
+  in every format (not numpy's / ml_dtypes' own functions, which differ between
+  CPUs): results and thresholds are facts about the formula and the format,
+  identical on every machine.
 
 numpy's floating-point flags are neither per row nor raised in every format (a
 float16 multiply that underflows to 0 sets no flag), so events are detected from
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import crmath
 from .formats import Format
 
 __all__ = ["Arith", "EVENTS", "events_from_steps"]
@@ -89,6 +96,7 @@ class Arith:
         self.ftz = ftz
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
         self.step = 0
+        self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self._wide = _wide_dtype(fmt)
 
     def fork(self) -> "Arith":
@@ -96,6 +104,7 @@ class Arith:
         other = Arith.__new__(Arith)
         other.__dict__.update(self.__dict__)
         other.first = self.first.copy()
+        other.input_lost = self.input_lost.copy()
         return other
 
     # ---------------------------------------------------------------- events
@@ -178,8 +187,11 @@ class Arith:
         with np.errstate(all="ignore"):
             y = self._flush(self.fmt.round(x))
             finite = np.isfinite(x)
-            self._note("overflow", finite & ~np.isfinite(y), where)
-            self._note("underflow", finite & (x != 0) & (y == 0), where)
+            lost = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0)]
+            self._note("overflow", lost[0], where)
+            self._note("underflow", lost[1], where)
+            per_row = (lost[0] | lost[1]).reshape(self.rows, -1).any(axis=1)
+            self.input_lost |= per_row if where is None else per_row & where
             self._note("subnormal", (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x), where)
         return y
 
@@ -216,21 +228,58 @@ class Arith:
 
     def exp(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.exp(x), (x,), where=where,
+            return self._finish(crmath.exp(self.fmt, self._own(x)), (x,), where=where,
                                 exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp)
 
     def log(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.log(x), (x,), where=where, invalid=lambda x: x < 0, pole=lambda x: x == 0)
+            return self._finish(crmath.log(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < 0,
+                                pole=lambda x: x == 0)
 
     def log1p(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(np.log1p(x), (x,), where=where, invalid=lambda x: x < -1,
+            return self._finish(crmath.log1p(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < -1,
                                 pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p)
+
+    def _own(self, x) -> np.ndarray:
+        """x as an array of the format's dtype (its values already are format values)."""
+        x = np.asarray(x)
+        return x if x.dtype == self.dtype else x.astype(self.dtype)
 
     def max(self, x):
         """Maximum along the last axis (exact; NaN propagates)."""
-        return np.max(x, axis=-1)
+        with np.errstate(all="ignore"):
+            return np.max(x, axis=-1)
+
+    def shift(self, x):
+        """z = x - max(x) along the last axis (the max's own entry is exactly 0)."""
+        return self.sub(x, self.max(x)[..., None])
+
+    def argmax(self, x) -> np.ndarray:
+        """Index of the (first) maximum along the last axis."""
+        return np.argmax(x, axis=-1)
+
+    def pick(self, x, index):
+        """x[row, index[row]] for a (rows, K) array."""
+        return np.take_along_axis(x, np.asarray(index)[:, None], axis=1)[:, 0]
+
+    def drop(self, x, index):
+        """A copy of (rows, K) x with x[row, index[row]] set to 0 (a term left out of a sum)."""
+        x = np.array(x, copy=True)
+        np.put_along_axis(x, np.asarray(index)[:, None], 0, axis=1)
+        return x
+
+    def maximum(self, a, b):
+        """Elementwise max(a, b) (exact)."""
+        return np.maximum(a, b)
+
+    def abs(self, a):
+        """|a| (exact)."""
+        return np.abs(a)
+
+    def where_nonneg(self, z, if_nonneg, if_neg):
+        """``if_nonneg`` where z >= 0, else ``if_neg`` (a branch on the sign of z)."""
+        return np.where(z >= 0, if_nonneg, if_neg).astype(self.dtype, copy=False)
 
     # ------------------------------------------------------------ reductions
     def tree(self, op, x, identity: float):
@@ -240,13 +289,16 @@ class Arith:
         last element passes up unchanged (implemented as pairing with the exact
         identity, 0 for +, 1 for *).  Error bound of the sum: ~ log2(n) u.
         """
-        x = np.asarray(x)
         while x.shape[-1] > 1:
             if x.shape[-1] % 2:
-                pad = np.full(x.shape[:-1] + (1,), identity, dtype=x.dtype)
-                x = np.concatenate([x, pad], axis=-1)
+                x = self._pad(x, identity)
             x = op(x[..., 0::2], x[..., 1::2])
         return x[..., 0]
+
+    def _pad(self, x, identity: float):
+        """x with one more entry, ``identity``, along the last axis."""
+        x = np.asarray(x)
+        return np.concatenate([x, np.full(x.shape[:-1] + (1,), identity, dtype=x.dtype)], axis=-1)
 
     def repeat(self, op, v, n):
         """The same tree reduction over ``n[row]`` copies of ``v[row]``, in O(log n).
