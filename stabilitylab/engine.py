@@ -30,7 +30,8 @@ class Result:
     method: str
     dtype: str
     value: float
-    reference: float
+    reference: float  # the float64 nearest to the exact loss
+    exact: str  # the exact loss to 10 significant digits (also below float64's range)
     status: str
     rel_error: float
     ulps: float
@@ -47,6 +48,7 @@ class Count:
     dtype: str
     cases: int
     ok: int
+    range: int
     overflow: int
     underflow: int
     nan: int
@@ -103,22 +105,26 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool) -> list[Outcome]:
-    """Outcomes of ``runs`` against ``truth``'s exact loss (fast path re-checked where undecided)."""
-    hi, lo, zero = (reference.fast if fast else reference.exact)(truth, inputs)
-    outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
+    """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
+    exact = (reference.fast if fast else reference.exact)(truth, inputs)
+    outcomes = [classify(fmt, value, exact, arith, tolerance) for _, arith, value in runs]
     if fast:
-        undecided = np.flatnonzero(np.any([_undecided(o, tol) for o in outcomes], axis=0))
+        near = exact.near_boundary(fmt, 4 * reference.FAST_ERROR)
+        undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt) for o in outcomes], axis=0))
         if undecided.size:
-            hi, lo, zero = hi.copy(), lo.copy(), zero.copy()
-            hi[undecided], lo[undecided], zero[undecided] = reference.exact(truth, inputs.take(undecided))
-            outcomes = [classify(fmt, value, hi, lo, zero, arith, tolerance) for _, arith, value in runs]
+            exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
+            outcomes = [classify(fmt, value, exact, arith, tolerance) for _, arith, value in runs]
     return outcomes
 
 
-def _undecided(o: Outcome, tol: float) -> np.ndarray:
-    """Rows whose ok / inaccurate status could flip within the fast reference's error."""
+def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format) -> np.ndarray:
+    """Rows whose status could change within the fast reference's error: ok / inaccurate
+    near the tolerance, or a value that may or may not be the correctly rounded exact
+    value (which matters only for 0, subnormal and non-finite values)."""
     with np.errstate(all="ignore"):
-        return np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * reference.FAST_ERROR)
+        flip = np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * reference.FAST_ERROR)
+        special = ~(np.abs(o.value) >= fmt.tiny) | np.isinf(o.value)
+    return flip | (near & special)
 
 
 def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
@@ -137,9 +143,10 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
         for method in experiment.methods:
             for fmt in formats:
                 o = by_format[fmt.name][method.name]
+                texts = o.exact.text()
                 for i, name in enumerate(batch.names):
                     results.append(Result(experiment.name, name, method.name, fmt.name, float(o.value[i]),
-                                          float(o.reference[i]), str(o.status[i]), float(o.rel_error[i]),
+                                          float(o.reference[i]), texts[i], str(o.status[i]), float(o.rel_error[i]),
                                           float(o.ulps[i]), float(o.error_bits[i]), o.events[i]))
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))

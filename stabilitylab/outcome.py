@@ -1,29 +1,57 @@
-"""Classify a computed loss against its exact reference: one rule, used everywhere.
+"""Classify a computed value against its exact reference: one rule, used everywhere.
 
-For a computed value v and the exact reference r (held as a float64 pair
-``hi + lo``, so that errors below one float64 ulp are still seen):
+For a computed value v, the exact value x of the same (format-rounded) inputs
+(an :class:`~stabilitylab.reference.Exact`) and cr = x correctly rounded to the
+format (round to nearest, ties to even; see :meth:`Exact.rounded`):
 
-* ``nan``         v is NaN (but see float8_e4m3fn below);
-* ``overflow`` /  v is +-inf, or 0 where r is not, and the first of the events
-  ``underflow``   overflow / underflow seen while computing v is that one (a
-                  product that became 0 and then ``log(0) = -inf`` is an
-                  underflow).  v equal to an infinite r is ``ok`` when no
-                  over/underflow happened (an input p = 1e-300 rounded to 0 in
-                  float32 is an underflow, though its log is then exactly
-                  -inf).  An infinite v with neither event reached a pole
-                  because an intermediate was rounded to exactly 0 (1 - p with
-                  p rounded to 1, then log(0)): ``underflow``;
-* ``inaccurate``  otherwise, if ``rel_error > tolerance`` (default sqrt(u): more
-                  than half the significand bits lost);
-* ``ok``          otherwise.
+1. **v equals cr** (numerically: -0 == 0; a NaN from overflow in a format with
+   no infinity equals an exact value beyond its range): the arithmetic did the
+   best the format allows, so this is never a failure.  Status
 
-float8_e4m3fn has no infinity: its overflow *is* NaN (and NaN then
-propagates).  In a format without infinity a NaN whose first event was an
-overflow, with no invalid operation before it, is classified ``overflow``.
+   * ``range``  if the exact value itself is not representable: it overflows
+     the format, or is non-zero but at most half the smallest subnormal (so cr
+     is 0), or an input was already out of range when rounded to the format
+     (p = 1e-300 is 0 in float32, and -log(0) = inf is then exact);
+   * ``ok``     otherwise (including a correctly rounded subnormal result, whose
+     relative error may exceed the tolerance: the metrics still show it).
 
-Metrics: ``rel_error = |v - r| / |r|`` (0 if v == r, inf if r == 0 != v),
-``ulps = |v - r| / ulp(r)`` with ulp in the format (see :meth:`Format.ulp`), and
+2. **v is NaN, +-inf or 0** (and not cr): the value is lost.  Its status names
+   the root cause, the same in every format (float8_e4m3fn included, where an
+   overflow *is* a NaN):
+
+   * the first ``overflow`` / ``underflow`` event seen while computing v, if any
+     (0.1**100 underflows to 0, then -log(0) = inf: ``underflow``; exp(d)
+     overflows, then inf/inf = NaN: ``overflow``);
+   * else, for +-inf (or the NaN a format without infinity gives in its place):
+     ``underflow`` if a pole was hit (an intermediate rounded to exactly 0
+     without an IEEE underflow, as 1 - p with p rounded to 1, then log(0)),
+     else ``overflow``;
+   * else ``nan`` for NaN, and ``inaccurate`` for 0 (a result lost to rounding,
+     as log(1 + s) with 1 + s rounded to 1).
+
+3. **otherwise** ``inaccurate`` if ``rel_error > tolerance`` (default sqrt(u):
+   more than half of the significand bits lost), else ``ok``.
+
+Examples (float32 unless stated; tolerance sqrt(u) = 2**-12):
+
+============================================  ========  =================
+case                                          v         status
+============================================  ========  =================
+[1000, 0, -1000], y=0, log1p form (x ~ 5e-435)  0         range
+[0, -40], y=0 in float16 (x = 4.2e-18)          0         range
+[0, -740], y=0 in float64 (x = 4.2e-322)        4.2e-322  ok (rel 2.6e-3)
+0.1**100, product (float8_e4m3fn: NaN)          inf / NaN underflow
+[d, 0], naive softmax, d > ln(max)              NaN       overflow
+sigmoid_log, z = 17 (p rounds to 1)             inf       underflow
+[0, -20], y=0, plain log-softmax                0         inaccurate
+============================================  ========  =================
+
+Metrics: ``rel_error = |v - x| / |x|`` (0 if v == x, inf if x == 0 != v, NaN if
+v is NaN), ``ulps = |v - x| / ulp(x)`` with ulp in the format (see
+:meth:`Format.ulp`; below the format's range the smallest subnormal), and
 ``error_bits = log2(ulps + 1)`` (Herbie's bits of error: 0 exact, 1 for 1 ulp).
+All are computed from the scaled exact value, so they stay right below
+float64's range.
 """
 
 from __future__ import annotations
@@ -35,11 +63,13 @@ import numpy as np
 
 from .arith import NEVER, Arith, events_from_steps
 from .formats import Format
+from .reference import Exact
 
-__all__ = ["STATUSES", "Outcome", "classify", "gather"]
+__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "Outcome", "classify", "errors"]
 
-STATUSES: tuple[str, ...] = ("ok", "inaccurate", "overflow", "underflow", "nan")
+STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan")
+METHOD_FAILURES: tuple[str, ...] = ("inaccurate", *FAILURES)  # statuses that blame the formulation
 
 
 @dataclass
@@ -48,6 +78,7 @@ class Outcome:
 
     value: np.ndarray  # float64, the loss the method produced
     reference: np.ndarray  # float64 nearest to the exact loss
+    exact: Exact  # the exact loss, also below float64's range
     status: np.ndarray  # str
     rel_error: np.ndarray
     ulps: np.ndarray
@@ -60,55 +91,57 @@ class Outcome:
         return events_from_steps(self.first_steps)
 
 
-def errors(fmt: Format, value, hi, lo, zero=None):
-    """(rel_error, ulps, error_bits) of value against the exact hi + lo.
-
-    ``zero`` marks exact zeros; where it is False but hi = 0 the exact value is
-    non-zero yet below float64's range: its relative error is 1 for v = 0.
-    """
+def errors(fmt: Format, value, exact: Exact):
+    """(rel_error, ulps, error_bits) of ``value`` against the exact values."""
     v = np.asarray(value, dtype=np.float64)
-    if zero is None:
-        zero = (hi == 0) & (lo == 0)
+    hi, lo, s = exact.hi, exact.lo, exact.scale
+    e = exact._exponent() + s
+    ulp_exp = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
     with np.errstate(all="ignore"):
-        diff = np.abs((v - hi) - lo)
-        diff = np.where(v == hi, np.abs(lo), diff)  # also v == hi == +-inf
-        diff = np.where(np.isnan(v) | np.isnan(hi), np.nan, diff)
-        rel = np.where(hi == 0, np.where(diff == 0, 0.0, np.inf), diff / np.abs(hi))
-        rel = np.where((hi == 0) & ~zero, np.where(v == 0, 1.0, np.inf), rel)
-        ulps = diff / fmt.ulp(hi)
-        ulps = np.where(np.isinf(hi) & (v == hi), 0.0, ulps)
+        vs = np.ldexp(v, np.clip(-s, -2000, 2000))  # v in the units of hi (exact: s <= 0)
+        diff = np.abs((vs - hi) - lo)
+        diff = np.where(vs == hi, np.abs(lo), diff)  # also v == hi == +-inf
+        rel = diff / np.abs(hi)
+        rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
+        ulps = np.ldexp(diff, np.clip(s - ulp_exp, -2000, 2000))
+        ulps = np.where(exact.zero, np.where(v == 0, 0.0, np.abs(v) / fmt.smallest_subnormal), ulps)
+        infinite = np.isinf(hi) | np.isinf(v)
+        same_inf = np.isinf(hi) & (v == hi)
+        rel = np.where(infinite, np.where(same_inf, 0.0, np.inf), rel)
+        ulps = np.where(infinite, np.where(same_inf, 0.0, np.inf), ulps)
+        nan = np.isnan(v) | np.isnan(hi)
+        rel = np.where(nan, np.nan, rel)
+        ulps = np.where(nan, np.nan, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
 
 
-def classify(fmt: Format, value, hi, lo, zero, arith: Arith, tolerance: float | None = None) -> Outcome:
-    """Apply the rule above to a batch; ``arith`` holds the events of the computation;
-    ``zero`` marks references that are exactly 0."""
+def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None) -> Outcome:
+    """Apply the rule above to a batch; ``arith`` holds the events of the computation."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
-    rel, ulps, bits = errors(fmt, v, hi, lo, zero)
+    rel, ulps, bits = errors(fmt, v, exact)
+    cr = exact.rounded(fmt)
+    beyond = np.isfinite(exact.hi) & ~np.isfinite(cr)  # the exact value overflows the format
+    same = (v == cr) | (np.isnan(v) & beyond)
+    out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
-    seen = (over != NEVER) | (under != NEVER)
-    # an infinite exact loss computed as such is ok, unless an input or an
-    # intermediate over/underflowed on the way (then the infinity is an artefact)
-    lost = (np.isinf(v) & ((v != hi) | seen)) | ((v == 0) & ~zero)
-    overflow_first = over <= under
-    status = np.full(v.shape, "ok", dtype="<U10")
-    status[rel > tol] = "inaccurate"
-    status[lost & seen & overflow_first] = "overflow"
-    status[lost & seen & ~overflow_first] = "underflow"
-    # infinite with neither event: a pole reached because an intermediate was
-    # rounded to exactly 0 (1 - p with p rounded to 1, then log(0)): underflow
-    # when that pole is the first event, else overflow (the value left the range)
     pole = arith.first_step("divide_by_zero") != NEVER
-    status[lost & ~seen & np.isinf(v)] = "overflow"
-    status[lost & ~seen & np.isinf(v) & pole] = "underflow"
-    nan = np.isnan(v)
-    status[nan] = "nan"
-    if not fmt.has_inf:  # e4m3fn: overflow gives NaN
-        invalid = arith.first_step("invalid")
-        status[nan & (over != NEVER) & (over <= under) & (over < invalid)] = "overflow"
-    return Outcome(v, np.asarray(hi, dtype=np.float64), status, rel, ulps, bits, arith.first.copy())
+    nan, inf = np.isnan(v), np.isinf(v)
+    lost = ~same & (nan | inf | (v == 0))
+
+    status = np.full(v.shape, "ok", dtype="<U10")
+    status[~same & (rel > tol)] = "inaccurate"
+    status[same & out_of_range] = "range"
+    # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
+    infinite = inf | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
+    status[lost & nan] = "nan"
+    status[lost & infinite] = "overflow"
+    status[lost & infinite & pole] = "underflow"
+    seen = (over != NEVER) | (under != NEVER)
+    status[lost & seen & (over <= under)] = "overflow"
+    status[lost & seen & (under < over)] = "underflow"
+    return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy())
 
 
 def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
@@ -123,6 +156,8 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
             out[idx] = getattr(part, name)
         columns[name] = out
     steps = np.full((parts[0][1].first_steps.shape[0], rows), NEVER, dtype=np.int64)
+    exact = Exact(np.zeros(rows), np.zeros(rows), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
     for idx, part in parts:
         steps[:, idx] = part.first_steps
-    return Outcome(**columns, first_steps=steps)
+        exact = exact.put(idx, part.exact)
+    return Outcome(**columns, exact=exact, first_steps=steps)

@@ -1,9 +1,13 @@
-"""Exact references, returned as float64 pairs ``hi + lo`` and an exact-zero mask.
+"""Exact references: :class:`Exact` holds each row's exact value as ``(hi + lo) * 2**scale``.
 
-``hi`` is the float64 nearest to the exact value and ``lo`` the float64 nearest
-to the remainder, so ``hi + lo`` carries ~106 bits: enough to measure errors of
-a float64 computation in fractions of an ulp.  References are always for the
-*format-rounded* inputs, so a measured error is the arithmetic's alone.
+``hi`` is the float64 nearest to ``x * 2**-scale`` and ``lo`` the float64 nearest
+to the remainder, so ``hi + lo`` carries ~106 bits: enough to measure errors of a
+float64 computation in fractions of an ulp.  ``scale`` is 0 unless the exact
+value is below ``2**-960``; then it brings ``hi`` into float64's normal range,
+so that a loss of ``5e-435`` or a float64 subnormal loss is still measured to
+full relative precision (a plain float64 pair cannot hold anything below
+``2**-1074``).  References are always for the *format-rounded* inputs, so a
+measured error is the arithmetic's alone.
 
 Two paths:
 
@@ -20,67 +24,180 @@ Two paths:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import mpmath
 import numpy as np
 
-__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "hi_lo", "exact", "fast"]
+from .formats import FORMATS, Format
+
+__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
 HAVE_EXTENDED = np.finfo(np.longdouble).nmant >= 63
+SCALE_BELOW = 2.0**-960  # exact values below this are held scaled (scale < 0)
 
 
-def hi_lo(values: Iterable[mpmath.mpf]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split exact values into float64 (hi, lo) arrays (non-finite: lo = 0), and a
-    mask of exact zeros (a non-zero value below float64's range has hi = lo = 0)."""
-    his, los, zeros = [], [], []
-    for r in values:
-        zeros.append(r == 0)
+@dataclass
+class Exact:
+    """Exact values ``(hi + lo) * 2**scale`` per row, and a mask of exact zeros.
+
+    Non-finite exact values (an infinite loss, NaN for undefined inputs) have
+    ``hi`` = that value, ``lo = 0``, ``scale = 0``.
+    """
+
+    hi: np.ndarray
+    lo: np.ndarray
+    scale: np.ndarray  # int64
+    zero: np.ndarray  # bool: the exact value is 0
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def take(self, rows) -> "Exact":
+        return Exact(self.hi[rows], self.lo[rows], self.scale[rows], self.zero[rows])
+
+    def put(self, rows, other: "Exact") -> "Exact":
+        """A copy with ``rows`` replaced by ``other``'s values."""
+        out = Exact(self.hi.copy(), self.lo.copy(), self.scale.copy(), self.zero.copy())
+        out.hi[rows], out.lo[rows], out.scale[rows], out.zero[rows] = other.hi, other.lo, other.scale, other.zero
+        return out
+
+    def _exponent(self) -> np.ndarray:
+        """floor(log2 |x|) - scale, from hi and the sign of lo (hi a power of 2 and lo of the
+        other sign: |hi + lo| < |hi|, one binade down).  Meaningless where hi is 0 or non-finite."""
+        with np.errstate(all="ignore"):
+            mant, e = np.frexp(self.hi)
+        e = e.astype(np.int64) - 1
+        below = (np.abs(mant) == 0.5) & (self.lo != 0) & (np.sign(self.lo) != np.sign(self.hi))
+        return e - below
+
+    def rounded(self, fmt: Format) -> np.ndarray:
+        """The exact values correctly rounded to ``fmt`` (nearest, ties to even), as float64.
+
+        Overflow gives +-inf (NaN in a format without infinity, as its conversions do),
+        values at most half the smallest subnormal give 0.
+        """
+        hi, lo, s = self.hi, self.lo, self.scale
+        finite = np.isfinite(hi) & (hi != 0)
+        e = np.where(finite, self._exponent() + s, 0)
+        q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)  # log2 of the quantum at x
+        q = np.where(finite, q, 0)
+        with np.errstate(all="ignore"):
+            shift = np.clip(s - q, -2000, 2000)
+            t = np.ldexp(hi, shift)  # x / quantum, exact unless x is far below the format (then t -> 0)
+            frac = t - np.floor(t)
+            n = np.rint(t)
+            n = np.where((frac == 0.5) & (lo > 0), np.floor(t) + 1, n)
+            n = np.where((frac == 0.5) & (lo < 0), np.floor(t), n)
+            out = np.ldexp(n, np.clip(q, -2000, 2000))
+        out = np.where(finite, out, hi)  # zeros, infinities, NaN as they are
+        big = np.abs(out) > fmt.max
+        if big.any():
+            out = np.where(big, np.copysign(np.inf, out) if fmt.has_inf else np.nan, out)
+        if not fmt.has_inf:
+            out = np.where(np.isinf(out), np.nan, out)
+        return out + 0.0
+
+    def text(self, digits: int = 10) -> list[str]:
+        """Each exact value to ``digits`` significant digits, also below float64's range."""
+        out = []
+        for hi, lo, s in zip(self.hi.tolist(), self.lo.tolist(), self.scale.tolist()):
+            if s == 0 or not np.isfinite(hi):
+                out.append(f"{hi + lo:.{digits}g}")
+            else:
+                out.append(mpmath.nstr(mpmath.ldexp(mpmath.mpf(hi) + lo, s), digits))
+        return out
+
+    @property
+    def value(self) -> np.ndarray:
+        """The float64 nearest to each exact value (for display; 0 below float64's range)."""
+        return self.rounded(FORMATS["float64"])
+
+    def near_boundary(self, fmt: Format, error: float) -> np.ndarray:
+        """Rows whose exact value lies within ``error * |x|`` of a rounding boundary of ``fmt``
+        (a midpoint between neighbours, half the smallest subnormal, the overflow threshold):
+        an approximation that good may round either way there."""
+        finite = np.isfinite(self.hi) & (self.hi != 0)
+        e = np.where(finite, self._exponent() + self.scale, 0)
+        q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
+        with np.errstate(all="ignore"):
+            t = np.ldexp(self.hi, np.clip(self.scale - q, -2000, 2000))
+            dist = np.abs(np.abs(t - np.floor(t)) - 0.5)  # distance to the midpoint, in quanta
+            slack = np.abs(t) * error * 2 + 2.0**-40
+        return finite & (dist <= slack)
+
+
+def from_mpmath(values) -> Exact:
+    """Split exact mpmath values into an :class:`Exact` (scaled below ``SCALE_BELOW``)."""
+    n = len(values)
+    hi, lo = np.zeros(n), np.zeros(n)
+    scale, zero = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    for i, r in enumerate(values):
         if mpmath.isnan(r) or mpmath.isinf(r):
-            his.append(float(r))
-            los.append(0.0)
+            hi[i] = float(r)
             continue
-        hi = float(r)
-        his.append(hi)
-        los.append(float(r - mpmath.mpf(hi)) if np.isfinite(hi) else 0.0)
-    return np.array(his, dtype=np.float64), np.array(los, dtype=np.float64), np.array(zeros, dtype=bool)
+        if r == 0:
+            zero[i] = True
+            continue
+        s = 0
+        if abs(r) < SCALE_BELOW:
+            s = int(mpmath.floor(mpmath.log(abs(r), 2)))
+            r = mpmath.ldexp(r, -s)
+        h = float(r)
+        hi[i], scale[i] = h, s
+        if np.isfinite(h):
+            lo[i] = float(r - mpmath.mpf(h))
+    return Exact(hi, lo, scale, zero)
 
 
-def exact(experiment, inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """hi, lo, exact-zero mask of the experiment's mpmath loss, per row of ``inputs``.
+def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
+    """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller)."""
+    r = np.asarray(r, dtype=np.longdouble)
+    with np.errstate(all="ignore"):
+        tiny = np.isfinite(r) & (r != 0) & (np.abs(r) < SCALE_BELOW)
+        _, e = np.frexp(np.where(tiny, r, 1))
+        scale = np.where(tiny, e.astype(np.int64) - 1, 0)
+        scaled = np.ldexp(r, -scale)
+        hi = scaled.astype(np.float64) + 0.0  # -0 -> +0, as mpmath gives
+        lo = np.where(np.isfinite(hi), (scaled - hi.astype(np.longdouble)).astype(np.float64), 0.0)
+    hi = np.where(zero, 0.0, hi)
+    return Exact(hi, np.where(zero, 0.0, lo), np.where(zero, 0, scale), np.asarray(zero, dtype=bool).copy())
+
+
+def exact(truth, inputs) -> Exact:
+    """The truth's mpmath value per row of ``inputs``, exact to ``DIGITS`` digits.
 
     Rows are tuples of Python floats (exactly the format-rounded inputs);
     repeated rows cost once.
     """
-    fn: Callable = experiment.reference_fn
+    fn: Callable = truth.reference_fn
     cache: dict[tuple, mpmath.mpf] = {}
     out = []
     with mpmath.workdps(DIGITS):
-        for row in experiment.exact_rows(inputs):
+        for row in truth.exact_rows(inputs):
             r = cache.get(row)
             if r is None:
                 r = cache[row] = fn(*row)
             out.append(r)
-        return hi_lo(out)
+        return from_mpmath(out)
 
 
-def fast(experiment, inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fast(truth, inputs) -> Exact:
     """Like :func:`exact` (relative error < FAST_ERROR), vectorized in longdouble.
 
-    The experiment's ``fast_reference(inputs)`` returns the loss in longdouble,
+    The truth's ``fast_reference(inputs)`` returns the value in longdouble,
     the exact-zero mask (decided exactly, not from the rounded value) and a mask
     of rows it handles; other rows (non-finite inputs) go through mpmath.
     """
-    if not HAVE_EXTENDED or experiment.fast_reference is None:
-        return exact(experiment, inputs)
+    if not HAVE_EXTENDED or truth.fast_reference is None:
+        return exact(truth, inputs)
     with np.errstate(all="ignore"):
-        r, zero, handled = experiment.fast_reference(inputs)
-        hi = r.astype(np.float64) + 0.0  # -0 -> +0, as mpmath gives
-        lo = np.where(np.isfinite(hi), (r - hi.astype(np.longdouble)).astype(np.float64), 0.0)
+        r, zero, handled = truth.fast_reference(inputs)
+    out = from_longdouble(r, zero)
     if not handled.all():
         rows = np.flatnonzero(~handled)
-        h2, l2, z2 = exact(experiment, inputs.take(rows))
-        hi[rows], lo[rows], zero[rows] = h2, l2, z2
-    return hi, lo, zero
+        out = out.put(rows, exact(truth, inputs.take(rows)))
+    return out
