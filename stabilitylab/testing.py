@@ -26,7 +26,6 @@ from .thresholds import Threshold, family_thresholds
 __all__ = ["StabilityBaseline", "threshold"]
 
 UPDATE_FLAG = "pytest --stability-update"
-_CACHE: dict[tuple, list[Threshold]] = {}
 
 
 def threshold(key: str, settings: Settings = Settings(), tolerance: float | None = None) -> Threshold:
@@ -36,11 +35,9 @@ def threshold(key: str, settings: Settings = Settings(), tolerance: float | None
         raise KeyError(f"unknown threshold {key!r}; expected experiment/family/method/dtype, "
                        f"e.g. likelihood/iid/product/float32")
     experiment, family, method, dtype = parts
-    cache_key = (experiment, family, dtype, settings, tolerance)
-    if cache_key not in _CACHE:
-        e = EXPERIMENTS[experiment]
-        _CACHE[cache_key] = family_thresholds(e, e.family(family), FORMATS[dtype], settings, tolerance)
-    return next(r for r in _CACHE[cache_key] if r.method == method)
+    e = EXPERIMENTS[experiment]
+    rows = family_thresholds(e, e.family(family), FORMATS[dtype], settings, tolerance)  # memoised
+    return next(r for r in rows if r.method == method)
 
 
 class StabilityBaseline:

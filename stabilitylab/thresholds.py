@@ -1,51 +1,78 @@
-"""Exact first-failure search along a family's parameter.
+"""Exact first-failure search along a family's parameter, with an honest exactness flag.
 
 For each family x method x format we find
 
-* ``first_inaccurate``: the smallest parameter whose status is not ``ok``;
-* ``first_failure``: the smallest parameter whose value is non-finite (inf or NaN);
+* ``first_inaccurate``: the smallest parameter whose status blames the method
+  (``inaccurate``, ``overflow``, ``underflow`` or ``nan``; ``ok`` and ``range``,
+  a correctly rounded loss the format cannot hold, do not count);
+* ``first_failure``: the smallest parameter whose value is non-finite (inf or
+  NaN), with its status;
 
 over the integers (n) or over the *representable values of the format* (d, z),
 ordered by bit pattern (for x >= 0 the bit pattern grows with the value).
 
-Formats of at most 16 bits are scanned completely: every representable value
-is evaluated, so their thresholds are exact even where the status flickers
-(an error hovering around the tolerance), and ``monotone`` says whether any ok
-value follows the first failing one.
+How each number is established, and its ``exact`` flag:
 
-Wider grids (float32, float64, the integers) use a vectorized k-ary bisection:
-each round evaluates up to ``k`` points inside every open bracket, for all
-methods at once, so a float64 parameter (2**63 patterns) needs ~16 rounds.  It
-relies on the predicate being monotone, and checks that on the bracket: the
-``k`` points just below and above the answer and ``k`` points spread below it
-are evaluated; an earlier failure restarts the search below it, and
-``monotone`` is false if an ok point was seen above the answer.  Where the
-status flickers, the answer is the first failure the search and these checks
-found, not necessarily the global first.
+1. Formats of at most 16 bits: every representable value is evaluated.  Exact.
+2. Wider float grids (float32, float64): a k-ary bisection finds a failing point
+   b (the candidate).  Then every value below b is *verified*: ranges of the
+   parameter are proven ok (or finite) by running the kernels on intervals
+   (:mod:`stabilitylab.interval`: the format-rounded result of every point of the
+   range lies in the enclosure, and so does the exact loss; if every value in the
+   one is within the tolerance of every value in the other, no point of the range
+   can fail), and ranges that cannot be proven are halved until they are small,
+   then evaluated point by point.  An earlier failure found on the way replaces b.
+   If every value below b was proven or evaluated, the threshold is exact;
+   otherwise (more than ``POINT_BUDGET`` points would need evaluating, or more than
+   ``RANGE_BUDGET`` ranges proving, with smaller budgets for float64: a float64
+   error that hovers around the tolerance does so over 2**40 values) it is the smallest
+   failing value found, flagged ``exact: false``, and shown as a bound ("<= x").
+   "Never fails" is exact only if the whole range was verified.
+3. Integer grids (n): every n below the candidate is evaluated when there are at
+   most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import mpmath
 import numpy as np
 
+from . import interval, reference
+from .arith import Arith
 from .engine import evaluate
 from .experiments import Experiment
 from .experiments.base import Family, Settings
 from .formats import Format
+from .outcome import METHOD_FAILURES
 
-__all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER"]
+__all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
 
 INTEGER_UPPER = 2**62
 EXHAUSTIVE_POINTS = 2**16  # grids this small (float16, bfloat16, float8) are scanned completely
+POINT_BUDGET = 2**24  # points a verification may evaluate one by one, per key (float32: ~2**31 values)
+POINT_BUDGET_WIDE = 2**14  # the same for float64: where its error hovers at the tolerance it does so over 2**40 values
+RANGE_BUDGET = 2**22  # ranges a verification may try to prove, per key
+RANGE_BUDGET_WIDE = 2**13  # the same for float64
+INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
+LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
+ROUND_POINTS = 2**16  # points evaluated per round of the verification
+ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
+PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
+AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
 KINDS = ("first_inaccurate", "first_failure")
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """One row of ``stabilitylab thresholds --format json``."""
+    """One row of ``stabilitylab thresholds --format json``.
+
+    ``exact_inaccurate`` / ``exact_failure``: the value (or "never") was
+    established for every representable input below it; when False it is the
+    smallest failing value a search found: an upper bound (None: none found),
+    and ``verified_*`` is the value below which every input was verified ok.
+    """
 
     experiment: str
     family: str
@@ -55,17 +82,24 @@ class Threshold:
     first_inaccurate: float | int | None
     first_failure: float | int | None
     failure: str | None
-    inaccurate_status: str | None  # the status at first_inaccurate (inaccurate, or a 0 that under/overflowed)
+    inaccurate_status: str | None  # the status at first_inaccurate
     predicted: float | int | None
     predicted_for: str | None
     formula: str
-    agrees: bool | None
-    monotone: bool
+    agrees: bool | None  # None: no prediction, or one that cannot discriminate (see AGREEMENT_SLACK)
+    exact_inaccurate: bool
+    exact_failure: bool
     search_range: tuple[float | int, float | int]
+    verified_inaccurate: float | int | None = None  # every parameter below this is verified not to fail
+    verified_failure: float | int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.experiment}/{self.family}/{self.method}/{self.dtype}"
+
+    @property
+    def exact(self) -> dict[str, bool]:
+        return {"first_inaccurate": self.exact_inaccurate, "first_failure": self.exact_failure}
 
 
 class Grid:
@@ -84,10 +118,10 @@ class Grid:
     def _index(self, value: float) -> int:
         return int(np.array([value]).astype(self.fmt.dtype).view(self._bits)[0])
 
-    def params(self, indices: list[int]) -> np.ndarray:
+    def params(self, indices) -> np.ndarray:
         if self.integer:
-            return np.array(indices, dtype=np.int64)
-        return np.array(indices, dtype=np.uint64).astype(self._bits).view(self.fmt.dtype).astype(np.float64)
+            return np.asarray(indices, dtype=np.int64)
+        return np.asarray(indices, dtype=np.uint64).astype(self._bits).view(self.fmt.dtype).astype(np.float64)
 
     def value(self, index: int | None):
         if index is None:
@@ -107,72 +141,91 @@ def _spread(a: int, b: int, k: int) -> list[int]:
     return sorted({a + (b - a) * i // (k + 1) for i in range(1, k + 1)} - {a, b})
 
 
+def _bad(kind: str, status: np.ndarray, value: np.ndarray) -> np.ndarray:
+    if kind == "first_inaccurate":
+        return np.isin(status, METHOD_FAILURES)
+    return ~np.isfinite(value)
+
+
+def _hull(lo_cases, hi_cases):
+    """A batch whose float fields are intervals spanning the two batches (entries are
+    monotone in the parameter, so each entry's range over the span is between its ends)."""
+    changed = {}
+    for f in fields(lo_cases):
+        a, b = getattr(lo_cases, f.name), getattr(hi_cases, f.name)
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and not np.array_equal(a, b):
+            changed[f.name] = interval.Bounds(np.minimum(a, b), np.maximum(a, b))
+    return replace(lo_cases, **changed)
+
+
 class _Search:
-    """Brackets (a, b) per (method, kind): a is known good (or start - 1), b known bad (or end + 1)."""
+    """The search of one family in one format, for every method and both kinds."""
 
     def __init__(self, experiment: Experiment, family: Family, fmt: Format, settings: Settings,
                  tolerance: float | None, k: int):
         self.experiment, self.family, self.fmt = experiment, family, fmt
         self.settings, self.tolerance, self.k = settings, tolerance, k
+        self.tol = fmt.default_tolerance if tolerance is None else tolerance
         self.grid = Grid(family, fmt)
+        self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
         self.seen: dict[int, dict[str, tuple[str, bool]]] = {}  # index -> method -> (status, finite)
+
+    # ------------------------------------------------------------ point evaluation
+    def _outcomes(self, indices, methods=None):
+        cases = self.family.cases(self.grid.params(indices), self.settings)
+        return evaluate(self.experiment, self.fmt, cases, methods=methods, tolerance=self.tolerance,
+                        ftz=self.settings.ftz, fast_reference=True)
 
     def _evaluate(self, indices: list[int]) -> None:
         todo = sorted(set(indices) - set(self.seen))
         if not todo:
             return
-        cases = self.family.cases(self.grid.params(todo), self.settings)
-        out = evaluate(self.experiment, self.fmt, cases, tolerance=self.tolerance, ftz=self.settings.ftz,
-                       fast_reference=True)
+        out = self._outcomes(todo)
         for j, idx in enumerate(todo):
             self.seen[idx] = {m: (str(o.status[j]), bool(np.isfinite(o.value[j]))) for m, o in out.items()}
 
     def bad(self, idx: int, method: str, kind: str) -> bool:
         status, finite = self.seen[idx][method]
-        return status != "ok" if kind == "first_inaccurate" else not finite
+        return status in METHOD_FAILURES if kind == "first_inaccurate" else not finite
 
-    def scan(self) -> dict[tuple[str, str], tuple[int | None, bool]]:
-        """Every point of the grid (formats of <= 16 bits): exact, monotone or not."""
-        g = self.grid
-        indices = np.arange(g.start, g.end + 1)
-        cases = self.family.cases(self.grid.params(indices.tolist()), self.settings)
-        outcomes = evaluate(self.experiment, self.fmt, cases, tolerance=self.tolerance, ftz=self.settings.ftz,
-                            fast_reference=True)
-        out = {}
-        for m, o in outcomes.items():
-            for kind, bad in (("first_inaccurate", o.status != "ok"), ("first_failure", ~np.isfinite(o.value))):
-                first = int(np.argmax(bad)) if bad.any() else None
-                out[(m, kind)] = (None if first is None else int(indices[first]),
-                                  first is None or bool(bad[first:].all()))
-                if first is not None:
-                    self.seen.setdefault(int(indices[first]), {})[m] = (str(o.status[first]),
-                                                                         bool(np.isfinite(o.value[first])))
-        return out
-
-    def run(self) -> dict[tuple[str, str], tuple[int | None, bool]]:
+    # ------------------------------------------------------------ strategies
+    def run(self) -> dict[tuple[str, str], tuple[int | None, bool, int]]:
+        """Per key: (first bad index or None, exact, index below which every point is verified ok)."""
         g = self.grid
         if not g.integer and g.end - g.start < EXHAUSTIVE_POINTS:
-            return self.scan()
-        keys = [(m, kind) for m in self.experiment.method_names for kind in KINDS]
-        brackets = {key: (g.start - 1, g.end + 1) for key in keys}
-        verified: dict[tuple[str, str], bool] = {}
+            best = self._scan_points(np.arange(g.start, g.end + 1), {key: g.end + 1 for key in self.keys})
+            verified = dict(best)
+        else:
+            best = self._bisect()
+            verified = self._verify_integers(best) if g.integer else self._verify(best)
+            for key in self.keys:  # given up: look for an earlier failure above the verified part
+                if verified[key] < best[key] and not g.integer:
+                    self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
+        self._evaluate([b for b in best.values() if b <= g.end])
+        return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
+
+    def _scan_points(self, indices: np.ndarray, best: dict, methods=None) -> dict:
+        """Evaluate every index (ascending); lower ``best`` to the first bad index per key."""
+        for chunk in np.array_split(indices, max(1, len(indices) // 2**15)):
+            if not len(chunk):
+                continue
+            out = self._outcomes(chunk.tolist(), methods)
+            for (m, kind) in self.keys:
+                if m not in out:
+                    continue
+                bad = _bad(kind, out[m].status, out[m].value)
+                if bad.any():
+                    best[(m, kind)] = min(best[(m, kind)], int(chunk[int(np.argmax(bad))]))
+        return best
+
+    def _bisect(self) -> dict[tuple[str, str], int]:
+        """A failing index per key (or end + 1): the candidate the verification starts from."""
+        g = self.grid
+        brackets = {key: (g.start - 1, g.end + 1) for key in self.keys}
         while True:
             open_keys = [key for key, (a, b) in brackets.items() if b - a > 1]
             if not open_keys:
-                # verify on the bracket; an earlier failure re-opens the search below it
-                checks = {key: self._checks(*brackets[key]) for key in keys if key not in verified}
-                if not checks:
-                    break
-                self._evaluate([i for pts in checks.values() for i in pts])
-                for key, pts in checks.items():
-                    a, b = brackets[key]
-                    earlier = [i for i in pts if i < b and self.bad(i, *key)]
-                    if earlier:
-                        brackets[key] = (g.start - 1, min(earlier))
-                    else:
-                        later_ok = [i for i in pts if i > b and not self.bad(i, *key)]
-                        verified[key] = not later_ok
-                continue
+                return {key: b for key, (a, b) in brackets.items()}
             points = {key: _spread(*brackets[key], self.k) for key in open_keys}
             self._evaluate([i for pts in points.values() for i in pts])
             for key, pts in points.items():
@@ -183,44 +236,224 @@ class _Search:
                         break
                     a = i
                 brackets[key] = (a, b)
-        return {key: (b if b <= g.end else None, verified[key]) for key, (a, b) in brackets.items()}
 
-    def _checks(self, a: int, b: int) -> list[int]:
-        g, k = self.grid, self.k
-        top = min(b, g.end + 1)
-        below = range(max(g.start, top - k), top)
-        above = range(top + 1, min(g.end, top + k) + 1) if b <= g.end else range(0)
-        spread = _spread(g.start - 1, top, k)
-        return sorted(set(below) | set(above) | set(spread) | ({b} if b <= g.end else set()))
+    def _verify_integers(self, best: dict) -> dict[tuple[str, str], int]:
+        """Evaluate every n from the start up to ``INTEGER_SCAN`` of them; per key, the index
+        below which every point is verified."""
+        g = self.grid
+        stop = min(max(best.values()), g.start + INTEGER_SCAN)
+        self._scan_points(np.arange(g.start, stop), best)
+        return {key: b if b <= stop else stop for key, b in best.items()}
+
+    def _verify(self, best: dict) -> dict[tuple[str, str], int]:
+        """Prove or evaluate every index below each key's candidate (see the module docstring).
+
+        The pending ranges are columns (start, end, bitmask of keys still to verify),
+        kept in ascending order and worked on from the lowest, so that an early failure
+        prunes everything above it.  A key that would need more than its budget of
+        points or ranges is given up (its result stays a bound).  Returns, per key, the
+        index below which every point is verified ok.
+        """
+        g, keys = self.grid, self.keys
+        bit = {key: 1 << j for j, key in enumerate(keys)}
+        spent = {key: 0 for key in keys}
+        narrow = self.fmt.precision <= 24
+        allowance = POINT_BUDGET if narrow else POINT_BUDGET_WIDE
+        range_allowance = RANGE_BUDGET if narrow else RANGE_BUDGET_WIDE
+        tried = {key: 0 for key in keys}
+        exact = {key: True for key in keys}
+        can_certify = interval.supported(self.fmt)
+        lo = np.array([g.start], dtype=np.int64)
+        hi = np.array([max(best.values()) - 1], dtype=np.int64)
+        mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
+        lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
+        while len(lo):
+            for key in keys:  # prune: nothing at or above a key's current first failure
+                mask[lo >= best[key]] &= ~bit[key]
+                if not exact[key]:
+                    if key not in lowest:
+                        pending = lo[(mask & bit[key]) != 0]
+                        lowest[key] = int(pending.min()) if len(pending) else best[key]
+                    mask &= ~bit[key]
+            keep = mask != 0
+            lo, hi, mask = lo[keep], hi[keep], mask[keep]
+            if not len(lo):
+                break
+            top = np.full(len(lo), g.start - 1, dtype=np.int64)
+            for key in keys:
+                top = np.where(mask & bit[key], np.maximum(top, best[key] - 1), top)
+            hi = np.minimum(hi, top)
+            size = hi - lo + 1
+            leaf = (size <= LEAF) | (not can_certify)
+            # this round: the lowest entries, up to ROUND_CHUNKS ranges and ROUND_POINTS leaf points
+            take = np.cumsum(~leaf) <= ROUND_CHUNKS
+            take &= np.cumsum(np.where(leaf, size, 0)) <= max(ROUND_POINTS, int(size[0]) if leaf[0] else 0)
+            n = int(np.argmin(take)) if not take.all() else len(lo)
+            n = max(n, 1)
+            cur_lo, cur_hi, cur_mask, cur_leaf = lo[:n], hi[:n], mask[:n], leaf[:n]
+            rest = (lo[n:], hi[n:], mask[n:])
+            if cur_leaf.any():
+                l_lo, l_hi, l_mask = cur_lo[cur_leaf], cur_hi[cur_leaf], cur_mask[cur_leaf]
+                for key in keys:
+                    spent[key] += int((l_hi - l_lo + 1)[(l_mask & bit[key]) != 0].sum())
+                    if spent[key] > allowance:
+                        exact[key] = False
+                wanted = [key for key in keys if exact[key] and (np.bitwise_or.reduce(l_mask) & bit[key])]
+                if wanted:
+                    indices = np.concatenate([np.arange(a, b + 1) for a, b in zip(l_lo.tolist(), l_hi.tolist())])
+                    self._scan_points(indices, best, sorted({m for m, _ in wanted}))
+            new = [np.empty(0, np.int64)] * 3
+            ranges = ~cur_leaf
+            if ranges.any():
+                r_lo, r_hi, r_mask = cur_lo[ranges], cur_hi[ranges], cur_mask[ranges]
+                for key in keys:
+                    tried[key] += int(np.count_nonzero(r_mask & bit[key]))
+                    if tried[key] > range_allowance:
+                        exact[key] = False
+                methods = sorted({m for (m, kind) in keys if np.bitwise_or.reduce(r_mask) & bit[(m, kind)]})
+                proven = self._certify(r_lo, r_hi, methods)
+                for key in keys:
+                    if key in proven:
+                        r_mask = np.where(proven[key], r_mask & ~bit[key], r_mask)
+                left = r_mask != 0
+                r_lo, r_hi, r_mask = r_lo[left], r_hi[left], r_mask[left]
+                mid = r_lo + (r_hi - r_lo) // 2  # no int64 overflow near the top of float64
+                new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
+                       np.repeat(r_mask, 2)]
+            lo = np.concatenate([new[0], rest[0]])
+            hi = np.concatenate([new[1], rest[1]])
+            mask = np.concatenate([new[2], rest[2]])
+            order = np.argsort(lo, kind="stable")
+            lo, hi, mask = lo[order], hi[order], mask[order]
+        return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
+
+    # ------------------------------------------------------------ interval proof
+    def _certify(self, lo: np.ndarray, hi: np.ndarray, methods: list[str]) -> dict:
+        """Per key, per range [lo, hi] of indices: True if no index of the range can be bad
+        (proven on intervals)."""
+        g, fmt = self.grid, self.fmt
+        lo_p, hi_p = g.params(lo), g.params(hi)
+        n = len(lo)
+        lo_cases = self.family.cases(lo_p, self.settings)
+        hi_cases = self.family.cases(hi_p, self.settings)
+        ia = interval.IntervalArith(fmt, n, ftz=self.settings.ftz)
+        hull_inputs = self.experiment.load(ia, _hull(lo_cases, hi_cases))
+        ends = [self.experiment.load(Arith(fmt, n, ftz=self.settings.ftz), c) for c in (lo_cases, hi_cases)]
+        turning = np.zeros(n, dtype=bool)
+        for t in self.family.turning:
+            turning |= (lo_p <= t * (1 + 2.0**-50)) & (hi_p >= t * (1 - 2.0**-50))
+        enclosures = {}
+        out = {}
+        for method in self.experiment.methods:
+            if method.name not in methods:
+                continue
+            truth = method.truth or self.experiment
+            if id(truth) not in enclosures:
+                enclosures[id(truth)] = _exact_enclosure(truth, ends)
+            r_lo, r_hi = enclosures[id(truth)]
+            v = interval.Bounds.of(method.kernel(ia, hull_inputs))
+            ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
+            if method.exact_formula:  # |computed - exact| <= err at every point of the range
+                with np.errstate(all="ignore"):
+                    ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+            ok &= ~turning
+            out[(method.name, "first_inaccurate")] = ok
+            out[(method.name, "first_failure")] = np.isfinite(v.lo) & np.isfinite(v.hi)
+        return out
+
+
+def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:
+    """Every value in v is within relative ``tol`` of every exact value in [r_lo, r_hi]
+    (so each point's status is ok, whatever it computes)."""
+    lo, hi = v.lo.astype(np.longdouble), v.hi.astype(np.longdouble)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(r_lo) & np.isfinite(r_hi)
+        one_sign = ((lo > 0) & (r_lo > 0)) | ((hi < 0) & (r_hi < 0))
+        spread = np.maximum(hi - r_lo, r_hi - lo) * (1 + 2.0**-40)
+        return finite & one_sign & (spread <= tol * np.minimum(np.abs(r_lo), np.abs(r_hi)))
+
+
+def _rounds_to(fmt: Format, v: interval.Bounds, r_lo, r_hi) -> np.ndarray:
+    """v is one value c over the range, and every exact value rounds to c (strictly inside
+    c's rounding interval): each point's result is the correctly rounded one (ok or range)."""
+    c = v.lo
+    one = (v.lo == v.hi) & np.isfinite(c)
+    below, above = _neighbours(fmt, np.where(one, c, 0.0))
+    c_ld = c.astype(np.longdouble)
+    with np.errstate(all="ignore"):
+        low_mid = (below.astype(np.longdouble) + c_ld) / 2
+        high_mid = (above.astype(np.longdouble) + c_ld) / 2
+        return one & np.isfinite(low_mid) & np.isfinite(high_mid) & (r_lo > low_mid) & (r_hi < high_mid)
+
+
+def _neighbours(fmt: Format, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The format values just below and just above each format value c (0's are +-smallest subnormal)."""
+    bits = np.dtype(f"u{fmt.dtype.itemsize}")
+    with np.errstate(all="ignore"):
+        b = fmt.round(c).view(bits).astype(np.int64)
+    positive = c > 0
+    up = np.where(positive, b + 1, b - 1)
+    down = np.where(positive, b - 1, b + 1)
+    as_value = lambda x: np.asarray(x).astype(bits).view(fmt.dtype).astype(np.float64)  # noqa: E731
+    with np.errstate(all="ignore"):
+        above, below = as_value(up), as_value(down)
+    zero = c == 0
+    s = fmt.smallest_subnormal
+    return np.where(zero, -s, below), np.where(zero, s, above)
+
+
+def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds (longdouble) of the exact value over each range, from its two ends (the exact
+    value is monotone between turning points), widened by the fast reference's error."""
+    vals = []
+    for inputs in ends:
+        ex = reference.fast(truth, inputs)
+        with np.errstate(all="ignore"):
+            v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
+        vals.append(np.where(np.isfinite(v), v, np.nan))
+    lo, hi = np.minimum(vals[0], vals[1]), np.maximum(vals[0], vals[1])
+    slack = 4 * reference.FAST_ERROR
+    return lo - np.abs(lo) * slack, hi + np.abs(hi) * slack
+
+
+_MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of these arguments
 
 
 def family_thresholds(experiment: Experiment, family: Family, fmt: Format, settings: Settings = Settings(),
                       tolerance: float | None = None, k: int = 16) -> list[Threshold]:
-    """Thresholds of every method of ``experiment`` along ``family`` in one format."""
+    """Thresholds of every method of ``experiment`` along ``family`` in one format (memoised)."""
+    key = (experiment.name, family.name, fmt.name, settings, tolerance, k)
+    if key not in _MEMO:
+        _MEMO[key] = _family_thresholds(experiment, family, fmt, settings, tolerance, k)
+    return list(_MEMO[key])
+
+
+def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, settings: Settings,
+                       tolerance: float | None, k: int) -> list[Threshold]:
     search = _Search(experiment, family, fmt, settings, tolerance, k)
     found = search.run()
     g = search.grid
     rows = []
     for method in experiment.method_names:
-        inacc, mono_i = found[(method, "first_inaccurate")]
-        fail, mono_f = found[(method, "first_failure")]
+        inacc, exact_i, below_i = found[(method, "first_inaccurate")]
+        fail, exact_f, below_f = found[(method, "first_failure")]
         failure = search.seen[fail][method][0] if fail is not None else None
         degraded = search.seen[inacc][method][0] if inacc is not None else None
         with mpmath.workdps(50):
             pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}
         agrees = None
-        if pred is not None:
+        if pred is not None and pred.slack <= AGREEMENT_SLACK and g.value(g.start) <= pred.value <= g.value(g.end):
             m = measured[pred.kind]
-            if m is None:  # consistent only if the prediction lies beyond the search range
-                agrees = pred.value > g.value(g.end)
-            else:
-                agrees = abs(m - pred.value) <= pred.slack * abs(pred.value)
+            agrees = m is not None and abs(m - pred.value) <= pred.slack * abs(pred.value)
+            if pred.proof and m == pred.value:  # the derivation is exact: so is the value
+                exact_i, exact_f = (True, exact_f) if pred.kind == "first_inaccurate" else (exact_i, True)
         rows.append(Threshold(
             experiment.name, family.name, method, fmt.name, family.parameter,
             measured["first_inaccurate"], measured["first_failure"], failure, degraded,
             None if pred is None else pred.value, None if pred is None else pred.kind,
-            "" if pred is None else pred.formula, agrees, mono_i and mono_f, g.range()))
+            "" if pred is None else pred.formula, agrees, exact_i, exact_f, g.range(),
+            None if exact_i else g.value(below_i), None if exact_f else g.value(below_f)))
     return rows
 
 
@@ -235,3 +468,4 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
             for fmt in formats:
                 rows += family_thresholds(experiment, family, fmt, settings, tolerance)
     return rows
+

@@ -51,7 +51,8 @@ def test_float32_naive_softmax_overflow_is_past_88_72283172607422():
         assert np.isfinite(np.exp(last)) and np.isinf(np.exp(np.nextafter(last, np.float32(np.inf))))
     r = rows(SCE, "overflow", F32)["naive_softmax_log"]
     assert r.first_failure == float(np.nextafter(last, np.float32(np.inf))) == 88.72283935546875
-    assert r.failure == "nan"  # inf / inf
+    assert r.failure == "overflow"  # inf / inf = NaN, caused by the overflow of exp
+    assert r.exact_failure and r.predicted == r.first_failure and r.agrees
 
 
 def test_float16_naive_thresholds_by_brute_force():
@@ -85,20 +86,24 @@ def test_float16_sum_of_logs_overflow_by_independent_pairwise_sum():
     assert r.failure == "overflow" and n == 28451
 
 
-def test_search_agrees_with_exhaustive_scan_on_float16(monkeypatch):
-    """Force the k-ary search on float16 and compare with the complete scan: equal
-    wherever the scan finds the predicate monotone."""
-    scanned = {(r.family, r.method): r for fam in SCE.families for r in th.family_thresholds(SCE, fam, F16)}
+FLOAT_FAMILIES = [(e, f) for e in EXPERIMENTS.values() for f in e.families if not f.integer]
+
+
+@pytest.mark.parametrize("fmt,settings", [(F16, Settings()), (FORMATS["bfloat16"], Settings()),
+                                          (F16, Settings(ftz=True))], ids=["float16", "bfloat16", "float16-ftz"])
+@pytest.mark.parametrize("experiment,family", FLOAT_FAMILIES, ids=[f"{e.name}/{f.name}" for e, f in FLOAT_FAMILIES])
+def test_proof_search_agrees_with_exhaustive_scan(monkeypatch, fmt, settings, experiment, family):
+    """Force the path float32 and float64 take (bisection, interval proofs, point-by-point
+    scans) on a 16-bit format and compare with the scan of every value: every threshold,
+    first_inaccurate included (where the error flickers around the tolerance), equal and exact."""
+    scanned = {r.method: r for r in th._family_thresholds(experiment, family, fmt, settings, None, 16)}
     monkeypatch.setattr(th, "EXHAUSTIVE_POINTS", 0)
-    compared = 0
-    for fam in SCE.families:
-        for r in th.family_thresholds(SCE, fam, F16):
-            s = scanned[(r.family, r.method)]
-            assert r.first_failure == s.first_failure  # non-finite: monotone here
-            if s.monotone:
-                assert r.first_inaccurate == s.first_inaccurate
-                compared += 1
-    assert compared >= 2  # most float16 inaccuracy thresholds flicker (see the scan's monotone flag)
+    monkeypatch.setattr(th, "LEAF", 4)  # prove as much as possible, so that the proofs are what is tested
+    proved = th._family_thresholds(experiment, family, fmt, settings, None, 16)
+    for r in proved:
+        s = scanned[r.method]
+        assert (r.first_inaccurate, r.first_failure, r.failure) == (s.first_inaccurate, s.first_failure, s.failure)
+        assert r.exact_inaccurate and r.exact_failure and s.exact_inaccurate and s.exact_failure
 
 
 def test_thresholds_json_and_table(capsys):

@@ -1,0 +1,339 @@
+"""Run the kernels over whole ranges of inputs at once, with proven bounds.
+
+The threshold search uses this to *prove* that a method is ok (or finite) on a
+range of the parameter without evaluating every representable value in it.
+Every value a kernel computes becomes a :class:`Bounds` with, for every point of
+the range at once,
+
+* ``[lo, hi]``  an enclosure of the value the format computes (rounded at every
+  operation).  Sound because every operation is monotone in each operand and
+  rounding to nearest is monotone (a <= b implies fl(a) <= fl(b)): the rounded
+  results over the operands' ranges lie between the rounded results at the
+  corners, which are computed exactly as :class:`Arith` computes them (the
+  format's own IEEE + - * /, :mod:`stabilitylab.crmath` for exp, log, log1p).
+  Flush-to-zero is monotone too.
+* ``[xlo, xhi]`` an enclosure of the value the same formula has in exact
+  arithmetic (in a wider type: float64 for formats of at most 24 bits, x86
+  ``longdouble`` for float64, moved outwards by more than that type's own error:
+  one ulp for + - * /, ``FUNCTION_SLACK`` relative for exp, log, log1p), and
+* ``err``       a bound on |computed - exact formula| at each point: a running
+  error analysis.  A rounding adds at most ``u * |y| + smallest_subnormal / 2``
+  (``tiny`` under flush-to-zero); an operation passes its operands' errors on
+  through a bound of its derivative over the enclosures (Lipschitz bounds:
+  ``|exp(a') - exp(a)| <= exp(max) |a' - a|``, ``|log a' - log a| <= |a' - a| /
+  min`` ...).
+
+The enclosures lose the dependency between operands (x - x is not 0, and
+e/(e + 1) spreads), so comparing them with the exact loss only works where the
+loss varies slowly; the error bound keeps it: for a method whose formula is the
+exact loss (``Method.exact_formula``), |computed - exact| <= err at every point,
+which proves ``rel_error <= tolerance`` wherever err <= tolerance * min |exact|.
+A bound that is NaN or infinite proves nothing: a range is then simply not
+certified, never wrongly certified.
+
+The kernels run unchanged: :class:`IntervalArith` offers the operations of
+:class:`~stabilitylab.arith.Arith`.  :meth:`IntervalArith.shift` knows that the
+row maximum's own entry of x - max(x) is exactly 0 when the maximum is the same
+entry over the whole range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import crmath
+from .arith import Arith
+from .formats import Format
+
+__all__ = ["Bounds", "IntervalArith", "FUNCTION_SLACK", "supported"]
+
+FUNCTION_SLACK = 2.0**-44  # relative: far above numpy's float64 exp, log, log1p errors (a few ulps)
+_LONG_SLACK = 2.0**-58  # the same for libm's longdouble functions
+
+
+def supported(fmt: Format) -> bool:
+    """Whether bounds can be computed for this format (float64 needs a wider longdouble)."""
+    return fmt.precision <= 24 or np.finfo(np.longdouble).nmant >= 63
+
+
+class Bounds:
+    """Per element: computed value in [lo, hi]; exact-formula value in [xlo, xhi]; |computed - exact| <= err."""
+
+    __slots__ = ("lo", "hi", "xlo", "xhi", "err")
+
+    def __init__(self, lo, hi, xlo=None, xhi=None, err=None):
+        self.lo, self.hi = np.asarray(lo), np.asarray(hi)
+        self.xlo = self.lo if xlo is None else np.asarray(xlo)
+        self.xhi = self.hi if xhi is None else np.asarray(xhi)
+        self.err = np.zeros(self.lo.shape) if err is None else np.asarray(err)
+
+    @property
+    def shape(self):
+        return self.lo.shape
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+    def __getitem__(self, index) -> "Bounds":
+        return Bounds(self.lo[index], self.hi[index], self.xlo[index], self.xhi[index], self.err[index])
+
+    @staticmethod
+    def of(x) -> "Bounds":
+        return x if isinstance(x, Bounds) else Bounds(np.asarray(x, dtype=np.float64), np.asarray(x, dtype=np.float64))
+
+    def magnitude(self):
+        """max |value| over both enclosures."""
+        return np.maximum(np.maximum(np.abs(self.lo), np.abs(self.hi)), np.maximum(np.abs(self.xlo), np.abs(self.xhi)))
+
+    def floor(self):
+        """min |value| over both enclosures (0 if they reach zero)."""
+        low = np.minimum(self.lo, self.xlo)
+        high = np.maximum(self.hi, self.xhi)
+        return np.where((low <= 0) & (high >= 0), 0.0, np.minimum(np.abs(low), np.abs(high)))
+
+
+def _bad(x) -> np.ndarray:
+    return np.isnan(x)
+
+
+class IntervalArith:
+    """The operations of :class:`Arith` on :class:`Bounds`, for ``rows`` cases in ``fmt``."""
+
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False):
+        self.fmt, self.rows, self.ftz = fmt, rows, ftz
+        self.dtype = np.dtype(np.float64)
+        self.wide = np.dtype(np.float64) if fmt.precision <= 24 else np.dtype(np.longdouble)
+        self.u = fmt.unit_roundoff
+        self.eta = fmt.tiny if ftz else fmt.smallest_subnormal / 2  # absolute error of one rounding near 0
+        self.step = 0
+
+    # ------------------------------------------------------------ helpers
+    def _w(self, x):
+        return np.asarray(x).astype(self.wide)
+
+    def _outward(self, lo, hi, slack: float | None):
+        """Move wide-type bounds outwards by the wide type's own error."""
+        with np.errstate(all="ignore"):
+            if slack is None:  # correctly rounded in the wide type: one ulp
+                return (np.nextafter(lo, self.wide.type(-np.inf)), np.nextafter(hi, self.wide.type(np.inf)))
+            tiny = np.finfo(self.wide).smallest_subnormal
+            return (np.where(np.isfinite(lo), lo - np.abs(lo) * slack - tiny, lo),
+                    np.where(np.isfinite(hi), hi + np.abs(hi) * slack + tiny, hi))
+
+    def _own(self, x) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64).astype(self.fmt.dtype)
+
+    def _flush(self, x: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(x) < self.fmt.tiny, 0.0, x) if self.ftz else x
+
+    def _result(self, lo, hi, xlo, xhi, carried, slack: float | None = None) -> Bounds:
+        """Assemble an operation's bounds: the computed enclosure (format values), the exact
+        enclosure moved outwards in the wide type, and the carried error plus one rounding's."""
+        xlo, xhi = self._outward(self._w(xlo), self._w(xhi), slack)
+        with np.errstate(all="ignore"):
+            lo = self._flush(np.asarray(lo, dtype=np.float64))
+            hi = self._flush(np.asarray(hi, dtype=np.float64))
+            size = np.maximum(np.abs(lo), np.abs(hi)) * (1 + 2 * self.u)  # bounds |y| before its rounding
+            err = np.asarray(carried, dtype=np.float64) + size * self.u + self.eta
+            # infinite bounds are sound (log(0) = -inf is a value); NaN bounds enclose nothing
+            lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
+            xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
+            err = np.where(_bad(err) | ~np.isfinite(size), np.inf, err)
+        return Bounds(lo, hi, xlo, xhi, err)
+
+    def _op(self, f, *args) -> np.ndarray:
+        """f on format arrays, as Arith computes it (correctly rounded), as float64."""
+        with np.errstate(all="ignore"):
+            return np.asarray(f(*(self._own(a) for a in args))).astype(np.float64)
+
+    # ------------------------------------------------------------ bookkeeping Arith offers
+    def fork(self) -> "IntervalArith":
+        return self
+
+    def record(self, event: str, mask, where=None) -> None:
+        """Events are not tracked: only values are bounded."""
+
+    # ------------------------------------------------------------ operations
+    def load(self, x, where=None) -> Bounds:
+        """Inputs (already format values: the threshold grids are)."""
+        x = Bounds.of(x)
+        with np.errstate(all="ignore"):
+            lo = self.fmt.round(x.lo).astype(np.float64)
+            hi = self.fmt.round(x.hi).astype(np.float64)
+        if not (np.array_equal(lo, x.lo) and np.array_equal(hi, x.hi)):
+            raise ValueError("interval inputs must be values of the format")
+        lo, hi = self._flush(lo), self._flush(hi)  # denormals-are-zero, as Arith.load
+        return Bounds(lo, hi)
+
+    def const(self, value):
+        return self.fmt.round(value).astype(np.float64)
+
+    def add(self, a, b, where=None) -> Bounds:
+        a, b = Bounds.of(a), Bounds.of(b)
+        w = self._w
+        with np.errstate(all="ignore"):
+            return self._result(self._op(np.add, a.lo, b.lo), self._op(np.add, a.hi, b.hi),
+                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), a.err + b.err)
+
+    def sub(self, a, b, where=None) -> Bounds:
+        a, b = Bounds.of(a), Bounds.of(b)
+        w = self._w
+        with np.errstate(all="ignore"):
+            return self._result(self._op(np.subtract, a.lo, b.hi), self._op(np.subtract, a.hi, b.lo),
+                                w(a.xlo) - w(b.xhi), w(a.xhi) - w(b.xlo), a.err + b.err)
+
+    def _corners(self, f, alo, ahi, blo, bhi, computed: bool):
+        """min and max of f over the four corners: in the format (``computed``) or in the wide type."""
+        g = (lambda x, y: self._op(f, x, y)) if computed else (lambda x, y: f(self._w(x), self._w(y)))
+        with np.errstate(all="ignore"):
+            c = np.stack(np.broadcast_arrays(g(alo, blo), g(alo, bhi), g(ahi, blo), g(ahi, bhi)))
+            bad = np.isnan(c).any(axis=0)
+            return np.where(bad, -np.inf, c.min(axis=0)), np.where(bad, np.inf, c.max(axis=0))
+
+    def mul(self, a, b, where=None) -> Bounds:
+        a, b = Bounds.of(a), Bounds.of(b)
+        vlo, vhi = self._corners(np.multiply, a.lo, a.hi, b.lo, b.hi, True)
+        xlo, xhi = self._corners(np.multiply, a.xlo, a.xhi, b.xlo, b.xhi, False)
+        with np.errstate(all="ignore"):  # |a'b' - ab| <= |b'| |a' - a| + |a| |b' - b|
+            carried = b.magnitude() * a.err + a.magnitude() * b.err
+            carried = np.where((a.err == 0) & (b.err == 0), 0.0, carried)
+        return self._result(vlo, vhi, xlo, xhi, carried)
+
+    def div(self, a, b, where=None) -> Bounds:
+        a, b = Bounds.of(a), Bounds.of(b)
+        vlo, vhi = self._corners(np.divide, a.lo, a.hi, b.lo, b.hi, True)
+        xlo, xhi = self._corners(np.divide, a.xlo, a.xhi, b.xlo, b.xhi, False)
+        pole = ((b.lo <= 0) & (b.hi >= 0)) | ((b.xlo <= 0) & (b.xhi >= 0))
+        with np.errstate(all="ignore"):  # a'/b' - a/b = ((a' - a) b - a (b' - b)) / (b' b)
+            low = b.floor()
+            carried = (a.err * b.magnitude() + a.magnitude() * b.err) / (low * low)
+            carried = np.where((a.err == 0) & (b.err == 0), 0.0, carried)
+        inf = np.full(np.shape(vlo), np.inf)
+        return self._result(np.where(pole, -inf, vlo), np.where(pole, inf, vhi), np.where(pole, -inf, xlo),
+                            np.where(pole, inf, xhi), np.where(pole, np.inf, carried))
+
+    def neg(self, a):
+        a = Bounds.of(a)
+        return Bounds(-a.hi, -a.lo, -a.xhi, -a.xlo, a.err)
+
+    def abs(self, a) -> Bounds:
+        a = Bounds.of(a)
+
+        def hull(lo, hi):
+            top = np.maximum(np.abs(lo), np.abs(hi))
+            return np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi))), top
+
+        return Bounds(*hull(a.lo, a.hi), *hull(a.xlo, a.xhi), a.err)
+
+    def maximum(self, a, b) -> Bounds:
+        a, b = Bounds.of(a), Bounds.of(b)
+        return Bounds(np.maximum(a.lo, b.lo), np.maximum(a.hi, b.hi), np.maximum(a.xlo, b.xlo),
+                      np.maximum(a.xhi, b.xhi), np.maximum(a.err, b.err))
+
+    def _function(self, f, exact, lipschitz, a, domain_low: float) -> Bounds:
+        """A monotone increasing function: ``f(fmt, x)`` as computed (correctly rounded),
+        ``exact`` in the wide type; ``lipschitz(lowest, highest)`` bounds |f'| over the operand."""
+        a = Bounds.of(a)
+        w = self._w
+        with np.errstate(all="ignore"):
+            vlo = f(self.fmt, self._own(a.lo)).astype(np.float64)
+            vhi = f(self.fmt, self._own(a.hi)).astype(np.float64)
+            xlo, xhi = exact(w(a.xlo)), exact(w(a.xhi))
+            lowest = np.minimum(a.lo, a.xlo)  # the computed and the exact operand both lie in [lowest, highest]
+            highest = np.maximum(a.hi, a.xhi)
+            carried = np.where(a.err == 0, 0.0, lipschitz(lowest, highest) * a.err)
+        inf = np.full(np.shape(vlo), np.inf)
+        v_out = (a.lo < domain_low) | np.isnan(a.lo) | np.isnan(a.hi)  # the computed operand may leave the domain
+        x_out = (a.xlo < domain_low) | np.isnan(a.xlo) | np.isnan(a.xhi)
+        slack = FUNCTION_SLACK if self.wide == np.float64 else _LONG_SLACK
+        return self._result(np.where(v_out, -inf, vlo), np.where(v_out, inf, vhi),
+                            np.where(x_out, -inf, xlo), np.where(x_out, inf, xhi),
+                            np.where(v_out | x_out, np.inf, carried), slack)
+
+    def exp(self, x, where=None) -> Bounds:
+        return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest) * (1 + 2.0**-40), x,
+                              -np.inf)
+
+    def log(self, x, where=None) -> Bounds:
+        return self._function(crmath.log, np.log, lambda lowest, highest: 1 / lowest * (1 + 2.0**-40), x, 0.0)
+
+    def log1p(self, x, where=None) -> Bounds:
+        return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest) * (1 + 2.0**-40), x,
+                              -1.0)
+
+    def max(self, x) -> Bounds:
+        x = Bounds.of(x)
+        return Bounds(np.max(x.lo, axis=-1), np.max(x.hi, axis=-1), np.max(x.xlo, axis=-1), np.max(x.xhi, axis=-1),
+                      np.max(x.err, axis=-1))
+
+    def argmax(self, x) -> np.ndarray:
+        """The maximum's index where it is the same entry for every point of the range
+        (its lower bound is at least every other entry's upper bound, computed and exact); -1 elsewhere."""
+        x = Bounds.of(x)
+        k = np.argmax(x.lo, axis=-1)
+        kk = k[..., None]
+        kept = np.ones(k.shape, dtype=bool)
+        for low, high in ((x.lo, x.hi), (x.xlo, x.xhi)):
+            others = np.array(high, copy=True)
+            np.put_along_axis(others, kk, -np.inf, axis=-1)
+            kept &= np.take_along_axis(low, kk, axis=-1)[..., 0] >= np.max(others, axis=-1)
+        return np.where(kept, k, -1)
+
+    def shift(self, x) -> Bounds:
+        """x - max(x) per row: the max's own entry is exactly 0 (error 0), the others x_i - x_k."""
+        x = Bounds.of(x)
+        k = self.argmax(x)
+        known = k >= 0
+        kk = np.where(known, k, 0)[:, None]
+        z = self.sub(x, self.pick(x, np.where(known, k, 0))[:, None])
+        own = np.zeros(x.shape, dtype=bool)
+        np.put_along_axis(own, kk, True, axis=1)
+        own &= known[:, None]
+        fields = [np.where(own, 0.0, getattr(z, name)) for name in Bounds.__slots__]
+        for i in range(4):
+            fields[i] = np.where(known[:, None], fields[i], -np.inf if i % 2 == 0 else np.inf)
+        fields[4] = np.where(known[:, None], fields[4], np.inf)
+        return Bounds(*fields)
+
+    def pick(self, x, index) -> Bounds:
+        x = Bounds.of(x)
+        idx = np.asarray(index)
+        bad = idx < 0
+        kk = np.where(bad, 0, idx)[:, None]
+        fields = [np.take_along_axis(getattr(x, name), kk, axis=1)[:, 0] for name in Bounds.__slots__]
+        return Bounds(*(np.where(bad, np.inf if name in ("hi", "xhi", "err") else -np.inf, f)
+                        for name, f in zip(Bounds.__slots__, fields)))
+
+    def drop(self, x, index) -> Bounds:
+        x = Bounds.of(x)
+        idx = np.asarray(index)
+        bad = idx < 0
+        kk = np.where(bad, 0, idx)[:, None]
+        fields = []
+        for name in Bounds.__slots__:
+            f = np.array(getattr(x, name), dtype=np.float64, copy=True)
+            np.put_along_axis(f, kk, 0.0, axis=1)
+            f[bad] = np.inf if name in ("hi", "xhi", "err") else -np.inf
+            fields.append(f)
+        return Bounds(*fields)
+
+    def where_nonneg(self, z, if_nonneg, if_neg) -> Bounds:
+        """The branch taken over the whole range, or the hull of both where z (computed or
+        exact) changes sign.  Both branches must compute the same exact function."""
+        z, a, b = Bounds.of(z), Bounds.of(if_nonneg), Bounds.of(if_neg)
+        pos = (z.lo >= 0) & (z.xlo >= 0)
+        neg = (z.hi < 0) & (z.xhi < 0)
+
+        def pick(fa, fb, combine):
+            return np.where(pos, fa, np.where(neg, fb, combine(fa, fb)))
+
+        return Bounds(pick(a.lo, b.lo, np.minimum), pick(a.hi, b.hi, np.maximum), pick(a.xlo, b.xlo, np.minimum),
+                      pick(a.xhi, b.xhi, np.maximum), pick(a.err, b.err, np.maximum))
+
+    tree = Arith.tree  # the same pairwise tree, on bounds
+
+    def _pad(self, x: Bounds, identity: float) -> Bounds:
+        pad = np.full(x.shape[:-1] + (1,), identity)
+        zero = np.zeros(x.shape[:-1] + (1,))
+        return Bounds(*(np.concatenate([getattr(x, name), zero if name == "err" else pad], axis=-1)
+                        for name in Bounds.__slots__))
