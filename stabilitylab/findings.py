@@ -9,13 +9,14 @@ from .engine import Comparison, Result
 __all__ = ["findings", "VERB"]
 
 VERB = {
+    "range": "is correctly rounded, but the loss itself is not representable",
     "overflow": "overflows",
     "underflow": "underflows",
     "nan": "gives NaN",
     "inaccurate": "is inaccurate",
     "ok": "is ok",
 }
-_ORDER = ("nan", "overflow", "underflow", "inaccurate", "ok")
+_ORDER = ("nan", "overflow", "underflow", "inaccurate", "range", "ok")
 
 
 def _fmt_ulps(x: float) -> str:
@@ -38,6 +39,11 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
         names = ", ".join(r.dtype for r in group)
         if status == "ok":
             parts.append(f"ok in {names}")
+        elif status == "range":
+            values = sorted({_short(r.value) for r in group})
+            exacts = sorted({_exact(r) for r in group})
+            parts.append(f"gives {'/'.join(values)} in {names}, correctly rounded: the exact value "
+                         f"{'/'.join(exacts)} is not representable there")
         elif status != "inaccurate":
             values = sorted({_short(r.value) for r in group})
             parts.append(f"{VERB[status]} in {names} (loss {'/'.join(values)})")
@@ -59,6 +65,15 @@ def _short(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _exact(r: Result) -> str:
+    """The exact value in 4 digits (from its text: it may be below float64's range)."""
+    try:
+        return f"{float(r.exact):.4g}" if r.exact not in ("0", "-0") and float(r.exact) != 0 else r.exact
+    except ValueError:
+        return r.exact
+
+
+
 def findings(comparison: Comparison) -> list[tuple[str, str]]:
     """One sentence per case that some method fails: ``(experiment, sentence)``.
 
@@ -73,20 +88,29 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
         grouped[(r.experiment, r.case)][r.method].append(r)
     tolerance = {f.name: f.default_tolerance if comparison.tolerance is None else comparison.tolerance
                  for f in comparison.formats}
+    truths = {(e.name, m.name): m.truth for e in comparison.experiments for m in e.methods}
     out = []
     for (experiment, case), methods in grouped.items():
         rows = [r for rs in methods.values() for r in rs]
-        widest = next(r for r in rows if r.dtype == widest_format)
-        moved = sorted({r.dtype: r.reference for r in rows
-                        if _relative(r.reference, widest.reference) > tolerance[r.dtype]}.items())
-        if moved:
-            changes = ", ".join(f"{d} {_short(ref)}" for d, ref in moved)
-            out.append((experiment, f"{case}: rounding the inputs to the format changes the exact loss itself "
-                                    f"({_short(widest.reference)} in {widest.dtype}; {changes})."))
+        said = set()
+        for method, rs in methods.items():  # once per exact quantity (a method may have its own truth)
+            truth = id(truths.get((experiment, method)))
+            if truth in said:
+                continue
+            said.add(truth)
+            widest = next(r for r in rs if r.dtype == widest_format)
+            moved = sorted({r.dtype: _exact(r) for r in rs
+                            if _relative(r.reference, widest.reference) > tolerance[r.dtype]}.items())
+            if moved:
+                changes = ", ".join(f"{d} {text}" for d, text in moved)
+                whose = "" if truths.get((experiment, method)) is None else f" ({method})"
+                out.append((experiment, f"{case}: rounding the inputs to the format changes the exact value"
+                                        f"{whose} itself ({_exact(widest)} in {widest.dtype}; {changes})."))
         if all(r.status == "ok" for r in rows):
             continue
+        widest = next(r for r in rows if r.dtype == widest_format)
         phrases = [_method_phrase(m, rs, formats) for m, rs in methods.items()]
-        head = f"{case} (exact {widest.reference:.10g} in {widest.dtype}): "
+        head = f"{case} (exact {widest.exact} in {widest.dtype}): "
         out.append((experiment, head + "; ".join(phrases) + "."))
     return out
 
@@ -104,18 +128,23 @@ def threshold_findings(rows) -> list[tuple[str, str]]:
     for (experiment, family, dtype), rs in grouped.items():
         parts = []
         for r in rs:
+            bound_f = "" if r.exact_failure else "at most "
+            bound_i = "" if r.exact_inaccurate else "at most "
             if r.first_failure is not None:
-                text = f"{r.method} first fails at {r.parameter} = {_param(r.first_failure)} ({r.failure}"
-                if r.predicted is not None and r.predicted_for == "first_failure":
+                text = f"{r.method} first fails at {r.parameter} = {bound_f}{_param(r.first_failure)} ({r.failure}"
+                if r.predicted is not None and r.predicted_for == "first_failure" and r.agrees is not None:
                     text += f"; predicted {_param(r.predicted)}"
                 parts.append(text + ")")
             elif r.first_inaccurate is not None:
                 how = ("inaccurate" if r.inaccurate_status in (None, "inaccurate")
                        else f"{r.inaccurate_status} (a finite but lost result)")
-                parts.append(f"{r.method} stays finite but is {how} from {r.parameter} = "
+                parts.append(f"{r.method} stays finite but is {how} from {r.parameter} = {bound_i}"
                              f"{_param(r.first_inaccurate)}")
-            else:
+            elif r.exact_inaccurate and r.exact_failure:
                 parts.append(f"{r.method} never fails for {r.parameter} <= {_param(r.search_range[1])}")
+            else:
+                below = r.verified_inaccurate if not r.exact_inaccurate else r.verified_failure
+                parts.append(f"{r.method}: no failure found (verified for {r.parameter} < {_param(below)})")
         out.append((experiment, f"In {dtype}, along {family} ({rs[0].parameter}): " + "; ".join(parts) + "."))
     return out
 

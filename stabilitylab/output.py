@@ -106,8 +106,8 @@ class GuardedStream:
         if isinstance(exc, BrokenPipeError) or not self.strict:
             return
         if exc.errno == errno.EBADF:
-            raise OutputError(f"standard output is closed, so the output would be lost; "
-                              f"redirect it to a file or a pipe instead") from None
+            raise OutputError("standard output is closed, so the output would be lost; "
+                              "redirect it to a file or a pipe instead") from None
         raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
     def close(self) -> None:

@@ -20,10 +20,10 @@ from stabilitylab.experiments import EXPERIMENTS
 REPO = Path(__file__).resolve().parents[1]
 ALL_SIX = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
 DEFAULT_FOUR = ("float16", "bfloat16", "float32", "float64")
-RESULT_KEYS = ["experiment", "case", "method", "dtype", "value", "reference", "status", "rel_error", "ulps",
+RESULT_KEYS = ["experiment", "case", "method", "dtype", "value", "reference", "exact", "status", "rel_error", "ulps",
                "error_bits", "events"]
-SUMMARY_KEYS = ["experiment", "method", "dtype", "cases", "ok", "overflow", "underflow", "nan", "inaccurate"]
-STATUS_KEYS = ["ok", "overflow", "underflow", "nan", "inaccurate"]
+SUMMARY_KEYS = ["experiment", "method", "dtype", "cases", "ok", "range", "overflow", "underflow", "nan", "inaccurate"]
+STATUS_KEYS = ["ok", "range", "overflow", "underflow", "nan", "inaccurate"]
 NUMBER_KEYS = ["value", "reference", "rel_error", "ulps", "error_bits"]
 
 

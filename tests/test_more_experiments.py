@@ -164,17 +164,21 @@ def test_wide_accumulation_rescues_float16():
 
 
 # ------------------------------------------------------------------- gradient
-def test_mse_gradient_vanishes_where_exp_overflows_float16():
-    """Logits [-d, 0], target 1: sigmoid = 1 / (1 + exp(d)); once exp(d) overflows
-    (brute force with numpy's float16 exp), p = 0 and (p - 1) p (1 - p) = 0."""
+def test_mse_gradient_vanishes_where_it_drops_below_float16():
+    """Logits [-d, 0], target 1, stable sigmoid p = e / (1 + e) with e = exp(-d): the MSE
+    gradient -p (1 - p)**2 is exactly 0 from the first d where e rounds to 0 (brute force:
+    float64 exp rounded to float16), and that 0 is the correctly rounded gradient (status
+    range, not a failure); the cross-entropy gradient stays at -1."""
     d = float16_values()
-    with np.errstate(over="ignore"):
-        first_inf = float(d[np.argmax(np.isinf(np.exp(d)))])
+    e = np.exp(-d.astype(np.float64)).astype(np.float16)
+    first_zero = float(d[np.argmax(e == 0)])
     cases = GRAD.families[0].cases(d.astype(np.float64), Settings())
     out = evaluate(GRAD, F16, cases, fast_reference=True)
-    mse = out["mse_sigmoid"].value
-    assert float(d[np.argmax(mse == 0)]) == first_inf
-    assert np.all(out["ce_sigmoid"].value[d.astype(np.float64) > first_inf] == -1)  # never vanishes
+    mse = out["mse_sigmoid"]
+    at = int(np.argmax(mse.value == 0))
+    assert float(d[at]) == first_zero == 17.34375
+    assert mse.status[at] == "range"
+    assert np.all(out["ce_sigmoid"].value[d.astype(np.float64) > first_zero] == -1)  # never vanishes
 
 
 def test_loss_scaling_table_by_reasoning():
@@ -228,21 +232,23 @@ def test_ftz_reference_is_unchanged():
         assert plain.results[0].reference == float(-100 * mpmath.log(mpmath.mpf(float(F32.round(0.1)))))
 
 
-def test_input_that_underflows_on_load_is_not_ok():
-    """p = 1e-300 rounds to 0 in float32: log(0) = -inf equals the 'exact' loss of the rounded
-    input, but an underflow led there, so the status says so."""
+def test_input_that_underflows_on_load_is_out_of_range():
+    """p = 1e-300 rounds to 0 in float32: log(0) = -inf is the exact loss of the rounded
+    input, but the input itself was lost on the way in: status range (not ok, not a method
+    failure), and the underflow event says why."""
     out = evaluate(EXPERIMENTS["likelihood"], F32, __import__("stabilitylab.experiments.likelihood",
                    fromlist=["iid"]).iid(1e-300, 3))
     for name in ("product", "sum_log"):
-        assert out[name].value[0] == np.inf and out[name].status[0] == "underflow"
+        assert out[name].value[0] == np.inf and out[name].status[0] == "range"
         assert out[name].events[0][0] == "underflow"
 
 
-def test_running_sum_overflow_in_e4m3fn_is_an_overflow():
-    """100 + 100 + ... passes 448 (float8_e4m3fn's max, no inf): NaN, classified overflow."""
+def test_running_sum_past_e4m3fn_max_is_out_of_range():
+    """96 x 10 = 960 passes 448 (float8_e4m3fn's max, no inf): NaN, which is the correctly
+    rounded 960 in that format: status range, the same for every summation."""
     out = evaluate(ACC, E4M3, terms([("v", 96.0, 10)]))
     for name in ("sequential", "kahan", "pairwise"):
-        assert np.isnan(out[name].value[0]) and out[name].status[0] == "overflow", name
+        assert np.isnan(out[name].value[0]) and out[name].status[0] == "range", name
 
 
 @pytest.mark.parametrize("args,words", [

@@ -427,7 +427,7 @@ def test_empty_output_name_wrote_into_the_current_folder_or_stdout(tmp_path, mon
 
 
 @pytest.mark.parametrize("argv,stand_in", [
-    (["compare", "-e", "likelihood", "-d", "fp32"], "ok - inacc = inaccurate"),
+    (["compare", "-e", "likelihood", "-d", "fp32"], "inacc = inaccurate"),
     (["thresholds", "-e", "likelihood", "-d", "fp16"], "(pred 8 ok)"),
 ], ids=["compare", "thresholds"])
 def test_ascii_stdout_was_a_unicode_encode_error(argv, stand_in):

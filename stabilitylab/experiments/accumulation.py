@@ -6,8 +6,10 @@
   ~ log2(n) u;
 * ``kahan``       Kahan's compensated loop, error ~ 2u independent of n;
 * ``wide``        the loop in a wider format (float32 for formats of at most
-  16 bits, float64 for float32; float64 itself has none wider) and one rounding
-  at the end, as frameworks accumulate half-precision inputs.
+  16 bits, float64 for float32) and one rounding at the end, as frameworks
+  accumulate half-precision inputs; float64 has no wider hardware format, so
+  there the sum is accumulated exactly (as ``math.fsum`` or a long accumulator
+  does) and rounded once: n v correctly rounded.
 
 The loops are simulated exactly, step by step, with periodic stretches jumped
 over (see :mod:`stabilitylab.running`).  Exact reference: n v for the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import mpmath
 import numpy as np
@@ -82,15 +85,35 @@ def kahan(a: Arith, x: Loaded):
     return _finish(a, *running.kahan(a.fmt, x.values, x.repeat, a.ftz))
 
 
-def wider(fmt: Format) -> Format:
-    """The accumulator format of the ``wide`` method."""
+def wider(fmt: Format) -> Format | None:
+    """The accumulator format of the ``wide`` method (None for float64: exact accumulation)."""
+    if fmt.precision >= FORMATS["float64"].precision:
+        return None
     return FORMATS["float32"] if fmt.precision < 24 and fmt.dtype.itemsize <= 2 else FORMATS["float64"]
 
 
 def wide(a: Arith, x: Loaded):
-    total, overflowed = running.plain(wider(a.fmt), x.values.astype(np.float64), x.repeat, a.ftz)
+    accumulator = wider(a.fmt)
+    if accumulator is None:
+        return _exact_then_rounded(a, x)
+    total, overflowed = running.plain(accumulator, x.values.astype(np.float64), x.repeat, a.ftz)
     a.record("overflow", overflowed)
     return a.load(total)  # the one rounding back to the format (records its overflow)
+
+
+def _exact_then_rounded(a: Arith, x: Loaded):
+    """The exact sum n v, rounded once: one correctly rounded product where n is exact in
+    the format (n <= 2**53), else Python's correctly rounded float(Fraction)."""
+    exact_n = x.repeat <= 2**53
+    total = a.mul(x.repeat.astype(a.dtype), x.values, where=exact_n)
+    for i in np.flatnonzero(~exact_n):
+        with np.errstate(all="ignore"):
+            try:
+                total[i] = float(Fraction(float(x.values[i])) * int(x.repeat[i]))
+            except OverflowError:
+                total[i] = math.copysign(math.inf, float(x.values[i]))
+    a.record("overflow", ~exact_n & ~np.isfinite(total) & np.isfinite(x.values))
+    return total
 
 
 def exact_rows(x: Loaded):
@@ -112,9 +135,11 @@ def ones_cases(n: np.ndarray, settings: Settings) -> Terms:
 
 
 def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
-    """sequential: the sum of ones is exact up to S = 2**p, then stays at S, so its
-    relative error (n - S) / n first exceeds the tolerance t at
-    n = floor(S / (1 - t)) + 1 (none if t >= 1).  pairwise keeps n exact-ish
+    """sequential: the sum of ones is exact up to S = 2**p (every s + 1 <= S is
+    representable), then stays at S (S + 1 is a tie that rounds to the even S), so
+    for n <= S the loss is exact and above it the relative error is (n - S) / n:
+    it first exceeds the tolerance t at n = floor(S / (1 - t)) + 1 (none if t >= 1).
+    A proof, not an estimate: a measured threshold equal to it is exact.  pairwise keeps n exact-ish
     until the sum passes max + ulp(max)/2.  Kahan has no prediction: its
     compensation itself stalls in formats of few bits (bfloat16, float8)."""
     if method == "sequential":
@@ -125,7 +150,8 @@ def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | N
         n = int(mpmath.floor(stall / (1 - tol))) + 1
         return Prediction(n, "first_inaccurate",
                           "n* = floor(2^p / (1 - t)) + 1: the loop stops growing at 2^p (s + 1 rounds back "
-                          "to s), and the relative error (n - 2^p)/n passes the tolerance t (default sqrt(u))")
+                          "to s), and the relative error (n - 2^p)/n passes the tolerance t (default sqrt(u))",
+                          proof=True)
     if method == "pairwise":
         limit, tie = predict.overflow_bound(fmt)
         n = int(mpmath.floor(limit)) + (0 if tie and limit == int(limit) else 1)
@@ -143,7 +169,8 @@ ACCUMULATION = Experiment(
         Method("sequential", "s = fl(s + v), n times", sequential),
         Method("pairwise", "pairwise tree of the n terms", pairwise),
         Method("kahan", "Kahan: y = v - c; t = s + y; c = (t - s) - y; s = t", kahan, stable=True),
-        Method("wide", "the loop in float32 (float64 for float32 inputs), rounded once", wide, stable=True),
+        Method("wide", "the loop in float32 (float64 for float32 inputs; float64: exact accumulation), "
+               "rounded once", wide, stable=True),
     ),
     default_cases=default_cases,
     load=load,

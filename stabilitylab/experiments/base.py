@@ -104,7 +104,9 @@ class Method:
     ``arith`` (so every operation is rounded to the format and its IEEE events
     are recorded).  ``stable`` marks the formulations we recommend.  ``truth``
     overrides the experiment's exact value for a method that computes another
-    quantity (the gradient experiment's MSE gradient).
+    quantity (the gradient experiment's MSE gradient).  ``exact_formula``: the
+    formula, evaluated exactly, is the truth (False for deliberately biased
+    forms such as log(y + eps)); the threshold search's error bounds rely on it.
     """
 
     name: str
@@ -112,6 +114,7 @@ class Method:
     kernel: Callable[[Arith, Any], np.ndarray]
     stable: bool = False
     truth: Truth | None = None
+    exact_formula: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,16 @@ class Settings:
 @dataclass(frozen=True)
 class Prediction:
     """An analytic threshold: ``value`` of ``kind`` (first_failure or first_inaccurate),
-    derived by ``formula``; measured values within ``slack`` (relative) agree."""
+    derived by ``formula``; measured values within ``slack`` (relative) agree.
+    ``proof``: the derivation is exact under the arithmetic model (not an
+    estimate), so a measured value equal to it is exact even where the search
+    could not verify every value below it."""
 
     value: float | int
     kind: str
     formula: str
     slack: float = 0.0
+    proof: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,10 @@ class Family:
     The parameter is searched over the integers in ``[lower, 2**62]``
     (``integer``) or over the representable values of the format in
     ``[lower, max]``.  ``predict(fmt, method, settings)`` is the analytic
-    threshold, or None where no closed form is known.
+    threshold, or None where no closed form is known.  Every input entry of
+    ``cases`` is monotone in the parameter, and every exact value is monotone
+    between the ``turning`` points (the threshold search's interval proofs rely
+    on both).
     """
 
     name: str
@@ -154,6 +164,7 @@ class Family:
     lower: float = 0.0
     upper: int | None = None  # integer families: the search range's end (default thresholds.INTEGER_UPPER)
     figure: str = "error_bits"  # what the report plots against the parameter: error_bits or magnitude
+    turning: tuple[float, ...] = ()  # parameter values where an exact value of the family may turn (else monotone)
     predict: Callable[[Any, str, Settings], Prediction | None] = lambda fmt, method, settings: None
 
 

@@ -85,7 +85,7 @@ def _sigmoid_terms(a: Arith, x: Loaded, clamp: bool):
     log_p, log_q = a.log(p), a.log(a.sub(one, p))
     if clamp:
         floor = a.const(np.full(x.labels.shape, LOG_CLAMP))
-        log_p, log_q = np.maximum(log_p, floor), np.maximum(log_q, floor)
+        log_p, log_q = a.maximum(log_p, floor), a.maximum(log_q, floor)
     terms = a.add(a.mul(x.labels, log_p), a.mul(a.sub(one, x.labels), log_q))
     return a.neg(a.tree(a.add, terms, 0.0))
 
@@ -100,9 +100,9 @@ def sigmoid_log_clamped(a: Arith, x: Loaded):
 
 def from_logits(a: Arith, x: Loaded):
     z = x.logits
-    zero = a.const(np.zeros_like(z))
-    softplus_tail = a.log1p(a.exp(a.neg(np.abs(z))))
-    terms = a.add(a.sub(np.maximum(z, zero), a.mul(z, x.labels)), softplus_tail)
+    zero = a.const(np.zeros(z.shape))
+    softplus_tail = a.log1p(a.exp(a.neg(a.abs(z))))
+    terms = a.add(a.sub(a.maximum(z, zero), a.mul(z, x.labels)), softplus_tail)
     return a.tree(a.add, terms, 0.0)
 
 
@@ -141,13 +141,18 @@ def saturation_cases(z: np.ndarray, settings: Settings) -> Binary:
 
 
 def saturation_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    """1 + e rounds to 1 iff e <= u (u = 2**-p; the tie at u goes to the even 1), and
+    fl(exp(-z)) <= u iff exp(-z) <= u + u**2 (half the spacing above the power of two u;
+    that tie goes to the even u).  Then p = 1, log(1 - p) = log(0) = -inf: the loss is
+    non-finite.  Below, 1 + e > 1, so p < 1 and every log is finite."""
     if method != "sigmoid_log":
         return None
     with mpmath.workdps(50):
-        z = predict.first_value_above(fmt, -mpmath.log(mpmath.mpf(fmt.unit_roundoff)))
+        u = mpmath.mpf(fmt.unit_roundoff)
+        z = predict.first_value_above(fmt, -mpmath.log(u + u * u))
     return Prediction(z, "first_failure",
-                      "z* = first format value above ln(1/u) = p ln 2: exp(-z) <= u makes 1 + exp(-z) round to 1, "
-                      "so p = 1 and log(1 - p) = -inf (up to the rounding of exp)")
+                      "z* = first format value above -ln(u + u^2) = p ln 2 - ln(1 + 2^-p): there exp(-z) rounds to at "
+                      "most u, 1 + exp(-z) rounds to 1, p = 1 and log(1 - p) = -inf", proof=True)
 
 
 BINARY_CE = Experiment(
@@ -157,7 +162,7 @@ BINARY_CE = Experiment(
     methods=(
         Method("sigmoid_log", "-[y log p + (1-y) log(1-p)], p = 1/(1+exp(-z))", sigmoid_log),
         Method("sigmoid_log_clamped", "the same with each log clamped at -100 (PyTorch BCELoss)",
-               sigmoid_log_clamped),
+               sigmoid_log_clamped, exact_formula=False),
         Method("logits", "max(z,0) - z y + log1p(exp(-|z|)) (BCE with logits)", from_logits, stable=True),
     ),
     default_cases=default_cases,

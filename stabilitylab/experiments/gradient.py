@@ -6,10 +6,11 @@ y = [label == 0]; p = sigmoid(z) = softmax(x)_0.  Methods:
 * ``ce_from_probs``        dL/dz of cross-entropy, p - y, with p from the naive
   softmax exp(x_0) / sum exp(x) (article 001's softmax);
 * ``ce_from_log_softmax``  p - y with p = exp(log_softmax(x)_0) (log1p form);
-* ``ce_sigmoid``           sigmoid(z) - y, sigmoid = 1 / (1 + exp(-z));
+* ``ce_sigmoid``           sigmoid(z) - y with the stable sigmoid: 1 / (1 + e) for
+  z >= 0, e / (1 + e) for z < 0, e = exp(-|z|) (exp never overflows);
 * ``mse_sigmoid``          dL/dz of the squared error (p - y)**2 / 2 on the
-  sigmoid output: (p - y) p (1 - p), the factor sigma'(z) = p (1 - p) that
-  makes it vanish when the output saturates (article 004).
+  sigmoid output: (p - y) p (1 - p) (same stable sigmoid), the factor
+  sigma'(z) = p (1 - p) that makes it vanish when the output saturates (article 004).
 
 Exact references: ``sigmoid(z) - y`` for the three cross-entropy forms,
 ``(p - y) p (1 - p)`` for ``mse_sigmoid`` (its own :class:`Truth`).
@@ -20,6 +21,8 @@ multiplied by 1, 2**8, 2**16 or 2**24 and cast to the format.
 """
 
 from __future__ import annotations
+
+import math
 
 import mpmath
 import numpy as np
@@ -53,9 +56,13 @@ def ce_from_log_softmax(a: Arith, x):
 
 
 def _sigmoid(a: Arith, x) -> np.ndarray:
+    """sigmoid(z), z = x_0 - x_1, branched on the sign of z so that exp never sees a
+    positive argument: 1 / (1 + e) for z >= 0 and e / (1 + e) for z < 0, e = exp(-|z|)."""
     z = a.sub(x.logits[:, 0], x.logits[:, 1])
-    one = a.const(np.ones(len(z)))
-    return a.div(one, a.add(one, a.exp(a.neg(z))))
+    one = a.const(np.ones(len(x.labels)))
+    e = a.exp(a.neg(a.abs(z)))
+    d = a.add(one, e)
+    return a.where_nonneg(z, a.div(one, d), a.div(e, d))
 
 
 def ce_sigmoid(a: Arith, x):
@@ -154,7 +161,8 @@ GRADIENT = Experiment(
     methods=(
         Method("ce_from_probs", "p - y, p = exp(x_0) / sum exp(x) (naive softmax)", ce_from_probs),
         Method("ce_from_log_softmax", "exp(log_softmax(x)_0) - y", ce_from_log_softmax, stable=True),
-        Method("ce_sigmoid", "sigmoid(z) - y", ce_sigmoid, stable=True),
+        Method("ce_sigmoid", "sigmoid(z) - y, sigmoid branched on the sign of z (exp(-|z|))", ce_sigmoid,
+               stable=True),
         Method("mse_sigmoid", "(p - y) p (1 - p): the MSE gradient through the sigmoid", mse_sigmoid,
                truth=MSE_TRUTH),
     ),
@@ -163,7 +171,7 @@ GRADIENT = Experiment(
     exact_rows=exact_rows,
     reference_fn=exact_ce_gradient,
     families=(Family("vanishing", "d", "logits [-d, 0], target 1: confidently wrong (MSE's gradient vanishes)",
-                     vanishing_cases, figure="magnitude"),),
+                     vanishing_cases, figure="magnitude", turning=(math.log(2),)),),
     fast_reference=fast_ce_gradient,
     facts=loss_scaling,
 )

@@ -116,6 +116,8 @@ def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | No
     """product: the tree product is ~ fl(p)**n, 0 once that rounds to 0;
     sum_log: the sum ~ n |fl(log fl(p))| overflows once it passes max + ulp/2."""
     p = float(fmt.round(settings.p).astype(np.float64))
+    if p == 0:  # the input itself rounds to 0: the loss is out of range from n = 1, no formula to show
+        return None
     if method == "product":
         n = predict.first_power_at_most(p, predict.zero_bound(fmt, settings.ftz), strict=settings.ftz)
         bound = "tiny - smallest_subnormal/2 (flush to zero)" if settings.ftz else "smallest_subnormal/2"
@@ -124,14 +126,16 @@ def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | No
             n, "first_failure", f"n* = min{{n : fl(p)^n {relation} {bound}}}: the product rounds to 0, -log(0) = inf")
     if method == "sum_log":
         with np.errstate(all="ignore"):
-            step = abs(float(np.log(fmt.round(p)).astype(np.float64)))
+            step = abs(float(np.log(fmt.round(p).astype(np.float64))))
         if step == 0:
             return None
-        limit, _ = predict.overflow_bound(fmt)
-        n = int(mpmath.floor(limit / step)) + 1
+        limit, tie_overflows = predict.overflow_bound(fmt)
+        n = int(mpmath.floor(limit / step))
+        if n * mpmath.mpf(step) < limit or not tie_overflows:  # n step = limit exactly: the tie decides
+            n += 1
         return Prediction(n, "first_failure",
-                          "n* ~ (max + ulp(max)/2) / |fl(log fl(p))|: the sum passes the largest finite value "
-                          "(tree rounding moves it by up to log2(n) u)",
+                          "n* = min{n : n |fl(log fl(p))| > max + ulp(max)/2, or = it where that tie rounds up}: "
+                          "the sum passes the largest finite value (tree rounding moves it by up to log2(n) u)",
                           slack=(math.log2(n) + 1) * fmt.unit_roundoff)
     return None
 

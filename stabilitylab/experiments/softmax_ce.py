@@ -84,34 +84,29 @@ def load(arith: Arith, cases: Logits) -> Loaded:
 
 
 def _at(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """x[row, index[row]] of a plain array (references)."""
     return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
-
-
-def _shift(a: Arith, x: Loaded) -> np.ndarray:
-    """z = x - max(x), row by row."""
-    return a.sub(x.logits, a.max(x.logits)[:, None])
 
 
 def naive_softmax_log(a: Arith, x: Loaded):
     e = a.exp(x.logits)
-    return a.neg(a.log(a.div(_at(e, x.labels), a.tree(a.add, e, 0.0))))
+    return a.neg(a.log(a.div(a.pick(e, x.labels), a.tree(a.add, e, 0.0))))
 
 
 def shifted_softmax_log(a: Arith, x: Loaded):
-    e = a.exp(_shift(a, x))
-    return a.neg(a.log(a.div(_at(e, x.labels), a.tree(a.add, e, 0.0))))
+    e = a.exp(a.shift(x.logits))
+    return a.neg(a.log(a.div(a.pick(e, x.labels), a.tree(a.add, e, 0.0))))
 
 
 def log_softmax(a: Arith, x: Loaded):
-    z = _shift(a, x)
-    return a.sub(a.log(a.tree(a.add, a.exp(z), 0.0)), _at(z, x.labels))
+    z = a.shift(x.logits)
+    return a.sub(a.log(a.tree(a.add, a.exp(z), 0.0)), a.pick(z, x.labels))
 
 
 def log_softmax_log1p(a: Arith, x: Loaded):
-    z = _shift(a, x)
-    e = a.exp(z)
-    np.put_along_axis(e, np.argmax(x.logits, axis=1)[:, None], 0, axis=1)  # drop exp(0) = 1
-    return a.sub(a.log1p(a.tree(a.add, e, 0.0)), _at(z, x.labels))
+    z = a.shift(x.logits)
+    e = a.drop(a.exp(z), a.argmax(x.logits))  # leave the max's exp(0) = 1 out of the sum
+    return a.sub(a.log1p(a.tree(a.add, e, 0.0)), a.pick(z, x.labels))
 
 
 def exact_rows(x: Loaded):
@@ -157,11 +152,11 @@ def confident_cases(d: np.ndarray, settings: Settings) -> Logits:
 def overflow_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
     if method != "naive_softmax_log":
         return None
-    limit, _ = predict.overflow_bound(fmt)
+    limit, _ = predict.overflow_bound(fmt)  # ln(limit) is irrational: the tie never decides
     d = predict.first_value_above(fmt, mpmath.log(limit))
     return Prediction(d, "first_failure",
-                      "d* = first format value above ln(max + ulp(max)/2) ~ ln(max): exp(d) overflows, "
-                      "inf/inf = NaN (up to the rounding of exp)")
+                      "d* = first format value above ln(max + ulp(max)/2) ~ ln(max): exp(d) rounds to inf (NaN "
+                      "in float8_e4m3fn), inf/inf = NaN; below it every intermediate is finite", proof=True)
 
 
 def underflow_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
@@ -171,8 +166,8 @@ def underflow_predict(fmt: Format, method: str, settings: Settings) -> Predictio
     d = predict.first_value_above(fmt, -mpmath.log(bound))
     what = "tiny - smallest_subnormal/2 (flush to zero)" if settings.ftz else "smallest_subnormal/2"
     return Prediction(d, "first_failure",
-                      f"d* = first format value above -ln({what}): exp(-d) rounds to 0, log(0) = -inf "
-                      "(up to the rounding of exp)")
+                      f"d* = first format value above -ln({what}): exp(-d) rounds to 0, log(0) = -inf; "
+                      "below it exp(-d) > 0 and the loss is finite", proof=not settings.ftz)
 
 
 FAMILIES = (

@@ -35,7 +35,7 @@ def compare_document(comparison: Comparison) -> dict:
     for r in comparison.results:
         results.append({
             "experiment": r.experiment, "case": r.case, "method": r.method, "dtype": r.dtype,
-            "value": number(r.value), "reference": number(r.reference), "status": r.status,
+            "value": number(r.value), "reference": number(r.reference), "exact": r.exact, "status": r.status,
             "rel_error": number(r.rel_error), "ulps": number(r.ulps), "error_bits": number(r.error_bits),
             "events": list(r.events),
         })
@@ -72,7 +72,9 @@ def thresholds_document(rows, settings, tolerance) -> dict:
             "first_failure": _param(r.first_failure), "failure": r.failure, "predicted": _param(r.predicted),
             "formula": r.formula, "search_range": [_param(x) for x in r.search_range],
             "inaccurate_status": r.inaccurate_status, "predicted_for": r.predicted_for, "agrees": r.agrees,
-            "monotone": r.monotone,
+            "exact": r.exact,
+            "verified_below": {"first_inaccurate": _param(r.verified_inaccurate),
+                               "first_failure": _param(r.verified_failure)},
         } for r in rows],
     }
 

@@ -52,6 +52,15 @@ def value_text(value: float, fmt: Format) -> str:
     return text if len(text) <= 10 else f"{value:.8g}"
 
 
+def exact_text(text: str, digits: int = 8) -> str:
+    """An exact value's text (see :meth:`Exact.text`) cut to ``digits`` significant digits."""
+    try:
+        x = float(text)
+    except ValueError:
+        return text
+    return text if x == 0 and text not in ("0", "-0", "0.0") else f"{x:.{digits}g}"
+
+
 def number_text(x: float, digits: int = 10) -> str:
     return f"{x:.{digits}g}"
 
@@ -80,8 +89,8 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
             for method in experiment.methods:
                 if method is shared or method.truth is not None:
                     name = "exact" if method is shared else f"exact ({method.name})"
-                    rows.append([label, Cell(name)] + [Cell(number_text(
-                        results[(experiment.name, case, method.name, f.name)].reference, 8)) for f in formats])
+                    rows.append([label, Cell(name)] + [Cell(exact_text(
+                        results[(experiment.name, case, method.name, f.name)].exact)) for f in formats])
                     label = Cell("")
                 cells = [Cell(""), Cell(method.name)]
                 for fmt in formats:
@@ -99,9 +108,10 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
             for fmt in formats:
                 c = counts[(method.name, fmt.name)]
                 worst = next((s for s in ("nan", "overflow", "underflow", "inaccurate") if getattr(c, s)), "ok")
-                cells.append(Cell(f"{c.overflow} / {c.underflow} / {c.nan} / {c.inaccurate} of {c.cases}", worst))
+                cells.append(Cell(f"{c.overflow} / {c.underflow} / {c.nan} / {c.inaccurate} / {c.range} of {c.cases}",
+                                  worst))
             count_rows.append(cells)
-        counts_table = Table(f"{experiment.name}: overflow / underflow / NaN / inaccurate counts",
+        counts_table = Table(f"{experiment.name}: overflow / underflow / NaN / inaccurate / out-of-range counts",
                              ["method", *(f.name for f in formats)], count_rows)
         formulas = [f"`{m.name}`: {m.formula}" for m in experiment.methods]
         extra = []
@@ -149,8 +159,17 @@ def _param_text(value, fmt: Format) -> str:
     return str(fmt.dtype.type(value))  # shortest text that round-trips in the format
 
 
-THRESHOLD_LEGEND = ("each cell: first inaccurate / first failure (status at failure); "
-                    "pred = analytic prediction (✓ agrees, ✗ differs); — = never in the search range")
+THRESHOLD_LEGEND = ("each cell: first inaccurate / first failure (status at failure); exact values unless marked: "
+                    "≤ x = a bound (the smallest failing value a search found; not every value below it was verified), "
+                    "—? = none found, not verified over the whole range; pred = analytic prediction "
+                    "(✓ agrees, ✗ differs, ≈ too rough to compare); — = never in the search range")
+
+
+def _threshold_text(value, exact: bool, fmt: Format) -> str:
+    text = _param_text(value, fmt)
+    if exact:
+        return text
+    return "—?" if value is None else f"≤ {text}"
 
 
 def thresholds_table(rows, formats: list[Format]) -> Table:
@@ -171,11 +190,16 @@ def thresholds_table(rows, formats: list[Format]) -> Table:
                 if r is None:
                     cells.append(Cell(""))
                     continue
-                text = f"{_param_text(r.first_inaccurate, fmt)} / {_param_text(r.first_failure, fmt)}"
+                text = (f"{_threshold_text(r.first_inaccurate, r.exact_inaccurate, fmt)} / "
+                        f"{_threshold_text(r.first_failure, r.exact_failure, fmt)}")
                 if r.failure:
                     text += f" {r.failure}"
                 if r.predicted is not None:
-                    text += f" (pred {_param_text(r.predicted, fmt)} {'✓' if r.agrees else '✗'})"
+                    if not r.search_range[0] <= r.predicted <= r.search_range[1]:
+                        text += f" (pred {_param_text(r.predicted, fmt)}: beyond the range)"
+                    else:
+                        mark = "≈" if r.agrees is None else ("✓" if r.agrees else "✗")
+                        text += f" (pred {_param_text(r.predicted, fmt)} {mark})"
                 status = r.failure or ("inaccurate" if r.first_inaccurate is not None else "ok")
                 cells.append(Cell(text, status))
             table_rows.append(cells)

@@ -21,9 +21,11 @@ from .model import Cell, Section, Table
 
 __all__ = ["STYLE", "print_sections", "print_table", "layout"]
 
-STYLE = {"ok": "green", "inaccurate": "yellow", "overflow": "red", "underflow": "magenta", "nan": "bold red"}
-TAG = {"ok": "ok", "inaccurate": "inacc", "overflow": "OVF", "underflow": "UNF", "nan": "NaN"}
-LEGEND = "ok · inacc = inaccurate (relative error > tolerance) · OVF = overflow · UNF = underflow · NaN"
+STYLE = {"ok": "green", "range": "cyan", "inaccurate": "yellow", "overflow": "red", "underflow": "magenta",
+         "nan": "bold red"}
+TAG = {"ok": "ok", "range": "range", "inaccurate": "inacc", "overflow": "OVF", "underflow": "UNF", "nan": "NaN"}
+LEGEND = ("ok · range = correctly rounded, but the exact loss is outside the format's range · "
+          "inacc = inaccurate (relative error > tolerance) · OVF = overflow · UNF = underflow · NaN")
 _LABEL_PIECES = re.compile(r"[^\s,/]*[,/]+\s*|[^\s,/]+\s*|\s+")  # a label breaks after , / or a space
 _WORDS = re.compile(r"\S+\s*|\s+")  # a value cell breaks only at spaces (rich's own wrapping)
 
