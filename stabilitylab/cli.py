@@ -390,6 +390,12 @@ def _run(argv: Sequence[str] | None) -> int:
     except OSError as exc:  # any other I/O failure: one line, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}", ExitStatus.USAGE)
+    except Exception as exc:  # a bug: never exit 1, which means "a threshold regressed"
+        if os.environ.get("STABILITYLAB_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        return _fail(f"internal error: {type(exc).__name__}: {first} (a bug in stabilitylab; "
+                     "STABILITYLAB_DEBUG=1 shows the traceback)", ExitStatus.INTERNAL)
     return rc if isinstance(rc, int) else ExitStatus.OK
 
 

@@ -122,8 +122,9 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
     cr = exact.rounded(fmt)
-    beyond = np.isfinite(exact.hi) & ~np.isfinite(cr)  # the exact value overflows the format
-    same = (v == cr) | (np.isnan(v) & beyond)
+    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN)
+    beyond = ~np.isnan(exact.hi) & ~np.isfinite(cr) & (np.isfinite(exact.hi) | np.isnan(cr))
+    same = (v == cr) | (np.isnan(v) & np.isnan(cr) & beyond)
     out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     pole = arith.first_step("divide_by_zero") != NEVER

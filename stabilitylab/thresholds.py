@@ -34,6 +34,9 @@ How each number is established, and its ``exact`` flag:
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import mpmath
@@ -42,9 +45,9 @@ import numpy as np
 from . import interval, reference
 from .arith import Arith
 from .engine import evaluate
-from .experiments import Experiment
+from .experiments import EXPERIMENTS, Experiment
 from .experiments.base import Family, Settings
-from .formats import Format
+from .formats import FORMATS, Format
 from .outcome import METHOD_FAILURES
 
 __all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
@@ -458,14 +461,27 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
 
 
 def thresholds(experiments, formats, settings: Settings = Settings(), tolerance: float | None = None,
-               families: set[str] | None = None) -> list[Threshold]:
-    """Every family of every experiment, every method, every format."""
-    rows = []
-    for experiment in experiments:
-        for family in experiment.families:
-            if families and f"{experiment.name}/{family.name}" not in families and family.name not in families:
-                continue
-            for fmt in formats:
-                rows += family_thresholds(experiment, family, fmt, settings, tolerance)
-    return rows
+               families: set[str] | None = None, jobs: int | None = None) -> list[Threshold]:
+    """Every family of every experiment, every method, every format.
 
+    Searches not memoised yet run in ``jobs`` processes (default: up to 2, one per
+    core); the result does not depend on it.
+    """
+    tasks = [(experiment, family, fmt) for experiment in experiments for family in experiment.families
+             if not families or f"{experiment.name}/{family.name}" in families or family.name in families
+             for fmt in formats]
+    todo = [(e.name, f.name, fmt.name) for e, f, fmt in tasks
+            if (e.name, f.name, fmt.name, settings, tolerance, 16) not in _MEMO]
+    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
+    if jobs > 1 and len(todo) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        todo.sort(key=lambda t: -FORMATS[t[2]].precision)  # the long searches (float64, float32) first
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            found = pool.map(_search_task, todo, [settings] * len(todo), [tolerance] * len(todo))
+            for (e, f, fmt), rows in zip(todo, found):
+                _MEMO[(e, f, fmt, settings, tolerance, 16)] = rows
+    return [r for e, f, fmt in tasks for r in family_thresholds(e, f, fmt, settings, tolerance)]
+
+
+def _search_task(names: tuple[str, str, str], settings: Settings, tolerance: float | None) -> list[Threshold]:
+    experiment = EXPERIMENTS[names[0]]
+    return family_thresholds(experiment, experiment.family(names[1]), FORMATS[names[2]], settings, tolerance)

@@ -114,17 +114,55 @@ def fail_fsync(monkeypatch, after: int = 0) -> None:
 # ------------------------------------------------------------------------------------- 1. report
 
 
-def test_failed_report_build_leaves_no_empty_figures_folder(tmp_path, monkeypatch):
-    """A report whose build fails (the likelihood ValueError of item 1) created figures/ first."""
+def test_failed_report_build_leaves_no_empty_figures_folder(tmp_path, monkeypatch, capsys):
+    """A report whose build fails (the likelihood ValueError of item 1) created figures/ first;
+    an unexpected exception is one line and exit 70, never 1 (a regression) or a traceback."""
     def build(*args, **kwargs):
         raise ValueError("simulated failure inside the build")
 
     monkeypatch.setattr(report, "build", build)
     target = tmp_path / "r"
-    with pytest.raises(ValueError, match="simulated"):
-        main(["report", "-o", str(target), "-d", "fp32"])
+    code, out, err = run(capsys, "report", "-o", str(target), "-d", "fp32")
+    assert code == ExitStatus.INTERNAL == 70
+    one_error_line(err, "internal error", "ValueError", "simulated failure")
     assert not target.exists()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["thresholds", "-d", "e4m3", "-e", "likelihood", "--p", "0.0009"],
+    ["thresholds", "-d", "all", "-e", "likelihood", "--p", "1e-5"],
+], ids=["e4m3-p-0.0009", "all-p-1e-5"])
+def test_likelihood_prediction_crashed_when_p_rounds_to_zero(capsys, args):
+    """Item 1: fl(p) = 0 in float8_e4m3fn made iid_predict convert NaN to int (exit 1). Now the
+    input itself is out of range: the loss is inf/NaN from n = 1, status range, no prediction."""
+    code, out, err = run(capsys, *args, "--format", "json")
+    assert code == ExitStatus.OK and err == ""
+    rows = {(t["method"], t["dtype"]): t for t in json.loads(out)["thresholds"]}
+    for method in ("product", "sum_log"):
+        row = rows[(method, "float8_e4m3fn")]
+        assert row["first_failure"] == 1 and row["failure"] == "range" and row["predicted"] is None
+
+
+def test_likelihood_prediction_crashed_on_a_baseline_with_a_subnormal_p(tmp_path, capsys):
+    """Item 1 through a baseline whose settings say p: 1e-320 (0 in every format but float64)."""
+    path = tmp_path / "b.json"
+    doc = json.loads(BASELINE.read_text())
+    doc["settings"]["p"] = 1e-320
+    doc["entries"] = {k: v for k, v in doc["entries"].items() if k.startswith("likelihood/")}
+    path.write_text(json.dumps(doc))
+    code, out, err = run(capsys, "check", "--baseline", path, "-d", "e4m3")
+    assert code in (ExitStatus.OK, ExitStatus.REGRESSION) and "Traceback" not in err and "internal" not in err
+
+
+def test_nan_logits_row_in_bfloat16_printed_a_numpy_warning(tmp_path):
+    """Item 7: a NaN in a logits row with bfloat16 selected put numpy's RuntimeWarning
+    ("invalid value encountered in reduce") on stderr."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.array([[1.0, np.nan, 2.0], [0.0, 1.0, 2.0]]))
+    done = python_m("compare", "-e", "softmax_ce", "--logits", path, "-d", "bf16", "-d", "e4m3",
+                    env_extra={"PYTHONWARNINGS": "error"})
+    assert done.returncode == ExitStatus.OK and not done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-report"])
