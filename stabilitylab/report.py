@@ -17,7 +17,7 @@ from . import atomic
 from .engine import compare, evaluate
 from .environment import fingerprint, package_version
 from .experiments import EXPERIMENTS
-from .experiments.base import Settings
+from .experiments.base import Settings, shortest
 from .experiments.likelihood import LIKELIHOOD, iid
 from .findings import threshold_findings
 from .formats import Format
@@ -53,8 +53,8 @@ def _likelihood_figure(formats, settings, rows):
         worst = max_ulps.get(("sum_log", fmt.name))
         sum_row = iid_rows.get(("sum_log", fmt.name))
         sum_fail = None if sum_row is None else sum_row.first_failure
-        text = f"In {fmt.name} the product of {settings.p:g} first underflows at n = {fail}" if fail else (
-            f"In {fmt.name} the product of {settings.p:g} does not underflow for n <= 2**62")
+        text = f"In {fmt.name} the product of {shortest(settings.p)} first underflows at n = {fail}" if fail else (
+            f"In {fmt.name} the product of {shortest(settings.p)} does not underflow for n <= 2**62")
         if sum_fail is not None and sum_fail <= N_GRID[-1]:
             at = f"n = {sum_fail}" if sum_row.exact_failure else f"n <= {sum_fail}"
             text += (f"; from {at} the loss itself passes the format's max (the sum of logs is inf, correctly)"

@@ -16,14 +16,20 @@ import numpy as np
 
 from ..arith import Arith
 
-__all__ = ["Truth", "ParamNames", "Rows", "Batch", "Method", "Experiment", "Family", "Prediction", "Settings",
-           "stack_padded"]
+__all__ = ["Truth", "ParamNames", "shortest", "Rows", "Batch", "Method", "Experiment", "Family", "Prediction",
+           "Settings", "stack_padded"]
 
 
 def stack_padded(blocks: Sequence[np.ndarray], fill: float) -> np.ndarray:
     """Stack 2-D blocks of rows, padding short rows on the right with ``fill``."""
     width = max(b.shape[1] for b in blocks)
     return np.vstack([np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=fill) for b in blocks])
+
+
+def shortest(x: float) -> str:
+    """The shortest text that round-trips (repr), without a needless ".0": 0.10000001, 100, 1e-05."""
+    text = repr(x)
+    return text[:-2] if text.endswith(".0") else text
 
 
 class ParamNames(Sequence):
@@ -41,7 +47,7 @@ class ParamNames(Sequence):
         v = self.values[i]
         if np.issubdtype(self.values.dtype, np.integer):
             return f"{self.parameter}={int(v)}"
-        return f"{self.parameter}={v:g}"
+        return f"{self.parameter}={shortest(float(v))}"
 
 
 class Rows:

@@ -23,7 +23,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
 
 __all__ = ["Samples", "LIKELIHOOD", "iid", "samples"]
 
@@ -43,7 +43,7 @@ def iid(p, n, names=None) -> Samples:
     p, n = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(n, dtype=np.int64))
     p, n = p.ravel(), n.ravel()
     if names is None:
-        names = tuple(f"p={float(pi):g},n={int(ni)}" for pi, ni in zip(p, n))
+        names = tuple(f"p={shortest(float(pi))},n={int(ni)}" for pi, ni in zip(p, n))
     return Samples(names, p[:, None].copy(), n.copy())
 
 

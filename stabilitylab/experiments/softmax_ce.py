@@ -25,7 +25,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
 
@@ -44,7 +44,7 @@ class Logits(Batch):
 
 
 def _fmt_list(values) -> str:
-    return "[" + ",".join(f"{v:g}" for v in values) + "]"
+    return "[" + ",".join(shortest(float(v)) for v in values) + "]"
 
 
 def logits_case(logits, label: int, name: str | None = None) -> Logits:
