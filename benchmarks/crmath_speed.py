@@ -14,9 +14,9 @@ for log), rounded to the format; ``bits``: uniformly random bit patterns (NaN, i
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
+from timing import best
 
 from stabilitylab import crmath
 from stabilitylab.formats import FORMATS
@@ -24,13 +24,6 @@ from stabilitylab.formats import FORMATS
 FUNCS = ("exp", "log", "log1p")
 
 
-def best(fn, repeat=3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def inputs(fmt, name: str, kind: str, n: int, rng) -> np.ndarray:
