@@ -387,3 +387,62 @@ def check_settings(steps: int | None, lr: float | None) -> str | None:
     if lr is not None and not (0 < lr < math.inf):
         return f"lr = {lr}; it must be a finite number > 0"
     return None
+
+
+# ---------------------------------------------------------------- sentences
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def findings(runs: list[Run]) -> list[tuple[str, str]]:
+    """Generated sentences per scenario, every number from the runs."""
+    out = []
+    by = {(r.scenario, r.method, r.dtype): r for r in runs}
+    for scenario in dict.fromkeys(r.scenario for r in runs):
+        mine = [r for r in runs if r.scenario == scenario]
+        for r in mine:
+            if r.dtype == "float64":
+                continue
+            ref = by.get((scenario, r.method, "float64"))
+            ref_text = f" (float64: {_pct(ref.final_accuracy)})" if ref is not None else ""
+            if r.first_nonfinite_step is not None:
+                kind = "NaN" if np.isnan(r.loss[r.first_nonfinite_step - 1]) else "inf"
+                after = "; the run ends at" if not np.isfinite(r.loss[-1]) else "; it ends finite, at"
+                out.append((scenario, f"In {r.dtype} the {r.method} loss becomes {kind} at step "
+                                      f"{r.first_nonfinite_step}{after} {_pct(r.final_accuracy)} accuracy{ref_text}."))
+        stable = [r for r in mine if r.dtype != "float64" and r.first_nonfinite_step is None]
+        for dtype in dict.fromkeys(r.dtype for r in stable):
+            same = [r for r in stable if r.dtype == dtype]
+            texts = []
+            for r in same:
+                ref = by.get((scenario, r.method, "float64"))
+                if ref is None:
+                    continue
+                close = abs(r.final_accuracy - ref.final_accuracy) <= 0.01
+                texts.append(f"{r.method} trains to {_pct(r.final_accuracy)}" +
+                             (", as in float64" if close else f" (float64: {_pct(ref.final_accuracy)})"))
+            if texts:
+                out.append((scenario, f"In {dtype} with finite losses throughout: " + "; ".join(texts) + "."))
+        for r in mine:
+            epochs = len(r.accuracy)
+            if r.model == "logistic" and epochs and scenario == "saturated":
+                stuck = r.epochs_at_chance()
+                out.append((scenario, f"{r.method} in {r.dtype}: " + (
+                    f"at chance accuracy ({_pct(r.chance)} + 10 points or less) for all {epochs} epochs"
+                    if stuck == epochs else f"above chance after {stuck} epoch{'s' if stuck != 1 else ''}") +
+                    f"; the weight gradient is exactly 0 at {int((r.zero_grad == 1).sum())} of {r.steps} steps."))
+            if r.grad_underflow.max() > 0 or r.scale.max() != 1:
+                lost = int((r.grad_underflow > 0).sum())
+                text = (f"{r.method} in {r.dtype} (loss scale {_scale_text(r)}): per-sample gradient terms lost to "
+                        f"underflow in the backward pass at {lost} of {r.steps} steps"
+                        + (f" (up to {_pct(r.grad_underflow.max())} of them)" if lost else ""))
+                if r.skipped.any():
+                    text += f"; {int(r.skipped.sum())} step(s) skipped on an overflowed gradient"
+                out.append((scenario, text + "."))
+    return out
+
+
+def _scale_text(r: Run) -> str:
+    if (r.scale == r.scale[0]).all():
+        return f"{r.scale[0]:g}"
+    return f"dynamic, {r.scale[0]:g} -> {r.scale[-1]:g}"
