@@ -21,8 +21,15 @@ from .experiments.likelihood import iid
 from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
-from .render.model import (Section, check_table, compare_sections, formats_table, formulas_section,
-                           thresholds_table, train_sections)
+from .render.model import (
+    Section,
+    check_table,
+    compare_sections,
+    formats_table,
+    formulas_section,
+    thresholds_table,
+    train_sections,
+)
 from .render.table import print_sections, print_table
 from .status import ExitStatus
 from .thresholds import thresholds as run_thresholds
