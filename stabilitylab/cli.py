@@ -21,7 +21,15 @@ from .experiments.likelihood import iid
 from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
-from .render.model import Section, check_table, compare_sections, formats_table, formulas_section, thresholds_table
+from .render.model import (
+    Section,
+    check_table,
+    compare_sections,
+    formats_table,
+    formulas_section,
+    thresholds_table,
+    train_sections,
+)
 from .render.table import print_sections, print_table
 from .status import ExitStatus
 from .thresholds import thresholds as run_thresholds
@@ -321,6 +329,45 @@ def _update_baseline(path: str, dtypes) -> None:
     baseline.write(path, doc)
     kept = len(doc["entries"]) - len(rows)
     click.echo(f"wrote {len(rows)} recomputed entries to {path}" + (f"; kept {kept} others" if kept else ""))
+
+
+@cli.command("train")
+@click.option("--scenario", "scenarios", multiple=True,
+              help="Scenario (repeatable): overflow, saturated, loss_scale_none, loss_scale_static, "
+                   "loss_scale_dynamic, or all. Default: overflow, saturated, loss_scale_none, loss_scale_static.")
+@dtype_option()
+@click.option("--steps", type=int, default=None, help="SGD steps (default: the scenario's).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default: the scenario's).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None,
+              help="Seed of the mini-batch order (default: the scenario's, 0).")
+@format_option
+@output_option
+def train_command(scenarios, dtypes, steps, lr, seed, fmt, output) -> None:
+    """Train softmax / logistic regression on Iris with SGD, every operation rounded to the format."""
+    from . import train
+
+    _check_output(output)
+    problem = train.check_settings(steps, lr)
+    if problem:
+        raise click.BadParameter(problem, param_hint="'--steps'" if problem.startswith("steps") else "'--lr'")
+    names = []
+    for name in scenarios:
+        if name.strip().lower() == "all":
+            names += list(train.SCENARIOS)
+        elif name in train.SCENARIOS:
+            names.append(name)
+        else:
+            raise click.BadParameter(f"unknown scenario {name!r}; valid: {', '.join(train.SCENARIOS)}, all",
+                                     param_hint="'--scenario'")
+    chosen = {n: train.with_settings(train.SCENARIOS[n], steps, lr, seed)
+              for n in dict.fromkeys(names or train.DEFAULT_SCENARIOS)}
+    formats_ = list(_formats(dtypes))
+    runs = [r for s in chosen.values() for r in train.run_scenario(s, formats_)]
+    said = train.findings(runs)
+    if fmt == "json":
+        _emit(jsonout.dumps(jsonout.train_document(runs, chosen, said)), output)
+    else:
+        _render(train_sections(runs, chosen, said), output, fmt)
 
 
 @cli.command("report")

@@ -32,7 +32,8 @@ INDEX = "README.md"
 N_GRID = np.unique(np.round(np.logspace(0, 6, 181)).astype(np.int64))
 D_GRID = np.unique(np.concatenate([np.linspace(0, 1, 11), np.logspace(0, np.log10(800), 240)]))
 INTEGER_FIGURE_UPPER = 2**32
-STEPS = 6
+STEPS = 7
+TRAIN_FORMATS = ("float16", "bfloat16", "float32")  # drawn; float64 is the reference of every run
 
 
 def _likelihood_figure(formats, settings, rows):
@@ -110,8 +111,11 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
             family_figures.setdefault(experiment.name, []).append((family, name))
     progress("searching thresholds with flush-to-zero")
     ftz_rows = thresholds(experiments, formats, Settings(p=settings.p, ftz=True))
+    progress("training small models")
+    training_lines = training_section(files)
     progress("writing markdown")
-    files[INDEX] = _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures).encode("utf-8")
+    files[INDEX] = _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures,
+                             training_lines).encode("utf-8")
     return files
 
 
@@ -134,7 +138,33 @@ def _text(x) -> str:
     return "—" if x is None else repr(x)
 
 
-def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures) -> str:
+def training_section(files: dict[str, bytes]) -> list[str]:
+    """The "Training" section: the default scenarios in float16 / bfloat16 / float32 (float64 as the
+    reference), a table, the generated sentences and one figure per scenario (added to ``files``)."""
+    from . import train
+    from .formats import FORMATS
+    from .render.model import train_sections
+
+    formats = [FORMATS[name] for name in (*TRAIN_FORMATS, "float64")]
+    chosen = {name: train.SCENARIOS[name] for name in train.DEFAULT_SCENARIOS}
+    runs = [r for s in chosen.values() for r in train.run_scenario(s, formats)]
+    said = train.findings(runs)
+    lines = ["## Training", "",
+             "`stabilitylab train`: softmax regression (Iris, 3 species) and logistic regression (Iris, two "
+             "classes) trained by mini-batch SGD, every operation of the forward and backward pass and of the "
+             "update correctly rounded to the format. Each step's loss is classified against the float64 run of "
+             "the same scenario and method at the same step (the reference trajectory). In the figures an x "
+             "and a dotted line mark the first step whose loss is inf / NaN.", ""]
+    for section in train_sections(runs, chosen, said):
+        name = section.heading.split(":")[0].split("/")[1]
+        path = f"figures/train_{name}.png"
+        mine = {(r.method, r.dtype): r for r in runs if r.scenario == name}
+        files[path] = plots.training_figure(f"train/{name}: {chosen[name].description}", mine, list(TRAIN_FORMATS))
+        lines += [sections_md([section], 3), f"![train/{name}]({path})", ""]
+    return lines
+
+
+def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=()) -> str:
     env = fingerprint()
     lines = [
         "# stabilitylab report",
@@ -169,7 +199,7 @@ def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figur
             lines += [f"![{experiment.name}/{family.name}]({path})", ""]
     lines += ["## Flush-to-zero", "",
               "GPUs and CPUs in flush-to-zero / denormals-are-zero modes replace subnormal inputs and results by 0 "
-              "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3)]
+              "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3), *training_lines]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -85,3 +85,34 @@ def formats_document(formats) -> dict:
          "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
          "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max, "ln_smallest_subnormal": f.ln_smallest_subnormal,
          "has_inf": f.has_inf} for f in formats]}
+
+
+TRAIN_SCHEMA = "stabilitylab.train/1"
+
+
+def train_document(runs, scenarios, said) -> dict:
+    """Per run: the issue's fields, then every per-step column."""
+    def column(values):
+        return [number(v) for v in values.tolist()]
+
+    return {
+        "schema": TRAIN_SCHEMA,
+        "version": package_version(),
+        "environment": fingerprint(),
+        "scenarios": {name: {"description": s.description, "claim": s.claim, "model": s.model, "task": s.task,
+                             "methods": list(s.methods), "steps": s.steps, "lr": s.lr, "batch": s.batch,
+                             "seed": s.seed, "scaling": s.scaling, "scale": s.scale,
+                             "growth_interval": s.growth_interval, "chance": s.chance}
+                      for name, s in scenarios.items()},
+        "runs": [{
+            "scenario": r.scenario, "model": r.model, "method": r.method, "dtype": r.dtype, "steps": r.steps,
+            "lr": r.lr, "seed": r.seed, "steps_per_epoch": r.steps_per_epoch,
+            "first_nonfinite_step": r.first_nonfinite_step, "final_accuracy": r.final_accuracy,
+            "epochs_at_chance": r.epochs_at_chance(),
+            "loss": column(r.loss), "status": r.status.tolist(), "reference_loss": column(r.reference),
+            "grad_norm": column(r.grad_norm), "zero_grad_fraction": column(r.zero_grad),
+            "grad_underflow_fraction": column(r.grad_underflow), "loss_scale": column(r.scale),
+            "skipped": r.skipped.tolist(), "accuracy": column(r.accuracy),
+        } for r in runs],
+        "findings": [{"scenario": s, "text": t} for s, t in said],
+    }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..engine import Comparison
 from ..findings import findings
 from ..formats import Format
@@ -242,3 +244,45 @@ def _plain(v) -> str:
     if isinstance(v, float):
         return repr(v)
     return str(v)
+
+
+def _worst_status(statuses) -> str:
+    present = set(statuses.tolist())
+    return next((s for s in ("nan", "overflow", "underflow", "inaccurate", "range") if s in present), "ok")
+
+
+def train_sections(runs, scenarios, said) -> list[Section]:
+    """One section per training scenario: a row per method x format, then the generated sentences."""
+    sections = []
+    for name in dict.fromkeys(r.scenario for r in runs):
+        scenario = scenarios[name]
+        rows = []
+        for r in (r for r in runs if r.scenario == name):
+            worst = _worst_status(r.status)
+            counts = ", ".join(f"{s} {int((r.status == s).sum())}" for s in
+                               ("ok", "range", "inaccurate", "overflow", "underflow", "nan") if (r.status == s).any())
+            first = r.first_nonfinite_step
+            rows.append([Cell(r.method), Cell(r.dtype),
+                         Cell("—" if first is None else str(first), "ok" if first is None else "nan"),
+                         Cell(f"{number_text(r.loss[-1], 5)}" if np.isfinite(r.loss[-1]) else
+                              ("nan" if np.isnan(r.loss[-1]) else "inf"), worst, tagged=True),
+                         Cell(f"{100 * r.final_accuracy:.1f} %"),
+                         Cell(str(r.epochs_at_chance())),
+                         Cell(f"{100 * r.grad_underflow.max():.1f} %"),
+                         Cell(f"{100 * r.zero_grad.max():.0f} %"),
+                         Cell(str(int(r.skipped.sum()))),
+                         Cell(counts)])
+        caption = ("first non-finite: first step whose loss is inf / NaN; last loss: its status against the float64 "
+                   "run's loss at the same step (the reference trajectory); epochs at chance: epochs before the "
+                   "accuracy first exceeds chance + 10 points; backward underflow: the largest per-step fraction of "
+                   "per-sample gradient terms lost to underflow in the backward pass; zero grad: the largest "
+                   "per-step fraction of weight-gradient entries exactly 0")
+        table = Table(f"train/{name}: {scenario.model} regression on {scenario.task}, {scenario.steps} steps, "
+                      f"lr {scenario.lr:g}, batch {scenario.batch}, seed {scenario.seed}",
+                      ["method", "format", "first non-finite step", "last loss", "final accuracy",
+                       "epochs at chance", "backward underflow (max)", "zero grad (max)", "skipped steps",
+                       "step statuses"], rows, caption, labels=(0, 1))
+        sections.append(Section(f"train/{name}: {scenario.description}",
+                                paragraphs=[f"Claim: {scenario.claim}."], tables=[table],
+                                bullets=[text for s, text in said if s == name]))
+    return sections

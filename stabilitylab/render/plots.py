@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ..formats import FORMATS  # noqa: E402
 
-__all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "FAILED"]
+__all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED"]
 
 FAILED = "failed (inf / NaN)"
 COLORS = {"float16": "#1f77b4", "bfloat16": "#ff7f0e", "float32": "#2ca02c", "float64": "#d62728",
@@ -168,3 +168,58 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"$10^{{{int(round(y))}}}$"))
     return _finish_panels(fig, axes, formats, title, parameter, "|value| computed in the format", False, d,
                           render)
+
+
+def training_figure(title: str, runs: dict, formats: list[str], render=png):
+    """Loss (top row, log scale), accuracy (middle row) per step / epoch, and the fraction of per-sample
+    gradient terms lost to underflow in the backward pass (bottom row), one column per format, one line
+    per method.  ``runs[(method, dtype)]`` is a :class:`stabilitylab.train.Run`.  The first
+    step with a non-finite loss is marked with an x on the last finite value before it, and a dotted
+    vertical line in both rows."""
+    methods = list(dict.fromkeys(m for m, _ in runs))
+    fig, axes = plt.subplots(3, len(formats), figsize=(4.3 * len(formats), 8.6), sharex="col", squeeze=False)
+    for k, dtype in enumerate(formats):
+        top, bottom, lost = axes[0, k], axes[1, k], axes[2, k]
+        for i, method in enumerate(methods):
+            r = runs.get((method, dtype))
+            if r is None:
+                continue
+            color, style = f"C{i}", STYLES[i % len(STYLES)]
+            steps = np.arange(1, len(r.loss) + 1)
+            loss = np.where(np.isfinite(r.loss) & (r.loss > 0), r.loss, np.nan)
+            first = r.first_nonfinite_step
+            top.plot(steps, loss, style, color=color, lw=1.4, label=method)
+            epochs = np.arange(1, len(r.accuracy) + 1) * r.steps_per_epoch
+            bottom.plot(epochs, 100 * r.accuracy, style, color=color, lw=1.4, marker=".", ms=3)
+            lost.plot(steps, 100 * r.grad_underflow, style, color=color, lw=1.4)
+            if first is not None:
+                before = loss[:first - 1]
+                if np.isfinite(before).any():
+                    last = int(np.flatnonzero(np.isfinite(before))[-1])
+                    top.plot([last + 1], [before[last]], "x", color=color, ms=11, mew=2.5)
+                top.annotate(f"{method}: inf/NaN at step {first}", xy=(0.02, 0.04 + 0.09 * i),
+                             xycoords="axes fraction", fontsize=7.5, color=color)
+                for ax in (top, bottom, lost):
+                    ax.axvline(first, color=color, ls=":", lw=1.2)
+        top.set_yscale("log")
+        top.set_title(dtype, fontsize=10)
+        lost.set_xlabel("step")
+        bottom.set_ylim(-3, 103)
+        highest = max((100 * float(r.grad_underflow.max()) for (m, d), r in runs.items() if d == dtype), default=0)
+        lost.set_ylim(-1, max(5.0, highest * 1.1))
+        for ax in (top, bottom, lost):
+            ax.grid(True, alpha=0.3)
+        if k == 0:
+            top.set_ylabel("mini-batch loss (log scale)")
+            bottom.set_ylabel("accuracy after each epoch (%)")
+            lost.set_ylabel("gradient terms lost\nto underflow (%)")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    _legend_below(fig, handles, labels, columns=2)
+    return render(fig)

@@ -1,0 +1,448 @@
+"""train: small real models trained by mini-batch SGD, every operation rounded to the format.
+
+Two models on Fisher's Iris data (``stabilitylab/data/iris.csv``, features
+standardized in float64 before they are rounded to the format):
+
+* ``softmax`` regression (3 classes), loss by one of the ``softmax_ce`` kernels
+  (``naive_softmax_log``, ``shifted_softmax_log``, ``log_softmax``,
+  ``log_softmax_log1p``);
+* ``logistic`` regression (2 classes), loss by ``sigmoid_log`` or ``logits``
+  (the ``binary_ce`` kernels) or ``mse_sigmoid`` ((p - y)**2 / 2 on the sigmoid).
+
+Forward and backward pass, loss scaling and the update ``w <- w - lr g`` are
+all :class:`~stabilitylab.arith.Arith` operations (each correctly rounded to the
+format), vectorized over the mini-batch.  The gradient of each method is formed
+from that method's own forward quantities:
+
+* ``naive_softmax_log`` / ``shifted_softmax_log``: ``p - onehot(y)`` with p the
+  method's softmax (``exp(x) / sum exp(x)``, resp. with x - max): an overflowed
+  exp gives inf / inf = NaN, and NaN weights from then on;
+* ``log_softmax`` / ``log_softmax_log1p``: p = exp(log_softmax(x)), and the true
+  class's entry p_y - 1 = -sum_{j != y} p_j (no cancellation);
+* ``sigmoid_log``: p - y with p = 1 / (1 + exp(-z)) (the naive sigmoid);
+* ``logits``: p - y = sigmoid(z) for y = 0, -sigmoid(-z) for y = 1, with the
+  sign-branched sigmoid of ``gradient.py`` (no cancellation, exp never overflows);
+* ``mse_sigmoid``: ``(p - y) p (1 - p)``, the kernel of ``gradient.py``.
+
+dL/dz is multiplied by ``S / B`` (loss scale S, batch size B), multiplied by
+the features (the per-sample terms of the weight gradient), summed over the batch
+(a tree), divided by S and applied.  Dynamic scaling follows PyTorch's GradScaler:
+start at 2**16, on a non-finite gradient skip the step and halve S, double S
+after ``growth_interval`` good steps.
+
+Status of each step's loss: :func:`outcome.classify` against the loss of the
+float64 run of the same scenario and method at the same step (the reference
+trajectory: "exact" here means that float64 trajectory, not an mpmath value),
+with the IEEE events of the step's forward pass.  Gradient norms are measured
+in float64 from the format's gradient (a measurement, not part of training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+from .arith import NEVER, Arith
+from .experiments import binary_ce, gradient, softmax_ce
+from .formats import FORMATS, Format
+from .outcome import classify
+from .reference import from_longdouble
+
+__all__ = ["Scenario", "SCENARIOS", "Run", "run", "run_scenario", "iris", "SOFTMAX_METHODS", "LOGISTIC_METHODS"]
+
+SOFTMAX_METHODS = ("naive_softmax_log", "shifted_softmax_log", "log_softmax", "log_softmax_log1p")
+LOGISTIC_METHODS = ("sigmoid_log", "logits", "mse_sigmoid")
+DYNAMIC_START = 2.0**16
+MAX_SCALE = 2.0**24  # 1/S stays a float16 value (its smallest subnormal is 2**-24)
+
+
+@lru_cache(maxsize=None)
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    """(features (150, 4) float64, species (150,) int) from the packaged CSV."""
+    text = resources.files("stabilitylab").joinpath("data/iris.csv").read_text(encoding="utf-8")
+    rows = [line.split(",") for line in text.splitlines() if line and not line.startswith("#")][1:]
+    data = np.array([[float(v) for v in r[:4]] for r in rows])
+    return data, np.array([int(r[4]) for r in rows], dtype=np.int64)
+
+
+TASKS = {
+    "iris3": "Iris, 3 species (150 samples)",
+    "setosa": "Iris, setosa (1) vs the rest (0) (150 samples; linearly separable)",
+    "virginica": "Iris, virginica (1) vs versicolor (0) (100 samples; nearly separable)",
+}
+
+
+@lru_cache(maxsize=None)
+def task_data(task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Standardized features with a trailing column of ones (the bias), and labels."""
+    x, species = iris()
+    if task == "iris3":
+        y = species
+    elif task == "setosa":
+        y = (species == 0).astype(np.int64)
+    elif task == "virginica":
+        keep = species > 0
+        x, y = x[keep], (species[keep] == 2).astype(np.int64)
+    else:
+        raise KeyError(task)
+    z = (x - x.mean(axis=0)) / x.std(axis=0)
+    return np.hstack([z, np.ones((len(z), 1))]), y
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One training setting, as data.  ``init`` is ``zero`` or a dict of bias / weight values
+    (``bias``: every bias; ``weights``: (features,) weights of the logistic model)."""
+
+    name: str
+    description: str
+    claim: str
+    model: str  # softmax | logistic
+    task: str
+    methods: tuple[str, ...]
+    steps: int
+    lr: float
+    batch: int
+    seed: int = 0
+    bias: float = 0.0
+    weights: tuple[float, ...] | None = None
+    scaling: str = "none"  # none | static | dynamic
+    scale: float = 1.0
+    growth_interval: int = 50
+    chance: float = 0.5
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("overflow", "softmax regression, learning rate 2, from zero weights",
+             "the learning rate drives the logits past ln(max) of float16 (11.09): the naive softmax's exp "
+             "overflows and its loss becomes NaN; log-sum-exp forms train on",
+             "softmax", "iris3", SOFTMAX_METHODS, steps=150, lr=2.0, batch=30, chance=1 / 3),
+    Scenario("saturated", "logistic regression from a saturated start (every bias 12: every sample "
+             "predicted 1 with p = 1 - 6e-6)",
+             "sigmoid + MSE's gradient carries sigma'(z) ~ 6e-6 and stays at chance accuracy; cross-entropy's "
+             "gradient p - y does not vanish",
+             "logistic", "virginica", LOGISTIC_METHODS, steps=160, lr=0.5, batch=20, bias=12.0),
+    Scenario("loss_scale_none", "logistic regression (BCE from logits) from a confident start (margins ~ 8-30), "
+             "no loss scale",
+             "dL/dz = (p - y)/B is tiny for confident samples: in float16 the backward pass underflows to 0",
+             "logistic", "setosa", ("logits",), steps=60, lr=0.5, batch=30,
+             weights=(0.0, 0.0, -5.0, -5.0), bias=-6.0, chance=2 / 3),
+    Scenario("loss_scale_static", "as loss_scale_none, static loss scale 2**10",
+             "multiplying the loss by S = 1024 keeps the backward pass's small gradients in float16's range",
+             "logistic", "setosa", ("logits",), steps=60, lr=0.5, batch=30,
+             weights=(0.0, 0.0, -5.0, -5.0), bias=-6.0, scaling="static", scale=2.0**10, chance=2 / 3),
+    Scenario("loss_scale_dynamic", "as loss_scale_none, dynamic loss scale (GradScaler: 2**16, halve and skip "
+             "on inf/NaN, double after 10 good steps, at most 2**24)",
+             "the scale finds itself: halved on overflow, grown while the gradients stay finite",
+             "logistic", "setosa", ("logits",), steps=60, lr=0.5, batch=30,
+             weights=(0.0, 0.0, -5.0, -5.0), bias=-6.0, scaling="dynamic", scale=DYNAMIC_START,
+             growth_interval=10, chance=2 / 3),
+)}
+DEFAULT_SCENARIOS = ("overflow", "saturated", "loss_scale_none", "loss_scale_static")
+
+
+@dataclass
+class Run:
+    """One scenario x method x format: columns per step (1..steps) and per epoch."""
+
+    scenario: str
+    model: str
+    method: str
+    dtype: str
+    steps: int
+    lr: float
+    seed: int
+    loss: np.ndarray  # float64, per step: the mini-batch mean loss before the update
+    status: np.ndarray  # str per step, against the float64 run's loss at the same step
+    grad_norm: np.ndarray  # float64 norm of the (unscaled) weight gradient
+    zero_grad: np.ndarray  # fraction of weight-gradient entries that are exactly 0
+    grad_underflow: np.ndarray  # fraction of per-sample gradient terms lost to underflow in the backward pass
+    scale: np.ndarray  # loss scale used at each step
+    skipped: np.ndarray  # bool: the step was skipped (dynamic scaling, non-finite gradient)
+    accuracy: np.ndarray  # per epoch, on the whole data set, after the epoch's last step
+    final_accuracy: float
+    steps_per_epoch: int
+    chance: float
+    reference: np.ndarray = field(default=None)  # the float64 run's loss
+
+    @property
+    def first_nonfinite_step(self) -> int | None:
+        bad = np.flatnonzero(~np.isfinite(self.loss))
+        return int(bad[0]) + 1 if bad.size else None
+
+    def epochs_at_chance(self, margin: float = 0.1) -> int:
+        """Epochs before the accuracy first exceeds chance + ``margin`` (all epochs if never)."""
+        above = np.flatnonzero(self.accuracy > self.chance + margin)
+        return int(above[0]) if above.size else len(self.accuracy)
+
+
+# ---------------------------------------------------------------- the model
+def _matvec(a: Arith, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Logits: x (B, D) with w (1, K, D) -> (B, K), or w (1, D) -> (B,); sums as trees."""
+    if w.ndim == 3:
+        return a.tree(a.add, a.mul(x[:, None, :], w), 0.0)
+    return a.tree(a.add, a.mul(x, w), 0.0)
+
+
+def _sigmoid_pair(a: Arith, z: np.ndarray):
+    """(sigmoid(z), sigmoid(-z)) with the sign-branched form: exp never sees a positive argument."""
+    one = a.const(np.ones(z.shape))
+    e = a.exp(a.neg(a.abs(z)))
+    d = a.add(one, e)
+    big, small = a.div(one, d), a.div(e, d)
+    return a.where_nonneg(z, big, small), a.where_nonneg(z, small, big)
+
+
+def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
+    """The logits [z, 0] with label 0 where y = 1: the input of gradient.py's kernels."""
+    return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
+
+
+def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample loss by the experiments' kernels."""
+    if method in SOFTMAX_METHODS:
+        return getattr(softmax_ce, method)(a, softmax_ce.Loaded(logits, y))
+    if method == "sigmoid_log":
+        return binary_ce.sigmoid_log(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+    if method == "logits":
+        return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+    if method == "mse_sigmoid":
+        p = gradient._sigmoid(a, _two_class(logits, y))
+        r = a.sub(p, a.const(y.astype(float)))
+        return a.mul(a.mul(r, r), a.const(np.full(len(y), 0.5)))
+    raise KeyError(method)
+
+
+def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """dL/dlogits per sample (unscaled, before the 1/B of the mean)."""
+    if method in SOFTMAX_METHODS:
+        onehot = a.const(np.eye(logits.shape[1])[y])
+        if method == "naive_softmax_log":
+            e = a.exp(logits)
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+        if method == "shifted_softmax_log":
+            e = a.exp(a.shift(logits))
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+        z = a.shift(logits)
+        if method == "log_softmax":
+            lse = a.log(a.tree(a.add, a.exp(z), 0.0))
+        else:
+            lse = a.log1p(a.tree(a.add, a.drop(a.exp(z), a.argmax(logits)), 0.0))
+        p = a.exp(a.sub(z, lse[:, None]))
+        others = a.tree(a.add, a.drop(p, y), 0.0)  # sum_{j != y} p_j = 1 - p_y without cancellation
+        g = np.array(p, copy=True)
+        np.put_along_axis(g, y[:, None], a.neg(others)[:, None], axis=1)
+        return g
+    if method == "sigmoid_log":
+        one = a.const(np.ones(len(y)))
+        p = a.div(one, a.add(one, a.exp(a.neg(logits))))
+        return a.sub(p, a.const(y.astype(float)))
+    if method == "logits":
+        p, q = _sigmoid_pair(a, logits)
+        return np.where(y == 1, a.neg(q), p).astype(a.dtype)
+    if method == "mse_sigmoid":
+        return gradient.mse_sigmoid(a, _two_class(logits, y))
+    raise KeyError(method)
+
+
+def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Predicted class per sample (-1 where the logits are not all finite: counted wrong)."""
+    a = Arith(fmt, len(x))
+    logits = _matvec(a, x, w)
+    if w.ndim == 3:
+        finite = np.isfinite(logits).all(axis=1)
+        return np.where(finite, np.argmax(np.where(finite[:, None], logits, 0), axis=1), -1)
+    return np.where(np.isfinite(logits), (logits >= 0).astype(np.int64), -1)
+
+
+def _initial(scenario: Scenario, fmt: Format, features: int, classes: int) -> np.ndarray:
+    if scenario.model == "softmax":
+        w = np.zeros((1, classes, features + 1))
+        w[..., -1] = scenario.bias
+    else:
+        w = np.zeros((1, features + 1))
+        if scenario.weights is not None:
+            w[0, :-1] = scenario.weights
+        w[0, -1] = scenario.bias
+    return fmt.round(w)
+
+
+def _train(scenario: Scenario, fmt: Format, method: str):
+    """The training loop; returns the per-step and per-epoch columns and the step events."""
+    x64, y_all = task_data(scenario.task)
+    n, width = x64.shape
+    classes = int(y_all.max()) + 1
+    x_all = Arith(fmt, n).load(x64)
+    w = _initial(scenario, fmt, width - 1, classes)
+    batch = scenario.batch
+    per_epoch = n // batch
+    rng = np.random.default_rng(scenario.seed)
+    steps = scenario.steps
+    loss = np.empty(steps)
+    grad_norm, zero_grad, lost = np.empty(steps), np.empty(steps), np.empty(steps)
+    scales, skipped = np.empty(steps), np.zeros(steps, dtype=bool)
+    first = np.full((len(Arith(fmt, 1).first), steps), NEVER, dtype=np.int64)
+    accuracy = []
+    scale, good = scenario.scale, 0
+    order = None
+    for t in range(steps):
+        if t % per_epoch == 0:
+            order = rng.permutation(n)
+        idx = order[(t % per_epoch) * batch:(t % per_epoch + 1) * batch]
+        xb, yb = x_all[idx], y_all[idx]
+        # forward: the loss of this step, and its events
+        a = Arith(fmt, batch)
+        logits = _matvec(a, xb, w)
+        per_sample = _loss(a, method, logits, yb)
+        s = Arith(fmt, 1)
+        total = s.div(s.tree(s.add, per_sample[None, :], 0.0), s.const(np.array([batch], dtype=float)))
+        loss[t] = float(total[0])
+        first[:, t] = np.minimum(a.first.min(axis=1), np.where(s.first[:, 0] == NEVER, NEVER, s.first[:, 0] + a.step))
+        # backward: dL/dz * S / B, per-sample terms dz x, summed over the batch, unscaled
+        g = Arith(fmt, batch)
+        dz = _dloss(g, method, logits, yb)
+        factor = g.const(scale / batch)
+        dzs = g.mul(dz, factor)
+        if w.ndim == 3:
+            terms = g.mul(dzs[:, :, None], xb[:, None, :])  # (B, K, D)
+            nonzero = (dz != 0)[:, :, None] & (xb != 0)[:, None, :]
+        else:
+            terms = g.mul(dzs[:, None], xb)  # (B, D)
+            nonzero = (dz != 0)[:, None] & (xb != 0)
+        lost[t] = float(np.mean((terms == 0) & nonzero))
+        r = Arith(fmt, 1)
+        summed = r.tree(r.add, np.moveaxis(terms, 0, -1)[None], 0.0)
+        # unscale by the exact power of two 1/S (S itself is not a float16 value from 2**16 on)
+        grad = r.mul(summed, r.const(1.0 / scale)) if scale != 1 else summed
+        with np.errstate(all="ignore"):
+            g64 = grad.astype(np.float64)
+            grad_norm[t] = float(np.sqrt(np.sum(g64 * g64)))
+        zero_grad[t] = float(np.mean(g64 == 0))
+        scales[t] = scale
+        if scenario.scaling == "dynamic" and not np.isfinite(g64).all():
+            skipped[t] = True
+            scale, good = scale / 2, 0
+        else:
+            w = r.sub(w, r.mul(r.const(scenario.lr), grad))
+            if scenario.scaling == "dynamic":
+                good += 1
+                if good == scenario.growth_interval:
+                    scale, good = min(scale * 2, MAX_SCALE), 0
+        if (t + 1) % per_epoch == 0:
+            accuracy.append(float(np.mean(_predict(fmt, x_all, w) == y_all)))
+    final = float(np.mean(_predict(fmt, x_all, w) == y_all))
+    return dict(loss=loss, grad_norm=grad_norm, zero_grad=zero_grad, grad_underflow=lost, scale=scales,
+                skipped=skipped, accuracy=np.array(accuracy), final_accuracy=final, steps_per_epoch=per_epoch), first
+
+
+def _status(fmt: Format, loss: np.ndarray, first: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each step's status by the project's rule, the float64 trajectory as the 'exact' value."""
+    ref = np.asarray(reference, dtype=np.float64)
+    exact = from_longdouble(ref, ref == 0)
+    events = Arith(fmt, len(loss))
+    events.first = first.copy()
+    return classify(fmt, loss, exact, events).status
+
+
+def run(scenario: Scenario, fmt: Format, method: str, reference: np.ndarray | None = None) -> Run:
+    """Train ``method`` in ``fmt`` under ``scenario``.  ``reference``: the float64 run's loss per
+    step (computed here when not given)."""
+    if method not in scenario.methods:
+        raise KeyError(f"method {method!r} is not in scenario {scenario.name!r}")
+    columns, first = _train(scenario, fmt, method)
+    if reference is None:
+        f64 = FORMATS["float64"]
+        reference = columns["loss"] if fmt is f64 else _train(scenario, f64, method)[0]["loss"]
+    status = _status(fmt, columns["loss"], first, reference)
+    return Run(scenario.name, scenario.model, method, fmt.name, scenario.steps, scenario.lr, scenario.seed,
+               status=status, reference=np.asarray(reference), chance=scenario.chance, **columns)
+
+
+def with_settings(scenario: Scenario, steps: int | None = None, lr: float | None = None,
+                  seed: int | None = None) -> Scenario:
+    """The scenario with --steps / --lr / --seed applied."""
+    changes = {k: v for k, v in (("steps", steps), ("lr", lr), ("seed", seed)) if v is not None}
+    return replace(scenario, **changes)
+
+
+def run_scenario(scenario: Scenario, formats: list[Format]) -> list[Run]:
+    """Every method of the scenario in every format; the float64 run is computed once per method."""
+    f64 = FORMATS["float64"]
+    out = []
+    for method in scenario.methods:
+        reference = run(scenario, f64, method)
+        for fmt in formats:
+            out.append(reference if fmt is f64 else run(scenario, fmt, method, reference.loss))
+    return out
+
+
+def check_settings(steps: int | None, lr: float | None) -> str | None:
+    """A one-line problem with --steps / --lr, or None."""
+    if steps is not None and not 1 <= steps <= 100_000:
+        return f"steps = {steps}; it must be an integer from 1 to 100000"
+    if lr is not None and not (0 < lr < math.inf):
+        return f"lr = {lr}; it must be a finite number > 0"
+    return None
+
+
+# ---------------------------------------------------------------- sentences
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def findings(runs: list[Run]) -> list[tuple[str, str]]:
+    """Generated sentences per scenario, every number from the runs."""
+    out = []
+    by = {(r.scenario, r.method, r.dtype): r for r in runs}
+    for scenario in dict.fromkeys(r.scenario for r in runs):
+        mine = [r for r in runs if r.scenario == scenario]
+        for r in mine:
+            if r.dtype == "float64":
+                continue
+            ref = by.get((scenario, r.method, "float64"))
+            ref_text = f" (float64: {_pct(ref.final_accuracy)})" if ref is not None else ""
+            if r.first_nonfinite_step is not None:
+                kind = "NaN" if np.isnan(r.loss[r.first_nonfinite_step - 1]) else "inf"
+                after = "; the run ends at" if not np.isfinite(r.loss[-1]) else "; it ends finite, at"
+                out.append((scenario, f"In {r.dtype} the {r.method} loss becomes {kind} at step "
+                                      f"{r.first_nonfinite_step}{after} {_pct(r.final_accuracy)} accuracy{ref_text}."))
+        stable = [r for r in mine if r.dtype != "float64" and r.first_nonfinite_step is None]
+        for dtype in dict.fromkeys(r.dtype for r in stable):
+            same = [r for r in stable if r.dtype == dtype]
+            texts = []
+            for r in same:
+                ref = by.get((scenario, r.method, "float64"))
+                if ref is None:
+                    continue
+                close = abs(r.final_accuracy - ref.final_accuracy) <= 0.01
+                texts.append(f"{r.method} trains to {_pct(r.final_accuracy)}" +
+                             (", as in float64" if close else f" (float64: {_pct(ref.final_accuracy)})"))
+            if texts:
+                out.append((scenario, f"In {dtype} with finite losses throughout: " + "; ".join(texts) + "."))
+        for r in mine:
+            epochs = len(r.accuracy)
+            if r.model == "logistic" and epochs and scenario == "saturated":
+                stuck = r.epochs_at_chance()
+                out.append((scenario, f"{r.method} in {r.dtype}: " + (
+                    f"at chance accuracy ({_pct(r.chance)} + 10 points or less) for all {epochs} epochs"
+                    if stuck == epochs else f"above chance after {stuck} epoch{'s' if stuck != 1 else ''}") +
+                    f"; the weight gradient is exactly 0 at {int((r.zero_grad == 1).sum())} of {r.steps} steps."))
+            if r.grad_underflow.max() > 0 or r.scale.max() != 1:
+                lost = int((r.grad_underflow > 0).sum())
+                text = (f"{r.method} in {r.dtype} (loss scale {_scale_text(r)}): per-sample gradient terms lost to "
+                        f"underflow in the backward pass at {lost} of {r.steps} steps"
+                        + (f" (up to {_pct(r.grad_underflow.max())} of them)" if lost else ""))
+                if r.skipped.any():
+                    text += f"; {int(r.skipped.sum())} step(s) skipped on an overflowed gradient"
+                out.append((scenario, text + "."))
+    return out
+
+
+def _scale_text(r: Run) -> str:
+    if (r.scale == r.scale[0]).all():
+        return f"{r.scale[0]:g}"
+    return f"dynamic, {r.scale[0]:g} -> {r.scale[-1]:g}"
