@@ -30,6 +30,16 @@ How each number is established, and its ``exact`` flag:
    "Never fails" is exact only if the whole range was verified.
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
+
+Black boxes (``Method.black_box``: audited framework kernels, users' functions)
+run through the same search, called on whole batches.  Nothing about them can
+be proven on a range, so step 2 verifies by evaluating points only, within
+``BLACK_BOX_POINT_BUDGET`` (float64: ``POINT_BUDGET_WIDE``): a float32 or
+float64 threshold of a black box whose candidate lies further from the start is
+a bound (``exact: false``), found by the bisection and then lowered by
+``PROBE`` points spread below it.  Formats of at most 16 bits are scanned
+completely, black boxes included: exact.  Black boxes are not memoised (the
+function may change between calls).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ POINT_BUDGET = 2**24  # points a verification may evaluate one by one, per key (
 POINT_BUDGET_WIDE = 2**14  # the same for float64: where its error hovers at the tolerance it does so over 2**40 values
 RANGE_BUDGET = 2**22  # ranges a verification may try to prove, per key
 RANGE_BUDGET_WIDE = 2**13  # the same for float64
+BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interval proofs: points only)
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
@@ -168,6 +179,7 @@ class _Search:
         self.tol = fmt.default_tolerance if tolerance is None else tolerance
         self.grid = Grid(family, fmt)
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
+        self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[str, bool]]] = {}  # index -> method -> (status, finite)
 
     # ------------------------------------------------------------ point evaluation
@@ -197,7 +209,12 @@ class _Search:
             verified = dict(best)
         else:
             best = self._bisect()
-            verified = self._verify_integers(best) if g.integer else self._verify(best)
+            if g.integer:
+                verified = self._verify_integers(best)
+            elif self.black_box:
+                verified = self._verify_points(best)
+            else:
+                verified = self._verify(best)
             for key in self.keys:  # given up: look for an earlier failure above the verified part
                 if verified[key] < best[key] and not g.integer:
                     self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
@@ -243,6 +260,17 @@ class _Search:
         g = self.grid
         stop = min(max(best.values()), g.start + INTEGER_SCAN)
         self._scan_points(np.arange(g.start, stop), best)
+        return {key: b if b <= stop else stop for key, b in best.items()}
+
+    def _verify_points(self, best: dict) -> dict[tuple[str, str], int]:
+        """Black boxes: evaluate every index from the start up to the furthest candidate that
+        is within the point budget; per key, the index below which every point is verified."""
+        g = self.grid
+        allowance = BLACK_BOX_POINT_BUDGET if self.fmt.precision <= 24 else POINT_BUDGET_WIDE
+        within = [b for b in best.values() if b - g.start <= allowance]
+        stop = max(within, default=g.start)
+        if stop > g.start:
+            self._scan_points(np.arange(g.start, stop), best)
         return {key: b if b <= stop else stop for key, b in best.items()}
 
     def _verify(self, best: dict) -> dict[tuple[str, str], int]:
@@ -421,7 +449,10 @@ _MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of the
 
 def family_thresholds(experiment: Experiment, family: Family, fmt: Format, settings: Settings = Settings(),
                       tolerance: float | None = None, k: int = 16) -> list[Threshold]:
-    """Thresholds of every method of ``experiment`` along ``family`` in one format (memoised)."""
+    """Thresholds of every method of ``experiment`` along ``family`` in one format (memoised,
+    except for black boxes)."""
+    if any(m.black_box for m in experiment.methods):
+        return _family_thresholds(experiment, family, fmt, settings, tolerance, k)
     key = (experiment.name, family.name, fmt.name, settings, tolerance, k)
     if key not in _MEMO:
         _MEMO[key] = _family_thresholds(experiment, family, fmt, settings, tolerance, k)
