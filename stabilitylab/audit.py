@@ -246,14 +246,17 @@ def _kernel(fn: Callable, grad: bool):
 @dataclass(frozen=True)
 class Witness:
     """An input on which the target failed: the first one (by case order or parameter) of its
-    status, or the worst (largest error) for ``inaccurate``.  ``inputs``: the format-rounded
-    inputs as float64 lists; the exact value is ``(hi + lo) * 2**scale`` (``zero``: exactly 0),
-    ``rounded`` its correctly rounded value in the format."""
+    status (``kind`` "first"), or the worst (largest error) for ``inaccurate`` ("worst"); or a
+    *guard*: the first input where the simulated method M fails and the target does not
+    ("guard:M"), which tells a stable formula from an unstable one in a regression test.
+    ``inputs``: the format-rounded inputs as float64 lists (int for labels); the exact value
+    is ``(hi + lo) * 2**scale`` (``zero``: exactly 0), ``rounded`` its correctly rounded
+    value in the format."""
 
     source: str  # "cases" or a family name
     dtype: str
     status: str
-    kind: str  # first | worst
+    kind: str  # first | worst | guard:<simulated method>
     case: str
     parameter: float | int | None
     inputs: dict[str, Any]
@@ -316,21 +319,29 @@ class Recorder:
         n = len(outcome.value)
         self.points[fmt.name] += n
         v = outcome.value
+        target_fails = np.isin(outcome.status, METHOD_FAILURES)
+        keys = None
         for m in self.simulated.methods:
             arith = Arith(fmt, n)
             with np.errstate(all="ignore"):
                 sim = np.asarray(m.kernel(arith, inputs)).astype(np.float64)
             self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
-            if self.source == "cases" and m.truth is None:
-                other = classify(fmt, sim, outcome.exact, arith, self.tolerance).status
-                target_fails = np.isin(outcome.status, METHOD_FAILURES)
-                method_fails = np.isin(other, METHOD_FAILURES)
+            if m.truth is not None:
+                continue
+            method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)
+            guards = np.flatnonzero(method_fails & ~target_fails)
+            if self.source == "cases":
                 entry = self.versus.setdefault((fmt.name, m.name), [0, 0, []])
                 only = np.flatnonzero(target_fails & ~method_fails)
                 entry[0] += len(only)
-                entry[1] += int(np.count_nonzero(method_fails & ~target_fails))
+                entry[1] += len(guards)
                 entry[2].extend(cases.names[i] for i in only[: self.EXAMPLES].tolist())
-        failing = np.flatnonzero(np.isin(outcome.status, METHOD_FAILURES))
+            if guards.size:
+                keys = self._keys(cases, np.arange(n)) if keys is None else keys
+                j = int(guards[np.argmin(keys[guards])])
+                self._keep(fmt, cases, inputs, outcome, str(outcome.status[j]), f"guard:{m.name}", j, float(keys[j]),
+                           smaller=True)
+        failing = np.flatnonzero(target_fails)
         if not failing.size:
             return
         keys = self._keys(cases, failing)
@@ -402,10 +413,10 @@ class Recorder:
         return out
 
     def witnesses(self) -> list[Witness]:
-        order = {"first": 0, "worst": 1}
-        return [w for _, w in sorted(self.found.values(), key=lambda kw: (kw[1].source != "cases", kw[1].source,
-                                                                          list(FORMATS).index(kw[1].dtype),
-                                                                          kw[1].status, order[kw[1].kind]))]
+        def order(w: Witness):
+            kind = {"first": 0, "worst": 1}.get(w.kind, 2)
+            return (w.source != "cases", w.source, list(FORMATS).index(w.dtype), kind, w.status, w.kind)
+        return sorted((w for _, w in self.found.values()), key=order)
 
 
 # ------------------------------------------------------------------ running
@@ -473,12 +484,17 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     wrapped = _quiet(target.fn)
     method = Method(target.name, target.formula, _kernel(wrapped, target.grad), black_box=True,
                     exact_formula=False, observe=recorder)
-    experiment = replace(simulated, methods=(method,), facts=None)
+    own_cases = cases is not None
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
     elif target.grad:
         from .experiments import logit_gradient
         cases = logit_gradient.components(cases)
+    what = "your cases" if own_cases else "the default cases and inputs from public bug reports"
+    experiment = replace(simulated, methods=(method,), facts=None,
+                         title=f"{target.name} on {what}",
+                         question=f"Protocol {target.audited_experiment}: "
+                                  f"{GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]}.")
     recorder.start("cases", cases.names)
     progress("running the cases")
     try:

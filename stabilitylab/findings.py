@@ -13,10 +13,12 @@ VERB = {
     "overflow": "overflows",
     "underflow": "underflows",
     "nan": "gives NaN",
+    "inf": "gives an infinite loss",
+    "error": "raises",
     "inaccurate": "is inaccurate",
     "ok": "is ok",
 }
-_ORDER = ("nan", "overflow", "underflow", "inaccurate", "range", "ok")
+_ORDER = ("error", "nan", "inf", "overflow", "underflow", "inaccurate", "range", "ok")
 
 
 def _fmt_ulps(x: float) -> str:
@@ -44,6 +46,9 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
             exacts = sorted({_exact(r) for r in group})
             parts.append(f"gives {'/'.join(values)} in {names}, correctly rounded: the exact value "
                          f"{'/'.join(exacts)} is not representable there")
+        elif status == "error":
+            messages = sorted({r.error for r in group})
+            parts.append(f"{VERB[status]} in {names} ({'; '.join(messages)})")
         elif status != "inaccurate":
             values = sorted({_short(r.value) for r in group})
             parts.append(f"{VERB[status]} in {names} (loss {'/'.join(values)})")
