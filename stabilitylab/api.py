@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import adapters, baseline, engine
-from . import audit as _audit
+from . import auditing as _audit
 from . import thresholds as _thresholds
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings

@@ -298,7 +298,7 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
     from . import api
-    from .audit import AuditError
+    from .auditing import AuditError
 
     _check_output(output)
     _check_output(emit_pytest, "'--emit-pytest'")

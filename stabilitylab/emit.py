@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from . import atomic
-from .audit import Audit, AuditError, Witness
+from .auditing import Audit, AuditError, Witness
 from .environment import package_version
 
 __all__ = ["pytest_module", "write_pytest", "RANK"]

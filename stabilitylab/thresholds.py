@@ -44,6 +44,8 @@ function may change between calls).
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, fields, replace
 
 import mpmath
@@ -500,3 +502,16 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
                 rows += family_thresholds(experiment, family, fmt, settings, tolerance)
     return rows
 
+
+
+class _CallableModule(types.ModuleType):
+    """``stabilitylab.thresholds(...)`` calls the Python API (:func:`stabilitylab.api.thresholds`),
+    while ``stabilitylab.thresholds`` stays this module (``from stabilitylab import thresholds``)."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import thresholds as api_thresholds
+
+        return api_thresholds(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
