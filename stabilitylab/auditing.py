@@ -481,9 +481,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     probe(target)
     simulated = audit_experiment(target.audited_experiment)
     recorder = Recorder(simulated, tolerance)
-    wrapped = _quiet(target.fn)
-    method = Method(target.name, target.formula, _kernel(wrapped, target.grad), black_box=True,
-                    exact_formula=False, observe=recorder)
+    method = target_method(target, recorder)
     own_cases = cases is not None
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
@@ -516,6 +514,54 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
                      "skipped")
     return Audit(target, experiment, simulated, chosen, comparison, rows, recorder.resembles(chosen),
                  recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped)
+
+
+def target_method(target: Target, observe: Callable | None = None) -> Method:
+    """The target as a black-box :class:`Method` of its audit experiment."""
+    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad), black_box=True,
+                  exact_formula=False, observe=observe)
+
+
+def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
+                  ) -> tuple[list[Threshold], dict[str, str]]:
+    """Recompute the audit entries among baseline ``keys`` (``experiment/family/<target>/dtype``).
+
+    Returns the thresholds and, per key that cannot be recomputed (the target is not
+    installed or cannot be imported, the format is not supported), why.  Keys of
+    simulated methods are ignored; ``formats`` limits the formats recomputed.
+    """
+    from .baseline import audit_key
+
+    wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for key in keys:
+        parts = audit_key(key)
+        if parts is not None:
+            experiment, family, name, dtype = parts
+            if formats is None or dtype in formats:
+                wanted[(experiment, name)].add((family, dtype))
+    rows: list[Threshold] = []
+    problems: dict[str, str] = {}
+    for (experiment, name), pairs in sorted(wanted.items()):
+        grad, protocol = experiment.endswith("_grad"), experiment.removesuffix("_grad")
+        try:
+            target = resolve(name, None if name in adapters.ADAPTERS else protocol, grad)
+            if target.experiment != protocol:
+                raise AuditError(f"{name} is a {target.experiment} target, not {protocol}")
+            probe(target)
+        except AuditError as exc:
+            for family, dtype in pairs:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = str(exc)
+            continue
+        audited = replace(audit_experiment(experiment), methods=(target_method(target),))
+        for family, dtype in sorted(pairs):
+            if dtype not in target.formats:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = f"{name} does not support {dtype}"
+                continue
+            try:
+                rows += family_thresholds(audited, audited.family(family), FORMATS[dtype], Settings(), tolerance)
+            except TargetError as exc:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = f"{name}: {exc}"
+    return rows, problems
 
 
 def _quiet(fn: Callable) -> Callable:

@@ -397,7 +397,12 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     settings, tolerance = baseline.settings_of(doc)
     named = {key.split("/")[-1] for key in doc["entries"]}
     formats_ = _formats(dtypes) if dtypes else (tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS)
-    result = baseline.compare(doc, run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance), ulps)
+    simulated = [key for key in doc["entries"] if baseline.audit_key(key) is None]
+    # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
+    rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[
+        "entries"] else []
+    audit_rows, problems = _audit_rows(doc["entries"], tolerance, formats_)
+    result = baseline.compare(doc, rows + audit_rows, ulps, problems)
     for warning in result.warnings:
         click.echo(f"stabilitylab: warning: {warning}", err=True)
     regressions, missing, unknown = result.count("!"), result.count("+"), result.count("x")
@@ -417,6 +422,15 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
         raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
 
 
+def _audit_rows(entries, tolerance, formats_):
+    """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise)."""
+    if not any(baseline.audit_key(key) for key in entries):
+        return [], {}
+    from .auditing import baseline_rows
+
+    return baseline_rows(entries, tolerance, {f.name for f in formats_})
+
+
 def _update_baseline(path: str, dtypes) -> None:
     """Recompute the selected formats; keep the file's settings and every other entry.
 
@@ -434,6 +448,10 @@ def _update_baseline(path: str, dtypes) -> None:
                                      param_hint="'--baseline'") from None
         previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
     rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+    audit_rows, problems = _audit_rows(previous, tolerance, _formats(dtypes))
+    for key, why in sorted(problems.items()):
+        click.echo(f"stabilitylab: warning: kept {key} as it was: {why}", err=True)
+    rows += audit_rows
     doc = baseline.document(rows, settings, tolerance, previous)
     baseline.write(path, doc)
     kept = len(doc["entries"]) - len(rows)
