@@ -100,7 +100,7 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     _a("jax.log_softmax", "softmax_ce", JAX_FORMATS, "jax_", "log_softmax", ("jax",), "jax",
        "-jax.nn.log_softmax(x)[y] = -(x - max - log(sum exp(x - max)))[y]"),
     _a("optax.softmax_cross_entropy", "softmax_ce", JAX_FORMATS, "optax_", "softmax_cross_entropy",
-       ("jax", "optax"), "jax", "-sum(one_hot(y) * log_softmax(x)) (integer labels made one-hot)"),
+       ("jax", "optax"), "jax", "-sum(one_hot(y) * log_softmax(x)) (integer labels made one-hot, passed in as an array)"),
     _a("optax.softmax_cross_entropy_with_integer_labels", "softmax_ce", JAX_FORMATS, "optax_",
        "softmax_cross_entropy_with_integer_labels", ("jax", "optax"), "jax",
        "jax.nn.logsumexp(x) - x[y]"),

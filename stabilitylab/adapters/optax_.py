@@ -12,7 +12,9 @@ it does not assume):
 
 * ``softmax_cross_entropy``: ``optax.softmax_cross_entropy(x, one_hot(y))`` =
   ``-sum(labels * jax.nn.log_softmax(x))``; a -inf logit whose label weight is 0
-  gives 0 * -inf = NaN (optax #896);
+  gives 0 * -inf = NaN (optax #896).  The one-hot labels are an input, as in a
+  training step (built inside the same jit, XLA folds the product into a select
+  and the NaN disappears: the audit would then measure another program);
 * ``softmax_cross_entropy_with_integer_labels``: ``jax.nn.logsumexp(x) - x[y]``
   (logsumexp: ``max + log(sum(exp(x - max)))``, no log1p form);
 * ``sigmoid_binary_cross_entropy``: ``-y log_sigmoid(z) - (1 - y) log_sigmoid(-z)``,
@@ -31,8 +33,16 @@ import numpy as np
 import optax
 
 
-def _softmax_cross_entropy(x, y):
-    return optax.softmax_cross_entropy(x, jax.nn.one_hot(y, x.shape[-1], dtype=x.dtype))
+def _softmax_cross_entropy(x, one_hot):
+    return optax.softmax_cross_entropy(x, one_hot)
+
+
+def _one_hot(logits, labels):
+    """The one-hot labels as an input array of the logits' dtype, made outside jit: built inside
+    the same jitted graph, XLA folds one_hot * log_probs into a select and 0 * -inf never happens."""
+    out = np.zeros(np.shape(logits), dtype=np.asarray(logits).dtype)
+    np.put_along_axis(out, np.asarray(labels)[:, None], 1, axis=1)
+    return out
 
 
 def _softmax_cross_entropy_with_integer_labels(x, y):
@@ -65,11 +75,11 @@ def _call(kernel, logits, labels, grad=False):
 
 
 def softmax_cross_entropy(logits, labels):
-    return _call(_softmax_cross_entropy, logits, labels)
+    return _call(_softmax_cross_entropy, logits, _one_hot(logits, labels))
 
 
 def softmax_cross_entropy_grad(logits, labels):
-    return _call(_softmax_cross_entropy, logits, labels, grad=True)
+    return _call(_softmax_cross_entropy, logits, _one_hot(logits, labels), grad=True)
 
 
 def softmax_cross_entropy_with_integer_labels(logits, labels):
