@@ -30,6 +30,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+try:
+    _x64 = jax.enable_x64  # a context manager (jax >= 0.7)
+except AttributeError:  # older jax
+    from jax.experimental import enable_x64 as _x64
 import optax
 
 
@@ -69,7 +74,7 @@ def _call(kernel, logits, labels, grad=False):
     if size != n:  # pad with copies of the first row: one compiled shape per power of 8 rows
         logits = np.concatenate([logits, np.repeat(logits[:1], size - n, axis=0)])
         labels = np.concatenate([labels, np.repeat(labels[:1], size - n, axis=0)])
-    with jax.enable_x64(True):
+    with _x64(True):
         out = _compiled(kernel, grad)(jnp.asarray(logits), jnp.asarray(labels))
         return np.asarray(out)[:n]
 
