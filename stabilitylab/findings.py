@@ -59,7 +59,7 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
 
 
 def _relative(a: float, b: float) -> float:
-    if a == b:
+    if a == b or (a != a and b != b):  # equal, or both NaN (an undefined loss stays undefined)
         return 0.0
     if b == 0 or not (abs(a) < float("inf") and abs(b) < float("inf")):
         return float("inf")
