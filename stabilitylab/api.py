@@ -213,6 +213,10 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
         formats = tuple(f for f in formats if f.name in t.formats) or formats
     if tolerance is not None and not (0 < tolerance < float("inf")):
         raise ValueError(f"tolerance = {tolerance}; it must be a finite number > 0")
+    known = [f.name for f in _audit.audit_experiment(t.audited_experiment).families]
+    for name in families or ():
+        if name not in known:
+            raise AuditError(f"no family {name!r} in {t.audited_experiment}; valid: {', '.join(known)}")
     cases, notes = _cases(t.audited_experiment, logits, labels)
     result = _audit.run(t, formats, cases, families, tolerance, search, progress)
     result.notes.extend(notes)

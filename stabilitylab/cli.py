@@ -330,11 +330,6 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
         raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
     except AuditError as exc:
         raise click.ClickException(str(exc)) from None
-    known = {f.name for f in result.audit.experiment.families}
-    for name in families:
-        if name not in known:
-            raise click.BadParameter(f"no family {name!r} in {result.audit.experiment.name}; valid: "
-                                     f"{', '.join(sorted(known))}", param_hint="'--family'")
     if emit_pytest:
         try:
             count = result.to_pytest(emit_pytest)
