@@ -149,7 +149,7 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
             raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as f(logits, labels); the "
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
-    env = {"device": "cpu (as the function does)"}
+    env = {"device": "not known (a user function runs where it chooses)"}
     return Target(name, experiment, fn, tuple(FORMATS), f"user function {name}", env, spec, None, False)
 
 

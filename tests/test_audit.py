@@ -3,7 +3,6 @@ witnesses and emitted tests, baselines with audit entries, the black-box status 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,8 +21,8 @@ from stabilitylab.formats import FORMATS
 from stabilitylab.outcome import classify
 from stabilitylab.reference import Exact
 
-HAVE_TORCH = importlib.util.find_spec("torch") is not None
-HAVE_JAX = importlib.util.find_spec("jax") is not None and importlib.util.find_spec("optax") is not None
+HAVE_TORCH = adapters.installed(("torch",))
+HAVE_JAX = adapters.installed(("jax", "optax"))
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install 'stabilitylab[torch]')")
 needs_jax = pytest.mark.skipif(not HAVE_JAX, reason="jax / optax are not installed (pip install 'stabilitylab[jax]')")
 REPO = Path(__file__).resolve().parents[1]

@@ -53,7 +53,7 @@ class Adapter:
 
     def module_object(self):
         if not self.installed:
-            missing = [r for r in self.requires if importlib.util.find_spec(r) is None]
+            missing = [r for r in self.requires if not _findable(r)]
             raise MissingLibrary(f"{self.name} needs {', '.join(missing)}, which is not installed: "
                                  f'pip install "stabilitylab[{self.extra}]"')
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -68,7 +68,14 @@ class Adapter:
 
 
 def installed(requires) -> bool:
-    return all(importlib.util.find_spec(r) is not None for r in requires)
+    return all(_findable(r) for r in requires)
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (import blocked)
+        return False
 
 
 def library_version(name: str) -> str | None:
