@@ -442,7 +442,8 @@ def _update_baseline(path: str, dtypes) -> None:
                                      "does not recompute), so the file was left unchanged",
                                      param_hint="'--baseline'") from None
         previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
-    rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+    audit_only = bool(previous) and all(baseline.audit_key(key) for key in previous)
+    rows = [] if audit_only else run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
     audit_rows, problems = _audit_rows(previous, tolerance, _formats(dtypes))
     for key, why in sorted(problems.items()):
         click.echo(f"stabilitylab: warning: kept {key} as it was: {why}", err=True)

@@ -343,6 +343,9 @@ def test_baselines_hold_audit_entries(tmp_path, capsys):
     target.write_text(textwrap.dedent(NAIVE))
     code, out, err = run(capsys, "check", "--baseline", path)
     assert code == 1 and "first_inaccurate" in out
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "float16")
+    assert code == 0 and list(json.loads(path.read_text())["entries"]) == [key]  # audit entries only, recomputed
+    assert run(capsys, "check", "--baseline", path)[0] == 0
     target.unlink()
     code, out, err = run(capsys, "check", "--baseline", path)
     assert code == 3 and "does not exist" in out
