@@ -40,13 +40,32 @@ from __future__ import annotations
 import numpy as np
 
 from . import crmath
-from .formats import Format
+from .formats import FORMATS, Format
 
-__all__ = ["Arith", "EVENTS", "events_from_steps"]
+__all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
 NEVER = np.iinfo(np.int64).max
+EXTERNAL_CHUNK = 2**16  # rows per call of an external function (a 32k-point scan is one call)
+EXTERNAL_CALLS = 4096  # calls spent, per external(), locating the rows of a batch that raised
+
+
+class TargetError(ValueError):
+    """An external function that cannot be audited at all (its result has the wrong
+    shape or is not numeric); the message is one line."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _numeric(dtype: np.dtype) -> bool:
+    """Real numbers: numpy integers and floats, and ml_dtypes' floats (kind 'V')."""
+    if dtype.kind in "iuf":
+        return True
+    return any(dtype == f.dtype for f in FORMATS.values())
 
 
 def _wide_dtype(fmt: Format):
@@ -97,6 +116,7 @@ class Arith:
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
+        self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
         self._wide = _wide_dtype(fmt)
 
     def fork(self) -> "Arith":
@@ -105,6 +125,7 @@ class Arith:
         other.__dict__.update(self.__dict__)
         other.first = self.first.copy()
         other.input_lost = self.input_lost.copy()
+        other.errors = dict(self.errors)
         return other
 
     # ---------------------------------------------------------------- events
@@ -280,6 +301,65 @@ class Arith:
     def where_nonneg(self, z, if_nonneg, if_neg):
         """``if_nonneg`` where z >= 0, else ``if_neg`` (a branch on the sign of z)."""
         return np.where(z >= 0, if_nonneg, if_neg).astype(self.dtype, copy=False)
+
+    # ------------------------------------------------------------ black boxes
+    def external(self, fn, *arrays, shape: tuple[int, ...] = ()):
+        """``fn(*arrays)`` for code we cannot see (an audited kernel, a user's function).
+
+        ``arrays`` have the case on axis 0 (format values in the format's dtype,
+        integer labels); ``fn`` is called on whole batches, at most
+        ``EXTERNAL_CHUNK`` rows per call.  Its result, anything ``numpy.asarray``
+        takes, must be real numbers of shape ``(rows, *shape)``; it is rounded
+        correctly to the format (exact when it already is a format value).  No
+        IEEE event is recorded: none is observed.  A call that raises is split
+        until the rows that raise are found (at most ``EXTERNAL_CALLS`` calls; then
+        the rest of the batch that raised is marked); those rows get NaN and, in
+        :attr:`errors`, the exception's first line.  A result of the wrong shape or
+        type raises :class:`TargetError`.
+        """
+        self.step += 1
+        out = np.full((self.rows, *shape), np.nan, dtype=np.float64)
+        budget = [EXTERNAL_CALLS]
+
+        def call(rows: np.ndarray) -> None:
+            part = [a[rows] for a in arrays]
+            budget[0] -= 1
+            try:
+                with np.errstate(all="ignore"):
+                    result = fn(*part)
+            except (KeyboardInterrupt, SystemExit, TargetError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the target's own failure is a result
+                if len(rows) == 1 or budget[0] <= 0:
+                    message = _first_line(exc)
+                    if len(rows) > 1:
+                        message += f" (raised on a batch of {len(rows)} rows holding this one)"
+                    for r in rows.tolist():
+                        self.errors[r] = message
+                    return
+                half = len(rows) // 2
+                call(rows[:half])
+                call(rows[half:])
+                return
+            out[rows] = self._converted(result, (len(rows), *shape))
+
+        for start in range(0, self.rows, EXTERNAL_CHUNK):
+            call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
+        return self.fmt.round(out)
+
+    def _converted(self, result, expected: tuple[int, ...]) -> np.ndarray:
+        """An external result as float64 (exact for every format value), checked."""
+        try:
+            r = np.asarray(result)
+        except Exception as exc:  # noqa: BLE001 - e.g. a bfloat16 torch tensor
+            raise TargetError(f"its result could not be read with numpy.asarray ({_first_line(exc)})") from None
+        if not _numeric(r.dtype):
+            raise TargetError(f"it returned an array of {r.dtype} values; real numbers are required")
+        if r.shape != expected:
+            what = "one loss per row" if len(expected) == 1 else "one value per logit"
+            raise TargetError(f"it returned shape {r.shape} for {expected[0]} rows; expected {expected} ({what})")
+        with np.errstate(all="ignore"):
+            return r.astype(np.float64)
 
     # ------------------------------------------------------------ reductions
     def tree(self, op, x, identity: float):

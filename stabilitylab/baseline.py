@@ -172,17 +172,40 @@ def settings_of(doc: dict) -> tuple[Settings, float | None]:
 
 
 def split_key(key: str) -> tuple[str, str, str, str] | None:
-    """(experiment, family, method, dtype) if the key names something that exists now."""
+    """(experiment, family, method, dtype) if the key names something that exists now: a
+    simulated method, or an audit target (see :func:`audit_key`)."""
     parts = key.split("/")
-    if len(parts) != 4:
+    if len(parts) == 4:
+        experiment, family, method, dtype = parts
+        e = EXPERIMENTS.get(experiment)
+        if (e is not None and dtype in FORMATS and method in e.method_names
+                and family in {f.name for f in e.families}):
+            return experiment, family, method, dtype
+    return audit_key(key)
+
+
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
+
+
+def audit_key(key: str) -> tuple[str, str, str, str] | None:
+    """(experiment, family, target, dtype) for an audit entry ``experiment/family/<target>/dtype``:
+    the target is a built-in adapter (``torch.cross_entropy``) or a user function
+    (``module:function``, ``path/to/file.py:function``: it may hold slashes)."""
+    parts = key.split("/")
+    if len(parts) < 4:
         return None
-    experiment, family, method, dtype = parts
-    e = EXPERIMENTS.get(experiment)
-    if e is None or dtype not in FORMATS or method not in e.method_names:
+    experiment, family, dtype, target = parts[0], parts[1], parts[-1], "/".join(parts[2:-1])
+    if experiment not in AUDIT_EXPERIMENTS or dtype not in FORMATS:
         return None
-    if family not in {f.name for f in e.families}:
+    from . import adapters
+    from .auditing import audit_experiment
+
+    e = audit_experiment(experiment)
+    if family not in {f.name for f in e.families} or target in e.method_names:
         return None
-    return experiment, family, method, dtype
+    if target not in adapters.ADAPTERS and ":" not in target:
+        return None
+    return experiment, family, target, dtype
 
 
 def within(baseline, current, fmt: Format, ulps: int) -> bool:
@@ -220,8 +243,9 @@ class CheckResult:
         return len({r.entry for r in self.rows if r.mark in ("", "!")})
 
 
-def compare(doc: dict, rows: list[Threshold], ulps: int) -> CheckResult:
-    """Compare recomputed thresholds with a loaded baseline."""
+def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str] | None = None) -> CheckResult:
+    """Compare recomputed thresholds with a loaded baseline; ``problems``: audit entries that
+    could not be recomputed, and why (marked not comparable)."""
     result = CheckResult()
     env = doc.get("environment", {})
     now = fingerprint()
@@ -235,6 +259,8 @@ def compare(doc: dict, rows: list[Threshold], ulps: int) -> CheckResult:
             continue
         r = current.get(key)
         if r is None:
+            if problems and key in problems:
+                result.rows.append(Row("x", key, "-", "-", "-", problems[key]))
             continue  # not recomputed (outside the selected formats)
         fmt = FORMATS[r.dtype]
         for metric in METRICS:

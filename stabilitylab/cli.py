@@ -22,7 +22,10 @@ from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
 from .render.model import (
+    Cell,
     Section,
+    Table,
+    audit_sections,
     check_table,
     compare_sections,
     formats_table,
@@ -264,6 +267,108 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
                 output, fmt)
 
 
+@cli.command("audit")
+@click.argument("target", required=False)
+@click.option("--list", "list_targets", is_flag=True, help="List the built-in targets, installed or not, and exit.")
+@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce")), default=None,
+              help="The protocol of a user function: softmax_ce f(logits (rows, K), labels (rows,) int64) -> (rows,); "
+                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K. Adapters know theirs.")
+@dtype_option("float16, bfloat16, float32, float64, as the target supports them")
+@click.option("--logits", type=click.Path(), default=None,
+              help="Logits file (.npy, .npz, .csv, .txt), shape (rows, K): its rows replace the default cases "
+                   "and the bug-report corpus.")
+@click.option("--labels", type=click.Path(), default=None,
+              help="Labels file: softmax_ce one integer per row (default: argmax); binary_ce 0/1, shape (rows, K).")
+@click.option("--family", "families", multiple=True,
+              help="Threshold family to search (repeatable), e.g. confident. Default: every family of the experiment.")
+@click.option("--no-thresholds", is_flag=True, help="Run the cases only, no threshold search.")
+@click.option("--grad", is_flag=True,
+              help="Audit the gradient with respect to the logits (torch, jax and optax targets) against the exact "
+                   "softmax(x) - onehot(y) / sigmoid(z) - y.")
+@tolerance_option
+@format_option
+@output_option
+@click.option("--emit-pytest", "emit_pytest", type=click.Path(dir_okay=False), default=None,
+              help="Write a standalone pytest module (atomically) with one test per witness: the target's status "
+                   "there must stay no worse than now.")
+@click.option("--save-baseline", "save_baseline", type=click.Path(dir_okay=False), default=None,
+              help="Add this audit's thresholds to a baseline file (created if missing, other entries kept), "
+                   "for stabilitylab check.")
+def audit_command(target, list_targets, experiment, dtypes, logits, labels, families, no_thresholds, grad, tolerance,
+                  fmt, output, emit_pytest, save_baseline) -> None:
+    """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
+    path/to/file.py:function) in every format, against exact references."""
+    from . import api
+    from .auditing import AuditError
+
+    _check_output(output)
+    _check_output(emit_pytest, "'--emit-pytest'")
+    _check_output(save_baseline, "'--save-baseline'")
+    _check_tolerance(tolerance)
+    if list_targets:
+        if target:
+            raise click.BadParameter("--list takes no target", param_hint="'--list'")
+        _list_targets(api.adapters_table(), fmt, output)
+        return
+    if not target:
+        raise click.BadParameter("give a target: LIBRARY.NAME (see --list), module:function or "
+                                 "path/to/file.py:function", param_hint="'TARGET'")
+    if labels and not logits:
+        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
+    chosen = _formats(dtypes) if dtypes else None
+    console = Console(stderr=True)
+    try:
+        if console.is_terminal:
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+                task = bar.add_task("audit")
+                result = api.audit(target, experiment, chosen, logits=logits, labels=labels, families=families or None,
+                                   tolerance=tolerance, grad=grad, search=not no_thresholds,
+                                   progress=lambda step: bar.update(task, description=step))
+        else:
+            result = api.audit(target, experiment, chosen, logits=logits, labels=labels, families=families or None,
+                               tolerance=tolerance, grad=grad, search=not no_thresholds)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
+    if emit_pytest:
+        try:
+            count = result.to_pytest(emit_pytest)
+        except AuditError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {count} tests to {emit_pytest}", err=True)
+    if save_baseline:
+        try:
+            count = result.save_baseline(save_baseline)
+        except (AuditError, baseline.BaselineError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"wrote {count} entries to {save_baseline}", err=True)
+    if fmt == "json":
+        _emit(result.to_json(), output)
+    elif output is None:
+        _render(audit_sections(result.audit, MAX_CASES, MAX_FINDINGS), output, fmt)
+    else:
+        _render(audit_sections(result.audit), output, fmt)
+
+
+def _list_targets(rows, fmt: str, output: str | None) -> None:
+    if fmt == "json":
+        _emit(jsonout.dumps({"schema": "stabilitylab.targets/1", "targets": rows}), output)
+        return
+    table_rows = []
+    for r in rows:
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v)
+        state = (f"installed ({versions})" if r["installed"]
+                 else f'not installed: pip install "stabilitylab[{r["extra"]}]"')
+        table_rows.append([Cell(r["target"]), Cell(r["experiment"]), Cell(", ".join(r["formats"])),
+                           Cell("yes" if r["gradient"] else "no"),
+                           Cell(state, "ok" if r["installed"] else "inaccurate"), Cell(r["computes"])])
+    table = Table("Built-in audit targets", ["target", "experiment", "formats", "--grad", "installed", "computes"],
+                  table_rows,
+                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce")
+    _render([Section("Targets", tables=[table])], output, fmt)
+
+
 @cli.command()
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), required=True,
               help="Baseline JSON file (schema stabilitylab.baseline/1).")
@@ -288,7 +393,12 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     settings, tolerance = baseline.settings_of(doc)
     named = {key.split("/")[-1] for key in doc["entries"]}
     formats_ = _formats(dtypes) if dtypes else (tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS)
-    result = baseline.compare(doc, run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance), ulps)
+    simulated = [key for key in doc["entries"] if baseline.audit_key(key) is None]
+    # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
+    rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[
+        "entries"] else []
+    audit_rows, problems = _audit_rows(doc["entries"], tolerance, formats_)
+    result = baseline.compare(doc, rows + audit_rows, ulps, problems)
     for warning in result.warnings:
         click.echo(f"stabilitylab: warning: {warning}", err=True)
     regressions, missing, unknown = result.count("!"), result.count("+"), result.count("x")
@@ -308,6 +418,15 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
         raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
 
 
+def _audit_rows(entries, tolerance, formats_):
+    """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise)."""
+    if not any(baseline.audit_key(key) for key in entries):
+        return [], {}
+    from .auditing import baseline_rows
+
+    return baseline_rows(entries, tolerance, {f.name for f in formats_})
+
+
 def _update_baseline(path: str, dtypes) -> None:
     """Recompute the selected formats; keep the file's settings and every other entry.
 
@@ -324,7 +443,12 @@ def _update_baseline(path: str, dtypes) -> None:
                                      "does not recompute), so the file was left unchanged",
                                      param_hint="'--baseline'") from None
         previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
-    rows = run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+    audit_only = bool(previous) and all(baseline.audit_key(key) for key in previous)
+    rows = [] if audit_only else run_thresholds(list(EXPERIMENTS.values()), _formats(dtypes), settings, tolerance)
+    audit_rows, problems = _audit_rows(previous, tolerance, _formats(dtypes))
+    for key, why in sorted(problems.items()):
+        click.echo(f"stabilitylab: warning: kept {key} as it was: {why}", err=True)
+    rows += audit_rows
     doc = baseline.document(rows, settings, tolerance, previous)
     baseline.write(path, doc)
     kept = len(doc["entries"]) - len(rows)

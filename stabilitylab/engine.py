@@ -37,6 +37,7 @@ class Result:
     ulps: float
     error_bits: float
     events: tuple[str, ...]
+    error: str = ""  # black boxes: the first line of the exception the call raised on this row
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Count:
     underflow: int
     nan: int
     inaccurate: int
+    inf: int = 0  # black boxes only (see outcome.py)
+    error: int = 0
 
 
 @dataclass
@@ -101,19 +104,21 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
                                                                    fast_reference)):
                 parts[method.name].append((rows, outcome))
+                if method.observe is not None:
+                    method.observe(fmt, group, inputs, outcome)
     return {name: gather(p, len(cases)) for name, p in parts.items()}
 
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
     exact = (reference.fast if fast else reference.exact)(truth, inputs)
-    outcomes = [classify(fmt, value, exact, arith, tolerance) for _, arith, value in runs]
+    outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     if fast:
         near = exact.near_boundary(fmt, 4 * reference.FAST_ERROR)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt) for o in outcomes], axis=0))
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
-            outcomes = [classify(fmt, value, exact, arith, tolerance) for _, arith, value in runs]
+            outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     return outcomes
 
 
@@ -147,7 +152,8 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
                 for i, name in enumerate(batch.names):
                     results.append(Result(experiment.name, name, method.name, fmt.name, float(o.value[i]),
                                           float(o.reference[i]), texts[i], str(o.status[i]), float(o.rel_error[i]),
-                                          float(o.ulps[i]), float(o.error_bits[i]), o.events[i]))
+                                          float(o.ulps[i]), float(o.error_bits[i]), o.events[i],
+                                          "" if o.errors is None else str(o.errors[i])))
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
     return Comparison(tuple(experiments), tuple(formats), results, summary, tolerance=tolerance, ftz=ftz)

@@ -13,10 +13,12 @@ VERB = {
     "overflow": "overflows",
     "underflow": "underflows",
     "nan": "gives NaN",
+    "inf": "gives an infinite loss",
+    "error": "raises",
     "inaccurate": "is inaccurate",
     "ok": "is ok",
 }
-_ORDER = ("nan", "overflow", "underflow", "inaccurate", "range", "ok")
+_ORDER = ("error", "nan", "inf", "overflow", "underflow", "inaccurate", "range", "ok")
 
 
 def _fmt_ulps(x: float) -> str:
@@ -44,6 +46,9 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
             exacts = sorted({_exact(r) for r in group})
             parts.append(f"gives {'/'.join(values)} in {names}, correctly rounded: the exact value "
                          f"{'/'.join(exacts)} is not representable there")
+        elif status == "error":
+            messages = sorted({r.error for r in group})
+            parts.append(f"{VERB[status]} in {names} ({'; '.join(messages)})")
         elif status != "inaccurate":
             values = sorted({_short(r.value) for r in group})
             parts.append(f"{VERB[status]} in {names} (loss {'/'.join(values)})")
@@ -54,7 +59,7 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
 
 
 def _relative(a: float, b: float) -> float:
-    if a == b:
+    if a == b or (a != a and b != b):  # equal, or both NaN (an undefined loss stays undefined)
         return 0.0
     if b == 0 or not (abs(a) < float("inf") and abs(b) < float("inf")):
         return float("inf")

@@ -330,6 +330,13 @@ class IntervalArith:
         return Bounds(pick(a.lo, b.lo, np.minimum), pick(a.hi, b.hi, np.maximum), pick(a.xlo, b.xlo, np.minimum),
                       pick(a.xhi, b.xhi, np.maximum), pick(a.err, b.err, np.maximum))
 
+    def external(self, fn, *arrays, shape: tuple[int, ...] = ()) -> Bounds:
+        """A black box (see :meth:`Arith.external`): nothing about it can be proven on a
+        range, so its bounds are unbounded and its error bound infinite (never certified)."""
+        full = (self.rows, *shape)
+        inf = np.full(full, np.inf)
+        return Bounds(-inf, inf, -inf, inf, inf)
+
     tree = Arith.tree  # the same pairwise tree, on bounds
 
     def _pad(self, x: Bounds, identity: float) -> Bounds:

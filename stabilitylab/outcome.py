@@ -32,6 +32,21 @@ format (round to nearest, ties to even; see :meth:`Exact.rounded`):
 3. **otherwise** ``inaccurate`` if ``rel_error > tolerance`` (default sqrt(u):
    more than half of the significand bits lost), else ``ok``.
 
+**Black boxes** (an audited framework kernel or a user's function,
+``Method.black_box``) show no IEEE event, so a cause is never named.  Steps 1 and
+3 are the same (they look at the value only); step 2 becomes:
+
+* ``nan``  the value is NaN (in float8_e4m3fn also where others would give inf:
+  the box does not tell us which);
+* ``inf``  the value is +-inf and the correctly rounded exact loss is finite;
+* 0 (where the exact loss rounds to a non-zero value) falls to step 3:
+  ``inaccurate`` (relative error 1);
+* NaN where the exact loss itself is undefined (NaN: every logit -inf, say) is
+  the faithful answer: ``ok`` (``range`` if an input was out of range).
+
+A row whose call raised is ``error`` (its value NaN; the exception's first line
+is kept in :attr:`Outcome.errors`), for black boxes only.
+
 Examples (float32 unless stated; tolerance sqrt(u) = 2**-12):
 
 ============================================  ========  =================
@@ -65,11 +80,14 @@ from .arith import NEVER, Arith, events_from_steps
 from .formats import Format
 from .reference import Exact
 
-__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "Outcome", "classify", "errors"]
+__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "Outcome",
+           "classify", "errors"]
 
-STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan")
-FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan")
+STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
+FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
 METHOD_FAILURES: tuple[str, ...] = ("inaccurate", *FAILURES)  # statuses that blame the formulation
+BLACK_BOX_STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "inf", "nan", "error")
+WHITE_BOX_STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan")
 
 
 @dataclass
@@ -84,6 +102,7 @@ class Outcome:
     ulps: np.ndarray
     error_bits: np.ndarray
     first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
+    errors: np.ndarray | None = None  # black boxes: per row the exception's first line ('' if none)
 
     @cached_property
     def events(self) -> list[tuple[str, ...]]:
@@ -116,8 +135,10 @@ def errors(fmt: Format, value, exact: Exact):
     return rel, ulps, bits
 
 
-def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None) -> Outcome:
-    """Apply the rule above to a batch; ``arith`` holds the events of the computation."""
+def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,
+             black_box: bool = False) -> Outcome:
+    """Apply the rule above to a batch; ``arith`` holds the events of the computation
+    (and, for a black box, the rows whose call raised)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
@@ -134,6 +155,18 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
+    if black_box:
+        undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the only faithful answer
+        status[undefined] = np.where(out_of_range[undefined], "range", "ok")
+        lost &= ~undefined
+        status[lost & nan] = "nan"
+        status[lost & inf] = "inf"
+        messages = np.full(v.shape, "", dtype=object)
+        if arith.errors:
+            rows = np.fromiter(arith.errors, dtype=np.int64)
+            status[rows] = "error"
+            messages[rows] = list(arith.errors.values())
+        return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy(), messages)
     # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
     infinite = inf | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
     status[lost & nan] = "nan"
@@ -150,7 +183,10 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
     if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(rows)):
         return parts[0][1]
     columns = {}
-    for name in ("value", "reference", "status", "rel_error", "ulps", "error_bits"):
+    names = ["value", "reference", "status", "rel_error", "ulps", "error_bits"]
+    if parts[0][1].errors is not None:
+        names.append("errors")
+    for name in names:
         first = getattr(parts[0][1], name)
         out = np.empty(rows, dtype=first.dtype)
         for idx, part in parts:

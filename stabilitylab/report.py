@@ -32,8 +32,9 @@ INDEX = "README.md"
 N_GRID = np.unique(np.round(np.logspace(0, 6, 181)).astype(np.int64))
 D_GRID = np.unique(np.concatenate([np.linspace(0, 1, 11), np.logspace(0, np.log10(800), 240)]))
 INTEGER_FIGURE_UPPER = 2**32
-STEPS = 7
+STEPS = 8
 TRAIN_FORMATS = ("float16", "bfloat16", "float32")  # drawn; float64 is the reference of every run
+REPORT_TARGETS = ("scipy.log_softmax", "scipy.logsumexp", "jax.log_softmax", "torch.cross_entropy")
 
 
 def _likelihood_figure(formats, settings, rows):
@@ -113,10 +114,99 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     ftz_rows = thresholds(experiments, formats, Settings(p=settings.p, ftz=True))
     progress("training small models")
     training_lines = training_section(files)
+    progress("auditing the installed framework kernels")
+    audit_lines, audit_figure = _audit_section(formats)
+    if audit_figure is not None:
+        files[AUDIT_FIGURE] = audit_figure
     progress("writing markdown")
     files[INDEX] = _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures,
-                             training_lines).encode("utf-8")
+                             training_lines, audit_lines).encode("utf-8")
     return files
+
+
+AUDIT_FIGURE = "figures/audit_softmax_ce_confident.png"
+
+
+def _audit_section(formats) -> tuple[list[str], bytes | None]:
+    """Audit every installed softmax_ce framework kernel of REPORT_TARGETS: resembles, the confident
+    family's thresholds, the cases they lose that the log1p form keeps, and a figure of error bits vs d."""
+    from dataclasses import replace
+
+    from . import adapters
+    from .api import audit
+    from .auditing import resolve, target_method
+    from .experiments.softmax_ce import SOFTMAX_CE
+
+    installed = [name for name in REPORT_TARGETS if adapters.ADAPTERS[name].installed]
+    missing = [name for name in REPORT_TARGETS if name not in installed]
+    lines = ["## Auditing the installed framework kernels", "",
+             "`stabilitylab audit` runs a real kernel through the same cases (the defaults and inputs from public "
+             "bug reports), exact references, status rule and threshold search as the simulated formulas. A black "
+             "box shows no IEEE events: its status is read from its value (inf, nan, inaccurate, error), never a "
+             "claimed cause. *Resembles* names the simulated formula equal to the kernel bit for bit on the most "
+             "points run."]
+    if missing:
+        lines += ["", f"Not installed here, so not audited: {', '.join(missing)}."]
+    if not installed:
+        return lines + [""], None
+    results = {}
+    for name in installed:
+        chosen = [f for f in formats if f.name in adapters.ADAPTERS[name].formats]
+        if chosen:
+            results[name] = audit(name, dtypes=chosen, families=["confident"])
+    names = list(results)
+    header = ["target", "version", *(f.name for f in formats)]
+    res_rows, thr_rows = [], []
+    for name in names:
+        a = results[name]
+        version = ", ".join(f"{k} {v}" for k, v in a.target.environment.items() if k != "device")
+        by_dtype = {r.dtype: r for r in a.resembles}
+        res_rows.append([Cell(name), Cell(version)] + [
+            Cell(f"{by_dtype[f.name].method} {by_dtype[f.name].share:.1%}" if f.name in by_dtype else "—")
+            for f in formats])
+        by_t = {t.dtype: t for t in a.thresholds}
+        cells = []
+        for f in formats:
+            t = by_t.get(f.name)
+            if t is None:
+                cells.append(Cell("—"))
+                continue
+            value = "never" if t.first_inaccurate is None else repr(t.first_inaccurate)
+            cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}" if t.first_inaccurate is not None
+                              else "none found", "inaccurate" if t.first_inaccurate is not None else "ok"))
+        thr_rows.append([Cell(name), Cell(version)] + cells)
+    simulated = thresholds([SOFTMAX_CE], formats, Settings(), families={"softmax_ce/confident"})
+    for method in ("log_softmax", "log_softmax_log1p"):
+        cells = []
+        for f in formats:
+            t = next(r for r in simulated if r.method == method and r.dtype == f.name)
+            value = "never" if t.first_inaccurate is None else repr(t.first_inaccurate)
+            cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}"))
+        thr_rows.append([Cell(f"(simulated) {method}"), Cell("stabilitylab")] + cells)
+    lines += ["", table_md(Table("Resembles: the simulated formula equal to the kernel on the most points",
+                                 header, res_rows), 3),
+              table_md(Table("confident family ([0, -d], label 0): first d at which the loss is inaccurate "
+                             "(≤ x: a bound; black boxes in float32 / float64 are scanned by points)",
+                             header, thr_rows), 3)]
+    said = []
+    for name in names:
+        for v in results[name].versus:
+            if v.method == "log_softmax_log1p" and v.target_only:
+                said.append(f"- {name}, {v.dtype}: {v.target_only} of the audited cases are inaccurate or worse "
+                            f"where log_softmax_log1p is ok (first: {', '.join(v.examples[:3])}).")
+    lines += said + [""]
+    family = SOFTMAX_CE.family("confident")
+    log1p = SOFTMAX_CE.method("log_softmax_log1p")
+    panels = {}
+    for fmt in formats:
+        methods = [target_method(resolve(name)) for name in names if fmt.name in adapters.ADAPTERS[name].formats]
+        experiment = replace(SOFTMAX_CE, methods=(*methods, log1p))
+        out = evaluate(experiment, fmt, family.cases(D_GRID, Settings()), fast_reference=True)
+        panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
+    figure = plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: error in bits vs d, installed "
+                                 "kernels beside the log1p form", panels, D_GRID, {}, "d")
+    lines += [f"![installed kernels vs log1p form]({AUDIT_FIGURE})", ""]
+    return lines, figure
 
 
 def _ftz_table(rows, ftz_rows) -> Table:
@@ -164,7 +254,8 @@ def training_section(files: dict[str, bytes]) -> list[str]:
     return lines
 
 
-def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=()) -> str:
+def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
+              audit_lines=()) -> str:
     env = fingerprint()
     lines = [
         "# stabilitylab report",
@@ -200,6 +291,7 @@ def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figur
     lines += ["## Flush-to-zero", "",
               "GPUs and CPUs in flush-to-zero / denormals-are-zero modes replace subnormal inputs and results by 0 "
               "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3), *training_lines]
+    lines += list(audit_lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -29,12 +29,20 @@ UPDATE_FLAG = "pytest --stability-update"
 
 
 def threshold(key: str, settings: Settings = Settings(), tolerance: float | None = None) -> Threshold:
-    """The current threshold of ``experiment/family/method/dtype``."""
+    """The current threshold of ``experiment/family/method/dtype`` (``method``: a simulated method, or an
+    audit target such as ``torch.cross_entropy``)."""
     parts = baseline.split_key(key)
     if parts is None:
         raise KeyError(f"unknown threshold {key!r}; expected experiment/family/method/dtype, "
                        f"e.g. likelihood/iid/product/float32")
     experiment, family, method, dtype = parts
+    if baseline.audit_key(key) is not None:  # an audited target: recomputed by the audit's search
+        from .auditing import AuditError, baseline_rows
+
+        rows, problems = baseline_rows([key], tolerance)
+        if problems:
+            raise AuditError(problems[key])
+        return rows[0]
     e = EXPERIMENTS[experiment]
     rows = family_thresholds(e, e.family(family), FORMATS[dtype], settings, tolerance)  # memoised
     return next(r for r in rows if r.method == method)

@@ -30,12 +30,24 @@ How each number is established, and its ``exact`` flag:
    "Never fails" is exact only if the whole range was verified.
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
+
+Black boxes (``Method.black_box``: audited framework kernels, users' functions)
+run through the same search, called on whole batches.  Nothing about them can
+be proven on a range, so step 2 verifies by evaluating points only, within
+``BLACK_BOX_POINT_BUDGET`` (float64: ``POINT_BUDGET_WIDE``): a float32 or
+float64 threshold of a black box whose candidate lies further from the start is
+a bound (``exact: false``), found by the bisection and then lowered by
+``PROBE`` points spread below it.  Formats of at most 16 bits are scanned
+completely, black boxes included: exact.  Black boxes are not memoised (the
+function may change between calls).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 
@@ -58,6 +70,7 @@ POINT_BUDGET = 2**24  # points a verification may evaluate one by one, per key (
 POINT_BUDGET_WIDE = 2**14  # the same for float64: where its error hovers at the tolerance it does so over 2**40 values
 RANGE_BUDGET = 2**22  # ranges a verification may try to prove, per key
 RANGE_BUDGET_WIDE = 2**13  # the same for float64
+BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interval proofs: points only)
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
@@ -171,6 +184,7 @@ class _Search:
         self.tol = fmt.default_tolerance if tolerance is None else tolerance
         self.grid = Grid(family, fmt)
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
+        self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[str, bool]]] = {}  # index -> method -> (status, finite)
 
     # ------------------------------------------------------------ point evaluation
@@ -200,7 +214,12 @@ class _Search:
             verified = dict(best)
         else:
             best = self._bisect()
-            verified = self._verify_integers(best) if g.integer else self._verify(best)
+            if g.integer:
+                verified = self._verify_integers(best)
+            elif self.black_box:
+                verified = self._verify_points(best)
+            else:
+                verified = self._verify(best)
             for key in self.keys:  # given up: look for an earlier failure above the verified part
                 if verified[key] < best[key] and not g.integer:
                     self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
@@ -246,6 +265,17 @@ class _Search:
         g = self.grid
         stop = min(max(best.values()), g.start + INTEGER_SCAN)
         self._scan_points(np.arange(g.start, stop), best)
+        return {key: b if b <= stop else stop for key, b in best.items()}
+
+    def _verify_points(self, best: dict) -> dict[tuple[str, str], int]:
+        """Black boxes: evaluate every index from the start up to the furthest candidate that
+        is within the point budget; per key, the index below which every point is verified."""
+        g = self.grid
+        allowance = BLACK_BOX_POINT_BUDGET if self.fmt.precision <= 24 else POINT_BUDGET_WIDE
+        within = [b for b in best.values() if b - g.start <= allowance]
+        stop = max(within, default=g.start)
+        if stop > g.start:
+            self._scan_points(np.arange(g.start, stop), best)
         return {key: b if b <= stop else stop for key, b in best.items()}
 
     def _verify(self, best: dict) -> dict[tuple[str, str], int]:
@@ -424,7 +454,10 @@ _MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of the
 
 def family_thresholds(experiment: Experiment, family: Family, fmt: Format, settings: Settings = Settings(),
                       tolerance: float | None = None, k: int = 16) -> list[Threshold]:
-    """Thresholds of every method of ``experiment`` along ``family`` in one format (memoised)."""
+    """Thresholds of every method of ``experiment`` along ``family`` in one format (memoised,
+    except for black boxes)."""
+    if any(m.black_box for m in experiment.methods):
+        return _family_thresholds(experiment, family, fmt, settings, tolerance, k)
     key = (experiment.name, family.name, fmt.name, settings, tolerance, k)
     if key not in _MEMO:
         _MEMO[key] = _family_thresholds(experiment, family, fmt, settings, tolerance, k)
@@ -470,8 +503,8 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
     tasks = [(experiment, family, fmt) for experiment in experiments for family in experiment.families
              if not families or f"{experiment.name}/{family.name}" in families or family.name in families
              for fmt in formats]
-    todo = [(e.name, f.name, fmt.name) for e, f, fmt in tasks
-            if (e.name, f.name, fmt.name, settings, tolerance, 16) not in _MEMO]
+    todo = [(e.name, f.name, fmt.name) for e, f, fmt in tasks  # simulations only: a black box stays here
+            if EXPERIMENTS.get(e.name) is e and (e.name, f.name, fmt.name, settings, tolerance, 16) not in _MEMO]
     jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
     if jobs > 1 and len(todo) > 1 and "fork" in multiprocessing.get_all_start_methods():
         todo.sort(key=lambda t: -FORMATS[t[2]].precision)  # the long searches (float64, float32) first
@@ -485,3 +518,16 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 def _search_task(names: tuple[str, str, str], settings: Settings, tolerance: float | None) -> list[Threshold]:
     experiment = EXPERIMENTS[names[0]]
     return family_thresholds(experiment, experiment.family(names[1]), FORMATS[names[2]], settings, tolerance)
+
+
+class _CallableModule(types.ModuleType):
+    """``stabilitylab.thresholds(...)`` calls the Python API (:func:`stabilitylab.api.thresholds`),
+    while ``stabilitylab.thresholds`` stays this module (``from stabilitylab import thresholds``)."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import thresholds as api_thresholds
+
+        return api_thresholds(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .experiments.binary_ce import Binary
 from .experiments.softmax_ce import Logits
 
-__all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits"]
+__all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits", "user_binary", "logits_cases",
+           "binary_cases"]
 
 try:
     from lzma import LZMAError
@@ -144,6 +146,18 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
     for the output (rows with non-finite logits are allowed and reported).
     """
     x = read_array(logits_path, "logits")
+    y = None if labels_path is None else read_array(labels_path, "labels")
+    return logits_cases(x, y)
+
+
+def logits_cases(x, y=None) -> tuple[Logits, list[str]]:
+    """softmax_ce cases ``row=<i>`` from arrays: logits (rows, classes), labels (rows,) or None (argmax)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"logits hold {x.dtype} values; numbers are required", "--logits") from None
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -151,10 +165,10 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
                          "--logits")
     x = x.astype(np.float64)
     rows, classes = x.shape
-    if labels_path is None:
+    if y is None:
         labels = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
     else:
-        y = read_array(labels_path, "labels")
+        y = np.asarray(y, dtype=np.float64)
         if y.ndim == 2 and 1 in y.shape:
             y = y.ravel()
         if y.ndim != 1:
@@ -179,3 +193,39 @@ def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
                      "their exact loss is the limit where one exists, else NaN")
     names = tuple(f"row={i}" for i in range(rows))
     return Logits(names, x, labels, np.full(rows, classes, dtype=np.int64)), notes
+
+
+def user_binary(logits_path, labels_path) -> tuple[Binary, list[str]]:
+    """binary_ce cases ``row=<i>`` from (rows, K) logits and (rows, K) labels of 0 / 1."""
+    if labels_path is None:
+        raise InputError("binary_ce needs --labels: one 0/1 label per logit, shape (rows, K)", "--labels")
+    x = read_array(logits_path, "logits")
+    y = read_array(labels_path, "labels")
+    return binary_cases(x, y)
+
+
+def binary_cases(x, y) -> tuple[Binary, list[str]]:
+    """binary_ce cases ``row=<i>`` from arrays: logits and 0/1 labels, both (rows, K)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"logits must have shape (rows, K) with rows, K >= 1; got {x.shape}", "--logits")
+    if y.ndim == 1 and x.shape[1] == 1:
+        y = y[:, None]
+    if y.shape != x.shape:
+        raise InputError(f"labels have shape {y.shape} but logits {x.shape}; binary_ce needs one label per logit",
+                         "--labels")
+    y = y.astype(np.float64)
+    bad = ~((y == 0) | (y == 1))
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(f"label [{row}, {col}] is {float(y[row, col])!r}; binary_ce labels must be 0 or 1", "--labels")
+    rows, width = x.shape
+    notes = []
+    nonfinite = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+    if nonfinite.size:
+        shown = ", ".join(f"row={i}" for i in nonfinite[:5]) + (" ..." if nonfinite.size > 5 else "")
+        notes.append(f"{nonfinite.size} row(s) with non-finite logits ({shown}): allowed")
+    names = tuple(f"row={i}" for i in range(rows))
+    return Binary(names, x.astype(np.float64), y, np.full(rows, width, dtype=np.int64)), notes

@@ -113,6 +113,14 @@ class Method:
     quantity (the gradient experiment's MSE gradient).  ``exact_formula``: the
     formula, evaluated exactly, is the truth (False for deliberately biased
     forms such as log(y + eps)); the threshold search's error bounds rely on it.
+
+    ``black_box``: the kernel calls code we cannot see (an audited framework
+    kernel or a user's function, through :meth:`Arith.external`): no IEEE event
+    is observed, so its status is decided from the value alone (see
+    :mod:`stabilitylab.outcome`), and nothing about it can be proven on ranges.
+    ``observe(fmt, cases, inputs, outcome)``, optional, is called by
+    :func:`stabilitylab.engine.evaluate` with every batch the method ran on (the
+    audit collects witnesses and the ``resembles`` tally there).
     """
 
     name: str
@@ -121,6 +129,8 @@ class Method:
     stable: bool = False
     truth: Truth | None = None
     exact_formula: bool = True
+    black_box: bool = False
+    observe: Callable[..., None] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,39 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
-def compare_document(comparison: Comparison) -> dict:
+def _results(comparison: Comparison, black_box: bool) -> list[dict]:
     results = []
     for r in comparison.results:
-        results.append({
+        row = {
             "experiment": r.experiment, "case": r.case, "method": r.method, "dtype": r.dtype,
             "value": number(r.value), "reference": number(r.reference), "exact": r.exact, "status": r.status,
             "rel_error": number(r.rel_error), "ulps": number(r.ulps), "error_bits": number(r.error_bits),
             "events": list(r.events),
-        })
+        }
+        if black_box:
+            row["error"] = r.error or None
+        results.append(row)
+    return results
+
+
+def _summary(comparison: Comparison, black_box: bool) -> list[dict]:
+    """Counts per method and format; ``inf`` and ``error`` (black-box statuses) only where a black box ran."""
+    out = []
+    for c in comparison.summary:
+        d = asdict(c)
+        if not black_box:
+            del d["inf"], d["error"]
+        out.append(d)
+    return out
+
+
+def _has_black_box(comparison: Comparison) -> bool:
+    return any(m.black_box for e in comparison.experiments for m in e.methods)
+
+
+def compare_document(comparison: Comparison) -> dict:
+    black_box = _has_black_box(comparison)
+    results = _results(comparison, black_box)
     return {
         "schema": COMPARE_SCHEMA,
         "version": package_version(),
@@ -46,7 +70,7 @@ def compare_document(comparison: Comparison) -> dict:
         "settings": {"tolerance": comparison.tolerance, "ftz": comparison.ftz,
                      "formats": [f.name for f in comparison.formats]},
         "results": results,
-        "summary": [asdict(c) for c in comparison.summary],
+        "summary": _summary(comparison, black_box),
         "findings": [{"experiment": e, "text": t} for e, t in findings(comparison)],
         "notes": list(comparison.notes),
     }
@@ -66,7 +90,12 @@ def thresholds_document(rows, settings, tolerance) -> dict:
         "version": package_version(),
         "environment": fingerprint(),
         "settings": {"p": settings.p, "ftz": settings.ftz, "tolerance": tolerance},
-        "thresholds": [{
+        "thresholds": threshold_records(rows),
+    }
+
+
+def threshold_records(rows) -> list[dict]:
+    return [{
             "experiment": r.experiment, "family": r.family, "method": r.method, "dtype": r.dtype,
             "parameter": r.parameter, "first_inaccurate": _param(r.first_inaccurate),
             "first_failure": _param(r.first_failure), "failure": r.failure, "predicted": _param(r.predicted),
@@ -75,8 +104,54 @@ def thresholds_document(rows, settings, tolerance) -> dict:
             "exact": r.exact,
             "verified_below": {"first_inaccurate": _param(r.verified_inaccurate),
                                "first_failure": _param(r.verified_failure)},
-        } for r in rows],
+        } for r in rows]
+
+
+AUDIT_SCHEMA = "stabilitylab.audit/1"
+
+
+def audit_document(audit) -> dict:
+    """``stabilitylab audit --format json`` (schema stabilitylab.audit/1)."""
+    target = audit.target
+    env = dict(fingerprint())
+    env.update({f"target_{k}": v for k, v in target.environment.items()})
+    return {
+        "schema": AUDIT_SCHEMA,
+        "target": target.name,
+        "experiment": audit.experiment.name,
+        "version": package_version(),
+        "environment": env,
+        "settings": {"tolerance": audit.tolerance, "formats": [f.name for f in audit.formats],
+                     "skipped_formats": list(audit.skipped), "gradient": target.grad},
+        "formula": target.formula,
+        "results": _results(audit.comparison, True),
+        "summary": _summary(audit.comparison, True),
+        "findings": [{"experiment": e, "text": t} for e, t in findings(audit.comparison)],
+        "thresholds": threshold_records(audit.thresholds),
+        "resembles": [{"dtype": r.dtype, "method": r.method, "share": r.share, "points": r.points,
+                       "shares": dict(r.shares)} for r in audit.resembles],
+        "versus": [{"dtype": v.dtype, "method": v.method, "target_fails_method_ok": v.target_only,
+                    "method_fails_target_ok": v.method_only, "examples": list(v.examples)} for v in audit.versus],
+        "witnesses": [witness_record(w) for w in audit.witnesses],
+        "notes": list(audit.notes),
     }
+
+
+def witness_record(w) -> dict:
+    return {
+        "source": w.source, "dtype": w.dtype, "status": w.status, "kind": w.kind, "case": w.case,
+        "parameter": _param(w.parameter), "inputs": {k: _numbers(v) for k, v in w.inputs.items()},
+        "value": number(w.value), "exact": w.exact, "reference": number(w.reference),
+        "exact_parts": {"hi": float.hex(w.hi), "lo": float.hex(w.lo), "scale": w.scale, "zero": w.zero},
+        "rounded": number(w.rounded), "rel_error": number(w.rel_error), "error_bits": number(w.error_bits),
+        "error": w.error or None,
+    }
+
+
+def _numbers(v):
+    if isinstance(v, list):
+        return [_numbers(x) for x in v]
+    return v if isinstance(v, int) else number(v)
 
 
 def formats_document(formats) -> dict:

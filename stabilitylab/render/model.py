@@ -15,7 +15,7 @@ from ..findings import findings
 from ..formats import Format
 
 __all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table", "thresholds_table",
-           "formulas_section", "check_table"]
+           "formulas_section", "check_table", "audit_sections"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,10 @@ def number_text(x: float, digits: int = 10) -> str:
 
 
 MORE = "-o FILE or --format json has them all"
+WHITE_BOX_COUNTS = ("overflow", "underflow", "nan", "inaccurate", "range")
+BLACK_BOX_COUNTS = ("inf", "nan", "inaccurate", "error", "range")
+COUNT_NAMES = {"overflow": "overflow", "underflow": "underflow", "nan": "NaN", "inaccurate": "inaccurate",
+               "range": "out-of-range", "inf": "inf", "error": "error"}
 
 
 def compare_sections(comparison: Comparison, max_cases: int | None = None,
@@ -104,16 +108,18 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
                               "(exact: the true loss of the inputs as rounded to each format)",
                               ["case", "method", *(f.name for f in formats)], rows, caption, labels=(0, 1))
         counts = {(c.method, c.dtype): c for c in comparison.summary if c.experiment == experiment.name}
+        black = any(m.black_box for m in experiment.methods)
+        shown_counts = BLACK_BOX_COUNTS if black else WHITE_BOX_COUNTS
         count_rows = []
         for method in experiment.methods:
             cells = [Cell(method.name)]
             for fmt in formats:
                 c = counts[(method.name, fmt.name)]
-                worst = next((s for s in ("nan", "overflow", "underflow", "inaccurate") if getattr(c, s)), "ok")
-                cells.append(Cell(f"{c.overflow} / {c.underflow} / {c.nan} / {c.inaccurate} / {c.range} of {c.cases}",
-                                  worst))
+                worst = next((s for s in ("error", "nan", "inf", "overflow", "underflow", "inaccurate")
+                              if getattr(c, s)), "ok")
+                cells.append(Cell(" / ".join(str(getattr(c, s)) for s in shown_counts) + f" of {c.cases}", worst))
             count_rows.append(cells)
-        counts_table = Table(f"{experiment.name}: overflow / underflow / NaN / inaccurate / out-of-range counts",
+        counts_table = Table(f"{experiment.name}: {' / '.join(COUNT_NAMES[s] for s in shown_counts)} counts",
                              ["method", *(f.name for f in formats)], count_rows)
         formulas = [f"`{m.name}`: {m.formula}" for m in experiment.methods]
         extra = []
@@ -285,4 +291,70 @@ def train_sections(runs, scenarios, said) -> list[Section]:
         sections.append(Section(f"train/{name}: {scenario.description}",
                                 paragraphs=[f"Claim: {scenario.claim}."], tables=[table],
                                 bullets=[text for s, text in said if s == name]))
+    return sections
+
+
+BLACK_BOX_RULE = ("A black box shows no IEEE events, so no cause is named: its status comes from the value it "
+                  "returns (rounded to the format) and the exact loss of the same format-rounded inputs: ok / "
+                  "range (correctly rounded), inaccurate (relative error above the tolerance, a lost 0 included), "
+                  "inf (an infinite loss where the exact one is finite), nan, error (the call raised); a NaN "
+                  "for an undefined loss (every logit -inf) is ok.")
+
+
+def audit_sections(audit, max_cases: int | None = None, max_findings: int | None = None) -> list[Section]:
+    """The audit: what was run, the compare tables, resembles, versus, thresholds and witnesses."""
+    target = audit.target
+    env = ", ".join(f"{k} {v}" for k, v in target.environment.items())
+    what = "gradient with respect to the logits of " if target.grad else ""
+    head = Section(
+        f"Audit: {target.name} ({audit.experiment.name})",
+        paragraphs=[f"Target: {what}{target.name}: {target.formula}. Environment: {env}. Formats: "
+                    f"{', '.join(f.name for f in audit.formats)}.", BLACK_BOX_RULE],
+    )
+    sections = [head, *compare_sections(audit.comparison, max_cases, max_findings)]
+    formats = {f.name: f for f in audit.formats}
+    rows = []
+    for r in audit.resembles:
+        others = ", ".join(f"{m} {s:.1%}" for m, s in sorted(r.shares.items(), key=lambda kv: -kv[1]) if m != r.method)
+        rows.append([Cell(r.dtype), Cell(r.method), Cell(f"{r.share:.1%}"), Cell(f"{r.points:,}"), Cell(others)])
+    resembles = Table("Resembles: the simulated method equal to the target bit for bit on the most points "
+                      "(NaN = NaN, -0 = +0)", ["format", "resembles", "share", "points run", "other methods"], rows)
+    bullets = [f"{target.name}, {r.dtype}: {r.method} on {r.share:.1%} of points" for r in audit.resembles]
+    versus_rows = []
+    for v in audit.versus:
+        if not (v.target_only or v.method_only):
+            continue
+        status = "inaccurate" if v.target_only else "ok"
+        versus_rows.append([Cell(v.dtype), Cell(v.method), Cell(str(v.target_only), status),
+                            Cell(str(v.method_only)), Cell(", ".join(v.examples))])
+    versus = Table("Cases the target fails (inaccurate or worse) that a simulated method gets right, and the reverse",
+                   ["format", "simulated method", "target fails, method ok", "method fails, target ok",
+                    "first cases the target fails"], versus_rows, labels=(0, 1))
+    tables = [resembles] + ([versus] if versus_rows else [])
+    sections.append(Section("Which formula is it?", bullets=bullets, tables=tables))
+    if audit.thresholds:
+        sections.append(Section("Thresholds", paragraphs=[
+            "The same search as `stabilitylab thresholds`, on the target: formats of at most 16 bits are scanned "
+            "completely (exact); float32 / float64 are bisected and then scanned point by point within a budget "
+            "(no interval proof holds for a black box), so their values are often bounds (≤ x)."],
+            tables=[thresholds_table(audit.thresholds, list(audit.formats))]))
+    witness_rows = []
+    guards = sum(1 for w in audit.witnesses if w.kind.startswith("guard"))
+    for w in audit.witnesses:
+        if w.kind.startswith("guard"):
+            continue
+        fmt = formats[w.dtype]
+        value = f"{value_text(w.value, fmt)}" + (f" ({w.error})" if w.error else "")
+        error = "—" if not np.isfinite(w.error_bits) else f"{w.error_bits:.1f}"
+        witness_rows.append([Cell(w.source), Cell(w.dtype), Cell(w.status, w.status), Cell(w.kind), Cell(w.case),
+                             Cell(value), Cell(exact_text(w.exact)), Cell(error)])
+    if witness_rows or guards:
+        sections.append(Section("Witnesses", paragraphs=[
+            "Per source (the cases, or a threshold family) and status: the first failing input and, for "
+            "inaccurate, the worst (largest error). `--emit-pytest FILE` turns each into a test, together with "
+            f"{guards} guard inputs (where a simulated formula fails and the target does not; listed in the JSON)."],
+            tables=[Table("Witnesses", ["source", "format", "status", "kind", "case", "value", "exact",
+                                        "error bits"], witness_rows, labels=(0, 1))]))
+    if audit.notes:
+        sections.append(Section("Audit notes", bullets=list(audit.notes)))
     return sections

@@ -22,10 +22,13 @@ from .model import Cell, Section, Table
 __all__ = ["STYLE", "print_sections", "print_table", "layout"]
 
 STYLE = {"ok": "green", "range": "cyan", "inaccurate": "yellow", "overflow": "red", "underflow": "magenta",
-         "nan": "bold red"}
-TAG = {"ok": "ok", "range": "range", "inaccurate": "inacc", "overflow": "OVF", "underflow": "UNF", "nan": "NaN"}
+         "nan": "bold red", "inf": "red", "error": "bold magenta"}
+TAG = {"ok": "ok", "range": "range", "inaccurate": "inacc", "overflow": "OVF", "underflow": "UNF", "nan": "NaN",
+       "inf": "INF", "error": "ERR"}
 LEGEND = ("ok · range = correctly rounded, but the exact loss is outside the format's range · "
           "inacc = inaccurate (relative error > tolerance) · OVF = overflow · UNF = underflow · NaN")
+BLACK_BOX_LEGEND = ("black box (no IEEE event observed): INF = an infinite loss where the exact one is finite · "
+                    "NaN · ERR = the call raised")
 _LABEL_PIECES = re.compile(r"[^\s,/]*[,/]+\s*|[^\s,/]+\s*|\s+")  # a label breaks after , / or a space
 _WORDS = re.compile(r"\S+\s*|\s+")  # a value cell breaks only at spaces (rich's own wrapping)
 
@@ -120,7 +123,9 @@ def _cell(c: Cell, label_width: int | None) -> str:
 
 def _rich_tables(table: Table, width: int) -> list[RichTable]:
     tagged = any(c.tagged for row in table.rows for c in row)
-    caption = " · ".join(x for x in (table.caption, LEGEND if tagged else "") if x)
+    black = any(c.status in ("inf", "error") for row in table.rows for c in row)
+    caption = " · ".join(x for x in (table.caption, LEGEND if tagged else "", BLACK_BOX_LEGEND if tagged and black
+                                     else "") if x)
     compact, parts = layout(table, width)
     out = []
     for number, (columns, widths) in enumerate(parts):

@@ -1,0 +1,117 @@
+"""Built-in audit targets: ``LIBRARY.NAME -> (experiment, formats, callable)``.
+
+Each adapter module (``scipy_``, ``torch_``, ``jax_``, ``optax_``) is imported
+only when one of its targets is used, and is self-contained (numpy, ml_dtypes
+and its library only) so that ``--emit-pytest`` can copy it into a standalone
+test module.  Its docstring says which formula the library computes and where
+that was read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+__all__ = ["Adapter", "ADAPTERS", "MissingLibrary", "installed", "library_version"]
+
+NUMPY_FORMATS = ("float16", "float32", "float64")
+TORCH_FORMATS = ("float16", "bfloat16", "float32", "float64")
+JAX_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
+
+
+class MissingLibrary(ImportError):
+    """The framework an adapter needs is not installed; the message names the extra."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A framework kernel: ``module.function`` under the experiment's protocol.
+
+    ``requires``: the import names it needs (all must be installed); ``extra``:
+    the pip extra that installs them; ``grad``: the function giving d(loss)/d(logits),
+    or None; ``formula``: one line on what the library computes.
+    """
+
+    name: str
+    experiment: str
+    formats: tuple[str, ...]
+    module: str
+    function: str
+    requires: tuple[str, ...]
+    extra: str
+    formula: str
+    grad: str | None = None
+
+    @property
+    def library(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def installed(self) -> bool:
+        return installed(self.requires)
+
+    def module_object(self):
+        if not self.installed:
+            missing = [r for r in self.requires if not _findable(r)]
+            raise MissingLibrary(f"{self.name} needs {', '.join(missing)}, which is not installed: "
+                                 f'pip install "stabilitylab[{self.extra}]"')
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def callable(self, grad: bool = False):
+        module = self.module_object()
+        if grad:
+            if self.grad is None:
+                raise ValueError(f"{self.name} has no gradient adapter; --grad works for torch, jax and optax targets")
+            return getattr(module, self.grad)
+        return getattr(module, self.function)
+
+
+def installed(requires) -> bool:
+    return all(_findable(r) for r in requires)
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (import blocked)
+        return False
+
+
+def library_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _a(name, experiment, formats, module, function, requires, extra, formula, grad=True):
+    return Adapter(name, experiment, formats, module, function, requires, extra, formula,
+                   f"{function}_grad" if grad else None)
+
+
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
+    _a("scipy.log_softmax", "softmax_ce", NUMPY_FORMATS, "scipy_", "log_softmax", ("scipy",), "scipy",
+       "-log_softmax(x)[y]; log_softmax = (x - max) - log(sum exp(x - max)), no log1p", grad=False),
+    _a("scipy.logsumexp", "softmax_ce", NUMPY_FORMATS, "scipy_", "logsumexp", ("scipy",), "scipy",
+       "logsumexp(x) - x[y]; logsumexp = log1p(sum_{i!=k} exp(x_i - max)) + max (SciPy >= 1.15)", grad=False),
+    _a("torch.cross_entropy", "softmax_ce", TORCH_FORMATS, "torch_", "cross_entropy", ("torch",), "torch",
+       "F.cross_entropy(reduction='none') = nll_loss(log_softmax(x)); x - max - log(sum exp(x - max))"),
+    _a("torch.log_softmax", "softmax_ce", TORCH_FORMATS, "torch_", "log_softmax", ("torch",), "torch",
+       "-F.log_softmax(x, -1)[y]"),
+    _a("torch.bce_with_logits", "binary_ce", TORCH_FORMATS, "torch_", "bce_with_logits", ("torch",), "torch",
+       "F.binary_cross_entropy_with_logits(reduction='none').sum(-1) = (1 - y) z - log_sigmoid(z)"),
+    _a("torch.bce", "binary_ce", TORCH_FORMATS, "torch_", "bce", ("torch",), "torch",
+       "F.binary_cross_entropy(sigmoid(z), y).sum(-1): (y - 1) max(log1p(-p), -100) - y max(log p, -100)"),
+    _a("jax.log_softmax", "softmax_ce", JAX_FORMATS, "jax_", "log_softmax", ("jax",), "jax",
+       "-jax.nn.log_softmax(x)[y] = -(x - max - log(sum exp(x - max)))[y]"),
+    _a("optax.softmax_cross_entropy", "softmax_ce", JAX_FORMATS, "optax_", "softmax_cross_entropy",
+       ("jax", "optax"), "jax",
+       "-sum(one_hot(y) * log_softmax(x)) (integer labels made one-hot, passed in as an array)"),
+    _a("optax.softmax_cross_entropy_with_integer_labels", "softmax_ce", JAX_FORMATS, "optax_",
+       "softmax_cross_entropy_with_integer_labels", ("jax", "optax"), "jax",
+       "jax.nn.logsumexp(x) - x[y]"),
+    _a("optax.sigmoid_binary_cross_entropy", "binary_ce", JAX_FORMATS, "optax_", "sigmoid_binary_cross_entropy",
+       ("jax", "optax"), "jax", "(-y log_sigmoid(z) - (1 - y) log_sigmoid(-z)).sum(-1)"),
+)}

@@ -1,0 +1,111 @@
+"""PyTorch kernels under the audit protocol (self-contained: ``--emit-pytest`` copies this file).
+
+Protocols, on numpy arrays of the format's dtype (bfloat16 arrays of ml_dtypes
+cross to torch through an int16 view, bit for bit):
+
+* softmax_ce ``f(logits (rows, K), labels (rows,) int64) -> loss (rows,)``;
+* binary_ce ``f(logits (rows, K), labels (rows, K)) -> loss (rows,)`` (summed over K);
+* the ``*_grad`` functions return d(loss)/d(logits), shape (rows, K), by autograd.
+
+What each computes (ATen, CPU; read in aten/src/ATen/native/LossNLL.cpp, Loss.cpp,
+cpu/SoftMaxKernel.cpp; the audit measures, it does not assume):
+
+* ``cross_entropy``: ``F.cross_entropy(x, y, reduction="none")`` = ``nll_loss(log_softmax(x))``;
+  log_softmax on the last dim is ``x - max - log(sum exp(x - max))`` (no log1p form);
+* ``log_softmax``: ``-F.log_softmax(x, dim=-1)[y]``, the same kernel, picked here;
+* ``bce_with_logits``: ``F.binary_cross_entropy_with_logits(z, y, reduction="none").sum(-1)``:
+  ``(1 - y) z - log_sigmoid(z)`` in recent releases (older ones:
+  ``max_val + log(exp(-max_val) + exp(-z - max_val))``); for z = +inf, y = 1 the
+  ``(1 - y) z`` term is 0 * inf = NaN (pytorch #102894);
+* ``bce``: ``F.binary_cross_entropy(torch.sigmoid(z), y, reduction="none").sum(-1)``: the
+  probability is rounded to the format first, then ``(y - 1) max(log1p(-p), -100) -
+  y max(log(p), -100)`` (BCELoss clamps each log at -100).
+
+float8 tensors exist, but these CPU kernels are not implemented for them
+("not implemented for 'Float8_e4m3fn'"): float16, bfloat16, float32, float64 only.
+"""
+
+import ml_dtypes
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_torch(x):
+    """A numpy array (ml_dtypes bfloat16 included) as a CPU tensor, bit for bit."""
+    x = np.array(x, copy=True, order="C")
+    if x.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def to_numpy(t):
+    """A tensor as a numpy array of the same format, bit for bit."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _pick(t, labels):
+    return t.gather(1, labels[:, None])[:, 0]
+
+
+def _ce(x, y):
+    return F.cross_entropy(x, y, reduction="none")
+
+
+def _ls(x, y):
+    return -_pick(F.log_softmax(x, dim=-1), y)
+
+
+def _bcel(z, y):
+    return F.binary_cross_entropy_with_logits(z, y, reduction="none").sum(-1)
+
+
+def _bce(z, y):
+    return F.binary_cross_entropy(torch.sigmoid(z), y, reduction="none").sum(-1)
+
+
+def _loss(kernel, logits, labels):
+    with torch.no_grad():
+        return to_numpy(kernel(to_torch(logits), to_torch(labels)))
+
+
+def _grad(kernel, logits, labels):
+    x = to_torch(logits).requires_grad_(True)
+    loss = kernel(x, to_torch(labels))
+    (g,) = torch.autograd.grad(loss, x, grad_outputs=torch.ones_like(loss))
+    return to_numpy(g)
+
+
+def cross_entropy(logits, labels):
+    return _loss(_ce, logits, labels)
+
+
+def cross_entropy_grad(logits, labels):
+    return _grad(_ce, logits, labels)
+
+
+def log_softmax(logits, labels):
+    return _loss(_ls, logits, labels)
+
+
+def log_softmax_grad(logits, labels):
+    return _grad(_ls, logits, labels)
+
+
+def bce_with_logits(logits, labels):
+    return _loss(_bcel, logits, labels)
+
+
+def bce_with_logits_grad(logits, labels):
+    return _grad(_bcel, logits, labels)
+
+
+def bce(logits, labels):
+    return _loss(_bce, logits, labels)
+
+
+def bce_grad(logits, labels):
+    return _grad(_bce, logits, labels)

@@ -1,0 +1,573 @@
+"""Audit real code: a framework kernel or a user's function, through the same machinery.
+
+A *target* becomes one more :class:`~stabilitylab.experiments.base.Method`: its
+kernel calls the target through :meth:`Arith.external` (whole batches, the
+result rounded to the format, no IEEE event observed; ``black_box=True``), so an
+audit is ``dataclasses.replace(SOFTMAX_CE, methods=(target,))`` run by the same
+:func:`engine.compare` (default cases + the bug-report corpus, or the user's
+logits), the same threshold search (every family; exhaustive for formats of at
+most 16 bits, else bisection and point scans with honest ``exact`` flags), the
+same exact references, renderers and baseline keys.
+
+While it runs, the method's ``observe`` hook (a :class:`Recorder`) sees every
+batch: it runs the experiment's simulated methods on the same format-rounded
+inputs, for ``resembles`` (the simulated method equal to the target on the most
+points) and for "rows the target fails that a simulated method gets right", and
+keeps the witnesses (per source and status, the first failing input and the
+worst one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import adapters
+from .arith import Arith, TargetError, _first_line
+from .engine import Comparison, compare
+from .experiments.base import Experiment, Method, Settings
+from .experiments.binary_ce import BINARY_CE
+from .experiments.binary_ce import concat as concat_binary
+from .experiments.softmax_ce import SOFTMAX_CE
+from .experiments.softmax_ce import concat as concat_logits
+from .formats import FORMATS, Format
+from .outcome import METHOD_FAILURES, Outcome, classify
+from .thresholds import Threshold, family_thresholds
+
+__all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", "resolve", "run", "PROTOCOLS",
+           "audit_experiment"]
+
+PROTOCOLS = {
+    "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
+    "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
+}
+GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
+
+
+class AuditError(ValueError):
+    """A target that cannot be audited (one line: what is wrong and what is allowed)."""
+
+
+# ----------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Target:
+    """What is audited.
+
+    ``fn`` follows the experiment's protocol (:data:`PROTOCOLS`; with ``grad`` it
+    returns the gradient with respect to the logits).  ``spec`` is how a
+    standalone test imports it again: an adapter name, ``module:function`` or
+    ``path/to/file.py:function`` (None for a callable that cannot be imported by
+    name).  ``environment``: the framework's version and device.
+    """
+
+    name: str
+    experiment: str
+    fn: Callable = field(compare=False, hash=False)
+    formats: tuple[str, ...]
+    formula: str
+    environment: dict[str, str] = field(compare=False, hash=False)
+    spec: str | None = None
+    adapter: adapters.Adapter | None = None
+    grad: bool = False
+
+    @property
+    def audited_experiment(self) -> str:
+        return f"{self.experiment}_grad" if self.grad else self.experiment
+
+
+def resolve(target: str | Callable, experiment: str | None = None, grad: bool = False) -> Target:
+    """A :class:`Target` from an adapter name, ``module:function``, ``file.py:function`` or a callable."""
+    if isinstance(target, Target):
+        return target
+    if callable(target):
+        return _user_target(target, _spec_of(target), experiment, grad)
+    if not isinstance(target, str) or not target.strip():
+        raise AuditError(f"target {target!r} is neither an adapter name, module:function, file.py:function "
+                         "nor a callable")
+    if target in adapters.ADAPTERS:
+        return _adapter_target(adapters.ADAPTERS[target], experiment, grad)
+    if ":" not in target:
+        known = ", ".join(adapters.ADAPTERS)
+        raise AuditError(f"unknown target {target!r}; give a built-in adapter ({known}), module:function or "
+                         "path/to/file.py:function (see stabilitylab audit --list)")
+    return _user_target(_load_user_function(target), target, experiment, grad)
+
+
+def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: bool) -> Target:
+    if experiment is not None and experiment != adapter.experiment:
+        raise AuditError(f"{adapter.name} is a {adapter.experiment} target; -e {experiment} does not apply "
+                         f"(leave -e out, or give -e {adapter.experiment})")
+    if grad and adapter.grad is None:
+        raise AuditError(f"{adapter.name} has no gradient: --grad works for torch, jax and optax targets")
+    try:
+        fn = adapter.callable(grad)
+    except adapters.MissingLibrary as exc:
+        raise AuditError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a broken installation: one line
+        raise AuditError(f"{adapter.name}: importing {adapter.library} failed: {_first_line(exc)}") from None
+    env = {}
+    for lib in adapter.requires:
+        env[lib] = adapters.library_version(lib) or "unknown"
+    env["device"] = "cpu"
+    if adapter.library in ("jax", "optax"):
+        import jax
+        env["device"] = str(jax.devices()[0].platform)
+    return Target(adapter.name, adapter.experiment, fn, adapter.formats, adapter.formula, env, adapter.name,
+                  adapter, grad)
+
+
+def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool) -> Target:
+    if experiment is None:
+        raise AuditError("name the protocol of a user function with -e softmax_ce or -e binary_ce "
+                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']})")
+    if experiment not in PROTOCOLS:
+        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce or binary_ce protocol")
+    if grad:
+        raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
+                         "known to stabilitylab")
+    if not callable(fn):
+        raise AuditError(f"{spec} is not callable (it is a {type(fn).__name__})")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None  # builtins without a signature: the probe call decides
+    if signature is not None:
+        try:
+            signature.bind(None, None)
+        except TypeError:
+            raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as f(logits, labels); the "
+                             f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
+    name = spec or _name_of(fn)
+    env = {"device": "not known (a user function runs where it chooses)"}
+    return Target(name, experiment, fn, tuple(FORMATS), f"user function {name}", env, spec, None, False)
+
+
+def _name_of(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _spec_of(fn: Callable) -> str | None:
+    """module:qualname if the callable can be imported back by that name."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def _load_user_function(spec: str) -> Callable:
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise AuditError(f"target {spec!r}: expected module:function or path/to/file.py:function")
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        path = Path(where)
+        if not path.is_file():
+            raise AuditError(f"target file {where} does not exist or is not a file")
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # as when the file is run: it may import its neighbours
+            sys.path.insert(0, folder)
+        module_name = f"_stabilitylab_target_{abs(hash(str(path.resolve())))}"
+        try:
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ImportError("not a Python file")
+            module = importlib.util.module_from_spec(loader_spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loader_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
+            raise AuditError(f"could not import {where}: {_first_line(exc)}") from None
+    else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(where)
+        except Exception as exc:  # noqa: BLE001
+            raise AuditError(f"could not import module {where!r}: {_first_line(exc)}") from None
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise AuditError(f"{where} has no attribute {name!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise AuditError(f"{spec} is not callable (it is a {type(obj).__name__})")
+    return obj
+
+
+# ------------------------------------------------------------- experiments
+def audit_experiment(name: str) -> Experiment:
+    """The simulated experiment an audit of protocol ``name`` runs beside the target."""
+    from .experiments import logit_gradient
+
+    table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE,
+             "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"no audit experiment {name!r}; valid: {', '.join(table)}") from None
+
+
+def default_audit_cases(experiment: str):
+    """The experiment's default cases followed by the bug-report corpus."""
+    from . import corpus
+    from .experiments import logit_gradient
+
+    base = experiment.removesuffix("_grad")
+    simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
+    concat = concat_logits if base == "softmax_ce" else concat_binary
+    cases = concat([simulated.default_cases(), corpus.corpus(base)])
+    return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
+
+
+def _kernel(fn: Callable, grad: bool):
+    if grad:
+        def kernel(a, x):
+            width = x.logits.shape[1]
+            return a.pick(a.external(fn, x.logits, x.labels, shape=(width,)), x.component)
+    else:
+        def kernel(a, x):
+            return a.external(fn, x.logits, x.labels)
+    return kernel
+
+
+# --------------------------------------------------------------- recording
+@dataclass(frozen=True)
+class Witness:
+    """An input on which the target failed: the first one (by case order or parameter) of its
+    status (``kind`` "first"), or the worst (largest error) for ``inaccurate`` ("worst"); or a
+    *guard*: the first input where the simulated method M fails and the target does not
+    ("guard:M"), which tells a stable formula from an unstable one in a regression test.
+    ``inputs``: the format-rounded inputs as float64 lists (int for labels); the exact value
+    is ``(hi + lo) * 2**scale`` (``zero``: exactly 0), ``rounded`` its correctly rounded
+    value in the format."""
+
+    source: str  # "cases" or a family name
+    dtype: str
+    status: str
+    kind: str  # first | worst | guard:<simulated method>
+    case: str
+    parameter: float | int | None
+    inputs: dict[str, Any]
+    value: float
+    exact: str
+    reference: float
+    hi: float
+    lo: float
+    scale: int
+    zero: bool
+    rounded: float
+    rel_error: float
+    error_bits: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Resemblance:
+    """The simulated method whose output equals the target's on the largest share of all
+    points run in one format (bit for bit; every NaN is one value and -0 = +0)."""
+
+    dtype: str
+    method: str
+    share: float
+    points: int
+    shares: dict[str, float]  # every simulated method's share
+
+
+@dataclass(frozen=True)
+class Versus:
+    """On the audited cases (not the threshold scans), in one format: rows where the target
+    fails (inaccurate or worse) but the simulated ``method`` is ok / range, and the reverse."""
+
+    dtype: str
+    method: str
+    target_only: int
+    method_only: int
+    examples: tuple[str, ...]  # the first few cases the target fails and the method does not
+
+
+class Recorder:
+    """The target method's ``observe`` hook: resembles tallies, versus counts and witnesses."""
+
+    EXAMPLES = 5
+
+    def __init__(self, simulated: Experiment, tolerance: float | None):
+        self.simulated, self.tolerance = simulated, tolerance
+        self.source = "cases"
+        self._order: dict[str, int] = {}
+        self.points: dict[str, int] = defaultdict(int)
+        self.same: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.versus: dict[tuple[str, str], list] = {}
+        self.found: dict[tuple[str, str, str, str], tuple[Any, Witness]] = {}
+
+    def start(self, source: str, names: Sequence[str] = ()) -> None:
+        self.source = source
+        self._order = {name: i for i, name in enumerate(names)}
+
+    def __call__(self, fmt: Format, cases, inputs, outcome: Outcome) -> None:
+        n = len(outcome.value)
+        self.points[fmt.name] += n
+        v = outcome.value
+        target_fails = np.isin(outcome.status, METHOD_FAILURES)
+        keys = None
+        for m in self.simulated.methods:
+            arith = Arith(fmt, n)
+            with np.errstate(all="ignore"):
+                sim = np.asarray(m.kernel(arith, inputs)).astype(np.float64)
+            self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
+            if m.truth is not None:
+                continue
+            method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)
+            guards = np.flatnonzero(method_fails & ~target_fails)
+            if self.source == "cases":
+                entry = self.versus.setdefault((fmt.name, m.name), [0, 0, []])
+                only = np.flatnonzero(target_fails & ~method_fails)
+                entry[0] += len(only)
+                entry[1] += len(guards)
+                entry[2].extend(cases.names[i] for i in only[: self.EXAMPLES].tolist())
+            if guards.size:
+                keys = self._keys(cases, np.arange(n)) if keys is None else keys
+                j = int(guards[np.argmin(keys[guards])])
+                self._keep(fmt, cases, inputs, outcome, str(outcome.status[j]), f"guard:{m.name}", j, float(keys[j]),
+                           smaller=True)
+        failing = np.flatnonzero(target_fails)
+        if not failing.size:
+            return
+        keys = self._keys(cases, failing)
+        for status in np.unique(outcome.status[failing]).tolist():
+            mine = outcome.status[failing] == status
+            idx, key = failing[mine], keys[mine]
+            j = int(np.argmin(key))
+            self._keep(fmt, cases, inputs, outcome, status, "first", int(idx[j]), float(key[j]), smaller=True)
+            bits = outcome.error_bits[idx]
+            if status == "inaccurate" and np.isfinite(bits).any():
+                j = int(np.nanargmax(np.where(np.isfinite(bits), bits, -np.inf)))
+                self._keep(fmt, cases, inputs, outcome, status, "worst", int(idx[j]), float(bits[j]), smaller=False)
+
+    def _keys(self, cases, rows: np.ndarray) -> np.ndarray:
+        """The order of rows within their source: the parameter (families) or the case's position."""
+        values = getattr(cases.names, "values", None)
+        if values is not None:
+            return np.asarray(values, dtype=np.float64)[rows]
+        return np.array([self._order.get(cases.names[i], len(self._order)) for i in rows.tolist()], dtype=np.float64)
+
+    def _keep(self, fmt, cases, inputs, outcome, status, kind, row, key, smaller: bool) -> None:
+        slot = (self.source, fmt.name, status, kind)
+        held = self.found.get(slot)
+        if held is not None and (key >= held[0] if smaller else key <= held[0]):
+            return
+        self.found[slot] = (key, self._witness(fmt, cases, inputs, outcome, status, kind, row))
+
+    def _witness(self, fmt, cases, inputs, outcome, status, kind, i) -> Witness:
+        values = getattr(cases.names, "values", None)
+        parameter = None
+        if values is not None:
+            p = values[i]
+            parameter = int(p) if np.issubdtype(np.asarray(values).dtype, np.integer) else float(p)
+        row = {}
+        for f in fields(inputs):
+            a = getattr(inputs, f.name)
+            if isinstance(a, np.ndarray):
+                item = a[i]
+                if np.issubdtype(a.dtype, np.integer):
+                    row[f.name] = item.tolist()
+                else:
+                    row[f.name] = np.asarray(item).astype(np.float64).tolist()
+        ex = outcome.exact.take(np.array([i]))
+        errors = outcome.errors
+        return Witness(self.source, fmt.name, status, kind, cases.names[i], parameter, row, float(outcome.value[i]),
+                       ex.text()[0], float(outcome.reference[i]), float(ex.hi[0]), float(ex.lo[0]), int(ex.scale[0]),
+                       bool(ex.zero[0]), float(ex.rounded(fmt)[0]), float(outcome.rel_error[i]),
+                       float(outcome.error_bits[i]), "" if errors is None else str(errors[i]))
+
+    # ---------------------------------------------------------- summaries
+    def resembles(self, formats: Sequence[Format]) -> list[Resemblance]:
+        out = []
+        for fmt in formats:
+            total = self.points.get(fmt.name, 0)
+            if not total:
+                continue
+            shares = {m: self.same[fmt.name][m] / total for m in self.simulated.method_names}
+            best = max(shares, key=lambda m: shares[m])
+            out.append(Resemblance(fmt.name, best, shares[best], total, shares))
+        return out
+
+    def versus_list(self, formats: Sequence[Format]) -> list[Versus]:
+        out = []
+        for fmt in formats:
+            for m in self.simulated.methods:
+                entry = self.versus.get((fmt.name, m.name))
+                if entry is not None:
+                    out.append(Versus(fmt.name, m.name, entry[0], entry[1], tuple(entry[2][: self.EXAMPLES])))
+        return out
+
+    def witnesses(self) -> list[Witness]:
+        def order(w: Witness):
+            kind = {"first": 0, "worst": 1}.get(w.kind, 2)
+            return (w.source != "cases", w.source, list(FORMATS).index(w.dtype), kind, w.status, w.kind)
+        return sorted((w for _, w in self.found.values()), key=order)
+
+
+# ------------------------------------------------------------------ running
+@dataclass
+class Audit:
+    """Everything an audit found (rendered by render.model.audit_sections / jsonout.audit_document)."""
+
+    target: Target
+    experiment: Experiment  # the simulated experiment with the target as its only method
+    simulated: Experiment  # the experiment whose simulated methods the target is compared with
+    formats: tuple[Format, ...]
+    comparison: Comparison
+    thresholds: list[Threshold]
+    resembles: list[Resemblance]
+    versus: list[Versus]
+    witnesses: list[Witness]
+    tolerance: float | None = None
+    notes: list[str] = field(default_factory=list)
+    skipped: tuple[str, ...] = ()  # formats asked for that the target does not support
+
+
+def probe(target: Target) -> None:
+    """Call the target once on a plain batch; a call that raises, or a result of the wrong
+    shape or type, is an :class:`AuditError` (the target cannot be audited at all)."""
+    fmt = FORMATS["float32"] if "float32" in target.formats else FORMATS[target.formats[0]]
+    if target.experiment == "softmax_ce":
+        logits, labels = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]), np.array([0, 1], dtype=np.int64)
+        shown = "logits [[0, 0, 0], [1, 0, -1]], labels [0, 1]"
+    else:
+        logits, labels = np.array([[0.0, 1.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
+        shown = "logits [[0, 1], [-1, 0]], labels [[0, 1], [1, 0]]"
+        labels = fmt.round(labels)
+    logits = fmt.round(logits)
+    protocol = GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            result = target.fn(logits, labels)
+    except Exception as exc:  # noqa: BLE001
+        raise AuditError(f"{target.name} raised on a plain {fmt.name} batch ({shown}): {_first_line(exc)}; the "
+                         f"{target.experiment} protocol is {protocol}") from None
+    try:
+        Arith(fmt, 2)._converted(result, (2, 3 if target.experiment == "softmax_ce" else 2) if target.grad else (2,))
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}; the {target.experiment} protocol is {protocol}") from None
+
+
+def run(target: Target, formats: Sequence[Format], cases=None, families: Sequence[str] | None = None,
+        tolerance: float | None = None, search: bool = True,
+        progress: Callable[[str], None] = lambda step: None) -> Audit:
+    """Run the audit: cases (default + corpus, or ``cases``), every family's thresholds, resembles, witnesses.
+
+    ``formats`` the target does not support are skipped (listed in ``Audit.skipped``).
+    Raises :class:`AuditError` for a target that cannot be audited (probe, wrong
+    shape or type of a result).
+    """
+    chosen = tuple(f for f in formats if f.name in target.formats)
+    skipped = tuple(f.name for f in formats if f.name not in target.formats)
+    if not chosen:
+        raise AuditError(f"{target.name} supports {', '.join(target.formats)}; none of "
+                         f"{', '.join(f.name for f in formats)} is among them")
+    probe(target)
+    simulated = audit_experiment(target.audited_experiment)
+    recorder = Recorder(simulated, tolerance)
+    method = target_method(target, recorder)
+    own_cases = cases is not None
+    if cases is None:
+        cases = default_audit_cases(target.audited_experiment)
+    elif target.grad:
+        from .experiments import logit_gradient
+        cases = logit_gradient.components(cases)
+    what = "your cases" if own_cases else "the default cases and inputs from public bug reports"
+    experiment = replace(simulated, methods=(method,), facts=None,
+                         title=f"{target.name} on {what}",
+                         question=f"Protocol {target.audited_experiment}: "
+                                  f"{GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]}.")
+    recorder.start("cases", cases.names)
+    progress("running the cases")
+    try:
+        comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
+        rows: list[Threshold] = []
+        if search:
+            for family in experiment.families:
+                if families and family.name not in families:
+                    continue
+                recorder.start(family.name)
+                progress(f"searching {family.name}")
+                for fmt in chosen:
+                    rows += family_thresholds(experiment, family, fmt, Settings(), tolerance)
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}") from None
+    notes = []
+    if skipped:
+        notes.append(f"{target.name} does not support {', '.join(skipped)} (supported: {', '.join(target.formats)}); "
+                     "skipped")
+    return Audit(target, experiment, simulated, chosen, comparison, rows, recorder.resembles(chosen),
+                 recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped)
+
+
+def target_method(target: Target, observe: Callable | None = None) -> Method:
+    """The target as a black-box :class:`Method` of its audit experiment."""
+    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad), black_box=True,
+                  exact_formula=False, observe=observe)
+
+
+def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
+                  ) -> tuple[list[Threshold], dict[str, str]]:
+    """Recompute the audit entries among baseline ``keys`` (``experiment/family/<target>/dtype``).
+
+    Returns the thresholds and, per key that cannot be recomputed (the target is not
+    installed or cannot be imported, the format is not supported), why.  Keys of
+    simulated methods are ignored; ``formats`` limits the formats recomputed.
+    """
+    from .baseline import audit_key
+
+    wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for key in keys:
+        parts = audit_key(key)
+        if parts is not None:
+            experiment, family, name, dtype = parts
+            if formats is None or dtype in formats:
+                wanted[(experiment, name)].add((family, dtype))
+    rows: list[Threshold] = []
+    problems: dict[str, str] = {}
+    for (experiment, name), pairs in sorted(wanted.items()):
+        grad, protocol = experiment.endswith("_grad"), experiment.removesuffix("_grad")
+        try:
+            target = resolve(name, None if name in adapters.ADAPTERS else protocol, grad)
+            if target.experiment != protocol:
+                raise AuditError(f"{name} is a {target.experiment} target, not {protocol}")
+            probe(target)
+        except AuditError as exc:
+            for family, dtype in pairs:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = str(exc)
+            continue
+        audited = replace(audit_experiment(experiment), methods=(target_method(target),))
+        for family, dtype in sorted(pairs):
+            if dtype not in target.formats:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = f"{name} does not support {dtype}"
+                continue
+            try:
+                rows += family_thresholds(audited, audited.family(family), FORMATS[dtype], Settings(), tolerance)
+            except TargetError as exc:
+                problems[f"{experiment}/{family}/{name}/{dtype}"] = f"{name}: {exc}"
+    return rows, problems
+
+
+def _quiet(fn: Callable) -> Callable:
+    """The target with its warnings silenced: a library's RuntimeWarning is not an audit result."""
+    def call(*args):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args)
+    return call

@@ -1,0 +1,370 @@
+"""Audits of real code: adapters (scipy, jax/optax; torch when importable), user functions,
+witnesses and emitted tests, baselines with audit entries, the black-box status rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import stabilitylab
+from stabilitylab import adapters, baseline
+from stabilitylab.arith import EXTERNAL_CHUNK, Arith, TargetError
+from stabilitylab.auditing import default_audit_cases
+from stabilitylab.cli import main
+from stabilitylab.formats import FORMATS
+from stabilitylab.outcome import classify
+from stabilitylab.reference import Exact
+
+HAVE_TORCH = adapters.installed(("torch",))
+HAVE_JAX = adapters.installed(("jax", "optax"))
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install 'stabilitylab[torch]')")
+needs_jax = pytest.mark.skipif(not HAVE_JAX, reason="jax / optax are not installed (pip install 'stabilitylab[jax]')")
+REPO = Path(__file__).resolve().parents[1]
+FIRST_ABOVE_LN_MAX_F32 = float(np.nextafter(np.float32(88.72283172607422), np.float32(np.inf)))
+
+NAIVE = """
+import numpy as np
+
+def loss(logits, labels):
+    e = np.exp(logits)
+    p = e / e.sum(axis=1, keepdims=True)
+    return -np.log(np.take_along_axis(p, labels[:, None], axis=1)[:, 0])
+"""
+
+STABLE = """
+import numpy as np
+
+def loss(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    np.put_along_axis(e, np.argmax(logits, axis=1)[:, None], 0, axis=1)
+    return np.log1p(e.sum(axis=1)) - np.take_along_axis(z, labels[:, None], axis=1)[:, 0]
+"""
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, out, err, *fragments):
+    assert code == 2, (code, out, err)
+    assert out == "" and "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --------------------------------------------------------------- the core
+def test_external_calls_whole_batches_and_checks_results():
+    calls = []
+
+    def fn(x, y):
+        calls.append(len(x))
+        return x[:, 0]
+
+    fmt = FORMATS["float16"]
+    rows = EXTERNAL_CHUNK + 5
+    a = Arith(fmt, rows)
+    x = fmt.round(np.tile([[1.0, 2.0]], (rows, 1)))
+    out = a.external(fn, x, np.zeros(rows, dtype=np.int64))
+    assert calls == [EXTERNAL_CHUNK, 5]  # chunks of 2**16 rows, not one call per row
+    assert out.dtype == fmt.dtype and np.all(out == 1.0)
+    assert not (a.first != np.iinfo(np.int64).max).any()  # no IEEE event is claimed for a black box
+    with pytest.raises(TargetError, match="shape"):
+        Arith(fmt, 3).external(lambda x, y: np.zeros((3, 2)), x[:3], np.zeros(3, dtype=np.int64))
+    with pytest.raises(TargetError, match="real numbers"):
+        Arith(fmt, 3).external(lambda x, y: np.array(["a"] * 3), x[:3], np.zeros(3, dtype=np.int64))
+
+
+def test_external_isolates_the_rows_that_raise():
+    def fn(x, y):
+        if (x[:, 0] > 5).any():
+            raise ValueError("too big\nsecond line")
+        return x[:, 0]
+
+    fmt = FORMATS["float32"]
+    x = fmt.round(np.array([[1.0], [9.0], [2.0], [7.0]]))
+    a = Arith(fmt, 4)
+    out = a.external(fn, x, np.zeros(4, dtype=np.int64))
+    assert a.errors == {1: "ValueError: too big", 3: "ValueError: too big"}
+    assert out[0] == 1 and out[2] == 2 and np.isnan(out[1]) and np.isnan(out[3])
+
+
+def test_black_box_status_rule_names_no_cause():
+    fmt = FORMATS["float32"]
+    a = Arith(fmt, 5)
+    a.errors[4] = "RuntimeError: boom"
+    exact = Exact(np.array([1.0, 1.0, 4e-18, np.nan, 1.0]), np.zeros(5), np.zeros(5, dtype=np.int64),
+                  np.zeros(5, dtype=bool))
+    value = np.array([np.inf, np.nan, 0.0, np.nan, np.nan])
+    status = classify(fmt, value, exact, a, black_box=True).status.tolist()
+    # inf (no "overflow" claimed), nan, a lost 0 is inaccurate, NaN for an undefined loss is ok, a raise is error
+    assert status == ["inf", "nan", "inaccurate", "ok", "error"]
+    white = classify(fmt, value, exact, Arith(fmt, 5)).status.tolist()
+    assert white[0] == "overflow"  # the white-box rule, unchanged
+
+
+# ------------------------------------------------------------ user functions
+def test_user_function_naive_softmax_overflows_at_the_first_float32_above_ln_max(tmp_path, capsys):
+    path = write(tmp_path, "naive.py", NAIVE)
+    code, out, err = run(capsys, "audit", f"{path}:loss", "-e", "softmax_ce", "-d", "float32", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema"] == "stabilitylab.audit/1" and doc["target"] == f"{path}:loss"
+    overflow = next(t for t in doc["thresholds"] if t["family"] == "overflow")
+    assert overflow["first_failure"] == FIRST_ABOVE_LN_MAX_F32 == 88.72283935546875
+    assert overflow["failure"] == "nan"  # inf / inf: the value, not a claimed cause
+    assert overflow["exact"]["first_failure"] is False  # a black box in float32: a bound, said so
+    assert doc["resembles"] == [{"dtype": "float32", "method": "naive_softmax_log", "share": pytest.approx(
+        doc["resembles"][0]["share"]), "points": doc["resembles"][0]["points"],
+        "shares": doc["resembles"][0]["shares"]}]
+    assert doc["resembles"][0]["share"] > 0.9
+    assert {"results", "summary", "thresholds", "resembles", "witnesses", "environment", "version",
+            "experiment"} <= set(doc)
+    assert all(r["method"] == f"{path}:loss" for r in doc["results"])
+
+
+def test_user_function_module_spec_and_exhaustive_float16(tmp_path, capsys, monkeypatch):
+    write(tmp_path, "mylosses.py", STABLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = stabilitylab.audit("mylosses:loss", "softmax_ce", ["float16"], families=["confident", "overflow"])
+    rows = {(t.family, t.dtype): t for t in result.thresholds}
+    assert rows[("confident", "float16")].exact_inaccurate  # every float16 value scanned: exact
+    assert rows[("confident", "float16")].first_inaccurate is None  # the log1p form never loses the loss
+    assert result.resembles[0].method == "log_softmax_log1p"
+
+
+def test_emitted_pytest_passes_now_and_fails_when_the_target_gets_worse(tmp_path):
+    target = write(tmp_path, "loss_impl.py", STABLE)
+    result = stabilitylab.audit(f"{target}:loss", "softmax_ce", ["float16", "float32"], families=["confident"])
+    out = tmp_path / "tests" / "test_loss_stability.py"
+    out.parent.mkdir()
+    count = result.to_pytest(out)
+    assert count > 0
+    text = out.read_text()
+    imports = {line.split()[1].split(".")[0] for line in text.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"math", "ml_dtypes", "numpy", "pytest", "importlib", "pathlib", "sys"}
+    assert "stabilitylab" not in imports
+
+    def pytest_run():
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:stabilitylab",
+                               str(out)], capture_output=True, text=True, cwd=tmp_path)
+
+    first = pytest_run()
+    assert first.returncode == 0, first.stdout + first.stderr
+    target.write_text(textwrap.dedent(NAIVE))  # swap in a worse function
+    second = pytest_run()
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "now inaccurate, recorded ok" in second.stdout or "now inf" in second.stdout or "now nan" in second.stdout
+
+
+def test_target_that_raises_on_some_rows_gets_error_rows(tmp_path, capsys):
+    path = write(tmp_path, "picky.py", STABLE + """
+
+def picky(logits, labels):
+    if np.abs(logits.astype(np.float64)).max() > 100:
+        raise ValueError("logits too large for me\\nsecond line")
+    return loss(logits, labels)
+""")
+    code, out, err = run(capsys, "audit", f"{path}:picky", "-e", "softmax_ce", "-d", "float32", "--no-thresholds",
+                         "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    errors = [r for r in doc["results"] if r["status"] == "error"]
+    assert errors and all(r["error"] == "ValueError: logits too large for me" for r in errors)
+    assert any(r["case"] == "large:[1000,0,-1000],y=0" for r in errors)
+    assert doc["summary"][0]["error"] == len(errors)
+    assert any(r["status"] == "ok" for r in doc["results"])  # the audit went on
+
+
+@pytest.mark.parametrize("body, target, fragments", [
+    ("def f(x, y):\n    return np.zeros((len(y), 2))\n", "f", ("returned shape (2, 2)", "protocol")),
+    ("def f(x, y):\n    return np.array(['a'] * len(y))\n", "f", ("real numbers",)),
+    ("def f(x):\n    return x\n", "f", ("cannot be called as f(logits, labels)",)),
+    ("f = 3\n", "f", ("is not callable",)),
+    ("def f(x, y):\n    raise KeyError('nope')\n", "f", ("raised on a plain float32 batch", "KeyError")),
+    ("", "missing", ("has no attribute 'missing'",)),
+    ("import no_such_module_anywhere\n", "f", ("could not import", "No module named")),
+])
+def test_bad_user_targets_are_one_line_exit_2(tmp_path, capsys, body, target, fragments):
+    path = write(tmp_path, "bad.py", "import numpy as np\n" + body)
+    one_line_error(*run(capsys, "audit", f"{path}:{target}", "-e", "softmax_ce", "-d", "fp32"), *fragments)
+
+
+def test_target_usage_errors(tmp_path, capsys, monkeypatch):
+    path = write(tmp_path, "ok.py", STABLE)
+    one_line_error(*run(capsys, "audit", f"{path}:loss"), "-e softmax_ce")
+    one_line_error(*run(capsys, "audit", "nosuchlib.loss"), "unknown target", "--list")
+    one_line_error(*run(capsys, "audit", "no_such_module_xyz:f", "-e", "softmax_ce"), "could not import module")
+    one_line_error(*run(capsys, "audit", f"{tmp_path}/absent.py:f", "-e", "softmax_ce"), "does not exist")
+    one_line_error(*run(capsys, "audit", "scipy.log_softmax", "--grad"), "--grad works for torch, jax and optax")
+    one_line_error(*run(capsys, "audit", "scipy.log_softmax", "-e", "binary_ce"), "softmax_ce target")
+    one_line_error(*run(capsys, "audit", "scipy.log_softmax", "-d", "bf16"), "supports float16, float32, float64")
+    one_line_error(*run(capsys, "audit"), "give a target")
+    fake = adapters.Adapter("fakelib.loss", "softmax_ce", ("float32",), "scipy_", "log_softmax",
+                            ("fakelib_not_installed",), "fakelib", "nothing")
+    monkeypatch.setitem(adapters.ADAPTERS, "fakelib.loss", fake)
+    one_line_error(*run(capsys, "audit", "fakelib.loss"), 'pip install "stabilitylab[fakelib]"')
+
+
+def test_list_shows_every_adapter_and_whether_it_is_installed(capsys):
+    code, out, err = run(capsys, "audit", "--list", "--format", "json")
+    assert code == 0, err
+    rows = {r["target"]: r for r in json.loads(out)["targets"]}
+    required = {"scipy.log_softmax", "scipy.logsumexp", "torch.cross_entropy", "torch.log_softmax",
+                "torch.bce_with_logits", "torch.bce", "jax.log_softmax", "optax.softmax_cross_entropy",
+                "optax.sigmoid_binary_cross_entropy"}
+    assert required <= set(rows)
+    assert rows["scipy.log_softmax"]["installed"] is True
+    assert rows["torch.cross_entropy"]["installed"] is HAVE_TORCH
+    assert rows["torch.cross_entropy"]["formats"] == ["float16", "bfloat16", "float32", "float64"]
+    code, out, err = run(capsys, "audit", "--list")
+    assert code == 0 and "installed" in out
+
+
+# ------------------------------------------------------------ scipy (always installed by the test extra)
+def test_scipy_log_softmax_resembles_plain_log_softmax_and_loses_confident_losses():
+    result = stabilitylab.audit("scipy.log_softmax", dtypes=["float16", "float32"], families=["confident"])
+    by = {r.dtype: r for r in result.resembles}
+    assert by["float16"].method == "log_softmax" and by["float16"].share > 0.99
+    assert by["float32"].method == "log_softmax" and by["float32"].share > 0.95
+    confident = {t.dtype: t for t in result.thresholds}
+    assert confident["float16"].first_inaccurate == 3.86328125 and confident["float16"].exact_inaccurate
+    rows = {(r.case, r.dtype): r for r in result.comparison.results}
+    scipy_case = rows[("scipy#18295:[0,-40],y=0", "float32")]
+    assert scipy_case.status == "inaccurate" and scipy_case.value == 0  # the 4.248e-18 loss is lost
+    kinds = {(w.source, w.dtype, w.status, w.kind) for w in result.witnesses}
+    assert ("confident", "float16", "inaccurate", "first") in kinds
+    assert ("confident", "float16", "inaccurate", "worst") in kinds
+    first = next(w for w in result.witnesses if w.source == "confident" and w.dtype == "float16" and w.kind == "first")
+    assert first.parameter == 3.86328125 and first.inputs["logits"] == [0.0, -3.86328125]
+    doc = json.loads(result.to_json())
+    assert doc["resembles"][0].keys() >= {"dtype", "method", "share"}
+    assert "Resembles" in result._repr_markdown_()
+
+
+def test_scipy_on_a_logits_file_reports_rows_the_log1p_form_gets_right(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    rows = 3000
+    gap = rng.uniform(5.0, 40.0, rows)
+    logits = np.stack([np.zeros(rows), -gap, -gap - rng.uniform(0, 3, rows)], axis=1)
+    np.save(tmp_path / "logits.npy", logits)
+    np.savetxt(tmp_path / "labels.txt", np.zeros(rows, dtype=int), fmt="%d")
+    code, out, err = run(capsys, "audit", "scipy.log_softmax", "-d", "float32", "--logits", tmp_path / "logits.npy",
+                         "--labels", tmp_path / "labels.txt", "--no-thresholds", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["results"]) == rows
+    versus = next(v for v in doc["versus"] if v["method"] == "log_softmax_log1p")
+    assert versus["target_fails_method_ok"] > 1000 and versus["method_fails_target_ok"] == 0
+    assert all(name.startswith("row=") for name in versus["examples"])
+    assert doc["summary"][0]["inaccurate"] >= versus["target_fails_method_ok"]
+    code, out, err = run(capsys, "audit", "scipy.log_softmax", "-d", "float32", "--logits", tmp_path / "logits.npy",
+                         "--labels", tmp_path / "labels.txt", "--no-thresholds")
+    assert code == 0 and "log_softmax_log1p" in out and "target fails, method ok" in out
+
+
+def test_scipy_logsumexp_minus_the_label_logit_cancels_in_the_overflow_family():
+    result = stabilitylab.audit("scipy.logsumexp", dtypes=["float16"], families=["overflow", "confident"])
+    rows = {t.family: t for t in result.thresholds}
+    assert rows["confident"].first_inaccurate is None  # log1p form: [0, -d] keeps the loss
+    assert rows["overflow"].first_inaccurate is not None  # [d, 0]: logsumexp(x) - d cancels
+
+
+# ---------------------------------------------------------------- jax / optax
+@needs_jax
+def test_optax_softmax_cross_entropy_reproduces_optax_896():
+    result = stabilitylab.audit("optax.softmax_cross_entropy", dtypes=["float32"], search=False)
+    row = next(r for r in result.comparison.results if r.case == "optax#896:[-inf,0],y=1")
+    assert row.status == "nan" and row.exact == "0"
+    assert result.target.environment["device"] == "cpu"
+    assert result.target.environment["optax"]
+
+
+@needs_jax
+def test_jax_log_softmax_float8_e4m3fn_and_gradient():
+    result = stabilitylab.audit("jax.log_softmax", dtypes=["float8_e4m3fn"], search=False)
+    assert all(r.status in ("nan", "range", "ok") for r in result.comparison.results)
+    grad = stabilitylab.audit("jax.log_softmax", dtypes=["float16"], families=["confident"], grad=True)
+    assert grad.audit.experiment.name == "softmax_ce_grad"
+    assert grad.resembles[0].method in {"shifted_softmax", "exp_log_softmax", "exp_log_softmax_log1p",
+                                        "naive_softmax"}
+    vanished = next(r for r in grad.comparison.results if r.case == "moderate:[12,0,-12],y=0,grad[0]")
+    assert vanished.status == "inaccurate" and vanished.value == 0  # the label component of a confident row
+
+
+# ---------------------------------------------------------------------- torch
+@needs_torch
+def test_torch_cross_entropy_and_bce_with_logits():
+    result = stabilitylab.audit("torch.cross_entropy", dtypes=["float16", "bfloat16"], families=["confident"])
+    assert {r.dtype for r in result.resembles} == {"float16", "bfloat16"}
+    assert all(r.method == "log_softmax" for r in result.resembles)
+    bce = stabilitylab.audit("torch.bce_with_logits", dtypes=["float32"], search=False)
+    row = next(r for r in bce.comparison.results if r.case == "pytorch#102894:z=+inf,y=1")
+    assert row.status == "nan" and row.exact == "0"  # 0 * inf in (1 - y) z
+    grad = stabilitylab.audit("torch.cross_entropy", dtypes=["float32"], families=["confident"], grad=True)
+    assert grad.resembles[0].method.startswith("exp_log_softmax")
+
+
+def test_torch_missing_is_one_line_naming_the_extra(capsys, monkeypatch):
+    monkeypatch.setattr(adapters, "installed", lambda requires: "torch" not in requires)
+    one_line_error(*run(capsys, "audit", "torch.cross_entropy"), 'pip install "stabilitylab[torch]"')
+
+
+# ------------------------------------------------------------------ baselines
+def test_baselines_hold_audit_entries(tmp_path, capsys):
+    target = write(tmp_path, "guarded.py", STABLE)
+    path = tmp_path / "baseline.json"
+    code, out, err = run(capsys, "audit", f"{target}:loss", "-e", "softmax_ce", "-d", "float16", "--family",
+                         "confident", "--save-baseline", path)
+    assert code == 0, err
+    key = f"softmax_ce/confident/{target}:loss/float16"
+    entries = json.loads(path.read_text())["entries"]
+    assert list(entries) == [key] and entries[key]["first_inaccurate"] is None
+    assert baseline.split_key(key) == ("softmax_ce", "confident", f"{target}:loss", "float16")
+    code, out, err = run(capsys, "check", "--baseline", path)
+    assert code == 0, out + err  # audit entries only: the simulations are not asked for
+    target.write_text(textwrap.dedent(NAIVE))
+    code, out, err = run(capsys, "check", "--baseline", path)
+    assert code == 1 and "first_inaccurate" in out
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "float16")
+    assert code == 0 and list(json.loads(path.read_text())["entries"]) == [key]  # audit entries only, recomputed
+    assert run(capsys, "check", "--baseline", path)[0] == 0
+    target.unlink()
+    code, out, err = run(capsys, "check", "--baseline", path)
+    assert code == 3 and "does not exist" in out
+
+
+def test_audit_cases_are_the_defaults_and_the_named_corpus():
+    names = default_audit_cases("softmax_ce").names
+    for source in ("optax#896:[-inf,0],y=1", "scipy#18295:[0,-40],y=0", "jax#40409:zeros(2**16),y=0"):
+        assert source in names
+    assert "pytorch#102894:z=+inf,y=1" in default_audit_cases("binary_ce").names
+
+
+def test_api_exports():
+    for name in ("audit", "compare", "thresholds"):
+        assert name in stabilitylab.__all__
+        assert callable(getattr(stabilitylab, name))
+    assert stabilitylab.compare("likelihood", ["float32"]).to_dict()["schema"] == "stabilitylab.compare/1"
+    result = stabilitylab.thresholds("likelihood", "float32")
+    assert result.rows[0].first_failure == 46 and "Thresholds" in result._repr_markdown_()
+    from stabilitylab import thresholds as module  # still the module, for code that imports it
+    assert hasattr(module, "family_thresholds")
+    assert (REPO / "stabilitylab" / "adapters" / "scipy_.py").is_file()
