@@ -26,6 +26,7 @@ from rich.console import Console
 
 from stabilitylab import atomic, baseline, cli, report, userdata
 from stabilitylab.cli import main
+from stabilitylab.environment import fingerprint
 from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS
 from stabilitylab.status import ExitStatus
 
@@ -395,11 +396,21 @@ def test_ulps_too_large_for_a_float_is_refused(capsys):
 # ------------------------------------------------------------------------------------- 6. | head
 
 
+def baseline_made_here(folder: Path) -> Path:
+    """The committed baseline with this environment's fingerprint (no version-difference warning)."""
+    doc = json.loads(BASELINE.read_text())
+    doc["environment"] = fingerprint()
+    path = folder / "here.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
 @pytest.mark.parametrize("argv", [["compare", "--format", "json"], ["formats"],
-                                  ["check", "--baseline", BASELINE, "--all", "-d", "fp16"]],
+                                  ["check", "--baseline", "HERE", "--all", "-d", "fp16"]],
                          ids=["compare", "formats", "check"])
-def test_reader_closing_the_pipe_gave_exit_1(argv):
+def test_reader_closing_the_pipe_gave_exit_1(argv, tmp_path):
     """``| head``: the reader goes away; the output stops quietly and, as nothing regressed, exit 0."""
+    argv = [str(baseline_made_here(tmp_path)) if a == "HERE" else a for a in argv]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     with subprocess.Popen([sys.executable, "-m", "stabilitylab", *map(str, argv)], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
@@ -412,6 +423,7 @@ def test_reader_closing_the_pipe_gave_exit_1(argv):
 
 def test_reader_closing_the_pipe_keeps_the_regression_status(tmp_path, capsys, committed):
     committed["entries"]["likelihood/iid/product/float32"]["first_failure"] = 47
+    committed["environment"] = fingerprint()  # no version-difference warning: stderr stays empty
     path = tmp_path / "b.json"
     path.write_text(json.dumps(committed))
     with stdout_replaced(FailingStdout(BrokenPipeError(errno.EPIPE, "Broken pipe"))):
