@@ -298,6 +298,15 @@ class Arith:
         """|a| (exact)."""
         return np.abs(a)
 
+    def sigmoid(self, z):
+        """(sigmoid(z), sigmoid(-z)) branched on the sign of z, so that exp never sees a positive
+        argument: with e = exp(-|z|), 1 / (1 + e) and e / (1 + e), each on its side of 0."""
+        one = self.const(np.ones(z.shape))
+        e = self.exp(self.neg(self.abs(z)))
+        d = self.add(one, e)
+        big, small = self.div(one, d), self.div(e, d)
+        return self.where_nonneg(z, big, small), self.where_nonneg(z, small, big)
+
     def where_nonneg(self, z, if_nonneg, if_neg):
         """``if_nonneg`` where z >= 0, else ``if_neg`` (a branch on the sign of z)."""
         return np.where(z >= 0, if_nonneg, if_neg).astype(self.dtype, copy=False)

@@ -338,6 +338,7 @@ class IntervalArith:
         return Bounds(-inf, inf, -inf, inf, inf)
 
     tree = Arith.tree  # the same pairwise tree, on bounds
+    sigmoid = Arith.sigmoid  # the same sign-branched sigmoid, on bounds
 
     def _pad(self, x: Bounds, identity: float) -> Bounds:
         pad = np.full(x.shape[:-1] + (1,), identity)

@@ -189,15 +189,6 @@ def _matvec(a: Arith, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return a.tree(a.add, a.mul(x, w), 0.0)
 
 
-def _sigmoid_pair(a: Arith, z: np.ndarray):
-    """(sigmoid(z), sigmoid(-z)) with the sign-branched form: exp never sees a positive argument."""
-    one = a.const(np.ones(z.shape))
-    e = a.exp(a.neg(a.abs(z)))
-    d = a.add(one, e)
-    big, small = a.div(one, d), a.div(e, d)
-    return a.where_nonneg(z, big, small), a.where_nonneg(z, small, big)
-
-
 def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
     """The logits [z, 0] with label 0 where y = 1: the input of gradient.py's kernels."""
     return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
@@ -243,7 +234,7 @@ def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarr
         p = a.div(one, a.add(one, a.exp(a.neg(logits))))
         return a.sub(p, a.const(y.astype(float)))
     if method == "logits":
-        p, q = _sigmoid_pair(a, logits)
+        p, q = a.sigmoid(logits)
         return np.where(y == 1, a.neg(q), p).astype(a.dtype)
     if method == "mse_sigmoid":
         return gradient.mse_sigmoid(a, _two_class(logits, y))

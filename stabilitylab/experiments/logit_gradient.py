@@ -208,10 +208,7 @@ def sigmoid_minus_y(a: Arith, x: LoadedGrad):
 
 def stable_sigmoid_minus_y(a: Arith, x: LoadedGrad):
     z, y = _picked(a, x)
-    one = a.const(np.ones(len(z)))
-    e = a.exp(a.neg(a.abs(z)))
-    d = a.add(one, e)
-    return a.sub(a.where_nonneg(z, a.div(one, d), a.div(e, d)), y)
+    return a.sub(a.sigmoid(z)[0], y)
 
 
 def binary_rows(x: LoadedGrad):
