@@ -100,6 +100,53 @@ def events_from_steps(first: np.ndarray) -> list[tuple[str, ...]]:
     return [tuples[i] for i in inverse.ravel()]
 
 
+def _identity(operand):
+    """What identifies an operand in the memo: the array object, the function (not the bound
+    method, a new object at each access), or the value of a scalar."""
+    if isinstance(operand, np.ndarray):
+        return ("array", id(operand))
+    if callable(operand):
+        return ("function", id(getattr(operand, "__func__", operand)))
+    return ("value", operand if operand is None or np.isscalar(operand) else id(operand))
+
+
+def _shared(method):
+    """Share a pure operation between the forks of one :class:`Arith` (several kernels on the
+    same loaded inputs: ``exp(x - max x)`` once for three softmax formulations).
+
+    The first call computes and records the events it notes, relative to its first step;
+    a call on the same operand objects by any fork returns the same (read-only) result and
+    replays those events from its own step counter, so its first-step matrix is exactly
+    what computing again would give.  Operands are kept alive with the entry, so their
+    ``id`` cannot be reused while the entry lives.
+    """
+    def wrapper(self, *args, **kwargs):
+        memo = getattr(self, "_memo", None)
+        if memo is None:
+            return method(self, *args, **kwargs)
+        key = (method.__name__, *map(_identity, args), *((k, _identity(v)) for k, v in sorted(kwargs.items())))
+        hit = memo.get(key)
+        if hit is None:
+            start, log = self.step, []
+            self._logs.append(log)
+            try:
+                result = method(self, *args, **kwargs)
+            finally:
+                self._logs.pop()
+            memo[key] = (result, [(step - start, event, rows) for step, event, rows in log], self.step - start,
+                         (args, kwargs))
+            return result
+        result, log, steps, _ = hit
+        for offset, event, rows in log:
+            row = self.first[_INDEX[event]]
+            np.copyto(row, self.step + offset, where=rows & (row == NEVER))
+        self.step += steps
+        return result
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 class Arith:
     """Operations on a batch of ``rows`` cases in ``fmt``, recording IEEE events.
 
@@ -108,9 +155,13 @@ class Arith:
     (used when a result is computed for all rows but used by some).
     """
 
-    def __init__(self, fmt: Format, rows: int, ftz: bool = False):
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = False):
         self.fmt = fmt
-        self.dtype = fmt.dtype
+        # fast: hold the values of a format of <= 16 bits in float32 (exactly) and compute there,
+        # rounding each result with integer bit operations (Format.round32): the same values,
+        # bit for bit, as the format's own dtype (whose arithmetic numpy / ml_dtypes emulate slowly)
+        self.fast = fast and fmt.precision <= 11
+        self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
         self.rows = rows
         self.ftz = ftz
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
@@ -118,6 +169,8 @@ class Arith:
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
         self._wide = _wide_dtype(fmt)
+        self._memo: dict = {}  # shared by forks: see _shared
+        self._logs: list[list] = []  # events being recorded for the memo (nested shared operations)
 
     def fork(self) -> "Arith":
         """A copy with the same events so far (inputs loaded once, several kernels)."""
@@ -126,6 +179,7 @@ class Arith:
         other.first = self.first.copy()
         other.input_lost = self.input_lost.copy()
         other.errors = dict(self.errors)
+        other._logs = []
         return other
 
     # ---------------------------------------------------------------- events
@@ -142,6 +196,8 @@ class Arith:
         per_row = mask.reshape(self.rows, -1).any(axis=1)
         if where is not None:
             per_row &= where
+        for log in self._logs:
+            log.append((self.step, event, per_row))
         row = self.first[_INDEX[event]]
         np.copyto(row, self.step, where=per_row & (row == NEVER))
 
@@ -153,7 +209,8 @@ class Arith:
             y = np.where(sub, y * 0, y).astype(self.dtype)
         return y
 
-    def _finish(self, y, operands, *, where, invalid=None, pole=None, exact_nonzero=None, wide=None):
+    def _finish(self, y, operands, *, where, invalid=None, pole=None, exact_nonzero=None, wide=None,
+                rounded=False):
         """Bookkeeping shared by every operation; returns the (flushed) result.
 
         ``invalid``, ``pole``, ``exact_nonzero`` are functions of the operands
@@ -161,10 +218,13 @@ class Arith:
         only when the result could show that event (None: it cannot happen).
         ``wide`` computes the result in a wider dtype, to tell exact subnormal
         results from inexact ones (None: subnormal results are always exact, as
-        for + and -).
+        for + and -).  ``rounded``: y is already a format value (crmath's results).
         """
         self.step += 1
-        y = self._flush(np.asarray(y))
+        y = np.asarray(y)
+        if self.fast and not rounded:
+            y = self.fmt.round32(y)
+        y = self._flush(y)
         magnitude = np.abs(y)
         finite_y = magnitude <= self.fmt.max  # False for inf and NaN
         all_finite = bool(finite_y.all())
@@ -206,7 +266,7 @@ class Arith:
         x = np.asarray(x, dtype=np.float64)
         self.step += 1
         with np.errstate(all="ignore"):
-            y = self._flush(self.fmt.round(x))
+            y = self._flush(self.fmt.round(x, self.dtype))
             finite = np.isfinite(x)
             lost = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0)]
             self._note("overflow", lost[0], where)
@@ -218,7 +278,7 @@ class Arith:
 
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the format (no events: constants are chosen)."""
-        return self.fmt.round(value)
+        return self.fmt.round(value, self.dtype)
 
     def add(self, a, b, where=None):
         with np.errstate(all="ignore"):
@@ -247,35 +307,42 @@ class Arith:
         """-a: exact, no events."""
         return -a
 
+    @_shared
     def exp(self, x, where=None):
         with np.errstate(all="ignore"):
             return self._finish(crmath.exp(self.fmt, self._own(x)), (x,), where=where,
-                                exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp)
+                                exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp, rounded=True)
 
+    @_shared
     def log(self, x, where=None):
         with np.errstate(all="ignore"):
             return self._finish(crmath.log(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < 0,
-                                pole=lambda x: x == 0)
+                                pole=lambda x: x == 0, rounded=True)
 
+    @_shared
     def log1p(self, x, where=None):
         with np.errstate(all="ignore"):
             return self._finish(crmath.log1p(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < -1,
-                                pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p)
+                                pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p,
+                                rounded=True)
 
     def _own(self, x) -> np.ndarray:
         """x as an array of the format's dtype (its values already are format values)."""
         x = np.asarray(x)
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
+    @_shared
     def max(self, x):
         """Maximum along the last axis (exact; NaN propagates)."""
         with np.errstate(all="ignore"):
             return np.max(x, axis=-1)
 
+    @_shared
     def shift(self, x):
         """z = x - max(x) along the last axis (the max's own entry is exactly 0)."""
         return self.sub(x, self.max(x)[..., None])
 
+    @_shared
     def argmax(self, x) -> np.ndarray:
         """Index of the (first) maximum along the last axis."""
         return np.argmax(x, axis=-1)
@@ -354,7 +421,7 @@ class Arith:
 
         for start in range(0, self.rows, EXTERNAL_CHUNK):
             call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
-        return self.fmt.round(out)
+        return self.fmt.round(out, self.dtype)
 
     def _converted(self, result, expected: tuple[int, ...]) -> np.ndarray:
         """An external result as float64 (exact for every format value), checked."""
@@ -371,6 +438,7 @@ class Arith:
             return r.astype(np.float64)
 
     # ------------------------------------------------------------ reductions
+    @_shared
     def tree(self, op, x, identity: float):
         """Pairwise (tree) reduction along the last axis, each partial rounded.
 

@@ -13,13 +13,15 @@ temporary file remains.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["WriteError", "write_text", "write_bytes", "write_tree", "check_writable", "check_folder",
            "resolve_target"]
@@ -121,6 +123,31 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def streamed_text(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file written piece by piece into a temporary file next to ``path``, which
+    replaces ``path`` in one rename when the block ends without an exception (else it is
+    removed and ``path`` is untouched): output too large to hold in memory, still atomic."""
+    try:
+        target = resolve_target(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.chmod(tmp, _mode_for(target))
+    except OSError as exc:
+        raise _as_write_error(exc, path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _as_write_error(exc, path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_tree(folder: str | os.PathLike, files: Mapping[str, bytes]) -> list[Path]:

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from . import atomic, baseline, output
+from . import atomic, baseline, output, streaming
 from .engine import compare as run_compare
 from .environment import package_version
 from .experiments import EXPERIMENTS
@@ -36,7 +36,7 @@ from .render.model import (
 from .render.table import print_sections, print_table
 from .status import ExitStatus
 from .thresholds import thresholds as run_thresholds
-from .userdata import InputError, user_logits
+from .userdata import InputError, user_source
 
 __all__ = ["main", "cli", "run"]
 
@@ -187,46 +187,111 @@ def cli() -> None:
 @click.option("--n", "n", type=int, default=None,
               help="likelihood: custom case of n >= 1 samples (default 100 with --p); replaces the default cases.")
 @click.option("--logits", type=click.Path(), default=None,
-              help="softmax_ce: logits file (.npy, .npz, .csv, .txt) of shape (rows, classes); its rows become "
-                   "the only softmax_ce cases.")
+              help="softmax_ce: logits file (.npy, .npz, .safetensors, .pt, .csv, .txt) of shape (rows, classes) or "
+                   "(..., classes), any size (read in chunks). Alone, it runs softmax_ce only.")
+@click.option("--key", default=None, help="The logits tensor in a file holding several (default: 'logits', or the only "
+                                          "one).")
 @click.option("--labels", type=click.Path(), default=None,
-              help="softmax_ce: labels file, one integer per row (default: each row's argmax).")
+              help="softmax_ce: labels file, one integer per row (default: the logits file's 'labels' tensor, else "
+                   "each row's argmax).")
+@click.option("--labels-key", default=None, help="The labels tensor in --labels (or in the --logits file).")
+@click.option("--ignore-index", type=int, default=-100, show_default=True,
+              help="Skip rows whose label is this value (PyTorch's padding label).")
+@click.option("--rows", "rows_mode", type=click.Choice(("summary", "all")), default="summary", show_default=True,
+              help="With --logits: a summary (counts, error-bits histogram, worst and failing rows), or every row as "
+                   "JSON Lines (streamed; the summary is the last line).")
 @tolerance_option
 @ftz_option
 @format_option
 @output_option
-def compare(experiments, dtypes, p, n, logits, labels, tolerance, ftz, fmt, output) -> None:
+@click.pass_context
+def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, rows_mode, tolerance, ftz,
+            fmt, output) -> None:
     """Run naive and stable formulations side by side in several formats."""
     _check_output(output)
     _settings(p, ftz)
     if n is not None and not 1 <= n <= MAX_N:
         raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
     _check_tolerance(tolerance)
-    if labels and not logits:
-        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
-    chosen = _experiments(experiments)
+    for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key"),
+                         (rows_mode != "summary", "--rows")):
+        if used and not logits:
+            raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
+    chosen = _experiments(experiments or (("softmax_ce",) if logits else ()))
     names = {e.name for e in chosen}
     for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
                                 (bool(logits), "--logits", "softmax_ce")):
         if used and needs not in names:
             raise click.BadParameter(f"{option} sets {needs} cases, but {needs} is not among the experiments "
                                      f"chosen with -e", param_hint=f"'{option}'")
-    cases, notes = {}, []
+    if rows_mode == "all" and names != {"softmax_ce"}:
+        raise click.BadParameter("--rows all writes the rows of softmax_ce on your logits only; choose -e softmax_ce "
+                                 "alone", param_hint="'--rows'")
+    if rows_mode == "all" and ctx.get_parameter_source("fmt") != click.core.ParameterSource.DEFAULT and fmt != "json":
+        raise click.BadParameter("--rows all writes JSON Lines; leave out --format or use --format json",
+                                 param_hint="'--format'")
+    cases = {}
     if p is not None or n is not None:
         cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
+    formats = _formats(dtypes)
+    bulk = None
     if logits:
-        try:
-            cases["softmax_ce"], notes = user_logits(logits, labels)
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
-    comparison = run_compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
-    comparison.notes.extend(notes)
+        bulk = _open_user_logits(logits, key, labels, labels_key, ignore_index)
+        if not dtypes and bulk.source.format:
+            formats = (get_format(bulk.source.format),)
+            bulk.notes.append(f"-d {bulk.source.format}: the format the logits are stored in (choose others with -d)")
+        chosen = [e for e in chosen if e.name != "softmax_ce"]
+    comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
+    if bulk is not None and rows_mode == "all":
+        _stream_rows(bulk, formats, tolerance, ftz, output)
+        return
+    summary = None
+    if bulk is not None:
+        summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz)
+        summary.notes.extend(bulk.notes)
+    _render_compare(comparison, summary, bulk, fmt, output)
+
+
+def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> None:
+    from .render import bulk as bulk_render
+
     if fmt == "json":
-        _emit(jsonout.dumps(jsonout.compare_document(comparison)), output)
-    elif output is None:  # a terminal: cap what it shows, and say where the rest is
-        _render(compare_sections(comparison, MAX_CASES, MAX_FINDINGS), output, fmt)
+        doc = jsonout.compare_document(comparison) if comparison is not None else jsonout.empty_compare_document(
+            summary.formats, summary.tolerance, summary.ftz)
+        if summary is not None:
+            doc["user_logits"] = bulk_render.bulk_document(summary, bulk.text)
+        _emit(jsonout.dumps(doc), output)
+        return
+    sections = []
+    if comparison is not None:
+        sections = compare_sections(comparison, *((MAX_CASES, MAX_FINDINGS) if output is None else (None, None)))
+    if summary is not None:
+        sections.append(bulk_render.bulk_section(summary, bulk.text, *((3, 5) if output is None else (None, None))))
+    _render(sections, output, fmt)
+
+
+def _open_user_logits(logits, key, labels, labels_key, ignore_index):
+    try:
+        return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+
+
+def _stream_rows(bulk, formats, tolerance, ftz: bool, output: str | None) -> None:
+    """Every row as JSON Lines, chunk by chunk (atomically into -o), then the summary line."""
+    from .render import bulk as bulk_render
+
+    def run(stream) -> None:
+        summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz,
+                                      on_rows=lambda columns: stream.write(bulk_render.jsonl_lines(columns)))
+        summary.notes.extend(bulk.notes)
+        stream.write(jsonout.dumps_line({"summary": bulk_render.bulk_document(summary, bulk.text)}))
+
+    if output is None:
+        run(click.get_text_stream("stdout"))
     else:
-        _render(compare_sections(comparison), output, fmt)
+        with atomic.streamed_text(output) as stream:
+            run(stream)
 
 
 @cli.command()

@@ -107,10 +107,10 @@ def wide_type(fmt: Format) -> str | None:
 
 
 # ----------------------------------------------------------------- rounding
-def _round_wide(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray:
-    """Round wide values to ``fmt`` (correct rounding to nearest even)."""
+def _round_wide(fmt: Format, kind: str, w: np.ndarray, dtype) -> np.ndarray:
+    """Round wide values to ``fmt`` (correct rounding to nearest even), held in ``dtype``."""
     if kind == "float64":
-        return fmt.round(w)
+        return fmt.round(w, dtype)
     # longdouble -> float64: a C cast, round-to-nearest-even, subnormals and
     # overflow included (tests/test_crmath.py checks ties in both ranges).
     return w.astype(np.float64).astype(fmt.dtype)
@@ -207,36 +207,57 @@ _WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 
 def _evaluate(name: str, fmt: Format, x, stats: dict | None) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype != fmt.dtype:
+    stored = x.dtype == np.float32 and fmt.precision <= 11  # values of a narrow format held in float32
+    if x.dtype != fmt.dtype and not stored:
         raise TypeError(f"crmath.{name}: expected an array of {fmt.dtype}, got {x.dtype} (round it to {fmt} first)")
     flat = x.reshape(-1)
+    kind = wide_type(fmt)
+    if kind is None:
+        return _evaluate_mp(name, fmt, x, flat, stats)
+    wide = _WIDE_DTYPES[kind]
+    with np.errstate(all="ignore"):
+        w = _WIDE_FUNCS[name](flat.astype(wide))
+        err = np.abs(w)
+        err *= wide.type(WIDE_REL_ERROR[kind])
+        out = _round_wide(fmt, kind, w - err, x.dtype)
+        hi = _round_wide(fmt, kind, w + err, x.dtype)
+        undecided = out != hi  # also where w is not finite (fixed below)
+        if not fmt.has_inf:  # beyond the range both ends are NaN: decided
+            undecided &= ~(np.isnan(out) & np.isnan(hi))
+        lost = np.flatnonzero(~np.isfinite(w))
+        if lost.size:  # IEEE special values, and exp beyond the wide type's range
+            special, values = _specials(name, fmt, flat[lost])
+            out[lost] = np.where(special, values, _round_wide(fmt, kind, w[lost], x.dtype))
+            undecided[lost] = False
+    undecided = np.flatnonzero(undecided)
+    if undecided.size:
+        values = [_mp_correct(name, fmt, float(v), stats) for v in flat[undecided]]
+        with np.errstate(all="ignore"):
+            out[undecided] = fmt.round(np.array(values, dtype=np.float64), x.dtype)
+    if stats is not None:
+        stats["elements"] = stats.get("elements", 0) + flat.size
+        stats["undecided"] = stats.get("undecided", 0) + int(undecided.size)
+    return out.reshape(x.shape)
+
+
+def _evaluate_mp(name: str, fmt: Format, x, flat, stats: dict | None) -> np.ndarray:
+    """Formats wider than every wide type: special values, then mpmath for each element."""
     with np.errstate(all="ignore"):  # comparisons of ml_dtypes NaNs warn
         special, out = _specials(name, fmt, flat)
     todo = np.flatnonzero(~special)
     xs = flat[todo]
-    kind = wide_type(fmt)
-    if kind is not None:
-        wide = _WIDE_DTYPES[kind]
-        with np.errstate(all="ignore"):
-            w = _WIDE_FUNCS[name](xs.astype(wide))
-            err = np.where(np.isinf(w), 0, np.abs(w) * wide.type(WIDE_REL_ERROR[kind]))
-            lo = _round_wide(fmt, kind, w - err)
-            hi = _round_wide(fmt, kind, w + err)
-        undecided = np.flatnonzero(_bits(lo) != _bits(hi))
-        res = lo
-    else:
-        res = np.empty(xs.shape, fmt.dtype)
-        undecided = np.arange(xs.size)
-        if name == "exp":  # exp(x) is far beyond the range / far below half the smallest subnormal
-            over = xs > fmt.ln_max + 1
-            under = xs < fmt.ln_smallest_subnormal - 1
-            res[over] = _const(fmt, math.inf)
-            res[under] = 0
-            undecided = np.flatnonzero(~(over | under))
+    res = np.empty(xs.shape, x.dtype)
+    undecided = np.arange(xs.size)
+    if name == "exp":  # exp(x) is far beyond the range / far below half the smallest subnormal
+        over = xs > fmt.ln_max + 1
+        under = xs < fmt.ln_smallest_subnormal - 1
+        res[over] = _const(fmt, math.inf)
+        res[under] = 0
+        undecided = np.flatnonzero(~(over | under))
     if undecided.size:
         values = [_mp_correct(name, fmt, float(v), stats) for v in xs[undecided]]
         with np.errstate(all="ignore"):
-            res[undecided] = fmt.round(np.array(values, dtype=np.float64))
+            res[undecided] = fmt.round(np.array(values, dtype=np.float64), x.dtype)
     out[todo] = res
     if stats is not None:
         stats["elements"] = stats.get("elements", 0) + flat.size

@@ -71,7 +71,7 @@ class Comparison:
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
              tolerance: float | None = None, ftz: bool = False,
-             fast_reference: bool | None = None) -> dict[str, Outcome]:
+             fast_reference: bool | None = None, fast: bool = False) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
@@ -81,6 +81,10 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     it cannot decide (relative error within that margin of the tolerance).  The
     default (None) uses it for formats of at most 24 bits, where its error is
     below 2**-24 ulp, and mpmath for float64, whose metrics need more.
+    ``fast``: the bulk path for real-size data: formats of <= 16 bits are held in
+    float32 (:class:`Arith` ``fast``, the same values bit for bit), and the fast
+    reference is evaluated in float64 for formats of <= 24 bits (bound
+    :func:`reference.fast_error`, far below their ulp) and in longdouble for float64.
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
     if fast_reference is None:
@@ -89,7 +93,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     groups = cases.groups()
     for rows in groups:
         group = cases if len(groups) == 1 else cases.take(rows)
-        loaded = Arith(fmt, len(group), ftz=ftz)
+        loaded = Arith(fmt, len(group), ftz=ftz, fast=fast)
         inputs = experiment.load(loaded, group)
         tol = fmt.default_tolerance if tolerance is None else tolerance
         runs = []
@@ -102,32 +106,35 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         for truth, _ in truths.values():
             members = [r for r in runs if (r[0].truth or experiment) is truth]
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
-                                                                   fast_reference)):
+                                                                   fast_reference, fast)):
                 parts[method.name].append((rows, outcome))
                 if method.observe is not None:
                     method.observe(fmt, group, inputs, outcome)
     return {name: gather(p, len(cases)) for name, p in parts.items()}
 
 
-def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool) -> list[Outcome]:
+def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool, bulk: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
-    exact = (reference.fast if fast else reference.exact)(truth, inputs)
+    dtype = (np.float64 if fmt.precision <= 24 else np.longdouble) if bulk else None
+    exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     if fast:
-        near = exact.near_boundary(fmt, 4 * reference.FAST_ERROR)
-        undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt) for o in outcomes], axis=0))
+        terms = np.shape(getattr(inputs, "logits", np.zeros((1, 1))))[-1]
+        error = reference.fast_error(np.longdouble if dtype is None else dtype, terms)
+        near = exact.near_boundary(fmt, 4 * error)
+        undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
             outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     return outcomes
 
 
-def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format) -> np.ndarray:
+def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:
     """Rows whose status could change within the fast reference's error: ok / inaccurate
     near the tolerance, or a value that may or may not be the correctly rounded exact
     value (which matters only for 0, subnormal and non-finite values)."""
     with np.errstate(all="ignore"):
-        flip = np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * reference.FAST_ERROR)
+        flip = np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * error)
         special = ~(np.abs(o.value) >= fmt.tiny) | np.isinf(o.value)
     return flip | (near & special)
 

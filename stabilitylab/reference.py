@@ -32,7 +32,7 @@ import numpy as np
 
 from .formats import FORMATS, Format
 
-__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast"]
+__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
@@ -185,17 +185,34 @@ def exact(truth, inputs) -> Exact:
         return from_mpmath(out)
 
 
-def fast(truth, inputs) -> Exact:
-    """Like :func:`exact` (relative error < FAST_ERROR), vectorized in longdouble.
+def fast_error(dtype, terms: int) -> float:
+    """Bound on the relative error of a fast reference evaluated in ``dtype`` (float64 or
+    longdouble) over rows of ``terms`` terms: ``2 E + (ceil(log2 terms) + 6) u``, with E the
+    wide functions' bound (:data:`crmath.WIDE_REL_ERROR`) and u the wide unit roundoff.
+    The longdouble bound is at least ``FAST_ERROR`` (the families' proofs use that)."""
+    from .crmath import WIDE_REL_ERROR
+
+    depth = max(int(terms) - 1, 1).bit_length() + 6
+    if np.dtype(dtype) == np.dtype(np.float64):
+        return 2 * WIDE_REL_ERROR["float64"] + depth * 2.0**-53
+    return max(FAST_ERROR, 2 * WIDE_REL_ERROR["longdouble"] + depth * 2.0**-64)
+
+
+def fast(truth, inputs, dtype=None) -> Exact:
+    """Like :func:`exact` (relative error below :func:`fast_error`), vectorized in ``dtype``
+    (default longdouble; float64 where the truth supports it, for inputs of <= 24 bits).
 
     The truth's ``fast_reference(inputs)`` returns the value in longdouble,
     the exact-zero mask (decided exactly, not from the rounded value) and a mask
     of rows it handles; other rows (non-finite inputs) go through mpmath.
     """
-    if not HAVE_EXTENDED or truth.fast_reference is None:
+    if truth.fast_reference is None or (dtype is None and not HAVE_EXTENDED):
         return exact(truth, inputs)
     with np.errstate(all="ignore"):
-        r, zero, handled = truth.fast_reference(inputs)
+        if dtype is None:
+            r, zero, handled = truth.fast_reference(inputs)
+        else:
+            r, zero, handled = truth.fast_reference(inputs, dtype=dtype)
     out = from_longdouble(r, zero)
     if not handled.all():
         rows = np.flatnonzero(~handled)

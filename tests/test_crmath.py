@@ -580,7 +580,23 @@ def test_non_contiguous_input_and_input_untouched():
 
 def test_wrong_dtype_is_refused():
     with pytest.raises(TypeError, match="bfloat16"):
-        crmath.exp(FORMATS["bfloat16"], np.array([1.0], dtype=np.float32))
+        crmath.exp(FORMATS["bfloat16"], np.array([1.0], dtype=np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        crmath.exp(FORMATS["float32"], np.array([1.0], dtype=np.float64))
+
+
+@pytest.mark.parametrize("fmt", SMALL, ids=lambda f: f.name)
+@pytest.mark.parametrize("name", FUNCS)
+def test_float32_storage_gives_the_same_values(fmt, name):
+    """Values of a <= 16-bit format held in float32 (Arith(fast=True)): the same results, every bit pattern."""
+    values = all_bit_patterns(fmt)
+    with np.errstate(all="ignore"):
+        own = getattr(crmath, name)(fmt, values).astype(np.float64)
+        stored = getattr(crmath, name)(fmt, values.astype(np.float32))
+        assert stored.dtype == np.float32
+        stored = stored.astype(np.float64)  # signalling NaN patterns warn when cast
+    assert np.array_equal(own, stored, equal_nan=True)
+    assert np.array_equal(np.signbit(own[~np.isnan(own)]), np.signbit(stored[~np.isnan(stored)]))
 
 
 def test_mpmath_global_precision_untouched():

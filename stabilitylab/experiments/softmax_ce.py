@@ -186,18 +186,39 @@ def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-def fast_cross_entropy(x: Loaded):
-    """log(sum_i e^(x_i - m)) + (m - x_y) in longdouble, with x_i - m split exactly
-    into float64 hi + lo so that exp sees exact arguments: relative error ~ 2**-60."""
+def _tree_sum(t: np.ndarray) -> np.ndarray:
+    """Pairwise sum along the last axis, level by level: a sum of K >= 0 terms with relative
+    error at most ceil(log2 K) u (whatever numpy's own summation order is)."""
+    while t.shape[-1] > 1:
+        if t.shape[-1] % 2:
+            t = np.concatenate([t, np.zeros(t.shape[:-1] + (1,), t.dtype)], axis=-1)
+        t = t[..., 0::2] + t[..., 1::2]
+    return t[..., 0]
+
+
+def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
+    """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
+    inputs of at most 24 bits), with x_i - m split exactly into float64 hi + lo, so that
+    e^(x_i - m) = e^hi (1 + lo) (lo^2 < 2**-100).  Relative error bound: see
+    :func:`stabilitylab.reference.fast_error` (exp and log1p of the wide type, one rounding
+    per product, a pairwise sum of depth ceil(log2 K), the final addition of m - x_y >= 0).
+
+    Rows it does not handle (non-finite logits; the true class is the max and the sum is
+    below 2**-960, where terms may underflow in ``dtype``) go to mpmath."""
     X = x.logits.astype(np.float64)
     m = X.max(axis=1, keepdims=True)
     hi, lo = _two_diff(X, m)
     handled = np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(hi), axis=1)
-    hi, lo = np.where(handled[:, None], hi, 0.0), np.where(handled[:, None], lo, 0.0)
-    terms = np.exp(hi.astype(np.longdouble)) * np.exp(lo.astype(np.longdouble))
+    if not handled.all():
+        hi, lo = np.where(handled[:, None], hi, 0.0), np.where(handled[:, None], lo, 0.0)
+    wide = np.dtype(dtype)
+    terms = np.exp(hi.astype(wide))
+    terms *= 1 + lo.astype(wide)
     np.put_along_axis(terms, np.argmax(X, axis=1)[:, None], 0, axis=1)  # the max's own e^0 = 1
-    gap = -(_at(hi, x.labels).astype(np.longdouble) + _at(lo, x.labels).astype(np.longdouble))  # m - x_y >= 0
-    loss = np.log1p(terms.sum(axis=1)) + gap
+    gap = -(_at(hi, x.labels).astype(wide) + _at(lo, x.labels).astype(wide))  # m - x_y >= 0
+    total = _tree_sum(terms)
+    handled &= (gap > 0) | (total > 2.0**-960)
+    loss = np.log1p(total) + gap
     return loss, np.full(len(X), X.shape[1] == 1), handled
 
 

@@ -30,6 +30,11 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
+def dumps_line(doc: Any) -> str:
+    """One JSON Lines record."""
+    return json.dumps(doc, allow_nan=False) + "\n"
+
+
 def _results(comparison: Comparison, black_box: bool) -> list[dict]:
     results = []
     for r in comparison.results:
@@ -74,6 +79,13 @@ def compare_document(comparison: Comparison) -> dict:
         "findings": [{"experiment": e, "text": t} for e, t in findings(comparison)],
         "notes": list(comparison.notes),
     }
+
+
+def empty_compare_document(formats, tolerance: float | None, ftz: bool) -> dict:
+    """The compare document when only the user's logits ran (``user_logits`` is added)."""
+    return {"schema": COMPARE_SCHEMA, "version": package_version(), "environment": fingerprint(),
+            "settings": {"tolerance": tolerance, "ftz": ftz, "formats": [f.name for f in formats]},
+            "results": [], "summary": [], "findings": [], "notes": []}
 
 
 THRESHOLDS_SCHEMA = "stabilitylab.thresholds/1"

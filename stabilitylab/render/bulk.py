@@ -1,0 +1,149 @@
+"""Render a :class:`stabilitylab.streaming.Summary`: tables for a screen, a JSON document,
+and JSON Lines of every row, all from columns (no object per row)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..outcome import STATUSES
+from ..reference import Exact
+from ..streaming import BITS_BINS, ROW, Summary
+from .model import COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
+
+__all__ = ["bulk_section", "bulk_document", "jsonl_lines", "BIT_GROUPS"]
+
+# error-bits histogram columns on a screen: [lo, hi) in bits; JSON keeps every 1-bit bin
+BIT_GROUPS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, BITS_BINS))
+
+
+def _exact_texts(rows: np.ndarray, digits: int = 10) -> list[str]:
+    return Exact(rows["exact_hi"], rows["exact_lo"], rows["exact_scale"], rows["exact_zero"]).text(digits)
+
+
+def _fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _bound_text(bound: float) -> str:
+    return f"2**{math.log2(bound):.1f}"
+
+
+def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, failing: int | None = 5) -> Section:
+    """softmax_ce on the user's logits: counts, error-bits histogram, worst and failing rows.
+    ``worst`` / ``failing``: rows shown per method and format (None: all that were kept)."""
+    formats, methods = summary.formats, summary.methods
+    count_rows = []
+    for method in methods:
+        cells = [Cell(method)]
+        for fmt in formats:
+            c = summary.cells[fmt.name, method]
+            counts = dict(zip(STATUSES, c.counts.tolist()))
+            bad = next((s for s in ("nan", "overflow", "underflow", "inaccurate") if counts[s]), "ok")
+            cells.append(Cell(" / ".join(_fmt_count(counts[s]) for s in WHITE_BOX_COUNTS), bad))
+        count_rows.append(cells)
+    counts = Table(f"softmax_ce on {source_text}: {' / '.join(COUNT_NAMES[s] for s in WHITE_BOX_COUNTS)} "
+                   f"rows of {summary.rows:,}", ["method", *(f.name for f in formats)], count_rows)
+    headers = ["format", "method", *(f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" if hi < BITS_BINS else f">={lo}"
+                                     for lo, hi in BIT_GROUPS), "inf", "NaN"]
+    hist_rows = []
+    for fmt in formats:
+        for method in methods:
+            b = summary.cells[fmt.name, method].bits
+            hist_rows.append([Cell(fmt.name), Cell(method), *(Cell(_fmt_count(int(b[lo:hi].sum()))) for lo, hi in
+                                                               BIT_GROUPS),
+                              Cell(_fmt_count(int(b[BITS_BINS]))), Cell(_fmt_count(int(b[BITS_BINS + 1])))])
+    hist = Table("error bits per row: log2(ulps + 1), 0 = exact, 1 = one ulp (rows per bin)", headers, hist_rows,
+                 labels=(0, 1))
+    tables = [counts, hist]
+    for title, attr, limit in (("worst rows (largest error)", "worst", worst),
+                               ("failing rows (first ones, in row order)", "failing", failing)):
+        rows, total_hidden = [], 0
+        for fmt in formats:
+            for method in methods:
+                kept = getattr(summary.cells[fmt.name, method], attr)
+                shown = kept if limit is None else kept[:limit]
+                total_hidden += len(kept) - len(shown)
+                for r, exact in zip(shown, _exact_texts(shown)):
+                    status = STATUSES[int(r["status"])]
+                    rows.append([Cell(fmt.name), Cell(method), Cell(str(int(r["row"]))), Cell(str(int(r["label"]))),
+                                 Cell(value_text(float(r["value"]), fmt), status, tagged=True), Cell(exact),
+                                 Cell(f"{float(r['rel_error']):.3g}"), Cell(f"{float(r['error_bits']):.2f}")])
+        if rows:
+            caption = f"{total_hidden:,} more kept in --format json" if total_hidden else ""
+            tables.append(Table(f"softmax_ce: {title}", ["format", "method", "row", "label", "value", "exact",
+                                                         "rel error", "error bits"], rows, caption, labels=(0, 1)))
+    paragraphs = [f"{summary.rows:,} rows of {summary.classes:,} classes, read and evaluated in chunks: the "
+                  "summary below, every row with --rows all (JSON Lines)."]
+    bounds = "; ".join(f"{f}: {_bound_text(summary.reference_error[f.name])}" for f in formats)
+    bullets = [*summary.notes,
+               f"exact losses come from a vectorized reference with relative error at most {bounds} (a bound); "
+               "rows whose status that bound could change are re-computed with mpmath"]
+    return Section(heading="softmax_ce: your logits", paragraphs=paragraphs, tables=tables, bullets=bullets)
+
+
+def _number(x: float):
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _row_records(rows: np.ndarray) -> list[dict]:
+    texts = _exact_texts(rows)
+    return [{"row": int(r["row"]), "label": int(r["label"]), "value": _number(float(r["value"])), "exact": t,
+             "status": STATUSES[int(r["status"])], "rel_error": _number(float(r["rel_error"])),
+             "ulps": _number(float(r["ulps"])), "error_bits": _number(float(r["error_bits"]))}
+            for r, t in zip(rows, texts)]
+
+
+def bulk_document(summary: Summary, source_text: str) -> dict:
+    cells = []
+    for fmt in summary.formats:
+        for method in summary.methods:
+            c = summary.cells[fmt.name, method]
+            cells.append({
+                "dtype": fmt.name, "method": method, "rows": summary.rows,
+                "counts": {s: int(n) for s, n in zip(STATUSES, c.counts.tolist()) if s not in ("inf", "error")},
+                "error_bits_histogram": {"bins": [[b, b + 1] for b in range(BITS_BINS - 1)] + [[BITS_BINS - 1, None]],
+                                         "rows": c.bits[:BITS_BINS].tolist(), "inf": int(c.bits[BITS_BINS]),
+                                         "nan": int(c.bits[BITS_BINS + 1])},
+                "worst": _row_records(c.worst),
+                "failing": _row_records(c.failing),
+                "failing_total": c.failures,
+                "failing_kept": len(c.failing),
+            })
+    return {"source": source_text, "rows": summary.rows, "classes": summary.classes,
+            "reference_error_bound": {f.name: summary.reference_error[f.name] for f in summary.formats},
+            "kept": {"worst": summary.worst_kept, "failing": summary.cap},
+            "cells": cells, "notes": list(summary.notes)}
+
+
+def _texts(values: np.ndarray) -> list[str]:
+    """JSON texts of float64 values, by the C encoder (non-finite as strings)."""
+    text = json.dumps(values.tolist(), allow_nan=True)[1:-1]
+    parts = text.split(", ") if text else []
+    return [p if p[0] in "-0123456789" and p not in ("-Infinity",) else
+            {"NaN": '"nan"', "Infinity": '"inf"', "-Infinity": '"-inf"'}[p] for p in parts]
+
+
+def jsonl_lines(columns: dict[tuple[str, str], np.ndarray]) -> str:
+    """JSON Lines, one per row and (format, method), from a chunk's columns."""
+    out = []
+    for (dtype, method), rows in columns.items():
+        if not len(rows):
+            continue
+        head = f'{{"dtype": "{dtype}", "method": "{method}", "row": '
+        exact = _exact_texts(rows)
+        status = np.array(STATUSES)[rows["status"]].tolist()
+        fields = zip(rows["row"].tolist(), rows["label"].tolist(), _texts(rows["value"]), exact, status,
+                     _texts(rows["rel_error"]), _texts(rows["ulps"]), _texts(rows["error_bits"]))
+        out.extend(f'{head}{r}, "label": {y}, "value": {v}, "exact": "{e}", "status": "{s}", "rel_error": {re}, '
+                   f'"ulps": {u}, "error_bits": {b}}}\n' for r, y, v, e, s, re, u, b in fields)
+    return "".join(out)
+
+
+ROW_DTYPE = ROW

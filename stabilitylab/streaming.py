@@ -1,0 +1,212 @@
+"""softmax_ce on a user's logits at real size: chunks of rows in, summaries out.
+
+A file of (rows, classes) logits is read chunk by chunk (:mod:`stabilitylab.sources`);
+each chunk runs through the general engine (:func:`engine.evaluate` with ``fast=True``:
+the same kernels, format values held in float32, references in float64 / longdouble)
+and is reduced at once to columns that add up across chunks:
+
+* counts of each status per method x format;
+* a histogram of error bits (bin b holds rows with b <= error_bits < b + 1; then one
+  bin for an infinite and one for a NaN error);
+* the ``worst`` rows (largest error, NaN and inf first) and the first ``cap`` failing
+  rows, as structured arrays (row, value, exact, status, rel_error, ulps, error_bits);
+* with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
+
+Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
+file size.  Chunks run on both cores (forked worker processes, a bounded window of
+chunks in flight); results are merged in row order, so the output does not depend on
+the scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+from .engine import evaluate
+from .experiments.base import ParamNames
+from .experiments.softmax_ce import SOFTMAX_CE, Logits
+from .formats import Format
+from .outcome import METHOD_FAILURES, STATUSES, Outcome
+
+__all__ = ["ROW", "Summary", "Cell", "summarize", "BITS_BINS"]
+
+BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at most ~64 bits), then inf, NaN
+ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
+                ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
+                ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
+_STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+_FAILING = np.array([s in METHOD_FAILURES for s in STATUSES])
+
+
+@dataclass
+class Cell:
+    """The summary of one method in one format: counts, histogram, worst and failing rows."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(STATUSES), np.int64))
+    bits: np.ndarray = field(default_factory=lambda: np.zeros(BITS_BINS + 2, np.int64))
+    worst: np.ndarray = field(default_factory=lambda: np.zeros(0, ROW))
+    failing: np.ndarray = field(default_factory=lambda: np.zeros(0, ROW))
+
+    def merge(self, other: "Cell", keep: int, cap: int) -> None:
+        self.counts += other.counts
+        self.bits += other.bits
+        self.worst = _worst(np.concatenate([self.worst, other.worst]), keep)
+        if len(self.failing) < cap:
+            self.failing = np.concatenate([self.failing, other.failing[: cap - len(self.failing)]])
+
+    @property
+    def failures(self) -> int:
+        return int(self.counts[_FAILING].sum())
+
+
+@dataclass
+class Summary:
+    """Per format, per method: a :class:`Cell`; plus what was read and skipped."""
+
+    formats: tuple[Format, ...]
+    methods: tuple[str, ...]
+    rows: int  # rows evaluated (not ignored)
+    classes: int
+    cells: dict[tuple[str, str], Cell]  # (format name, method name) -> cell
+    reference_error: dict[str, float]  # format name -> bound on the references' relative error
+    notes: list[str] = field(default_factory=list)
+    worst_kept: int = 10
+    cap: int = 100
+    tolerance: float | None = None
+    ftz: bool = False
+
+
+def _worst(rows: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` rows with the largest error (NaN first, then inf), ties by row index."""
+    if len(rows) <= keep and len(rows) < 2:
+        return rows
+    e = rows["error_bits"]
+    rank = np.where(np.isnan(e), np.inf, e)
+    order = np.lexsort((rows["row"], -rank, ~np.isnan(e)))
+    return rows[order[:keep]]
+
+
+def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray, pick=None) -> np.ndarray:
+    sel = slice(None) if pick is None else pick
+    out = np.empty(len(rows[sel]), ROW)
+    out["row"], out["label"] = rows[sel], labels[sel]
+    out["value"], out["status"] = o.value[sel], codes[sel]
+    out["exact_hi"], out["exact_lo"] = o.exact.hi[sel], o.exact.lo[sel]
+    out["exact_scale"], out["exact_zero"] = o.exact.scale[sel], o.exact.zero[sel]
+    out["rel_error"], out["ulps"], out["error_bits"] = o.rel_error[sel], o.ulps[sel], o.error_bits[sel]
+    return out
+
+
+def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int, everything: list | None) -> Cell:
+    codes = np.zeros(len(rows), np.uint8)
+    for status in np.unique(o.status):
+        codes[o.status == status] = _STATUS_CODE[str(status)]
+    c = Cell()
+    c.counts[:] = np.bincount(codes, minlength=len(STATUSES))
+    e = o.error_bits
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(e)
+        c.bits[:BITS_BINS] = np.bincount(np.minimum(e[finite], BITS_BINS - 1).astype(np.int64), minlength=BITS_BINS)
+    c.bits[BITS_BINS] = int(np.isinf(e).sum())
+    c.bits[BITS_BINS + 1] = int(np.isnan(e).sum())
+    rank = np.where(np.isnan(e), np.inf, e)
+    top = np.argsort(-rank, kind="stable")[:keep] if len(e) > keep else np.arange(len(e))
+    c.worst = _worst(_columns(o, rows, labels, codes, top), keep)
+    failing = np.flatnonzero(_FAILING[codes])[:cap]
+    c.failing = _columns(o, rows, labels, codes, failing)
+    if everything is not None:
+        everything.append(_columns(o, rows, labels, codes))
+    return c
+
+
+def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
+              keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool):
+    """Every method in every format on one chunk: ({(format, method): Cell}, rows or None)."""
+    idx = np.flatnonzero(keep_rows)
+    rows = first_row + idx
+    x = np.ascontiguousarray(logits[idx], dtype=np.float64)
+    y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    cells: dict[tuple[str, str], Cell] = {}
+    columns: dict[tuple[str, str], list] | None = {} if all_rows else None
+    if not len(idx):
+        return cells, columns
+    cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
+    for fmt in formats:
+        outcomes = evaluate(SOFTMAX_CE, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True)
+        for method, o in outcomes.items():
+            everything = [] if all_rows else None
+            cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
+            if columns is not None:
+                columns[fmt.name, method] = everything[0]
+    return cells, columns
+
+
+def _chunks_in_order(source, labels, keep_rows, rows_per_chunk) -> Iterator[tuple[int, np.ndarray, np.ndarray,
+                                                                                     np.ndarray]]:
+    for first, block in source.chunks(rows_per_chunk):
+        stop = first + len(block)
+        yield first, block, None if labels is None else labels[first:stop], keep_rows[first:stop]
+
+
+def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[Format, ...], *,
+              tolerance: float | None = None, ftz: bool = False, keep: int = 10, cap: int = 100,
+              rows_per_chunk: int | None = None, workers: int | None = None,
+              on_rows: Callable[[dict], None] | None = None) -> Summary:
+    """Summarize softmax_ce over every kept row of ``source`` (a :class:`sources.LogitsSource`).
+
+    ``labels`` (rows,) int64 (None: each row's argmax) and ``keep_rows`` (rows,) bool are
+    whole-file arrays (9 bytes per row); ``on_rows``, if given, receives each chunk's per-row columns in row order
+    ({(format, method): ROW array}).  ``workers``: processes (default: the CPUs, at most 2
+    per the machine's cores; 1 runs in this process).
+    """
+    methods = SOFTMAX_CE.method_names
+    if rows_per_chunk is None:
+        rows_per_chunk = max(1, 2**18 // max(source.classes, 1))
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if source.rows * source.classes < 2**20:
+        workers = 1
+    cells = {(f.name, m): Cell() for f in formats for m in methods}
+    kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None)
+
+    def absorb(result) -> None:
+        chunk_cells, columns = result
+        for key, cell in chunk_cells.items():
+            cells[key].merge(cell, keep, cap)
+        if on_rows is not None and columns:
+            on_rows(columns)
+
+    chunks = _chunks_in_order(source, labels, keep_rows, rows_per_chunk)
+    if workers == 1:
+        for first, block, y, k in chunks:
+            absorb(run_chunk(formats, first, block, y, k, **kwargs))
+    else:
+        _parallel(chunks, formats, kwargs, workers, absorb)
+    bounds = {f.name: reference.fast_error(np.float64 if f.precision <= 24 else np.longdouble, source.classes)
+              for f in formats}
+    return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds,
+                   worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz)
+
+
+def _parallel(chunks, formats, kwargs, workers: int, absorb) -> None:
+    """Run chunks on ``workers`` forked processes, at most 2 per worker in flight, absorbing
+    results in row order."""
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    pending: deque = deque()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for first, block, y, k in chunks:
+            pending.append(pool.submit(run_chunk, formats, first, np.array(block), None if y is None else np.array(y),
+                                       np.array(k), **kwargs))
+            while len(pending) >= 2 * workers:
+                absorb(pending.popleft().result())
+        while pending:
+            absorb(pending.popleft().result())
+
