@@ -144,7 +144,8 @@ def from_mpmath(values) -> Exact:
             continue
         s = 0
         if abs(r) < SCALE_BELOW:
-            s = int(mpmath.floor(mpmath.log(abs(r), 2)))
+            # below 2**-2**40 (e**-1e30, say) the value is kept as 0 * 2**-2**40: it rounds to 0 in every format
+            s = max(int(mpmath.floor(mpmath.log(abs(r), 2))), -(2**40))
             r = mpmath.ldexp(r, -s)
         h = float(r)
         hi[i], scale[i] = h, s

@@ -81,14 +81,15 @@ class Summary:
     ftz: bool = False
 
 
+def _worst_order(error_bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows by decreasing error: NaN first, then inf, then the largest; ties by row index."""
+    rank = np.where(np.isnan(error_bits), np.inf, error_bits)
+    return np.lexsort((rows, -rank, ~np.isnan(error_bits)))
+
+
 def _worst(rows: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` rows with the largest error (NaN first, then inf), ties by row index."""
-    if len(rows) <= keep and len(rows) < 2:
-        return rows
-    e = rows["error_bits"]
-    rank = np.where(np.isnan(e), np.inf, e)
-    order = np.lexsort((rows["row"], -rank, ~np.isnan(e)))
-    return rows[order[:keep]]
+    """The ``keep`` worst of ``rows`` (a ROW array)."""
+    return rows[_worst_order(rows["error_bits"], rows["row"])[:keep]]
 
 
 def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray, pick=None) -> np.ndarray:
@@ -114,9 +115,7 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
         c.bits[:BITS_BINS] = np.bincount(np.minimum(e[finite], BITS_BINS - 1).astype(np.int64), minlength=BITS_BINS)
     c.bits[BITS_BINS] = int(np.isinf(e).sum())
     c.bits[BITS_BINS + 1] = int(np.isnan(e).sum())
-    rank = np.where(np.isnan(e), np.inf, e)
-    top = np.argsort(-rank, kind="stable")[:keep] if len(e) > keep else np.arange(len(e))
-    c.worst = _worst(_columns(o, rows, labels, codes, top), keep)
+    c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows)[:keep])
     failing = np.flatnonzero(_FAILING[codes])[:cap]
     c.failing = _columns(o, rows, labels, codes, failing)
     if everything is not None:

@@ -7,6 +7,7 @@ import os
 import warnings
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from .experiments.binary_ce import Binary
 from .experiments.softmax_ce import Logits
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits", "user_binary", "logits_cases",
-           "binary_cases"]
+           "binary_cases", "user_source", "UserLogits"]
 
 try:
     from lzma import LZMAError
@@ -229,3 +230,54 @@ def binary_cases(x, y) -> tuple[Binary, list[str]]:
         notes.append(f"{nonfinite.size} row(s) with non-finite logits ({shown}): allowed")
     names = tuple(f"row={i}" for i in range(rows))
     return Binary(names, x.astype(np.float64), y, np.full(rows, width, dtype=np.int64)), notes
+
+
+@dataclass
+class UserLogits:
+    """A user's logits file opened for streaming: the source, labels (None: each row's
+    argmax), the rows to evaluate (labels != --ignore-index) and notes for the output."""
+
+    source: object  # sources.LogitsSource
+    labels: np.ndarray | None
+    keep: np.ndarray
+    notes: list[str]
+
+    @property
+    def text(self) -> str:
+        s = self.source
+        key = f"[{s.key}]" if s.key else ""
+        return f"{s.path.name}{key} {tuple(s.shape)} {s.dtype}"
+
+
+_CONTAINERS = (".npz", ".safetensors", ".pt", ".pth")
+
+
+def user_source(logits_path, *, key: str | None = None, labels: str | None = None, labels_key: str | None = None,
+                ignore_index: int | None = -100) -> UserLogits:
+    """Open a logits file of any size, its labels and the rows to keep (see :mod:`sources`).
+
+    Labels come from ``labels`` (``labels_key`` picks the tensor), else from the logits
+    file's ``labels_key`` or ``labels`` tensor when it is a container holding one, else
+    each row's argmax is the label.
+    """
+    from . import sources
+
+    source = sources.open_logits(logits_path, key)
+    notes = list(source.notes)
+    y = None
+    if labels is not None or labels_key is not None:
+        y = sources.read_labels(labels if labels is not None else logits_path, labels_key, source, notes)
+    elif Path(logits_path).suffix.lower() in _CONTAINERS:
+        try:
+            y = sources.read_labels(logits_path, "labels", source, notes)
+            notes.append(f"labels: the 'labels' tensor of {Path(logits_path).name}")
+        except sources.InputError as exc:
+            if exc.option != "--labels-key":  # a 'labels' tensor that cannot be used: say so
+                raise
+    if y is None:
+        notes.append("labels: each row's argmax (no --labels)")
+        keep = np.ones(source.rows, dtype=bool)
+    else:
+        keep, more = sources.check_labels(y, source.classes, ignore_index)
+        notes.extend(more)
+    return UserLogits(source, y, keep, notes)

@@ -1,0 +1,91 @@
+"""The bulk path (streaming.run_chunk: Arith(fast=True), float64 / longdouble references)
+against the general engine (format dtypes, longdouble / mpmath references): the same values,
+bit for bit, and the same statuses, on a 10**5-row sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stabilitylab import engine, reference, streaming
+from stabilitylab.experiments.base import ParamNames
+from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
+from stabilitylab.formats import ALL_FORMATS, FORMATS
+from stabilitylab.outcome import STATUSES
+
+ROWS, K = 100_000, 10
+
+
+def sample(rows: int = ROWS, classes: int = K, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits at every scale (overflow, underflow, confident rows, ties), a few non-finite rows."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([0.01, 1, 5, 30, 100, 1e3, 1e5], size=(rows, 1))
+    x = rng.standard_normal((rows, classes)) * scale
+    x[::101, 0] = x[::101, 1]  # ties
+    x[::997, 2] += 1e4  # one huge logit
+    x[5::1009, 3] = np.inf
+    x[7::1013, 4] = np.nan
+    x[9::1019] = -np.inf
+    y = rng.integers(0, classes, rows)
+    return x.astype(np.float32), y
+
+
+def _bulk(fmt, x, y):
+    cells, columns = streaming.run_chunk((fmt,), 0, x, y, np.ones(len(x), bool), tolerance=None, ftz=False,
+                                         keep=10, cap=100, all_rows=True)
+    return cells, columns
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+def test_bulk_path_equals_the_general_engine(fmt):
+    rows = ROWS if fmt.precision <= 24 else 20_000  # float64's general engine runs mpmath per row
+    x, y = sample(rows)
+    _, columns = _bulk(fmt, x, y)
+    cases = Logits(ParamNames("row", np.arange(rows)), x.astype(np.float64), y, np.full(rows, K))
+    general = engine.evaluate(SOFTMAX_CE, fmt, cases)
+    bound = reference.fast_error(np.float64 if fmt.precision <= 24 else np.longdouble, K)
+    for method, o in general.items():
+        got = columns[fmt.name, method]
+        assert np.array_equal(got["row"], np.arange(rows))
+        with np.errstate(invalid="ignore"):
+            same = (got["value"] == o.value) | (np.isnan(got["value"]) & np.isnan(o.value))
+        assert same.all(), (method, np.flatnonzero(~same)[:5])
+        assert np.array_equal(np.signbit(got["value"][~np.isnan(o.value)]), np.signbit(o.value[~np.isnan(o.value)]))
+        status = np.array(STATUSES)[got["status"]]
+        assert np.array_equal(status, o.status), (method, np.flatnonzero(status != o.status)[:5])
+        # the bulk references agree with the general ones within the stated bound
+        finite = np.isfinite(o.exact.hi) & (o.exact.hi != 0) & (o.exact.scale == 0)
+        with np.errstate(invalid="ignore"):
+            rel = np.abs(got["exact_hi"][finite] - o.exact.hi[finite]) / np.abs(o.exact.hi[finite])
+        assert rel.max() <= 2 * bound
+    statuses = {s for o in general.values() for s in o.status}
+    assert len(statuses) >= 3  # the sample reaches several statuses in every format
+
+
+def test_summary_counts_add_up_across_chunks_and_workers():
+    x, y = sample(20_000, seed=1)
+
+    class Source:
+        rows, classes = x.shape
+
+        def chunks(self, n):
+            for i in range(0, len(x), n):
+                yield i, x[i:i + n]
+
+    keep = np.ones(len(x), bool)
+    keep[::3] = False
+    fmts = (FORMATS["bfloat16"], FORMATS["float32"])
+    one = streaming.summarize(Source(), y, keep, fmts, rows_per_chunk=len(x), workers=1)
+    many = streaming.summarize(Source(), y, keep, fmts, rows_per_chunk=1234, workers=2)
+    for key, cell in one.cells.items():
+        other = many.cells[key]
+        assert cell.counts.sum() == keep.sum() == one.rows
+        assert np.array_equal(cell.counts, other.counts)
+        assert np.array_equal(cell.bits, other.bits)
+        for kept in ("worst", "failing"):
+            a, b = getattr(cell, kept), getattr(other, kept)
+            for name in a.dtype.names:
+                assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), (kept, name)
+        assert len(cell.worst) == 10 and len(cell.failing) == min(100, cell.failures)
+        assert not np.isin(cell.failing["row"], np.flatnonzero(~keep)).any()
+        assert np.all(np.diff(cell.failing["row"]) > 0)
