@@ -376,8 +376,12 @@ def _open_npy(p: Path, where: _Where) -> _Tensor:
 
 def _pick(names: list[str], key: str | None, default_key: str | None, where: _Where, unit: str,
           aliases: Callable[[str], tuple[str, ...]] = lambda n: (n,)) -> tuple[str, list[str]]:
-    """(chosen name, notes): by ``key``; else the only one; else ``default_key``; else one InputError line."""
-    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
+    """(chosen name, notes): by ``key``; else the only one; else ``default_key``; else one InputError line.
+
+    ``aliases(name)``: the keys that pick ``name``, the last one shown in messages (when keys can be passed).
+    """
+    listed = [aliases(n)[-1] for n in names] if where.key_option else names
+    shown = ", ".join(listed[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
     if not names and where.key_option is not None:
         raise where.fail(f"holds no {unit}s")
     if key is not None:
