@@ -37,8 +37,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-__all__ = ["InputError", "LogitsSource", "open_logits", "read_labels", "check_labels", "default_rows_per_chunk",
-           "SUFFIXES", "MAX_TEXT_BYTES"]
+__all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
+           "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
 
 try:
     from lzma import LZMAError
@@ -55,7 +55,7 @@ SUFFIXES = (".npy", ".npz", ".safetensors", ".pt", ".pth", ".csv", ".txt")
 MAX_TEXT_BYTES = 512 * 2**20
 MAX_FORTRAN_BYTES = 256 * 2**20  # column-major arrays are reordered in memory, so only this much
 MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
-DEFLATE_MAX_RATIO = 1032  # deflate cannot expand more than ~1032:1; a member claiming more is forged
+DEFLATE_MAX_RATIO = 1040  # deflate cannot expand more than ~1032:1 (zlib -9 on zeros: 1029); more is forged
 LABEL_BLOCK = 2**22  # labels are checked and converted this many at a time
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -174,7 +174,7 @@ class _Torch:
     fresh = False
 
     def __init__(self, tensor, dtype: np.dtype):
-        self.tensor, self.dtype = tensor.reshape(-1), dtype
+        self.tensor, self.dtype = tensor.detach().reshape(-1), dtype  # detach: an nn.Parameter has grad
 
     @contextlib.contextmanager
     def session(self):
@@ -613,6 +613,11 @@ def open_logits(path, key: str | None = None) -> LogitsSource:
     ``--logits`` or ``--key``).
     """
     tensor = open_tensor(path, "logits", key, option="--logits", key_option="--key", default_key="logits")
+    return _logits_source(tensor)
+
+
+def _logits_source(tensor: _Tensor) -> LogitsSource:
+    """The tensor as logits: numbers of at most 64 bits (not bool), every dimension >= 1."""
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
         raise InputError(f"logits file {p} holds bool values; allowed: {LOGITS_TYPES}", "--logits")
@@ -626,6 +631,23 @@ def open_logits(path, key: str | None = None) -> LogitsSource:
     if fmt is not None:
         notes.append(f"logits are stored as {fmt}: values are already in that format")
     return LogitsSource(p, tensor.key, shape, math.prod(shape[:-1]), shape[-1], dtype, fmt, notes, tensor)
+
+
+def logits_from_array(array, name: str = "<array>") -> LogitsSource:
+    """A :class:`LogitsSource` over an in-memory array (tests, and callers that already hold the data).
+
+    Same checks and conversions as :func:`open_logits`; ``name`` stands for the file in messages.
+    """
+    array = np.ascontiguousarray(array)
+    p = Path(name)
+    try:
+        check_dtype(array.dtype, "logits", p)
+    except InputError as exc:
+        exc.option = "--logits"
+        raise
+    tensor = _Tensor(p, None, array.shape, array.dtype, _InMemory(array),
+                     where=_Where(p, "logits", "--logits", None))
+    return _logits_source(tensor)
 
 
 def read_labels(path, key: str | None, logits: LogitsSource, notes: list[str] | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from stabilitylab.sources import (
     LogitsSource,
     check_labels,
     default_rows_per_chunk,
+    logits_from_array,
     open_logits,
     read_labels,
 )
@@ -212,6 +213,19 @@ def test_chunks_and_read_are_bit_identical(tmp_path, case):
     assert src.read(4, 4).shape == (0, classes)
 
 
+def test_logits_from_an_in_memory_array():
+    x = X.astype(ml_dtypes.bfloat16)[:, ::-1]  # not contiguous
+    src = logits_from_array(x, "batch")
+    assert (src.shape, src.rows, src.classes, src.format) == ((3, 4, 5), 12, 5, "bfloat16")
+    assert _same_bits(_all_chunks(src, 5), x.astype(np.float32).reshape(12, 5))
+    with pytest.raises(InputError) as info:
+        logits_from_array(np.zeros((2, 0)), "batch")
+    _one_line(info.value, "logits file batch has shape (2, 0)")
+    with pytest.raises(InputError) as info:
+        logits_from_array(np.array([["a"]]))
+    assert info.value.option == "--logits"
+
+
 def test_key_is_none_for_single_array_files_and_the_name_in_containers(tmp_path):
     np.save(tmp_path / "x.npy", X)
     np.savez(tmp_path / "x.npz", scores=X)
@@ -359,6 +373,12 @@ def test_key_for_a_single_array_file_is_refused(tmp_path, name):
         open_logits(tmp_path / name, key="logits")
     _one_line(info.value, "holds one unnamed array")
     assert info.value.option == "--key"
+
+
+def test_pt_parameter_with_grad(tmp_path):
+    torch = _torch()
+    torch.save({"logits": torch.nn.Parameter(torch.from_numpy(X[0].copy()))}, tmp_path / "p.pt")
+    assert _same_bits(open_logits(tmp_path / "p.pt").read(0, 4), X[0])
 
 
 def test_key_for_a_single_tensor_pt_is_refused(tmp_path):
