@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,35 +10,13 @@ import numpy as np
 
 from .experiments.binary_ce import Binary
 from .experiments.softmax_ce import Logits
+from .sources import InputError, open_tensor
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits", "user_binary", "logits_cases",
            "binary_cases", "user_source", "UserLogits"]
 
-try:
-    from lzma import LZMAError
-
-    _LZMA_ERRORS: tuple[type[Exception], ...] = (LZMAError,)
-except ImportError:  # Python built without lzma: zipfile cannot open such members either
-    _LZMA_ERRORS = ()
-
 MAX_ELEMENTS = 1_000_000  # rows * classes: float64 references take ~30 s at this size
-MAX_TEXT_BYTES = 512 * 2**20
-
-
-class InputError(ValueError):
-    """Bad user input; the message is one line saying what was wrong and what is allowed.
-
-    ``option`` names the command-line option whose file was at fault (``--logits`` or ``--labels``).
-    """
-
-    def __init__(self, message: str, option: str | None = None):
-        super().__init__(message)
-        self.option = option
-
-
-NPY_MAGIC = b"\x93NUMPY"
-NOT_NPY = ("it is not a NumPy .npy file (it does not start with the \\x93NUMPY header); allowed: "
-           "an array saved with numpy.save (.npy) or numpy.savez (.npz), or numbers in a .csv / .txt file")
+READ_ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".txt")
 
 
 def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
@@ -50,94 +24,11 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
 
     Binary files are checked from their header (shape and type) before any data is
     read or decompressed, so an oversized or compressed-bomb array costs nothing.
+    The readers are :mod:`stabilitylab.sources`'; this adds the in-memory size limit.
     """
-    p = Path(path)
     option = f"--{what}" if what in ("logits", "labels") else None
-
-    def fail(message: str) -> InputError:
-        return InputError(message, option)
-
-    if not p.is_file():
-        raise fail(f"{what} file {p} does not exist or is not a file")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            with open(p, "rb") as fh:
-                arr = _read_npy(fh, what, p)
-        elif suffix == ".npz":
-            with zipfile.ZipFile(p) as z:
-                names = z.namelist()
-                if len(names) != 1:
-                    raise fail(f"{what} file {p} holds {len(names)} arrays ({', '.join(names) or 'none'}); "
-                               "an .npz must hold exactly one")
-                with z.open(names[0]) as member:
-                    arr = _read_npy(member, what, p)
-        elif suffix in (".csv", ".txt"):
-            if p.stat().st_size > MAX_TEXT_BYTES:
-                raise fail(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
-            text = p.read_text(encoding="utf-8-sig")  # -sig: Excel starts its UTF-8 CSV with a BOM
-            delimiter = "," if ("," in text or suffix == ".csv") else None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "input contained no data": checked below
-                arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
-            if arr.size == 0:
-                raise fail(f"{what} file {p} holds no numbers")
-        else:
-            raise fail(f"{what} file {p} has suffix {suffix or '(none)'!r}; allowed: .npy, .npz, .csv, .txt")
-    except InputError as exc:
-        exc.option = option
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, NotImplementedError,
-            RuntimeError, zlib.error, *_LZMA_ERRORS) as exc:
-        # NotImplementedError / RuntimeError: unsupported or encrypted zip members; zlib / lzma: corrupt data
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise fail(f"{what} file {p} could not be read: {detail}") from None
-    _check_size(arr.shape, what, p)
-    return arr
-
-
-def _read_npy(fh, what: str, path) -> np.ndarray:
-    """An array from an open .npy stream: magic, header, checks, and only then the data."""
-    fmt = np.lib.format
-    if fh.read(len(NPY_MAGIC)) != NPY_MAGIC:
-        raise InputError(f"{what} file {path} could not be read: {NOT_NPY}")
-    major, _ = (fh.read(2) + b"\0\0")[:2]
-    if major not in (1, 2, 3):
-        raise InputError(f"{what} file {path} could not be read: unknown .npy format version {major}")
-    try:  # version 3 differs from 2 only in allowing a UTF-8 header
-        shape, fortran_order, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(fh)
-    except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize and ast: any of their errors
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{what} file {path} could not be read: its .npy header is malformed ({detail})") from None
-    if any(n < 0 for n in shape):
-        raise InputError(f"{what} file {path} could not be read: its header has shape {shape}")
-    _check_size(shape, what, path)
-    _check_dtype(dtype, what, path)
-    size = math.prod(shape) * dtype.itemsize
-    data = fh.read(size)
-    if len(data) != size:
-        raise InputError(f"{what} file {path} could not be read: it is truncated ({len(data)} of {size} data bytes)")
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C").copy()
-
-
-def _check_dtype(dtype: np.dtype, what: str, path) -> None:
-    if dtype.kind in "biuf":
-        return
-    if dtype.kind == "V" and dtype.names is None:
-        raise InputError(f"{what} file {path} holds {dtype.itemsize}-byte raw values ({dtype.str}): that is how "
-                         "numpy.save stores bfloat16 / float8 arrays of ml_dtypes, whose type it cannot record; "
-                         "save them as float32 instead (x.astype(numpy.float32))")
-    if dtype.kind == "V":
-        raise InputError(f"{what} file {path} holds records with fields ({', '.join(dtype.names)}); "
-                         "a plain array of numbers is required")
-    if dtype.kind == "c":
-        raise InputError(f"{what} file {path} holds {dtype} values; real numbers are required")
-    raise InputError(f"{what} file {path} holds {dtype} values; numbers are required")
-
-
-def _check_size(shape, what, path) -> None:
-    if math.prod(shape) > MAX_ELEMENTS:  # Python integers: a forged header cannot overflow the product
-        raise InputError(f"{what} file {path} has shape {tuple(shape)}: more than {MAX_ELEMENTS:,} values")
+    return open_tensor(path, what, None, option=option, key_option=None, default_key=None,
+                       suffixes=READ_ARRAY_SUFFIXES, max_elements=MAX_ELEMENTS).read_all()
 
 
 def user_logits(logits_path, labels_path=None) -> tuple[Logits, list[str]]:
