@@ -205,15 +205,22 @@ def _specials(name: str, fmt: Format, x: np.ndarray):
 _WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 
 
-def _evaluate(name: str, fmt: Format, x, stats: dict | None) -> np.ndarray:
+def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
     x = np.asarray(x)
-    stored = x.dtype == np.float32 and fmt.precision <= 11  # values of a narrow format held in float32
-    if x.dtype != fmt.dtype and not stored:
+    stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
+    if x.dtype != fmt.dtype and not (x.dtype == np.float32 and fmt.precision <= 11):
         raise TypeError(f"crmath.{name}: expected an array of {fmt.dtype}, got {x.dtype} (round it to {fmt} first)")
     flat = x.reshape(-1)
     kind = wide_type(fmt)
     if kind is None:
         return _evaluate_mp(name, fmt, x, flat, stats)
+    if stored and name == "exp":
+        out, rest = _exp_float32(fmt, flat)
+        if rest.size:
+            out[rest] = _evaluate("exp", fmt, flat[rest], stats, stage32=False)
+        if stats is not None:
+            stats["float32_decided"] = stats.get("float32_decided", 0) + flat.size - rest.size
+        return out.reshape(x.shape)
     wide = _WIDE_DTYPES[kind]
     with np.errstate(all="ignore"):
         w = _WIDE_FUNCS[name](flat.astype(wide))
@@ -238,6 +245,45 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None) -> np.ndarray:
         stats["elements"] = stats.get("elements", 0) + flat.size
         stats["undecided"] = stats.get("undecided", 0) + int(undecided.size)
     return out.reshape(x.shape)
+
+
+FLOAT32_EXP_REL_ERROR = 2.0**-18
+"""Relative error bound assumed for ``np.exp`` on float32 where its result is a normal float32.
+
+numpy's float32 exp (SIMD on AVX2 / AVX512F, the C library's ``expf`` elsewhere) is
+documented at under 4 ulps (``4 * 2**-23 = 2**-21`` relative); ``2**-18`` leaves a margin
+of 8.  ``tests/test_crmath.py`` checks it on every float32 input whose exp is a normal
+float32 (a slow test), on the machine that runs the tests.
+"""
+
+
+def _exp_float32(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First stage for a format of <= 11 bits held in float32: ``w = np.exp(x)`` in float32
+    (one SIMD pass), rounded to the format; decided where no rounding boundary lies within
+    ``FLOAT32_EXP_REL_ERROR * w`` of w.  Normal range of the format: the bits of w below the
+    format's last bit are at least ``slack`` float32 ulps from the half-way pattern.  Below
+    ``tiny`` (fixed spacing q): ``u = w / q`` is at least ``E u`` from k + 1/2.  Returns the
+    rounded values and the indices left to the float64 stage (also w not a normal float32)."""
+    with np.errstate(all="ignore"):
+        w = np.exp(x)
+        out = fmt.round32(w)
+        drop = 23 - (fmt.precision - 1)
+        t = w.view(np.int32) & np.int32((1 << drop) - 1)
+        t -= np.int32(1 << (drop - 1))
+        np.abs(t, out=t)
+        slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
+        undecided = t <= slack
+        magnitude = np.abs(w)
+        low = np.flatnonzero(~(magnitude >= fmt.tiny))  # also NaN
+        if low.size:
+            v = magnitude[low]
+            u = v * np.float32(2.0 ** (fmt.precision - 1 - fmt.min_exponent))
+            frac = np.abs((u - np.floor(u)) - np.float32(0.5))
+            bad = ~(frac > u * np.float32(FLOAT32_EXP_REL_ERROR) + np.float32(2.0**-20)) | ~(v >= 2.0**-126)
+            undecided[low] = bad
+        big = np.flatnonzero(magnitude == np.inf)  # exp(x) beyond float32: the float64 stage decides
+        undecided[big] = True
+    return out, np.flatnonzero(undecided)
 
 
 def _evaluate_mp(name: str, fmt: Format, x, flat, stats: dict | None) -> np.ndarray:

@@ -113,7 +113,8 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     return {name: gather(p, len(cases)) for name, p in parts.items()}
 
 
-def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool, bulk: bool = False) -> list[Outcome]:
+def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
+                bulk: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
     dtype = (np.float64 if fmt.precision <= 24 else np.longdouble) if bulk else None
     exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)

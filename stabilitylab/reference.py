@@ -189,13 +189,14 @@ def exact(truth, inputs) -> Exact:
 def fast_error(dtype, terms: int) -> float:
     """Bound on the relative error of a fast reference evaluated in ``dtype`` (float64 or
     longdouble) over rows of ``terms`` terms: ``2 E + (ceil(log2 terms) + 6) u``, with E the
-    wide functions' bound (:data:`crmath.WIDE_REL_ERROR`) and u the wide unit roundoff.
+    wide functions' bound (:data:`crmath.WIDE_REL_ERROR`) and u the wide unit roundoff
+    (float64: plus 2**-43.5 for arguments rounded once).
     The longdouble bound is at least ``FAST_ERROR`` (the families' proofs use that)."""
     from .crmath import WIDE_REL_ERROR
 
     depth = max(int(terms) - 1, 1).bit_length() + 6
-    if np.dtype(dtype) == np.dtype(np.float64):
-        return 2 * WIDE_REL_ERROR["float64"] + depth * 2.0**-53
+    if np.dtype(dtype) == np.dtype(np.float64):  # + 2**-43.5: x_i - m rounded once (see softmax_ce)
+        return 2 * WIDE_REL_ERROR["float64"] + 2.0**-43.5 + depth * 2.0**-53
     return max(FAST_ERROR, 2 * WIDE_REL_ERROR["longdouble"] + depth * 2.0**-64)
 
 
