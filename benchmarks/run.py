@@ -1,66 +1,466 @@
-"""Benchmarks (not tests): wall time of the main jobs, best of a few runs.
+"""Benchmarks (not tests): each job beside its anchor, in the same run, as whole processes.
 
-    python3 benchmarks/run.py
+    python benchmarks/run.py                      # every job, best of 3
+    python benchmarks/run.py --quick              # small logits only: 100000x10 and 80x128256
+    python benchmarks/run.py --only logits --only compare --repeat 5
+    python benchmarks/run.py --markdown           # tables for the README's Speed section
+    python benchmarks/run.py --only logits --logits-file x.npy   # internal: this file instead of the generated ones
+
+Every job is a whole ``python -m stabilitylab ...`` process (``sys.executable``, run from the repository
+root so this checkout's package is imported).  Its anchor runs in the same harness run, alternating
+with it (anchor, job, anchor, job, ...) so machine noise hits both; each reports the best of
+``--repeat`` runs.  Ratio = job seconds / anchor seconds; "work" = job seconds - anchor seconds.
+
+Anchors:
+
+* ``import``: ``python -c "import numpy, click, rich"``, a whole process (Python start-up and the
+  imports every job pays);
+* ``log_softmax RxC``: ``scipy.special.log_softmax(x, axis=1)`` on the same float32 array as the job,
+  one process; its seconds are the call only (timed inside that process, ``np.load`` excluded), and
+  its peak RSS is the whole process's (listed under "anchors").
+
+Peak RSS is ``ru_maxrss`` of the job's process from ``os.wait4`` (MB = 2**20 bytes, max over the
+runs; it covers the process's waited-for children too, as the largest single process, not a sum).
+On Linux a child's ``ru_maxrss`` includes its parent's RSS when it was spawned, so this harness
+imports nothing heavy (no numpy) and generates the logits files in a subprocess.
+
+A job that fails (non-zero exit) is reported with its exit code and first stderr line, and the run
+goes on; the harness then exits 1.  Generated logits (float32, standard normal * 3, seed 0) are
+cached in ``benchmarks/.data/`` (gitignored) and reused when present.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
+import fnmatch
+import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / ".data"
+MIB = 2**20
+SEED = 0
+LOGIT_SHAPES = ((100_000, 10), (10**7, 10), (800, 128_256))
+QUICK_LOGIT_SHAPES = ((100_000, 10), (80, 128_256))
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+RSS_LIMIT_MB = 1024  # "peak RSS <= 1 GB"
+# Ratio targets of the user-logits jobs; the issue gives none for float16 (only the RSS limit applies).
+LOGITS_RATIO = {"bfloat16": 10.0, "float32": 10.0, "float64": 40.0}
+
+IMPORT_ANCHOR_CODE = "import numpy, click, rich"
+LOG_SOFTMAX_CODE = """\
+import json, sys, time
 import numpy as np
-from timing import best
+from scipy.special import log_softmax
+x = np.load(sys.argv[1])
+assert x.dtype == np.float32 and x.ndim == 2, (x.dtype, x.shape)
+t0 = time.perf_counter()
+log_softmax(x, axis=1)
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+GENERATE_CODE = """\
+import os, sys
+import numpy as np
+rows, cols, seed, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(seed)
+part = path + ".part"
+out = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(rows, cols))
+step = max(1, 2**22 // cols)
+for i in range(0, rows, step):
+    n = min(step, rows - i)
+    out[i:i + n] = rng.standard_normal((n, cols), dtype=np.float32) * np.float32(3)
+out.flush()
+del out
+os.replace(part, path)
+"""
 
 
-def main() -> None:
-    from stabilitylab import report
-    from stabilitylab import thresholds as th
-    from stabilitylab.engine import compare
-    from stabilitylab.experiments import EXPERIMENTS
-    from stabilitylab.experiments.likelihood import iid
-    from stabilitylab.experiments.softmax_ce import Logits
-    from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS
+# ---------------------------------------------------------------------------------------------- jobs
 
-    def thresholds(*args):
-        th._MEMO.clear()  # measure the search, not the in-process memo
-        return th.thresholds(*args)
 
-    experiments = list(EXPERIMENTS.values())
-    rows = []
-    rows.append(("compare, default cases, 4 formats (in process)", best(lambda: compare(experiments, DEFAULT_FORMATS))))
-    rows.append(("compare, default cases, 6 formats (in process)", best(lambda: compare(experiments, ALL_FORMATS))))
-    rows.append(("compare likelihood p=0.5, n=10**18, 4 formats",
-                 best(lambda: compare([EXPERIMENTS["likelihood"]], DEFAULT_FORMATS,
-                                      {"likelihood": iid(0.5, 10**18)}))))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((10_000, 10)) * 5
-    batch = Logits(tuple(f"row={i}" for i in range(len(x))), x, x.argmax(1), np.full(len(x), 10))
-    rows.append(("compare softmax_ce, 10,000 x 10 logits, 4 formats",
-                 best(lambda: compare([EXPERIMENTS["softmax_ce"]], DEFAULT_FORMATS, {"softmax_ce": batch}), 1)))
-    core = [EXPERIMENTS["likelihood"], EXPERIMENTS["softmax_ce"]]
-    rows.append(("thresholds, likelihood + softmax_ce families, 4 formats",
-                 best(lambda: thresholds(core, DEFAULT_FORMATS))))
-    rows.append(("thresholds, all 8 families, 4 formats", best(lambda: thresholds(experiments, DEFAULT_FORMATS))))
-    rows.append(("thresholds, all 8 families, 6 formats", best(lambda: thresholds(experiments, ALL_FORMATS), 1)))
-    rows.append(("report build, 4 formats (in process)",
-                 best(lambda: (th._MEMO.clear(), report.build(DEFAULT_FORMATS)), 1)))
-    exe = [sys.executable, "-m", "stabilitylab"]
-    rows.append(("python -m stabilitylab --help (import time)",
-                 best(lambda: subprocess.run([*exe, "--help"], capture_output=True, check=True))))
-    rows.append(("python -m stabilitylab compare (whole process)",
-                 best(lambda: subprocess.run([*exe, "compare"], capture_output=True, check=True))))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "b.json"
-        subprocess.run([*exe, "check", "--baseline", str(path), "--update"], capture_output=True, check=True)
-        rows.append(("python -m stabilitylab check (whole process)",
-                     best(lambda: subprocess.run([*exe, "check", "--baseline", str(path)], capture_output=True,
-                                                 check=True))))
-    width = max(len(name) for name, _ in rows)
-    for name, seconds in rows:
-        print(f"{name:<{width}}  {seconds * 1000:8.1f} ms")
+@dataclass(frozen=True)
+class Target:
+    ratio: float | None = None  # job seconds / anchor seconds
+    work: float | None = None  # job seconds - anchor seconds
+    wall: float | None = None  # job seconds
+    rss_mb: float | None = None  # job peak RSS
+
+    def describe(self) -> str:
+        parts = []
+        if self.ratio is not None:
+            parts.append(f"ratio ≤ {self.ratio:g}x")
+        if self.work is not None:
+            parts.append(f"work ≤ {self.work:g} s")
+        if self.wall is not None:
+            parts.append(f"≤ {self.wall:g} s")
+        if self.rss_mb is not None:
+            parts.append(f"RSS ≤ {self.rss_mb:g} MB")
+        return ", ".join(parts) or "—"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    name: str
+    argv: tuple[str, ...]
+    inner: bool = False  # the process prints {"seconds": ...}: that, not the process's wall time, is its time
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    argv: tuple[str, ...]  # "{tmp}" is replaced by a fresh temporary directory for each run
+    anchor: Anchor | None
+    target: Target
+
+
+def cli(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "stabilitylab", *args)
+
+
+IMPORT_ANCHOR = Anchor("import", (sys.executable, "-c", IMPORT_ANCHOR_CODE))
+
+
+def log_softmax_anchor(path: Path, shape: tuple[int, int]) -> Anchor:
+    return Anchor(f"log_softmax {shape[0]}x{shape[1]}", (sys.executable, "-c", LOG_SOFTMAX_CODE, str(path)), True)
+
+
+def build_jobs(logits: list[tuple[Path, tuple[int, int]]]) -> list[Job]:
+    jobs = [
+        Job("compare", cli("compare"), IMPORT_ANCHOR, Target(ratio=2)),
+        Job("thresholds", cli("thresholds"), IMPORT_ANCHOR, Target(work=1)),
+        Job("check", cli("check", "--baseline", "reports/thresholds.json"), IMPORT_ANCHOR, Target(work=1)),
+        Job("report", cli("report", "-o", "{tmp}/report"), None, Target(wall=4)),
+    ]
+    for path, shape in logits:
+        anchor = log_softmax_anchor(path, shape)
+        for dtype in DTYPES:
+            argv = cli("compare", "-e", "softmax_ce", "--logits", str(path), "-d", dtype, "--format", "json",
+                       "-o", "{tmp}/out.json")
+            target = Target(ratio=LOGITS_RATIO.get(dtype), rss_mb=RSS_LIMIT_MB)
+            jobs.append(Job(f"logits {shape[0]}x{shape[1]} {dtype}", argv, anchor, target))
+    return jobs
+
+
+def select(jobs: list[Job], patterns: list[str] | None) -> list[Job]:
+    """The jobs whose name matches one of the glob patterns anywhere ("logits*float32"), all without patterns."""
+    if not patterns:
+        return jobs
+    return [job for job in jobs if any(fnmatch.fnmatchcase(job.name, f"*{p}*") for p in patterns)]
+
+
+# ------------------------------------------------------------------------------------------ logits data
+
+
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of a complete little-endian float32 .npy file, else None (read from its header, without numpy)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+            if magic[:6] != b"\x93NUMPY":
+                return None
+            size = int.from_bytes(f.read(2 if magic[6] == 1 else 4), "little")
+            header = ast.literal_eval(f.read(size).decode("latin1"))
+            offset = f.tell()
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if not isinstance(header, dict) or header.get("descr") != "<f4" or header.get("fortran_order"):
+        return None
+    shape = tuple(header.get("shape", ()))
+    count = 1
+    for n in shape:
+        count *= n
+    return shape if path.stat().st_size == offset + 4 * count else None
+
+
+def logits_file(shape: tuple[int, int], data_dir: Path) -> Path:
+    """The cached logits file of this shape, generated (in a subprocess) when absent or incomplete."""
+    path = data_dir / f"logits_{shape[0]}x{shape[1]}_seed{SEED}.npy"
+    if npy_shape(path) != shape:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        print(f"generating {path} ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-c", GENERATE_CODE, str(shape[0]), str(shape[1]), str(SEED), str(path)],
+                       cwd=ROOT, check=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float  # wall time of the process, or the time it reported itself (inner anchors)
+    rss_mb: float | None
+    returncode: int
+    error: str = ""  # first stderr line of a failed run
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float | None]:
+    """Exit code and peak RSS (MB) of a finished child."""
+    if not hasattr(os, "wait4"):  # Windows: no rusage
+        return proc.wait(), None
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return proc.returncode, usage.ru_maxrss * scale / MIB
+
+
+def measure(argv: tuple[str, ...], inner: bool = False) -> Run:
+    with (tempfile.TemporaryDirectory(prefix="stabilitylab-bench-") as tmp,
+          tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err):
+        argv = tuple(a.replace("{tmp}", tmp) for a in argv)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=out if inner else subprocess.DEVNULL, stderr=err)
+        code, rss = _wait(proc)
+        seconds = time.perf_counter() - t0
+        if code != 0:
+            err.seek(0)
+            text = first_line(err.read().decode(errors="replace"))
+            return Run(seconds, rss, code, text or "(no stderr)")
+        if inner:
+            out.seek(0)
+            try:
+                seconds = float(json.loads(out.read().decode().strip().splitlines()[-1])["seconds"])
+            except (ValueError, KeyError, IndexError) as e:
+                return Run(seconds, rss, 0, f"no timing printed ({e!r})")
+        return Run(seconds, rss, code)
+
+
+@dataclass
+class Result:
+    job: Job
+    runs: list[Run] = field(default_factory=list)
+    anchor_runs: list[Run] = field(default_factory=list)
+
+    @property
+    def failure(self) -> tuple[str, Run] | None:
+        """("job" or "anchor", the failed run), if any run failed."""
+        for who, runs in (("anchor", self.anchor_runs), ("job", self.runs)):
+            for run in runs:
+                if not run.ok or run.error:
+                    return who, run
+        return None
+
+    @property
+    def seconds(self) -> float | None:
+        return min((r.seconds for r in self.runs), default=None) if self.failure is None else None
+
+    @property
+    def anchor_seconds(self) -> float | None:
+        return min((r.seconds for r in self.anchor_runs), default=None) if self.failure is None else None
+
+    @property
+    def rss_mb(self) -> float | None:
+        return max((r.rss_mb for r in self.runs if r.rss_mb is not None), default=None)
+
+    @property
+    def anchor_rss_mb(self) -> float | None:
+        return max((r.rss_mb for r in self.anchor_runs if r.rss_mb is not None), default=None)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.seconds is None or not self.anchor_seconds:
+            return None
+        return self.seconds / self.anchor_seconds
+
+    @property
+    def work(self) -> float | None:
+        if self.seconds is None or self.anchor_seconds is None:
+            return None
+        return self.seconds - self.anchor_seconds
+
+    def verdict(self) -> str:
+        failure = self.failure
+        if failure is not None:
+            who, run = failure
+            return f"{'anchor ' if who == 'anchor' else ''}failed ({_exit(run.returncode)})"
+        t = self.job.target
+        missed = []
+        if t.ratio is not None and (self.ratio is None or self.ratio > t.ratio):
+            missed.append("ratio")
+        if t.work is not None and (self.work is None or self.work > t.work):
+            missed.append("work")
+        if t.wall is not None and self.seconds > t.wall:
+            missed.append("time")
+        if t.rss_mb is not None and (self.rss_mb is None or self.rss_mb > t.rss_mb):
+            missed.append("RSS")
+        word = "misses" if missed else "meets"
+        if t.work is not None:  # the only checked figure without a column of its own
+            return f"{word} (work {_seconds(self.work)} s)"
+        return f"{word} ({', '.join(missed)})" if missed else word
+
+
+def _exit(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
+
+
+def bench(job: Job, repeat: int, progress=None) -> Result:
+    """Run the job ``repeat`` times, alternating with its anchor; stop at the first failure."""
+    result = Result(job)
+    for i in range(repeat):
+        if progress:
+            progress(f"{job.name}: run {i + 1}/{repeat}")
+        if job.anchor is not None:
+            result.anchor_runs.append(measure(job.anchor.argv, job.anchor.inner))
+            if result.failure:
+                break
+        result.runs.append(measure(job.argv))
+        if result.failure:
+            break
+    return result
+
+
+# ------------------------------------------------------------------------------------------ output
+
+COLUMNS = ("job", "seconds", "anchor", "anchor seconds", "ratio", "target", "peak RSS MB", "verdict")
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if abs(s) >= 10:
+        return f"{s:.1f}"
+    if abs(s) >= 0.1:
+        return f"{s:.2f}"
+    return f"{s:#.3g}"  # three significant digits, zeros kept
+
+
+def _mb(mb: float | None) -> str:
+    return "—" if mb is None else f"{mb:.0f}"
+
+
+def row(result: Result) -> tuple[str, ...]:
+    ratio = result.ratio
+    return (result.job.name, _seconds(result.seconds), result.job.anchor.name if result.job.anchor else "—",
+            _seconds(result.anchor_seconds), "—" if ratio is None else f"{ratio:.1f}x",
+            result.job.target.describe(), _mb(result.rss_mb), result.verdict())
+
+
+def anchor_rows(results: list[Result]) -> list[tuple[str, str, str]]:
+    """One row per anchor: best seconds and peak RSS over all its runs (beside every job that used it)."""
+    runs: dict[str, list[Run]] = {}
+    for result in results:
+        if result.job.anchor is not None:
+            runs.setdefault(result.job.anchor.name, []).extend(r for r in result.anchor_runs if r.ok and not r.error)
+    return [(name, _seconds(min((r.seconds for r in rs), default=None)),
+             _mb(max((r.rss_mb for r in rs if r.rss_mb is not None), default=None))) for name, rs in runs.items()]
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    right = {i for i, h in enumerate(header) if h in ("seconds", "anchor seconds", "ratio", "peak RSS MB")}
+    def fmt(cells):
+        cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(cells).rstrip()
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+
+
+def failures(results: list[Result]) -> list[str]:
+    lines = []
+    for result in results:
+        if result.failure is not None:
+            who, run = result.failure
+            name = result.job.name if who == "job" else f"{result.job.name} (anchor {result.job.anchor.name})"
+            lines.append(f"{name}: {_exit(run.returncode)}: {run.error}")
+    return lines
+
+
+def render(results: list[Result], repeat: int, markdown: bool = False) -> str:
+    out = [f"Best of {repeat}, job and anchor alternating; ratio = job s / anchor s, work = job s - anchor s; "
+           f"peak RSS of the job's process (os.wait4 ru_maxrss, MB = 2**20 bytes).",
+           "Anchors: import = whole `python -c \"import numpy, click, rich\"` process; log_softmax RxC = "
+           "`scipy.special.log_softmax(x, axis=1)` on the same float32 array, one process, the call only "
+           "(np.load excluded).",
+           f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
+           f"{os.cpu_count()} CPUs.", ""]
+    out.append(table(COLUMNS, [row(r) for r in results], markdown))
+    anchors = anchor_rows(results)
+    if anchors:
+        out += ["", "Anchors (best seconds, peak RSS of the anchor process):", ""]
+        out.append(table(("anchor", "seconds", "peak RSS MB"), anchors, markdown))
+    failed = failures(results)
+    if failed:
+        out += ["", "Failed:", ""] + [f"- {line}" if markdown else f"  {line}" for line in failed]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small logits only: 100000x10 and 80x128256 (smoke tests)")
+    parser.add_argument("--only", action="append", metavar="PATTERN",
+                        help="run the jobs whose name contains this glob, e.g. compare, 'logits*bfloat16' "
+                             "(repeatable; default: all)")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N",
+                        help="best of N runs, job and anchor alternating (default 3)")
+    parser.add_argument("--markdown", action="store_true", help="markdown tables (README's Speed section)")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help=f"cache of generated logits (default {DATA})")
+    parser.add_argument("--logits-file", action="append", type=Path, metavar="NPY",
+                        help="internal: benchmark this float32 .npy of shape (rows, classes) instead of the "
+                             "generated logits (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the selected jobs and exit")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    # Which logits files are needed depends on the selection: select on names first, generate afterwards.
+    shapes = QUICK_LOGIT_SHAPES if args.quick else LOGIT_SHAPES
+    if args.logits_file:
+        files = []
+        for path in args.logits_file:
+            shape = npy_shape(path)
+            if shape is None or len(shape) != 2:
+                sys.exit(f"--logits-file {path}: not a complete float32 .npy file of shape (rows, classes)")
+            files.append((path.resolve(), shape))
+    else:
+        files = [(args.data_dir.resolve() / f"logits_{r}x{c}_seed{SEED}.npy", (r, c)) for r, c in shapes]
+    jobs = select(build_jobs(files), args.only)
+    if not jobs:
+        sys.exit(f"no job matches {args.only}")
+    if args.list:
+        print("\n".join(job.name for job in jobs))
+        return 0
+    if not args.logits_file:
+        needed = {job.anchor.argv[-1] for job in jobs if job.anchor is not None and job.anchor.inner}
+        for path, shape in files:
+            if str(path) in needed:
+                logits_file(shape, args.data_dir.resolve())
+    results = [bench(job, args.repeat, progress) for job in jobs]
+    print(render(results, args.repeat, args.markdown))
+    return 1 if failures(results) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts (run them from the repository root: ``python3 benchmarks/NAME.py``)."""
+"""Best-of-N timing for the in-process benchmark scripts (crmath_speed.py); run.py times whole processes itself."""
 
 from __future__ import annotations
 
