@@ -242,13 +242,16 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
             bulk.notes.append(f"-d {bulk.source.format}: the format the logits are stored in (choose others with -d)")
         chosen = [e for e in chosen if e.name != "softmax_ce"]
     comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
-    if bulk is not None and rows_mode == "all":
-        _stream_rows(bulk, formats, tolerance, ftz, output)
-        return
     summary = None
-    if bulk is not None:
-        summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz)
-        summary.notes.extend(bulk.notes)
+    try:  # a file that turns out truncated or corrupt while it is read
+        if bulk is not None and rows_mode == "all":
+            _stream_rows(bulk, formats, tolerance, ftz, output)
+            return
+        if bulk is not None:
+            summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz)
+            summary.notes.extend(bulk.notes)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
     _render_compare(comparison, summary, bulk, fmt, output)
 
 

@@ -125,15 +125,18 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
 
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool):
-    """Every method in every format on one chunk: ({(format, method): Cell}, rows or None)."""
+    """Every method in every format on one chunk: ({(format, method): Cell}, rows or None,
+    (count, first rows) of rows with non-finite logits)."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
     x = np.ascontiguousarray(logits[idx], dtype=np.float64)
+    odd = rows[~np.isfinite(x).all(axis=1)]
+    nonfinite = (len(odd), odd[:5])
     y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     if not len(idx):
-        return cells, columns
+        return cells, columns, nonfinite
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
     for fmt in formats:
         outcomes = evaluate(SOFTMAX_CE, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True)
@@ -142,7 +145,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
             cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
-    return cells, columns
+    return cells, columns, nonfinite
 
 
 def _chunks_in_order(source, labels, keep_rows, rows_per_chunk) -> Iterator[tuple[int, np.ndarray, np.ndarray,
@@ -173,8 +176,12 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     cells = {(f.name, m): Cell() for f in formats for m in methods}
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None)
 
+    nonfinite = [0, []]
+
     def absorb(result) -> None:
-        chunk_cells, columns = result
+        chunk_cells, columns, (count, examples) = result
+        nonfinite[0] += count
+        nonfinite[1] = (nonfinite[1] + examples.tolist())[:5]
         for key, cell in chunk_cells.items():
             cells[key].merge(cell, keep, cap)
         if on_rows is not None and columns:
@@ -188,7 +195,12 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         _parallel(chunks, formats, kwargs, workers, absorb)
     bounds = {f.name: reference.fast_error(np.float64 if f.precision <= 24 else np.longdouble, source.classes)
               for f in formats}
-    return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds,
+    notes = []
+    if nonfinite[0]:
+        shown = ", ".join(f"row={i}" for i in nonfinite[1]) + (" ..." if nonfinite[0] > 5 else "")
+        notes.append(f"{nonfinite[0]:,} row(s) with non-finite logits ({shown}): allowed; their exact loss is the "
+                     "limit where one exists, else NaN")
+    return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds, notes,
                    worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz)
 
 

@@ -130,7 +130,6 @@ BAD_INPUT = [
     pytest.param(["--logits", "{d}/x.json"], [".json", ".npy"], id="bad-suffix"),
     pytest.param(["--logits", "{d}/bad.csv"], ["bad.csv"], id="malformed-csv"),
     pytest.param(["--logits", "{d}/empty.npy"], ["empty.npy"], id="empty-npy"),
-    pytest.param(["--logits", "{d}/cube.npy"], ["(2, 2, 2)"], id="3d-array"),
     pytest.param(["--logits", "{d}/two.npz"], ["2 arrays"], id="npz-two-arrays"),
     pytest.param(["--logits", "{d}/x.npy", "--labels", "{d}/labels3.npy"], ["3", "2 rows"], id="labels-count"),
     pytest.param(["--logits", "{d}/x.npy", "--labels", "{d}/labels_frac.npy"], ["1.5", "integer"],
@@ -427,23 +426,51 @@ def test_custom_likelihood_case_defaults(capsys, args, case):
 # ---------------------------------------------------------------------------------------------- --logits
 
 
+def run_rows(capsys, *args) -> tuple[list[dict], dict]:
+    """compare --rows all: (row records, the summary document of the last line)."""
+    code, out, err = run(capsys, "compare", *args, "--rows", "all")
+    assert code == 0, err
+    assert err == ""
+    lines = [json.loads(line, parse_constant=_reject_constant) for line in out.splitlines()]
+    assert "summary" in lines[-1]
+    return lines[:-1], lines[-1]["summary"]
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv", ".txt"])
-def test_logits_file_rows_become_cases(capsys, tmp_path, suffix):
+def test_logits_file_rows_all_as_json_lines(capsys, tmp_path, suffix):
     path = save_logits(tmp_path / f"logits{suffix}", LOGITS)
-    doc = run_json(capsys, "compare", "--logits", path)
-    names = [f"row={i}" for i in range(len(LOGITS))]
-    ce = results_of(doc, experiment="softmax_ce")
-    assert {r["case"] for r in ce} == set(names)
-    # the cases appear in row order
-    assert list(dict.fromkeys(r["case"] for r in ce)) == names
-    # likelihood keeps its default cases
-    assert "p=0.1,n=100" in {r["case"] for r in results_of(doc, experiment="likelihood")}
+    records, summary = run_rows(capsys, "--logits", path)
+    methods = ["naive_softmax_log", "shifted_softmax_log", "log_softmax", "log_softmax_log1p"]
+    assert len(records) == len(LOGITS) * 4 * 4  # rows x methods x the four default formats
+    assert summary["rows"] == len(LOGITS) and summary["classes"] == 3
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        for method in methods:
+            rows = [r for r in records if r["dtype"] == dtype and r["method"] == method]
+            assert [r["row"] for r in rows] == list(range(len(LOGITS)))  # in row order
     for i, row in enumerate(LOGITS):
-        r = one_result(doc, experiment="softmax_ce", case=f"row={i}", method="log_softmax_log1p", dtype="float64")
+        r = next(r for r in records if r["row"] == i and r["dtype"] == "float64" and r["method"] == "log_softmax_log1p")
         exact = exact_ce(row, int(np.argmax(row)))
+        assert r["label"] == int(np.argmax(row))
         assert r["status"] == "ok"
         assert rel_diff(r["value"], exact) <= 1e-15, (i, r["value"], exact)
-        assert rel_diff(r["reference"], exact) <= 1e-15
+        assert rel_diff(float(r["exact"]), exact) <= 1e-9
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_logits_file_summary_counts_every_row(capsys, tmp_path, suffix):
+    path = save_logits(tmp_path / f"logits{suffix}", LOGITS)
+    doc = run_json(capsys, "compare", "--logits", path)
+    assert doc["results"] == []  # --logits alone runs softmax_ce on the file only
+    cells = doc["user_logits"]["cells"]
+    assert len(cells) == 16
+    for cell in cells:
+        assert sum(cell["counts"].values()) == len(LOGITS)
+        assert sum(cell["error_bits_histogram"]["rows"]) + cell["error_bits_histogram"]["inf"] + \
+            cell["error_bits_histogram"]["nan"] == len(LOGITS)
+        assert len(cell["worst"]) == len(LOGITS)
+    code, out, err = run(capsys, "compare", "--logits", path)
+    assert code == 0 and err == ""
+    assert "softmax_ce: your logits" in out and "worst rows" in out
 
 
 def test_logits_with_labels_file(capsys, tmp_path):
@@ -451,21 +478,42 @@ def test_logits_with_labels_file(capsys, tmp_path):
     labels = [2, 0, 0, 1]
     assert labels != list(np.argmax(LOGITS, axis=1))
     np.savetxt(tmp_path / "labels.csv", np.array(labels), fmt="%d")
-    doc = run_json(capsys, "compare", "-e", "softmax_ce", "-d", "fp64", "--logits", logits,
-                   "--labels", tmp_path / "labels.csv")
+    records, _ = run_rows(capsys, "-e", "softmax_ce", "-d", "fp64", "--logits", logits, "--labels",
+                          tmp_path / "labels.csv")
     for i, (row, label) in enumerate(zip(LOGITS, labels)):
-        r = one_result(doc, case=f"row={i}", method="log_softmax_log1p")
+        r = next(r for r in records if r["row"] == i and r["method"] == "log_softmax_log1p")
+        assert r["label"] == label
         exact = exact_ce(row, label)
         assert rel_diff(r["value"], exact) <= 1e-15, (i, r["value"], exact)
+
+
+def test_labels_ignore_index_skips_rows(capsys, tmp_path):
+    logits = save_logits(tmp_path / "logits.npy", LOGITS)
+    np.save(tmp_path / "labels.npy", np.array([2, -100, 0, -100]))
+    records, summary = run_rows(capsys, "-d", "fp32", "--logits", logits, "--labels", tmp_path / "labels.npy")
+    assert sorted({r["row"] for r in records}) == [0, 2]
+    assert summary["rows"] == 2
+    assert any("2 rows with label -100 skipped" in n for n in summary["notes"])
+    code, out, err = run(capsys, "compare", "--logits", logits, "--labels", tmp_path / "labels.npy",
+                         "--ignore-index", "-1")
+    assert code == 2 and "label -100 in row 1 is out of range" in err
 
 
 def test_single_row_logits(capsys, tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("1.5, -2, 0.25\n")
-    doc = run_json(capsys, "compare", "-e", "softmax_ce", "-d", "fp64", "--logits", path)
-    assert {r["case"] for r in doc["results"]} == {"row=0"}
-    r = one_result(doc, method="log_softmax_log1p")
+    records, summary = run_rows(capsys, "-e", "softmax_ce", "-d", "fp64", "--logits", path)
+    assert summary["rows"] == 1
+    r = next(r for r in records if r["method"] == "log_softmax_log1p")
     assert rel_diff(r["value"], exact_ce([1.5, -2, 0.25], 0)) <= 1e-15
+
+
+def test_logits_of_any_rank_are_flattened_to_rows(capsys, tmp_path):
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
+    np.save(tmp_path / "cube.npy", x)
+    records, summary = run_rows(capsys, "-d", "fp32", "--logits", tmp_path / "cube.npy")
+    assert summary["rows"] == 6 and summary["classes"] == 4
+    assert sorted({r["row"] for r in records}) == list(range(6))
 
 
 def test_logits_with_non_finite_rows_are_allowed_and_noted(capsys, tmp_path):
@@ -474,9 +522,8 @@ def test_logits_with_non_finite_rows_are_allowed_and_noted(capsys, tmp_path):
     assert code == 0, err
     assert err == ""
     assert "non-finite" in out
-    assert "row=1" in out
     doc = run_json(capsys, "compare", "--logits", path)
-    notes = [n for n in doc["notes"] if "non-finite" in n]
+    notes = [n for n in doc["user_logits"]["notes"] if "non-finite" in n]
     assert len(notes) == 1
     assert "row=1" in notes[0] and "row=2" in notes[0] and "row=0" not in notes[0]
 
@@ -484,7 +531,7 @@ def test_logits_with_non_finite_rows_are_allowed_and_noted(capsys, tmp_path):
 def test_finite_logits_have_no_note(capsys, tmp_path):
     path = save_logits(tmp_path / "fine.npy", LOGITS)
     doc = run_json(capsys, "compare", "--logits", path)
-    assert not [n for n in doc["notes"] if "non-finite" in n]
+    assert not [n for n in doc["user_logits"]["notes"] if "non-finite" in n]
 
 
 # ---------------------------------------------------------------------------------------------- formats

@@ -115,3 +115,69 @@ def test_ulp(fmt):
     assert fmt.ulp(fmt.tiny) == fmt.smallest_subnormal
     assert fmt.ulp(0.0) == fmt.smallest_subnormal
     assert fmt.ulp(fmt.smallest_subnormal) == fmt.smallest_subnormal
+
+
+def _plain_round_to_odd(fmt, x):
+    """Format.round as it was written first (float32 rounded to odd, then ml_dtypes): a separate check."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        y = x.astype(np.float32)
+        towards_x = np.where(x > y, np.inf, -np.inf).astype(np.float32)
+        to_odd = (y != x) & np.isfinite(y) & ((y.view(np.uint32) & 1) == 0)
+        y = np.where(to_odd, np.nextafter(y, towards_x), y)
+        return y.astype(fmt.dtype).astype(np.float64)
+
+
+NARROW = [FORMATS[n] for n in ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")]
+
+
+@pytest.mark.parametrize("fmt", NARROW, ids=lambda f: f.name)
+def test_round_float64_by_bits_matches_round_to_odd(fmt):
+    """Random float64 at every magnitude, every format value, every midpoint and its neighbours."""
+    rng = np.random.default_rng(7)
+    n = 200_000
+    x = rng.standard_normal(n) * 10.0 ** rng.integers(-60, 45, n)
+    width = 8 * fmt.dtype.itemsize
+    values = np.arange(2**width, dtype=np.uint32).astype(f"u{width // 8}").view(fmt.dtype)
+    with np.errstate(all="ignore"):
+        values = np.unique(values.astype(np.float64))
+    values = values[np.isfinite(values)]
+    mids = (values[1:] + values[:-1]) / 2
+    edges = [np.inf, -np.inf, np.nan, 0.0, -0.0, 5e-324, fmt.max * 2]
+    x = np.concatenate([x, values, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), edges])
+    with np.errstate(all="ignore"):
+        got = fmt.round(x).astype(np.float64)
+    want = _plain_round_to_odd(fmt, x)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got[~np.isnan(got)]), np.signbit(want[~np.isnan(want)]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", NARROW, ids=lambda f: f.name)
+def test_round32_matches_the_dtype_conversion(fmt):
+    """Format.round32 (integer bit operations) equals numpy's / ml_dtypes' own conversion from
+    float32 (correctly rounded) on 2**26 random float32 bit patterns, and on every format
+    value's float32 neighbourhood: the value, the midpoints to its neighbours and the float32
+    values next to those (ties, carries into the exponent, subnormals, overflow)."""
+    rng = np.random.default_rng(11)
+    width = 8 * fmt.dtype.itemsize
+    values = np.arange(2**width, dtype=np.uint32).astype(f"u{width // 8}").view(fmt.dtype)
+    with np.errstate(all="ignore"):
+        values = np.unique(values.astype(np.float64))
+    values = values[np.isfinite(values)]
+    mids = ((values[1:] + values[:-1]) / 2).astype(np.float32)  # exact: midpoints of <= 11-bit values
+    near = [values.astype(np.float32), mids]
+    for k in range(1, 4):
+        near += [np.nextafter(mids, np.float32(np.inf) * k), np.nextafter(mids, -np.float32(np.inf) * k)]
+    with np.errstate(over="ignore"):
+        beyond = np.float32(fmt.max) * np.float32([1, 1.0001, 1.01, 2])
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-45, fmt.tiny], dtype=np.float32)
+    for y in [np.concatenate(near + [beyond, -beyond, special])] + [
+            rng.integers(0, 2**32, 2**22, dtype=np.uint64).astype(np.uint32).view(np.float32) for _ in range(16)]:
+        with np.errstate(all="ignore"):
+            got = fmt.round32(y).astype(np.float64)
+            want = y.astype(fmt.dtype).astype(np.float64)
+        same = (got == want) | (np.isnan(got) & np.isnan(want))
+        assert same.all(), (fmt.name, y[~same][:5])
+        zero = got == 0
+        assert np.array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
