@@ -269,7 +269,7 @@ def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> 
     if comparison is not None:
         sections = compare_sections(comparison, *((MAX_CASES, MAX_FINDINGS) if output is None else (None, None)))
     if summary is not None:
-        sections.append(bulk_render.bulk_section(summary, bulk.text, *((3, 5) if output is None else (None, None))))
+        sections.append(bulk_render.bulk_section(summary, bulk.text, *((1, 3) if output is None else (None, None))))
     _render(sections, output, fmt)
 
 

@@ -137,7 +137,7 @@ class UserLogits:
     def text(self) -> str:
         s = self.source
         key = f"[{s.key}]" if s.key else ""
-        return f"{s.path.name}{key} {tuple(s.shape)} {s.dtype}"
+        return f"{s.path.name}{key} ({'x'.join(map(str, s.shape))} {s.dtype})"
 
 
 _CONTAINERS = (".npz", ".safetensors", ".pt", ".pth")
