@@ -39,7 +39,17 @@ BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
-_STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+_STATUS_KEYS = np.array([sum(ord(c) << (21 * i) for i, c in enumerate(s[:3])) for s in STATUSES], dtype=np.int64)
+_KEY_ORDER = np.argsort(_STATUS_KEYS)
+
+
+def status_codes(status: np.ndarray) -> np.ndarray:
+    """Indices into STATUSES of a string status column, from the first three characters
+    (distinct for every status), without a pass per status or a sort of strings."""
+    chars = np.ascontiguousarray(status, dtype="<U10").view(np.uint32).reshape(len(status), 10)[:, :3]
+    keys = chars[:, 0].astype(np.int64) | (chars[:, 1].astype(np.int64) << 21) | (chars[:, 2].astype(np.int64) << 42)
+    where = np.searchsorted(_STATUS_KEYS[_KEY_ORDER], keys)
+    return _KEY_ORDER[np.minimum(where, len(STATUSES) - 1)].astype(np.uint8)
 _FAILING = np.array([s in METHOD_FAILURES for s in STATUSES])
 
 
@@ -81,15 +91,21 @@ class Summary:
     ftz: bool = False
 
 
-def _worst_order(error_bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows by decreasing error: NaN first, then inf, then the largest; ties by row index."""
+def _worst_order(error_bits: np.ndarray, rows: np.ndarray, keep: int | None = None) -> np.ndarray:
+    """Rows by decreasing error: NaN first, then inf, then the largest; ties by row index.
+    With ``keep``, only the first ``keep`` (rows below the keep-th largest error are not sorted)."""
     rank = np.where(np.isnan(error_bits), np.inf, error_bits)
-    return np.lexsort((rows, -rank, ~np.isnan(error_bits)))
+    candidates = np.arange(len(rank))
+    if keep is not None and len(rank) > keep:
+        kth = np.partition(rank, len(rank) - keep)[len(rank) - keep]
+        candidates = np.flatnonzero(rank >= kth)
+    order = np.lexsort((rows[candidates], -rank[candidates], ~np.isnan(error_bits[candidates])))
+    return candidates[order][:keep]
 
 
 def _worst(rows: np.ndarray, keep: int) -> np.ndarray:
     """The ``keep`` worst of ``rows`` (a ROW array)."""
-    return rows[_worst_order(rows["error_bits"], rows["row"])[:keep]]
+    return rows[_worst_order(rows["error_bits"], rows["row"], keep)]
 
 
 def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray, pick=None) -> np.ndarray:
@@ -104,9 +120,7 @@ def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray
 
 
 def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int, everything: list | None) -> Cell:
-    codes = np.zeros(len(rows), np.uint8)
-    for status in np.unique(o.status):
-        codes[o.status == status] = _STATUS_CODE[str(status)]
+    codes = status_codes(o.status)
     c = Cell()
     c.counts[:] = np.bincount(codes, minlength=len(STATUSES))
     e = o.error_bits
@@ -115,7 +129,7 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
         c.bits[:BITS_BINS] = np.bincount(np.minimum(e[finite], BITS_BINS - 1).astype(np.int64), minlength=BITS_BINS)
     c.bits[BITS_BINS] = int(np.isinf(e).sum())
     c.bits[BITS_BINS + 1] = int(np.isnan(e).sum())
-    c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows)[:keep])
+    c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows, keep))
     failing = np.flatnonzero(_FAILING[codes])[:cap]
     c.failing = _columns(o, rows, labels, codes, failing)
     if everything is not None:
