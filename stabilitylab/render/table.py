@@ -18,7 +18,6 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.segment import Segment, Segments
-from rich.table import Table as RichTable
 
 from .model import Cell, Section, Table
 
@@ -156,7 +155,9 @@ def _parts(table: Table, width: int) -> list[_Part]:
             for number, (columns, widths) in enumerate(parts)]
 
 
-def _rich_table(part: _Part) -> RichTable:
+def _rich_table(part: _Part):
+    from rich.table import Table as RichTable  # not imported when every table is drawn as plain text
+
     t = RichTable(title=escape(part.title), caption=None if part.caption is None else escape(part.caption),
                   title_justify="left", caption_justify="left", padding=(0, 0) if part.compact else (0, 1))
     for header, w, label in zip(part.headers, part.widths, part.labels):
@@ -167,7 +168,7 @@ def _rich_table(part: _Part) -> RichTable:
     return t
 
 
-def _rich_tables(table: Table, width: int) -> list[RichTable]:
+def _rich_tables(table: Table, width: int) -> list:
     return [_rich_table(part) for part in _parts(table, width)]
 
 
