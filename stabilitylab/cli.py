@@ -10,11 +10,9 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from . import atomic, baseline, output, streaming
+from . import atomic, output
 from .engine import compare as run_compare
-from .environment import package_version
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
@@ -35,8 +33,6 @@ from .render.model import (
 )
 from .render.table import print_sections, print_table
 from .status import ExitStatus
-from .thresholds import thresholds as run_thresholds
-from .userdata import InputError, user_source
 
 __all__ = ["main", "cli", "run"]
 
@@ -109,6 +105,22 @@ def _families(names: Sequence[str], experiments) -> set[str] | None:
     return set(names) or None
 
 
+def run_thresholds(*args, **kwargs):
+    """:func:`stabilitylab.thresholds.thresholds`, imported when a command needs it (not by compare)."""
+    from .thresholds import thresholds
+
+    return thresholds(*args, **kwargs)
+
+
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    """--version (click's version_option would read the package metadata at every start)."""
+    if value and not ctx.resilient_parsing:
+        from .environment import package_version
+
+        click.echo(f"stabilitylab, version {package_version()}", color=ctx.color)
+        ctx.exit()
+
+
 def _console(path: str | None) -> Console:
     """The terminal; for -o, or a pipe without COLUMNS, a console 160 wide."""
     if path is not None:
@@ -174,7 +186,8 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version=package_version(), prog_name="stabilitylab")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 def cli() -> None:
     """Show, measure and guard numerical (in)stability of ML loss computations."""
 
@@ -243,6 +256,9 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
         chosen = [e for e in chosen if e.name != "softmax_ce"]
     comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
     summary = None
+    from . import streaming
+    from .userdata import InputError
+
     try:  # a file that turns out truncated or corrupt while it is read
         if bulk is not None and rows_mode == "all":
             _stream_rows(bulk, formats, tolerance, ftz, output)
@@ -274,6 +290,8 @@ def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> 
 
 
 def _open_user_logits(logits, key, labels, labels_key, ignore_index):
+    from .userdata import InputError, user_source
+
     try:
         return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
     except InputError as exc:
@@ -282,6 +300,7 @@ def _open_user_logits(logits, key, labels, labels_key, ignore_index):
 
 def _stream_rows(bulk, formats, tolerance, ftz: bool, output: str | None) -> None:
     """Every row as JSON Lines, chunk by chunk (atomically into -o), then the summary line."""
+    from . import streaming
     from .render import bulk as bulk_render
 
     def run(stream) -> None:
@@ -366,8 +385,9 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
                   fmt, output, emit_pytest, save_baseline) -> None:
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
-    from . import api
+    from . import api, baseline
     from .auditing import AuditError
+    from .userdata import InputError
 
     _check_output(output)
     _check_output(emit_pytest, "'--emit-pytest'")
@@ -387,6 +407,8 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
     console = Console(stderr=True)
     try:
         if console.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
                 task = bar.add_task("audit")
                 result = api.audit(target, experiment, chosen, logits=logits, labels=labels, families=families or None,
@@ -451,6 +473,8 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
               help="Rich table, or markdown (for a CI step summary).")
 def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
+    from . import baseline
+
     if update:
         _update_baseline(baseline_path, dtypes)
         return
@@ -488,6 +512,8 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
 
 def _audit_rows(entries, tolerance, formats_):
     """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise)."""
+    from . import baseline
+
     if not any(baseline.audit_key(key) for key in entries):
         return [], {}
     from .auditing import baseline_rows
@@ -501,6 +527,8 @@ def _update_baseline(path: str, dtypes) -> None:
     An existing file must be a valid baseline: rewriting anything else would lose
     it (a typo'd path) or drop the entries that could not be read.
     """
+    from . import baseline
+
     _check_output(path, "'--baseline'")
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
@@ -578,6 +606,8 @@ def report_command(folder, dtypes, p) -> None:
     settings = _settings(p, False)
     console = Console(stderr=True)
     if console.is_terminal:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), console=console,
                       transient=True) as bar:
             task = bar.add_task("report", total=report.STEPS)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import platform
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 __all__ = ["package_version", "fingerprint"]
 
 
 def package_version(name: str = "stabilitylab") -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~25 ms: only for outputs that show it
+
     try:
         return version(name)
     except PackageNotFoundError:  # running from a source tree

@@ -63,20 +63,45 @@ def _grid(fmt: Format, s: float) -> tuple[float, float]:
     return math.ldexp(1.0, e - fmt.precision), upper
 
 
+def _stepper(fmt: Format, v: float, compensated: bool, ftz: bool) -> Callable[[float, float], tuple[float, float]]:
+    """One step of the loop, (s, c) -> (s, c) as Python floats, each operation rounded to the format.
+
+    The operations run in the format's own scalar type: float64 is Python's float;
+    numpy and ml_dtypes add two values of the narrower formats in float32 and round
+    the sum once to the format, which is the exact sum correctly rounded (float32
+    has p' = 24 >= 2p + 2 bits for p <= 11, so the double rounding is innocuous:
+    Figueroa, 1995); the same as :func:`rounder` applied to the float64 sum, ~10x faster.
+    """
+    kind = float if fmt.dtype == np.dtype(np.float64) else fmt.dtype.type
+    zero, term, tiny = kind(0.0), kind(v), fmt.tiny
+
+    def flush(x):
+        return zero if 0 < abs(x) < tiny else x
+
+    if not compensated:
+        if ftz:
+            return lambda s, c: (float(flush(kind(s) + term)), 0.0)
+        return lambda s, c: (float(kind(s) + term), 0.0)
+
+    def kahan_step(s: float, c: float) -> tuple[float, float]:
+        s = kind(s)
+        y = term - kind(c)
+        t = s + y
+        return float(t), float((t - s) - y)
+
+    def kahan_step_ftz(s: float, c: float) -> tuple[float, float]:
+        s = kind(s)
+        y = flush(term - kind(c))
+        t = flush(s + y)
+        return float(t), float(flush(flush(t - s) - y))
+
+    return kahan_step_ftz if ftz else kahan_step
+
+
 def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool) -> dict[int, tuple[float, bool]]:
     """{n: (value, overflowed)} of the loop for a term v >= 0 (format value), for each n in
     ``targets`` (ascending), in one pass: jumps stop at every target."""
-    fl = rounder(fmt)
-
-    def flush(x: float) -> float:
-        return 0.0 if ftz and 0 < abs(x) < fmt.tiny else x
-
-    def step(s: float, c: float) -> tuple[float, float]:
-        if not compensated:
-            return flush(fl(s + v)), 0.0
-        y = flush(fl(v - c))
-        t = flush(fl(s + y))
-        return t, flush(fl(flush(fl(t - s)) - y))
+    step = _stepper(fmt, v, compensated, ftz)
 
     out: dict[int, tuple[float, bool]] = {}
     pending = list(targets)
@@ -84,7 +109,7 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
     k, s, c, overflowed = marks[bisect.bisect_right(marks, (pending[0], math.inf)) - 1]
     explicit = 0
     seen: dict[tuple[float, int], tuple[int, float]] = {}
-    binade = None
+    lower = upper = unit = 0.0  # the binade [lower, upper) of s, and its spacing
     while pending:
         if k == pending[0]:
             out[pending.pop(0)] = (s, overflowed)
@@ -100,9 +125,11 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
             if k < goal:
                 k = goal
             continue
-        unit, upper = _grid(fmt, s)
-        if binade != upper:
-            binade, seen = upper, {}
+        if not lower <= s < upper:  # a new binade (recomputed only then: the loop may run 10**5 steps)
+            unit, binade = _grid(fmt, s)
+            if binade != upper:
+                upper, seen = binade, {}
+            lower = upper / 2 if upper > fmt.tiny else 0.0
         key = (c, int(s / unit) % 2)
         if key in seen:
             k0, s0 = seen[key]
@@ -148,13 +175,16 @@ def _batch(fmt: Format, values: np.ndarray, counts: np.ndarray, compensated: boo
     """Rows with the same term share one pass over their counts."""
     values = values.astype(np.float64)
     out, over = np.empty(len(values)), np.zeros(len(values), dtype=bool)
-    for v in np.unique(values[~np.isnan(values)]).tolist() + ([math.nan] if np.isnan(values).any() else []):
-        rows = np.flatnonzero(np.isnan(values) if v != v else values == v)
+    nan = np.isnan(values)
+    distinct = sorted(set(values[~nan].tolist()))  # not np.unique, which imports numpy.ma (~8 ms)
+    for v in distinct + ([math.nan] if nan.any() else []):
+        rows = np.flatnonzero(nan if v != v else values == v)
         if not math.isfinite(v):
             # inf + inf = inf; Kahan: c = (inf - s) - inf = NaN after the first step
             out[rows] = [v if not compensated or n == 1 else math.nan for n in counts[rows].tolist()]
             continue
-        done = _run(fmt, abs(v), sorted(set(counts[rows].tolist())), compensated, ftz)
+        with np.errstate(all="ignore"):  # the steps' numpy scalars: an overflow is a result here
+            done = _run(fmt, abs(v), sorted(set(counts[rows].tolist())), compensated, ftz)
         for i in rows.tolist():
             total, over[i] = done[int(counts[i])]
             out[i] = math.copysign(total, v) if total == total else total

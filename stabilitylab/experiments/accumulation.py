@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import mpmath
 import numpy as np
@@ -107,6 +106,8 @@ def _exact_then_rounded(a: Arith, x: Loaded):
     exact_n = x.repeat <= 2**53
     total = a.mul(x.repeat.astype(a.dtype), x.values, where=exact_n)
     for i in np.flatnonzero(~exact_n):
+        from fractions import Fraction  # imported only for n > 2**53 (fractions imports decimal)
+
         with np.errstate(all="ignore"):
             try:
                 total[i] = float(Fraction(float(x.values[i])) * int(x.repeat[i]))

@@ -88,7 +88,8 @@ class Batch(Rows):
 
     def groups(self) -> list[np.ndarray]:
         if hasattr(self, "widths"):
-            return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
+            # sorted(set()), not np.unique: that imports numpy.ma (~8 ms of a compare)
+            return [np.flatnonzero(self.widths == w) for w in sorted(set(self.widths.tolist()))]
         return [np.arange(len(self))]
 
 

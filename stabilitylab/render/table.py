@@ -11,11 +11,13 @@ label columns.  So no number and no name is ever broken.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from rich.box import HEAVY_HEAD
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table as RichTable
+from rich.segment import Segment, Segments
 
 from .model import Cell, Section, Table
 
@@ -121,40 +123,127 @@ def _cell(c: Cell, label_width: int | None) -> str:
     return f"[{STYLE[c.status]}]{escape(text)}[/]" if c.status else escape(text)
 
 
-def _rich_tables(table: Table, width: int) -> list[RichTable]:
+@dataclass
+class _Part:
+    """One rich table of a (possibly split) :class:`Table`: its columns, their widths, its cells."""
+
+    title: str
+    caption: str | None
+    compact: bool
+    headers: list[str]
+    widths: list[int]
+    labels: list[bool]
+    rows: list[list[Cell]]
+    section_ends: list[bool]
+
+    def text(self, r: int, k: int) -> str:
+        c = self.rows[r][k]
+        return _plain(c) if not self.labels[k] else _break(_plain(c), self.widths[k])
+
+
+def _parts(table: Table, width: int) -> list[_Part]:
     tagged = any(c.tagged for row in table.rows for c in row)
     black = any(c.status in ("inf", "error") for row in table.rows for c in row)
     caption = " · ".join(x for x in (table.caption, LEGEND if tagged else "", BLACK_BOX_LEGEND if tagged and black
                                      else "") if x)
     compact, parts = layout(table, width)
+    ends = [tagged and r + 1 < len(table.rows) and table.rows[r + 1][0].text != "" for r in range(len(table.rows))]
+    return [_Part(table.title if number == 0 else f"{table.title} (continued)",
+                  (caption or None) if number == len(parts) - 1 else None, compact,
+                  [table.headers[i] for i in columns], widths, [i in table.labels for i in columns],
+                  [[row[i] for i in columns] for row in table.rows], ends)
+            for number, (columns, widths) in enumerate(parts)]
+
+
+def _rich_table(part: _Part):
+    from rich.table import Table as RichTable  # not imported when every table is drawn as plain text
+
+    t = RichTable(title=escape(part.title), caption=None if part.caption is None else escape(part.caption),
+                  title_justify="left", caption_justify="left", padding=(0, 0) if part.compact else (0, 1))
+    for header, w, label in zip(part.headers, part.widths, part.labels):
+        t.add_column(escape(header), width=w, no_wrap=label)
+    for r, row in enumerate(part.rows):
+        t.add_row(*(f"[{STYLE[c.status]}]{escape(part.text(r, k))}[/]" if c.status else escape(part.text(r, k))
+                    for k, c in enumerate(row)), end_section=part.section_ends[r])
+    return t
+
+
+def _rich_tables(table: Table, width: int) -> list:
+    return [_rich_table(part) for part in _parts(table, width)]
+
+
+def _plain_text(console: Console, part: _Part) -> str | None:
+    """The characters rich prints for ``part`` on a console without colours (a pipe, a file), drawn
+    here at a fraction of the cost: every cell on its own lines, no wrapping, rich's own box,
+    title and caption.  None where rich might draw it otherwise (a cell that would wrap, text
+    rich would transform: emoji codes, control characters), or on a console with colours."""
+    if console.color_system is not None:
+        return None
+    pad = 0 if part.compact else 1
+    widths = [w + 2 * pad for w in part.widths]
+    table_width = sum(widths) + len(widths) + 1
+    if table_width > console.width:
+        return None
+    cells = [[c.split("\n") for c in (*part.headers,)]] + [
+        [part.text(r, k).split("\n") for k in range(len(part.widths))] for r in range(len(part.rows))]
+    for row in cells:
+        for lines, w in zip(row, part.widths):
+            for line in lines:
+                if cell_len(line) > w or not line.isprintable() or line.count(":") > 1:
+                    return None
+    if any(len(lines) > 1 for lines in cells[0]):
+        return None
+    box = HEAVY_HEAD.substitute(console.options, safe=console.safe_box)
+    options = console.options.update(width=table_width, highlight=False, height=None, justify="left")
     out = []
-    for number, (columns, widths) in enumerate(parts):
-        title = table.title if number == 0 else f"{table.title} (continued)"
-        last = number == len(parts) - 1
-        t = RichTable(title=escape(title), caption=(escape(caption) or None) if last else None,
-                      title_justify="left", caption_justify="left", padding=(0, 0) if compact else (0, 1))
-        for i, w in zip(columns, widths):
-            t.add_column(escape(table.headers[i]), width=w, no_wrap=i in table.labels)
-        for r, row in enumerate(table.rows):
-            group_ends = r + 1 < len(table.rows) and table.rows[r + 1][0].text != ""
-            t.add_row(*(_cell(row[i], w if i in table.labels else None) for i, w in zip(columns, widths)),
-                      end_section=group_ends and tagged)
-        out.append(t)
-    return out
+    for annotation, style in ((part.title, "table.title"), (None, None), (part.caption, "table.caption")):
+        if style is None:
+            out.append(_plain_box(box, widths, part, cells, pad))
+        elif annotation:
+            text = console.render_str(escape(annotation), style=style, highlight=False)
+            out.append("".join(segment.text for segment in console.render(text, options)))
+    return "".join(out)
+
+
+def _plain_box(box, widths: list[int], part: _Part, cells: list[list[list[str]]], pad: int) -> str:
+    """The table's box and cells, as rich's Table draws them (vertical alignment top, header bottom)."""
+    space = " " * pad
+    lines = [box.get_top(widths)]
+    for r, row in enumerate(cells):
+        first, last = r == 0, r == len(cells) - 1
+        left, right, divider = ((box.head_left, box.head_right, box.head_vertical) if first else
+                                (box.foot_left, box.foot_right, box.foot_vertical) if last else
+                                (box.mid_left, box.mid_right, box.mid_vertical))
+        height = max(len(c) for c in row)
+        for n in range(height):
+            lines.append(left + divider.join(
+                space + (c[n] if n < len(c) else "") + " " * (w - cell_len(c[n] if n < len(c) else "")) + space
+                for c, w in zip(row, part.widths)) + right)
+        if first:
+            lines.append(box.get_row(widths, "head", edge=True))
+        elif not last and part.section_ends[r - 1]:
+            lines.append(box.get_row(widths, "row", edge=True))
+    lines.append(box.get_bottom(widths))
+    return "\n".join(lines) + "\n"
 
 
 def print_table(console: Console, table: Table) -> None:
-    for t in _rich_tables(table, console.width):
-        console.print(t)
+    for part in _parts(table, console.width):
+        text = _plain_text(console, part)
+        if text is None:
+            console.print(_rich_table(part))
+        else:
+            console.print(Segments([Segment(text)]))  # verbatim: no markup, highlighting or wrapping to undo
 
 
 def print_sections(console: Console, sections: list[Section]) -> None:
+    highlight = console.color_system is not None  # rich's highlighting is colour only: skip its regexes without
     for s in sections:
         console.rule(f"[bold]{escape(s.heading)}")
         for p in s.paragraphs:
-            console.print(escape(p))
+            console.print(escape(p), highlight=highlight)
         for t in s.tables:
             print_table(console, t)
         for b in s.bullets:
-            console.print(f"  • {escape(b)}")
+            console.print(f"  • {escape(b)}", highlight=highlight)
         console.print()
