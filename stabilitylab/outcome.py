@@ -81,7 +81,7 @@ from .formats import Format
 from .reference import Exact
 
 __all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "Outcome",
-           "classify", "errors"]
+           "blame", "classify", "errors"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
@@ -133,6 +133,60 @@ def errors(fmt: Format, value, exact: Exact):
         ulps = np.where(nan, np.nan, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
+
+
+def blame(fmt: Format, value, approx: Exact, error: float, arith: Arith,
+          tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whether :func:`classify` blames the method (a status in ``METHOD_FAILURES``), decided
+    from an approximate exact value: ``(bad, decided)`` per row.  White boxes only.
+
+    A row is *decided* when classify gives the same answer for every exact value x within
+    relative ``error`` of ``approx`` (so for the fast and the mpmath reference alike, when
+    both are that close to it):
+
+    * not bad: v is finite, not a 0 that followed an overflow / underflow event, and its
+      relative error is below ``tolerance`` by more than ``4 error (1 + rel_error)`` (the
+      spread of rel_error over that band, with room for its float64 rounding): the status
+      is ok or range whatever cr is;
+    * bad: v would fail unless it is cr (NaN, +-inf, 0 after an event, or a relative error
+      above the tolerance by that margin), and it is known not to be cr: every x of the
+      band rounds to the same cr (:meth:`Exact.near_boundary`) and v is not it, or v is too
+      far from x to be its rounding (more than half an ulp of the format away, a 0 where
+      |x| is above half the smallest subnormal, a NaN or inf where |x| is below ``max``).
+
+    An approximate value of 0 (flagged exactly zero, or below the reference's range) is
+    taken as it is, as classify takes it: v fails there unless it is 0.  Rows whose
+    approximate exact value is not finite are never decided.
+    """
+    tol = fmt.default_tolerance if tolerance is None else tolerance
+    v = np.asarray(value).astype(np.float64)
+    hi, lo, s = approx.hi, approx.lo, approx.scale
+    with np.errstate(all="ignore"):
+        usable = np.isfinite(hi) & (hi != 0) & ~approx.zero
+        vs = np.ldexp(v, np.clip(-s, -2000, 2000))  # v in the units of hi, as errors() does
+        diff = np.where(vs == hi, np.abs(lo), np.abs((vs - hi) - lo))
+        magnitude = np.abs(hi)
+        rel = diff / magnitude
+        margin = (1 + rel) * 4 * error
+        finite = np.isfinite(v)
+        seen = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
+        lost_after_event = (v == 0) & seen
+        passes = finite & ~lost_after_event & (rel <= tol - margin)
+        fails = ~finite | lost_after_event | (rel > tol + margin)
+        cr = approx.rounded(fmt)
+        alike = ~approx.near_boundary(fmt, error)
+        same = (v == cr) | (np.isnan(v) & np.isnan(cr) & ~np.isfinite(cr))
+        # too far from x to be cr (only where x is held unscaled: s == 0)
+        band = 2 * error * magnitude
+        half_ulp = fmt.ulp(magnitude * (1 + 2 * error)) / 2
+        apart = np.where(finite & (v != 0), diff > half_ulp + band,
+                         np.where(v == 0, magnitude - band > fmt.smallest_subnormal / 2,
+                                  magnitude + band < fmt.max))
+        apart &= s == 0
+    decided = usable & (passes | (fails & (alike | apart)))
+    bad = decided & fails & np.where(alike, ~same, apart)
+    zero = hi == 0
+    return np.where(zero, v != 0, bad), decided | zero
 
 
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,

@@ -60,7 +60,7 @@ from .engine import evaluate
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.base import Family, Settings
 from .formats import FORMATS, Format
-from .outcome import METHOD_FAILURES
+from .outcome import METHOD_FAILURES, blame
 
 __all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
 
@@ -185,7 +185,8 @@ class _Search:
         self.grid = Grid(family, fmt)
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
         self.black_box = any(m.black_box for m in experiment.methods)
-        self.seen: dict[int, dict[str, tuple[str, bool]]] = {}  # index -> method -> (status, finite)
+        self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
+        self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
 
     # ------------------------------------------------------------ point evaluation
     def _outcomes(self, indices, methods=None):
@@ -193,17 +194,60 @@ class _Search:
         return evaluate(self.experiment, self.fmt, cases, methods=methods, tolerance=self.tolerance,
                         ftz=self.settings.ftz, fast_reference=True)
 
+    def _flags(self, indices, methods=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per method, at each index: (first_inaccurate is bad, first_failure is bad).
+
+        The same answers as the statuses :func:`engine.evaluate` gives (``_bad``), found with
+        less work: the kernels run once, and each row's status is decided from the fast
+        reference by :func:`outcome.blame` wherever every exact value that close to it gets
+        the same answer; only the other rows are evaluated by the engine.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        cases = self.family.cases(self.grid.params(indices), self.settings)
+        if not self.lean or len(cases.groups()) > 1:
+            out = self._outcomes(indices.tolist(), methods)
+            return {m: (_bad(KINDS[0], o.status, o.value), _bad(KINDS[1], o.status, o.value)) for m, o in out.items()}
+        fmt, n = self.fmt, len(indices)
+        loaded = Arith(fmt, n, ftz=self.settings.ftz)
+        inputs = self.experiment.load(loaded, cases)
+        flags, exact, unsure = {}, {}, np.zeros(n, dtype=bool)
+        for method in self.experiment.methods:
+            if methods is not None and method.name not in methods:
+                continue
+            arith = loaded.fork()
+            value = np.asarray(method.kernel(arith, inputs))
+            truth = method.truth or self.experiment
+            if id(truth) not in exact:
+                exact[id(truth)] = reference.fast(truth, inputs)
+            bad, decided = blame(fmt, value, exact[id(truth)], 2 * reference.FAST_ERROR, arith, self.tolerance)
+            with np.errstate(all="ignore"):
+                flags[method.name] = (bad, ~np.isfinite(value.astype(np.float64)))
+            unsure |= ~decided
+        if unsure.any():
+            rows = np.flatnonzero(unsure)
+            out = self._outcomes(indices[rows].tolist(), sorted(flags))
+            for m, o in out.items():
+                flags[m][0][rows] = _bad(KINDS[0], o.status, o.value)
+        return flags
+
     def _evaluate(self, indices: list[int]) -> None:
         todo = sorted(set(indices) - set(self.seen))
         if not todo:
             return
-        out = self._outcomes(todo)
+        out = self._flags(todo)
         for j, idx in enumerate(todo):
-            self.seen[idx] = {m: (str(o.status[j]), bool(np.isfinite(o.value[j]))) for m, o in out.items()}
+            self.seen[idx] = {m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()}
 
     def bad(self, idx: int, method: str, kind: str) -> bool:
-        status, finite = self.seen[idx][method]
-        return status in METHOD_FAILURES if kind == "first_inaccurate" else not finite
+        return self.seen[idx][method][KINDS.index(kind)]
+
+    def statuses(self, indices: list[int]) -> dict[int, dict[str, str]]:
+        """The status of every method at each index (from the engine)."""
+        todo = sorted(set(indices))
+        if not todo:
+            return {}
+        out = self._outcomes(todo)
+        return {idx: {m: str(o.status[j]) for m, o in out.items()} for j, idx in enumerate(todo)}
 
     # ------------------------------------------------------------ strategies
     def run(self) -> dict[tuple[str, str], tuple[int | None, bool, int]]:
@@ -223,7 +267,6 @@ class _Search:
             for key in self.keys:  # given up: look for an earlier failure above the verified part
                 if verified[key] < best[key] and not g.integer:
                     self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
-        self._evaluate([b for b in best.values() if b <= g.end])
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
     def _scan_points(self, indices: np.ndarray, best: dict, methods=None) -> dict:
@@ -231,11 +274,11 @@ class _Search:
         for chunk in np.array_split(indices, max(1, len(indices) // 2**15)):
             if not len(chunk):
                 continue
-            out = self._outcomes(chunk.tolist(), methods)
+            out = self._flags(chunk, methods)
             for (m, kind) in self.keys:
                 if m not in out:
                     continue
-                bad = _bad(kind, out[m].status, out[m].value)
+                bad = out[m][KINDS.index(kind)]
                 if bad.any():
                     best[(m, kind)] = min(best[(m, kind)], int(chunk[int(np.argmax(bad))]))
         return best
@@ -469,12 +512,13 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
     search = _Search(experiment, family, fmt, settings, tolerance, k)
     found = search.run()
     g = search.grid
+    status = search.statuses([i for i, _, _ in found.values() if i is not None])
     rows = []
     for method in experiment.method_names:
         inacc, exact_i, below_i = found[(method, "first_inaccurate")]
         fail, exact_f, below_f = found[(method, "first_failure")]
-        failure = search.seen[fail][method][0] if fail is not None else None
-        degraded = search.seen[inacc][method][0] if inacc is not None else None
+        failure = status[fail][method] if fail is not None else None
+        degraded = status[inacc][method] if inacc is not None else None
         with mpmath.workdps(50):
             pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}
