@@ -87,8 +87,9 @@ class Batch(Rows):
         return len(self.names)
 
     def groups(self) -> list[np.ndarray]:
-        if hasattr(self, "widths"):
-            return [np.flatnonzero(self.widths == w) for w in np.unique(self.widths)]
+        widths = getattr(self, "widths", None)
+        if widths is not None and len(widths) and not (widths == widths[0]).all():
+            return [np.flatnonzero(widths == w) for w in np.unique(widths)]
         return [np.arange(len(self))]
 
 
