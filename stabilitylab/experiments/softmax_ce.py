@@ -190,15 +190,26 @@ def fast_cross_entropy(x: Loaded):
     """log(sum_i e^(x_i - m)) + (m - x_y) in longdouble, with x_i - m split exactly
     into float64 hi + lo so that exp sees exact arguments: relative error ~ 2**-60."""
     X = x.logits.astype(np.float64)
-    m = X.max(axis=1, keepdims=True)
-    hi, lo = _two_diff(X, m)
-    handled = np.all(np.isfinite(X), axis=1) & np.all(np.isfinite(hi), axis=1)
+    rows, k = np.arange(len(X)), X.shape[1]
+    # max, argmax (first) and finiteness column by column: reductions over a short axis are slow
+    m, top, finite = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp), np.isfinite(X[:, 0])
+    for j in range(1, k):
+        column = X[:, j]
+        top[column > m] = j
+        m = np.maximum(m, column)
+        finite &= np.isfinite(column)
+    hi, lo = _two_diff(X, m[:, None])
+    handled = finite
+    for j in range(k):
+        handled &= np.isfinite(hi[:, j])
     hi, lo = np.where(handled[:, None], hi, 0.0), np.where(handled[:, None], lo, 0.0)
-    terms = np.exp(hi.astype(np.longdouble)) * np.exp(lo.astype(np.longdouble))
-    np.put_along_axis(terms, np.argmax(X, axis=1)[:, None], 0, axis=1)  # the max's own e^0 = 1
-    gap = -(_at(hi, x.labels).astype(np.longdouble) + _at(lo, x.labels).astype(np.longdouble))  # m - x_y >= 0
+    terms = np.exp(hi.astype(np.longdouble))
+    inexact = lo != 0  # e^lo = 1 where x_i - m is exact in float64, as it usually is
+    terms[inexact] *= np.exp(lo[inexact].astype(np.longdouble))
+    terms[rows, top] = 0  # the max's own e^0 = 1
+    gap = -(hi[rows, x.labels].astype(np.longdouble) + lo[rows, x.labels].astype(np.longdouble))  # m - x_y >= 0
     loss = np.log1p(terms.sum(axis=1)) + gap
-    return loss, np.full(len(X), X.shape[1] == 1), handled
+    return loss, np.full(len(X), k == 1), handled
 
 
 SOFTMAX_CE = Experiment(
