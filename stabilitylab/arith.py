@@ -193,6 +193,8 @@ class Arith:
 
     def _note(self, event: str, mask, where) -> None:
         mask = np.asarray(mask, dtype=bool)
+        if not mask.any():  # the usual case, and a row-wise any over a short last axis is slow
+            return
         per_row = mask.reshape(self.rows, -1).any(axis=1)
         if where is not None:
             per_row &= where

@@ -96,6 +96,17 @@ def _bad(x) -> np.ndarray:
     return np.isnan(x)
 
 
+def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """f(fmt, lo) and f(fmt, hi) (crmath: correctly rounded), as float64, with f evaluated
+    once per distinct input (by bit pattern: -0 and +0 stay apart).  Enclosures repeat
+    values (a saturated probability's 1 - 2**-23 in float32, an end shared by lo and hi),
+    and each repeat of an input crmath has to settle with mpmath would cost it again."""
+    x = np.concatenate([np.ravel(lo), np.ravel(hi)])
+    keys, inverse = np.unique(x.view(np.dtype(f"u{x.dtype.itemsize}")), return_inverse=True)
+    out = f(fmt, keys.view(x.dtype)).astype(np.float64)[inverse]
+    return out[:lo.size].reshape(np.shape(lo)), out[lo.size:].reshape(np.shape(hi))
+
+
 class IntervalArith:
     """The operations of :class:`Arith` on :class:`Bounds`, for ``rows`` cases in ``fmt``."""
 
@@ -236,8 +247,7 @@ class IntervalArith:
         a = Bounds.of(a)
         w = self._w
         with np.errstate(all="ignore"):
-            vlo = f(self.fmt, self._own(a.lo)).astype(np.float64)
-            vhi = f(self.fmt, self._own(a.hi)).astype(np.float64)
+            vlo, vhi = _once(f, self.fmt, self._own(a.lo), self._own(a.hi))
             xlo, xhi = exact(w(a.xlo)), exact(w(a.xhi))
             lowest = np.minimum(a.lo, a.xlo)  # the computed and the exact operand both lie in [lowest, highest]
             highest = np.maximum(a.hi, a.xhi)

@@ -81,7 +81,7 @@ from .formats import Format
 from .reference import Exact
 
 __all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "Outcome",
-           "classify", "errors"]
+           "blame", "classify", "errors"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
@@ -133,6 +133,77 @@ def errors(fmt: Format, value, exact: Exact):
         ulps = np.where(nan, np.nan, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
+
+
+def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
+          tolerance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whether :func:`classify` blames the method (a status in ``METHOD_FAILURES``), decided
+    from an approximate exact value: ``(bad, decided)`` per row.  White boxes only.
+
+    ``events``: per row, whether an ``overflow`` or ``underflow`` event was recorded.
+    ``error`` (a number, or one per row): how far, relatively, the exact value classify
+    is given may be from ``approx``.  A row is *decided* when classify gives the same
+    answer for every exact value x within that band:
+
+    * not bad: v is finite, not a 0 that followed an overflow / underflow event, and its
+      relative error r is below ``tolerance`` by more than ``2 e (1 + r) + 2**-48 r``: over
+      the band, rel_error moves by at most ``e (1 + r) / (1 - e)`` (|v - x'| / |x'| with
+      x' = x (1 + d), |d| <= e), and its float64 rounding by a few ulps; so the status is
+      ok or range whatever cr is (for e < 1/2; a wider band decides nothing);
+    * bad: v would fail unless it is cr (NaN, +-inf, 0 after an event, or a relative error
+      above the tolerance by that margin), and it is known not to be cr: v is too far from
+      x to be its rounding (more than half an ulp of the format away, a 0 where |x| is
+      above half the smallest subnormal, a NaN or inf where |x| is below ``max``), or every
+      x of the band rounds to the same cr (:meth:`Exact.near_boundary`) and v is not it.
+
+    An approximate value of 0 (flagged exactly zero, or below the reference's range) is
+    taken as it is, as classify takes it: v fails there unless it is 0.  Rows whose
+    approximate exact value is not finite are never decided.
+    """
+    tol = fmt.default_tolerance if tolerance is None else tolerance
+    v = np.asarray(value).astype(np.float64)
+    hi, lo, s = approx.hi, approx.lo, approx.scale
+    error = np.asarray(error, dtype=np.float64)
+    wide = np.where(error < 0.5, 2 * error, np.inf)
+    scaled = bool(s.any())
+    with np.errstate(all="ignore"):
+        # the common case first, on every row: a relative error clearly within the tolerance
+        vs = np.ldexp(v, np.clip(-s, -2000, 2000)) if scaled else v  # v in the units of hi, as errors()
+        diff = np.abs((vs - hi) - lo)  # where vs == hi (finite), |lo| as errors() has it
+        rel = diff / np.abs(hi)
+        passes = rel <= tol - ((1 + rel) * wide + rel * 2.0**-48)  # False for NaN and inf
+        passes &= np.isfinite(hi) & ~approx.zero
+        if tol >= 0.5:  # only then can a 0 (relative error 1) be within the tolerance
+            passes &= ~((v == 0) & events)
+    zero = hi == 0
+    bad = np.where(zero, v != 0, False)
+    decided = passes | zero
+    rows = np.flatnonzero(~decided & np.isfinite(hi) & ~approx.zero)
+    if not len(rows):
+        return bad, decided
+    # the others: v fails unless it is cr; is it cr?
+    w, m, r, d = v[rows], np.abs(hi[rows]), rel[rows], diff[rows]
+    e = wide if wide.ndim == 0 else wide[rows]
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(w)
+        fails = ~finite | ((w == 0) & events[rows]) | (r > tol + ((1 + r) * e + r * 2.0**-48))
+        band = e * m
+        # too far from x to be cr (only where x is held unscaled: s == 0)
+        apart = np.where(finite & (w != 0), d > fmt.ulp(m + band) / 2 + band,
+                         np.where(w == 0, m - band > fmt.smallest_subnormal / 2, m + band < fmt.max))
+        apart &= s[rows] == 0
+    bad[rows] = fails & apart
+    decided[rows] = fails & apart
+    near = np.flatnonzero(fails & ~apart)  # is v cr? only if the whole band rounds alike
+    if len(near):
+        sub = rows[near]
+        x = approx.take(sub)
+        alike = ~x.near_boundary(fmt, error if error.ndim == 0 else error[sub])
+        cr, w = x.rounded(fmt), v[sub]
+        same = (w == cr) | (np.isnan(w) & np.isnan(cr))
+        bad[sub] = alike & ~same
+        decided[sub] = alike
+    return bad, decided
 
 
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,

@@ -159,9 +159,13 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
     r = np.asarray(r, dtype=np.longdouble)
     with np.errstate(all="ignore"):
         tiny = np.isfinite(r) & (r != 0) & (np.abs(r) < SCALE_BELOW)
-        _, e = np.frexp(np.where(tiny, r, 1))
-        scale = np.where(tiny, e.astype(np.int64) - 1, 0)
-        scaled = np.ldexp(r, -scale)
+        scale = np.zeros(r.shape, dtype=np.int64)
+        scaled = r
+        if tiny.any():  # (frexp and ldexp of longdouble are slow: only where needed)
+            _, e = np.frexp(r[tiny])
+            scale[tiny] = e.astype(np.int64) - 1
+            scaled = r.copy()
+            scaled[tiny] = np.ldexp(r[tiny], -scale[tiny])
         hi = scaled.astype(np.float64) + 0.0  # -0 -> +0, as mpmath gives
         lo = np.where(np.isfinite(hi), (scaled - hi.astype(np.longdouble)).astype(np.float64), 0.0)
     hi = np.where(zero, 0.0, hi)

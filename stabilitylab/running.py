@@ -104,19 +104,22 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
     step = _stepper(fmt, v, compensated, ftz)
 
     out: dict[int, tuple[float, bool]] = {}
-    pending = list(targets)
     marks = _checkpoints(fmt, v, compensated, ftz)
-    k, s, c, overflowed = marks[bisect.bisect_right(marks, (pending[0], math.inf)) - 1]
+    i, last = 0, targets[-1]  # targets[i] is the next one to reach
+    k, s, c, overflowed = marks[bisect.bisect_right(marks, (targets[0], math.inf)) - 1]
     explicit = 0
     seen: dict[tuple[float, int], tuple[int, float]] = {}
-    lower = upper = unit = 0.0  # the binade [lower, upper) of s, and its spacing
-    while pending:
-        if k == pending[0]:
-            out[pending.pop(0)] = (s, overflowed)
+    trail: list[float] = []  # s at steps trail_start, trail_start + 1, ... (the steps recorded in seen)
+    trail_start = k
+    binade = None
+    while i < len(targets):
+        if k == targets[i]:
+            out[k] = (s, overflowed)
+            i += 1
             if len(marks) < MAX_CHECKPOINTS and math.isfinite(s):
                 bisect.insort(marks, (k, s, c, overflowed))
             continue
-        goal = pending[0]
+        goal = targets[i]
         if not math.isfinite(s):
             # inf and NaN are absorbing for the plain loop; Kahan turns inf into NaN within 2 steps
             for _ in range(min(goal - k, 2)):
@@ -125,27 +128,34 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
             if k < goal:
                 k = goal
             continue
-        if not lower <= s < upper:  # a new binade (recomputed only then: the loop may run 10**5 steps)
-            unit, binade = _grid(fmt, s)
-            if binade != upper:
-                upper, seen = binade, {}
-            lower = upper / 2 if upper > fmt.tiny else 0.0
+        unit, upper = _grid(fmt, s)
+        if binade != upper:
+            binade, seen, trail, trail_start = upper, {}, [], k
         key = (c, int(s / unit) % 2)
         if key in seen:
             k0, s0 = seen[key]
             period, gain = k - k0, s - s0
             if gain == 0:  # the whole state repeats: a fixed point for ever
-                for n in pending:
+                for n in targets[i:]:
                     out[n] = (s, overflowed)
                 break
             room = upper - s - gain - abs(v) - abs(c) - unit
-            jumps = min(int(room // gain) if room > 0 else 0, (goal - k) // period)
+            jumps = min(int(room // gain) if room > 0 else 0, (last - k) // period)
             if jumps > 0:
+                # every step jumped over is step k0 + r of the period moved up by whole gains:
+                # the targets among them are read off the period (exact: multiples of U in the binade)
+                end = k + jumps * period
+                first = trail[k0 - trail_start:k - trail_start]
+                while i < len(targets) and targets[i] < end:
+                    j, r = divmod(targets[i] - k0, period)
+                    out[targets[i]] = (first[r] + j * gain, overflowed)
+                    i += 1
                 s += jumps * gain  # exact: a multiple of U inside the binade
-                k += jumps * period
-                seen = {}
+                k = end
+                seen, trail, trail_start = {}, [], k
                 continue
         seen[key] = (k, s)
+        trail.append(s)
         s_next, c = step(s, c)
         if not math.isfinite(s_next) and math.isfinite(s):
             overflowed = True  # finite + finite: only an overflow leaves the range (NaN in float8_e4m3fn)

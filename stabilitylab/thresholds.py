@@ -55,12 +55,12 @@ import mpmath
 import numpy as np
 
 from . import interval, reference
-from .arith import Arith
+from .arith import NEVER, Arith
 from .engine import evaluate
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.base import Family, Settings
 from .formats import FORMATS, Format
-from .outcome import METHOD_FAILURES
+from .outcome import METHOD_FAILURES, blame
 
 __all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
 
@@ -185,7 +185,8 @@ class _Search:
         self.grid = Grid(family, fmt)
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
         self.black_box = any(m.black_box for m in experiment.methods)
-        self.seen: dict[int, dict[str, tuple[str, bool]]] = {}  # index -> method -> (status, finite)
+        self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
+        self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
 
     # ------------------------------------------------------------ point evaluation
     def _outcomes(self, indices, methods=None):
@@ -193,17 +194,106 @@ class _Search:
         return evaluate(self.experiment, self.fmt, cases, methods=methods, tolerance=self.tolerance,
                         ftz=self.settings.ftz, fast_reference=True)
 
+    def _flags(self, indices, methods=None, blocks=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per method, at each index: (first_inaccurate is bad, first_failure is bad).
+
+        The same answers as the statuses :func:`engine.evaluate` gives (``_bad``), found with
+        less work: the kernels run once, and each row's status is decided by
+        :func:`outcome.blame` wherever every exact value near enough to a reference gets the
+        same answer; only the other rows are evaluated by the engine.  The reference is the
+        fast one at each index, or first, with ``blocks`` (runs of consecutive indices: arrays
+        of their first and last index, and the run of each index), the span of the fast
+        references at the two ends of its run: the exact value is monotone between turning
+        points, so it lies in that span.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        cases = self.family.cases(self.grid.params(indices), self.settings)
+        if not self.lean or len(cases.groups()) > 1:
+            out = self._outcomes(indices.tolist(), methods)
+            return {m: (_bad(KINDS[0], o.status, o.value), _bad(KINDS[1], o.status, o.value)) for m, o in out.items()}
+        fmt, n = self.fmt, len(indices)
+        loaded = Arith(fmt, n, ftz=self.settings.ftz)
+        inputs = self.experiment.load(loaded, cases)
+        chosen = [m for m in self.experiment.methods if methods is None or m.name in methods]
+        flags, unsure, by_truth = {}, np.zeros(n, dtype=bool), {}
+        for method in chosen:
+            arith = loaded.fork()
+            value = np.asarray(method.kernel(arith, inputs))
+            events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
+            with np.errstate(all="ignore"):
+                flags[method.name] = (np.zeros(n, dtype=bool), ~np.isfinite(value.astype(np.float64)))
+            truth = method.truth or self.experiment
+            by_truth.setdefault(id(truth), (truth, []))[1].append((method.name, value, events))
+        for truth, runs in by_truth.values():
+            todo = np.ones(n, dtype=bool)
+            if blocks is not None:
+                approx, error = self._span_reference(truth, *blocks)
+                todo = self._blame(runs, approx, error, flags, todo)
+            if todo.any():
+                rows = np.flatnonzero(todo)
+                exact = reference.fast(truth, inputs if len(rows) == n else inputs.take(rows))
+                unsure |= self._blame(runs, exact, 2 * reference.FAST_ERROR, flags, todo)
+        if unsure.any():
+            rows = np.flatnonzero(unsure)
+            out = self._outcomes(indices[rows].tolist(), sorted(flags))
+            for m, o in out.items():
+                flags[m][0][rows] = _bad(KINDS[0], o.status, o.value)
+        return flags
+
+    def _blame(self, runs, approx, error, flags, todo: np.ndarray) -> np.ndarray:
+        """Decide the rows in ``todo`` (approx holds one per such row) for every run; returns
+        the rows some run left undecided."""
+        rows = np.flatnonzero(todo)
+        every = len(rows) == len(todo)
+        left = np.zeros(len(todo), dtype=bool)
+        for name, value, events in runs:
+            v, ev = (value, events) if every else (value[rows], events[rows])
+            bad, decided = blame(self.fmt, v, approx, error, ev, self.tolerance)
+            flags[name][0][rows] = bad
+            left[rows] |= ~decided
+        return left
+
+    def _span_reference(self, truth, run_lo: np.ndarray, run_hi: np.ndarray, run: np.ndarray):
+        """Per row, an approximate exact value and its relative error bound, from the fast
+        references at the ends of its run (error inf where that proves nothing: a turning
+        point inside, a sign change, a zero or non-finite end)."""
+        k = len(run_lo)
+        params = self.grid.params(np.concatenate([run_lo, run_hi]))
+        inputs = self.experiment.load(Arith(self.fmt, 2 * k, ftz=self.settings.ftz),
+                                      self.family.cases(params, self.settings))
+        x = reference.fast(truth, inputs)
+        a, b = slice(0, k), slice(k, 2 * k)
+        with np.errstate(all="ignore"):
+            mid = (x.hi[a] + x.hi[b]) / 2
+            half = np.abs(x.hi[a] - x.hi[b]) / 2 + np.abs(x.lo[a]) + np.abs(x.lo[b])
+            error = half / np.abs(mid) + 3 * reference.FAST_ERROR + 2.0**-52
+            usable = ((x.scale[a] == x.scale[b]) & (np.sign(x.hi[a]) == np.sign(x.hi[b])) & (x.hi[a] != 0)
+                      & ~x.zero[a] & ~x.zero[b] & np.isfinite(error))
+            p_lo, p_hi = params[a], params[b]
+            for t in self.family.turning:
+                usable &= ~((p_lo <= t * (1 + 2.0**-50)) & (p_hi >= t * (1 - 2.0**-50)))
+        mid, error, scale = np.where(usable, mid, np.nan)[run], np.where(usable, error, np.inf)[run], x.scale[a][run]
+        n = len(run)
+        return reference.Exact(mid, np.zeros(n), np.where(usable[run], scale, 0), np.zeros(n, dtype=bool)), error
+
     def _evaluate(self, indices: list[int]) -> None:
         todo = sorted(set(indices) - set(self.seen))
         if not todo:
             return
-        out = self._outcomes(todo)
+        out = self._flags(todo)
         for j, idx in enumerate(todo):
-            self.seen[idx] = {m: (str(o.status[j]), bool(np.isfinite(o.value[j]))) for m, o in out.items()}
+            self.seen[idx] = {m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()}
 
     def bad(self, idx: int, method: str, kind: str) -> bool:
-        status, finite = self.seen[idx][method]
-        return status in METHOD_FAILURES if kind == "first_inaccurate" else not finite
+        return self.seen[idx][method][KINDS.index(kind)]
+
+    def statuses(self, indices: list[int]) -> dict[int, dict[str, str]]:
+        """The status of every method at each index (from the engine)."""
+        todo = sorted(set(indices))
+        if not todo:
+            return {}
+        out = self._outcomes(todo)
+        return {idx: {m: str(o.status[j]) for m, o in out.items()} for j, idx in enumerate(todo)}
 
     # ------------------------------------------------------------ strategies
     def run(self) -> dict[tuple[str, str], tuple[int | None, bool, int]]:
@@ -223,19 +313,25 @@ class _Search:
             for key in self.keys:  # given up: look for an earlier failure above the verified part
                 if verified[key] < best[key] and not g.integer:
                     self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
-        self._evaluate([b for b in best.values() if b <= g.end])
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
-    def _scan_points(self, indices: np.ndarray, best: dict, methods=None) -> dict:
-        """Evaluate every index (ascending); lower ``best`` to the first bad index per key."""
-        for chunk in np.array_split(indices, max(1, len(indices) // 2**15)):
-            if not len(chunk):
+    def _scan_points(self, indices: np.ndarray, best: dict, methods=None, runs=None) -> dict:
+        """Evaluate every index (ascending); lower ``best`` to the first bad index per key.
+        ``runs``: the indices are those of runs of consecutive indices (arrays of their first
+        and last index, and the run of each index)."""
+        for part in np.array_split(np.arange(len(indices)), max(1, len(indices) // 2**15)):
+            if not len(part):
                 continue
-            out = self._outcomes(chunk.tolist(), methods)
+            chunk = indices[part]
+            blocks = None
+            if runs is not None:
+                first, last = runs[2][part[0]], runs[2][part[-1]] + 1
+                blocks = (runs[0][first:last], runs[1][first:last], runs[2][part] - first)
+            out = self._flags(chunk, methods, blocks)
             for (m, kind) in self.keys:
                 if m not in out:
                     continue
-                bad = _bad(kind, out[m].status, out[m].value)
+                bad = out[m][KINDS.index(kind)]
                 if bad.any():
                     best[(m, kind)] = min(best[(m, kind)], int(chunk[int(np.argmax(bad))]))
         return best
@@ -300,30 +396,46 @@ class _Search:
         hi = np.array([max(best.values()) - 1], dtype=np.int64)
         mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
         lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
+        window = 2**12
         while len(lo):
-            for key in keys:  # prune: nothing at or above a key's current first failure
-                mask[lo >= best[key]] &= ~bit[key]
-                if not exact[key]:
-                    if key not in lowest:
-                        pending = lo[(mask & bit[key]) != 0]
-                        lowest[key] = int(pending.min()) if len(pending) else best[key]
-                    mask &= ~bit[key]
-            keep = mask != 0
-            lo, hi, mask = lo[keep], hi[keep], mask[keep]
-            if not len(lo):
-                break
-            top = np.full(len(lo), g.start - 1, dtype=np.int64)
-            for key in keys:
-                top = np.where(mask & bit[key], np.maximum(top, best[key] - 1), top)
-            hi = np.minimum(hi, top)
-            size = hi - lo + 1
-            leaf = (size <= LEAF) | (not can_certify)
-            # this round: the lowest entries, up to ROUND_CHUNKS ranges and ROUND_POINTS leaf points
-            take = np.cumsum(~leaf) <= ROUND_CHUNKS
-            take &= np.cumsum(np.where(leaf, size, 0)) <= max(ROUND_POINTS, int(size[0]) if leaf[0] else 0)
-            n = int(np.argmin(take)) if not take.all() else len(lo)
+            # Each round works on the lowest entries only (a window, widened until it holds the
+            # whole round): entries further up are pruned, clipped and dropped when they reach
+            # the window, with the first failures known then, which gives the same masks as
+            # doing it to every entry in every round (first failures only move down).
+            while True:
+                w = min(window, len(lo))
+                h_lo, h_hi, h_mask = lo[:w], hi[:w], mask[:w].copy()
+                for key in keys:  # prune: nothing at or above a key's current first failure
+                    h_mask[h_lo >= best[key]] &= ~bit[key]
+                    if not exact[key]:
+                        if key not in lowest:
+                            pending = h_lo[(h_mask & bit[key]) != 0]
+                            if not len(pending):
+                                t_lo, t_mask = lo[w:], mask[w:]
+                                pending = t_lo[((t_mask & bit[key]) != 0) & (t_lo < best[key])]
+                            lowest[key] = int(pending.min()) if len(pending) else best[key]
+                        h_mask &= ~bit[key]
+                keep = h_mask != 0
+                h_lo, h_hi, h_mask = h_lo[keep], h_hi[keep], h_mask[keep]
+                top = np.full(len(h_lo), g.start - 1, dtype=np.int64)
+                for key in keys:
+                    top = np.where(h_mask & bit[key], np.maximum(top, best[key] - 1), top)
+                h_hi = np.minimum(h_hi, top)
+                size = h_hi - h_lo + 1
+                leaf = (size <= LEAF) | (not can_certify)
+                # this round: the lowest entries, up to ROUND_CHUNKS ranges and ROUND_POINTS leaf points
+                take = np.cumsum(~leaf) <= ROUND_CHUNKS
+                if len(h_lo):
+                    take &= np.cumsum(np.where(leaf, size, 0)) <= max(ROUND_POINTS, int(size[0]) if leaf[0] else 0)
+                if w == len(lo) or (len(h_lo) and not take.all()):
+                    break
+                window *= 2
+            lo, hi, mask = (np.concatenate([h, t[w:]]) for h, t in ((h_lo, lo), (h_hi, hi), (h_mask, mask)))
+            if not len(h_lo):  # everything was pruned
+                continue
+            n = int(np.argmin(take)) if not take.all() else len(h_lo)
             n = max(n, 1)
-            cur_lo, cur_hi, cur_mask, cur_leaf = lo[:n], hi[:n], mask[:n], leaf[:n]
+            cur_lo, cur_hi, cur_mask, cur_leaf = h_lo[:n], h_hi[:n], h_mask[:n], leaf[:n]
             rest = (lo[n:], hi[n:], mask[n:])
             if cur_leaf.any():
                 l_lo, l_hi, l_mask = cur_lo[cur_leaf], cur_hi[cur_leaf], cur_mask[cur_leaf]
@@ -331,10 +443,13 @@ class _Search:
                     spent[key] += int((l_hi - l_lo + 1)[(l_mask & bit[key]) != 0].sum())
                     if spent[key] > allowance:
                         exact[key] = False
-                wanted = [key for key in keys if exact[key] and (np.bitwise_or.reduce(l_mask) & bit[key])]
+                any_bit = int(np.bitwise_or.reduce(l_mask))
+                wanted = [key for key in keys if exact[key] and any_bit & bit[key]]
                 if wanted:
-                    indices = np.concatenate([np.arange(a, b + 1) for a, b in zip(l_lo.tolist(), l_hi.tolist())])
-                    self._scan_points(indices, best, sorted({m for m, _ in wanted}))
+                    sizes = l_hi - l_lo + 1
+                    run = np.repeat(np.arange(len(l_lo)), sizes)
+                    indices = l_lo[run] + (np.arange(len(run)) - (np.cumsum(sizes) - sizes)[run])
+                    self._scan_points(indices, best, sorted({m for m, _ in wanted}), (l_lo, l_hi, run))
             new = [np.empty(0, np.int64)] * 3
             ranges = ~cur_leaf
             if ranges.any():
@@ -343,7 +458,8 @@ class _Search:
                     tried[key] += int(np.count_nonzero(r_mask & bit[key]))
                     if tried[key] > range_allowance:
                         exact[key] = False
-                methods = sorted({m for (m, kind) in keys if np.bitwise_or.reduce(r_mask) & bit[(m, kind)]})
+                any_bit = int(np.bitwise_or.reduce(r_mask))
+                methods = sorted({m for (m, kind) in keys if any_bit & bit[(m, kind)]})
                 proven = self._certify(r_lo, r_hi, methods)
                 for key in keys:
                     if key in proven:
@@ -353,11 +469,11 @@ class _Search:
                 mid = r_lo + (r_hi - r_lo) // 2  # no int64 overflow near the top of float64
                 new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
                        np.repeat(r_mask, 2)]
+            # still ascending: the ranges are disjoint, and the halves of this round's lowest
+            # entries lie below every entry left for later rounds
             lo = np.concatenate([new[0], rest[0]])
             hi = np.concatenate([new[1], rest[1]])
             mask = np.concatenate([new[2], rest[2]])
-            order = np.argsort(lo, kind="stable")
-            lo, hi, mask = lo[order], hi[order], mask[order]
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
 
     # ------------------------------------------------------------ interval proof
@@ -469,12 +585,13 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
     search = _Search(experiment, family, fmt, settings, tolerance, k)
     found = search.run()
     g = search.grid
+    status = search.statuses([i for i, _, _ in found.values() if i is not None])
     rows = []
     for method in experiment.method_names:
         inacc, exact_i, below_i = found[(method, "first_inaccurate")]
         fail, exact_f, below_f = found[(method, "first_failure")]
-        failure = search.seen[fail][method][0] if fail is not None else None
-        degraded = search.seen[inacc][method][0] if inacc is not None else None
+        failure = status[fail][method] if fail is not None else None
+        degraded = status[inacc][method] if inacc is not None else None
         with mpmath.workdps(50):
             pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}

@@ -87,9 +87,10 @@ class Batch(Rows):
         return len(self.names)
 
     def groups(self) -> list[np.ndarray]:
-        if hasattr(self, "widths"):
+        widths = getattr(self, "widths", None)
+        if widths is not None and len(widths) and not (widths == widths[0]).all():
             # sorted(set()), not np.unique: that imports numpy.ma (~8 ms of a compare)
-            return [np.flatnonzero(self.widths == w) for w in sorted(set(self.widths.tolist()))]
+            return [np.flatnonzero(widths == w) for w in sorted(set(widths.tolist()))]
         return [np.arange(len(self))]
 
 

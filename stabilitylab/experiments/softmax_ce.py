@@ -198,34 +198,46 @@ def _tree_sum(t: np.ndarray) -> np.ndarray:
 
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
-    inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo,
-    so that e^(x_i - m) = e^hi (1 + lo) (lo^2 < 2**-100); in float64 it is rounded once
-    (a relative error of at most 745 * 2**-53 = 2**-43.5 in e^(x_i - m) where it matters).  Relative error bound: see
+    inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
+    and e^(x_i - m) = e^hi e^lo; in float64 x_i - m is rounded once (a relative error of at
+    most 745 * 2**-53 = 2**-43.5 in e^(x_i - m) where it matters).  Relative error bound:
     :func:`stabilitylab.reference.fast_error` (exp and log1p of the wide type, one rounding
     per product, a pairwise sum of depth ceil(log2 K), the final addition of m - x_y >= 0).
 
     Rows it does not handle (non-finite logits; the true class is the max and the sum is
-    below 2**-960, where terms may underflow in ``dtype``) go to mpmath."""
+    within 2**62 of the wide type's smallest normal, where terms may have underflowed) go
+    to mpmath."""
     X = x.logits.astype(np.float64)
-    m = X.max(axis=1, keepdims=True)
+    rows, k = np.arange(len(X)), X.shape[1]
     wide = np.dtype(dtype)
-    if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
-        hi = X - m
-        lo = np.zeros_like(hi)
+    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
+        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
+        for j in range(1, k):
+            column = X[:, j]
+            top[column > m] = j
+            m = np.maximum(m, column)
     else:
-        hi, lo = _two_diff(X, m)
-    handled = np.all(np.isfinite(hi), axis=1)
+        m, top = X.max(axis=1), np.argmax(X, axis=1)
+    if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
+        hi, lo = X - m[:, None], None
+    else:
+        hi, lo = _two_diff(X, m[:, None])
+    finite = np.isfinite(hi)
+    handled = finite.all(axis=1) if k > 16 else np.logical_and.reduce([finite[:, j] for j in range(k)])
     if not handled.all():
-        hi, lo = np.where(handled[:, None], hi, 0.0), np.where(handled[:, None], lo, 0.0)
+        hi = np.where(handled[:, None], hi, 0.0)
+        lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
     terms = np.exp(hi.astype(wide))
-    if wide != np.dtype(np.float64):
-        terms *= 1 + lo.astype(wide)
-    np.put_along_axis(terms, np.argmax(X, axis=1)[:, None], 0, axis=1)  # the max's own e^0 = 1
-    gap = -(_at(hi, x.labels).astype(wide) + _at(lo, x.labels).astype(wide))  # m - x_y >= 0
+    gap = -hi[rows, x.labels].astype(wide)  # m - x_y >= 0
+    if lo is not None:
+        inexact = lo != 0  # e^lo = 1 where x_i - m is exact in float64, as it usually is
+        terms[inexact] *= np.exp(lo[inexact].astype(wide))
+        gap -= lo[rows, x.labels].astype(wide)
+    terms[rows, top] = 0  # the max's own e^0 = 1
     total = _tree_sum(terms)
-    handled &= (gap > 0) | (total > 2.0**-960)
+    handled &= (gap > 0) | (total > np.finfo(wide).tiny * 2.0**62)  # else terms may have underflowed in wide
     loss = np.log1p(total) + gap
-    return loss, np.full(len(X), X.shape[1] == 1), handled
+    return loss, np.full(len(X), k == 1), handled
 
 
 SOFTMAX_CE = Experiment(
