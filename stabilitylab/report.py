@@ -3,12 +3,21 @@
 ``build(...)`` returns ``{relative path: bytes}`` without touching the disk;
 ``write(folder, files)`` then writes each file atomically.  Nothing is typed
 in: every number comes from the engine, the threshold search or finfo.
+
+The report is made of independent tasks (a threshold search per family and format,
+a training scenario, an audited framework kernel, a figure's curves), run on up to
+two forked processes, one per core, longest first; a figure is drawn as soon as the
+results it shows are in.  The result does not depend on the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +29,11 @@ from .experiments import EXPERIMENTS
 from .experiments.base import Settings, shortest
 from .experiments.likelihood import LIKELIHOOD, iid
 from .findings import threshold_findings
-from .formats import Format
+from .formats import FORMATS, Format
 from .render import plots
 from .render.markdown import sections_md, table_md
 from .render.model import Cell, Table, compare_sections, formats_table, thresholds_table
-from .thresholds import thresholds
+from .thresholds import family_thresholds
 
 __all__ = ["build", "write", "STEPS"]
 
@@ -32,23 +41,29 @@ INDEX = "README.md"
 N_GRID = np.unique(np.round(np.logspace(0, 6, 181)).astype(np.int64))
 D_GRID = np.unique(np.concatenate([np.linspace(0, 1, 11), np.logspace(0, np.log10(800), 240)]))
 INTEGER_FIGURE_UPPER = 2**32
-STEPS = 8
 TRAIN_FORMATS = ("float16", "bfloat16", "float32")  # drawn; float64 is the reference of every run
 REPORT_TARGETS = ("scipy.log_softmax", "scipy.logsumexp", "jax.log_softmax", "torch.cross_entropy")
 
 
-def _likelihood_figure(formats, settings, rows):
+# ----------------------------------------------------------------- the likelihood figure
+def _likelihood_curves(formats, settings):
+    """NLL and its error in bits along N_GRID per (method, format), and each curve's largest finite ulps."""
     curves, max_ulps = {}, {}
-    exact = N_GRID * -np.log(settings.p)
     for fmt in formats:
         out = evaluate(LIKELIHOOD, fmt, iid(settings.p, N_GRID))
         for method, o in out.items():
             curves[(method, fmt.name)] = (o.value, o.error_bits)
             finite = np.isfinite(o.value)
             max_ulps[(method, fmt.name)] = float(o.ulps[finite].max()) if finite.any() else None
+    return curves, max_ulps
+
+
+def _likelihood_figure(formats, settings, rows, curves=None):
+    """(figure, sentences); ``curves``: :func:`_likelihood_curves` (computed here if not given)."""
+    curves, max_ulps = _likelihood_curves(formats, settings) if curves is None else curves
     iid_rows = {(r.method, r.dtype): r for r in rows if r.experiment == "likelihood" and r.family == "iid"}
     failures = {key: r.first_failure for key, r in iid_rows.items()}
-    figure = plots.likelihood_figure(curves, exact, N_GRID, failures)
+    figure = plots.likelihood_figure(curves, N_GRID * -np.log(settings.p), N_GRID, failures)
     sentences = []
     for fmt in formats:
         fail = failures.get(("product", fmt.name))
@@ -69,12 +84,17 @@ def _likelihood_figure(formats, settings, rows):
     return figure, sentences
 
 
-def _family_figure(experiment, family, formats, settings, rows):
+# ----------------------------------------------------------------- the family figures
+def _family_grid(family) -> np.ndarray:
     if family.integer:
         top = min(family.upper or INTEGER_FIGURE_UPPER, INTEGER_FIGURE_UPPER)
-        grid = np.unique(np.round(np.logspace(0, np.log10(top), 161)).astype(np.int64))
-    else:
-        grid = D_GRID
+        return np.unique(np.round(np.logspace(0, np.log10(top), 161)).astype(np.int64))
+    return D_GRID
+
+
+def _family_panels(experiment, family, formats, settings) -> dict:
+    """What a family's figure shows, per format: |value| per method, or (error bits, finite) per method."""
+    grid = _family_grid(family)
     panels = {}
     for fmt in formats:
         out = evaluate(experiment, fmt, family.cases(grid, settings), fast_reference=True)  # a figure
@@ -82,6 +102,12 @@ def _family_figure(experiment, family, formats, settings, rows):
             panels[fmt.name] = {m: o.value for m, o in out.items()}
         else:
             panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
+    return panels
+
+
+def _family_figure(experiment, family, formats, settings, rows, panels=None) -> bytes:
+    panels = _family_panels(experiment, family, formats, settings) if panels is None else panels
+    grid = _family_grid(family)
     if family.figure == "magnitude":
         title = f"{experiment.name}/{family.name}: {family.description}: |value| vs {family.parameter}"
         return plots.magnitude_figure(title, panels, grid, family.parameter)
@@ -92,53 +118,250 @@ def _family_figure(experiment, family, formats, settings, rows):
     return plots.family_figure(title, panels, grid, failures, family.parameter, family.integer)
 
 
+# ----------------------------------------------------------------- tasks (run in worker processes)
+# Arguments and results cross processes: names, settings, arrays and result dataclasses, never callables.
+def _search_task(experiment: str, family: str, fmt: str, settings: Settings):
+    e = EXPERIMENTS[experiment]
+    return family_thresholds(e, e.family(family), FORMATS[fmt], settings)
+
+
+def _panels_task(experiment: str, family: str, formats: tuple[str, ...], settings: Settings):
+    e = EXPERIMENTS[experiment]
+    return _family_panels(e, e.family(family), [FORMATS[f] for f in formats], settings)
+
+
+def _family_figure_task(experiment: str, family: str, formats: tuple[str, ...], settings: Settings, rows, panels):
+    e = EXPERIMENTS[experiment]
+    return _family_figure(e, e.family(family), [FORMATS[f] for f in formats], settings, rows, panels)
+
+
+def _curves_task(formats: tuple[str, ...], settings: Settings):
+    return _likelihood_curves([FORMATS[f] for f in formats], settings)
+
+
+def _likelihood_figure_task(formats: tuple[str, ...], settings: Settings, rows, curves):
+    return _likelihood_figure([FORMATS[f] for f in formats], settings, rows, curves)
+
+
+def _training_task(scenario: str):
+    """The runs of one default scenario (its float64 runs too) and its figure."""
+    from . import train
+
+    s = train.SCENARIOS[scenario]
+    runs = train.run_scenario(s, [FORMATS[name] for name in (*TRAIN_FORMATS, "float64")])
+    mine = {(r.method, r.dtype): r for r in runs}
+    return runs, plots.training_figure(f"train/{scenario}: {s.description}", mine, list(TRAIN_FORMATS))
+
+
+def _audit_task(name: str, formats: tuple[str, ...]):
+    """One installed framework kernel: its audit on the confident family (what the report shows of
+    it) and its figure panels, error bits and finiteness along D_GRID per format."""
+    from .api import audit
+    from .auditing import resolve, target_method
+    from .experiments.softmax_ce import SOFTMAX_CE
+
+    a = audit(name, dtypes=[FORMATS[f] for f in formats], families=["confident"])
+    family = SOFTMAX_CE.family("confident")
+    method = target_method(resolve(name))
+    panels = {}
+    for fmt in formats:
+        out = evaluate(replace(SOFTMAX_CE, methods=(method,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
+                       fast_reference=True)
+        panels[fmt] = (out[method.name].error_bits, np.isfinite(out[method.name].value))
+    return dict(environment=a.target.environment, resembles=a.resembles, thresholds=a.thresholds,
+                versus=a.versus, method=method.name, panels=panels)
+
+
+def _log1p_panels_task(formats: tuple[str, ...]):
+    """The log1p form's panels of the audit figure (the kernels are drawn beside it)."""
+    from .experiments.softmax_ce import SOFTMAX_CE
+
+    family, log1p = SOFTMAX_CE.family("confident"), SOFTMAX_CE.method("log_softmax_log1p")
+    out = {}
+    for fmt in formats:
+        o = evaluate(replace(SOFTMAX_CE, methods=(log1p,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
+                     fast_reference=True)[log1p.name]
+        out[fmt] = (o.error_bits, np.isfinite(o.value))
+    return out
+
+
+def _audit_figure_task(panels):
+    return plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: error in bits vs d, installed "
+                               "kernels beside the log1p form", panels, D_GRID, {}, "d")
+
+
+class _Inline:
+    """An executor that runs each task when it is submitted (one core, or no fork)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+class _Tasks:
+    """Tasks on an executor; a task added with ``after`` is submitted once those tasks' results are
+    in (``make(results) -> (fn, args)``).  ``done(group)`` is called when a group's last task ends."""
+
+    def __init__(self, executor, done: Callable[[str], None]):
+        self.executor, self.done = executor, done
+        self.running: dict[tuple, Future] = {}
+        self.waiting: list[tuple[tuple, Callable, tuple]] = []
+        self.results: dict[tuple, object] = {}
+        self.left: dict[str, int] = {}
+
+    def add(self, key: tuple, fn: Callable | None = None, *args, after: tuple = (),
+            make: Callable | None = None) -> None:
+        self.left[key[0]] = self.left.get(key[0], 0) + 1
+        if after:
+            self.waiting.append((key, make, after))
+        else:
+            self.running[key] = self.executor.submit(fn, *args)
+
+    def run(self) -> dict[tuple, object]:
+        try:
+            while self.running or self.waiting:
+                finished, _ = wait(list(self.running.values()), return_when=FIRST_COMPLETED)
+                for key in [k for k, f in self.running.items() if f in finished]:
+                    self.results[key] = self.running.pop(key).result()
+                    self.left[key[0]] -= 1
+                    if not self.left[key[0]]:
+                        self.done(key[0])
+                ready = [w for w in self.waiting if all(k in self.results for k in w[2])]
+                if not self.running and not ready and self.waiting:
+                    raise RuntimeError(f"report tasks wait for results never computed: {self.waiting}")
+                for item in ready:
+                    self.waiting.remove(item)
+                    key, make, _ = item
+                    fn, args = make(self.results)
+                    self.running[key] = self.executor.submit(fn, *args)
+        except BaseException:  # a failed task or Ctrl-C: the tasks not started are not run
+            for future in self.running.values():
+                future.cancel()
+            raise
+        return self.results
+
+
+def _executor(jobs: int | None = None):
+    """Up to two forked worker processes (one per core), or the current process."""
+    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    return None
+
+
+# ----------------------------------------------------------------- the report
+STEPS = 8  # progress calls: comparing, each of GROUPS as its last task ends, writing
+GROUPS = {"search": "searched thresholds", "ftz": "searched thresholds with flush-to-zero",
+          "likelihood": "drew the likelihood figure", "family": "drew the family figures",
+          "train": "trained small models", "audit": "audited the installed framework kernels"}
+
+
 def build(formats: Sequence[Format], settings: Settings = Settings(),
-          progress: Callable[[str], None] = lambda step: None) -> dict[str, bytes]:
-    """All files of the report, in memory."""
+          progress: Callable[[str], None] = lambda step: None, jobs: int | None = None) -> dict[str, bytes]:
+    """All files of the report, in memory.  ``jobs``: worker processes (default: up to 2, one per core)."""
+    from . import adapters, train
+
     experiments = list(EXPERIMENTS.values())
+    names = tuple(f.name for f in formats)
     progress("comparing formulations")
     comparison = compare(experiments, formats)
-    progress("searching thresholds")
-    rows = thresholds(experiments, formats, settings)
+    installed = [n for n in REPORT_TARGETS if adapters.ADAPTERS[n].installed]
+    audited = {n: tuple(f for f in names if f in adapters.ADAPTERS[n].formats) for n in installed}
+    audited = {n: chosen for n, chosen in audited.items() if chosen}
+    searches = [(e.name, f.name, fmt) for e in experiments for f in e.families for fmt in names]
+    # the simulated kernels' confident thresholds beside the audited ones, with the default settings
+    simulated = [("search" if settings == Settings() else "audit", "softmax_ce", "confident", fmt) for fmt in names]
+    reported: list[str] = []
+
+    def done(group: str) -> None:
+        reported.append(group)
+        progress(GROUPS[group])
+
+    pool = _executor(jobs)
+    with pool if pool is not None else contextlib.nullcontext():
+        tasks = _Tasks(pool or _Inline(), done)
+        # longest first: the audits (each imports a framework), then the float64 and float32 searches
+        for name, chosen in audited.items():
+            tasks.add(("audit", name), _audit_task, name, chosen)
+        by_cost = sorted(searches, key=lambda t: -FORMATS[t[2]].precision)
+        for group, chosen_settings in (("search", settings), ("ftz", Settings(p=settings.p, ftz=True))):
+            for key in by_cost:
+                tasks.add((group, *key), _search_task, *key, chosen_settings)
+        for scenario in train.DEFAULT_SCENARIOS:
+            tasks.add(("train", scenario), _training_task, scenario)
+        tasks.add(("likelihood", "curves"), _curves_task, names, settings)
+        for e in experiments:
+            for f in e.families:
+                tasks.add(("family", e.name, f.name), _panels_task, e.name, f.name, names, settings)
+        if installed:
+            tasks.add(("audit", "log1p"), _log1p_panels_task, names)
+            for key in simulated:
+                if key[0] == "audit":
+                    tasks.add(key, _search_task, *key[1:], Settings())
+        # the figures, each once what it shows is in
+        iid = tuple(("search", "likelihood", "iid", fmt) for fmt in names)
+        tasks.add(("likelihood", "figure"), after=(("likelihood", "curves"), *iid),
+                  make=lambda r: (_likelihood_figure_task, (names, settings, _joined(r, iid),
+                                                             r[("likelihood", "curves")])))
+        for e in experiments:
+            for f in e.families:
+                mine = tuple(("search", e.name, f.name, fmt) for fmt in names)
+                tasks.add(("family", e.name, f.name, "figure"), after=(("family", e.name, f.name), *mine),
+                          make=lambda r, e=e.name, f=f.name, mine=mine: (
+                              _family_figure_task, (e, f, names, settings, _joined(r, mine), r[("family", e, f)])))
+        if installed:
+            needed = (("audit", "log1p"), *(("audit", n) for n in audited))
+            tasks.add(("audit", "figure"), after=needed, make=lambda r: (_audit_figure_task, (_audit_panels(
+                names, [r[("audit", n)] for n in audited], r[("audit", "log1p")]),)))
+        results = tasks.run()
+    for group in GROUPS:
+        if group not in reported:  # a group without tasks (nothing installed to audit) is still a step
+            progress(GROUPS[group])
+
     files: dict[str, bytes] = {}
-    progress("drawing the likelihood figure")
-    files["figures/likelihood_nll.png"], curve_sentences = _likelihood_figure(formats, settings, rows)
-    progress("drawing the family figures")
+    files["figures/likelihood_nll.png"], curve_sentences = results[("likelihood", "figure")]
     family_figures = {}
-    for experiment in experiments:
-        for family in experiment.families:
-            name = f"figures/{experiment.name}_{family.name}.png"
-            files[name] = _family_figure(experiment, family, formats, settings, rows)
-            family_figures.setdefault(experiment.name, []).append((family, name))
-    progress("searching thresholds with flush-to-zero")
-    ftz_rows = thresholds(experiments, formats, Settings(p=settings.p, ftz=True))
-    progress("training small models")
-    training_lines = training_section(files)
-    progress("auditing the installed framework kernels")
-    audit_lines, audit_figure = _audit_section(formats)
-    if audit_figure is not None:
-        files[AUDIT_FIGURE] = audit_figure
+    for e in experiments:
+        for f in e.families:
+            name = f"figures/{e.name}_{f.name}.png"
+            files[name] = results[("family", e.name, f.name, "figure")]
+            family_figures.setdefault(e.name, []).append((f, name))
+    training_lines = _training_lines({s: results[("train", s)] for s in train.DEFAULT_SCENARIOS}, files)
+    audit_lines = _audit_lines(names, {n: results[("audit", n)] for n in audited},
+                               _joined(results, simulated) if installed else [],
+                               [n for n in REPORT_TARGETS if n not in installed])
+    if installed:
+        files[AUDIT_FIGURE] = results[("audit", "figure")]
     progress("writing markdown")
-    files[INDEX] = _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures,
-                             training_lines, audit_lines).encode("utf-8")
+    files[INDEX] = _markdown(comparison, _joined(results, [("search", *k) for k in searches]),
+                             _joined(results, [("ftz", *k) for k in searches]), formats, curve_sentences,
+                             family_figures, training_lines, audit_lines).encode("utf-8")
     return files
+
+
+def _joined(results: dict, keys) -> list:
+    """The threshold rows of the search tasks ``keys``, in that order (as :func:`thresholds.thresholds`)."""
+    return [row for key in keys for row in results[key]]
 
 
 AUDIT_FIGURE = "figures/audit_softmax_ce_confident.png"
 
 
-def _audit_section(formats) -> tuple[list[str], bytes | None]:
-    """Audit every installed softmax_ce framework kernel of REPORT_TARGETS: resembles, the confident
-    family's thresholds, the cases they lose that the log1p form keeps, and a figure of error bits vs d."""
-    from dataclasses import replace
+def _audit_panels(formats: tuple[str, ...], audits: list[dict], log1p: dict) -> dict:
+    """The audit figure's panels: per format, each kernel that supports it, then the log1p form."""
+    panels = {}
+    for fmt in formats:
+        panels[fmt] = {a["method"]: a["panels"][fmt] for a in audits if fmt in a["panels"]}
+        panels[fmt]["log_softmax_log1p"] = log1p[fmt]
+    return panels
 
-    from . import adapters
-    from .api import audit
-    from .auditing import resolve, target_method
-    from .experiments.softmax_ce import SOFTMAX_CE
 
-    installed = [name for name in REPORT_TARGETS if adapters.ADAPTERS[name].installed]
-    missing = [name for name in REPORT_TARGETS if name not in installed]
+def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, missing: list[str]) -> list[str]:
+    """The audit section: every installed softmax_ce framework kernel of REPORT_TARGETS: resembles, the
+    confident family's thresholds, the cases they lose that the log1p form keeps, and a figure of error
+    bits vs d.  ``results``: :func:`_audit_task` per kernel; ``simulated``: the confident family's
+    thresholds of the simulated kernels (default settings)."""
     lines = ["## Auditing the installed framework kernels", "",
              "`stabilitylab audit` runs a real kernel through the same cases (the defaults and inputs from public "
              "bug reports), exact references, status rule and threshold search as the simulated formulas. A black "
@@ -147,27 +370,21 @@ def _audit_section(formats) -> tuple[list[str], bytes | None]:
              "points run."]
     if missing:
         lines += ["", f"Not installed here, so not audited: {', '.join(missing)}."]
-    if not installed:
-        return lines + [""], None
-    results = {}
-    for name in installed:
-        chosen = [f for f in formats if f.name in adapters.ADAPTERS[name].formats]
-        if chosen:
-            results[name] = audit(name, dtypes=chosen, families=["confident"])
+    if len(missing) == len(REPORT_TARGETS):
+        return lines + [""]
     names = list(results)
-    header = ["target", "version", *(f.name for f in formats)]
+    header = ["target", "version", *formats]
     res_rows, thr_rows = [], []
     for name in names:
         a = results[name]
-        version = ", ".join(f"{k} {v}" for k, v in a.target.environment.items() if k != "device")
-        by_dtype = {r.dtype: r for r in a.resembles}
+        version = ", ".join(f"{k} {v}" for k, v in a["environment"].items() if k != "device")
+        by_dtype = {r.dtype: r for r in a["resembles"]}
         res_rows.append([Cell(name), Cell(version)] + [
-            Cell(f"{by_dtype[f.name].method} {by_dtype[f.name].share:.1%}" if f.name in by_dtype else "—")
-            for f in formats])
-        by_t = {t.dtype: t for t in a.thresholds}
+            Cell(f"{by_dtype[f].method} {by_dtype[f].share:.1%}" if f in by_dtype else "—") for f in formats])
+        by_t = {t.dtype: t for t in a["thresholds"]}
         cells = []
         for f in formats:
-            t = by_t.get(f.name)
+            t = by_t.get(f)
             if t is None:
                 cells.append(Cell("—"))
                 continue
@@ -175,11 +392,10 @@ def _audit_section(formats) -> tuple[list[str], bytes | None]:
             cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}" if t.first_inaccurate is not None
                               else "none found", "inaccurate" if t.first_inaccurate is not None else "ok"))
         thr_rows.append([Cell(name), Cell(version)] + cells)
-    simulated = thresholds([SOFTMAX_CE], formats, Settings(), families={"softmax_ce/confident"})
     for method in ("log_softmax", "log_softmax_log1p"):
         cells = []
         for f in formats:
-            t = next(r for r in simulated if r.method == method and r.dtype == f.name)
+            t = next(r for r in simulated if r.method == method and r.dtype == f)
             value = "never" if t.first_inaccurate is None else repr(t.first_inaccurate)
             cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}"))
         thr_rows.append([Cell(f"(simulated) {method}"), Cell("stabilitylab")] + cells)
@@ -190,23 +406,13 @@ def _audit_section(formats) -> tuple[list[str], bytes | None]:
                              header, thr_rows), 3)]
     said = []
     for name in names:
-        for v in results[name].versus:
+        for v in results[name]["versus"]:
             if v.method == "log_softmax_log1p" and v.target_only:
                 said.append(f"- {name}, {v.dtype}: {v.target_only} of the audited cases are inaccurate or worse "
                             f"where log_softmax_log1p is ok (first: {', '.join(v.examples[:3])}).")
     lines += said + [""]
-    family = SOFTMAX_CE.family("confident")
-    log1p = SOFTMAX_CE.method("log_softmax_log1p")
-    panels = {}
-    for fmt in formats:
-        methods = [target_method(resolve(name)) for name in names if fmt.name in adapters.ADAPTERS[name].formats]
-        experiment = replace(SOFTMAX_CE, methods=(*methods, log1p))
-        out = evaluate(experiment, fmt, family.cases(D_GRID, Settings()), fast_reference=True)
-        panels[fmt.name] = {m: (o.error_bits, np.isfinite(o.value)) for m, o in out.items()}
-    figure = plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: error in bits vs d, installed "
-                                 "kernels beside the log1p form", panels, D_GRID, {}, "d")
     lines += [f"![installed kernels vs log1p form]({AUDIT_FIGURE})", ""]
-    return lines, figure
+    return lines
 
 
 def _ftz_table(rows, ftz_rows) -> Table:
@@ -228,16 +434,15 @@ def _text(x) -> str:
     return "—" if x is None else repr(x)
 
 
-def training_section(files: dict[str, bytes]) -> list[str]:
+def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[str]:
     """The "Training" section: the default scenarios in float16 / bfloat16 / float32 (float64 as the
-    reference), a table, the generated sentences and one figure per scenario (added to ``files``)."""
+    reference), a table, the generated sentences and one figure per scenario (added to ``files``).
+    ``results``: :func:`_training_task` per scenario."""
     from . import train
-    from .formats import FORMATS
     from .render.model import train_sections
 
-    formats = [FORMATS[name] for name in (*TRAIN_FORMATS, "float64")]
-    chosen = {name: train.SCENARIOS[name] for name in train.DEFAULT_SCENARIOS}
-    runs = [r for s in chosen.values() for r in train.run_scenario(s, formats)]
+    chosen = {name: train.SCENARIOS[name] for name in results}
+    runs = [r for name in results for r in results[name][0]]
     said = train.findings(runs)
     lines = ["## Training", "",
              "`stabilitylab train`: softmax regression (Iris, 3 species) and logistic regression (Iris, two "
@@ -248,10 +453,16 @@ def training_section(files: dict[str, bytes]) -> list[str]:
     for section in train_sections(runs, chosen, said):
         name = section.heading.split(":")[0].split("/")[1]
         path = f"figures/train_{name}.png"
-        mine = {(r.method, r.dtype): r for r in runs if r.scenario == name}
-        files[path] = plots.training_figure(f"train/{name}: {chosen[name].description}", mine, list(TRAIN_FORMATS))
+        files[path] = results[name][1]
         lines += [sections_md([section], 3), f"![train/{name}]({path})", ""]
     return lines
+
+
+def training_section(files: dict[str, bytes]) -> list[str]:
+    """The "Training" section, computed here (see :func:`_training_lines`)."""
+    from . import train
+
+    return _training_lines({s: _training_task(s) for s in train.DEFAULT_SCENARIOS}, files)
 
 
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
