@@ -276,13 +276,14 @@ class _Search:
         n = len(run)
         return reference.Exact(mid, np.zeros(n), np.where(usable[run], scale, 0), np.zeros(n, dtype=bool)), error
 
-    def _evaluate(self, indices: list[int]) -> None:
-        todo = sorted(set(indices) - set(self.seen))
+    def _evaluate(self, indices: list[int], methods: list[str]) -> None:
+        """Flags of ``methods`` at each index (those not known yet)."""
+        todo = sorted(i for i in set(indices) if any(m not in self.seen.get(i, ()) for m in methods))
         if not todo:
             return
-        out = self._flags(todo)
+        out = self._flags(todo, methods)
         for j, idx in enumerate(todo):
-            self.seen[idx] = {m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()}
+            self.seen.setdefault(idx, {}).update({m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()})
 
     def bad(self, idx: int, method: str, kind: str) -> bool:
         return self.seen[idx][method][KINDS.index(kind)]
@@ -345,7 +346,7 @@ class _Search:
             if not open_keys:
                 return {key: b for key, (a, b) in brackets.items()}
             points = {key: _spread(*brackets[key], self.k) for key in open_keys}
-            self._evaluate([i for pts in points.values() for i in pts])
+            self._evaluate([i for pts in points.values() for i in pts], sorted({m for m, _ in open_keys}))
             for key, pts in points.items():
                 a, b = brackets[key]
                 for i in pts:
