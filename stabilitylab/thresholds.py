@@ -459,9 +459,8 @@ class _Search:
                     tried[key] += int(np.count_nonzero(r_mask & bit[key]))
                     if tried[key] > range_allowance:
                         exact[key] = False
-                any_bit = int(np.bitwise_or.reduce(r_mask))
-                methods = sorted({m for (m, kind) in keys if any_bit & bit[(m, kind)]})
-                proven = self._certify(r_lo, r_hi, methods)
+                pending = {key: (r_mask & bit[key]) != 0 for key in keys}
+                proven = self._certify(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()})
                 for key in keys:
                     if key in proven:
                         r_mask = np.where(proven[key], r_mask & ~bit[key], r_mask)
@@ -478,37 +477,58 @@ class _Search:
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
 
     # ------------------------------------------------------------ interval proof
-    def _certify(self, lo: np.ndarray, hi: np.ndarray, methods: list[str]) -> dict:
+    def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
         """Per key, per range [lo, hi] of indices: True if no index of the range can be bad
-        (proven on intervals)."""
+        (proven on intervals).  ``pending``: per key, the ranges it is asked for; a key is
+        proven on those only (elsewhere its answer is False), and a method runs on the
+        ranges some key of its asks for (every step is per range: the answers are the same)."""
         g, fmt = self.grid, self.fmt
-        lo_p, hi_p = g.params(lo), g.params(hi)
         n = len(lo)
-        lo_cases = self.family.cases(lo_p, self.settings)
-        hi_cases = self.family.cases(hi_p, self.settings)
-        ia = interval.IntervalArith(fmt, n, ftz=self.settings.ftz)
-        hull_inputs = self.experiment.load(ia, _hull(lo_cases, hi_cases))
-        ends = [self.experiment.load(Arith(fmt, n, ftz=self.settings.ftz), c) for c in (lo_cases, hi_cases)]
-        turning = np.zeros(n, dtype=bool)
-        for t in self.family.turning:
-            turning |= (lo_p <= t * (1 + 2.0**-50)) & (hi_p >= t * (1 - 2.0**-50))
-        enclosures = {}
-        out = {}
+        out, enclosures = {}, {}
         for method in self.experiment.methods:
-            if method.name not in methods:
+            inaccurate = pending.get((method.name, "first_inaccurate"))
+            failure = pending.get((method.name, "first_failure"))
+            if inaccurate is None and failure is None:
+                continue
+            asked = np.zeros(n, dtype=bool)
+            for rows in (inaccurate, failure):
+                if rows is not None:
+                    asked |= rows
+            rows = np.flatnonzero(asked)
+            lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
+            lo_cases = self.family.cases(lo_p, self.settings)
+            hi_cases = self.family.cases(hi_p, self.settings)
+            ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
+            v = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, _hull(lo_cases, hi_cases))))
+            if failure is not None:
+                out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
+                proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
+            if inaccurate is None:
                 continue
             truth = method.truth or self.experiment
-            if id(truth) not in enclosures:
-                enclosures[id(truth)] = _exact_enclosure(truth, ends)
-            r_lo, r_hi = enclosures[id(truth)]
-            v = interval.Bounds.of(method.kernel(ia, hull_inputs))
+            if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
+                wanted = np.zeros(n, dtype=bool)
+                for m in self.experiment.methods:
+                    if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                        wanted |= pending[(m.name, "first_inaccurate")]
+                at = np.flatnonzero(wanted)
+                ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
+                                             self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
+                position = np.full(n, -1)
+                position[at] = np.arange(len(at))
+                enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
+            position, r_lo, r_hi = enclosures[id(truth)]
+            here = inaccurate[rows]  # the method's ranges that ask for this key
+            sub, at = rows[here], position[rows[here]]
+            v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
             ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
             if method.exact_formula:  # |computed - exact| <= err at every point of the range
                 with np.errstate(all="ignore"):
                     ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
-            ok &= ~turning
-            out[(method.name, "first_inaccurate")] = ok
-            out[(method.name, "first_failure")] = np.isfinite(v.lo) & np.isfinite(v.hi)
+            for t in self.family.turning:
+                ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
+            out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
+            proven[sub] = ok
         return out
 
 
