@@ -217,7 +217,7 @@ class _Search:
         chosen = [m for m in self.experiment.methods if methods is None or m.name in methods]
         flags, unsure, by_truth = {}, np.zeros(n, dtype=bool), {}
         for method in chosen:
-            arith = loaded.fork()
+            arith = loaded.fork() if len(chosen) > 1 else loaded  # (a fork copies every row's events)
             value = np.asarray(method.kernel(arith, inputs))
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
