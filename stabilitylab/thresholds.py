@@ -436,6 +436,7 @@ class _Search:
                 continue
             n = int(np.argmin(take)) if not take.all() else len(h_lo)
             n = max(n, 1)
+            window = max(2**12, 2 * n)  # about the size of the next round
             cur_lo, cur_hi, cur_mask, cur_leaf = h_lo[:n], h_hi[:n], h_mask[:n], leaf[:n]
             rest = (lo[n:], hi[n:], mask[n:])
             if cur_leaf.any():
