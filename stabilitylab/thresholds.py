@@ -303,11 +303,11 @@ class _Search:
         if not g.integer and g.end - g.start < EXHAUSTIVE_POINTS:
             best = self._scan_points(np.arange(g.start, g.end + 1), {key: g.end + 1 for key in self.keys})
             verified = dict(best)
+        elif g.integer:
+            best, verified = self._integers()
         else:
             best = self._bisect()
-            if g.integer:
-                verified = self._verify_integers(best)
-            elif self.black_box:
+            if self.black_box:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
@@ -337,10 +337,11 @@ class _Search:
                     best[(m, kind)] = min(best[(m, kind)], int(chunk[int(np.argmax(bad))]))
         return best
 
-    def _bisect(self) -> dict[tuple[str, str], int]:
-        """A failing index per key (or end + 1): the candidate the verification starts from."""
+    def _bisect(self, keys=None) -> dict[tuple[str, str], int]:
+        """A failing index per key (or end + 1): the candidate the verification starts from.
+        Each key's bisection depends on its own answers only."""
         g = self.grid
-        brackets = {key: (g.start - 1, g.end + 1) for key in self.keys}
+        brackets = {key: (g.start - 1, g.end + 1) for key in (self.keys if keys is None else keys)}
         while True:
             open_keys = [key for key, (a, b) in brackets.items() if b - a > 1]
             if not open_keys:
@@ -356,13 +357,23 @@ class _Search:
                     a = i
                 brackets[key] = (a, b)
 
-    def _verify_integers(self, best: dict) -> dict[tuple[str, str], int]:
-        """Evaluate every n from the start up to ``INTEGER_SCAN`` of them; per key, the index
-        below which every point is verified."""
+    def _integers(self) -> tuple[dict, dict]:
+        """Integer grids: per key, (first failure or bisection candidate, index below which
+        every n is verified).
+
+        The search bisects every key, then evaluates every n from the start up to the
+        largest candidate, at most ``INTEGER_SCAN`` of them.  The same answers, cheaper:
+        those n are evaluated first, and a key that fails among them ends at its first
+        failure whatever its bisection would have found, so only the other keys are
+        bisected (and their candidates, at or beyond the scan, are kept as they are).
+        """
         g = self.grid
-        stop = min(max(best.values()), g.start + INTEGER_SCAN)
-        self._scan_points(np.arange(g.start, stop), best)
-        return {key: b if b <= stop else stop for key, b in best.items()}
+        stop = min(g.end + 1, g.start + INTEGER_SCAN)
+        best = self._scan_points(np.arange(g.start, stop), {key: g.end + 1 for key in self.keys})
+        left = [key for key in self.keys if best[key] >= stop]
+        if left:
+            best.update(self._bisect(left))
+        return best, {key: b if b <= stop else stop for key, b in best.items()}
 
     def _verify_points(self, best: dict) -> dict[tuple[str, str], int]:
         """Black boxes: evaluate every index from the start up to the furthest candidate that
