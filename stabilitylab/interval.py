@@ -97,14 +97,42 @@ def _bad(x) -> np.ndarray:
 
 
 def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """f(fmt, lo) and f(fmt, hi) (crmath: correctly rounded), as float64, with f evaluated
-    once per distinct input (by bit pattern: -0 and +0 stay apart).  Enclosures repeat
-    values (a saturated probability's 1 - 2**-23 in float32, an end shared by lo and hi),
-    and each repeat of an input crmath has to settle with mpmath would cost it again."""
+    """f(fmt, lo) and f(fmt, hi) (crmath: correctly rounded), as float64, with each input that
+    crmath may have to settle with mpmath evaluated once per distinct value (by bit pattern:
+    -0 and +0 stay apart).  Enclosures repeat values (a saturated probability's 1 - 2**-23
+    in float32, whose log is such an input, appeared 19000 times in one search), and every
+    repeat would cost mpmath again.  Which inputs those are is guessed generously (see
+    ``_maybe_hard``); a wrong guess costs time only, never a different value."""
     x = np.concatenate([np.ravel(lo), np.ravel(hi)])
-    keys, inverse = np.unique(x.view(np.dtype(f"u{x.dtype.itemsize}")), return_inverse=True)
-    out = f(fmt, keys.view(x.dtype)).astype(np.float64)[inverse]
+    bits = x.view(np.dtype(f"u{x.dtype.itemsize}"))
+    if fmt.precision > 24:  # crmath costs far more per input than finding the distinct ones
+        keys, inverse = np.unique(bits, return_inverse=True)
+        out = f(fmt, keys.view(x.dtype)).astype(np.float64)[inverse]
+    else:
+        hard = _maybe_hard(f.__name__, fmt, x)
+        if hard.any():
+            out = np.empty(x.shape, dtype=np.float64)
+            out[~hard] = f(fmt, x[~hard]).astype(np.float64)
+            keys, inverse = np.unique(bits[hard], return_inverse=True)
+            out[hard] = f(fmt, keys.view(x.dtype)).astype(np.float64)[inverse]
+        else:
+            out = f(fmt, x).astype(np.float64)
     return out[:lo.size].reshape(np.shape(lo)), out[lo.size:].reshape(np.shape(hi))
+
+
+_NUMPY_FUNCTIONS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
+
+
+def _maybe_hard(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
+    """Inputs whose function value lies near a rounding boundary of the format: those crmath
+    cannot decide from its float64 evaluation (within ``WIDE_REL_ERROR`` of a boundary),
+    found with four times that margin."""
+    with np.errstate(all="ignore"):
+        w = _NUMPY_FUNCTIONS[name](x.astype(np.float64))
+        err = np.abs(w) * (4 * crmath.WIDE_REL_ERROR["float64"])
+        below, above = fmt.round(w - err), fmt.round(w + err)
+    unit = np.dtype(f"u{below.dtype.itemsize}")
+    return below.view(unit) != above.view(unit)
 
 
 class IntervalArith:

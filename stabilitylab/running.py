@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +29,7 @@ from .formats import Format
 
 __all__ = ["rounder", "plain", "kahan"]
 
+_STRUCT_CODES = {np.dtype(np.float32): "f", np.dtype(np.float16): "e"}
 MAX_EXPLICIT = 1_000_000  # safety net: explicit steps per row (never reached by the tests' cases)
 
 
@@ -35,6 +37,16 @@ def rounder(fmt: Format) -> Callable[[float], float]:
     """x -> fl(x) in the format, for a Python float (correct rounding)."""
     if fmt.dtype == np.dtype(np.float64):
         return float
+    if fmt.dtype in _STRUCT_CODES:  # the C conversion (float) and CPython's half packing round correctly
+        code = _STRUCT_CODES[fmt.dtype]
+        pack, unpack = struct.Struct(code).pack, struct.Struct(code).unpack
+
+        def native(x: float) -> float:
+            try:
+                return unpack(pack(x))[0]
+            except OverflowError:  # a finite x that rounds beyond max (IEEE: to inf)
+                return math.copysign(math.inf, x)
+        return native
     p, tiny, sub = fmt.precision, fmt.tiny, fmt.smallest_subnormal
     limit = fmt.max + float(fmt.ulp(fmt.max)) / 2  # at or above: overflow (tie: to even)
     tie_up = not np.isfinite(float(fmt.round(np.array([limit])).astype(np.float64)[0]))

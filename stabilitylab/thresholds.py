@@ -217,7 +217,7 @@ class _Search:
         chosen = [m for m in self.experiment.methods if methods is None or m.name in methods]
         flags, unsure, by_truth = {}, np.zeros(n, dtype=bool), {}
         for method in chosen:
-            arith = loaded.fork()
+            arith = loaded.fork() if len(chosen) > 1 else loaded  # (a fork copies every row's events)
             value = np.asarray(method.kernel(arith, inputs))
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
@@ -276,13 +276,14 @@ class _Search:
         n = len(run)
         return reference.Exact(mid, np.zeros(n), np.where(usable[run], scale, 0), np.zeros(n, dtype=bool)), error
 
-    def _evaluate(self, indices: list[int]) -> None:
-        todo = sorted(set(indices) - set(self.seen))
+    def _evaluate(self, indices: list[int], methods: list[str]) -> None:
+        """Flags of ``methods`` at each index (those not known yet)."""
+        todo = sorted(i for i in set(indices) if any(m not in self.seen.get(i, ()) for m in methods))
         if not todo:
             return
-        out = self._flags(todo)
+        out = self._flags(todo, methods)
         for j, idx in enumerate(todo):
-            self.seen[idx] = {m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()}
+            self.seen.setdefault(idx, {}).update({m: (bool(f[0][j]), bool(f[1][j])) for m, f in out.items()})
 
     def bad(self, idx: int, method: str, kind: str) -> bool:
         return self.seen[idx][method][KINDS.index(kind)]
@@ -302,11 +303,11 @@ class _Search:
         if not g.integer and g.end - g.start < EXHAUSTIVE_POINTS:
             best = self._scan_points(np.arange(g.start, g.end + 1), {key: g.end + 1 for key in self.keys})
             verified = dict(best)
+        elif g.integer:
+            best, verified = self._integers()
         else:
             best = self._bisect()
-            if g.integer:
-                verified = self._verify_integers(best)
-            elif self.black_box:
+            if self.black_box:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
@@ -336,16 +337,17 @@ class _Search:
                     best[(m, kind)] = min(best[(m, kind)], int(chunk[int(np.argmax(bad))]))
         return best
 
-    def _bisect(self) -> dict[tuple[str, str], int]:
-        """A failing index per key (or end + 1): the candidate the verification starts from."""
+    def _bisect(self, keys=None) -> dict[tuple[str, str], int]:
+        """A failing index per key (or end + 1): the candidate the verification starts from.
+        Each key's bisection depends on its own answers only."""
         g = self.grid
-        brackets = {key: (g.start - 1, g.end + 1) for key in self.keys}
+        brackets = {key: (g.start - 1, g.end + 1) for key in (self.keys if keys is None else keys)}
         while True:
             open_keys = [key for key, (a, b) in brackets.items() if b - a > 1]
             if not open_keys:
                 return {key: b for key, (a, b) in brackets.items()}
             points = {key: _spread(*brackets[key], self.k) for key in open_keys}
-            self._evaluate([i for pts in points.values() for i in pts])
+            self._evaluate([i for pts in points.values() for i in pts], sorted({m for m, _ in open_keys}))
             for key, pts in points.items():
                 a, b = brackets[key]
                 for i in pts:
@@ -355,13 +357,23 @@ class _Search:
                     a = i
                 brackets[key] = (a, b)
 
-    def _verify_integers(self, best: dict) -> dict[tuple[str, str], int]:
-        """Evaluate every n from the start up to ``INTEGER_SCAN`` of them; per key, the index
-        below which every point is verified."""
+    def _integers(self) -> tuple[dict, dict]:
+        """Integer grids: per key, (first failure or bisection candidate, index below which
+        every n is verified).
+
+        The search bisects every key, then evaluates every n from the start up to the
+        largest candidate, at most ``INTEGER_SCAN`` of them.  The same answers, cheaper:
+        those n are evaluated first, and a key that fails among them ends at its first
+        failure whatever its bisection would have found, so only the other keys are
+        bisected (and their candidates, at or beyond the scan, are kept as they are).
+        """
         g = self.grid
-        stop = min(max(best.values()), g.start + INTEGER_SCAN)
-        self._scan_points(np.arange(g.start, stop), best)
-        return {key: b if b <= stop else stop for key, b in best.items()}
+        stop = min(g.end + 1, g.start + INTEGER_SCAN)
+        best = self._scan_points(np.arange(g.start, stop), {key: g.end + 1 for key in self.keys})
+        left = [key for key in self.keys if best[key] >= stop]
+        if left:
+            best.update(self._bisect(left))
+        return best, {key: b if b <= stop else stop for key, b in best.items()}
 
     def _verify_points(self, best: dict) -> dict[tuple[str, str], int]:
         """Black boxes: evaluate every index from the start up to the furthest candidate that
@@ -435,6 +447,7 @@ class _Search:
                 continue
             n = int(np.argmin(take)) if not take.all() else len(h_lo)
             n = max(n, 1)
+            window = max(2**12, 2 * n)  # about the size of the next round
             cur_lo, cur_hi, cur_mask, cur_leaf = h_lo[:n], h_hi[:n], h_mask[:n], leaf[:n]
             rest = (lo[n:], hi[n:], mask[n:])
             if cur_leaf.any():
@@ -458,9 +471,8 @@ class _Search:
                     tried[key] += int(np.count_nonzero(r_mask & bit[key]))
                     if tried[key] > range_allowance:
                         exact[key] = False
-                any_bit = int(np.bitwise_or.reduce(r_mask))
-                methods = sorted({m for (m, kind) in keys if any_bit & bit[(m, kind)]})
-                proven = self._certify(r_lo, r_hi, methods)
+                pending = {key: (r_mask & bit[key]) != 0 for key in keys}
+                proven = self._certify(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()})
                 for key in keys:
                     if key in proven:
                         r_mask = np.where(proven[key], r_mask & ~bit[key], r_mask)
@@ -477,37 +489,58 @@ class _Search:
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
 
     # ------------------------------------------------------------ interval proof
-    def _certify(self, lo: np.ndarray, hi: np.ndarray, methods: list[str]) -> dict:
+    def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
         """Per key, per range [lo, hi] of indices: True if no index of the range can be bad
-        (proven on intervals)."""
+        (proven on intervals).  ``pending``: per key, the ranges it is asked for; a key is
+        proven on those only (elsewhere its answer is False), and a method runs on the
+        ranges some key of its asks for (every step is per range: the answers are the same)."""
         g, fmt = self.grid, self.fmt
-        lo_p, hi_p = g.params(lo), g.params(hi)
         n = len(lo)
-        lo_cases = self.family.cases(lo_p, self.settings)
-        hi_cases = self.family.cases(hi_p, self.settings)
-        ia = interval.IntervalArith(fmt, n, ftz=self.settings.ftz)
-        hull_inputs = self.experiment.load(ia, _hull(lo_cases, hi_cases))
-        ends = [self.experiment.load(Arith(fmt, n, ftz=self.settings.ftz), c) for c in (lo_cases, hi_cases)]
-        turning = np.zeros(n, dtype=bool)
-        for t in self.family.turning:
-            turning |= (lo_p <= t * (1 + 2.0**-50)) & (hi_p >= t * (1 - 2.0**-50))
-        enclosures = {}
-        out = {}
+        out, enclosures = {}, {}
         for method in self.experiment.methods:
-            if method.name not in methods:
+            inaccurate = pending.get((method.name, "first_inaccurate"))
+            failure = pending.get((method.name, "first_failure"))
+            if inaccurate is None and failure is None:
+                continue
+            asked = np.zeros(n, dtype=bool)
+            for rows in (inaccurate, failure):
+                if rows is not None:
+                    asked |= rows
+            rows = np.flatnonzero(asked)
+            lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
+            lo_cases = self.family.cases(lo_p, self.settings)
+            hi_cases = self.family.cases(hi_p, self.settings)
+            ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
+            v = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, _hull(lo_cases, hi_cases))))
+            if failure is not None:
+                out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
+                proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
+            if inaccurate is None:
                 continue
             truth = method.truth or self.experiment
-            if id(truth) not in enclosures:
-                enclosures[id(truth)] = _exact_enclosure(truth, ends)
-            r_lo, r_hi = enclosures[id(truth)]
-            v = interval.Bounds.of(method.kernel(ia, hull_inputs))
+            if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
+                wanted = np.zeros(n, dtype=bool)
+                for m in self.experiment.methods:
+                    if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                        wanted |= pending[(m.name, "first_inaccurate")]
+                at = np.flatnonzero(wanted)
+                ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
+                                             self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
+                position = np.full(n, -1)
+                position[at] = np.arange(len(at))
+                enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
+            position, r_lo, r_hi = enclosures[id(truth)]
+            here = inaccurate[rows]  # the method's ranges that ask for this key
+            sub, at = rows[here], position[rows[here]]
+            v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
             ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
             if method.exact_formula:  # |computed - exact| <= err at every point of the range
                 with np.errstate(all="ignore"):
                     ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
-            ok &= ~turning
-            out[(method.name, "first_inaccurate")] = ok
-            out[(method.name, "first_failure")] = np.isfinite(v.lo) & np.isfinite(v.hi)
+            for t in self.family.turning:
+                ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
+            out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
+            proven[sub] = ok
         return out
 
 
