@@ -4,10 +4,6 @@ Each figure function takes ``render`` (default :func:`png`); tests pass
 ``lambda fig: fig`` to inspect the figure's layout instead of its pixels.
 PNG metadata is stripped (no 'Software' key, no timestamps), so two runs on the
 same machine give identical files.
-
-Figures use matplotlib's constrained layout, legend included (``outside lower
-center``), so saving draws each figure once; ``bbox_inches="tight"`` would draw
-it twice (once to measure it), and ``tight_layout`` adds a third pass.
 """
 
 from __future__ import annotations
@@ -33,9 +29,7 @@ STYLES = ["-", "--", "-.", ":"]
 
 def png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.get_layout_engine().execute(fig)  # the layout, once; then savefig draws the figure once
-    fig.set_layout_engine("none")
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -48,8 +42,7 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     stated in that curve's legend entry (labels beside the marks overlapped where
     failures are close, as float32's n = 46 and bfloat16's n = 41).
     """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 8 + _legend_height(len(curves) + 1, 2)), sharex=True,
-                                      layout="constrained")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 8), sharex=True)
     top.loglog(n, exact, color="black", lw=3, alpha=0.25, label="exact -n ln p")
     methods = sorted({m for m, _ in curves})
     for (method, dtype), (values, bits) in curves.items():
@@ -69,33 +62,26 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     bottom.set_ylim(bottom=0)
     for ax in (top, bottom):
         ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
     _legend_below(fig, *top.get_legend_handles_labels(), columns=2)
     return render(fig)
 
 
 def _legend_below(fig, handles, labels, columns: int) -> None:
-    """One legend for the whole figure, under the panels (constrained layout makes room): it can never
-    cover a curve."""
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), columns), fontsize=9,
-               frameon=False)
-
-
-def _legend_height(entries: int, columns: int) -> float:
-    """Inches a legend of ``entries`` in ``columns`` takes below the panels (added to the figure's height,
-    so the panels keep their size)."""
-    return 0.1 + 0.22 * -(-entries // max(1, min(entries, columns)))
+    """One legend for the whole figure, under it: it can never cover a curve."""
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), columns),
+               fontsize=9, frameon=False)
 
 
 PANEL_COLUMNS = 2  # two panels across: readable at the ~880 px GitHub shows a figure in
 
 
-def _panel_grid(formats: list[str], sharey: bool, legend_entries: int):
+def _panel_grid(formats: list[str], sharey: bool):
     """One panel per format, two per row (the last row may hold one: its spare axes are removed)."""
     rows = -(-len(formats) // PANEL_COLUMNS)
     columns = min(PANEL_COLUMNS, len(formats))
-    height = 3.2 * rows + 0.6 + _legend_height(legend_entries, 4)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, height), sharey=sharey, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows + 0.6), sharey=sharey,
+                             squeeze=False)
     flat = list(axes.flat)
     for ax in flat[len(formats):]:
         ax.remove()
@@ -117,6 +103,7 @@ def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, 
         if k % PANEL_COLUMNS == 0:
             ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     _legend_below(fig, *axes[0].get_legend_handles_labels(), columns=4)
     return render(fig)
 
@@ -130,7 +117,7 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
     marked with a dotted vertical line.
     """
     formats = list(panels)
-    fig, axes = _panel_grid(formats, sharey=True, legend_entries=max(len(p) for p in panels.values()))
+    fig, axes = _panel_grid(formats, sharey=True)
     top = 72
     for ax, dtype in zip(axes, formats):
         for i, (method, (bits, finite)) in enumerate(panels[dtype].items()):
@@ -158,7 +145,7 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
     ``panels[dtype][method] = values``.
     """
     formats = list(panels)
-    fig, axes = _panel_grid(formats, sharey=False, legend_entries=max(len(p) for p in panels.values()))
+    fig, axes = _panel_grid(formats, sharey=False)
     for ax, dtype in zip(axes, formats):
         low = float(np.log10(FORMATS[dtype].smallest_subnormal))
         zero = np.floor(low) - 2  # where 0 is drawn
@@ -190,8 +177,7 @@ def training_figure(title: str, runs: dict, formats: list[str], render=png):
     step with a non-finite loss is marked with an x on the last finite value before it, and a dotted
     vertical line in both rows."""
     methods = list(dict.fromkeys(m for m, _ in runs))
-    fig, axes = plt.subplots(3, len(formats), figsize=(4.3 * len(formats), 8.6 + _legend_height(len(methods), 2)),
-                             sharex="col", squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(3, len(formats), figsize=(4.3 * len(formats), 8.6), sharex="col", squeeze=False)
     for k, dtype in enumerate(formats):
         top, bottom, lost = axes[0, k], axes[1, k], axes[2, k]
         for i, method in enumerate(methods):
@@ -228,6 +214,7 @@ def training_figure(title: str, runs: dict, formats: list[str], render=png):
             bottom.set_ylabel("accuracy after each epoch (%)")
             lost.set_ylabel("gradient terms lost\nto underflow (%)")
     fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     handles, labels = [], []
     for ax in axes[0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
