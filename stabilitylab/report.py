@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import replace
@@ -195,7 +196,10 @@ class _Inline:
 
     def submit(self, fn, *args) -> Future:
         future: Future = Future()
-        future.set_result(fn(*args))
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # raised by _Tasks.run, as a worker's would be
+            future.set_exception(exc)
         return future
 
 
@@ -211,12 +215,12 @@ class _Tasks:
         self.left: dict[str, int] = {}
 
     def add(self, key: tuple, fn: Callable | None = None, *args, after: tuple = (),
-            make: Callable | None = None) -> None:
+            make: Callable | None = None, executor=None) -> None:
         self.left[key[0]] = self.left.get(key[0], 0) + 1
         if after:
             self.waiting.append((key, make, after))
         else:
-            self.running[key] = self.executor.submit(fn, *args)
+            self.running[key] = (executor or self.executor).submit(fn, *args)
 
     def run(self) -> dict[tuple, object]:
         try:
@@ -240,6 +244,9 @@ class _Tasks:
                 future.cancel()
             raise
         return self.results
+
+
+FORK_UNSAFE = ("jax", "torch", "tensorflow")  # cannot run in a process forked after they started threads
 
 
 def _executor(jobs: int | None = None):
@@ -281,8 +288,11 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     pool = _executor(jobs)
     with pool if pool is not None else contextlib.nullcontext():
         tasks = _Tasks(pool or _Inline(), done)
+        # a framework already running here (the Python API, a test session) is audited here, after
+        # the other tasks are handed to the workers: a forked copy of it can deadlock
+        here = pool is not None and any(name in sys.modules for name in FORK_UNSAFE)
         # longest first: the audits (each imports a framework), then the float64 and float32 searches
-        for name, chosen in audited.items():
+        for name, chosen in ({} if here else audited).items():
             tasks.add(("audit", name), _audit_task, name, chosen)
         by_cost = sorted(searches, key=lambda t: -FORMATS[t[2]].precision)
         for group, chosen_settings in (("search", settings), ("ftz", Settings(p=settings.p, ftz=True))):
@@ -310,6 +320,8 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
                 tasks.add(("family", e.name, f.name, "figure"), after=(("family", e.name, f.name), *mine),
                           make=lambda r, e=e.name, f=f.name, mine=mine: (
                               _family_figure_task, (e, f, names, settings, _joined(r, mine), r[("family", e, f)])))
+        for name, chosen in (audited if here else {}).items():
+            tasks.add(("audit", name), _audit_task, name, chosen, executor=_Inline())
         if installed:
             needed = (("audit", "log1p"), *(("audit", n) for n in audited))
             tasks.add(("audit", "figure"), after=needed, make=lambda r: (_audit_figure_task, (_audit_panels(
