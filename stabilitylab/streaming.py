@@ -32,6 +32,7 @@ from .experiments.base import ParamNames
 from .experiments.softmax_ce import SOFTMAX_CE, Logits
 from .formats import Format
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
+from .sources import default_rows_per_chunk
 
 __all__ = ["ROW", "Summary", "Cell", "summarize", "BITS_BINS"]
 
@@ -182,7 +183,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     """
     methods = SOFTMAX_CE.method_names
     if rows_per_chunk is None:
-        rows_per_chunk = max(1, 2**18 // max(source.classes, 1))
+        rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if source.rows * source.classes < 2**20:

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..outcome import STATUSES
 from ..reference import Exact
-from ..streaming import BITS_BINS, ROW, Summary
+from ..streaming import BITS_BINS, Summary
+from .jsonout import number
 from .model import COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
 
 __all__ = ["bulk_section", "bulk_document", "jsonl_lines", "BIT_GROUPS"]
@@ -84,19 +85,11 @@ def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, fail
     return Section(heading="softmax_ce: your logits", paragraphs=paragraphs, tables=tables, bullets=bullets)
 
 
-def _number(x: float):
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
-
-
 def _row_records(rows: np.ndarray) -> list[dict]:
     texts = _exact_texts(rows)
-    return [{"row": int(r["row"]), "label": int(r["label"]), "value": _number(float(r["value"])), "exact": t,
-             "status": STATUSES[int(r["status"])], "rel_error": _number(float(r["rel_error"])),
-             "ulps": _number(float(r["ulps"])), "error_bits": _number(float(r["error_bits"]))}
+    return [{"row": int(r["row"]), "label": int(r["label"]), "value": number(float(r["value"])), "exact": t,
+             "status": STATUSES[int(r["status"])], "rel_error": number(float(r["rel_error"])),
+             "ulps": number(float(r["ulps"])), "error_bits": number(float(r["error_bits"]))}
             for r, t in zip(rows, texts)]
 
 
@@ -145,5 +138,3 @@ def jsonl_lines(columns: dict[tuple[str, str], np.ndarray]) -> str:
                    f'"ulps": {u}, "error_bits": {b}}}\n' for r, y, v, e, s, re, u, b in fields)
     return "".join(out)
 
-
-ROW_DTYPE = ROW
