@@ -30,6 +30,16 @@ How each number is established, and its ``exact`` flag:
    "Never fails" is exact only if the whole range was verified.
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
+   (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
+   do not fail there are bisected: the same answers.)
+
+Evaluating a point means its status, exactly as :func:`engine.evaluate` gives it
+(the reported statuses come from the engine).  To get there with less work, the
+kernels run once and :func:`outcome.blame` decides each status from the fast
+reference wherever every exact value that close to it gets the same answer; a
+run of consecutive points being verified first tries the span of the references
+at its two ends (the exact value is monotone between turning points, so it lies
+in that span).  Only the points neither settles go through the engine.
 
 Black boxes (``Method.black_box``: audited framework kernels, users' functions)
 run through the same search, called on whole batches.  Nothing about them can
