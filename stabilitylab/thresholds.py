@@ -506,7 +506,7 @@ class _Search:
         ranges some key of its asks for (every step is per range: the answers are the same)."""
         g, fmt = self.grid, self.fmt
         n = len(lo)
-        out, enclosures = {}, {}
+        out, enclosures, loaded = {}, {}, {}
         for method in self.experiment.methods:
             inaccurate = pending.get((method.name, "first_inaccurate"))
             failure = pending.get((method.name, "first_failure"))
@@ -516,12 +516,15 @@ class _Search:
             for rows in (inaccurate, failure):
                 if rows is not None:
                     asked |= rows
-            rows = np.flatnonzero(asked)
-            lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
-            lo_cases = self.family.cases(lo_p, self.settings)
-            hi_cases = self.family.cases(hi_p, self.settings)
-            ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
-            v = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, _hull(lo_cases, hi_cases))))
+            # methods asked on the same ranges share one IntervalArith: their common steps run once
+            if asked.tobytes() not in loaded:
+                rows = np.flatnonzero(asked)
+                lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
+                ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
+                hull = _hull(self.family.cases(lo_p, self.settings), self.family.cases(hi_p, self.settings))
+                loaded[asked.tobytes()] = rows, lo_p, hi_p, ia, self.experiment.load(ia, hull)
+            rows, lo_p, hi_p, ia, inputs = loaded[asked.tobytes()]
+            v = interval.Bounds.of(method.kernel(ia, inputs))
             if failure is not None:
                 out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
                 proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
