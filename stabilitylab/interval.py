@@ -156,8 +156,9 @@ def _shared(op):
             hit = self._shared.get(key)
         except TypeError:  # an unhashable operand: not shared
             return op(self, *args, **kwargs)
-        if hit is None:  # the operands are kept with the result, so their identities stay theirs
-            hit = self._shared[key] = (op(self, *args, **kwargs), args)
+        if hit is None:  # the arrays among the operands are kept with the result, so their ids stay theirs
+            kept = tuple(a for a in args if isinstance(a, (Bounds, np.ndarray)))  # (not bound methods: a cycle)
+            hit = self._shared[key] = (op(self, *args, **kwargs), kept)
         return hit[0]
     return shared
 

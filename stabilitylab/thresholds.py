@@ -506,55 +506,63 @@ class _Search:
         ranges some key of its asks for (every step is per range: the answers are the same)."""
         g, fmt = self.grid, self.fmt
         n = len(lo)
-        out, enclosures, loaded = {}, {}, {}
+        # each method runs on the ranges some key of its asks for; methods asked on the same
+        # ranges share one IntervalArith (their common steps run once), group after group
+        groups: dict[bytes, list] = {}
         for method in self.experiment.methods:
-            inaccurate = pending.get((method.name, "first_inaccurate"))
-            failure = pending.get((method.name, "first_failure"))
-            if inaccurate is None and failure is None:
-                continue
             asked = np.zeros(n, dtype=bool)
-            for rows in (inaccurate, failure):
-                if rows is not None:
-                    asked |= rows
-            # methods asked on the same ranges share one IntervalArith: their common steps run once
-            if asked.tobytes() not in loaded:
-                rows = np.flatnonzero(asked)
-                lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
-                ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
-                hull = _hull(self.family.cases(lo_p, self.settings), self.family.cases(hi_p, self.settings))
-                loaded[asked.tobytes()] = rows, lo_p, hi_p, ia, self.experiment.load(ia, hull)
-            rows, lo_p, hi_p, ia, inputs = loaded[asked.tobytes()]
-            v = interval.Bounds.of(method.kernel(ia, inputs))
-            if failure is not None:
-                out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
-                proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
-            if inaccurate is None:
-                continue
-            truth = method.truth or self.experiment
-            if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
-                wanted = np.zeros(n, dtype=bool)
-                for m in self.experiment.methods:
-                    if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
-                        wanted |= pending[(m.name, "first_inaccurate")]
-                at = np.flatnonzero(wanted)
-                ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
-                                             self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
-                position = np.full(n, -1)
-                position[at] = np.arange(len(at))
-                enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
-            position, r_lo, r_hi = enclosures[id(truth)]
-            here = inaccurate[rows]  # the method's ranges that ask for this key
-            sub, at = rows[here], position[rows[here]]
-            v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
-            ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
-            if method.exact_formula:  # |computed - exact| <= err at every point of the range
-                with np.errstate(all="ignore"):
-                    ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
-            for t in self.family.turning:
-                ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
-            out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
-            proven[sub] = ok
+            for kind in KINDS:
+                if (method.name, kind) in pending:
+                    asked |= pending[(method.name, kind)]
+            if asked.any():
+                groups.setdefault(asked.tobytes(), [asked, []])[1].append(method)
+        out, enclosures = {}, {}
+        for asked, methods in groups.values():
+            rows = np.flatnonzero(asked)
+            lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
+            ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
+            inputs = self.experiment.load(ia, _hull(self.family.cases(lo_p, self.settings),
+                                                    self.family.cases(hi_p, self.settings)))
+            for method in methods:
+                self._certify_method(method, ia, inputs, rows, lo_p, hi_p, lo, hi, pending, enclosures, out)
+            del ia, inputs  # (the shared steps it holds)
         return out
+
+    def _certify_method(self, method, ia, inputs, rows, lo_p, hi_p, lo, hi, pending, enclosures, out) -> None:
+        """One method of :meth:`_certify`, on its ranges ``rows`` (parameters ``lo_p``..``hi_p``):
+        its answers go to ``out``; ``enclosures`` holds the exact values' bounds per truth."""
+        g, fmt, n = self.grid, self.fmt, len(lo)
+        v = interval.Bounds.of(method.kernel(ia, inputs))
+        if (method.name, "first_failure") in pending:
+            out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
+            proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
+        inaccurate = pending.get((method.name, "first_inaccurate"))
+        if inaccurate is None:
+            return
+        truth = method.truth or self.experiment
+        if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
+            wanted = np.zeros(n, dtype=bool)
+            for m in self.experiment.methods:
+                if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                    wanted |= pending[(m.name, "first_inaccurate")]
+            at = np.flatnonzero(wanted)
+            ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
+                                         self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
+            position = np.full(n, -1)
+            position[at] = np.arange(len(at))
+            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
+        position, r_lo, r_hi = enclosures[id(truth)]
+        here = inaccurate[rows]  # the method's ranges that ask for this key
+        sub, at = rows[here], position[rows[here]]
+        v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
+        ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
+        if method.exact_formula:  # |computed - exact| <= err at every point of the range
+            with np.errstate(all="ignore"):
+                ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+        for t in self.family.turning:
+            ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
+        out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
+        proven[sub] = ok
 
 
 def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:
