@@ -85,6 +85,7 @@ INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are ver
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
+AHEAD = 2**8  # a certification call with fewer ranges also certifies their halves, quarters ... up to this many
 PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
 AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
 KINDS = ("first_inaccurate", "first_failure")
@@ -419,6 +420,7 @@ class _Search:
         mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
         lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
         window = 2**12
+        ahead: dict[tuple[int, int], dict] = {}  # ranges certified ahead of their round (see _certify_ahead)
         while len(lo):
             # Each round works on the lowest entries only (a window, widened until it holds the
             # whole round): entries further up are pruned, clipped and dropped when they reach
@@ -482,7 +484,8 @@ class _Search:
                     if tried[key] > range_allowance:
                         exact[key] = False
                 pending = {key: (r_mask & bit[key]) != 0 for key in keys}
-                proven = self._certify(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()})
+                proven = self._certify_ahead(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()},
+                                             ahead)
                 for key in keys:
                     if key in proven:
                         r_mask = np.where(proven[key], r_mask & ~bit[key], r_mask)
@@ -499,6 +502,51 @@ class _Search:
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
 
     # ------------------------------------------------------------ interval proof
+    def _certify_ahead(self, lo: np.ndarray, hi: np.ndarray, pending: dict, ahead: dict) -> dict:
+        """:meth:`_certify`, with the answers of ranges certified ahead taken from ``ahead``.
+
+        A range's answer for a key depends on the range and the key only, and a range is
+        asked for no key its parent was not asked for; so when a round has few ranges to
+        certify (a narrow search, which pays a call's fixed cost per level), their halves,
+        quarters ... down to ``LEAF`` are certified in the same call, for their parent's
+        keys, and kept in ``ahead`` (a range clipped in the meantime is just certified anew).
+        """
+        n = len(lo)
+        out = {key: np.zeros(n, dtype=bool) for key in pending}
+        todo = []
+        for i, span in enumerate(zip(lo.tolist(), hi.tolist())):
+            known = ahead.pop(span, None)
+            if known is None:
+                todo.append(i)
+                continue
+            for key, rows in pending.items():
+                if rows[i]:
+                    out[key][i] = known[key]
+        if not todo:
+            return out
+        todo = np.array(todo)
+        parts = [(lo[todo], hi[todo], {key: rows[todo] for key, rows in pending.items()})]
+        count = len(todo)
+        while count < AHEAD:
+            a, b, asked = parts[-1]
+            mid = a + (b - a) // 2
+            c_lo, c_hi = np.concatenate([a, mid + 1]), np.concatenate([mid, b])
+            keep = c_hi - c_lo + 1 > LEAF  # the halves a round would certify
+            if not keep.any() or count + int(keep.sum()) > AHEAD:
+                break
+            halves = {key: np.concatenate([rows, rows])[keep] for key, rows in asked.items()}
+            parts.append((c_lo[keep], c_hi[keep], halves))
+            count += int(keep.sum())
+        all_lo, all_hi = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        asked = {key: np.concatenate([p[2][key] for p in parts]) for key in pending}
+        proven = self._certify(all_lo, all_hi, {key: rows for key, rows in asked.items() if rows.any()})
+        for key, rows in proven.items():
+            out[key][todo] = rows[:len(todo)]
+        for j in range(len(todo), len(all_lo)):
+            ahead[(int(all_lo[j]), int(all_hi[j]))] = {key: bool(proven[key][j]) for key in pending
+                                                       if asked[key][j] and key in proven}
+        return out
+
     def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
         """Per key, per range [lo, hi] of indices: True if no index of the range can be bad
         (proven on intervals).  ``pending``: per key, the ranges it is asked for; a key is
