@@ -39,6 +39,8 @@ entry over the whole range.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import crmath
@@ -135,11 +137,42 @@ def _maybe_hard(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
     return below.view(unit) != above.view(unit)
 
 
+def _operand(a):
+    """How an operand enters the key of a shared operation: arrays and bounds by identity
+    (they are never written in place), operations by name, numbers by value."""
+    if isinstance(a, (Bounds, np.ndarray)):
+        return id(a)
+    return getattr(a, "__name__", None) or a if callable(a) else a
+
+
+def _shared(op):
+    """``op`` computed once per :class:`IntervalArith` and identical operands: the kernels of
+    one experiment share their first steps (``shift(x)``, ``exp(z)``, a sigmoid ...), and
+    every operation here is a function of its operands only."""
+    @functools.wraps(op)
+    def shared(self, *args, **kwargs):
+        try:
+            key = (op.__name__, *(_operand(a) for a in args))
+            hit = self._shared.get(key)
+        except TypeError:  # an unhashable operand: not shared
+            return op(self, *args, **kwargs)
+        if hit is None:  # the arrays among the operands are kept with the result, so their ids stay theirs
+            kept = tuple(a for a in args if isinstance(a, (Bounds, np.ndarray)))  # (not bound methods: a cycle)
+            hit = self._shared[key] = (op(self, *args, **kwargs), kept)
+        return hit[0]
+    return shared
+
+
 class IntervalArith:
-    """The operations of :class:`Arith` on :class:`Bounds`, for ``rows`` cases in ``fmt``."""
+    """The operations of :class:`Arith` on :class:`Bounds`, for ``rows`` cases in ``fmt``.
+
+    The steps kernels share (exp, shift, a tree sum ...), applied again to the very same
+    operands, return their first result (see ``_shared``): run the kernels of one
+    experiment on one instance and their common steps are computed once."""
 
     def __init__(self, fmt: Format, rows: int, ftz: bool = False):
         self.fmt, self.rows, self.ftz = fmt, rows, ftz
+        self._shared: dict = {}
         self.dtype = np.dtype(np.float64)
         self.wide = np.dtype(np.float64) if fmt.precision <= 24 else np.dtype(np.longdouble)
         self.u = fmt.unit_roundoff
@@ -383,3 +416,8 @@ class IntervalArith:
         zero = np.zeros(x.shape[:-1] + (1,))
         return Bounds(*(np.concatenate([getattr(x, name), zero if name == "err" else pad], axis=-1)
                         for name in Bounds.__slots__))
+
+
+for _name in ("exp", "log", "log1p", "max", "argmax", "shift", "pick", "tree", "sigmoid"):  # the steps kernels share
+    setattr(IntervalArith, _name, _shared(getattr(IntervalArith, _name)))
+del _name

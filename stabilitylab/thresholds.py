@@ -30,6 +30,16 @@ How each number is established, and its ``exact`` flag:
    "Never fails" is exact only if the whole range was verified.
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
+   (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
+   do not fail there are bisected: the same answers.)
+
+Evaluating a point means its status, exactly as :func:`engine.evaluate` gives it
+(the reported statuses come from the engine).  To get there with less work, the
+kernels run once and :func:`outcome.blame` decides each status from the fast
+reference wherever every exact value that close to it gets the same answer; a
+run of consecutive points being verified first tries the span of the references
+at its two ends (the exact value is monotone between turning points, so it lies
+in that span).  Only the points neither settles go through the engine.
 
 Black boxes (``Method.black_box``: audited framework kernels, users' functions)
 run through the same search, called on whole batches.  Nothing about them can
@@ -75,6 +85,7 @@ INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are ver
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
+AHEAD = 2**8  # a certification call with fewer ranges also certifies their halves, quarters ... up to this many
 PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
 AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
 KINDS = ("first_inaccurate", "first_failure")
@@ -409,6 +420,7 @@ class _Search:
         mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
         lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
         window = 2**12
+        ahead: dict[tuple[int, int], dict] = {}  # ranges certified ahead of their round (see _certify_ahead)
         while len(lo):
             # Each round works on the lowest entries only (a window, widened until it holds the
             # whole round): entries further up are pruned, clipped and dropped when they reach
@@ -472,7 +484,8 @@ class _Search:
                     if tried[key] > range_allowance:
                         exact[key] = False
                 pending = {key: (r_mask & bit[key]) != 0 for key in keys}
-                proven = self._certify(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()})
+                proven = self._certify_ahead(r_lo, r_hi, {key: rows for key, rows in pending.items() if rows.any()},
+                                             ahead)
                 for key in keys:
                     if key in proven:
                         r_mask = np.where(proven[key], r_mask & ~bit[key], r_mask)
@@ -489,6 +502,51 @@ class _Search:
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
 
     # ------------------------------------------------------------ interval proof
+    def _certify_ahead(self, lo: np.ndarray, hi: np.ndarray, pending: dict, ahead: dict) -> dict:
+        """:meth:`_certify`, with the answers of ranges certified ahead taken from ``ahead``.
+
+        A range's answer for a key depends on the range and the key only, and a range is
+        asked for no key its parent was not asked for; so when a round has few ranges to
+        certify (a narrow search, which pays a call's fixed cost per level), their halves,
+        quarters ... down to ``LEAF`` are certified in the same call, for their parent's
+        keys, and kept in ``ahead`` (a range clipped in the meantime is just certified anew).
+        """
+        n = len(lo)
+        out = {key: np.zeros(n, dtype=bool) for key in pending}
+        todo = []
+        for i, span in enumerate(zip(lo.tolist(), hi.tolist())):
+            known = ahead.pop(span, None)
+            if known is None:
+                todo.append(i)
+                continue
+            for key, rows in pending.items():
+                if rows[i]:
+                    out[key][i] = known[key]
+        if not todo:
+            return out
+        todo = np.array(todo)
+        parts = [(lo[todo], hi[todo], {key: rows[todo] for key, rows in pending.items()})]
+        count = len(todo)
+        while count < AHEAD:
+            a, b, asked = parts[-1]
+            mid = a + (b - a) // 2
+            c_lo, c_hi = np.concatenate([a, mid + 1]), np.concatenate([mid, b])
+            keep = c_hi - c_lo + 1 > LEAF  # the halves a round would certify
+            if not keep.any() or count + int(keep.sum()) > AHEAD:
+                break
+            halves = {key: np.concatenate([rows, rows])[keep] for key, rows in asked.items()}
+            parts.append((c_lo[keep], c_hi[keep], halves))
+            count += int(keep.sum())
+        all_lo, all_hi = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        asked = {key: np.concatenate([p[2][key] for p in parts]) for key in pending}
+        proven = self._certify(all_lo, all_hi, {key: rows for key, rows in asked.items() if rows.any()})
+        for key, rows in proven.items():
+            out[key][todo] = rows[:len(todo)]
+        for j in range(len(todo), len(all_lo)):
+            ahead[(int(all_lo[j]), int(all_hi[j]))] = {key: bool(proven[key][j]) for key in pending
+                                                       if asked[key][j] and key in proven}
+        return out
+
     def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
         """Per key, per range [lo, hi] of indices: True if no index of the range can be bad
         (proven on intervals).  ``pending``: per key, the ranges it is asked for; a key is
@@ -496,52 +554,63 @@ class _Search:
         ranges some key of its asks for (every step is per range: the answers are the same)."""
         g, fmt = self.grid, self.fmt
         n = len(lo)
-        out, enclosures = {}, {}
+        # each method runs on the ranges some key of its asks for; methods asked on the same
+        # ranges share one IntervalArith (their common steps run once), group after group
+        groups: dict[bytes, list] = {}
         for method in self.experiment.methods:
-            inaccurate = pending.get((method.name, "first_inaccurate"))
-            failure = pending.get((method.name, "first_failure"))
-            if inaccurate is None and failure is None:
-                continue
             asked = np.zeros(n, dtype=bool)
-            for rows in (inaccurate, failure):
-                if rows is not None:
-                    asked |= rows
+            for kind in KINDS:
+                if (method.name, kind) in pending:
+                    asked |= pending[(method.name, kind)]
+            if asked.any():
+                groups.setdefault(asked.tobytes(), [asked, []])[1].append(method)
+        out, enclosures = {}, {}
+        for asked, methods in groups.values():
             rows = np.flatnonzero(asked)
             lo_p, hi_p = g.params(lo[rows]), g.params(hi[rows])
-            lo_cases = self.family.cases(lo_p, self.settings)
-            hi_cases = self.family.cases(hi_p, self.settings)
             ia = interval.IntervalArith(fmt, len(rows), ftz=self.settings.ftz)
-            v = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, _hull(lo_cases, hi_cases))))
-            if failure is not None:
-                out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
-                proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
-            if inaccurate is None:
-                continue
-            truth = method.truth or self.experiment
-            if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
-                wanted = np.zeros(n, dtype=bool)
-                for m in self.experiment.methods:
-                    if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
-                        wanted |= pending[(m.name, "first_inaccurate")]
-                at = np.flatnonzero(wanted)
-                ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
-                                             self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
-                position = np.full(n, -1)
-                position[at] = np.arange(len(at))
-                enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
-            position, r_lo, r_hi = enclosures[id(truth)]
-            here = inaccurate[rows]  # the method's ranges that ask for this key
-            sub, at = rows[here], position[rows[here]]
-            v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
-            ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
-            if method.exact_formula:  # |computed - exact| <= err at every point of the range
-                with np.errstate(all="ignore"):
-                    ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
-            for t in self.family.turning:
-                ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
-            out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
-            proven[sub] = ok
+            inputs = self.experiment.load(ia, _hull(self.family.cases(lo_p, self.settings),
+                                                    self.family.cases(hi_p, self.settings)))
+            for method in methods:
+                self._certify_method(method, ia, inputs, rows, lo_p, hi_p, lo, hi, pending, enclosures, out)
+            del ia, inputs  # (the shared steps it holds)
         return out
+
+    def _certify_method(self, method, ia, inputs, rows, lo_p, hi_p, lo, hi, pending, enclosures, out) -> None:
+        """One method of :meth:`_certify`, on its ranges ``rows`` (parameters ``lo_p``..``hi_p``):
+        its answers go to ``out``; ``enclosures`` holds the exact values' bounds per truth."""
+        g, fmt, n = self.grid, self.fmt, len(lo)
+        v = interval.Bounds.of(method.kernel(ia, inputs))
+        if (method.name, "first_failure") in pending:
+            out[(method.name, "first_failure")] = proven = np.zeros(n, dtype=bool)
+            proven[rows] = np.isfinite(v.lo) & np.isfinite(v.hi)
+        inaccurate = pending.get((method.name, "first_inaccurate"))
+        if inaccurate is None:
+            return
+        truth = method.truth or self.experiment
+        if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
+            wanted = np.zeros(n, dtype=bool)
+            for m in self.experiment.methods:
+                if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                    wanted |= pending[(m.name, "first_inaccurate")]
+            at = np.flatnonzero(wanted)
+            ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
+                                         self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
+            position = np.full(n, -1)
+            position[at] = np.arange(len(at))
+            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
+        position, r_lo, r_hi = enclosures[id(truth)]
+        here = inaccurate[rows]  # the method's ranges that ask for this key
+        sub, at = rows[here], position[rows[here]]
+        v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
+        ok = _within(v, r_lo, r_hi, self.tol) | _rounds_to(fmt, v, r_lo, r_hi)
+        if method.exact_formula:  # |computed - exact| <= err at every point of the range
+            with np.errstate(all="ignore"):
+                ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+        for t in self.family.turning:
+            ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
+        out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
+        proven[sub] = ok
 
 
 def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:

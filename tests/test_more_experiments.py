@@ -134,6 +134,31 @@ def test_running_sums_match_a_step_by_step_loop(fmt):
             assert got == want or (math.isnan(got) and math.isnan(want)), (v, n, compensated)
 
 
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=str)
+def test_running_sums_of_every_count_at_once_match_the_loop(fmt):
+    """One pass asked for every n in 1..N (as a threshold scan asks): each sum is the loop's,
+    also for the counts a periodic stretch jumps over."""
+    fl = running.rounder(fmt)
+    for v in (1.0, 0.1, 3.0):
+        v = float(fmt.round(v).astype(np.float64))
+        for compensated in (False, True):
+            running._CHECKPOINTS.clear()
+            counts = np.arange(1, 3001)
+            with np.errstate(all="ignore"):
+                got = running._batch(fmt, np.full(len(counts), v), counts, compensated, False)[0]
+                s = c = 0.0
+                want = []
+                for _ in counts:
+                    if compensated:
+                        y = fl(v - c)
+                        t = fl(s + y)
+                        s, c = t, fl(fl(t - s) - y)
+                    else:
+                        s = fl(s + v)
+                    want.append(s)
+            assert np.array_equal(got, np.array(want), equal_nan=True), (fmt.name, v, compensated)
+
+
 def test_rounder_is_correct_rounding():
     rng = np.random.default_rng(0)
     for fmt in (F16, BF16, F32, E4M3, E5M2):
