@@ -24,6 +24,7 @@ Two paths:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,12 +33,14 @@ import numpy as np
 
 from .formats import FORMATS, Format
 
-__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error"]
+__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
+           "exp_sum_scaled"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
 HAVE_EXTENDED = np.finfo(np.longdouble).nmant >= 63
 SCALE_BELOW = 2.0**-960  # exact values below this are held scaled (scale < 0)
+SCALE_FLOOR = -(2**40)  # the lowest scale: values below 2**SCALE_FLOOR (e**-7.6e11) are held at it
 
 
 @dataclass
@@ -144,8 +147,8 @@ def from_mpmath(values) -> Exact:
             continue
         s = 0
         if abs(r) < SCALE_BELOW:
-            # below 2**-2**40 (e**-1e30, say) the value is kept as 0 * 2**-2**40: it rounds to 0 in every format
-            s = max(int(mpmath.floor(mpmath.log(abs(r), 2))), -(2**40))
+            # below 2**SCALE_FLOOR the value is held at that scale (hi -> 0): it rounds to 0 in every format
+            s = max(int(mpmath.floor(mpmath.log(abs(r), 2))), SCALE_FLOOR)
             r = mpmath.ldexp(r, -s)
         h = float(r)
         hi[i], scale[i] = h, s
@@ -170,6 +173,54 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
         lo = np.where(np.isfinite(hi), (scaled - hi.astype(np.longdouble)).astype(np.float64), 0.0)
     hi = np.where(zero, 0.0, hi)
     return Exact(hi, np.where(zero, 0.0, lo), np.where(zero, 0, scale), np.asarray(zero, dtype=bool).copy())
+
+
+@functools.cache
+def _ln2_parts() -> tuple:
+    """ln 2 = L1 + L2 + L3 (+ ~2**-108): L1 and L2 of 22 bits (j L1 and j L2 are exact in
+    longdouble for |j| < 2**42), L3 the longdouble nearest the rest."""
+    with mpmath.workprec(200):
+        ln2 = +mpmath.ln2
+        l1 = mpmath.floor(ln2 * 2**22) / 2**22
+        l2 = mpmath.floor((ln2 - l1) * 2**44) / 2**44
+        rest = ln2 - l1 - l2
+        a = float(rest)
+        b = float(rest - a)
+    return np.longdouble(float(l1)), np.longdouble(float(l2)), np.longdouble(a) + np.longdouble(b)
+
+
+def exp_sum_scaled(hi: np.ndarray, lo: np.ndarray, use: np.ndarray) -> tuple[Exact, np.ndarray]:
+    """Per row, sum_i e^(hi_i + lo_i) over the terms ``use`` marks, as an :class:`Exact`, also
+    far below longdouble's range (where ``np.exp`` gives 0): ``(values, handled)``.
+
+    Each term is 2**j e^r with j = rint(hi / ln 2) and r = ((hi - j L1) - j L2 - j L3) + lo
+    (Cody-Waite with a 3-part ln 2: the first two differences are exact, so r is within
+    2**-62 of the true reduced argument, |r| < 0.6); the terms are scaled by the row's
+    largest 2**j and summed in longdouble.  Relative error at most 2 E + (K + 2) 2**-63 for
+    K terms (E: :data:`crmath.WIDE_REL_ERROR` of longdouble).  hi is taken as at least
+    -2**41 (a term below 2**(-2**41) is negligible beside any row that is not held at the
+    floor).  Rows need a term and finite terms; a row whose value is below
+    2**(SCALE_FLOOR - 1100) is held as :func:`from_mpmath` holds it (hi = 0 at scale
+    SCALE_FLOOR); rows between that and 2**SCALE_FLOOR are not handled."""
+    l1, l2, l3 = _ln2_parts()
+    h = np.where(use, np.maximum(hi, -(2.0**41)), 0.0)
+    j = np.rint(h / float(l1 + l2 + l3)).astype(np.int64)
+    jl = j.astype(np.longdouble)
+    r = (h.astype(np.longdouble) - jl * l1) - jl * l2
+    r = (r - jl * l3) + np.where(use, lo, 0.0).astype(np.longdouble)
+    some = use.any(axis=1)
+    big = np.where(some, np.where(use, j, -(2**62)).max(axis=1), 0)  # the row's largest 2**j
+    rel = np.maximum(j - big[:, None], -20000).astype(np.int32)  # (terms 2**-16000 below the largest vanish)
+    total = np.where(use, np.ldexp(np.exp(r), rel), 0).sum(axis=1)
+    mant, e = np.frexp(np.where(some, total, 1))
+    top = 2 * mant
+    out_hi = top.astype(np.float64)
+    out_lo = (top - out_hi.astype(np.longdouble)).astype(np.float64)
+    scale = big + e.astype(np.int64) - 1
+    floor = scale < SCALE_FLOOR - 1100
+    handled = some & ((scale >= SCALE_FLOOR) | floor)
+    out_hi, out_lo = np.where(floor, 0.0, out_hi), np.where(floor, 0.0, out_lo)
+    return Exact(out_hi, out_lo, np.where(floor, SCALE_FLOOR, scale), np.zeros(len(hi), dtype=bool)), handled
 
 
 def exact(truth, inputs) -> Exact:
@@ -208,7 +259,7 @@ def fast(truth, inputs, dtype=None) -> Exact:
     """Like :func:`exact` (relative error below :func:`fast_error`), vectorized in ``dtype``
     (default longdouble; float64 where the truth supports it, for inputs of <= 24 bits).
 
-    The truth's ``fast_reference(inputs)`` returns the value in longdouble,
+    The truth's ``fast_reference(inputs)`` returns the value in longdouble (or as an :class:`Exact`),
     the exact-zero mask (decided exactly, not from the rounded value) and a mask
     of rows it handles; other rows (non-finite inputs) go through mpmath.
     """
@@ -219,7 +270,7 @@ def fast(truth, inputs, dtype=None) -> Exact:
             r, zero, handled = truth.fast_reference(inputs)
         else:
             r, zero, handled = truth.fast_reference(inputs, dtype=dtype)
-    out = from_longdouble(r, zero)
+    out = r if isinstance(r, Exact) else from_longdouble(r, zero)
     if not handled.all():
         rows = np.flatnonzero(~handled)
         out = out.put(rows, exact(truth, inputs.take(rows)))

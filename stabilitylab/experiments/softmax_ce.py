@@ -25,6 +25,7 @@ import numpy as np
 from .. import predict
 from ..arith import Arith
 from ..formats import Format
+from ..reference import HAVE_EXTENDED, exp_sum_scaled, from_longdouble
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
@@ -204,9 +205,11 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     :func:`stabilitylab.reference.fast_error` (exp and log1p of the wide type, one rounding
     per product, a pairwise sum of depth ceil(log2 K), the final addition of m - x_y >= 0).
 
-    Rows it does not handle (non-finite logits; the true class is the max and the sum is
-    within 2**62 of the wide type's smallest normal, where terms may have underflowed) go
-    to mpmath."""
+    Rows where the true class is the max and the sum is within 2**62 of the wide type's
+    smallest normal (terms may have underflowed) are summed scaled
+    (:func:`stabilitylab.reference.exp_sum_scaled`), and the result is then an
+    :class:`~stabilitylab.reference.Exact`.  Rows it does not handle (non-finite logits,
+    sums near e**-7.6e11) go to mpmath."""
     X = x.logits.astype(np.float64)
     rows, k = np.arange(len(X)), X.shape[1]
     wide = np.dtype(dtype)
@@ -235,9 +238,20 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         gap -= lo[rows, x.labels].astype(wide)
     terms[rows, top] = 0  # the max's own e^0 = 1
     total = _tree_sum(terms)
-    handled &= (gap > 0) | (total > np.finfo(wide).tiny * 2.0**62)  # else terms may have underflowed in wide
+    tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62)  # terms may have underflowed in wide
     loss = np.log1p(total) + gap
-    return loss, np.full(len(X), k == 1), handled
+    zero = np.full(len(X), k == 1)
+    if not tiny.any() or not HAVE_EXTENDED:
+        return loss, zero, handled & ~tiny
+    # the true class is the max and the rest sums to below 2**-960 (longdouble: 2**-16320): the loss
+    # is log1p(s) = s (1 - s/2 ...) = s to far below any bound, s summed scaled (exact, not rounded to 0)
+    rows = np.flatnonzero(tiny)
+    use = np.ones((len(rows), k), dtype=bool)
+    use[np.arange(len(rows)), top[rows]] = False
+    small, ok = exp_sum_scaled(*_two_diff(X[rows], m[rows, None]), use)  # (x - m exactly, also in the float64 tier)
+    out = from_longdouble(loss, zero).put(rows, small)
+    handled[rows] = ok
+    return out, zero, handled
 
 
 SOFTMAX_CE = Experiment(
