@@ -256,24 +256,24 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
         chosen = [e for e in chosen if e.name != "softmax_ce"]
     comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
     summary = None
-    from . import streaming
-    from .userdata import InputError
+    if bulk is not None:  # (the user-data modules are imported only for user data)
+        from . import streaming
+        from .userdata import InputError
 
-    try:  # a file that turns out truncated or corrupt while it is read
-        if bulk is not None and rows_mode == "all":
-            _stream_rows(bulk, formats, tolerance, ftz, output)
-            return
-        if bulk is not None:
+        try:  # a file that turns out truncated or corrupt while it is read
+            if rows_mode == "all":
+                _stream_rows(bulk, formats, tolerance, ftz, output)
+                return
             summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz)
             summary.notes.extend(bulk.notes)
-    except InputError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
     _render_compare(comparison, summary, bulk, fmt, output)
 
 
 def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> None:
-    from .render import bulk as bulk_render
-
+    if summary is not None:
+        from .render import bulk as bulk_render
     if fmt == "json":
         doc = jsonout.compare_document(comparison) if comparison is not None else jsonout.empty_compare_document(
             summary.formats, summary.tolerance, summary.ftz)
