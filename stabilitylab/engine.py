@@ -120,8 +120,7 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     if fast:
-        terms = np.shape(getattr(inputs, "logits", np.zeros((1, 1))))[-1]
-        error = reference.fast_error(np.longdouble if dtype is None else dtype, terms)
+        error = reference.fast_error(np.longdouble if dtype is None else dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:

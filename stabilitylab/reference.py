@@ -34,7 +34,7 @@ import numpy as np
 from .formats import FORMATS, Format
 
 __all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
-           "exp_sum_scaled"]
+           "exp_sum_scaled", "fast_tier"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
@@ -253,6 +253,20 @@ def fast_error(dtype, terms: int) -> float:
     if np.dtype(dtype) == np.dtype(np.float64):  # + 2**-43.5: x_i - m rounded once (see softmax_ce)
         return 2 * WIDE_REL_ERROR["float64"] + 2.0**-43.5 + depth * 2.0**-53
     return max(FAST_ERROR, 2 * WIDE_REL_ERROR["longdouble"] + depth * 2.0**-64)
+
+
+def fast_tier(truth, fmt: Format, inputs) -> tuple:
+    """``(dtype, error)`` of the quickest fast reference of ``truth`` for ``inputs`` in ``fmt``:
+    float64 where the truth supports it and the format has at most 24 bits (error
+    :func:`fast_error` for the row width), else longdouble (None, ``FAST_ERROR``)."""
+    if fmt.precision <= 24 and truth.fast_float64:
+        return np.float64, fast_error(np.float64, terms(inputs))
+    return None, FAST_ERROR
+
+
+def terms(inputs) -> int:
+    """The number of terms a fast reference sums per row: the row width of logits, else 1."""
+    return int(np.shape(getattr(inputs, "logits", np.zeros((1, 1))))[-1])
 
 
 def fast(truth, inputs, dtype=None) -> Exact:

@@ -242,8 +242,9 @@ class _Search:
                 todo = self._blame(runs, approx, error, flags, todo)
             if todo.any():
                 rows = np.flatnonzero(todo)
-                exact = reference.fast(truth, inputs if len(rows) == n else inputs.take(rows))
-                unsure |= self._blame(runs, exact, 2 * reference.FAST_ERROR, flags, todo)
+                part = inputs if len(rows) == n else inputs.take(rows)
+                dtype, error = reference.fast_tier(truth, fmt, part)
+                unsure |= self._blame(runs, reference.fast(truth, part, dtype), 2 * error, flags, todo)
         if unsure.any():
             rows = np.flatnonzero(unsure)
             out = self._outcomes(indices[rows].tolist(), sorted(flags))

@@ -102,6 +102,7 @@ class Truth:
     reference_fn: Callable[..., Any]
     exact_rows: Callable[[Any], Sequence[tuple]]
     fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    fast_float64: bool = False  # fast_reference(inputs, dtype=np.float64) is supported (see Experiment)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,9 @@ class Experiment:
     input events) and returns what kernels take; ``exact(inputs)`` returns the
     rows (tuples of floats) whose exact loss ``reference_fn(*row)`` is computed
     with mpmath.  ``fast_reference(inputs)``, optional, is the same loss
-    vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``.
+    vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``; with
+    ``fast_float64`` it also takes ``dtype=np.float64`` (inputs of at most 24 bits;
+    error bound :func:`stabilitylab.reference.fast_error`).
     ``facts(formats)``, optional: a table (headers, rows of text) of format facts
     the experiment's question depends on, computed in each format.
     """
@@ -209,6 +212,7 @@ class Experiment:
     reference_fn: Callable[..., Any]
     families: tuple[Family, ...] = field(default=())
     fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    fast_float64: bool = False
     facts: Callable[[list], tuple[list[str], list[list[str]]]] | None = None
 
     def method(self, name: str) -> Method:

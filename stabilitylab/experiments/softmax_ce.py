@@ -270,4 +270,5 @@ SOFTMAX_CE = Experiment(
     reference_fn=exact_cross_entropy,
     families=FAMILIES,
     fast_reference=fast_cross_entropy,
+    fast_float64=True,
 )
