@@ -447,6 +447,10 @@ def test_logits_file_rows_all_as_json_lines(capsys, tmp_path, suffix):
         for method in methods:
             rows = [r for r in records if r["dtype"] == dtype and r["method"] == method]
             assert [r["row"] for r in rows] == list(range(len(LOGITS)))  # in row order
+    # the stream itself is row by row: every (format, method) of a row before the next row
+    assert [r["row"] for r in records] == [i for i in range(len(LOGITS)) for _ in range(16)]
+    assert [(r["dtype"], r["method"]) for r in records[:16]] == [(d, m) for d in ("float16", "bfloat16", "float32",
+                                                                               "float64") for m in methods]
     for i, row in enumerate(LOGITS):
         r = next(r for r in records if r["row"] == i and r["dtype"] == "float64" and r["method"] == "log_softmax_log1p")
         exact = exact_ce(row, int(np.argmax(row)))

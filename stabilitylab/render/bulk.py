@@ -124,8 +124,9 @@ def _texts(values: np.ndarray) -> list[str]:
 
 
 def jsonl_lines(columns: dict[tuple[str, str], np.ndarray]) -> str:
-    """JSON Lines, one per row and (format, method), from a chunk's columns."""
-    out = []
+    """JSON Lines, one per row and (format, method), from a chunk's columns: row by row, and
+    within a row in the order of ``columns`` (every column holds the chunk's kept rows)."""
+    per_column = []
     for (dtype, method), rows in columns.items():
         if not len(rows):
             continue
@@ -134,7 +135,10 @@ def jsonl_lines(columns: dict[tuple[str, str], np.ndarray]) -> str:
         status = np.array(STATUSES)[rows["status"]].tolist()
         fields = zip(rows["row"].tolist(), rows["label"].tolist(), _texts(rows["value"]), exact, status,
                      _texts(rows["rel_error"]), _texts(rows["ulps"]), _texts(rows["error_bits"]))
-        out.extend(f'{head}{r}, "label": {y}, "value": {v}, "exact": "{e}", "status": "{s}", "rel_error": {re}, '
-                   f'"ulps": {u}, "error_bits": {b}}}\n' for r, y, v, e, s, re, u, b in fields)
-    return "".join(out)
+        per_column.append([f'{head}{r}, "label": {y}, "value": {v}, "exact": "{e}", "status": "{s}", '
+                           f'"rel_error": {re}, "ulps": {u}, "error_bits": {b}}}\n'
+                           for r, y, v, e, s, re, u, b in fields])
+    if len({len(lines) for lines in per_column}) > 1:
+        raise ValueError("the columns of a chunk hold different rows")
+    return "".join(line for row in zip(*per_column) for line in row)
 
