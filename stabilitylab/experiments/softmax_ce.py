@@ -238,7 +238,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         gap -= lo[rows, x.labels].astype(wide)
     terms[rows, top] = 0  # the max's own e^0 = 1
     total = _tree_sum(terms)
-    tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62)  # terms may have underflowed in wide
+    tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap
     zero = np.full(len(X), k == 1)
     if not tiny.any() or not HAVE_EXTENDED:
