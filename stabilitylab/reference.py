@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mpmath
 import numpy as np
@@ -55,6 +55,7 @@ class Exact:
     lo: np.ndarray
     scale: np.ndarray  # int64
     zero: np.ndarray  # bool: the exact value is 0
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # rounded(), _exponent(): read-only
 
     def __len__(self) -> int:
         return len(self.hi)
@@ -68,9 +69,21 @@ class Exact:
         out.hi[rows], out.lo[rows], out.scale[rows], out.zero[rows] = other.hi, other.lo, other.scale, other.zero
         return out
 
+    def _memoized(self, key, compute) -> np.ndarray:
+        """``compute()`` once per key (the arrays are not changed after construction but by
+        :meth:`put`, which copies); the result is read-only, as it is shared."""
+        out = self._memo.get(key)
+        if out is None:
+            out = self._memo[key] = compute()
+            out.setflags(write=False)
+        return out
+
     def _exponent(self) -> np.ndarray:
         """floor(log2 |x|) - scale, from hi and the sign of lo (hi a power of 2 and lo of the
         other sign: |hi + lo| < |hi|, one binade down).  Meaningless where hi is 0 or non-finite."""
+        return self._memoized("exponent", self._compute_exponent)
+
+    def _compute_exponent(self) -> np.ndarray:
         with np.errstate(all="ignore"):
             mant, e = np.frexp(self.hi)
         e = e.astype(np.int64) - 1
@@ -78,11 +91,15 @@ class Exact:
         return e - below
 
     def rounded(self, fmt: Format) -> np.ndarray:
-        """The exact values correctly rounded to ``fmt`` (nearest, ties to even), as float64.
+        """The exact values correctly rounded to ``fmt`` (nearest, ties to even), as float64
+        (read-only: computed once per format).
 
         Overflow gives +-inf (NaN in a format without infinity, as its conversions do),
         values at most half the smallest subnormal give 0.
         """
+        return self._memoized(("rounded", fmt.name), lambda: self._round(fmt))
+
+    def _round(self, fmt: Format) -> np.ndarray:
         hi, lo, s = self.hi, self.lo, self.scale
         finite = np.isfinite(hi) & (hi != 0)
         e = np.where(finite, self._exponent() + s, 0)
