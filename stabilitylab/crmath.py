@@ -25,7 +25,11 @@ Method (Ziv's strategy)
    interval by at most one ulp of ``W``: the bound actually used is ``E`` minus
    one ulp of ``W``, still far above the measured errors.)
 3. The rare elements whose ends round differently lie within ``E`` of a
-   rounding boundary ("undecided").  Each is recomputed with mpmath, again with
+   rounding boundary ("undecided").  For float64 a double-double evaluation
+   comes first (~104 bits, bound ``doubledouble.REL_ERROR = 2**-90``; log and
+   log1p are one Newton step from the longdouble value), which decides nearly
+   all of them (arguments in its domains: results and their low parts normal).
+   The others are recomputed with mpmath, again with
    an error bound: at ``P`` bits mpmath's exp / log / log1p are within 1 ulp
    (``2**-P`` relative; measured), we allow ``2**(8 - P)``, round both ends of
    the interval exactly with integer arithmetic and, if they still differ,
@@ -40,9 +44,11 @@ elements all go to the mpmath loop (correct, but ~20-40 us per element).
 
 Undecided elements, measured (benchmarks/crmath_speed.py, crmath_hard_cases.py):
 none for the 8- and 16-bit formats; for float32 731 (exp), 2885 (log) and 2094
-(log1p) of all 2**32 inputs, i.e. under 1 per 10**6; for float64 about 1.1% of
-inputs spread over the function's range (~11000 per 10**6), which makes float64
-~0.5 us per element against ~0.07 us for float32 and ~0.1-0.25 us for the others.
+(log1p) of all 2**32 inputs, i.e. under 1 per 10**6; for float64 longdouble
+leaves about 1.1% of inputs (~11000 per 10**6), nearly all of which the
+double-double stage decides: mpmath gets only exp's arguments below -670 or
+above 709 (subnormal results, overflow) among them.  float64 costs ~0.07-0.2 us
+per element (longdouble's expl is the slowest part), float32 ~0.07 us.
 
 Special values follow IEEE 754: ``exp(-inf) = +0``, ``exp(+inf) = inf``,
 ``exp(+-0) = 1``; ``log(+-0) = -inf``, ``log(x < 0) = NaN``, ``log(inf) = inf``,
@@ -83,7 +89,8 @@ under 1 per 10**6 for float32, none for narrower formats.
 longdouble.  glibc's ``expl`` / ``logl`` / ``log1pl`` aim at "a few ulps";
 measured here at most 1.43 ulps (in units of ``2**-64`` relative) on 5 * 10**4
 samples.  Only 11 bits separate longdouble from float64, so here the margin has
-a price: about 1.1% of float64 elements are undecided and go to mpmath.
+a price: about 1.1% of float64 elements are undecided and go on to the
+double-double stage (and a few of those to mpmath).
 
 Results of the wide function that are subnormal or zero in ``W`` (where a
 relative bound does not hold) are far below half the target format's smallest
@@ -237,6 +244,8 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
             out[lost] = np.where(special, values, _round_wide(fmt, kind, w[lost], x.dtype))
             undecided[lost] = False
     undecided = np.flatnonzero(undecided)
+    if undecided.size and kind == "longdouble" and fmt.precision == 53:
+        undecided = _double_double(name, flat, w, undecided, out, stats)
     if undecided.size:
         values = [_mp_correct(name, fmt, float(v), stats) for v in flat[undecided]]
         with np.errstate(all="ignore"):
@@ -245,6 +254,33 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
         stats["elements"] = stats.get("elements", 0) + flat.size
         stats["undecided"] = stats.get("undecided", 0) + int(undecided.size)
     return out.reshape(x.shape)
+
+
+def _double_double(name: str, flat: np.ndarray, w: np.ndarray, undecided: np.ndarray,
+                   out: np.ndarray, stats: dict | None) -> np.ndarray:
+    """Second stage for float64: the double-double value (:mod:`stabilitylab.doubledouble`, error
+    below its ``REL_ERROR``; log and log1p refine the longdouble ``w``) decides the elements whose
+    interval ends round alike (each end h + (l -+ E |h|) is one float64 addition, correctly
+    rounded); sets them in ``out`` and returns the indices left to mpmath (outside the
+    function's domain, or still undecided)."""
+    from . import doubledouble
+
+    x = flat[undecided].astype(np.float64)
+    inside = np.flatnonzero(doubledouble.within(name, x))
+    with np.errstate(all="ignore"):  # (inside the domains nothing overflows; were it to, NaN decides nothing)
+        if name == "exp":
+            h, lo = doubledouble.exp(x[inside])
+        else:
+            h, lo = getattr(doubledouble, name)(x[inside], w[undecided[inside]])
+        err = np.abs(h) * doubledouble.REL_ERROR
+        down, up = h + (lo - err), h + (lo + err)
+    decided = (down == up) & np.isfinite(down)
+    out[undecided[inside[decided]]] = down[decided]
+    left = np.ones(len(undecided), dtype=bool)
+    left[inside[decided]] = False
+    if stats is not None:
+        stats["double_double"] = stats.get("double_double", 0) + int(decided.sum())
+    return undecided[left]
 
 
 FLOAT32_EXP_REL_ERROR = 2.0**-18
@@ -316,8 +352,9 @@ def exp(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
 
     ``x``: array of ``fmt.dtype``, any shape; returns the same dtype and shape.
     ``stats``: optional dict to which ``elements``, ``undecided`` (elements
-    recomputed with mpmath) and ``max_prec`` (largest mpmath precision, bits)
-    are added.  Method and error bounds: see the module docstring.
+    recomputed with mpmath), ``double_double`` (float64 elements decided by the
+    double-double stage) and ``max_prec`` (largest mpmath precision, bits) are added.
+    Method and error bounds: see the module docstring.
     """
     return _evaluate("exp", fmt, x, stats)
 

@@ -469,7 +469,25 @@ def test_loose_longdouble_bound_still_correct(monkeypatch):
     x = f64_samples("exp", 300, seed=66)
     stats = {}
     check(F64, "exp", x, stats=stats)
-    assert stats["undecided"] > 0.2 * x.size
+    assert stats["double_double"] + stats["undecided"] > 0.2 * x.size
+
+
+@pytest.mark.skipif(not HAS_WIDE_LONGDOUBLE, reason="longdouble is not wider than float64")
+@pytest.mark.parametrize("name", FUNCS)
+def test_float64_double_double_stage_and_its_fallback(name, monkeypatch):
+    """float64: the double-double stage decides what longdouble leaves (bit for bit the checker's
+    answers), and with a huge assumed double-double error, mpmath takes over: the same results."""
+    from stabilitylab import doubledouble
+
+    monkeypatch.setitem(crmath.WIDE_REL_ERROR, "longdouble", 2.0**-50)  # many elements reach the stage
+    x = f64_samples(name, 1500, seed=67)
+    stats = {}
+    check(F64, name, x, stats=stats)
+    assert stats["double_double"] > 0.2 * x.size
+    monkeypatch.setattr(doubledouble, "REL_ERROR", 2.0**-40)
+    stats = {}
+    check(F64, name, x, stats=stats)
+    assert stats["undecided"] > 0.2 * x.size and stats.get("double_double", 0) < 0.05 * x.size
 
 
 @pytest.mark.parametrize("name", FUNCS)
