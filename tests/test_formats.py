@@ -98,6 +98,22 @@ def test_round_is_correct_rounding_exhaustively(fmt):
     assert np.array_equal(fmt.round(-mid).astype(np.float64), -tie)
 
 
+@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=str)
+def test_round_of_a_scalar_is_the_round_of_an_array(fmt):
+    """Format.round(scalar) (a 0-d array) rounds subnormals and overflow like arrays do (it once
+    returned the normal-range bit rounding there: bfloat16 2**-129 * 1.2189 gave 20 * 2**-133,
+    not 19 * 2**-133)."""
+    rng = np.random.default_rng(5)
+    with np.errstate(all="ignore"):
+        x = np.concatenate([fmt.smallest_subnormal * rng.uniform(0, 200, 300), fmt.max * rng.uniform(0.9, 1.1, 100),
+                            [float.fromhex("0x1.371p-129"), np.inf, -np.inf, np.nan, 0.0, -0.0]])
+        whole = fmt.round(x).astype(np.float64)
+        one = np.array([float(np.asarray(fmt.round(v)).astype(np.float64)) for v in x.tolist()])
+    assert np.array_equal(whole, one, equal_nan=True)
+    assert np.array_equal(np.signbit(whole), np.signbit(one))
+    assert np.asarray(fmt.round(1.0)).shape == ()
+
+
 def test_round_beyond_max():
     f16 = FORMATS["float16"]
     # half an ulp above max (ulp 32 at max): ties to even -> inf; just below stays max
