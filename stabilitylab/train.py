@@ -11,8 +11,12 @@ standardized in float64 before they are rounded to the format):
 
 Forward and backward pass, loss scaling and the update ``w <- w - lr g`` are
 all :class:`~stabilitylab.arith.Arith` operations (each correctly rounded to the
-format), vectorized over the mini-batch.  The gradient of each method is formed
-from that method's own forward quantities:
+format), vectorized over the mini-batch.  The methods of a scenario train side by
+side in each format: in the operations they share (matvec, batch mean, backward
+products and sums, update, accuracy) method m is row m of one Arith; each method's
+loss kernel runs in an Arith of its own, which its backward pass forks (what it
+repeats of the forward, exp(x) and its sum say, is computed once).  The gradient
+of each method is formed from that method's own forward quantities:
 
 * ``naive_softmax_log`` / ``shifted_softmax_log``: ``p - onehot(y)`` with p the
   method's softmax (``exp(x) / sum exp(x)``, resp. with x - max): an overflowed
@@ -33,8 +37,13 @@ after ``growth_interval`` good steps.
 Status of each step's loss: :func:`outcome.classify` against the loss of the
 float64 run of the same scenario and method at the same step (the reference
 trajectory: "exact" here means that float64 trajectory, not an mpmath value),
-with the IEEE events of the step's forward pass.  Gradient norms are measured
-in float64 from the format's gradient (a measurement, not part of training).
+with the IEEE events of the step's forward pass (matvec, loss kernel, batch mean).
+classify reads events only where the loss is NaN, +-inf or 0, so only those
+forward passes record them: a method's forward records events when its previous
+step's loss was NaN, inf or 0, and runs again with events when its loss is and the
+previous one was not; every other pass is a quiet Arith (the same values, no event
+bookkeeping).  Gradient norms are measured in float64 from the format's gradient
+(a measurement, not part of training).
 """
 
 from __future__ import annotations
@@ -195,33 +204,33 @@ def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
     return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
 
 
-def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-sample loss by the experiments' kernels."""
+def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-sample loss by the experiments' kernels.  ``y``: the labels; ``target``: them as format
+    values (logistic: 0 / 1, (B,); softmax: one-hot, (B, K))."""
     if method in SOFTMAX_METHODS:
         return getattr(softmax_ce, method)(a, softmax_ce.Loaded(logits, y))
     if method == "sigmoid_log":
-        return binary_ce.sigmoid_log(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+        return binary_ce.sigmoid_log(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "logits":
-        return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+        return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "mse_sigmoid":
         p = gradient._sigmoid(a, _two_class(logits, y))
-        r = a.sub(p, a.const(y.astype(float)))
+        r = a.sub(p, target)
         return a.mul(a.mul(r, r), a.const(np.full(len(y), 0.5)))
     raise KeyError(method)
 
 
-def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dL/dlogits per sample (unscaled, before the 1/B of the mean).  ``a``: a fork of the
-    forward's Arith, so that the forward quantities it repeats (exp(x), its sum, ...) are
-    shared (:func:`arith._shared`), not computed again."""
+def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """dL/dlogits per sample (unscaled, before the 1/B of the mean); ``target`` as for :func:`_loss`.
+    ``a``: a fork of the forward's Arith, so that the forward quantities it repeats (exp(x), its
+    sum, ...) are shared (:func:`arith._shared`), not computed again."""
     if method in SOFTMAX_METHODS:
-        onehot = a.const(np.eye(logits.shape[1])[y])
         if method == "naive_softmax_log":
             e = a.exp(logits)
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
         if method == "shifted_softmax_log":
             e = a.exp(a.shift(logits))
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
         z = a.shift(logits)
         if method == "log_softmax":
             lse = a.log(a.tree(a.add, a.exp(z), 0.0))
@@ -235,7 +244,7 @@ def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarr
     if method == "sigmoid_log":
         one = a.const(np.ones(len(y)))
         p = a.div(one, a.add(one, a.exp(a.neg(logits))))
-        return a.sub(p, a.const(y.astype(float)))
+        return a.sub(p, target)
     if method == "logits":
         p, q = a.sigmoid(logits)
         return np.where(y == 1, a.neg(q), p).astype(a.dtype)
@@ -247,7 +256,7 @@ def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarr
 def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Predicted class per method and sample, (M, N) (-1 where the logits are not all finite:
     counted wrong)."""
-    logits = _matvec(Arith(fmt, len(w)), x, w)
+    logits = _matvec(Arith(fmt, len(w), quiet=True), x, w)
     if w.ndim == 3:
         finite = np.isfinite(logits).all(axis=-1)
         return np.where(finite, np.argmax(np.where(finite[..., None], logits, 0), axis=-1), -1)
@@ -271,71 +280,102 @@ def _after(first: np.ndarray, offset) -> np.ndarray:
     return np.where(first == NEVER, NEVER, first + offset)
 
 
+def _forward(fmt: Format, methods: tuple[str, ...], batch: tuple[np.ndarray, ...], w: np.ndarray,
+             loud: np.ndarray):
+    """The forward pass of ``methods`` (weights w, (M, ...)) on the mini-batch (x, y, target).
+
+    Returns per method (logits, the Arith of its loss kernel: the backward pass forks it),
+    the mean losses (M,) and the step events (M, len(EVENTS)) of the methods where ``loud``
+    (NEVER for the others: their Ariths are quiet): those of the matvec (row m of a shared
+    Arith), then of the method's loss kernel, then of the batch mean, in the order of one
+    Arith doing all three.
+    """
+    x, y, target = batch
+    quiet = not loud.any()
+    a = Arith(fmt, len(methods), quiet=quiet)
+    logits = _matvec(a, x, w)
+    kernels, per_sample = [], []
+    first = np.full((len(methods), len(EVENTS)), NEVER, dtype=np.int64)
+    mean_from = np.zeros(len(methods), dtype=np.int64)  # the step before the batch mean's first
+    for k, method in enumerate(methods):
+        f, z = Arith(fmt, len(y), quiet=not loud[k]), logits[k]
+        per_sample.append(_loss(f, method, z, y, target))
+        kernels.append((z, f))
+        if loud[k]:
+            first[k] = np.minimum(a.first[:, k], _after(f.first.min(axis=1), a.step))
+            mean_from[k] = a.step + f.step
+    s = Arith(fmt, len(methods), quiet=quiet)
+    total = s.div(s.tree(s.add, np.stack(per_sample), 0.0), s.const(float(len(y))))
+    if not quiet:
+        first = np.where(loud[:, None], np.minimum(first, _after(s.first.T, mean_from[:, None])), NEVER)
+    return kernels, total.astype(np.float64), first
+
+
 def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tuple[dict, np.ndarray]]:
     """The training loop of ``methods`` side by side; per method its per-step and per-epoch
-    columns and its step events (len(EVENTS), steps)."""
+    columns and its step events (len(EVENTS), steps; NEVER where not recorded: see above)."""
     x64, y_all = task_data(scenario.task)
     n, width = x64.shape
     classes = int(y_all.max()) + 1
-    x_all = Arith(fmt, n).load(x64)
+    data = Arith(fmt, n)
+    x_all = data.load(x64)
+    targets = data.const(np.eye(classes)[y_all] if scenario.model == "softmax" else y_all.astype(float))
+    lr = data.const(scenario.lr)
     m = len(methods)
     w = _initial(scenario, fmt, width - 1, classes, m)
     axes = tuple(range(1, w.ndim))  # the weight axes of (M, ...) arrays
+    column = (m,) + (1,) * len(axes)  # a value per method, against (M, ...) weights or (M, B, ...) dL/dz
     batch = scenario.batch
     per_epoch = n // batch
     rng = np.random.default_rng(scenario.seed)
     steps = scenario.steps
-    loss, grad_norm, zero_grad, lost, scales = (np.empty((m, steps)) for _ in range(5))
+    loss, grad_norm, zero_grad, underflow, scales = (np.empty((m, steps)) for _ in range(5))
     skipped = np.zeros((m, steps), dtype=bool)
     first = np.full((m, len(EVENTS), steps), NEVER, dtype=np.int64)
     accuracy = []
     scale, good = np.full(m, scenario.scale), np.zeros(m, dtype=np.int64)
+    loud = np.zeros(m, dtype=bool)  # the methods whose forward records events
     order = None
     for t in range(steps):
         if t % per_epoch == 0:
             order = rng.permutation(n)
         idx = order[(t % per_epoch) * batch:(t % per_epoch + 1) * batch]
-        xb, yb = x_all[idx], y_all[idx]
-        # forward: the logits of every method, then each method's loss in its own Arith
-        a = Arith(fmt, m)
-        logits = _matvec(a, xb, w)
-        per_sample, dz, forward_steps = [], [], []
-        for k, method in enumerate(methods):
-            f, z = Arith(fmt, batch), logits[k]
-            per_sample.append(_loss(f, method, z, yb))
-            first[k, :, t] = np.minimum(a.first[:, k], _after(f.first.min(axis=1), a.step))
-            forward_steps.append(a.step + f.step)
-            dz.append(_dloss(f.fork(), method, z, yb))
-        s = Arith(fmt, m)
-        total = s.div(s.tree(s.add, np.stack(per_sample), 0.0), s.const(float(batch)))
-        loss[:, t] = total.astype(np.float64)
-        first[:, :, t] = np.minimum(first[:, :, t], _after(s.first.T, np.array(forward_steps)[:, None]))
+        xb, yb, tb = x_all[idx], y_all[idx], targets[idx]
+        # forward, with events where classify reads them: a NaN, inf or 0 loss (expected where the
+        # previous step's was; where it was not, the method's forward runs again, with events)
+        kernels, loss[:, t], first[:, :, t] = _forward(fmt, methods, (xb, yb, tb), w, loud)
+        lost = ~np.isfinite(loss[:, t]) | (loss[:, t] == 0)
+        again = np.flatnonzero(lost & ~loud)
+        if again.size:
+            first[again, :, t] = _forward(fmt, tuple(methods[k] for k in again), (xb, yb, tb), w[again],
+                                          np.ones(again.size, dtype=bool))[2]
+        loud = lost
         # backward: dL/dz * S / B, per-sample terms dz x, summed over the batch, unscaled
-        g = Arith(fmt, m)
-        dz = np.stack(dz)
-        dzs = g.mul(dz, g.const(scale / batch).reshape((m,) + (1,) * (dz.ndim - 1)))
+        dz = np.stack([_dloss(f.fork(), method, z, yb, tb) for method, (z, f) in zip(methods, kernels)])
+        g = Arith(fmt, m, quiet=True)
+        dzs = g.mul(dz, g.const(scale / batch).reshape(column))
         if w.ndim == 3:
             terms = g.mul(dzs[..., None], xb[None, :, None, :])  # (M, B, K, D)
             nonzero = (dz != 0)[..., None] & (xb != 0)[None, :, None, :]
         else:
             terms = g.mul(dzs[..., None], xb[None])  # (M, B, D)
             nonzero = (dz != 0)[..., None] & (xb != 0)[None]
-        lost[:, t] = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
+        underflow[:, t] = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
         summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
         # unscale by the exact power of two 1/S (S itself is not a float16 value from 2**16 on)
-        scaled = (scale != 1).reshape((m,) + (1,) * len(axes))
-        grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(scaled.shape)), summed) \
-            if scaled.any() else summed
+        grad, scaled = summed, (scale != 1).reshape(column)
+        if scaled.any():
+            grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
         with np.errstate(all="ignore"):
             g64 = grad.astype(np.float64)
             grad_norm[:, t] = np.sqrt(np.sum((g64 * g64).reshape(m, -1), axis=1))
         zero_grad[:, t] = np.mean(g64 == 0, axis=axes)
         scales[:, t] = scale
-        updated = g.sub(w, g.mul(g.const(scenario.lr), grad))
+        updated = g.sub(w, g.mul(lr, grad))
         if scenario.scaling == "dynamic":
             bad = ~np.isfinite(g64).all(axis=axes)
             skipped[:, t] = bad
-            w = np.where(bad.reshape(scaled.shape), w, updated)
+            w = np.where(bad.reshape(column), w, updated)
             good = np.where(bad, 0, good + 1)
             grow = good == scenario.growth_interval
             scale = np.where(bad, scale / 2, np.where(grow, np.minimum(scale * 2, MAX_SCALE), scale))
@@ -346,7 +386,7 @@ def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tu
             accuracy.append(np.mean(_predict(fmt, x_all, w) == y_all, axis=1))
     final = np.mean(_predict(fmt, x_all, w) == y_all, axis=1)
     accuracy = np.array(accuracy).reshape(-1, m)
-    return [(dict(loss=loss[k], grad_norm=grad_norm[k], zero_grad=zero_grad[k], grad_underflow=lost[k],
+    return [(dict(loss=loss[k], grad_norm=grad_norm[k], zero_grad=zero_grad[k], grad_underflow=underflow[k],
                   scale=scales[k], skipped=skipped[k], accuracy=accuracy[:, k].copy(), final_accuracy=float(final[k]),
                   steps_per_epoch=per_epoch), first[k]) for k in range(m)]
 
