@@ -33,6 +33,10 @@ the operands and the result:
 With ``ftz=True`` every subnormal input and result is flushed to (signed) zero,
 as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
 non-zero value is an ``underflow``.
+
+With ``quiet=True`` the results are the same and no event is looked for (``first``
+stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.train`: a
+step's backward pass, and its forward pass where the loss is finite and non-zero).
 """
 
 from __future__ import annotations
@@ -155,8 +159,9 @@ class Arith:
     (used when a result is computed for all rows but used by some).
     """
 
-    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = False):
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = False, quiet: bool = False):
         self.fmt = fmt
+        self.quiet = quiet  # no event bookkeeping; forks (and so the memo's entries) share it
         # fast: hold the values of a format of <= 16 bits in float32 (exactly) and compute there,
         # rounding each result with integer bit operations (Format.round32): the same values,
         # bit for bit, as the format's own dtype (whose arithmetic numpy / ml_dtypes emulate slowly)
@@ -192,6 +197,8 @@ class Arith:
         return self.first[_INDEX[event]]
 
     def _note(self, event: str, mask, where) -> None:
+        if self.quiet:
+            return
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():  # the usual case, and a row-wise any over a short last axis is slow
             return
@@ -227,6 +234,8 @@ class Arith:
         if self.fast and not rounded:
             y = self.fmt.round32(y)
         y = self._flush(y)
+        if self.quiet:
+            return y
         magnitude = np.abs(y)
         finite_y = magnitude <= self.fmt.max  # False for inf and NaN
         all_finite = bool(finite_y.all())
@@ -353,6 +362,7 @@ class Arith:
         """x[row, index[row]] for a (rows, K) array."""
         return np.take_along_axis(x, np.asarray(index)[:, None], axis=1)[:, 0]
 
+    @_shared
     def drop(self, x, index):
         """A copy of (rows, K) x with x[row, index[row]] set to 0 (a term left out of a sum)."""
         x = np.array(x, copy=True)

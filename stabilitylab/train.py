@@ -11,8 +11,12 @@ standardized in float64 before they are rounded to the format):
 
 Forward and backward pass, loss scaling and the update ``w <- w - lr g`` are
 all :class:`~stabilitylab.arith.Arith` operations (each correctly rounded to the
-format), vectorized over the mini-batch.  The gradient of each method is formed
-from that method's own forward quantities:
+format), vectorized over the mini-batch.  The methods of a scenario train side by
+side in each format: in the operations they share (matvec, batch mean, backward
+products and sums, update, accuracy) method m is row m of one Arith; each method's
+loss kernel runs in an Arith of its own, which its backward pass forks (what it
+repeats of the forward, exp(x) and its sum say, is computed once).  The gradient
+of each method is formed from that method's own forward quantities:
 
 * ``naive_softmax_log`` / ``shifted_softmax_log``: ``p - onehot(y)`` with p the
   method's softmax (``exp(x) / sum exp(x)``, resp. with x - max): an overflowed
@@ -33,8 +37,13 @@ after ``growth_interval`` good steps.
 Status of each step's loss: :func:`outcome.classify` against the loss of the
 float64 run of the same scenario and method at the same step (the reference
 trajectory: "exact" here means that float64 trajectory, not an mpmath value),
-with the IEEE events of the step's forward pass.  Gradient norms are measured
-in float64 from the format's gradient (a measurement, not part of training).
+with the IEEE events of the step's forward pass (matvec, loss kernel, batch mean).
+classify reads events only where the loss is NaN, +-inf or 0, so only those
+forward passes record them: a method's forward records events when its previous
+step's loss was NaN, inf or 0, and runs again with events when its loss is and the
+previous one was not; every other pass is a quiet Arith (the same values, no event
+bookkeeping).  Gradient norms are measured in float64 from the format's gradient
+(a measurement, not part of training).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from importlib import resources
 
 import numpy as np
 
-from .arith import NEVER, Arith
+from .arith import EVENTS, NEVER, Arith
 from .experiments import binary_ce, gradient, softmax_ce
 from .formats import FORMATS, Format
 from .outcome import classify
@@ -183,10 +192,11 @@ class Run:
 
 # ---------------------------------------------------------------- the model
 def _matvec(a: Arith, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Logits: x (B, D) with w (1, K, D) -> (B, K), or w (1, D) -> (B,); sums as trees."""
+    """Logits of every method (row m of ``a``): x (B, D) with w (M, K, D) -> (M, B, K), or
+    w (M, D) -> (M, B); each a sum over D as a tree."""
     if w.ndim == 3:
-        return a.tree(a.add, a.mul(x[:, None, :], w), 0.0)
-    return a.tree(a.add, a.mul(x, w), 0.0)
+        return a.tree(a.add, a.mul(x[None, :, None, :], w[:, None]), 0.0)
+    return a.tree(a.add, a.mul(x[None], w[:, None]), 0.0)
 
 
 def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
@@ -194,31 +204,33 @@ def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
     return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
 
 
-def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-sample loss by the experiments' kernels."""
+def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-sample loss by the experiments' kernels.  ``y``: the labels; ``target``: them as format
+    values (logistic: 0 / 1, (B,); softmax: one-hot, (B, K))."""
     if method in SOFTMAX_METHODS:
         return getattr(softmax_ce, method)(a, softmax_ce.Loaded(logits, y))
     if method == "sigmoid_log":
-        return binary_ce.sigmoid_log(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+        return binary_ce.sigmoid_log(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "logits":
-        return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], a.const(y[:, None].astype(float))))
+        return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "mse_sigmoid":
         p = gradient._sigmoid(a, _two_class(logits, y))
-        r = a.sub(p, a.const(y.astype(float)))
+        r = a.sub(p, target)
         return a.mul(a.mul(r, r), a.const(np.full(len(y), 0.5)))
     raise KeyError(method)
 
 
-def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """dL/dlogits per sample (unscaled, before the 1/B of the mean)."""
+def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """dL/dlogits per sample (unscaled, before the 1/B of the mean); ``target`` as for :func:`_loss`.
+    ``a``: a fork of the forward's Arith, so that the forward quantities it repeats (exp(x), its
+    sum, ...) are shared (:func:`arith._shared`), not computed again."""
     if method in SOFTMAX_METHODS:
-        onehot = a.const(np.eye(logits.shape[1])[y])
         if method == "naive_softmax_log":
             e = a.exp(logits)
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
         if method == "shifted_softmax_log":
             e = a.exp(a.shift(logits))
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), onehot)
+            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
         z = a.shift(logits)
         if method == "log_softmax":
             lse = a.log(a.tree(a.add, a.exp(z), 0.0))
@@ -232,7 +244,7 @@ def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarr
     if method == "sigmoid_log":
         one = a.const(np.ones(len(y)))
         p = a.div(one, a.add(one, a.exp(a.neg(logits))))
-        return a.sub(p, a.const(y.astype(float)))
+        return a.sub(p, target)
     if method == "logits":
         p, q = a.sigmoid(logits)
         return np.where(y == 1, a.neg(q), p).astype(a.dtype)
@@ -242,93 +254,141 @@ def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray) -> np.ndarr
 
 
 def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Predicted class per sample (-1 where the logits are not all finite: counted wrong)."""
-    a = Arith(fmt, len(x))
-    logits = _matvec(a, x, w)
+    """Predicted class per method and sample, (M, N) (-1 where the logits are not all finite:
+    counted wrong)."""
+    logits = _matvec(Arith(fmt, len(w), quiet=True), x, w)
     if w.ndim == 3:
-        finite = np.isfinite(logits).all(axis=1)
-        return np.where(finite, np.argmax(np.where(finite[:, None], logits, 0), axis=1), -1)
+        finite = np.isfinite(logits).all(axis=-1)
+        return np.where(finite, np.argmax(np.where(finite[..., None], logits, 0), axis=-1), -1)
     return np.where(np.isfinite(logits), (logits >= 0).astype(np.int64), -1)
 
 
-def _initial(scenario: Scenario, fmt: Format, features: int, classes: int) -> np.ndarray:
+def _initial(scenario: Scenario, fmt: Format, features: int, classes: int, methods: int) -> np.ndarray:
+    """The starting weights of every method, (M, K, D) or (M, D), in the format."""
     if scenario.model == "softmax":
-        w = np.zeros((1, classes, features + 1))
-        w[..., -1] = scenario.bias
+        w = np.zeros((methods, classes, features + 1))
     else:
-        w = np.zeros((1, features + 1))
+        w = np.zeros((methods, features + 1))
         if scenario.weights is not None:
-            w[0, :-1] = scenario.weights
-        w[0, -1] = scenario.bias
+            w[:, :-1] = scenario.weights
+    w[..., -1] = scenario.bias
     return fmt.round(w)
 
 
-def _train(scenario: Scenario, fmt: Format, method: str):
-    """The training loop; returns the per-step and per-epoch columns and the step events."""
+def _after(first: np.ndarray, offset) -> np.ndarray:
+    """Steps of events counted from ``offset`` (NEVER stays NEVER)."""
+    return np.where(first == NEVER, NEVER, first + offset)
+
+
+def _forward(fmt: Format, methods: tuple[str, ...], batch: tuple[np.ndarray, ...], w: np.ndarray,
+             loud: np.ndarray):
+    """The forward pass of ``methods`` (weights w, (M, ...)) on the mini-batch (x, y, target).
+
+    Returns per method (logits, the Arith of its loss kernel: the backward pass forks it),
+    the mean losses (M,) and the step events (M, len(EVENTS)) of the methods where ``loud``
+    (NEVER for the others: their Ariths are quiet): those of the matvec (row m of a shared
+    Arith), then of the method's loss kernel, then of the batch mean, in the order of one
+    Arith doing all three.
+    """
+    x, y, target = batch
+    quiet = not loud.any()
+    a = Arith(fmt, len(methods), quiet=quiet)
+    logits = _matvec(a, x, w)
+    kernels, per_sample = [], []
+    first = np.full((len(methods), len(EVENTS)), NEVER, dtype=np.int64)
+    mean_from = np.zeros(len(methods), dtype=np.int64)  # the step before the batch mean's first
+    for k, method in enumerate(methods):
+        f, z = Arith(fmt, len(y), quiet=not loud[k]), logits[k]
+        per_sample.append(_loss(f, method, z, y, target))
+        kernels.append((z, f))
+        if loud[k]:
+            first[k] = np.minimum(a.first[:, k], _after(f.first.min(axis=1), a.step))
+            mean_from[k] = a.step + f.step
+    s = Arith(fmt, len(methods), quiet=quiet)
+    total = s.div(s.tree(s.add, np.stack(per_sample), 0.0), s.const(float(len(y))))
+    if not quiet:
+        first = np.where(loud[:, None], np.minimum(first, _after(s.first.T, mean_from[:, None])), NEVER)
+    return kernels, total.astype(np.float64), first
+
+
+def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tuple[dict, np.ndarray]]:
+    """The training loop of ``methods`` side by side; per method its per-step and per-epoch
+    columns and its step events (len(EVENTS), steps; NEVER where not recorded: see above)."""
     x64, y_all = task_data(scenario.task)
     n, width = x64.shape
     classes = int(y_all.max()) + 1
-    x_all = Arith(fmt, n).load(x64)
-    w = _initial(scenario, fmt, width - 1, classes)
+    data = Arith(fmt, n)
+    x_all = data.load(x64)
+    targets = data.const(np.eye(classes)[y_all] if scenario.model == "softmax" else y_all.astype(float))
+    lr = data.const(scenario.lr)
+    m = len(methods)
+    w = _initial(scenario, fmt, width - 1, classes, m)
+    axes = tuple(range(1, w.ndim))  # the weight axes of (M, ...) arrays
+    column = (m,) + (1,) * len(axes)  # a value per method, against (M, ...) weights or (M, B, ...) dL/dz
     batch = scenario.batch
     per_epoch = n // batch
     rng = np.random.default_rng(scenario.seed)
     steps = scenario.steps
-    loss = np.empty(steps)
-    grad_norm, zero_grad, lost = np.empty(steps), np.empty(steps), np.empty(steps)
-    scales, skipped = np.empty(steps), np.zeros(steps, dtype=bool)
-    first = np.full((len(Arith(fmt, 1).first), steps), NEVER, dtype=np.int64)
+    loss, grad_norm, zero_grad, underflow, scales = (np.empty((m, steps)) for _ in range(5))
+    skipped = np.zeros((m, steps), dtype=bool)
+    first = np.full((m, len(EVENTS), steps), NEVER, dtype=np.int64)
     accuracy = []
-    scale, good = scenario.scale, 0
+    scale, good = np.full(m, scenario.scale), np.zeros(m, dtype=np.int64)
+    loud = np.zeros(m, dtype=bool)  # the methods whose forward records events
     order = None
     for t in range(steps):
         if t % per_epoch == 0:
             order = rng.permutation(n)
         idx = order[(t % per_epoch) * batch:(t % per_epoch + 1) * batch]
-        xb, yb = x_all[idx], y_all[idx]
-        # forward: the loss of this step, and its events
-        a = Arith(fmt, batch)
-        logits = _matvec(a, xb, w)
-        per_sample = _loss(a, method, logits, yb)
-        s = Arith(fmt, 1)
-        total = s.div(s.tree(s.add, per_sample[None, :], 0.0), s.const(np.array([batch], dtype=float)))
-        loss[t] = float(total[0])
-        first[:, t] = np.minimum(a.first.min(axis=1), np.where(s.first[:, 0] == NEVER, NEVER, s.first[:, 0] + a.step))
+        xb, yb, tb = x_all[idx], y_all[idx], targets[idx]
+        # forward, with events where classify reads them: a NaN, inf or 0 loss (expected where the
+        # previous step's was; where it was not, the method's forward runs again, with events)
+        kernels, loss[:, t], first[:, :, t] = _forward(fmt, methods, (xb, yb, tb), w, loud)
+        lost = ~np.isfinite(loss[:, t]) | (loss[:, t] == 0)
+        again = np.flatnonzero(lost & ~loud)
+        if again.size:
+            first[again, :, t] = _forward(fmt, tuple(methods[k] for k in again), (xb, yb, tb), w[again],
+                                          np.ones(again.size, dtype=bool))[2]
+        loud = lost
         # backward: dL/dz * S / B, per-sample terms dz x, summed over the batch, unscaled
-        g = Arith(fmt, batch)
-        dz = _dloss(g, method, logits, yb)
-        factor = g.const(scale / batch)
-        dzs = g.mul(dz, factor)
+        dz = np.stack([_dloss(f.fork(), method, z, yb, tb) for method, (z, f) in zip(methods, kernels)])
+        g = Arith(fmt, m, quiet=True)
+        dzs = g.mul(dz, g.const(scale / batch).reshape(column))
         if w.ndim == 3:
-            terms = g.mul(dzs[:, :, None], xb[:, None, :])  # (B, K, D)
-            nonzero = (dz != 0)[:, :, None] & (xb != 0)[:, None, :]
+            terms = g.mul(dzs[..., None], xb[None, :, None, :])  # (M, B, K, D)
+            nonzero = (dz != 0)[..., None] & (xb != 0)[None, :, None, :]
         else:
-            terms = g.mul(dzs[:, None], xb)  # (B, D)
-            nonzero = (dz != 0)[:, None] & (xb != 0)
-        lost[t] = float(np.mean((terms == 0) & nonzero))
-        r = Arith(fmt, 1)
-        summed = r.tree(r.add, np.moveaxis(terms, 0, -1)[None], 0.0)
+            terms = g.mul(dzs[..., None], xb[None])  # (M, B, D)
+            nonzero = (dz != 0)[..., None] & (xb != 0)[None]
+        underflow[:, t] = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
+        summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
         # unscale by the exact power of two 1/S (S itself is not a float16 value from 2**16 on)
-        grad = r.mul(summed, r.const(1.0 / scale)) if scale != 1 else summed
+        grad, scaled = summed, (scale != 1).reshape(column)
+        if scaled.any():
+            grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
         with np.errstate(all="ignore"):
             g64 = grad.astype(np.float64)
-            grad_norm[t] = float(np.sqrt(np.sum(g64 * g64)))
-        zero_grad[t] = float(np.mean(g64 == 0))
-        scales[t] = scale
-        if scenario.scaling == "dynamic" and not np.isfinite(g64).all():
-            skipped[t] = True
-            scale, good = scale / 2, 0
+            grad_norm[:, t] = np.sqrt(np.sum((g64 * g64).reshape(m, -1), axis=1))
+        zero_grad[:, t] = np.mean(g64 == 0, axis=axes)
+        scales[:, t] = scale
+        updated = g.sub(w, g.mul(lr, grad))
+        if scenario.scaling == "dynamic":
+            bad = ~np.isfinite(g64).all(axis=axes)
+            skipped[:, t] = bad
+            w = np.where(bad.reshape(column), w, updated)
+            good = np.where(bad, 0, good + 1)
+            grow = good == scenario.growth_interval
+            scale = np.where(bad, scale / 2, np.where(grow, np.minimum(scale * 2, MAX_SCALE), scale))
+            good[grow] = 0
         else:
-            w = r.sub(w, r.mul(r.const(scenario.lr), grad))
-            if scenario.scaling == "dynamic":
-                good += 1
-                if good == scenario.growth_interval:
-                    scale, good = min(scale * 2, MAX_SCALE), 0
+            w = updated
         if (t + 1) % per_epoch == 0:
-            accuracy.append(float(np.mean(_predict(fmt, x_all, w) == y_all)))
-    final = float(np.mean(_predict(fmt, x_all, w) == y_all))
-    return dict(loss=loss, grad_norm=grad_norm, zero_grad=zero_grad, grad_underflow=lost, scale=scales,
-                skipped=skipped, accuracy=np.array(accuracy), final_accuracy=final, steps_per_epoch=per_epoch), first
+            accuracy.append(np.mean(_predict(fmt, x_all, w) == y_all, axis=1))
+    final = np.mean(_predict(fmt, x_all, w) == y_all, axis=1)
+    accuracy = np.array(accuracy).reshape(-1, m)
+    return [(dict(loss=loss[k], grad_norm=grad_norm[k], zero_grad=zero_grad[k], grad_underflow=underflow[k],
+                  scale=scales[k], skipped=skipped[k], accuracy=accuracy[:, k].copy(), final_accuracy=float(final[k]),
+                  steps_per_epoch=per_epoch), first[k]) for k in range(m)]
 
 
 def _status(fmt: Format, loss: np.ndarray, first: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -340,18 +400,27 @@ def _status(fmt: Format, loss: np.ndarray, first: np.ndarray, reference: np.ndar
     return classify(fmt, loss, exact, events).status
 
 
+def _runs(scenario: Scenario, fmt: Format, methods: tuple[str, ...],
+          references: list[np.ndarray] | None = None) -> list[Run]:
+    """Train ``methods`` in ``fmt`` (side by side); ``references``: the float64 runs' losses,
+    one per method (computed here when not given)."""
+    for method in methods:
+        if method not in scenario.methods:
+            raise KeyError(f"method {method!r} is not in scenario {scenario.name!r}")
+    trained = _train(scenario, fmt, methods)
+    if references is None:
+        f64 = FORMATS["float64"]
+        references = [c["loss"] for c, _ in (trained if fmt is f64 else _train(scenario, f64, methods))]
+    return [Run(scenario.name, scenario.model, method, fmt.name, scenario.steps, scenario.lr, scenario.seed,
+                status=_status(fmt, columns["loss"], first, reference), reference=np.asarray(reference),
+                chance=scenario.chance, **columns)
+            for method, (columns, first), reference in zip(methods, trained, references)]
+
+
 def run(scenario: Scenario, fmt: Format, method: str, reference: np.ndarray | None = None) -> Run:
     """Train ``method`` in ``fmt`` under ``scenario``.  ``reference``: the float64 run's loss per
     step (computed here when not given)."""
-    if method not in scenario.methods:
-        raise KeyError(f"method {method!r} is not in scenario {scenario.name!r}")
-    columns, first = _train(scenario, fmt, method)
-    if reference is None:
-        f64 = FORMATS["float64"]
-        reference = columns["loss"] if fmt is f64 else _train(scenario, f64, method)[0]["loss"]
-    status = _status(fmt, columns["loss"], first, reference)
-    return Run(scenario.name, scenario.model, method, fmt.name, scenario.steps, scenario.lr, scenario.seed,
-               status=status, reference=np.asarray(reference), chance=scenario.chance, **columns)
+    return _runs(scenario, fmt, (method,), None if reference is None else [reference])[0]
 
 
 def with_settings(scenario: Scenario, steps: int | None = None, lr: float | None = None,
@@ -362,14 +431,13 @@ def with_settings(scenario: Scenario, steps: int | None = None, lr: float | None
 
 
 def run_scenario(scenario: Scenario, formats: list[Format]) -> list[Run]:
-    """Every method of the scenario in every format; the float64 run is computed once per method."""
+    """Every method of the scenario in every format (methods x formats, in that order); the
+    methods of a format train side by side, the float64 runs once."""
     f64 = FORMATS["float64"]
-    out = []
-    for method in scenario.methods:
-        reference = run(scenario, f64, method)
-        for fmt in formats:
-            out.append(reference if fmt is f64 else run(scenario, fmt, method, reference.loss))
-    return out
+    references = _runs(scenario, f64, scenario.methods)
+    losses = [r.loss for r in references]
+    by_format = [references if fmt is f64 else _runs(scenario, fmt, scenario.methods, losses) for fmt in formats]
+    return [runs[k] for k in range(len(scenario.methods)) for runs in by_format]
 
 
 def check_settings(steps: int | None, lr: float | None) -> str | None:

@@ -78,6 +78,28 @@ def test_where_masks_rows():
     assert a.events() == [("overflow",), ()]
 
 
+def test_quiet_gives_the_same_values_and_no_events():
+    x64 = np.array([[12.0, -20.0, 0.0], [1e-4, 2.0, -1.0]])
+    out = {}
+    for quiet in (False, True):
+        a = Arith(F16, 2, quiet=quiet)
+        x = a.load(x64)
+        e = a.exp(x)
+        out[quiet] = (a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), a.mul(x, x)), a)
+    (loud, a), (quiet, q) = out[False], out[True]
+    assert loud.tobytes() == quiet.tobytes() and loud.dtype == quiet.dtype
+    assert a.events()[0] == ("overflow", "underflow", "invalid") and q.events() == [(), ()]
+
+
+def test_drop_is_shared_between_forks():
+    # the log1p form's sum without the max's exp(0) = 1, once for both kernels: events replayed
+    a = Arith(F16, 1)
+    x = a.load(np.array([[0.0, -20.0, -30.0]]))
+    forks = [a.fork(), a.fork()]
+    sums = [f.tree(f.add, f.drop(f.exp(x), f.argmax(x)), 0.0) for f in forks]
+    assert sums[0] is sums[1] and forks[0].events() == forks[1].events() == [("underflow",)]
+
+
 def test_ftz_flushes_subnormal_results_and_inputs():
     # float32: 1e-20 * 1e-20 = 1e-40 is subnormal (tiny = 1.18e-38): kept, or flushed under FTZ
     y, ev = events_of(F32, lambda a, x: a.mul(x, x), 1e-20)

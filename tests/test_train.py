@@ -68,6 +68,20 @@ def test_dynamic_scale_halves_on_overflow_and_grows():
     assert r.scale.max() > r.scale[0]
 
 
+@pytest.mark.parametrize("scenario, method", [("overflow", "naive_softmax_log"), ("saturated", "sigmoid_log")])
+def test_events_recorded_at_every_step_give_the_same_statuses(monkeypatch, scenario, method):
+    """A step's forward pass records events only where its loss is NaN, inf or 0 (the only
+    losses whose status reads them); recording them at every step changes nothing."""
+    s = train.SCENARIOS[scenario]
+    lazy = train.run(s, F16, method)
+    forward = train._forward
+    monkeypatch.setattr(train, "_forward", lambda fmt, methods, batch, w, loud:
+                        forward(fmt, methods, batch, w, np.ones_like(loud)))
+    full = train.run(s, F16, method, lazy.reference)
+    assert full.status.tolist() == lazy.status.tolist()
+    assert {"nan", "overflow"} <= set(lazy.status) and np.isfinite(lazy.loss).any() == (scenario == "overflow")
+
+
 def _json(capsys, *args):
     assert main(["train", "--format", "json", *args]) == 0
     return json.loads(capsys.readouterr().out)
