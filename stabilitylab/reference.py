@@ -227,7 +227,7 @@ def exp_sum_scaled(hi: np.ndarray, lo: np.ndarray, use: np.ndarray) -> tuple[Exa
     r = (r - jl * l3) + np.where(use, lo, 0.0).astype(np.longdouble)
     some = use.any(axis=1)
     big = np.where(some, np.where(use, j, -(2**62)).max(axis=1), 0)  # the row's largest 2**j
-    rel = np.maximum(j - big[:, None], -20000).astype(np.int32)  # (terms 2**-16000 below the largest vanish)
+    rel = np.where(use, np.maximum(j - big[:, None], -20000), 0).astype(np.int32)  # (2**-16000 below: vanish)
     total = np.where(use, np.ldexp(np.exp(r), rel), 0).sum(axis=1)
     mant, e = np.frexp(np.where(some, total, 1))
     top = 2 * mant
