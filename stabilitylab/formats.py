@@ -159,8 +159,9 @@ def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
     Beyond ``max`` (after rounding): +-inf, or NaN for a format without infinity.
     NaN stays NaN.  Checked against numpy / ml_dtypes on every float32 (tests).
     """
-    if x.ndim == 0:  # (the fixes below write through a flat view, which a 0-d array does not give)
-        return round_bits(x.reshape(1), fmt).reshape(())
+    if x.ndim == 0:  # (the fixes below write through a flat view, which only a C-ordered array of
+        return round_bits(x.reshape(1), fmt).reshape(())  # at least one dimension gives)
+    x = np.ascontiguousarray(x)
     info = np.finfo(x.dtype)
     uint = _UINT[x.dtype.itemsize]
     drop = info.nmant - (fmt.precision - 1)  # significand bits cleared

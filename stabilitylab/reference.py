@@ -221,10 +221,11 @@ def exp_sum_scaled(hi: np.ndarray, lo: np.ndarray, use: np.ndarray) -> tuple[Exa
     SCALE_FLOOR); rows between that and 2**SCALE_FLOOR are not handled."""
     l1, l2, l3 = _ln2_parts()
     h = np.where(use, np.maximum(hi, -(2.0**41)), 0.0)
+    low = np.where(use & (hi >= -(2.0**41)), lo, 0.0)  # (a clamped term's lo, up to ulp(hi) / 2, would overflow)
     j = np.rint(h / float(l1 + l2 + l3)).astype(np.int64)
     jl = j.astype(np.longdouble)
     r = (h.astype(np.longdouble) - jl * l1) - jl * l2
-    r = (r - jl * l3) + np.where(use, lo, 0.0).astype(np.longdouble)
+    r = (r - jl * l3) + low.astype(np.longdouble)
     some = use.any(axis=1)
     big = np.where(some, np.where(use, j, -(2**62)).max(axis=1), 0)  # the row's largest 2**j
     rel = np.where(use, np.maximum(j - big[:, None], -20000), 0).astype(np.int32)  # (2**-16000 below: vanish)
@@ -235,7 +236,7 @@ def exp_sum_scaled(hi: np.ndarray, lo: np.ndarray, use: np.ndarray) -> tuple[Exa
     out_lo = (top - out_hi.astype(np.longdouble)).astype(np.float64)
     scale = big + e.astype(np.int64) - 1
     floor = scale < SCALE_FLOOR - 1100
-    handled = some & ((scale >= SCALE_FLOOR) | floor)
+    handled = some & ((scale >= SCALE_FLOOR) | floor) & np.isfinite(total)
     out_hi, out_lo = np.where(floor, 0.0, out_hi), np.where(floor, 0.0, out_lo)
     return Exact(out_hi, out_lo, np.where(floor, SCALE_FLOOR, scale), np.zeros(len(hi), dtype=bool)), handled
 

@@ -112,6 +112,17 @@ def test_round_of_a_scalar_is_the_round_of_an_array(fmt):
     assert np.array_equal(whole, one, equal_nan=True)
     assert np.array_equal(np.signbit(whole), np.signbit(one))
     assert np.asarray(fmt.round(1.0)).shape == ()
+    # the same for arrays that are not C-ordered (Fortran order, transposed, strided)
+    grid = x[: 2 * (len(x) // 2)].reshape(2, -1)
+    for view in (np.asfortranarray(grid), grid.T, grid[:, ::3]):
+        with np.errstate(all="ignore"):
+            got = fmt.round(view).astype(np.float64)
+            want = fmt.round(np.ascontiguousarray(view)).astype(np.float64)
+        assert got.shape == view.shape and np.array_equal(got, want, equal_nan=True)
+    if fmt.precision <= 11:
+        with np.errstate(all="ignore"):
+            y = grid.astype(np.float32).T
+            assert np.array_equal(fmt.round32(y), fmt.round32(np.ascontiguousarray(y)), equal_nan=True)
 
 
 def test_round_beyond_max():

@@ -67,3 +67,41 @@ def test_rows_at_the_floor_boundary_go_to_mpmath():
     values, handled = reference.exp_sum_scaled(hi, np.zeros_like(hi), np.ones_like(hi, dtype=bool))
     assert handled.tolist() == [False, True, True]
     assert values.scale[2] == reference.SCALE_FLOOR and values.hi[2] == 0
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float32", "float64"])
+def test_logits_spread_beyond_2_to_the_67(name):
+    """x_i - m split as hi + lo with |lo| huge (|x_i - m| >= 2**67) once gave e^hi e^lo = 0 * inf = NaN
+    (kept as the reference: the stable methods were blamed), and a clamped term's lo overflowed the
+    scaled sum.  The fast references (both tiers) agree with mpmath's (reference.exact) on such rows."""
+    fmt = FORMATS[name]
+    big = float(fmt.max)
+    rows = [([3e22, -big], 0), ([-30000.0, -big], 0), ([-30000.0, -big], 1), ([-30000.0, -50000.0, -big], 0),
+            ([0.0, -big, 1e4], 2), ([-big, 5.0, -big / 3], 1), ([1e30, -1e30, -big], 0)]
+    k = max(len(r) for r, _ in rows)
+    x = np.array([np.pad(np.asarray(fmt.round(np.array(r)), dtype=np.float64), (0, k - len(r)),
+                         constant_values=-big) for r, _ in rows])
+    y = np.array([label for _, label in rows])
+    cases = Logits(ParamNames("row", np.arange(len(rows))), x, y, np.full(len(rows), k))
+    inputs = SOFTMAX_CE.load(Arith(fmt, len(rows)), cases)
+    want = reference.exact(SOFTMAX_CE, inputs)
+    for dtype in ([None, np.float64] if fmt.precision <= 24 else [None]):
+        got = reference.fast(SOFTMAX_CE, inputs) if dtype is None else reference.fast(SOFTMAX_CE, inputs, dtype)
+        bound = reference.fast_error(np.longdouble if dtype is None else dtype, k)
+        assert np.isfinite(got.hi).all() and np.array_equal(got.scale, want.scale), (name, dtype, got, want)
+        held = want.hi == 0  # below 2**SCALE_FLOOR: held at the floor, as mpmath's path holds it
+        assert np.array_equal(got.hi[held], want.hi[held])
+        rel = np.abs((got.hi - want.hi) + (got.lo - want.lo))[~held] / np.abs(want.hi[~held])
+        assert (rel <= bound).all(), (name, dtype, rel)
+        assert np.array_equal(got.rounded(fmt), want.rounded(fmt))
+
+
+def test_scaled_sum_of_a_clamped_term_with_a_large_low_part():
+    values, handled = reference.exp_sum_scaled(np.array([[-20000.0, -3e38]]), np.array([[0.0, 30000.0]]),
+                                               np.ones((1, 2), dtype=bool))
+    with mpmath.workdps(40):
+        want = mpmath.exp(-20000) + mpmath.exp(mpmath.mpf(-3e38) + 30000)
+        e = int(mpmath.floor(mpmath.log(want, 2)))
+        mantissa = float(mpmath.ldexp(want, -e))
+    assert handled.tolist() == [True] and values.scale[0] == e
+    assert abs(values.hi[0] - mantissa) <= 2.0**-60 * mantissa

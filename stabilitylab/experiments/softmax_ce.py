@@ -232,14 +232,15 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
     terms = np.exp(hi.astype(wide))
     gap = -hi[rows, x.labels].astype(wide)  # m - x_y >= 0
-    if lo is not None:
-        inexact = lo != 0  # e^lo = 1 where x_i - m is exact in float64, as it usually is
+    if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
+        inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
         terms[inexact] *= np.exp(lo[inexact].astype(wide))
         gap -= lo[rows, x.labels].astype(wide)
     terms[rows, top] = 0  # the max's own e^0 = 1
     total = _tree_sum(terms)
     tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap
+    handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
     zero = np.full(len(X), k == 1)
     if not tiny.any() or not HAVE_EXTENDED:
         return loss, zero, handled & ~tiny
