@@ -25,6 +25,7 @@ Two paths:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -122,11 +123,15 @@ class Exact:
         return out + 0.0
 
     def text(self, digits: int = 10) -> list[str]:
-        """Each exact value to ``digits`` significant digits, also below float64's range."""
+        """Each exact value to ``digits`` significant digits, also below float64's range; a value
+        held at the floor (below 2**SCALE_FLOOR, where only that bound is kept) as the bound,
+        e.g. ``<2^-1099511627776`` (``-<...`` for a negative one)."""
         out = []
         for hi, lo, s in zip(self.hi.tolist(), self.lo.tolist(), self.scale.tolist()):
             if s == 0 or not np.isfinite(hi):
                 out.append(f"{hi + lo:.{digits}g}")
+            elif s == SCALE_FLOOR and abs(hi) < 1:  # held below 2**SCALE_FLOOR (hi not normalized)
+                out.append(f"{'-' if math.copysign(1, hi) < 0 else ''}<2^{SCALE_FLOOR}")
             else:
                 out.append(mpmath.nstr(mpmath.ldexp(mpmath.mpf(hi) + lo, s), digits))
         return out

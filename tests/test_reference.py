@@ -105,3 +105,13 @@ def test_scaled_sum_of_a_clamped_term_with_a_large_low_part():
         mantissa = float(mpmath.ldexp(want, -e))
     assert handled.tolist() == [True] and values.scale[0] == e
     assert abs(values.hi[0] - mantissa) <= 2.0**-60 * mantissa
+
+
+def test_a_value_held_at_the_floor_prints_as_the_bound():
+    """Below 2**SCALE_FLOOR only the bound is kept: the text says so instead of printing 0."""
+    with mpmath.workdps(30):
+        tiny = mpmath.exp(mpmath.mpf(-3e38))  # far below the floor
+        near = mpmath.ldexp(mpmath.mpf(1.5), reference.SCALE_FLOOR + 3)  # above it: digits as usual
+        held = reference.from_mpmath([tiny, -tiny, near])
+    assert held.text() == [f"<2^{reference.SCALE_FLOOR}", f"-<2^{reference.SCALE_FLOOR}", mpmath.nstr(near, 10)]
+    assert not held.zero.any() and (held.rounded(FORMATS["float64"]) == 0).all()
