@@ -136,8 +136,12 @@ def exp(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """e**x as a double-double (h, l), relative error below :data:`REL_ERROR`, for float64
     ``x`` in :data:`EXP_DOMAIN` (1-d)."""
     x = np.asarray(x, dtype=np.float64)
-    k, qh, ql = _exp_parts(x)
-    eh, el = add(np.ones_like(x), np.zeros_like(x), qh, ql)
+    return _scaled(*_exp_parts(x))
+
+
+def _scaled(k, qh, ql) -> tuple[np.ndarray, np.ndarray]:
+    """2**k (1 + q) as a double-double."""
+    eh, el = add(np.ones_like(qh), np.zeros_like(qh), qh, ql)
     scale = k.astype(np.int64)
     return np.ldexp(eh, scale), np.ldexp(el, scale)
 
@@ -148,9 +152,8 @@ def expm1(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     |e**x - 1| > 0.29)."""
     x = np.asarray(x, dtype=np.float64)
     k, qh, ql = _exp_parts(x)
-    scale = k.astype(np.int64)
-    eh, el = add(np.ones_like(x), np.zeros_like(x), qh, ql)
-    mh, ml = add(np.ldexp(eh, scale), np.ldexp(el, scale), np.full_like(x, -1.0), np.zeros_like(x))
+    eh, el = _scaled(k, qh, ql)
+    mh, ml = add(eh, el, np.full_like(x, -1.0), np.zeros_like(x))
     return np.where(k == 0, qh, mh), np.where(k == 0, ql, ml)
 
 
