@@ -3,7 +3,7 @@
 Scans all 2**32 float32 bit patterns.  For each function, an input is
 *undecided* when its float64 value w lies within 2**-44 |w| of a float32
 rounding boundary (the interval [w(1 - 2**-44), w(1 + 2**-44)] rounds to two
-different float32 values): those are the inputs stabilitylab.crmath recomputes
+different float32 values): those are the inputs stabilitylab.numerics.crmath recomputes
 with mpmath.  Prints their number and the hardest ones (closest to the boundary,
 measured with mpmath at 60 digits) as hex bit patterns, for tests/test_crmath.py.
 

@@ -18,8 +18,8 @@ import sys
 import numpy as np
 from timing import best
 
-from stabilitylab import crmath
-from stabilitylab.formats import FORMATS
+from stabilitylab.numerics import crmath
+from stabilitylab.numerics.formats import FORMATS
 
 FUNCS = ("exp", "log", "log1p")
 

@@ -17,10 +17,6 @@ __all__ = ["audit", "compare", "thresholds", "adapters_table", "AuditResult", "C
 
 
 def __getattr__(name: str):
-    if name == "thresholds":  # the submodule, callable as the API function (see thresholds.py)
-        import importlib
-
-        return importlib.import_module(f"{__name__}.thresholds")
     if name in __all__:
         from . import api
 

@@ -20,16 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from . import adapters, baseline, engine
-from . import auditing as _audit
-from . import thresholds as _thresholds
+from .analysis import engine
+from .analysis import thresholds as _thresholds
+from .auditing import adapters
+from .auditing import core as _audit
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
-from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from .guard import baseline
+from .io.userdata import InputError, binary_cases, logits_cases, user_binary, user_logits
+from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md
 from .render.model import Section, audit_sections, compare_sections, formulas_section, thresholds_table
-from .userdata import InputError, binary_cases, logits_cases, user_binary, user_logits
 
 __all__ = ["audit", "compare", "thresholds", "adapters_table", "AuditResult", "CompareResult", "ThresholdsResult",
            "AuditError", "InputError"]
@@ -116,7 +118,7 @@ class AuditResult(_Document):
 
     def to_pytest(self, path: str | os.PathLike) -> int:
         """Write a standalone pytest module (atomically) guarding the witnesses; returns the number of tests."""
-        from .emit import write_pytest
+        from .auditing.emit import write_pytest
         return write_pytest(self.audit, path)
 
     def save_baseline(self, path: str | os.PathLike) -> int:
@@ -156,7 +158,7 @@ class CompareResult(_Document):
 
 @dataclass
 class ThresholdsResult(_Document):
-    """``thresholds``: ``rows``, one :class:`~stabilitylab.thresholds.Threshold` per family, method and format."""
+    """``thresholds``: ``rows``, one :class:`~stabilitylab.analysis.thresholds.Threshold` per family, method and format."""
 
     rows: list[_thresholds.Threshold]
     formats: tuple[Format, ...]
@@ -239,7 +241,7 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
 
 def thresholds(experiments: str | Sequence[str] | None = None, dtypes=None, *, families: Sequence[str] | None = None,
                p: float = 0.1, ftz: bool = False, tolerance: float | None = None) -> ThresholdsResult:
-    """The exact first failure of every method along every family (see :mod:`stabilitylab.thresholds`)."""
+    """The exact first failure of every method along every family (see :mod:`stabilitylab.analysis.thresholds`)."""
     names = [experiments] if isinstance(experiments, str) else list(experiments or EXPERIMENTS)
     chosen = [EXPERIMENTS[n] for n in names]
     formats = _formats(dtypes)

@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import atomic, output
-from .engine import compare as run_compare
+from .analysis.engine import compare as run_compare
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
-from .formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from .io import atomic, output
+from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
 from .render.model import (
@@ -106,8 +106,8 @@ def _families(names: Sequence[str], experiments) -> set[str] | None:
 
 
 def run_thresholds(*args, **kwargs):
-    """:func:`stabilitylab.thresholds.thresholds`, imported when a command needs it (not by compare)."""
-    from .thresholds import thresholds
+    """:func:`stabilitylab.analysis.thresholds.thresholds`, imported when a command needs it (not by compare)."""
+    from .analysis.thresholds import thresholds
 
     return thresholds(*args, **kwargs)
 
@@ -115,7 +115,7 @@ def run_thresholds(*args, **kwargs):
 def _print_version(ctx: click.Context, param, value: bool) -> None:
     """--version (click's version_option would read the package metadata at every start)."""
     if value and not ctx.resilient_parsing:
-        from .environment import package_version
+        from .io.environment import package_version
 
         click.echo(f"stabilitylab, version {package_version()}", color=ctx.color)
         ctx.exit()
@@ -257,8 +257,8 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
     comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
     summary = None
     if bulk is not None:  # (the user-data modules are imported only for user data)
-        from . import streaming
-        from .userdata import InputError
+        from .analysis import streaming
+        from .io.userdata import InputError
 
         try:  # a file that turns out truncated or corrupt while it is read
             if rows_mode == "all":
@@ -290,7 +290,7 @@ def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> 
 
 
 def _open_user_logits(logits, key, labels, labels_key, ignore_index):
-    from .userdata import InputError, user_source
+    from .io.userdata import InputError, user_source
 
     try:
         return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
@@ -300,7 +300,7 @@ def _open_user_logits(logits, key, labels, labels_key, ignore_index):
 
 def _stream_rows(bulk, formats, tolerance, ftz: bool, output: str | None) -> None:
     """Every row as JSON Lines, chunk by chunk (atomically into -o), then the summary line."""
-    from . import streaming
+    from .analysis import streaming
     from .render import bulk as bulk_render
 
     def run(stream) -> None:
@@ -385,9 +385,10 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
                   fmt, output, emit_pytest, save_baseline) -> None:
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
-    from . import api, baseline
-    from .auditing import AuditError
-    from .userdata import InputError
+    from . import api
+    from .auditing.core import AuditError
+    from .guard import baseline
+    from .io.userdata import InputError
 
     _check_output(output)
     _check_output(emit_pytest, "'--emit-pytest'")
@@ -473,7 +474,7 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
               help="Rich table, or markdown (for a CI step summary).")
 def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
-    from . import baseline
+    from .guard import baseline
 
     if update:
         _update_baseline(baseline_path, dtypes)
@@ -512,11 +513,11 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
 
 def _audit_rows(entries, tolerance, formats_):
     """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise)."""
-    from . import baseline
+    from .guard import baseline
 
     if not any(baseline.audit_key(key) for key in entries):
         return [], {}
-    from .auditing import baseline_rows
+    from .auditing.core import baseline_rows
 
     return baseline_rows(entries, tolerance, {f.name for f in formats_})
 
@@ -527,7 +528,7 @@ def _update_baseline(path: str, dtypes) -> None:
     An existing file must be a valid baseline: rewriting anything else would lose
     it (a typo'd path) or drop the entries that could not be read.
     """
-    from . import baseline
+    from .guard import baseline
 
     _check_output(path, "'--baseline'")
     previous, settings, tolerance = {}, Settings(), None
@@ -564,7 +565,7 @@ def _update_baseline(path: str, dtypes) -> None:
 @output_option
 def train_command(scenarios, dtypes, steps, lr, seed, fmt, output) -> None:
     """Train softmax / logistic regression on Iris with SGD, every operation rounded to the format."""
-    from . import train
+    from .training import train
 
     _check_output(output)
     problem = train.check_settings(steps, lr)
@@ -597,7 +598,7 @@ def train_command(scenarios, dtypes, steps, lr, seed, fmt, output) -> None:
 @p_option
 def report_command(folder, dtypes, p) -> None:
     """Write a markdown report with tables, figures and findings, all computed in the run."""
-    from . import report  # matplotlib is imported only for reports
+    from .report import build as report  # matplotlib is imported only for reports
 
     problem = atomic.check_folder(folder)
     if problem:  # checked before the build; nothing is created until every file is ready
@@ -623,7 +624,7 @@ def report_command(folder, dtypes, p) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; every failure is one line on stderr and an ExitStatus, never a traceback.
 
-    Standard output and error are guarded while it runs (see :mod:`stabilitylab.output`):
+    Standard output and error are guarded while it runs (see :mod:`stabilitylab.io.output`):
     a reader that goes away (``| head``) ends the output quietly; a closed or full
     stdout is an error.
     """

@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import baseline
+from .analysis.thresholds import Threshold, family_thresholds
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
-from .formats import FORMATS
-from .thresholds import Threshold, family_thresholds
+from .guard import baseline
+from .numerics.formats import FORMATS
 
 __all__ = ["StabilityBaseline", "threshold"]
 
@@ -37,7 +37,7 @@ def threshold(key: str, settings: Settings = Settings(), tolerance: float | None
                        f"e.g. likelihood/iid/product/float32")
     experiment, family, method, dtype = parts
     if baseline.audit_key(key) is not None:  # an audited target: recomputed by the audit's search
-        from .auditing import AuditError, baseline_rows
+        from .auditing.core import AuditError, baseline_rows
 
         rows, problems = baseline_rows([key], tolerance)
         if problems:

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stabilitylab.arith import Arith
-from stabilitylab.formats import ALL_FORMATS, FORMATS
+from stabilitylab.numerics.arith import Arith
+from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
 
 F16, BF16, F32, F64 = (FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))
 E4M3 = FORMATS["float8_e4m3fn"]

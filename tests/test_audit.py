@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 import stabilitylab
-from stabilitylab import adapters, baseline
-from stabilitylab.arith import EXTERNAL_CHUNK, Arith, TargetError
-from stabilitylab.auditing import default_audit_cases
+from stabilitylab.analysis.outcome import classify
+from stabilitylab.auditing import adapters
+from stabilitylab.auditing.core import default_audit_cases
 from stabilitylab.cli import main
-from stabilitylab.formats import FORMATS
-from stabilitylab.outcome import classify
-from stabilitylab.reference import Exact
+from stabilitylab.guard import baseline
+from stabilitylab.numerics.arith import EXTERNAL_CHUNK, Arith, TargetError
+from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.numerics.reference import Exact
 
 HAVE_TORCH = adapters.installed(("torch",))
 HAVE_JAX = adapters.installed(("jax", "optax"))
@@ -365,6 +366,6 @@ def test_api_exports():
     assert stabilitylab.compare("likelihood", ["float32"]).to_dict()["schema"] == "stabilitylab.compare/1"
     result = stabilitylab.thresholds("likelihood", "float32")
     assert result.rows[0].first_failure == 46 and "Thresholds" in result._repr_markdown_()
-    from stabilitylab import thresholds as module  # still the module, for code that imports it
+    from stabilitylab.analysis import thresholds as module  # still the module, for code that imports it
     assert hasattr(module, "family_thresholds")
-    assert (REPO / "stabilitylab" / "adapters" / "scipy_.py").is_file()
+    assert (REPO / "stabilitylab" / "auditing" / "adapters" / "scipy_.py").is_file()

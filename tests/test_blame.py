@@ -11,10 +11,10 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab.arith import NEVER, Arith
-from stabilitylab.formats import FORMATS
-from stabilitylab.outcome import METHOD_FAILURES, blame, classify
-from stabilitylab.reference import Exact, from_mpmath
+from stabilitylab.analysis.outcome import METHOD_FAILURES, blame, classify
+from stabilitylab.numerics.arith import NEVER, Arith
+from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.numerics.reference import Exact, from_mpmath
 
 ERROR = 2.0**-40
 

@@ -13,9 +13,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import atomic
 from stabilitylab.cli import main
 from stabilitylab.experiments import EXPERIMENTS
+from stabilitylab.io import atomic
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_SIX = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")

@@ -1,6 +1,6 @@
 """crmath: exp, log, log1p correctly rounded in every format, proven against a plain checker.
 
-The checker shares no code with stabilitylab.crmath: it evaluates the function
+The checker shares no code with stabilitylab.numerics.crmath: it evaluates the function
 with mpmath at 50 significant digits, then finds the correctly rounded format
 value by walking the format's own bit patterns (non-negative finite values are
 increasing in their bit pattern): the two neighbours of |r|, the nearer one,
@@ -23,8 +23,8 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import crmath
-from stabilitylab.formats import FORMATS
+from stabilitylab.numerics import crmath
+from stabilitylab.numerics.formats import FORMATS
 
 FUNCS = ("exp", "log", "log1p")
 SMALL = [FORMATS[n] for n in ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")]
@@ -477,7 +477,7 @@ def test_loose_longdouble_bound_still_correct(monkeypatch):
 def test_float64_double_double_stage_and_its_fallback(name, monkeypatch):
     """float64: the double-double stage decides what longdouble leaves (bit for bit the checker's
     answers), and with a huge assumed double-double error, mpmath takes over: the same results."""
-    from stabilitylab import doubledouble
+    from stabilitylab.numerics import doubledouble
 
     monkeypatch.setitem(crmath.WIDE_REL_ERROR, "longdouble", 2.0**-50)  # many elements reach the stage
     x = f64_samples(name, 1500, seed=67)

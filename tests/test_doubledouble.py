@@ -6,7 +6,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import doubledouble as dd
+from stabilitylab.numerics import doubledouble as dd
 
 HAS_WIDE_LONGDOUBLE = np.finfo(np.longdouble).nmant >= 63
 MEASURED = 2.0**-100  # what the docstring says is measured; the bound used is REL_ERROR = 2**-90

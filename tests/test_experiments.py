@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stabilitylab.engine import compare, evaluate
+from stabilitylab.analysis.engine import compare, evaluate
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.likelihood import LIKELIHOOD, article_case, iid
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, concat, logits_case
-from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS
+from stabilitylab.numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS
 
 F16, BF16, F32, F64 = (FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))
 

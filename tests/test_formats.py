@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, get_format, round_bits
+from stabilitylab.numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, get_format, round_bits
 
 SMALL = [f for f in ALL_FORMATS if f.dtype.itemsize <= 2]  # enumerable: <= 65536 bit patterns
 

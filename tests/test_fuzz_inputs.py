@@ -22,13 +22,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
-from stabilitylab import baseline, cli, userdata
+from stabilitylab import cli
+from stabilitylab.analysis.thresholds import thresholds
 from stabilitylab.cli import main
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.base import Settings
-from stabilitylab.formats import FORMATS
+from stabilitylab.guard import baseline
+from stabilitylab.io import userdata
+from stabilitylab.numerics.formats import FORMATS
 from stabilitylab.status import ExitStatus
-from stabilitylab.thresholds import thresholds
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

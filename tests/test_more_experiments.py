@@ -11,10 +11,9 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import running
-from stabilitylab import thresholds as th
+from stabilitylab.analysis import thresholds as th
+from stabilitylab.analysis.engine import compare, evaluate
 from stabilitylab.cli import main
-from stabilitylab.engine import compare, evaluate
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.accumulation import terms
 from stabilitylab.experiments.base import Settings
@@ -22,7 +21,8 @@ from stabilitylab.experiments.binary_ce import article_case, binary_case
 from stabilitylab.experiments.epsilon_clip import EPSILON, facts
 from stabilitylab.experiments.gradient import LOSS_SCALES, loss_scaling
 from stabilitylab.experiments.softmax_ce import logits_case
-from stabilitylab.formats import ALL_FORMATS, FORMATS
+from stabilitylab.numerics import running
+from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
 
 F16, BF16, F32, F64 = (FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))
 E4M3, E5M2 = FORMATS["float8_e4m3fn"], FORMATS["float8_e5m2"]

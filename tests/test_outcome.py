@@ -6,10 +6,10 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab.arith import Arith
-from stabilitylab.formats import FORMATS
-from stabilitylab.outcome import classify, errors
-from stabilitylab.reference import Exact, from_mpmath
+from stabilitylab.analysis.outcome import classify, errors
+from stabilitylab.numerics.arith import Arith
+from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.numerics.reference import Exact, from_mpmath
 
 F16, F32, F64, E4M3 = FORMATS["float16"], FORMATS["float32"], FORMATS["float64"], FORMATS["float8_e4m3fn"]
 

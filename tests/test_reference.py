@@ -6,11 +6,11 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import reference
-from stabilitylab.arith import Arith
 from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
-from stabilitylab.formats import FORMATS
+from stabilitylab.numerics import reference
+from stabilitylab.numerics.arith import Arith
+from stabilitylab.numerics.formats import FORMATS
 
 pytestmark = pytest.mark.skipif(not reference.HAVE_EXTENDED, reason="the scaled sums need an 80-bit longdouble")
 

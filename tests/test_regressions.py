@@ -24,10 +24,13 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from stabilitylab import atomic, baseline, cli, report, userdata
+from stabilitylab import cli
 from stabilitylab.cli import main
-from stabilitylab.environment import fingerprint
-from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS
+from stabilitylab.guard import baseline
+from stabilitylab.io import atomic, userdata
+from stabilitylab.io.environment import fingerprint
+from stabilitylab.numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS
+from stabilitylab.report import build as report
 from stabilitylab.status import ExitStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -648,7 +651,7 @@ def _tokens_of(table) -> set[str]:
 
 @pytest.mark.parametrize("width", [60, 80, 100, 160])
 def test_tables_broke_numbers_and_names_at_80_columns(width):
-    from stabilitylab.engine import compare
+    from stabilitylab.analysis.engine import compare
     from stabilitylab.experiments import EXPERIMENTS
     from stabilitylab.experiments.likelihood import iid
     from stabilitylab.render.model import compare_sections, formats_table
@@ -729,9 +732,9 @@ def _texts_overlap(fig) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def figure_rows():
+    from stabilitylab.analysis.thresholds import thresholds
     from stabilitylab.experiments import EXPERIMENTS
     from stabilitylab.experiments.base import Settings
-    from stabilitylab.thresholds import thresholds
 
     return thresholds([EXPERIMENTS["likelihood"]], DEFAULT_FORMATS, Settings())
 

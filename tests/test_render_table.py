@@ -7,9 +7,9 @@ import io
 import pytest
 from rich.console import Console
 
-from stabilitylab.engine import compare
+from stabilitylab.analysis.engine import compare
 from stabilitylab.experiments import EXPERIMENTS
-from stabilitylab.formats import ALL_FORMATS, DEFAULT_FORMATS
+from stabilitylab.numerics.formats import ALL_FORMATS, DEFAULT_FORMATS
 from stabilitylab.render import table as render_table
 from stabilitylab.render.model import Cell, Table, compare_sections, formats_table
 

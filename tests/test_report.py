@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stabilitylab import report
 from stabilitylab.cli import main
-from stabilitylab.formats import DEFAULT_FORMATS
+from stabilitylab.numerics.formats import DEFAULT_FORMATS
+from stabilitylab.report import build as report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests of stabilitylab.sources: logits and labels opened from their header, read in blocks.
+"""Tests of stabilitylab.io.sources: logits and labels opened from their header, read in blocks.
 
 Files are written by independent writers (numpy.save / savez / savez_compressed, the
 safetensors package, torch.save) or, for corrupt and hand-made safetensors, byte by
@@ -22,8 +22,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from stabilitylab import sources, userdata
-from stabilitylab.sources import (
+from stabilitylab.io import sources, userdata
+from stabilitylab.io.sources import (
     InputError,
     LogitsSource,
     check_labels,
@@ -761,7 +761,7 @@ def test_chunks_of_a_400_mb_npy_keep_the_resident_set_small(tmp_path):
     script = (
         "import resource, sys\n"
         "import numpy as np\n"
-        "from stabilitylab.sources import default_rows_per_chunk, open_logits\n"
+        "from stabilitylab.io.sources import default_rows_per_chunk, open_logits\n"
         "src = open_logits(sys.argv[1])\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "total, seen = 0.0, 0\n"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from stabilitylab.engine import evaluate
+from stabilitylab.analysis.engine import evaluate
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.likelihood import iid
 from stabilitylab.experiments.softmax_ce import logits_case
-from stabilitylab.formats import ALL_FORMATS, FORMATS
+from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
 
 
 def plain_round(fmt, x: mpmath.mpf) -> float | None:

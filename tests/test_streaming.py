@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stabilitylab import engine, reference, streaming
+from stabilitylab.analysis import engine, streaming
+from stabilitylab.analysis.outcome import STATUSES
 from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
-from stabilitylab.formats import ALL_FORMATS, FORMATS
-from stabilitylab.outcome import STATUSES
+from stabilitylab.numerics import reference
+from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
 
 ROWS, K = 100_000, 10
 

@@ -6,10 +6,10 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab import thresholds as th
+from stabilitylab.analysis import thresholds as th
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.base import Settings
-from stabilitylab.formats import FORMATS
+from stabilitylab.numerics.formats import FORMATS
 
 LIK, SCE = EXPERIMENTS["likelihood"], EXPERIMENTS["softmax_ce"]
 F16, F32, F64 = FORMATS["float16"], FORMATS["float32"], FORMATS["float64"]

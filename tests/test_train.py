@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from stabilitylab import train
 from stabilitylab.cli import main
-from stabilitylab.formats import FORMATS
+from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.training import train
 
 F16, F64 = FORMATS["float16"], FORMATS["float64"]
 

@@ -1,4 +1,4 @@
-"""Unit tests of reading user logits and labels (stabilitylab.userdata)."""
+"""Unit tests of reading user logits and labels (stabilitylab.io.userdata)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from stabilitylab import userdata
-from stabilitylab.userdata import InputError, read_array, user_logits
+from stabilitylab.io import userdata
+from stabilitylab.io.userdata import InputError, read_array, user_logits
 
 X = np.array([[0.5, 1.25, -3.0],
               [2.0, 2.5, 1.0],

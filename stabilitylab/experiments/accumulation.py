@@ -12,7 +12,7 @@
   does) and rounded once: n v correctly rounded.
 
 The loops are simulated exactly, step by step, with periodic stretches jumped
-over (see :mod:`stabilitylab.running`).  Exact reference: n v for the
+over (see :mod:`stabilitylab.numerics.running`).  Exact reference: n v for the
 format-rounded v (mpmath).
 """
 
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from .. import predict, running
-from ..arith import Arith
-from ..formats import FORMATS, Format
+from ..numerics import running
+from ..numerics.arith import Arith
+from ..numerics.formats import FORMATS, Format
+from . import predict
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings
 
 __all__ = ["Terms", "ACCUMULATION", "terms"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arith import Arith
+from ..numerics.arith import Arith
 
 __all__ = ["Truth", "ParamNames", "shortest", "Rows", "Batch", "Method", "Experiment", "Family", "Prediction",
            "Settings", "stack_padded"]
@@ -120,9 +120,9 @@ class Method:
     ``black_box``: the kernel calls code we cannot see (an audited framework
     kernel or a user's function, through :meth:`Arith.external`): no IEEE event
     is observed, so its status is decided from the value alone (see
-    :mod:`stabilitylab.outcome`), and nothing about it can be proven on ranges.
+    :mod:`stabilitylab.analysis.outcome`), and nothing about it can be proven on ranges.
     ``observe(fmt, cases, inputs, outcome)``, optional, is called by
-    :func:`stabilitylab.engine.evaluate` with every batch the method ran on (the
+    :func:`stabilitylab.analysis.engine.evaluate` with every batch the method ran on (the
     audit collects witnesses and the ``resembles`` tally there).
     """
 
@@ -197,7 +197,7 @@ class Experiment:
     with mpmath.  ``fast_reference(inputs)``, optional, is the same loss
     vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``; with
     ``fast_float64`` it also takes ``dtype=np.float64`` (inputs of at most 24 bits;
-    error bound :func:`stabilitylab.reference.fast_error`).
+    error bound :func:`stabilitylab.numerics.reference.fast_error`).
     ``facts(formats)``, optional: a table (headers, rows of text) of format facts
     the experiment's question depends on, computed in each format.
     """

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from .. import predict
-from ..arith import Arith
-from ..formats import Format
+from ..numerics.arith import Arith
+from ..numerics.formats import Format
+from . import predict
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
 
 __all__ = ["Binary", "BINARY_CE", "binary_case"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..arith import Arith
-from ..formats import Format
+from ..numerics.arith import Arith
+from ..numerics.formats import Format
 from .base import Experiment, Family, Method, ParamNames, Settings
 from .softmax_ce import (
     Logits,

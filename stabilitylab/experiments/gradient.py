@@ -27,8 +27,8 @@ import math
 import mpmath
 import numpy as np
 
-from ..arith import Arith
-from ..formats import Format
+from ..numerics.arith import Arith
+from ..numerics.formats import Format
 from .base import Experiment, Family, Method, ParamNames, Settings, Truth
 from .softmax_ce import Logits, _two_diff, concat, load, log_softmax_log1p, logits_case
 

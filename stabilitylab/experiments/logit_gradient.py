@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from ..arith import Arith
+from ..numerics.arith import Arith
 from .base import Batch, Experiment, Family, Method, Rows
 from .binary_ce import BINARY_CE, Binary
 from .softmax_ce import SOFTMAX_CE, _two_diff

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import mpmath
 import numpy as np
 
-from .. import predict
-from ..arith import Arith
-from ..formats import Format
-from ..reference import HAVE_EXTENDED, exp_sum_scaled, from_longdouble
+from ..numerics.arith import Arith
+from ..numerics.formats import Format
+from ..numerics.reference import HAVE_EXTENDED, exp_sum_scaled, from_longdouble
+from . import predict
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
@@ -202,13 +202,13 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
     and e^(x_i - m) = e^hi e^lo; in float64 x_i - m is rounded once (a relative error of at
     most 745 * 2**-53 = 2**-43.5 in e^(x_i - m) where it matters).  Relative error bound:
-    :func:`stabilitylab.reference.fast_error` (exp and log1p of the wide type, one rounding
+    :func:`stabilitylab.numerics.reference.fast_error` (exp and log1p of the wide type, one rounding
     per product, a pairwise sum of depth ceil(log2 K), the final addition of m - x_y >= 0).
 
     Rows where the true class is the max and the sum is within 2**62 of the wide type's
     smallest normal (terms may have underflowed) are summed scaled
-    (:func:`stabilitylab.reference.exp_sum_scaled`), and the result is then an
-    :class:`~stabilitylab.reference.Exact`.  Rows it does not handle (non-finite logits,
+    (:func:`stabilitylab.numerics.reference.exp_sum_scaled`), and the result is then an
+    :class:`~stabilitylab.numerics.reference.Exact`.  Rows it does not handle (non-finite logits,
     sums near e**-7.6e11) go to mpmath."""
     X = x.logits.astype(np.float64)
     rows, k = np.arange(len(X)), X.shape[1]

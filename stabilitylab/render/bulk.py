@@ -1,4 +1,4 @@
-"""Render a :class:`stabilitylab.streaming.Summary`: tables for a screen, a JSON document,
+"""Render a :class:`stabilitylab.analysis.streaming.Summary`: tables for a screen, a JSON document,
 and JSON Lines of every row, all from columns (no object per row)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
-from ..outcome import STATUSES
-from ..reference import Exact
-from ..streaming import BITS_BINS, Summary
+from ..analysis.outcome import STATUSES
+from ..analysis.streaming import BITS_BINS, Summary
+from ..numerics.reference import Exact
 from .jsonout import number
 from .model import COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
 

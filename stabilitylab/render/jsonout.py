@@ -7,9 +7,9 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from ..engine import Comparison
-from ..environment import fingerprint, package_version
-from ..findings import findings
+from ..analysis.engine import Comparison
+from ..analysis.findings import findings
+from ..io.environment import fingerprint, package_version
 
 __all__ = ["number", "dumps", "compare_document"]
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import Comparison
-from ..findings import findings
-from ..formats import Format
+from ..analysis.engine import Comparison
+from ..analysis.findings import findings
+from ..numerics.formats import Format
 
 __all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table", "thresholds_table",
            "formulas_section", "check_table", "audit_sections"]

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from ..formats import FORMATS  # noqa: E402
+from ..numerics.formats import FORMATS  # noqa: E402
 
 __all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED"]
 
@@ -173,7 +173,7 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
 def training_figure(title: str, runs: dict, formats: list[str], render=png):
     """Loss (top row, log scale), accuracy (middle row) per step / epoch, and the fraction of per-sample
     gradient terms lost to underflow in the backward pass (bottom row), one column per format, one line
-    per method.  ``runs[(method, dtype)]`` is a :class:`stabilitylab.train.Run`.  The first
+    per method.  ``runs[(method, dtype)]`` is a :class:`stabilitylab.training.train.Run`.  The first
     step with a non-finite loss is marked with an x on the last finite value before it, and a dotted
     vertical line in both rows."""
     methods = list(dict.fromkeys(m for m, _ in runs))

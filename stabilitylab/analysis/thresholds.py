@@ -17,7 +17,7 @@ How each number is established, and its ``exact`` flag:
 2. Wider float grids (float32, float64): a k-ary bisection finds a failing point
    b (the candidate).  Then every value below b is *verified*: ranges of the
    parameter are proven ok (or finite) by running the kernels on intervals
-   (:mod:`stabilitylab.interval`: the format-rounded result of every point of the
+   (:mod:`stabilitylab.numerics.interval`: the format-rounded result of every point of the
    range lies in the enclosure, and so does the exact loss; if every value in the
    one is within the tolerance of every value in the other, no point of the range
    can fail), and ranges that cannot be proven are halved until they are small,
@@ -56,20 +56,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
-import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import mpmath
 import numpy as np
 
-from . import interval, reference
-from .arith import NEVER, Arith
+from ..experiments import EXPERIMENTS, Experiment
+from ..experiments.base import Family, Settings
+from ..numerics import interval, reference
+from ..numerics.arith import NEVER, Arith
+from ..numerics.formats import FORMATS, Format
 from .engine import evaluate
-from .experiments import EXPERIMENTS, Experiment
-from .experiments.base import Family, Settings
-from .formats import FORMATS, Format
 from .outcome import METHOD_FAILURES, blame
 
 __all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
@@ -738,16 +736,3 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 def _search_task(names: tuple[str, str, str], settings: Settings, tolerance: float | None) -> list[Threshold]:
     experiment = EXPERIMENTS[names[0]]
     return family_thresholds(experiment, experiment.family(names[1]), FORMATS[names[2]], settings, tolerance)
-
-
-class _CallableModule(types.ModuleType):
-    """``stabilitylab.thresholds(...)`` calls the Python API (:func:`stabilitylab.api.thresholds`),
-    while ``stabilitylab.thresholds`` stays this module (``from stabilitylab import thresholds``)."""
-
-    def __call__(self, *args, **kwargs):
-        from .api import thresholds as api_thresholds
-
-        return api_thresholds(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
-from .engine import compare, evaluate
-from .environment import fingerprint, package_version
-from .experiments import EXPERIMENTS
-from .experiments.base import Settings, shortest
-from .experiments.likelihood import LIKELIHOOD, iid
-from .findings import threshold_findings
-from .formats import FORMATS, Format
-from .render import plots
-from .render.markdown import sections_md, table_md
-from .render.model import Cell, Table, compare_sections, formats_table, thresholds_table
-from .thresholds import family_thresholds
+from ..analysis.engine import compare, evaluate
+from ..analysis.findings import threshold_findings
+from ..analysis.thresholds import family_thresholds
+from ..experiments import EXPERIMENTS
+from ..experiments.base import Settings, shortest
+from ..experiments.likelihood import LIKELIHOOD, iid
+from ..io import atomic
+from ..io.environment import fingerprint, package_version
+from ..numerics.formats import FORMATS, Format
+from ..render import plots
+from ..render.markdown import sections_md, table_md
+from ..render.model import Cell, Table, compare_sections, formats_table, thresholds_table
 
 __all__ = ["build", "write", "STEPS"]
 
@@ -146,7 +146,7 @@ def _likelihood_figure_task(formats: tuple[str, ...], settings: Settings, rows, 
 
 def _training_task(scenario: str):
     """The runs of one default scenario (its float64 runs too) and its figure."""
-    from . import train
+    from ..training import train
 
     s = train.SCENARIOS[scenario]
     runs = train.run_scenario(s, [FORMATS[name] for name in (*TRAIN_FORMATS, "float64")])
@@ -157,9 +157,9 @@ def _training_task(scenario: str):
 def _audit_task(name: str, formats: tuple[str, ...]):
     """One installed framework kernel: its audit on the confident family (what the report shows of
     it) and its figure panels, error bits and finiteness along D_GRID per format."""
-    from .api import audit
-    from .auditing import resolve, target_method
-    from .experiments.softmax_ce import SOFTMAX_CE
+    from ..api import audit
+    from ..auditing.core import resolve, target_method
+    from ..experiments.softmax_ce import SOFTMAX_CE
 
     a = audit(name, dtypes=[FORMATS[f] for f in formats], families=["confident"])
     family = SOFTMAX_CE.family("confident")
@@ -175,7 +175,7 @@ def _audit_task(name: str, formats: tuple[str, ...]):
 
 def _log1p_panels_task(formats: tuple[str, ...]):
     """The log1p form's panels of the audit figure (the kernels are drawn beside it)."""
-    from .experiments.softmax_ce import SOFTMAX_CE
+    from ..experiments.softmax_ce import SOFTMAX_CE
 
     family, log1p = SOFTMAX_CE.family("confident"), SOFTMAX_CE.method("log_softmax_log1p")
     out = {}
@@ -267,7 +267,8 @@ GROUPS = {"search": "searched thresholds", "ftz": "searched thresholds with flus
 def build(formats: Sequence[Format], settings: Settings = Settings(),
           progress: Callable[[str], None] = lambda step: None, jobs: int | None = None) -> dict[str, bytes]:
     """All files of the report, in memory.  ``jobs``: worker processes (default: up to 2, one per core)."""
-    from . import adapters, train
+    from ..auditing import adapters
+    from ..training import train
 
     experiments = list(EXPERIMENTS.values())
     names = tuple(f.name for f in formats)
@@ -450,8 +451,8 @@ def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[
     """The "Training" section: the default scenarios in float16 / bfloat16 / float32 (float64 as the
     reference), a table, the generated sentences and one figure per scenario (added to ``files``).
     ``results``: :func:`_training_task` per scenario."""
-    from . import train
-    from .render.model import train_sections
+    from ..render.model import train_sections
+    from ..training import train
 
     chosen = {name: train.SCENARIOS[name] for name in results}
     runs = [r for name in results for r in results[name][0]]
@@ -472,7 +473,7 @@ def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[
 
 def training_section(files: dict[str, bytes]) -> list[str]:
     """The "Training" section, computed here (see :func:`_training_lines`)."""
-    from . import train
+    from ..training import train
 
     return _training_lines({s: _training_task(s) for s in train.DEFAULT_SCENARIOS}, files)
 

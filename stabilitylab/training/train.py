@@ -10,7 +10,7 @@ standardized in float64 before they are rounded to the format):
   (the ``binary_ce`` kernels) or ``mse_sigmoid`` ((p - y)**2 / 2 on the sigmoid).
 
 Forward and backward pass, loss scaling and the update ``w <- w - lr g`` are
-all :class:`~stabilitylab.arith.Arith` operations (each correctly rounded to the
+all :class:`~stabilitylab.numerics.arith.Arith` operations (each correctly rounded to the
 format), vectorized over the mini-batch.  The methods of a scenario train side by
 side in each format: in the operations they share (matvec, batch mean, backward
 products and sums, update, accuracy) method m is row m of one Arith; each method's
@@ -55,11 +55,11 @@ from importlib import resources
 
 import numpy as np
 
-from .arith import EVENTS, NEVER, Arith
-from .experiments import binary_ce, gradient, softmax_ce
-from .formats import FORMATS, Format
-from .outcome import classify
-from .reference import from_longdouble
+from ..analysis.outcome import classify
+from ..experiments import binary_ce, gradient, softmax_ce
+from ..numerics.arith import EVENTS, NEVER, Arith
+from ..numerics.formats import FORMATS, Format
+from ..numerics.reference import from_longdouble
 
 __all__ = ["Scenario", "SCENARIOS", "Run", "run", "run_scenario", "iris", "SOFTMAX_METHODS", "LOGISTIC_METHODS"]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from . import reference
-from .arith import Arith
-from .experiments import Experiment
-from .formats import Format
+from ..experiments import Experiment
+from ..numerics import reference
+from ..numerics.arith import Arith
+from ..numerics.formats import Format
 from .outcome import STATUSES, Outcome, classify, gather
 
 __all__ = ["Result", "Comparison", "evaluate", "compare"]

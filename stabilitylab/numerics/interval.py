@@ -10,7 +10,7 @@ the range at once,
   rounding to nearest is monotone (a <= b implies fl(a) <= fl(b)): the rounded
   results over the operands' ranges lie between the rounded results at the
   corners, which are computed exactly as :class:`Arith` computes them (the
-  format's own IEEE + - * /, :mod:`stabilitylab.crmath` for exp, log, log1p).
+  format's own IEEE + - * /, :mod:`stabilitylab.numerics.crmath` for exp, log, log1p).
   Flush-to-zero is monotone too.
 * ``[xlo, xhi]`` an enclosure of the value the same formula has in exact
   arithmetic (in a wider type: float64 for formats of at most 24 bits, x86
@@ -32,7 +32,7 @@ A bound that is NaN or infinite proves nothing: a range is then simply not
 certified, never wrongly certified.
 
 The kernels run unchanged: :class:`IntervalArith` offers the operations of
-:class:`~stabilitylab.arith.Arith`.  :meth:`IntervalArith.shift` knows that the
+:class:`~stabilitylab.numerics.arith.Arith`.  :meth:`IntervalArith.shift` knows that the
 row maximum's own entry of x - max(x) is exactly 0 when the maximum is the same
 entry over the whole range.
 """

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .experiments.binary_ce import Binary, binary_case
-from .experiments.binary_ce import concat as concat_binary
-from .experiments.softmax_ce import Logits, concat, logits_case
+from .binary_ce import Binary, binary_case
+from .binary_ce import concat as concat_binary
+from .softmax_ce import Logits, concat, logits_case
 
 __all__ = ["corpus", "SOFTMAX_CE_SOURCES", "BINARY_CE_SOURCES"]
 

@@ -22,13 +22,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
-from .environment import fingerprint, package_version
-from .experiments import EXPERIMENTS
-from .experiments.base import Settings
-from .formats import FORMATS, Format
-from .outcome import STATUSES
-from .thresholds import Threshold
+from ..analysis.outcome import STATUSES
+from ..analysis.thresholds import Threshold
+from ..experiments import EXPERIMENTS
+from ..experiments.base import Settings
+from ..io import atomic
+from ..io.environment import fingerprint, package_version
+from ..numerics.formats import FORMATS, Format
 
 __all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
            "compare", "within"]
@@ -197,8 +197,8 @@ def audit_key(key: str) -> tuple[str, str, str, str] | None:
     experiment, family, dtype, target = parts[0], parts[1], parts[-1], "/".join(parts[2:-1])
     if experiment not in AUDIT_EXPERIMENTS or dtype not in FORMATS:
         return None
-    from . import adapters
-    from .auditing import audit_experiment
+    from ..auditing import adapters
+    from ..auditing.core import audit_experiment
 
     e = audit_experiment(experiment)
     if family not in {f.name for f in e.families} or target in e.method_names:

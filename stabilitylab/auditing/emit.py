@@ -17,9 +17,9 @@ import inspect
 import os
 from pathlib import Path
 
-from . import atomic
-from .auditing import Audit, AuditError, Witness
-from .environment import package_version
+from ..io import atomic
+from ..io.environment import package_version
+from .core import Audit, AuditError, Witness
 
 __all__ = ["pytest_module", "write_pytest", "RANK"]
 

@@ -6,7 +6,7 @@ Dekker's split product) make every step vectorized numpy float64 arithmetic;
 numpy has no fused multiply-add, so products split each factor in two 26-bit
 halves (valid for ``|a| < 2**995``: the domains keep every factor below 2**966).
 
-These serve :mod:`stabilitylab.crmath` as the stage between longdouble and mpmath
+These serve :mod:`stabilitylab.numerics.crmath` as the stage between longdouble and mpmath
 for float64 arguments: they decide all but ~2**-36 of the elements longdouble
 leaves undecided, at ~1 us each instead of mpmath's ~15 us.
 """

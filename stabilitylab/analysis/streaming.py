@@ -1,6 +1,6 @@
 """softmax_ce on a user's logits at real size: chunks of rows in, summaries out.
 
-A file of (rows, classes) logits is read chunk by chunk (:mod:`stabilitylab.sources`);
+A file of (rows, classes) logits is read chunk by chunk (:mod:`stabilitylab.io.sources`);
 each chunk runs through the general engine (:func:`engine.evaluate` with ``fast=True``:
 the same kernels, format values held in float32, references in float64 / longdouble)
 and is reduced at once to columns that add up across chunks:
@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import reference
+from ..experiments.base import ParamNames
+from ..experiments.softmax_ce import SOFTMAX_CE, Logits
+from ..io.sources import default_rows_per_chunk
+from ..numerics import reference
+from ..numerics.formats import Format
 from .engine import evaluate
-from .experiments.base import ParamNames
-from .experiments.softmax_ce import SOFTMAX_CE, Logits
-from .formats import Format
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
-from .sources import default_rows_per_chunk
 
 __all__ = ["ROW", "Summary", "Cell", "summarize", "BITS_BINS"]
 

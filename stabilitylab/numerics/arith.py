@@ -8,7 +8,7 @@ for each row, the first operation at which each IEEE event happened:
 * ``+ - * /`` in the format's dtype: IEEE for float16/32/64; numpy / ml_dtypes
   evaluate float16, bfloat16 and float8 in float32 and round once, which is
   correctly rounded because float32 has at least 2p + 2 bits;
-* ``exp``, ``log``, ``log1p`` by :mod:`stabilitylab.crmath`, correctly rounded
+* ``exp``, ``log``, ``log1p`` by :mod:`stabilitylab.numerics.crmath`, correctly rounded
   in every format (not numpy's / ml_dtypes' own functions, which differ between
   CPUs): results and thresholds are facts about the formula and the format,
   identical on every machine.
@@ -35,7 +35,7 @@ as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
 non-zero value is an ``underflow``.
 
 With ``quiet=True`` the results are the same and no event is looked for (``first``
-stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.train`: a
+stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.training.train`: a
 step's backward pass, and its forward pass where the loss is finite and non-zero).
 """
 

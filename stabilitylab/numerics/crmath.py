@@ -258,7 +258,7 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
 
 def _double_double(name: str, flat: np.ndarray, w: np.ndarray, undecided: np.ndarray,
                    out: np.ndarray, stats: dict | None) -> np.ndarray:
-    """Second stage for float64: the double-double value (:mod:`stabilitylab.doubledouble`, error
+    """Second stage for float64: the double-double value (:mod:`stabilitylab.numerics.doubledouble`, error
     below its ``REL_ERROR``; log and log1p refine the longdouble ``w``) decides the elements whose
     interval ends round alike (each end h + (l -+ E |h|) is one float64 addition, correctly
     rounded); sets them in ``out`` and returns the indices left to mpmath (outside the

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiments.binary_ce import Binary
-from .experiments.softmax_ce import Logits
+from ..experiments.binary_ce import Binary
+from ..experiments.softmax_ce import Logits
 from .sources import InputError, open_tensor
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits", "user_binary", "logits_cases",
@@ -24,7 +24,7 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
 
     Binary files are checked from their header (shape and type) before any data is
     read or decompressed, so an oversized or compressed-bomb array costs nothing.
-    The readers are :mod:`stabilitylab.sources`'; this adds the in-memory size limit.
+    The readers are :mod:`stabilitylab.io.sources`'; this adds the in-memory size limit.
     """
     option = f"--{what}" if what in ("logits", "labels") else None
     return open_tensor(path, what, None, option=option, key_option=None, default_key=None,

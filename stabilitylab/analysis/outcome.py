@@ -1,7 +1,7 @@
 """Classify a computed value against its exact reference: one rule, used everywhere.
 
 For a computed value v, the exact value x of the same (format-rounded) inputs
-(an :class:`~stabilitylab.reference.Exact`) and cr = x correctly rounded to the
+(an :class:`~stabilitylab.numerics.reference.Exact`) and cr = x correctly rounded to the
 format (round to nearest, ties to even; see :meth:`Exact.rounded`):
 
 1. **v equals cr** (numerically: -0 == 0; a NaN from overflow in a format with
@@ -76,9 +76,9 @@ from functools import cached_property
 
 import numpy as np
 
-from .arith import NEVER, Arith, events_from_steps
-from .formats import Format
-from .reference import Exact
+from ..numerics.arith import NEVER, Arith, events_from_steps
+from ..numerics.formats import Format
+from ..numerics.reference import Exact
 
 __all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "Outcome",
            "blame", "classify", "errors"]

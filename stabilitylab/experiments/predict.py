@@ -17,7 +17,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from .formats import Format
+from ..numerics.formats import Format
 
 __all__ = ["overflow_bound", "zero_bound", "first_power_at_most", "first_value_above"]
 

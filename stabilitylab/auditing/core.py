@@ -33,17 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.engine import Comparison, compare
+from ..analysis.outcome import METHOD_FAILURES, Outcome, classify
+from ..analysis.thresholds import Threshold, family_thresholds
+from ..experiments.base import Experiment, Method, Settings
+from ..experiments.binary_ce import BINARY_CE
+from ..experiments.binary_ce import concat as concat_binary
+from ..experiments.softmax_ce import SOFTMAX_CE
+from ..experiments.softmax_ce import concat as concat_logits
+from ..numerics.arith import Arith, TargetError, _first_line
+from ..numerics.formats import FORMATS, Format
 from . import adapters
-from .arith import Arith, TargetError, _first_line
-from .engine import Comparison, compare
-from .experiments.base import Experiment, Method, Settings
-from .experiments.binary_ce import BINARY_CE
-from .experiments.binary_ce import concat as concat_binary
-from .experiments.softmax_ce import SOFTMAX_CE
-from .experiments.softmax_ce import concat as concat_logits
-from .formats import FORMATS, Format
-from .outcome import METHOD_FAILURES, Outcome, classify
-from .thresholds import Threshold, family_thresholds
 
 __all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", "resolve", "run", "PROTOCOLS",
            "audit_experiment"]
@@ -209,7 +209,7 @@ def _load_user_function(spec: str) -> Callable:
 # ------------------------------------------------------------- experiments
 def audit_experiment(name: str) -> Experiment:
     """The simulated experiment an audit of protocol ``name`` runs beside the target."""
-    from .experiments import logit_gradient
+    from ..experiments import logit_gradient
 
     table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE,
              "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
@@ -221,8 +221,7 @@ def audit_experiment(name: str) -> Experiment:
 
 def default_audit_cases(experiment: str):
     """The experiment's default cases followed by the bug-report corpus."""
-    from . import corpus
-    from .experiments import logit_gradient
+    from ..experiments import corpus, logit_gradient
 
     base = experiment.removesuffix("_grad")
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
@@ -486,7 +485,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
     elif target.grad:
-        from .experiments import logit_gradient
+        from ..experiments import logit_gradient
         cases = logit_gradient.components(cases)
     what = "your cases" if own_cases else "the default cases and inputs from public bug reports"
     experiment = replace(simulated, methods=(method,), facts=None,
@@ -530,7 +529,7 @@ def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
     installed or cannot be imported, the format is not supported), why.  Keys of
     simulated methods are ignored; ``formats`` limits the formats recomputed.
     """
-    from .baseline import audit_key
+    from ..guard.baseline import audit_key
 
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for key in keys:

@@ -1,0 +1,1 @@
+"""Training small models with SGD in each format, side by side (``train``)."""
