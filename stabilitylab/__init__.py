@@ -12,6 +12,8 @@ Python API (imported on first use, so ``python -m stabilitylab`` stays light)::
 See :mod:`stabilitylab.api` for the parameters.
 """
 
+__version__ = "0.1.0"
+
 __all__ = ["audit", "compare", "thresholds", "adapters_table", "AuditResult", "CompareResult", "ThresholdsResult",
            "AuditError", "InputError"]
 

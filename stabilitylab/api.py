@@ -158,7 +158,8 @@ class CompareResult(_Document):
 
 @dataclass
 class ThresholdsResult(_Document):
-    """``thresholds``: ``rows``, one :class:`~stabilitylab.analysis.thresholds.Threshold` per family, method and format."""
+    """``thresholds``: ``rows``, one :class:`~stabilitylab.analysis.thresholds.Threshold` per family, method
+    and format."""
 
     rows: list[_thresholds.Threshold]
     formats: tuple[Format, ...]

@@ -310,7 +310,7 @@ def _stream_rows(bulk, formats, tolerance, ftz: bool, output: str | None) -> Non
         stream.write(jsonout.dumps_line({"summary": bulk_render.bulk_document(summary, bulk.text)}))
 
     if output is None:
-        run(click.get_text_stream("stdout"))
+        run(sys.stdout)
     else:
         with atomic.streamed_text(output) as stream:
             run(stream)

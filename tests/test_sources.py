@@ -9,6 +9,7 @@ array converted by numpy / ml_dtypes (or torch, for files torch wrote).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import struct
@@ -554,11 +555,15 @@ def _bad_files(d: Path) -> list[tuple[str, str]]:
         ("backwards.safetensors", "bytes 16..0"),
         ("c64.safetensors", "dtype C64; allowed: F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64"),
         ("boolean.safetensors", "bool values"),
-        ("garbage.pt", "torch.load failed"),
+        ("garbage.pt", "torch.load failed" if _HAVE_TORCH else "reading .pt files needs torch: pip install "
+                       "'stabilitylab[torch]'"),
         ("big.txt", "larger than 512 MiB; use .npy"),
         ("words.csv", "could not be read"),
         ("comment.csv", "holds no numbers"),
     ]
+
+
+_HAVE_TORCH = importlib.util.find_spec("torch") is not None  # with torch: its own refusal; without: the extra
 
 
 def _bad_ids() -> list[str]:

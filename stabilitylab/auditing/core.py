@@ -36,12 +36,13 @@ import numpy as np
 from ..analysis.engine import Comparison, compare
 from ..analysis.outcome import METHOD_FAILURES, Outcome, classify
 from ..analysis.thresholds import Threshold, family_thresholds
+from ..errors import AuditError, described
 from ..experiments.base import Experiment, Method, Settings
 from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
 from ..experiments.softmax_ce import SOFTMAX_CE
 from ..experiments.softmax_ce import concat as concat_logits
-from ..numerics.arith import Arith, TargetError, _first_line
+from ..numerics.arith import Arith, TargetError
 from ..numerics.formats import FORMATS, Format
 from . import adapters
 
@@ -53,10 +54,6 @@ PROTOCOLS = {
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
-
-
-class AuditError(ValueError):
-    """A target that cannot be audited (one line: what is wrong and what is allowed)."""
 
 
 # ----------------------------------------------------------------- targets
@@ -115,7 +112,7 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
     except adapters.MissingLibrary as exc:
         raise AuditError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a broken installation: one line
-        raise AuditError(f"{adapter.name}: importing {adapter.library} failed: {_first_line(exc)}") from None
+        raise AuditError(f"{adapter.name}: importing {adapter.library} failed: {described(exc)}") from None
     env = {}
     for lib in adapter.requires:
         env[lib] = adapters.library_version(lib) or "unknown"
@@ -186,7 +183,7 @@ def _load_user_function(spec: str) -> Callable:
                 warnings.simplefilter("ignore")
                 loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
-            raise AuditError(f"could not import {where}: {_first_line(exc)}") from None
+            raise AuditError(f"could not import {where}: {described(exc)}") from None
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -195,7 +192,7 @@ def _load_user_function(spec: str) -> Callable:
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(where)
         except Exception as exc:  # noqa: BLE001
-            raise AuditError(f"could not import module {where!r}: {_first_line(exc)}") from None
+            raise AuditError(f"could not import module {where!r}: {described(exc)}") from None
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -455,7 +452,7 @@ def probe(target: Target) -> None:
             warnings.simplefilter("ignore")
             result = target.fn(logits, labels)
     except Exception as exc:  # noqa: BLE001
-        raise AuditError(f"{target.name} raised on a plain {fmt.name} batch ({shown}): {_first_line(exc)}; the "
+        raise AuditError(f"{target.name} raised on a plain {fmt.name} batch ({shown}): {described(exc)}; the "
                          f"{target.experiment} protocol is {protocol}") from None
     try:
         Arith(fmt, 2)._converted(result, (2, 3 if target.experiment == "softmax_ce" else 2) if target.grad else (2,))
@@ -521,6 +518,27 @@ def target_method(target: Target, observe: Callable | None = None) -> Method:
                   exact_formula=False, observe=observe)
 
 
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
+
+
+def audit_key(key: str) -> tuple[str, str, str, str] | None:
+    """(experiment, family, target, dtype) for an audit entry ``experiment/family/<target>/dtype``:
+    the target is a built-in adapter (``torch.cross_entropy``) or a user function
+    (``module:function``, ``path/to/file.py:function``: it may hold slashes)."""
+    parts = key.split("/")
+    if len(parts) < 4:
+        return None
+    experiment, family, dtype, target = parts[0], parts[1], parts[-1], "/".join(parts[2:-1])
+    if experiment not in AUDIT_EXPERIMENTS or dtype not in FORMATS:
+        return None
+    e = audit_experiment(experiment)
+    if family not in {f.name for f in e.families} or target in e.method_names:
+        return None
+    if target not in adapters.ADAPTERS and ":" not in target:
+        return None
+    return experiment, family, target, dtype
+
+
 def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
                   ) -> tuple[list[Threshold], dict[str, str]]:
     """Recompute the audit entries among baseline ``keys`` (``experiment/family/<target>/dtype``).
@@ -529,8 +547,6 @@ def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
     installed or cannot be imported, the format is not supported), why.  Keys of
     simulated methods are ignored; ``formats`` limits the formats recomputed.
     """
-    from ..guard.baseline import audit_key
-
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for key in keys:
         parts = audit_key(key)

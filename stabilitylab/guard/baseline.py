@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ..analysis.outcome import STATUSES
 from ..analysis.thresholds import Threshold
+from ..auditing.core import audit_key
+from ..errors import BaselineError
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic
@@ -35,14 +37,6 @@ __all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_
 
 SCHEMA = "stabilitylab.baseline/1"
 METRICS = ("first_inaccurate", "first_failure", "failure")
-
-
-class BaselineError(ValueError):
-    """A baseline file that cannot be read (missing: ``missing`` is True)."""
-
-    def __init__(self, message: str, missing: bool = False):
-        super().__init__(message)
-        self.missing = missing
 
 
 def entries_of(rows: list[Threshold]) -> dict[str, dict]:
@@ -182,30 +176,6 @@ def split_key(key: str) -> tuple[str, str, str, str] | None:
                 and family in {f.name for f in e.families}):
             return experiment, family, method, dtype
     return audit_key(key)
-
-
-AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
-
-
-def audit_key(key: str) -> tuple[str, str, str, str] | None:
-    """(experiment, family, target, dtype) for an audit entry ``experiment/family/<target>/dtype``:
-    the target is a built-in adapter (``torch.cross_entropy``) or a user function
-    (``module:function``, ``path/to/file.py:function``: it may hold slashes)."""
-    parts = key.split("/")
-    if len(parts) < 4:
-        return None
-    experiment, family, dtype, target = parts[0], parts[1], parts[-1], "/".join(parts[2:-1])
-    if experiment not in AUDIT_EXPERIMENTS or dtype not in FORMATS:
-        return None
-    from ..auditing import adapters
-    from ..auditing.core import audit_experiment
-
-    e = audit_experiment(experiment)
-    if family not in {f.name for f in e.families} or target in e.method_names:
-        return None
-    if target not in adapters.ADAPTERS and ":" not in target:
-        return None
-    return experiment, family, target, dtype
 
 
 def within(baseline, current, fmt: Format, ulps: int) -> bool:

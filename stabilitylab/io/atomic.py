@@ -23,12 +23,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
+from ..errors import WriteError
+
 __all__ = ["WriteError", "write_text", "write_bytes", "write_tree", "check_writable", "check_folder",
            "resolve_target"]
-
-
-class WriteError(OSError):
-    """A file could not be written; ``filename`` is the target, which is unchanged."""
 
 
 def _kind(mode: int) -> str | None:

@@ -23,14 +23,12 @@ import os
 import sys
 from collections.abc import Iterator
 
+from ..errors import OutputError
+
 __all__ = ["OutputError", "GuardedStream", "guarded_streams", "ascii_fallback"]
 
 FALLBACKS = {"·": "-", "•": "*", "✓": "ok", "✗": "x", "—": "-", "–": "-", "…": "...", "×": "x",
              "≤": "<=", "≥": ">=", "±": "+-", "→": "->", "−": "-"}
-
-
-class OutputError(Exception):
-    """Standard output cannot be written; the message is one line."""
 
 
 def ascii_fallback(text: str, encoding: str) -> str:

@@ -37,6 +37,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ..errors import InputError, first_line
+
 __all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
            "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
 
@@ -75,21 +77,6 @@ _SAFETENSORS_DTYPES = {
 }
 LOGITS_TYPES = "float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 or integers"
 
-
-class InputError(ValueError):
-    """Bad user input; the message is one line saying what was wrong and what is allowed.
-
-    ``option`` names the command-line option at fault (``--logits``, ``--labels``, ``--key``, ``--labels-key``).
-    """
-
-    def __init__(self, message: str, option: str | None = None):
-        super().__init__(message)
-        self.option = option
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -219,7 +206,7 @@ class _Tensor:
         except InputError:
             raise
         except _READ_ERRORS as exc:
-            raise self.where.unreadable(_first_line(exc)) from None
+            raise self.where.unreadable(first_line(exc)) from None
 
     def read_all(self) -> np.ndarray:
         """The whole tensor in its storage dtype, shape as stored (a new array)."""
@@ -286,7 +273,7 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
             exc.option = option
         raise
     except _READ_ERRORS as exc:
-        raise where.unreadable(_first_line(exc)) from None
+        raise where.unreadable(first_line(exc)) from None
     tensor.where = where
     return tensor
 
@@ -316,7 +303,7 @@ def npy_header(fh, where: _Where) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:  # version 3 differs from 2 only in allowing a UTF-8 header
         shape, fortran_order, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(fh)
     except Exception as exc:  # noqa: BLE001 - numpy parses the header with tokenize and ast: any of their errors
-        raise where.unreadable(f"its .npy header is malformed ({_first_line(exc)})") from None
+        raise where.unreadable(f"its .npy header is malformed ({first_line(exc)})") from None
     if any(n < 0 for n in shape):
         raise where.unreadable(f"its header has shape {shape}")
     where.check_size(shape)
@@ -452,7 +439,7 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise where.unreadable(f"its safetensors header is not valid UTF-8 JSON ({_first_line(exc)})") from None
+        raise where.unreadable(f"its safetensors header is not valid UTF-8 JSON ({first_line(exc)})") from None
     if not isinstance(header, dict):
         raise where.unreadable("its safetensors header is not a JSON object")
     data_size = size - 8 - n
@@ -508,7 +495,7 @@ def _open_torch(p: Path, where: _Where, key: str | None, default_key: str | None
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - unpickling and torch's zip reader raise many kinds of error
-        raise where.unreadable(f"torch.load failed ({_first_line(exc)})") from None
+        raise where.unreadable(f"torch.load failed ({first_line(exc)})") from None
     if isinstance(obj, torch.Tensor):
         if key is not None:
             raise InputError(f"{where.key_option or 'a key'} {key!r} was given but {where.what} file {p} holds "

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import TargetError, described
 from . import crmath
 from .formats import FORMATS, Format
 
@@ -54,15 +55,6 @@ NEVER = np.iinfo(np.int64).max
 EXTERNAL_CHUNK = 2**16  # rows per call of an external function (a 32k-point scan is one call)
 EXTERNAL_CALLS = 4096  # calls spent, per external(), locating the rows of a batch that raised
 
-
-class TargetError(ValueError):
-    """An external function that cannot be audited at all (its result has the wrong
-    shape or is not numeric); the message is one line."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _numeric(dtype: np.dtype) -> bool:
@@ -419,7 +411,7 @@ class Arith:
                 raise
             except Exception as exc:  # noqa: BLE001 - the target's own failure is a result
                 if len(rows) == 1 or budget[0] <= 0:
-                    message = _first_line(exc)
+                    message = described(exc)
                     if len(rows) > 1:
                         message += f" (raised on a batch of {len(rows)} rows holding this one)"
                     for r in rows.tolist():
@@ -440,7 +432,7 @@ class Arith:
         try:
             r = np.asarray(result)
         except Exception as exc:  # noqa: BLE001 - e.g. a bfloat16 torch tensor
-            raise TargetError(f"its result could not be read with numpy.asarray ({_first_line(exc)})") from None
+            raise TargetError(f"its result could not be read with numpy.asarray ({described(exc)})") from None
         if not _numeric(r.dtype):
             raise TargetError(f"it returned an array of {r.dtype} values; real numbers are required")
         if r.shape != expected:

@@ -13,15 +13,13 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
+from ...errors import MissingLibrary
+
 __all__ = ["Adapter", "ADAPTERS", "MissingLibrary", "installed", "library_version"]
 
 NUMPY_FORMATS = ("float16", "float32", "float64")
 TORCH_FORMATS = ("float16", "bfloat16", "float32", "float64")
 JAX_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
-
-
-class MissingLibrary(ImportError):
-    """The framework an adapter needs is not installed; the message names the extra."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,69 @@
+"""Every exception stabilitylab raises on purpose, in one place.
+
+Each carries a one-line message: what was wrong and what is allowed.  The command line turns
+:class:`UsageError`-like ones (bad input, a target that cannot be audited, an unreadable baseline,
+a file that cannot be written) into that line on stderr and exit status 2; nothing here is a
+regression (exit 1), which only ``check`` reports.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "BaselineError", "WriteError",
+           "OutputError", "MissingLibrary", "first_line", "described"]
+
+
+class StabilitylabError(Exception):
+    """Base class: a condition stabilitylab reports as one line (never a traceback)."""
+
+
+class InputError(StabilitylabError, ValueError):
+    """Bad user input; the message is one line saying what was wrong and what is allowed.
+
+    ``option`` names the command-line option at fault (``--logits``, ``--labels``, ``--key``, ``--labels-key``).
+    """
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+class AuditError(StabilitylabError, ValueError):
+    """A target that cannot be audited (one line: what is wrong and what is allowed)."""
+
+
+class TargetError(StabilitylabError, ValueError):
+    """An external function that cannot be audited at all (its result has the wrong
+    shape or is not numeric); the message is one line."""
+
+
+class BaselineError(StabilitylabError, ValueError):
+    """A baseline file that cannot be read (missing: ``missing`` is True)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+class WriteError(StabilitylabError, OSError):
+    """A file could not be written; ``filename`` is the target, which is unchanged."""
+
+
+class OutputError(StabilitylabError):
+    """Standard output cannot be written; the message is one line."""
+
+
+class MissingLibrary(StabilitylabError, ImportError):
+    """The framework an adapter (or a reader) needs is not installed; the message names the extra."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``str(exc)`` (the type's name when it is empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def described(exc: BaseException) -> str:
+    """``Type: first line`` of a foreign exception (the type's name alone when it says nothing): how one is
+    quoted inside a one-line message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
