@@ -71,7 +71,7 @@ class Comparison:
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
              tolerance: float | None = None, ftz: bool = False,
-             fast_reference: bool | None = None, fast: bool = False) -> dict[str, Outcome]:
+             fast_reference: bool | None = None, fast: bool | None = None) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
@@ -87,13 +87,16 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     :func:`reference.fast_error`, far below their ulp) and in longdouble for float64.
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
+    # formats of <= 16 bits are held in float32 (the same values, bit for bit, without ml_dtypes' slow
+    # emulated arithmetic or its import), except for black boxes, which get their inputs in the format's dtype
+    hold32 = fast if fast is not None else not any(m.black_box for m in chosen)
     if fast_reference is None:
         fast_reference = fmt.precision <= 24
     parts: dict[str, list] = {m.name: [] for m in chosen}
     groups = cases.groups()
     for rows in groups:
         group = cases if len(groups) == 1 else cases.take(rows)
-        loaded = Arith(fmt, len(group), ftz=ftz, fast=fast)
+        loaded = Arith(fmt, len(group), ftz=ftz, fast=hold32)
         inputs = experiment.load(loaded, group)
         tol = fmt.default_tolerance if tolerance is None else tolerance
         runs = []
@@ -106,7 +109,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         for truth, _ in truths.values():
             members = [r for r in runs if (r[0].truth or experiment) is truth]
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
-                                                                   fast_reference, fast)):
+                                                                   fast_reference, bool(fast))):
                 parts[method.name].append((rows, outcome))
                 if method.observe is not None:
                     method.observe(fmt, group, inputs, outcome)

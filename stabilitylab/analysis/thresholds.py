@@ -137,7 +137,7 @@ class Grid:
             self.start, self.end = int(family.lower), family.upper or INTEGER_UPPER
         else:
             self._bits = np.dtype(f"u{fmt.dtype.itemsize}")
-            self.start = self._index(float(fmt.round(family.lower).astype(np.float64)))
+            self.start = self._index(float(fmt.round(family.lower, np.float64)))
             self.end = self._index(fmt.max)
 
     def _index(self, value: float) -> int:

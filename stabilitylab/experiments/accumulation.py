@@ -89,7 +89,7 @@ def wider(fmt: Format) -> Format | None:
     """The accumulator format of the ``wide`` method (None for float64: exact accumulation)."""
     if fmt.precision >= FORMATS["float64"].precision:
         return None
-    return FORMATS["float32"] if fmt.precision < 24 and fmt.dtype.itemsize <= 2 else FORMATS["float64"]
+    return FORMATS["float32"] if fmt.precision < 24 and fmt.bits <= 16 else FORMATS["float64"]
 
 
 def wide(a: Arith, x: Loaded):

@@ -138,7 +138,7 @@ def loss_scaling(formats: list[Format]) -> tuple[list[str], list[list[str]]]:
     for fmt in formats:
         for scale in LOSS_SCALES:
             with np.errstate(all="ignore"):
-                cast = fmt.round(g * scale).astype(np.float64)
+                cast = fmt.round(g * scale, np.float64)
             zero = float(np.mean(cast == 0))
             sub = float(np.mean((cast != 0) & (np.abs(cast) < fmt.tiny)))
             over = float(np.mean(~np.isfinite(cast)))

@@ -115,7 +115,7 @@ def iid_cases(n: np.ndarray, settings: Settings) -> Samples:
 def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
     """product: the tree product is ~ fl(p)**n, 0 once that rounds to 0;
     sum_log: the sum ~ n |fl(log fl(p))| overflows once it passes max + ulp/2."""
-    p = float(fmt.round(settings.p).astype(np.float64))
+    p = float(fmt.round(settings.p, np.float64))
     if p == 0:  # the input itself rounds to 0: the loss is out of range from n = 1, no formula to show
         return None
     if method == "product":
@@ -126,7 +126,7 @@ def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | No
             n, "first_failure", f"n* = min{{n : fl(p)^n {relation} {bound}}}: the product rounds to 0, -log(0) = inf")
     if method == "sum_log":
         with np.errstate(all="ignore"):
-            step = abs(float(np.log(fmt.round(p).astype(np.float64))))
+            step = abs(float(np.log(fmt.round(p, np.float64))))
         if step == 0:
             return None
         limit, tie_overflows = predict.overflow_bound(fmt)

@@ -27,7 +27,7 @@ _DPS = 50
 def overflow_bound(fmt: Format) -> tuple[mpmath.mpf, bool]:
     """(T, tie_overflows): values above T overflow, T itself iff tie_overflows."""
     t = mpmath.mpf(fmt.max) + mpmath.mpf(float(fmt.ulp(fmt.max))) / 2
-    tie = not np.isfinite(fmt.round(float(t)).astype(np.float64))
+    tie = not np.isfinite(fmt.round(float(t), np.float64))
     return t, bool(tie)
 
 
@@ -52,7 +52,7 @@ def first_power_at_most(p: float, bound: mpmath.mpf, strict: bool = False) -> in
 def first_value_above(fmt: Format, x: mpmath.mpf) -> float:
     """The smallest value of the format strictly greater than the real number x >= 0."""
     with mpmath.workdps(_DPS):
-        guess = float(fmt.round(float(x)).astype(np.float64))
+        guess = float(fmt.round(float(x), np.float64))
         values = _neighbours(fmt, guess)
         return min(v for v in values if mpmath.mpf(v) > x)
 

@@ -176,8 +176,9 @@ def _mp_correct(name: str, fmt: Format, x: float, stats: dict | None) -> float:
 
 # ---------------------------------------------------------- special values
 def _const(fmt: Format, value: float) -> np.ndarray:
+    """``value`` rounded to the format, held in float64 (exact), to be stored in an array of any dtype."""
     with np.errstate(all="ignore"):
-        return fmt.round(np.array(value))
+        return fmt.round(np.array(value), np.float64)
 
 
 def _specials(name: str, fmt: Format, x: np.ndarray):
@@ -215,7 +216,7 @@ _WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
-    if x.dtype != fmt.dtype and not (x.dtype == np.float32 and fmt.precision <= 11):
+    if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
         raise TypeError(f"crmath.{name}: expected an array of {fmt.dtype}, got {x.dtype} (round it to {fmt} first)")
     flat = x.reshape(-1)
     kind = wide_type(fmt)

@@ -1,64 +1,111 @@
-"""Floating-point formats: names, aliases, and every constant taken from ``finfo``.
+"""Floating-point formats: names, aliases, the parameters that define them, and the constants they imply.
 
-A :class:`Format` wraps a numpy / ml_dtypes dtype.  Nothing here is a typed-in
-table: ``max``, ``tiny``, ``eps`` ... come from ``numpy.finfo`` (float16/32/64) or
-``ml_dtypes.finfo`` (bfloat16, float8), and derived facts (unit roundoff, whether
-the format has an infinity) are computed from them.
+A :class:`Format` is declared by its encoding (exponent bits, stored fraction bits, whether the top
+exponent holds infinities) and names the numpy / ml_dtypes dtype that stores it.  ``max``, ``tiny``,
+``eps`` ... are computed from those parameters with the IEEE 754 formulas, not typed in, and the
+conformance tests (``tests/test_format_conformance.py``) check every one against ``numpy.finfo`` /
+``ml_dtypes.finfo``.  Why not read ``ml_dtypes.finfo`` directly, as before: importing ml_dtypes costs
+0.5-1.2 s (version 0.7), ten times the rest of the start-up, and most commands never need a bfloat16 or
+float8 *dtype*: their values are held in float32 / float64 and rounded with :func:`round_bits`.
+``Format.dtype`` and ``Format.finfo`` import ml_dtypes on first use.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import ml_dtypes
 import numpy as np
 
 __all__ = ["Format", "FORMATS", "DEFAULT_FORMATS", "ALL_FORMATS", "get_format", "format_names", "round_bits"]
 
+_NUMPY_NATIVE = ("float16", "float32", "float64")
+
 
 @dataclass(frozen=True)
 class Format:
-    """One binary floating-point format.
+    """One binary floating-point format, round to nearest, ties to even.
 
-    Attributes derived from finfo: ``max`` (largest finite), ``tiny`` (smallest
-    positive normal), ``smallest_subnormal``, ``eps`` (spacing of numbers just
-    above 1, ``2**(1-p)``), ``precision`` (significand bits p, hidden bit
-    included) and ``unit_roundoff`` ``u = eps / 2`` (round-to-nearest bound on
-    the relative error of one operation).
+    Declared: ``exponent_bits`` e, ``fraction_bits`` m (stored significand bits, without the hidden bit)
+    and ``has_inf``.  Exponent bias ``2**(e-1) - 1``.  With infinities (IEEE 754: float16, bfloat16,
+    float32, float64, float8_e5m2) the top exponent field holds only inf and NaN, so
+    ``max = (2 - 2**-m) * 2**(2**e - 2 - bias)``; without (``float8_e4m3fn``: the ``fn`` formats of the
+    OCP FP8 spec) the top exponent holds finite values and one NaN pattern (all ones), so
+    ``max = (2 - 2**(1-m)) * 2**(2**e - 1 - bias)`` and overflow (and an inf input) gives NaN.
+    Derived: ``tiny = 2**(1 - bias)`` (smallest positive normal), ``smallest_subnormal = tiny * 2**-m``,
+    ``eps = 2**-m`` (spacing just above 1), ``precision`` p = m + 1, ``unit_roundoff`` u = eps / 2.
     """
 
     name: str
-    dtype: np.dtype
+    dtype_name: str
+    exponent_bits: int
+    fraction_bits: int
+    has_inf: bool = True
     aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def native(self) -> bool:
+        """numpy has the dtype itself (float16, float32, float64): no ml_dtypes needed."""
+        return self.dtype_name in _NUMPY_NATIVE
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype that stores the format (ml_dtypes' for bfloat16 and float8: imported here)."""
+        if self.native:
+            return np.dtype(self.dtype_name)
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, self.dtype_name))
 
     @cached_property
     def finfo(self):
-        if self.dtype in _NUMPY_NATIVE:
+        """``numpy.finfo`` / ``ml_dtypes.finfo`` of the dtype (what the constants below are checked against)."""
+        if self.native:
             return np.finfo(self.dtype)
+        import ml_dtypes
+
         return ml_dtypes.finfo(self.dtype)
+
+    @property
+    def bits(self) -> int:
+        """Storage width: sign + exponent + fraction bits (bfloat16: 16)."""
+        return 1 + self.exponent_bits + self.fraction_bits
+
+    @property
+    def bias(self) -> int:
+        return 2 ** (self.exponent_bits - 1) - 1
+
+    @cached_property
+    def max_exponent(self) -> int:
+        """e such that max = (1.f...) * 2**e."""
+        top = 2**self.exponent_bits - (2 if self.has_inf else 1)
+        return top - self.bias
 
     @cached_property
     def max(self) -> float:
-        return float(self.finfo.max)
+        """Largest finite value."""
+        reserved = 0 if self.has_inf else 1  # no-inf formats give the all-ones significand to NaN
+        return math.ldexp(2.0 - math.ldexp(1.0, reserved - self.fraction_bits), self.max_exponent)
 
     @cached_property
     def tiny(self) -> float:
-        return float(self.finfo.smallest_normal)
+        """Smallest positive normal, 2**(1 - bias)."""
+        return math.ldexp(1.0, 1 - self.bias)
 
     @cached_property
     def smallest_subnormal(self) -> float:
-        return float(self.finfo.smallest_subnormal)
+        return math.ldexp(1.0, 1 - self.bias - self.fraction_bits)
 
     @cached_property
     def eps(self) -> float:
-        return float(self.finfo.eps)
+        return math.ldexp(1.0, -self.fraction_bits)
 
     @cached_property
     def precision(self) -> int:
         """Significand bits p, including the hidden bit (float32: 24)."""
-        return int(self.finfo.nmant) + 1
+        return self.fraction_bits + 1
 
     @cached_property
     def unit_roundoff(self) -> float:
@@ -69,12 +116,6 @@ class Format:
     def min_exponent(self) -> int:
         """e such that tiny = 2**e."""
         return math.frexp(self.tiny)[1] - 1
-
-    @cached_property
-    def has_inf(self) -> bool:
-        """False for float8_e4m3fn, whose overflow (and inf input) gives NaN."""
-        with np.errstate(all="ignore"):
-            return bool(np.isinf(np.array(np.inf).astype(self.dtype)))
 
     @cached_property
     def ln_max(self) -> float:
@@ -104,7 +145,7 @@ class Format:
         x = np.asarray(x, dtype=np.float64)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         with np.errstate(all="ignore"):
-            if self.dtype in _NUMPY_NATIVE:
+            if self.native:
                 y = x.astype(self.dtype)
             else:  # exact in float32; ml_dtypes converts float32 quickly
                 y = round_bits(x, self).astype(np.float32)
@@ -116,15 +157,16 @@ class Format:
         A float32 result of + - * / on the format's values, rounded again to p <= 11
         bits, is the correctly rounded result (float32 has 24 >= 2p + 2 bits: double
         rounding is innocuous), so simulating in float32 costs one call of this.
-        bfloat16 goes through ml_dtypes' conversion (float32's exponent range: 2x faster
-        than the bit operations, which the tests check it against); the others through
-        :func:`round_bits` (faster than numpy's float16 and ml_dtypes' float8 casts).
+        Large bfloat16 arrays go through ml_dtypes' conversion (float32's exponent range: 2x
+        faster than the bit operations, which the tests check it against), once ml_dtypes is
+        imported or worth importing; everything else through :func:`round_bits` (faster than
+        numpy's float16 and ml_dtypes' float8 casts).  Both give the same bits.
         """
         y = np.asarray(y, dtype=np.float32)
-        if self.dtype == np.dtype(np.float32):
+        if self.dtype_name == "float32":
             return y
         with np.errstate(all="ignore"):
-            if self.name == "bfloat16":
+            if self.name == "bfloat16" and (y.size >= _ML_DTYPES_WORTH or "ml_dtypes" in sys.modules):
                 return y.astype(self.dtype).astype(np.float32)
             return round_bits(y, self)
 
@@ -140,11 +182,23 @@ class Format:
         e = np.where(r == 0, self.min_exponent, np.maximum(e - 1, self.min_exponent))
         return np.ldexp(1.0, e - (self.precision - 1))
 
+    def text(self, value) -> str:
+        """The value rounded to the format, as numpy / ml_dtypes print it: numpy's shortest round-trip
+        text for float16/32/64; ``%g`` of the float32 value for the others (ml_dtypes' ``str``: 6
+        significant digits, after its float64 -> float32 -> format conversion, which this repeats).
+        Equal to ``str(fmt.dtype.type(value))`` (checked by the conformance tests) without importing
+        ml_dtypes."""
+        if self.native:
+            return str(self.dtype.type(value))
+        with np.errstate(all="ignore"):
+            y = round_bits(np.array([value], dtype=np.float64).astype(np.float32), self)
+        return "%g" % float(y[0])
+
     def __str__(self) -> str:
         return self.name
 
 
-_NUMPY_NATIVE = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_ML_DTYPES_WORTH = 1 << 20  # elements: from here ml_dtypes' faster bfloat16 cast repays its import
 _UINT = {4: np.uint32, 8: np.uint64}
 
 
@@ -184,19 +238,16 @@ def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
     return y
 
 
-def _fmt(name: str, dtype, *aliases: str) -> Format:
-    return Format(name, np.dtype(dtype), tuple(aliases))
-
-
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        _fmt("float16", np.float16, "fp16", "half", "f16"),
-        _fmt("bfloat16", ml_dtypes.bfloat16, "bf16"),
-        _fmt("float32", np.float32, "fp32", "single", "f32"),
-        _fmt("float64", np.float64, "fp64", "double", "f64"),
-        _fmt("float8_e4m3fn", ml_dtypes.float8_e4m3fn, "e4m3", "e4m3fn", "fp8_e4m3"),
-        _fmt("float8_e5m2", ml_dtypes.float8_e5m2, "e5m2", "fp8_e5m2"),
+        Format("float16", "float16", exponent_bits=5, fraction_bits=10, aliases=("fp16", "half", "f16")),
+        Format("bfloat16", "bfloat16", exponent_bits=8, fraction_bits=7, aliases=("bf16",)),
+        Format("float32", "float32", exponent_bits=8, fraction_bits=23, aliases=("fp32", "single", "f32")),
+        Format("float64", "float64", exponent_bits=11, fraction_bits=52, aliases=("fp64", "double", "f64")),
+        Format("float8_e4m3fn", "float8_e4m3fn", exponent_bits=4, fraction_bits=3, has_inf=False,
+               aliases=("e4m3", "e4m3fn", "fp8_e4m3")),
+        Format("float8_e5m2", "float8_e5m2", exponent_bits=5, fraction_bits=2, aliases=("e5m2", "fp8_e5m2")),
     )
 }
 DEFAULT_FORMATS: tuple[Format, ...] = tuple(FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))

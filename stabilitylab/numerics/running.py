@@ -29,16 +29,16 @@ from .formats import Format
 
 __all__ = ["rounder", "plain", "kahan"]
 
-_STRUCT_CODES = {np.dtype(np.float32): "f", np.dtype(np.float16): "e"}
+_STRUCT_CODES = {"float32": "f", "float16": "e"}
 MAX_EXPLICIT = 1_000_000  # safety net: explicit steps per row (never reached by the tests' cases)
 
 
 def rounder(fmt: Format) -> Callable[[float], float]:
     """x -> fl(x) in the format, for a Python float (correct rounding)."""
-    if fmt.dtype == np.dtype(np.float64):
+    if fmt.dtype_name == "float64":
         return float
-    if fmt.dtype in _STRUCT_CODES:  # the C conversion (float) and CPython's half packing round correctly
-        code = _STRUCT_CODES[fmt.dtype]
+    if fmt.dtype_name in _STRUCT_CODES:  # the C conversion (float) and CPython's half packing round correctly
+        code = _STRUCT_CODES[fmt.dtype_name]
         pack, unpack = struct.Struct(code).pack, struct.Struct(code).unpack
 
         def native(x: float) -> float:
@@ -49,7 +49,7 @@ def rounder(fmt: Format) -> Callable[[float], float]:
         return native
     p, tiny, sub = fmt.precision, fmt.tiny, fmt.smallest_subnormal
     limit = fmt.max + float(fmt.ulp(fmt.max)) / 2  # at or above: overflow (tie: to even)
-    tie_up = not np.isfinite(float(fmt.round(np.array([limit])).astype(np.float64)[0]))
+    tie_up = not np.isfinite(float(fmt.round(np.array([limit]), np.float64)[0]))
     overflow = math.inf if fmt.has_inf else math.nan
 
     def python(x: float) -> float:
@@ -75,16 +75,45 @@ def _grid(fmt: Format, s: float) -> tuple[float, float]:
     return math.ldexp(1.0, e - fmt.precision), upper
 
 
+def _scalar_type(fmt: Format) -> Callable[[float], float]:
+    """A scalar type whose + and - are rounded to the format.
+
+    float64 is Python's float; float16 and float32 are numpy's scalars.  The others (bfloat16,
+    float8) are Python floats whose sum or difference is computed in float64 and rounded once
+    with :func:`rounder`: the exact result correctly rounded, since float64 has 53 >= 2p + 2 bits
+    for their p <= 11 and the double rounding is innocuous (Figueroa, 1995).  The same values as
+    ml_dtypes' scalars (which add in float32 and round once), without importing ml_dtypes.
+    """
+    if fmt.dtype_name == "float64":
+        return float
+    if fmt.native:
+        return fmt.dtype.type
+    r = rounder(fmt)
+
+    class Scalar(float):
+        __slots__ = ()
+
+        def __add__(self, other):
+            return Scalar(r(float(self) + float(other)))
+
+        __radd__ = __add__
+
+        def __sub__(self, other):
+            return Scalar(r(float(self) - float(other)))
+
+        def __rsub__(self, other):
+            return Scalar(r(float(other) - float(self)))
+
+    Scalar.__name__ = Scalar.__qualname__ = f"{fmt.name}_scalar"
+    return Scalar
+
+
 def _stepper(fmt: Format, v: float, compensated: bool, ftz: bool) -> Callable[[float, float], tuple[float, float]]:
     """One step of the loop, (s, c) -> (s, c) as Python floats, each operation rounded to the format.
 
-    The operations run in the format's own scalar type: float64 is Python's float;
-    numpy and ml_dtypes add two values of the narrower formats in float32 and round
-    the sum once to the format, which is the exact sum correctly rounded (float32
-    has p' = 24 >= 2p + 2 bits for p <= 11, so the double rounding is innocuous:
-    Figueroa, 1995); the same as :func:`rounder` applied to the float64 sum, ~10x faster.
+    The operations run in the format's scalar type (:func:`_scalar_type`).
     """
-    kind = float if fmt.dtype == np.dtype(np.float64) else fmt.dtype.type
+    kind = _scalar_type(fmt)
     zero, term, tiny = kind(0.0), kind(v), fmt.tiny
 
     def flush(x):

@@ -50,7 +50,7 @@ class Section:
 def value_text(value: float, fmt: Format) -> str:
     """The shortest text that round-trips in the format (numpy / ml_dtypes repr),
     cut to 8 significant digits for tables (JSON keeps every bit)."""
-    text = str(fmt.dtype.type(value))
+    text = fmt.text(value)
     return text if len(text) <= 10 else f"{value:.8g}"
 
 
@@ -164,7 +164,7 @@ def _param_text(value, fmt: Format) -> str:
             return str(value)
         digits = str(abs(value))
         return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
-    return str(fmt.dtype.type(value))  # shortest text that round-trips in the format
+    return fmt.text(value)
 
 
 THRESHOLD_LEGEND = ("each cell: first inaccurate / first failure (status at failure); exact values unless marked: "
