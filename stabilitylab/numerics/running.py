@@ -75,68 +75,56 @@ def _grid(fmt: Format, s: float) -> tuple[float, float]:
     return math.ldexp(1.0, e - fmt.precision), upper
 
 
-def _scalar_type(fmt: Format) -> Callable[[float], float]:
-    """A scalar type whose + and - are rounded to the format.
-
-    float64 is Python's float; float16 and float32 are numpy's scalars.  The others (bfloat16,
-    float8) are Python floats whose sum or difference is computed in float64 and rounded once
-    with :func:`rounder`: the exact result correctly rounded, since float64 has 53 >= 2p + 2 bits
-    for their p <= 11 and the double rounding is innocuous (Figueroa, 1995).  The same values as
-    ml_dtypes' scalars (which add in float32 and round once), without importing ml_dtypes.
-    """
-    if fmt.dtype_name == "float64":
-        return float
-    if fmt.native:
-        return fmt.dtype.type
-    r = rounder(fmt)
-
-    class Scalar(float):
-        __slots__ = ()
-
-        def __add__(self, other):
-            return Scalar(r(float(self) + float(other)))
-
-        __radd__ = __add__
-
-        def __sub__(self, other):
-            return Scalar(r(float(self) - float(other)))
-
-        def __rsub__(self, other):
-            return Scalar(r(float(other) - float(self)))
-
-    Scalar.__name__ = Scalar.__qualname__ = f"{fmt.name}_scalar"
-    return Scalar
-
-
 def _stepper(fmt: Format, v: float, compensated: bool, ftz: bool) -> Callable[[float, float], tuple[float, float]]:
     """One step of the loop, (s, c) -> (s, c) as Python floats, each operation rounded to the format.
 
-    The operations run in the format's scalar type (:func:`_scalar_type`).
+    float64 runs on Python's float and float16 / float32 on numpy's scalars, whose + and - are the
+    format's own.  bfloat16 and float8 run on Python floats: each sum or difference is computed in
+    float64 and rounded once with :func:`rounder`, which is the exact result correctly rounded
+    (float64 has 53 >= 2p + 2 bits for their p <= 11, so the double rounding is innocuous: Figueroa,
+    1995) — the same values as ml_dtypes' scalars, without importing ml_dtypes.
     """
-    kind = _scalar_type(fmt)
-    zero, term, tiny = kind(0.0), kind(v), fmt.tiny
+    tiny = fmt.tiny
+    if fmt.native:
+        kind = float if fmt.dtype_name == "float64" else fmt.dtype.type
+        zero, term = kind(0.0), kind(v)
 
-    def flush(x):
-        return zero if 0 < abs(x) < tiny else x
+        def flush(x):
+            return zero if 0 < abs(x) < tiny else x
 
+        if not compensated:
+            if ftz:
+                return lambda s, c: (float(flush(kind(s) + term)), 0.0)
+            return lambda s, c: (float(kind(s) + term), 0.0)
+
+        def kahan_step(s: float, c: float) -> tuple[float, float]:
+            s = kind(s)
+            y = term - kind(c)
+            t = s + y
+            return float(t), float((t - s) - y)
+
+        def kahan_step_ftz(s: float, c: float) -> tuple[float, float]:
+            s = kind(s)
+            y = flush(term - kind(c))
+            t = flush(s + y)
+            return float(t), float(flush(flush(t - s) - y))
+
+        return kahan_step_ftz if ftz else kahan_step
+
+    fl = rounder(fmt)
+    if ftz:
+        def fl(x: float, _round=fl) -> float:  # noqa: F811 - the rounding, then the flush to zero
+            x = _round(x)
+            return 0.0 if 0 < abs(x) < tiny else x
     if not compensated:
-        if ftz:
-            return lambda s, c: (float(flush(kind(s) + term)), 0.0)
-        return lambda s, c: (float(kind(s) + term), 0.0)
+        return lambda s, c: (fl(s + v), 0.0)
 
-    def kahan_step(s: float, c: float) -> tuple[float, float]:
-        s = kind(s)
-        y = term - kind(c)
-        t = s + y
-        return float(t), float((t - s) - y)
+    def kahan_step_rounded(s: float, c: float) -> tuple[float, float]:
+        y = fl(v - c)
+        t = fl(s + y)
+        return t, fl(fl(t - s) - y)
 
-    def kahan_step_ftz(s: float, c: float) -> tuple[float, float]:
-        s = kind(s)
-        y = flush(term - kind(c))
-        t = flush(s + y)
-        return float(t), float(flush(flush(t - s) - y))
-
-    return kahan_step_ftz if ftz else kahan_step
+    return kahan_step_rounded
 
 
 def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool) -> dict[int, tuple[float, bool]]:
