@@ -1,4 +1,4 @@
-"""Exit statuses of the command-line tool (documented in README)."""
+"""Exit statuses of the command-line tool (documented in docs/reference/exit-codes.md)."""
 
 from __future__ import annotations
 

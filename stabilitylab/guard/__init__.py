@@ -1,3 +1,3 @@
-"""Floor 6, guarding numeric behaviour in CI: baseline files (format, validation, tolerance) and
+"""Floor 7, guarding numeric behaviour in CI: baseline files (format, validation, tolerance) and
 their recomputation (``baseline``).  The pytest entry points are :mod:`stabilitylab.testing` and
 :mod:`stabilitylab.pytest_plugin`."""
