@@ -11,8 +11,9 @@ from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
 from stabilitylab.numerics import reference
 from stabilitylab.numerics.arith import Arith
 from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.numerics.wide import LONGDOUBLE_IS_WIDE
 
-pytestmark = pytest.mark.skipif(not reference.HAVE_EXTENDED, reason="the scaled sums need an 80-bit longdouble")
+pytestmark = pytest.mark.skipif(not LONGDOUBLE_IS_WIDE, reason="the scaled sums need an 80-bit longdouble")
 
 
 def plain(x: np.ndarray, y: int) -> tuple[float, float, int]:

@@ -16,6 +16,7 @@ from ..experiments import Experiment
 from ..numerics import reference
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
+from ..numerics.wide import wide_dtype
 from .outcome import STATUSES, Outcome, classify, gather
 
 __all__ = ["Result", "Comparison", "evaluate", "compare"]
@@ -116,11 +117,11 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
                 bulk: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
-    dtype = (np.float64 if fmt.precision <= 24 else np.longdouble) if bulk else None
+    dtype = wide_dtype(fmt) if bulk else None
     exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     if fast:
-        error = reference.fast_error(np.longdouble if dtype is None else dtype, reference.terms(inputs))
+        error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:

@@ -31,6 +31,7 @@ from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
 from ..numerics.formats import Format
+from ..numerics.wide import wide_dtype
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 
@@ -208,8 +209,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
             absorb(run_chunk(formats, first, block, y, k, **kwargs))
     else:
         _parallel(chunks, formats, kwargs, workers, absorb)
-    bounds = {f.name: reference.fast_error(np.float64 if f.precision <= 24 else np.longdouble, source.classes)
-              for f in formats}
+    bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
         shown = ", ".join(f"row={i}" for i in nonfinite[1]) + (" ..." if nonfinite[0] > 5 else "")

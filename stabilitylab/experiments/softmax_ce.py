@@ -24,7 +24,8 @@ import numpy as np
 
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
-from ..numerics.reference import HAVE_EXTENDED, exp_sum_scaled, from_longdouble
+from ..numerics.reference import exp_sum_scaled, from_longdouble
+from ..numerics.wide import LONGDOUBLE_IS_WIDE
 from . import predict
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
 
@@ -242,7 +243,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     loss = np.log1p(total) + gap
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
     zero = np.full(len(X), k == 1)
-    if not tiny.any() or not HAVE_EXTENDED:
+    if not tiny.any() or not LONGDOUBLE_IS_WIDE:
         return loss, zero, handled & ~tiny
     # the true class is the max and the rest sums to below 2**-960 (longdouble: 2**-16320): the loss
     # is log1p(s) = s (1 - s/2 ...) = s to far below any bound, s summed scaled (exact, not rounded to 0)
