@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from .analysis.engine import compare as run_compare
+from .errors import InputError
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
@@ -660,6 +661,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except OSError as exc:  # any other I/O failure: one line, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}", ExitStatus.USAGE)
+    except InputError as exc:  # bad input found below a command's own checks (STABILITYLAB_WORKERS)
+        return _fail(str(exc), ExitStatus.USAGE)
     except Exception as exc:  # a bug: never exit 1, which means "a threshold regressed"
         if os.environ.get("STABILITYLAB_DEBUG"):
             raise
