@@ -29,7 +29,7 @@ from ..experiments.base import ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
-from ..numerics.formats import Format
+from ..numerics.formats import FORMATS, Format
 from ..numerics.wide import wide_dtype
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
@@ -225,13 +225,19 @@ def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
     absorbing results in row order."""
     from collections import deque
 
+    names = tuple(f.name for f in formats)
     pending: deque = deque()
     with pool:
         for first, block, y, k in chunks:
-            pending.append(pool.submit(run_chunk, formats, first, np.array(block), None if y is None else np.array(y),
-                                       np.array(k), **kwargs))
+            pending.append(pool.submit(_run_chunk_named, names, first, np.array(block),
+                                       None if y is None else np.array(y), np.array(k), **kwargs))
             while len(pending) >= 2 * workers:
                 absorb(pending.popleft().result())
         while pending:
             absorb(pending.popleft().result())
 
+
+def _run_chunk_named(names: tuple[str, ...], *args, **kwargs):
+    """:func:`run_chunk` in a worker, the formats sent by name (a Format whose ``finfo`` is cached
+    does not survive pickling)."""
+    return run_chunk(tuple(FORMATS[n] for n in names), *args, **kwargs)
