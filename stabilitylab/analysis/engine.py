@@ -103,9 +103,9 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
             runs.append((method, arith, method.kernel(arith, inputs)))
         truths = {}
         for method, _, _ in runs:  # methods share the experiment's exact loss unless they define their own
-            truths.setdefault(id(method.truth or experiment), (method.truth or experiment, []))
+            truths.setdefault(id(experiment.truth_of(method)), (experiment.truth_of(method), []))
         for truth, _ in truths.values():
-            members = [r for r in runs if (r[0].truth or experiment) is truth]
+            members = [r for r in runs if experiment.truth_of(r[0]) is truth]
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
                                                                    fast_reference, fast)):
                 parts[method.name].append((rows, outcome))

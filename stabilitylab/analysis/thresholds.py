@@ -229,7 +229,7 @@ class _Search:
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
                 flags[method.name] = (np.zeros(n, dtype=bool), ~np.isfinite(value.astype(np.float64)))
-            truth = method.truth or self.experiment
+            truth = self.experiment.truth_of(method)
             by_truth.setdefault(id(truth), (truth, []))[1].append((method.name, value, events))
         for truth, runs in by_truth.values():
             todo = np.ones(n, dtype=bool)
@@ -584,11 +584,11 @@ class _Search:
         inaccurate = pending.get((method.name, "first_inaccurate"))
         if inaccurate is None:
             return
-        truth = method.truth or self.experiment
+        truth = self.experiment.truth_of(method)
         if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
             wanted = np.zeros(n, dtype=bool)
             for m in self.experiment.methods:
-                if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                if self.experiment.truth_of(m) is truth and (m.name, "first_inaccurate") in pending:
                     wanted |= pending[(m.name, "first_inaccurate")]
             at = np.flatnonzero(wanted)
             ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),

@@ -27,7 +27,19 @@ from ..numerics.formats import Format
 from ..numerics.reference import exp_sum_scaled, from_longdouble
 from ..numerics.wide import LONGDOUBLE_IS_WIDE
 from . import predict
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
+from .base import (
+    Batch,
+    Experiment,
+    Family,
+    Method,
+    ParamNames,
+    Prediction,
+    Rows,
+    Settings,
+    Truth,
+    shortest,
+    stack_padded,
+)
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
 
@@ -268,9 +280,6 @@ SOFTMAX_CE = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_cross_entropy,
+    truth=Truth(exact_cross_entropy, exact_rows, fast_cross_entropy, fast_float64=True),
     families=FAMILIES,
-    fast_reference=fast_cross_entropy,
-    fast_float64=True,
 )
