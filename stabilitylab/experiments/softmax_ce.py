@@ -97,11 +97,6 @@ def load(arith: Arith, cases: Logits) -> Loaded:
     return Loaded(arith.load(cases.logits), cases.labels)
 
 
-def _at(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """x[row, index[row]] of a plain array (references)."""
-    return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
-
-
 def naive_softmax_log(a: Arith, x: Loaded):
     e = a.exp(x.logits)
     return a.neg(a.log(a.div(a.pick(e, x.labels), a.tree(a.add, e, 0.0))))

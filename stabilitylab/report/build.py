@@ -465,13 +465,6 @@ def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[
     return lines
 
 
-def training_section(files: dict[str, bytes]) -> list[str]:
-    """The "Training" section, computed here (see :func:`_training_lines`)."""
-    from ..training import train
-
-    return _training_lines({s: _training_task(s) for s in train.DEFAULT_SCENARIOS}, files)
-
-
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
               audit_lines=()) -> str:
     env = fingerprint()
