@@ -12,10 +12,11 @@ import click
 from rich.console import Console
 
 from .analysis.engine import compare as run_compare
+from .errors import InputError
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
-from .io import atomic, output
+from .io import atomic, output, schemas
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
@@ -444,7 +445,7 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
 
 def _list_targets(rows, fmt: str, output: str | None) -> None:
     if fmt == "json":
-        _emit(jsonout.dumps({"schema": "stabilitylab.targets/1", "targets": rows}), output)
+        _emit(jsonout.dumps({"schema": schemas.TARGETS, "targets": rows}), output)
         return
     table_rows = []
     for r in rows:
@@ -462,7 +463,7 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
 
 @cli.command()
 @click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False), required=True,
-              help="Baseline JSON file (schema stabilitylab.baseline/1).")
+              help=f"Baseline JSON file (schema {schemas.BASELINE}).")
 @click.option("--update", is_flag=True,
               help="Recompute and write the baseline (atomically); its settings and the entries outside the "
                    "selection are kept. A file that is not a valid baseline is refused, not overwritten.")
@@ -660,6 +661,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except OSError as exc:  # any other I/O failure: one line, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}", ExitStatus.USAGE)
+    except InputError as exc:  # bad input found below a command's own checks (STABILITYLAB_WORKERS)
+        return _fail(str(exc), ExitStatus.USAGE)
     except Exception as exc:  # a bug: never exit 1, which means "a threshold regressed"
         if os.environ.get("STABILITYLAB_DEBUG"):
             raise

@@ -28,7 +28,7 @@ from stabilitylab.cli import main
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.base import Settings
 from stabilitylab.guard import baseline
-from stabilitylab.io import userdata
+from stabilitylab.io import schemas, userdata
 from stabilitylab.numerics.formats import FORMATS
 from stabilitylab.status import ExitStatus
 
@@ -167,7 +167,7 @@ ENTRY = st.one_of(JSON, st.fixed_dictionaries({"first_inaccurate": METRIC, "firs
 SETTINGS = st.one_of(JSON, st.fixed_dictionaries({}, optional={
     "p": st.one_of(st.floats(), st.integers(-2, 10**30), JSON), "ftz": st.one_of(st.booleans(), JSON),
     "tolerance": st.one_of(st.none(), st.floats(), st.integers(-2, 2**1100), JSON)}))
-DOCS = st.fixed_dictionaries({"schema": st.one_of(st.just(baseline.SCHEMA), JSON)}, optional={
+DOCS = st.fixed_dictionaries({"schema": st.one_of(st.just(schemas.BASELINE), JSON)}, optional={
     "settings": SETTINGS, "entries": st.one_of(st.dictionaries(KEYS, ENTRY, max_size=4), JSON),
     "environment": st.one_of(st.dictionaries(st.text(max_size=6), JSON, max_size=3), JSON), "version": JSON})
 
@@ -177,7 +177,7 @@ GOOD_ENTRY = st.fixed_dictionaries({
     "first_failure": st.one_of(st.none(), st.integers(1, 2**63 - 1), st.floats(-1e300, 1e300)),
     "failure": st.one_of(st.none(), st.sampled_from(["overflow", "underflow", "nan", "inaccurate"]))})
 GOOD_DOCS = st.fixed_dictionaries({
-    "schema": st.just(baseline.SCHEMA),
+    "schema": st.just(schemas.BASELINE),
     "settings": st.fixed_dictionaries({}, optional={"p": st.floats(1e-300, 1.0), "ftz": st.booleans(),
                                                     "tolerance": st.one_of(st.none(), st.floats(1e-300, 1e300))}),
     "entries": st.dictionaries(KEYS, GOOD_ENTRY, max_size=4)},

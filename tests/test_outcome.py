@@ -6,7 +6,16 @@ import mpmath
 import numpy as np
 import pytest
 
-from stabilitylab.analysis.outcome import classify, errors
+from stabilitylab.analysis.outcome import (
+    FAILURES,
+    METHOD_FAILURES,
+    RANK,
+    SEVERITY,
+    STATUSES,
+    classify,
+    errors,
+    worst_status,
+)
 from stabilitylab.numerics.arith import Arith
 from stabilitylab.numerics.formats import FORMATS
 from stabilitylab.numerics.reference import Exact, from_mpmath
@@ -104,3 +113,24 @@ def test_metrics_below_float64s_range():
 def test_default_tolerance_is_half_the_bits(name):
     fmt = FORMATS[name]
     assert fmt.default_tolerance == pytest.approx(2.0 ** (-fmt.precision / 2), rel=1e-15)
+
+
+def test_one_severity_order_of_every_status():
+    assert sorted(SEVERITY) == sorted(STATUSES)
+    assert SEVERITY[0] == "error" and SEVERITY[-2:] == ("range", "ok")
+    ranks = [RANK[s] for s in SEVERITY]
+    assert ranks == sorted(ranks, reverse=True)  # the coarse ranks follow the order
+    assert {s for s in STATUSES if RANK[s] == 0} == {"ok", "range"}
+    assert {s for s in STATUSES if RANK[s] == 2} == set(FAILURES)
+
+
+@pytest.mark.parametrize(("present", "among", "expected"), [
+    ([], STATUSES, "ok"),
+    (["ok", "range"], STATUSES, "range"),
+    (["ok", "range"], METHOD_FAILURES, "ok"),
+    (["inaccurate", "underflow", "overflow"], STATUSES, "overflow"),
+    (["inf", "nan", "error"], STATUSES, "error"),
+    (["inf", "nan"], METHOD_FAILURES, "nan"),
+])
+def test_worst_status(present, among, expected):
+    assert worst_status(present, among) == expected

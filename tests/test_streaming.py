@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stabilitylab.analysis import engine, streaming
+from stabilitylab.analysis import engine, parallel, streaming
 from stabilitylab.analysis.outcome import STATUSES
 from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
@@ -90,3 +90,29 @@ def test_summary_counts_add_up_across_chunks_and_workers():
         assert len(cell.worst) == 10 and len(cell.failing) == min(100, cell.failures)
         assert not np.isin(cell.failing["row"], np.flatnonzero(~keep)).any()
         assert np.all(np.diff(cell.failing["row"]) > 0)
+
+
+def test_forked_workers_give_the_same_summary_once_formats_were_used(monkeypatch):
+    """A Format whose ``finfo`` is cached does not survive pickling: the workers get format
+    names (before, every chunk sent to a worker broke the pool)."""
+    x, y = sample(2**20 // K + 1000, seed=2)  # large enough for the pool
+
+    class Source:
+        rows, classes = x.shape
+
+        def chunks(self, n):
+            for i in range(0, len(x), n):
+                yield i, x[i:i + n]
+
+    fmts = (FORMATS["bfloat16"], FORMATS["float32"])
+    assert all(f.max > 0 for f in fmts)  # finfo cached
+    pools = []
+    monkeypatch.setattr(streaming, "fork_pool", lambda n: pools.append(n) or parallel.fork_pool(n))
+    keep = np.ones(len(x), bool)
+    many = streaming.summarize(Source(), y, keep, fmts, rows_per_chunk=2**14, workers=2)
+    one = streaming.summarize(Source(), y, keep, fmts, rows_per_chunk=2**14, workers=1)
+    assert pools == [2, 1]
+    assert one.reference_error == many.reference_error
+    for key, cell in one.cells.items():
+        assert np.array_equal(cell.counts, many.cells[key].counts)
+        assert np.array_equal(cell.bits, many.cells[key].bits)

@@ -16,6 +16,7 @@ from ..experiments import Experiment
 from ..numerics import reference
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
+from ..numerics.wide import wide_dtype
 from .outcome import STATUSES, Outcome, classify, gather
 
 __all__ = ["Result", "Comparison", "evaluate", "compare"]
@@ -105,9 +106,9 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
             runs.append((method, arith, method.kernel(arith, inputs)))
         truths = {}
         for method, _, _ in runs:  # methods share the experiment's exact loss unless they define their own
-            truths.setdefault(id(method.truth or experiment), (method.truth or experiment, []))
+            truths.setdefault(id(experiment.truth_of(method)), (experiment.truth_of(method), []))
         for truth, _ in truths.values():
-            members = [r for r in runs if (r[0].truth or experiment) is truth]
+            members = [r for r in runs if experiment.truth_of(r[0]) is truth]
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
                                                                    fast_reference, bool(fast))):
                 parts[method.name].append((rows, outcome))
@@ -119,11 +120,11 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
                 bulk: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
-    dtype = (np.float64 if fmt.precision <= 24 else np.longdouble) if bulk else None
+    dtype = wide_dtype(fmt) if bulk else None
     exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
     if fast:
-        error = reference.fast_error(np.longdouble if dtype is None else dtype, reference.terms(inputs))
+        error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .engine import Comparison, Result
+from .outcome import SEVERITY
 
 __all__ = ["findings", "VERB"]
 
@@ -18,7 +19,6 @@ VERB = {
     "inaccurate": "is inaccurate",
     "ok": "is ok",
 }
-_ORDER = ("error", "nan", "inf", "overflow", "underflow", "inaccurate", "range", "ok")
 
 
 def _fmt_ulps(x: float) -> str:
@@ -34,7 +34,7 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
         where = "everywhere" if len(rows) == len(all_formats) else "in " + ", ".join(r.dtype for r in rows)
         return f"{method} is ok {where} (within {_fmt_ulps(worst)} ulp)"
     parts = []
-    for status in _ORDER:
+    for status in SEVERITY:
         group = by_status.get(status)
         if not group:
             continue

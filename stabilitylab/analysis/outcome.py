@@ -71,6 +71,7 @@ float64's range.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -80,14 +81,30 @@ from ..numerics.arith import NEVER, Arith, events_from_steps
 from ..numerics.formats import Format
 from ..numerics.reference import Exact
 
-__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "Outcome",
-           "blame", "classify", "errors"]
+__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
+           "RANK", "Outcome", "blame", "classify", "errors", "worst_status"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
 METHOD_FAILURES: tuple[str, ...] = ("inaccurate", *FAILURES)  # statuses that blame the formulation
 BLACK_BOX_STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "inf", "nan", "error")
 WHITE_BOX_STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan")
+
+SEVERITY: tuple[str, ...] = ("error", "nan", "inf", "overflow", "underflow", "inaccurate", "range", "ok")
+"""Every status, the most severe first: the call raised; the value is lost (NaN, inf, overflow,
+underflow); it is inaccurate; it is correctly rounded (``range``: the exact value itself is not
+representable; ``ok``).  Findings list statuses in this order; a table cell shows its worst."""
+
+RANK: dict[str, int] = {s: 2 if s in FAILURES else 1 if s in METHOD_FAILURES else 0 for s in SEVERITY}
+"""The coarse severity of :data:`SEVERITY`: 0 correctly rounded (ok, range), 1 inaccurate, 2 lost or raised.
+A status is no worse than another if its rank is not higher (the ``--emit-pytest`` tests' check)."""
+
+
+def worst_status(present: Iterable[str], among: Collection[str] = STATUSES) -> str:
+    """The most severe (:data:`SEVERITY`) of the statuses ``present`` that are ``among`` the
+    given ones; ``"ok"`` if there is none."""
+    present = set(present)
+    return next((s for s in SEVERITY if s in present and s in among), "ok")
 
 
 @dataclass

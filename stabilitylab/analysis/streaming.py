@@ -13,14 +13,13 @@ and is reduced at once to columns that add up across chunks:
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
-file size.  Chunks run on both cores (forked worker processes, a bounded window of
-chunks in flight); results are merged in row order, so the output does not depend on
+file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
+bounded window of chunks in flight; results are merged in row order, so the output does not depend on
 the scheduling.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -30,9 +29,11 @@ from ..experiments.base import ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
-from ..numerics.formats import Format
+from ..numerics.formats import FORMATS, Format
+from ..numerics.wide import wide_dtype
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
+from .parallel import fork_pool, worker_count
 
 __all__ = ["ROW", "Summary", "Cell", "summarize", "BITS_BINS"]
 
@@ -178,14 +179,14 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
 
     ``labels`` (rows,) int64 (None: each row's argmax) and ``keep_rows`` (rows,) bool are
     whole-file arrays (9 bytes per row); ``on_rows``, if given, receives each chunk's per-row columns in row order
-    ({(format, method): ROW array}).  ``workers``: processes (default: the CPUs, at most 2
-    per the machine's cores; 1 runs in this process).
+    ({(format, method): ROW array}).  ``workers``: processes (default: :func:`parallel.worker_count`;
+    1 runs in this process, as do inputs of under 2**20 values).
     """
     methods = SOFTMAX_CE.method_names
     if rows_per_chunk is None:
         rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
     if workers is None:
-        workers = min(2, os.cpu_count() or 1)
+        workers = worker_count()
     if source.rows * source.classes < 2**20:
         workers = 1
     cells = {(f.name, m): Cell() for f in formats for m in methods}
@@ -203,13 +204,13 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
             on_rows(columns)
 
     chunks = _chunks_in_order(source, labels, keep_rows, rows_per_chunk)
-    if workers == 1:
+    pool = fork_pool(workers)
+    if pool is None:
         for first, block, y, k in chunks:
             absorb(run_chunk(formats, first, block, y, k, **kwargs))
     else:
-        _parallel(chunks, formats, kwargs, workers, absorb)
-    bounds = {f.name: reference.fast_error(np.float64 if f.precision <= 24 else np.longdouble, source.classes)
-              for f in formats}
+        _parallel(pool, chunks, formats, kwargs, workers, absorb)
+    bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
         shown = ", ".join(f"row={i}" for i in nonfinite[1]) + (" ..." if nonfinite[0] > 5 else "")
@@ -219,20 +220,24 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
                    worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz)
 
 
-def _parallel(chunks, formats, kwargs, workers: int, absorb) -> None:
-    """Run chunks on ``workers`` forked processes, at most 2 per worker in flight, absorbing
-    results in row order."""
-    import multiprocessing
+def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
+    """Run chunks on ``pool`` (``workers`` forked processes), at most 2 per worker in flight,
+    absorbing results in row order."""
     from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
 
+    names = tuple(f.name for f in formats)
     pending: deque = deque()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with pool:
         for first, block, y, k in chunks:
-            pending.append(pool.submit(run_chunk, formats, first, np.array(block), None if y is None else np.array(y),
-                                       np.array(k), **kwargs))
+            pending.append(pool.submit(_run_chunk_named, names, first, np.array(block),
+                                       None if y is None else np.array(y), np.array(k), **kwargs))
             while len(pending) >= 2 * workers:
                 absorb(pending.popleft().result())
         while pending:
             absorb(pending.popleft().result())
 
+
+def _run_chunk_named(names: tuple[str, ...], *args, **kwargs):
+    """:func:`run_chunk` in a worker, the formats sent by name (a Format whose ``finfo`` is cached
+    does not survive pickling)."""
+    return run_chunk(tuple(FORMATS[n] for n in names), *args, **kwargs)

@@ -54,9 +54,6 @@ function may change between calls).
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import mpmath
@@ -69,6 +66,7 @@ from ..numerics.arith import NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, blame
+from .parallel import fork_pool, worker_count
 
 __all__ = ["Threshold", "Grid", "family_thresholds", "thresholds", "INTEGER_UPPER", "AGREEMENT_SLACK"]
 
@@ -231,7 +229,7 @@ class _Search:
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
                 flags[method.name] = (np.zeros(n, dtype=bool), ~np.isfinite(value.astype(np.float64)))
-            truth = method.truth or self.experiment
+            truth = self.experiment.truth_of(method)
             by_truth.setdefault(id(truth), (truth, []))[1].append((method.name, value, events))
         for truth, runs in by_truth.values():
             todo = np.ones(n, dtype=bool)
@@ -586,11 +584,11 @@ class _Search:
         inaccurate = pending.get((method.name, "first_inaccurate"))
         if inaccurate is None:
             return
-        truth = method.truth or self.experiment
+        truth = self.experiment.truth_of(method)
         if id(truth) not in enclosures:  # the exact value's bounds, on every range a method of it asks for
             wanted = np.zeros(n, dtype=bool)
             for m in self.experiment.methods:
-                if (m.truth or self.experiment) is truth and (m.name, "first_inaccurate") in pending:
+                if self.experiment.truth_of(m) is truth and (m.name, "first_inaccurate") in pending:
                     wanted |= pending[(m.name, "first_inaccurate")]
             at = np.flatnonzero(wanted)
             ends = [self.experiment.load(Arith(fmt, len(at), ftz=self.settings.ftz),
@@ -715,18 +713,19 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
                families: set[str] | None = None, jobs: int | None = None) -> list[Threshold]:
     """Every family of every experiment, every method, every format.
 
-    Searches not memoised yet run in ``jobs`` processes (default: up to 2, one per
-    core); the result does not depend on it.
+    Searches not memoised yet run in ``jobs`` processes (default: :func:`parallel.worker_count`);
+    the result does not depend on it.
     """
     tasks = [(experiment, family, fmt) for experiment in experiments for family in experiment.families
              if not families or f"{experiment.name}/{family.name}" in families or family.name in families
              for fmt in formats]
     todo = [(e.name, f.name, fmt.name) for e, f, fmt in tasks  # simulations only: a black box stays here
             if EXPERIMENTS.get(e.name) is e and (e.name, f.name, fmt.name, settings, tolerance, 16) not in _MEMO]
-    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
-    if jobs > 1 and len(todo) > 1 and "fork" in multiprocessing.get_all_start_methods():
+    jobs = worker_count() if jobs is None else jobs
+    pool = fork_pool(jobs) if len(todo) > 1 else None
+    if pool is not None:
         todo.sort(key=lambda t: -FORMATS[t[2]].precision)  # the long searches (float64, float32) first
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        with pool:
             found = pool.map(_search_task, todo, [settings] * len(todo), [tolerance] * len(todo))
             for (e, f, fmt), rows in zip(todo, found):
                 _MEMO[(e, f, fmt, settings, tolerance, 16)] = rows

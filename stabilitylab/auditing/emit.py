@@ -14,16 +14,16 @@ target gets worse.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 
+from ..analysis.outcome import BLACK_BOX_STATUSES, RANK
 from ..io import atomic
 from ..io.environment import package_version
 from .core import Audit, AuditError, Witness
 
 __all__ = ["pytest_module", "write_pytest", "RANK"]
-
-RANK = {"ok": 0, "range": 0, "inaccurate": 1, "inf": 2, "nan": 2, "overflow": 2, "underflow": 2, "error": 2}
 
 _HELPERS = '''
 DTYPES = {
@@ -31,7 +31,7 @@ DTYPES = {
     "float64": np.dtype(np.float64), "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
     "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
 }
-RANK = {"ok": 0, "range": 0, "inaccurate": 1, "inf": 2, "nan": 2, "error": 2}
+RANK = @RANK@
 
 
 def _floats(spec):
@@ -184,7 +184,7 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
         "WITNESSES = [",
         *[_witness_literal(w, i, target.grad, binary) for i, w in enumerate(witnesses)],
         "]",
-        _HELPERS,
+        _HELPERS.replace("@RANK@", json.dumps({s: RANK[s] for s in BLACK_BOX_STATUSES})),
     ]
     return "\n".join(lines)
 

@@ -10,14 +10,7 @@ from .gradient import GRADIENT
 from .likelihood import LIKELIHOOD
 from .softmax_ce import SOFTMAX_CE
 
-__all__ = ["EXPERIMENTS", "Experiment", "Family", "Method", "get_experiment"]
+__all__ = ["EXPERIMENTS", "Experiment", "Family", "Method"]
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (LIKELIHOOD, SOFTMAX_CE, BINARY_CE, EPSILON_CLIP, ACCUMULATION,
                                                        GRADIENT)}
-
-
-def get_experiment(name: str) -> Experiment:
-    try:
-        return EXPERIMENTS[name]
-    except KeyError:
-        raise KeyError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}") from None

@@ -28,7 +28,7 @@ from ..numerics import running
 from ..numerics.arith import Arith
 from ..numerics.formats import FORMATS, Format
 from . import predict
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, Truth
 
 __all__ = ["Terms", "ACCUMULATION", "terms"]
 
@@ -176,11 +176,9 @@ ACCUMULATION = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_sum,
+    truth=Truth(exact_sum, exact_rows, fast_sum),
     # n <= 2**32: Kahan's loop is simulated step by step where it has no short period, and in float32
     # its compensation counts one step at a time once ulp(s) > 2 (2**17 steps per increment at n ~ 2**40)
     families=(Family("ones", "n", "summing n ones (stagnation, then overflow)", ones_cases, integer=True,
                      lower=1, upper=2**32, predict=ones_predict),),
-    fast_reference=fast_sum,
 )

@@ -96,13 +96,16 @@ class Batch(Rows):
 
 @dataclass(frozen=True)
 class Truth:
-    """An exact quantity: the mpmath ``reference_fn(*row)`` of each row of
-    ``exact_rows(inputs)``, and optionally its vectorized ``fast_reference``."""
+    """An exact quantity: the mpmath ``reference_fn(*row)`` of each row (a tuple of floats) of
+    ``exact_rows(inputs)``, and optionally its vectorized ``fast_reference(inputs)``: the same
+    value in longdouble, ``(value, exact-zero mask, rows handled)``; with ``fast_float64`` it
+    also takes ``dtype=np.float64`` (inputs of at most 24 bits; error bound
+    :func:`stabilitylab.numerics.reference.fast_error`)."""
 
     reference_fn: Callable[..., Any]
     exact_rows: Callable[[Any], Sequence[tuple]]
     fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-    fast_float64: bool = False  # fast_reference(inputs, dtype=np.float64) is supported (see Experiment)
+    fast_float64: bool = False  # fast_reference(inputs, dtype=np.float64) is supported
 
 
 @dataclass(frozen=True)
@@ -192,12 +195,9 @@ class Experiment:
     """A question, its methods, and how to run them on a batch of cases.
 
     ``load(arith, cases)`` rounds the cases' inputs to the format (recording
-    input events) and returns what kernels take; ``exact(inputs)`` returns the
-    rows (tuples of floats) whose exact loss ``reference_fn(*row)`` is computed
-    with mpmath.  ``fast_reference(inputs)``, optional, is the same loss
-    vectorized in longdouble: ``(loss, exact-zero mask, rows handled)``; with
-    ``fast_float64`` it also takes ``dtype=np.float64`` (inputs of at most 24 bits;
-    error bound :func:`stabilitylab.numerics.reference.fast_error`).
+    input events) and returns what kernels take; ``truth`` is the exact loss of
+    those inputs (a :class:`Truth`), which every method is measured against
+    unless it has its own (:meth:`truth_of`).
     ``facts(formats)``, optional: a table (headers, rows of text) of format facts
     the experiment's question depends on, computed in each format.
     """
@@ -208,11 +208,8 @@ class Experiment:
     methods: tuple[Method, ...]
     default_cases: Callable[[], Any]
     load: Callable[[Arith, Any], Any]
-    exact_rows: Callable[[Any], Sequence[tuple]]
-    reference_fn: Callable[..., Any]
+    truth: Truth
     families: tuple[Family, ...] = field(default=())
-    fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-    fast_float64: bool = False
     facts: Callable[[list], tuple[list[str], list[list[str]]]] | None = None
 
     def method(self, name: str) -> Method:
@@ -220,6 +217,10 @@ class Experiment:
             if m.name == name:
                 return m
         raise KeyError(f"unknown method {name!r} of {self.name}; valid: {', '.join(self.method_names)}")
+
+    def truth_of(self, method: Method) -> Truth:
+        """The exact quantity ``method`` is measured against: its own truth, else the experiment's."""
+        return self.truth if method.truth is None else method.truth
 
     @property
     def method_names(self) -> tuple[str, ...]:

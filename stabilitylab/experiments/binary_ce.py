@@ -25,7 +25,7 @@ import numpy as np
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
 from . import predict
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, stack_padded
+from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, Truth, stack_padded
 
 __all__ = ["Binary", "BINARY_CE", "binary_case"]
 
@@ -167,9 +167,7 @@ BINARY_CE = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_bce,
+    truth=Truth(exact_bce, exact_rows, fast_bce),
     families=(Family("saturation", "z", "logit z >= 0, label 0 (sigmoid rounds to 1)", saturation_cases,
                      predict=saturation_predict),),
-    fast_reference=fast_bce,
 )

@@ -15,7 +15,7 @@ from .binary_ce import Binary, binary_case
 from .binary_ce import concat as concat_binary
 from .softmax_ce import Logits, concat, logits_case
 
-__all__ = ["corpus", "SOFTMAX_CE_SOURCES", "BINARY_CE_SOURCES"]
+__all__ = ["corpus"]
 
 WIDE_ROW = 2**16  # jax #40409: rows of 2**16 logits
 
@@ -54,11 +54,6 @@ def _binary_ce() -> list[Binary]:
         # BCEWithLogits with pos_weight gave NaN for logits [0, -120], targets [0, 1] (here without pos_weight)
         binary_case("pytorch#13773:z=[0,-120],y=[0,1] (no pos_weight)", [0.0, -120.0], [0, 1]),
     ]
-
-
-SOFTMAX_CE_SOURCES = ("optax#896", "scipy#18295", "pytorch#158310", "pytorch#38839", "optax#1020",
-                      "pytorch#85791", "jax#40409", "pytorch#131060")
-BINARY_CE_SOURCES = ("pytorch#102894", "pytorch#49844", "pytorch#13773")
 
 
 def corpus(experiment: str):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
-from .base import Experiment, Family, Method, ParamNames, Settings
+from .base import Experiment, Family, Method, ParamNames, Settings, Truth
 from .softmax_ce import (
     Logits,
     concat,
@@ -110,10 +110,8 @@ EPSILON_CLIP = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_cross_entropy,
+    truth=Truth(exact_cross_entropy, exact_rows, fast_cross_entropy),
     families=(Family("ceiling", "d", "logits [0, -d], label 1 (the clipped loss is capped near -log(eps))",
                      ceiling_cases),),
-    fast_reference=fast_cross_entropy,
     facts=facts,
 )

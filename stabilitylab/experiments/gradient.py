@@ -163,10 +163,8 @@ GRADIENT = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_ce_gradient,
+    truth=Truth(exact_ce_gradient, exact_rows, fast_ce_gradient),
     families=(Family("vanishing", "d", "logits [-d, 0], target 1: confidently wrong (MSE's gradient vanishes)",
                      vanishing_cases, figure="magnitude", turning=(math.log(2),)),),
-    fast_reference=fast_ce_gradient,
     facts=loss_scaling,
 )

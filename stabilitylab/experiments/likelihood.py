@@ -23,7 +23,19 @@ import numpy as np
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
 from . import predict
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
+from .base import (
+    Batch,
+    Experiment,
+    Family,
+    Method,
+    ParamNames,
+    Prediction,
+    Rows,
+    Settings,
+    Truth,
+    shortest,
+    stack_padded,
+)
 
 __all__ = ["Samples", "LIKELIHOOD", "iid", "samples"]
 
@@ -163,8 +175,6 @@ LIKELIHOOD = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_nll,
+    truth=Truth(exact_nll, exact_rows, fast_nll),
     families=(IID,),
-    fast_reference=fast_nll,
 )

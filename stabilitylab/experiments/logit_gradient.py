@@ -31,7 +31,7 @@ import mpmath
 import numpy as np
 
 from ..numerics.arith import Arith
-from .base import Batch, Experiment, Family, Method, Rows
+from .base import Batch, Experiment, Family, Method, Rows, Truth
 from .binary_ce import BINARY_CE, Binary
 from .softmax_ce import SOFTMAX_CE, _two_diff
 
@@ -186,10 +186,8 @@ SOFTMAX_CE_GRAD = Experiment(
     ),
     default_cases=lambda: components(SOFTMAX_CE.default_cases()),
     load=load,
-    exact_rows=softmax_rows,
-    reference_fn=exact_softmax_grad,
+    truth=Truth(exact_softmax_grad, softmax_rows, fast_softmax_grad),
     families=_softmax_families(),
-    fast_reference=fast_softmax_grad,
 )
 
 
@@ -258,8 +256,6 @@ BINARY_CE_GRAD = Experiment(
     ),
     default_cases=lambda: components(BINARY_CE.default_cases()),
     load=load,
-    exact_rows=binary_rows,
-    reference_fn=exact_binary_grad,
+    truth=Truth(exact_binary_grad, binary_rows, fast_binary_grad),
     families=_binary_families(),
-    fast_reference=fast_binary_grad,
 )

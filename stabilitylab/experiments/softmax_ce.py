@@ -24,9 +24,22 @@ import numpy as np
 
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
-from ..numerics.reference import HAVE_EXTENDED, exp_sum_scaled, from_longdouble
+from ..numerics.reference import exp_sum_scaled, from_longdouble
+from ..numerics.wide import LONGDOUBLE_IS_WIDE
 from . import predict
-from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, shortest, stack_padded
+from .base import (
+    Batch,
+    Experiment,
+    Family,
+    Method,
+    ParamNames,
+    Prediction,
+    Rows,
+    Settings,
+    Truth,
+    shortest,
+    stack_padded,
+)
 
 __all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
 
@@ -82,11 +95,6 @@ class Loaded(Rows):
 
 def load(arith: Arith, cases: Logits) -> Loaded:
     return Loaded(arith.load(cases.logits), cases.labels)
-
-
-def _at(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """x[row, index[row]] of a plain array (references)."""
-    return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
 
 
 def naive_softmax_log(a: Arith, x: Loaded):
@@ -242,7 +250,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     loss = np.log1p(total) + gap
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
     zero = np.full(len(X), k == 1)
-    if not tiny.any() or not HAVE_EXTENDED:
+    if not tiny.any() or not LONGDOUBLE_IS_WIDE:
         return loss, zero, handled & ~tiny
     # the true class is the max and the rest sums to below 2**-960 (longdouble: 2**-16320): the loss
     # is log1p(s) = s (1 - s/2 ...) = s to far below any bound, s summed scaled (exact, not rounded to 0)
@@ -267,9 +275,6 @@ SOFTMAX_CE = Experiment(
     ),
     default_cases=default_cases,
     load=load,
-    exact_rows=exact_rows,
-    reference_fn=exact_cross_entropy,
+    truth=Truth(exact_cross_entropy, exact_rows, fast_cross_entropy, fast_float64=True),
     families=FAMILIES,
-    fast_reference=fast_cross_entropy,
-    fast_float64=True,
 )

@@ -28,14 +28,13 @@ from ..auditing.core import audit_key
 from ..errors import BaselineError
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
-from ..io import atomic
+from ..io import atomic, schemas
 from ..io.environment import fingerprint, package_version
 from ..numerics.formats import FORMATS, Format
 
-__all__ = ["SCHEMA", "METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
+__all__ = ["METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
            "compare", "within"]
 
-SCHEMA = "stabilitylab.baseline/1"
 METRICS = ("first_inaccurate", "first_failure", "failure")
 
 
@@ -49,7 +48,7 @@ def document(rows: list[Threshold], settings: Settings, tolerance: float | None,
     """A baseline document; entries of ``previous`` that were not recomputed are kept."""
     entries = dict(previous or {})
     entries.update(entries_of(rows))
-    return {"schema": SCHEMA, "version": package_version(), "environment": fingerprint(),
+    return {"schema": schemas.BASELINE, "version": package_version(), "environment": fingerprint(),
             "settings": {"p": settings.p, "ftz": settings.ftz, "tolerance": tolerance},
             "entries": entries}
 
@@ -93,9 +92,9 @@ def load(path: str | os.PathLike, update_flag: str = "--update") -> dict:
 
 def _problem(doc) -> str | None:
     """What is wrong with a parsed baseline document, in a few words (None if nothing)."""
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+    if not isinstance(doc, dict) or doc.get("schema") != schemas.BASELINE:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        return f"schema is {_short(found)}; expected {SCHEMA!r} (not a stabilitylab baseline)"
+        return f"schema is {_short(found)}; expected {schemas.BASELINE!r} (not a stabilitylab baseline)"
     entries = doc.get("entries")
     settings = doc.get("settings", {})
     if not isinstance(entries, dict) or not isinstance(settings, dict):

@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import TargetError, described
 from . import crmath
 from .formats import FORMATS, Format
+from .wide import wide_dtype
 
 __all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
 
@@ -62,15 +63,6 @@ def _numeric(dtype: np.dtype) -> bool:
     if dtype.kind in "iuf":
         return True
     return any(dtype == f.dtype for f in FORMATS.values())
-
-
-def _wide_dtype(fmt: Format):
-    """A dtype in which the format's * / exp of its values are (nearly) exact, or None."""
-    if fmt.precision <= 24:
-        return np.dtype(np.float64)
-    if np.finfo(np.longdouble).nmant > 52:
-        return np.dtype(np.longdouble)
-    return None
 
 
 def _opposite_infinities(a, b):
@@ -165,7 +157,7 @@ class Arith:
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
-        self._wide = _wide_dtype(fmt)
+        self._wide = wide_dtype(fmt)  # where * / exp of the format's values are (nearly) exact, or None
         self._memo: dict = {}  # shared by forks: see _shared
         self._logs: list[list] = []  # events being recorded for the memo (nested shared operations)
 

@@ -9,11 +9,11 @@ format-dtype array, the result does not depend on the CPU, numpy or ml_dtypes.
 
 Method (Ziv's strategy)
 -----------------------
-1. Evaluate the function in a wide type ``W``: ``float64`` for formats with
-   ``p <= 24`` significand bits (float8, float16, bfloat16, float32), and
-   ``np.longdouble`` for float64 when it has at least 64 significand bits
-   (x87 extended precision, as on x86 Linux).  Format values convert to ``W``
-   exactly, so the only error is the function's own.
+1. Evaluate the function in the wide type ``W`` (:mod:`stabilitylab.numerics.wide`):
+   ``float64`` for formats with ``p <= 24`` significand bits (float8, float16,
+   bfloat16, float32), and ``np.longdouble`` for float64 when it has at least 64
+   significand bits (x87 extended precision, as on x86 Linux).  Format values
+   convert to ``W`` exactly, so the only error is the function's own.
 2. Bound that error by a relative error ``E`` (:data:`WIDE_REL_ERROR`): the true
    value lies in ``[w - E|w|, w + E|w|]``.  Round both ends of this interval to
    the format.  Rounding is monotone, so when both ends round to the same format
@@ -71,6 +71,7 @@ import mpmath
 import numpy as np
 
 from .formats import Format
+from .wide import wide_dtype
 
 __all__ = ["exp", "log", "log1p", "WIDE_REL_ERROR", "wide_type"]
 
@@ -105,12 +106,12 @@ _MP_MAX_PREC = 1 << 16  # Ziv loop safety stop (never reached: boundaries differ
 
 
 def wide_type(fmt: Format) -> str | None:
-    """The key of :data:`WIDE_REL_ERROR` of the type ``fmt`` values are evaluated in first; None: mpmath only."""
-    if fmt.precision <= 24:
-        return "float64"
-    if fmt.precision <= 53 and np.finfo(np.longdouble).nmant >= 63:
-        return "longdouble"
-    return None
+    """The key of :data:`WIDE_REL_ERROR` of the type ``fmt`` values are evaluated in first
+    (:func:`wide.wide_dtype`); None: mpmath only."""
+    wide = wide_dtype(fmt)
+    if wide is None:
+        return None
+    return "float64" if wide == np.float64 else "longdouble"
 
 
 # ----------------------------------------------------------------- rounding

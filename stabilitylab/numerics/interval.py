@@ -46,6 +46,7 @@ import numpy as np
 from . import crmath
 from .arith import Arith
 from .formats import Format
+from .wide import wide_dtype
 
 __all__ = ["Bounds", "IntervalArith", "FUNCTION_SLACK", "supported"]
 
@@ -55,7 +56,7 @@ _LONG_SLACK = 2.0**-58  # the same for libm's longdouble functions
 
 def supported(fmt: Format) -> bool:
     """Whether bounds can be computed for this format (float64 needs a wider longdouble)."""
-    return fmt.precision <= 24 or np.finfo(np.longdouble).nmant >= 63
+    return wide_dtype(fmt) is not None
 
 
 class Bounds:
@@ -174,7 +175,7 @@ class IntervalArith:
         self.fmt, self.rows, self.ftz = fmt, rows, ftz
         self._shared: dict = {}
         self.dtype = np.dtype(np.float64)
-        self.wide = np.dtype(np.float64) if fmt.precision <= 24 else np.dtype(np.longdouble)
+        self.wide = wide_dtype(fmt)
         self.u = fmt.unit_roundoff
         self.eta = fmt.tiny if ftz else fmt.smallest_subnormal / 2  # absolute error of one rounding near 0
         self.step = 0

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 import mpmath
 import numpy as np
 
+from . import wide
 from .formats import FORMATS, Format
 
-__all__ = ["DIGITS", "FAST_ERROR", "HAVE_EXTENDED", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
+__all__ = ["DIGITS", "FAST_ERROR", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
            "exp_sum_scaled", "fast_tier"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
-HAVE_EXTENDED = np.finfo(np.longdouble).nmant >= 63
 SCALE_BELOW = 2.0**-960  # exact values below this are held scaled (scale < 0)
 SCALE_FLOOR = -(2**40)  # the lowest scale: values below 2**SCALE_FLOOR (e**-7.6e11) are held at it
 
@@ -265,15 +265,15 @@ def exact(truth, inputs) -> Exact:
 
 
 def fast_error(dtype, terms: int) -> float:
-    """Bound on the relative error of a fast reference evaluated in ``dtype`` (float64 or
-    longdouble) over rows of ``terms`` terms: ``2 E + (ceil(log2 terms) + 6) u``, with E the
-    wide functions' bound (:data:`crmath.WIDE_REL_ERROR`) and u the wide unit roundoff
-    (float64: plus 2**-43.5 for arguments rounded once).
+    """Bound on the relative error of a fast reference evaluated in ``dtype`` (float64, or
+    longdouble: also None, as in :func:`fast`) over rows of ``terms`` terms:
+    ``2 E + (ceil(log2 terms) + 6) u``, with E the wide functions' bound (:data:`crmath.WIDE_REL_ERROR`)
+    and u the wide unit roundoff (float64: plus 2**-43.5 for arguments rounded once).
     The longdouble bound is at least ``FAST_ERROR`` (the families' proofs use that)."""
     from .crmath import WIDE_REL_ERROR
 
     depth = max(int(terms) - 1, 1).bit_length() + 6
-    if np.dtype(dtype) == np.dtype(np.float64):  # + 2**-43.5: x_i - m rounded once (see softmax_ce)
+    if dtype is not None and np.dtype(dtype) == np.float64:  # + 2**-43.5: x_i - m rounded once (see softmax_ce)
         return 2 * WIDE_REL_ERROR["float64"] + 2.0**-43.5 + depth * 2.0**-53
     return max(FAST_ERROR, 2 * WIDE_REL_ERROR["longdouble"] + depth * 2.0**-64)
 
@@ -282,7 +282,7 @@ def fast_tier(truth, fmt: Format, inputs) -> tuple:
     """``(dtype, error)`` of the quickest fast reference of ``truth`` for ``inputs`` in ``fmt``:
     float64 where the truth supports it and the format has at most 24 bits (error
     :func:`fast_error` for the row width), else longdouble (None, ``FAST_ERROR``)."""
-    if fmt.precision <= 24 and truth.fast_float64:
+    if truth.fast_float64 and wide.wide_dtype(fmt) == np.float64:
         return np.float64, fast_error(np.float64, terms(inputs))
     return None, FAST_ERROR
 
@@ -300,7 +300,7 @@ def fast(truth, inputs, dtype=None) -> Exact:
     the exact-zero mask (decided exactly, not from the rounded value) and a mask
     of rows it handles; other rows (non-finite inputs) go through mpmath.
     """
-    if truth.fast_reference is None or (dtype is None and not HAVE_EXTENDED):
+    if truth.fast_reference is None or (dtype is None and not wide.LONGDOUBLE_IS_WIDE):
         return exact(truth, inputs)
     with np.errstate(all="ignore"):
         if dtype is None:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ..analysis.outcome import STATUSES
+from ..analysis.outcome import METHOD_FAILURES, STATUSES, worst_status
 from ..analysis.streaming import BITS_BINS, Summary
 from ..numerics.reference import Exact
 from .jsonout import number
@@ -42,7 +42,7 @@ def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, fail
         for fmt in formats:
             c = summary.cells[fmt.name, method]
             counts = dict(zip(STATUSES, c.counts.tolist()))
-            bad = next((s for s in ("nan", "overflow", "underflow", "inaccurate") if counts[s]), "ok")
+            bad = worst_status(s for s in METHOD_FAILURES if counts[s])
             cells.append(Cell(" / ".join(_fmt_count(counts[s]) for s in WHITE_BOX_COUNTS), bad))
         count_rows.append(cells)
     counts = Table(f"softmax_ce on {source_text}: {' / '.join(COUNT_NAMES[s] for s in WHITE_BOX_COUNTS)} "

@@ -9,12 +9,10 @@ from typing import Any
 
 from ..analysis.engine import Comparison
 from ..analysis.findings import findings
+from ..io import schemas
 from ..io.environment import fingerprint, package_version
 
 __all__ = ["number", "dumps", "compare_document"]
-
-COMPARE_SCHEMA = "stabilitylab.compare/1"
-
 
 def number(x: float) -> float | str:
     """A float for JSON: finite as is (repr round-trips), else "inf" / "-inf" / "nan"."""
@@ -69,7 +67,7 @@ def compare_document(comparison: Comparison) -> dict:
     black_box = _has_black_box(comparison)
     results = _results(comparison, black_box)
     return {
-        "schema": COMPARE_SCHEMA,
+        "schema": schemas.COMPARE,
         "version": package_version(),
         "environment": fingerprint(),
         "settings": {"tolerance": comparison.tolerance, "ftz": comparison.ftz,
@@ -83,12 +81,9 @@ def compare_document(comparison: Comparison) -> dict:
 
 def empty_compare_document(formats, tolerance: float | None, ftz: bool) -> dict:
     """The compare document when only the user's logits ran (``user_logits`` is added)."""
-    return {"schema": COMPARE_SCHEMA, "version": package_version(), "environment": fingerprint(),
+    return {"schema": schemas.COMPARE, "version": package_version(), "environment": fingerprint(),
             "settings": {"tolerance": tolerance, "ftz": ftz, "formats": [f.name for f in formats]},
             "results": [], "summary": [], "findings": [], "notes": []}
-
-
-THRESHOLDS_SCHEMA = "stabilitylab.thresholds/1"
 
 
 def _param(x):
@@ -98,7 +93,7 @@ def _param(x):
 
 def thresholds_document(rows, settings, tolerance) -> dict:
     return {
-        "schema": THRESHOLDS_SCHEMA,
+        "schema": schemas.THRESHOLDS,
         "version": package_version(),
         "environment": fingerprint(),
         "settings": {"p": settings.p, "ftz": settings.ftz, "tolerance": tolerance},
@@ -119,16 +114,13 @@ def threshold_records(rows) -> list[dict]:
         } for r in rows]
 
 
-AUDIT_SCHEMA = "stabilitylab.audit/1"
-
-
 def audit_document(audit) -> dict:
-    """``stabilitylab audit --format json`` (schema stabilitylab.audit/1)."""
+    """``stabilitylab audit --format json`` (schema :data:`schemas.AUDIT`)."""
     target = audit.target
     env = dict(fingerprint())
     env.update({f"target_{k}": v for k, v in target.environment.items()})
     return {
-        "schema": AUDIT_SCHEMA,
+        "schema": schemas.AUDIT,
         "target": target.name,
         "experiment": audit.experiment.name,
         "version": package_version(),
@@ -167,14 +159,11 @@ def _numbers(v):
 
 
 def formats_document(formats) -> dict:
-    return {"schema": "stabilitylab.formats/1", "formats": [
+    return {"schema": schemas.FORMATS, "formats": [
         {"name": f.name, "aliases": list(f.aliases), "precision": f.precision, "max": f.max,
          "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
          "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max, "ln_smallest_subnormal": f.ln_smallest_subnormal,
          "has_inf": f.has_inf} for f in formats]}
-
-
-TRAIN_SCHEMA = "stabilitylab.train/1"
 
 
 def train_document(runs, scenarios, said) -> dict:
@@ -183,7 +172,7 @@ def train_document(runs, scenarios, said) -> dict:
         return [number(v) for v in values.tolist()]
 
     return {
-        "schema": TRAIN_SCHEMA,
+        "schema": schemas.TRAIN,
         "version": package_version(),
         "environment": fingerprint(),
         "scenarios": {name: {"description": s.description, "claim": s.claim, "model": s.model, "task": s.task,

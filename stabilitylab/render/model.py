@@ -12,6 +12,7 @@ import numpy as np
 
 from ..analysis.engine import Comparison
 from ..analysis.findings import findings
+from ..analysis.outcome import METHOD_FAILURES, WHITE_BOX_STATUSES, worst_status
 from ..numerics.formats import Format
 
 __all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table", "thresholds_table",
@@ -115,9 +116,8 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
             cells = [Cell(method.name)]
             for fmt in formats:
                 c = counts[(method.name, fmt.name)]
-                worst = next((s for s in ("error", "nan", "inf", "overflow", "underflow", "inaccurate")
-                              if getattr(c, s)), "ok")
-                cells.append(Cell(" / ".join(str(getattr(c, s)) for s in shown_counts) + f" of {c.cases}", worst))
+                bad = worst_status(s for s in METHOD_FAILURES if getattr(c, s))
+                cells.append(Cell(" / ".join(str(getattr(c, s)) for s in shown_counts) + f" of {c.cases}", bad))
             count_rows.append(cells)
         counts_table = Table(f"{experiment.name}: {' / '.join(COUNT_NAMES[s] for s in shown_counts)} counts",
                              ["method", *(f.name for f in formats)], count_rows)
@@ -252,11 +252,6 @@ def _plain(v) -> str:
     return str(v)
 
 
-def _worst_status(statuses) -> str:
-    present = set(statuses.tolist())
-    return next((s for s in ("nan", "overflow", "underflow", "inaccurate", "range") if s in present), "ok")
-
-
 def train_sections(runs, scenarios, said) -> list[Section]:
     """One section per training scenario: a row per method x format, then the generated sentences."""
     sections = []
@@ -264,14 +259,14 @@ def train_sections(runs, scenarios, said) -> list[Section]:
         scenario = scenarios[name]
         rows = []
         for r in (r for r in runs if r.scenario == name):
-            worst = _worst_status(r.status)
+            bad = worst_status(r.status.tolist())
             counts = ", ".join(f"{s} {int((r.status == s).sum())}" for s in
-                               ("ok", "range", "inaccurate", "overflow", "underflow", "nan") if (r.status == s).any())
+                               WHITE_BOX_STATUSES if (r.status == s).any())
             first = r.first_nonfinite_step
             rows.append([Cell(r.method), Cell(r.dtype),
                          Cell("—" if first is None else str(first), "ok" if first is None else "nan"),
                          Cell(f"{number_text(r.loss[-1], 5)}" if np.isfinite(r.loss[-1]) else
-                              ("nan" if np.isnan(r.loss[-1]) else "inf"), worst, tagged=True),
+                              ("nan" if np.isnan(r.loss[-1]) else "inf"), bad, tagged=True),
                          Cell(f"{100 * r.final_accuracy:.1f} %"),
                          Cell(str(r.epochs_at_chance())),
                          Cell(f"{100 * r.grad_underflow.max():.1f} %"),

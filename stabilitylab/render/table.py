@@ -168,10 +168,6 @@ def _rich_table(part: _Part):
     return t
 
 
-def _rich_tables(table: Table, width: int) -> list:
-    return [_rich_table(part) for part in _parts(table, width)]
-
-
 def _plain_text(console: Console, part: _Part) -> str | None:
     """The characters rich prints for ``part`` on a console without colours (a pipe, a file), drawn
     here at a fraction of the cost: every cell on its own lines, no wrapping, rich's own box,

@@ -5,19 +5,18 @@
 in: every number comes from the engine, the threshold search or finfo.
 
 The report is made of independent tasks (a threshold search per family and format,
-a training scenario, an audited framework kernel, a figure's curves), run on up to
-two forked processes, one per core, longest first; a figure is drawn as soon as the
+a training scenario, an audited framework kernel, a figure's curves), run on forked
+processes (:func:`~stabilitylab.analysis.parallel.worker_count`), longest first; a figure is drawn as soon as the
 results it shows are in.  The result does not depend on the number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from ..analysis.engine import compare, evaluate
 from ..analysis.findings import threshold_findings
+from ..analysis.parallel import fork_pool, worker_count
 from ..analysis.thresholds import family_thresholds
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings, shortest
@@ -249,14 +249,6 @@ class _Tasks:
 FORK_UNSAFE = ("jax", "torch", "tensorflow")  # cannot run in a process forked after they started threads
 
 
-def _executor(jobs: int | None = None):
-    """Up to two forked worker processes (one per core), or the current process."""
-    jobs = min(2, os.cpu_count() or 1) if jobs is None else jobs
-    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
-    return None
-
-
 # ----------------------------------------------------------------- the report
 STEPS = 8  # progress calls: comparing, each of GROUPS as its last task ends, writing
 GROUPS = {"search": "searched thresholds", "ftz": "searched thresholds with flush-to-zero",
@@ -266,10 +258,12 @@ GROUPS = {"search": "searched thresholds", "ftz": "searched thresholds with flus
 
 def build(formats: Sequence[Format], settings: Settings = Settings(),
           progress: Callable[[str], None] = lambda step: None, jobs: int | None = None) -> dict[str, bytes]:
-    """All files of the report, in memory.  ``jobs``: worker processes (default: up to 2, one per core)."""
+    """All files of the report, in memory.  ``jobs``: worker processes (default:
+    :func:`~stabilitylab.analysis.parallel.worker_count`)."""
     from ..auditing import adapters
     from ..training import train
 
+    workers = worker_count() if jobs is None else jobs  # (first: a bad STABILITYLAB_WORKERS fails at once)
     experiments = list(EXPERIMENTS.values())
     names = tuple(f.name for f in formats)
     progress("comparing formulations")
@@ -286,7 +280,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         reported.append(group)
         progress(GROUPS[group])
 
-    pool = _executor(jobs)
+    pool = fork_pool(workers)
     with pool if pool is not None else contextlib.nullcontext():
         tasks = _Tasks(pool or _Inline(), done)
         # a framework already running here (the Python API, a test session) is audited here, after
@@ -469,13 +463,6 @@ def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[
         files[path] = results[name][1]
         lines += [sections_md([section], 3), f"![train/{name}]({path})", ""]
     return lines
-
-
-def training_section(files: dict[str, bytes]) -> list[str]:
-    """The "Training" section, computed here (see :func:`_training_lines`)."""
-    from ..training import train
-
-    return _training_lines({s: _training_task(s) for s in train.DEFAULT_SCENARIOS}, files)
 
 
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),

@@ -78,13 +78,6 @@ def iris() -> tuple[np.ndarray, np.ndarray]:
     return data, np.array([int(r[4]) for r in rows], dtype=np.int64)
 
 
-TASKS = {
-    "iris3": "Iris, 3 species (150 samples)",
-    "setosa": "Iris, setosa (1) vs the rest (0) (150 samples; linearly separable)",
-    "virginica": "Iris, virginica (1) vs versicolor (0) (100 samples; nearly separable)",
-}
-
-
 @lru_cache(maxsize=None)
 def task_data(task: str) -> tuple[np.ndarray, np.ndarray]:
     """Standardized features with a trailing column of ones (the bias), and labels."""

@@ -1,0 +1,21 @@
+"""Every ``schema`` string stabilitylab writes into a JSON document, in one table.
+
+A document's first key names what it is and its version: ``stabilitylab.<kind>/<n>``.  The number
+changes only when a reader of the old version would misread the new one (a key renamed, removed or
+given another meaning); added keys keep it.  Writers (``render.jsonout``, ``guard.baseline``, the
+command line) and readers (``guard.baseline.load``) take the strings from here.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BASELINE", "SCHEMAS"]
+
+COMPARE = "stabilitylab.compare/1"  # compare --format json (with --logits: its "user_logits" part)
+THRESHOLDS = "stabilitylab.thresholds/1"  # thresholds --format json
+AUDIT = "stabilitylab.audit/1"  # audit --format json
+TRAIN = "stabilitylab.train/1"  # train --format json
+FORMATS = "stabilitylab.formats/1"  # formats --format json
+TARGETS = "stabilitylab.targets/1"  # audit --list --format json
+BASELINE = "stabilitylab.baseline/1"  # the baseline file check reads and writes
+
+SCHEMAS: tuple[str, ...] = (COMPARE, THRESHOLDS, AUDIT, TRAIN, FORMATS, TARGETS, BASELINE)

@@ -1,0 +1,93 @@
+"""The one worker-count rule (analysis/parallel.py): CPU affinity, the STABILITYLAB_WORKERS
+override and its bad values, and every process pool taking its default from it."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from stabilitylab.analysis import parallel, streaming, thresholds
+from stabilitylab.cli import main
+from stabilitylab.errors import InputError
+from stabilitylab.experiments import EXPERIMENTS
+from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.report import build
+
+VAR = "STABILITYLAB_WORKERS"
+
+
+def test_the_cpus_this_process_may_run_on(monkeypatch):
+    monkeypatch.delenv(VAR, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert parallel.worker_count() == 3
+
+
+def test_cpu_count_where_there_is_no_affinity(monkeypatch):
+    monkeypatch.delenv(VAR, raising=False)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert parallel.worker_count() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown
+    assert parallel.worker_count() == 1
+
+
+@pytest.mark.parametrize(("value", "count"), [("1", 1), ("3", 3), (" 12 ", 12)])
+def test_the_variable_overrides_the_cpus(value, count, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert parallel.worker_count({VAR: value}) == count
+    monkeypatch.setenv(VAR, value)
+    assert parallel.worker_count() == count
+
+
+def test_an_empty_variable_is_unset(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert parallel.worker_count({VAR: ""}) == parallel.worker_count({}) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", "2 workers"])
+def test_a_bad_value_is_one_clear_error(value):
+    with pytest.raises(ValueError, match=rf"^{VAR}=.*must be a positive integer") as caught:
+        parallel.worker_count({VAR: value})
+    assert isinstance(caught.value, InputError)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_fork_pool():
+    assert parallel.fork_pool(1) is None
+    pool = parallel.fork_pool(2)
+    assert isinstance(pool, ProcessPoolExecutor)
+    pool.shutdown()
+
+
+def test_every_pool_reads_the_variable(monkeypatch):
+    """thresholds, the user-logits summary and the report take their default worker count from the
+    rule (a bad value fails before any work)."""
+    monkeypatch.setenv(VAR, "many")
+    with pytest.raises(InputError, match=VAR):
+        thresholds.thresholds([EXPERIMENTS["softmax_ce"]], [FORMATS["float16"]])
+
+    class Source:
+        rows, classes = 2, 3
+
+        def chunks(self, n):  # never reached
+            raise AssertionError
+
+    with pytest.raises(InputError, match=VAR):
+        streaming.summarize(Source(), None, np.ones(2, bool), (FORMATS["float16"],))
+    with pytest.raises(InputError, match=VAR):
+        build.build([FORMATS["float16"]])
+
+
+def test_the_command_line_says_what_is_wrong(monkeypatch, capsys):
+    monkeypatch.setenv(VAR, "0")
+    capsys.readouterr()
+    code = main(["thresholds", "-d", "float16", "-e", "softmax_ce"])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == ""
+    assert err.splitlines() == [f"stabilitylab: error: {VAR}='0': it must be a positive integer, the number of "
+                                "worker processes (1: none, run in this process); unset it for one per CPU"]
