@@ -37,7 +37,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..errors import InputError, first_line
+from ..errors import InputError, first_line, shown
 
 __all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
            "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
@@ -129,7 +129,7 @@ class _ZipStream:
                 member.seek(self.offset + start * size)  # forward: decompress and drop, in bounded pieces
                 data = member.read(count * size)
                 if len(data) != count * size:
-                    raise OSError(f"its member {self.name} is truncated")
+                    raise OSError(f"its member {shown(self.name, True)} is truncated")
                 return np.frombuffer(data, dtype=self.dtype)
 
             yield read
@@ -230,7 +230,7 @@ class _Where:
             raise self.fail(f"has shape {tuple(shape)}: more than {self.max_elements:,} values")
 
     def fail(self, message: str, option: str | None = None) -> InputError:
-        return InputError(f"{self.what} file {self.path} {message}", option or self.option)
+        return InputError(f"{self.what} file {shown(self.path)} {message}", option or self.option)
 
     def unreadable(self, detail: str) -> InputError:
         return self.fail(f"could not be read: {detail}")
@@ -250,9 +250,10 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
         raise where.fail("does not exist or is not a file")
     suffix = p.suffix.lower()
     if suffix not in suffixes:
-        raise where.fail(f"has suffix {suffix or '(none)'!r}; allowed: {', '.join(suffixes)}")
+        raise where.fail(f"has suffix {shown(suffix or '(none)', True)}; allowed: {', '.join(suffixes)}")
     if key is not None and suffix in (".npy", ".csv", ".txt"):
-        raise InputError(f"{key_option or 'a key'} {key!r} was given but {what} file {p} holds one unnamed array; "
+        raise InputError(f"{key_option or 'a key'} {shown(key, True)} was given but {what} file {shown(p)} holds one "
+                         "unnamed array; "
                          f"{key_option or 'a key'} picks a tensor in .npz, .safetensors, .pt and .pth files",
                          key_option)
     try:
@@ -281,14 +282,14 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
 def read_text(p: Path, what: str) -> np.ndarray:
     """float64 numbers from a .csv / .txt file (comma or blank separated, # comments), at least 2-D."""
     if p.stat().st_size > MAX_TEXT_BYTES:
-        raise InputError(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
+        raise InputError(f"{what} file {shown(p)} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
     text = p.read_text(encoding="utf-8-sig")  # -sig: Excel starts its UTF-8 CSV with a BOM
     delimiter = "," if ("," in text or p.suffix.lower() == ".csv") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "input contained no data": checked below
         arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
     if arr.size == 0:
-        raise InputError(f"{what} file {p} holds no numbers")
+        raise InputError(f"{what} file {shown(p)} holds no numbers")
     return arr
 
 
@@ -315,6 +316,7 @@ def check_dtype(dtype: np.dtype, what: str, path) -> None:
     """Numbers (bool, integers, floats incl. ml_dtypes') pass; anything else is one InputError line."""
     if dtype.kind in "biuf" or dtype in _ML_FLOATS:
         return
+    path = shown(path)
     if dtype.subdtype is not None:
         raise InputError(f"{what} file {path} holds sub-arrays ({dtype}); a plain array of numbers is required")
     if dtype.kind == "V" and dtype.names is None:
@@ -322,7 +324,7 @@ def check_dtype(dtype: np.dtype, what: str, path) -> None:
                          "numpy.save stores bfloat16 / float8 arrays of ml_dtypes, whose type it cannot record; "
                          "save them as float32 instead (x.astype(numpy.float32)) or with safetensors")
     if dtype.kind == "V":
-        raise InputError(f"{what} file {path} holds records with fields ({', '.join(dtype.names)}); "
+        raise InputError(f"{what} file {path} holds records with fields ({', '.join(map(shown, dtype.names))}); "
                          "a plain array of numbers is required")
     if dtype.kind == "c":
         raise InputError(f"{what} file {path} holds {dtype} values; real numbers are required")
@@ -368,23 +370,24 @@ def _pick(names: list[str], key: str | None, default_key: str | None, where: _Wh
     ``aliases(name)``: the keys that pick ``name``, the last one shown in messages (when keys can be passed).
     """
     listed = [aliases(n)[-1] for n in names] if where.key_option else names
-    shown = ", ".join(listed[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
+    listing = ", ".join(map(shown, listed[:20])) + (", ..." if len(names) > 20 else "") if names else "none"
     if not names and where.key_option is not None:
         raise where.fail(f"holds no {unit}s")
     if key is not None:
         for name in names:
             if key in aliases(name):
                 return name, []
-        raise where.fail(f"has no {unit} named {key!r}; it holds {len(names)}: {shown}", where.key_option)
+        raise where.fail(f"has no {unit} named {shown(key, True)}; it holds {len(names)}: {listing}", where.key_option)
     if len(names) == 1:
         return names[0], []
     if where.key_option is None:
-        raise where.fail(f"holds {len(names)} {unit}s ({shown}); an {where.path.suffix.lower()} must hold exactly one")
+        raise where.fail(f"holds {len(names)} {unit}s ({listing}); an {shown(where.path.suffix.lower())} must hold "
+                         "exactly one")
     for name in names:
         if default_key is not None and default_key in aliases(name):
-            return name, [f"{where.what}: {unit} {name!r} of {where.path.name}, which holds {len(names)} "
-                          f"{unit}s ({where.key_option} picks another)"]
-    raise where.fail(f"holds {len(names)} {unit}s ({shown}); pass {where.key_option} NAME to pick one")
+            return name, [f"{where.what}: {unit} {shown(name, True)} of {shown(where.path.name)}, which holds "
+                          f"{len(names)} {unit}s ({where.key_option} picks another)"]
+    raise where.fail(f"holds {len(names)} {unit}s ({listing}); pass {where.key_option} NAME to pick one")
 
 
 def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) -> _Tensor:
@@ -396,8 +399,9 @@ def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) 
         info = z.getinfo(name)
         deflated = info.compress_type == zipfile.ZIP_DEFLATED
         if deflated and info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 2**16:
-            raise where.unreadable(f"its member {name} claims {info.file_size:,} bytes from {info.compress_size:,} "
-                                   "compressed bytes, more than deflate can produce (a forged zip)")
+            raise where.unreadable(f"its member {shown(name, True)} claims {info.file_size:,} bytes from "
+                                   f"{info.compress_size:,} compressed bytes, more than deflate can produce "
+                                   "(a forged zip)")
         with z.open(info) as member:
             shape, fortran, dtype = npy_header(member, where)
             offset = member.tell()
@@ -410,7 +414,7 @@ def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) 
                 fh.seek(info.header_offset)
                 local = fh.read(30)
                 if len(local) != 30 or local[:4] != b"PK\x03\x04":
-                    raise where.unreadable(f"its member {name} has a corrupt local header")
+                    raise where.unreadable(f"its member {shown(name, True)} has a corrupt local header")
                 start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
                 have = os.fstat(fh.fileno()).st_size - start - offset
             if have < need:
@@ -451,23 +455,24 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
               and all(type(v) is int and v >= 0 for v in entry["shape"])
               and len(entry["data_offsets"]) == 2 and all(type(v) is int for v in entry["data_offsets"]))
         if not ok:
-            raise where.unreadable(f"its safetensors header entry {name!r} is malformed (it needs \"dtype\", "
-                                   "\"shape\" of non-negative integers and \"data_offsets\" [begin, end])")
+            raise where.unreadable(f"its safetensors header entry {shown(name, True)} is malformed (it needs "
+                                   "\"dtype\", \"shape\" of non-negative integers and \"data_offsets\" [begin, end])")
         begin, end = entry["data_offsets"]
         if not 0 <= begin <= end or end > data_size:
-            raise where.unreadable(f"tensor {name!r} lies at bytes {begin:,}..{end:,} of a {data_size:,}-byte data "
-                                   "buffer: the file is truncated or its header corrupt")
+            raise where.unreadable(f"tensor {shown(name, True)} lies at bytes {begin:,}..{end:,} of a "
+                                   f"{data_size:,}-byte data buffer: the file is truncated or its header corrupt")
         dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
         if dtype is not None and end - begin != math.prod(entry["shape"]) * dtype.itemsize:
-            raise where.unreadable(f"tensor {name!r} of shape {tuple(entry['shape'])} and dtype {entry['dtype']} "
-                                   f"needs {math.prod(entry['shape']) * dtype.itemsize:,} bytes but its data_offsets "
+            raise where.unreadable(f"tensor {shown(name, True)} of shape {tuple(entry['shape'])} and dtype "
+                                   f"{shown(entry['dtype'])} needs {math.prod(entry['shape']) * dtype.itemsize:,} "
+                                   "bytes but its data_offsets "
                                    f"span {end - begin:,}")
     name, notes = _pick(names, key, default_key, where, "tensor")
     entry = header[name]
     where.check_size(entry["shape"])
     dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
     if dtype is None:
-        raise where.fail(f"holds tensor {name!r} of dtype {entry['dtype']}; allowed: "
+        raise where.fail(f"holds tensor {shown(name, True)} of dtype {shown(entry['dtype'])}; allowed: "
                          f"{', '.join(k for k in _SAFETENSORS_DTYPES if k != 'BOOL')}")
     shape = tuple(entry["shape"])
     span = _FileSpan(p, 8 + n + entry["data_offsets"][0], dtype, math.prod(shape))
@@ -498,7 +503,8 @@ def _open_torch(p: Path, where: _Where, key: str | None, default_key: str | None
         raise where.unreadable(f"torch.load failed ({first_line(exc)})") from None
     if isinstance(obj, torch.Tensor):
         if key is not None:
-            raise InputError(f"{where.key_option or 'a key'} {key!r} was given but {where.what} file {p} holds "
+            raise InputError(f"{where.key_option or 'a key'} {shown(key, True)} was given but {where.what} file "
+                             f"{shown(p)} holds "
                              "one tensor, not a dict of tensors", where.key_option)
         name, notes, tensor = None, [], obj
     elif isinstance(obj, dict):
@@ -607,11 +613,11 @@ def _logits_source(tensor: _Tensor) -> LogitsSource:
     """The tensor as logits: numbers of at most 64 bits (not bool), every dimension >= 1."""
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
-        raise InputError(f"logits file {p} holds bool values; allowed: {LOGITS_TYPES}", "--logits")
+        raise InputError(f"logits file {shown(p)} holds bool values; allowed: {LOGITS_TYPES}", "--logits")
     if dtype not in _ML_FLOATS and dtype.kind == "f" and dtype.itemsize > 8:
-        raise InputError(f"logits file {p} holds {dtype} values; allowed: {LOGITS_TYPES}", "--logits")
+        raise InputError(f"logits file {shown(p)} holds {dtype} values; allowed: {LOGITS_TYPES}", "--logits")
     if not shape or 0 in shape:
-        raise InputError(f"logits file {p} has shape {shape}; logits must have shape (rows, classes) or "
+        raise InputError(f"logits file {shown(p)} has shape {shape}; logits must have shape (rows, classes) or "
                          "(..., classes) with every dimension >= 1", "--logits")
     fmt = _format_name(dtype)
     notes = list(tensor.notes)
@@ -649,13 +655,13 @@ def read_labels(path, key: str | None, logits: LogitsSource, notes: list[str] | 
     tensor = open_tensor(path, "labels", key, option="--labels", key_option="--labels-key", default_key="labels")
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
-        raise InputError(f"labels file {p} holds bool values; integer class indices are required", "--labels")
+        raise InputError(f"labels file {shown(p)} holds bool values; integer class indices are required", "--labels")
     if dtype not in _ML_FLOATS and dtype.kind == "f" and dtype.itemsize > 8:
-        raise InputError(f"labels file {p} holds {dtype} values; integers are required", "--labels")
+        raise InputError(f"labels file {shown(p)} holds {dtype} values; integers are required", "--labels")
     rows = logits.rows
     if not (shape == logits.shape[:-1] or (math.prod(shape) == rows and sum(n != 1 for n in shape) <= 1)):
         want = f"{logits.shape[:-1]} or ({rows},)" if len(logits.shape) > 2 else f"({rows},)"
-        raise InputError(f"labels file {p} has shape {shape} but the logits {logits.shape} have {rows:,} rows; "
+        raise InputError(f"labels file {shown(p)} has shape {shape} but the logits {logits.shape} have {rows:,} rows; "
                          f"labels must have shape {want}", "--labels")
     out = np.empty(rows, dtype=np.int64)
     with tensor.reading() as read:
@@ -674,15 +680,15 @@ def _integral(raw: np.ndarray, first: int, p: Path) -> np.ndarray:
             big = raw > np.iinfo(np.int64).max
             if big.any():
                 row = first + int(np.flatnonzero(big)[0])
-                raise InputError(f"labels file {p}: label {int(raw[row - first])} in row {row} is larger than any "
-                                 "class index", "--labels")
+                raise InputError(f"labels file {shown(p)}: label {int(raw[row - first])} in row {row} is larger "
+                                 "than any class index", "--labels")
         return raw.astype(np.int64)
     y = raw.astype(np.float64)
     bad = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**63)
     if bad.any():
         row = first + int(np.flatnonzero(bad)[0])
-        raise InputError(f"labels file {p}: label in row {row} is {float(y[row - first])!r}; labels must be integers",
-                         "--labels")
+        raise InputError(f"labels file {shown(p)}: label in row {row} is {float(y[row - first])!r}; labels must be "
+                         "integers", "--labels")
     return y.astype(np.int64)
 
 
