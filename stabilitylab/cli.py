@@ -268,6 +268,9 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
             summary.notes.extend(bulk.notes)
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+        except MemoryError:  # the whole-file arrays, a block, or a worker's results
+            raise click.BadParameter(str(bulk.source.out_of_memory("compute the losses of")),
+                                     param_hint="'--logits'") from None
     _render_compare(comparison, summary, bulk, fmt, output)
 
 
