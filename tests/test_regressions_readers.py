@@ -7,6 +7,7 @@ error), and reading a data file never runs code.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -23,6 +24,7 @@ from stabilitylab.analysis import streaming
 from stabilitylab.cli import main
 from stabilitylab.errors import BaselineError, InputError, shown
 from stabilitylab.io import sources, userdata
+from stabilitylab.io.output import GuardedStream
 from stabilitylab.io.sources import open_logits, read_labels
 from stabilitylab.status import ExitStatus
 
@@ -333,6 +335,78 @@ def test_escape_codes_in_an_output_name_went_raw_into_the_one_line_message(tmp_p
     code, out, err = run(capsys, "formats", "-o", tmp_path / f"no{NASTY}" / "out.txt")
     assert code == ExitStatus.USAGE
     assert one_error_line(err, f"no{NASTY_SHOWN}", "does not exist").isprintable()
+
+
+# ------------------------------------------------------------------------ 4. short writes to stdout
+
+
+class ShortRaw(io.RawIOBase):
+    """An unbuffered file whose writes take at most ``piece`` bytes, and nothing once ``room`` is used up
+    (a disk that fills up)."""
+
+    def __init__(self, piece: int, room: int | None = None):
+        self.piece, self.room, self.data = piece, room, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        n = min(len(b), self.piece)
+        if self.room is not None:
+            n = min(n, self.room - len(self.data))
+        self.data += bytes(b[:n])
+        return n
+
+
+def unbuffered(raw: ShortRaw) -> io.TextIOWrapper:
+    """What ``PYTHONUNBUFFERED=1`` makes of standard output: a write-through text layer over the raw file."""
+    return io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+
+
+@pytest.mark.parametrize("argv", [["formats", "--format", "json"], ["compare", "--format", "markdown"],
+                                  ["compare", "-e", "likelihood"]])
+def test_short_writes_to_unbuffered_stdout_lost_the_output_silently(capsys, argv):
+    code, expected, err = run(capsys, *argv)
+    assert code == ExitStatus.OK and len(expected) > 2000, err
+    raw = ShortRaw(piece=1000)  # short writes that make progress: everything arrives
+    with stdout_replaced(unbuffered(raw)):
+        code = main(argv)
+    assert code == ExitStatus.OK, capsys.readouterr().err
+    assert raw.data.decode() == expected
+    raw = ShortRaw(piece=4096, room=1500)  # a full disk: one line and exit 2, not exit 0 with 1500 bytes
+    with stdout_replaced(unbuffered(raw)):
+        code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == ExitStatus.USAGE
+    one_error_line(err, "cannot write to standard output", "stopped after")
+
+
+def test_guarded_stream_keeps_buffered_writes_to_the_text_layer():
+    """A buffered stdout (the default) retries short writes itself: its text layer is used as before."""
+    raw = ShortRaw(piece=10)
+    stream = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8")
+    guarded = GuardedStream(stream, "<stdout>", strict=True)
+    guarded.write("x" * 100_000 + "·\n")
+    guarded.flush()
+    assert raw.data.decode() == "x" * 100_000 + "·\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("unbuffered_env", ["1", None])
+def test_stdout_on_a_nearly_full_disk_kept_exit_0(tmp_path, unbuffered_env):
+    """RLIMIT_FSIZE as the nearly full disk: the write of the whole JSON document takes 4096 bytes."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    with open(tmp_path / "out.json", "w") as out:
+        proc = python_m("compare", "--format", "json", stdout=out, stderr=subprocess.PIPE, capture_output=False,
+                        preexec_fn=cap, drop=("PYTHONUNBUFFERED",),
+                        env_extra={"PYTHONUNBUFFERED": unbuffered_env} if unbuffered_env else None)
+    assert proc.returncode == ExitStatus.USAGE, proc.stderr
+    one_error_line(proc.stderr, "cannot write to standard output", "File too large")
+    assert (tmp_path / "out.json").stat().st_size == 4096
 
 
 # ------------------------------------------------------------------------ 6. reading never runs code
