@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stabilitylab import cli
 from stabilitylab.analysis import streaming
 from stabilitylab.cli import main
 from stabilitylab.errors import BaselineError, InputError, shown
 from stabilitylab.io import sources, userdata
 from stabilitylab.io.output import GuardedStream
 from stabilitylab.io.sources import open_logits, read_labels
+from stabilitylab.render.table import MAX_COLUMNS, PIPE_WIDTH, columns
 from stabilitylab.status import ExitStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -407,6 +409,80 @@ def test_stdout_on_a_nearly_full_disk_kept_exit_0(tmp_path, unbuffered_env):
     assert proc.returncode == ExitStatus.USAGE, proc.stderr
     one_error_line(proc.stderr, "cannot write to standard output", "File too large")
     assert (tmp_path / "out.json").stat().st_size == 4096
+
+
+# ------------------------------------------------------------------------ 5. COLUMNS
+
+
+BAD_COLUMNS = ["0", "-5", "abc", "99999999", "", " ", "+80", "8_0", str(MAX_COLUMNS + 1)]
+
+
+@pytest.mark.parametrize("value", BAD_COLUMNS)
+def test_unusable_columns_are_treated_as_unset(value):
+    assert columns({"COLUMNS": value}) is None
+    assert columns({}) is None
+    assert columns({"COLUMNS": "80"}) == 80 and columns({"COLUMNS": str(MAX_COLUMNS)}) == MAX_COLUMNS
+
+
+_UNSET: dict[tuple, tuple[int, str]] = {}
+_THRESHOLDS: dict[str, list] = {}
+
+
+def _memoized_thresholds(experiments, formats, settings, tolerance, *rest):
+    """check recomputes every threshold (~3 s): once per module is enough to test how it prints."""
+    key = repr((tuple(e.name for e in experiments), tuple(f.name for f in formats), settings, tolerance, rest))
+    if key not in _THRESHOLDS:
+        _THRESHOLDS[key] = cli_run_thresholds(experiments, formats, settings, tolerance, *rest)
+    return _THRESHOLDS[key]
+
+
+cli_run_thresholds = cli.run_thresholds
+COMMANDS = {"compare": ["compare"], "thresholds": ["thresholds", "-e", "likelihood", "-d", "fp32"],
+            "check": ["check", "--baseline", BASELINE], "check --all": ["check", "--baseline", BASELINE, "--all"]}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "99999999"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_columns_zero_printed_no_table(monkeypatch, capsys, command, value):
+    """In-process (stdout captured: not a terminal): the output of an unset COLUMNS, 160 wide."""
+    monkeypatch.setattr(cli, "run_thresholds", _memoized_thresholds)
+    argv = COMMANDS[command]
+    if command not in _UNSET:
+        monkeypatch.delenv("COLUMNS", raising=False)
+        code, out, _ = run(capsys, *argv)
+        _UNSET[command] = code, out
+    code, out = _UNSET[command]
+    assert code in (ExitStatus.OK, ExitStatus.REGRESSION) and out.strip()
+    monkeypatch.setenv("COLUMNS", value)
+    assert run(capsys, *argv)[:2] == (code, out)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= PIPE_WIDTH
+    if command != "check":
+        assert any("┃" in line for line in lines)  # a table
+    if command.startswith("check"):
+        assert "entries compared" in lines[-1]
+
+
+_UNSET_PROCESS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "99999999"])
+@pytest.mark.parametrize("command", ["compare", "thresholds"])
+def test_columns_zero_printed_nothing_in_a_real_process(command, value):
+    argv = COMMANDS[command]
+    if command not in _UNSET_PROCESS:
+        unset = python_m(*argv, drop=("COLUMNS",))
+        assert unset.returncode == ExitStatus.OK and "┃" in unset.stdout, unset.stderr
+        _UNSET_PROCESS[command] = unset.stdout
+    proc = python_m(*argv, env_extra={"COLUMNS": value})
+    assert proc.returncode == ExitStatus.OK, proc.stderr
+    assert proc.stdout == _UNSET_PROCESS[command]
+
+
+def test_columns_zero_printed_no_check_summary_in_a_real_process():
+    proc = python_m("check", "--baseline", BASELINE, env_extra={"COLUMNS": "0"})
+    assert proc.returncode in (ExitStatus.OK, ExitStatus.REGRESSION), proc.stderr
+    assert "entries compared" in proc.stdout
 
 
 # ------------------------------------------------------------------------ 6. reading never runs code
