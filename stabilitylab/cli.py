@@ -32,7 +32,7 @@ from .render.model import (
     thresholds_table,
     train_sections,
 )
-from .render.table import print_sections, print_table
+from .render.table import print_sections, print_table, stdout_console
 from .status import ExitStatus
 
 __all__ = ["main", "cli", "run"]
@@ -126,8 +126,7 @@ def _console(path: str | None) -> Console:
     """The terminal; for -o, or a pipe without COLUMNS, a console 160 wide."""
     if path is not None:
         return Console(record=True, width=160, file=io.StringIO(), color_system=None)
-    console = Console()
-    return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
+    return stdout_console()  # COLUMNS of 0, < 0, text or > 10000: unset
 
 
 def _emit(text: str, path: str | None) -> None:
@@ -269,6 +268,9 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
             summary.notes.extend(bulk.notes)
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+        except MemoryError:  # the whole-file arrays, a block, or a worker's results
+            raise click.BadParameter(str(bulk.source.out_of_memory("compute the losses of")),
+                                     param_hint="'--logits'") from None
     _render_compare(comparison, summary, bulk, fmt, output)
 
 

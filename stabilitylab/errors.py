@@ -9,7 +9,7 @@ regression (exit 1), which only ``check`` reports.
 from __future__ import annotations
 
 __all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "BaselineError", "WriteError",
-           "OutputError", "MissingLibrary", "first_line", "described"]
+           "OutputError", "MissingLibrary", "first_line", "described", "shown"]
 
 
 class StabilitylabError(Exception):
@@ -20,10 +20,11 @@ class InputError(StabilitylabError, ValueError):
     """Bad user input; the message is one line saying what was wrong and what is allowed.
 
     ``option`` names the command-line option at fault (``--logits``, ``--labels``, ``--key``, ``--labels-key``).
+    The message goes through :func:`shown`, so user text quoted without it cannot break the line either.
     """
 
     def __init__(self, message: str, option: str | None = None):
-        super().__init__(message)
+        super().__init__(shown(message))  # one line whatever user text it quotes (shown() is idempotent)
         self.option = option
 
 
@@ -40,7 +41,7 @@ class BaselineError(StabilitylabError, ValueError):
     """A baseline file that cannot be read (missing: ``missing`` is True)."""
 
     def __init__(self, message: str, missing: bool = False):
-        super().__init__(message)
+        super().__init__(shown(message))
         self.missing = missing
 
 
@@ -67,3 +68,22 @@ def described(exc: BaseException) -> str:
     quoted inside a one-line message."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: object, quote: bool = False) -> str:
+    """User-supplied text (a file name, a key, a tensor or member name) as it may be quoted in a one-line
+    message: every character that is not printable (newlines, escape codes such as ``\\x1b``, other control
+    and format characters, line separators) written as its escape (``\\n``, ``\\x1b``, ``\\u2028``), the rest
+    unchanged.  ``quote``: inside single quotes, as ``{text!r}`` did."""
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else _ESCAPES.get(ch) or _escape(ch) for ch in text)
+    return f"'{text}'" if quote else text
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

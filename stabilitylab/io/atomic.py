@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import WriteError
+from ..errors import WriteError, shown
 
 __all__ = ["WriteError", "write_text", "write_bytes", "write_tree", "check_writable", "check_folder",
            "resolve_target"]
@@ -194,13 +194,13 @@ def check_writable(path: str | os.PathLike) -> str | None:
     try:
         target = resolve_target(path)
     except WriteError as exc:
-        return (f"{exc.filename}: {exc.strerror}; give the name of a regular file to write atomically "
+        return (f"{shown(exc.filename)}: {exc.strerror}; give the name of a regular file to write atomically "
                 "(for a pipe or device, leave out the option and use standard output)")
     parent = target.parent
     if not parent.is_dir():
-        return f"folder {parent} does not exist"
+        return f"folder {shown(parent)} does not exist"
     if not os.access(parent, os.W_OK):
-        return f"folder {parent} is not writable"
+        return f"folder {shown(parent)} is not writable"
     return None
 
 
@@ -210,10 +210,10 @@ def check_folder(folder: str | os.PathLike) -> str | None:
         return "the folder name is empty; give a folder, e.g. reports"
     target = Path(folder)
     if target.exists() and not target.is_dir():
-        return f"{target} exists and is not a folder"
+        return f"{shown(target)} exists and is not a folder"
     existing = target
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        return f"{existing} is not a writable folder"
+        return f"{shown(existing)} is not a writable folder"
     return None

@@ -9,6 +9,11 @@ runs, so click, rich and our own writes all behave the same way:
 * standard output is closed (``>&-``) or cannot be written (``> /dev/full``:
   ENOSPC): :class:`OutputError`, one line on stderr and exit 2: the output
   would otherwise be lost without a word.
+* a short write: with ``PYTHONUNBUFFERED=1`` (or ``python -u``) the text stream
+  writes straight to the unbuffered file, whose ``write`` may take only part of
+  the bytes (a nearly full disk) and the text layer drops the rest without a
+  word.  Here every byte is written, retrying the rest, so the disk's own error
+  (ENOSPC) is seen; a write that takes nothing is an :class:`OutputError` too.
 * the stream's encoding cannot hold a character (``PYTHONIOENCODING=ascii``):
   ASCII stand-ins (``·`` -> ``-``, ``✓`` -> ``ok``), ``?`` for anything else.
 
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import select
 import sys
 from collections.abc import Iterator
 
@@ -120,10 +127,24 @@ class GuardedStream:
             self._failed(OSError(errno.EBADF, "closed"))
             return len(text)
         try:
-            self.inner.write(ascii_fallback(text, self.encoding))
+            raw = self._raw()
+            if raw is None:
+                self.inner.write(ascii_fallback(text, self.encoding))
+            else:
+                self.inner.flush()  # what the text layer still holds goes first
+                if os.linesep != "\n":
+                    text = text.replace("\n", os.linesep)
+                _write_all(raw, ascii_fallback(text, self.encoding).encode(
+                    self.encoding, getattr(self.inner, "errors", None) or "strict"))
         except OSError as exc:
             self._failed(exc)
         return len(text)
+
+    def _raw(self):
+        """The unbuffered binary file under the text stream (``PYTHONUNBUFFERED=1``, ``python -u``), whose
+        short writes the text layer would ignore; None for a buffered one (which retries them itself)."""
+        buffer = getattr(self.inner, "buffer", None)
+        return buffer if isinstance(buffer, io.RawIOBase) else None
 
     def flush(self) -> None:
         if self.broken or self.inner is None:
@@ -132,6 +153,24 @@ class GuardedStream:
             self.inner.flush()
         except OSError as exc:
             self._failed(exc)
+
+
+def _write_all(raw, data: bytes) -> None:
+    """Every byte of ``data`` to the unbuffered file ``raw``: a short write is followed by one of the rest,
+    which then fails with the reason (ENOSPC, EFBIG); a write that takes nothing raises OSError."""
+    view = memoryview(data)
+    while view:
+        n = raw.write(view)
+        if n is None:  # a non-blocking descriptor that is full: wait until it takes more
+            try:
+                select.select([], [raw.fileno()], [])
+            except (OSError, ValueError, AttributeError):
+                raise OSError(errno.EAGAIN, "standard output is non-blocking and full") from None
+            continue
+        if n <= 0:
+            raise OSError(errno.EIO, f"a write of {len(data):,} bytes stopped after {len(data) - len(view):,} "
+                                     "(a short write: the output would be cut off)")
+        view = view[n:]
 
 
 @contextlib.contextmanager

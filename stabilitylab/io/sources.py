@@ -37,7 +37,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from ..errors import InputError, first_line
+from ..errors import InputError, first_line, shown
 
 __all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
            "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
@@ -83,6 +83,62 @@ LOGITS_TYPES = "float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 
 # A backend reads flat C-order elements of one stored tensor.  ``session()`` is a context manager giving
 # ``read(start, count) -> 1-D array`` in the storage dtype; ``fresh`` says whether that array is a new
 # buffer (False: it may be a view of memory the caller must not hand out, such as a torch mmap).
+# ``verify()`` checks what can be checked of the whole tensor before a read out of order (the CRC-32 of a
+# zip member); reads in order from the first element check it when they reach the last one.
+
+PIECE = 2**20  # bytes read at a time when a zip member is verified
+
+
+def _damaged(name: str) -> str:
+    return (f"its member {shown(name, True)} is damaged: its CRC-32 does not match the zip directory (the bytes are "
+            "not those that were saved); allowed: an intact file (save or copy it again)")
+
+
+class _StoredCrc:
+    """The CRC-32 of a stored (uncompressed) .npz member, whose bytes ``_FileSpan`` reads from the file.
+
+    Reads in order from the first element extend a running CRC (the .npy header first), and the member's
+    last bytes are checked when the last element is read; a read out of that order first verifies the whole
+    member in one streamed pass (``PIECE`` bytes at a time).  Once it matched, nothing is checked again.
+    """
+
+    def __init__(self, name: str, start: int, size: int, data: int, end: int, expected: int):
+        # file offset of the member's first byte, its size, and its element bytes' range [data, end) within it
+        self.name, self.start, self.size, self.data, self.end, self.expected = name, start, size, data, end, expected
+        self.ok = False
+        self._at, self._crc = 0, 0  # member bytes covered in order so far, and their CRC
+
+    def _crc_of(self, fh, begin: int, stop: int, crc: int) -> int:
+        fh.seek(self.start + begin)
+        while begin < stop:
+            piece = fh.read(min(PIECE, stop - begin))
+            if not piece:
+                raise OSError(f"its member {shown(self.name, True)} is truncated")
+            crc = zlib.crc32(piece, crc)
+            begin += len(piece)
+        return crc
+
+    def _compare(self, crc: int) -> None:
+        if crc != self.expected:
+            raise OSError(_damaged(self.name))
+        self.ok = True
+
+    def verify(self, fh) -> None:
+        if not self.ok:
+            self._compare(self._crc_of(fh, 0, self.size, 0))
+
+    def seen(self, fh, begin: int, data) -> None:
+        """``data`` (bytes of elements) was just read from member offset ``begin``."""
+        if self.ok:
+            return
+        if self._at == 0 and begin == self.data:  # the first element: the .npy header comes first
+            self._crc, self._at = self._crc_of(fh, 0, self.data, 0), self.data
+        if begin != self._at:
+            self.verify(fh)
+            return
+        self._crc, self._at = zlib.crc32(data, self._crc), self._at + len(data)
+        if self._at == self.end:
+            self._compare(self._crc_of(fh, self.end, self.size, self._crc))
 
 
 class _FileSpan:
@@ -90,8 +146,13 @@ class _FileSpan:
 
     fresh = True
 
-    def __init__(self, path: Path, offset: int, dtype: np.dtype, count: int):
-        self.path, self.offset, self.dtype, self.count = path, offset, dtype, count
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, count: int, crc: _StoredCrc | None = None):
+        self.path, self.offset, self.dtype, self.count, self.crc = path, offset, dtype, count, crc
+
+    def verify(self) -> None:
+        if self.crc is not None and not self.crc.ok:
+            with open(self.path, "rb", buffering=0) as fh:
+                self.crc.verify(fh)
 
     @contextlib.contextmanager
     def session(self):
@@ -108,6 +169,8 @@ class _FileSpan:
                         raise OSError(f"it is truncated (data ends at byte {begin + done:,}; "
                                       f"{begin + len(buf):,} needed)")
                     done += n
+                if self.crc is not None:
+                    self.crc.seen(fh, begin - self.crc.start, buf)
                 return out
 
             yield read
@@ -120,16 +183,41 @@ class _ZipStream:
 
     def __init__(self, path: Path, name: str, offset: int, dtype: np.dtype, count: int):
         self.path, self.name, self.offset, self.dtype, self.count = path, name, offset, dtype, count
+        self.ok = False  # the member's CRC-32 matched
+
+    def _to_the_end(self, member) -> None:
+        """Decompress the rest of the member: zipfile compares the CRC-32 of everything read from its
+        start (seeking back restarts it) when it reaches the end."""
+        while member.read(PIECE):
+            pass
+        self.ok = True
+
+    @contextlib.contextmanager
+    def _member(self):
+        try:
+            with zipfile.ZipFile(self.path) as z, z.open(self.name) as member:
+                yield member
+        except zipfile.BadZipFile as exc:
+            if "CRC" in str(exc):  # zipfile's "Bad CRC-32 for file 'x.npy'"
+                raise OSError(_damaged(self.name)) from None
+            raise
+
+    def verify(self) -> None:
+        if not self.ok:
+            with self._member() as member:
+                self._to_the_end(member)
 
     @contextlib.contextmanager
     def session(self):
-        with zipfile.ZipFile(self.path) as z, z.open(self.name) as member:
+        with self._member() as member:
             def read(start: int, count: int) -> np.ndarray:
                 size = self.dtype.itemsize
                 member.seek(self.offset + start * size)  # forward: decompress and drop, in bounded pieces
                 data = member.read(count * size)
                 if len(data) != count * size:
-                    raise OSError(f"its member {self.name} is truncated")
+                    raise OSError(f"its member {shown(self.name, True)} is truncated")
+                if start + count == self.count and not self.ok:
+                    self._to_the_end(member)
                 return np.frombuffer(data, dtype=self.dtype)
 
             yield read
@@ -142,6 +230,9 @@ class _InMemory:
 
     def __init__(self, array: np.ndarray | None = None, load: Callable[[], np.ndarray] | None = None):
         self._array, self._load = array, load
+
+    def verify(self) -> None:
+        self.flat()  # a column-major array is read whole (and so checked) when it is loaded
 
     def flat(self) -> np.ndarray:
         if self._array is None:
@@ -162,6 +253,9 @@ class _Torch:
 
     def __init__(self, tensor, dtype: np.dtype):
         self.tensor, self.dtype = tensor.detach().reshape(-1), dtype  # detach: an nn.Parameter has grad
+
+    def verify(self) -> None:
+        """torch checks the zip's CRC-32s (if at all) in torch.load."""
 
     @contextlib.contextmanager
     def session(self):
@@ -198,15 +292,24 @@ class _Tensor:
         return math.prod(self.shape)
 
     @contextlib.contextmanager
-    def reading(self):
-        """The backend's ``read(start, count)``; I/O and decompression errors become one InputError line."""
+    def reading(self, in_order: bool = True):
+        """The backend's ``read(start, count)``; I/O and decompression errors, a damaged zip member and lack
+        of memory become one InputError line.
+
+        ``in_order``: the caller reads the elements in order from the first (a zip member's CRC-32 is then
+        checked as the last one is read); False: anything else, so a zip member is verified whole first.
+        """
         try:
+            if not in_order:
+                self.backend.verify()
             with self.backend.session() as read:
                 yield read
         except InputError:
             raise
         except _READ_ERRORS as exc:
             raise self.where.unreadable(first_line(exc)) from None
+        except MemoryError:
+            raise self.where.out_of_memory("read", self.shape, self.dtype) from None
 
     def read_all(self) -> np.ndarray:
         """The whole tensor in its storage dtype, shape as stored (a new array)."""
@@ -230,10 +333,42 @@ class _Where:
             raise self.fail(f"has shape {tuple(shape)}: more than {self.max_elements:,} values")
 
     def fail(self, message: str, option: str | None = None) -> InputError:
-        return InputError(f"{self.what} file {self.path} {message}", option or self.option)
+        return InputError(f"{self.what} file {shown(self.path)} {message}", option or self.option)
 
     def unreadable(self, detail: str) -> InputError:
         return self.fail(f"could not be read: {detail}")
+
+    def out_of_memory(self, doing: str, shape, dtype: np.dtype) -> InputError:
+        return out_of_memory(doing, self.what, self.path, shape, dtype, self.option)
+
+
+PER_ROW_BYTES = 9  # what the bulk path holds for every row of the file: an int64 label and a bool "keep"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def out_of_memory(doing: str, what: str, path, shape, dtype, option: str | None = None) -> InputError:
+    """One InputError line for a MemoryError while ``doing`` something with a file of that shape and dtype:
+    its size, what stabilitylab holds in memory for it, and what can be done."""
+    shape = tuple(int(n) for n in shape)
+    rows, classes = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+    dtype = np.dtype(dtype)
+    name = _ML_FLOATS.get(dtype, dtype.name)
+    if what == "logits":
+        size = f"{rows:,} rows of {classes:,} classes"
+        held = (f"stabilitylab holds {PER_ROW_BYTES} bytes per row ({_bytes(PER_ROW_BYTES * rows)}: labels and "
+                "rows to skip) and one block of rows at a time")
+    else:
+        size = f"shape {shape}"
+        held = f"stabilitylab holds 8 bytes per label ({_bytes(8 * math.prod(shape))})"
+    return InputError(f"not enough memory to {doing} {what} file {shown(path)}; the file has {size} "
+                      f"({name}, {_bytes(math.prod(shape) * dtype.itemsize)}) and {held}; free memory, or split the "
+                      "file into parts of fewer rows", option)
 
 
 def open_tensor(path, what: str, key: str | None, *, option: str | None, key_option: str | None,
@@ -250,9 +385,10 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
         raise where.fail("does not exist or is not a file")
     suffix = p.suffix.lower()
     if suffix not in suffixes:
-        raise where.fail(f"has suffix {suffix or '(none)'!r}; allowed: {', '.join(suffixes)}")
+        raise where.fail(f"has suffix {shown(suffix or '(none)', True)}; allowed: {', '.join(suffixes)}")
     if key is not None and suffix in (".npy", ".csv", ".txt"):
-        raise InputError(f"{key_option or 'a key'} {key!r} was given but {what} file {p} holds one unnamed array; "
+        raise InputError(f"{key_option or 'a key'} {shown(key, True)} was given but {what} file {shown(p)} holds one "
+                         "unnamed array; "
                          f"{key_option or 'a key'} picks a tensor in .npz, .safetensors, .pt and .pth files",
                          key_option)
     try:
@@ -274,6 +410,9 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
         raise
     except _READ_ERRORS as exc:
         raise where.unreadable(first_line(exc)) from None
+    except MemoryError:  # a text file or a header (JSON, pickle) too large for the memory left
+        raise InputError(f"not enough memory to open {what} file {shown(p)} ({_bytes(p.stat().st_size)}); free "
+                         "memory, or save the array as .npy, whose data is read a block at a time", option) from None
     tensor.where = where
     return tensor
 
@@ -281,14 +420,14 @@ def open_tensor(path, what: str, key: str | None, *, option: str | None, key_opt
 def read_text(p: Path, what: str) -> np.ndarray:
     """float64 numbers from a .csv / .txt file (comma or blank separated, # comments), at least 2-D."""
     if p.stat().st_size > MAX_TEXT_BYTES:
-        raise InputError(f"{what} file {p} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
+        raise InputError(f"{what} file {shown(p)} is larger than {MAX_TEXT_BYTES >> 20} MiB; use .npy")
     text = p.read_text(encoding="utf-8-sig")  # -sig: Excel starts its UTF-8 CSV with a BOM
     delimiter = "," if ("," in text or p.suffix.lower() == ".csv") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "input contained no data": checked below
         arr = np.loadtxt(text.splitlines(), delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
     if arr.size == 0:
-        raise InputError(f"{what} file {p} holds no numbers")
+        raise InputError(f"{what} file {shown(p)} holds no numbers")
     return arr
 
 
@@ -315,6 +454,7 @@ def check_dtype(dtype: np.dtype, what: str, path) -> None:
     """Numbers (bool, integers, floats incl. ml_dtypes') pass; anything else is one InputError line."""
     if dtype.kind in "biuf" or dtype in _ML_FLOATS:
         return
+    path = shown(path)
     if dtype.subdtype is not None:
         raise InputError(f"{what} file {path} holds sub-arrays ({dtype}); a plain array of numbers is required")
     if dtype.kind == "V" and dtype.names is None:
@@ -322,7 +462,7 @@ def check_dtype(dtype: np.dtype, what: str, path) -> None:
                          "numpy.save stores bfloat16 / float8 arrays of ml_dtypes, whose type it cannot record; "
                          "save them as float32 instead (x.astype(numpy.float32)) or with safetensors")
     if dtype.kind == "V":
-        raise InputError(f"{what} file {path} holds records with fields ({', '.join(dtype.names)}); "
+        raise InputError(f"{what} file {path} holds records with fields ({', '.join(map(shown, dtype.names))}); "
                          "a plain array of numbers is required")
     if dtype.kind == "c":
         raise InputError(f"{what} file {path} holds {dtype} values; real numbers are required")
@@ -368,23 +508,24 @@ def _pick(names: list[str], key: str | None, default_key: str | None, where: _Wh
     ``aliases(name)``: the keys that pick ``name``, the last one shown in messages (when keys can be passed).
     """
     listed = [aliases(n)[-1] for n in names] if where.key_option else names
-    shown = ", ".join(listed[:20]) + (", ..." if len(names) > 20 else "") if names else "none"
+    listing = ", ".join(map(shown, listed[:20])) + (", ..." if len(names) > 20 else "") if names else "none"
     if not names and where.key_option is not None:
         raise where.fail(f"holds no {unit}s")
     if key is not None:
         for name in names:
             if key in aliases(name):
                 return name, []
-        raise where.fail(f"has no {unit} named {key!r}; it holds {len(names)}: {shown}", where.key_option)
+        raise where.fail(f"has no {unit} named {shown(key, True)}; it holds {len(names)}: {listing}", where.key_option)
     if len(names) == 1:
         return names[0], []
     if where.key_option is None:
-        raise where.fail(f"holds {len(names)} {unit}s ({shown}); an {where.path.suffix.lower()} must hold exactly one")
+        raise where.fail(f"holds {len(names)} {unit}s ({listing}); an {shown(where.path.suffix.lower())} must hold "
+                         "exactly one")
     for name in names:
         if default_key is not None and default_key in aliases(name):
-            return name, [f"{where.what}: {unit} {name!r} of {where.path.name}, which holds {len(names)} "
-                          f"{unit}s ({where.key_option} picks another)"]
-    raise where.fail(f"holds {len(names)} {unit}s ({shown}); pass {where.key_option} NAME to pick one")
+            return name, [f"{where.what}: {unit} {shown(name, True)} of {shown(where.path.name)}, which holds "
+                          f"{len(names)} {unit}s ({where.key_option} picks another)"]
+    raise where.fail(f"holds {len(names)} {unit}s ({listing}); pass {where.key_option} NAME to pick one")
 
 
 def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) -> _Tensor:
@@ -396,8 +537,9 @@ def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) 
         info = z.getinfo(name)
         deflated = info.compress_type == zipfile.ZIP_DEFLATED
         if deflated and info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 2**16:
-            raise where.unreadable(f"its member {name} claims {info.file_size:,} bytes from {info.compress_size:,} "
-                                   "compressed bytes, more than deflate can produce (a forged zip)")
+            raise where.unreadable(f"its member {shown(name, True)} claims {info.file_size:,} bytes from "
+                                   f"{info.compress_size:,} compressed bytes, more than deflate can produce "
+                                   "(a forged zip)")
         with z.open(info) as member:
             shape, fortran, dtype = npy_header(member, where)
             offset = member.tell()
@@ -410,12 +552,13 @@ def _open_npz(p: Path, where: _Where, key: str | None, default_key: str | None) 
                 fh.seek(info.header_offset)
                 local = fh.read(30)
                 if len(local) != 30 or local[:4] != b"PK\x03\x04":
-                    raise where.unreadable(f"its member {name} has a corrupt local header")
+                    raise where.unreadable(f"its member {shown(name, True)} has a corrupt local header")
                 start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
                 have = os.fstat(fh.fileno()).st_size - start - offset
             if have < need:
                 raise where.unreadable(_truncated(max(have, 0), need))
-            span = _FileSpan(p, start + offset, dtype, count)
+            crc = _StoredCrc(name, start, info.file_size, offset, offset + need, info.CRC)
+            span = _FileSpan(p, start + offset, dtype, count, crc)
         else:  # numpy.savez_compressed: decompress as blocks are asked for
             span = _ZipStream(p, name, offset, dtype, count)
     tensor = _layout(p, where, aliases(name)[-1], shape, fortran, dtype, span)
@@ -451,23 +594,24 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
               and all(type(v) is int and v >= 0 for v in entry["shape"])
               and len(entry["data_offsets"]) == 2 and all(type(v) is int for v in entry["data_offsets"]))
         if not ok:
-            raise where.unreadable(f"its safetensors header entry {name!r} is malformed (it needs \"dtype\", "
-                                   "\"shape\" of non-negative integers and \"data_offsets\" [begin, end])")
+            raise where.unreadable(f"its safetensors header entry {shown(name, True)} is malformed (it needs "
+                                   "\"dtype\", \"shape\" of non-negative integers and \"data_offsets\" [begin, end])")
         begin, end = entry["data_offsets"]
         if not 0 <= begin <= end or end > data_size:
-            raise where.unreadable(f"tensor {name!r} lies at bytes {begin:,}..{end:,} of a {data_size:,}-byte data "
-                                   "buffer: the file is truncated or its header corrupt")
+            raise where.unreadable(f"tensor {shown(name, True)} lies at bytes {begin:,}..{end:,} of a "
+                                   f"{data_size:,}-byte data buffer: the file is truncated or its header corrupt")
         dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
         if dtype is not None and end - begin != math.prod(entry["shape"]) * dtype.itemsize:
-            raise where.unreadable(f"tensor {name!r} of shape {tuple(entry['shape'])} and dtype {entry['dtype']} "
-                                   f"needs {math.prod(entry['shape']) * dtype.itemsize:,} bytes but its data_offsets "
+            raise where.unreadable(f"tensor {shown(name, True)} of shape {tuple(entry['shape'])} and dtype "
+                                   f"{shown(entry['dtype'])} needs {math.prod(entry['shape']) * dtype.itemsize:,} "
+                                   "bytes but its data_offsets "
                                    f"span {end - begin:,}")
     name, notes = _pick(names, key, default_key, where, "tensor")
     entry = header[name]
     where.check_size(entry["shape"])
     dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
     if dtype is None:
-        raise where.fail(f"holds tensor {name!r} of dtype {entry['dtype']}; allowed: "
+        raise where.fail(f"holds tensor {shown(name, True)} of dtype {shown(entry['dtype'])}; allowed: "
                          f"{', '.join(k for k in _SAFETENSORS_DTYPES if k != 'BOOL')}")
     shape = tuple(entry["shape"])
     span = _FileSpan(p, 8 + n + entry["data_offsets"][0], dtype, math.prod(shape))
@@ -498,7 +642,8 @@ def _open_torch(p: Path, where: _Where, key: str | None, default_key: str | None
         raise where.unreadable(f"torch.load failed ({first_line(exc)})") from None
     if isinstance(obj, torch.Tensor):
         if key is not None:
-            raise InputError(f"{where.key_option or 'a key'} {key!r} was given but {where.what} file {p} holds "
+            raise InputError(f"{where.key_option or 'a key'} {shown(key, True)} was given but {where.what} file "
+                             f"{shown(p)} holds "
                              "one tensor, not a dict of tensors", where.key_option)
         name, notes, tensor = None, [], obj
     elif isinstance(obj, dict):
@@ -513,6 +658,14 @@ def _open_torch(p: Path, where: _Where, key: str | None, default_key: str | None
         raise where.fail(f"holds a {str(tensor.dtype).removeprefix('torch.')} tensor; allowed: {LOGITS_TYPES}")
     if tensor.layout != torch.strided:
         raise where.fail(f"holds a {tensor.layout} tensor; a dense tensor is required (t.to_dense())")
+    what = "the tensor" if name is None else f"tensor {shown(name, True)}"
+    if tensor.device.type == "meta":
+        raise where.fail(f"holds {what} on device meta, which has a shape but no data (it was saved from a "
+                         "tensor made with device='meta'); allowed: a tensor with its values (save t.cpu() of a "
+                         "real tensor)")
+    if tensor.device.type != "cpu":
+        raise where.fail(f"holds {what} on device {shown(tensor.device)}, which cannot be read here; allowed: a CPU "
+                         "tensor (save t.cpu())")
     if not tensor.is_contiguous():
         nbytes = tensor.numel() * tensor.element_size()
         if nbytes > MAX_FORTRAN_BYTES:
@@ -520,7 +673,14 @@ def _open_torch(p: Path, where: _Where, key: str | None, default_key: str | None
                              f"at most {MAX_FORTRAN_BYTES >> 20} MiB of such data is allowed: "
                              "save t.contiguous() instead")
         tensor = tensor.contiguous()
-    return _Tensor(p, name, tuple(tensor.shape), dtype, _Torch(tensor, dtype), notes)
+    backend = _Torch(tensor, dtype)
+    try:  # a tensor whose values torch cannot hand over (a subclass, an unusual storage): say so now
+        with backend.session() as read:
+            read(0, min(1, tensor.numel()))
+    except Exception as exc:  # noqa: BLE001 - torch raises TypeError, RuntimeError, NotImplementedError, ...
+        raise where.fail(f"holds {what}, whose values cannot be read ({first_line(exc)}); allowed: a dense CPU "
+                         "tensor (save t.cpu().contiguous())") from None
+    return _Tensor(p, name, tuple(tensor.shape), dtype, backend, notes)
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -569,6 +729,10 @@ class LogitsSource:
         block = raw.astype(self.block_dtype, copy=not self._tensor.backend.fresh)
         return block.reshape(n, self.classes)
 
+    def out_of_memory(self, doing: str) -> InputError:
+        """The InputError line for a MemoryError while ``doing`` (e.g. "compute the losses of") this file."""
+        return out_of_memory(doing, "logits", self.path, self.shape, self.dtype, "--logits")
+
     def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first_row, block) in row order; block is (n, classes), C-contiguous, of ``block_dtype``.
 
@@ -587,7 +751,7 @@ class LogitsSource:
         """Rows ``start:stop`` as one (stop - start, classes) block (compressed .npz: decompresses up to ``stop``)."""
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"rows {start}:{stop} are outside 0:{self.rows}")
-        with self._tensor.reading() as read:
+        with self._tensor.reading(in_order=False) as read:
             return self._block(read(start * self.classes, (stop - start) * self.classes), stop - start)
 
 
@@ -607,11 +771,11 @@ def _logits_source(tensor: _Tensor) -> LogitsSource:
     """The tensor as logits: numbers of at most 64 bits (not bool), every dimension >= 1."""
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
-        raise InputError(f"logits file {p} holds bool values; allowed: {LOGITS_TYPES}", "--logits")
+        raise InputError(f"logits file {shown(p)} holds bool values; allowed: {LOGITS_TYPES}", "--logits")
     if dtype not in _ML_FLOATS and dtype.kind == "f" and dtype.itemsize > 8:
-        raise InputError(f"logits file {p} holds {dtype} values; allowed: {LOGITS_TYPES}", "--logits")
+        raise InputError(f"logits file {shown(p)} holds {dtype} values; allowed: {LOGITS_TYPES}", "--logits")
     if not shape or 0 in shape:
-        raise InputError(f"logits file {p} has shape {shape}; logits must have shape (rows, classes) or "
+        raise InputError(f"logits file {shown(p)} has shape {shape}; logits must have shape (rows, classes) or "
                          "(..., classes) with every dimension >= 1", "--logits")
     fmt = _format_name(dtype)
     notes = list(tensor.notes)
@@ -649,15 +813,18 @@ def read_labels(path, key: str | None, logits: LogitsSource, notes: list[str] | 
     tensor = open_tensor(path, "labels", key, option="--labels", key_option="--labels-key", default_key="labels")
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
-        raise InputError(f"labels file {p} holds bool values; integer class indices are required", "--labels")
+        raise InputError(f"labels file {shown(p)} holds bool values; integer class indices are required", "--labels")
     if dtype not in _ML_FLOATS and dtype.kind == "f" and dtype.itemsize > 8:
-        raise InputError(f"labels file {p} holds {dtype} values; integers are required", "--labels")
+        raise InputError(f"labels file {shown(p)} holds {dtype} values; integers are required", "--labels")
     rows = logits.rows
     if not (shape == logits.shape[:-1] or (math.prod(shape) == rows and sum(n != 1 for n in shape) <= 1)):
         want = f"{logits.shape[:-1]} or ({rows},)" if len(logits.shape) > 2 else f"({rows},)"
-        raise InputError(f"labels file {p} has shape {shape} but the logits {logits.shape} have {rows:,} rows; "
+        raise InputError(f"labels file {shown(p)} has shape {shape} but the logits {logits.shape} have {rows:,} rows; "
                          f"labels must have shape {want}", "--labels")
-    out = np.empty(rows, dtype=np.int64)
+    try:
+        out = np.empty(rows, dtype=np.int64)
+    except MemoryError:
+        raise logits.out_of_memory("hold the labels of") from None
     with tensor.reading() as read:
         for first in range(0, rows, LABEL_BLOCK):
             n = min(LABEL_BLOCK, rows - first)
@@ -674,15 +841,15 @@ def _integral(raw: np.ndarray, first: int, p: Path) -> np.ndarray:
             big = raw > np.iinfo(np.int64).max
             if big.any():
                 row = first + int(np.flatnonzero(big)[0])
-                raise InputError(f"labels file {p}: label {int(raw[row - first])} in row {row} is larger than any "
-                                 "class index", "--labels")
+                raise InputError(f"labels file {shown(p)}: label {int(raw[row - first])} in row {row} is larger "
+                                 "than any class index", "--labels")
         return raw.astype(np.int64)
     y = raw.astype(np.float64)
     bad = ~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**63)
     if bad.any():
         row = first + int(np.flatnonzero(bad)[0])
-        raise InputError(f"labels file {p}: label in row {row} is {float(y[row - first])!r}; labels must be integers",
-                         "--labels")
+        raise InputError(f"labels file {shown(p)}: label in row {row} is {float(y[row - first])!r}; labels must be "
+                         "integers", "--labels")
     return y.astype(np.int64)
 
 
@@ -693,7 +860,13 @@ def check_labels(labels: np.ndarray, classes: int, ignore_index: int | None) -> 
     is out of range and not the ignore index, or when every row is ignored.
     """
     labels = np.asarray(labels)
-    keep = np.ones(labels.shape, dtype=bool) if ignore_index is None else labels != ignore_index
+    try:
+        keep = np.ones(labels.shape, dtype=bool) if ignore_index is None else labels != ignore_index
+    except MemoryError:
+        raise InputError(f"not enough memory to mark the rows to keep; the file has {labels.size:,} rows, and "
+                         f"stabilitylab holds {PER_ROW_BYTES} bytes per row ({_bytes(PER_ROW_BYTES * labels.size)}: "
+                         "labels and rows to skip); free memory, or split the file into parts of fewer rows",
+                         "--labels") from None
     for first in range(0, labels.size, LABEL_BLOCK):
         part, kept = labels[first:first + LABEL_BLOCK], keep[first:first + LABEL_BLOCK]
         bad = kept & ((part < 0) | (part >= classes))

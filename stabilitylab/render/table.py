@@ -6,10 +6,14 @@ least the width of its longest unbreakable piece: a word of a value cell, or a
 piece of a label cut after a comma, slash or space.  When even those widths do
 not fit, the format columns are split over several tables, each repeating the
 label columns.  So no number and no name is ever broken.
+
+:func:`stdout_console` is the console every table command prints to: the terminal's width, or
+``COLUMNS`` when it is a usable width, or 160 for a pipe.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -21,7 +25,8 @@ from rich.segment import Segment, Segments
 
 from .model import Cell, Section, Table
 
-__all__ = ["STYLE", "print_sections", "print_table", "layout"]
+__all__ = ["STYLE", "print_sections", "print_table", "layout", "stdout_console", "columns", "MAX_COLUMNS",
+           "PIPE_WIDTH"]
 
 STYLE = {"ok": "green", "range": "cyan", "inaccurate": "yellow", "overflow": "red", "underflow": "magenta",
          "nan": "bold red", "inf": "red", "error": "bold magenta"}
@@ -33,6 +38,34 @@ BLACK_BOX_LEGEND = ("black box (no IEEE event observed): INF = an infinite loss 
                     "NaN · ERR = the call raised")
 _LABEL_PIECES = re.compile(r"[^\s,/]*[,/]+\s*|[^\s,/]+\s*|\s+")  # a label breaks after , / or a space
 _WORDS = re.compile(r"\S+\s*|\s+")  # a value cell breaks only at spaces (rich's own wrapping)
+
+
+MAX_COLUMNS = 10_000  # a wider COLUMNS is a mistake, not a terminal (rich would draw every rule that wide)
+PIPE_WIDTH = 160  # standard output that is not a terminal, without a usable COLUMNS
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def columns(environ=None) -> int | None:
+    """``COLUMNS`` when it is a usable width (decimal digits, 1 to ``MAX_COLUMNS``), else None.
+
+    0, a negative number, text and absurd widths are treated as unset: rich would take 0 (every
+    table, rule and line printed as nothing) or 99999999 (100 MB per rule) at its word.
+    """
+    value = (os.environ if environ is None else environ).get("COLUMNS", "").strip()
+    if not _DIGITS.fullmatch(value):
+        return None
+    width = int(value)
+    return width if 1 <= width <= MAX_COLUMNS else None
+
+
+def stdout_console() -> Console:
+    """The console for standard output: ``COLUMNS`` when usable (see :func:`columns`), else the terminal's
+    width, or ``PIPE_WIDTH`` for a pipe or file.  rich itself never sees an unusable COLUMNS."""
+    environ = dict(os.environ)
+    environ.pop("COLUMNS", None)
+    width = columns()
+    console = Console(width=width, _environ=environ)
+    return console if console.is_terminal or width is not None else Console(width=PIPE_WIDTH, _environ=environ)
 
 
 def _plain(c: Cell) -> str:
