@@ -11,10 +11,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .analysis.engine import compare as run_compare
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
-from .experiments.likelihood import iid
 from .io import atomic, output
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
@@ -23,13 +21,8 @@ from .render.model import (
     Cell,
     Section,
     Table,
-    audit_sections,
     check_table,
-    compare_sections,
     formats_table,
-    formulas_section,
-    thresholds_table,
-    train_sections,
 )
 from .render.table import print_sections, print_table
 from .status import ExitStatus
@@ -38,7 +31,6 @@ __all__ = ["main", "cli", "run"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
 MAX_N = 2**63 - 1
-MAX_CASES, MAX_FINDINGS = 60, 40  # per experiment, on standard output (files get everything)
 
 
 class FormatType(click.ParamType):
@@ -93,16 +85,6 @@ def _check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
         problem = atomic.check_writable(path)
         if problem:
             raise click.BadParameter(problem, param_hint=hint)
-
-
-def _families(names: Sequence[str], experiments) -> set[str] | None:
-    known = {f"{e.name}/{f.name}" for e in experiments for f in e.families}
-    short = {k.split("/")[1] for k in known}
-    for name in names:
-        if name not in known and name not in short:
-            raise click.BadParameter(f"no family {name!r} in the chosen experiments; valid: "
-                                     f"{', '.join(sorted(known))}", param_hint="'--family'")
-    return set(names) or None
 
 
 def run_thresholds(*args, **kwargs):
@@ -221,6 +203,8 @@ def cli() -> None:
 def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, rows_mode, tolerance, ftz,
             fmt, output) -> None:
     """Run naive and stable formulations side by side in several formats."""
+    from . import api
+
     _check_output(output)
     _settings(p, ftz)
     if n is not None and not 1 <= n <= MAX_N:
@@ -230,8 +214,7 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
                          (rows_mode != "summary", "--rows")):
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
-    chosen = _experiments(experiments or (("softmax_ce",) if logits else ()))
-    names = {e.name for e in chosen}
+    names = {e.name for e in _experiments(experiments or (("softmax_ce",) if logits else ()))}
     for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
                                 (bool(logits), "--logits", "softmax_ce")):
         if used and needs not in names:
@@ -243,71 +226,42 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
     if rows_mode == "all" and ctx.get_parameter_source("fmt") != click.core.ParameterSource.DEFAULT and fmt != "json":
         raise click.BadParameter("--rows all writes JSON Lines; leave out --format or use --format json",
                                  param_hint="'--format'")
-    cases = {}
-    if p is not None or n is not None:
-        cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
-    formats = _formats(dtypes)
-    bulk = None
-    if logits:
-        bulk = _open_user_logits(logits, key, labels, labels_key, ignore_index)
-        if not dtypes and bulk.source.format:
-            formats = (get_format(bulk.source.format),)
-            bulk.notes.append(f"-d {bulk.source.format}: the format the logits are stored in (choose others with -d)")
-        chosen = [e for e in chosen if e.name != "softmax_ce"]
-    comparison = run_compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
-    summary = None
-    if bulk is not None:  # (the user-data modules are imported only for user data)
-        from .analysis import streaming
-        from .io.userdata import InputError
-
-        try:  # a file that turns out truncated or corrupt while it is read
-            if rows_mode == "all":
-                _stream_rows(bulk, formats, tolerance, ftz, output)
-                return
-            summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz)
-            summary.notes.extend(bulk.notes)
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
-    _render_compare(comparison, summary, bulk, fmt, output)
-
-
-def _render_compare(comparison, summary, bulk, fmt: str, output: str | None) -> None:
-    if summary is not None:
-        from .render import bulk as bulk_render
-    if fmt == "json":
-        doc = jsonout.compare_document(comparison) if comparison is not None else jsonout.empty_compare_document(
-            summary.formats, summary.tolerance, summary.ftz)
-        if summary is not None:
-            doc["user_logits"] = bulk_render.bulk_document(summary, bulk.text)
-        _emit(jsonout.dumps(doc), output)
+    inputs = dict(experiments=list(experiments) or None, dtypes=_formats(dtypes) if dtypes else None,
+                  logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
+                  p=p, n=n, tolerance=tolerance, ftz=ftz)
+    if rows_mode == "all":
+        _stream_rows(inputs, output)
         return
-    sections = []
-    if comparison is not None:
-        sections = compare_sections(comparison, *((MAX_CASES, MAX_FINDINGS) if output is None else (None, None)))
-    if summary is not None:
-        sections.append(bulk_render.bulk_section(summary, bulk.text, *((1, 3) if output is None else (None, None))))
-    _render(sections, output, fmt)
+    result = _call(api.compare, **inputs, rows=False)
+    if fmt == "json":
+        _emit(result.to_json(), output)
+    else:
+        _render(result.sections(full=output is not None), output, fmt)
 
 
-def _open_user_logits(logits, key, labels, labels_key, ignore_index):
-    from .io.userdata import InputError, user_source
+def _call(function, *args, **kwargs):
+    """An API call; its InputError / AuditError becomes the one line of a usage error (exit 2)."""
+    from .errors import AuditError, InputError
 
     try:
-        return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
+        return function(*args, **kwargs)
     except InputError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
+        if exc.option is None:
+            raise click.ClickException(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
-def _stream_rows(bulk, formats, tolerance, ftz: bool, output: str | None) -> None:
+def _stream_rows(inputs: dict, output: str | None) -> None:
     """Every row as JSON Lines, chunk by chunk (atomically into -o), then the summary line."""
-    from .analysis import streaming
+    from . import api
     from .render import bulk as bulk_render
 
     def run(stream) -> None:
-        summary = streaming.summarize(bulk.source, bulk.labels, bulk.keep, formats, tolerance=tolerance, ftz=ftz,
-                                      on_rows=lambda columns: stream.write(bulk_render.jsonl_lines(columns)))
-        summary.notes.extend(bulk.notes)
-        stream.write(jsonout.dumps_line({"summary": bulk_render.bulk_document(summary, bulk.text)}))
+        result = _call(api.compare, **inputs, rows=False,
+                       on_rows=lambda columns: stream.write(bulk_render.jsonl_lines(columns)))
+        stream.write(jsonout.dumps_line({"summary": result.bulk_document()}))
 
     if output is None:
         run(sys.stdout)
@@ -341,17 +295,17 @@ def formats(dtypes, fmt, output) -> None:
 @output_option
 def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, output) -> None:
     """Find the exact input at which each formulation first fails, beside the analytic prediction."""
+    from . import api
+
     _check_output(output)
     _check_tolerance(tolerance)
     settings = _settings(p, ftz)
-    formats_ = _formats(dtypes)
-    chosen = _experiments(experiments)
-    rows = run_thresholds(chosen, formats_, settings, tolerance, _families(families, chosen))
+    result = _call(api.thresholds, list(experiments) or None, _formats(dtypes), families=list(families) or None,
+                   p=settings.p, ftz=ftz, tolerance=tolerance)
     if fmt == "json":
-        _emit(jsonout.dumps(jsonout.thresholds_document(rows, settings, tolerance)), output)
+        _emit(result.to_json(), output)
     else:
-        _render([Section("Thresholds", tables=[thresholds_table(rows, list(formats_))]), formulas_section(rows)],
-                output, fmt)
+        _render(result.sections(), output, fmt)
 
 
 @cli.command("audit")
@@ -362,10 +316,17 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
                    "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K. Adapters know theirs.")
 @dtype_option("float16, bfloat16, float32, float64, as the target supports them")
 @click.option("--logits", type=click.Path(), default=None,
-              help="Logits file (.npy, .npz, .csv, .txt), shape (rows, K): its rows replace the default cases "
-                   "and the bug-report corpus.")
+              help="Logits file (.npy, .npz, .safetensors, .pt, .csv, .txt), shape (rows, K) or (..., K): its rows "
+                   "replace the default cases and the bug-report corpus. softmax_ce: any size (read in chunks); "
+                   "binary_ce and --grad: at most 10**6 values, in memory.")
+@click.option("--key", default=None, help="The logits tensor in a file holding several (default: 'logits', or the only "
+                                          "one).")
 @click.option("--labels", type=click.Path(), default=None,
-              help="Labels file: softmax_ce one integer per row (default: argmax); binary_ce 0/1, shape (rows, K).")
+              help="Labels file: softmax_ce one integer per row (default: the logits file's 'labels' tensor, else "
+                   "argmax); binary_ce 0/1, shape (rows, K).")
+@click.option("--labels-key", default=None, help="The labels tensor in --labels (or in the --logits file).")
+@click.option("--ignore-index", type=int, default=-100, show_default=True,
+              help="softmax_ce: skip rows whose label is this value (PyTorch's padding label).")
 @click.option("--family", "families", multiple=True,
               help="Threshold family to search (repeatable), e.g. confident. Default: every family of the experiment.")
 @click.option("--no-thresholds", is_flag=True, help="Run the cases only, no threshold search.")
@@ -381,14 +342,12 @@ def thresholds_command(experiments, families, dtypes, p, ftz, tolerance, fmt, ou
 @click.option("--save-baseline", "save_baseline", type=click.Path(dir_okay=False), default=None,
               help="Add this audit's thresholds to a baseline file (created if missing, other entries kept), "
                    "for stabilitylab check.")
-def audit_command(target, list_targets, experiment, dtypes, logits, labels, families, no_thresholds, grad, tolerance,
-                  fmt, output, emit_pytest, save_baseline) -> None:
+def audit_command(target, list_targets, experiment, dtypes, logits, key, labels, labels_key, ignore_index, families,
+                  no_thresholds, grad, tolerance, fmt, output, emit_pytest, save_baseline) -> None:
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
     from . import api
-    from .auditing.core import AuditError
-    from .guard import baseline
-    from .io.userdata import InputError
+    from .errors import AuditError, BaselineError
 
     _check_output(output)
     _check_output(emit_pytest, "'--emit-pytest'")
@@ -402,26 +361,22 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
     if not target:
         raise click.BadParameter("give a target: LIBRARY.NAME (see --list), module:function or "
                                  "path/to/file.py:function", param_hint="'TARGET'")
-    if labels and not logits:
-        raise click.BadParameter("--labels needs --logits", param_hint="'--labels'")
+    for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key")):
+        if used and not logits:
+            raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
+    inputs = dict(logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
+                  families=families or None, tolerance=tolerance, grad=grad, search=not no_thresholds, rows=False)
     chosen = _formats(dtypes) if dtypes else None
     console = Console(stderr=True)
-    try:
-        if console.is_terminal:
-            from rich.progress import Progress, SpinnerColumn, TextColumn
+    if console.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn
 
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
-                task = bar.add_task("audit")
-                result = api.audit(target, experiment, chosen, logits=logits, labels=labels, families=families or None,
-                                   tolerance=tolerance, grad=grad, search=not no_thresholds,
-                                   progress=lambda step: bar.update(task, description=step))
-        else:
-            result = api.audit(target, experiment, chosen, logits=logits, labels=labels, families=families or None,
-                               tolerance=tolerance, grad=grad, search=not no_thresholds)
-    except InputError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{exc.option or '--logits'}'") from None
-    except AuditError as exc:
-        raise click.ClickException(str(exc)) from None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+            task = bar.add_task("audit")
+            result = _call(api.audit, target, experiment, chosen, **inputs,
+                           progress=lambda step: bar.update(task, description=step))
+    else:
+        result = _call(api.audit, target, experiment, chosen, **inputs)
     if emit_pytest:
         try:
             count = result.to_pytest(emit_pytest)
@@ -431,15 +386,13 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
     if save_baseline:
         try:
             count = result.save_baseline(save_baseline)
-        except (AuditError, baseline.BaselineError) as exc:
+        except (AuditError, BaselineError) as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"wrote {count} entries to {save_baseline}", err=True)
     if fmt == "json":
         _emit(result.to_json(), output)
-    elif output is None:
-        _render(audit_sections(result.audit, MAX_CASES, MAX_FINDINGS), output, fmt)
     else:
-        _render(audit_sections(result.audit), output, fmt)
+        _render(result.sections(full=output is not None), output, fmt)
 
 
 def _list_targets(rows, fmt: str, output: str | None) -> None:
@@ -565,30 +518,14 @@ def _update_baseline(path: str, dtypes) -> None:
 @output_option
 def train_command(scenarios, dtypes, steps, lr, seed, fmt, output) -> None:
     """Train softmax / logistic regression on Iris with SGD, every operation rounded to the format."""
-    from .training import train
+    from . import api
 
     _check_output(output)
-    problem = train.check_settings(steps, lr)
-    if problem:
-        raise click.BadParameter(problem, param_hint="'--steps'" if problem.startswith("steps") else "'--lr'")
-    names = []
-    for name in scenarios:
-        if name.strip().lower() == "all":
-            names += list(train.SCENARIOS)
-        elif name in train.SCENARIOS:
-            names.append(name)
-        else:
-            raise click.BadParameter(f"unknown scenario {name!r}; valid: {', '.join(train.SCENARIOS)}, all",
-                                     param_hint="'--scenario'")
-    chosen = {n: train.with_settings(train.SCENARIOS[n], steps, lr, seed)
-              for n in dict.fromkeys(names or train.DEFAULT_SCENARIOS)}
-    formats_ = list(_formats(dtypes))
-    runs = [r for s in chosen.values() for r in train.run_scenario(s, formats_)]
-    said = train.findings(runs)
+    result = _call(api.train, list(scenarios) or None, _formats(dtypes), steps=steps, lr=lr, seed=seed)
     if fmt == "json":
-        _emit(jsonout.dumps(jsonout.train_document(runs, chosen, said)), output)
+        _emit(result.to_json(), output)
     else:
-        _render(train_sections(runs, chosen, said), output, fmt)
+        _render(result.sections(), output, fmt)
 
 
 @cli.command("report")

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import InputError, first_line
 
-__all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
+__all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "labels_from_array",
+           "check_labels",
            "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
 
 try:
@@ -647,6 +648,20 @@ def read_labels(path, key: str | None, logits: LogitsSource, notes: list[str] | 
     Raises :class:`InputError` (option ``--labels`` or ``--labels-key``).
     """
     tensor = open_tensor(path, "labels", key, option="--labels", key_option="--labels-key", default_key="labels")
+    return _labels(tensor, logits, notes)
+
+
+def labels_from_array(array, logits: LogitsSource, name: str = "<labels array>") -> np.ndarray:
+    """:func:`read_labels` of an in-memory array (anything ``numpy.asarray`` takes): the same checks."""
+    array = np.ascontiguousarray(array)
+    p = Path(name)
+    if array.dtype.kind not in "biuf" and array.dtype not in _ML_FLOATS:
+        raise InputError(f"labels {name} hold {array.dtype} values; integer class indices are required", "--labels")
+    where = _Where(p, "labels", "--labels", None)
+    return _labels(_Tensor(p, None, array.shape, array.dtype, _InMemory(array), where=where), logits, None)
+
+
+def _labels(tensor: _Tensor, logits: LogitsSource, notes: list[str] | None) -> np.ndarray:
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
         raise InputError(f"labels file {p} holds bool values; integer class indices are required", "--labels")
