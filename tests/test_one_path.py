@@ -16,6 +16,7 @@ import stabilitylab
 from stabilitylab.analysis.outcome import METHOD_FAILURES
 from stabilitylab.cli import main
 from stabilitylab.errors import AuditError, InputError
+from stabilitylab.numerics.formats import FORMATS
 from stabilitylab.status import ExitStatus
 
 SHAPE = (4, 512, 32000)
@@ -271,3 +272,23 @@ def test_wrong_names_on_the_cli_are_one_line_exit_2(args, fragments, capsys):
     assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def test_witnesses_of_a_compressed_npz_are_read_back_in_one_pass(tmp_path):
+    """The audit's witness rows are read again from the file (a compressed member: forward, once)."""
+    pytest.importorskip("scipy", reason="the scipy audit needs scipy (the test extra)")
+    rng = np.random.default_rng(11)
+    rows = 400
+    gap = rng.uniform(5.0, 40.0, rows)
+    logits = np.stack([np.zeros(rows), -gap, -gap - rng.uniform(0, 3, rows)], axis=1).astype(np.float32)
+    np.savez_compressed(tmp_path / "confident.npz", logits=logits, labels=np.zeros(rows, np.int64))
+    result = stabilitylab.audit("scipy.log_softmax", logits=tmp_path / "confident.npz", search=False)
+    assert [f.name for f in result.audit.formats] == ["float16", "float32", "float64"]
+    rows_ = result.rows
+    for w in (w for w in result.witnesses if w.kind == "first"):
+        mine = (rows_["method"] == "scipy.log_softmax") & (rows_["dtype"] == w.dtype) & (rows_["status"] == w.status)
+        first = int(rows_["row"][mine][0])
+        assert w.case == f"row={first}"
+        fmt = FORMATS[w.dtype]
+        assert w.inputs["logits"] == fmt.round(logits[first].astype(np.float64)).astype(np.float64).tolist()
+    assert {w.dtype for w in result.witnesses} >= {"float16", "float32"}

@@ -591,6 +591,16 @@ class LogitsSource:
         with self._tensor.reading() as read:
             return self._block(read(start * self.classes, (stop - start) * self.classes), stop - start)
 
+    def take(self, rows) -> np.ndarray:
+        """The rows at the given indices (ascending) as one (len(rows), classes) block, in one reading
+        session (a compressed .npz member is decompressed once, forward, up to the last row)."""
+        rows = [int(r) for r in rows]
+        if rows != sorted(rows) or (rows and not 0 <= rows[0] <= rows[-1] < self.rows):
+            raise IndexError(f"rows must be ascending indices in 0:{self.rows}")
+        with self._tensor.reading() as read:
+            blocks = [self._block(read(r * self.classes, self.classes), 1) for r in rows]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.classes), self.block_dtype)
+
 
 def open_logits(path, key: str | None = None) -> LogitsSource:
     """Open logits of shape (rows, classes) or (..., classes) from their file's header only.
