@@ -114,10 +114,6 @@ def _user(logits, labels, key, labels_key, ignore_index) -> UserLogits:
     return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
 
 
-def _stored_format(user: UserLogits) -> str | None:
-    return user.source.format
-
-
 # ------------------------------------------------------------------ results
 class _Document:
     """Shared by the result objects: JSON text, markdown text, the notebook view and the rows as columns."""
@@ -468,7 +464,7 @@ def _audit_formats(t: "_audit.Target", user: UserLogits) -> tuple[tuple[Format, 
     """The formats of an audit on user logits when none are chosen: the storage format of logits
     stored narrower than float32, if the target supports it (else float32, where those values are
     exact); otherwise the default formats the target supports."""
-    stored = _stored_format(user)
+    stored = user.source.format
     if stored is None:
         return tuple(f for f in DEFAULT_FORMATS if f.name in t.formats) or tuple(DEFAULT_FORMATS), []
     if stored in t.formats:

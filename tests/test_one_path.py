@@ -225,6 +225,8 @@ def test_bad_arrays_are_one_line_input_errors():
         stabilitylab.compare(logits=np.array([["a", "b"]]))
     with pytest.raises(InputError, match="--key"):
         stabilitylab.compare(logits=np.zeros((3, 4)), key="logits")
+    with pytest.raises(InputError, match="a single number"):
+        stabilitylab.compare(logits=5.0)
     with pytest.raises(InputError, match="labels must be integers"):
         stabilitylab.compare(logits=np.zeros((2, 4)), labels=[0.5, 1])
 

@@ -162,6 +162,9 @@ def _array(value, what: str) -> np.ndarray:
         except (TypeError, ValueError):
             raise InputError(f"{what} hold Python objects that are not numbers; a numeric array is required",
                              option) from None
+    if x.ndim == 0:
+        shape = "(rows, classes) or (..., classes)" if what == "logits" else "(rows,)"
+        raise InputError(f"{what} is a single number ({x.item()!r}); an array of shape {shape} is required", option)
     return x
 
 
