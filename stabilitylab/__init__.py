@@ -14,8 +14,8 @@ See :mod:`stabilitylab.api` for the parameters.
 
 __version__ = "0.1.0"
 
-__all__ = ["audit", "compare", "thresholds", "adapters_table", "AuditResult", "CompareResult", "ThresholdsResult",
-           "AuditError", "InputError"]
+__all__ = ["audit", "compare", "thresholds", "train", "adapters_table", "AuditResult", "CompareResult",
+           "ThresholdsResult", "TrainResult", "AuditError", "InputError"]
 
 
 def __getattr__(name: str):

@@ -1,9 +1,22 @@
-"""The Python API: ``stabilitylab.audit``, ``stabilitylab.compare``, ``stabilitylab.thresholds``.
+"""The Python API: ``stabilitylab.compare``, ``audit``, ``thresholds``, ``train``.
 
-For notebooks and scripts; the command line is a thin layer over the same
-functions.  Each returns a result object with ``.to_json()``, ``.to_markdown()``
-and ``_repr_markdown_`` (a notebook cell shows its tables); an audit's result
-also writes regression tests with ``.to_pytest(path)``.
+Each command has one implementation, here; the command line is a thin layer that parses
+and validates its options, calls the same function and renders the result.  Each returns a
+result object with ``.to_json()`` (the CLI's ``--format json``), ``.to_markdown()`` and
+``_repr_markdown_`` (a notebook cell shows its tables: a summary, never one line per row of
+a large input) and ``.rows`` (the rows as numpy columns); an audit's result also writes
+regression tests with ``.to_pytest(path)``.
+
+User data (``compare`` and ``audit``): ``logits`` is a file name (.npy, .npz,
+.safetensors, .pt / .pth, .csv, .txt) or an array (numpy, or anything ``numpy.asarray``
+takes), of shape (rows, classes) or (..., classes); ``labels`` a file name, an array of
+shape ``logits.shape[:-1]`` or (rows,), or None (the file's ``labels`` tensor, else each
+row's argmax); ``key`` / ``labels_key`` pick tensors in a container; rows labelled
+``ignore_index`` (default -100, PyTorch's padding label) are skipped and counted in a note.
+Any size: the rows are read and evaluated in chunks (:mod:`stabilitylab.analysis.streaming`).
+
+Wrong arguments raise :class:`InputError` (bad data or option) or :class:`AuditError` (a target
+that cannot be audited), both subclasses of ``ValueError``, with one line naming what is allowed.
 
 >>> import stabilitylab
 >>> result = stabilitylab.audit("scipy.log_softmax", dtypes=["float32"])  # doctest: +SKIP
@@ -15,31 +28,49 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .analysis import engine
-from .analysis import thresholds as _thresholds
-from .auditing import adapters
-from .auditing import core as _audit
+from .analysis.outcome import STATUSES
+from .errors import AuditError
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
-from .guard import baseline
-from .io.userdata import InputError, binary_cases, logits_cases, user_binary, user_logits
-from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from .experiments.likelihood import iid
+from .io.userdata import (
+    InputError,
+    UserLogits,
+    binary_cases,
+    is_path,
+    logits_cases,
+    user_binary,
+    user_logits,
+    user_source,
+)
+from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md
-from .render.model import Section, audit_sections, compare_sections, formulas_section, thresholds_table
+from .render.model import Section, audit_sections, compare_sections, formulas_section, thresholds_table, train_sections
 
-__all__ = ["audit", "compare", "thresholds", "adapters_table", "AuditResult", "CompareResult", "ThresholdsResult",
-           "AuditError", "InputError"]
+if TYPE_CHECKING:  # imported where used: ``stabilitylab compare`` does not load the audit, the search or a baseline
+    from .analysis import streaming
+    from .analysis import thresholds as _thresholds
+    from .auditing import core as _audit
 
-AuditError = _audit.AuditError
+__all__ = ["audit", "compare", "thresholds", "train", "adapters_table", "AuditResult", "CompareResult",
+           "ThresholdsResult", "TrainResult", "AuditError", "InputError"]
+
+MAX_CASES, MAX_FINDINGS = 60, 40  # a summary's limits: per experiment, cases and findings shown
+WORST_SHOWN, FAILING_SHOWN = 1, 3  # a summary's limits: per format and method, user rows shown
+KEEP_ROWS = 2**21  # rows x formats x methods kept in ``.rows`` by default (each ~80 bytes)
+MAX_N = 2**63 - 1
 
 
+# ------------------------------------------------------------------ arguments
 def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAULT_FORMATS) -> tuple[Format, ...]:
+    """Formats by name or alias (or ``"all"``); an unknown name is an InputError naming the valid ones."""
     if dtypes is None:
         return tuple(default)
     if isinstance(dtypes, (str, Format)):
@@ -51,36 +82,184 @@ def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAU
         elif str(d).strip().lower() == "all":
             out.extend(ALL_FORMATS)
         else:
-            out.append(get_format(str(d)))
+            try:
+                out.append(get_format(str(d)))
+            except KeyError as exc:
+                raise InputError(exc.args[0], "--dtype") from None
+    if not out:
+        raise InputError("no format given; valid: " + ", ".join(FORMATS) + ", all", "--dtype")
     return tuple(dict.fromkeys(out))
 
 
+def _names(value: str | Sequence[str] | None, valid: Sequence[str], what: str, option: str) -> list[str]:
+    """Names chosen from ``valid`` (None: none chosen); an unknown one is an InputError naming the valid ones."""
+    names = [value] if isinstance(value, str) else list(value or ())
+    for name in names:
+        if name not in valid:
+            raise InputError(f"unknown {what} {name!r}; valid: {', '.join(valid)}", option)
+    return list(dict.fromkeys(names))
+
+
+def _experiments(value) -> list:
+    names = _names(value, list(EXPERIMENTS), "experiment", "--experiment")
+    return [EXPERIMENTS[n] for n in names] or list(EXPERIMENTS.values())
+
+
+def _tolerance(tolerance: float | None) -> None:
+    if tolerance is not None and not (0 < tolerance < float("inf")):
+        raise InputError(f"tolerance = {tolerance}; it must be a finite number > 0", "--tolerance")
+
+
+def _user(logits, labels, key, labels_key, ignore_index) -> UserLogits:
+    return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
+
+
+# ------------------------------------------------------------------ results
 class _Document:
-    """Shared by the result objects: JSON text, markdown text and the notebook view."""
+    """Shared by the result objects: JSON text, markdown text, the notebook view and the rows as columns."""
 
     def to_dict(self) -> dict:
         raise NotImplementedError
 
-    def sections(self) -> list[Section]:
+    def sections(self, full: bool = True) -> list[Section]:
+        """The document's sections; ``full=False``: a summary (at most a few rows of each table)."""
         raise NotImplementedError
 
     def to_json(self) -> str:
         """The JSON document (the same as the CLI's ``--format json``)."""
         return jsonout.dumps(self.to_dict())
 
-    def to_markdown(self) -> str:
-        return sections_md(self.sections())
+    def to_markdown(self, full: bool = False) -> str:
+        """Markdown tables: a summary (``full=False``; what a terminal shows), or every row (what ``-o`` writes)."""
+        return sections_md(self.sections(full))
 
     def _repr_markdown_(self) -> str:
         return self.to_markdown()
 
 
+def _case_columns(results: list[engine.Result]) -> dict[str, np.ndarray]:
+    """``results`` (one per case, method and format) as numpy columns."""
+    text = ("experiment", "case", "method", "dtype", "exact", "status")
+    numbers = ("value", "reference", "rel_error", "ulps", "error_bits")
+    out: dict[str, np.ndarray] = {k: np.array([getattr(r, k) for r in results], dtype=str) for k in text}
+    out.update({k: np.array([getattr(r, k) for r in results], dtype=np.float64) for k in numbers})
+    return out
+
+
+def _row_columns(parts: list[dict]) -> dict[str, np.ndarray]:
+    """Per-row columns of user rows (chunks of ``{(format, method): streaming.ROW array}``) as numpy columns."""
+    from .analysis import streaming
+
+    blocks = [(dtype, method, rows) for part in parts for (dtype, method), rows in part.items()]
+    rows = np.concatenate([b[2] for b in blocks]) if blocks else np.zeros(0, streaming.ROW)
+    out = {"dtype": np.concatenate([np.full(len(b[2]), b[0]) for b in blocks]) if blocks else np.zeros(0, str),
+           "method": np.concatenate([np.full(len(b[2]), b[1]) for b in blocks]) if blocks else np.zeros(0, str)}
+    for name in streaming.ROW.names:
+        out[name] = np.asarray(STATUSES)[rows[name]] if name == "status" else rows[name]
+    return out
+
+
+class _Collector:
+    """Keeps the per-row columns of user rows (and hands them on to ``forward``, if given)."""
+
+    def __init__(self, forward: Callable[[dict], None] | None):
+        self.forward, self.parts = forward, []
+
+    def __call__(self, columns: dict) -> None:
+        if self.forward is not None:
+            self.forward(columns)
+        self.parts.append(columns)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return _row_columns(self.parts)
+
+
+def _collector(rows: bool | None, entries: int, on_rows) -> _Collector | None:
+    """A collector of every row when ``rows`` is True, or None and ``entries`` (rows x formats x methods) is
+    at most :data:`KEEP_ROWS`; else None (the summary only)."""
+    keep = rows if rows is not None else entries <= KEEP_ROWS
+    return _Collector(on_rows) if keep else None
+
+
+@dataclass
+class CompareResult(_Document):
+    """``compare``.
+
+    ``results`` (one :class:`~stabilitylab.analysis.engine.Result` per case, method and format of the
+    simulated cases) and ``summary`` (their counts); with user logits, ``bulk`` (a
+    :class:`~stabilitylab.analysis.streaming.Summary`: counts, error-bit histogram, worst and first
+    failing rows per format and method) and ``source`` (what was read).
+
+    ``rows``: numpy columns (a dict of equal-length 1-D arrays).  With user logits, one entry per
+    evaluated row, format and method: ``dtype``, ``method``, ``row`` (index in the flattened logits),
+    ``label``, ``value``, ``exact_hi`` / ``exact_lo`` / ``exact_scale`` / ``exact_zero`` (the exact loss is
+    ``(hi + lo) * 2**scale``, exactly 0 where ``zero``), ``status``, ``rel_error``, ``ulps``, ``error_bits``;
+    kept when there are at most :data:`KEEP_ROWS` such entries or ``compare(rows=True)`` (else None:
+    the summary only).  Without user logits, one entry per result: ``experiment``, ``case``,
+    ``method``, ``dtype``, ``value``, ``reference``, ``exact`` (text), ``status``, ``rel_error``,
+    ``ulps``, ``error_bits``.
+    """
+
+    comparison: engine.Comparison | None
+    bulk: streaming.Summary | None = None
+    source: str = ""
+    user_rows: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def results(self) -> list[engine.Result]:
+        return [] if self.comparison is None else self.comparison.results
+
+    @property
+    def summary(self) -> list[engine.Count]:
+        return [] if self.comparison is None else self.comparison.summary
+
+    @property
+    def notes(self) -> list[str]:
+        return [*([] if self.comparison is None else self.comparison.notes),
+                *([] if self.bulk is None else self.bulk.notes)]
+
+    @property
+    def rows(self) -> dict[str, np.ndarray] | None:
+        if self.bulk is not None:
+            return self.user_rows
+        return _case_columns(self.results)
+
+    def bulk_document(self) -> dict:
+        """The ``user_logits`` part of the JSON document (also the summary line of ``--rows all``)."""
+        from .render import bulk as _bulk
+
+        return _bulk.bulk_document(self.bulk, self.source)
+
+    def to_dict(self) -> dict:
+        if self.comparison is not None:
+            doc = jsonout.compare_document(self.comparison)
+        else:
+            doc = jsonout.empty_compare_document(self.bulk.formats, self.bulk.tolerance, self.bulk.ftz)
+        if self.bulk is not None:
+            doc["user_logits"] = self.bulk_document()
+        return doc
+
+    def sections(self, full: bool = True) -> list[Section]:
+        sections = []
+        if self.comparison is not None:
+            sections = compare_sections(self.comparison, *((None, None) if full else (MAX_CASES, MAX_FINDINGS)))
+        if self.bulk is not None:
+            from .render import bulk as _bulk
+
+            sections.append(_bulk.bulk_section(self.bulk, self.source,
+                                               *((None, None) if full else (WORST_SHOWN, FAILING_SHOWN))))
+        return sections
+
+
 @dataclass
 class AuditResult(_Document):
     """An audit (see :func:`audit`): ``target``, ``resembles``, ``thresholds``, ``witnesses``,
-    ``comparison`` (the rows as in ``compare``), ``versus`` and ``notes``."""
+    ``comparison`` (the rows as in ``compare``; empty on user logits), ``bulk`` (on user logits: the
+    summary of the rows, as ``compare``'s), ``versus``, ``notes`` and ``rows`` (numpy columns, as
+    :attr:`CompareResult.rows`)."""
 
     audit: _audit.Audit
+    user_rows: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def target(self) -> _audit.Target:
@@ -107,14 +286,36 @@ class AuditResult(_Document):
         return self.audit.comparison
 
     @property
+    def bulk(self) -> streaming.Summary | None:
+        return self.audit.bulk
+
+    @property
     def notes(self) -> list[str]:
         return self.audit.notes
 
-    def to_dict(self) -> dict:
-        return jsonout.audit_document(self.audit)
+    @property
+    def rows(self) -> dict[str, np.ndarray] | None:
+        if self.audit.bulk is not None:
+            return self.user_rows
+        return _case_columns(self.audit.comparison.results)
 
-    def sections(self) -> list[Section]:
-        return audit_sections(self.audit)
+    def to_dict(self) -> dict:
+        doc = jsonout.audit_document(self.audit)
+        if self.audit.bulk is not None:
+            from .render import bulk as _bulk
+
+            doc["user_logits"] = _bulk.bulk_document(self.audit.bulk, self.audit.bulk_text)
+        return doc
+
+    def sections(self, full: bool = True) -> list[Section]:
+        limits = (None, None) if full else (MAX_CASES, MAX_FINDINGS)
+        if self.audit.bulk is None:
+            return audit_sections(self.audit, *limits)
+        from .render import bulk as _bulk
+
+        rows = _bulk.bulk_section(self.audit.bulk, self.audit.bulk_text,
+                                  *((None, None) if full else (WORST_SHOWN, FAILING_SHOWN)))
+        return audit_sections(self.audit, *limits, cases=[rows])
 
     def to_pytest(self, path: str | os.PathLike) -> int:
         """Write a standalone pytest module (atomically) guarding the witnesses; returns the number of tests."""
@@ -124,6 +325,8 @@ class AuditResult(_Document):
     def save_baseline(self, path: str | os.PathLike) -> int:
         """Add this audit's thresholds to a baseline file (created if missing; its other entries and
         settings are kept); ``stabilitylab check`` then guards them.  Returns the number of entries written."""
+        from .guard import baseline
+
         previous, settings, tolerance = {}, Settings(), self.audit.tolerance
         if os.path.exists(path):
             old = baseline.load(path)
@@ -133,27 +336,6 @@ class AuditResult(_Document):
                                  f"{self.audit.tolerance}: audit with the baseline's tolerance")
         baseline.write(path, baseline.document(self.audit.thresholds, settings, tolerance, previous))
         return len(self.audit.thresholds)
-
-
-@dataclass
-class CompareResult(_Document):
-    """``compare``: ``results`` (one row per case, method and format), ``summary`` (counts), ``notes``."""
-
-    comparison: engine.Comparison
-
-    @property
-    def results(self) -> list[engine.Result]:
-        return self.comparison.results
-
-    @property
-    def summary(self) -> list[engine.Count]:
-        return self.comparison.summary
-
-    def to_dict(self) -> dict:
-        return jsonout.compare_document(self.comparison)
-
-    def sections(self) -> list[Section]:
-        return compare_sections(self.comparison)
 
 
 @dataclass
@@ -169,24 +351,53 @@ class ThresholdsResult(_Document):
     def to_dict(self) -> dict:
         return jsonout.thresholds_document(self.rows, self.settings, self.tolerance)
 
-    def sections(self) -> list[Section]:
+    def sections(self, full: bool = True) -> list[Section]:
         return [Section("Thresholds", tables=[thresholds_table(self.rows, list(self.formats))]),
                 formulas_section(self.rows)]
 
 
+@dataclass
+class TrainResult(_Document):
+    """``train``: ``runs`` (one per scenario, method and format, with per-step numpy columns: ``loss``,
+    ``status``, ``grad_norm``, ...), ``scenarios`` and ``findings``.  ``rows``: the runs' scalar fields
+    as numpy columns."""
+
+    runs: list
+    scenarios: dict
+    findings: list[tuple[str, str]]
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        runs = self.runs
+        return {"scenario": np.array([r.scenario for r in runs], dtype=str),
+                "method": np.array([r.method for r in runs], dtype=str),
+                "dtype": np.array([r.dtype for r in runs], dtype=str),
+                "final_loss": np.array([r.loss[-1] for r in runs], dtype=np.float64),
+                "final_accuracy": np.array([r.final_accuracy for r in runs], dtype=np.float64),
+                "first_nonfinite_step": np.array([-1 if r.first_nonfinite_step is None else r.first_nonfinite_step
+                                                  for r in runs], dtype=np.int64)}
+
+    def to_dict(self) -> dict:
+        return jsonout.train_document(self.runs, self.scenarios, self.findings)
+
+    def sections(self, full: bool = True) -> list[Section]:
+        return train_sections(self.runs, self.scenarios, self.findings)
+
+
+# ------------------------------------------------------------------ commands
 def _cases(experiment: str, logits, labels):
-    """(cases, notes) from arrays or file paths; (None, []) without logits."""
+    """(cases, notes) in memory from arrays or file paths, for the protocols that do not stream
+    (binary_ce, gradients); (None, []) without logits."""
     if logits is None:
         if labels is not None:
             raise InputError("labels need logits", "--labels")
         return None, []
     base = experiment.removesuffix("_grad")
-    from_file = isinstance(logits, (str, os.PathLike))
     if base == "softmax_ce":
-        if from_file:
+        if is_path(logits):
             return user_logits(logits, labels)
         return logits_cases(np.asarray(logits), None if labels is None else np.asarray(labels))
-    if from_file:
+    if is_path(logits):
         return user_binary(logits, labels)
     if labels is None:
         raise InputError("binary_ce needs labels: one 0/1 label per logit, shape (rows, K)", "--labels")
@@ -194,65 +405,187 @@ def _cases(experiment: str, logits, labels):
 
 
 def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *, logits=None, labels=None,
+          key: str | None = None, labels_key: str | None = None, ignore_index: int | None = -100,
           families: Sequence[str] | None = None, tolerance: float | None = None, grad: bool = False,
-          search: bool = True, progress: Callable[[str], None] = lambda step: None) -> AuditResult:
+          search: bool = True, rows: bool | None = None, on_rows: Callable[[dict], None] | None = None,
+          progress: Callable[[str], None] = lambda step: None) -> AuditResult:
     """Audit a real loss: a built-in adapter (``"torch.cross_entropy"``; see :func:`adapters_table`),
     ``"module:function"``, ``"path/to/file.py:function"`` or a callable.
 
     ``experiment``: the protocol of a user function, ``"softmax_ce"`` (``f(logits (rows, K),
     labels (rows,) int64) -> loss (rows,)``) or ``"binary_ce"`` (``f(logits (rows, K), labels
     (rows, K)) -> loss (rows,)`` summed over K); adapters know theirs.  ``dtypes``: format
-    names (default: float16, bfloat16, float32, float64 as the target supports them; ``"all"``).
-    ``logits`` / ``labels``: arrays or files replacing the default cases and the bug-report
-    corpus.  ``families``: limit the threshold search (``search=False`` skips it).  ``grad``:
-    audit the gradient with respect to the logits (torch, jax and optax targets).
+    names (default: float16, bfloat16, float32, float64 as the target supports them; ``"all"``;
+    with logits stored as bfloat16 / float16 / float8, that format).
+    ``logits`` / ``labels`` / ``key`` / ``labels_key`` / ``ignore_index``: user data (see the module
+    docstring) replacing the default cases and the bug-report corpus.  For a softmax_ce loss it
+    is streamed in chunks of rows, any size: the target runs on each chunk beside the simulated
+    methods, and the result holds the summary (``bulk``) and, up to :data:`KEEP_ROWS` entries or
+    with ``rows=True``, every row (``rows``); ``on_rows`` receives each chunk's rows as they come.
+    binary_ce and gradient audits read their (rows, K) data into memory (at most 10**6 values).
+    ``families``: limit the threshold search (``search=False`` skips it).  ``grad``: audit the
+    gradient with respect to the logits (torch, jax and optax targets).
 
     Raises :class:`AuditError` (the target cannot be audited) or :class:`InputError` (bad data).
     """
+    from .auditing import core as _audit
+
     t = _audit.resolve(target, experiment, grad)
-    explicit = dtypes is not None
     formats = _formats(dtypes)
-    if not explicit:
-        formats = tuple(f for f in formats if f.name in t.formats) or formats
-    if tolerance is not None and not (0 < tolerance < float("inf")):
-        raise ValueError(f"tolerance = {tolerance}; it must be a finite number > 0")
+    _tolerance(tolerance)
     known = [f.name for f in _audit.audit_experiment(t.audited_experiment).families]
     for name in families or ():
         if name not in known:
             raise AuditError(f"no family {name!r} in {t.audited_experiment}; valid: {', '.join(known)}")
+    streamed = logits is not None and t.experiment == "softmax_ce" and not t.grad
+    if streamed:
+        user = _user(logits, labels, key, labels_key, ignore_index)
+        notes = []
+        if dtypes is None:
+            formats, notes = _audit_formats(t, user)
+        entries = int(user.keep.sum()) * len(formats) * (1 + len(_audit.SOFTMAX_CE.methods))
+        collector = _collector(rows, entries, on_rows)
+        result = _audit.run_bulk(t, formats, user, families, tolerance, search, progress,
+                                 on_rows=collector if collector is not None else on_rows)
+        result.notes[:0] = notes
+        return AuditResult(result, None if collector is None else collector.columns())
+    if key is not None or labels_key is not None:
+        raise InputError(f"key / labels_key pick tensors of softmax_ce logits; {t.audited_experiment} reads a "
+                         "file holding one array", "--key" if key is not None else "--labels-key")
+    if dtypes is None:
+        formats = tuple(f for f in formats if f.name in t.formats) or formats
     cases, notes = _cases(t.audited_experiment, logits, labels)
     result = _audit.run(t, formats, cases, families, tolerance, search, progress)
     result.notes.extend(notes)
     return AuditResult(result)
 
 
+def _audit_formats(t: "_audit.Target", user: UserLogits) -> tuple[tuple[Format, ...], list[str]]:
+    """The formats of an audit on user logits when none are chosen: the storage format of logits
+    stored narrower than float32, if the target supports it (else float32, where those values are
+    exact); otherwise the default formats the target supports."""
+    stored = user.source.format
+    if stored is None:
+        return tuple(f for f in DEFAULT_FORMATS if f.name in t.formats) or tuple(DEFAULT_FORMATS), []
+    if stored in t.formats:
+        return (FORMATS[stored],), [f"-d {stored}: the format the logits are stored in (choose others with -d)"]
+    wider = next((n for n in ("float32", "float64") if n in t.formats), None)
+    if wider is None:
+        return (FORMATS[stored],), []  # refused by the audit, naming the formats the target supports
+    return (FORMATS[wider],), [f"-d {wider}: the logits are stored as {stored}, which {t.name} does not support; "
+                               f"{wider} holds those values exactly (choose others with -d)"]
+
+
 def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logits=None, labels=None,
-            tolerance: float | None = None, ftz: bool = False) -> CompareResult:
-    """Every simulated method of the experiments (default: all) on their cases, in each format.
-    ``logits`` / ``labels`` (arrays or files) replace the softmax_ce cases."""
-    names = [experiments] if isinstance(experiments, str) else list(experiments or EXPERIMENTS)
-    chosen = [EXPERIMENTS[n] for n in names]
-    cases, notes = {}, []
+            key: str | None = None, labels_key: str | None = None, ignore_index: int | None = -100,
+            p: float | None = None, n: int | None = None, tolerance: float | None = None, ftz: bool = False,
+            rows: bool | None = None, on_rows: Callable[[dict], None] | None = None) -> CompareResult:
+    """Every simulated method of the experiments (default: all; with ``logits`` alone: softmax_ce)
+    on their cases, in each format (default: float16, bfloat16, float32, float64; with logits
+    stored as bfloat16 / float16 / float8, that format).
+
+    ``p`` / ``n``: a likelihood case of ``n`` samples of true-class probability ``p`` replaces
+    its default cases.  ``logits`` and the other user-data arguments (see the module docstring)
+    replace the softmax_ce cases and are streamed in chunks, any size; ``rows`` / ``on_rows`` as
+    in :func:`audit`.
+    """
+    _tolerance(tolerance)
+    if p is not None and not (0 < p <= 1):
+        raise InputError(f"p = {p} is outside (0, 1]", "--p")
+    if n is not None and not 1 <= n <= MAX_N:
+        raise InputError(f"n = {n}; n must be an integer from 1 to 2**63 - 1", "--n")
+    if logits is None:
+        for used, what in ((labels is not None, "labels"), (key is not None, "key"),
+                           (labels_key is not None, "labels_key")):
+            if used:
+                raise InputError(f"{what} needs logits", f"--{what.replace('_', '-')}")
+    names = _names(experiments, list(EXPERIMENTS), "experiment", "--experiment")
+    chosen = [EXPERIMENTS[x] for x in names or (("softmax_ce",) if logits is not None else EXPERIMENTS)]
+    given = {e.name for e in chosen}
+    for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
+                                (logits is not None, "--logits", "softmax_ce")):
+        if used and needs not in given:
+            raise InputError(f"{option} sets {needs} cases, but {needs} is not among the experiments chosen "
+                             "with -e", option.split(" ")[0])
+    cases = {}
+    if p is not None or n is not None:
+        cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
+    formats = _formats(dtypes)
+    user = None
     if logits is not None:
-        cases["softmax_ce"], notes = _cases("softmax_ce", logits, labels)
-    comparison = engine.compare(chosen, _formats(dtypes), cases, tolerance=tolerance, ftz=ftz)
-    comparison.notes.extend(notes)
-    return CompareResult(comparison)
+        user = _user(logits, labels, key, labels_key, ignore_index)
+        if dtypes is None and user.source.format:
+            formats = (get_format(user.source.format),)
+            user.notes.append(f"-d {user.source.format}: the format the logits are stored in (choose others with -d)")
+        chosen = [e for e in chosen if e.name != "softmax_ce"]
+    comparison = engine.compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
+    if user is None:
+        return CompareResult(comparison)
+    from .analysis import streaming
+
+    collector = _collector(rows, int(user.keep.sum()) * len(formats) * len(streaming.SOFTMAX_CE.methods), on_rows)
+    try:
+        summary = streaming.summarize(user.source, user.labels, user.keep, formats, tolerance=tolerance, ftz=ftz,
+                                      on_rows=collector if collector is not None else on_rows)
+    except MemoryError:  # the whole-file arrays, a block, or a worker's results
+        raise user.source.out_of_memory("compute the losses of") from None
+    summary.notes.extend(user.notes)
+    return CompareResult(comparison, summary, user.text, None if collector is None else collector.columns())
 
 
 def thresholds(experiments: str | Sequence[str] | None = None, dtypes=None, *, families: Sequence[str] | None = None,
                p: float = 0.1, ftz: bool = False, tolerance: float | None = None) -> ThresholdsResult:
-    """The exact first failure of every method along every family (see :mod:`stabilitylab.analysis.thresholds`)."""
-    names = [experiments] if isinstance(experiments, str) else list(experiments or EXPERIMENTS)
-    chosen = [EXPERIMENTS[n] for n in names]
+    """The exact first failure of every method along every family (see :mod:`stabilitylab.analysis.thresholds`).
+    ``families``: names (``iid``) or ``experiment/family`` of the chosen experiments (default: all)."""
+    from .analysis import thresholds as _thresholds
+
+    chosen = _experiments(experiments)
+    _tolerance(tolerance)
+    if p is None or not (0 < p <= 1):
+        raise InputError(f"p = {p} is outside (0, 1]", "--p")
+    known = {f"{e.name}/{f.name}" for e in chosen for f in e.families}
+    short = {k.split("/")[1] for k in known}
+    picked = [families] if isinstance(families, str) else list(families or ())
+    for name in picked:
+        if name not in known and name not in short:
+            raise InputError(f"no family {name!r} in the chosen experiments; valid: {', '.join(sorted(known))}",
+                             "--family")
     formats = _formats(dtypes)
     settings = Settings(p=p, ftz=ftz)
-    rows = _thresholds.thresholds(chosen, formats, settings, tolerance, set(families) if families else None)
+    rows = _thresholds.thresholds(chosen, formats, settings, tolerance, set(picked) or None)
     return ThresholdsResult(rows, formats, settings, tolerance)
+
+
+def train(scenarios: str | Sequence[str] | None = None, dtypes=None, *, steps: int | None = None,
+          lr: float | None = None, seed: int | None = None) -> TrainResult:
+    """Train softmax / logistic regression with SGD, every operation rounded to the format (see
+    :mod:`stabilitylab.training.train`).  ``scenarios``: names or ``"all"`` (default: overflow, saturated,
+    loss_scale_none, loss_scale_static); ``steps`` / ``lr`` / ``seed`` override the scenario's."""
+    from .training import train as _train
+
+    problem = _train.check_settings(steps, lr)
+    if problem:
+        raise InputError(problem, "--steps" if problem.startswith("steps") else "--lr")
+    if seed is not None and not 0 <= seed <= 2**32 - 1:
+        raise InputError(f"seed = {seed}; it must be an integer from 0 to 2**32 - 1", "--seed")
+    names: list[str] = []
+    for name in [scenarios] if isinstance(scenarios, str) else list(scenarios or ()):
+        if name.strip().lower() == "all":
+            names += list(_train.SCENARIOS)
+        elif name in _train.SCENARIOS:
+            names.append(name)
+        else:
+            raise InputError(f"unknown scenario {name!r}; valid: {', '.join(_train.SCENARIOS)}, all", "--scenario")
+    chosen = {x: _train.with_settings(_train.SCENARIOS[x], steps, lr, seed)
+              for x in dict.fromkeys(names or _train.DEFAULT_SCENARIOS)}
+    runs = [r for s in chosen.values() for r in _train.run_scenario(s, list(_formats(dtypes)))]
+    return TrainResult(runs, chosen, _train.findings(runs))
 
 
 def adapters_table() -> list[dict[str, Any]]:
     """The built-in targets: name, experiment, formats, gradient, installed (with the library's version)."""
+    from .auditing import adapters
+
     out = []
     for a in adapters.ADAPTERS.values():
         versions = {lib: adapters.library_version(lib) for lib in a.requires}
@@ -260,4 +593,3 @@ def adapters_table() -> list[dict[str, Any]]:
                     "gradient": a.grad is not None, "installed": a.installed,
                     "versions": versions, "extra": a.extra, "computes": a.formula})
     return out
-

@@ -271,11 +271,15 @@ def test_scipy_on_a_logits_file_reports_rows_the_log1p_form_gets_right(tmp_path,
                          "--labels", tmp_path / "labels.txt", "--no-thresholds", "--format", "json")
     assert code == 0, err
     doc = json.loads(out)
-    assert len(doc["results"]) == rows
+    assert doc["results"] == []  # user rows are summarized (streamed), not listed one per row
+    target = next(c for c in doc["user_logits"]["cells"] if c["method"] == "scipy.log_softmax")
+    assert doc["user_logits"]["rows"] == rows and sum(target["counts"].values()) == rows
     versus = next(v for v in doc["versus"] if v["method"] == "log_softmax_log1p")
     assert versus["target_fails_method_ok"] > 1000 and versus["method_fails_target_ok"] == 0
     assert all(name.startswith("row=") for name in versus["examples"])
-    assert doc["summary"][0]["inaccurate"] >= versus["target_fails_method_ok"]
+    assert target["counts"]["inaccurate"] >= versus["target_fails_method_ok"]
+    witnesses = [w for w in doc["witnesses"] if w["source"] == "cases"]
+    assert {(w["status"], w["kind"]) for w in witnesses} >= {("inaccurate", "first"), ("inaccurate", "worst")}
     code, out, err = run(capsys, "audit", "scipy.log_softmax", "-d", "float32", "--logits", tmp_path / "logits.npy",
                          "--labels", tmp_path / "labels.txt", "--no-thresholds")
     assert code == 0 and "log_softmax_log1p" in out and "target fails, method ok" in out

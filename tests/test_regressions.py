@@ -24,7 +24,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
-from stabilitylab import cli
+from stabilitylab import api
 from stabilitylab.cli import main
 from stabilitylab.guard import baseline
 from stabilitylab.io import atomic, userdata
@@ -547,7 +547,7 @@ def test_ctrl_c_during_a_command_is_one_line(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_compare", interrupted)
+    monkeypatch.setattr(api, "compare", interrupted)  # the CLI calls the API's compare
     code, out, err = run(capsys, "compare", "-e", "likelihood")
     assert code == ExitStatus.INTERRUPTED
     assert err == "stabilitylab: interrupted\n"  # no blank line before it (click prints one)

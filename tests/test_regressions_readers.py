@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stabilitylab import cli
 from stabilitylab.analysis import streaming
+from stabilitylab.cli import check as cli_check
 from stabilitylab.cli import main
 from stabilitylab.errors import BaselineError, InputError, shown
 from stabilitylab.io import sources, userdata
@@ -436,7 +436,7 @@ def _memoized_thresholds(experiments, formats, settings, tolerance, *rest):
     return _THRESHOLDS[key]
 
 
-cli_run_thresholds = cli.run_thresholds
+cli_run_thresholds = cli_check.run_thresholds
 COMMANDS = {"compare": ["compare"], "thresholds": ["thresholds", "-e", "likelihood", "-d", "fp32"],
             "check": ["check", "--baseline", BASELINE], "check --all": ["check", "--baseline", BASELINE, "--all"]}
 
@@ -445,7 +445,7 @@ COMMANDS = {"compare": ["compare"], "thresholds": ["thresholds", "-e", "likeliho
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_columns_zero_printed_no_table(monkeypatch, capsys, command, value):
     """In-process (stdout captured: not a terminal): the output of an unset COLUMNS, 160 wide."""
-    monkeypatch.setattr(cli, "run_thresholds", _memoized_thresholds)
+    monkeypatch.setattr(cli_check, "run_thresholds", _memoized_thresholds)
     argv = COMMANDS[command]
     if command not in _UNSET:
         monkeypatch.delenv("COLUMNS", raising=False)

@@ -32,7 +32,7 @@ def sample(rows: int = ROWS, classes: int = K, seed: int = 0) -> tuple[np.ndarra
 
 
 def _bulk(fmt, x, y):
-    cells, columns, _ = streaming.run_chunk((fmt,), 0, x, y, np.ones(len(x), bool), tolerance=None, ftz=False,
+    cells, columns, *_ = streaming.run_chunk((fmt,), 0, x, y, np.ones(len(x), bool), tolerance=None, ftz=False,
                                             keep=10, cap=100, all_rows=True)
     return cells, columns
 

@@ -9,13 +9,21 @@ and is reduced at once to columns that add up across chunks:
 * a histogram of error bits (bin b holds rows with b <= error_bits < b + 1; then one
   bin for an infinite and one for a NaN error);
 * the ``worst`` rows (largest error, NaN and inf first) and the first ``cap`` failing
-  rows, as structured arrays (row, value, exact, status, rel_error, ulps, error_bits);
+  rows, as structured arrays (row, value, exact, status, rel_error, ulps, error_bits),
+  and the first row of each status;
+* with ``versus`` (an audit: the target's method name), per format and other method:
+  rows where both give the same value, rows only the target fails and rows only the
+  method fails (:class:`Pair`);
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
-bounded window of chunks in flight; results are merged in row order, so the output does not depend on
-the scheduling.
+bounded window of chunks in flight (in this process when a method is a black box, whose library
+may hold threads or state a fork would break); results are merged in row order, so the output
+does not depend on the scheduling.
+
+The experiment is softmax_ce, or softmax_ce with an audited target as one more
+(black-box) method: an audit on a user's logits is this same path.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..experiments.base import ParamNames
+from ..experiments.base import Experiment, ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
@@ -35,7 +43,7 @@ from .engine import evaluate
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
 
-__all__ = ["ROW", "Summary", "Cell", "summarize", "BITS_BINS"]
+__all__ = ["ROW", "Summary", "Cell", "Pair", "summarize", "BITS_BINS"]
 
 BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at most ~64 bits), then inf, NaN
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
@@ -63,6 +71,7 @@ class Cell:
     bits: np.ndarray = field(default_factory=lambda: np.zeros(BITS_BINS + 2, np.int64))
     worst: np.ndarray = field(default_factory=lambda: np.zeros(0, ROW))
     failing: np.ndarray = field(default_factory=lambda: np.zeros(0, ROW))
+    first: np.ndarray = field(default_factory=lambda: np.zeros(0, ROW))  # the first row of each status seen
 
     def merge(self, other: "Cell", keep: int, cap: int) -> None:
         self.counts += other.counts
@@ -70,10 +79,39 @@ class Cell:
         self.worst = _worst(np.concatenate([self.worst, other.worst]), keep)
         if len(self.failing) < cap:
             self.failing = np.concatenate([self.failing, other.failing[: cap - len(self.failing)]])
+        seen = set(self.first["status"].tolist())
+        new = other.first[[s not in seen for s in other.first["status"].tolist()]]
+        if len(new):
+            both = np.concatenate([self.first, new])
+            self.first = both[np.argsort(both["status"], kind="stable")]
 
     @property
     def failures(self) -> int:
         return int(self.counts[_FAILING].sum())
+
+
+@dataclass
+class Pair:
+    """An audited target beside one other method, in one format, over the rows: ``same`` (equal values,
+    NaN = NaN, -0 = +0), ``target_only`` (the target fails, inaccurate or worse, and the method does not),
+    ``method_only`` (the reverse), the first ``target_only`` rows (``examples``) and the first
+    ``method_only`` row (``guard``, None if none)."""
+
+    same: int = 0
+    target_only: int = 0
+    method_only: int = 0
+    examples: list[int] = field(default_factory=list)
+    guard: int | None = None
+
+    EXAMPLES = 5
+
+    def merge(self, other: "Pair") -> None:
+        self.same += other.same
+        self.target_only += other.target_only
+        self.method_only += other.method_only
+        self.examples = (self.examples + other.examples)[: self.EXAMPLES]
+        if self.guard is None:
+            self.guard = other.guard
 
 
 @dataclass
@@ -91,6 +129,8 @@ class Summary:
     cap: int = 100
     tolerance: float | None = None
     ftz: bool = False
+    black_box: tuple[str, ...] = ()  # methods whose status follows the black-box rule (an audited target)
+    versus: dict[tuple[str, str], Pair] = field(default_factory=dict)  # (format, other method) -> Pair
 
 
 def _worst_order(error_bits: np.ndarray, rows: np.ndarray, keep: int | None = None) -> np.ndarray:
@@ -134,15 +174,35 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows, keep))
     failing = np.flatnonzero(_FAILING[codes])[:cap]
     c.failing = _columns(o, rows, labels, codes, failing)
+    present, first = np.unique(codes, return_index=True)
+    c.first = _columns(o, rows, labels, codes, first)  # np.unique: by status code
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c
 
 
+def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray) -> dict[str, Pair]:
+    """The target beside every other method on one chunk (see :class:`Pair`)."""
+    t = outcomes[target]
+    v = t.value
+    target_fails = np.isin(t.status, METHOD_FAILURES)
+    out = {}
+    for method, o in outcomes.items():
+        if method == target:
+            continue
+        method_fails = np.isin(o.status, METHOD_FAILURES)
+        only, guards = np.flatnonzero(target_fails & ~method_fails), np.flatnonzero(method_fails & ~target_fails)
+        same = int(np.count_nonzero((o.value == v) | (np.isnan(o.value) & np.isnan(v))))
+        out[method] = Pair(same, len(only), len(guards), rows[only[: Pair.EXAMPLES]].tolist(),
+                           int(rows[guards[0]]) if len(guards) else None)
+    return out
+
+
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
-              keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool):
+              keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
+              experiment: Experiment = SOFTMAX_CE, versus: str | None = None):
     """Every method in every format on one chunk: ({(format, method): Cell}, rows or None,
-    (count, first rows) of rows with non-finite logits)."""
+    (count, first rows) of rows with non-finite logits, {(format, method): Pair})."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
     x = np.ascontiguousarray(logits[idx], dtype=np.float64)
@@ -151,17 +211,21 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
+    pairs: dict[tuple[str, str], Pair] = {}
     if not len(idx):
-        return cells, columns, nonfinite
+        return cells, columns, nonfinite, pairs
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
     for fmt in formats:
-        outcomes = evaluate(SOFTMAX_CE, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True)
+        outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True)
         for method, o in outcomes.items():
             everything = [] if all_rows else None
             cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
-    return cells, columns, nonfinite
+        if versus is not None:
+            for method, pair in _pairs(outcomes, versus, rows).items():
+                pairs[fmt.name, method] = pair
+    return cells, columns, nonfinite, pairs
 
 
 def _chunks_in_order(source, labels, keep_rows, rows_per_chunk) -> Iterator[tuple[int, np.ndarray, np.ndarray,
@@ -174,32 +238,41 @@ def _chunks_in_order(source, labels, keep_rows, rows_per_chunk) -> Iterator[tupl
 def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[Format, ...], *,
               tolerance: float | None = None, ftz: bool = False, keep: int = 10, cap: int = 100,
               rows_per_chunk: int | None = None, workers: int | None = None,
-              on_rows: Callable[[dict], None] | None = None) -> Summary:
+              on_rows: Callable[[dict], None] | None = None, experiment: Experiment = SOFTMAX_CE,
+              versus: str | None = None) -> Summary:
     """Summarize softmax_ce over every kept row of ``source`` (a :class:`sources.LogitsSource`).
 
     ``labels`` (rows,) int64 (None: each row's argmax) and ``keep_rows`` (rows,) bool are
     whole-file arrays (9 bytes per row); ``on_rows``, if given, receives each chunk's per-row columns in row order
     ({(format, method): ROW array}).  ``workers``: processes (default: :func:`parallel.worker_count`;
-    1 runs in this process, as do inputs of under 2**20 values).
+    1 runs in this process, as do inputs of under 2**20 values, and always when a method is a black box).
+    ``experiment``: softmax_ce, or softmax_ce whose methods include an audited target (named by
+    ``versus``: the target beside each other method, :attr:`Summary.versus`).
     """
-    methods = SOFTMAX_CE.method_names
+    methods = experiment.method_names
+    black_box = tuple(m.name for m in experiment.methods if m.black_box)
     if rows_per_chunk is None:
         rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
     if workers is None:
         workers = worker_count()
-    if source.rows * source.classes < 2**20:
+    if source.rows * source.classes < 2**20 or black_box:
         workers = 1
     cells = {(f.name, m): Cell() for f in formats for m in methods}
-    kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None)
+    pairs = {(f.name, m): Pair() for f in formats for m in methods if versus is not None and m != versus}
+    kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)
+    if experiment is not SOFTMAX_CE:  # (only then: worker processes receive the kwargs pickled)
+        kwargs["experiment"] = experiment
 
     nonfinite = [0, []]
 
     def absorb(result) -> None:
-        chunk_cells, columns, (count, examples) = result
+        chunk_cells, columns, (count, examples), chunk_pairs = result
         nonfinite[0] += count
         nonfinite[1] = (nonfinite[1] + examples.tolist())[:5]
         for key, cell in chunk_cells.items():
             cells[key].merge(cell, keep, cap)
+        for key, pair in chunk_pairs.items():
+            pairs[key].merge(pair)
         if on_rows is not None and columns:
             on_rows(columns)
 
@@ -217,7 +290,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         notes.append(f"{nonfinite[0]:,} row(s) with non-finite logits ({shown}): allowed; their exact loss is the "
                      "limit where one exists, else NaN")
     return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds, notes,
-                   worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz)
+                   worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz, black_box=black_box, versus=pairs)
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:

@@ -15,6 +15,14 @@ inputs, for ``resembles`` (the simulated method equal to the target on the most
 points) and for "rows the target fails that a simulated method gets right", and
 keeps the witnesses (per source and status, the first failing input and the
 worst one).
+
+On a user's logits (:func:`run_bulk`) the rows go through the same streaming path as
+``compare --logits`` (:func:`stabilitylab.analysis.streaming.summarize`: chunks of rows,
+the fast reference with its bound and the mpmath fallback, the one status rule), with
+the target as one more method beside the simulated ones: counts, error-bit histogram,
+worst and first failing rows, and per simulated method the rows where its value equals
+the target's (``resembles``) and the rows only one of the two fails (``versus``).  The
+witnesses among those rows are computed again on just those rows.
 """
 
 from __future__ import annotations
@@ -33,21 +41,22 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.engine import Comparison, compare
-from ..analysis.outcome import METHOD_FAILURES, Outcome, classify
+from ..analysis import streaming
+from ..analysis.engine import Comparison, compare, evaluate
+from ..analysis.outcome import METHOD_FAILURES, STATUSES, Outcome, classify
 from ..analysis.thresholds import Threshold, family_thresholds
 from ..errors import AuditError, described
 from ..experiments.base import Experiment, Method, Settings
 from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
-from ..experiments.softmax_ce import SOFTMAX_CE
+from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..experiments.softmax_ce import concat as concat_logits
 from ..numerics.arith import Arith, TargetError
 from ..numerics.formats import FORMATS, Format
 from . import adapters
 
-__all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", "resolve", "run", "PROTOCOLS",
-           "audit_experiment"]
+__all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", "resolve", "run", "run_bulk",
+           "PROTOCOLS", "audit_experiment"]
 
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
@@ -213,7 +222,7 @@ def audit_experiment(name: str) -> Experiment:
     try:
         return table[name]
     except KeyError:
-        raise KeyError(f"no audit experiment {name!r}; valid: {', '.join(table)}") from None
+        raise AuditError(f"no audit experiment {name!r}; valid: {', '.join(table)}") from None
 
 
 def default_audit_cases(experiment: str):
@@ -432,6 +441,8 @@ class Audit:
     tolerance: float | None = None
     notes: list[str] = field(default_factory=list)
     skipped: tuple[str, ...] = ()  # formats asked for that the target does not support
+    bulk: streaming.Summary | None = None  # on a user's logits (run_bulk): the rows' summary; comparison is empty
+    bulk_text: str = ""  # what the rows are (file, tensor, shape, dtype)
 
 
 def probe(target: Target) -> None:
@@ -469,11 +480,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     Raises :class:`AuditError` for a target that cannot be audited (probe, wrong
     shape or type of a result).
     """
-    chosen = tuple(f for f in formats if f.name in target.formats)
-    skipped = tuple(f.name for f in formats if f.name not in target.formats)
-    if not chosen:
-        raise AuditError(f"{target.name} supports {', '.join(target.formats)}; none of "
-                         f"{', '.join(f.name for f in formats)} is among them")
+    chosen, skipped = _supported(target, formats)
     probe(target)
     simulated = audit_experiment(target.audited_experiment)
     recorder = Recorder(simulated, tolerance)
@@ -493,15 +500,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     progress("running the cases")
     try:
         comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
-        rows: list[Threshold] = []
-        if search:
-            for family in experiment.families:
-                if families and family.name not in families:
-                    continue
-                recorder.start(family.name)
-                progress(f"searching {family.name}")
-                for fmt in chosen:
-                    rows += family_thresholds(experiment, family, fmt, Settings(), tolerance)
+        rows = _search(experiment, chosen, families, tolerance, recorder, progress) if search else []
     except TargetError as exc:
         raise AuditError(f"{target.name}: {exc}") from None
     notes = []
@@ -510,6 +509,106 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
                      "skipped")
     return Audit(target, experiment, simulated, chosen, comparison, rows, recorder.resembles(chosen),
                  recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped)
+
+
+def _supported(target: Target, formats: Sequence[Format]) -> tuple[tuple[Format, ...], tuple[str, ...]]:
+    chosen = tuple(f for f in formats if f.name in target.formats)
+    skipped = tuple(f.name for f in formats if f.name not in target.formats)
+    if not chosen:
+        raise AuditError(f"{target.name} supports {', '.join(target.formats)}; none of "
+                         f"{', '.join(f.name for f in formats)} is among them")
+    return chosen, skipped
+
+
+def _search(experiment: Experiment, chosen, families, tolerance, recorder: Recorder, progress) -> list[Threshold]:
+    rows: list[Threshold] = []
+    for family in experiment.families:
+        if families and family.name not in families:
+            continue
+        recorder.start(family.name)
+        progress(f"searching {family.name}")
+        for fmt in chosen:
+            rows += family_thresholds(experiment, family, fmt, Settings(), tolerance)
+    return rows
+
+
+def run_bulk(target: Target, formats: Sequence[Format], user, families: Sequence[str] | None = None,
+             tolerance: float | None = None, search: bool = True,
+             progress: Callable[[str], None] = lambda step: None, on_rows: Callable[[dict], None] | None = None
+             ) -> Audit:
+    """Audit a softmax_ce target on a user's logits of any size (``user``: an
+    :class:`~stabilitylab.io.userdata.UserLogits`), chunk by chunk; then the threshold search as :func:`run`.
+
+    The target runs on each chunk's kept rows (``f(logits (rows, K), labels (rows,) int64) -> loss (rows,)``,
+    logits in the format's dtype) beside the simulated methods, through
+    :func:`stabilitylab.analysis.streaming.summarize` (``Audit.bulk``).  ``on_rows``: as there.
+    """
+    if target.experiment != "softmax_ce" or target.grad:
+        raise AuditError(f"{target.name}: streaming a logits file audits a softmax_ce loss (not its gradient); "
+                         f"this target is {target.audited_experiment}")
+    chosen, skipped = _supported(target, formats)
+    probe(target)
+    simulated = SOFTMAX_CE
+    recorder = Recorder(simulated, tolerance)
+    experiment = replace(simulated, methods=(target_method(target), *simulated.methods), facts=None,
+                         title=f"{target.name} on your logits",
+                         question=f"Protocol {target.audited_experiment}: {PROTOCOLS[target.experiment]}.")
+    progress("running your rows")
+    try:
+        summary = streaming.summarize(user.source, user.labels, user.keep, chosen, tolerance=tolerance,
+                                      experiment=experiment, versus=target.name, on_rows=on_rows)
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}") from None
+    summary.notes.extend(user.notes)
+    for fmt in chosen:
+        recorder.points[fmt.name] += summary.rows
+        for m in simulated.methods:
+            pair = summary.versus[fmt.name, m.name]
+            recorder.same[fmt.name][m.name] += pair.same
+            if m.truth is None:
+                recorder.versus[fmt.name, m.name] = [pair.target_only, pair.method_only,
+                                                     [f"row={r}" for r in pair.examples]]
+    audited = replace(simulated, methods=(target_method(target, recorder),))
+    try:
+        _row_witnesses(target, audited, chosen, summary, user, recorder, tolerance)
+        thresholds = _search(audited, chosen, families, tolerance, recorder, progress) if search else []
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}") from None
+    notes = [f"{target.name} ran on {summary.rows:,} rows of {user.text} beside the simulated methods; "
+             "'Which formula is it?' counts those rows" + (" and the threshold scans" if thresholds else "")]
+    if skipped:
+        notes.append(f"{target.name} does not support {', '.join(skipped)} (supported: {', '.join(target.formats)}); "
+                     "skipped")
+    empty = Comparison((audited,), chosen, [], [], tolerance=tolerance)
+    return Audit(target, audited, simulated, chosen, empty, thresholds, recorder.resembles(chosen),
+                 recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped, summary, user.text)
+
+
+def _row_witnesses(target: Target, audited: Experiment, formats, summary, user, recorder: Recorder,
+                   tolerance) -> None:
+    """Witnesses among the user's rows: the summary names the candidates (per format, the first row of each
+    failing status, the worst inaccurate rows, the first row each simulated method fails and the target does
+    not); those rows alone are read and run again, observed by the recorder (it keeps the same witnesses as
+    if it had seen every row).  The recorder's tallies of the re-run are dropped."""
+    rows: set[int] = set()
+    for fmt in formats:
+        cell = summary.cells[fmt.name, target.name]
+        rows.update(int(r["row"]) for r in cell.first if STATUSES[int(r["status"])] in METHOD_FAILURES)
+        rows.update(int(r["row"]) for r in cell.worst if STATUSES[int(r["status"])] == "inaccurate")
+        rows.update(p.guard for (f, _), p in summary.versus.items() if f == fmt.name and p.guard is not None)
+    if not rows:
+        return
+    picked = np.array(sorted(rows), dtype=np.int64)
+    x = user.source.take(picked).astype(np.float64)
+    y = (user.labels[picked] if user.labels is not None
+         else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1))
+    names = tuple(f"row={r}" for r in picked.tolist())
+    cases = Logits(names, x, y.astype(np.int64), np.full(len(picked), x.shape[1], dtype=np.int64))
+    rerun = Recorder(recorder.simulated, tolerance)
+    rerun.start("cases", names)
+    for fmt in formats:
+        evaluate(replace(audited, methods=(target_method(target, rerun),)), fmt, cases, tolerance=tolerance)
+    recorder.found.update(rerun.found)
 
 
 def target_method(target: Target, observe: Callable | None = None) -> Method:

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import InputError, first_line, shown
 
-__all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "check_labels",
+__all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "labels_from_array",
+           "check_labels",
            "default_rows_per_chunk", "SUFFIXES", "MAX_TEXT_BYTES"]
 
 try:
@@ -754,6 +755,16 @@ class LogitsSource:
         with self._tensor.reading(in_order=False) as read:
             return self._block(read(start * self.classes, (stop - start) * self.classes), stop - start)
 
+    def take(self, rows) -> np.ndarray:
+        """The rows at the given indices (ascending) as one (len(rows), classes) block, in one reading
+        session (a compressed .npz member is decompressed once, forward, up to the last row)."""
+        rows = [int(r) for r in rows]
+        if rows != sorted(rows) or (rows and not 0 <= rows[0] <= rows[-1] < self.rows):
+            raise IndexError(f"rows must be ascending indices in 0:{self.rows}")
+        with self._tensor.reading() as read:
+            blocks = [self._block(read(r * self.classes, self.classes), 1) for r in rows]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.classes), self.block_dtype)
+
 
 def open_logits(path, key: str | None = None) -> LogitsSource:
     """Open logits of shape (rows, classes) or (..., classes) from their file's header only.
@@ -811,6 +822,20 @@ def read_labels(path, key: str | None, logits: LogitsSource, notes: list[str] | 
     Raises :class:`InputError` (option ``--labels`` or ``--labels-key``).
     """
     tensor = open_tensor(path, "labels", key, option="--labels", key_option="--labels-key", default_key="labels")
+    return _labels(tensor, logits, notes)
+
+
+def labels_from_array(array, logits: LogitsSource, name: str = "<labels array>") -> np.ndarray:
+    """:func:`read_labels` of an in-memory array (anything ``numpy.asarray`` takes): the same checks."""
+    array = np.ascontiguousarray(array)
+    p = Path(name)
+    if array.dtype.kind not in "biuf" and array.dtype not in _ML_FLOATS:
+        raise InputError(f"labels {name} hold {array.dtype} values; integer class indices are required", "--labels")
+    where = _Where(p, "labels", "--labels", None)
+    return _labels(_Tensor(p, None, array.shape, array.dtype, _InMemory(array), where=where), logits, None)
+
+
+def _labels(tensor: _Tensor, logits: LogitsSource, notes: list[str] | None) -> np.ndarray:
     p, shape, dtype = tensor.path, tensor.shape, tensor.dtype
     if dtype.kind == "b":
         raise InputError(f"labels file {shown(p)} holds bool values; integer class indices are required", "--labels")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..experiments.binary_ce import Binary
 from ..experiments.softmax_ce import Logits
-from .sources import InputError, open_tensor
 
 __all__ = ["InputError", "MAX_ELEMENTS", "read_array", "user_logits", "user_binary", "logits_cases",
-           "binary_cases", "user_source", "UserLogits"]
+           "binary_cases", "user_source", "UserLogits", "is_path"]
 
 MAX_ELEMENTS = 1_000_000  # rows * classes: float64 references take ~30 s at this size
 READ_ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".txt")
@@ -27,6 +27,8 @@ def read_array(path: str | os.PathLike, what: str) -> np.ndarray:
     The readers are :mod:`stabilitylab.io.sources`'; this adds the in-memory size limit.
     """
     option = f"--{what}" if what in ("logits", "labels") else None
+    from .sources import open_tensor  # (sources imports ml_dtypes: only when a file is read)
+
     return open_tensor(path, what, None, option=option, key_option=None, default_key=None,
                        suffixes=READ_ARRAY_SUFFIXES, max_elements=MAX_ELEMENTS).read_all()
 
@@ -125,8 +127,8 @@ def binary_cases(x, y) -> tuple[Binary, list[str]]:
 
 @dataclass
 class UserLogits:
-    """A user's logits file opened for streaming: the source, labels (None: each row's
-    argmax), the rows to evaluate (labels != --ignore-index) and notes for the output."""
+    """A user's logits opened for streaming: the source, labels (None: each row's
+    argmax), the rows to evaluate (labels != ``ignore_index``) and notes for the output."""
 
     source: object  # sources.LogitsSource
     labels: np.ndarray | None
@@ -143,25 +145,67 @@ class UserLogits:
 _CONTAINERS = (".npz", ".safetensors", ".pt", ".pth")
 
 
-def user_source(logits_path, *, key: str | None = None, labels: str | None = None, labels_key: str | None = None,
-                ignore_index: int | None = -100) -> UserLogits:
-    """Open a logits file of any size, its labels and the rows to keep (see :mod:`sources`).
+def is_path(value) -> bool:
+    """A file name (str or os.PathLike), as opposed to an array."""
+    return isinstance(value, (str, os.PathLike))
 
-    Labels come from ``labels`` (``labels_key`` picks the tensor), else from the logits
-    file's ``labels_key`` or ``labels`` tensor when it is a container holding one, else
-    each row's argmax is the label.
+
+def _array(value, what: str) -> np.ndarray:
+    """Anything ``numpy.asarray`` takes, as an array of numbers (one InputError line otherwise)."""
+    option = f"--{what}"
+    try:
+        x = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - ragged lists, objects numpy cannot read
+        raise InputError(f"{what} could not be read as an array ({type(exc).__name__}: {exc}); allowed: a file "
+                         "name or a numeric array (numpy, or anything numpy.asarray takes)", option) from None
+    if x.dtype.kind == "O":
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} hold Python objects that are not numbers; a numeric array is required",
+                             option) from None
+    if x.ndim == 0:
+        shape = "(rows, classes) or (..., classes)" if what == "logits" else "(rows,)"
+        raise InputError(f"{what} is a single number ({x.item()!r}); an array of shape {shape} is required", option)
+    return x
+
+
+def user_source(logits, *, key: str | None = None, labels=None, labels_key: str | None = None,
+                ignore_index: int | None = -100) -> UserLogits:
+    """Open logits of any size, their labels and the rows to keep (see :mod:`sources`).
+
+    ``logits``: a file name (.npy, .npz, .safetensors, .pt / .pth, .csv, .txt), read in
+    chunks, or an array (anything ``numpy.asarray`` takes), wrapped as the same kind of
+    source; shape (rows, classes) or (..., classes).  ``labels``: a file name, an array of
+    shape ``logits.shape[:-1]`` or (rows,), or None: then ``labels_key`` or the ``labels``
+    tensor of the logits file when it is a container holding one, else each row's argmax.
+    Rows whose label is ``ignore_index`` are skipped (counted in a note).
     """
     from . import sources
 
-    source = sources.open_logits(logits_path, key)
+    if is_path(logits):
+        source = sources.open_logits(logits, key)
+    else:
+        if key is not None:
+            raise InputError(f"--key {key!r} picks a tensor in a logits file; the logits given are an array",
+                             "--key")
+        source = sources.logits_from_array(_array(logits, "logits"))
     notes = list(source.notes)
     y = None
-    if labels is not None or labels_key is not None:
-        y = sources.read_labels(labels if labels is not None else logits_path, labels_key, source, notes)
-    elif Path(logits_path).suffix.lower() in _CONTAINERS:
+    if labels is not None and not is_path(labels):
+        if labels_key is not None:
+            raise InputError(f"--labels-key {labels_key!r} picks a tensor in a file; the labels given are an array",
+                             "--labels-key")
+        y = sources.labels_from_array(_array(labels, "labels"), source)
+    elif labels is not None or labels_key is not None:
+        if labels is None and not is_path(logits):
+            raise InputError(f"--labels-key {labels_key!r} picks a tensor in a file; the logits given are an array",
+                             "--labels-key")
+        y = sources.read_labels(labels if labels is not None else logits, labels_key, source, notes)
+    elif is_path(logits) and Path(logits).suffix.lower() in _CONTAINERS:
         try:
-            y = sources.read_labels(logits_path, "labels", source, notes)
-            notes.append(f"labels: the 'labels' tensor of {Path(logits_path).name}")
+            y = sources.read_labels(logits, "labels", source, notes)
+            notes.append(f"labels: the 'labels' tensor of {Path(logits).name}")
         except sources.InputError as exc:
             if exc.option != "--labels-key":  # a 'labels' tensor that cannot be used: say so
                 raise

@@ -394,7 +394,7 @@ class Arith:
         budget = [EXTERNAL_CALLS]
 
         def call(rows: np.ndarray) -> None:
-            part = [a[rows] for a in arrays]
+            part = [self._native(a[rows]) for a in arrays]
             budget[0] -= 1
             try:
                 with np.errstate(all="ignore"):
@@ -418,6 +418,13 @@ class Arith:
         for start in range(0, self.rows, EXTERNAL_CHUNK):
             call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
         return self.fmt.round(out, self.dtype)
+
+    def _native(self, a: np.ndarray) -> np.ndarray:
+        """Format values as the format's own dtype (``fast`` holds them in float32; the target must see
+        the format's dtype, as its protocol says); other arrays (labels) as they are."""
+        if self.fast and a.dtype == self.dtype:
+            return a.astype(self.fmt.dtype)
+        return a
 
     def _converted(self, result, expected: tuple[int, ...]) -> np.ndarray:
         """An external result as float64 (exact for every format value), checked."""

@@ -12,7 +12,7 @@ from ..analysis.outcome import METHOD_FAILURES, STATUSES, worst_status
 from ..analysis.streaming import BITS_BINS, Summary
 from ..numerics.reference import Exact
 from .jsonout import number
-from .model import COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
+from .model import BLACK_BOX_COUNTS, COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
 
 __all__ = ["bulk_section", "bulk_document", "jsonl_lines", "BIT_GROUPS"]
 
@@ -39,14 +39,19 @@ def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, fail
     count_rows = []
     for method in methods:
         cells = [Cell(method)]
+        shown = BLACK_BOX_COUNTS if method in summary.black_box else WHITE_BOX_COUNTS
         for fmt in formats:
             c = summary.cells[fmt.name, method]
             counts = dict(zip(STATUSES, c.counts.tolist()))
             bad = worst_status(s for s in METHOD_FAILURES if counts[s])
-            cells.append(Cell(" / ".join(_fmt_count(counts[s]) for s in WHITE_BOX_COUNTS), bad))
+            cells.append(Cell(" / ".join(_fmt_count(counts[s]) for s in shown), bad))
         count_rows.append(cells)
+    caption = ""
+    if summary.black_box:
+        caption = (f"{', '.join(summary.black_box)} (a black box, no IEEE event seen): "
+                   f"{' / '.join(COUNT_NAMES[s] for s in BLACK_BOX_COUNTS)}")
     counts = Table(f"softmax_ce on {source_text}: {' / '.join(COUNT_NAMES[s] for s in WHITE_BOX_COUNTS)} "
-                   f"rows of {summary.rows:,}", ["method", *(f.name for f in formats)], count_rows)
+                   f"rows of {summary.rows:,}", ["method", *(f.name for f in formats)], count_rows, caption)
     headers = ["format", "method", *(f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" if hi < BITS_BINS else f">={lo}"
                                      for lo, hi in BIT_GROUPS), "inf", "NaN"]
     hist_rows = []
@@ -100,7 +105,8 @@ def bulk_document(summary: Summary, source_text: str) -> dict:
             c = summary.cells[fmt.name, method]
             cells.append({
                 "dtype": fmt.name, "method": method, "rows": summary.rows,
-                "counts": {s: int(n) for s, n in zip(STATUSES, c.counts.tolist()) if s not in ("inf", "error")},
+                "counts": {s: int(n) for s, n in zip(STATUSES, c.counts.tolist())
+                           if s not in ("inf", "error") or method in summary.black_box},
                 "error_bits_histogram": {"bins": [[b, b + 1] for b in range(BITS_BINS - 1)] + [[BITS_BINS - 1, None]],
                                          "rows": c.bits[:BITS_BINS].tolist(), "inf": int(c.bits[BITS_BINS]),
                                          "nan": int(c.bits[BITS_BINS + 1])},

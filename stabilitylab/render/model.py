@@ -296,8 +296,10 @@ BLACK_BOX_RULE = ("A black box shows no IEEE events, so no cause is named: its s
                   "for an undefined loss (every logit -inf) is ok.")
 
 
-def audit_sections(audit, max_cases: int | None = None, max_findings: int | None = None) -> list[Section]:
-    """The audit: what was run, the compare tables, resembles, versus, thresholds and witnesses."""
+def audit_sections(audit, max_cases: int | None = None, max_findings: int | None = None,
+                   cases: list[Section] | None = None) -> list[Section]:
+    """The audit: what was run, the compare tables (or ``cases``: the sections of the user's rows),
+    resembles, versus, thresholds and witnesses."""
     target = audit.target
     env = ", ".join(f"{k} {v}" for k, v in target.environment.items())
     what = "gradient with respect to the logits of " if target.grad else ""
@@ -306,7 +308,7 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
         paragraphs=[f"Target: {what}{target.name}: {target.formula}. Environment: {env}. Formats: "
                     f"{', '.join(f.name for f in audit.formats)}.", BLACK_BOX_RULE],
     )
-    sections = [head, *compare_sections(audit.comparison, max_cases, max_findings)]
+    sections = [head, *(compare_sections(audit.comparison, max_cases, max_findings) if cases is None else cases)]
     formats = {f.name: f for f in audit.formats}
     rows = []
     for r in audit.resembles:

@@ -1,0 +1,185 @@
+"""What every command shares: the group, option declarations, validation helpers, rendering and writing."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import click
+from rich.console import Console
+
+from ..experiments import EXPERIMENTS
+from ..experiments.base import Settings
+from ..io import atomic
+from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from ..render.markdown import sections_md
+from ..render.model import (
+    Section,
+)
+from ..render.table import print_sections, stdout_console
+from ..status import ExitStatus
+
+__all__ = ["cli", "CheckExit", "Interrupted", "call_api", "check_output", "check_tolerance", "chosen_experiments",
+           "chosen_formats", "console_for", "emit", "render", "settings_of", "dtype_option",
+           "experiment_option", "family_option", "format_option", "ftz_option", "output_option", "p_option",
+           "tolerance_option", "key_option", "labels_key_option", "ignore_index_option",
+           "FormatType", "OUTPUT_FORMATS", "MAX_N"]
+
+OUTPUT_FORMATS = ("table", "markdown", "json")
+MAX_N = 2**63 - 1
+
+
+class FormatType(click.ParamType):
+    """A format name or alias (fp16, half, bf16, single, double, e4m3, ...) or 'all'."""
+
+    name = "format"
+
+    def convert(self, value, param, ctx) -> tuple[Format, ...]:
+        if isinstance(value, tuple):
+            return value
+        if str(value).strip().lower() == "all":
+            return ALL_FORMATS
+        try:
+            return (get_format(str(value)),)
+        except KeyError as exc:
+            self.fail(exc.args[0], param, ctx)
+
+
+class CheckExit(click.ClickException):
+    """A one-line error with its own exit status."""
+
+    def __init__(self, message: str, status: ExitStatus):
+        super().__init__(message)
+        self.exit_code = int(status)
+
+
+# ------------------------------------------------------------------ helpers
+def chosen_formats(chosen: Sequence[tuple[Format, ...]]) -> tuple[Format, ...]:
+    flat = [f for group in chosen for f in group] or list(DEFAULT_FORMATS)
+    return tuple(dict.fromkeys(flat))
+
+
+def chosen_experiments(names: Sequence[str]):
+    return [EXPERIMENTS[name] for name in dict.fromkeys(names)] or list(EXPERIMENTS.values())
+
+
+def settings_of(p: float | None, ftz: bool) -> Settings:
+    if p is not None and not (0 < p <= 1):
+        raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
+    return Settings(p=0.1 if p is None else p, ftz=ftz)
+
+
+def check_tolerance(tolerance: float | None) -> None:
+    if tolerance is not None and not (0 < tolerance < float("inf")):
+        raise click.BadParameter(f"tolerance = {tolerance}; it must be a finite number > 0",
+                                 param_hint="'--tolerance'")
+
+
+def check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
+    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work."""
+    if path is not None:
+        problem = atomic.check_writable(path)
+        if problem:
+            raise click.BadParameter(problem, param_hint=hint)
+
+
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    """--version (click's version_option would read the package metadata at every start)."""
+    if value and not ctx.resilient_parsing:
+        from ..io.environment import package_version
+
+        click.echo(f"stabilitylab, version {package_version()}", color=ctx.color)
+        ctx.exit()
+
+
+def console_for(path: str | None) -> Console:
+    """The terminal; for -o, or a pipe without COLUMNS, a console 160 wide."""
+    if path is not None:
+        return Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    return stdout_console()  # COLUMNS of 0, < 0, text or > 10000: unset
+
+
+def emit(text: str, path: str | None) -> None:
+    """Write ``text`` to ``path`` atomically, or to standard output (see output.py for how that fails)."""
+    if path is not None:
+        atomic.write_text(path, text)
+    else:
+        click.echo(text, nl=False)
+
+
+def render(sections: list[Section], path: str | None, fmt: str) -> None:
+    if fmt == "markdown":
+        emit(sections_md(sections), path)
+        return
+    console = console_for(path)
+    print_sections(console, sections)
+    if path is not None:
+        emit(console.export_text(), path)
+
+
+# ------------------------------------------------------------------ options
+output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                             help="Write to this file (atomically) instead of standard output.")
+format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
+                             show_default=True, help="Rich table, GitHub markdown, or JSON.")
+
+
+def dtype_option(default: str = "float16, bfloat16, float32, float64"):
+    return click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+                        help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
+                             f"float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. Default: {default}.")
+
+
+experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),
+                                 multiple=True, help="Experiment (repeatable). Default: all.")
+family_option = click.option("--family", "families", multiple=True,
+                             help="Family to search (repeatable), e.g. iid or softmax_ce/underflow. Default: all.")
+p_option = click.option("--p", "p", type=float, default=None,
+                        help="likelihood: the true-class probability p in (0, 1] (default 0.1).")
+ftz_option = click.option("--ftz", is_flag=True,
+                          help="Flush subnormal inputs and results to zero (FTZ/DAZ hardware modes).")
+tolerance_option = click.option("--tolerance", type=float, default=None,
+                                help="Relative error above which a finite loss is 'inaccurate' "
+                                     "(default sqrt(u) of each format).")
+# user data (compare --logits, audit --logits): the same options, read by the same io.userdata.user_source
+key_option = click.option("--key", default=None,
+                          help="The logits tensor in a file holding several (default: 'logits', or the only one).")
+labels_key_option = click.option("--labels-key", default=None,
+                                 help="The labels tensor in --labels (or in the --logits file).")
+ignore_index_option = click.option("--ignore-index", type=int, default=-100, show_default=True,
+                                   help="Skip rows whose label is this value (PyTorch's padding label).")
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (click would print a blank line for a KeyboardInterrupt)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
+def cli() -> None:
+    """Show, measure and guard numerical (in)stability of ML loss computations."""
+
+
+# ----------------------------------------------------------------- commands
+
+def call_api(function, *args, **kwargs):
+    """An API call; its InputError / AuditError becomes the one line of a usage error (exit 2)."""
+    from ..errors import AuditError, InputError
+
+    try:
+        return function(*args, **kwargs)
+    except InputError as exc:
+        if exc.option is None or not exc.option.startswith("-"):  # (not an option: e.g. STABILITYLAB_WORKERS)
+            raise click.ClickException(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    except AuditError as exc:
+        raise click.ClickException(str(exc)) from None

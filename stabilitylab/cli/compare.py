@@ -1,0 +1,113 @@
+"""``stabilitylab compare``: options -> :func:`stabilitylab.api.compare` -> tables, markdown, JSON or JSON Lines."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..io import atomic
+from ..render import jsonout
+from .base import (
+    MAX_N,
+    call_api,
+    check_output,
+    check_tolerance,
+    chosen_experiments,
+    chosen_formats,
+    cli,
+    dtype_option,
+    emit,
+    experiment_option,
+    format_option,
+    ftz_option,
+    ignore_index_option,
+    key_option,
+    labels_key_option,
+    output_option,
+    p_option,
+    render,
+    settings_of,
+    tolerance_option,
+)
+
+
+@cli.command()
+@experiment_option
+@dtype_option()
+@p_option
+@click.option("--n", "n", type=int, default=None,
+              help="likelihood: custom case of n >= 1 samples (default 100 with --p); replaces the default cases.")
+@click.option("--logits", type=click.Path(), default=None,
+              help="softmax_ce: logits file (.npy, .npz, .safetensors, .pt, .csv, .txt) of shape (rows, classes) or "
+                   "(..., classes), any size (read in chunks). Alone, it runs softmax_ce only.")
+@key_option
+@click.option("--labels", type=click.Path(), default=None,
+              help="softmax_ce: labels file, one integer per row (default: the logits file's 'labels' tensor, else "
+                   "each row's argmax).")
+@labels_key_option
+@ignore_index_option
+@click.option("--rows", "rows_mode", type=click.Choice(("summary", "all")), default="summary", show_default=True,
+              help="With --logits: a summary (counts, error-bits histogram, worst and failing rows), or every row as "
+                   "JSON Lines (streamed; the summary is the last line).")
+@tolerance_option
+@ftz_option
+@format_option
+@output_option
+@click.pass_context
+def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, rows_mode, tolerance, ftz,
+            fmt, output) -> None:
+    """Run naive and stable formulations side by side in several formats."""
+    from .. import api
+
+    check_output(output)
+    settings_of(p, ftz)
+    if n is not None and not 1 <= n <= MAX_N:
+        raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
+    check_tolerance(tolerance)
+    for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key"),
+                         (rows_mode != "summary", "--rows")):
+        if used and not logits:
+            raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
+    names = {e.name for e in chosen_experiments(experiments or (("softmax_ce",) if logits else ()))}
+    for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
+                                (bool(logits), "--logits", "softmax_ce")):
+        if used and needs not in names:
+            raise click.BadParameter(f"{option} sets {needs} cases, but {needs} is not among the experiments "
+                                     f"chosen with -e", param_hint=f"'{option}'")
+    if rows_mode == "all" and names != {"softmax_ce"}:
+        raise click.BadParameter("--rows all writes the rows of softmax_ce on your logits only; choose -e softmax_ce "
+                                 "alone", param_hint="'--rows'")
+    if rows_mode == "all" and ctx.get_parameter_source("fmt") != click.core.ParameterSource.DEFAULT and fmt != "json":
+        raise click.BadParameter("--rows all writes JSON Lines; leave out --format or use --format json",
+                                 param_hint="'--format'")
+    inputs = dict(experiments=list(experiments) or None, dtypes=chosen_formats(dtypes) if dtypes else None,
+                  logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
+                  p=p, n=n, tolerance=tolerance, ftz=ftz)
+    if rows_mode == "all":
+        _stream_rows(inputs, output)
+        return
+    result = call_api(api.compare, **inputs, rows=False)
+    if fmt == "json":
+        emit(result.to_json(), output)
+    else:
+        render(result.sections(full=output is not None), output, fmt)
+
+
+
+
+def _stream_rows(inputs: dict, output: str | None) -> None:
+    """Every row as JSON Lines, chunk by chunk (atomically into -o), then the summary line."""
+    from .. import api
+    from ..render import bulk as bulk_render
+
+    def run(stream) -> None:
+        result = call_api(api.compare, **inputs, rows=False,
+                       on_rows=lambda columns: stream.write(bulk_render.jsonl_lines(columns)))
+        stream.write(jsonout.dumps_line({"summary": result.bulk_document()}))
+
+    if output is None:
+        run(sys.stdout)
+    else:
+        with atomic.streamed_text(output) as stream:
+            run(stream)
