@@ -21,7 +21,9 @@ How each number is established, and its ``exact`` flag:
    range lies in the enclosure, and so does the exact loss; if every value in the
    one is within the tolerance of every value in the other, no point of the range
    can fail), and ranges that cannot be proven are halved until they are small,
-   then evaluated point by point.  An earlier failure found on the way replaces b.
+   then evaluated point by point.  Each range not proven is also evaluated at its
+   midpoint: a failure there prunes every range above it at once.  An earlier
+   failure found on the way replaces b.
    If every value below b was proven or evaluated, the threshold is exact;
    otherwise (more than ``POINT_BUDGET`` points would need evaluating, or more than
    ``RANGE_BUDGET`` ranges proving, with smaller budgets for float64: a float64
@@ -317,13 +319,15 @@ class _Search:
             best, verified = self._integers()
         else:
             best = self._bisect()
+            candidate = dict(best)
             if self.black_box:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
             for key in self.keys:  # given up: look for an earlier failure above the verified part
-                if verified[key] < best[key] and not g.integer:
-                    self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
+                if verified[key] < best[key] and not g.integer:  # (spread up to the bisection's candidate)
+                    top = max(best[key], candidate[key])
+                    self._scan_points(np.array(_spread(verified[key] - 1, top, PROBE), dtype=np.int64), best)
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
     def _scan_points(self, indices: np.ndarray, best: dict, methods=None, runs=None) -> dict:
@@ -491,6 +495,11 @@ class _Search:
                 left = r_mask != 0
                 r_lo, r_hi, r_mask = r_lo[left], r_hi[left], r_mask[left]
                 mid = r_lo + (r_hi - r_lo) // 2  # no int64 overflow near the top of float64
+                if len(mid):  # probe each unproven range at its midpoint: a failure there prunes
+                    # every range above it now, instead of after they have all been halved down
+                    # to leaves (a candidate far above the first failure spent the whole budget)
+                    # (every method: a given-up key's bound is lowered too)
+                    self._scan_points(np.unique(mid), best)
                 new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
                        np.repeat(r_mask, 2)]
             # still ascending: the ranges are disjoint, and the halves of this round's lowest
@@ -663,7 +672,9 @@ def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
         vals.append(np.where(np.isfinite(v), v, np.nan))
     lo, hi = np.minimum(vals[0], vals[1]), np.maximum(vals[0], vals[1])
     slack = 4 * reference.FAST_ERROR
-    return lo - np.abs(lo) * slack, hi + np.abs(hi) * slack
+    tiny = np.finfo(np.longdouble).smallest_subnormal  # (a value below longdouble's range is held as 0)
+    with np.errstate(all="ignore"):
+        return lo - np.abs(lo) * slack - tiny, hi + np.abs(hi) * slack + tiny
 
 
 _MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of these arguments
