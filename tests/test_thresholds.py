@@ -156,3 +156,21 @@ def test_float64_never_fails_in_the_subnormal_range_is_not_claimed_exact_without
         r = rows(SCE, family, F64)["log_softmax_log1p"]
         assert r.first_inaccurate is None and not r.exact_inaccurate, r
         assert r.verified_inaccurate is not None and 700 < r.verified_inaccurate < 745.2
+
+
+def test_ftz_float64_log1p_fails_from_708_3964185322642_not_none_found():
+    """Issue #18: under flush-to-zero the log1p form's loss exp(-d) is flushed to 0 from
+    d = -ln(tiny) on, while the exact loss still rounds to a subnormal (up to
+    -ln(smallest_subnormal / 2)): it fails in a window of 2**-11 of float64's grid, between the
+    bisection's points ('none found').  The search now also tries the range landmarks, and the
+    interval bound adds its absolute term (tiny under ftz) only where a result may be below tiny,
+    so every d below is proven: exact."""
+    settings = Settings(ftz=True)
+    first = 708.3964185322642
+    for family in ("confident", "overflow"):
+        r = rows(SCE, family, F64, settings=settings)["log_softmax_log1p"]
+        assert r.first_inaccurate == first and r.exact_inaccurate, r
+    cases = SCE.family("confident").cases(np.array([float(np.nextafter(first, 0.0)), first]), settings)
+    o = evaluate(SCE, F64, cases, methods=["log_softmax_log1p"], ftz=True)["log_softmax_log1p"]
+    assert list(o.status) == ["ok", "underflow"] and o.value[1] == 0  # (exp(-d) flushed: an underflow)
+    assert r.inaccurate_status == "underflow"

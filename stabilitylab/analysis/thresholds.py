@@ -56,6 +56,7 @@ function may change between calls).
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -320,6 +321,12 @@ class _Search:
         else:
             best = self._bisect()
             candidate = dict(best)
+            missed = [key for key in self.keys if best[key] > g.end and not self.black_box]
+            marks = self._landmarks() if missed else []
+            if marks:  # no failure found: one there is the candidate (failures can lie in a narrow window)
+                self._evaluate(marks, sorted({m for m, _ in missed}))
+                for key in missed:
+                    best[key] = min([i for i in marks if self.bad(i, *key)], default=best[key])
             if self.black_box:
                 verified = self._verify_points(best)
             else:
@@ -370,6 +377,27 @@ class _Search:
                         break
                     a = i
                 brackets[key] = (a, b)
+
+    def _landmarks(self) -> list[int]:
+        """Float grids: the format values at and next to the parameters where exp(+-parameter)
+        crosses the format's range limits (ln max, -ln tiny, -ln smallest_subnormal and
+        -ln(smallest_subnormal / 2)).  Failures that start there and stop again further up (the
+        log1p form under flush-to-zero fails from -ln tiny to -ln(smallest_subnormal / 2) only,
+        a window of 2**-11 of float64's grid) fall between the bisection's evenly spread points."""
+        g, fmt = self.grid, self.fmt
+        if g.integer:
+            return []
+        tiny_sub = math.log(fmt.smallest_subnormal)
+        values = [fmt.ln_max, -math.log(fmt.tiny), -tiny_sub, -(tiny_sub - math.log(2))]
+        low = g.value(g.start)
+        out = set()
+        for v in values:
+            if not low <= v <= fmt.max:
+                continue
+            with np.errstate(all="ignore"):
+                at = g._index(float(fmt.round(np.array([v])).astype(np.float64)[0]))
+            out.update(i for i in range(at - 2, at + 3) if g.start <= i <= g.end)
+        return sorted(out)
 
     def _integers(self) -> tuple[dict, dict]:
         """Integer grids: per key, (first failure or bisection candidate, index below which

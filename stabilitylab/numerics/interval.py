@@ -235,9 +235,10 @@ class IntervalArith:
         """Assemble an operation's bounds: the computed enclosure (format values), the exact
         enclosure moved outwards in the wide type, and the carried error plus one rounding's.
 
-        ``absolute=False``: the rounding has no absolute part (a sum of format values is exact
-        when it is subnormal, without flush-to-zero); ``exact``: where the computed operation
-        is exact over the whole range (a product or quotient by exactly +-1): no rounding."""
+        The absolute part (eta) is added only where the computed enclosure reaches below tiny;
+        ``absolute=False``: none at all (a sum of format values is exact when it is subnormal,
+        without flush-to-zero); ``exact``: where the computed operation is exact over the whole
+        range (a product or quotient by exactly +-1): no rounding."""
         xlo, xhi = self._outward(self._w(xlo), self._w(xhi), slack)
         with np.errstate(all="ignore"):
             lo = self._flush(np.asarray(lo, dtype=np.float64))
@@ -247,7 +248,10 @@ class IntervalArith:
             size = _up(self._e(np.maximum(np.abs(lo), np.abs(hi))) * (1 + 2 * self.u))
             rounding = _up(size * self.u)
             if absolute or self.ftz:
-                rounding = _up(rounding + self.eta)
+                # the absolute part only where a result may be below tiny (subnormal, flushed or 0):
+                # a result of at least tiny is off by at most u |fl(y)| (also when y rounded up to tiny)
+                below = ~((lo >= self.fmt.tiny) | (hi <= -self.fmt.tiny))
+                rounding = np.where(below, _up(rounding + self.eta), rounding)
             if exact is not None:
                 rounding = np.where(exact, 0.0, rounding)
             err = np.where(rounding == 0, self._e(carried), _up(self._e(carried) + rounding))
