@@ -373,3 +373,29 @@ def test_api_exports():
     from stabilitylab.analysis import thresholds as module  # still the module, for code that imports it
     assert hasattr(module, "family_thresholds")
     assert (REPO / "stabilitylab" / "auditing" / "adapters" / "scipy_.py").is_file()
+
+
+# ---------------------------------------------------------------- issue #18: black-box windows
+def _window_check(target: str, first: float):
+    result = stabilitylab.audit(target, dtypes=["float32"], families=["confident"])
+    (row,) = result.thresholds
+    assert row.first_inaccurate == first and not row.exact_inaccurate, row
+    assert row.verified_inaccurate == 0.0  # nothing from the start was verified: the bound says so
+    assert row.window_inaccurate is not None and row.window_inaccurate < first  # every d in [window, first) ok
+    doc = json.loads(result.to_json())["thresholds"][0]
+    assert doc["verified_from"]["first_inaccurate"] == row.window_inaccurate
+    w = next(w for w in result.witnesses if w.source == "confident" and w.dtype == "float32" and w.kind == "first")
+    assert w.parameter == first
+
+
+def test_scipy_float32_audit_scans_below_its_candidate_to_8_318987846374512_not_9_16():
+    """Issue #18: the float32 audit's first witness sat at d = 9.1618 with verified_below 0.0,
+    while scipy.log_softmax fails from 8.318987846374512 (sporadically: the bisection's candidate
+    was 9.16, a billion float32 values from the start).  The search now scans a contiguous window
+    just below its failure found, and reports it (verified_from)."""
+    _window_check("scipy.log_softmax", 8.318987846374512)
+
+
+@needs_jax
+def test_jax_float32_audit_scans_below_its_candidate_to_8_318010330200195():
+    _window_check("jax.log_softmax", 8.318010330200195)

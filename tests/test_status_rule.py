@@ -10,6 +10,7 @@ from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.likelihood import iid
 from stabilitylab.experiments.softmax_ce import logits_case
 from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
+from stabilitylab.render.model import exact_text
 
 
 def plain_round(fmt, x: mpmath.mpf) -> float | None:
@@ -69,3 +70,24 @@ def test_a_float64_subnormal_loss_is_measured_and_not_a_failure():
         want = abs((mpmath.mpf(float(x)) - x) / x)
     assert out.value[0] == float(x) and out.status[0] == "ok"
     assert abs(out.rel_error[0] - float(want)) <= 1e-12 * float(want) and 2.5e-3 < out.rel_error[0] < 2.7e-3
+
+
+def test_a_loss_above_float64s_range_is_range_with_its_exact_value_not_exact_inf_ok():
+    """Issue #18: logits [1e308, -1e308], y = 1 has the exact loss 2e308, above float64's range.
+    The exact value was held as float64, i.e. inf, so it read as an infinite (representable)
+    loss: 'exact inf', status ok.  It is held scaled now: every method's inf is the correctly
+    rounded loss of a value beyond the format, status range, and the exact value reads 2.0e+308."""
+    sce = EXPERIMENTS["softmax_ce"]
+    case = logits_case([1e308, -1e308], 1)
+    for fast in (False, True):
+        out = evaluate(sce, FORMATS["float64"], case, fast_reference=fast)
+        for name, o in out.items():
+            assert np.isinf(o.value[0]), name
+            assert o.status[0] == "range", (name, o.status[0], fast)
+            assert o.exact.text()[0] == "2.0e+308", o.exact.text()
+            assert np.isfinite(o.exact.hi[0]) and o.exact.scale[0] > 0
+    with mpmath.workdps(30):
+        exact = mpmath.mpf(2e308)
+        held = mpmath.ldexp(mpmath.mpf(float(o.exact.hi[0])) + float(o.exact.lo[0]), int(o.exact.scale[0]))
+        assert abs(held - exact) <= exact * mpmath.mpf(2) ** -100  # (log1p(e**-2e308) is far below)
+    assert exact_text("2.0e+308") == "2.0e+308" and exact_text("inf") == "inf"  # tables: not 'inf'

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stabilitylab.analysis import thresholds as th
+from stabilitylab.analysis.engine import evaluate
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.base import Settings
 from stabilitylab.numerics.formats import FORMATS
@@ -126,3 +127,50 @@ def test_thresholds_json_and_table(capsys):
     assert naive["first_failure"] == 88.72283935546875  # repr round-trips exactly
     assert main(["thresholds", "--family", "nope"]) == 2
     assert "no family 'nope'" in capsys.readouterr().err
+
+
+def test_float64_underflow_first_inaccurate_is_733_362470436718_not_a_false_exact_733_97():
+    """Issue #18: the interval proof held a subnormal exp(-d)'s error as relative (its absolute
+    term smallest_subnormal / 2 is 0 in float64), certified the range containing the true first
+    failure and flagged 733.9748642608339 exact.  The first failure is 733.362470436718 (relative
+    error 1.05367122570e-8 > sqrt(u) = 1.05367121277e-8), the float64 just below it is ok."""
+    out = rows(SCE, "underflow", F64)
+    first = 733.362470436718
+    for method in ("naive_softmax_log", "shifted_softmax_log"):
+        r = out[method]
+        assert r.first_inaccurate == first and r.exact_inaccurate, r
+        assert r.inaccurate_status == "inaccurate"
+    below = float(np.nextafter(first, 0.0))
+    cases = SCE.family("underflow").cases(np.array([below, first]), Settings())
+    got = evaluate(SCE, F64, cases, methods=["naive_softmax_log", "shifted_softmax_log"])
+    for o in got.values():
+        assert list(o.status) == ["ok", "inaccurate"]
+
+
+def test_float64_never_fails_in_the_subnormal_range_is_not_claimed_exact_without_a_proof():
+    """Issue #18: 'never fails' of the log1p form (confident, overflow families) rested on the same
+    unsound step: its loss is a subnormal exp(-d) there, ok only because it is the correctly rounded
+    loss at every d, which no range bound proves.  It is reported as none found, not as exact,
+    with the value below which every d was verified."""
+    for family in ("confident", "overflow"):
+        r = rows(SCE, family, F64)["log_softmax_log1p"]
+        assert r.first_inaccurate is None and not r.exact_inaccurate, r
+        assert r.verified_inaccurate is not None and 700 < r.verified_inaccurate < 745.2
+
+
+def test_ftz_float64_log1p_fails_from_708_3964185322642_not_none_found():
+    """Issue #18: under flush-to-zero the log1p form's loss exp(-d) is flushed to 0 from
+    d = -ln(tiny) on, while the exact loss still rounds to a subnormal (up to
+    -ln(smallest_subnormal / 2)): it fails in a window of 2**-11 of float64's grid, between the
+    bisection's points ('none found').  The search now also tries the range landmarks, and the
+    interval bound adds its absolute term (tiny under ftz) only where a result may be below tiny,
+    so every d below is proven: exact."""
+    settings = Settings(ftz=True)
+    first = 708.3964185322642
+    for family in ("confident", "overflow"):
+        r = rows(SCE, family, F64, settings=settings)["log_softmax_log1p"]
+        assert r.first_inaccurate == first and r.exact_inaccurate, r
+    cases = SCE.family("confident").cases(np.array([float(np.nextafter(first, 0.0)), first]), settings)
+    o = evaluate(SCE, F64, cases, methods=["log_softmax_log1p"], ftz=True)["log_softmax_log1p"]
+    assert list(o.status) == ["ok", "underflow"] and o.value[1] == 0  # (exp(-d) flushed: an underflow)
+    assert r.inaccurate_status == "underflow"

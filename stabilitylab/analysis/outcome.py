@@ -134,7 +134,8 @@ def errors(fmt: Format, value, exact: Exact):
     e = exact._exponent() + s
     ulp_exp = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
     with np.errstate(all="ignore"):
-        vs = np.ldexp(v, np.clip(-s, -2000, 2000))  # v in the units of hi (exact: s <= 0)
+        vs = np.ldexp(v, np.clip(-s, -2000, 2000))  # v in the units of hi (exact for s <= 0; s > 0 only
+        # above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there anyway)
         diff = np.abs((vs - hi) - lo)
         diff = np.where(vs == hi, np.abs(lo), diff)  # also v == hi == +-inf
         rel = diff / np.abs(hi)

@@ -21,7 +21,9 @@ How each number is established, and its ``exact`` flag:
    range lies in the enclosure, and so does the exact loss; if every value in the
    one is within the tolerance of every value in the other, no point of the range
    can fail), and ranges that cannot be proven are halved until they are small,
-   then evaluated point by point.  An earlier failure found on the way replaces b.
+   then evaluated point by point.  Each range not proven is also evaluated at its
+   midpoint: a failure there prunes every range above it at once.  An earlier
+   failure found on the way replaces b.
    If every value below b was proven or evaluated, the threshold is exact;
    otherwise (more than ``POINT_BUDGET`` points would need evaluating, or more than
    ``RANGE_BUDGET`` ranges proving, with smaller budgets for float64: a float64
@@ -47,13 +49,17 @@ be proven on a range, so step 2 verifies by evaluating points only, within
 ``BLACK_BOX_POINT_BUDGET`` (float64: ``POINT_BUDGET_WIDE``): a float32 or
 float64 threshold of a black box whose candidate lies further from the start is
 a bound (``exact: false``), found by the bisection and then lowered by
-``PROBE`` points spread below it.  Formats of at most 16 bits are scanned
+``PROBE`` points spread below it and by a contiguous window of
+``BLACK_BOX_WINDOW`` points scanned just below it (``Threshold.window_*``, JSON
+``verified_from``: every input from there up to the bound was evaluated ok;
+``verified_below`` stays what was verified from the start).  Formats of at most 16 bits are scanned
 completely, black boxes included: exact.  Black boxes are not memoised (the
 function may change between calls).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import mpmath
@@ -77,6 +83,7 @@ POINT_BUDGET_WIDE = 2**14  # the same for float64: where its error hovers at the
 RANGE_BUDGET = 2**22  # ranges a verification may try to prove, per key
 RANGE_BUDGET_WIDE = 2**13  # the same for float64
 BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interval proofs: points only)
+BLACK_BOX_WINDOW = 2**20  # points a black box's float32 search evaluates just below its failure found
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
@@ -94,7 +101,9 @@ class Threshold:
     ``exact_inaccurate`` / ``exact_failure``: the value (or "never") was
     established for every representable input below it; when False it is the
     smallest failing value a search found: an upper bound (None: none found),
-    and ``verified_*`` is the value below which every input was verified ok.
+    ``verified_*`` is the value below which every input was verified ok, and
+    ``window_*`` (black boxes) the value from which every input up to the bound
+    was evaluated ok (JSON ``verified_from``; None: no such window was scanned).
     """
 
     experiment: str
@@ -115,6 +124,10 @@ class Threshold:
     search_range: tuple[float | int, float | int]
     verified_inaccurate: float | int | None = None  # every parameter below this is verified not to fail
     verified_failure: float | int | None = None
+    # black boxes: every parameter from this up to the (bound) value was evaluated, and none failed
+    # (a contiguous window scanned down from the failure found; None if there is none)
+    window_inaccurate: float | int | None = None
+    window_failure: float | int | None = None
 
     @property
     def key(self) -> str:
@@ -194,6 +207,7 @@ class _Search:
         self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
         self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
+        self.window: dict[tuple[str, str], int] = {}  # black boxes: see _scan_down
 
     # ------------------------------------------------------------ point evaluation
     def _outcomes(self, indices, methods=None):
@@ -315,13 +329,23 @@ class _Search:
             best, verified = self._integers()
         else:
             best = self._bisect()
+            candidate = dict(best)
+            missed = [key for key in self.keys if best[key] > g.end and not self.black_box]
+            marks = self._landmarks() if missed else []
+            if marks:  # no failure found: one there is the candidate (failures can lie in a narrow window)
+                self._evaluate(marks, sorted({m for m, _ in missed}))
+                for key in missed:
+                    best[key] = min([i for i in marks if self.bad(i, *key)], default=best[key])
             if self.black_box:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
             for key in self.keys:  # given up: look for an earlier failure above the verified part
-                if verified[key] < best[key] and not g.integer:
-                    self._scan_points(np.array(_spread(verified[key] - 1, best[key], PROBE), dtype=np.int64), best)
+                if verified[key] < best[key] and not g.integer:  # (spread up to the bisection's candidate)
+                    top = max(best[key], candidate[key])
+                    self._scan_points(np.array(_spread(verified[key] - 1, top, PROBE), dtype=np.int64), best)
+            if self.black_box:
+                self.window = self._scan_down(best, verified)
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
     def _scan_points(self, indices: np.ndarray, best: dict, methods=None, runs=None) -> dict:
@@ -365,6 +389,27 @@ class _Search:
                     a = i
                 brackets[key] = (a, b)
 
+    def _landmarks(self) -> list[int]:
+        """Float grids: the format values at and next to the parameters where exp(+-parameter)
+        crosses the format's range limits (ln max, -ln tiny, -ln smallest_subnormal and
+        -ln(smallest_subnormal / 2)).  Failures that start there and stop again further up (the
+        log1p form under flush-to-zero fails from -ln tiny to -ln(smallest_subnormal / 2) only,
+        a window of 2**-11 of float64's grid) fall between the bisection's evenly spread points."""
+        g, fmt = self.grid, self.fmt
+        if g.integer:
+            return []
+        tiny_sub = math.log(fmt.smallest_subnormal)
+        values = [fmt.ln_max, -math.log(fmt.tiny), -tiny_sub, -(tiny_sub - math.log(2))]
+        low = g.value(g.start)
+        out = set()
+        for v in values:
+            if not low <= v <= fmt.max:
+                continue
+            with np.errstate(all="ignore"):
+                at = g._index(float(fmt.round(np.array([v])).astype(np.float64)[0]))
+            out.update(i for i in range(at - 2, at + 3) if g.start <= i <= g.end)
+        return sorted(out)
+
     def _integers(self) -> tuple[dict, dict]:
         """Integer grids: per key, (first failure or bisection candidate, index below which
         every n is verified).
@@ -393,6 +438,43 @@ class _Search:
         if stop > g.start:
             self._scan_points(np.arange(g.start, stop), best)
         return {key: b if b <= stop else stop for key, b in best.items()}
+
+    def _scan_down(self, best: dict, verified: dict) -> dict[tuple[str, str], int]:
+        """Black boxes whose failure found lies beyond the point budget from the start: evaluate
+        every index in a contiguous window just below it, block by block downwards, within the
+        budget (``BLACK_BOX_WINDOW``); a failure found there lowers it.  Per such key, the low
+        end of the window: every index from there up to the key's failure was evaluated ok.
+        (A black box's first failures need not lie near the start: scipy's float32
+        log_softmax is first inaccurate at d = 8.318987846374512, a billion float32 values up,
+        and sporadically so: the bisection's candidate was 9.16.)"""
+        allowance = BLACK_BOX_WINDOW if self.fmt.precision <= 24 else POINT_BUDGET_WIDE
+        window = {}
+        # an observer (the audit's recorder) is told which points are a dense window, not spread points
+        observers = [m.observe for m in self.experiment.methods if hasattr(m.observe, "windowed")]
+        for observer in observers:
+            observer.windowed = True
+        try:
+            self._scan_windows(best, verified, allowance, window)
+        finally:
+            for observer in observers:
+                observer.windowed = False
+        return window
+
+    def _scan_windows(self, best: dict, verified: dict, allowance: int, window: dict) -> None:
+        g = self.grid
+        for method in self.experiment.method_names:
+            spent = 0
+            for kind in KINDS:
+                key = (method, kind)
+                if not verified[key] < best[key] <= g.end:
+                    continue
+                low = best[key]
+                while spent < allowance and low > verified[key]:
+                    block = min(ROUND_POINTS, allowance - spent, low - verified[key])
+                    self._scan_points(np.arange(low - block, low, dtype=np.int64), best, [method])
+                    spent += block
+                    low -= block  # (a failure found in the block is its first: [low, best) stays ok)
+                window[key] = low
 
     def _verify(self, best: dict) -> dict[tuple[str, str], int]:
         """Prove or evaluate every index below each key's candidate (see the module docstring).
@@ -489,6 +571,11 @@ class _Search:
                 left = r_mask != 0
                 r_lo, r_hi, r_mask = r_lo[left], r_hi[left], r_mask[left]
                 mid = r_lo + (r_hi - r_lo) // 2  # no int64 overflow near the top of float64
+                if len(mid):  # probe each unproven range at its midpoint: a failure there prunes
+                    # every range above it now, instead of after they have all been halved down
+                    # to leaves (a candidate far above the first failure spent the whole budget)
+                    # (every method: a given-up key's bound is lowered too)
+                    self._scan_points(np.unique(mid), best)
                 new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
                        np.repeat(r_mask, 2)]
             # still ascending: the ranges are disjoint, and the halves of this round's lowest
@@ -661,7 +748,9 @@ def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
         vals.append(np.where(np.isfinite(v), v, np.nan))
     lo, hi = np.minimum(vals[0], vals[1]), np.maximum(vals[0], vals[1])
     slack = 4 * reference.FAST_ERROR
-    return lo - np.abs(lo) * slack, hi + np.abs(hi) * slack
+    tiny = np.finfo(np.longdouble).smallest_subnormal  # (a value below longdouble's range is held as 0)
+    with np.errstate(all="ignore"):
+        return lo - np.abs(lo) * slack - tiny, hi + np.abs(hi) * slack + tiny
 
 
 _MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of these arguments
@@ -705,7 +794,9 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
             measured["first_inaccurate"], measured["first_failure"], failure, degraded,
             None if pred is None else pred.value, None if pred is None else pred.kind,
             "" if pred is None else pred.formula, agrees, exact_i, exact_f, g.range(),
-            None if exact_i else g.value(below_i), None if exact_f else g.value(below_f)))
+            None if exact_i else g.value(below_i), None if exact_f else g.value(below_f),
+            None if exact_i else g.value(search.window.get((method, "first_inaccurate"))),
+            None if exact_f else g.value(search.window.get((method, "first_failure")))))
     return rows
 
 

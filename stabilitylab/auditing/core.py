@@ -315,6 +315,9 @@ class Recorder:
         self.same: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.versus: dict[tuple[str, str], list] = {}
         self.found: dict[tuple[str, str, str, str], tuple[Any, Witness]] = {}
+        # set by the threshold search while it scans a dense window below a failure found: those
+        # points give witnesses but are left out of ``resembles`` (a share over spread points)
+        self.windowed = False
 
     def start(self, source: str, names: Sequence[str] = ()) -> None:
         self.source = source
@@ -322,7 +325,8 @@ class Recorder:
 
     def __call__(self, fmt: Format, cases, inputs, outcome: Outcome) -> None:
         n = len(outcome.value)
-        self.points[fmt.name] += n
+        if not self.windowed:
+            self.points[fmt.name] += n
         v = outcome.value
         target_fails = np.isin(outcome.status, METHOD_FAILURES)
         keys = None
@@ -330,7 +334,8 @@ class Recorder:
             arith = Arith(fmt, n)
             with np.errstate(all="ignore"):
                 sim = np.asarray(m.kernel(arith, inputs)).astype(np.float64)
-            self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
+            if not self.windowed:
+                self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
             if m.truth is not None:
                 continue
             method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)

@@ -18,10 +18,19 @@ the range at once,
   one ulp for + - * /, ``FUNCTION_SLACK`` relative for exp, log, log1p), and
 * ``err``       a bound on |computed - exact formula| at each point: a running
   error analysis.  A rounding adds at most ``u * |y| + smallest_subnormal / 2``
-  (``tiny`` under flush-to-zero); an operation passes its operands' errors on
-  through a bound of its derivative over the enclosures (Lipschitz bounds:
+  (``tiny`` under flush-to-zero): relative in the normal range, *absolute* for a
+  subnormal result (a subnormal exp(-d) is off by up to 2**-1075 in float64,
+  whatever its size); an operation passes its operands' errors on through a bound
+  of its derivative over the enclosures (Lipschitz bounds:
   ``|exp(a') - exp(a)| <= exp(max) |a' - a|``, ``|log a' - log a| <= |a' - a| /
   min`` ...).
+
+  The error bound is itself computed soundly: it is held in the wide type (whose
+  range reaches far below the format's: ``smallest_subnormal / 2`` is an exact,
+  non-zero power of two there, 2**-1075 for float64, which float64 itself would
+  round to 0), and every sum, product and quotient of bounds is rounded upward
+  (:func:`_up`: the next wide value above the rounded-to-nearest one, which is
+  above the exact result, also where that underflows to 0).
 
 The enclosures lose the dependency between operands (x - x is not 0, and
 e/(e + 1) spreads), so comparing them with the exact loss only works where the
@@ -57,6 +66,20 @@ _LONG_SLACK = 2.0**-58  # the same for libm's longdouble functions
 def supported(fmt: Format) -> bool:
     """Whether bounds can be computed for this format (float64 needs a wider longdouble)."""
     return wide_dtype(fmt) is not None
+
+
+def _up(x):
+    """x moved up to the next value of its type: applied to a sum, product or quotient of
+    non-negative bounds computed with rounding to nearest, the result is at least the exact
+    one (if fl(t) < t, both lie in one binade or fl(t) is subnormal or 0, and t - fl(t) is at
+    most half the spacing there).  inf and NaN stay."""
+    return np.nextafter(x, np.asarray(np.inf, dtype=np.asarray(x).dtype))
+
+
+def _unit(x: "Bounds") -> np.ndarray:
+    """Where the computed value is exactly +-1 over the whole range (a product or quotient by
+    it is exact: its operand is already a format value, flushed under flush-to-zero)."""
+    return (x.lo == x.hi) & (np.abs(x.lo) == 1)
 
 
 class Bounds:
@@ -176,8 +199,12 @@ class IntervalArith:
         self._shared: dict = {}
         self.dtype = np.dtype(np.float64)
         self.wide = wide_dtype(fmt)
-        self.u = fmt.unit_roundoff
-        self.eta = fmt.tiny if ftz else fmt.smallest_subnormal / 2  # absolute error of one rounding near 0
+        self.u = self.wide.type(fmt.unit_roundoff)  # a power of two: exact in the wide type
+        # the absolute error of one rounding near 0, exact in the wide type (a power of two; in
+        # float64 2**-1075, which float64 itself rounds to 0: never compute it in the format)
+        self.eta = self.wide.type(fmt.tiny) if ftz else self.wide.type(fmt.smallest_subnormal) / 2
+        assert self.eta > 0 and (ftz or self.eta * 2 == self.wide.type(fmt.smallest_subnormal))
+        self.wide_tiny = np.finfo(self.wide).smallest_subnormal
         self.step = 0
 
     # ------------------------------------------------------------ helpers
@@ -189,9 +216,14 @@ class IntervalArith:
         with np.errstate(all="ignore"):
             if slack is None:  # correctly rounded in the wide type: one ulp
                 return (np.nextafter(lo, self.wide.type(-np.inf)), np.nextafter(hi, self.wide.type(np.inf)))
-            tiny = np.finfo(self.wide).smallest_subnormal
+            # (4 ulps of the wide type's subnormals: the functions' absolute error there)
+            tiny = 4 * np.finfo(self.wide).smallest_subnormal
             return (np.where(np.isfinite(lo), lo - np.abs(lo) * slack - tiny, lo),
                     np.where(np.isfinite(hi), hi + np.abs(hi) * slack + tiny, hi))
+
+    def _e(self, x) -> np.ndarray:
+        """An error bound (or a factor of one) in the wide type."""
+        return np.asarray(x).astype(self.wide)
 
     def _own(self, x) -> np.ndarray:
         return np.asarray(x, dtype=np.float64).astype(self.fmt.dtype)
@@ -199,15 +231,31 @@ class IntervalArith:
     def _flush(self, x: np.ndarray) -> np.ndarray:
         return np.where(np.abs(x) < self.fmt.tiny, 0.0, x) if self.ftz else x
 
-    def _result(self, lo, hi, xlo, xhi, carried, slack: float | None = None) -> Bounds:
+    def _result(self, lo, hi, xlo, xhi, carried, slack: float | None = None, absolute: bool = True,
+                exact=None) -> Bounds:
         """Assemble an operation's bounds: the computed enclosure (format values), the exact
-        enclosure moved outwards in the wide type, and the carried error plus one rounding's."""
+        enclosure moved outwards in the wide type, and the carried error plus one rounding's.
+
+        The absolute part (eta) is added only where the computed enclosure reaches below tiny;
+        ``absolute=False``: none at all (a sum of format values is exact when it is subnormal,
+        without flush-to-zero); ``exact``: where the computed operation is exact over the whole
+        range (a product or quotient by exactly +-1): no rounding."""
         xlo, xhi = self._outward(self._w(xlo), self._w(xhi), slack)
         with np.errstate(all="ignore"):
             lo = self._flush(np.asarray(lo, dtype=np.float64))
             hi = self._flush(np.asarray(hi, dtype=np.float64))
-            size = np.maximum(np.abs(lo), np.abs(hi)) * (1 + 2 * self.u)  # bounds |y| before its rounding
-            err = np.asarray(carried, dtype=np.float64) + size * self.u + self.eta
+            # |fl(y) - y| <= max(u |fl(y)|, eta) <= u * size + eta: relative above tiny, absolute below
+            # (eta = smallest_subnormal / 2 exactly, never 0); in the wide type, every step rounded upward
+            size = _up(self._e(np.maximum(np.abs(lo), np.abs(hi))) * (1 + 2 * self.u))
+            rounding = _up(size * self.u)
+            if absolute or self.ftz:
+                # the absolute part only where a result may be below tiny (subnormal, flushed or 0):
+                # a result of at least tiny is off by at most u |fl(y)| (also when y rounded up to tiny)
+                below = ~((lo >= self.fmt.tiny) | (hi <= -self.fmt.tiny))
+                rounding = np.where(below, _up(rounding + self.eta), rounding)
+            if exact is not None:
+                rounding = np.where(exact, 0.0, rounding)
+            err = np.where(rounding == 0, self._e(carried), _up(self._e(carried) + rounding))
             # infinite bounds are sound (log(0) = -inf is a value); NaN bounds enclose nothing
             lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
             xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
@@ -246,14 +294,26 @@ class IntervalArith:
         w = self._w
         with np.errstate(all="ignore"):
             return self._result(self._op(np.add, a.lo, b.lo), self._op(np.add, a.hi, b.hi),
-                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), a.err + b.err)
+                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), self._sum(a.err, b.err), absolute=False)
 
     def sub(self, a, b, where=None) -> Bounds:
         a, b = Bounds.of(a), Bounds.of(b)
         w = self._w
         with np.errstate(all="ignore"):
             return self._result(self._op(np.subtract, a.lo, b.hi), self._op(np.subtract, a.hi, b.lo),
-                                w(a.xlo) - w(b.xhi), w(a.xhi) - w(b.xlo), a.err + b.err)
+                                w(a.xlo) - w(b.xhi), w(a.xhi) - w(b.xlo), self._sum(a.err, b.err),
+                                absolute=False)
+
+    def _sum(self, a, b):
+        """a + b of error bounds, rounded upward (0 stays 0: an exact operand pair)."""
+        e = self._e
+        return np.where((a == 0) & (b == 0), 0.0, _up(e(a) + e(b))).astype(self.wide)
+
+    def _times(self, a, b):
+        """a * b of non-negative bounds, rounded upward (0 where either is 0: an exact operand)."""
+        e = self._e
+        with np.errstate(all="ignore"):
+            return np.where((a == 0) | (b == 0), 0.0, _up(e(a) * e(b))).astype(self.wide)
 
     def _corners(self, f, alo, ahi, blo, bhi, computed: bool):
         """min and max of f over the four corners: in the format (``computed``) or in the wide type."""
@@ -268,9 +328,8 @@ class IntervalArith:
         vlo, vhi = self._corners(np.multiply, a.lo, a.hi, b.lo, b.hi, True)
         xlo, xhi = self._corners(np.multiply, a.xlo, a.xhi, b.xlo, b.xhi, False)
         with np.errstate(all="ignore"):  # |a'b' - ab| <= |b'| |a' - a| + |a| |b' - b|
-            carried = b.magnitude() * a.err + a.magnitude() * b.err
-            carried = np.where((a.err == 0) & (b.err == 0), 0.0, carried)
-        return self._result(vlo, vhi, xlo, xhi, carried)
+            carried = self._sum(self._times(b.magnitude(), a.err), self._times(a.magnitude(), b.err))
+        return self._result(vlo, vhi, xlo, xhi, carried, exact=_unit(a) | _unit(b))
 
     def div(self, a, b, where=None) -> Bounds:
         a, b = Bounds.of(a), Bounds.of(b)
@@ -278,12 +337,12 @@ class IntervalArith:
         xlo, xhi = self._corners(np.divide, a.xlo, a.xhi, b.xlo, b.xhi, False)
         pole = ((b.lo <= 0) & (b.hi >= 0)) | ((b.xlo <= 0) & (b.xhi >= 0))
         with np.errstate(all="ignore"):  # a'/b' - a/b = ((a' - a) b - a (b' - b)) / (b' b)
-            low = b.floor()
-            carried = (a.err * b.magnitude() + a.magnitude() * b.err) / (low * low)
-            carried = np.where((a.err == 0) & (b.err == 0), 0.0, carried)
+            low = self._e(b.floor())  # (|b'| |b| >= low**2: divided by low twice, each rounded upward)
+            carried = self._sum(self._times(a.err, b.magnitude()), self._times(a.magnitude(), b.err))
+            carried = np.where(carried == 0, 0.0, _up(_up(carried / low) / low))
         inf = np.full(np.shape(vlo), np.inf)
         return self._result(np.where(pole, -inf, vlo), np.where(pole, inf, vhi), np.where(pole, -inf, xlo),
-                            np.where(pole, inf, xhi), np.where(pole, np.inf, carried))
+                            np.where(pole, inf, xhi), np.where(pole, np.inf, carried), exact=_unit(b) & ~pole)
 
     def neg(self, a):
         a = Bounds.of(a)
@@ -311,9 +370,12 @@ class IntervalArith:
         with np.errstate(all="ignore"):
             vlo, vhi = _once(f, self.fmt, self._own(a.lo), self._own(a.hi))
             xlo, xhi = exact(w(a.xlo)), exact(w(a.xhi))
-            lowest = np.minimum(a.lo, a.xlo)  # the computed and the exact operand both lie in [lowest, highest]
-            highest = np.maximum(a.hi, a.xhi)
-            carried = np.where(a.err == 0, 0.0, lipschitz(lowest, highest) * a.err)
+            lowest = np.minimum(w(a.lo), w(a.xlo))  # the computed and the exact operand both lie in [lowest, highest]
+            highest = np.maximum(w(a.hi), w(a.xhi))
+            # the derivative bound in the wide type, widened by its own relative error (2**-40) and
+            # its absolute error below the wide type's normal range (a few of its subnormals)
+            lip = _up(lipschitz(lowest, highest) * (1 + 2.0**-40) + 4 * self.wide_tiny)
+            carried = self._times(np.where(np.isnan(lip), np.inf, lip), a.err)
         inf = np.full(np.shape(vlo), np.inf)
         v_out = (a.lo < domain_low) | np.isnan(a.lo) | np.isnan(a.hi)  # the computed operand may leave the domain
         x_out = (a.xlo < domain_low) | np.isnan(a.xlo) | np.isnan(a.xhi)
@@ -323,15 +385,13 @@ class IntervalArith:
                             np.where(v_out | x_out, np.inf, carried), slack)
 
     def exp(self, x, where=None) -> Bounds:
-        return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest) * (1 + 2.0**-40), x,
-                              -np.inf)
+        return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest), x, -np.inf)
 
     def log(self, x, where=None) -> Bounds:
-        return self._function(crmath.log, np.log, lambda lowest, highest: 1 / lowest * (1 + 2.0**-40), x, 0.0)
+        return self._function(crmath.log, np.log, lambda lowest, highest: 1 / lowest, x, 0.0)
 
     def log1p(self, x, where=None) -> Bounds:
-        return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest) * (1 + 2.0**-40), x,
-                              -1.0)
+        return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest), x, -1.0)
 
     def max(self, x) -> Bounds:
         x = Bounds.of(x)

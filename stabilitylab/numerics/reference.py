@@ -6,8 +6,11 @@ float64 computation in fractions of an ulp.  ``scale`` is 0 unless the exact
 value is below ``2**-960``; then it brings ``hi`` into float64's normal range,
 so that a loss of ``5e-435`` or a float64 subnormal loss is still measured to
 full relative precision (a plain float64 pair cannot hold anything below
-``2**-1074``).  References are always for the *format-rounded* inputs, so a
-measured error is the arithmetic's alone.
+``2**-1074``).  Likewise a finite exact value of at least ``2**1023`` is held
+scaled (``scale > 0``): a loss of ``2e308`` is that number, beyond float64's range
+(status ``range`` where a method gives inf), not an infinite loss.  References
+are always for the *format-rounded* inputs, so a measured error is the
+arithmetic's alone.
 
 Two paths:
 
@@ -35,12 +38,13 @@ import numpy as np
 from . import wide
 from .formats import FORMATS, Format
 
-__all__ = ["DIGITS", "FAST_ERROR", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
+__all__ = ["DIGITS", "FAST_ERROR", "SCALE_ABOVE", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
            "exp_sum_scaled", "fast_tier"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
 SCALE_BELOW = 2.0**-960  # exact values below this are held scaled (scale < 0)
+SCALE_ABOVE = 2.0**1023  # finite exact values at least this large are held scaled (scale > 0)
 SCALE_FLOOR = -(2**40)  # the lowest scale: values below 2**SCALE_FLOOR (e**-7.6e11) are held at it
 
 
@@ -168,7 +172,10 @@ def from_mpmath(values) -> Exact:
             zero[i] = True
             continue
         s = 0
-        if abs(r) < SCALE_BELOW:
+        if abs(r) >= SCALE_ABOVE:  # (float(r) could be inf: the loss would read as infinite)
+            s = int(mpmath.frexp(r)[1]) - 1
+            r = mpmath.ldexp(r, -s)
+        elif abs(r) < SCALE_BELOW:
             # below 2**SCALE_FLOOR the value is held at that scale (hi -> 0): it rounds to 0 in every format
             s = max(int(mpmath.floor(mpmath.log(abs(r), 2))), SCALE_FLOOR)
             r = mpmath.ldexp(r, -s)
@@ -183,10 +190,10 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
     """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller)."""
     r = np.asarray(r, dtype=np.longdouble)
     with np.errstate(all="ignore"):
-        tiny = np.isfinite(r) & (r != 0) & (np.abs(r) < SCALE_BELOW)
+        tiny = np.isfinite(r) & (r != 0) & ((np.abs(r) < SCALE_BELOW) | (np.abs(r) >= SCALE_ABOVE))
         scale = np.zeros(r.shape, dtype=np.int64)
         scaled = r
-        if tiny.any():  # (frexp and ldexp of longdouble are slow: only where needed)
+        if tiny.any():  # (frexp and ldexp of longdouble are slow: only where needed; also above 2**1023)
             _, e = np.frexp(r[tiny])
             scale[tiny] = e.astype(np.int64) - 1
             scaled = r.copy()

@@ -102,7 +102,7 @@ def thresholds_document(rows, settings, tolerance) -> dict:
 
 
 def threshold_records(rows) -> list[dict]:
-    return [{
+    return [_with_window(r, {
             "experiment": r.experiment, "family": r.family, "method": r.method, "dtype": r.dtype,
             "parameter": r.parameter, "first_inaccurate": _param(r.first_inaccurate),
             "first_failure": _param(r.first_failure), "failure": r.failure, "predicted": _param(r.predicted),
@@ -111,7 +111,17 @@ def threshold_records(rows) -> list[dict]:
             "exact": r.exact,
             "verified_below": {"first_inaccurate": _param(r.verified_inaccurate),
                                "first_failure": _param(r.verified_failure)},
-        } for r in rows]
+        }) for r in rows]
+
+
+def _with_window(r, record: dict) -> dict:
+    """A black box's row whose bound has a window scanned below it: ``verified_from``, the
+    parameter from which every input up to the bound was evaluated ok (rows without one have
+    no such key)."""
+    if r.window_inaccurate is not None or r.window_failure is not None:
+        record["verified_from"] = {"first_inaccurate": _param(r.window_inaccurate),
+                                   "first_failure": _param(r.window_failure)}
+    return record
 
 
 def audit_document(audit) -> dict:

@@ -6,8 +6,10 @@ identical in substance; renderers only decide how a cell or a heading looks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import mpmath
 import numpy as np
 
 from ..analysis.engine import Comparison
@@ -61,6 +63,8 @@ def exact_text(text: str, digits: int = 8) -> str:
         x = float(text)
     except ValueError:
         return text
+    if math.isinf(x) and "inf" not in text:  # a finite value beyond float64's range (2e+308): as it is
+        return mpmath.nstr(mpmath.mpf(text), digits)
     return text if x == 0 and text not in ("0", "-0", "0.0") else f"{x:.{digits}g}"
 
 

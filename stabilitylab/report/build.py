@@ -404,7 +404,8 @@ def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, 
         for f in formats:
             t = next(r for r in simulated if r.method == method and r.dtype == f)
             value = "never" if t.first_inaccurate is None else repr(t.first_inaccurate)
-            cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}"))
+            cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}" if t.first_inaccurate is not None
+                              else "none found"))  # (not '≤ never': nothing was found, and not proven)
         thr_rows.append([Cell(f"(simulated) {method}"), Cell("stabilitylab")] + cells)
     lines += ["", table_md(Table("Resembles: the simulated formula equal to the kernel on the most points",
                                  header, res_rows), 3),
