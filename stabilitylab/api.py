@@ -27,6 +27,7 @@ from .auditing import core as _audit
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .guard import baseline
+from .io import atomic
 from .io.userdata import InputError, binary_cases, logits_cases, user_binary, user_logits
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
@@ -121,10 +122,12 @@ class AuditResult(_Document):
         from .auditing.emit import write_pytest
         return write_pytest(self.audit, path)
 
+    @atomic.transactional
     def save_baseline(self, path: str | os.PathLike) -> int:
         """Add this audit's thresholds to a baseline file (created if missing; its other entries and
         settings are kept); ``stabilitylab check`` then guards them.  Returns the number of entries written."""
         previous, settings, tolerance = {}, Settings(), self.audit.tolerance
+        atomic.lock(path)  # held from this read to the rename: concurrent writers merge, one after the other
         if os.path.exists(path):
             old = baseline.load(path)
             previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)

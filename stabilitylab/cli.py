@@ -15,7 +15,7 @@ from .analysis.engine import compare as run_compare
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
-from .io import atomic, output
+from .io import atomic, markers, output, plan
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md, table_md
@@ -88,11 +88,23 @@ def _check_tolerance(tolerance: float | None) -> None:
 
 
 def _check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
-    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work."""
+    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work,
+    and every output of the command that would lose a file (see :func:`_refuse_unsafe_outputs`)."""
     if path is not None:
+        _refuse_unsafe_outputs()
         problem = atomic.check_writable(path)
         if problem:
             raise click.BadParameter(problem, param_hint=hint)
+
+
+def _refuse_unsafe_outputs() -> None:
+    """Before any work: refuse the command's outputs that would replace a file stabilitylab did not write
+    (unless --force), an input, another output or a read-only file (atomic.check_outputs; exit 2)."""
+    ctx = click.get_current_context()
+    if ctx.meta.get("stabilitylab.outputs_checked"):
+        return
+    ctx.meta["stabilitylab.outputs_checked"] = True
+    plan.check_params(ctx.params, force=bool(ctx.meta.get("stabilitylab.force")))
 
 
 def _families(names: Sequence[str], experiments) -> set[str] | None:
@@ -129,27 +141,41 @@ def _console(path: str | None) -> Console:
     return console if console.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
-def _emit(text: str, path: str | None) -> None:
-    """Write ``text`` to ``path`` atomically, or to standard output (see output.py for how that fails)."""
+def _emit(text: str, path: str | None, kind: str = "json") -> None:
+    """Write ``text`` to ``path`` atomically (with the marker of ``kind``: markdown, text; see io/markers.py),
+    or to standard output (see output.py for how that fails)."""
     if path is not None:
-        atomic.write_text(path, text)
+        atomic.write_text(path, markers.marked(text, kind))
     else:
         click.echo(text, nl=False)
 
 
 def _render(sections: list[Section], path: str | None, fmt: str) -> None:
     if fmt == "markdown":
-        _emit(sections_md(sections), path)
+        _emit(sections_md(sections), path, "markdown")
         return
     console = _console(path)
     print_sections(console, sections)
     if path is not None:
-        _emit(console.export_text(), path)
+        _emit(console.export_text(), path, "text")
 
 
 # ------------------------------------------------------------------ options
-output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-                             help="Write to this file (atomically) instead of standard output.")
+def _set_force(ctx: click.Context, param, value: bool) -> None:
+    ctx.meta["stabilitylab.force"] = value
+
+
+force_option = click.option("--force", is_flag=True, expose_value=False, is_eager=True, callback=_set_force,
+                            help="Replace existing output files that stabilitylab did not write (never an input).")
+
+
+def output_option(function):
+    """-o / --output, and --force."""
+    return click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                        help="Write to this file (atomically) instead of standard output; an existing file is "
+                             "replaced only if stabilitylab wrote it (or with --force).")(force_option(function))
+
+
 format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
                              show_default=True, help="Rich table, GitHub markdown, or JSON.")
 
@@ -531,6 +557,7 @@ def _update_baseline(path: str, dtypes) -> None:
     from .guard import baseline
 
     _check_output(path, "'--baseline'")
+    atomic.lock(path)  # until the new baseline is renamed into place: a concurrent --update waits, then merges
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
         try:
@@ -594,6 +621,7 @@ def train_command(scenarios, dtypes, steps, lr, seed, fmt, output) -> None:
 @cli.command("report")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for the markdown report (README.md) and its figures/.")
+@force_option
 @dtype_option()
 @p_option
 def report_command(folder, dtypes, p) -> None:
@@ -603,6 +631,7 @@ def report_command(folder, dtypes, p) -> None:
     problem = atomic.check_folder(folder)
     if problem:  # checked before the build; nothing is created until every file is ready
         raise click.BadParameter(problem, param_hint="'-o' / '--output'")
+    _refuse_unsafe_outputs()
     target = Path(folder)
     settings = _settings(p, False)
     console = Console(stderr=True)
@@ -628,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a reader that goes away (``| head``) ends the output quietly; a closed or full
     stdout is an error.
     """
+    atomic.install_signal_cleanup()  # no temporary file survives SIGTERM / SIGHUP
     with output.guarded_streams() as stdout:
         status = _run(argv)
         try:
@@ -644,7 +674,9 @@ def _fail(message: str, status: ExitStatus) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     try:
-        rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
+        with atomic.transaction():  # every file the command writes is replaced at its end, or none is
+            rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab",
+                          standalone_mode=False)
     except click.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE)
     except click.exceptions.Exit as exc:
