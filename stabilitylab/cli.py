@@ -453,13 +453,13 @@ def audit_command(target, list_targets, experiment, dtypes, logits, labels, fami
             count = result.to_pytest(emit_pytest)
         except AuditError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {count} tests to {emit_pytest}", err=True)
+        atomic.after_commit(click.echo, f"wrote {count} tests to {emit_pytest}", err=True)
     if save_baseline:
         try:
             count = result.save_baseline(save_baseline)
         except (AuditError, baseline.BaselineError) as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {count} entries to {save_baseline}", err=True)
+        atomic.after_commit(click.echo, f"wrote {count} entries to {save_baseline}", err=True)
     if fmt == "json":
         _emit(result.to_json(), output)
     elif output is None:
@@ -576,7 +576,8 @@ def _update_baseline(path: str, dtypes) -> None:
     doc = baseline.document(rows, settings, tolerance, previous)
     baseline.write(path, doc)
     kept = len(doc["entries"]) - len(rows)
-    click.echo(f"wrote {len(rows)} recomputed entries to {path}" + (f"; kept {kept} others" if kept else ""))
+    atomic.after_commit(click.echo, f"wrote {len(rows)} recomputed entries to {path}" + (
+        f"; kept {kept} others" if kept else ""))
 
 
 @cli.command("train")
@@ -646,7 +647,7 @@ def report_command(folder, dtypes, p) -> None:
     else:
         files = report.build(_formats(dtypes), settings)
     written = report.write(target, files)
-    click.echo(f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
+    atomic.after_commit(click.echo, f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
 
 
 # --------------------------------------------------------------- entry point

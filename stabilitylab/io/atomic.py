@@ -58,7 +58,7 @@ from . import markers
 
 __all__ = ["WriteError", "OutputRefused", "write_text", "write_bytes", "streamed_text", "write_tree",
            "check_writable", "check_folder", "resolve_target", "Output", "check_outputs", "Transaction",
-           "transaction", "transactional", "lock", "install_signal_cleanup", "remove_temporaries",
+           "transaction", "transactional", "after_commit", "lock", "install_signal_cleanup", "remove_temporaries",
            "live_temporaries"]
 
 
@@ -198,6 +198,7 @@ class Transaction:
         self._staged: dict[Path, Path] = {}  # target -> temporary
         self._created: list[Path] = []  # folders made, parents first
         self._locks: list[tuple[Path, int]] = []
+        self._after: list[Callable[[], object]] = []
         self.closed = False
 
     # what writers call
@@ -260,9 +261,13 @@ class Transaction:
         self._staged.clear()
         self._created.clear()
         self._release()
+        after, self._after = self._after, []
+        for function in after:
+            function()
 
     def abort(self) -> None:
         self.undo_since((0, 0))
+        self._after.clear()
         self._release()
 
     def _release(self) -> None:
@@ -313,6 +318,17 @@ def transaction() -> Iterator[Transaction]:
         tx.commit()
     finally:
         _CURRENT.reset(token)
+
+
+def after_commit(function: Callable, *args, **kwargs) -> None:
+    """Call ``function(*args, **kwargs)`` once the current transaction has replaced every file (never if it is aborted);
+    at once outside a transaction.  For messages such as "wrote 12 tests to T", which must not be said of
+    a file that was not written after all."""
+    tx = _CURRENT.get()
+    if tx is None:
+        function(*args, **kwargs)
+    else:
+        tx._after.append(functools.partial(function, *args, **kwargs))
 
 
 F = TypeVar("F", bound=Callable)
