@@ -39,6 +39,7 @@ from .errors import AuditError
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
+from .io import atomic
 from .io.userdata import (
     InputError,
     UserLogits,
@@ -322,12 +323,14 @@ class AuditResult(_Document):
         from .auditing.emit import write_pytest
         return write_pytest(self.audit, path)
 
+    @atomic.transactional
     def save_baseline(self, path: str | os.PathLike) -> int:
         """Add this audit's thresholds to a baseline file (created if missing; its other entries and
         settings are kept); ``stabilitylab check`` then guards them.  Returns the number of entries written."""
         from .guard import baseline
 
         previous, settings, tolerance = {}, Settings(), self.audit.tolerance
+        atomic.lock(path)  # held from this read to the rename: concurrent writers merge, one after the other
         if os.path.exists(path):
             old = baseline.load(path)
             previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)

@@ -9,7 +9,7 @@ regression (exit 1), which only ``check`` reports.
 from __future__ import annotations
 
 __all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "BaselineError", "WriteError",
-           "OutputError", "MissingLibrary", "first_line", "described", "shown"]
+           "OutputError", "OutputRefused", "MissingLibrary", "first_line", "described", "shown"]
 
 
 class StabilitylabError(Exception):
@@ -50,7 +50,13 @@ class WriteError(StabilitylabError, OSError):
 
 
 class OutputError(StabilitylabError):
-    """Standard output cannot be written; the message is one line."""
+    """An output cannot be written (standard output, or a file named by an option); the message is one line."""
+
+
+class OutputRefused(OutputError):
+    """An output file is refused before any work is done: it would replace a file stabilitylab did not write
+    (without ``--force``), an input of the command, another output of it, or a read-only file, or it names a
+    folder where a file goes.  The message is one line: the option and path, what is wrong, what is allowed."""
 
 
 class MissingLibrary(StabilitylabError, ImportError):

@@ -21,6 +21,7 @@ from .analysis.thresholds import Threshold, family_thresholds
 from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .guard import baseline
+from .io import atomic
 from .numerics.formats import FORMATS
 
 __all__ = ["StabilityBaseline", "threshold"]
@@ -90,11 +91,13 @@ class StabilityBaseline:
                 raise AssertionError(f"{key} {metric}: baseline {base!r}, now {cur!r} (tolerance {k} ulp)")
         return row
 
+    @atomic.transactional
     def save(self) -> None:
         """Write recorded entries (update mode), keeping the others."""
         if not (self.update and self._recorded):
             return
         previous = {}
+        atomic.lock(self.path)  # held from this read to the rename: concurrent sessions merge
         if self.path.exists():
             previous = baseline.load(self.path, update_flag=UPDATE_FLAG)["entries"]
         settings, tolerance = self._settings()

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from ..analysis.outcome import BLACK_BOX_STATUSES, RANK
-from ..io import atomic
+from ..io import atomic, markers
 from ..io.environment import package_version
 from .core import Audit, AuditError, Witness
 
@@ -160,6 +160,7 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
         witnesses.append(w)
     tolerance = {f.name: (f.default_tolerance if audit.tolerance is None else audit.tolerance) for f in audit.formats}
     lines = [
+        markers.PYTEST_LINE,
         f'"""Numerical stability regression tests for {target.name}{" (gradient)" if target.grad else ""}.',
         "",
         f"Written by stabilitylab {package_version()} (`stabilitylab audit --emit-pytest`) from "
@@ -190,7 +191,11 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
 
 
 def write_pytest(audit: Audit, path: str | os.PathLike) -> int:
-    """Write the module atomically; returns the number of tests."""
+    """Write the module atomically; returns the number of tests.  ``path`` may not be the audited file itself
+    (OutputRefused); the command line also refuses any existing file that stabilitylab did not write."""
+    source = audit.target.spec.rpartition(":")[0] if audit.target.spec else ""
+    if source.endswith(".py") or "/" in source or os.sep in source:
+        atomic.check_outputs([atomic.Output("--emit-pytest", path)], [("TARGET", source)], force=True)
     text = pytest_module(audit, path)
     atomic.write_text(path, text)
     return text.count('"id": ') + text.count("'id': ")

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a reader that goes away (``| head``) ends the output quietly; a closed or full
     stdout is an error.
     """
+    atomic.install_signal_cleanup()  # no temporary file survives SIGTERM / SIGHUP
     with output.guarded_streams() as stdout:
         status = _run(argv)
         try:
@@ -43,7 +44,9 @@ def _fail(message: str, status: ExitStatus) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     try:
-        rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab", standalone_mode=False)
+        with atomic.transaction():  # every file the command writes is replaced at its end, or none is
+            rc = cli.main(args=list(argv) if argv is not None else None, prog_name="stabilitylab",
+                          standalone_mode=False)
     except click.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code if isinstance(exc, CheckExit) else ExitStatus.USAGE)
     except click.exceptions.Exit as exc:

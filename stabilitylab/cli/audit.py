@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from ..io import schemas
+from ..io import atomic, schemas
 from ..render import jsonout
 from ..render.model import Cell, Section, Table
 from .base import (
@@ -98,13 +98,13 @@ def audit_command(target, list_targets, experiment, dtypes, logits, key, labels,
             count = result.to_pytest(emit_pytest)
         except AuditError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {count} tests to {emit_pytest}", err=True)
+        atomic.after_commit(click.echo, f"wrote {count} tests to {emit_pytest}", err=True)
     if save_baseline:
         try:
             count = result.save_baseline(save_baseline)
         except (AuditError, BaselineError) as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"wrote {count} entries to {save_baseline}", err=True)
+        atomic.after_commit(click.echo, f"wrote {count} entries to {save_baseline}", err=True)
     if fmt == "json":
         emit(result.to_json(), output)
     else:

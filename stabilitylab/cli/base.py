@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
-from ..io import atomic
+from ..io import atomic, markers, plan
 from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
 from ..render.markdown import sections_md
 from ..render.model import (
@@ -19,10 +19,10 @@ from ..render.model import (
 from ..render.table import print_sections, stdout_console
 from ..status import ExitStatus
 
-__all__ = ["cli", "CheckExit", "Interrupted", "call_api", "check_output", "check_tolerance", "chosen_experiments",
-           "chosen_formats", "console_for", "emit", "render", "settings_of", "dtype_option",
-           "experiment_option", "family_option", "format_option", "ftz_option", "output_option", "p_option",
-           "tolerance_option", "key_option", "labels_key_option", "ignore_index_option",
+__all__ = ["cli", "CheckExit", "Interrupted", "call_api", "check_output", "check_tolerance", "refuse_unsafe_outputs",
+           "chosen_experiments", "chosen_formats", "console_for", "emit", "render", "settings_of", "dtype_option",
+           "experiment_option", "family_option", "force_option", "format_option", "ftz_option", "output_option",
+           "p_option", "tolerance_option", "key_option", "labels_key_option", "ignore_index_option",
            "FormatType", "OUTPUT_FORMATS", "MAX_N"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
@@ -76,11 +76,23 @@ def check_tolerance(tolerance: float | None) -> None:
 
 
 def check_output(path: str | None, hint: str = "'-o' / '--output'") -> None:
-    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work."""
+    """Refuse a target that cannot be written (an empty name, a folder, a device, a pipe) before any work,
+    and every output of the command that would lose a file (see :func:`refuse_unsafe_outputs`)."""
     if path is not None:
+        refuse_unsafe_outputs()
         problem = atomic.check_writable(path)
         if problem:
             raise click.BadParameter(problem, param_hint=hint)
+
+
+def refuse_unsafe_outputs() -> None:
+    """Before any work: refuse the command's outputs that would replace a file stabilitylab did not write
+    (unless --force), an input, another output or a read-only file (atomic.check_outputs; exit 2)."""
+    ctx = click.get_current_context()
+    if ctx.meta.get("stabilitylab.outputs_checked"):
+        return
+    ctx.meta["stabilitylab.outputs_checked"] = True
+    plan.check_params(ctx.params, force=bool(ctx.meta.get("stabilitylab.force")))
 
 
 def _print_version(ctx: click.Context, param, value: bool) -> None:
@@ -99,27 +111,39 @@ def console_for(path: str | None) -> Console:
     return stdout_console()  # COLUMNS of 0, < 0, text or > 10000: unset
 
 
-def emit(text: str, path: str | None) -> None:
-    """Write ``text`` to ``path`` atomically, or to standard output (see output.py for how that fails)."""
+def emit(text: str, path: str | None, kind: str = "json") -> None:
+    """Write ``text`` to ``path`` atomically (with the marker of ``kind``: markdown, text; see io/markers.py),
+    or to standard output (see output.py for how that fails)."""
     if path is not None:
-        atomic.write_text(path, text)
+        atomic.write_text(path, markers.marked(text, kind))
     else:
         click.echo(text, nl=False)
 
 
 def render(sections: list[Section], path: str | None, fmt: str) -> None:
     if fmt == "markdown":
-        emit(sections_md(sections), path)
+        emit(sections_md(sections), path, "markdown")
         return
     console = console_for(path)
     print_sections(console, sections)
     if path is not None:
-        emit(console.export_text(), path)
+        emit(console.export_text(), path, "text")
 
 
 # ------------------------------------------------------------------ options
-output_option = click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-                             help="Write to this file (atomically) instead of standard output.")
+def _set_force(ctx: click.Context, param, value: bool) -> None:
+    ctx.meta["stabilitylab.force"] = value
+
+
+force_option = click.option("--force", is_flag=True, expose_value=False, is_eager=True, callback=_set_force,
+                            help="Replace existing output files that stabilitylab did not write (never an input).")
+
+
+def output_option(function):
+    """-o / --output, and --force."""
+    return click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                        help="Write to this file (atomically) instead of standard output; an existing file is "
+                             "replaced only if stabilitylab wrote it (or with --force).")(force_option(function))
 format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
                              show_default=True, help="Rich table, GitHub markdown, or JSON.")
 

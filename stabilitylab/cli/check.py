@@ -8,7 +8,7 @@ import click
 
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
-from ..io import schemas
+from ..io import atomic, schemas
 from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS
 from ..render.markdown import table_md
 from ..render.model import check_table
@@ -103,6 +103,7 @@ def _update_baseline(path: str, dtypes) -> None:
     from ..guard import baseline
 
     check_output(path, "'--baseline'")
+    atomic.lock(path)  # until the new baseline is renamed into place: a concurrent --update waits, then merges
     previous, settings, tolerance = {}, Settings(), None
     if Path(path).exists():
         try:
@@ -121,4 +122,5 @@ def _update_baseline(path: str, dtypes) -> None:
     doc = baseline.document(rows, settings, tolerance, previous)
     baseline.write(path, doc)
     kept = len(doc["entries"]) - len(rows)
-    click.echo(f"wrote {len(rows)} recomputed entries to {path}" + (f"; kept {kept} others" if kept else ""))
+    atomic.after_commit(click.echo, f"wrote {len(rows)} recomputed entries to {path}" + (
+        f"; kept {kept} others" if kept else ""))

@@ -12,7 +12,9 @@ from .base import (
     chosen_formats,
     cli,
     dtype_option,
+    force_option,
     p_option,
+    refuse_unsafe_outputs,
     settings_of,
 )
 
@@ -20,6 +22,7 @@ from .base import (
 @cli.command("report")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for the markdown report (README.md) and its figures/.")
+@force_option
 @dtype_option()
 @p_option
 def report_command(folder, dtypes, p) -> None:
@@ -29,6 +32,7 @@ def report_command(folder, dtypes, p) -> None:
     problem = atomic.check_folder(folder)
     if problem:  # checked before the build; nothing is created until every file is ready
         raise click.BadParameter(problem, param_hint="'-o' / '--output'")
+    refuse_unsafe_outputs()
     target = Path(folder)
     settings = settings_of(p, False)
     console = Console(stderr=True)
@@ -43,4 +47,4 @@ def report_command(folder, dtypes, p) -> None:
     else:
         files = report.build(chosen_formats(dtypes), settings)
     written = report.write(target, files)
-    click.echo(f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
+    atomic.after_commit(click.echo, f"wrote {len(written)} files to {target}/ (open {target / report.INDEX})")
