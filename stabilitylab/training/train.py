@@ -16,17 +16,18 @@ side in each format: in the operations they share (matvec, batch mean, backward
 products and sums, update, accuracy) method m is row m of one Arith; each method's
 loss kernel runs in an Arith of its own, which its backward pass forks (what it
 repeats of the forward, exp(x) and its sum say, is computed once).  The gradient
-of each method is formed from that method's own forward quantities:
+of each method is formed from that method's own forward quantities, by the kernels of
+:mod:`stabilitylab.experiments.grad_kernels`:
 
 * ``naive_softmax_log`` / ``shifted_softmax_log``: ``p - onehot(y)`` with p the
   method's softmax (``exp(x) / sum exp(x)``, resp. with x - max): an overflowed
-  exp gives inf / inf = NaN, and NaN weights from then on;
+  exp gives inf / inf = NaN, and NaN weights from then on (``softmax_minus_onehot``);
 * ``log_softmax`` / ``log_softmax_log1p``: p = exp(log_softmax(x)), and the true
-  class's entry p_y - 1 = -sum_{j != y} p_j (no cancellation);
-* ``sigmoid_log``: p - y with p = 1 / (1 + exp(-z)) (the naive sigmoid);
+  class's entry p_y - 1 = -sum_{j != y} p_j (no cancellation; ``log_softmax_others``);
+* ``sigmoid_log``: p - y with p = 1 / (1 + exp(-z)) (the naive sigmoid; ``sigmoid_minus_y``);
 * ``logits``: p - y = sigmoid(z) for y = 0, -sigmoid(-z) for y = 1, with the
-  sign-branched sigmoid of ``gradient.py`` (no cancellation, exp never overflows);
-* ``mse_sigmoid``: ``(p - y) p (1 - p)``, the kernel of ``gradient.py``.
+  sign-branched sigmoid (no cancellation, exp never overflows; ``sigmoid_minus_y_branched``);
+* ``mse_sigmoid``: ``(p - y) p (1 - p)`` with the same sigmoid (``mse_sigmoid``).
 
 dL/dz is multiplied by ``S / B`` (loss scale S, batch size B), multiplied by
 the features (the per-sample terms of the weight gradient), summed over the batch
@@ -56,7 +57,7 @@ from importlib import resources
 import numpy as np
 
 from ..analysis.outcome import classify
-from ..experiments import binary_ce, gradient, softmax_ce
+from ..experiments import binary_ce, grad_kernels, softmax_ce
 from ..numerics.arith import EVENTS, NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import from_longdouble
@@ -199,11 +200,6 @@ def _matvec(a: Arith, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return a.tree(a.add, a.mul(x[None], w[:, None]), 0.0)
 
 
-def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
-    """The logits [z, 0] with label 0 where y = 1: the input of gradient.py's kernels."""
-    return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
-
-
 def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-sample loss by the experiments' kernels.  ``y``: the labels; ``target``: them as format
     values (logistic: 0 / 1, (B,); softmax: one-hot, (B, K))."""
@@ -214,43 +210,31 @@ def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.n
     if method == "logits":
         return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "mse_sigmoid":
-        p = gradient._sigmoid(a, _two_class(logits, y))
-        r = a.sub(p, target)
+        r = a.sub(a.sigmoid(logits)[0], target)
         return a.mul(a.mul(r, r), a.const(np.full(len(y), 0.5)))
     raise KeyError(method)
+
+
+_GRADIENTS = {  # method -> dL/dlogits (a, logits, labels, target), by the kernels of grad_kernels
+    "naive_softmax_log": lambda a, z, y, t: grad_kernels.softmax_minus_onehot(a, z, t),
+    "shifted_softmax_log": lambda a, z, y, t: grad_kernels.softmax_minus_onehot(a, z, t, shift=True),
+    "log_softmax": lambda a, z, y, t: grad_kernels.log_softmax_others(a, z, y),
+    "log_softmax_log1p": lambda a, z, y, t: grad_kernels.log_softmax_others(a, z, y, log1p=True),
+    "sigmoid_log": lambda a, z, y, t: grad_kernels.sigmoid_minus_y(a, z, t),
+    "logits": lambda a, z, y, t: grad_kernels.sigmoid_minus_y_branched(a, z, y == 1),
+    "mse_sigmoid": lambda a, z, y, t: grad_kernels.mse_sigmoid(a, z, t),
+}
 
 
 def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
     """dL/dlogits per sample (unscaled, before the 1/B of the mean); ``target`` as for :func:`_loss`.
     ``a``: a fork of the forward's Arith, so that the forward quantities it repeats (exp(x), its
     sum, ...) are shared (:func:`arith._shared`), not computed again."""
-    if method in SOFTMAX_METHODS:
-        if method == "naive_softmax_log":
-            e = a.exp(logits)
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
-        if method == "shifted_softmax_log":
-            e = a.exp(a.shift(logits))
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
-        z = a.shift(logits)
-        if method == "log_softmax":
-            lse = a.log(a.tree(a.add, a.exp(z), 0.0))
-        else:
-            lse = a.log1p(a.tree(a.add, a.drop(a.exp(z), a.argmax(logits)), 0.0))
-        p = a.exp(a.sub(z, lse[:, None]))
-        others = a.tree(a.add, a.drop(p, y), 0.0)  # sum_{j != y} p_j = 1 - p_y without cancellation
-        g = np.array(p, copy=True)
-        np.put_along_axis(g, y[:, None], a.neg(others)[:, None], axis=1)
-        return g
-    if method == "sigmoid_log":
-        one = a.const(np.ones(len(y)))
-        p = a.div(one, a.add(one, a.exp(a.neg(logits))))
-        return a.sub(p, target)
-    if method == "logits":
-        p, q = a.sigmoid(logits)
-        return np.where(y == 1, a.neg(q), p).astype(a.dtype)
-    if method == "mse_sigmoid":
-        return gradient.mse_sigmoid(a, _two_class(logits, y))
-    raise KeyError(method)
+    try:
+        gradient = _GRADIENTS[method]
+    except KeyError:
+        raise KeyError(method) from None
+    return gradient(a, logits, y, target)
 
 
 def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
