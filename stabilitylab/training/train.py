@@ -295,6 +295,36 @@ def _forward(fmt: Format, methods: tuple[str, ...], batch: tuple[np.ndarray, ...
     return kernels, total.astype(np.float64), first
 
 
+def _backward(fmt: Format, methods: tuple[str, ...], kernels: list, batch: tuple[np.ndarray, ...],
+              scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weight gradient of the mean loss of every method, (M, ...) like the weights, and per
+    method the fraction of per-sample gradient terms lost to underflow.
+
+    ``kernels``: per method (logits, Arith of its loss kernel) from :func:`_forward`; ``scale``:
+    the loss scale S per method.  dL/dz (:func:`_dloss`) times S / B, times the features (the
+    per-sample terms of the weight gradient), summed over the batch as a tree, times 1/S (an
+    exact power of two: S itself is not a float16 value from 2**16 on).
+    """
+    x, y, target = batch
+    m, size = len(methods), len(y)
+    dz = np.stack([_dloss(f.fork(), method, z, y, target) for method, (z, f) in zip(methods, kernels)])
+    column = (m,) + (1,) * (dz.ndim - 1)  # a value per method, against (M, B, ...) dL/dz or (M, ...) weights
+    g = Arith(fmt, m, quiet=True)
+    dzs = g.mul(dz, g.const(scale / size).reshape(column))
+    if dz.ndim == 3:
+        terms = g.mul(dzs[..., None], x[None, :, None, :])  # (M, B, K, D)
+        nonzero = (dz != 0)[..., None] & (x != 0)[None, :, None, :]
+    else:
+        terms = g.mul(dzs[..., None], x[None])  # (M, B, D)
+        nonzero = (dz != 0)[..., None] & (x != 0)[None]
+    underflow = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
+    summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
+    grad, scaled = summed, (scale != 1).reshape(column)
+    if scaled.any():
+        grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
+    return grad, underflow
+
+
 def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tuple[dict, np.ndarray]]:
     """The training loop of ``methods`` side by side; per method its per-step and per-epoch
     columns and its step events (len(EVENTS), steps; NEVER where not recorded: see above)."""
@@ -334,27 +364,13 @@ def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tu
             first[again, :, t] = _forward(fmt, tuple(methods[k] for k in again), (xb, yb, tb), w[again],
                                           np.ones(again.size, dtype=bool))[2]
         loud = lost
-        # backward: dL/dz * S / B, per-sample terms dz x, summed over the batch, unscaled
-        dz = np.stack([_dloss(f.fork(), method, z, yb, tb) for method, (z, f) in zip(methods, kernels)])
-        g = Arith(fmt, m, quiet=True)
-        dzs = g.mul(dz, g.const(scale / batch).reshape(column))
-        if w.ndim == 3:
-            terms = g.mul(dzs[..., None], xb[None, :, None, :])  # (M, B, K, D)
-            nonzero = (dz != 0)[..., None] & (xb != 0)[None, :, None, :]
-        else:
-            terms = g.mul(dzs[..., None], xb[None])  # (M, B, D)
-            nonzero = (dz != 0)[..., None] & (xb != 0)[None]
-        underflow[:, t] = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
-        summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
-        # unscale by the exact power of two 1/S (S itself is not a float16 value from 2**16 on)
-        grad, scaled = summed, (scale != 1).reshape(column)
-        if scaled.any():
-            grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
+        grad, underflow[:, t] = _backward(fmt, methods, kernels, (xb, yb, tb), scale)
         with np.errstate(all="ignore"):
             g64 = grad.astype(np.float64)
             grad_norm[:, t] = np.sqrt(np.sum((g64 * g64).reshape(m, -1), axis=1))
         zero_grad[:, t] = np.mean(g64 == 0, axis=axes)
         scales[:, t] = scale
+        g = Arith(fmt, m, quiet=True)
         updated = g.sub(w, g.mul(lr, grad))
         if scenario.scaling == "dynamic":
             bad = ~np.isfinite(g64).all(axis=axes)
