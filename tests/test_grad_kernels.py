@@ -44,6 +44,7 @@ import pytest
 from stabilitylab.experiments import grad_kernels as gk
 from stabilitylab.numerics.arith import Arith
 from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.numerics.interval import Bounds, IntervalArith
 from stabilitylab.training import train
 
 F64 = FORMATS["float64"]
@@ -391,3 +392,37 @@ def test_train_weight_gradient_within_bound(name):
                 G, bound = exact_weight_gradient(method, w[k], xb, yb)
                 worst = max(worst, check_within(f"{method} at scale {scale}", grad[k], G, bound))
     assert 0.01 <= worst <= 1
+
+
+# ------------------------------------------------------------------ the same kernels on ranges
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "float32"])
+def test_kernels_run_on_intervals_and_enclose_the_points(fmt_name):
+    """Written once against the context: every kernel also runs on IntervalArith, and its range
+    [lo, hi] over a range of logits holds the kernel's Arith value at points of that range."""
+    fmt = FORMATS[fmt_name]
+    rng = np.random.default_rng(9)
+    lo = fmt.round(rng.normal(0, 8, (40, 4))).astype(np.float64)
+    hi = fmt.round(lo + np.abs(rng.normal(0, 0.5, lo.shape))).astype(np.float64)
+    t = rng.uniform(0, 1, lo.shape)
+    x = np.clip(fmt.round(lo + t * (hi - lo)).astype(np.float64), lo, hi)
+    labels, c = rng.integers(0, 4, 40), rng.integers(0, 4, 40)
+    y = (labels % 2).astype(np.float64)
+    ia, a = IntervalArith(fmt, 40), Arith(fmt, 40)
+    bx, px = ia.load(Bounds(lo, hi)), a.load(x)
+    runs = {
+        "softmax_minus_onehot": lambda k, v: gk.softmax_minus_onehot(k, v, k.const(c == labels), c),
+        "shifted": lambda k, v: gk.softmax_minus_onehot(k, v, k.const(np.eye(4)[labels]), shift=True),
+        "exp_log_softmax_minus_onehot": lambda k, v: gk.exp_log_softmax_minus_onehot(
+            k, v, k.const(c == labels), c, log1p=True),
+        "log_softmax_others": lambda k, v: gk.log_softmax_others(k, v, labels),
+        "sigmoid_minus_y": lambda k, v: gk.sigmoid_minus_y(k, k.pick(v, c), k.const(y)),
+        "stable_sigmoid_minus_y": lambda k, v: gk.stable_sigmoid_minus_y(k, k.pick(v, c), k.const(y)),
+        "sigmoid_minus_y_branched": lambda k, v: gk.sigmoid_minus_y_branched(k, k.pick(v, c), y == 1),
+        "mse_sigmoid": lambda k, v: gk.mse_sigmoid(k, k.pick(v, c), k.const(y)),
+    }
+    for name, run in runs.items():
+        b, p = Bounds.of(run(ia, bx)), run(a, px).astype(np.float64)
+        assert p.shape == b.shape, name
+        assert ((b.lo <= p) & (p <= b.hi)).all(), name
+        # the ranges say something (not everywhere: where the maximum changes over a range, shift knows nothing)
+        assert np.mean(np.isfinite(b.lo) & (b.hi - b.lo < 0.5)) > 0.6, name
