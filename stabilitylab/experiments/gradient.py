@@ -12,6 +12,8 @@ y = [label == 0]; p = sigmoid(z) = softmax(x)_0.  Methods:
   sigmoid output: (p - y) p (1 - p) (same stable sigmoid), the factor
   sigma'(z) = p (1 - p) that makes it vanish when the output saturates (article 004).
 
+The formulas are the kernels of :mod:`.grad_kernels` (the softmax ones at component 0).
+
 Exact references: ``sigmoid(z) - y`` for the three cross-entropy forms,
 ``(p - y) p (1 - p)`` for ``mse_sigmoid`` (its own :class:`Truth`).
 
@@ -29,8 +31,9 @@ import numpy as np
 
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
+from . import grad_kernels
 from .base import Experiment, Family, Method, ParamNames, Settings, Truth
-from .softmax_ce import Logits, _two_diff, concat, load, log_softmax_log1p, logits_case
+from .softmax_ce import Logits, _two_diff, concat, load, logits_case
 
 __all__ = ["GRADIENT", "LOSS_SCALES", "loss_scaling"]
 
@@ -44,30 +47,29 @@ def _target(a: Arith, x) -> np.ndarray:
     return a.const((x.labels == 0).astype(np.float64))
 
 
+def _component0(x) -> np.ndarray:
+    return np.zeros(len(x.labels), dtype=np.int64)
+
+
+def _z(a: Arith, x):
+    """z = x_0 - x_1."""
+    return a.sub(x.logits[:, 0], x.logits[:, 1])
+
+
 def ce_from_probs(a: Arith, x):
-    e = a.exp(x.logits)
-    return a.sub(a.div(e[:, 0], a.tree(a.add, e, 0.0)), _target(a, x))
+    return grad_kernels.softmax_minus_onehot(a, x.logits, _target(a, x), _component0(x))
 
 
 def ce_from_log_softmax(a: Arith, x):
-    # log p_0 = -(cross-entropy with label 0), computed by the log1p form
-    zero = type(x)(x.logits, np.zeros_like(x.labels))
-    return a.sub(a.exp(a.neg(log_softmax_log1p(a, zero))), _target(a, x))
-
-
-def _sigmoid(a: Arith, x) -> np.ndarray:
-    """sigmoid(z), z = x_0 - x_1, the sign-branched form (:meth:`Arith.sigmoid`)."""
-    return a.sigmoid(a.sub(x.logits[:, 0], x.logits[:, 1]))[0]
+    return grad_kernels.exp_log_softmax_minus_onehot(a, x.logits, _target(a, x), _component0(x), log1p=True)
 
 
 def ce_sigmoid(a: Arith, x):
-    return a.sub(_sigmoid(a, x), _target(a, x))
+    return grad_kernels.stable_sigmoid_minus_y(a, _z(a, x), _target(a, x))
 
 
 def mse_sigmoid(a: Arith, x):
-    p = _sigmoid(a, x)
-    one = a.const(np.ones(len(p)))
-    return a.mul(a.mul(a.sub(p, _target(a, x)), p), a.sub(one, p))
+    return grad_kernels.mse_sigmoid(a, _z(a, x), _target(a, x))
 
 
 def exact_rows(x):

@@ -21,6 +21,8 @@ forms to be told apart by ``resembles``:
   with the log1p form of the log-sum-exp);
 * binary: ``sigmoid_minus_y`` (1 / (1 + exp(-z)) - y) and ``stable_sigmoid_minus_y``
   (the sigmoid branched on the sign of z).
+
+The formulas are the kernels of :mod:`.grad_kernels`, evaluated at the case's component.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import mpmath
 import numpy as np
 
 from ..numerics.arith import Arith
+from . import grad_kernels
 from .base import Batch, Experiment, Family, Method, Rows, Truth
 from .binary_ce import BINARY_CE, Binary
 from .softmax_ce import SOFTMAX_CE, _two_diff
@@ -100,26 +103,19 @@ def _onehot(a: Arith, x: LoadedGrad):
 
 
 def naive_softmax(a: Arith, x: LoadedGrad):
-    e = a.exp(x.logits)
-    return a.sub(a.div(a.pick(e, x.component), a.tree(a.add, e, 0.0)), _onehot(a, x))
+    return grad_kernels.softmax_minus_onehot(a, x.logits, _onehot(a, x), x.component)
 
 
 def shifted_softmax(a: Arith, x: LoadedGrad):
-    e = a.exp(a.shift(x.logits))
-    return a.sub(a.div(a.pick(e, x.component), a.tree(a.add, e, 0.0)), _onehot(a, x))
+    return grad_kernels.softmax_minus_onehot(a, x.logits, _onehot(a, x), x.component, shift=True)
 
 
 def exp_log_softmax(a: Arith, x: LoadedGrad):
-    z = a.shift(x.logits)
-    out = a.sub(a.pick(z, x.component), a.log(a.tree(a.add, a.exp(z), 0.0)))
-    return a.sub(a.exp(out), _onehot(a, x))
+    return grad_kernels.exp_log_softmax_minus_onehot(a, x.logits, _onehot(a, x), x.component)
 
 
 def exp_log_softmax_log1p(a: Arith, x: LoadedGrad):
-    z = a.shift(x.logits)
-    e = a.drop(a.exp(z), a.argmax(x.logits))
-    out = a.sub(a.pick(z, x.component), a.log1p(a.tree(a.add, e, 0.0)))
-    return a.sub(a.exp(out), _onehot(a, x))
+    return grad_kernels.exp_log_softmax_minus_onehot(a, x.logits, _onehot(a, x), x.component, log1p=True)
 
 
 def softmax_rows(x: LoadedGrad):
@@ -199,14 +195,11 @@ def _picked(a: Arith, x: LoadedGrad):
 
 
 def sigmoid_minus_y(a: Arith, x: LoadedGrad):
-    z, y = _picked(a, x)
-    one = a.const(np.ones(len(z)))
-    return a.sub(a.div(one, a.add(one, a.exp(a.neg(z)))), y)
+    return grad_kernels.sigmoid_minus_y(a, *_picked(a, x))
 
 
 def stable_sigmoid_minus_y(a: Arith, x: LoadedGrad):
-    z, y = _picked(a, x)
-    return a.sub(a.sigmoid(z)[0], y)
+    return grad_kernels.stable_sigmoid_minus_y(a, *_picked(a, x))
 
 
 def binary_rows(x: LoadedGrad):

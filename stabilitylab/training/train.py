@@ -16,17 +16,18 @@ side in each format: in the operations they share (matvec, batch mean, backward
 products and sums, update, accuracy) method m is row m of one Arith; each method's
 loss kernel runs in an Arith of its own, which its backward pass forks (what it
 repeats of the forward, exp(x) and its sum say, is computed once).  The gradient
-of each method is formed from that method's own forward quantities:
+of each method is formed from that method's own forward quantities, by the kernels of
+:mod:`stabilitylab.experiments.grad_kernels`:
 
 * ``naive_softmax_log`` / ``shifted_softmax_log``: ``p - onehot(y)`` with p the
   method's softmax (``exp(x) / sum exp(x)``, resp. with x - max): an overflowed
-  exp gives inf / inf = NaN, and NaN weights from then on;
+  exp gives inf / inf = NaN, and NaN weights from then on (``softmax_minus_onehot``);
 * ``log_softmax`` / ``log_softmax_log1p``: p = exp(log_softmax(x)), and the true
-  class's entry p_y - 1 = -sum_{j != y} p_j (no cancellation);
-* ``sigmoid_log``: p - y with p = 1 / (1 + exp(-z)) (the naive sigmoid);
+  class's entry p_y - 1 = -sum_{j != y} p_j (no cancellation; ``log_softmax_others``);
+* ``sigmoid_log``: p - y with p = 1 / (1 + exp(-z)) (the naive sigmoid; ``sigmoid_minus_y``);
 * ``logits``: p - y = sigmoid(z) for y = 0, -sigmoid(-z) for y = 1, with the
-  sign-branched sigmoid of ``gradient.py`` (no cancellation, exp never overflows);
-* ``mse_sigmoid``: ``(p - y) p (1 - p)``, the kernel of ``gradient.py``.
+  sign-branched sigmoid (no cancellation, exp never overflows; ``sigmoid_minus_y_branched``);
+* ``mse_sigmoid``: ``(p - y) p (1 - p)`` with the same sigmoid (``mse_sigmoid``).
 
 dL/dz is multiplied by ``S / B`` (loss scale S, batch size B), multiplied by
 the features (the per-sample terms of the weight gradient), summed over the batch
@@ -56,7 +57,7 @@ from importlib import resources
 import numpy as np
 
 from ..analysis.outcome import classify
-from ..experiments import binary_ce, gradient, softmax_ce
+from ..experiments import binary_ce, grad_kernels, softmax_ce
 from ..numerics.arith import EVENTS, NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import from_longdouble
@@ -192,11 +193,6 @@ def _matvec(a: Arith, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return a.tree(a.add, a.mul(x[None], w[:, None]), 0.0)
 
 
-def _two_class(z: np.ndarray, y: np.ndarray) -> softmax_ce.Loaded:
-    """The logits [z, 0] with label 0 where y = 1: the input of gradient.py's kernels."""
-    return softmax_ce.Loaded(np.stack([z, np.zeros_like(z)], axis=1), (1 - y).astype(np.int64))
-
-
 def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Per-sample loss by the experiments' kernels.  ``y``: the labels; ``target``: them as format
     values (logistic: 0 / 1, (B,); softmax: one-hot, (B, K))."""
@@ -207,43 +203,31 @@ def _loss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.n
     if method == "logits":
         return binary_ce.from_logits(a, binary_ce.Loaded(logits[:, None], target[:, None]))
     if method == "mse_sigmoid":
-        p = gradient._sigmoid(a, _two_class(logits, y))
-        r = a.sub(p, target)
+        r = a.sub(a.sigmoid(logits)[0], target)
         return a.mul(a.mul(r, r), a.const(np.full(len(y), 0.5)))
     raise KeyError(method)
+
+
+_GRADIENTS = {  # method -> dL/dlogits (a, logits, labels, target), by the kernels of grad_kernels
+    "naive_softmax_log": lambda a, z, y, t: grad_kernels.softmax_minus_onehot(a, z, t),
+    "shifted_softmax_log": lambda a, z, y, t: grad_kernels.softmax_minus_onehot(a, z, t, shift=True),
+    "log_softmax": lambda a, z, y, t: grad_kernels.log_softmax_others(a, z, y),
+    "log_softmax_log1p": lambda a, z, y, t: grad_kernels.log_softmax_others(a, z, y, log1p=True),
+    "sigmoid_log": lambda a, z, y, t: grad_kernels.sigmoid_minus_y(a, z, t),
+    "logits": lambda a, z, y, t: grad_kernels.sigmoid_minus_y_branched(a, z, y == 1),
+    "mse_sigmoid": lambda a, z, y, t: grad_kernels.mse_sigmoid(a, z, t),
+}
 
 
 def _dloss(a: Arith, method: str, logits: np.ndarray, y: np.ndarray, target: np.ndarray) -> np.ndarray:
     """dL/dlogits per sample (unscaled, before the 1/B of the mean); ``target`` as for :func:`_loss`.
     ``a``: a fork of the forward's Arith, so that the forward quantities it repeats (exp(x), its
     sum, ...) are shared (:func:`arith._shared`), not computed again."""
-    if method in SOFTMAX_METHODS:
-        if method == "naive_softmax_log":
-            e = a.exp(logits)
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
-        if method == "shifted_softmax_log":
-            e = a.exp(a.shift(logits))
-            return a.sub(a.div(e, a.tree(a.add, e, 0.0)[:, None]), target)
-        z = a.shift(logits)
-        if method == "log_softmax":
-            lse = a.log(a.tree(a.add, a.exp(z), 0.0))
-        else:
-            lse = a.log1p(a.tree(a.add, a.drop(a.exp(z), a.argmax(logits)), 0.0))
-        p = a.exp(a.sub(z, lse[:, None]))
-        others = a.tree(a.add, a.drop(p, y), 0.0)  # sum_{j != y} p_j = 1 - p_y without cancellation
-        g = np.array(p, copy=True)
-        np.put_along_axis(g, y[:, None], a.neg(others)[:, None], axis=1)
-        return g
-    if method == "sigmoid_log":
-        one = a.const(np.ones(len(y)))
-        p = a.div(one, a.add(one, a.exp(a.neg(logits))))
-        return a.sub(p, target)
-    if method == "logits":
-        p, q = a.sigmoid(logits)
-        return np.where(y == 1, a.neg(q), p).astype(a.dtype)
-    if method == "mse_sigmoid":
-        return gradient.mse_sigmoid(a, _two_class(logits, y))
-    raise KeyError(method)
+    try:
+        gradient = _GRADIENTS[method]
+    except KeyError:
+        raise KeyError(method) from None
+    return gradient(a, logits, y, target)
 
 
 def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -304,6 +288,36 @@ def _forward(fmt: Format, methods: tuple[str, ...], batch: tuple[np.ndarray, ...
     return kernels, total.astype(np.float64), first
 
 
+def _backward(fmt: Format, methods: tuple[str, ...], kernels: list, batch: tuple[np.ndarray, ...],
+              scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weight gradient of the mean loss of every method, (M, ...) like the weights, and per
+    method the fraction of per-sample gradient terms lost to underflow.
+
+    ``kernels``: per method (logits, Arith of its loss kernel) from :func:`_forward`; ``scale``:
+    the loss scale S per method.  dL/dz (:func:`_dloss`) times S / B, times the features (the
+    per-sample terms of the weight gradient), summed over the batch as a tree, times 1/S (an
+    exact power of two: S itself is not a float16 value from 2**16 on).
+    """
+    x, y, target = batch
+    m, size = len(methods), len(y)
+    dz = np.stack([_dloss(f.fork(), method, z, y, target) for method, (z, f) in zip(methods, kernels)])
+    column = (m,) + (1,) * (dz.ndim - 1)  # a value per method, against (M, B, ...) dL/dz or (M, ...) weights
+    g = Arith(fmt, m, quiet=True)
+    dzs = g.mul(dz, g.const(scale / size).reshape(column))
+    if dz.ndim == 3:
+        terms = g.mul(dzs[..., None], x[None, :, None, :])  # (M, B, K, D)
+        nonzero = (dz != 0)[..., None] & (x != 0)[None, :, None, :]
+    else:
+        terms = g.mul(dzs[..., None], x[None])  # (M, B, D)
+        nonzero = (dz != 0)[..., None] & (x != 0)[None]
+    underflow = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
+    summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
+    grad, scaled = summed, (scale != 1).reshape(column)
+    if scaled.any():
+        grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
+    return grad, underflow
+
+
 def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tuple[dict, np.ndarray]]:
     """The training loop of ``methods`` side by side; per method its per-step and per-epoch
     columns and its step events (len(EVENTS), steps; NEVER where not recorded: see above)."""
@@ -343,27 +357,13 @@ def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tu
             first[again, :, t] = _forward(fmt, tuple(methods[k] for k in again), (xb, yb, tb), w[again],
                                           np.ones(again.size, dtype=bool))[2]
         loud = lost
-        # backward: dL/dz * S / B, per-sample terms dz x, summed over the batch, unscaled
-        dz = np.stack([_dloss(f.fork(), method, z, yb, tb) for method, (z, f) in zip(methods, kernels)])
-        g = Arith(fmt, m, quiet=True)
-        dzs = g.mul(dz, g.const(scale / batch).reshape(column))
-        if w.ndim == 3:
-            terms = g.mul(dzs[..., None], xb[None, :, None, :])  # (M, B, K, D)
-            nonzero = (dz != 0)[..., None] & (xb != 0)[None, :, None, :]
-        else:
-            terms = g.mul(dzs[..., None], xb[None])  # (M, B, D)
-            nonzero = (dz != 0)[..., None] & (xb != 0)[None]
-        underflow[:, t] = np.mean((terms == 0) & nonzero, axis=tuple(range(1, terms.ndim)))
-        summed = g.tree(g.add, np.moveaxis(terms, 1, -1), 0.0)
-        # unscale by the exact power of two 1/S (S itself is not a float16 value from 2**16 on)
-        grad, scaled = summed, (scale != 1).reshape(column)
-        if scaled.any():
-            grad = np.where(scaled, g.mul(summed, g.const(1.0 / scale).reshape(column)), summed)
+        grad, underflow[:, t] = _backward(fmt, methods, kernels, (xb, yb, tb), scale)
         with np.errstate(all="ignore"):
             g64 = grad.astype(np.float64)
             grad_norm[:, t] = np.sqrt(np.sum((g64 * g64).reshape(m, -1), axis=1))
         zero_grad[:, t] = np.mean(g64 == 0, axis=axes)
         scales[:, t] = scale
+        g = Arith(fmt, m, quiet=True)
         updated = g.sub(w, g.mul(lr, grad))
         if scenario.scaling == "dynamic":
             bad = ~np.isfinite(g64).all(axis=axes)
