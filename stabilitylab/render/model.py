@@ -74,6 +74,10 @@ def number_text(x: float, digits: int = 10) -> str:
 
 
 MORE = "-o FILE or --format json has them all"
+INPUT_ROW = "exact, your input ⚠"
+INPUT_CAPTION = ("⚠ input rounded: rounding the inputs to the format changes the exact loss itself (or an input "
+                 "overflows or underflows), so ok / range there is measured against another problem; the "
+                 f"'{INPUT_ROW}' row has the exact loss of your own inputs (float64, unrounded) and why")
 WHITE_BOX_COUNTS = ("overflow", "underflow", "nan", "inaccurate", "range")
 BLACK_BOX_COUNTS = ("inf", "nan", "inaccurate", "error", "range")
 COUNT_NAMES = {"overflow": "overflow", "underflow": "underflow", "nan": "NaN", "inaccurate": "inaccurate",
@@ -134,7 +138,16 @@ def verdicts(comparison: Comparison) -> list[tuple[str, str]]:
 def summary_section(comparison: Comparison) -> Section:
     """The verdicts (:func:`verdicts`) first, then where to look for more."""
     names = ", ".join(e.name for e in comparison.experiments)
-    return Section(SUMMARY_HEADING, paragraphs=[SUMMARY_INTRO], bullets=[text for _, text in verdicts(comparison)],
+    bullets = [text for _, text in verdicts(comparison)]
+    changed: dict[tuple[str, str], list[str]] = {}
+    for r in comparison.results:
+        if r.input_change and r.dtype not in changed.setdefault((r.experiment, r.case), []):
+            changed[(r.experiment, r.case)].append(r.dtype)
+    if changed:
+        bullets.append("⚠ Rounding the inputs to the format changes the problem itself (see the "
+                       f"'{INPUT_ROW}' rows): " + "; ".join(f"{e} {c} in {', '.join(d)}"
+                                                            for (e, c), d in changed.items()) + ".")
+    return Section(SUMMARY_HEADING, paragraphs=[SUMMARY_INTRO], bullets=bullets,
                    footer=[f"Below: a section per experiment ({names}): every case's loss, counts, findings. "
                            "`-e EXP` narrows to one; `--format json` has every row."])
 
@@ -154,6 +167,7 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
         cases = list(dict.fromkeys(r.case for r in comparison.results if r.experiment == experiment.name))
         shown = cases[:max_cases] if max_cases is not None else cases
         rows = []
+        changed = False
         for case in shown:
             shared = next(m for m in experiment.methods if m.truth is None)
             label = Cell(case)
@@ -163,12 +177,21 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
                     rows.append([label, Cell(name)] + [Cell(exact_text(
                         results[(experiment.name, case, method.name, f.name)].exact)) for f in formats])
                     label = Cell("")
+                    mine = [results[(experiment.name, case, method.name, f.name)] for f in formats]
+                    if any(r.input_change for r in mine):
+                        changed = True
+                        rows.append([label, Cell(f"{INPUT_ROW} ({method.name})" if method.truth is not None
+                                                 else INPUT_ROW)]
+                                    + [Cell(f"{exact_text(r.input_exact)} ({r.input_change})" if r.input_change
+                                            else "", "inaccurate" if r.input_change else None) for r in mine])
                 cells = [Cell(""), Cell(method.name)]
                 for fmt in formats:
                     r = results[(experiment.name, case, method.name, fmt.name)]
                     cells.append(Cell(value_text(r.value, fmt), r.status, tagged=True))
                 rows.append(cells)
         caption = "" if len(cases) == len(shown) else f"first {len(shown)} of {len(cases):,} cases; {MORE}"
+        if changed:
+            caption = "; ".join(c for c in (INPUT_CAPTION, caption) if c)
         results_table = Table(f"{experiment.name}: loss per method and format "
                               "(exact: the true loss of the inputs as rounded to each format)",
                               ["case", "method", *(f.name for f in formats)], rows, caption, labels=(0, 1))
