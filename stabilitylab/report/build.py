@@ -115,7 +115,7 @@ def _family_figure(experiment, family, formats, settings, rows, panels=None) -> 
     failures = {(r.method, r.dtype): r.first_failure for r in rows
                 if r.experiment == experiment.name and r.family == family.name}
     title = (f"{experiment.name}/{family.name}: {family.description}: "
-             f"error in bits vs {family.parameter}")
+             f"bits lost (of the format's p) vs {family.parameter}")
     return plots.family_figure(title, panels, grid, failures, family.parameter, family.integer)
 
 
@@ -156,7 +156,8 @@ def _training_task(scenario: str):
 
 def _audit_task(name: str, formats: tuple[str, ...]):
     """One installed framework kernel: its audit on the confident family (what the report shows of
-    it) and its figure panels, error bits and finiteness along D_GRID per format."""
+    it) and its figure panels, error bits and finiteness along D_GRID per format it supports (only
+    those: the figure plots what the table reports)."""
     from ..api import audit
     from ..auditing.core import resolve, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
@@ -165,7 +166,8 @@ def _audit_task(name: str, formats: tuple[str, ...]):
     family = SOFTMAX_CE.family("confident")
     method = target_method(resolve(name))
     panels = {}
-    for fmt in formats:
+    supported = {r.dtype for r in a.resembles}  # the formats the audit ran (the table shows '—' for the others)
+    for fmt in (f for f in formats if f in supported):
         out = evaluate(replace(SOFTMAX_CE, methods=(method,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
                        fast_reference=True)
         panels[fmt] = (out[method.name].error_bits, np.isfinite(out[method.name].value))
@@ -187,7 +189,7 @@ def _log1p_panels_task(formats: tuple[str, ...]):
 
 
 def _audit_figure_task(panels):
-    return plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: error in bits vs d, installed "
+    return plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: bits lost (of p) vs d, installed "
                                "kernels beside the log1p form", panels, D_GRID, {}, "d")
 
 
