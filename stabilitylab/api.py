@@ -53,7 +53,15 @@ from .io.userdata import (
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format, get_format
 from .render import jsonout
 from .render.markdown import sections_md
-from .render.model import Section, audit_sections, compare_sections, formulas_section, thresholds_table, train_sections
+from .render.model import (
+    Section,
+    audit_sections,
+    compare_sections,
+    formulas_section,
+    summary_section,
+    thresholds_table,
+    train_sections,
+)
 
 if TYPE_CHECKING:  # imported where used: ``stabilitylab compare`` does not load the audit, the search or a baseline
     from .analysis import streaming
@@ -243,7 +251,8 @@ class CompareResult(_Document):
     def sections(self, full: bool = True) -> list[Section]:
         sections = []
         if self.comparison is not None:
-            sections = compare_sections(self.comparison, *((None, None) if full else (MAX_CASES, MAX_FINDINGS)))
+            sections = [summary_section(self.comparison),
+                        *compare_sections(self.comparison, *((None, None) if full else (MAX_CASES, MAX_FINDINGS)))]
         if self.bulk is not None:
             from .render import bulk as _bulk
 

@@ -14,12 +14,13 @@ import numpy as np
 
 from ..experiments import Experiment
 from ..numerics import reference
-from ..numerics.arith import Arith
-from ..numerics.formats import Format
+from ..numerics.arith import NEVER, Arith
+from ..numerics.formats import FORMATS, Format
+from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
 from .outcome import STATUSES, Outcome, classify, gather
 
-__all__ = ["Result", "Comparison", "evaluate", "compare"]
+__all__ = ["Result", "Comparison", "evaluate", "compare", "user_exact", "input_changes"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Result:
     error_bits: float
     events: tuple[str, ...]
     error: str = ""  # black boxes: the first line of the exception the call raised on this row
+    # the exact loss of the user's own inputs (float64, not rounded to the format) where rounding the
+    # inputs to the format changes it materially (see :func:`input_changes`), else ""
+    input_exact: str = ""
+    input_change: str = ""  # why, in words ("an input rounds to 1"), where input_exact is set
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,81 @@ def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: flo
     return flip | (near & special)
 
 
+class _Watch(Arith):
+    """An :class:`Arith` that also notes, per row, inputs that rounding to the format made exactly 1."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to_one = np.zeros(self.rows, dtype=bool)
+
+    def load(self, x, where=None) -> np.ndarray:
+        y = super().load(x, where)
+        x = np.asarray(x, dtype=np.float64)
+        per_row = ((np.abs(y) == 1) & (np.abs(x) != 1)).reshape(self.rows, -1).any(axis=1)
+        self.to_one |= per_row if where is None else per_row & where
+        return y
+
+
+def _loaded(experiment: Experiment, fmt: Format, cases: Any, ftz: bool = False):
+    """``[(rows, watched Arith, inputs)]`` per group of rows of ``cases``."""
+    groups = cases.groups()
+    out = []
+    for rows in groups:
+        group = cases if len(groups) == 1 else cases.take(rows)
+        arith = _Watch(fmt, len(group), ftz=ftz)
+        out.append((rows, arith, experiment.load(arith, group)))
+    return out
+
+
+def _zeros(rows: int) -> Exact:
+    return Exact(np.zeros(rows), np.zeros(rows), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
+
+
+def user_exact(experiment: Experiment, truth, cases: Any) -> Exact:
+    """The exact value of ``truth`` on the user's own inputs: the cases as given (float64), not
+    rounded to any narrower format (and no flush to zero)."""
+    exact = _zeros(len(cases))
+    for rows, _, inputs in _loaded(experiment, FORMATS["float64"], cases):
+        exact = exact.put(rows, reference.exact(truth, inputs))
+    return exact
+
+
+def _relative_change(a: Exact, b: Exact) -> np.ndarray:
+    """|a - b| / |b| per row: 0 where both are 0 or the same infinity, inf where b is 0 and a is not
+    (or exactly one is NaN or infinite)."""
+    with np.errstate(all="ignore"):
+        av = np.ldexp(a.hi + a.lo, np.clip(a.scale - b.scale, -2000, 2000))  # a in the units of b
+        bv = b.hi + b.lo
+        rel = np.abs(av - bv) / np.abs(bv)
+        rel = np.where(a.zero | b.zero, np.where(a.zero & b.zero, 0.0, np.where(b.zero, np.inf, 1.0)), rel)
+        special = ~np.isfinite(a.hi) | ~np.isfinite(b.hi)
+        same = (a.hi == b.hi) | (np.isnan(a.hi) & np.isnan(b.hi))
+        return np.where(special, np.where(same, 0.0, np.inf), rel)
+
+
+def input_changes(experiment: Experiment, fmt: Format, cases: Any, rounded: Exact, user: Exact,
+                  tolerance: float | None = None, ftz: bool = False) -> np.ndarray:
+    """Per row, why rounding the inputs to ``fmt`` changes the problem, or "" where it does not
+    materially: the exact loss of the rounded inputs (``rounded``) differs from that of the user's own
+    (``user``, :func:`user_exact`) by more than the tolerance (relatively), or an input overflows or
+    underflows to 0 (always).  The reason names the input event when there is one: an input
+    overflows, underflows to 0 or rounds to 1 (a logit rounding to 1 is common and harmless, so
+    rounding to 1 alone marks a row only where the exact loss changes)."""
+    tol = fmt.default_tolerance if tolerance is None else tolerance
+    changed = _relative_change(rounded, user) > tol
+    out = np.full(len(cases), "", dtype=object)
+    for rows, arith, _ in _loaded(experiment, fmt, cases, ftz):
+        over = arith.first_step("overflow") != NEVER
+        under = arith.first_step("underflow") != NEVER
+        for i, row in enumerate(rows.tolist()):
+            if not (changed[row] or arith.input_lost[i]):
+                continue
+            causes = [text for flag, text in ((over[i], "an input overflows"), (under[i], "an input underflows to 0"),
+                                              (arith.to_one[i], "an input rounds to 1")) if flag]
+            out[row] = ", ".join(causes) if causes else "inputs rounded"
+    return out
+
+
 def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
             cases: Mapping[str, Any] | None = None, *, tolerance: float | None = None,
             ftz: bool = False) -> Comparison:
@@ -156,15 +236,26 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
     for experiment in experiments:
         batch = (cases or {}).get(experiment.name) or experiment.default_cases()
         by_format = {fmt.name: evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz) for fmt in formats}
+        users: dict[int, tuple[Exact, list[str]]] = {}  # per truth: the exact loss of the user's own inputs
+        changes: dict[tuple[int, str], np.ndarray] = {}
         for method in experiment.methods:
+            truth = experiment.truth_of(method)
+            if id(truth) not in users:
+                user = user_exact(experiment, truth, batch)
+                users[id(truth)] = (user, user.text())
             for fmt in formats:
                 o = by_format[fmt.name][method.name]
+                key = (id(truth), fmt.name)
+                if key not in changes:
+                    changes[key] = input_changes(experiment, fmt, batch, o.exact, users[id(truth)][0], tolerance, ftz)
+                change, user_texts = changes[key], users[id(truth)][1]
                 texts = o.exact.text()
                 for i, name in enumerate(batch.names):
                     results.append(Result(experiment.name, name, method.name, fmt.name, float(o.value[i]),
                                           float(o.reference[i]), texts[i], str(o.status[i]), float(o.rel_error[i]),
                                           float(o.ulps[i]), float(o.error_bits[i]), o.events[i],
-                                          "" if o.errors is None else str(o.errors[i])))
+                                          "" if o.errors is None else str(o.errors[i]),
+                                          user_texts[i] if change[i] else "", change[i]))
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
     return Comparison(tuple(experiments), tuple(formats), results, summary, tolerance=tolerance, ftz=ftz)

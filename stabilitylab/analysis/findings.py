@@ -123,8 +123,11 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
 def threshold_findings(rows) -> list[tuple[str, str]]:
     """One sentence per family and format: where each method first fails.
 
-    Example: "In float32, along likelihood/iid (n): product first fails at
-    n = 46 (underflow; predicted 46); sum_log never fails for n <= 2**62."
+    Example: "In float32, along iid (n): product first fails at n = 46 (underflow;
+    predicted 46), inaccurate from n = 45; sum_log never fails the status rule for
+    n <= 2**62."  "Never fails" is about the status rule
+    only: a value that vanishes because the exact value is below the format's range is
+    correctly rounded (the report says where, beside its figure).
     """
     grouped: dict[tuple[str, str, str], list] = defaultdict(list)
     for r in rows:
@@ -139,14 +142,18 @@ def threshold_findings(rows) -> list[tuple[str, str]]:
                 text = f"{r.method} first fails at {r.parameter} = {bound_f}{_param(r.first_failure)} ({r.failure}"
                 if r.predicted is not None and r.predicted_for == "first_failure" and r.agrees is not None:
                     text += f"; predicted {_param(r.predicted)}"
-                parts.append(text + ")")
+                text += ")"
+                if r.first_inaccurate is not None and r.first_inaccurate < r.first_failure:
+                    text += f", inaccurate from {r.parameter} = {bound_i}{_param(r.first_inaccurate)}"
+                parts.append(text)
             elif r.first_inaccurate is not None:
                 how = ("inaccurate" if r.inaccurate_status in (None, "inaccurate")
                        else f"{r.inaccurate_status} (a finite but lost result)")
                 parts.append(f"{r.method} stays finite but is {how} from {r.parameter} = {bound_i}"
                              f"{_param(r.first_inaccurate)}")
             elif r.exact_inaccurate and r.exact_failure:
-                parts.append(f"{r.method} never fails for {r.parameter} <= {_param(r.search_range[1])}")
+                parts.append(f"{r.method} never fails the status rule for {r.parameter} <= "
+                             f"{_param(r.search_range[1])}")
             else:
                 below = r.verified_inaccurate if not r.exact_inaccurate else r.verified_failure
                 parts.append(f"{r.method}: no failure found (verified for {r.parameter} < {_param(below)})")

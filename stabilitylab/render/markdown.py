@@ -38,4 +38,5 @@ def sections_md(sections: list[Section], level: int = 2) -> str:
         out += [table_md(t, level + 1) for t in s.tables]
         if s.bullets:
             out.append("\n".join(f"- {b}" for b in s.bullets) + "\n")
+        out += [p + "\n" for p in s.footer]
     return "\n".join(out)

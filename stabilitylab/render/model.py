@@ -13,12 +13,12 @@ import mpmath
 import numpy as np
 
 from ..analysis.engine import Comparison
-from ..analysis.findings import findings
-from ..analysis.outcome import METHOD_FAILURES, WHITE_BOX_STATUSES, worst_status
+from ..analysis.findings import VERB, findings
+from ..analysis.outcome import METHOD_FAILURES, SEVERITY, WHITE_BOX_STATUSES, worst_status
 from ..numerics.formats import Format
 
-__all__ = ["Cell", "Table", "Section", "value_text", "compare_sections", "formats_table", "thresholds_table",
-           "formulas_section", "check_table", "audit_sections"]
+__all__ = ["Cell", "Table", "Section", "value_text", "summary_section", "verdicts", "compare_sections", "formats_table",
+           "thresholds_table", "formulas_section", "check_table", "audit_sections"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     bullets: list[str] = field(default_factory=list)
+    footer: list[str] = field(default_factory=list)  # paragraphs after the tables and bullets
 
 
 def value_text(value: float, fmt: Format) -> str:
@@ -73,10 +74,82 @@ def number_text(x: float, digits: int = 10) -> str:
 
 
 MORE = "-o FILE or --format json has them all"
+INPUT_ROW = "exact, your input ⚠"
+INPUT_CAPTION = ("⚠ input rounded: rounding the inputs to the format changes the exact loss itself (or an input "
+                 "overflows or underflows), so ok / range there is measured against another problem; the "
+                 f"'{INPUT_ROW}' row has the exact loss of your own inputs (float64, unrounded) and why")
 WHITE_BOX_COUNTS = ("overflow", "underflow", "nan", "inaccurate", "range")
 BLACK_BOX_COUNTS = ("inf", "nan", "inaccurate", "error", "range")
 COUNT_NAMES = {"overflow": "overflow", "underflow": "underflow", "nan": "NaN", "inaccurate": "inaccurate",
                "range": "out-of-range", "inf": "inf", "error": "error"}
+
+
+SUMMARY_HEADING = "Summary: which methods fail, in which formats, on how many cases"
+SUMMARY_INTRO = ("Fails: the loss overflows, underflows, is NaN or inaccurate (against the exact loss); (k/n): on k "
+                 "of the experiment's n cases.")
+
+
+def _groups(formats: list[str], counts: dict[str, int], cases: int) -> str:
+    """``float16, bfloat16 (3/10), float32 (2/10)``: formats with equal counts together."""
+    parts, run = [], []
+    for i, name in enumerate(formats):
+        run.append(name)
+        if i + 1 == len(formats) or counts[formats[i + 1]] != counts[name]:
+            parts.append(f"{', '.join(run)} ({counts[name]:,}/{cases:,})")
+            run = []
+    return ", ".join(parts)
+
+
+def verdicts(comparison: Comparison) -> list[tuple[str, str]]:
+    """One sentence per experiment, computed from the counts: ``(experiment, sentence)``.
+
+    Example: "softmax_ce (10 cases): naive_softmax_log overflows in float16, bfloat16 (3/10) and is
+    inaccurate in float32 (1/10) and no failure in float64; log_softmax ok everywhere."
+    Per method, each failing status (most severe first) with the formats it occurs in and on how
+    many cases; then the formats with no failure at all.  "ok everywhere": no failure in any format
+    (a loss outside the format's range, correctly rounded, is not a failure).
+    """
+    counts = {(c.experiment, c.method, c.dtype): c for c in comparison.summary}
+    names = [f.name for f in comparison.formats]
+    out = []
+    for experiment in comparison.experiments:
+        phrases, cases = [], 0
+        for method in experiment.methods:
+            per = {f: counts[(experiment.name, method.name, f)] for f in names}
+            cases = max((c.cases for c in per.values()), default=0)
+            clauses = []
+            for status in (s for s in SEVERITY if s in METHOD_FAILURES):
+                where = [f for f in names if getattr(per[f], status)]
+                if where:
+                    clauses.append(f"{VERB[status]} in "
+                                   f"{_groups(where, {f: getattr(per[f], status) for f in where}, cases)}")
+            clean = [f for f in names if not any(getattr(per[f], s) for s in METHOD_FAILURES)]
+            if not clauses:
+                text = f"{method.name} ok everywhere"
+            else:
+                text = f"{method.name} " + " and ".join(clauses)
+                if clean:
+                    text += f" and no failure in {', '.join(clean)}"
+            phrases.append(text)
+        out.append((experiment.name, f"{experiment.name} ({cases:,} cases): " + "; ".join(phrases) + "."))
+    return out
+
+
+def summary_section(comparison: Comparison) -> Section:
+    """The verdicts (:func:`verdicts`) first, then where to look for more."""
+    names = ", ".join(e.name for e in comparison.experiments)
+    bullets = [text for _, text in verdicts(comparison)]
+    changed: dict[tuple[str, str], list[str]] = {}
+    for r in comparison.results:
+        if r.input_change and r.dtype not in changed.setdefault((r.experiment, r.case), []):
+            changed[(r.experiment, r.case)].append(r.dtype)
+    if changed:
+        bullets.append("⚠ Rounding the inputs to the format changes the problem itself (see the "
+                       f"'{INPUT_ROW}' rows): " + "; ".join(f"{e} {c} in {', '.join(d)}"
+                                                            for (e, c), d in changed.items()) + ".")
+    return Section(SUMMARY_HEADING, paragraphs=[SUMMARY_INTRO], bullets=bullets,
+                   footer=[f"Below: a section per experiment ({names}): every case's loss, counts, findings. "
+                           "`-e EXP` narrows to one; `--format json` has every row."])
 
 
 def compare_sections(comparison: Comparison, max_cases: int | None = None,
@@ -94,6 +167,7 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
         cases = list(dict.fromkeys(r.case for r in comparison.results if r.experiment == experiment.name))
         shown = cases[:max_cases] if max_cases is not None else cases
         rows = []
+        changed = False
         for case in shown:
             shared = next(m for m in experiment.methods if m.truth is None)
             label = Cell(case)
@@ -103,12 +177,21 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
                     rows.append([label, Cell(name)] + [Cell(exact_text(
                         results[(experiment.name, case, method.name, f.name)].exact)) for f in formats])
                     label = Cell("")
+                    mine = [results[(experiment.name, case, method.name, f.name)] for f in formats]
+                    if any(r.input_change for r in mine):
+                        changed = True
+                        rows.append([label, Cell(f"{INPUT_ROW} ({method.name})" if method.truth is not None
+                                                 else INPUT_ROW)]
+                                    + [Cell(f"{exact_text(r.input_exact)} ({r.input_change})" if r.input_change
+                                            else "", "inaccurate" if r.input_change else None) for r in mine])
                 cells = [Cell(""), Cell(method.name)]
                 for fmt in formats:
                     r = results[(experiment.name, case, method.name, fmt.name)]
                     cells.append(Cell(value_text(r.value, fmt), r.status, tagged=True))
                 rows.append(cells)
         caption = "" if len(cases) == len(shown) else f"first {len(shown)} of {len(cases):,} cases; {MORE}"
+        if changed:
+            caption = "; ".join(c for c in (INPUT_CAPTION, caption) if c)
         results_table = Table(f"{experiment.name}: loss per method and format "
                               "(exact: the true loss of the inputs as rounded to each format)",
                               ["case", "method", *(f.name for f in formats)], rows, caption, labels=(0, 1))

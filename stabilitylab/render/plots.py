@@ -4,11 +4,17 @@ Each figure function takes ``render`` (default :func:`png`); tests pass
 ``lambda fig: fig`` to inspect the figure's layout instead of its pixels.
 PNG metadata is stripped (no 'Software' key, no timestamps), so two runs on the
 same machine give identical files.
+
+Every figure is :data:`WIDTH` inches wide at :data:`DPI` (800 px: GitHub shows it at about its own
+size, so a point of text is about 1.4 px) with text of at least :data:`SMALLEST_FONT` points; an
+error axis is per format, in bits lost out of the format's precision p (0..p: 11 for float16, 53 for
+float64), never one axis shared by formats of different precision.
 """
 
 from __future__ import annotations
 
 import io
+import textwrap
 
 import matplotlib
 
@@ -19,9 +25,16 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ..numerics.formats import FORMATS  # noqa: E402
 
-__all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED"]
+__all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED", "DPI",
+           "WIDTH", "SMALLEST_FONT", "bits_lost"]
 
 FAILED = "failed (inf / NaN)"
+DPI = 100
+WIDTH = 8.0  # inches: 800 px
+SMALLEST_FONT = 8.5  # points
+FONTS = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9.5,
+         "ytick.labelsize": 9.5, "legend.fontsize": 9.5, "figure.titlesize": 11.5}
+plt.rcParams.update(FONTS)
 COLORS = {"float16": "#1f77b4", "bfloat16": "#ff7f0e", "float32": "#2ca02c", "float64": "#d62728",
           "float8_e4m3fn": "#9467bd", "float8_e5m2": "#8c564b"}
 STYLES = ["-", "--", "-.", ":"]
@@ -29,9 +42,15 @@ STYLES = ["-", "--", "-.", ":"]
 
 def png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def bits_lost(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Error bits (log2(ulps + 1)) as bits lost out of the format's precision p: at most p (every
+    significand bit wrong)."""
+    return np.minimum(bits, FORMATS[dtype].precision)
 
 
 def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: dict, render=png):
@@ -42,7 +61,7 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     stated in that curve's legend entry (labels beside the marks overlapped where
     failures are close, as float32's n = 46 and bfloat16's n = 41).
     """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 8), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(WIDTH, 8), sharex=True)
     top.loglog(n, exact, color="black", lw=3, alpha=0.25, label="exact -n ln p")
     methods = sorted({m for m, _ in curves})
     for (method, dtype), (values, bits) in curves.items():
@@ -52,14 +71,16 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
         fails = first is not None and first <= n[-1]
         label = f"{method}, {dtype}" + (f": inf at n = {first}" if fails else "")
         top.loglog(n[finite], values[finite], style, color=COLORS.get(dtype), label=label)
-        bottom.semilogx(n[finite], np.minimum(bits[finite], 64), style, color=COLORS.get(dtype))
+        bottom.semilogx(n[finite], 100 * bits_lost(bits[finite], dtype) / FORMATS[dtype].precision, style,
+                        color=COLORS.get(dtype))
         if fails:
             top.plot([first], [float(np.interp(first, n, exact))], "x", color=COLORS.get(dtype), ms=10, mew=2.5)
     top.set_ylabel("NLL (loss)")
     top.set_title("Negative log-likelihood of n samples of p = 0.1: product vs sum of logs")
-    bottom.set_ylabel("error in bits, log2(ulps + 1)")
+    bottom.set_ylabel("bits lost, % of the format's p")
     bottom.set_xlabel("n (samples)")
-    bottom.set_ylim(bottom=0)
+    bottom.set_ylim(-2, 102)
+    bottom.set_yticks([0, 25, 50, 75, 100])
     for ax in (top, bottom):
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
@@ -67,20 +88,25 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     return render(fig)
 
 
+def _wrapped(title: str) -> str:
+    """A title in lines that fit the figure's width."""
+    return "\n".join(textwrap.wrap(title, 95))
+
+
 def _legend_below(fig, handles, labels, columns: int) -> None:
     """One legend for the whole figure, under it: it can never cover a curve."""
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), columns),
-               fontsize=9, frameon=False)
+               frameon=False)
 
 
-PANEL_COLUMNS = 2  # two panels across: readable at the ~880 px GitHub shows a figure in
+PANEL_COLUMNS = 2  # two panels across: readable at the 800 px a figure is drawn in
 
 
 def _panel_grid(formats: list[str], sharey: bool):
     """One panel per format, two per row (the last row may hold one: its spare axes are removed)."""
     rows = -(-len(formats) // PANEL_COLUMNS)
     columns = min(PANEL_COLUMNS, len(formats))
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows + 0.6), sharey=sharey,
+    fig, axes = plt.subplots(rows, columns, figsize=(WIDTH, 3.2 * rows + 0.6), sharey=sharey,
                              squeeze=False)
     flat = list(axes.flat)
     for ax in flat[len(formats):]:
@@ -97,12 +123,12 @@ def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, 
         else:
             ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(d[0], d[-1])
-        ax.set_title(dtype, fontsize=10)
+        ax.set_title(dtype)
         ax.set_xlabel(parameter)
         ax.grid(True, alpha=0.3)
         if k % PANEL_COLUMNS == 0:
             ax.set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(_wrapped(title))
     fig.tight_layout()
     _legend_below(fig, *axes[0].get_legend_handles_labels(), columns=4)
     return render(fig)
@@ -110,28 +136,31 @@ def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, 
 
 def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, parameter: str = "d",
                   integer: bool = False, render=png):
-    """Error in bits vs the family's parameter, one panel per format, one line per method.
+    """Bits lost vs the family's parameter, one panel per format, one line per method.
 
-    ``panels[dtype][method] = (error_bits, finite)``; non-finite results are drawn
-    on a 'failed' band above the finite ones; ``failures[(method, dtype)]`` is
-    marked with a dotted vertical line.
+    ``panels[dtype][method] = (error_bits, finite)``.  Each panel's axis is its own format's
+    precision: 0 (correctly rounded) to p (every bit lost, :func:`bits_lost`); non-finite results are
+    drawn on a 'failed' band above p; ``failures[(method, dtype)]`` is marked with a dotted vertical
+    line.
     """
     formats = list(panels)
-    fig, axes = _panel_grid(formats, sharey=True)
-    top = 72
+    fig, axes = _panel_grid(formats, sharey=False)
     for ax, dtype in zip(axes, formats):
+        p = FORMATS[dtype].precision
+        band = max(2.0, 0.16 * p)  # the failed band above p
         for i, (method, (bits, finite)) in enumerate(panels[dtype].items()):
             color = f"C{i}"
-            y = np.where(finite, np.minimum(bits, 64), top)
+            y = np.where(finite, bits_lost(bits, dtype), p + 0.6 * band)
             ax.plot(d, y, STYLES[i % len(STYLES)], color=color, lw=1.6, label=method)
             first = failures.get((method, dtype))
             if first is not None:
                 ax.axvline(first, color=color, ls=":", lw=1)
-        ax.axhspan(66, 76, color="0.9")
-        ax.text(max(d[0], 0.1), 73.5, FAILED, fontsize=8, va="center")
-        ax.set_ylim(-1, 76)
-    return _finish_panels(fig, axes, formats, title, parameter, "error in bits (capped at 64)", integer, d,
-                          render)
+        ax.axhspan(p + 0.2 * band, p + band, color="0.9")
+        ax.text(max(d[0], 0.1), p + 0.6 * band, FAILED, fontsize=SMALLEST_FONT, va="center")
+        ax.set_ylim(-0.04 * p, p + band)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.set_yticks([t for t in ax.get_yticks() if 0 <= t < p - 0.1 * p] + [p])
+    return _finish_panels(fig, axes, formats, title, parameter, "bits lost (of p)", integer, d, render)
 
 
 def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "d", render=png):
@@ -162,7 +191,7 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
             ax.plot(d, decades, STYLES[i % len(STYLES)], color=f"C{i}", lw=1.4 + 1.3 * (count - 1 - i),
                     label=method)
         ax.axhspan(zero - 1, zero + 1, color="0.9")
-        ax.text(max(d[0], 0.1), zero, "0 (vanished)", fontsize=8, va="center")
+        ax.text(max(d[0], 0.1), zero, "0 (vanished)", fontsize=SMALLEST_FONT, va="center")
         ax.set_ylim(zero - 1, np.ceil(high) + 1)
         ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"$10^{{{int(round(y))}}}$"))
@@ -171,15 +200,17 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
 
 
 def training_figure(title: str, runs: dict, formats: list[str], render=png):
-    """Loss (top row, log scale), accuracy (middle row) per step / epoch, and the fraction of per-sample
-    gradient terms lost to underflow in the backward pass (bottom row), one column per format, one line
-    per method.  ``runs[(method, dtype)]`` is a :class:`stabilitylab.training.train.Run`.  The first
-    step with a non-finite loss is marked with an x on the last finite value before it, and a dotted
-    vertical line in both rows."""
+    """Per format a row of three panels: loss (log scale) per step, accuracy after each epoch, and the
+    fraction of per-sample gradient terms lost to underflow in the backward pass; one line per method.
+    ``runs[(method, dtype)]`` is a :class:`stabilitylab.training.train.Run`.  The first step with a
+    non-finite loss is marked with an x on the last finite value before it, and a dotted vertical
+    line in all three panels."""
     methods = list(dict.fromkeys(m for m, _ in runs))
-    fig, axes = plt.subplots(3, len(formats), figsize=(4.3 * len(formats), 8.6), sharex="col", squeeze=False)
+    fig, axes = plt.subplots(len(formats), 3, figsize=(WIDTH, 2.3 * len(formats) + 0.8), sharex=True,
+                             squeeze=False)
     for k, dtype in enumerate(formats):
-        top, bottom, lost = axes[0, k], axes[1, k], axes[2, k]
+        top, bottom, lost = axes[k]
+        notes = []
         for i, method in enumerate(methods):
             r = runs.get((method, dtype))
             if r is None:
@@ -197,26 +228,29 @@ def training_figure(title: str, runs: dict, formats: list[str], render=png):
                 if np.isfinite(before).any():
                     last = int(np.flatnonzero(np.isfinite(before))[-1])
                     top.plot([last + 1], [before[last]], "x", color=color, ms=11, mew=2.5)
-                top.annotate(f"{method}: inf/NaN at step {first}", xy=(0.02, 0.04 + 0.09 * i),
-                             xycoords="axes fraction", fontsize=7.5, color=color)
+                notes.append((f"{method}: inf/NaN at step {first}", color))
                 for ax in (top, bottom, lost):
                     ax.axvline(first, color=color, ls=":", lw=1.2)
+        for j, (note, color) in enumerate(notes):
+            top.annotate(note, xy=(0.02, 0.04 + 0.13 * j), xycoords="axes fraction", fontsize=SMALLEST_FONT,
+                         color=color)
         top.set_yscale("log")
-        top.set_title(dtype, fontsize=10)
-        lost.set_xlabel("step")
+        top.set_ylabel(dtype, fontsize=11, fontweight="bold")
         bottom.set_ylim(-3, 103)
         highest = max((100 * float(r.grad_underflow.max()) for (m, d), r in runs.items() if d == dtype), default=0)
         lost.set_ylim(-1, max(5.0, highest * 1.1))
         for ax in (top, bottom, lost):
             ax.grid(True, alpha=0.3)
         if k == 0:
-            top.set_ylabel("mini-batch loss (log scale)")
-            bottom.set_ylabel("accuracy after each epoch (%)")
-            lost.set_ylabel("gradient terms lost\nto underflow (%)")
-    fig.suptitle(title, fontsize=11)
+            top.set_title("mini-batch loss (log)")
+            bottom.set_title("accuracy per epoch (%)")
+            lost.set_title("grad terms underflowed (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    fig.suptitle(_wrapped(title))
     fig.tight_layout()
     handles, labels = [], []
-    for ax in axes[0]:
+    for ax in axes[:, 0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(h)

@@ -275,4 +275,6 @@ def print_sections(console: Console, sections: list[Section]) -> None:
             print_table(console, t)
         for b in s.bullets:
             console.print(f"  • {escape(b)}", highlight=highlight)
+        for p in s.footer:
+            console.print(escape(p), highlight=highlight)
         console.print()

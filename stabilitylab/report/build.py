@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.engine import compare, evaluate
-from ..analysis.findings import threshold_findings
+from ..analysis.findings import VERB, threshold_findings
 from ..analysis.parallel import fork_pool, worker_count
 from ..analysis.thresholds import family_thresholds
 from ..experiments import EXPERIMENTS
@@ -71,8 +71,9 @@ def _likelihood_figure(formats, settings, rows, curves=None):
         worst = max_ulps.get(("sum_log", fmt.name))
         sum_row = iid_rows.get(("sum_log", fmt.name))
         sum_fail = None if sum_row is None else sum_row.first_failure
-        text = f"In {fmt.name} the product of {shortest(settings.p)} first underflows at n = {fail}" if fail else (
-            f"In {fmt.name} the product of {shortest(settings.p)} does not underflow for n <= 2**62")
+        status = iid_rows[("product", fmt.name)].failure if fail else None
+        text = (f"In {fmt.name} the product of {shortest(settings.p)} first {VERB.get(status, status)} at n = {fail}"
+                if fail else f"In {fmt.name} the product of {shortest(settings.p)} does not fail for n <= 2**62")
         if sum_fail is not None and sum_fail <= N_GRID[-1]:
             at = f"n = {sum_fail}" if sum_row.exact_failure else f"n <= {sum_fail}"
             text += (f"; from {at} the loss itself passes the format's max (the sum of logs is inf, correctly)"
@@ -115,7 +116,7 @@ def _family_figure(experiment, family, formats, settings, rows, panels=None) -> 
     failures = {(r.method, r.dtype): r.first_failure for r in rows
                 if r.experiment == experiment.name and r.family == family.name}
     title = (f"{experiment.name}/{family.name}: {family.description}: "
-             f"error in bits vs {family.parameter}")
+             f"bits lost (of the format's p) vs {family.parameter}")
     return plots.family_figure(title, panels, grid, failures, family.parameter, family.integer)
 
 
@@ -156,7 +157,8 @@ def _training_task(scenario: str):
 
 def _audit_task(name: str, formats: tuple[str, ...]):
     """One installed framework kernel: its audit on the confident family (what the report shows of
-    it) and its figure panels, error bits and finiteness along D_GRID per format."""
+    it) and its figure panels, error bits and finiteness along D_GRID per format it supports (only
+    those: the figure plots what the table reports)."""
     from ..api import audit
     from ..auditing.core import resolve, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
@@ -165,7 +167,8 @@ def _audit_task(name: str, formats: tuple[str, ...]):
     family = SOFTMAX_CE.family("confident")
     method = target_method(resolve(name))
     panels = {}
-    for fmt in formats:
+    supported = {r.dtype for r in a.resembles}  # the formats the audit ran (the table shows '—' for the others)
+    for fmt in (f for f in formats if f in supported):
         out = evaluate(replace(SOFTMAX_CE, methods=(method,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
                        fast_reference=True)
         panels[fmt] = (out[method.name].error_bits, np.isfinite(out[method.name].value))
@@ -187,7 +190,7 @@ def _log1p_panels_task(formats: tuple[str, ...]):
 
 
 def _audit_figure_task(panels):
-    return plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: error in bits vs d, installed "
+    return plots.family_figure("softmax_ce/confident: logits [0, -d], label 0: bits lost (of p) vs d, installed "
                                "kernels beside the log1p form", panels, D_GRID, {}, "d")
 
 
@@ -341,9 +344,12 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     if installed:
         files[AUDIT_FIGURE] = results[("audit", "figure")]
     progress("writing markdown")
-    files[INDEX] = _markdown(comparison, _joined(results, [("search", *k) for k in searches]),
-                             _joined(results, [("ftz", *k) for k in searches]), formats, curve_sentences,
-                             family_figures, training_lines, audit_lines).encode("utf-8")
+    rows = _joined(results, [("search", *k) for k in searches])
+    figure_sentences = {(e.name, f.name): vanishing_sentences(e, f, results[("family", e.name, f.name)], rows)
+                        for e in experiments for f in e.families if f.figure == "magnitude"}
+    files[INDEX] = _markdown(comparison, rows, _joined(results, [("ftz", *k) for k in searches]), formats,
+                             curve_sentences, family_figures, training_lines, audit_lines,
+                             figure_sentences).encode("utf-8")
     return files
 
 
@@ -466,8 +472,48 @@ def _training_lines(results: dict[str, tuple], files: dict[str, bytes]) -> list[
     return lines
 
 
+def vanishing_sentences(experiment, family, panels: dict, rows) -> list[str]:
+    """Beside a magnitude figure: per format and method whose value is 0 at some points of the figure's
+    grid, how many, from where, and what the status rule (the thresholds beside it) says of them; a
+    value correctly rounded to 0 (the exact value below the format's range) is not a failure there,
+    though a gradient of 0 trains nothing.  ``panels[dtype][method]``: the values along the grid."""
+    grid = _family_grid(family)
+    found = {(r.method, r.dtype): r for r in rows if r.experiment == experiment.name and r.family == family.name}
+    out = []
+    for dtype, methods in panels.items():
+        for method, values in methods.items():
+            zero = np.flatnonzero(np.asarray(values, dtype=np.float64) == 0)
+            if not len(zero):
+                continue
+            first = float(grid[zero[0]])
+            text = (f"In {dtype}, along {family.name} ({family.parameter}): {method} is 0 at {len(zero)} of the "
+                    f"figure's {len(grid)} points, from {family.parameter} = {first:.6g}"
+                    + (" on" if zero[0] + len(zero) == len(grid) else "") + "; ")
+            r = found.get((method, dtype))
+            if r is not None and r.first_failure is None and r.first_inaccurate is None and not (
+                    r.exact_failure and r.exact_inaccurate):
+                below = r.verified_inaccurate if not r.exact_inaccurate else r.verified_failure
+                text += (f"the threshold search found no failure (verified only for {r.parameter} < "
+                         f"{_text(below)}): 0 there is the exact value below the format's range, correctly "
+                         "rounded, but a gradient of 0 moves no weight")
+            elif r is not None and r.first_failure is None and r.first_inaccurate is None:
+                text += ("the status rule never calls it a failure (the exact value is below the format's range, "
+                         "so 0 is it correctly rounded), but a gradient of 0 moves no weight")
+            elif r is not None:
+                early = r.first_inaccurate is not None and (r.first_failure is None
+                                                             or r.first_inaccurate < r.first_failure)
+                status, at, exact = ((r.inaccurate_status or "inaccurate", r.first_inaccurate, r.exact_inaccurate)
+                                     if early else (r.failure, r.first_failure, r.exact_failure))
+                text += (f"the status rule calls it {status} from {r.parameter} = "
+                         f"{'' if exact else 'at most '}{_text(at)}")
+            else:
+                text += "no threshold was searched for it"
+            out.append(text + ".")
+    return out
+
+
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
-              audit_lines=()) -> str:
+              audit_lines=(), figure_sentences=None) -> str:
     env = fingerprint()
     lines = [
         markers.REPORT_MARKER,
@@ -501,6 +547,8 @@ def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figur
                       *[f"- {s}" for s in curve_sentences], ""]
         for family, path in family_figures.get(experiment.name, []):
             lines += [f"![{experiment.name}/{family.name}]({path})", ""]
+            beside = (figure_sentences or {}).get((experiment.name, family.name), [])
+            lines += [f"- {text}" for text in beside] + ([""] if beside else [])
     lines += ["## Flush-to-zero", "",
               "GPUs and CPUs in flush-to-zero / denormals-are-zero modes replace subnormal inputs and results by 0 "
               "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3), *training_lines]
