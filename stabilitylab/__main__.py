@@ -23,6 +23,9 @@ def _terminate(signum, frame) -> None:
     parallel = sys.modules.get("stabilitylab.analysis.parallel")  # (imported only if a pool may exist)
     if parallel is not None:
         parallel.kill_workers()
+    atomic = sys.modules.get("stabilitylab.io.atomic")  # temporaries of files being written, where tracked
+    if atomic is not None and hasattr(atomic, "remove_temporaries"):
+        atomic.remove_temporaries()
     raise Terminated(signum, signal.Signals(signum).name)
 
 

@@ -131,7 +131,8 @@ class AuditResult(_Document):
             if tolerance != self.audit.tolerance:
                 raise AuditError(f"baseline {path} was made with tolerance {tolerance}; this audit used "
                                  f"{self.audit.tolerance}: audit with the baseline's tolerance")
-        baseline.write(path, baseline.document(self.audit.thresholds, settings, tolerance, previous))
+        rows = _audit.baseline_thresholds(self.audit.thresholds, os.path.dirname(os.path.abspath(path)))
+        baseline.write(path, baseline.document(rows, settings, tolerance, previous))
         return len(self.audit.thresholds)
 
 

@@ -1,0 +1,170 @@
+"""Issue #18, user code: a baseline is data and never runs the code it names unless allowed
+(``check``, ``check --update``, the pytest plugin); file targets are relative to the baseline's folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stabilitylab.auditing.core import AuditError, baseline_target
+from stabilitylab.cli import main
+from stabilitylab.guard import baseline
+from stabilitylab.testing import StabilityBaseline
+
+STABLE = """
+import numpy as np
+
+def f(logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    np.put_along_axis(e, np.argmax(logits, axis=1)[:, None], 0, axis=1)
+    return np.log1p(e.sum(axis=1)) - np.take_along_axis(z, labels[:, None], axis=1)[:, 0]
+"""
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def payload(folder: Path, marker: Path, name: str = "payload.py") -> Path:
+    """A module that leaves ``marker`` behind when it is imported (and defines a stable loss ``f``)."""
+    path = folder / name
+    path.write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + textwrap.dedent(STABLE))
+    return path
+
+
+def shared_baseline(folder: Path, *targets: str) -> Path:
+    """A baseline someone else wrote, with an entry per target (values as any)."""
+    path = folder / "shared.json"
+    entry = {"first_failure": None, "first_inaccurate": None, "failure": None}
+    path.write_text(json.dumps({"schema": "stabilitylab.baseline/1", "settings": {},
+                                "entries": {f"softmax_ce/confident/{t}/float16": entry for t in targets}}))
+    return path
+
+
+# ------------------------------------------------------------------ refused
+def test_check_executed_a_file_named_by_a_baseline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    payload(tmp_path, marker)
+    path = shared_baseline(tmp_path, "payload.py:f")
+    code, out, err = run(capsys, "check", "--baseline", path)
+    assert code == 3, out + err
+    assert not marker.exists()
+    assert err.splitlines() == [
+        "stabilitylab: warning: softmax_ce/confident/payload.py:f/float16: not recomputed: payload.py:f is user "
+        "code, which a baseline runs only when allowed (--allow-target PATTERN, or allow_targets = [PATTERN, ...] "
+        "under [tool.stabilitylab] in a pyproject.toml beside or above the baseline)"]
+    assert "1 not comparable" in out
+
+
+def test_check_imported_a_module_named_by_a_baseline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    payload(tmp_path, marker, "payloadmod.py")
+    path = shared_baseline(tmp_path, "payloadmod:f", "os:system")
+    code, out, err = run(capsys, "check", "--baseline", path, "--allow-target", "other:*")
+    assert code == 3 and not marker.exists() and "payloadmod" not in sys.modules
+    assert len(err.splitlines()) == 2 and "os:system is user code" in err
+
+
+def test_check_update_executed_a_file_named_by_a_baseline(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    payload(tmp_path, marker)
+    path = shared_baseline(tmp_path, "payload.py:f")
+    before = path.read_text()
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "float16")
+    assert code == 0 and not marker.exists()
+    assert "kept softmax_ce/confident/payload.py:f/float16 as it was: not recomputed" in err
+    assert json.loads(path.read_text())["entries"] == json.loads(before)["entries"]
+
+
+def test_plugin_check_executed_a_file_named_by_a_baseline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    payload(tmp_path, marker)
+    path = shared_baseline(tmp_path, "payload.py:f")
+    with pytest.raises(AuditError, match="stability_allow_targets"):
+        StabilityBaseline(path).check("softmax_ce/confident/payload.py:f/float16")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ allowed
+@pytest.fixture
+def audited(tmp_path, capsys, monkeypatch):
+    """losses/stable.py audited into ci/baseline.json from tmp_path; the key names ../losses/stable.py."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "losses").mkdir()
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "losses" / "stable.py").write_text(textwrap.dedent(STABLE))
+    path = tmp_path / "ci" / "baseline.json"
+    code, out, err = run(capsys, "audit", "losses/stable.py:f", "-e", "softmax_ce", "-d", "float16",
+                         "--family", "confident", "--save-baseline", path)
+    assert code == 0, err
+    assert list(json.loads(path.read_text())["entries"]) == ["softmax_ce/confident/../losses/stable.py:f/float16"]
+    return path
+
+
+def test_check_from_another_folder_found_no_target(audited, tmp_path, capsys, monkeypatch):
+    """The key is relative to the baseline: check works from any folder, with --allow-target."""
+    monkeypatch.chdir(tmp_path / "ci")
+    code, out, err = run(capsys, "check", "--baseline", "baseline.json", "--allow-target", "../losses/*")
+    assert (code, err) == (0, ""), out + err
+    assert "1 entries compared: 0 regressed" in out
+
+
+def test_pyproject_allow_targets_beside_or_above_the_baseline(audited, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path / "losses")
+    (tmp_path / "pyproject.toml").write_text('[tool.stabilitylab]\nallow_targets = ["../losses/stable.py:f"]\n')
+    code, out, err = run(capsys, "check", "--baseline", audited)
+    assert (code, err) == (0, ""), out + err
+    row = StabilityBaseline(audited).check("softmax_ce/confident/../losses/stable.py:f/float16")
+    assert row.method == "../losses/stable.py:f"
+    (tmp_path / "pyproject.toml").write_text('[tool.stabilitylab]\nallow_targets = "*"\n')
+    code, out, err = run(capsys, "check", "--baseline", audited)
+    assert code == 2 and len(err.splitlines()) == 1 and "must be a list" in err, err
+
+
+def test_plugin_ini_allows_targets(audited, tmp_path):
+    store = StabilityBaseline(audited, allow_targets=["*stable.py:f"])
+    assert store.check("softmax_ce/confident/../losses/stable.py:f/float16").first_inaccurate is None
+
+
+def test_old_cwd_relative_keys_still_resolve_with_a_note(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stable.py").write_text(textwrap.dedent(STABLE))
+    (tmp_path / "ci").mkdir()
+    path = shared_baseline(tmp_path / "ci", "stable.py:f")  # written before keys were relative to the baseline
+    code, out, err = run(capsys, "check", "--baseline", path, "--allow-target", "stable.py:f")
+    assert code == 0, out + err
+    assert err.splitlines() == [
+        "stabilitylab: note: stable.py:f: no such file beside the baseline "
+        f"({tmp_path / 'ci'}); read from the current directory, as older baselines named it (audit it again with "
+        "--save-baseline to name it relative to the baseline)"]
+
+
+def test_built_in_adapters_need_no_opt_in(tmp_path):
+    pytest.importorskip("scipy")
+    rows, problems, notes = baseline.audit_rows(tmp_path / "b.json", ["softmax_ce/confident/scipy.log_softmax/float16"],
+                                                None)
+    assert problems == {} and notes == [] and rows[0].method == "scipy.log_softmax"
+
+
+@pytest.mark.parametrize(("spec", "folder", "key"), [
+    ("losses/a.py:f", "ci", "../losses/a.py:f"),
+    ("a.py:f", ".", "a.py:f"),
+    ("pkg.mod:f", "ci", "pkg.mod:f"),
+    ("scipy.log_softmax", "ci", "scipy.log_softmax"),
+])
+def test_baseline_keys_name_files_relative_to_the_baseline(spec, folder, key, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert baseline_target(spec, folder) == key
+    assert baseline_target(str(tmp_path / spec) if spec.endswith(".py:f") else spec, tmp_path / folder) == key
