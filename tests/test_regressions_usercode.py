@@ -168,3 +168,80 @@ def test_baseline_keys_name_files_relative_to_the_baseline(spec, folder, key, tm
     monkeypatch.chdir(tmp_path)
     assert baseline_target(spec, folder) == key
     assert baseline_target(str(tmp_path / spec) if spec.endswith(".py:f") else spec, tmp_path / folder) == key
+
+
+# ------------------------------------------------------------------ emitted tests
+NAIVE = """
+import numpy as np
+
+def loss(logits, labels):
+    e = np.exp(logits)
+    p = e / e.sum(axis=1, keepdims=True)
+    return -np.log(np.take_along_axis(p, labels[:, None], axis=1)[:, 0])
+"""
+INJECT = '__import__("pathlib").Path(__file__).with_name("INJECTED").touch()'
+HOSTILE = [  # folder names that would be code if written into the module as they are
+    f'a"""\n{INJECT}\n"""',
+    f"b'''\n{INJECT}\n'''",
+    f"c\n{INJECT}\n#",
+    f"d\r{INJECT}\r#",
+    "e\\\\\\x41\\N{x}\\u{}\\",
+    f"f{{}}{{0}}{{{{}}}}\u2028{INJECT}\u2029\x0c\x0b\x1c\x85 ",
+    f'g"; {INJECT}; "\\',
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
+def test_emitted_module_ran_code_from_the_audited_path(name, tmp_path):
+    """A target file whose path holds quotes, line breaks, backslashes, braces: the module compiles, its
+    docstring reads the path (escaped), its tests pass, and nothing in the path runs."""
+    import ast
+    import subprocess
+
+    import stabilitylab
+    from stabilitylab.errors import shown
+
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "loss.py").write_text(textwrap.dedent(NAIVE))
+    spec = f"{folder}/loss.py:loss"
+    result = stabilitylab.audit(spec, "softmax_ce", ["float16"], families=["confident"], search=False)
+    out = tmp_path / "emitted"
+    out.mkdir()
+    module = out / "test_emitted.py"
+    count = result.to_pytest(module)
+    text = module.read_text(encoding="utf-8")
+    tree = ast.parse(text)  # compiles
+    assert ast.get_docstring(tree).splitlines()[0] == f"Numerical stability regression tests for {shown(spec)}."
+    assert all(INJECT not in line or line.startswith("#") or line.startswith("_PATH") for line in text.splitlines())
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)],
+                          cwd=out, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert count > 0 and f"{count} passed" in done.stdout
+    assert not list(tmp_path.rglob("INJECTED"))
+
+
+def _naive(logits, labels):
+    import numpy as np
+
+    e = np.exp(logits)
+    p = e / e.sum(axis=1, keepdims=True)
+    return -np.log(np.take_along_axis(p, labels[:, None], axis=1)[:, 0])
+
+
+@pytest.mark.parametrize(("module", "qualname"), [
+    (__name__, f"_naive; {INJECT}"), (__name__, f"_naive\n{INJECT}"), (f"os; {INJECT}; import os", "_naive")])
+def test_emitted_module_wrote_a_name_as_code(module, qualname, tmp_path):
+    """A callable's module and qualified name can be set to anything: one that is not a dotted Python name is
+    refused (one line), never written as code."""
+    import types
+
+    import stabilitylab
+
+    fn = types.FunctionType(_naive.__code__, _naive.__globals__, "_naive")
+    fn.__module__, fn.__qualname__ = module, qualname
+    result = stabilitylab.audit(fn, "softmax_ce", ["float16"], families=["confident"], search=False)
+    with pytest.raises(AuditError, match="not a (Python|module) name") as caught:
+        result.to_pytest(tmp_path / "test_emitted.py")
+    assert len(str(caught.value).splitlines()) == 1
+    assert not (tmp_path / "test_emitted.py").exists()
