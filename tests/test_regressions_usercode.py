@@ -245,3 +245,67 @@ def test_emitted_module_wrote_a_name_as_code(module, qualname, tmp_path):
         result.to_pytest(tmp_path / "test_emitted.py")
     assert len(str(caught.value).splitlines()) == 1
     assert not (tmp_path / "test_emitted.py").exists()
+
+
+# ------------------------------------------------------------------ user code behind a guard
+STABLE_LOSS = textwrap.dedent(STABLE)
+
+
+def _target(folder: Path, text: str, name: str = "target.py") -> str:
+    (folder / name).write_text(textwrap.dedent(text))
+    return f"{folder / name}:f"
+
+
+def _audit_json(capsys, spec: str, *extra) -> tuple[int, str, str]:
+    return run(capsys, "audit", spec, "-e", "softmax_ce", "-d", "float16", "--family", "confident",
+               "--format", "json", *extra)
+
+
+def test_a_printing_target_corrupted_the_json_on_stdout(tmp_path, capsys):
+    spec = _target(tmp_path, 'print("hello from the module")\n' + STABLE_LOSS.replace(
+        "def f(logits, labels):\n", "def f(logits, labels):\n    print('called with', logits.shape)\n"))
+    code, out, err = _audit_json(capsys, spec)
+    assert code == 0, err
+    doc = json.loads(out)  # standard output is the report alone
+    assert doc["schema"].startswith("stabilitylab.audit")
+    assert "hello from the module" in err and "called with" in err
+
+
+@pytest.mark.parametrize(("call", "shown"), [
+    ("sys.exit(0)", "SystemExit(0)"), ("sys.exit(3)", "SystemExit(3)"), ("raise SystemExit(1)", "SystemExit(1)"),
+    ("raise GeneratorExit", "GeneratorExit")])
+def test_sys_exit_in_a_target_became_the_exit_status(call, shown, tmp_path, capsys):
+    """On every call: the probe fails, one line, exit 2; on some rows only: error rows, the audit goes on."""
+    always = _target(tmp_path, f"import sys\n\ndef f(logits, labels):\n    {call}\n", "always.py")
+    code, out, err = _audit_json(capsys, always)
+    assert code == 2 and out == "", err
+    assert len(err.splitlines()) == 1 and f"TargetExit: {shown} inside the target" in err, err
+    sometimes = _target(tmp_path, "import sys\nimport numpy as np\n" + STABLE_LOSS.replace(
+        "def f(logits, labels):\n",
+        f"def f(logits, labels):\n    if not np.isfinite(logits.astype(float)).all():\n        {call}\n"),
+        "sometimes.py")
+    code, out, err = _audit_json(capsys, sometimes)
+    assert code == 0, err
+    errors = [r for r in json.loads(out)["results"] if r["status"] == "error"]
+    assert errors and all(shown in r["error"] for r in errors)
+    at_import = _target(tmp_path, f"import sys\n{call}\n", "at_import.py")
+    code, out, err = _audit_json(capsys, at_import)
+    assert code == 2 and len(err.splitlines()) == 1 and "could not import" in err and shown in err, err
+
+
+def test_a_dataclass_in_a_target_file_failed_to_import(tmp_path, capsys):
+    """`from __future__ import annotations` + @dataclass looks its module up in sys.modules; pickle too."""
+    import pickle
+
+    from stabilitylab.auditing.core import resolve
+
+    spec = _target(tmp_path, "from __future__ import annotations\n\nfrom dataclasses import dataclass\n\n\n"
+                   "@dataclass\nclass Config:\n    scale: float = 1.0\n\n" + STABLE_LOSS.replace(
+                       "def f(logits, labels):\n", "def f(logits, labels):\n    logits = logits * Config().scale\n"))
+    code, out, err = _audit_json(capsys, spec)
+    assert code == 0, err
+    fn = resolve(spec, "softmax_ce").fn.__wrapped__
+    assert pickle.loads(pickle.dumps(fn)) is fn
+    config = sys.modules[fn.__module__].Config(2.0)
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert fn.__module__ == resolve(spec, "softmax_ce").fn.__module__  # the same name every time

@@ -19,10 +19,14 @@ worst one).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import sys
 import warnings
@@ -37,7 +41,7 @@ import numpy as np
 from ..analysis.engine import Comparison, compare
 from ..analysis.outcome import METHOD_FAILURES, Outcome, classify
 from ..analysis.thresholds import Threshold, family_thresholds
-from ..errors import AuditError, described
+from ..errors import AuditError, Terminated, described
 from ..experiments.base import Experiment, Method, Settings
 from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
@@ -148,7 +152,44 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
-    return Target(name, experiment, fn, tuple(FORMATS), f"user function {name}", env, spec, None, False)
+    return Target(name, experiment, _guarded(fn), tuple(FORMATS), f"user function {name}", env, spec, None, False)
+
+
+class TargetExit(Exception):
+    """A user function (or its module) tried to end the process (``sys.exit``, ``SystemExit`` or another
+    exception that is not an ``Exception``): a failure of the target, reported as one."""
+
+
+@contextlib.contextmanager
+def _user_code() -> Any:
+    """Around user code: what it prints to standard output goes to standard error (stdout is the report,
+    ``--format json``), and an attempt to end the process becomes :class:`TargetExit`.  Ctrl-C and
+    :class:`~stabilitylab.errors.Terminated` pass."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    except (Exception, KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and the like: the target's failure
+        code = f"({exc.code!r})" if isinstance(exc, SystemExit) else f": {exc}" if str(exc) else ""
+        raise TargetExit(f"{type(exc).__name__}{code} inside the target (it tried to end the process)") from None
+    finally:
+        text = printed.getvalue()
+        if text:
+            try:
+                sys.stderr.write(text)
+            except (OSError, ValueError):  # stderr closed: the target's output is dropped
+                pass
+
+
+def _guarded(fn: Callable) -> Callable:
+    """``fn`` run under :func:`_user_code`."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _user_code():
+            return fn(*args, **kwargs)
+    return call
 
 
 def _name_of(fn: Callable) -> str:
@@ -168,6 +209,18 @@ def _is_file(where: str) -> bool:
     return where.endswith(".py") or "/" in where or os.sep in where
 
 
+def _module_name(path: Path) -> str:
+    """The name a target file's module is registered under in ``sys.modules``: unique per file (its resolved
+    path's digest) and the same in every process (unlike ``hash()``)."""
+    digest = hashlib.sha256(os.fsencode(str(path.resolve()))).hexdigest()[:16]
+    return f"_stabilitylab_target_{_word(path.stem)}_{digest}"
+
+
+def _word(text: str) -> str:
+    """``text`` with every character that may not be in a Python name replaced by ``_``."""
+    return "".join(ch if ch.isalnum() and ch.isascii() or ch == "_" else "_" for ch in text)
+
+
 def _load_user_function(spec: str) -> Callable:
     where, _, name = spec.rpartition(":")
     if not where or not name:
@@ -179,22 +232,27 @@ def _load_user_function(spec: str) -> Callable:
         folder = str(path.resolve().parent)
         if folder not in sys.path:  # as when the file is run: it may import its neighbours
             sys.path.insert(0, folder)
-        module_name = f"_stabilitylab_target_{abs(hash(str(path.resolve())))}"
+        module_name, module = _module_name(path), None
         try:
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None:
                 raise ImportError("not a Python file")
             module = importlib.util.module_from_spec(loader_spec)
-            with warnings.catch_warnings():
+            # registered while it runs, as an import does: @dataclass (with postponed annotations), pickle
+            # and multiprocessing find the module by its name
+            sys.modules[module_name] = module
+            with warnings.catch_warnings(), _user_code():
                 warnings.simplefilter("ignore")
                 loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
+            if module is not None and sys.modules.get(module_name) is module:
+                del sys.modules[module_name]
             raise AuditError(f"could not import {where}: {described(exc)}") from None
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _user_code():
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(where)
         except Exception as exc:  # noqa: BLE001
