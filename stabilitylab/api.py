@@ -336,6 +336,7 @@ class AuditResult(_Document):
     def save_baseline(self, path: str | os.PathLike) -> int:
         """Add this audit's thresholds to a baseline file (created if missing; its other entries and
         settings are kept); ``stabilitylab check`` then guards them.  Returns the number of entries written."""
+        from .auditing import core as _audit
         from .guard import baseline
 
         previous, settings, tolerance = {}, Settings(), self.audit.tolerance
@@ -346,7 +347,8 @@ class AuditResult(_Document):
             if tolerance != self.audit.tolerance:
                 raise AuditError(f"baseline {path} was made with tolerance {tolerance}; this audit used "
                                  f"{self.audit.tolerance}: audit with the baseline's tolerance")
-        baseline.write(path, baseline.document(self.audit.thresholds, settings, tolerance, previous))
+        rows = _audit.baseline_thresholds(self.audit.thresholds, os.path.dirname(os.path.abspath(path)))
+        baseline.write(path, baseline.document(rows, settings, tolerance, previous))
         return len(self.audit.thresholds)
 
 

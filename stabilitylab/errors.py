@@ -9,7 +9,7 @@ regression (exit 1), which only ``check`` reports.
 from __future__ import annotations
 
 __all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "BaselineError", "WriteError",
-           "OutputError", "OutputRefused", "MissingLibrary", "first_line", "described", "shown"]
+           "OutputError", "OutputRefused", "MissingLibrary", "Terminated", "first_line", "described", "shown"]
 
 
 class StabilitylabError(Exception):
@@ -61,6 +61,17 @@ class OutputRefused(OutputError):
 
 class MissingLibrary(StabilitylabError, ImportError):
     """The framework an adapter (or a reader) needs is not installed; the message names the extra."""
+
+
+class Terminated(BaseException):
+    """The command line received SIGTERM or SIGHUP (``signum``): raised by its signal handler after the worker
+    processes are killed, it unwinds like Ctrl-C but is no ``Exception`` (nothing that catches a failing user
+    function catches it) and no ``KeyboardInterrupt`` (click would turn it into an abort).  The exit status is
+    ``128 + signum`` (143 for SIGTERM)."""
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(f"terminated by {name}")
+        self.signum, self.name = signum, name
 
 
 def first_line(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 Options: ``--stability-update`` rewrites the checked entries; the ini value
 ``stability_baseline`` names the file (default ``stability-baseline.json`` in
-the rootdir).  See :mod:`stabilitylab.testing` for the tolerance rule.
+the rootdir); ``stability_allow_targets`` (patterns, one a line) the user targets of audit entries that
+may run.  See :mod:`stabilitylab.testing` for the tolerance rule.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ def pytest_addoption(parser):
                     help="Recompute the stability thresholds that tests check and write them to the baseline.")
     parser.addini("stability_baseline", default="stability-baseline.json",
                   help="Baseline file for the stability_baseline fixture (relative to the rootdir).")
+    parser.addini("stability_allow_targets", type="linelist", default=[],
+                  help="fnmatch patterns of the user targets (module:function, file.py:function) whose audit "
+                       "entries may run; without them a baseline never runs user code.")
 
 
 @pytest.fixture(scope="session")
 def _stability_session(request):
     config = request.config
     store = StabilityBaseline(config.rootpath / config.getini("stability_baseline"),
-                              update=config.getoption("stability_update"))
+                              update=config.getoption("stability_update"),
+                              allow_targets=config.getini("stability_allow_targets"))
     yield store
     store.save()
 

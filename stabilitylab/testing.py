@@ -10,11 +10,18 @@ be equal; ``None`` (never fails in the search range) only equals ``None``.
 With ``pytest --stability-update`` the checked entries are recomputed and
 written to the baseline instead (other entries and the settings are kept; a
 file that is not a valid baseline is an error, never overwritten).
+
+An audit entry of user code (``softmax_ce/confident/losses.py:loss/float32``) runs that code only if
+allowed: a pattern of ``allow_targets`` (the constructor's, the plugin's ini value
+``stability_allow_targets``, or ``[tool.stabilitylab] allow_targets`` in a ``pyproject.toml`` at or above
+the baseline's folder); a file's path is relative to the baseline's folder.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from .analysis.thresholds import Threshold, family_thresholds
@@ -27,20 +34,30 @@ from .numerics.formats import FORMATS
 __all__ = ["StabilityBaseline", "threshold"]
 
 UPDATE_FLAG = "pytest --stability-update"
+ALLOW_HINT = ("the ini value stability_allow_targets, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] "
+              "in a pyproject.toml beside or above the baseline")
 
 
-def threshold(key: str, settings: Settings = Settings(), tolerance: float | None = None) -> Threshold:
+def threshold(key: str, settings: Settings = Settings(), tolerance: float | None = None,
+              allow_targets: Sequence[str] = (), baseline_path: str | os.PathLike | None = None) -> Threshold:
     """The current threshold of ``experiment/family/method/dtype`` (``method``: a simulated method, or an
-    audit target such as ``torch.cross_entropy``)."""
+    audit target such as ``torch.cross_entropy``).
+
+    A user target (``module:function``, ``file.py:function``) runs only if it matches a pattern of
+    ``allow_targets`` or of ``allow_targets`` in the ``pyproject.toml`` at or above the folder of
+    ``baseline_path`` (default: the current directory), to which a file's path is relative."""
     parts = baseline.split_key(key)
     if parts is None:
         raise KeyError(f"unknown threshold {key!r}; expected experiment/family/method/dtype, "
                        f"e.g. likelihood/iid/product/float32")
     experiment, family, method, dtype = parts
     if baseline.audit_key(key) is not None:  # an audited target: recomputed by the audit's search
-        from .auditing.core import AuditError, baseline_rows
+        from .auditing.core import AuditError
 
-        rows, problems = baseline_rows([key], tolerance)
+        rows, problems, notes = baseline.audit_rows(Path(baseline_path or "baseline.json"), [key], tolerance,
+                                                    allow=tuple(allow_targets), hint=ALLOW_HINT)
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
         if problems:
             raise AuditError(problems[key])
         return rows[0]
@@ -52,8 +69,10 @@ def threshold(key: str, settings: Settings = Settings(), tolerance: float | None
 class StabilityBaseline:
     """A baseline file and the checks made against it in one test session."""
 
-    def __init__(self, path: str | os.PathLike, update: bool = False, ulps: int = 0):
+    def __init__(self, path: str | os.PathLike, update: bool = False, ulps: int = 0,
+                 allow_targets: Sequence[str] = ()):
         self.path, self.update, self.ulps = Path(path), update, ulps
+        self.allow_targets = tuple(allow_targets)
         self._doc: dict | None = None
         self._recorded: list[Threshold] = []
 
@@ -75,7 +94,7 @@ class StabilityBaseline:
     def check(self, key: str, ulps: int | None = None) -> Threshold:
         """Assert (or, when updating, record) the threshold ``key``; returns it."""
         settings, tolerance = self._settings()
-        row = threshold(key, settings, tolerance)
+        row = threshold(key, settings, tolerance, self.allow_targets, self.path)
         if self.update:
             self._recorded.append(row)
             return row

@@ -339,20 +339,21 @@ def test_baselines_hold_audit_entries(tmp_path, capsys):
     code, out, err = run(capsys, "audit", f"{target}:loss", "-e", "softmax_ce", "-d", "float16", "--family",
                          "confident", "--save-baseline", path)
     assert code == 0, err
-    key = f"softmax_ce/confident/{target}:loss/float16"
+    key = "softmax_ce/confident/guarded.py:loss/float16"  # the file relative to the baseline's folder
     entries = json.loads(path.read_text())["entries"]
     assert list(entries) == [key] and entries[key]["first_inaccurate"] is None
-    assert baseline.split_key(key) == ("softmax_ce", "confident", f"{target}:loss", "float16")
-    code, out, err = run(capsys, "check", "--baseline", path)
+    assert baseline.split_key(key) == ("softmax_ce", "confident", "guarded.py:loss", "float16")
+    allow = ("--allow-target", "guarded.py:*")  # a baseline runs user code only when allowed
+    code, out, err = run(capsys, "check", "--baseline", path, *allow)
     assert code == 0, out + err  # audit entries only: the simulations are not asked for
     target.write_text(textwrap.dedent(NAIVE))
-    code, out, err = run(capsys, "check", "--baseline", path)
+    code, out, err = run(capsys, "check", "--baseline", path, *allow)
     assert code == 1 and "first_inaccurate" in out
-    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "float16")
+    code, out, err = run(capsys, "check", "--baseline", path, "--update", "-d", "float16", *allow)
     assert code == 0 and list(json.loads(path.read_text())["entries"]) == [key]  # audit entries only, recomputed
-    assert run(capsys, "check", "--baseline", path)[0] == 0
+    assert run(capsys, "check", "--baseline", path, *allow)[0] == 0
     target.unlink()
-    code, out, err = run(capsys, "check", "--baseline", path)
+    code, out, err = run(capsys, "check", "--baseline", path, *allow)
     assert code == 3 and "does not exist" in out
 
 

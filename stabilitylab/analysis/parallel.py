@@ -2,18 +2,29 @@
 
 Every process pool of stabilitylab (the threshold searches, the user-logits summary, the report's
 tasks) takes its default size from :func:`worker_count`; results never depend on it.
+
+Workers die with the process that forked them: on Linux the kernel kills them (``PR_SET_PDEATHSIG``,
+SIGKILL) when it ends, however it ends (SIGKILL included); elsewhere each worker watches its parent
+and exits when it is gone.  A pool left by an exception (Ctrl-C, :class:`~stabilitylab.errors.Terminated`)
+kills its workers instead of running the work still queued, and :func:`kill_workers` (the command line's
+SIGTERM / SIGHUP handler) kills the workers of every live pool.  Workers ignore SIGINT (Ctrl-C reaches
+the whole process group: the parent alone handles it) and take the default action on SIGTERM / SIGHUP.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 from ..errors import InputError
 
-__all__ = ["WORKERS_VARIABLE", "worker_count", "fork_pool"]
+__all__ = ["WORKERS_VARIABLE", "worker_count", "fork_pool", "kill_workers", "WorkerPool"]
 
 WORKERS_VARIABLE = "STABILITYLAB_WORKERS"
 
@@ -44,9 +55,86 @@ def worker_count(environ: Mapping[str, str] | None = None) -> int:
     return os.cpu_count() or 1
 
 
-def fork_pool(workers: int) -> ProcessPoolExecutor | None:
-    """A pool of ``workers`` forked processes; None (run in this process) for one worker or where
-    the platform cannot fork (forked workers inherit the caller's modules and memoised results)."""
+def fork_pool(workers: int) -> WorkerPool | None:
+    """A pool of ``workers`` forked processes (a :class:`WorkerPool`); None (run in this process) for one
+    worker or where the platform cannot fork (forked workers inherit the caller's modules and memoised
+    results).  Use it in a ``with`` block, in the thread that will wait for its results: on Linux the
+    workers die when the thread that forked them ends."""
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        return WorkerPool(workers)
     return None
+
+
+_LIVE: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+_PARENT_POLL = 0.5  # seconds between a worker's checks that its parent lives (where there is no prctl)
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """A :class:`~concurrent.futures.ProcessPoolExecutor` of forked workers that die with their parent;
+    leaving its ``with`` block by an exception kills them (the work still queued is dropped)."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers, mp_context=multiprocessing.get_context("fork"),
+                         initializer=_worker_started, initargs=(os.getpid(),))
+        _LIVE.add(self)
+
+    def kill(self) -> None:
+        """SIGKILL every worker now (the pool is then broken: its futures fail)."""
+        for process in list((getattr(self, "_processes", None) or {}).values()):
+            try:
+                process.kill()
+            except (OSError, ValueError, AttributeError):  # already gone or reaped
+                pass
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        _LIVE.discard(self)
+        super().shutdown(wait, cancel_futures=cancel_futures)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.kill()
+            self.shutdown(wait=True, cancel_futures=True)
+            return False
+        return super().__exit__(exc_type, exc, tb)
+
+
+def kill_workers() -> None:
+    """Kill the workers of every live pool of this process (safe in a signal handler)."""
+    for pool in list(_LIVE):
+        pool.kill()
+
+
+def _worker_started(parent: int) -> None:
+    """Initializer of every worker: die with ``parent`` (the pid of the process that forked it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):  # not the parent's handlers, inherited by fork
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if not _kill_me_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), name="stabilitylab-parent-watch",
+                         daemon=True).start()
+    if os.getppid() != parent:  # it ended before the line above took effect
+        os._exit(1)
+
+
+def _kill_me_with_parent() -> bool:
+    """``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux): the kernel kills this process when the thread that
+    forked it ends.  False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit as soon as ``parent`` is no longer this process's parent (it ended: the worker was re-parented)."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL)
+    os._exit(1)

@@ -27,9 +27,14 @@ witnesses among those rows are computed again on just those rows.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import functools
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import sys
 import warnings
@@ -45,7 +50,7 @@ from ..analysis import streaming
 from ..analysis.engine import Comparison, compare, evaluate
 from ..analysis.outcome import METHOD_FAILURES, STATUSES, Outcome, classify
 from ..analysis.thresholds import Threshold, family_thresholds
-from ..errors import AuditError, described
+from ..errors import AuditError, Terminated, described
 from ..experiments.base import Experiment, Method, Settings
 from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
@@ -156,7 +161,44 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
-    return Target(name, experiment, fn, tuple(FORMATS), f"user function {name}", env, spec, None, False)
+    return Target(name, experiment, _guarded(fn), tuple(FORMATS), f"user function {name}", env, spec, None, False)
+
+
+class TargetExit(Exception):
+    """A user function (or its module) tried to end the process (``sys.exit``, ``SystemExit`` or another
+    exception that is not an ``Exception``): a failure of the target, reported as one."""
+
+
+@contextlib.contextmanager
+def _user_code() -> Any:
+    """Around user code: what it prints to standard output goes to standard error (stdout is the report,
+    ``--format json``), and an attempt to end the process becomes :class:`TargetExit`.  Ctrl-C and
+    :class:`~stabilitylab.errors.Terminated` pass."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    except (Exception, KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and the like: the target's failure
+        code = f"({exc.code!r})" if isinstance(exc, SystemExit) else f": {exc}" if str(exc) else ""
+        raise TargetExit(f"{type(exc).__name__}{code} inside the target (it tried to end the process)") from None
+    finally:
+        text = printed.getvalue()
+        if text:
+            try:
+                sys.stderr.write(text)
+            except (OSError, ValueError):  # stderr closed: the target's output is dropped
+                pass
+
+
+def _guarded(fn: Callable) -> Callable:
+    """``fn`` run under :func:`_user_code`."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with _user_code():
+            return fn(*args, **kwargs)
+    return call
 
 
 def _name_of(fn: Callable) -> str:
@@ -171,33 +213,55 @@ def _spec_of(fn: Callable) -> str | None:
     return f"{module}:{qualname}"
 
 
+def _is_file(where: str) -> bool:
+    """Whether the part of a target before its last ``:`` names a file (else a module)."""
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _module_name(path: Path) -> str:
+    """The name a target file's module is registered under in ``sys.modules``: unique per file (its resolved
+    path's digest) and the same in every process (unlike ``hash()``)."""
+    digest = hashlib.sha256(os.fsencode(str(path.resolve()))).hexdigest()[:16]
+    return f"_stabilitylab_target_{_word(path.stem)}_{digest}"
+
+
+def _word(text: str) -> str:
+    """``text`` with every character that may not be in a Python name replaced by ``_``."""
+    return "".join(ch if ch.isalnum() and ch.isascii() or ch == "_" else "_" for ch in text)
+
+
 def _load_user_function(spec: str) -> Callable:
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise AuditError(f"target {spec!r}: expected module:function or path/to/file.py:function")
-    if where.endswith(".py") or "/" in where or os.sep in where:
+    if _is_file(where):
         path = Path(where)
         if not path.is_file():
             raise AuditError(f"target file {where} does not exist or is not a file")
         folder = str(path.resolve().parent)
         if folder not in sys.path:  # as when the file is run: it may import its neighbours
             sys.path.insert(0, folder)
-        module_name = f"_stabilitylab_target_{abs(hash(str(path.resolve())))}"
+        module_name, module = _module_name(path), None
         try:
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None:
                 raise ImportError("not a Python file")
             module = importlib.util.module_from_spec(loader_spec)
-            with warnings.catch_warnings():
+            # registered while it runs, as an import does: @dataclass (with postponed annotations), pickle
+            # and multiprocessing find the module by its name
+            sys.modules[module_name] = module
+            with warnings.catch_warnings(), _user_code():
                 warnings.simplefilter("ignore")
                 loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
+            if module is not None and sys.modules.get(module_name) is module:
+                del sys.modules[module_name]
             raise AuditError(f"could not import {where}: {described(exc)}") from None
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _user_code():
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(where)
         except Exception as exc:  # noqa: BLE001
@@ -624,11 +688,16 @@ def target_method(target: Target, observe: Callable | None = None) -> Method:
 
 AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
 
+# how a baseline's user targets are allowed to run (named in the line of an entry that was not)
+ALLOW_HINT = ("--allow-target PATTERN, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] in a "
+              "pyproject.toml beside or above the baseline")
+
 
 def audit_key(key: str) -> tuple[str, str, str, str] | None:
     """(experiment, family, target, dtype) for an audit entry ``experiment/family/<target>/dtype``:
     the target is a built-in adapter (``torch.cross_entropy``) or a user function
-    (``module:function``, ``path/to/file.py:function``: it may hold slashes)."""
+    (``module:function``, ``path/to/file.py:function``: it may hold slashes; a path is relative to the
+    baseline's folder, see :func:`baseline_target`)."""
     parts = key.split("/")
     if len(parts) < 4:
         return None
@@ -643,14 +712,75 @@ def audit_key(key: str) -> tuple[str, str, str, str] | None:
     return experiment, family, target, dtype
 
 
-def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
-                  ) -> tuple[list[Threshold], dict[str, str]]:
+def is_user_target(target: str) -> bool:
+    """Whether a baseline's target is user code (``module:function``, ``file.py:function``), which a baseline
+    runs only when allowed; a built-in adapter imports only its framework."""
+    return target not in adapters.ADAPTERS
+
+
+def target_allowed(target: str, patterns: Sequence[str]) -> bool:
+    """A built-in adapter, or a user target matching one of ``patterns`` (:func:`fnmatch.fnmatchcase`,
+    against the target as the baseline names it: ``*`` matches any characters, ``/`` included)."""
+    return not is_user_target(target) or any(fnmatch.fnmatchcase(target, p) for p in patterns)
+
+
+def baseline_target(spec: str, folder: str | os.PathLike) -> str:
+    """How a baseline in ``folder`` names the target ``spec``: a file target's path relative to that folder
+    (``/`` as separator), so that ``check`` finds it from any current directory; adapters and modules as
+    they are."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name or not is_user_target(spec) or not _is_file(where):
+        return spec
+    try:
+        relative = os.path.relpath(os.path.abspath(where), os.path.abspath(folder))
+    except ValueError:  # another drive (Windows): no relative path
+        return spec
+    return f"{Path(relative).as_posix()}:{name}"
+
+
+def baseline_thresholds(rows: Sequence[Threshold], folder: str | os.PathLike) -> list[Threshold]:
+    """``rows`` keyed as a baseline in ``folder`` holds them (:func:`baseline_target`)."""
+    return [r if audit_key(r.key) is None else replace(r, method=baseline_target(r.method, folder)) for r in rows]
+
+
+def _baseline_resolve(name: str, protocol: str, grad: bool, folder: Path | None, allow: Sequence[str],
+                      notes: list[str], hint: str) -> Target:
+    """The target a baseline names: an adapter, or (only if ``allow`` matches it) user code, a file's path
+    relative to ``folder`` (else, as older baselines wrote it, to the current directory, with a note)."""
+    if not is_user_target(name):
+        return resolve(name, None, grad)
+    if not target_allowed(name, allow):
+        raise AuditError(f"not recomputed: {name} is user code, which a baseline runs only when allowed ({hint})")
+    where, _, function = name.rpartition(":")
+    spec = name
+    if where and function and _is_file(where) and folder is not None and not Path(where).is_absolute():
+        beside = folder / where
+        if beside.is_file() or not Path(where).is_file():
+            spec = f"{beside}:{function}"
+        else:
+            notes.append(f"{name}: no such file beside the baseline ({folder}); read from the current directory, "
+                         "as older baselines named it (audit it again with --save-baseline to name it relative to "
+                         "the baseline)")
+    return replace(resolve(spec, protocol, grad), name=name)
+
+
+def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None, *,
+                  folder: str | os.PathLike | None = None, allow: Sequence[str] = (),
+                  notes: list[str] | None = None, hint: str = ALLOW_HINT) -> tuple[list[Threshold], dict[str, str]]:
     """Recompute the audit entries among baseline ``keys`` (``experiment/family/<target>/dtype``).
 
     Returns the thresholds and, per key that cannot be recomputed (the target is not
     installed or cannot be imported, the format is not supported), why.  Keys of
     simulated methods are ignored; ``formats`` limits the formats recomputed.
+
+    A baseline never runs code it names unless told to: a user target (``module:function``,
+    ``file.py:function``) is imported only if it matches a pattern of ``allow`` (:func:`target_allowed`);
+    otherwise its keys are not recomputed, and say so and how to allow them (``hint``).  Built-in adapters
+    are always recomputed.  A file target's path is relative to ``folder`` (the baseline's), else to the
+    current directory (a line in ``notes``).
     """
+    notes = [] if notes is None else notes
+    where = None if folder is None else Path(os.path.abspath(folder))
     wanted: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for key in keys:
         parts = audit_key(key)
@@ -663,7 +793,7 @@ def baseline_rows(keys, tolerance: float | None, formats: set[str] | None = None
     for (experiment, name), pairs in sorted(wanted.items()):
         grad, protocol = experiment.endswith("_grad"), experiment.removesuffix("_grad")
         try:
-            target = resolve(name, None if name in adapters.ADAPTERS else protocol, grad)
+            target = _baseline_resolve(name, protocol, grad, where, allow, notes, hint)
             if target.experiment != protocol:
                 raise AuditError(f"{name} is a {target.experiment} target, not {protocol}")
             probe(target)

@@ -9,6 +9,11 @@ the black-box status rule against the exact loss embedded as hex floats, and
 asserts the status is no worse than when the module was written:
 ok / range < inaccurate < inf, nan, error.  It passes today and fails when the
 target gets worse.
+
+Every string that comes from outside (the target's name, a file path, case names) is written as a
+``repr()`` literal, or, inside the docstring and comments, through :func:`_text` (no quotes,
+backslashes, line breaks or other non-printable characters reach the module as they are): nothing
+in a path can become code.  A function or module name that is not a dotted identifier is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 from pathlib import Path
 
 from ..analysis.outcome import BLACK_BOX_STATUSES, RANK
+from ..errors import shown
 from ..io import atomic, markers
 from ..io.environment import package_version
 from .core import Audit, AuditError, Witness
@@ -95,6 +101,20 @@ def test_no_worse_than_recorded(w):
 '''
 
 
+def _text(text: object) -> str:
+    """``text`` as it may appear inside the module's docstring or a comment: one line (line breaks and other
+    non-printable characters as their escapes, :func:`~stabilitylab.errors.shown`), every backslash doubled
+    and every double quote escaped, so that the docstring reads ``shown(text)`` and cannot end early."""
+    return shown(text).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _dotted(name: str) -> bool:
+    """``a.b.c`` of Python identifiers (no keyword): what may be written as code."""
+    import keyword
+
+    return bool(name) and all(part.isidentifier() and not keyword.iskeyword(part) for part in name.split("."))
+
+
 def _hex_list(values) -> list[str] | tuple:
     hexes = [float.hex(float(v)) for v in values]
     if len(hexes) > 8 and len(set(hexes)) == 1:
@@ -122,13 +142,16 @@ def _import_block(audit: Audit, path: Path) -> str:
         module = target.adapter.module_object()
         source = inspect.getsource(module)
         function = target.adapter.grad if target.grad else target.adapter.function
-        return (f"# ---- the target: {target.name} (stabilitylab's adapter, copied from "
+        return (f"# ---- the target: {_text(target.name)} (stabilitylab's adapter, copied from "
                 f"stabilitylab/adapters/{target.adapter.module}.py)\n{source}\n\nTARGET = {function}\n")
     spec = target.spec
     if spec is None:
         raise AuditError(f"{target.name} cannot be imported by name (a lambda, a local function or one defined in "
                          "__main__); pass it as module:function or path/to/file.py:function to emit tests")
     where, _, name = spec.rpartition(":")
+    if not _dotted(name):
+        raise AuditError(f"{shown(spec)}: {shown(name, quote=True)} is not a Python name (a.b.c); pass the "
+                         "function as module:function or path/to/file.py:function to emit tests")
     getter = "".join(f".{part}" for part in name.split("."))
     if where.endswith(".py") or "/" in where or os.sep in where:
         file = Path(where).resolve()
@@ -137,12 +160,15 @@ def _import_block(audit: Audit, path: Path) -> str:
             location = f"pathlib.Path(__file__).resolve().parent / {relative!r}"
         except ValueError:  # another drive
             location = f"pathlib.Path({str(file)!r})"
-        return (f"# ---- the target: {spec}\nimport importlib.util  # noqa: E402\nimport pathlib  # noqa: E402\n"
+        return (f"# ---- the target: {_text(spec)}\nimport importlib.util  # noqa: E402\nimport pathlib  # noqa: E402\n"
                 f"import sys  # noqa: E402\n\n_PATH = {location}\nsys.path.insert(0, str(_PATH.parent))\n"
                 "_SPEC = importlib.util.spec_from_file_location('_audited_target', _PATH)\n"
                 "_MODULE = importlib.util.module_from_spec(_SPEC)\n_SPEC.loader.exec_module(_MODULE)\n"
                 f"TARGET = _MODULE{getter}\n")
-    return (f"# ---- the target: {spec}\nimport importlib  # noqa: E402\n\n"
+    if not _dotted(where):
+        raise AuditError(f"{shown(spec)}: {shown(where, quote=True)} is not a module name (a.b.c); pass the "
+                         "function as module:function or path/to/file.py:function to emit tests")
+    return (f"# ---- the target: {_text(spec)}\nimport importlib  # noqa: E402\n\n"
             f"TARGET = importlib.import_module({where!r}){getter}\n")
 
 
@@ -161,7 +187,7 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
     tolerance = {f.name: (f.default_tolerance if audit.tolerance is None else audit.tolerance) for f in audit.formats}
     lines = [
         markers.PYTEST_LINE,
-        f'"""Numerical stability regression tests for {target.name}{" (gradient)" if target.grad else ""}.',
+        f'"""Numerical stability regression tests for {_text(target.name)}{" (gradient)" if target.grad else ""}.',
         "",
         f"Written by stabilitylab {package_version()} (`stabilitylab audit --emit-pytest`) from "
         f"{len(witnesses)} witnesses:",
@@ -198,5 +224,5 @@ def write_pytest(audit: Audit, path: str | os.PathLike) -> int:
         atomic.check_outputs([atomic.Output("--emit-pytest", path)], [("TARGET", source)], force=True)
     text = pytest_module(audit, path)
     atomic.write_text(path, text)
-    return text.count('"id": ') + text.count("'id': ")
+    return sum(line.startswith("    {'id': ") for line in text.splitlines())  # one line per witness
 

@@ -43,12 +43,16 @@ def run_thresholds(*args, **kwargs):
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
 @click.option("--format", "fmt", type=click.Choice(("table", "markdown")), default="table", show_default=True,
               help="Rich table, or markdown (for a CI step summary).")
-def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
+@click.option("--allow-target", "allow", multiple=True, metavar="PATTERN",
+              help="Run the user targets (module:function, file.py:function) of audit entries matching this "
+                   "fnmatch pattern (repeatable); without it a baseline never runs user code. Built-in adapters "
+                   "always run.")
+def check(baseline_path, update, ulps, dtypes, show_all, fmt, allow) -> None:
     """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
     from ..guard import baseline
 
     if update:
-        _update_baseline(baseline_path, dtypes)
+        _update_baseline(baseline_path, dtypes, allow)
         return
     try:
         doc = baseline.load(baseline_path)
@@ -62,7 +66,9 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
     # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
     rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[
         "entries"] else []
-    audit_rows, problems = _audit_rows(doc["entries"], tolerance, formats_)
+    audit_rows, problems = _audit_rows(doc["entries"], tolerance, formats_, baseline_path, allow)
+    for key, why in sorted(problems.items()):
+        click.echo(f"stabilitylab: warning: {key}: {why}", err=True)
     result = baseline.compare(doc, rows + audit_rows, ulps, problems)
     for warning in result.warnings:
         click.echo(f"stabilitylab: warning: {warning}", err=True)
@@ -83,18 +89,20 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt) -> None:
         raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
 
 
-def _audit_rows(entries, tolerance, formats_):
-    """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise)."""
+def _audit_rows(entries, tolerance, formats_, path, allow):
+    """Recompute the audit entries of a baseline (only if it has any: no framework is imported otherwise);
+    user targets run only where ``allow`` (or the baseline's pyproject.toml) opts in."""
     from ..guard import baseline
 
     if not any(baseline.audit_key(key) for key in entries):
         return [], {}
-    from ..auditing.core import baseline_rows
+    rows, problems, notes = baseline.audit_rows(path, entries, tolerance, {f.name for f in formats_}, allow)
+    for note in notes:
+        click.echo(f"stabilitylab: note: {note}", err=True)
+    return rows, problems
 
-    return baseline_rows(entries, tolerance, {f.name for f in formats_})
 
-
-def _update_baseline(path: str, dtypes) -> None:
+def _update_baseline(path: str, dtypes, allow=()) -> None:
     """Recompute the selected formats; keep the file's settings and every other entry.
 
     An existing file must be a valid baseline: rewriting anything else would lose
@@ -115,7 +123,7 @@ def _update_baseline(path: str, dtypes) -> None:
         previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
     audit_only = bool(previous) and all(baseline.audit_key(key) for key in previous)
     rows = [] if audit_only else run_thresholds(list(EXPERIMENTS.values()), chosen_formats(dtypes), settings, tolerance)
-    audit_rows, problems = _audit_rows(previous, tolerance, chosen_formats(dtypes))
+    audit_rows, problems = _audit_rows(previous, tolerance, chosen_formats(dtypes), path, allow)
     for key, why in sorted(problems.items()):
         click.echo(f"stabilitylab: warning: kept {key} as it was: {why}", err=True)
     rows += audit_rows

@@ -12,6 +12,12 @@ Tolerance: integers (n) and statuses must match exactly; a float parameter (a
 value of the entry's format) may move by at most ``ulps * ulp(baseline)`` in
 that format (default 0: bit-exact).  ``null`` (never fails in the search
 range) only matches ``null``.
+
+Audit entries name their target; a baseline is data, so recomputing it never runs user code by
+itself: a user target (``module:function``, ``file.py:function``, a file's path relative to the
+baseline's folder) is recomputed only if allowed (``check --allow-target PATTERN``, or
+``allow_targets`` in ``[tool.stabilitylab]`` of the nearest ``pyproject.toml`` at or above the
+baseline's folder: :func:`allowed_targets`); built-in adapters always are.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from pathlib import Path
 
 from ..analysis.outcome import STATUSES
 from ..analysis.thresholds import Threshold
-from ..auditing.core import audit_key
-from ..errors import BaselineError
+from ..auditing.core import ALLOW_HINT, audit_key, baseline_rows, is_user_target
+from ..errors import BaselineError, InputError, shown
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, schemas
@@ -33,7 +39,7 @@ from ..io.environment import fingerprint, package_version
 from ..numerics.formats import FORMATS, Format
 
 __all__ = ["METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
-           "compare", "within"]
+           "compare", "within", "allowed_targets", "audit_rows"]
 
 METRICS = ("first_inaccurate", "first_failure", "failure")
 
@@ -240,3 +246,51 @@ def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str
     for key in sorted(set(current) - set(doc["entries"])):
         result.rows.append(Row("+", key, "-", "missing", "-", "not in baseline"))
     return result
+
+
+# ------------------------------------------------------------------ audit entries
+def allowed_targets(path: str | os.PathLike) -> tuple[tuple[str, ...], Path | None]:
+    """The user targets the baseline ``path`` may run: ``allow_targets`` (a list of fnmatch patterns) under
+    ``[tool.stabilitylab]`` of the nearest ``pyproject.toml`` in the baseline's folder or above it, and that
+    file (``((), None)`` if there is none or it has no such entry).  A file that cannot be read, or a value
+    that is not a list of strings, is an :class:`~stabilitylab.errors.InputError` naming it."""
+    folder = Path(os.path.abspath(path)).parent
+    found = next((d / "pyproject.toml" for d in (folder, *folder.parents) if (d / "pyproject.toml").is_file()), None)
+    if found is None:
+        return (), None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return (), None  # the patterns cannot be read: nothing is allowed (--allow-target still works)
+    try:
+        doc = tomllib.loads(found.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"{shown(found)}: could not read it for [tool.stabilitylab] allow_targets: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                         option="pyproject.toml") from None
+    section = doc.get("tool", {}).get("stabilitylab", {}) if isinstance(doc.get("tool", {}), dict) else {}
+    value = section.get("allow_targets", []) if isinstance(section, dict) else []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{shown(found)}: [tool.stabilitylab] allow_targets is {_short(value)}; it must be a list "
+                         "of patterns (strings) of the audit targets the baselines below it may run",
+                         option="pyproject.toml")
+    return tuple(value), (found if value else None)
+
+
+def audit_rows(path: str | os.PathLike, keys, tolerance: float | None, formats: set[str] | None = None,
+               allow: tuple[str, ...] = (), hint: str = ALLOW_HINT
+               ) -> tuple[list[Threshold], dict[str, str], list[str]]:
+    """Recompute the audit entries among ``keys`` of the baseline ``path``: (thresholds, per key not recomputed
+    why, notes).  User targets run only if they match ``allow`` or :func:`allowed_targets` (read only when the
+    baseline names one); file targets are relative to the baseline's folder (see
+    :func:`stabilitylab.auditing.core.baseline_rows`)."""
+    patterns = tuple(allow)
+    if any((parts := audit_key(key)) is not None and is_user_target(parts[2]) for key in keys):
+        patterns += allowed_targets(path)[0]
+    notes: list[str] = []
+    rows, problems = baseline_rows(keys, tolerance, formats, folder=Path(os.path.abspath(path)).parent,
+                                   allow=patterns, notes=notes, hint=hint)
+    return rows, problems, notes

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import TargetError, described
+from ..errors import TargetError, Terminated, described
 from . import crmath
 from .formats import FORMATS, Format
 from .wide import wide_dtype
@@ -386,8 +386,9 @@ class Arith:
         IEEE event is recorded: none is observed.  A call that raises is split
         until the rows that raise are found (at most ``EXTERNAL_CALLS`` calls; then
         the rest of the batch that raised is marked); those rows get NaN and, in
-        :attr:`errors`, the exception's first line.  A result of the wrong shape or
-        type raises :class:`TargetError`.
+        :attr:`errors`, the exception's first line (``SystemExit`` and other exceptions that are not
+        ``Exception`` too: a target's ``sys.exit`` never ends stabilitylab; Ctrl-C does).  A result of
+        the wrong shape or type raises :class:`TargetError`.
         """
         self.step += 1
         out = np.full((self.rows, *shape), np.nan, dtype=np.float64)
@@ -399,9 +400,9 @@ class Arith:
             try:
                 with np.errstate(all="ignore"):
                     result = fn(*part)
-            except (KeyboardInterrupt, SystemExit, TargetError):
+            except (KeyboardInterrupt, Terminated, TargetError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - the target's own failure is a result
+            except BaseException as exc:  # noqa: BLE001 - the target's own failure (sys.exit too) is a result
                 if len(rows) == 1 or budget[0] <= 0:
                     message = described(exc)
                     if len(rows) > 1:
