@@ -258,9 +258,10 @@ class Witness:
     """An input on which the target failed: the first one (by case order or parameter) of its
     status (``kind`` "first"), or the worst (largest error) for ``inaccurate`` ("worst"); or a
     *guard*: the first input where the simulated method M fails and the target does not
-    ("guard:M"), which tells a stable formula from an unstable one in a regression test; or a
-    default case of at least ``WIDE_WITNESS`` classes whatever its status ("wide:<i>": a sum that
-    loses small terms fails there, see :func:`softmax_ce.wide_cases`).
+    ("guard:M"), which tells a stable formula from an unstable one in a regression test; or, in
+    formats of at most 16 bits, a default case of at least ``WIDE_WITNESS`` classes the target
+    gets right ("wide:<i>": a sum that loses small terms fails there, see
+    :func:`softmax_ce.wide_cases`).
     ``inputs``: the format-rounded inputs as float64 lists (int for labels); the exact value
     is ``(hi + lo) * 2**scale`` (``zero``: exactly 0), ``rounded`` its correctly rounded
     value in the format."""
@@ -374,14 +375,17 @@ class Recorder:
                 self._keep(fmt, cases, inputs, outcome, status, "worst", int(idx[j]), float(bits[j]), smaller=False)
 
     def _keep_wide(self, fmt, cases, inputs, outcome) -> None:
-        """A witness of every default case of at least ``WIDE_WITNESS`` classes, whatever its status (kind
-        "wide:<i>"): a target that is right there now must stay right, and a sum that loses the small
-        terms of a wide row (sequential, in a low precision) is wrong there while every narrow case and
-        every simulated formula (pairwise sums) is fine."""
+        """In formats of at most 16 bits, a witness of every default case of at least ``WIDE_WITNESS``
+        classes where the target is right (ok or range; kind "wide:<i>"): it must stay right, and a sum
+        that loses the small terms of a wide row (sequential, in the format) is wrong there while every
+        narrow case and every simulated formula (pairwise sums) is fine.  (A row the target fails has
+        witnesses of its status already; in float32 a sequential sum of these rows is within the
+        tolerance, and each witness costs the whole row in --format json.)"""
         widths = getattr(cases, "widths", None)
-        if self.source != "cases" or widths is None:
+        if self.source != "cases" or widths is None or fmt.dtype.itemsize > 2:
             return
-        for i in np.flatnonzero(np.asarray(widths) >= WIDE_WITNESS).tolist():
+        right = ~np.isin(outcome.status, METHOD_FAILURES)
+        for i in np.flatnonzero((np.asarray(widths) >= WIDE_WITNESS) & right).tolist():
             order = self._order.get(cases.names[i], len(self._order))
             self._keep(fmt, cases, inputs, outcome, str(outcome.status[i]), f"wide:{order}", i, float(order),
                        smaller=True)
