@@ -44,12 +44,102 @@ def test_changed_threshold_is_a_regression(tmp_path, capsys, doc):
 def test_float_tolerance_in_ulps(tmp_path, capsys, doc):
     changed = json.loads(json.dumps(doc))
     key = "softmax_ce/overflow/naive_softmax_log/float32"
-    # one float32 ulp below 88.72283935546875 (ulp = 2**-17 in [64, 128))
-    changed["entries"][key]["first_failure"] = 88.72283935546875 - 2.0**-17
+    # one float32 ulp above 88.72283935546875 (ulp = 2**-17 in [64, 128)): the method now fails one ulp earlier
+    changed["entries"][key]["first_failure"] = 88.72283935546875 + 2.0**-17
     path = tmp_path / "b.json"
     path.write_text(json.dumps(changed))
     assert check(capsys, path, "-d", "float32")[0] == ExitStatus.REGRESSION
     assert check(capsys, path, "-d", "float32", "--ulps", "1")[0] == ExitStatus.OK
+    # one ulp below: the method now fails one ulp later, an improvement (fails only with --strict)
+    changed["entries"][key]["first_failure"] = 88.72283935546875 - 2.0**-17
+    path.write_text(json.dumps(changed))
+    assert check(capsys, path, "-d", "float32")[0] == ExitStatus.OK
+    assert check(capsys, path, "-d", "float32", "--strict")[0] == ExitStatus.REGRESSION
+    assert check(capsys, path, "-d", "float32", "--strict", "--ulps", "1")[0] == ExitStatus.OK
+
+
+def test_improvement_is_not_a_regression(tmp_path, capsys, doc):
+    """Issue #18: first failure 40 -> 46 (the method fails later) was reported as a regression, exit 1, with no
+    word of --update. Now: exit 0, a note per entry and the exact command that records it; --strict fails."""
+    changed = json.loads(json.dumps(doc))
+    changed["entries"]["likelihood/iid/product/float32"]["first_failure"] = 40
+    changed["entries"]["binary_ce/saturation/sigmoid_log/float32"]["first_inaccurate"] = 10.0
+    path = tmp_path / "my baseline.json"
+    path.write_text(json.dumps(changed))
+    code, out, err = check(capsys, path, "-d", "float32")
+    assert code == ExitStatus.OK, out + err
+    assert "0 regressed, 2 improved" in out
+    assert "↑" in out and "! regression" in out
+    assert "note: likelihood/iid/product/float32 improved (first_failure 40 -> 46)" in out
+    assert "binary_ce/saturation/sigmoid_log/float32 improved (first_inaccurate 10.0 -> 10.68" in out
+    command = f"stabilitylab check --baseline '{path}' --update -d float32"
+    assert command in " ".join(out.split())
+    code, out, _ = check(capsys, path, "-d", "float32", "--strict")
+    assert code == ExitStatus.REGRESSION and "--strict: exit 1" in out
+    code, out, _ = check(capsys, path, "-d", "float32", "--format", "markdown")
+    assert code == ExitStatus.OK and "| ↑ | 40 | 46 |" in out and "* note: likelihood/iid/product/float32" in out
+    # the suggested command records them: then nothing moved
+    assert main(["check", "--baseline", str(path), "--update", "-d", "float32"]) == ExitStatus.OK
+    capsys.readouterr()
+    code, out, _ = check(capsys, path, "-d", "float32", "--strict")
+    assert code == ExitStatus.OK and "0 regressed, 0 improved" in out
+
+
+def test_never_fails_now_is_an_improvement_and_fails_now_a_regression(tmp_path, capsys, doc):
+    changed = json.loads(json.dumps(doc))
+    # baseline: failed at 100 (overflow); now never fails in the search range
+    changed["entries"]["accumulation/ones/kahan/float32"].update(first_failure=100, failure="overflow")
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(changed))
+    code, out, _ = check(capsys, path, "-d", "float32")
+    assert code == ExitStatus.OK and "1 improved" in out and "first_failure 100 -> never" in out
+    assert "never fails" in out
+    # baseline: never fails; now it fails: a regression
+    changed = json.loads(json.dumps(doc))
+    changed["entries"]["likelihood/iid/product/float32"].update(first_failure=None, failure=None)
+    path.write_text(json.dumps(changed))
+    code, out, _ = check(capsys, path, "-d", "float32")
+    assert code == ExitStatus.REGRESSION and "1 regressed, 0 improved" in out
+
+
+def test_failure_status_changed_at_the_same_input_is_a_regression(tmp_path, capsys, doc):
+    changed = json.loads(json.dumps(doc))
+    changed["entries"]["likelihood/iid/product/float32"]["failure"] = "nan"
+    # an entry improving one metric and regressing another counts as regressed only
+    changed["entries"]["softmax_ce/overflow/naive_softmax_log/float32"].update(first_inaccurate=1.0,
+                                                                               first_failure=100.0)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(changed))
+    code, out, _ = check(capsys, path, "-d", "float32")
+    assert code == ExitStatus.REGRESSION and "2 regressed, 0 improved" in out
+
+
+def test_change_direction_rule():
+    from stabilitylab.guard.baseline import IMPROVEMENT, REGRESSION, change
+    from stabilitylab.numerics.formats import FORMATS
+
+    f32 = FORMATS["float32"]
+    assert change("first_failure", 40, 46, f32, 0) == IMPROVEMENT
+    assert change("first_failure", 46, 40, f32, 0) == REGRESSION
+    assert change("first_failure", 46, 46, f32, 0) == ""
+    assert change("first_inaccurate", 1.5, None, f32, 0) == IMPROVEMENT
+    assert change("first_inaccurate", None, 1.5, f32, 0) == REGRESSION
+    assert change("failure", "underflow", "nan", f32, 0) == REGRESSION
+    assert change("failure", "underflow", "nan", f32, 0, IMPROVEMENT) == IMPROVEMENT
+    assert change("failure", "underflow", None, f32, 0, IMPROVEMENT) == IMPROVEMENT
+    assert change("failure", "underflow", "nan", f32, 0, REGRESSION) == REGRESSION
+
+
+@pytest.mark.parametrize("extra,option", [(("--all",), "--all"), (("--ulps", "5"), "--ulps"),
+                                          (("--ulps", "0"), "--ulps"), (("--strict",), "--strict"),
+                                          (("--format", "table"), "--format")])
+def test_update_refuses_options_of_a_comparison(tmp_path, capsys, extra, option):
+    """Issue #18: `check --update --all --ulps 5` ran, silently ignoring --all and --ulps."""
+    path = tmp_path / "b.json"
+    code, out, err = check(capsys, path, "--update", *extra)
+    assert code == ExitStatus.USAGE
+    assert f"{option} does nothing with --update" in err and len(err.strip().splitlines()) == 1
+    assert not path.exists()
 
 
 def test_missing_and_unknown_entries_exit_3(tmp_path, capsys, doc):

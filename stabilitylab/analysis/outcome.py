@@ -5,7 +5,10 @@ For a computed value v, the exact value x of the same (format-rounded) inputs
 format (round to nearest, ties to even; see :meth:`Exact.rounded`):
 
 1. **v equals cr** (numerically: -0 == 0; a NaN from overflow in a format with
-   no infinity equals an exact value beyond its range): the arithmetic did the
+   no infinity equals an exact value beyond its range; a NaN equals an exact
+   value that is itself undefined, NaN, as the loss of a row whose logits are
+   all -inf: there is no right number to give, and NaN is the faithful answer,
+   for a simulated method and a black box alike): the arithmetic did the
    best the format allows, so this is never a failure.  Status
 
    * ``range``  if the exact value itself is not representable: it overflows
@@ -40,9 +43,13 @@ format (round to nearest, ties to even; see :meth:`Exact.rounded`):
   the box does not tell us which);
 * ``inf``  the value is +-inf and the correctly rounded exact loss is finite;
 * 0 (where the exact loss rounds to a non-zero value) falls to step 3:
-  ``inaccurate`` (relative error 1);
-* NaN where the exact loss itself is undefined (NaN: every logit -inf, say) is
-  the faithful answer: ``ok`` (``range`` if an input was out of range).
+  ``inaccurate`` (relative error 1).
+
+NaN where the exact loss itself is undefined (NaN: every logit -inf, say) is
+step 1 for both kinds: ``ok`` (``range`` if an input was out of range), never
+``nan``; one rule, so that a simulated method and a black box computing the
+same NaN get the same status (it used to be ``nan`` for the one and ``ok`` for
+the other, counting "method fails, target ok" where neither did).
 
 A row whose call raised is ``error`` (its value NaN; the exception's first line
 is kept in :attr:`Outcome.errors`), for black boxes only.
@@ -234,20 +241,18 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     cr = exact.rounded(fmt)
     # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN)
     beyond = ~np.isnan(exact.hi) & ~np.isfinite(cr) & (np.isfinite(exact.hi) | np.isnan(cr))
-    same = (v == cr) | (np.isnan(v) & np.isnan(cr) & beyond)
+    nan, inf = np.isnan(v), np.isinf(v)
+    undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
+    same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
     out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     pole = arith.first_step("divide_by_zero") != NEVER
-    nan, inf = np.isnan(v), np.isinf(v)
     lost = ~same & (nan | inf | (v == 0))
 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
     if black_box:
-        undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the only faithful answer
-        status[undefined] = np.where(out_of_range[undefined], "range", "ok")
-        lost &= ~undefined
         status[lost & nan] = "nan"
         status[lost & inf] = "inf"
         messages = np.full(v.shape, "", dtype=object)

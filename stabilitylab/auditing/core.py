@@ -68,6 +68,7 @@ PROTOCOLS = {
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
+WIDE_WITNESS = 2**15  # default cases this wide are always witnesses (Recorder._keep_wide)
 
 
 # ----------------------------------------------------------------- targets
@@ -290,13 +291,17 @@ def audit_experiment(name: str) -> Experiment:
 
 
 def default_audit_cases(experiment: str):
-    """The experiment's default cases followed by the bug-report corpus."""
-    from ..experiments import corpus, logit_gradient
+    """The experiment's default cases followed by the bug-report corpus; softmax_ce (not its gradient:
+    one row per class would be WIDE**2 values) also the wide rows of :func:`softmax_ce.wide_cases`."""
+    from ..experiments import corpus, logit_gradient, softmax_ce
 
     base = experiment.removesuffix("_grad")
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
-    cases = concat([simulated.default_cases(), corpus.corpus(base)])
+    batches = [simulated.default_cases(), corpus.corpus(base)]
+    if experiment == "softmax_ce":
+        batches.append(softmax_ce.wide_cases())
+    cases = concat(batches)
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
 
 
@@ -317,7 +322,10 @@ class Witness:
     """An input on which the target failed: the first one (by case order or parameter) of its
     status (``kind`` "first"), or the worst (largest error) for ``inaccurate`` ("worst"); or a
     *guard*: the first input where the simulated method M fails and the target does not
-    ("guard:M"), which tells a stable formula from an unstable one in a regression test.
+    ("guard:M"), which tells a stable formula from an unstable one in a regression test; or, in
+    formats of at most 16 bits, a default case of at least ``WIDE_WITNESS`` classes the target
+    gets right ("wide:<i>": a sum that loses small terms fails there, see
+    :func:`softmax_ce.wide_cases`).
     ``inputs``: the format-rounded inputs as float64 lists (int for labels); the exact value
     is ``(hi + lo) * 2**scale`` (``zero``: exactly 0), ``rounded`` its correctly rounded
     value in the format."""
@@ -325,7 +333,7 @@ class Witness:
     source: str  # "cases" or a family name
     dtype: str
     status: str
-    kind: str  # first | worst | guard:<simulated method>
+    kind: str  # first | worst | guard:<simulated method> | wide:<case index>
     case: str
     parameter: float | int | None
     inputs: dict[str, Any]
@@ -415,6 +423,7 @@ class Recorder:
                 j = int(guards[np.argmin(keys[guards])])
                 self._keep(fmt, cases, inputs, outcome, str(outcome.status[j]), f"guard:{m.name}", j, float(keys[j]),
                            smaller=True)
+        self._keep_wide(fmt, cases, inputs, outcome)
         failing = np.flatnonzero(target_fails)
         if not failing.size:
             return
@@ -428,6 +437,22 @@ class Recorder:
             if status == "inaccurate" and np.isfinite(bits).any():
                 j = int(np.nanargmax(np.where(np.isfinite(bits), bits, -np.inf)))
                 self._keep(fmt, cases, inputs, outcome, status, "worst", int(idx[j]), float(bits[j]), smaller=False)
+
+    def _keep_wide(self, fmt, cases, inputs, outcome) -> None:
+        """In formats of at most 16 bits, a witness of every default case of at least ``WIDE_WITNESS``
+        classes where the target is right (ok or range; kind "wide:<i>"): it must stay right, and a sum
+        that loses the small terms of a wide row (sequential, in the format) is wrong there while every
+        narrow case and every simulated formula (pairwise sums) is fine.  (A row the target fails has
+        witnesses of its status already; in float32 a sequential sum of these rows is within the
+        tolerance, and each witness costs the whole row in --format json.)"""
+        widths = getattr(cases, "widths", None)
+        if self.source != "cases" or widths is None or fmt.dtype.itemsize > 2:
+            return
+        right = ~np.isin(outcome.status, METHOD_FAILURES)
+        for i in np.flatnonzero((np.asarray(widths) >= WIDE_WITNESS) & right).tolist():
+            order = self._order.get(cases.names[i], len(self._order))
+            self._keep(fmt, cases, inputs, outcome, str(outcome.status[i]), f"wide:{order}", i, float(order),
+                       smaller=True)
 
     def _keys(self, cases, rows: np.ndarray) -> np.ndarray:
         """The order of rows within their source: the parameter (families) or the case's position."""

@@ -41,7 +41,9 @@ RANK = @RANK@
 
 
 def _floats(spec):
-    """A list of hex floats, or ("fill", hex, n)."""
+    """A list of hex floats, or ("fill", hex, n), or ("runs", [[hex, n], ...]): n copies of each, in order."""
+    if isinstance(spec, tuple) and spec[0] == "runs":
+        return [float.fromhex(h) for h, n in spec[1] for _ in range(n)]
     if isinstance(spec, tuple):
         return [float.fromhex(spec[1])] * spec[2]
     return [float.fromhex(v) for v in spec]
@@ -116,9 +118,20 @@ def _dotted(name: str) -> bool:
 
 
 def _hex_list(values) -> list[str] | tuple:
+    """Hex floats; a long row of one value as ("fill", hex, n), a long row of a few runs of equal values
+    (the wide witnesses) as ("runs", [[hex, n], ...])."""
     hexes = [float.hex(float(v)) for v in values]
     if len(hexes) > 8 and len(set(hexes)) == 1:
         return ("fill", hexes[0], len(hexes))
+    if len(hexes) > 64:
+        runs: list[list] = []
+        for h in hexes:
+            if runs and runs[-1][0] == h:
+                runs[-1][1] += 1
+            else:
+                runs.append([h, 1])
+        if 4 * len(runs) < len(hexes):
+            return ("runs", runs)
     return hexes
 
 

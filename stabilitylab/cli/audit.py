@@ -17,10 +17,12 @@ from .base import (
     dtype_option,
     emit,
     format_option,
+    given,
     ignore_index_option,
     key_option,
     labels_key_option,
     output_option,
+    refuse_given,
     render,
     tolerance_option,
 )
@@ -58,12 +60,15 @@ from .base import (
 @click.option("--save-baseline", "save_baseline", type=click.Path(dir_okay=False), default=None,
               help="Add this audit's thresholds to a baseline file (created if missing, other entries kept), "
                    "for stabilitylab check.")
-def audit_command(target, list_targets, experiment, dtypes, logits, key, labels, labels_key, ignore_index, families,
-                  no_thresholds, grad, tolerance, fmt, output, emit_pytest, save_baseline) -> None:
+@click.pass_context
+def audit_command(ctx, target, list_targets, experiment, dtypes, logits, key, labels, labels_key, ignore_index,
+                  families, no_thresholds, grad, tolerance, fmt, output, emit_pytest, save_baseline) -> None:
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
     from .. import api
     from ..errors import AuditError, BaselineError
+
+    _refuse_options_that_do_nothing(ctx, list_targets, logits, no_thresholds)
 
     check_output(output)
     check_output(emit_pytest, "'--emit-pytest'")
@@ -77,7 +82,8 @@ def audit_command(target, list_targets, experiment, dtypes, logits, key, labels,
     if not target:
         raise click.BadParameter("give a target: LIBRARY.NAME (see --list), module:function or "
                                  "path/to/file.py:function", param_hint="'TARGET'")
-    for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key")):
+    for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key"),
+                         (given(ctx, "ignore_index"), "--ignore-index")):
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
     inputs = dict(logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
@@ -109,6 +115,20 @@ def audit_command(target, list_targets, experiment, dtypes, logits, key, labels,
         emit(result.to_json(), output)
     else:
         render(result.sections(full=output is not None), output, fmt)
+
+
+def _refuse_options_that_do_nothing(ctx: click.Context, list_targets: bool, logits, no_thresholds: bool) -> None:
+    """Exit 2, naming the option, rather than run without it: with --list only --format and -o apply;
+    --no-thresholds leaves --family nothing to choose and --save-baseline nothing to save."""
+    if list_targets:
+        refuse_given(ctx, [p.name for p in ctx.command.params
+                           if p.name not in ("list_targets", "target", "fmt", "output", "force")],
+                     "does nothing with --list (it lists the built-in targets; only --format and -o apply)")
+    if no_thresholds:
+        refuse_given(ctx, ["save_baseline"], "with --no-thresholds would write an empty baseline (a baseline holds "
+                                             "the thresholds that --no-thresholds does not search)")
+        refuse_given(ctx, ["families"], "does nothing with --no-thresholds (it chooses the threshold families to "
+                                        "search)")
 
 
 def _list_targets(rows, fmt: str, output: str | None) -> None:

@@ -23,7 +23,7 @@ __all__ = ["cli", "CheckExit", "Interrupted", "call_api", "check_output", "check
            "chosen_experiments", "chosen_formats", "console_for", "emit", "render", "settings_of", "dtype_option",
            "experiment_option", "family_option", "force_option", "format_option", "ftz_option", "output_option",
            "p_option", "tolerance_option", "key_option", "labels_key_option", "ignore_index_option",
-           "FormatType", "OUTPUT_FORMATS", "MAX_N"]
+           "FormatType", "OUTPUT_FORMATS", "MAX_N", "given", "refuse_given"]
 
 OUTPUT_FORMATS = ("table", "markdown", "json")
 MAX_N = 2**63 - 1
@@ -67,6 +67,26 @@ def settings_of(p: float | None, ftz: bool) -> Settings:
     if p is not None and not (0 < p <= 1):
         raise click.BadParameter(f"p = {p} is outside (0, 1]", param_hint="'--p'")
     return Settings(p=0.1 if p is None else p, ftz=ftz)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the parameter ``name`` was given on the command line (or by an environment variable), not left
+    at its default: click passes a default and an explicit equal value alike."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                 click.core.ParameterSource.DEFAULT_MAP)
+
+
+def refuse_given(ctx: click.Context, names, why: str) -> None:
+    """A usage error (exit 2, one line) naming the first of the parameters ``names`` that was given, followed by
+    ``why`` (e.g. "does nothing with --list (...)")."""
+    for name in names:
+        if given(ctx, name):
+            param = next(p for p in ctx.command.params if p.name == name)
+            option = max(param.opts, key=len) if param.opts else name.upper()
+            if not option.startswith("-"):
+                option = name.upper()
+            raise click.BadParameter(f"{option} {why}; leave it out", param_hint=f"'{option}'")
 
 
 def check_tolerance(tolerance: float | None) -> None:

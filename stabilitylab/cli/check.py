@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
@@ -47,11 +49,17 @@ def run_thresholds(*args, **kwargs):
               help="Run the user targets (module:function, file.py:function) of audit entries matching this "
                    "fnmatch pattern (repeatable); without it a baseline never runs user code. Built-in adapters "
                    "always run.")
-def check(baseline_path, update, ulps, dtypes, show_all, fmt, allow) -> None:
-    """Recompute thresholds and compare them with a baseline (exit 1 on a regression)."""
+@click.option("--strict", is_flag=True,
+              help="Any change fails (exit 1), an improvement too (a threshold that moved to larger inputs, or "
+                   "never fails now); without it an improvement passes with a note saying how to record it.")
+@click.pass_context
+def check(ctx, baseline_path, update, ulps, dtypes, show_all, fmt, allow, strict) -> None:
+    """Recompute thresholds and compare them with a baseline (exit 1 on a regression; an improvement passes
+    with a note, or fails with --strict)."""
     from ..guard import baseline
 
     if update:
+        _refuse_with_update(ctx)
         _update_baseline(baseline_path, dtypes, allow)
         return
     try:
@@ -72,21 +80,60 @@ def check(baseline_path, update, ulps, dtypes, show_all, fmt, allow) -> None:
     result = baseline.compare(doc, rows + audit_rows, ulps, problems)
     for warning in result.warnings:
         click.echo(f"stabilitylab: warning: {warning}", err=True)
-    regressions, missing, unknown = result.count("!"), result.count("+"), result.count("x")
-    summary = (f"{result.compared} entries compared: {regressions} regressed, {missing} not in baseline, "
-               f"{unknown} not comparable")
+    regressions, missing, unknown = result.count(baseline.REGRESSION), result.count("+"), result.count("x")
+    improved = result.improved()
+    summary = (f"{result.compared} entries compared: {regressions} regressed, {len(improved)} improved, "
+               f"{missing} not in baseline, {unknown} not comparable")
+    notes = _improvement_notes(result, improved, baseline_path, strict)
     table = check_table(result, show_all)
     if fmt == "markdown":
-        click.echo((table_md(table) + "\n" if table.rows else "") + summary)
+        click.echo((table_md(table) + "\n" if table.rows else "") + summary
+                   + ("\n\n" + "\n".join(f"* {note}" for note in notes) if notes else ""))
     else:
         console = console_for(None)
         if table.rows:
             print_table(console, table)
-        console.print(summary)
-    if regressions:
+        console.print(summary, highlight=False)
+        for note in notes:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line: copyable
+    if regressions or (strict and improved):
         raise click.exceptions.Exit(ExitStatus.REGRESSION)
     if missing or unknown:
         raise click.exceptions.Exit(ExitStatus.INCOMPARABLE)
+
+
+def _refuse_with_update(ctx: click.Context) -> None:
+    """--update writes the baseline and compares nothing: the options of a comparison do nothing with it."""
+    for name, option, why in (("show_all", "--all", "it lists the compared metrics"),
+                              ("ulps", "--ulps", "it is the tolerance of a comparison"),
+                              ("strict", "--strict", "it decides the exit status of a comparison"),
+                              ("fmt", "--format", "it formats the comparison table")):
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            raise click.BadParameter(f"{option} does nothing with --update ({why}; --update compares nothing, it "
+                                     f"rewrites the baseline); leave out {option}", param_hint=f"'{option}'")
+
+
+def _improvement_notes(result, improved: list[str], path: str, strict: bool) -> list[str]:
+    """One note per improved entry, then the exact command that records them in the baseline."""
+    if not improved:
+        return []
+    notes = []
+    for entry in improved:
+        moved = [f"{r.metric} {_text(r.baseline)} -> {_text(r.current)}" for r in result.rows
+                 if r.entry == entry and r.mark == "↑"]
+        notes.append(f"note: {entry} improved ({', '.join(moved)})")
+    formats_ = dict.fromkeys(entry.rsplit("/", 1)[-1] for entry in improved)
+    command = " ".join(["stabilitylab check --baseline", shlex.quote(path), "--update",
+                        *(f"-d {name}" for name in formats_)])
+    verdict = "--strict: exit 1" if strict else "not a regression: exit 0"
+    one = len(improved) == 1
+    notes.append(f"note: {len(improved)} {'entry' if one else 'entries'} improved ({verdict}); "
+                 f"record {'it' if one else 'them'} with: {command}")
+    return notes
+
+
+def _text(value) -> str:
+    return "never" if value is None else str(value)
 
 
 def _audit_rows(entries, tolerance, formats_, path, allow):

@@ -21,6 +21,7 @@ from .base import (
     experiment_option,
     format_option,
     ftz_option,
+    given,
     ignore_index_option,
     key_option,
     labels_key_option,
@@ -66,7 +67,7 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
         raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
     check_tolerance(tolerance)
     for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key"),
-                         (rows_mode != "summary", "--rows")):
+                         (given(ctx, "ignore_index"), "--ignore-index"), (given(ctx, "rows_mode"), "--rows")):
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
     names = {e.name for e in chosen_experiments(experiments or (("softmax_ce",) if logits else ()))}

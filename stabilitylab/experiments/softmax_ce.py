@@ -41,7 +41,7 @@ from .base import (
     stack_padded,
 )
 
-__all__ = ["Logits", "SOFTMAX_CE", "logits_case"]
+__all__ = ["Logits", "SOFTMAX_CE", "logits_case", "wide_cases", "WIDE"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,27 @@ def default_cases() -> Logits:
         logits_case([1000, 0, -1000], 2, "large:[1000,0,-1000],y=2"),
         logits_case([0, -40], 0, "gap:[0,-40],y=0 (true class is the max)"),
         logits_case([0, -40], 1, "gap:[0,-40],y=1 (true class is the min)"),
+    ])
+
+
+WIDE = 2**15  # a language model's vocabulary
+
+
+def wide_cases() -> Logits:
+    """Rows of :data:`WIDE` classes whose loss a correct kernel gets right in every format, but whose
+    denominator a *sequential* low-precision sum gets wrong: once the running sum is large, each
+    small exp term is below half its ulp and is lost (float16 stops at 512 for terms of e**-2:
+    the loss comes out 6.24 for 8.40; bfloat16 sooner).  The true class is the max, or just below
+    it; the rest is a few blocks of one value each (so an emitted test stays small).  The audit runs
+    them beside the default cases and keeps a witness of each (see auditing/core.py)."""
+    flat = np.full(WIDE, -2.0)
+    flat[0] = 0.0
+    blocks = np.full(WIDE, -4.0)
+    blocks[: WIDE // 2] = -1.0
+    blocks[:2] = (0.0, -0.5)
+    return concat([
+        logits_case(flat, 0, f"wide:[0,-2 x{WIDE - 1}],y=0 (true class the max)"),
+        logits_case(blocks, 1, f"wide:[0,-0.5,-1 x{WIDE // 2 - 2},-4 x{WIDE // 2}],y=1 (true class near the max)"),
     ])
 
 

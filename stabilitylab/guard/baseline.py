@@ -18,6 +18,21 @@ itself: a user target (``module:function``, ``file.py:function``, a file's path 
 baseline's folder) is recomputed only if allowed (``check --allow-target PATTERN``, or
 ``allow_targets`` in ``[tool.stabilitylab]`` of the nearest ``pyproject.toml`` at or above the
 baseline's folder: :func:`allowed_targets`); built-in adapters always are.
+
+Direction of a change (:func:`change`), so that ``check`` tells a regression
+from an improvement:
+
+* ``first_inaccurate`` / ``first_failure`` are the first parameter, searched
+  upwards from the start of the family's range, where the method goes wrong.
+  Moving to a larger input (the method fails later), or to ``null`` (never
+  fails in the search range) where the baseline had a value, is an
+  **improvement**; moving to a smaller input, or from ``null`` to a value, is a
+  **regression**.
+* ``failure`` (the status at ``first_failure``) is not ranked on its own: a
+  different status at an unchanged ``first_failure`` is a regression (the same
+  input now fails differently); a different status that comes with a
+  ``first_failure`` that moved later, or vanished (``null``), is part of that
+  improvement; with a ``first_failure`` that moved earlier it is a regression.
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ from ..io.environment import fingerprint, package_version
 from ..numerics.formats import FORMATS, Format
 
 __all__ = ["METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
-           "compare", "within", "allowed_targets", "audit_rows"]
+           "compare", "within", "allowed_targets", "audit_rows", "change", "REGRESSION", "IMPROVEMENT"]
 
 METRICS = ("first_inaccurate", "first_failure", "failure")
 
@@ -192,10 +207,27 @@ def within(baseline, current, fmt: Format, ulps: int) -> bool:
     return abs(float(current) - float(baseline)) <= ulps * float(fmt.ulp(float(baseline)))
 
 
+REGRESSION, IMPROVEMENT = "!", "↑"  # Row marks (the ASCII stand-in of '↑' is '^', see io/output.py)
+
+
+def change(metric: str, base, cur, fmt: Format, ulps: int, failure_moved: str = "") -> str:
+    """'' within tolerance, :data:`IMPROVEMENT` or :data:`REGRESSION` (the rule in the module docstring).
+    ``failure_moved``: for the ``failure`` metric, the change of ``first_failure`` of the same entry."""
+    if within(base, cur, fmt, ulps):
+        return ""
+    if metric == "failure":
+        return IMPROVEMENT if failure_moved == IMPROVEMENT else REGRESSION
+    if base is None:
+        return REGRESSION  # never failed; now fails
+    if cur is None:
+        return IMPROVEMENT  # failed; now never fails in the search range
+    return IMPROVEMENT if float(cur) > float(base) else REGRESSION
+
+
 @dataclass(frozen=True)
 class Row:
-    """One metric of one entry: mark '' ok, '!' regression, '+' missing from the baseline,
-    'x' in the baseline but not comparable (unknown now)."""
+    """One metric of one entry: mark '' ok, '!' regression, '↑' improvement (fails later, or never),
+    '+' missing from the baseline, 'x' in the baseline but not comparable (unknown now)."""
 
     mark: str
     entry: str
@@ -211,11 +243,20 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
 
     def count(self, mark: str) -> int:
-        return len({r.entry for r in self.rows if r.mark == mark})
+        """Entries with a row of this mark; for :data:`IMPROVEMENT`, only those that did not also regress."""
+        marked = {r.entry for r in self.rows if r.mark == mark}
+        if mark == IMPROVEMENT:
+            marked -= {r.entry for r in self.rows if r.mark == REGRESSION}
+        return len(marked)
+
+    def improved(self) -> list[str]:
+        """The improved entries (none of their metrics regressed), sorted."""
+        regressed = {r.entry for r in self.rows if r.mark == REGRESSION}
+        return sorted({r.entry for r in self.rows if r.mark == IMPROVEMENT} - regressed)
 
     @property
     def compared(self) -> int:
-        return len({r.entry for r in self.rows if r.mark in ("", "!")})
+        return len({r.entry for r in self.rows if r.mark in ("", REGRESSION, IMPROVEMENT)})
 
 
 def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str] | None = None) -> CheckResult:
@@ -238,11 +279,12 @@ def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str
                 result.rows.append(Row("x", key, "-", "-", "-", problems[key]))
             continue  # not recomputed (outside the selected formats)
         fmt = FORMATS[r.dtype]
+        moved = change("first_failure", entry["first_failure"], r.first_failure, fmt, ulps)
         for metric in METRICS:
             base, cur = entry[metric], getattr(r, metric)
             integer = isinstance(base, int) or metric == "failure" or base is None
             tol = "exact" if integer or ulps == 0 else f"{ulps} ulp"
-            result.rows.append(Row("" if within(base, cur, fmt, ulps) else "!", key, metric, base, cur, tol))
+            result.rows.append(Row(change(metric, base, cur, fmt, ulps, moved), key, metric, base, cur, tol))
     for key in sorted(set(current) - set(doc["entries"])):
         result.rows.append(Row("+", key, "-", "missing", "-", "not in baseline"))
     return result

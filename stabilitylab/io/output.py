@@ -35,7 +35,7 @@ from ..errors import OutputError
 __all__ = ["OutputError", "GuardedStream", "guarded_streams", "ascii_fallback"]
 
 FALLBACKS = {"·": "-", "•": "*", "✓": "ok", "✗": "x", "—": "-", "–": "-", "…": "...", "×": "x",
-             "≤": "<=", "≥": ">=", "±": "+-", "→": "->", "−": "-"}
+             "≤": "<=", "≥": ">=", "±": "+-", "→": "->", "−": "-", "↑": "^"}
 
 
 def ascii_fallback(text: str, encoding: str) -> str:

@@ -319,16 +319,19 @@ def check_table(result, show_all: bool = False) -> Table:
         if r.mark == "" and not show_all:
             continue
         change = "—"
-        if r.mark == "!":
+        if r.mark in ("!", "↑"):
             if isinstance(r.baseline, (int, float)) and isinstance(r.current, (int, float)) and r.baseline:
                 change = f"{r.current / r.baseline:.6g}x"
+            elif r.current is None and r.metric != "failure":
+                change = "never fails"
             else:
                 change = "changed"
-        status = {"": "ok", "!": "nan", "+": "inaccurate", "x": "inaccurate"}[r.mark]
+        status = {"": "ok", "!": "nan", "↑": "ok", "+": "inaccurate", "x": "inaccurate"}[r.mark]
         rows.append([Cell(r.mark or " ", status), Cell(_plain(r.baseline)), Cell(_plain(r.current)),
                      Cell(change), Cell(r.tolerance), Cell(f"{r.entry} {r.metric}" if r.metric != "-" else r.entry)])
     return Table("Baseline check", ["mark", "baseline", "current", "change", "tolerance", "entry"], rows,
-                 "! regression · + not in baseline · x unknown entry (not comparable)", labels=(0, 5))
+                 "! regression (fails earlier) · ↑ improvement (fails later or never; record it with --update) · "
+                 "+ not in baseline · x unknown entry (not comparable)", labels=(0, 5))
 
 
 def _plain(v) -> str:
