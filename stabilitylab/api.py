@@ -119,6 +119,20 @@ def _tolerance(tolerance: float | None) -> None:
         raise InputError(f"tolerance = {tolerance}; it must be a finite number > 0", "--tolerance")
 
 
+def _timeout(timeout) -> float | None:
+    """``timeout`` as seconds (None: no limit); anything but a finite number > 0 is an :class:`InputError`."""
+    if timeout is None:
+        return None
+    try:
+        seconds = float(timeout) if not isinstance(timeout, (bool, str, bytes)) else float("nan")
+    except (TypeError, ValueError, OverflowError):
+        seconds = float("nan")
+    if not (0 < seconds < float("inf")):
+        raise InputError(f"timeout = {timeout!r}; it must be a finite number of seconds > 0 (leave it out for "
+                         "no limit)", "--timeout")
+    return seconds
+
+
 def _user(logits, labels, key, labels_key, ignore_index) -> UserLogits:
     return user_source(logits, key=key, labels=labels, labels_key=labels_key, ignore_index=ignore_index)
 
@@ -422,7 +436,7 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
           key: str | None = None, labels_key: str | None = None, ignore_index: int | None = -100,
           families: Sequence[str] | None = None, tolerance: float | None = None, grad: bool = False,
           search: bool = True, rows: bool | None = None, on_rows: Callable[[dict], None] | None = None,
-          progress: Callable[[str], None] = lambda step: None) -> AuditResult:
+          progress: Callable[[str], None] = lambda step: None, timeout: float | None = None) -> AuditResult:
     """Audit a real loss: a built-in adapter (``"torch.cross_entropy"``; see :func:`adapters_table`),
     ``"module:function"``, ``"path/to/file.py:function"`` or a callable.
 
@@ -439,12 +453,16 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
     binary_ce and gradient audits read their (rows, K) data into memory (at most 10**6 values).
     ``families``: limit the threshold search (``search=False`` skips it).  ``grad``: audit the
     gradient with respect to the logits (torch, jax and optax targets).
+    ``timeout``: seconds (a finite number > 0), or None for no limit: each call of the target, and the
+    import of a user's module, that runs longer is stopped; that call's rows become ``error`` rows
+    ("took longer than 5 s (--timeout)"), a timed-out import or first call an :class:`AuditError`.  It
+    uses SIGALRM: on the main thread, where the platform has it (else an :class:`AuditError`).
 
     Raises :class:`AuditError` (the target cannot be audited) or :class:`InputError` (bad data).
     """
     from .auditing import core as _audit
 
-    t = _audit.resolve(target, experiment, grad)
+    t = _audit.resolve(target, experiment, grad, timeout=_timeout(timeout))
     formats = _formats(dtypes)
     _tolerance(tolerance)
     known = [f.name for f in _audit.audit_experiment(t.audited_experiment).families]

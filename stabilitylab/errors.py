@@ -8,8 +8,9 @@ regression (exit 1), which only ``check`` reports.
 
 from __future__ import annotations
 
-__all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "BaselineError", "WriteError",
-           "OutputError", "OutputRefused", "MissingLibrary", "Terminated", "first_line", "described", "shown"]
+__all__ = ["StabilitylabError", "InputError", "AuditError", "TargetError", "TargetTimeout", "BaselineError",
+           "WriteError", "OutputError", "OutputRefused", "MissingLibrary", "Terminated", "first_line", "described",
+           "shown"]
 
 
 class StabilitylabError(Exception):
@@ -35,6 +36,14 @@ class AuditError(StabilitylabError, ValueError):
 class TargetError(StabilitylabError, ValueError):
     """An external function that cannot be audited at all (its result has the wrong
     shape or is not numeric); the message is one line."""
+
+
+class TargetTimeout(StabilitylabError):
+    """One call of a target (or the import of a user's module) ran longer than its time limit (``--timeout``;
+    ``timeout=`` of :func:`stabilitylab.audit`) and was stopped.  Raised by the guard around user code once
+    that code has unwound, so the user's own ``except Exception`` never sees it; the message is one line,
+    ``took longer than 5 s (--timeout)``.  :meth:`~stabilitylab.numerics.arith.Arith.external` marks the
+    rows of the batch that timed out as errors with it (without splitting the batch)."""
 
 
 class BaselineError(StabilitylabError, ValueError):

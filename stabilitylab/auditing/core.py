@@ -36,7 +36,10 @@ import importlib.util
 import inspect
 import io
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -50,7 +53,7 @@ from ..analysis import streaming
 from ..analysis.engine import Comparison, compare, evaluate
 from ..analysis.outcome import METHOD_FAILURES, STATUSES, Outcome, classify
 from ..analysis.thresholds import Threshold, family_thresholds
-from ..errors import AuditError, Terminated, described
+from ..errors import AuditError, TargetTimeout, Terminated, described
 from ..experiments.base import Experiment, Method, Settings
 from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
@@ -98,25 +101,34 @@ class Target:
         return f"{self.experiment}_grad" if self.grad else self.experiment
 
 
-def resolve(target: str | Callable, experiment: str | None = None, grad: bool = False) -> Target:
-    """A :class:`Target` from an adapter name, ``module:function``, ``file.py:function`` or a callable."""
+def resolve(target: str | Callable, experiment: str | None = None, grad: bool = False,
+            timeout: float | None = None) -> Target:
+    """A :class:`Target` from an adapter name, ``module:function``, ``file.py:function`` or a callable.
+
+    ``timeout``: seconds, or None (no limit): each call of the target, and the import of a user's module,
+    that runs longer is stopped (:func:`_time_limit`; a call's rows become ``error`` rows, the import or
+    the first call an :class:`AuditError`).  It needs SIGALRM and the main thread (else an
+    :class:`AuditError`); the value is checked by the caller (:func:`stabilitylab.api.audit`)."""
+    if timeout is not None:
+        _check_time_limit()
     if isinstance(target, Target):
-        return target
+        return target if timeout is None else replace(target, fn=_limited(target.fn, timeout))
     if callable(target):
-        return _user_target(target, _spec_of(target), experiment, grad)
+        return _user_target(target, _spec_of(target), experiment, grad, timeout)
     if not isinstance(target, str) or not target.strip():
         raise AuditError(f"target {target!r} is neither an adapter name, module:function, file.py:function "
                          "nor a callable")
     if target in adapters.ADAPTERS:
-        return _adapter_target(adapters.ADAPTERS[target], experiment, grad)
+        return _adapter_target(adapters.ADAPTERS[target], experiment, grad, timeout)
     if ":" not in target:
         known = ", ".join(adapters.ADAPTERS)
         raise AuditError(f"unknown target {target!r}; give a built-in adapter ({known}), module:function or "
                          "path/to/file.py:function (see stabilitylab audit --list)")
-    return _user_target(_load_user_function(target), target, experiment, grad)
+    return _user_target(_load_user_function(target, timeout), target, experiment, grad, timeout)
 
 
-def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: bool) -> Target:
+def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: bool,
+                    timeout: float | None = None) -> Target:
     if experiment is not None and experiment != adapter.experiment:
         raise AuditError(f"{adapter.name} is a {adapter.experiment} target; -e {experiment} does not apply "
                          f"(leave -e out, or give -e {adapter.experiment})")
@@ -135,11 +147,14 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
     if adapter.library in ("jax", "optax"):
         import jax
         env["device"] = str(jax.devices()[0].platform)
+    if timeout is not None:
+        fn = _limited(fn, timeout)
     return Target(adapter.name, adapter.experiment, fn, adapter.formats, adapter.formula, env, adapter.name,
                   adapter, grad)
 
 
-def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool) -> Target:
+def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool,
+                 timeout: float | None = None) -> Target:
     if experiment is None:
         raise AuditError("name the protocol of a user function with -e softmax_ce or -e binary_ce "
                          f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']})")
@@ -162,7 +177,8 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
-    return Target(name, experiment, _guarded(fn), tuple(FORMATS), f"user function {name}", env, spec, None, False)
+    return Target(name, experiment, _guarded(fn, timeout), tuple(FORMATS), f"user function {name}", env, spec, None,
+                  False)
 
 
 class TargetExit(Exception):
@@ -170,17 +186,99 @@ class TargetExit(Exception):
     exception that is not an ``Exception``): a failure of the target, reported as one."""
 
 
+class _Expired(BaseException):
+    """Raised by :func:`_time_limit`'s SIGALRM handler inside the user's code: no ``Exception``, so that the
+    user's own ``except Exception`` does not swallow it; it becomes :class:`~stabilitylab.errors.TargetTimeout`
+    once the user's code has unwound."""
+
+
+_MAX_TIMER = 1e9  # seconds: setitimer overflows near 9.2e9 (nanoseconds in an int64); 1e9 s is no limit
+
+
+def _check_time_limit() -> None:
+    """An :class:`AuditError` where :func:`_time_limit` cannot work: no SIGALRM / setitimer (Windows), or not
+    the main thread (Python runs signal handlers there only)."""
+    if not hasattr(signal, "SIGALRM") or not hasattr(signal, "setitimer"):
+        raise AuditError(f"--timeout needs SIGALRM, which this platform ({sys.platform}) does not have; "
+                         "leave --timeout out")
+    if threading.current_thread() is not threading.main_thread():
+        raise AuditError("--timeout works on the main thread only (it uses SIGALRM); audit from the main "
+                         "thread or leave --timeout out")
+
+
 @contextlib.contextmanager
-def _user_code() -> Any:
+def _time_limit(seconds: float | None) -> Any:
+    """Stop the code inside after ``seconds`` (None: no limit) with :class:`~stabilitylab.errors.TargetTimeout`
+    ("took longer than 5 s (--timeout)").
+
+    ``signal.setitimer(ITIMER_REAL)`` and a SIGALRM handler raising :class:`_Expired`; on the way out the
+    timer is stopped and the previous handler and timer are restored (a previous timer with the time spent
+    here taken off; one already due fires at once).  The handler raises once: an alarm that arrives after the
+    code returned (before the timer was stopped) still counts as a timeout, and code that swallows
+    :class:`_Expired` (a bare ``except``) runs on but its call is a timeout all the same.  Python runs the
+    handler between bytecodes: a sleep or a wait is interrupted, a single long call into C code (a native
+    kernel) is stopped only when it returns.  Outside the main thread or without SIGALRM,
+    :class:`~stabilitylab.errors.TargetError` (refused earlier by :func:`_check_time_limit`)."""
+    if seconds is None:
+        yield
+        return
+    try:
+        _check_time_limit()
+    except AuditError as exc:
+        raise TargetError(str(exc)) from None
+    fired, message = [False], f"took longer than {seconds:g} s (--timeout)"
+
+    def expire(signum, frame) -> None:
+        if not fired[0]:
+            fired[0] = True
+            raise _Expired(message)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    before, started = (0.0, 0.0), time.monotonic()
+    try:
+        try:
+            before = signal.setitimer(signal.ITIMER_REAL, min(max(seconds, 1e-6), _MAX_TIMER))
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # an alarm due just now raises here: caught below
+        if fired[0]:  # the code swallowed _Expired
+            raise _Expired(message)
+    except _Expired:
+        raise TargetTimeout(message) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        if before[0] > 0:
+            left = before[0] - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), before[1])
+
+
+def _limited(fn: Callable, seconds: float) -> Callable:
+    """``fn`` run under :func:`_time_limit` (a built-in adapter's callable: no other guard)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            with _time_limit(seconds):
+                return fn(*args, **kwargs)
+        except _Expired as exc:  # due between the timer's start and the with block's (see _user_code)
+            raise TargetTimeout(str(exc)) from None
+    return call
+
+
+@contextlib.contextmanager
+def _user_code(timeout: float | None = None) -> Any:
     """Around user code: what it prints to standard output goes to standard error (stdout is the report,
-    ``--format json``), and an attempt to end the process becomes :class:`TargetExit`.  Ctrl-C and
-    :class:`~stabilitylab.errors.Terminated` pass."""
+    ``--format json``), an attempt to end the process becomes :class:`TargetExit`, and with ``timeout``
+    (seconds) a run longer than that becomes :class:`~stabilitylab.errors.TargetTimeout` (:func:`_time_limit`).
+    Ctrl-C and :class:`~stabilitylab.errors.Terminated` pass."""
     printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed):
+        with contextlib.redirect_stdout(printed), _time_limit(timeout):
             yield
     except (Exception, KeyboardInterrupt, Terminated):
         raise
+    except _Expired as exc:  # due in the few bytecodes of _time_limit's with statement outside its try
+        raise TargetTimeout(str(exc)) from None
     except BaseException as exc:  # noqa: BLE001 - SystemExit and the like: the target's failure
         code = f"({exc.code!r})" if isinstance(exc, SystemExit) else f": {exc}" if str(exc) else ""
         raise TargetExit(f"{type(exc).__name__}{code} inside the target (it tried to end the process)") from None
@@ -193,13 +291,19 @@ def _user_code() -> Any:
                 pass
 
 
-def _guarded(fn: Callable) -> Callable:
-    """``fn`` run under :func:`_user_code`."""
+def _guarded(fn: Callable, timeout: float | None = None) -> Callable:
+    """``fn`` run under :func:`_user_code` (with its time limit)."""
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        with _user_code():
+        with _user_code(timeout):
             return fn(*args, **kwargs)
     return call
+
+
+def _failure(exc: BaseException) -> str:
+    """How a failure of user code is quoted: its type and first line; a timeout as its message ("it took
+    longer than 5 s (--timeout)")."""
+    return f"it {exc}" if isinstance(exc, TargetTimeout) else described(exc)
 
 
 def _name_of(fn: Callable) -> str:
@@ -231,7 +335,7 @@ def _word(text: str) -> str:
     return "".join(ch if ch.isalnum() and ch.isascii() or ch == "_" else "_" for ch in text)
 
 
-def _load_user_function(spec: str) -> Callable:
+def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise AuditError(f"target {spec!r}: expected module:function or path/to/file.py:function")
@@ -251,22 +355,22 @@ def _load_user_function(spec: str) -> Callable:
             # registered while it runs, as an import does: @dataclass (with postponed annotations), pickle
             # and multiprocessing find the module by its name
             sys.modules[module_name] = module
-            with warnings.catch_warnings(), _user_code():
+            with warnings.catch_warnings(), _user_code(timeout):
                 warnings.simplefilter("ignore")
                 loader_spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
             if module is not None and sys.modules.get(module_name) is module:
                 del sys.modules[module_name]
-            raise AuditError(f"could not import {where}: {described(exc)}") from None
+            raise AuditError(f"could not import {where}: {_failure(exc)}") from None
     else:
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            with warnings.catch_warnings(), _user_code():
+            with warnings.catch_warnings(), _user_code(timeout):
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(where)
         except Exception as exc:  # noqa: BLE001
-            raise AuditError(f"could not import module {where!r}: {described(exc)}") from None
+            raise AuditError(f"could not import module {where!r}: {_failure(exc)}") from None
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -556,6 +660,9 @@ def probe(target: Target) -> None:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             result = target.fn(logits, labels)
+    except TargetTimeout as exc:
+        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} batch ({shown}): raise the limit or leave "
+                         "--timeout out") from None
     except Exception as exc:  # noqa: BLE001
         raise AuditError(f"{target.name} raised on a plain {fmt.name} batch ({shown}): {described(exc)}; the "
                          f"{target.experiment} protocol is {protocol}") from None

@@ -52,6 +52,9 @@ from .base import (
               help="Audit the gradient with respect to the logits (torch, jax and optax targets) against the exact "
                    "softmax(x) - onehot(y) / sigmoid(z) - y.")
 @tolerance_option
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Stop each call of the target (and the import of your module) after SECONDS: that call's rows "
+                   "become error rows (a timed-out import or first call: one line, exit 2). Default: no limit.")
 @format_option
 @output_option
 @click.option("--emit-pytest", "emit_pytest", type=click.Path(dir_okay=False), default=None,
@@ -62,7 +65,7 @@ from .base import (
                    "for stabilitylab check.")
 @click.pass_context
 def audit_command(ctx, target, list_targets, experiment, dtypes, logits, key, labels, labels_key, ignore_index,
-                  families, no_thresholds, grad, tolerance, fmt, output, emit_pytest, save_baseline) -> None:
+                  families, no_thresholds, grad, tolerance, timeout, fmt, output, emit_pytest, save_baseline) -> None:
     """Audit real loss code: a framework kernel (LIBRARY.NAME) or your function (module:function,
     path/to/file.py:function) in every format, against exact references."""
     from .. import api
@@ -87,7 +90,8 @@ def audit_command(ctx, target, list_targets, experiment, dtypes, logits, key, la
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
     inputs = dict(logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
-                  families=families or None, tolerance=tolerance, grad=grad, search=not no_thresholds, rows=False)
+                  families=families or None, tolerance=tolerance, grad=grad, search=not no_thresholds, rows=False,
+                  timeout=timeout)
     chosen = chosen_formats(dtypes) if dtypes else None
     console = Console(stderr=True)
     if console.is_terminal:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import TargetError, Terminated, described
+from ..errors import TargetError, TargetTimeout, Terminated, described
 from . import crmath
 from .formats import FORMATS, Format
 from .wide import wide_dtype
@@ -389,6 +389,13 @@ class Arith:
         :attr:`errors`, the exception's first line (``SystemExit`` and other exceptions that are not
         ``Exception`` too: a target's ``sys.exit`` never ends stabilitylab; Ctrl-C does).  A result of
         the wrong shape or type raises :class:`TargetError`.
+
+        A call stopped by its time limit (:class:`~stabilitylab.errors.TargetTimeout`, ``--timeout``) is
+        not split: each half could take the limit again, a batch of n rows up to 2n - 1 limits.  Every
+        row of that batch is marked with the timeout's message (naming the batch's size when it held
+        more than one row), and the search for raising rows stops in this call (its budget is spent):
+        a later batch that raises is marked whole too.  So one ``external`` spends at most the limit
+        once per chunk plus once per pending half of a split begun before the timeout (at most 16).
         """
         self.step += 1
         out = np.full((self.rows, *shape), np.nan, dtype=np.float64)
@@ -402,6 +409,14 @@ class Arith:
                     result = fn(*part)
             except (KeyboardInterrupt, Terminated, TargetError):
                 raise
+            except TargetTimeout as exc:  # the whole batch: splitting would spend the limit again and again
+                budget[0] = 0
+                message = str(exc)
+                if len(rows) > 1:
+                    message += f" on a batch of {len(rows):,} rows holding this one"
+                for r in rows.tolist():
+                    self.errors[r] = message
+                return
             except BaseException as exc:  # noqa: BLE001 - the target's own failure (sys.exit too) is a result
                 if len(rows) == 1 or budget[0] <= 0:
                     message = described(exc)
