@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelp import one_line_error, run
 
 import stabilitylab
 from stabilitylab.analysis.outcome import classify
 from stabilitylab.auditing import adapters
 from stabilitylab.auditing.core import default_audit_cases
-from stabilitylab.cli import main
 from stabilitylab.guard import baseline
 from stabilitylab.numerics.arith import EXTERNAL_CHUNK, Arith, TargetError
 from stabilitylab.numerics.formats import FORMATS
@@ -49,20 +49,8 @@ def loss(logits, labels):
 """
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_line_error(code, out, err, *fragments):
-    assert code == 2, (code, out, err)
-    assert out == "" and "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

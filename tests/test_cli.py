@@ -12,8 +12,8 @@ import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
+from clihelp import run
 
-from stabilitylab.cli import main
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.io import atomic
 
@@ -27,12 +27,6 @@ STATUS_KEYS = ["ok", "range", "overflow", "underflow", "nan", "inaccurate"]
 NUMBER_KEYS = ["value", "reference", "rel_error", "ulps", "error_bits"]
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()  # drop anything printed before
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _reject_constant(name):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelp import run
 
-from stabilitylab.cli import main
 from stabilitylab.errors import OutputError, OutputRefused, WriteError
 from stabilitylab.guard import baseline
 from stabilitylab.io import atomic, markers, plan, schemas
@@ -38,11 +38,6 @@ def loss(logits, labels):
 """
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(code: int, err: str, *fragments: str) -> str:

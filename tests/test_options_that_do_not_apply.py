@@ -5,25 +5,9 @@ value equal to the default counts as given (click's parameter source, not the va
 from __future__ import annotations
 
 import pytest
+from clihelp import one_line_error, run
 
-from stabilitylab.cli import main
 from stabilitylab.status import ExitStatus
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, out, err, *fragments):
-    assert code == ExitStatus.USAGE, (code, out, err)
-    assert out == "" and "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 @pytest.mark.parametrize("value", ["3", "-100"], ids=["other", "default-value-given"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from clihelp import one_error_line, run
 from rich.cells import cell_len
 from rich.console import Console
 
@@ -38,21 +39,8 @@ BASELINE = REPO / "reports" / "thresholds.json"
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_error_line(err: str, *fragments: str) -> str:
-    """stderr is exactly one 'stabilitylab: error:' line holding every fragment."""
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def everything_below(folder: Path) -> list[str]:

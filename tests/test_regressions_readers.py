@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelp import one_error_line, run
 
 from stabilitylab.analysis import streaming
 from stabilitylab.cli import check as cli_check
@@ -36,21 +37,8 @@ RNG = np.random.default_rng(18)
 X = RNG.standard_normal((600, 50)).astype(np.float32)  # 120 kB: larger than zipfile's read-ahead
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_error_line(err: str, *fragments: str) -> str:
-    """stderr is exactly one 'stabilitylab: error:' line holding every fragment."""
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error:"), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def one_line(exc: BaseException, *fragments: str) -> str:

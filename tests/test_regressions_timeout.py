@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import pytest
+from clihelp import run
 
 import stabilitylab
 from stabilitylab.auditing.core import resolve
-from stabilitylab.cli import main
 from stabilitylab.errors import AuditError, InputError
 from stabilitylab.numerics import arith
 from stabilitylab.numerics.arith import Arith
@@ -52,11 +52,6 @@ def slow_on_large(logits, labels):
 """
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(code: int, out: str, err: str, *fragments: str) -> str:

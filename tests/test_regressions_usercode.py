@@ -9,9 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from clihelp import run
 
 from stabilitylab.auditing.core import AuditError, baseline_target
-from stabilitylab.cli import main
 from stabilitylab.guard import baseline
 from stabilitylab.testing import StabilityBaseline
 
@@ -26,11 +26,6 @@ def f(logits, labels):
 """
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def payload(folder: Path, marker: Path, name: str = "payload.py") -> Path:
