@@ -75,6 +75,15 @@ class Comparison:
     ftz: bool = False
 
 
+SHARED_BYTES = 2**26  # loaded inputs above this share no results between methods (issue #18)
+
+
+def _nbytes(inputs: Any) -> int:
+    """Bytes of the arrays a batch's loaded inputs hold (the fields of its dataclass)."""
+    fields = vars(inputs) if hasattr(inputs, "__dict__") else {}
+    return sum(v.nbytes for v in fields.values() if isinstance(v, np.ndarray))
+
+
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
              tolerance: float | None = None, ftz: bool = False,
              fast_reference: bool | None = None, fast: bool | None = None) -> dict[str, Outcome]:
@@ -104,6 +113,8 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         group = cases if len(groups) == 1 else cases.take(rows)
         loaded = Arith(fmt, len(group), ftz=ftz, fast=hold32)
         inputs = experiment.load(loaded, group)
+        if _nbytes(inputs) > SHARED_BYTES:  # wide rows: each method's intermediates freed as it goes (issue #18)
+            loaded.unshared()
         tol = fmt.default_tolerance if tolerance is None else tolerance
         runs = []
         for method in chosen:
@@ -119,6 +130,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
                 parts[method.name].append((rows, outcome))
                 if method.observe is not None:
                     method.observe(fmt, group, inputs, outcome)
+        loaded.forget()
     return {name: gather(p, len(cases)) for name, p in parts.items()}
 
 

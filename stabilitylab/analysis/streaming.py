@@ -49,6 +49,7 @@ BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
+WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
 _STATUS_KEYS = np.array([sum(ord(c) << (21 * i) for i, c in enumerate(s[:3])) for s in STATUSES], dtype=np.int64)
 _KEY_ORDER = np.argsort(_STATUS_KEYS)
 
@@ -205,7 +206,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     (count, first rows) of rows with non-finite logits, {(format, method): Pair})."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
-    x = np.ascontiguousarray(logits[idx], dtype=np.float64)
+    # float32 logits stay float32 (Arith.load rounds them from float64 exactly the same): a wide row
+    # is not held twice more in float64 (issue #18); all rows kept: no copy of the block
+    kept = logits if len(idx) == len(logits) else logits[idx]
+    x = np.ascontiguousarray(kept, dtype=np.float32 if kept.dtype == np.float32 and experiment is SOFTMAX_CE
+                             else np.float64)
     odd = rows[~np.isfinite(x).all(axis=1)]
     nonfinite = (len(odd), odd[:5])
     y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
@@ -255,8 +260,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
     if workers is None:
         workers = worker_count()
-    if source.rows * source.classes < 2**20 or black_box:
-        workers = 1
+    if source.rows * source.classes < 2**20 or black_box or source.rows <= rows_per_chunk or source.classes > WIDE_ROW:
+        workers = 1  # (one chunk, or rows so wide that each worker would hold several copies of one: issue #18)
     cells = {(f.name, m): Cell() for f in formats for m in methods}
     pairs = {(f.name, m): Pair() for f in formats for m in methods if versus is not None and m != versus}
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)

@@ -128,15 +128,20 @@ def shifted_softmax_log(a: Arith, x: Loaded):
     return a.neg(a.log(a.div(a.pick(e, x.labels), a.tree(a.add, e, 0.0))))
 
 
+# (z_y is picked first, an exact read, and z let go: a wide row holds no more copies than needed, issue #18)
 def log_softmax(a: Arith, x: Loaded):
     z = a.shift(x.logits)
-    return a.sub(a.log(a.tree(a.add, a.exp(z), 0.0)), a.pick(z, x.labels))
+    zy, e = a.pick(z, x.labels), a.exp(z)
+    del z
+    return a.sub(a.log(a.tree(a.add, e, 0.0)), zy)
 
 
 def log_softmax_log1p(a: Arith, x: Loaded):
     z = a.shift(x.logits)
-    e = a.drop(a.exp(z), a.argmax(x.logits))  # leave the max's exp(0) = 1 out of the sum
-    return a.sub(a.log1p(a.tree(a.add, e, 0.0)), a.pick(z, x.labels))
+    zy, e = a.pick(z, x.labels), a.exp(z)
+    del z
+    e = a.drop(e, a.argmax(x.logits))  # leave the max's exp(0) = 1 out of the sum
+    return a.sub(a.log1p(a.tree(a.add, e, 0.0)), zy)
 
 
 def exact_rows(x: Loaded):
@@ -226,6 +231,83 @@ def _tree_sum(t: np.ndarray) -> np.ndarray:
     return t[..., 0]
 
 
+_BLOCK = 2**20  # columns per block of a wide row's reference (fast_cross_entropy): 2**20 terms at a time
+
+
+def _tree_levels(t: np.ndarray, levels: int) -> np.ndarray:
+    """``levels`` levels of :func:`_tree_sum` on a block of columns, padding with 0 at every odd
+    length (even a length of 1).  On blocks of ``2**levels`` columns from the start of a row (and
+    the rest of the row as the last block), concatenating the results and finishing with
+    :func:`_tree_sum` gives the whole row's :func:`_tree_sum` bit for bit: the whole row's level
+    has an odd length exactly when its last block's has (the others' are even), and its
+    padding 0 goes at the end of that last block."""
+    for _ in range(levels):
+        if t.shape[-1] % 2:
+            t = np.concatenate([t, np.zeros(t.shape[:-1] + (1,), t.dtype)], axis=-1)
+        t = t[..., 0::2] + t[..., 1::2]
+    return t
+
+
+def _block_minus(L: np.ndarray, start: int, m: np.ndarray, wide: np.dtype):
+    """x - m on the block of columns from ``start``, as :func:`fast_cross_entropy` makes it: (hi, None)
+    rounded once in float64 for a float64 reference, else exactly (hi, lo)."""
+    X = L[:, start:start + _BLOCK].astype(np.float64)
+    if wide == np.dtype(np.float64):
+        return X - m[:, None], None
+    return _two_diff(X, m[:, None])
+
+
+def _wide_cross_entropy(x: Loaded, wide: np.dtype):
+    """:func:`fast_cross_entropy` on one row of more than ``_BLOCK`` logits, the same value bit
+    for bit, in blocks of ``_BLOCK`` columns (a few times 2**20 values in memory, not a few
+    copies of the row: issue #18).  The row's max, argmax and label's term are taken first; each
+    block's terms are then made and summed pairwise (:func:`_tree_levels`)."""
+    L, k = x.logits, x.logits.shape[1]
+    label = int(x.labels[0])
+    m = np.array([L[0].max()], dtype=np.float64)  # (exact in float64; NaN propagates as in X.max)
+    top = int(np.argmax(L[0]))
+    handled = np.array([all(bool(np.isfinite(_block_minus(L, start, m, wide)[0]).all())
+                            for start in range(0, k, _BLOCK))])
+    levels = _BLOCK.bit_length() - 1
+    xy = np.array([L[0, label]], dtype=np.float64)
+    if wide == np.dtype(np.float64):
+        gap_hi, gap_lo = xy - m, None
+    else:
+        gap_hi, gap_lo = _two_diff(xy, m)
+    if not handled[0]:
+        gap_hi = np.zeros(1)
+        gap_lo = None if gap_lo is None else np.zeros(1)
+    gap = -gap_hi.astype(wide)
+    if gap_lo is not None:
+        gap -= gap_lo.astype(wide)
+    partial = []
+    for start in range(0, k, _BLOCK):
+        hi, lo = _block_minus(L, start, m, wide)
+        if not handled[0]:
+            hi = np.zeros_like(hi)
+            lo = None if lo is None else np.zeros_like(lo)
+        terms = np.exp(hi.astype(wide))
+        if lo is not None:
+            inexact = (lo != 0) & (terms > 0)
+            terms[inexact] *= np.exp(lo[inexact].astype(wide))
+        if start <= top < start + _BLOCK:
+            terms[0, top - start] = 0
+        del hi, lo
+        partial.append(_tree_levels(terms, levels))
+    total = _tree_sum(np.concatenate(partial, axis=-1))
+    tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62)
+    loss = np.log1p(total) + gap
+    handled &= np.isfinite(loss)
+    zero = np.zeros(1, dtype=bool)
+    if not tiny.any() or not LONGDOUBLE_IS_WIDE:
+        return loss, zero, handled & ~tiny
+    X = L.astype(np.float64)  # (rare: the whole row, as fast_cross_entropy does)
+    use = np.ones((1, k), dtype=bool)
+    use[0, top] = False
+    small, ok = exp_sum_scaled(*_two_diff(X, m[:, None]), use)
+    return from_longdouble(loss, zero).put(np.array([0]), small), zero, ok
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -239,8 +321,11 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     (:func:`stabilitylab.numerics.reference.exp_sum_scaled`), and the result is then an
     :class:`~stabilitylab.numerics.reference.Exact`.  Rows it does not handle (non-finite logits,
     sums near e**-7.6e11) go to mpmath."""
+    k = x.logits.shape[1]
+    if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):
+        return _wide_cross_entropy(x, np.dtype(dtype))
     X = x.logits.astype(np.float64)
-    rows, k = np.arange(len(X)), X.shape[1]
+    rows = np.arange(len(X))
     wide = np.dtype(dtype)
     if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
         m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)

@@ -53,6 +53,7 @@ __all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUN
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
 NEVER = np.iinfo(np.int64).max
+_BLOCK = 2**20  # values per block where a wide row is rounded or checked piecewise (issue #18)
 EXTERNAL_CHUNK = 2**16  # rows per call of an external function (a 32k-point scan is one call)
 EXTERNAL_CALLS = 4096  # calls spent, per external(), locating the rows of a batch that raised
 
@@ -171,6 +172,20 @@ class Arith:
         other._logs = []
         return other
 
+    def unshared(self) -> None:
+        """Share no results between this Arith and its later forks (see ``_shared``): every operation
+        computes again (the same values and events: sharing is only a saving), and holds nothing
+        once its kernel drops it.  For inputs so large that a few kept intermediates matter (issue #18)."""
+        self._memo = None
+
+    def forget(self) -> None:
+        """Drop the results shared so far (when no fork will compute any more).  A shared tree's
+        entry holds its operation, a fork's bound method, and so the fork and the memo itself:
+        without this the cycle keeps every shared intermediate until the garbage collector
+        runs, which large arrays do not prompt (issue #18: a wide row's were kept format after format)."""
+        if self._memo is not None:
+            self._memo.clear()
+
     # ---------------------------------------------------------------- events
     def events(self) -> list[tuple[str, ...]]:
         """Per row, the events seen, in order of first occurrence (ties: EVENTS order)."""
@@ -216,15 +231,37 @@ class Arith:
         self.step += 1
         y = np.asarray(y)
         if self.fast and not rounded:
-            y = self.fmt.round32(y)
+            if y.size > _BLOCK and y.base is None and y.dtype == np.float32:  # (a fresh result: rounded in place,
+                flat = y.reshape(-1)                                         # in blocks, elementwise)
+                for start in range(0, flat.size, _BLOCK):
+                    flat[start:start + _BLOCK] = self.fmt.round32(flat[start:start + _BLOCK])
+            else:
+                y = self.fmt.round32(y)
         y = self._flush(y)
         if self.quiet:
             return y
+        if self._finite_normal(y):
+            return y  # finite, normal, non-zero results: no event is possible
+        if exact_nonzero is None and self._finite_normal(y, tiny=0):
+            return y  # finite results of an operation that cannot underflow: no event either
+        checks = dict(invalid=invalid, pole=pole, exact_nonzero=exact_nonzero, wide=wide)
+        if y.ndim == 2 and y.shape[0] == self.rows and y.size > _BLOCK:  # a wide row: in blocks of columns
+            whole = [np.broadcast_to(np.asarray(a), y.shape) for a in operands]  # (views: elementwise checks,
+            width = max(1, _BLOCK // self.rows)                                   # events noted per row)
+            for start in range(0, y.shape[1], width):
+                cols = slice(start, start + width)
+                self._look(y[:, cols], [a[:, cols] for a in whole], where, **checks)
+        else:
+            self._look(y, operands, where, **checks)
+        return y
+
+    def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide) -> None:
+        """Note the events of results ``y`` of ``operands`` (see :meth:`_finish`).  Each event's mask
+        is elementwise and implies a result that is not finite (invalid, pole, overflow), zero
+        (underflow) or below tiny (subnormal), so looking at blocks of columns notes the same rows."""
         magnitude = np.abs(y)
         finite_y = magnitude <= self.fmt.max  # False for inf and NaN
         all_finite = bool(finite_y.all())
-        if all_finite and bool((magnitude >= self.fmt.tiny).all()):
-            return y  # finite, normal, non-zero results: no event is possible
         finite_in = np.logical_and.reduce([np.isfinite(a) for a in np.broadcast_arrays(*operands)])
         if not all_finite:
             nan_in = np.logical_or.reduce([np.isnan(a) for a in np.broadcast_arrays(*operands)])
@@ -234,7 +271,7 @@ class Arith:
             self._note("divide_by_zero", at_pole, where)
             self._note("overflow", ~finite_y & finite_in & ~at_pole & ~bad, where)
         if exact_nonzero is None:
-            return y
+            return
         zero = magnitude == 0
         if zero.any():
             self._note("underflow", zero & exact_nonzero(*operands) & finite_in, where)
@@ -248,7 +285,17 @@ class Arith:
                         exact = wide(*(np.asarray(a).astype(self._wide) for a in operands))
                     inexact = tiny & (exact != y.astype(self._wide))
                 self._note("subnormal", inexact, where)
-        return y
+
+    def _finite_normal(self, y: np.ndarray, tiny: float | None = None) -> bool:
+        """Whether every |y| is in [tiny, max] (not NaN; default tiny: the format's smallest normal),
+        looked at in blocks (no temporary the size of a wide row's y)."""
+        flat = y.reshape(-1)
+        low = self.fmt.tiny if tiny is None else tiny
+        for start in range(0, flat.size, _BLOCK):
+            magnitude = np.abs(flat[start:start + _BLOCK])
+            if not bool(((magnitude <= self.fmt.max) & (magnitude >= low)).all()):
+                return False
+        return True
 
     def record(self, event: str, mask, where=None) -> None:
         """Record an event found by a kernel that computes outside these operations."""
@@ -257,19 +304,39 @@ class Arith:
 
     # ------------------------------------------------------------ operations
     def load(self, x, where=None) -> np.ndarray:
-        """Round float64 inputs to the format (correctly; DAZ under ftz)."""
-        x = np.asarray(x, dtype=np.float64)
+        """Round float64 inputs to the format (correctly; DAZ under ftz).
+
+        A wide input (more than 2**20 values per row... or in all) is rounded in blocks of columns:
+        elementwise, the same values and per-row events, without float64 temporaries of its size."""
+        x = np.asarray(x)
         self.step += 1
+        if x.ndim != 2 or x.size <= _BLOCK or self.rows != x.shape[0]:
+            y, masks = self._load_block(np.asarray(x, dtype=np.float64))
+        else:
+            y = np.empty(x.shape, self.dtype)
+            masks = [np.zeros(self.rows, dtype=bool) for _ in range(3)]
+            width = max(1, _BLOCK // max(self.rows, 1))
+            for start in range(0, x.shape[1], width):
+                part, found = self._load_block(np.asarray(x[:, start:start + width], dtype=np.float64))
+                y[:, start:start + width] = part
+                for total, mask in zip(masks, found):
+                    total |= mask.reshape(self.rows, -1).any(axis=1)
+        self._note("overflow", masks[0], where)
+        self._note("underflow", masks[1], where)
+        per_row = (masks[0] | masks[1]).reshape(self.rows, -1).any(axis=1)
+        self.input_lost |= per_row if where is None else per_row & where
+        self._note("subnormal", masks[2], where)
+        return y
+
+    def _load_block(self, x: np.ndarray):
+        """Inputs (float64) rounded to the format, and the masks of inputs that overflow, underflow
+        to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
             y = self._flush(self.fmt.round(x, self.dtype))
             finite = np.isfinite(x)
-            lost = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0)]
-            self._note("overflow", lost[0], where)
-            self._note("underflow", lost[1], where)
-            per_row = (lost[0] | lost[1]).reshape(self.rows, -1).any(axis=1)
-            self.input_lost |= per_row if where is None else per_row & where
-            self._note("subnormal", (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x), where)
-        return y
+            masks = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0),
+                     (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x)]
+        return y, masks
 
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the format (no events: constants are chosen)."""

@@ -214,12 +214,20 @@ def _specials(name: str, fmt: Format, x: np.ndarray):
 _WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
 
 
+_BLOCK = 2**18  # elements per block of one evaluation (its wide temporaries are a few times this)
+
+
 def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
     if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
         raise TypeError(f"crmath.{name}: expected an array of {fmt.dtype}, got {x.dtype} (round it to {fmt} first)")
     flat = x.reshape(-1)
+    if flat.size > _BLOCK:  # elementwise: in blocks, the same values, a few blocks' temporaries (issue #18)
+        out = np.empty(flat.shape, x.dtype)
+        for start in range(0, flat.size, _BLOCK):
+            out[start:start + _BLOCK] = _evaluate(name, fmt, flat[start:start + _BLOCK], stats, stage32)
+        return out.reshape(x.shape)
     kind = wide_type(fmt)
     if kind is None:
         return _evaluate_mp(name, fmt, x, flat, stats)
