@@ -28,6 +28,7 @@ def _without_environment(markdown: str) -> str:
     return re.sub(r"## Environment\n.*?\n## ", "## ", markdown, flags=re.S).rstrip() + "\n"
 
 
+@pytest.mark.slow  # a second whole build (~25 s)
 def test_report_is_deterministic(files):
     again = report.build(DEFAULT_FORMATS)
     assert again.keys() == files.keys()
