@@ -33,6 +33,14 @@ def test_compare_imports_no_heavy_module(argv, tmp_path):
     assert not [m for m in HEAVY if m in modules]
 
 
+def test_compare_on_a_float32_file_does_not_import_ml_dtypes(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(1).normal(0, 3, (1000, 10)).astype(np.float32))
+    modules = _imported_after("compare", "--logits", str(path), "-d", "fp32", "-d", "bf16", "--format", "json",
+                              "-o", f"{tmp_path}/c.json")
+    assert "stabilitylab.analysis.streaming" in modules and "ml_dtypes" not in modules
+
+
 def test_thresholds_imports_ml_dtypes_only_when_it_needs_a_dtype(tmp_path):
     assert "ml_dtypes" not in _imported_after("thresholds", "-e", "likelihood", "-d", "fp32", "-o", f"{tmp_path}/t")
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import struct
+import sys
 import warnings
 import zipfile
 import zlib
@@ -34,7 +35,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
 from ..errors import InputError, first_line, shown
@@ -65,13 +65,43 @@ NPY_MAGIC = b"\x93NUMPY"
 NOT_NPY = ("it is not a NumPy .npy file (it does not start with the \\x93NUMPY header); allowed: "
            "an array saved with numpy.save (.npy) or numpy.savez (.npz), or numbers in a .csv / .txt file")
 
-_BF16, _E4M3, _E5M2 = (np.dtype(t) for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2))
-_ML_FLOATS = {_BF16: "bfloat16", _E4M3: "float8_e4m3fn", _E5M2: "float8_e5m2"}
+class _MlFloats:
+    """ml_dtypes' bfloat16 / float8 dtypes -> their format names, as a read-only mapping that imports
+    ml_dtypes (0.5-1.2 s with version 0.7) only when a name is looked up (:meth:`dtype`).  A dtype can be
+    one of ml_dtypes' only once ml_dtypes is imported, so membership asks nothing before that: reading a
+    float32 or float16 file never imports it."""
 
-# safetensors dtype names (little-endian); BOOL is readable but refused for logits and labels
+    _table: dict | None = None
+
+    def table(self) -> dict:
+        if _MlFloats._table is None:
+            import ml_dtypes
+
+            _MlFloats._table = {np.dtype(getattr(ml_dtypes, name)): name
+                                for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")}
+        return _MlFloats._table
+
+    def __contains__(self, dtype) -> bool:
+        return "ml_dtypes" in sys.modules and dtype in self.table()
+
+    def __getitem__(self, dtype) -> str:
+        return self.table()[dtype]
+
+    def get(self, dtype, default=None):
+        return self.table().get(dtype, default) if "ml_dtypes" in sys.modules else default
+
+    def dtype(self, name: str) -> np.dtype:
+        """The ml_dtypes dtype of a format name (``"bfloat16"``)."""
+        return next(d for d, n in self.table().items() if n == name)
+
+
+_ML_FLOATS = _MlFloats()
+
+# safetensors dtype names (little-endian); BOOL is readable but refused for logits and labels; a string
+# names an ml_dtypes format (see _safetensors_dtype)
 _SAFETENSORS_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": _BF16,
-    "F8_E4M3": _E4M3, "F8_E5M2": _E5M2,
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
@@ -601,7 +631,7 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
         if not 0 <= begin <= end or end > data_size:
             raise where.unreadable(f"tensor {shown(name, True)} lies at bytes {begin:,}..{end:,} of a "
                                    f"{data_size:,}-byte data buffer: the file is truncated or its header corrupt")
-        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        dtype = _safetensors_dtype(entry["dtype"])
         if dtype is not None and end - begin != math.prod(entry["shape"]) * dtype.itemsize:
             raise where.unreadable(f"tensor {shown(name, True)} of shape {tuple(entry['shape'])} and dtype "
                                    f"{shown(entry['dtype'])} needs {math.prod(entry['shape']) * dtype.itemsize:,} "
@@ -610,7 +640,7 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
     name, notes = _pick(names, key, default_key, where, "tensor")
     entry = header[name]
     where.check_size(entry["shape"])
-    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+    dtype = _safetensors_dtype(entry["dtype"])
     if dtype is None:
         raise where.fail(f"holds tensor {shown(name, True)} of dtype {shown(entry['dtype'])}; allowed: "
                          f"{', '.join(k for k in _SAFETENSORS_DTYPES if k != 'BOOL')}")
@@ -619,12 +649,19 @@ def _open_safetensors(p: Path, where: _Where, key: str | None, default_key: str 
     return _Tensor(p, name, shape, dtype, span, notes)
 
 
+def _safetensors_dtype(name) -> np.dtype | None:
+    """The numpy dtype of a safetensors dtype name (None: not one stabilitylab reads)."""
+    dtype = _SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
+    return _ML_FLOATS.dtype(dtype) if isinstance(dtype, str) else dtype
+
+
 def _torch_dtypes(torch) -> dict:
     table = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32),
-             torch.float16: np.dtype(np.float16), torch.bfloat16: _BF16,
+             torch.float16: np.dtype(np.float16), torch.bfloat16: _ML_FLOATS.dtype("bfloat16"),
              torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32), torch.int16: np.dtype(np.int16),
              torch.int8: np.dtype(np.int8), torch.uint8: np.dtype(np.uint8), torch.bool: np.dtype(np.bool_)}
-    for name, dtype in (("float8_e4m3fn", _E4M3), ("float8_e5m2", _E5M2), ("uint16", np.dtype(np.uint16)),
+    for name, dtype in (("float8_e4m3fn", _ML_FLOATS.dtype("float8_e4m3fn")),
+                        ("float8_e5m2", _ML_FLOATS.dtype("float8_e5m2")), ("uint16", np.dtype(np.uint16)),
                         ("uint32", np.dtype(np.uint32)), ("uint64", np.dtype(np.uint64))):
         if hasattr(torch, name):
             table[getattr(torch, name)] = dtype
