@@ -21,10 +21,7 @@ REPORT = Path(__file__).resolve().parents[1] / "reports" / "README.md"
 CORRECT = {"ok", "range"}
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_report_audit_sentence_counts_the_cases_it_names(dtype):
-    said = [line for line in REPORT.read_text().splitlines()
-            if line.startswith(f"- scipy.log_softmax, {dtype}: ")]
+def _check(said: list[str], dtype: str) -> None:
     cases = default_audit_cases("softmax_ce")
     audit = stabilitylab.audit("scipy.log_softmax", dtypes=[dtype], search=False)
     target = {r.case: r.status for r in audit.comparison.results if r.dtype == dtype}
@@ -41,3 +38,20 @@ def test_report_audit_sentence_counts_the_cases_it_names(dtype):
     assert int(m.group(1)) == len(expected), (said[0], expected)
     named = m.group(2).split(", ")
     assert 1 <= len(named) <= 3 and set(named) <= set(expected), (said[0], expected)  # each named case counted
+
+
+def _said(dtype: str) -> list[str]:
+    return [line for line in REPORT.read_text().splitlines() if line.startswith(f"- scipy.log_softmax, {dtype}: ")]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_report_audit_sentence_counts_the_cases_it_names(dtype):
+    _check(_said(dtype), dtype)
+
+
+def test_checker_rejects_a_wrong_count():
+    said = _said("float32")
+    assert said, "the report says nothing about scipy.log_softmax in float32"
+    wrong = re.sub(r": (\d+) of", lambda m: f": {int(m.group(1)) + 1} of", said[0])
+    with pytest.raises(AssertionError):
+        _check([wrong], "float32")
