@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 from stabilitylab.cli import main
 
 
@@ -30,3 +33,14 @@ def one_error_line(err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+@contextlib.contextmanager
+def stdout_replaced(stream):
+    """sys.stdout replaced for the block (capsys keeps capturing stderr)."""
+    saved = sys.stdout
+    sys.stdout = stream
+    try:
+        yield
+    finally:
+        sys.stdout = saved

@@ -5,7 +5,6 @@ Every test asserts the exit status and that no file was lost, replaced or left h
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from clihelp import one_error_line, run
+from clihelp import one_error_line, run, stdout_replaced
 from rich.cells import cell_len
 from rich.console import Console
 
@@ -57,15 +56,6 @@ def python_m(*args, env_extra=None, **kwargs) -> subprocess.CompletedProcess:
                           capture_output=kwargs.pop("capture_output", True), timeout=300, check=False, **kwargs)
 
 
-@contextlib.contextmanager
-def stdout_replaced(stream):
-    """sys.stdout replaced for the block (capsys keeps capturing stderr)."""
-    saved = sys.stdout
-    sys.stdout = stream
-    try:
-        yield
-    finally:
-        sys.stdout = saved
 
 
 class FailingStdout:

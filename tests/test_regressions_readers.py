@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clihelp import one_error_line, run
+from clihelp import one_error_line, run, stdout_replaced
 
 from stabilitylab.analysis import streaming
 from stabilitylab.cli import check as cli_check
@@ -61,14 +61,6 @@ def python_m(*args, env_extra=None, drop=(), **kwargs) -> subprocess.CompletedPr
                           check=False, text=True, **kwargs)
 
 
-@contextlib.contextmanager
-def stdout_replaced(stream):
-    saved = sys.stdout
-    sys.stdout = stream
-    try:
-        yield
-    finally:
-        sys.stdout = saved
 
 
 # ------------------------------------------------------------------------ 1. CRC-32 of .npz members

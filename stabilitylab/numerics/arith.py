@@ -468,6 +468,10 @@ class Arith:
         out = np.full((self.rows, *shape), np.nan, dtype=np.float64)
         budget = [EXTERNAL_CALLS]
 
+        def mark(rows: np.ndarray, message: str) -> None:
+            for r in rows.tolist():
+                self.errors[r] = message
+
         def call(rows: np.ndarray) -> None:
             part = [self._native(a[rows]) for a in arrays]
             budget[0] -= 1
@@ -478,19 +482,12 @@ class Arith:
                 raise
             except TargetTimeout as exc:  # the whole batch: splitting would spend the limit again and again
                 budget[0] = 0
-                message = str(exc)
-                if len(rows) > 1:
-                    message += f" on a batch of {len(rows):,} rows holding this one"
-                for r in rows.tolist():
-                    self.errors[r] = message
+                mark(rows, str(exc) + (f" on a batch of {len(rows):,} rows holding this one" if len(rows) > 1 else ""))
                 return
             except BaseException as exc:  # noqa: BLE001 - the target's own failure (sys.exit too) is a result
                 if len(rows) == 1 or budget[0] <= 0:
-                    message = described(exc)
-                    if len(rows) > 1:
-                        message += f" (raised on a batch of {len(rows)} rows holding this one)"
-                    for r in rows.tolist():
-                        self.errors[r] = message
+                    mark(rows, described(exc) + (f" (raised on a batch of {len(rows)} rows holding this one)"
+                                                 if len(rows) > 1 else ""))
                     return
                 half = len(rows) // 2
                 call(rows[:half])
