@@ -63,17 +63,23 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 def test_external_calls_whole_batches_and_checks_results():
     calls = []
 
+    seen = []
+
     def fn(x, y):
         calls.append(len(x))
+        seen.append(x.dtype)
         return x[:, 0]
 
     fmt = FORMATS["float16"]
     rows = EXTERNAL_CHUNK + 5
-    a = Arith(fmt, rows)
+    a = Arith(fmt, rows, fast=False)
     x = fmt.round(np.tile([[1.0, 2.0]], (rows, 1)))
     out = a.external(fn, x, np.zeros(rows, dtype=np.int64))
     assert calls == [EXTERNAL_CHUNK, 5]  # chunks of 2**16 rows, not one call per row
     assert out.dtype == fmt.dtype and np.all(out == 1.0)
+    held = Arith(fmt, rows)  # the default: format values held in float32; the target still sees float16
+    out = held.external(fn, held.load(x.astype(np.float64)), np.zeros(rows, dtype=np.int64))
+    assert out.dtype == np.float32 and np.all(out == 1.0) and set(seen) == {fmt.dtype}
     assert not (a.first != np.iinfo(np.int64).max).any()  # no IEEE event is claimed for a black box
     with pytest.raises(TargetError, match="shape"):
         Arith(fmt, 3).external(lambda x, y: np.zeros((3, 2)), x[:3], np.zeros(3, dtype=np.int64))

@@ -86,7 +86,7 @@ def _nbytes(inputs: Any) -> int:
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
              tolerance: float | None = None, ftz: bool = False,
-             fast_reference: bool | None = None, fast: bool | None = None) -> dict[str, Outcome]:
+             fast_reference: bool | None = None, fast: bool = False) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
@@ -96,22 +96,18 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     it cannot decide (relative error within that margin of the tolerance).  The
     default (None) uses it for formats of at most 24 bits, where its error is
     below 2**-24 ulp, and mpmath for float64, whose metrics need more.
-    ``fast``: the bulk path for real-size data: formats of <= 16 bits are held in
-    float32 (:class:`Arith` ``fast``, the same values bit for bit), and the fast
-    reference is evaluated in float64 for formats of <= 24 bits (bound
+    ``fast``: the bulk path for real-size data: the fast reference is evaluated in
+    float64 for formats of <= 24 bits (bound
     :func:`reference.fast_error`, far below their ulp) and in longdouble for float64.
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
-    # formats of <= 16 bits are held in float32 (the same values, bit for bit, without ml_dtypes' slow
-    # emulated arithmetic or its import), except for black boxes, which get their inputs in the format's dtype
-    hold32 = fast if fast is not None else not any(m.black_box for m in chosen)
     if fast_reference is None:
         fast_reference = fmt.precision <= 24
     parts: dict[str, list] = {m.name: [] for m in chosen}
     groups = cases.groups()
     for rows in groups:
         group = cases if len(groups) == 1 else cases.take(rows)
-        loaded = Arith(fmt, len(group), ftz=ftz, fast=hold32)
+        loaded = Arith(fmt, len(group), ftz=ftz)
         inputs = experiment.load(loaded, group)
         if _nbytes(inputs) > SHARED_BYTES:  # wide rows: each method's intermediates freed as it goes (issue #18)
             loaded.unshared()
@@ -126,7 +122,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         for truth, _ in truths.values():
             members = [r for r in runs if experiment.truth_of(r[0]) is truth]
             for (method, _, _), outcome in zip(members, _classified(truth, members, inputs, fmt, tolerance, tol,
-                                                                   fast_reference, bool(fast))):
+                                                                   fast_reference, fast)):
                 parts[method.name].append((rows, outcome))
                 if method.observe is not None:
                     method.observe(fmt, group, inputs, outcome)
@@ -181,7 +177,7 @@ def _loaded(experiment: Experiment, fmt: Format, cases: Any, ftz: bool = False):
     out = []
     for rows in groups:
         group = cases if len(groups) == 1 else cases.take(rows)
-        arith = _Watch(fmt, len(group), ftz=ftz, fast=True)  # (narrow formats held in float32: no ml_dtypes)
+        arith = _Watch(fmt, len(group), ftz=ftz)
         out.append((rows, arith, experiment.load(arith, group)))
     return out
 

@@ -84,7 +84,7 @@ def facts(formats: list[Format]) -> tuple[list[str], list[list[str]]]:
     headers = ["format", "fl(1e-7)", "class", "1 - eps rounds to 1", "1 + eps rounds to 1", "ceiling -log(eps)"]
     rows = []
     for fmt in formats:
-        a = Arith(fmt, 1, fast=True)  # (narrow formats held in float32: the same values)
+        a = Arith(fmt, 1)
         eps = a.const(np.array([EPSILON]))
         one = a.const(np.array([1.0]))
         value = float(eps.astype(np.float64)[0])

@@ -144,12 +144,13 @@ class Arith:
     (used when a result is computed for all rows but used by some).
     """
 
-    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = False, quiet: bool = False):
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = True, quiet: bool = False):
         self.fmt = fmt
         self.quiet = quiet  # no event bookkeeping; forks (and so the memo's entries) share it
-        # fast: hold the values of a format of <= 16 bits in float32 (exactly) and compute there,
-        # rounding each result with integer bit operations (Format.round32): the same values,
-        # bit for bit, as the format's own dtype (whose arithmetic numpy / ml_dtypes emulate slowly)
+        # fast (the default): hold the values of a format of <= 16 bits in float32 (exactly) and compute
+        # there, rounding each result with integer bit operations (Format.round32): the same values, bit
+        # for bit, as the format's own dtype, whose arithmetic numpy / ml_dtypes emulate slowly (and whose
+        # import costs 0.5-1.2 s); external() hands a black box its inputs in the format's own dtype
         self.fast = fast and fmt.precision <= 11
         self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
         self.rows = rows
