@@ -300,13 +300,13 @@ class Quantized:
 # rounding to an element grid
 
 
-def _round_grid(a: np.ndarray, emin: int, m: int, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+def _round_grid(a: np.ndarray, emin: int, m: int, work: np.ndarray) -> np.ndarray:
     """Round ``a`` (>= 0 or NaN; float32 or float64) to nearest, ties to even, on the grid of a format with
     m mantissa bits and smallest normal exponent emin, with unbounded exponent range upward (saturation is
     the caller's).  Exact: with ``K = max(2^floor(log2 a), 2^emin) * 2^(f - m)`` (f = 23 or 52 stored bits),
     ``a + K`` lies in [K, 2K), whose spacing is the grid's quantum ``max(2^floor(log2 a), 2^emin) * 2^-m``,
     so the addition rounds a to the grid (ties to even, as K is an even multiple of the quantum) and
-    ``(a + K) - K`` is exact.  ``work`` is scratch of a's shape; the result is written to ``out``."""
+    ``(a + K) - K`` is exact.  Rounds ``a`` in place (and returns it); ``work`` is scratch of a's shape."""
     if a.dtype == np.float32:
         uint, mask, frac = np.uint32, np.uint32(0x7F800000), 23
     else:
@@ -314,9 +314,9 @@ def _round_grid(a: np.ndarray, emin: int, m: int, out: np.ndarray, work: np.ndar
     np.bitwise_and(a.view(uint), mask, out=work.view(uint))  # 2^floor(log2 a) (0 below the normals; inf/NaN -> inf)
     np.maximum(work, a.dtype.type(math.ldexp(1.0, emin)), out=work)
     np.multiply(work, a.dtype.type(math.ldexp(1.0, frac - m)), out=work)
-    np.add(a, work, out=out)
-    np.subtract(out, work, out=out)
-    return out
+    a += work
+    a -= work
+    return a
 
 
 def _e4m3_code(s: np.ndarray) -> np.ndarray:
@@ -379,10 +379,8 @@ def _nvfp4_block_scales(amax: np.ndarray, s_t: float) -> tuple[np.ndarray, np.nd
     den = 6.0 * s_t  # exact: s_t has 24 bits
     with np.errstate(all="ignore"):
         c = amax / den
-    s_b = np.empty_like(c)
-    _round_grid(c, _E4M3.emin, _E4M3.mantissa_bits, s_b, np.empty_like(c))
     over = c > _E4M3.max
-    np.minimum(s_b, _E4M3.max, out=s_b)
+    s_b = _round_grid(np.minimum(c, _E4M3.max), _E4M3.emin, _E4M3.mantissa_bits, np.empty_like(c))
     finite = np.isfinite(amax)
     saturated = (over | ((s_b == 0) & (amax > 0))) & finite
     s_b[~finite] = np.nan
@@ -415,45 +413,70 @@ def _tiles(rows: int, nblocks: int, length: int):
             yield slice(r, min(r + step, rows)), slice(0, nblocks)
 
 
+_UINT = {np.dtype(np.float32): (np.uint32, np.int32), np.dtype(np.float64): (np.uint64, np.int64)}
+
+
+def _abs_max(a: np.ndarray) -> np.ndarray:
+    """max over the last axis of ``a`` >= 0 (or NaN), as float64: the maximum of the bit patterns read as
+    signed integers, whose order is the values' order for non-negative floats (and NaN's patterns lie above
+    inf's, so a NaN wins, as in a float max); half the time of numpy's float reduction over 32 elements."""
+    return a.view(_UINT[a.dtype][1]).max(axis=-1).view(a.dtype).astype(np.float64)
+
+
+def _with_sign(r: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out = r (>= 0, same dtype as x) with the sign bit of x: copysign as an OR of bits (3x faster)."""
+    uint = _UINT[x.dtype][0]
+    sign = np.bitwise_and(x.view(uint), uint(1 << (8 * x.dtype.itemsize - 1)))
+    np.bitwise_or(r.view(uint), sign, out=out.view(uint))
+
+
+def _per_element(v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The per-block v (R, K) repeated over each block's L elements, as (R, K, L): a contiguous operand
+    makes the following elementwise operation 2-4x faster than broadcasting (R, K, 1) over short blocks."""
+    return np.repeat(v, shape[-1], axis=-1).reshape(shape)
+
+
 def _quantize_tile(block: BlockFormat, xb: np.ndarray, vb: np.ndarray, fb: np.ndarray, sb: np.ndarray,
-                   amax: np.ndarray, s_t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Quantize one tile xb (R, K, L) into vb / fb / sb; amax (R, K) float64 is the blocks' amax.
-    Returns (scale float64, scale_code, scale_saturated, finite non-zero count)."""
+                   amax_out: np.ndarray, s_t: float, amax: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Quantize one tile xb (R, K, L) into vb / fb / sb and the blocks' amax into amax_out (R, K) (given as
+    ``amax`` when already computed).  Returns (scale float64, scale_code, scale_saturated, finite non-zero
+    count)."""
     elem = block.element_format
     a = np.abs(xb)
+    if amax is None:
+        amax = _abs_max(a)
+    amax_out[...] = amax
     if block.scale == "e8m0":
         shared, code, ssat = _mx_scales(block, amax)
         nan = code == _E8M0_NAN
         dt = xb.dtype.type
         scale = np.ldexp(1.0, shared)
         scale[nan] = np.nan
-        inv = np.ldexp(dt(1), -np.minimum(shared, _E8M0_MAX_EXP)).astype(xb.dtype)  # 2^-shared: exact
+        inv = np.ldexp(1.0, -np.minimum(shared, _E8M0_MAX_EXP)).astype(xb.dtype)  # 2^-shared: exact
         inv[nan] = np.nan
-        scale_x = scale.astype(xb.dtype)
-        np.multiply(a, inv[..., None], out=a)  # |V_i| / X, exact (a power-of-two scaling)
+        np.multiply(a, _per_element(inv, a.shape), out=a)  # |V_i| / X, exact (a power-of-two scaling)
         np.greater(a, dt(elem.max), out=sb)
-        r = np.empty_like(a)
-        _round_grid(a, elem.emin, elem.mantissa_bits, r, np.empty_like(a))
-        np.minimum(r, dt(elem.max), out=r)
-        np.copysign(r, xb, out=r)
-        np.multiply(r, scale_x[..., None], out=vb)
+        np.minimum(a, dt(elem.max), out=a)  # saturate first: max rounds to itself
+        _round_grid(a, elem.emin, elem.mantissa_bits, np.empty_like(a))
+        _with_sign(a, xb, a)
+        np.multiply(a, _per_element(scale.astype(xb.dtype), a.shape), out=vb)
     else:
         s_b, ssat = _nvfp4_block_scales(amax, s_t)
         code = _e4m3_code(s_b)
         scale = s_t * s_b  # exact in float64 (24 + 4 bits); NaN for NaN blocks
         safe = np.where(scale == 0, np.inf, scale)  # s_b = 0: V_i / inf = 0, the block decodes to 0
-        q = np.divide(a, safe[..., None], dtype=np.float64)
+        q = np.divide(a, _per_element(safe, a.shape), dtype=np.float64)
         np.greater(q, elem.max, out=sb)
-        r = np.empty_like(q)
-        _round_grid(q, elem.emin, elem.mantissa_bits, r, np.empty_like(q))
-        np.minimum(r, elem.max, out=r)
-        np.copysign(r, xb, out=r)
-        np.multiply(r, scale[..., None], out=vb)
-    nz = xb != 0
-    np.isfinite(xb, out=fb)
-    np.logical_and(nz, fb, out=nz)
+        np.minimum(q, elem.max, out=q)
+        _round_grid(q, elem.emin, elem.mantissa_bits, np.empty_like(q))
+        _with_sign(q, xb.astype(np.float64, copy=False), q)
+        np.multiply(q, _per_element(scale, q.shape), out=vb)
+    nz = np.not_equal(xb, 0)
     n_nonzero = int(np.count_nonzero(nz))
-    np.equal(vb, 0, out=fb)
+    if not np.isfinite(amax).all():  # inf / NaN inputs (only in NaN blocks) are not finite non-zero inputs
+        n_nonzero -= int(np.count_nonzero(~np.isfinite(xb)))
+    np.equal(vb, 0, out=fb)  # NaN blocks: vb is NaN, never 0
     np.logical_and(fb, nz, out=fb)
     return scale, code, ssat, n_nonzero
 
@@ -464,10 +487,10 @@ def _block_amax(x2: np.ndarray, nfull: int, tail: int, B: int, out: np.ndarray) 
     if nfull:
         xb = _strided(x2, 0, nfull * B, B)
         for rs, bs in _tiles(rows, nfull, B):
-            out[rs, bs] = np.abs(xb[rs, bs]).max(axis=-1)
+            out[rs, bs] = _abs_max(np.abs(xb[rs, bs]))
     if tail:
         for rs, _ in _tiles(rows, 1, tail):
-            out[rs, nfull] = np.abs(x2[rs, nfull * B:]).max(axis=-1)
+            out[rs, nfull] = _abs_max(np.abs(x2[rs, nfull * B:]))
 
 
 def _finite_max(x2: np.ndarray, amax: np.ndarray) -> float:
@@ -519,7 +542,9 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
     code = np.empty((rows, nblocks), dtype=np.uint8)
     ssat = np.empty((rows, nblocks), dtype=bool)
     s_t, t_sat = None, False
-    _block_amax(x2, nfull, tail, B, amax)
+    have_amax = block.tensor_scale and tensor_amax is None
+    if have_amax:  # a first pass: the tensor amax needs every block's
+        _block_amax(x2, nfull, tail, B, amax)
     if block.tensor_scale:
         s_t, t_sat = tensor_scale(_finite_max(x2, amax) if tensor_amax is None else float(tensor_amax))
     n_nonzero = 0
@@ -535,7 +560,8 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
             for rs, bs in _tiles(rows, count, length):
                 cols = slice(first + bs.start, first + bs.stop)
                 sc, cd, ss, nz = _quantize_tile(block, xb[rs, bs], vb[rs, bs], fb[rs, bs], sb[rs, bs],
-                                                amax[rs, cols], s_t or 1.0)
+                                                amax[rs, cols], s_t or 1.0,
+                                                amax[rs, cols] if have_amax else None)
                 scale[rs, cols], code[rs, cols], ssat[rs, cols] = sc, cd, ss
                 n_nonzero += nz
     bshape = (*shape[:-1], nblocks) if x.ndim else (nblocks,)
@@ -614,12 +640,13 @@ def error_summary(x: np.ndarray, q: Quantized) -> dict[str, float]:
 
 
 def _g(v: float) -> str:
-    """A number for the facts table: integers as integers, powers of two as 2^k, else %.6g."""
-    if v == int(v) and abs(v) < 1e6:
-        return str(int(v))
+    """A number for the facts table: powers of two from 1024 up and below 1 as 2^k, other integers as
+    integers, else %.6g."""
     m, e = math.frexp(v)
-    if m == 0.5:
+    if m == 0.5 and (v >= 1024 or v < 1):
         return f"2^{e - 1}"
+    if v == int(v):
+        return str(int(v))
     return f"{v:.6g}"
 
 
@@ -630,9 +657,13 @@ def facts_table() -> str:
             "| largest value | smallest non-zero value | bits per value | flush ratio |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in BLOCK_FORMATS.values():
-        unit = " s_t" if b.tensor_scale else ""
+        unit = " × s_t" if b.tensor_scale else ""
         scale = f"{b.scale} + float32 s_t" if b.tensor_scale else b.scale
+        largest = f"{_g(b.element_max)} × {_g(b.scale_max)}{unit}"
+        smallest = f"{_g(b.element_min_subnormal)} × {_g(b.scale_min)}{unit} = {_g(b.smallest_value)}{unit}"
+        if not b.tensor_scale:
+            largest += f" ≈ {b.largest_value:.3g}"
         lines.append(f"| {b.name} | {', '.join(b.aliases) or '-'} | {b.block_size} | {b.element} | {scale} "
-                     f"| {_g(b.element_max)} | {_g(b.element_min_subnormal)} | {_g(b.largest_value)}{unit} "
-                     f"| {_g(b.smallest_value)}{unit} | {b.bits_per_value:g} | {_g(b.flush_ratio)} |")
+                     f"| {_g(b.element_max)} | {_g(b.element_min_subnormal)} | {largest} | {smallest} "
+                     f"| {b.bits_per_value:g} | {_g(b.flush_ratio)} |")
     return "\n".join(lines)
