@@ -309,3 +309,15 @@ def test_docs_facts_table_is_what_the_code_says():
     generated = page.split("<!-- generated: stabilitylab.numerics.blockscale.facts_table() -->\n")[1]
     generated = generated.split("\n<!--")[0]
     assert generated.splitlines() == facts_table().splitlines()
+
+
+def test_nvfp4_spread_ranges_stated_in_the_docs():
+    """docs: 24 * 17/18 .. 25.5 for a normal e4m3 block scale, (12, 36) for a subnormal one (s_t = 1)."""
+    fmt = get_block_format("nvfp4")
+    c = np.exp2(np.random.default_rng(9).uniform(-12, 8.8, 200_000))
+    c = np.concatenate([c, [1.0625, 17 / 16 * 2.0 ** -3, 2.5 * 2.0 ** -9],
+                        np.nextafter([2.0 ** -10, 1.5 * 2.0 ** -9, 1.0625], np.inf)])
+    r = first_failing_spread(fmt, 6 * c, 2688.0)
+    normal, sub = c >= 2.0 ** -6, (c < 2.0 ** -6) & (r > 0)
+    assert r[normal].min() == pytest.approx(24 * 17 / 18) and r[normal].max() == 25.5
+    assert 12 < r[sub].min() < 12.001 and 35.99 < r[sub].max() < 36
