@@ -443,11 +443,10 @@ def _quantize_tile(block: BlockFormat, xb: np.ndarray, vb: np.ndarray, fb: np.nd
     ``amax`` when already computed).  Returns (scale float64, scale_code, scale_saturated, finite non-zero
     count)."""
     elem = block.element_format
-    a = np.abs(xb)
-    if amax is None:
-        amax = _abs_max(a)
-    amax_out[...] = amax
     if block.scale == "e8m0":
+        a = np.abs(xb)
+        if amax is None:
+            amax = _abs_max(a)
         shared, code, ssat = _mx_scales(block, amax)
         nan = code == _E8M0_NAN
         dt = xb.dtype.type
@@ -462,16 +461,21 @@ def _quantize_tile(block: BlockFormat, xb: np.ndarray, vb: np.ndarray, fb: np.nd
         _with_sign(a, xb, a)
         np.multiply(a, _per_element(scale.astype(xb.dtype), a.shape), out=vb)
     else:
+        x64 = xb.astype(np.float64)  # NVFP4 works in float64 (see Exactness)
+        q = np.abs(x64)
+        if amax is None:
+            amax = _abs_max(q)
         s_b, ssat = _nvfp4_block_scales(amax, s_t)
         code = _e4m3_code(s_b)
         scale = s_t * s_b  # exact in float64 (24 + 4 bits); NaN for NaN blocks
         safe = np.where(scale == 0, np.inf, scale)  # s_b = 0: V_i / inf = 0, the block decodes to 0
-        q = np.divide(a, _per_element(safe, a.shape), dtype=np.float64)
+        np.divide(q, _per_element(safe, q.shape), out=q)
         np.greater(q, elem.max, out=sb)
         np.minimum(q, elem.max, out=q)
         _round_grid(q, elem.emin, elem.mantissa_bits, np.empty_like(q))
-        _with_sign(q, xb.astype(np.float64, copy=False), q)
+        _with_sign(q, x64, q)
         np.multiply(q, _per_element(scale, q.shape), out=vb)
+    amax_out[...] = amax
     nz = np.not_equal(xb, 0)
     n_nonzero = int(np.count_nonzero(nz))
     if not np.isfinite(amax).all():  # inf / NaN inputs (only in NaN blocks) are not finite non-zero inputs
