@@ -321,3 +321,29 @@ def test_nvfp4_spread_ranges_stated_in_the_docs():
     normal, sub = c >= 2.0 ** -6, (c < 2.0 ** -6) & (r > 0)
     assert r[normal].min() == pytest.approx(24 * 17 / 18) and r[normal].max() == 25.5
     assert 12 < r[sub].min() < 12.001 and 35.99 < r[sub].max() < 36
+
+
+def test_block_flags_at_the_edges():
+    mx = get_block_format("mxfp8")
+    x = np.zeros((5, 32))
+    x[0, :2] = [1e-40, 3e-41]  # float32 subnormals: shared_exp = -133 - 8 < -127, clamped
+    x[2, 0] = np.inf
+    x[3, :2] = [1e300, 1.0]  # float64 only: shared_exp = 996 - 8 > 127, NaN
+    x[4, :2] = [1.0, -2.0 ** -20]  # shared_exp = -8; 2^-20 / 2^-8 = 2^-12 <= 2^-10: flushed
+    q = quantize(mx, x)
+    assert q.exponent[:, 0].tolist() == [-127, -127, 128, 128, -8]
+    assert q.scale_saturated[:, 0].tolist() == [True, False, False, True, False]
+    assert q.all_zero[:, 0].tolist() == [False, True, False, False, False]
+    assert q.nan_blocks[:, 0].tolist() == [False, False, True, True, False]
+    assert np.isnan(q.values[2:4]).all() and not q.flushed[2:4].any()
+    assert q.flushed[4].tolist() == [False, True] + [False] * 30 and math.copysign(1, q.values[4, 1]) == -1
+    assert q.n_nonzero == 6
+    nv = get_block_format("nvfp4")
+    y = np.zeros((2, 16), np.float32)
+    y[0, 0], y[1, :2] = 1.0, [1e-7, 3e-7]  # amax_block / (6 s_t) = 448e-7 / 1 < 2^-10: s_b = 0
+    q = quantize(nv, y)
+    assert q.scale_code[:, 0].tolist() == [0x7E, 0] and q.scale[1, 0] == 0  # 448 = 0x7E
+    assert q.scale_saturated[:, 0].tolist() == [False, True] and q.flushed[1, :2].all()
+    assert quantize(nv, np.array([1e300, 1.0])).tensor_scale_saturated
+    tiny = quantize(nv, np.array([1e-45], np.float32))
+    assert tiny.tensor_scale == 2.0 ** -149 and tiny.tensor_scale_saturated

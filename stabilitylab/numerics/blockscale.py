@@ -85,7 +85,7 @@ import numpy as np
 
 __all__ = ["ElementFormat", "BlockFormat", "Quantized", "BLOCK_FORMATS", "ELEMENT_FORMATS", "get_block_format",
            "block_format_names", "quantize", "flush_threshold", "first_failing_spread", "flushed_fraction",
-           "error_summary", "facts_table"]
+           "error_summary", "facts_table", "nvfp4_tensor_scale"]
 
 _TILE = 1 << 17  # elements per tile: the temporaries of one tile stay in the L2/L3 cache
 
@@ -291,6 +291,13 @@ class Quantized:
         return int(np.count_nonzero(self.saturated))
 
     @property
+    def exponent(self) -> np.ndarray | None:
+        """MX: the shared exponent per block (scale_code - 127, int16; 128 marks a NaN block); None for NVFP4."""
+        if self.format.scale != "e8m0":
+            return None
+        return self.scale_code.astype(np.int16) - _E8M0_BIAS
+
+    @property
     def nan_blocks(self) -> np.ndarray:
         """bool per block: the scale is NaN (an inf/NaN input, or an MX scale above 2^127)."""
         return np.isnan(self.scale)
@@ -333,7 +340,7 @@ def _e4m3_code(s: np.ndarray) -> np.ndarray:
     return code
 
 
-def tensor_scale(amax_tensor: float) -> tuple[float, bool]:
+def nvfp4_tensor_scale(amax_tensor: float) -> tuple[float, bool]:
     """NVFP4's per-tensor scale ``s_t = float32(amax_tensor / (6 * 448))`` (nearest, ties to even, of the
     exact quotient) and whether it saturated: amax_tensor = 0 gives 1.0 (Transformer Engine's convention:
     every block is then zero); a quotient below float32's smallest subnormal gives 2^-149, one above the
@@ -550,7 +557,7 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
     if have_amax:  # a first pass: the tensor amax needs every block's
         _block_amax(x2, nfull, tail, B, amax)
     if block.tensor_scale:
-        s_t, t_sat = tensor_scale(_finite_max(x2, amax) if tensor_amax is None else float(tensor_amax))
+        s_t, t_sat = nvfp4_tensor_scale(_finite_max(x2, amax) if tensor_amax is None else float(tensor_amax))
     n_nonzero = 0
     with np.errstate(all="ignore"):
         parts = []
@@ -596,7 +603,7 @@ def flush_threshold(block: BlockFormat, amax, tensor_amax: float | None = None) 
         t = np.ldexp(half, np.minimum(shared, _E8M0_MAX_EXP))
         return np.where(code == _E8M0_NAN, np.nan, t).reshape(shape)
     amax_t = float(np.max(amax)) if tensor_amax is None else float(tensor_amax)
-    s_t, _ = tensor_scale(amax_t)
+    s_t, _ = nvfp4_tensor_scale(amax_t)
     s_b, _ = _nvfp4_block_scales(amax, s_t)
     with np.errstate(all="ignore"):
         return np.where(s_b == 0, np.inf, s_t * s_b * half).reshape(shape)
