@@ -115,7 +115,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         runs = []
         for method in chosen:
             arith = loaded.fork()
-            runs.append((method, arith, method.kernel(arith, inputs)))
+            runs.append((method, arith, arith.deliver(method.kernel(arith, inputs))))
         truths = {}
         for method, _, _ in runs:  # methods share the experiment's exact loss unless they define their own
             truths.setdefault(id(experiment.truth_of(method)), (experiment.truth_of(method), []))
