@@ -608,9 +608,14 @@ def train(scenarios: str | Sequence[str] | None = None, dtypes=None, *, steps: i
             names.append(name)
         else:
             raise InputError(f"unknown scenario {name!r}; valid: {', '.join(_train.SCENARIOS)}, all", "--scenario")
+    formats = _formats(dtypes)
+    policies = [f.name for f in formats if f.is_policy]
+    if policies:  # (its weights, gradients and updates would each need a format of their own: not modelled)
+        raise InputError(f"train simulates one format per run; precision policies ({', '.join(policies)}) are not "
+                         f"supported; choose from {', '.join(FORMATS)}", "--dtype")
     chosen = {x: _train.with_settings(_train.SCENARIOS[x], steps, lr, seed)
               for x in dict.fromkeys(names or _train.DEFAULT_SCENARIOS)}
-    runs = [r for s in chosen.values() for r in _train.run_scenario(s, list(_formats(dtypes)))]
+    runs = [r for s in chosen.values() for r in _train.run_scenario(s, list(formats))]
     return TrainResult(runs, chosen, _train.findings(runs))
 
 

@@ -821,7 +821,8 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
     jobs = worker_count() if jobs is None else jobs
     pool = fork_pool(jobs) if len(todo) > 1 else None
     if pool is not None:
-        todo.sort(key=lambda t: -get_format(t[2]).storage_format.precision)  # the long searches (float64, float32) first
+        # the long searches (float64, float32 grids) first
+        todo.sort(key=lambda t: -get_format(t[2]).storage_format.precision)
         with pool:
             found = pool.map(_search_task, todo, [settings] * len(todo), [tolerance] * len(todo))
             for (e, f, fmt), rows in zip(todo, found):

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from .formats import FORMATS, Format, _BY_NAME
+from .formats import _BY_NAME, FORMATS, Format
 
 __all__ = ["parse", "PRESETS", "policy", "contains", "SPELLING"]
 
