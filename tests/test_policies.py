@@ -17,8 +17,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-
 from clihelp import one_line_error, run
+
 from stabilitylab import api
 from stabilitylab.analysis.engine import evaluate
 from stabilitylab.experiments.accumulation import ACCUMULATION, Terms, terms
