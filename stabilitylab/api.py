@@ -50,7 +50,8 @@ from .io.userdata import (
     user_logits,
     user_source,
 )
-from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format, get_format
+from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format
+from .numerics.policies import format_or_policy
 from .render import jsonout
 from .render.markdown import sections_md
 from .render.model import (
@@ -92,7 +93,7 @@ def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAU
             out.extend(ALL_FORMATS)
         else:
             try:
-                out.append(get_format(str(d)))
+                out.append(format_or_policy(str(d)))
             except KeyError as exc:
                 raise InputError(exc.args[0], "--dtype") from None
     if not out:
@@ -547,7 +548,7 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     if logits is not None:
         user = _user(logits, labels, key, labels_key, ignore_index)
         if dtypes is None and user.source.format:
-            formats = (get_format(user.source.format),)
+            formats = (format_or_policy(user.source.format),)
             user.notes.append(f"-d {user.source.format}: the format the logits are stored in (choose others with -d)")
         chosen = [e for e in chosen if e.name != "softmax_ce"]
     comparison = engine.compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None

@@ -25,7 +25,8 @@ from stabilitylab.experiments.accumulation import ACCUMULATION, Terms, terms
 from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
 from stabilitylab.numerics.arith import Arith
-from stabilitylab.numerics.formats import FORMATS, format_names, get_format
+from stabilitylab.numerics.formats import FORMATS, format_names
+from stabilitylab.numerics.policies import format_or_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("policy_scan", ROOT / "tests" / "independent" / "policy_scan.py")
@@ -47,11 +48,11 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
     ("fp16@hf-upcast", "float16@hf-upcast", ("float16", "float32", "float32", "float32")),
 ])
 def test_spellings_and_canonical_names(spelling, name, parts):
-    f = get_format(spelling)
+    f = format_or_policy(spelling)
     assert f.is_policy and f.name == name
     got = (f.storage_format.name, f.compute_format.name, f.accumulate_format.name, f.output_format.name)
     assert got == parts
-    assert get_format(name) is f  # the canonical name parses back to the same object
+    assert format_or_policy(name) is f  # the canonical name parses back to the same object
     out = f.output_format
     assert (f.max, f.tiny, f.eps, f.default_tolerance) == (out.max, out.tiny, out.eps, out.default_tolerance)
 
@@ -59,7 +60,7 @@ def test_spellings_and_canonical_names(spelling, name, parts):
 @pytest.mark.parametrize("spelling, pure", [("bf16@bf16", "bfloat16"), ("fp32+fp32", "float32"),
                                             ("fp16@fp16+fp16", "float16")])
 def test_a_spelling_that_reduces_to_a_pure_format_is_that_format(spelling, pure):
-    assert get_format(spelling) is FORMATS[pure]
+    assert format_or_policy(spelling) is FORMATS[pure]
 
 
 def test_pure_formats_and_the_listings_are_unchanged():
@@ -110,7 +111,7 @@ def test_bf16_at_fp32_log_softmax_equals_a_plain_float32_computation():
     x = (rng.standard_normal((rows, k)) * rng.choice([1, 8, 40], (rows, 1))).astype(BF16).astype(np.float64)
     labels = rng.integers(0, k, rows)
     cases = Logits(ParamNames("row", np.arange(rows)), x, labels, np.full(rows, k))
-    fmt = get_format("bf16@fp32")
+    fmt = format_or_policy("bf16@fp32")
     tool = evaluate(SOFTMAX_CE, fmt, cases, methods=["log_softmax"])["log_softmax"].value.astype(np.float64)
     plain = _plain_log_softmax(x, labels)
     assert np.array_equal(tool, plain)
@@ -156,7 +157,7 @@ def test_the_accumulation_format_matters_on_a_long_sum():
     n = 10_000
     cases = terms([("log(0.1),n=10^4", math.log(0.1), n)])
     v = float(np.float64(math.log(0.1)).astype(np.float32).astype(BF16))  # the input, stored as bfloat16
-    by = {name: evaluate(ACCUMULATION, get_format(name), cases, methods=["sequential", "pairwise"])
+    by = {name: evaluate(ACCUMULATION, format_or_policy(name), cases, methods=["sequential", "pairwise"])
           for name in ("bf16", "bf16+fp32")}
     plain = float(np.float32(_plain_running_sum_f32(v, n)).astype(BF16))  # float32 loop, rounded once to bf16
     assert float(by["bf16+fp32"]["sequential"].value[0]) == plain
@@ -172,14 +173,14 @@ def test_a_sum_rounded_back_to_the_compute_format_is_judged_there():
     # in float32 and overflows float16 in that last rounding (an overflow event; the exact sum is
     # beyond float16 too, so the status is range)
     cases = Terms(ParamNames("n", np.array([60000, 10**8])), np.ones(2), np.array([60000, 10**8]))
-    o = evaluate(ACCUMULATION, get_format("fp16+fp32"), cases, methods=["sequential"])["sequential"]
+    o = evaluate(ACCUMULATION, format_or_policy("fp16+fp32"), cases, methods=["sequential"])["sequential"]
     pure = evaluate(ACCUMULATION, FORMATS["float16"], cases, methods=["sequential"])["sequential"]
     assert o.value[0] == 60000 and o.status[0] == "ok" and pure.value[0] == 2048
     assert np.isinf(o.value[1]) and o.status[1] == "range" and "overflow" in o.events[1]
 
 
 def test_delivery_rounds_once_to_the_output_format_with_its_events():
-    fmt = get_format("fp16@fp32")
+    fmt = format_or_policy("fp16@fp32")
     a = Arith(fmt, 3)
     y = a.deliver(np.array([1e5, 1e-9, 1 + 2.0**-12], dtype=np.float32))
     assert y[0] == np.inf and y[1] == 0 and y[2] == 1  # 1 + 2**-12 is a tie: to even

@@ -69,7 +69,8 @@ from ..experiments import EXPERIMENTS, Experiment
 from ..experiments.base import Family, Settings
 from ..numerics import interval, reference
 from ..numerics.arith import NEVER, Arith
-from ..numerics.formats import Format, get_format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, blame
 from .parallel import fork_pool, worker_count
@@ -822,7 +823,7 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
     pool = fork_pool(jobs) if len(todo) > 1 else None
     if pool is not None:
         # the long searches (float64, float32 grids) first
-        todo.sort(key=lambda t: -get_format(t[2]).storage_format.precision)
+        todo.sort(key=lambda t: -format_or_policy(t[2]).storage_format.precision)
         with pool:
             found = pool.map(_search_task, todo, [settings] * len(todo), [tolerance] * len(todo))
             for (e, f, fmt), rows in zip(todo, found):
@@ -832,4 +833,4 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 
 def _search_task(names: tuple[str, str, str], settings: Settings, tolerance: float | None) -> list[Threshold]:
     experiment = EXPERIMENTS[names[0]]
-    return family_thresholds(experiment, experiment.family(names[1]), get_format(names[2]), settings, tolerance)
+    return family_thresholds(experiment, experiment.family(names[1]), format_or_policy(names[2]), settings, tolerance)

@@ -51,7 +51,8 @@ from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, schemas
 from ..io.environment import fingerprint, package_version
-from ..numerics.formats import Format, get_format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 
 __all__ = ["METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
            "compare", "within", "allowed_targets", "audit_rows", "change", "REGRESSION", "IMPROVEMENT"]
@@ -189,7 +190,7 @@ def entry_format(dtype: str) -> Format | None:
     """The format or precision policy a key's dtype names, spelled canonically (``bfloat16``,
     ``bfloat16@float32``), or None."""
     try:
-        fmt = get_format(dtype)
+        fmt = format_or_policy(dtype)
     except KeyError:
         return None
     return fmt if fmt.name == dtype else None
@@ -288,7 +289,7 @@ def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str
             if problems and key in problems:
                 result.rows.append(Row("x", key, "-", "-", "-", problems[key]))
             continue  # not recomputed (outside the selected formats)
-        fmt = get_format(r.dtype).storage_format  # (the parameter's values are the storage format's)
+        fmt = format_or_policy(r.dtype).storage_format  # (the parameter's values are the storage format's)
         moved = change("first_failure", entry["first_failure"], r.first_failure, fmt, ulps)
         for metric in METRICS:
             base, cur = entry[metric], getattr(r, metric)

@@ -303,14 +303,10 @@ def format_names() -> list[str]:
 
 
 def get_format(name: str) -> Format:
-    """Look a format up by name or alias (case-insensitive), or parse a precision policy
-    (``STORAGE[@COMPUTE][+ACCUMULATE]``, :func:`.policies.parse`); KeyError lists valid names."""
+    """Look a format up by name or alias (case-insensitive); KeyError lists valid names.  (Formats and
+    precision policies alike: :func:`.policies.parse`.)"""
     try:
         return _BY_NAME[name.strip().lower()]
     except KeyError:
-        if "@" in name or "+" in name:
-            from .policies import parse
-
-            return parse(name)
         valid = ", ".join(f"{f.name} ({'/'.join(f.aliases)})" for f in FORMATS.values())
         raise KeyError(f"unknown format {name!r}; valid: {valid}, all") from None

@@ -39,9 +39,9 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from .formats import _BY_NAME, FORMATS, Format
+from .formats import _BY_NAME, FORMATS, Format, get_format
 
-__all__ = ["parse", "PRESETS", "policy", "contains", "SPELLING"]
+__all__ = ["format_or_policy", "PRESETS", "policy", "contains", "SPELLING"]
 
 SPELLING = "STORAGE[@COMPUTE][+ACCUMULATE] (e.g. bf16@fp32, bf16+fp32, bf16@fp32+fp64, bf16@autocast)"
 
@@ -95,15 +95,16 @@ def policy(storage: Format, compute: Format | None = None, accumulate: Format | 
 _CANONICAL: dict[Format, Format] = {}
 
 
-def parse(spec: str) -> Format:
-    """The format or policy ``spec`` names (see the module docstring); KeyError with one line if none."""
+def format_or_policy(spec: str) -> Format:
+    """The format or policy ``spec`` names (see the module docstring); KeyError with one line if none.
+    Every place a user names a format (``-d``, ``dtypes=``, baseline keys, worker processes) looks it up here."""
     return _parse(str(spec).strip().lower())
 
 
 @lru_cache(maxsize=None)
 def _parse(spec: str) -> Format:
-    if spec in _BY_NAME:
-        return _BY_NAME[spec]
+    if "@" not in spec and "+" not in spec:
+        return get_format(spec)  # a pure format (or its KeyError, listing the names)
     head, _, acc_text = spec.partition("+")
     storage_text, at, compute_text = head.partition("@")
     if "@" in compute_text or "+" in acc_text or (at and not compute_text.strip() and not acc_text):
