@@ -52,6 +52,7 @@ from .io.userdata import (
 )
 from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format
 from .numerics.policies import format_or_policy
+from .numerics.policies import notes as policy_notes
 from .render import jsonout
 from .render.markdown import sections_md
 from .render.model import (
@@ -562,7 +563,7 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
                                       on_rows=collector if collector is not None else on_rows)
     except MemoryError:  # the whole-file arrays, a block, or a worker's results
         raise user.source.out_of_memory("compute the losses of") from None
-    summary.notes.extend(user.notes)
+    summary.notes.extend(user.notes + [n for n in policy_notes(formats) if not comparison or n not in comparison.notes])
     return CompareResult(comparison, summary, user.text, None if collector is None else collector.columns())
 
 

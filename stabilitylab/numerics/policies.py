@@ -41,7 +41,7 @@ from functools import lru_cache
 
 from .formats import _BY_NAME, FORMATS, Format, get_format
 
-__all__ = ["format_or_policy", "PRESETS", "policy", "contains", "SPELLING"]
+__all__ = ["format_or_policy", "PRESETS", "policy", "contains", "SPELLING", "notes"]
 
 SPELLING = "STORAGE[@COMPUTE][+ACCUMULATE] (e.g. bf16@fp32, bf16+fp32, bf16@fp32+fp64, bf16@autocast)"
 
@@ -128,3 +128,11 @@ def _parse(spec: str) -> Format:
         raise KeyError(f"policy {spec!r}: accumulating in {accumulate.name} loses values of the compute format "
                        f"{compute.name}; the accumulation format must hold them (e.g. +float32)")
     return policy(storage, compute, accumulate)
+
+
+def notes(formats) -> list[str]:
+    """One sentence per policy whose compute format does not hold its storage format (allowed, and said)."""
+    return [f"{f.name}: the compute format {f.compute_format.name} does not hold every {f.storage_format.name} input; "
+            f"inputs are converted to {f.compute_format.name} once after loading (their overflow or underflow "
+            "there counts as the input's: status range)"
+            for f in formats if f.is_policy and not contains(f.compute_format, f.storage_format)]
