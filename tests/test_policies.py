@@ -209,3 +209,17 @@ def test_policy_thresholds_agree_with_the_independent_exhaustive_scan(tool_thres
         assert (r["first_inaccurate"], r["first_failure"]) == (inaccurate, failure), (policy, key)
         assert r["exact"] == {"first_inaccurate": True, "first_failure": True}  # exhaustive: the 16-bit grid
     assert any(v[0] is not None for v in theirs.values())  # the scan found failures to compare
+
+
+def test_a_black_box_sees_the_storage_dtype_and_its_result_is_rounded_to_the_output_format():
+    a = Arith(format_or_policy("bf16@hf-upcast"), 2)
+    seen = []
+
+    def target(x):
+        seen.append(x.dtype)
+        return x.astype(np.float64) / 3
+
+    x = a.load(np.array([[1.0], [2.0 + 2.0**-20]]))  # the second rounds to 2 in bfloat16
+    y = a.external(target, x, shape=(1,))
+    assert seen == [BF16]
+    assert y[:, 0].tolist() == [float(np.float32(1 / 3)), float(np.float32(2 / 3))]  # float32: the output format
