@@ -223,3 +223,14 @@ def test_a_black_box_sees_the_storage_dtype_and_its_result_is_rounded_to_the_out
     y = a.external(target, x, shape=(1,))
     assert seen == [BF16]
     assert y[:, 0].tolist() == [float(np.float32(1 / 3)), float(np.float32(2 / 3))]  # float32: the output format
+
+
+def test_baselines_key_policies_by_their_canonical_name_and_check_them(capsys, tmp_path):
+    path = tmp_path / "baseline.json"
+    code, _, err = run(capsys, "check", "--baseline", path, "--update", "-d", "bf16@fp32")
+    assert code == 0, err
+    keys = json.loads(path.read_text())["entries"]
+    assert "softmax_ce/overflow/naive_softmax_log/bfloat16@float32" in keys
+    assert all(k.endswith("/bfloat16@float32") for k in keys)
+    code, out, err = run(capsys, "check", "--baseline", path)  # no -d: the policies the baseline names
+    assert code == 0 and f"{len(keys)} entries compared: 0 regressed" in out + err, out + err
