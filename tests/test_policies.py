@@ -234,3 +234,17 @@ def test_baselines_key_policies_by_their_canonical_name_and_check_them(capsys, t
     assert all(k.endswith("/bfloat16@float32") for k in keys)
     code, out, err = run(capsys, "check", "--baseline", path)  # no -d: the policies the baseline names
     assert code == 0 and f"{len(keys)} entries compared: 0 regressed" in out + err, out + err
+
+
+def test_a_policy_with_float32_storage_gets_bounds_never_claimed_exact():
+    rows = api.thresholds("softmax_ce", ["fp32@fp64"], families=["overflow"]).rows
+    assert rows and all(not r.exact_inaccurate and not r.exact_failure for r in rows)  # no interval proofs
+    fmt = format_or_policy("fp32@fp64")
+    found = [r for r in rows if r.first_inaccurate is not None]
+    assert found
+    for r in found:  # each bound is a failing input: its status, evaluated again, blames the method
+        d = np.array([r.first_inaccurate])
+        cases = Logits(ParamNames("d", d), np.stack([d, np.zeros(1)], axis=1), np.zeros(1, dtype=np.int64),
+                       np.full(1, 2))
+        o = evaluate(SOFTMAX_CE, fmt, cases, methods=[r.method])[r.method]
+        assert o.status[0] in ("inaccurate", "overflow", "underflow", "nan"), (r.method, o.status[0])

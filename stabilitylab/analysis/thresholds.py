@@ -55,6 +55,12 @@ a bound (``exact: false``), found by the bisection and then lowered by
 ``verified_below`` stays what was verified from the start).  Formats of at most 16 bits are scanned
 completely, black boxes included: exact.  Black boxes are not memoised (the
 function may change between calls).
+
+Precision policies (:mod:`stabilitylab.numerics.policies`): the parameter takes the values of the
+policy's storage format, so a storage of at most 16 bits is scanned completely (exact, whatever the
+compute format).  The interval proofs assume one rounding format and are not used for a policy: a
+wider storage (``fp32@fp64``) is verified by points as black boxes are, and a value beyond that budget
+is a bound.  Analytic predictions are for pure formats only.
 """
 
 from __future__ import annotations
@@ -209,6 +215,9 @@ class _Search:
         self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
         self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
+        # no interval proofs (black boxes; precision policies, see interval.supported): verified by points
+        # from the start within a budget, and by a window scanned down from the failure found
+        self.points_only = self.black_box or fmt.is_policy
         self.window: dict[tuple[str, str], int] = {}  # black boxes: see _scan_down
 
     # ------------------------------------------------------------ point evaluation
@@ -338,7 +347,7 @@ class _Search:
                 self._evaluate(marks, sorted({m for m, _ in missed}))
                 for key in missed:
                     best[key] = min([i for i in marks if self.bad(i, *key)], default=best[key])
-            if self.black_box:
+            if self.points_only:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
@@ -346,7 +355,7 @@ class _Search:
                 if verified[key] < best[key] and not g.integer:  # (spread up to the bisection's candidate)
                     top = max(best[key], candidate[key])
                     self._scan_points(np.array(_spread(verified[key] - 1, top, PROBE), dtype=np.int64), best)
-            if self.black_box:
+            if self.points_only:
                 self.window = self._scan_down(best, verified)
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
