@@ -304,7 +304,7 @@ def format_names() -> list[str]:
 
 def get_format(name: str) -> Format:
     """Look a format up by name or alias (case-insensitive); KeyError lists valid names.  (Formats and
-    precision policies alike: :func:`.policies.parse`.)"""
+    precision policies alike: :func:`.policies.format_or_policy`.)"""
     try:
         return _BY_NAME[name.strip().lower()]
     except KeyError:
