@@ -248,3 +248,13 @@ def test_a_policy_with_float32_storage_gets_bounds_never_claimed_exact():
                        np.full(1, 2))
         o = evaluate(SOFTMAX_CE, fmt, cases, methods=[r.method])[r.method]
         assert o.status[0] in ("inaccurate", "overflow", "underflow", "nan"), (r.method, o.status[0])
+
+
+def test_compute_narrower_than_storage_converts_the_inputs_once_and_says_so(capsys):
+    a = Arith(format_or_policy("fp32@bf16"), 2)
+    x = a.load(np.array([[3.4e38], [1 + 2.0**-10]]))  # float32 values; above bfloat16's max + ulp/2; below its ulp
+    assert np.isinf(x[0, 0]) and x[1, 0] == 1
+    assert a.input_lost.tolist() == [True, False] and a.events() == [("overflow",), ()]
+    code, out, _ = run(capsys, "compare", "-e", "softmax_ce", "-d", "fp32@bf16", "--format", "json")
+    assert code == 0
+    assert any("float32@bfloat16: the compute format bfloat16 does not hold" in n for n in json.loads(out)["notes"])
