@@ -50,7 +50,9 @@ from .io.userdata import (
     user_logits,
     user_source,
 )
-from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format, get_format
+from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format
+from .numerics.policies import format_or_policy
+from .numerics.policies import notes as policy_notes
 from .render import jsonout
 from .render.markdown import sections_md
 from .render.model import (
@@ -92,7 +94,7 @@ def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAU
             out.extend(ALL_FORMATS)
         else:
             try:
-                out.append(get_format(str(d)))
+                out.append(format_or_policy(str(d)))
             except KeyError as exc:
                 raise InputError(exc.args[0], "--dtype") from None
     if not out:
@@ -547,7 +549,7 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     if logits is not None:
         user = _user(logits, labels, key, labels_key, ignore_index)
         if dtypes is None and user.source.format:
-            formats = (get_format(user.source.format),)
+            formats = (format_or_policy(user.source.format),)
             user.notes.append(f"-d {user.source.format}: the format the logits are stored in (choose others with -d)")
         chosen = [e for e in chosen if e.name != "softmax_ce"]
     comparison = engine.compare(chosen, formats, cases, tolerance=tolerance, ftz=ftz) if chosen else None
@@ -561,7 +563,7 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
                                       on_rows=collector if collector is not None else on_rows)
     except MemoryError:  # the whole-file arrays, a block, or a worker's results
         raise user.source.out_of_memory("compute the losses of") from None
-    summary.notes.extend(user.notes)
+    summary.notes.extend(user.notes + [n for n in policy_notes(formats) if not comparison or n not in comparison.notes])
     return CompareResult(comparison, summary, user.text, None if collector is None else collector.columns())
 
 
@@ -608,9 +610,14 @@ def train(scenarios: str | Sequence[str] | None = None, dtypes=None, *, steps: i
             names.append(name)
         else:
             raise InputError(f"unknown scenario {name!r}; valid: {', '.join(_train.SCENARIOS)}, all", "--scenario")
+    formats = _formats(dtypes)
+    policies = [f.name for f in formats if f.is_policy]
+    if policies:  # (its weights, gradients and updates would each need a format of their own: not modelled)
+        raise InputError(f"train simulates one format per run; precision policies ({', '.join(policies)}) are not "
+                         f"supported; choose from {', '.join(FORMATS)}", "--dtype")
     chosen = {x: _train.with_settings(_train.SCENARIOS[x], steps, lr, seed)
               for x in dict.fromkeys(names or _train.DEFAULT_SCENARIOS)}
-    runs = [r for s in chosen.values() for r in _train.run_scenario(s, list(_formats(dtypes)))]
+    runs = [r for s in chosen.values() for r in _train.run_scenario(s, list(formats))]
     return TrainResult(runs, chosen, _train.findings(runs))
 
 

@@ -29,7 +29,7 @@ from .experiments import EXPERIMENTS
 from .experiments.base import Settings
 from .guard import baseline
 from .io import atomic
-from .numerics.formats import FORMATS
+from .numerics.policies import format_or_policy
 
 __all__ = ["StabilityBaseline", "threshold"]
 
@@ -62,7 +62,7 @@ def threshold(key: str, settings: Settings = Settings(), tolerance: float | None
             raise AuditError(problems[key])
         return rows[0]
     e = EXPERIMENTS[experiment]
-    rows = family_thresholds(e, e.family(family), FORMATS[dtype], settings, tolerance)  # memoised
+    rows = family_thresholds(e, e.family(family), format_or_policy(dtype), settings, tolerance)  # memoised
     return next(r for r in rows if r.method == method)
 
 
@@ -103,7 +103,7 @@ class StabilityBaseline:
         if entry is None:
             raise AssertionError(f"{key} is not in baseline {self.path}; run {UPDATE_FLAG}")
         k = self.ulps if ulps is None else ulps
-        fmt = FORMATS[row.dtype]
+        fmt = format_or_policy(row.dtype).storage_format
         for metric in baseline.METRICS:
             base, cur = entry[metric], getattr(row, metric)
             if not baseline.within(base, cur, fmt, k):

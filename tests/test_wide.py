@@ -35,7 +35,7 @@ def test_every_user_follows_the_rule(fmt, wider, monkeypatch):
     monkeypatch.setattr(wide, "LONGDOUBLE_IS_WIDE", wider)
     dtype = wide.wide_dtype(fmt)
     assert (dtype is None) == (fmt.precision > 24 and not wider)
-    assert Arith(fmt, 1)._wide == dtype
+    assert Arith(fmt, 1)._wides[fmt.name] == dtype  # (per format: a policy has one per role)
     assert crmath.wide_type(fmt) == (None if dtype is None else "float64" if fmt.precision <= 24 else "longdouble")
     assert interval.supported(fmt) == (dtype is not None)
     if dtype is not None:

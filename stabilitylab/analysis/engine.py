@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..experiments import Experiment
-from ..numerics import reference
+from ..numerics import policies, reference
 from ..numerics.arith import NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
@@ -115,7 +115,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
         runs = []
         for method in chosen:
             arith = loaded.fork()
-            runs.append((method, arith, method.kernel(arith, inputs)))
+            runs.append((method, arith, arith.deliver(method.kernel(arith, inputs))))
         truths = {}
         for method, _, _ in runs:  # methods share the experiment's exact loss unless they define their own
             truths.setdefault(id(experiment.truth_of(method)), (experiment.truth_of(method), []))
@@ -267,4 +267,5 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
                                           user_texts[i] if change[i] else "", change[i]))
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
-    return Comparison(tuple(experiments), tuple(formats), results, summary, tolerance=tolerance, ftz=ftz)
+    return Comparison(tuple(experiments), tuple(formats), results, summary, notes=policies.notes(formats),
+                      tolerance=tolerance, ftz=ftz)

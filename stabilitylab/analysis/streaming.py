@@ -37,7 +37,8 @@ from ..experiments.base import Experiment, ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
-from ..numerics.formats import FORMATS, Format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 from ..numerics.wide import wide_dtype
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
@@ -318,4 +319,4 @@ def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
 def _run_chunk_named(names: tuple[str, ...], *args, **kwargs):
     """:func:`run_chunk` in a worker, the formats sent by name (a Format whose ``finfo`` is cached
     does not survive pickling)."""
-    return run_chunk(tuple(FORMATS[n] for n in names), *args, **kwargs)
+    return run_chunk(tuple(format_or_policy(n) for n in names), *args, **kwargs)

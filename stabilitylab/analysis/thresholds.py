@@ -55,6 +55,12 @@ a bound (``exact: false``), found by the bisection and then lowered by
 ``verified_below`` stays what was verified from the start).  Formats of at most 16 bits are scanned
 completely, black boxes included: exact.  Black boxes are not memoised (the
 function may change between calls).
+
+Precision policies (:mod:`stabilitylab.numerics.policies`): the parameter takes the values of the
+policy's storage format, so a storage of at most 16 bits is scanned completely (exact, whatever the
+compute format).  The interval proofs assume one rounding format and are not used for a policy: a
+wider storage (``fp32@fp64``) is verified by points as black boxes are, and a value beyond that budget
+is a bound.  Analytic predictions are for pure formats only.
 """
 
 from __future__ import annotations
@@ -69,7 +75,8 @@ from ..experiments import EXPERIMENTS, Experiment
 from ..experiments.base import Family, Settings
 from ..numerics import interval, reference
 from ..numerics.arith import NEVER, Arith
-from ..numerics.formats import FORMATS, Format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, blame
 from .parallel import fork_pool, worker_count
@@ -142,6 +149,7 @@ class Grid:
     """Ordered parameter points: integers [lo, hi], or format values in [lo, max] by bit pattern."""
 
     def __init__(self, family: Family, fmt: Format):
+        """``fmt``: the format whose values the parameter takes (a policy's storage format)."""
         self.integer = family.integer
         self.fmt = fmt
         if self.integer:
@@ -202,11 +210,14 @@ class _Search:
         self.experiment, self.family, self.fmt = experiment, family, fmt
         self.settings, self.tolerance, self.k = settings, tolerance, k
         self.tol = fmt.default_tolerance if tolerance is None else tolerance
-        self.grid = Grid(family, fmt)
+        self.grid = Grid(family, fmt.storage_format)  # a policy's parameter takes its storage format's values
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
         self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
         self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
+        # no interval proofs (black boxes; precision policies, see interval.supported): verified by points
+        # from the start within a budget, and by a window scanned down from the failure found
+        self.points_only = self.black_box or fmt.is_policy
         self.window: dict[tuple[str, str], int] = {}  # black boxes: see _scan_down
 
     # ------------------------------------------------------------ point evaluation
@@ -239,7 +250,7 @@ class _Search:
         flags, unsure, by_truth = {}, np.zeros(n, dtype=bool), {}
         for method in chosen:
             arith = loaded.fork() if len(chosen) > 1 else loaded  # (a fork copies every row's events)
-            value = np.asarray(method.kernel(arith, inputs))
+            value = np.asarray(arith.deliver(method.kernel(arith, inputs)))
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
                 flags[method.name] = (np.zeros(n, dtype=bool), ~np.isfinite(value.astype(np.float64)))
@@ -336,7 +347,7 @@ class _Search:
                 self._evaluate(marks, sorted({m for m, _ in missed}))
                 for key in missed:
                     best[key] = min([i for i in marks if self.bad(i, *key)], default=best[key])
-            if self.black_box:
+            if self.points_only:
                 verified = self._verify_points(best)
             else:
                 verified = self._verify(best)
@@ -344,7 +355,7 @@ class _Search:
                 if verified[key] < best[key] and not g.integer:  # (spread up to the bisection's candidate)
                     top = max(best[key], candidate[key])
                     self._scan_points(np.array(_spread(verified[key] - 1, top, PROBE), dtype=np.int64), best)
-            if self.black_box:
+            if self.points_only:
                 self.window = self._scan_down(best, verified)
         return {key: (b if b <= g.end else None, verified[key] >= b, verified[key]) for key, b in best.items()}
 
@@ -395,18 +406,21 @@ class _Search:
         -ln(smallest_subnormal / 2)).  Failures that start there and stop again further up (the
         log1p form under flush-to-zero fails from -ln tiny to -ln(smallest_subnormal / 2) only,
         a window of 2**-11 of float64's grid) fall between the bisection's evenly spread points."""
-        g, fmt = self.grid, self.fmt
+        g, grid_fmt = self.grid, self.grid.fmt
         if g.integer:
             return []
-        tiny_sub = math.log(fmt.smallest_subnormal)
-        values = [fmt.ln_max, -math.log(fmt.tiny), -tiny_sub, -(tiny_sub - math.log(2))]
+        values = []
+        for fmt in dict.fromkeys((self.fmt.storage_format, self.fmt.compute_format, self.fmt.accumulate_format,
+                                  self.fmt.output_format)):  # (a policy: where each of its formats' exp crosses)
+            tiny_sub = math.log(fmt.smallest_subnormal)
+            values += [fmt.ln_max, -math.log(fmt.tiny), -tiny_sub, -(tiny_sub - math.log(2))]
         low = g.value(g.start)
         out = set()
         for v in values:
-            if not low <= v <= fmt.max:
+            if not low <= v <= grid_fmt.max:
                 continue
             with np.errstate(all="ignore"):
-                at = g._index(float(fmt.round(np.array([v])).astype(np.float64)[0]))
+                at = g._index(float(grid_fmt.round(np.array([v])).astype(np.float64)[0]))
             out.update(i for i in range(at - 2, at + 3) if g.start <= i <= g.end)
         return sorted(out)
 
@@ -432,7 +446,7 @@ class _Search:
         """Black boxes: evaluate every index from the start up to the furthest candidate that
         is within the point budget; per key, the index below which every point is verified."""
         g = self.grid
-        allowance = BLACK_BOX_POINT_BUDGET if self.fmt.precision <= 24 else POINT_BUDGET_WIDE
+        allowance = BLACK_BOX_POINT_BUDGET if self.grid.fmt.precision <= 24 else POINT_BUDGET_WIDE
         within = [b for b in best.values() if b - g.start <= allowance]
         stop = max(within, default=g.start)
         if stop > g.start:
@@ -447,7 +461,7 @@ class _Search:
         (A black box's first failures need not lie near the start: scipy's float32
         log_softmax is first inaccurate at d = 8.318987846374512, a billion float32 values up,
         and sporadically so: the bisection's candidate was 9.16.)"""
-        allowance = BLACK_BOX_WINDOW if self.fmt.precision <= 24 else POINT_BUDGET_WIDE
+        allowance = BLACK_BOX_WINDOW if self.grid.fmt.precision <= 24 else POINT_BUDGET_WIDE
         window = {}
         # an observer (the audit's recorder) is told which points are a dense window, not spread points
         observers = [m.observe for m in self.experiment.methods if hasattr(m.observe, "windowed")]
@@ -488,7 +502,7 @@ class _Search:
         g, keys = self.grid, self.keys
         bit = {key: 1 << j for j, key in enumerate(keys)}
         spent = {key: 0 for key in keys}
-        narrow = self.fmt.precision <= 24
+        narrow = self.grid.fmt.precision <= 24
         allowance = POINT_BUDGET if narrow else POINT_BUDGET_WIDE
         range_allowance = RANGE_BUDGET if narrow else RANGE_BUDGET_WIDE
         tried = {key: 0 for key in keys}
@@ -780,8 +794,10 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
         fail, exact_f, below_f = found[(method, "first_failure")]
         failure = status[fail][method] if fail is not None else None
         degraded = status[inacc][method] if inacc is not None else None
-        with mpmath.workdps(50):
-            pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
+        pred = None
+        if not fmt.is_policy:  # (the formulas are derived for one arithmetic; a policy gets none)
+            with mpmath.workdps(50):
+                pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}
         agrees = None
         if pred is not None and pred.slack <= AGREEMENT_SLACK and g.value(g.start) <= pred.value <= g.value(g.end):
@@ -815,7 +831,8 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
     jobs = worker_count() if jobs is None else jobs
     pool = fork_pool(jobs) if len(todo) > 1 else None
     if pool is not None:
-        todo.sort(key=lambda t: -FORMATS[t[2]].precision)  # the long searches (float64, float32) first
+        # the long searches (float64, float32 grids) first
+        todo.sort(key=lambda t: -format_or_policy(t[2]).storage_format.precision)
         with pool:
             found = pool.map(_search_task, todo, [settings] * len(todo), [tolerance] * len(todo))
             for (e, f, fmt), rows in zip(todo, found):
@@ -825,4 +842,4 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 
 def _search_task(names: tuple[str, str, str], settings: Settings, tolerance: float | None) -> list[Threshold]:
     experiment = EXPERIMENTS[names[0]]
-    return family_thresholds(experiment, experiment.family(names[1]), FORMATS[names[2]], settings, tolerance)
+    return family_thresholds(experiment, experiment.family(names[1]), format_or_policy(names[2]), settings, tolerance)

@@ -509,7 +509,7 @@ class Recorder:
         for m in self.simulated.methods:
             arith = Arith(fmt, n)
             with np.errstate(all="ignore"):
-                sim = np.asarray(m.kernel(arith, inputs)).astype(np.float64)
+                sim = np.asarray(arith.deliver(m.kernel(arith, inputs))).astype(np.float64)
             if not self.windowed:
                 self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
             if m.truth is not None:

@@ -11,7 +11,8 @@ from rich.console import Console
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, markers, plan
-from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format, get_format
+from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format
+from ..numerics.policies import format_or_policy
 from ..render.markdown import sections_md
 from ..render.model import (
     Section,
@@ -40,7 +41,7 @@ class FormatType(click.ParamType):
         if str(value).strip().lower() == "all":
             return ALL_FORMATS
         try:
-            return (get_format(str(value)),)
+            return (format_or_policy(str(value)),)
         except KeyError as exc:
             self.fail(exc.args[0], param, ctx)
 

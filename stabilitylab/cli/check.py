@@ -68,8 +68,9 @@ def check(ctx, baseline_path, update, ulps, dtypes, show_all, fmt, allow, strict
         raise CheckExit(str(exc), ExitStatus.INCOMPARABLE if exc.missing else ExitStatus.USAGE) from None
     settings, tolerance = baseline.settings_of(doc)
     named = {key.split("/")[-1] for key in doc["entries"]}
+    policies = tuple(f for f in map(baseline.entry_format, sorted(named)) if f is not None and f.is_policy)
     formats_ = (chosen_formats(dtypes) if dtypes
-                else tuple(f for f in ALL_FORMATS if f.name in named) or DEFAULT_FORMATS)
+                else tuple(f for f in ALL_FORMATS if f.name in named) + policies or DEFAULT_FORMATS)
     simulated = [key for key in doc["entries"] if baseline.audit_key(key) is None]
     # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
     rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[

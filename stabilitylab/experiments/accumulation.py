@@ -68,13 +68,17 @@ def load(arith: Arith, cases: Terms) -> Loaded:
 
 
 def _finish(a: Arith, values: np.ndarray, overflowed: np.ndarray) -> np.ndarray:
+    """A running sum's total (accumulation-format values) and its overflow, as the arithmetic's value:
+    rounded to the compute format when a policy accumulates in another format (:meth:`Arith.reduced`)."""
     a.record("overflow", overflowed)
+    if a.accumulate is not a.compute:
+        return a.reduced(values)
     with np.errstate(all="ignore"):
         return values.astype(a.dtype)
 
 
 def sequential(a: Arith, x: Loaded):
-    return _finish(a, *running.plain(a.fmt, x.values, x.repeat, a.ftz))
+    return _finish(a, *running.plain(a.accumulate, x.values, x.repeat, a.ftz))
 
 
 def pairwise(a: Arith, x: Loaded):
@@ -82,7 +86,7 @@ def pairwise(a: Arith, x: Loaded):
 
 
 def kahan(a: Arith, x: Loaded):
-    return _finish(a, *running.kahan(a.fmt, x.values, x.repeat, a.ftz))
+    return _finish(a, *running.kahan(a.accumulate, x.values, x.repeat, a.ftz))
 
 
 def wider(fmt: Format) -> Format | None:
@@ -93,12 +97,12 @@ def wider(fmt: Format) -> Format | None:
 
 
 def wide(a: Arith, x: Loaded):
-    accumulator = wider(a.fmt)
+    accumulator = wider(a.compute)
     if accumulator is None:
         return _exact_then_rounded(a, x)
     total, overflowed = running.plain(accumulator, x.values.astype(np.float64), x.repeat, a.ftz)
     a.record("overflow", overflowed)
-    return a.load(total)  # the one rounding back to the format (records its overflow)
+    return a.reduced(total)  # the one rounding back to the (compute) format (records its overflow)
 
 
 def _exact_then_rounded(a: Arith, x: Loaded):

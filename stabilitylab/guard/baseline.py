@@ -51,7 +51,8 @@ from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, schemas
 from ..io.environment import fingerprint, package_version
-from ..numerics.formats import FORMATS, Format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 
 __all__ = ["METRICS", "BaselineError", "Row", "CheckResult", "entries_of", "load", "write",
            "compare", "within", "allowed_targets", "audit_rows", "change", "REGRESSION", "IMPROVEMENT"]
@@ -185,6 +186,16 @@ def settings_of(doc: dict) -> tuple[Settings, float | None]:
             None if tolerance is None else float(tolerance))
 
 
+def entry_format(dtype: str) -> Format | None:
+    """The format or precision policy a key's dtype names, spelled canonically (``bfloat16``,
+    ``bfloat16@float32``), or None."""
+    try:
+        fmt = format_or_policy(dtype)
+    except KeyError:
+        return None
+    return fmt if fmt.name == dtype else None
+
+
 def split_key(key: str) -> tuple[str, str, str, str] | None:
     """(experiment, family, method, dtype) if the key names something that exists now: a
     simulated method, or an audit target (see :func:`audit_key`)."""
@@ -192,7 +203,7 @@ def split_key(key: str) -> tuple[str, str, str, str] | None:
     if len(parts) == 4:
         experiment, family, method, dtype = parts
         e = EXPERIMENTS.get(experiment)
-        if (e is not None and dtype in FORMATS and method in e.method_names
+        if (e is not None and entry_format(dtype) is not None and method in e.method_names
                 and family in {f.name for f in e.families}):
             return experiment, family, method, dtype
     return audit_key(key)
@@ -278,7 +289,7 @@ def compare(doc: dict, rows: list[Threshold], ulps: int, problems: dict[str, str
             if problems and key in problems:
                 result.rows.append(Row("x", key, "-", "-", "-", problems[key]))
             continue  # not recomputed (outside the selected formats)
-        fmt = FORMATS[r.dtype]
+        fmt = format_or_policy(r.dtype).storage_format  # (the parameter's values are the storage format's)
         moved = change("first_failure", entry["first_failure"], r.first_failure, fmt, ulps)
         for metric in METRICS:
             base, cur = entry[metric], getattr(r, metric)

@@ -34,6 +34,15 @@ With ``ftz=True`` every subnormal input and result is flushed to (signed) zero,
 as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
 non-zero value is an ``underflow``.
 
+Precision policies (:mod:`stabilitylab.numerics.policies`): ``fmt`` may name a storage, a compute
+and an accumulation format and deliver its result in its own (output) format.  Inputs are rounded
+to the storage format when loaded (input events against it), and converted once to the compute
+format if it does not hold them; ``+ - * / exp log log1p`` and constants round to the compute
+format; the additions inside ``tree(add, ...)`` / ``repeat(add, ...)`` and running sums round to
+the accumulation format, and a sum's result is rounded to the compute format once complete;
+:meth:`Arith.deliver` rounds a kernel's result to the output format.  Each rounding's events are
+judged against the format it rounds to.  A pure format is the case where all four are the format.
+
 With ``quiet=True`` the results are the same and no event is looked for (``first``
 stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.training.train`: a
 step's backward pass, and its forward pass where the loss is finite and non-zero).
@@ -46,6 +55,7 @@ import numpy as np
 from ..errors import TargetError, TargetTimeout, Terminated, described
 from . import crmath
 from .formats import FORMATS, Format
+from .policies import contains
 from .wide import wide_dtype
 
 __all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
@@ -147,19 +157,32 @@ class Arith:
     def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = True, quiet: bool = False):
         self.fmt = fmt
         self.quiet = quiet  # no event bookkeeping; forks (and so the memo's entries) share it
+        # the policy's formats (a pure format: fmt four times)
+        self.storage, self.compute = fmt.storage_format, fmt.compute_format
+        self.accumulate, self.output = fmt.accumulate_format, fmt.output_format
         # fast (the default): hold the values of a format of <= 16 bits in float32 (exactly) and compute
         # there, rounding each result with integer bit operations (Format.round32): the same values, bit
         # for bit, as the format's own dtype, whose arithmetic numpy / ml_dtypes emulate slowly (and whose
-        # import costs 0.5-1.2 s); external() hands a black box its inputs in the format's own dtype
-        self.fast = fast and fmt.precision <= 11
-        self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
+        # import costs 0.5-1.2 s); external() hands a black box its inputs in the format's own dtype.
+        # A policy is held in float32 when float32 holds every value of its storage, compute and
+        # accumulation formats (+ - * / of float32 values rounded in float32 and then to a format of
+        # p <= 11 bits is correctly rounded: 24 >= 2p + 2), else in float64 (53 >= 2 * 24 + 2 for float32)
+        if fmt.is_policy:
+            f32 = FORMATS["float32"]
+            self.fast = all(contains(f32, f) for f in (self.storage, self.compute, self.accumulate))
+            self.dtype = np.dtype(np.float32) if self.fast else np.dtype(np.float64)
+        else:
+            self.fast = fast and fmt.precision <= 11
+            self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
+        # inputs converted to the compute format after storage rounding (it does not hold the storage format)
+        self._convert = fmt.is_policy and not contains(self.compute, self.storage)
         self.rows = rows
         self.ftz = ftz
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
-        self._wide = wide_dtype(fmt)  # where * / exp of the format's values are (nearly) exact, or None
+        self._wides = {f.name: wide_dtype(f) for f in (fmt, self.storage, self.compute, self.accumulate, self.output)}
         self._memo: dict = {}  # shared by forks: see _shared
         self._logs: list[list] = []  # events being recorded for the memo (nested shared operations)
 
@@ -210,16 +233,29 @@ class Arith:
         row = self.first[_INDEX[event]]
         np.copyto(row, self.step, where=per_row & (row == NEVER))
 
-    def _flush(self, y: np.ndarray) -> np.ndarray:
+    def _flush(self, y: np.ndarray, fmt: Format | None = None) -> np.ndarray:
         if not self.ftz:
             return y
-        sub = (y != 0) & (np.abs(y) < self.fmt.tiny)
+        sub = (y != 0) & (np.abs(y) < (self.compute if fmt is None else fmt).tiny)
         if sub.any():
             y = np.where(sub, y * 0, y).astype(self.dtype)
         return y
 
+    def _rounded(self, y: np.ndarray, fmt: Format) -> np.ndarray:
+        """Held values rounded to ``fmt`` (correctly: see __init__), in the held dtype."""
+        if self.fast:
+            if y.size > _BLOCK and y.base is None and y.dtype == np.float32:  # (a fresh result: rounded in place,
+                flat = y.reshape(-1)                                         # in blocks, elementwise)
+                for start in range(0, flat.size, _BLOCK):
+                    flat[start:start + _BLOCK] = fmt.round32(flat[start:start + _BLOCK])
+                return y
+            return fmt.round32(y)
+        if not self.fmt.is_policy or fmt.precision == 53:
+            return y  # (a pure format computes in its own dtype; float64 results are float64 values)
+        return fmt.round(y, self.dtype)
+
     def _finish(self, y, operands, *, where, invalid=None, pole=None, exact_nonzero=None, wide=None,
-                rounded=False):
+                rounded=False, fmt: Format | None = None):
         """Bookkeeping shared by every operation; returns the (flushed) result.
 
         ``invalid``, ``pole``, ``exact_nonzero`` are functions of the operands
@@ -227,25 +263,22 @@ class Arith:
         only when the result could show that event (None: it cannot happen).
         ``wide`` computes the result in a wider dtype, to tell exact subnormal
         results from inexact ones (None: subnormal results are always exact, as
-        for + and -).  ``rounded``: y is already a format value (crmath's results).
+        for + and -).  ``rounded``: y is already a format value (crmath's results).  ``fmt``: the format
+        the operation rounds to, whose range the events are judged against (default: the compute format).
         """
+        fmt = self.compute if fmt is None else fmt
         self.step += 1
         y = np.asarray(y)
-        if self.fast and not rounded:
-            if y.size > _BLOCK and y.base is None and y.dtype == np.float32:  # (a fresh result: rounded in place,
-                flat = y.reshape(-1)                                         # in blocks, elementwise)
-                for start in range(0, flat.size, _BLOCK):
-                    flat[start:start + _BLOCK] = self.fmt.round32(flat[start:start + _BLOCK])
-            else:
-                y = self.fmt.round32(y)
-        y = self._flush(y)
+        if not rounded:
+            y = self._rounded(y, fmt)
+        y = self._flush(y, fmt)
         if self.quiet:
             return y
-        if self._finite_normal(y):
+        if self._finite_normal(y, fmt=fmt):
             return y  # finite, normal, non-zero results: no event is possible
-        if exact_nonzero is None and self._finite_normal(y, tiny=0):
+        if exact_nonzero is None and self._finite_normal(y, tiny=0, fmt=fmt):
             return y  # finite results of an operation that cannot underflow: no event either
-        checks = dict(invalid=invalid, pole=pole, exact_nonzero=exact_nonzero, wide=wide)
+        checks = dict(invalid=invalid, pole=pole, exact_nonzero=exact_nonzero, wide=wide, fmt=fmt)
         if y.ndim == 2 and y.shape[0] == self.rows and y.size > _BLOCK:  # a wide row: in blocks of columns
             whole = [np.broadcast_to(np.asarray(a), y.shape) for a in operands]  # (views: elementwise checks,
             width = max(1, _BLOCK // self.rows)                                   # events noted per row)
@@ -256,12 +289,12 @@ class Arith:
             self._look(y, operands, where, **checks)
         return y
 
-    def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide) -> None:
+    def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide, fmt: Format) -> None:
         """Note the events of results ``y`` of ``operands`` (see :meth:`_finish`).  Each event's mask
         is elementwise and implies a result that is not finite (invalid, pole, overflow), zero
         (underflow) or below tiny (subnormal), so looking at blocks of columns notes the same rows."""
         magnitude = np.abs(y)
-        finite_y = magnitude <= self.fmt.max  # False for inf and NaN
+        finite_y = magnitude <= fmt.max  # False for inf and NaN
         all_finite = bool(finite_y.all())
         finite_in = np.logical_and.reduce([np.isfinite(a) for a in np.broadcast_arrays(*operands)])
         if not all_finite:
@@ -277,24 +310,26 @@ class Arith:
         if zero.any():
             self._note("underflow", zero & exact_nonzero(*operands) & finite_in, where)
         if wide is not None:
-            tiny = (magnitude < self.fmt.tiny) & ~zero & finite_in
+            tiny = (magnitude < fmt.tiny) & ~zero & finite_in
             if tiny.any():
-                if self._wide is None:
+                wide_type = self._wides[fmt.name]  # where * / exp of the format's values are (nearly) exact
+                if wide_type is None:
                     inexact = tiny
                 else:
                     with np.errstate(all="ignore"):
-                        exact = wide(*(np.asarray(a).astype(self._wide) for a in operands))
-                    inexact = tiny & (exact != y.astype(self._wide))
+                        exact = wide(*(np.asarray(a).astype(wide_type) for a in operands))
+                    inexact = tiny & (exact != y.astype(wide_type))
                 self._note("subnormal", inexact, where)
 
-    def _finite_normal(self, y: np.ndarray, tiny: float | None = None) -> bool:
-        """Whether every |y| is in [tiny, max] (not NaN; default tiny: the format's smallest normal),
-        looked at in blocks (no temporary the size of a wide row's y)."""
+    def _finite_normal(self, y: np.ndarray, tiny: float | None = None, fmt: Format | None = None) -> bool:
+        """Whether every |y| is in [tiny, max] of ``fmt`` (default: the compute format; not NaN; default
+        tiny: its smallest normal), looked at in blocks (no temporary the size of a wide row's y)."""
+        fmt = self.compute if fmt is None else fmt
         flat = y.reshape(-1)
-        low = self.fmt.tiny if tiny is None else tiny
+        low = fmt.tiny if tiny is None else tiny
         for start in range(0, flat.size, _BLOCK):
             magnitude = np.abs(flat[start:start + _BLOCK])
-            if not bool(((magnitude <= self.fmt.max) & (magnitude >= low)).all()):
+            if not bool(((magnitude <= fmt.max) & (magnitude >= low)).all()):
                 return False
         return True
 
@@ -305,7 +340,8 @@ class Arith:
 
     # ------------------------------------------------------------ operations
     def load(self, x, where=None) -> np.ndarray:
-        """Round float64 inputs to the format (correctly; DAZ under ftz).
+        """Round float64 inputs to the (storage) format (correctly; DAZ under ftz); a policy whose compute
+        format does not hold the storage format then converts them to it (:meth:`_converted_inputs`).
 
         A wide input (more than 2**20 values per row... or in all) is rounded in blocks of columns:
         elementwise, the same values and per-row events, without float64 temporaries of its size."""
@@ -327,26 +363,92 @@ class Arith:
         per_row = (masks[0] | masks[1]).reshape(self.rows, -1).any(axis=1)
         self.input_lost |= per_row if where is None else per_row & where
         self._note("subnormal", masks[2], where)
+        if self._convert:
+            y = self._converted_inputs(y, where)
         return y
 
     def _load_block(self, x: np.ndarray):
-        """Inputs (float64) rounded to the format, and the masks of inputs that overflow, underflow
+        """Inputs (float64) stored (:meth:`_store`), and the masks of inputs that overflow, underflow
         to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
-            y = self._flush(self.fmt.round(x, self.dtype))
+            y = self._flush(self._store(x), self.storage)
             finite = np.isfinite(x)
             masks = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0),
-                     (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x)]
+                     (y != 0) & (np.abs(y) < self.storage.tiny) & (y != x)]
         return y, masks
 
+    def _store(self, x: np.ndarray) -> np.ndarray:
+        """The storage step: float64 inputs to storage-format values, held in the held dtype.  Elementwise
+        correct rounding for every format today; a block-scaled storage format (a scale per block of
+        elements) plugs in here, with its own events in :meth:`_load_block`."""
+        return self.storage.round(x, self.dtype)
+
+    def _converted_inputs(self, y: np.ndarray, where) -> np.ndarray:
+        """Stored inputs converted to a compute format that does not hold them (``fp32@bf16``: the code
+        casts to bfloat16 before computing); the conversion's overflow / underflow count as input losses."""
+        r = self._narrow(y, self.compute, where)
+        with np.errstate(all="ignore"):
+            lost = (np.isfinite(y) & ~np.isfinite(r)) | ((y != 0) & (r == 0))
+        per_row = lost.reshape(self.rows, -1).any(axis=1)
+        self.input_lost |= per_row if where is None else per_row & where
+        return r
+
+    def _narrow(self, y, fmt: Format, where=None) -> np.ndarray:
+        """Held values rounded to ``fmt`` (one step), noting that rounding's events against ``fmt``:
+        overflow (finite -> inf or NaN), underflow (non-zero -> 0), subnormal (an inexact subnormal)."""
+        y = np.asarray(y, dtype=self.dtype)
+        self.step += 1
+        with np.errstate(all="ignore"):
+            r = self._flush(self._rounded(np.array(y), fmt), fmt)
+            if not self.quiet and not self._finite_normal(r, fmt=fmt):
+                finite = np.isfinite(y)
+                self._note("overflow", finite & ~(np.abs(r) <= fmt.max), where)
+                self._note("underflow", finite & (y != 0) & (r == 0), where)
+                self._note("subnormal", (r != 0) & (np.abs(r) < fmt.tiny) & (r != y), where)
+        return r
+
+    def deliver(self, y) -> np.ndarray:
+        """A kernel's result rounded once to the output format, with that rounding's events (overflow,
+        underflow, subnormal against the output format).  The identity for a pure format, and for
+        results that are not held values (a kernel that returns something else)."""
+        if not self.fmt.is_policy:
+            return y
+        a = np.asarray(y)
+        if a.dtype.kind != "f" or a.ndim == 0 or a.shape[0] != self.rows:
+            return y
+        return self._narrow(a, self.output)
+
+    def reduced(self, total) -> np.ndarray:
+        """A sum computed outside these operations (a running sum's float64 total) rounded to the
+        compute format with its events.  A pure format: :meth:`load` (an overflow there marks the row
+        as ``range``, as it always has)."""
+        if not self.fmt.is_policy:
+            return self.load(total)
+        return self._narrow(np.asarray(total, dtype=np.float64).astype(self.dtype), self.compute)
+
     def const(self, value) -> np.ndarray:
-        """A constant, rounded to the format (no events: constants are chosen)."""
-        return self.fmt.round(value, self.dtype)
+        """A constant, rounded to the compute format (no events: constants are chosen)."""
+        return self.compute.round(value, self.dtype)
 
     def add(self, a, b, where=None):
+        return self._add(a, b, where, None)
+
+    def _add(self, a, b, where, fmt):
         with np.errstate(all="ignore"):
             return self._finish(a + b, (a, b), where=where, invalid=_opposite_infinities,
-                                exact_nonzero=(lambda a, b: a != -b) if self.ftz else None)
+                                exact_nonzero=(lambda a, b: a != -b) if self.ftz else None, fmt=fmt)
+
+    def _accumulating_add(self, a, b, where=None):
+        """An addition of a sum: rounded to the accumulation format."""
+        return self._add(a, b, where, self.accumulate)
+
+    def _sum_op(self, op):
+        """``op`` as a reduction uses it, and whether its result must be rounded back to the compute
+        format: this Arith's add becomes the accumulation format's when a policy accumulates in
+        another format than it computes in; anything else stays."""
+        if self.accumulate is self.compute or getattr(op, "__func__", None) is not Arith.add:
+            return op, False
+        return self._accumulating_add, True
 
     def sub(self, a, b, where=None):
         with np.errstate(all="ignore"):
@@ -373,26 +475,35 @@ class Arith:
     @_shared
     def exp(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.exp(self.fmt, self._own(x)), (x,), where=where,
+            return self._finish(self._crmath(crmath.exp, x), (x,), where=where,
                                 exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp, rounded=True)
 
     @_shared
     def log(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.log(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < 0,
+            return self._finish(self._crmath(crmath.log, x), (x,), where=where, invalid=lambda x: x < 0,
                                 pole=lambda x: x == 0, rounded=True)
 
     @_shared
     def log1p(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.log1p(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < -1,
+            return self._finish(self._crmath(crmath.log1p, x), (x,), where=where, invalid=lambda x: x < -1,
                                 pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p,
                                 rounded=True)
 
     def _own(self, x) -> np.ndarray:
-        """x as an array of the format's dtype (its values already are format values)."""
+        """x as an array of the held dtype (its values already are format values)."""
         x = np.asarray(x)
         return x if x.dtype == self.dtype else x.astype(self.dtype)
+
+    def _crmath(self, f, x) -> np.ndarray:
+        """crmath's ``f`` in the compute format on x (compute-format values), in the held dtype."""
+        fmt = self.compute
+        x = self._own(x)
+        if not self.fmt.is_policy or (self.fast and fmt.precision <= 11) or x.dtype == fmt.dtype:
+            return f(fmt, x)
+        with np.errstate(all="ignore"):
+            return f(fmt, x.astype(fmt.dtype)).astype(self.dtype)
 
     @_shared
     def max(self, x):
@@ -498,13 +609,13 @@ class Arith:
 
         for start in range(0, self.rows, EXTERNAL_CHUNK):
             call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
-        return self.fmt.round(out, self.dtype)
+        return self.output.round(out, self.dtype)
 
     def _native(self, a: np.ndarray) -> np.ndarray:
-        """Format values as the format's own dtype (``fast`` holds them in float32; the target must see
-        the format's dtype, as its protocol says); other arrays (labels) as they are."""
-        if self.fast and a.dtype == self.dtype:
-            return a.astype(self.fmt.dtype)
+        """Format values as the (storage) format's own dtype (``fast`` holds them in float32; the target
+        must see the format's dtype, as its protocol says); other arrays (labels) as they are."""
+        if (self.fast or self.fmt.is_policy) and a.dtype == self.dtype:
+            return a.astype(self.storage.dtype)
         return a
 
     def _converted(self, result, expected: tuple[int, ...]) -> np.ndarray:
@@ -530,11 +641,12 @@ class Arith:
         last element passes up unchanged (implemented as pairing with the exact
         identity, 0 for +, 1 for *).  Error bound of the sum: ~ log2(n) u.
         """
+        op, back = self._sum_op(op)
         while x.shape[-1] > 1:
             if x.shape[-1] % 2:
                 x = self._pad(x, identity)
             x = op(x[..., 0::2], x[..., 1::2])
-        return x[..., 0]
+        return self._narrow(x[..., 0], self.compute) if back else x[..., 0]
 
     def _pad(self, x, identity: float):
         """x with one more entry, ``identity``, along the last axis."""
@@ -549,6 +661,7 @@ class Arith:
         the last V joins the pending tail T.  Exactly equal to :meth:`tree` on the
         expanded array, for any n >= 1, in bounded memory.
         """
+        op, back = self._sum_op(op)
         n = np.asarray(n, dtype=np.int64).copy()
         value = np.asarray(v).copy()
         tail = np.zeros_like(value)
@@ -562,4 +675,4 @@ class Arith:
             more = n > 0
             if more.any():
                 value = np.where(more, op(value, value, where=more), value).astype(value.dtype, copy=False)
-        return tail
+        return self._narrow(tail, self.compute) if back else tail

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -44,6 +44,47 @@ class Format:
     fraction_bits: int
     has_inf: bool = True
     aliases: tuple[str, ...] = field(default=())
+    # a precision policy (numerics/policies.py): the formats inputs are stored in, operations compute in and
+    # reductions accumulate in; None: this format itself (a pure format).  The encoding fields above are then
+    # those of the policy's OUTPUT format, so max, ulp, round ... are the output's.
+    storage: Format | None = None
+    compute: Format | None = None
+    accumulate: Format | None = None
+
+    @property
+    def is_policy(self) -> bool:
+        """Storage, compute or accumulation differ from the format itself (see :mod:`.policies`)."""
+        return self.storage is not None or self.compute is not None or self.accumulate is not None
+
+    @property
+    def storage_format(self) -> Format:
+        """The format inputs are rounded to when loaded (a pure format: itself)."""
+        return self if self.storage is None else self.storage
+
+    @property
+    def compute_format(self) -> Format:
+        """The format every operation (+ - * / exp log log1p) rounds to (a pure format: itself)."""
+        return self if self.compute is None else self.compute
+
+    @property
+    def accumulate_format(self) -> Format:
+        """The format the additions of sums (tree and running) round to (default: the compute format)."""
+        return self.compute_format if self.accumulate is None else self.accumulate
+
+    @cached_property
+    def output_format(self) -> Format:
+        """The pure format the result is delivered in: this format's own encoding (a pure format: itself)."""
+        if not self.is_policy:
+            return self
+        known = _BY_NAME.get(self.dtype_name)
+        if known is not None and known.encoding == self.encoding:
+            return known
+        return replace(self, name=self.dtype_name, aliases=(), storage=None, compute=None, accumulate=None)
+
+    @property
+    def encoding(self) -> tuple:
+        """(dtype_name, exponent_bits, fraction_bits, has_inf): what the values are."""
+        return (self.dtype_name, self.exponent_bits, self.fraction_bits, self.has_inf)
 
     @property
     def native(self) -> bool:
@@ -262,7 +303,8 @@ def format_names() -> list[str]:
 
 
 def get_format(name: str) -> Format:
-    """Look a format up by name or alias (case-insensitive); KeyError lists valid names."""
+    """Look a format up by name or alias (case-insensitive); KeyError lists valid names.  (Formats and
+    precision policies alike: :func:`.policies.format_or_policy`.)"""
     try:
         return _BY_NAME[name.strip().lower()]
     except KeyError:

@@ -64,8 +64,10 @@ _LONG_SLACK = 2.0**-58  # the same for libm's longdouble functions
 
 
 def supported(fmt: Format) -> bool:
-    """Whether bounds can be computed for this format (float64 needs a wider longdouble)."""
-    return wide_dtype(fmt) is not None
+    """Whether bounds can be computed for this format (float64 needs a wider longdouble).  Not for a
+    precision policy: these bounds assume every operation rounds to one format (its thresholds are
+    established point by point, or flagged ``exact: false``)."""
+    return not fmt.is_policy and wide_dtype(fmt) is not None
 
 
 def _up(x):
@@ -470,6 +472,10 @@ class IntervalArith:
         return Bounds(-inf, inf, -inf, inf, inf)
 
     tree = Arith.tree  # the same pairwise tree, on bounds
+
+    def _sum_op(self, op):
+        """A tree's operation as it is (pure formats only: see :func:`supported`)."""
+        return op, False
     sigmoid = Arith.sigmoid  # the same sign-branched sigmoid, on bounds
 
     def _pad(self, x: Bounds, identity: float) -> Bounds:

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from ..numerics.formats import FORMATS  # noqa: E402
+from ..numerics.policies import format_or_policy  # noqa: E402
 
 __all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED", "DPI",
            "WIDTH", "SMALLEST_FONT", "bits_lost"]
@@ -50,7 +50,7 @@ def png(fig) -> bytes:
 def bits_lost(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Error bits (log2(ulps + 1)) as bits lost out of the format's precision p: at most p (every
     significand bit wrong)."""
-    return np.minimum(bits, FORMATS[dtype].precision)
+    return np.minimum(bits, format_or_policy(dtype).precision)
 
 
 def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: dict, render=png):
@@ -71,7 +71,7 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
         fails = first is not None and first <= n[-1]
         label = f"{method}, {dtype}" + (f": inf at n = {first}" if fails else "")
         top.loglog(n[finite], values[finite], style, color=COLORS.get(dtype), label=label)
-        bottom.semilogx(n[finite], 100 * bits_lost(bits[finite], dtype) / FORMATS[dtype].precision, style,
+        bottom.semilogx(n[finite], 100 * bits_lost(bits[finite], dtype) / format_or_policy(dtype).precision, style,
                         color=COLORS.get(dtype))
         if fails:
             top.plot([first], [float(np.interp(first, n, exact))], "x", color=COLORS.get(dtype), ms=10, mew=2.5)
@@ -146,7 +146,7 @@ def family_figure(title: str, panels: dict, d: np.ndarray, failures: dict, param
     formats = list(panels)
     fig, axes = _panel_grid(formats, sharey=False)
     for ax, dtype in zip(axes, formats):
-        p = FORMATS[dtype].precision
+        p = format_or_policy(dtype).precision
         band = max(2.0, 0.16 * p)  # the failed band above p
         for i, (method, (bits, finite)) in enumerate(panels[dtype].items()):
             color = f"C{i}"
@@ -176,7 +176,7 @@ def magnitude_figure(title: str, panels: dict, d: np.ndarray, parameter: str = "
     formats = list(panels)
     fig, axes = _panel_grid(formats, sharey=False)
     for ax, dtype in zip(axes, formats):
-        low = float(np.log10(FORMATS[dtype].smallest_subnormal))
+        low = float(np.log10(format_or_policy(dtype).smallest_subnormal))
         zero = np.floor(low) - 2  # where 0 is drawn
         high = low
         count = len(panels[dtype])

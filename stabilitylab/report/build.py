@@ -31,7 +31,8 @@ from ..experiments.base import Settings, shortest
 from ..experiments.likelihood import LIKELIHOOD, iid
 from ..io import atomic, markers
 from ..io.environment import fingerprint, package_version
-from ..numerics.formats import FORMATS, Format
+from ..numerics.formats import Format
+from ..numerics.policies import format_or_policy
 from ..render import plots
 from ..render.markdown import sections_md, table_md
 from ..render.model import Cell, Table, compare_sections, formats_table, thresholds_table
@@ -124,25 +125,25 @@ def _family_figure(experiment, family, formats, settings, rows, panels=None) -> 
 # Arguments and results cross processes: names, settings, arrays and result dataclasses, never callables.
 def _search_task(experiment: str, family: str, fmt: str, settings: Settings):
     e = EXPERIMENTS[experiment]
-    return family_thresholds(e, e.family(family), FORMATS[fmt], settings)
+    return family_thresholds(e, e.family(family), format_or_policy(fmt), settings)
 
 
 def _panels_task(experiment: str, family: str, formats: tuple[str, ...], settings: Settings):
     e = EXPERIMENTS[experiment]
-    return _family_panels(e, e.family(family), [FORMATS[f] for f in formats], settings)
+    return _family_panels(e, e.family(family), [format_or_policy(f) for f in formats], settings)
 
 
 def _family_figure_task(experiment: str, family: str, formats: tuple[str, ...], settings: Settings, rows, panels):
     e = EXPERIMENTS[experiment]
-    return _family_figure(e, e.family(family), [FORMATS[f] for f in formats], settings, rows, panels)
+    return _family_figure(e, e.family(family), [format_or_policy(f) for f in formats], settings, rows, panels)
 
 
 def _curves_task(formats: tuple[str, ...], settings: Settings):
-    return _likelihood_curves([FORMATS[f] for f in formats], settings)
+    return _likelihood_curves([format_or_policy(f) for f in formats], settings)
 
 
 def _likelihood_figure_task(formats: tuple[str, ...], settings: Settings, rows, curves):
-    return _likelihood_figure([FORMATS[f] for f in formats], settings, rows, curves)
+    return _likelihood_figure([format_or_policy(f) for f in formats], settings, rows, curves)
 
 
 def _training_task(scenario: str):
@@ -150,7 +151,7 @@ def _training_task(scenario: str):
     from ..training import train
 
     s = train.SCENARIOS[scenario]
-    runs = train.run_scenario(s, [FORMATS[name] for name in (*TRAIN_FORMATS, "float64")])
+    runs = train.run_scenario(s, [format_or_policy(name) for name in (*TRAIN_FORMATS, "float64")])
     mine = {(r.method, r.dtype): r for r in runs}
     return runs, plots.training_figure(f"train/{scenario}: {s.description}", mine, list(TRAIN_FORMATS))
 
@@ -163,13 +164,13 @@ def _audit_task(name: str, formats: tuple[str, ...]):
     from ..auditing.core import resolve, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
 
-    a = audit(name, dtypes=[FORMATS[f] for f in formats], families=["confident"])
+    a = audit(name, dtypes=[format_or_policy(f) for f in formats], families=["confident"])
     family = SOFTMAX_CE.family("confident")
     method = target_method(resolve(name))
     panels = {}
     supported = {r.dtype for r in a.resembles}  # the formats the audit ran (the table shows '—' for the others)
     for fmt in (f for f in formats if f in supported):
-        out = evaluate(replace(SOFTMAX_CE, methods=(method,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
+        out = evaluate(replace(SOFTMAX_CE, methods=(method,)), format_or_policy(fmt), family.cases(D_GRID, Settings()),
                        fast_reference=True)
         panels[fmt] = (out[method.name].error_bits, np.isfinite(out[method.name].value))
     return dict(environment=a.target.environment, resembles=a.resembles, thresholds=a.thresholds,
@@ -183,7 +184,7 @@ def _log1p_panels_task(formats: tuple[str, ...]):
     family, log1p = SOFTMAX_CE.family("confident"), SOFTMAX_CE.method("log_softmax_log1p")
     out = {}
     for fmt in formats:
-        o = evaluate(replace(SOFTMAX_CE, methods=(log1p,)), FORMATS[fmt], family.cases(D_GRID, Settings()),
+        o = evaluate(replace(SOFTMAX_CE, methods=(log1p,)), format_or_policy(fmt), family.cases(D_GRID, Settings()),
                      fast_reference=True)[log1p.name]
         out[fmt] = (o.error_bits, np.isfinite(o.value))
     return out
@@ -292,7 +293,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         # longest first: the audits (each imports a framework), then the float64 and float32 searches
         for name, chosen in ({} if here else audited).items():
             tasks.add(("audit", name), _audit_task, name, chosen)
-        by_cost = sorted(searches, key=lambda t: -FORMATS[t[2]].precision)
+        by_cost = sorted(searches, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
         for group, chosen_settings in (("search", settings), ("ftz", Settings(p=settings.p, ftz=True))):
             for key in by_cost:
                 tasks.add((group, *key), _search_task, *key, chosen_settings)

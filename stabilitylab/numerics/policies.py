@@ -1,0 +1,138 @@
+"""Precision policies: which format inputs are stored in, operations compute in and sums accumulate in.
+
+A policy is a :class:`~.formats.Format` whose ``storage`` / ``compute`` / ``accumulate`` fields are
+set; its own encoding (and so ``max``, ``tiny``, ``ulp``, ``round``, ``default_tolerance``) is that of
+its OUTPUT format, the format the result is delivered in.  Everything that takes a format takes a
+policy; :class:`~.arith.Arith` reads the three formats from it.
+
+Spelling (the one parser: CLI ``-d``, API ``dtypes=``, baselines, JSON and reports):
+``STORAGE[@COMPUTE][+ACCUMULATE]``, each part a format name or alias.
+
+* ``bf16@fp32``: inputs rounded to bfloat16, every operation rounded to float32, the result rounded
+  once to bfloat16 at the end;
+* ``bf16+fp32``: every operation in bfloat16 except the additions of sums (tree and running sums),
+  which round to float32; a sum's result is rounded to the compute format once it is complete
+  (as ``torch.sum`` of a bfloat16 tensor does: float32 accumulator, bfloat16 result);
+* ``bf16@fp32+fp64``: both.
+
+Defaults: compute = storage, accumulate = compute, output = storage.  A spelling that reduces to a
+pure format is that format itself (``bf16@bf16`` is ``bfloat16``).  Canonical names use full names:
+``bfloat16@float32``, ``bfloat16+float32``, ``float16@float32+float64``.
+
+Presets (16-bit storage only): ``bf16@autocast`` / ``fp16@autocast`` (torch autocast: the loss ops
+``cross_entropy`` / ``nll_loss`` / ``binary_cross_entropy_with_logits`` are on autocast's float32 list on
+CPU and CUDA: the kernel runs in float32 on the 16-bit inputs and returns float32) and ``bf16@hf-upcast`` /
+``fp16@hf-upcast`` (Hugging Face casts the logits to float32 before the loss).  Both: storage the 16-bit
+format, compute and accumulate float32, output float32 (docs/reference/policies.md says where real
+autocast differs).
+
+Refused, one line each: an unknown part, an empty part, a compute or accumulate format that is not an
+arithmetic format (no fraction bits: float8_e8m0 scales; block formats), accumulation in a format that
+does not hold every compute value (``bf16@fp32+bf16``), a preset on anything but float16 / bfloat16 or
+with ``+ACCUMULATE``.  A compute format narrower than the storage format (``fp32@bf16``) is allowed:
+the stored inputs are then converted to the compute format once, as the code it models would
+(``x.to(torch.bfloat16)``), and that conversion's overflow / underflow count as the inputs'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+from .formats import _BY_NAME, FORMATS, Format, get_format
+
+__all__ = ["format_or_policy", "PRESETS", "policy", "contains", "SPELLING", "notes"]
+
+SPELLING = "STORAGE[@COMPUTE][+ACCUMULATE] (e.g. bf16@fp32, bf16+fp32, bf16@fp32+fp64, bf16@autocast)"
+
+PRESETS: dict[str, str] = {
+    "autocast": "torch autocast: the loss op (cross_entropy, nll_loss, bce_with_logits: autocast's float32 list) "
+                "in float32 on the 16-bit inputs, result float32",
+    "hf-upcast": "Hugging Face: logits cast to float32 before the loss, everything after in float32, result float32",
+}
+_PRESET_STORAGE = ("float16", "bfloat16")
+
+
+def contains(outer: Format, inner: Format) -> bool:
+    """Every value of ``inner`` is a value of ``outer`` (at least its precision, max and subnormal reach)."""
+    return (inner.precision <= outer.precision and inner.max <= outer.max
+            and inner.smallest_subnormal >= outer.smallest_subnormal)
+
+
+def _part(text: str, spec: str, role: str) -> Format:
+    name = text.strip()
+    if not name:
+        raise KeyError(f"policy {spec!r}: the {role} format is missing; a policy is {SPELLING}")
+    fmt = _BY_NAME.get(name)
+    if fmt is None:
+        raise KeyError(f"policy {spec!r}: unknown {role} format {name!r}; formats: {', '.join(FORMATS)}; "
+                       f"a policy is {SPELLING}")
+    return fmt
+
+
+def _arithmetic(fmt: Format, spec: str, role: str) -> None:
+    if fmt.fraction_bits < 1 or getattr(fmt, "block", None):
+        raise KeyError(f"policy {spec!r}: {fmt.name} cannot be the {role} format (it is a scale or block "
+                       "format, not one operations round to)")
+
+
+def policy(storage: Format, compute: Format | None = None, accumulate: Format | None = None,
+           output: Format | None = None, name: str | None = None) -> Format:
+    """The policy (storage, compute, accumulate, output), defaults compute = storage, accumulate =
+    compute, output = storage; the pure format itself when all four are one format."""
+    compute = storage if compute is None else compute
+    accumulate = compute if accumulate is None else accumulate
+    output = storage if output is None else output
+    if storage == compute == accumulate == output:
+        return storage
+    if name is None:
+        name = storage.name + ("" if compute == storage else "@" + compute.name) + (
+            "" if accumulate == compute else "+" + accumulate.name)
+    made = replace(output, name=name, aliases=(), storage=storage, compute=compute, accumulate=accumulate)
+    return _CANONICAL.setdefault(made, made)  # one object per policy, however it was spelled
+
+
+_CANONICAL: dict[Format, Format] = {}
+
+
+def format_or_policy(spec: str) -> Format:
+    """The format or policy ``spec`` names (see the module docstring); KeyError with one line if none.
+    Every place a user names a format (``-d``, ``dtypes=``, baseline keys, worker processes) looks it up here."""
+    return _parse(str(spec).strip().lower())
+
+
+@lru_cache(maxsize=None)
+def _parse(spec: str) -> Format:
+    if "@" not in spec and "+" not in spec:
+        return get_format(spec)  # a pure format (or its KeyError, listing the names)
+    head, _, acc_text = spec.partition("+")
+    storage_text, at, compute_text = head.partition("@")
+    if "@" in compute_text or "+" in acc_text or (at and not compute_text.strip() and not acc_text):
+        if at and not compute_text.strip():
+            raise KeyError(f"policy {spec!r}: the compute format is missing; a policy is {SPELLING}")
+        raise KeyError(f"policy {spec!r}: at most one @ and one +; a policy is {SPELLING}")
+    storage = _part(storage_text, spec, "storage")
+    preset = compute_text.strip() if at else ""
+    if preset in PRESETS:
+        if storage.name not in _PRESET_STORAGE:
+            raise KeyError(f"policy {spec!r}: the {preset} preset is for float16 and bfloat16 storage")
+        if acc_text:
+            raise KeyError(f"policy {spec!r}: the {preset} preset fixes the accumulation (float32); drop +{acc_text}")
+        f32 = FORMATS["float32"]
+        return policy(storage, f32, f32, f32, name=f"{storage.name}@{preset}")
+    compute = _part(compute_text, spec, "compute") if at else storage
+    _arithmetic(compute, spec, "compute")
+    accumulate = _part(acc_text, spec, "accumulate") if "+" in spec else compute
+    _arithmetic(accumulate, spec, "accumulate")
+    if not contains(accumulate, compute):
+        raise KeyError(f"policy {spec!r}: accumulating in {accumulate.name} loses values of the compute format "
+                       f"{compute.name}; the accumulation format must hold them (e.g. +float32)")
+    return policy(storage, compute, accumulate)
+
+
+def notes(formats) -> list[str]:
+    """One sentence per policy whose compute format does not hold its storage format (allowed, and said)."""
+    return [f"{f.name}: the compute format {f.compute_format.name} does not hold every {f.storage_format.name} input; "
+            f"inputs are converted to {f.compute_format.name} once after loading (their overflow or underflow "
+            "there counts as the input's: status range)"
+            for f in formats if f.is_policy and not contains(f.compute_format, f.storage_format)]
