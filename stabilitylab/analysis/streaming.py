@@ -95,11 +95,10 @@ class Cell:
 @dataclass
 class Pair:
     """An audited target beside one other method, in one format, over the rows: ``same`` (equal values,
-    NaN = NaN, -0 = +0), ``near`` (within 1 ulp of the format, :func:`~stabilitylab.numerics.agreement.within_one_ulp`;
-    ``same`` rows included), ``close`` (within the tolerance, relative,
-:func:`~stabilitylab.numerics.agreement.within_tolerance`), ``target_only`` (the target fails, inaccurate or worse, and the method does not),
-    ``method_only`` (the reverse), the first ``target_only`` rows (``examples``) and the first
-    ``method_only`` row (``guard``, None if none)."""
+    NaN = NaN, -0 = +0), ``near`` (within 1 ulp of the format, ``same`` rows included) and ``close``
+    (within the tolerance, relative; see :mod:`stabilitylab.numerics.agreement`), ``target_only`` (the
+    target fails, inaccurate or worse, and the method does not), ``method_only`` (the reverse), the first
+    ``target_only`` rows (``examples``) and the first ``method_only`` row (``guard``, None if none)."""
 
     same: int = 0
     target_only: int = 0

@@ -598,6 +598,8 @@ class Resemblance:
     points: int
     candidates: tuple[Candidate, ...]
     rows: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    match_share: float = MATCH_SHARE  # the rule's constants, for the renderers
+    wide_rows: int = WIDE_ROWS
 
     @property
     def matches(self) -> bool:
