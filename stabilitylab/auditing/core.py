@@ -418,15 +418,16 @@ GRAD_REALISTIC = {"rows": 200, "wide_rows": 2}  # a gradient audit's realistic r
 
 def realistic_audit_cases(experiment: str):
     """Seeded realistic rows beside the default cases, for ``resembles`` only (no witnesses, not listed with
-    the cases): :func:`softmax_ce.realistic_cases` / :func:`binary_ce.realistic_cases`; for a gradient audit
-    the components (:func:`logit_gradient.components`) of fewer of them (:data:`GRAD_REALISTIC`)."""
+    the cases), as batches of one width each: :func:`softmax_ce.realistic_cases` /
+    :func:`binary_ce.realistic_cases`; for a gradient audit the components
+    (:func:`logit_gradient.components`) of fewer of them (:data:`GRAD_REALISTIC`)."""
     from ..experiments import binary_ce, logit_gradient, softmax_ce
 
     module = softmax_ce if experiment.startswith("softmax_ce") else binary_ce
     if not experiment.endswith("_grad"):
         return module.realistic_cases()
-    return logit_gradient.components(module.realistic_cases(rows=GRAD_REALISTIC["rows"],
-                                                            wide_rows=GRAD_REALISTIC["wide_rows"]))
+    return [logit_gradient.components(b) for b in module.realistic_cases(rows=GRAD_REALISTIC["rows"],
+                                                                          wide_rows=GRAD_REALISTIC["wide_rows"])]
 
 
 def realistic_text(experiment: str) -> str:
@@ -890,12 +891,13 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     try:
         comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
         if not own_cases:
-            realistic = realistic_audit_cases(target.audited_experiment)
-            recorder.start("realistic", realistic.names)
+            batches = realistic_audit_cases(target.audited_experiment)
             progress("running the realistic rows")
-            for fmt in chosen:
-                evaluate(experiment, fmt, realistic, tolerance=tolerance, fast_reference=True)
-            notes.append(f"'Which formula is it?' also counts {len(realistic):,} realistic rows "
+            for batch in batches:
+                recorder.start("realistic", batch.names)
+                for fmt in chosen:
+                    evaluate(experiment, fmt, batch, tolerance=tolerance, fast_reference=True)
+            notes.append(f"'Which formula is it?' also counts {sum(len(b) for b in batches):,} realistic rows "
                          f"({realistic_text(target.audited_experiment)}); they are not listed with the cases")
         rows = _search(experiment, chosen, families, tolerance, recorder, progress) if search else []
     except TargetError as exc:

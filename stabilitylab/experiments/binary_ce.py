@@ -74,9 +74,9 @@ REALISTIC = {"rows": 2000, "outputs": 10, "wide_rows": 8, "wide_outputs": 2**15,
 
 def realistic_cases(rows: int = REALISTIC["rows"], outputs: int = REALISTIC["outputs"],
                     wide_rows: int = REALISTIC["wide_rows"], wide_outputs: int = REALISTIC["wide_outputs"],
-                    sigma: float = REALISTIC["sigma"], seed: int = REALISTIC["seed"]) -> Binary:
-    """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64):
-    ``rows`` rows of ``outputs`` logits drawn from N(0, sigma**2) with labels 0 / 1 drawn with
+                    sigma: float = REALISTIC["sigma"], seed: int = REALISTIC["seed"]) -> list[Binary]:
+    """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64), as
+    two batches (rows of one width each: no padding): ``rows`` rows of ``outputs`` logits drawn from N(0, sigma**2) with labels 0 / 1 drawn with
     probability sigmoid(logit) (a calibrated model), then ``wide_rows`` rows of ``wide_outputs``
     drawn the same way: the loss sums over the outputs, and a sum in another order than the
     simulated formulas' (pairwise) tells itself apart on the wide rows."""
@@ -87,7 +87,7 @@ def realistic_cases(rows: int = REALISTIC["rows"], outputs: int = REALISTIC["out
         y = (rng.random(size=(n, k)) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
         batches.append(Binary(tuple(f"realistic:N(0,{sigma:g}) x{k} #{i}" for i in range(n)), z, y,
                               np.full(n, k, dtype=np.int64)))
-    return concat(batches)
+    return batches
 
 
 @dataclass(frozen=True)

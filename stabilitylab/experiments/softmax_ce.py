@@ -113,24 +113,21 @@ REALISTIC = {"rows": 2000, "classes": 50, "wide_rows": 8, "sigma": 3.0, "seed": 
 
 def realistic_cases(rows: int = REALISTIC["rows"], classes: int = REALISTIC["classes"],
                     wide_rows: int = REALISTIC["wide_rows"], sigma: float = REALISTIC["sigma"],
-                    seed: int = REALISTIC["seed"]) -> Logits:
-    """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64):
-    ``rows`` rows of ``classes`` logits drawn from N(0, sigma**2), then ``wide_rows`` rows of
-    :data:`WIDE` classes drawn the same way; labels uniform over the classes.  A kernel that sums
-    its exponentials in another order than the simulated formulas (pairwise) agrees with them within
-    1 ulp on nearly every narrow row, not on the wide ones: a sequential float16 / bfloat16 sum of
-    32768 terms of about e**-10 stalls far below the true sum."""
+                    seed: int = REALISTIC["seed"]) -> list[Logits]:
+    """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64), as
+    two batches (rows of one width each: no padding): ``rows`` rows of ``classes`` logits drawn from
+    N(0, sigma**2), and ``wide_rows`` rows of :data:`WIDE` classes drawn the same way; labels uniform
+    over the classes.  A kernel that sums its exponentials in another order than the simulated formulas
+    (pairwise) agrees with them within 1 ulp on nearly every narrow row, not on the wide ones: a
+    sequential float16 / bfloat16 sum of 32768 terms stalls far below the true sum."""
     rng = np.random.default_rng(seed)
-    narrow = rng.normal(0.0, sigma, size=(rows, classes))
-    narrow_y = rng.integers(0, classes, size=rows)
-    wide = rng.normal(0.0, sigma, size=(wide_rows, WIDE))
-    wide_y = rng.integers(0, WIDE, size=wide_rows)
-    return concat([
-        Logits(tuple(f"realistic:N(0,{sigma:g}) x{classes} #{i}" for i in range(rows)), narrow,
-               narrow_y.astype(np.int64), np.full(rows, classes, dtype=np.int64)),
-        Logits(tuple(f"realistic:N(0,{sigma:g}) x{WIDE} #{i}" for i in range(wide_rows)), wide,
-               wide_y.astype(np.int64), np.full(wide_rows, WIDE, dtype=np.int64)),
-    ])
+    out = []
+    for n, k in ((rows, classes), (wide_rows, WIDE)):
+        x = rng.normal(0.0, sigma, size=(n, k))
+        y = rng.integers(0, k, size=n).astype(np.int64)
+        out.append(Logits(tuple(f"realistic:N(0,{sigma:g}) x{k} #{i}" for i in range(n)), x, y,
+                          np.full(n, k, dtype=np.int64)))
+    return out
 
 
 @dataclass(frozen=True)
