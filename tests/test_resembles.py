@@ -175,3 +175,25 @@ def test_the_plain_position_check_rejects_two_steps():
     assert recount({"target": two[0], "x": two[1]}, "x", "bfloat16") == (0, 0)
     across_zero = {"target": np.array([2.0**-133]), "x": np.array([-(2.0**-133)])}
     assert recount(across_zero, "x", "bfloat16") == (0, 0)  # -s, 0, s: two steps
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_within_one_ulp_is_adjacency_over_every_value_of_the_format(dtype):
+    """numerics.agreement against the plain positions: every finite value beside the values 0, 1 and 2
+    steps above it (and infinities, NaN, -0)."""
+    from stabilitylab.numerics.agreement import identical, within_one_ulp
+
+    with np.errstate(invalid="ignore"):
+        every = np.arange(65536, dtype=np.uint16).view(DTYPE[dtype]).astype(np.float64)
+    finite = np.unique(every[np.isfinite(every)])
+    fmt = FORMATS[dtype]
+    for step in (0, 1, 2):
+        a, b = finite[: len(finite) - step], finite[step:]
+        got = within_one_ulp(fmt, a, b)
+        assert got.all() if step <= 1 else not got.any(), step
+        assert (within_one_ulp(fmt, b, a) == got).all()
+    inf, nan = np.inf, np.nan
+    a = np.array([inf, -inf, inf, nan, nan, -0.0, fmt.max, inf])
+    b = np.array([inf, -inf, -inf, nan, 1.0, 0.0, inf, fmt.max])
+    assert within_one_ulp(fmt, a, b).tolist() == [True, True, False, True, False, True, False, False]
+    assert identical(a, b).tolist() == [True, True, False, True, False, True, False, False]
