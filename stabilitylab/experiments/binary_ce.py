@@ -76,10 +76,10 @@ def realistic_cases(rows: int = REALISTIC["rows"], outputs: int = REALISTIC["out
                     wide_rows: int = REALISTIC["wide_rows"], wide_outputs: int = REALISTIC["wide_outputs"],
                     sigma: float = REALISTIC["sigma"], seed: int = REALISTIC["seed"]) -> list[Binary]:
     """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64), as
-    two batches (rows of one width each: no padding): ``rows`` rows of ``outputs`` logits drawn from N(0, sigma**2) with labels 0 / 1 drawn with
-    probability sigmoid(logit) (a calibrated model), then ``wide_rows`` rows of ``wide_outputs``
-    drawn the same way: the loss sums over the outputs, and a sum in another order than the
-    simulated formulas' (pairwise) tells itself apart on the wide rows."""
+    two batches (rows of one width each: no padding): ``rows`` rows of ``outputs`` logits drawn from
+    N(0, sigma**2) with labels 0 / 1 drawn with probability sigmoid(logit) (a calibrated model), then
+    ``wide_rows`` rows of ``wide_outputs`` drawn the same way: the loss sums over the outputs, and a sum
+    in another order than the simulated formulas' (pairwise) tells itself apart on the wide rows."""
     rng = np.random.default_rng(seed)
     batches = []
     for n, k in ((rows, outputs), (wide_rows, wide_outputs)):
