@@ -197,3 +197,28 @@ def test_within_one_ulp_is_adjacency_over_every_value_of_the_format(dtype):
     b = np.array([inf, -inf, -inf, nan, 1.0, 0.0, inf, fmt.max])
     assert within_one_ulp(fmt, a, b).tolist() == [True, True, False, True, False, True, False, False]
     assert identical(a, b).tolist() == [True, True, False, True, False, True, False, False]
+
+
+def test_a_candidate_in_another_format_is_rounded_once_and_named(losses, monkeypatch):
+    """The seam for precision policies: a candidate computed in float32 on bfloat16 inputs is rounded once to
+    bfloat16, named 'log_softmax in float32', and matches a float64-then-round loss more often bit for bit
+    than the pure-bfloat16 formulas."""
+    from stabilitylab.auditing import core
+
+    plain = core.candidates
+    monkeypatch.setattr(core, "candidates", lambda experiment, fmt: plain(experiment, fmt) + [
+        (experiment.method("log_softmax"), FORMATS["float32"])])
+    result = stabilitylab.audit(f"{losses}:faithful", "softmax_ce", ["bfloat16"], search=False)
+    check_recounted(result)
+    [r] = result.resembles
+    by = {c.label: c for c in r.candidates}
+    upcast = by["log_softmax in float32"]
+    assert upcast.format == "float32" and upcast.method == "log_softmax"
+    values = r.rows["log_softmax in float32"]
+    rounded = values.astype(ml_dtypes.bfloat16).astype(np.float64)
+    assert ((rounded == values) | np.isnan(values)).all()  # bfloat16 values
+    assert upcast.cases.identical_share > by["log_softmax"].cases.identical_share
+    assert upcast.cases.identical_share > 0.99
+    assert r.best == "log_softmax in float32"
+    doc = json.loads(result.to_json())
+    assert "log_softmax in float32" in [c["label"] for c in doc["resembles"][0]["candidates"]]
