@@ -19,6 +19,7 @@ from stabilitylab.auditing.core import MATCH_SHARE, WIDE_ROWS, candidates
 from stabilitylab.cli import cli
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE
 from stabilitylab.numerics.formats import FORMATS
+from stabilitylab.report.build import _resembles_cell
 
 LOSSES = textwrap.dedent('''
     import numpy as np
@@ -120,6 +121,8 @@ def test_an_epsilon_clipped_loss_matches_no_simulated_formula(losses, dtype, cap
     result = stabilitylab.audit(f"{losses}:clipped", "softmax_ce", [dtype], search=False)
     check_recounted(result)
     [res] = result.resembles
+    assert "no simulated formula matches" in result.to_markdown()
+    assert _resembles_cell(res).text.startswith(f"no formula matches (best {res.best}: ")  # the report's cell
     # the clip shows on the wide realistic rows, whose true class is often below 1e-7
     wide = res.rows["width"] >= WIDE_ROWS
     t, c = res.rows["target"][wide], res.rows[res.best][wide]

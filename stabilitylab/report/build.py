@@ -380,7 +380,11 @@ def _resembles_cell(r) -> Cell:
     shares = f"{c.cases.within_ulp_share:.1%} / {c.cases.identical_share:.1%}"
     if r.method is not None:
         return Cell(f"{r.method} {shares}")
-    return Cell(f"no formula matches (best {c.label} {shares})", "inaccurate")
+    if c.cases.within_ulp_share < r.match_share:
+        short = f"{c.cases.within_ulp_share:.1%} of case rows within 1 ulp"
+    else:
+        short = f"{c.wide.within_tolerance_share:.1%} of wide rows within tolerance"
+    return Cell(f"no formula matches (best {c.label}: {short})", "inaccurate")
 
 
 def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, missing: list[str]) -> list[str]:
