@@ -29,6 +29,11 @@ needs_jax = pytest.mark.skipif(not HAVE_JAX, reason="jax / optax are not install
 REPO = Path(__file__).resolve().parents[1]
 FIRST_ABOVE_LN_MAX_F32 = float(np.nextafter(np.float32(88.72283172607422), np.float32(np.inf)))
 
+def formula(label: str) -> str:
+    """The simulated formula a resembles label names ('log_softmax in bfloat16@float32': log_softmax)."""
+    return label.partition(" in ")[0]
+
+
 NAIVE = """
 import numpy as np
 
@@ -121,15 +126,17 @@ def test_user_function_naive_softmax_overflows_at_the_first_float32_above_ln_max
     code, out, err = run(capsys, "audit", f"{path}:loss", "-e", "softmax_ce", "-d", "float32", "--format", "json")
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["schema"] == "stabilitylab.audit/1" and doc["target"] == f"{path}:loss"
+    assert doc["schema"] == "stabilitylab.audit/2" and doc["target"] == f"{path}:loss"
     overflow = next(t for t in doc["thresholds"] if t["family"] == "overflow")
     assert overflow["first_failure"] == FIRST_ABOVE_LN_MAX_F32 == 88.72283935546875
     assert overflow["failure"] == "nan"  # inf / inf: the value, not a claimed cause
     assert overflow["exact"]["first_failure"] is False  # a black box in float32: a bound, said so
-    assert doc["resembles"] == [{"dtype": "float32", "method": "naive_softmax_log", "share": pytest.approx(
-        doc["resembles"][0]["share"]), "points": doc["resembles"][0]["points"],
-        "shares": doc["resembles"][0]["shares"]}]
-    assert doc["resembles"][0]["share"] > 0.9
+    [resembles] = doc["resembles"]
+    # the formula is named; numpy's float32 exp and blocked sum sit as close to float64-then-rounded as to our
+    # float32 tree, so the candidate may be the float32@float64 policy
+    assert resembles["dtype"] == "float32" and resembles["matches"]
+    assert resembles["method"] in ("naive_softmax_log", "naive_softmax_log in float32@float64")
+    assert resembles["share"] > 0.9
     assert {"results", "summary", "thresholds", "resembles", "witnesses", "environment", "version",
             "experiment"} <= set(doc)
     assert all(r["method"] == f"{path}:loss" for r in doc["results"])
@@ -142,7 +149,7 @@ def test_user_function_module_spec_and_exhaustive_float16(tmp_path, capsys, monk
     rows = {(t.family, t.dtype): t for t in result.thresholds}
     assert rows[("confident", "float16")].exact_inaccurate  # every float16 value scanned: exact
     assert rows[("confident", "float16")].first_inaccurate is None  # the log1p form never loses the loss
-    assert result.resembles[0].method == "log_softmax_log1p"
+    assert formula(result.resembles[0].method) == "log_softmax_log1p"
 
 
 def test_emitted_pytest_passes_now_and_fails_when_the_target_gets_worse(tmp_path):
@@ -237,8 +244,11 @@ def test_list_shows_every_adapter_and_whether_it_is_installed(capsys):
 def test_scipy_log_softmax_resembles_plain_log_softmax_and_loses_confident_losses():
     result = stabilitylab.audit("scipy.log_softmax", dtypes=["float16", "float32"], families=["confident"])
     by = {r.dtype: r for r in result.resembles}
-    assert by["float16"].method == "log_softmax" and by["float16"].share > 0.99
-    assert by["float32"].method == "log_softmax" and by["float32"].share > 0.95
+    # on the case rows the two log-sum-exp forms agree with scipy alike; the threshold points tell them apart
+    for dtype in ("float16", "float32"):
+        assert formula(by[dtype].method) in ("log_softmax", "log_softmax_log1p") and by[dtype].share > 0.95
+        shares = {c.label: c.thresholds.identical_share for c in by[dtype].candidates}
+        assert shares["log_softmax"] > shares["log_softmax_log1p"]
     confident = {t.dtype: t for t in result.thresholds}
     assert confident["float16"].first_inaccurate == 3.86328125 and confident["float16"].exact_inaccurate
     rows = {(r.case, r.dtype): r for r in result.comparison.results}
@@ -302,8 +312,8 @@ def test_jax_log_softmax_float8_e4m3fn_and_gradient():
     assert all(r.status in ("nan", "range", "ok") for r in result.comparison.results)
     grad = stabilitylab.audit("jax.log_softmax", dtypes=["float16"], families=["confident"], grad=True)
     assert grad.audit.experiment.name == "softmax_ce_grad"
-    assert grad.resembles[0].method in {"shifted_softmax", "exp_log_softmax", "exp_log_softmax_log1p",
-                                        "naive_softmax"}
+    assert formula(grad.resembles[0].method) in {"shifted_softmax", "exp_log_softmax", "exp_log_softmax_log1p",
+                                                 "naive_softmax"}
     vanished = next(r for r in grad.comparison.results if r.case == "moderate:[12,0,-12],y=0,grad[0]")
     assert vanished.status == "inaccurate" and vanished.value == 0  # the label component of a confident row
 
@@ -313,12 +323,12 @@ def test_jax_log_softmax_float8_e4m3fn_and_gradient():
 def test_torch_cross_entropy_and_bce_with_logits():
     result = stabilitylab.audit("torch.cross_entropy", dtypes=["float16", "bfloat16"], families=["confident"])
     assert {r.dtype for r in result.resembles} == {"float16", "bfloat16"}
-    assert all(r.method == "log_softmax" for r in result.resembles)
+    assert all(formula(r.method) in ("log_softmax", "log_softmax_log1p") for r in result.resembles)
     bce = stabilitylab.audit("torch.bce_with_logits", dtypes=["float32"], search=False)
     row = next(r for r in bce.comparison.results if r.case == "pytorch#102894:z=+inf,y=1")
     assert row.status == "nan" and row.exact == "0"  # 0 * inf in (1 - y) z
     grad = stabilitylab.audit("torch.cross_entropy", dtypes=["float32"], families=["confident"], grad=True)
-    assert grad.resembles[0].method.startswith("exp_log_softmax")
+    assert formula(grad.resembles[0].method).startswith("exp_log_softmax")
 
 
 def test_torch_missing_is_one_line_naming_the_extra(capsys, monkeypatch):

@@ -37,6 +37,7 @@ from ..experiments.base import Experiment, ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
+from ..numerics.agreement import identical, within_one_ulp, within_tolerance
 from ..numerics.formats import Format
 from ..numerics.policies import format_or_policy
 from ..numerics.wide import wide_dtype
@@ -95,20 +96,25 @@ class Cell:
 @dataclass
 class Pair:
     """An audited target beside one other method, in one format, over the rows: ``same`` (equal values,
-    NaN = NaN, -0 = +0), ``target_only`` (the target fails, inaccurate or worse, and the method does not),
-    ``method_only`` (the reverse), the first ``target_only`` rows (``examples``) and the first
-    ``method_only`` row (``guard``, None if none)."""
+    NaN = NaN, -0 = +0), ``near`` (within 1 ulp of the format, ``same`` rows included) and ``close``
+    (within the tolerance, relative; see :mod:`stabilitylab.numerics.agreement`), ``target_only`` (the
+    target fails, inaccurate or worse, and the method does not), ``method_only`` (the reverse), the first
+    ``target_only`` rows (``examples``) and the first ``method_only`` row (``guard``, None if none)."""
 
     same: int = 0
     target_only: int = 0
     method_only: int = 0
     examples: list[int] = field(default_factory=list)
     guard: int | None = None
+    near: int = 0
+    close: int = 0
 
     EXAMPLES = 5
 
     def merge(self, other: "Pair") -> None:
         self.same += other.same
+        self.near += other.near
+        self.close += other.close
         self.target_only += other.target_only
         self.method_only += other.method_only
         self.examples = (self.examples + other.examples)[: self.EXAMPLES]
@@ -183,7 +189,8 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     return c
 
 
-def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray) -> dict[str, Pair]:
+def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray, fmt: Format,
+           tolerance: float | None) -> dict[str, Pair]:
     """The target beside every other method on one chunk (see :class:`Pair`)."""
     t = outcomes[target]
     v = t.value
@@ -194,9 +201,12 @@ def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray) -> dict[
             continue
         method_fails = np.isin(o.status, METHOD_FAILURES)
         only, guards = np.flatnonzero(target_fails & ~method_fails), np.flatnonzero(method_fails & ~target_fails)
-        same = int(np.count_nonzero((o.value == v) | (np.isnan(o.value) & np.isnan(v))))
+        same = int(np.count_nonzero(identical(o.value, v)))
+        near = int(np.count_nonzero(within_one_ulp(fmt, o.value, v)))
+        tol = fmt.default_tolerance if tolerance is None else tolerance
+        close = int(np.count_nonzero(within_tolerance(tol, o.value, v)))
         out[method] = Pair(same, len(only), len(guards), rows[only[: Pair.EXAMPLES]].tolist(),
-                           int(rows[guards[0]]) if len(guards) else None)
+                           int(rows[guards[0]]) if len(guards) else None, near, close)
     return out
 
 
@@ -229,7 +239,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
         if versus is not None:
-            for method, pair in _pairs(outcomes, versus, rows).items():
+            for method, pair in _pairs(outcomes, versus, rows, fmt, tolerance).items():
                 pairs[fmt.name, method] = pair
     return cells, columns, nonfinite, pairs
 

@@ -10,11 +10,14 @@ most 16 bits, else bisection and point scans with honest ``exact`` flags), the
 same exact references, renderers and baseline keys.
 
 While it runs, the method's ``observe`` hook (a :class:`Recorder`) sees every
-batch: it runs the experiment's simulated methods on the same format-rounded
-inputs, for ``resembles`` (the simulated method equal to the target on the most
-points) and for "rows the target fails that a simulated method gets right", and
-keeps the witnesses (per source and status, the first failing input and the
-worst one).
+batch: it runs the :func:`candidates` (the experiment's simulated methods) on the
+same format-rounded inputs, for ``resembles`` (per candidate, the share of points
+where its output is bit-identical to the target's and within 1 ulp of it, on the
+case rows and on the threshold points apart; the match is decided on the case rows:
+:data:`MATCH_SHARE`) and for "rows the target fails that a simulated method gets
+right", and keeps the witnesses (per source and status, the first failing input
+and the worst one).  Beside the default cases it runs seeded realistic rows
+(:func:`realistic_audit_cases`), for ``resembles`` only.
 
 On a user's logits (:func:`run_bulk`) the rows go through the same streaming path as
 ``compare --logits`` (:func:`stabilitylab.analysis.streaming.summarize`: chunks of rows,
@@ -59,12 +62,14 @@ from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..experiments.softmax_ce import concat as concat_logits
+from ..numerics.agreement import identical, within_one_ulp, within_tolerance
 from ..numerics.arith import Arith, TargetError
 from ..numerics.formats import FORMATS, Format
+from ..numerics.policies import format_or_policy
 from . import adapters
 
-__all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", "resolve", "run", "run_bulk",
-           "PROTOCOLS", "audit_experiment"]
+__all__ = ["AuditError", "Target", "Witness", "Agreement", "Candidate", "Resemblance", "Versus", "Audit", "resolve",
+           "run", "run_bulk", "PROTOCOLS", "audit_experiment", "candidates", "MATCH_SHARE", "WIDE_ROWS"]
 
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
@@ -409,6 +414,43 @@ def default_audit_cases(experiment: str):
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
 
 
+GRAD_REALISTIC = {"rows": 200, "wide_rows": 2}  # a gradient audit's realistic rows (each gives up to 3 components)
+
+
+def realistic_audit_cases(experiment: str):
+    """Seeded realistic rows beside the default cases, for ``resembles`` only (no witnesses, not listed with
+    the cases), as batches of one width each: :func:`softmax_ce.realistic_cases` /
+    :func:`binary_ce.realistic_cases`; for a gradient audit the components
+    (:func:`logit_gradient.components`) of fewer of them (:data:`GRAD_REALISTIC`)."""
+    from ..experiments import binary_ce, logit_gradient, softmax_ce
+
+    module = softmax_ce if experiment.startswith("softmax_ce") else binary_ce
+    if not experiment.endswith("_grad"):
+        return module.realistic_cases()
+    return [logit_gradient.components(b) for b in module.realistic_cases(rows=GRAD_REALISTIC["rows"],
+                                                                          wide_rows=GRAD_REALISTIC["wide_rows"])]
+
+
+def realistic_text(experiment: str) -> str:
+    """What :func:`realistic_audit_cases` holds, in words, from the generators' parameters."""
+    from ..experiments import binary_ce, softmax_ce
+
+    grad = experiment.endswith("_grad")
+    if experiment.startswith("softmax_ce"):
+        r = softmax_ce.REALISTIC
+        narrow, wide, k, wide_k = r["rows"], r["wide_rows"], r["classes"], softmax_ce.WIDE
+        what = "classes, logits N(0, {s:g}**2), labels uniform"
+    else:
+        r = binary_ce.REALISTIC
+        narrow, wide, k, wide_k = r["rows"], r["wide_rows"], r["outputs"], r["wide_outputs"]
+        what = "outputs, logits N(0, {s:g}**2), labels 1 with probability sigmoid(logit)"
+    if grad:
+        narrow, wide = GRAD_REALISTIC["rows"], GRAD_REALISTIC["wide_rows"]
+    text = (f"{narrow:,} rows of {k} and {wide} of {wide_k:,} " + what.format(s=r["sigma"]) +
+            f", seed {r['seed']}")
+    return text + (", as gradient components" if grad else "")
+
+
 def _kernel(fn: Callable, grad: bool):
     if grad:
         def kernel(a, x):
@@ -454,16 +496,139 @@ class Witness:
     error: str = ""
 
 
+MATCH_SHARE = 0.90
+"""A candidate *matches* the target when its output is within 1 ulp of the target's on at least this share
+of the case rows and, when there are any, within the tolerance (relative) of it on at least this share of
+the wide case rows (:data:`WIDE_ROWS`); below it the audit says "no simulated formula matches" (it still
+lists the best candidates and their shares)."""
+WIDE_ROWS = 1024
+"""Case rows of at least this many classes (outputs) are also counted apart as the *wide* case rows: the
+order of a long sum shows there, not on narrow rows (a sequential bfloat16 sum of 50 terms is within 1 ulp
+of the pairwise one on ~98 % of N(0, 3) rows), and there two orders of a correct sum may differ by several
+ulps (torch's float32 sum of 32768 terms: up to 9) while staying far within the tolerance, which a
+sequential float16 / bfloat16 sum is not."""
+CASE_SOURCES = ("cases", "realistic")  # recorder sources whose rows are case rows (the rest: threshold families)
+
+
+def candidates(experiment: Experiment, fmt: Format) -> list[tuple[Method, Format]]:
+    """The simulated formulas an audit in format ``fmt`` compares the target with, as (method, the format it
+    computes in): every simulated method of ``experiment`` in ``fmt``, then under the precision policies a
+    kernel on ``fmt`` inputs commonly runs with (:func:`policy_candidates`).  A candidate in another format
+    has its output rounded once to ``fmt`` before it is compared, and is shown as ``method in <policy>``
+    (:func:`candidate_label`)."""
+    return [(m, computed) for computed in (fmt, *policy_candidates(fmt)) for m in experiment.methods]
+
+
+def policy_candidates(fmt: Format) -> tuple[Format, ...]:
+    """The policies a framework kernel on ``fmt`` inputs is compared with besides ``fmt`` itself: every
+    operation in float32 (``fmt@float32``: what torch's CPU kernels and fused GPU kernels do on 16-bit
+    inputs) and sums accumulated in float32 (``fmt+float32``), for formats narrower than float32; every
+    operation in float64 for float32.  None for float64 or for a policy (already a choice of arithmetic)."""
+    if fmt.is_policy or fmt.name == "float64":
+        return ()
+    if fmt.name == "float32":
+        return (format_or_policy("float32@float64"),)
+    return (format_or_policy(f"{fmt.name}@float32"), format_or_policy(f"{fmt.name}+float32"))
+
+
+def candidate_label(method: Method, computed: Format, fmt: Format) -> str:
+    """How a candidate is named: the method's name, with ``in <format>`` when it computes in another
+    format than the audit's."""
+    return method.name if computed.name == fmt.name else f"{method.name} in {computed.name}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The target beside one candidate over a set of points: ``points`` run, ``identical`` (bit for bit:
+    NaN = NaN, -0 = +0), ``within_ulp`` (identical or adjacent in the output format) and ``within_tolerance``
+    (relative difference at most the audit's tolerance) counts (see :mod:`stabilitylab.numerics.agreement`),
+    and their shares of ``points`` (NaN when there are none)."""
+
+    points: int = 0
+    identical: int = 0
+    within_ulp: int = 0
+    within_tolerance: int = 0
+
+    @property
+    def identical_share(self) -> float:
+        return self.identical / self.points if self.points else float("nan")
+
+    @property
+    def within_ulp_share(self) -> float:
+        return self.within_ulp / self.points if self.points else float("nan")
+
+    @property
+    def within_tolerance_share(self) -> float:
+        return self.within_tolerance / self.points if self.points else float("nan")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One simulated formula (``method`` computed in ``format``; ``label`` as shown) beside the target in one
+    output format: its :class:`Agreement` on the case rows (``cases``), on the wide ones among them
+    (``wide``, rows of at least :data:`WIDE_ROWS` classes) and on the threshold-family points
+    (``thresholds``)."""
+
+    method: str
+    format: str
+    label: str
+    cases: Agreement
+    wide: Agreement
+    thresholds: Agreement
+
+    @property
+    def score(self) -> float:
+        """The share that decides a match: the smaller of the within-1-ulp share on the case rows and the
+        within-tolerance share on the wide case rows (the first alone when there are no wide ones; 0 with no
+        case rows)."""
+        if not self.cases.points:
+            return 0.0
+        if not self.wide.points:
+            return self.cases.within_ulp_share
+        return min(self.cases.within_ulp_share, self.wide.within_tolerance_share)
+
+    @property
+    def matches(self) -> bool:
+        """Within 1 ulp on at least :data:`MATCH_SHARE` of the case rows, and within the tolerance on at least
+        that share of the wide case rows."""
+        return self.score >= MATCH_SHARE
+
+
+def _rank(c: Candidate, stable: bool, i: int) -> tuple:
+    """Best first: the candidates that match, then by bit-identical share on the case rows, then on the
+    threshold points, then by the match score (a format of 8 significant bits puts many formulas within 1
+    ulp of a target; the bit-identical share tells which arithmetic it runs); where the points cannot tell
+    candidates apart (every float64 formula rounds to the same float32 on realistic rows), the recommended
+    (``stable``) formulation first, then in listed order."""
+    share = lambda a: -float(np.nan_to_num(a.identical_share, nan=0.0))  # noqa: E731
+    return (not c.matches, share(c.cases), share(c.thresholds), -c.score, not stable, i)
+
+
 @dataclass(frozen=True)
 class Resemblance:
-    """The simulated method whose output equals the target's on the largest share of all
-    points run in one format (bit for bit; every NaN is one value and -0 = +0)."""
+    """Which simulated formula the target resembles in one format, decided on the case rows (the default
+    cases, the bug-report corpus and the realistic rows, or the user's rows), not on the threshold points.
+
+    ``candidates``: every candidate, best first (largest :attr:`Candidate.score`, then largest bit-identical
+    share on the case rows, then the experiment's order).  ``method``: the best candidate's label if it
+    matches (:attr:`Candidate.matches`), else None: "no simulated formula matches".  ``best`` names it either
+    way, ``share`` is its within-1-ulp share on the ``points`` case rows.  ``rows``: per case row in the order
+    run, ``width`` (classes), ``target`` (the target's value) and each candidate's value under its label
+    (float64 arrays; empty on a user's logits file, whose rows :attr:`AuditResult.rows` holds)."""
 
     dtype: str
-    method: str
+    method: str | None
+    best: str
     share: float
     points: int
-    shares: dict[str, float]  # every simulated method's share
+    candidates: tuple[Candidate, ...]
+    rows: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    match_share: float = MATCH_SHARE  # the rule's constants, for the renderers
+    wide_rows: int = WIDE_ROWS
+
+    @property
+    def matches(self) -> bool:
+        return self.method is not None
 
 
 @dataclass(frozen=True)
@@ -487,8 +652,12 @@ class Recorder:
         self.simulated, self.tolerance = simulated, tolerance
         self.source = "cases"
         self._order: dict[str, int] = {}
-        self.points: dict[str, int] = defaultdict(int)
-        self.same: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # per format, per candidate label, per part ("cases", "wide", "thresholds"):
+        # [points, identical, within 1 ulp, within the tolerance]
+        self.tally: dict[str, dict[str, dict[str, list[int]]]] = defaultdict(
+            lambda: defaultdict(lambda: {"cases": [0, 0, 0, 0], "wide": [0, 0, 0, 0], "thresholds": [0, 0, 0, 0]}))
+        self.candidates: dict[str, list[tuple[str, str, str]]] = {}  # format -> (method, format, label) in order
+        self.rows: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         self.versus: dict[tuple[str, str], list] = {}
         self.found: dict[tuple[str, str, str, str], tuple[Any, Witness]] = {}
         # set by the threshold search while it scans a dense window below a failure found: those
@@ -499,20 +668,49 @@ class Recorder:
         self.source = source
         self._order = {name: i for i, name in enumerate(names)}
 
+    def add(self, fmt: Format, label: str, part: str, points: int, same: int, near: int, close: int) -> None:
+        """Add counts to a candidate's tally (``part``: cases, wide or thresholds)."""
+        entry = self.tally[fmt.name][label][part]
+        for i, count in enumerate((points, same, near, close)):
+            entry[i] += count
+
+    def tolerance_of(self, fmt: Format) -> float:
+        return fmt.default_tolerance if self.tolerance is None else self.tolerance
+
     def __call__(self, fmt: Format, cases, inputs, outcome: Outcome) -> None:
         n = len(outcome.value)
-        if not self.windowed:
-            self.points[fmt.name] += n
         v = outcome.value
+        case_rows = self.source in CASE_SOURCES
+        witnesses = self.source != "realistic"  # realistic rows count for resembles only
+        widths = getattr(cases, "widths", None)
+        wide = (np.asarray(widths) >= WIDE_ROWS) if case_rows and widths is not None else np.zeros(n, dtype=bool)
+        if case_rows and not self.windowed:
+            kept = self.rows[fmt.name]
+            kept["width"].append(np.full(n, -1) if widths is None else np.asarray(widths, dtype=np.int64))
+            kept["target"].append(np.asarray(v, dtype=np.float64))
         target_fails = np.isin(outcome.status, METHOD_FAILURES)
         keys = None
-        for m in self.simulated.methods:
-            arith = Arith(fmt, n)
+        listed = self.candidates.setdefault(fmt.name, [])
+        for m, computed in candidates(self.simulated, fmt):
+            label = candidate_label(m, computed, fmt)
+            if (m.name, computed.name, label) not in listed:
+                listed.append((m.name, computed.name, label))
+            arith = Arith(computed, n)
             with np.errstate(all="ignore"):
                 sim = np.asarray(arith.deliver(m.kernel(arith, inputs))).astype(np.float64)
+                if computed.name != fmt.name:
+                    sim = fmt.round(sim).astype(np.float64)  # rounded once to the output format
             if not self.windowed:
-                self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
-            if m.truth is not None:
+                same, near = identical(sim, v), within_one_ulp(fmt, sim, v)
+                close = within_tolerance(self.tolerance_of(fmt), sim, v)
+                self.add(fmt, label, "cases" if case_rows else "thresholds", n, int(same.sum()), int(near.sum()),
+                         int(close.sum()))
+                if wide.any():
+                    self.add(fmt, label, "wide", int(wide.sum()), int(same[wide].sum()), int(near[wide].sum()),
+                             int(close[wide].sum()))
+                if case_rows:
+                    self.rows[fmt.name][label].append(sim)
+            if m.truth is not None or computed.name != fmt.name or not witnesses:
                 continue
             method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)
             guards = np.flatnonzero(method_fails & ~target_fails)
@@ -527,6 +725,8 @@ class Recorder:
                 j = int(guards[np.argmin(keys[guards])])
                 self._keep(fmt, cases, inputs, outcome, str(outcome.status[j]), f"guard:{m.name}", j, float(keys[j]),
                            smaller=True)
+        if not witnesses:
+            return
         self._keep_wide(fmt, cases, inputs, outcome)
         failing = np.flatnonzero(target_fails)
         if not failing.size:
@@ -596,14 +796,26 @@ class Recorder:
 
     # ---------------------------------------------------------- summaries
     def resembles(self, formats: Sequence[Format]) -> list[Resemblance]:
+        """Per format run: every candidate's agreement, best first, and the match decided on the case rows
+        (see :class:`Resemblance`)."""
         out = []
         for fmt in formats:
-            total = self.points.get(fmt.name, 0)
-            if not total:
+            listed = self.candidates.get(fmt.name)
+            if not listed:
                 continue
-            shares = {m: self.same[fmt.name][m] / total for m in self.simulated.method_names}
-            best = max(shares, key=lambda m: shares[m])
-            out.append(Resemblance(fmt.name, best, shares[best], total, shares))
+            tally = self.tally[fmt.name]
+            found = [Candidate(method, computed, label, Agreement(*tally[label]["cases"]),
+                               Agreement(*tally[label]["wide"]), Agreement(*tally[label]["thresholds"]))
+                     for method, computed, label in listed]
+            stable = {m.name for m in self.simulated.methods if m.stable}
+            order = sorted(range(len(found)), key=lambda i: _rank(found[i], found[i].method in stable, i))
+            ranked = tuple(found[i] for i in order)
+            best = ranked[0]
+            kept = self.rows.get(fmt.name, {})
+            rows = {k: np.concatenate(parts) for k, parts in kept.items() if parts}
+            out.append(Resemblance(fmt.name, best.label if best.matches else None, best.label,
+                                   float(np.nan_to_num(best.cases.within_ulp_share, nan=0.0)), best.cases.points,
+                                   ranked, rows))
         return out
 
     def versus_list(self, formats: Sequence[Format]) -> list[Versus]:
@@ -699,12 +911,21 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
                                   f"{GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]}.")
     recorder.start("cases", cases.names)
     progress("running the cases")
+    notes = []
     try:
         comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
+        if not own_cases:
+            batches = realistic_audit_cases(target.audited_experiment)
+            progress("running the realistic rows")
+            for batch in batches:
+                recorder.start("realistic", batch.names)
+                for fmt in chosen:
+                    evaluate(experiment, fmt, batch, tolerance=tolerance, fast_reference=True)
+            notes.append(f"'Which formula is it?' also counts {sum(len(b) for b in batches):,} realistic rows "
+                         f"({realistic_text(target.audited_experiment)}); they are not listed with the cases")
         rows = _search(experiment, chosen, families, tolerance, recorder, progress) if search else []
     except TargetError as exc:
         raise AuditError(f"{target.name}: {exc}") from None
-    notes = []
     if skipped:
         notes.append(f"{target.name} does not support {', '.join(skipped)} (supported: {', '.join(target.formats)}); "
                      "skipped")
@@ -761,11 +982,17 @@ def run_bulk(target: Target, formats: Sequence[Format], user, families: Sequence
     except TargetError as exc:
         raise AuditError(f"{target.name}: {exc}") from None
     summary.notes.extend(user.notes)
+    wide = summary.classes >= WIDE_ROWS
     for fmt in chosen:
-        recorder.points[fmt.name] += summary.rows
-        for m in simulated.methods:
+        listed = recorder.candidates.setdefault(fmt.name, [])
+        for m, computed in candidates(simulated, fmt):
+            if computed.name != fmt.name:  # the streaming path runs the simulated methods in the audit's format
+                continue
+            listed.append((m.name, computed.name, m.name))
             pair = summary.versus[fmt.name, m.name]
-            recorder.same[fmt.name][m.name] += pair.same
+            recorder.add(fmt, m.name, "cases", summary.rows, pair.same, pair.near, pair.close)
+            if wide:
+                recorder.add(fmt, m.name, "wide", summary.rows, pair.same, pair.near, pair.close)
             if m.truth is None:
                 recorder.versus[fmt.name, m.name] = [pair.target_only, pair.method_only,
                                                      [f"row={r}" for r in pair.examples]]

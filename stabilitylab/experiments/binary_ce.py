@@ -27,7 +27,7 @@ from ..numerics.formats import Format
 from . import predict
 from .base import Batch, Experiment, Family, Method, ParamNames, Prediction, Rows, Settings, Truth, stack_padded
 
-__all__ = ["Binary", "BINARY_CE", "binary_case"]
+__all__ = ["Binary", "BINARY_CE", "binary_case", "realistic_cases", "REALISTIC"]
 
 LOG_CLAMP = -100.0  # PyTorch BCELoss clamps log outputs at -100
 
@@ -67,6 +67,27 @@ def default_cases() -> Binary:
         binary_case("z=-20,y=1 (confident, wrong)", -20, 1),
         binary_case("z=1000,y=0", 1000, 0),
     ])
+
+
+REALISTIC = {"rows": 2000, "outputs": 10, "wide_rows": 8, "wide_outputs": 2**15, "sigma": 3.0, "seed": 20261207}
+
+
+def realistic_cases(rows: int = REALISTIC["rows"], outputs: int = REALISTIC["outputs"],
+                    wide_rows: int = REALISTIC["wide_rows"], wide_outputs: int = REALISTIC["wide_outputs"],
+                    sigma: float = REALISTIC["sigma"], seed: int = REALISTIC["seed"]) -> list[Binary]:
+    """Realistic rows for the audit's *resembles* (seeded ``numpy.random.default_rng(seed)``, PCG64), as
+    two batches (rows of one width each: no padding): ``rows`` rows of ``outputs`` logits drawn from
+    N(0, sigma**2) with labels 0 / 1 drawn with probability sigmoid(logit) (a calibrated model), then
+    ``wide_rows`` rows of ``wide_outputs`` drawn the same way: the loss sums over the outputs, and a sum
+    in another order than the simulated formulas' (pairwise) tells itself apart on the wide rows."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for n, k in ((rows, outputs), (wide_rows, wide_outputs)):
+        z = rng.normal(0.0, sigma, size=(n, k))
+        y = (rng.random(size=(n, k)) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
+        batches.append(Binary(tuple(f"realistic:N(0,{sigma:g}) x{k} #{i}" for i in range(n)), z, y,
+                              np.full(n, k, dtype=np.int64)))
+    return batches
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ __all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BAS
 
 COMPARE = "stabilitylab.compare/1"  # compare --format json (with --logits: its "user_logits" part)
 THRESHOLDS = "stabilitylab.thresholds/1"  # thresholds --format json
-AUDIT = "stabilitylab.audit/1"  # audit --format json
+AUDIT = "stabilitylab.audit/2"  # audit --format json (/2: "resembles" per candidate, case rows vs threshold points)
 TRAIN = "stabilitylab.train/1"  # train --format json
 FORMATS = "stabilitylab.formats/1"  # formats --format json
 TARGETS = "stabilitylab.targets/1"  # audit --list --format json

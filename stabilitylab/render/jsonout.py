@@ -142,13 +142,34 @@ def audit_document(audit) -> dict:
         "summary": _summary(audit.comparison, True),
         "findings": [{"experiment": e, "text": t} for e, t in findings(audit.comparison)],
         "thresholds": threshold_records(audit.thresholds),
-        "resembles": [{"dtype": r.dtype, "method": r.method, "share": r.share, "points": r.points,
-                       "shares": dict(r.shares)} for r in audit.resembles],
+        "resembles": [resemblance_record(r) for r in audit.resembles],
         "versus": [{"dtype": v.dtype, "method": v.method, "target_fails_method_ok": v.target_only,
                     "method_fails_target_ok": v.method_only, "examples": list(v.examples)} for v in audit.versus],
         "witnesses": [witness_record(w) for w in audit.witnesses],
         "notes": list(audit.notes),
     }
+
+
+def _agreement(a) -> dict:
+    return {"points": a.points, "identical": a.identical, "within_1_ulp": a.within_ulp,
+            "within_tolerance": a.within_tolerance, "identical_share": number(a.identical_share),
+            "within_1_ulp_share": number(a.within_ulp_share),
+            "within_tolerance_share": number(a.within_tolerance_share)}
+
+
+def resemblance_record(r) -> dict:
+    """One format of ``resembles`` (schema ``stabilitylab.audit/2``): ``method`` is the matching formula or
+    null ("no simulated formula matches"); ``best`` the best candidate either way; ``rule`` the constants
+    of the decision; ``candidates`` best first, each with its agreement on the case rows, the wide case
+    rows and the threshold points (counts and shares; a share is "nan" where there are no points)."""
+    return {"dtype": r.dtype, "method": r.method, "matches": r.method is not None, "best": r.best,
+            "share": number(r.share), "points": r.points,
+            "rule": {"within_1_ulp_share_of_case_rows": r.match_share,
+                     "within_tolerance_share_of_wide_case_rows": r.match_share, "wide_rows_classes": r.wide_rows},
+            "candidates": [{"method": c.method, "format": c.format, "label": c.label, "matches": c.matches,
+                            "score": number(c.score), "case_rows": _agreement(c.cases),
+                            "wide_case_rows": _agreement(c.wide), "threshold_points": _agreement(c.thresholds)}
+                           for c in r.candidates]}
 
 
 def witness_record(w) -> dict:

@@ -386,6 +386,61 @@ BLACK_BOX_RULE = ("A black box shows no IEEE events, so no cause is named: its s
                   "for an undefined loss (every logit -inf) is ok.")
 
 
+def _pct(share: float) -> str:
+    return "—" if share != share else f"{share:.1%}"  # NaN: no such points
+
+
+def match_rule(resembles) -> str:
+    """The rule that names the formula a target resembles, with the constants the audit used
+    (``Resemblance.match_share`` / ``wide_rows``)."""
+    if not resembles:
+        return ""
+    share, wide = resembles[0].match_share, resembles[0].wide_rows
+    return (f"Resembles is decided on the case rows (the default cases, the bug-report corpus and seeded realistic "
+            f"rows, or your rows), not on the threshold points: a simulated formula matches when its output is "
+            f"within 1 ulp of the target's on at least {share:.0%} of the case rows and, on the wide case "
+            f"rows (at least {wide:,} classes, where the order of a long sum shows), within the tolerance "
+            f"(relative) on at least {share:.0%} of them; below that: no simulated formula matches. Within "
+            "1 ulp: equal, or both finite and neighbours in the output format (-0 = +0, NaN = NaN, an infinity "
+            "only equals itself); bit-identical: equal.")
+
+
+def resembles_sentence(name: str, r) -> str:
+    """One line per format: the formula matched, or that none is, with the best candidate's shares."""
+    c = r.candidates[0]
+    shares = (f"within 1 ulp on {_pct(c.cases.within_ulp_share)} of {c.cases.points:,} case rows, bit-identical "
+              f"on {_pct(c.cases.identical_share)}")
+    if c.wide.points:
+        shares += f"; within the tolerance on {_pct(c.wide.within_tolerance_share)} of {c.wide.points:,} wide rows"
+    if c.thresholds.points:
+        shares += (f"; threshold points: within 1 ulp {_pct(c.thresholds.within_ulp_share)}, bit-identical "
+                   f"{_pct(c.thresholds.identical_share)}")
+    if r.method is not None:
+        return f"{name}, {r.dtype}: resembles {r.method} ({shares})"
+    return f"{name}, {r.dtype}: no simulated formula matches (best: {c.label}, {shares})"
+
+
+def resembles_table(resembles) -> Table:
+    """Every candidate per format, best first, with its shares (a candidate computed in another format
+    than the audit's is named ``method in <format>``)."""
+    rows = []
+    for r in resembles:
+        for i, c in enumerate(r.candidates):
+            verdict = ("matches" if c.matches else "best, no match") if i == 0 else ("matches" if c.matches else "")
+            rows.append([Cell(r.dtype), Cell(c.label), Cell(verdict, "ok" if c.matches else
+                                                            "inaccurate" if i == 0 else None),
+                         Cell(_pct(c.cases.within_ulp_share)), Cell(_pct(c.cases.identical_share)),
+                         Cell(f"{c.cases.points:,}"),
+                         Cell(_pct(c.wide.within_tolerance_share)), Cell(_pct(c.wide.within_ulp_share)),
+                         Cell(f"{c.wide.points:,}"),
+                         Cell(_pct(c.thresholds.within_ulp_share)), Cell(_pct(c.thresholds.identical_share)),
+                         Cell(f"{c.thresholds.points:,}")])
+    return Table("Resembles: every simulated formula beside the target, best first (shares of points; ≤1 ulp: "
+                 "within 1 ulp of the output format)",
+                 ["format", "candidate", "verdict", "case rows ≤1 ulp", "identical", "rows", "wide rows ≤tol",
+                  "≤1 ulp", "wide", "threshold points ≤1 ulp", "identical", "points"], rows, labels=(0, 1))
+
+
 def audit_sections(audit, max_cases: int | None = None, max_findings: int | None = None,
                    cases: list[Section] | None = None) -> list[Section]:
     """The audit: what was run, the compare tables (or ``cases``: the sections of the user's rows),
@@ -400,13 +455,8 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
     )
     sections = [head, *(compare_sections(audit.comparison, max_cases, max_findings) if cases is None else cases)]
     formats = {f.name: f for f in audit.formats}
-    rows = []
-    for r in audit.resembles:
-        others = ", ".join(f"{m} {s:.1%}" for m, s in sorted(r.shares.items(), key=lambda kv: -kv[1]) if m != r.method)
-        rows.append([Cell(r.dtype), Cell(r.method), Cell(f"{r.share:.1%}"), Cell(f"{r.points:,}"), Cell(others)])
-    resembles = Table("Resembles: the simulated method equal to the target bit for bit on the most points "
-                      "(NaN = NaN, -0 = +0)", ["format", "resembles", "share", "points run", "other methods"], rows)
-    bullets = [f"{target.name}, {r.dtype}: {r.method} on {r.share:.1%} of points" for r in audit.resembles]
+    resembles, bullets = resembles_table(audit.resembles), [resembles_sentence(target.name, r)
+                                                            for r in audit.resembles]
     versus_rows = []
     for v in audit.versus:
         if not (v.target_only or v.method_only):
@@ -418,7 +468,8 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
                    ["format", "simulated method", "target fails, method ok", "method fails, target ok",
                     "first cases the target fails"], versus_rows, labels=(0, 1))
     tables = [resembles] + ([versus] if versus_rows else [])
-    sections.append(Section("Which formula is it?", bullets=bullets, tables=tables))
+    sections.append(Section("Which formula is it?", paragraphs=[match_rule(audit.resembles)], bullets=bullets,
+                            tables=tables))
     if audit.thresholds:
         sections.append(Section("Thresholds", paragraphs=[
             "The same search as `stabilitylab thresholds`, on the target: formats of at most 16 bits are scanned "

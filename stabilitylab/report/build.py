@@ -26,6 +26,7 @@ from ..analysis.engine import compare, evaluate
 from ..analysis.findings import VERB, threshold_findings
 from ..analysis.parallel import fork_pool, worker_count
 from ..analysis.thresholds import family_thresholds
+from ..auditing.core import MATCH_SHARE, WIDE_ROWS
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings, shortest
 from ..experiments.likelihood import LIKELIHOOD, iid
@@ -371,6 +372,22 @@ def _audit_panels(formats: tuple[str, ...], audits: list[dict], log1p: dict) -> 
     return panels
 
 
+def _resembles_cell(r) -> Cell:
+    """A kernel's resemblance in one format: the formula matched with its shares on the case rows, or 'no
+    formula matches' with the best candidate's."""
+    if r is None:
+        return Cell("—")
+    c = r.candidates[0]
+    shares = f"{c.cases.within_ulp_share:.1%} / {c.cases.identical_share:.1%}"
+    if r.method is not None:
+        return Cell(f"{r.method} {shares}")
+    if c.cases.within_ulp_share < r.match_share:
+        short = f"{c.cases.within_ulp_share:.1%} of case rows within 1 ulp"
+    else:
+        short = f"{c.wide.within_tolerance_share:.1%} of wide rows within tolerance"
+    return Cell(f"no formula matches (best {c.label}: {short})", "inaccurate")
+
+
 def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, missing: list[str]) -> list[str]:
     """The audit section: every installed softmax_ce framework kernel of REPORT_TARGETS: resembles, the
     confident family's thresholds, the cases they lose that the log1p form keeps, and a figure of error
@@ -380,8 +397,11 @@ def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, 
              "`stabilitylab audit` runs a real kernel through the same cases (the defaults and inputs from public "
              "bug reports), exact references, status rule and threshold search as the simulated formulas. A black "
              "box shows no IEEE events: its status is read from its value (inf, nan, inaccurate, error), never a "
-             "claimed cause. *Resembles* names the simulated formula equal to the kernel bit for bit on the most "
-             "points run."]
+             "claimed cause. *Resembles* names the simulated formula whose output is within 1 ulp of the kernel's "
+             "on the most case rows (defaults, corpus and seeded realistic rows), if it is within 1 ulp on at "
+             f"least {MATCH_SHARE:.0%} of them (and within the tolerance on {MATCH_SHARE:.0%} of the wide ones, "
+             f"at least {WIDE_ROWS:,} classes); otherwise the cell says no formula matches and names the best. "
+             "Shares: within 1 ulp / bit-identical, on the case rows."]
     if missing:
         lines += ["", f"Not installed here, so not audited: {', '.join(missing)}."]
     if len(missing) == len(REPORT_TARGETS):
@@ -393,8 +413,7 @@ def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, 
         a = results[name]
         version = ", ".join(f"{k} {v}" for k, v in a["environment"].items() if k != "device")
         by_dtype = {r.dtype: r for r in a["resembles"]}
-        res_rows.append([Cell(name), Cell(version)] + [
-            Cell(f"{by_dtype[f].method} {by_dtype[f].share:.1%}" if f in by_dtype else "—") for f in formats])
+        res_rows.append([Cell(name), Cell(version)] + [_resembles_cell(by_dtype.get(f)) for f in formats])
         by_t = {t.dtype: t for t in a["thresholds"]}
         cells = []
         for f in formats:
@@ -414,7 +433,8 @@ def _audit_lines(formats: tuple[str, ...], results: dict[str, dict], simulated, 
             cells.append(Cell(value if t.exact_inaccurate else f"≤ {value}" if t.first_inaccurate is not None
                               else "none found"))  # (not '≤ never': nothing was found, and not proven)
         thr_rows.append([Cell(f"(simulated) {method}"), Cell("stabilitylab")] + cells)
-    lines += ["", table_md(Table("Resembles: the simulated formula equal to the kernel on the most points",
+    lines += ["", table_md(Table("Resembles: the simulated formula within 1 ulp of the kernel on the most case rows "
+                                 "(shares: within 1 ulp / bit-identical)",
                                  header, res_rows), 3),
               table_md(Table("confident family ([0, -d], label 0): first d at which the loss is inaccurate "
                              "(≤ x: a bound; black boxes in float32 / float64 are scanned by points)",
