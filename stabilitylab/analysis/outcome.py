@@ -18,9 +18,11 @@ format (round to nearest, ties to even; see :meth:`Exact.rounded`):
    * ``ok``     otherwise (including a correctly rounded subnormal result, whose
      relative error may exceed the tolerance: the metrics still show it).
 
-2. **v is NaN, +-inf or 0** (and not cr): the value is lost.  Its status names
+2. **v is NaN, +-inf or 0** (and not cr), or **+-max where an infinity was
+   saturated** in a saturating format (``float8_e4m3fn:saturate``, fp6, fp4: the
+   finite value it gives where others give inf): the value is lost.  Its status names
    the root cause, the same in every format (float8_e4m3fn included, where an
-   overflow *is* a NaN):
+   overflow *is* a NaN, and the saturating ones, where it is +-max):
 
    * the first ``overflow`` / ``underflow`` event seen while computing v, if any
      (0.1**100 underflows to 0, then -log(0) = inf: ``underflow``; exp(d)
@@ -239,15 +241,19 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
     cr = exact.rounded(fmt)
-    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN)
-    beyond = ~np.isnan(exact.hi) & ~np.isfinite(cr) & (np.isfinite(exact.hi) | np.isnan(cr))
+    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN); a
+    # saturating format's cr is +-max there, so its twin that overflows to +-inf tells
+    wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
+    beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
     nan, inf = np.isnan(v), np.isinf(v)
     undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
     same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
     out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     pole = arith.first_step("divide_by_zero") != NEVER
-    lost = ~same & (nan | inf | (v == 0))
+    # a saturating format gives +-max where others give +-inf: lost too, where an infinity was saturated
+    saturated = (np.abs(v) == fmt.max) & arith.saturated if fmt.saturates and not black_box else False
+    lost = ~same & (nan | inf | (v == 0) | saturated)
 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
@@ -262,7 +268,7 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
             messages[rows] = list(arith.errors.values())
         return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy(), messages)
     # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
-    infinite = inf | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
+    infinite = inf | saturated | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
     status[lost & nan] = "nan"
     status[lost & infinite] = "overflow"
     status[lost & infinite & pole] = "underflow"

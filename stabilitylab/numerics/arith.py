@@ -30,6 +30,12 @@ the operands and the result:
     a mathematically undefined operation on non-NaN operands:
     ``0 / 0``, ``inf - inf``, ``0 * inf``, ``log(x < 0)``.
 
+A format whose conversion hides an event (``:saturate`` variants and fp6 / fp4: overflow and
+infinities become +-max; fp6 / fp4 store a NaN as a zero) is computed in its
+:attr:`~stabilitylab.numerics.formats.Format.held_twin` (the same values, overflow to +-inf, NaN
+kept), so the events above are seen; then +-inf becomes +-max.  A NaN stays NaN in those formats
+(the values are held in float32): a lost value is shown as lost, not as ml_dtypes' zero.
+
 With ``ftz=True`` every subnormal input and result is flushed to (signed) zero,
 as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
 non-zero value is an ``underflow``.
@@ -151,13 +157,15 @@ class Arith:
         # there, rounding each result with integer bit operations (Format.round32): the same values, bit
         # for bit, as the format's own dtype, whose arithmetic numpy / ml_dtypes emulate slowly (and whose
         # import costs 0.5-1.2 s); external() hands a black box its inputs in the format's own dtype
-        self.fast = fast and fmt.precision <= 11
+        self._held = fmt.held_twin  # rounds like fmt but keeps overflow (+-inf) and NaN visible: see _settle
+        self.fast = (fast or self._held is not fmt) and fmt.precision <= 11
         self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
         self.rows = rows
         self.ftz = ftz
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
+        self.saturated = np.zeros(rows, dtype=bool)  # an infinity became +-max in the row (saturating formats)
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
         self._wide = wide_dtype(fmt)  # where * / exp of the format's values are (nearly) exact, or None
         self._memo: dict = {}  # shared by forks: see _shared
@@ -169,6 +177,7 @@ class Arith:
         other.__dict__.update(self.__dict__)
         other.first = self.first.copy()
         other.input_lost = self.input_lost.copy()
+        other.saturated = self.saturated.copy()
         other.errors = dict(self.errors)
         other._logs = []
         return other
@@ -235,12 +244,12 @@ class Arith:
             if y.size > _BLOCK and y.base is None and y.dtype == np.float32:  # (a fresh result: rounded in place,
                 flat = y.reshape(-1)                                         # in blocks, elementwise)
                 for start in range(0, flat.size, _BLOCK):
-                    flat[start:start + _BLOCK] = self.fmt.round32(flat[start:start + _BLOCK])
+                    flat[start:start + _BLOCK] = self._held.round32(flat[start:start + _BLOCK])
             else:
-                y = self.fmt.round32(y)
+                y = self._held.round32(y)
         y = self._flush(y)
         if self.quiet:
-            return y
+            return self._settle(y)
         if self._finite_normal(y):
             return y  # finite, normal, non-zero results: no event is possible
         if exact_nonzero is None and self._finite_normal(y, tiny=0):
@@ -254,6 +263,18 @@ class Arith:
                 self._look(y[:, cols], [a[:, cols] for a in whole], where, **checks)
         else:
             self._look(y, operands, where, **checks)
+        return self._settle(y)
+
+    def _settle(self, y):
+        """The format's own convention applied after the events were noted: +-inf -> +-max where it
+        saturates (NaN stays NaN); the rows where that happened are marked in :attr:`saturated`."""
+        if not self.fmt.saturates:
+            return y
+        inf = np.isinf(y)
+        if inf.any():
+            y = np.where(inf, np.copysign(y.dtype.type(self.fmt.max), y), y).astype(y.dtype, copy=False)
+            if not self.quiet and inf.ndim and inf.shape[0] == self.rows:
+                self.saturated |= inf.reshape(self.rows, -1).any(axis=1)
         return y
 
     def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide) -> None:
@@ -327,13 +348,13 @@ class Arith:
         per_row = (masks[0] | masks[1]).reshape(self.rows, -1).any(axis=1)
         self.input_lost |= per_row if where is None else per_row & where
         self._note("subnormal", masks[2], where)
-        return y
+        return self._settle(y)
 
     def _load_block(self, x: np.ndarray):
         """Inputs (float64) rounded to the format, and the masks of inputs that overflow, underflow
         to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
-            y = self._flush(self.fmt.round(x, self.dtype))
+            y = self._flush(self._held.round(x, self.dtype))
             finite = np.isfinite(x)
             masks = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0),
                      (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x)]
@@ -341,7 +362,8 @@ class Arith:
 
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the format (no events: constants are chosen)."""
-        return self.fmt.round(value, self.dtype)
+        with np.errstate(all="ignore"):
+            return self._settle(self._held.round(value, self.dtype))
 
     def add(self, a, b, where=None):
         with np.errstate(all="ignore"):
@@ -373,19 +395,19 @@ class Arith:
     @_shared
     def exp(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.exp(self.fmt, self._own(x)), (x,), where=where,
+            return self._finish(crmath.exp(self._held, self._own(x)), (x,), where=where,
                                 exact_nonzero=lambda x: np.ones(np.shape(x), bool), wide=np.exp, rounded=True)
 
     @_shared
     def log(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.log(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < 0,
+            return self._finish(crmath.log(self._held, self._own(x)), (x,), where=where, invalid=lambda x: x < 0,
                                 pole=lambda x: x == 0, rounded=True)
 
     @_shared
     def log1p(self, x, where=None):
         with np.errstate(all="ignore"):
-            return self._finish(crmath.log1p(self.fmt, self._own(x)), (x,), where=where, invalid=lambda x: x < -1,
+            return self._finish(crmath.log1p(self._held, self._own(x)), (x,), where=where, invalid=lambda x: x < -1,
                                 pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p,
                                 rounded=True)
 
@@ -498,7 +520,8 @@ class Arith:
 
         for start in range(0, self.rows, EXTERNAL_CHUNK):
             call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
-        return self.fmt.round(out, self.dtype)
+        with np.errstate(all="ignore"):
+            return self._settle(self._held.round(out, self.dtype))
 
     def _native(self, a: np.ndarray) -> np.ndarray:
         """Format values as the format's own dtype (``fast`` holds them in float32; the target must see

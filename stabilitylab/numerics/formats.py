@@ -19,8 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["Format", "FORMATS", "DEFAULT_FORMATS", "ALL_FORMATS", "EVERY_FORMAT", "SATURATE_SUFFIXES", "get_format",
-           "format_names", "round_bits"]
+__all__ = ["Format", "FORMATS", "DEFAULT_FORMATS", "ALL_FORMATS", "EVERY_FORMAT", "SATURATE_SUFFIXES", "chosen",
+           "get_format", "format_names", "round_bits"]
 
 _NUMPY_NATIVE = ("float16", "float32", "float64")
 _NAN_ENCODINGS = ("ieee", "fn", "fnuz", "none")
@@ -420,6 +420,23 @@ assert len(_BY_NAME) == sum(1 + len(f.aliases) for f in FORMATS.values()) + sum(
 def format_names() -> list[str]:
     """Canonical names, then 'all' and 'every'."""
     return [*FORMATS, "all", "every"]
+
+
+def chosen(name: str, scales: bool = False) -> tuple[Format, ...]:
+    """What ``-d NAME`` means: ``all`` (:data:`ALL_FORMATS`), ``every`` (:data:`EVERY_FORMAT`) or one
+    format by name or alias.  An unknown name is a KeyError, a scale format (unless ``scales``: the
+    ``formats`` command lists them) a ValueError, each with a one-line message."""
+    key = name.strip().lower()
+    if key == "all":
+        return ALL_FORMATS
+    if key == "every":
+        return EVERY_FORMAT
+    fmt = get_format(name)
+    if fmt.scale_only and not scales:
+        raise ValueError(f"{fmt.name} is an unsigned scale format (the block scale of MX / NV formats: no negative "
+                         f"values{', no zero' if not fmt.has_zero else ''}); an experiment cannot compute in it "
+                         "(-d every lists the formats that can)")
+    return (fmt,)
 
 
 def get_format(name: str) -> Format:

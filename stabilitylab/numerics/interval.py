@@ -195,7 +195,11 @@ class IntervalArith:
     experiment on one instance and their common steps are computed once."""
 
     def __init__(self, fmt: Format, rows: int, ftz: bool = False):
-        self.fmt, self.rows, self.ftz = fmt, rows, ftz
+        # a saturating format is bounded through its twin that overflows to +-inf: an enclosure reaching
+        # +-inf contains the +-max the format gives, and an infinite error bound certifies nothing there
+        # (the error of a saturated result is not u |y|)
+        self.fmt, self.rows, self.ftz = fmt.held_twin, rows, ftz
+        self._saturate = fmt.max if fmt.saturates else None  # +-inf enclosure ends become +-max (see _result)
         self._shared: dict = {}
         self.dtype = np.dtype(np.float64)
         self.wide = wide_dtype(fmt)
@@ -226,7 +230,8 @@ class IntervalArith:
         return np.asarray(x).astype(self.wide)
 
     def _own(self, x) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64).astype(self.fmt.dtype)
+        """Format values in the format's dtype, or in float32 for a twin (whose conversion the dtype's is not)."""
+        return np.asarray(x, dtype=np.float64).astype(np.float32 if self.fmt.held else self.fmt.dtype)
 
     def _flush(self, x: np.ndarray) -> np.ndarray:
         return np.where(np.abs(x) < self.fmt.tiny, 0.0, x) if self.ftz else x
@@ -260,12 +265,18 @@ class IntervalArith:
             lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
             xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
             err = np.where(_bad(err) | ~np.isfinite(size), np.inf, err)
+            if self._saturate is not None:  # the format gives +-max for +-inf (monotone: still an enclosure);
+                top = self._saturate        # the error bound stays infinite there (size above)
+                lo, hi = np.clip(lo, -top, top), np.clip(hi, -top, top)
         return Bounds(lo, hi, xlo, xhi, err)
 
     def _op(self, f, *args) -> np.ndarray:
         """f on format arrays, as Arith computes it (correctly rounded), as float64."""
         with np.errstate(all="ignore"):
-            return np.asarray(f(*(self._own(a) for a in args))).astype(np.float64)
+            y = np.asarray(f(*(self._own(a) for a in args)))
+            if self.fmt.held:  # float32 + - * / of format values, rounded once: as Arith computes
+                y = self.fmt.round32(y)
+            return y.astype(np.float64)
 
     # ------------------------------------------------------------ bookkeeping Arith offers
     def fork(self) -> "IntervalArith":
