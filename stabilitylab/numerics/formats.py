@@ -280,7 +280,9 @@ class Format:
         if self.native:
             return str(self.dtype.type(value))
         with np.errstate(all="ignore"):
-            y = round_bits(np.array([value], dtype=np.float64).astype(np.float32), self)
+            x = np.array([value], dtype=np.float64)
+            # (ml_dtypes converts a float64 to its unsigned scale formats directly: 1e-46 is not 0 -> NaN first)
+            y = round_bits(x if self.scale_only else x.astype(np.float32), self)
         return "%g" % float(y[0])
 
     def __str__(self) -> str:
