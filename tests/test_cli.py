@@ -574,7 +574,8 @@ def test_formats_json_matches_finfo(capsys):
             really_has_inf = bool(np.isinf(np.array(np.inf).astype(dtype)))
         assert f["has_inf"] is really_has_inf, f["name"]
         assert f["has_inf"] is (f["nan"] == "ieee")
-        assert (f["overflow"] == "saturate") is (":saturate" in f["name"] or f["name"].startswith(("float6_", "float4_")))
+        saturating = ":saturate" in f["name"] or f["name"].startswith(("float6_", "float4_"))
+        assert (f["overflow"] == "saturate") is saturating
 
 
 def test_formats_dtype_selection(capsys):

@@ -153,3 +153,20 @@ def test_a_saturated_value_is_an_overflow():
     exact = from_longdouble(np.array([400.0]), np.array([False]))
     assert classify(SAT, total, exact, a).status.tolist() == ["overflow"]
     assert classify(SAT, s, exact, a).status.tolist() == ["inaccurate"]  # finite and wrong: rule 3
+
+
+def test_running_sums_record_the_overflow_they_saturate():
+    """The sequential and Kahan loops (computed outside Arith's operations) saturate at every step in a
+    saturating format and record the overflow (found by the same loop in the held twin); NaN in float8_e4m3fn.
+    240 + 240 = 480 -> 448 (saturated); + 240: 448 again.  Kahan in the saturating format: t = 448,
+    c = (448 - 240) - 240 = -32, y = 240 + 32 = 272, t = 448 + 272 -> 448: 448."""
+    from stabilitylab.experiments import accumulation
+
+    for fmt, want in ((SAT, [448.0, 96.0]), (E4M3FN, [np.nan, 96.0])):
+        for kernel in (accumulation.sequential, accumulation.kahan):
+            a = Arith(fmt, 2)
+            x = accumulation.load(a, accumulation.Terms(("big", "small"), np.array([240.0, 32.0]), np.array([3, 3])))
+            got = kernel(a, x)
+            np.testing.assert_array_equal(got, want)
+            assert a.events() == [("overflow",), ()]
+            assert a.saturated.tolist() == [fmt.saturates, False]

@@ -73,8 +73,21 @@ def _finish(a: Arith, values: np.ndarray, overflowed: np.ndarray) -> np.ndarray:
         return values.astype(a.dtype)
 
 
+def _loop(a: Arith, loop, x: Loaded) -> np.ndarray:
+    """A running-sum loop in the format, every step rounded by its own convention (a saturating format: +-max
+    at each step, as its hardware would).  Its overflow mask comes from the same loop in the format's held twin
+    (overflow to +-inf): both take the same steps up to the first overflow, so they overflow alike."""
+    values, overflowed = loop(a.fmt, x.values, x.repeat, a.ftz)
+    twin = a.fmt.held_twin
+    if twin is not a.fmt:
+        _, overflowed = loop(twin, x.values, x.repeat, a.ftz)
+        if a.fmt.saturates:
+            a.saturated |= overflowed  # the status rule reads a +-max of these rows as an overflow
+    return _finish(a, values, overflowed)
+
+
 def sequential(a: Arith, x: Loaded):
-    return _finish(a, *running.plain(a.fmt, x.values, x.repeat, a.ftz))
+    return _loop(a, running.plain, x)
 
 
 def pairwise(a: Arith, x: Loaded):
@@ -82,7 +95,7 @@ def pairwise(a: Arith, x: Loaded):
 
 
 def kahan(a: Arith, x: Loaded):
-    return _finish(a, *running.kahan(a.fmt, x.values, x.repeat, a.ftz))
+    return _loop(a, running.kahan, x)
 
 
 def wider(fmt: Format) -> Format | None:

@@ -267,7 +267,8 @@ class Arith:
 
     def _settle(self, y):
         """The format's own convention applied after the events were noted: +-inf -> +-max where it
-        saturates (NaN stays NaN); the rows where that happened are marked in :attr:`saturated`."""
+        saturates (NaN stays NaN); the rows where that happened are marked in :attr:`saturated` (the
+        running sums, which round by the format's own convention, mark theirs themselves)."""
         if not self.fmt.saturates:
             return y
         inf = np.isinf(y)
