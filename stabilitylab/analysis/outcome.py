@@ -180,8 +180,11 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
     * bad: v would fail unless it is cr (NaN, +-inf, 0 after an event, or a relative error
       above the tolerance by that margin), and it is known not to be cr: v is too far from
       x to be its rounding (more than half an ulp of the format away, a 0 where |x| is
-      above half the smallest subnormal, a NaN or inf where |x| is below ``max``), or every
+      above half the smallest subnormal, a NaN or inf where |x| is below ``max``; in a
+      saturating format not where the band reaches ``max``, beyond which cr is +-max), or every
       x of the band rounds to the same cr (:meth:`Exact.near_boundary`) and v is not it.
+      In a saturating format a +-max with an event is never decided "not bad" (it may be a
+      saturated infinity, which classify calls lost: :attr:`Arith.saturated`).
 
     An approximate value of 0 (flagged exactly zero, or below the reference's range) is
     taken as it is, as classify takes it: v fails there unless it is 0.  Rows whose
@@ -202,6 +205,8 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
         passes &= np.isfinite(hi) & ~approx.zero
         if tol >= 0.5:  # only then can a 0 (relative error 1) be within the tolerance
             passes &= ~((v == 0) & events)
+        if fmt.saturates:  # a +-max after an overflow may be a saturated infinity (lost): not decided here
+            passes &= ~((np.abs(v) == fmt.max) & events)
     zero = hi == 0
     bad = np.where(zero, v != 0, False)
     decided = passes | zero
@@ -219,6 +224,8 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
         apart = np.where(finite & (w != 0), d > fmt.ulp(m + band) / 2 + band,
                          np.where(w == 0, m - band > fmt.smallest_subnormal / 2, m + band < fmt.max))
         apart &= s[rows] == 0
+        if fmt.saturates:  # where x may lie beyond max, cr is +-max: a finite v far from x may still be it
+            apart &= ~(finite & (m + band >= fmt.max))
     bad[rows] = fails & apart
     decided[rows] = fails & apart
     near = np.flatnonzero(fails & ~apart)  # is v cr? only if the whole band rounds alike
