@@ -606,3 +606,13 @@ def test_python_dash_m_help():
     assert proc.returncode == 0, proc.stderr
     assert "compare" in proc.stdout and "formats" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_every_format_runs_and_a_scale_format_is_one_line(capsys):
+    """-d every: every format experiments can use, each with results; -d e8m0 (a scale): exit 2, one line."""
+    doc = run_json(capsys, "compare", "-e", "likelihood", "-d", "every")
+    assert sorted({r["dtype"] for r in doc["results"]}) == sorted(f.name for f in FORMATS.values() if f.signed)
+    code, out, err = run(capsys, "thresholds", "-e", "likelihood", "-d", "e8m0")
+    assert_usage_error(code, out, err, "float8_e8m0fnu is an unsigned scale format")
+    doc = run_json(capsys, "compare", "-e", "softmax_ce", "-d", "e4m3fn:sat", "-d", "e4m3")
+    assert {r["dtype"] for r in doc["results"]} == {"float8_e4m3fn:saturate", "float8_e4m3fn"}
