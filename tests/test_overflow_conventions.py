@@ -170,3 +170,37 @@ def test_running_sums_record_the_overflow_they_saturate():
             np.testing.assert_array_equal(got, want)
             assert a.events() == [("overflow",), ()]
             assert a.saturated.tolist() == [fmt.saturates, False]
+
+
+def test_saturated_rows_respect_where_and_shared_results():
+    """Rows outside ``where`` are computed but not used: their saturation is not theirs (as their events); a
+    fork that reuses a shared result gets its saturated rows too."""
+    a = Arith(SAT, 2)
+    x = a.load(np.array([300.0, 300.0]))
+    a.add(x, x, where=np.array([False, True]))
+    assert a.saturated.tolist() == [False, True]
+    b = Arith(SAT, 1)
+    z = b.load(np.array([[300.0, 300.0]]))
+    first, second = b.fork(), b.fork()
+    first.shift(first.exp(z))  # exp(300) saturates; shared by the forks
+    assert first.saturated.tolist() == [True]
+    second.exp(z)
+    assert second.saturated.tolist() == [True] and second.events() == [("overflow",)]
+
+
+def test_thresholds_first_failure_counts_a_saturated_infinity(capsys):
+    """A +-max that replaced an infinity is the saturating format's 'first failure', where the nan convention's
+    value is NaN: the same parameters for the sums that overflow."""
+    from stabilitylab.cli import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["thresholds", "-e", "accumulation", "-e", "likelihood", "-d", "e4m3fn", "-d", "e4m3fn:sat",
+                  "--format", "json"], prog_name="stabilitylab")
+    assert done.value.code == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["thresholds"]
+    by = {(r["family"], r["method"], r["dtype"]): r["first_failure"] for r in rows}
+    for family, method in (("ones", "pairwise"), ("ones", "wide"), ("iid", "sum_log"), ("iid", "product")):
+        plain, sat = by[(family, method, "float8_e4m3fn")], by[(family, method, "float8_e4m3fn:saturate")]
+        assert plain is not None and sat == plain, (family, method, plain, sat)

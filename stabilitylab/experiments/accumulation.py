@@ -167,7 +167,7 @@ def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | N
                           "n* = floor(2^p / (1 - t)) + 1: the loop stops growing at 2^p (s + 1 rounds back "
                           "to s), and the relative error (n - 2^p)/n passes the tolerance t (default sqrt(u))",
                           proof=True)
-    if method == "pairwise":
+    if method == "pairwise" and not fmt.saturates:  # (saturating: the sum stops at max, no failure to predict)
         limit, tie = predict.overflow_bound(fmt)
         n = int(mpmath.floor(limit)) + (0 if tie and limit == int(limit) else 1)
         return Prediction(n, "first_failure", "n* ~ max + ulp(max)/2: the sum of n ones passes the largest finite "

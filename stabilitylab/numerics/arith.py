@@ -58,6 +58,7 @@ __all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUN
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
+_SATURATED = "saturated"  # recorded beside the events for _shared's replay
 NEVER = np.iinfo(np.int64).max
 _BLOCK = 2**20  # values per block where a wide row is rounded or checked piecewise (issue #18)
 EXTERNAL_CHUNK = 2**16  # rows per call of an external function (a 32k-point scan is one call)
@@ -133,6 +134,9 @@ def _shared(method):
             return result
         result, log, steps, _ = hit
         for offset, event, rows in log:
+            if event == _SATURATED:  # (not an IEEE event: the rows whose infinity became +-max)
+                self.saturated |= rows
+                continue
             row = self.first[_INDEX[event]]
             np.copyto(row, self.step + offset, where=rows & (row == NEVER))
         self.step += steps
@@ -249,7 +253,7 @@ class Arith:
                 y = self._held.round32(y)
         y = self._flush(y)
         if self.quiet:
-            return self._settle(y)
+            return self._settle(y, where)
         if self._finite_normal(y):
             return y  # finite, normal, non-zero results: no event is possible
         if exact_nonzero is None and self._finite_normal(y, tiny=0):
@@ -263,9 +267,9 @@ class Arith:
                 self._look(y[:, cols], [a[:, cols] for a in whole], where, **checks)
         else:
             self._look(y, operands, where, **checks)
-        return self._settle(y)
+        return self._settle(y, where)
 
-    def _settle(self, y):
+    def _settle(self, y, where=None):
         """The format's own convention applied after the events were noted: +-inf -> +-max where it
         saturates (NaN stays NaN); the rows where that happened are marked in :attr:`saturated` (the
         running sums, which round by the format's own convention, mark theirs themselves)."""
@@ -275,7 +279,12 @@ class Arith:
         if inf.any():
             y = np.where(inf, np.copysign(y.dtype.type(self.fmt.max), y), y).astype(y.dtype, copy=False)
             if not self.quiet and inf.ndim and inf.shape[0] == self.rows:
-                self.saturated |= inf.reshape(self.rows, -1).any(axis=1)
+                rows = inf.reshape(self.rows, -1).any(axis=1)
+                if where is not None:  # (as events: rows outside where are computed, not used)
+                    rows &= where
+                self.saturated |= rows
+                for log in self._logs:  # replayed by the forks that share this result (see _shared)
+                    log.append((self.step, _SATURATED, rows))
         return y
 
     def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide) -> None:
@@ -349,7 +358,7 @@ class Arith:
         per_row = (masks[0] | masks[1]).reshape(self.rows, -1).any(axis=1)
         self.input_lost |= per_row if where is None else per_row & where
         self._note("subnormal", masks[2], where)
-        return self._settle(y)
+        return self._settle(y, where)
 
     def _load_block(self, x: np.ndarray):
         """Inputs (float64) rounded to the format, and the masks of inputs that overflow, underflow
