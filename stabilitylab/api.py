@@ -50,8 +50,8 @@ from .io.userdata import (
     user_logits,
     user_source,
 )
-from .numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, FORMATS, Format
-from .numerics.policies import format_or_policy
+from .numerics.formats import DEFAULT_FORMATS, EVERY_FORMAT, FORMATS, Format
+from .numerics.policies import chosen, format_or_policy
 from .numerics.policies import notes as policy_notes
 from .render import jsonout
 from .render.markdown import sections_md
@@ -81,7 +81,8 @@ MAX_N = 2**63 - 1
 
 # ------------------------------------------------------------------ arguments
 def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAULT_FORMATS) -> tuple[Format, ...]:
-    """Formats by name or alias (or ``"all"``); an unknown name is an InputError naming the valid ones."""
+    """Formats by name or alias (or ``"all"``, ``"every"``); an unknown name or a scale format is an InputError
+    naming the valid ones."""
     if dtypes is None:
         return tuple(default)
     if isinstance(dtypes, (str, Format)):
@@ -90,15 +91,14 @@ def _formats(dtypes: str | Format | Iterable[str | Format] | None, default=DEFAU
     for d in dtypes:
         if isinstance(d, Format):
             out.append(d)
-        elif str(d).strip().lower() == "all":
-            out.extend(ALL_FORMATS)
         else:
             try:
-                out.append(format_or_policy(str(d)))
-            except KeyError as exc:
+                out.extend(chosen(str(d)))
+            except (KeyError, ValueError) as exc:
                 raise InputError(exc.args[0], "--dtype") from None
     if not out:
-        raise InputError("no format given; valid: " + ", ".join(FORMATS) + ", all", "--dtype")
+        raise InputError("no format given; valid: " + ", ".join(f.name for f in EVERY_FORMAT) + ", all, every",
+                         "--dtype")
     return tuple(dict.fromkeys(out))
 
 

@@ -43,6 +43,8 @@ def _cases(fmt, rng, n=3000):
     for event in ("overflow", "underflow"):
         arith.step += 1
         arith._note(event, rng.random(n) < 0.2, None)
+    if fmt.saturates:  # rows whose +-max replaced an infinity (classify calls them lost; blame cannot tell)
+        arith.saturated = (arith.first_step("overflow") != NEVER) & (rng.random(n) < 0.5)
     return v, ref, arith
 
 

@@ -16,6 +16,7 @@ from clihelp import run
 
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.io import atomic
+from stabilitylab.numerics.formats import FORMATS
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_SIX = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
@@ -294,7 +295,7 @@ def test_formats_output_file(capsys, tmp_path):
     code, out, err = run(capsys, "formats", "--format", "json", "-o", target)
     assert code == 0, err
     assert out == "" and err == ""
-    assert [f["name"] for f in json.loads(target.read_text())["formats"]] == list(ALL_SIX)
+    assert [f["name"] for f in json.loads(target.read_text())["formats"]] == list(FORMATS)  # every one, scales too
     assert os.listdir(tmp_path) == ["formats.json"]
 
 
@@ -560,9 +561,9 @@ def test_formats_json_matches_finfo(capsys):
     doc = run_json(capsys, "formats")
     assert doc["schema"] == "stabilitylab.formats/1"
     formats = doc["formats"]
-    assert [f["name"] for f in formats] == list(ALL_SIX)
+    assert [f["name"] for f in formats] == list(FORMATS)
     for f in formats:
-        dtype, fi = _finfo(f["name"])
+        dtype, fi = _finfo(f["name"].split(":")[0])  # (a :saturate variant: its format's dtype)
         assert f["max"] == float(fi.max), f["name"]
         assert f["smallest_normal"] == float(fi.smallest_normal), f["name"]
         assert f["smallest_subnormal"] == float(fi.smallest_subnormal), f["name"]
@@ -572,7 +573,9 @@ def test_formats_json_matches_finfo(capsys):
         with np.errstate(all="ignore"):
             really_has_inf = bool(np.isinf(np.array(np.inf).astype(dtype)))
         assert f["has_inf"] is really_has_inf, f["name"]
-        assert f["has_inf"] is (f["name"] != "float8_e4m3fn")
+        assert f["has_inf"] is (f["nan"] == "ieee")
+        saturating = ":saturate" in f["name"] or f["name"].startswith(("float6_", "float4_"))
+        assert (f["overflow"] == "saturate") is saturating
 
 
 def test_formats_dtype_selection(capsys):
@@ -603,3 +606,13 @@ def test_python_dash_m_help():
     assert proc.returncode == 0, proc.stderr
     assert "compare" in proc.stdout and "formats" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_every_format_runs_and_a_scale_format_is_one_line(capsys):
+    """-d every: every format experiments can use, each with results; -d e8m0 (a scale): exit 2, one line."""
+    doc = run_json(capsys, "compare", "-e", "likelihood", "-d", "every")
+    assert sorted({r["dtype"] for r in doc["results"]}) == sorted(f.name for f in FORMATS.values() if f.signed)
+    code, out, err = run(capsys, "thresholds", "-e", "likelihood", "-d", "e8m0")
+    assert_usage_error(code, out, err, "float8_e8m0fnu is an unsigned scale format")
+    doc = run_json(capsys, "compare", "-e", "softmax_ce", "-d", "e4m3fn:sat", "-d", "e4m3")
+    assert {r["dtype"] for r in doc["results"]} == {"float8_e4m3fn:saturate", "float8_e4m3fn"}

@@ -1,7 +1,7 @@
 """One conformance class every Format passes (like ml_dtypes' tests: capabilities as data).
 
-Adding a format is one entry in ``FORMAT_DATA`` (its reference dtype, its width and whether it
-has an infinity) plus this class turning green.  Only the public attributes of ``Format`` are
+Adding a format is one entry in ``FORMAT_DATA`` (its reference dtype, its width, whether it
+has an infinity and whether it saturates) plus this class turning green.  Only the public attributes of ``Format`` are
 used (``name, dtype, max, tiny, smallest_subnormal, eps, precision, unit_roundoff, has_inf,
 round, round32, ulp``): how a Format gets its constants is its own business.
 
@@ -29,11 +29,20 @@ from stabilitylab.numerics.formats import FORMATS
 
 @dataclass(frozen=True)
 class FormatData:
-    """What a format is, from outside stabilitylab: its dtype and width, and whether it has infinities."""
+    """What a format is, from outside stabilitylab: its dtype and width (in bits: fp6 and fp4 are stored in
+    a byte), whether it has infinities, whether overflow saturates (to +-max: the ``:saturate`` variants,
+    whose reference is ml_dtypes' conversion of the value clipped to +-max, and fp6 / fp4, whose
+    ml_dtypes conversion does it), and whether it is a scale format (unsigned: no crmath)."""
 
     dtype: type
     bits: int
     has_inf: bool = True
+    saturate: bool = False
+    scale: bool = False
+
+
+def _no_inf(dtype, bits=8, saturate=False, scale=False):
+    return FormatData(dtype, bits, has_inf=False, saturate=saturate, scale=scale)
 
 
 FORMAT_DATA = {
@@ -41,8 +50,22 @@ FORMAT_DATA = {
     "bfloat16": FormatData(ml_dtypes.bfloat16, 16),
     "float32": FormatData(np.float32, 32),
     "float64": FormatData(np.float64, 64),
-    "float8_e4m3fn": FormatData(ml_dtypes.float8_e4m3fn, 8, has_inf=False),
+    "float8_e4m3fn": _no_inf(ml_dtypes.float8_e4m3fn),
     "float8_e5m2": FormatData(ml_dtypes.float8_e5m2, 8),
+    "float8_e4m3fnuz": _no_inf(ml_dtypes.float8_e4m3fnuz),
+    "float8_e5m2fnuz": _no_inf(ml_dtypes.float8_e5m2fnuz),
+    "float8_e4m3b11fnuz": _no_inf(ml_dtypes.float8_e4m3b11fnuz),
+    "float8_e4m3": FormatData(ml_dtypes.float8_e4m3, 8),
+    "float8_e3m4": FormatData(ml_dtypes.float8_e3m4, 8),
+    "float6_e2m3fn": _no_inf(ml_dtypes.float6_e2m3fn, 6, saturate=True),
+    "float6_e3m2fn": _no_inf(ml_dtypes.float6_e3m2fn, 6, saturate=True),
+    "float4_e2m1fn": _no_inf(ml_dtypes.float4_e2m1fn, 4, saturate=True),
+    "float8_e8m0fnu": _no_inf(ml_dtypes.float8_e8m0fnu, scale=True),
+    "float8_e5m3fnu": _no_inf(ml_dtypes.float8_e5m3fnu, scale=True),
+    "float8_e4m3fn:saturate": _no_inf(ml_dtypes.float8_e4m3fn, saturate=True),
+    "float8_e4m3fnuz:saturate": _no_inf(ml_dtypes.float8_e4m3fnuz, saturate=True),
+    "float8_e5m2fnuz:saturate": _no_inf(ml_dtypes.float8_e5m2fnuz, saturate=True),
+    "float8_e4m3b11fnuz:saturate": _no_inf(ml_dtypes.float8_e4m3b11fnuz, saturate=True),
 }
 FORMATS_WITH_NO_INFINITY = [n for n, d in FORMAT_DATA.items() if not d.has_inf]
 ENUMERABLE = [n for n, d in FORMAT_DATA.items() if d.bits <= 16]  # every bit pattern is checked
@@ -51,12 +74,18 @@ FUNCS = ("exp", "log", "log1p")
 
 def test_every_format_has_conformance_data():
     assert sorted(FORMATS) == sorted(FORMAT_DATA)
-    assert FORMATS_WITH_NO_INFINITY == ["float8_e4m3fn"]
+
+
+def test_every_ml_dtypes_float_format_is_declared():
+    """ml_dtypes' float types (0.7: bfloat16 and eleven float8/6/4 ones) are all Formats, by the same name."""
+    names = [n for n in dir(ml_dtypes) if n.startswith(("float", "bfloat")) and isinstance(getattr(ml_dtypes, n), type)
+             and n != "finfo"]
+    assert names and set(names) <= set(FORMATS)
 
 
 # ------------------------------------------------------------------ references
 def udtype(bits: int) -> np.dtype:
-    return np.dtype(f"u{bits // 8}")
+    return np.dtype(f"u{max(bits, 8) // 8}")
 
 
 def every_pattern(data: FormatData) -> np.ndarray:
@@ -70,9 +99,17 @@ def as64(x) -> np.ndarray:
 
 
 def cast32(data: FormatData, y) -> np.ndarray:
-    """numpy's / ml_dtypes' conversion of float32 values to the format, as float64."""
+    """numpy's / ml_dtypes' conversion of float32 values to the format, as float64 (a saturating variant:
+    of the values clipped to +-max first, NaN kept)."""
     with np.errstate(all="ignore"):
-        return np.asarray(y, dtype=np.float32).astype(data.dtype).astype(np.float64)
+        y = np.asarray(y, dtype=np.float32)
+        if data.saturate and data.dtype not in SATURATING_DTYPES:
+            top = np.float32(ml_dtypes.finfo(data.dtype).max)
+            y = np.where(np.isnan(y), y, np.clip(y, -top, top))
+        return y.astype(data.dtype).astype(np.float64)
+
+
+SATURATING_DTYPES = (ml_dtypes.float6_e2m3fn, ml_dtypes.float6_e3m2fn, ml_dtypes.float4_e2m1fn)  # by ml_dtypes
 
 
 def same(got, want) -> np.ndarray:
@@ -121,8 +158,8 @@ MP.prec = 300
 
 def mp_round(fmt, value) -> float:
     """An mpf correctly rounded to the format (nearest, ties to even), from precision, tiny and max alone:
-    the value's binade (but not below tiny's) fixes the spacing 2**q; beyond max: +-inf, or NaN
-    where the format has no infinity."""
+    the value's binade (but not below tiny's) fixes the spacing 2**q; beyond max: +-inf (the caller
+    converts it with the format's own conversion)."""
     if value == 0:
         return 0.0
     a = abs(value)
@@ -137,14 +174,14 @@ def mp_round(fmt, value) -> float:
         r += 1
     out = math.ldexp(r, q) if r.bit_length() + q <= 1024 else math.inf
     if out > fmt.max:
-        out = math.inf if fmt.has_inf else math.nan
+        out = math.inf
     return -out if value < 0 else out
 
 
 def mp_function(fmt, name: str, x: float) -> float:
-    """name(x) correctly rounded to the format, IEEE 754 special values (an infinite result is NaN in a
-    format without infinities)."""
-    inf = math.inf if fmt.has_inf else math.nan
+    """name(x) correctly rounded to the format with an unbounded exponent, IEEE 754 special values (the
+    caller converts +-inf and NaN with the format's own conversion)."""
+    inf = math.inf
     if math.isnan(x):
         return math.nan
     if name == "log" and x <= 0 or name == "log1p" and x <= -1:
@@ -164,7 +201,8 @@ class TestFormatConformance:
     def test_dtype_and_finfo_constants(self, fmt):
         data = FORMAT_DATA[fmt.name]
         info = ml_dtypes.finfo(data.dtype)
-        assert fmt.dtype == np.dtype(data.dtype) and fmt.dtype.itemsize * 8 == data.bits == info.bits
+        assert fmt.dtype == np.dtype(data.dtype) and fmt.bits == data.bits == info.bits
+        assert fmt.min_exponent == info.minexp and fmt.max_exponent == info.maxexp - 1
         assert fmt.max == float(info.max)
         assert fmt.tiny == float(info.smallest_normal)
         assert fmt.smallest_subnormal == float(info.smallest_subnormal)
@@ -173,6 +211,7 @@ class TestFormatConformance:
         assert fmt.unit_roundoff == fmt.eps / 2 == 2.0**-fmt.precision
         assert fmt.smallest_subnormal == fmt.tiny * fmt.eps  # p - 1 fraction bits below tiny
         assert fmt.has_inf == data.has_inf == (fmt.name not in FORMATS_WITH_NO_INFINITY)
+        assert fmt.saturates == data.saturate and fmt.scale_only == data.scale
 
     def test_constants_are_the_enumerated_values(self, fmt):
         """max, tiny, smallest subnormal and 1 + eps found among the bit patterns themselves."""
@@ -185,11 +224,17 @@ class TestFormatConformance:
                 assert np.nextafter(data.dtype(fmt.max), data.dtype(np.inf)) == np.inf
             return
         v = finite_values(data)
-        assert v[0] == 0 and v[1] == fmt.smallest_subnormal and v[-1] == fmt.max
-        assert v[v >= fmt.tiny][0] == fmt.tiny and v[v < fmt.tiny][-1] < fmt.tiny
+        if fmt.has_zero:
+            assert v[0] == 0 and v[1] == fmt.smallest_subnormal and v[-1] == fmt.max
+            assert v[v >= fmt.tiny][0] == fmt.tiny and v[v < fmt.tiny][-1] < fmt.tiny
+        else:  # exponent only (float8_e8m0fnu): no zero, no subnormals
+            assert v[0] == fmt.smallest_subnormal == fmt.tiny and v[-1] == fmt.max
         assert v[v > 1][0] == 1 + fmt.eps
         patterns = as64(every_pattern(data))
         assert np.isinf(patterns).any() == fmt.has_inf
+        assert np.isnan(patterns).sum() == {"ieee": 2 * (2**fmt.fraction_bits - 1), "fn": 2 if fmt.signed else 1,
+                                            "fnuz": 1, "none": 0}[fmt.nan]
+        assert (np.signbit(patterns) & (patterns == 0)).any() == fmt.signed_zero
 
     def test_round_every_value_midpoint_and_near_midpoint(self, fmt):
         """Format.round of float64 inputs against the dtype conversion of float32 inputs that round the same
@@ -278,15 +323,20 @@ class TestFormatConformance:
 
     def test_signed_zero(self, fmt):
         """-0 stays -0; a negative value that underflows gives -0; 0 - 0 and x - x are +0 in the dtype."""
+        if not fmt.has_zero:
+            pytest.skip("no zero (exponent only)")
         s = fmt.smallest_subnormal
         x = np.array([-0.0, -s / 2, -s / 4, -s * 0.49, 0.0, s / 2])
-        want = np.array([-0.0, -0.0, -0.0, -0.0, 0.0, 0.0])
+        z = -0.0 if fmt.signed_zero else 0.0  # fnuz: no -0
+        neg = z if fmt.signed else np.nan  # unsigned: a negative value is NaN, even one that underflows
+        want = np.array([z, neg, neg, neg, 0.0, 0.0])
         assert_same("round", x, fmt.round(x), want)
         if fmt.precision <= 24:
             assert_same("round32", x, fmt.round32(x.astype(np.float32)), want)
         zero = np.array([0.0, -0.0]).astype(fmt.dtype)
-        assert np.signbit(as64(zero)).tolist() == [False, True]
-        assert np.signbit(as64(-zero)).tolist() == [True, False]
+        assert np.signbit(as64(zero)).tolist() == [False, fmt.signed_zero]
+        if fmt.signed:
+            assert np.signbit(as64(-zero)).tolist() == [fmt.signed_zero, False]
 
     def test_overflow_encoding(self, fmt):
         """Beyond max + ulp(max)/2 (ties to even: for IEEE formats the tie overflows too; e4m3fn's max has
@@ -294,20 +344,26 @@ class TestFormatConformance:
         with np.errstate(over="ignore"):
             big = fmt.max * 2.0 ** np.arange(1, 8)
             top = fmt.max + fmt.ulp(fmt.max) / 2  # exactly representable in float64 (float64: inf)
+        data = FORMAT_DATA[fmt.name]
+        sign = 1.0 if fmt.signed else np.nan  # unsigned: a negative value is NaN
         over = np.concatenate([big, -big, [np.inf, -np.inf]])
         got = as64(fmt.round(over))
         if fmt.has_inf:
             assert np.isinf(got).all() and (np.signbit(got) == np.signbit(over)).all()
+        elif data.saturate:
+            assert_same("saturate", over, got, np.copysign(fmt.max, over))
         else:
             assert np.isnan(got).all()
+        beyond = np.array([np.inf, -np.inf]) if fmt.has_inf else np.array([np.nan, np.nan]) if not data.saturate \
+            else np.array([fmt.max, -fmt.max])
         tie = as64(fmt.round(np.array([top, -top])))
-        max_pattern = int(np.array(fmt.max).astype(fmt.dtype).view(udtype(FORMAT_DATA[fmt.name].bits)))
-        if max_pattern % 2:  # the tie goes to the even neighbour: the next pattern, beyond max
-            assert (np.isinf(tie) if fmt.has_inf else np.isnan(tie)).all()
+        max_pattern = int(np.array(fmt.max).astype(fmt.dtype).view(udtype(data.bits)))
+        if max_pattern % 2 or fmt.fraction_bits == 0:  # ties to even: the next pattern, beyond max; ml_dtypes
+            assert_same("tie", tie, tie, beyond * [1, sign])  # rounds ties of the exponent-only format up
         else:
-            assert tie.tolist() == [fmt.max, -fmt.max]
+            assert_same("tie", tie, tie, np.array([fmt.max, -fmt.max * sign]))
         below = as64(fmt.round(np.nextafter(np.array([top, -top]), 0)))
-        assert below.tolist() == [fmt.max, -fmt.max]
+        assert_same("below", below, below, np.array([fmt.max, -fmt.max * sign]))
 
     def test_ulp(self, fmt):
         """ulp(v) is the spacing to the next value up, for every value (<= 16 bits) or samples; the same for
@@ -331,13 +387,18 @@ class TestFormatConformance:
         mids = v + spacing / 2
         assert (fmt.ulp(mids) == spacing).all()
         assert fmt.ulp(0.0) == fmt.smallest_subnormal and fmt.ulp(1.0) == fmt.eps
-        assert fmt.ulp(fmt.max) == fmt.max - float(np.nextafter(data.dtype(fmt.max), data.dtype(0)))
+        below_max = fmt.max - float(np.nextafter(data.dtype(fmt.max), data.dtype(1)))
+        assert fmt.ulp(fmt.max) == (below_max if fmt.fraction_bits else 2 * below_max)  # (exponent only: max's
+        # predecessor is in the binade below)
 
     @pytest.mark.parametrize("name", FUNCS)
     def test_crmath_against_mpmath(self, fmt, name):
-        """crmath's exp, log, log1p against mpmath rounded here (from precision, tiny and max) on sampled
-        bit patterns and the edges (+-0, +-1, tiny, the smallest subnormal, max, +-inf)."""
+        """crmath's exp, log, log1p against mpmath rounded here (from precision, tiny and max, then the
+        format's own conversion of +-inf and NaN) on sampled bit patterns and the edges (+-0, +-1, tiny,
+        the smallest subnormal, max, +-inf)."""
         data = FORMAT_DATA[fmt.name]
+        if data.scale:
+            pytest.skip("a scale format: nothing is computed in it")
         rng = np.random.default_rng(sum(map(ord, fmt.name + name)))
         x = rng.integers(0, 2**data.bits, 300, dtype=np.uint64).astype(udtype(data.bits)).view(data.dtype)
         x = x[~np.isnan(as64(x))]
@@ -351,5 +412,6 @@ class TestFormatConformance:
             special = np.array(edges + ([np.inf, -np.inf] if fmt.has_inf else [])).astype(data.dtype)
         x = np.concatenate([x, moderate.astype(data.dtype), special])
         got = getattr(crmath, name)(fmt, x)
-        want = np.array([mp_function(fmt, name, v) for v in as64(x).tolist()])
+        want = [mp_function(fmt, name, v) for v in as64(x).tolist()]  # format values, +-inf, NaN
+        want = np.array(want) if data.bits == 64 else cast32(data, want)  # (exact in float32)
         assert_same(f"crmath.{name}", x, got, want)

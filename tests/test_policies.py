@@ -64,7 +64,7 @@ def test_a_spelling_that_reduces_to_a_pure_format_is_that_format(spelling, pure)
 
 
 def test_pure_formats_and_the_listings_are_unchanged():
-    assert format_names() == [*FORMATS, "all"]
+    assert format_names() == [*FORMATS, "all", "every"]
     assert all(not f.is_policy and f.storage_format is f and f.output_format is f for f in FORMATS.values())
 
 

@@ -485,7 +485,7 @@ def test_closed_stdout_is_fine_when_nothing_goes_to_it(tmp_path, capsys):
     with stdout_replaced(None):
         code = main(["formats", "--format", "json", "-o", str(target)])
     assert code == ExitStatus.OK, capsys.readouterr().err
-    assert len(json.loads(target.read_text())["formats"]) == len(ALL_FORMATS)
+    assert len(json.loads(target.read_text())["formats"]) == len(FORMATS)
 
 
 def test_closed_stdout_in_a_real_process():
@@ -587,9 +587,9 @@ def test_threshold(stability_baseline):
 def test_formats_help_said_four_formats_by_default(capsys):
     code, out, _ = run(capsys, "formats", "--help")
     assert code == ExitStatus.OK
-    assert "Default: all six formats" in " ".join(out.split())
+    assert "Default: every format, the scale formats too" in " ".join(out.split())
     code, out, _ = run(capsys, "formats", "--format", "json")
-    assert len(json.loads(out)["formats"]) == 6 == len(ALL_FORMATS)
+    assert len(json.loads(out)["formats"]) == len(FORMATS) == 20
     code, out, _ = run(capsys, "compare", "--help")
     assert "Default: float16, bfloat16, float32, float64." in " ".join(out.split())
 
@@ -668,7 +668,7 @@ def test_output_to_a_symlink_replaced_the_link(tmp_path, capsys):
     code, out, err = run(capsys, "formats", "--format", "json", "-o", link)
     assert code == ExitStatus.OK, err
     assert link.is_symlink() and os.readlink(link) == "real.json"
-    assert len(json.loads(real.read_text())["formats"]) == len(ALL_FORMATS)
+    assert len(json.loads(real.read_text())["formats"]) == len(FORMATS)
     assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
 
 

@@ -18,9 +18,11 @@ format (round to nearest, ties to even; see :meth:`Exact.rounded`):
    * ``ok``     otherwise (including a correctly rounded subnormal result, whose
      relative error may exceed the tolerance: the metrics still show it).
 
-2. **v is NaN, +-inf or 0** (and not cr): the value is lost.  Its status names
+2. **v is NaN, +-inf or 0** (and not cr), or **+-max where an infinity was
+   saturated** in a saturating format (``float8_e4m3fn:saturate``, fp6, fp4: the
+   finite value it gives where others give inf): the value is lost.  Its status names
    the root cause, the same in every format (float8_e4m3fn included, where an
-   overflow *is* a NaN):
+   overflow *is* a NaN, and the saturating ones, where it is +-max):
 
    * the first ``overflow`` / ``underflow`` event seen while computing v, if any
      (0.1**100 underflows to 0, then -log(0) = inf: ``underflow``; exp(d)
@@ -178,8 +180,11 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
     * bad: v would fail unless it is cr (NaN, +-inf, 0 after an event, or a relative error
       above the tolerance by that margin), and it is known not to be cr: v is too far from
       x to be its rounding (more than half an ulp of the format away, a 0 where |x| is
-      above half the smallest subnormal, a NaN or inf where |x| is below ``max``), or every
+      above half the smallest subnormal, a NaN or inf where |x| is below ``max``; in a
+      saturating format not where the band reaches ``max``, beyond which cr is +-max), or every
       x of the band rounds to the same cr (:meth:`Exact.near_boundary`) and v is not it.
+      In a saturating format a +-max with an event is never decided "not bad" (it may be a
+      saturated infinity, which classify calls lost: :attr:`Arith.saturated`).
 
     An approximate value of 0 (flagged exactly zero, or below the reference's range) is
     taken as it is, as classify takes it: v fails there unless it is 0.  Rows whose
@@ -200,6 +205,8 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
         passes &= np.isfinite(hi) & ~approx.zero
         if tol >= 0.5:  # only then can a 0 (relative error 1) be within the tolerance
             passes &= ~((v == 0) & events)
+        if fmt.saturates:  # a +-max after an overflow may be a saturated infinity (lost): not decided here
+            passes &= ~((np.abs(v) == fmt.max) & events)
     zero = hi == 0
     bad = np.where(zero, v != 0, False)
     decided = passes | zero
@@ -217,6 +224,8 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
         apart = np.where(finite & (w != 0), d > fmt.ulp(m + band) / 2 + band,
                          np.where(w == 0, m - band > fmt.smallest_subnormal / 2, m + band < fmt.max))
         apart &= s[rows] == 0
+        if fmt.saturates:  # where x may lie beyond max, cr is +-max: a finite v far from x may still be it
+            apart &= ~(finite & (m + band >= fmt.max))
     bad[rows] = fails & apart
     decided[rows] = fails & apart
     near = np.flatnonzero(fails & ~apart)  # is v cr? only if the whole band rounds alike
@@ -239,15 +248,19 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
     cr = exact.rounded(fmt)
-    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN)
-    beyond = ~np.isnan(exact.hi) & ~np.isfinite(cr) & (np.isfinite(exact.hi) | np.isnan(cr))
+    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN); a
+    # saturating format's cr is +-max there, so its twin that overflows to +-inf tells
+    wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
+    beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
     nan, inf = np.isnan(v), np.isinf(v)
     undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
     same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
     out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     pole = arith.first_step("divide_by_zero") != NEVER
-    lost = ~same & (nan | inf | (v == 0))
+    # a saturating format gives +-max where others give +-inf: lost too, where an infinity was saturated
+    saturated = (np.abs(v) == fmt.max) & arith.saturated if fmt.saturates and not black_box else False
+    lost = ~same & (nan | inf | (v == 0) | saturated)
 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
@@ -262,7 +275,7 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
             messages[rows] = list(arith.errors.values())
         return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy(), messages)
     # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
-    infinite = inf | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
+    infinite = inf | saturated | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
     status[lost & nan] = "nan"
     status[lost & infinite] = "overflow"
     status[lost & infinite & pole] = "underflow"

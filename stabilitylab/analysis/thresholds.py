@@ -6,7 +6,7 @@ For each family x method x format we find
   (``inaccurate``, ``overflow``, ``underflow`` or ``nan``; ``ok`` and ``range``,
   a correctly rounded loss the format cannot hold, do not count);
 * ``first_failure``: the smallest parameter whose value is non-finite (inf or
-  NaN), with its status;
+  NaN; in a saturating format also the +-max that replaced an infinity), with its status;
 
 over the integers (n) or over the *representable values of the format* (d, z),
 ordered by bit pattern (for x >= 0 the bit pattern grows with the value).
@@ -185,10 +185,13 @@ def _spread(a: int, b: int, k: int) -> list[int]:
     return sorted({a + (b - a) * i // (k + 1) for i in range(1, k + 1)} - {a, b})
 
 
-def _bad(kind: str, status: np.ndarray, value: np.ndarray) -> np.ndarray:
+def _bad(kind: str, status: np.ndarray, value: np.ndarray, fmt: Format) -> np.ndarray:
     if kind == "first_inaccurate":
         return np.isin(status, METHOD_FAILURES)
-    return ~np.isfinite(value)
+    lost = ~np.isfinite(value)
+    if fmt.saturates:  # a +-max the rule calls lost (overflow / underflow) is a saturated infinity
+        lost |= (np.abs(value) == fmt.max) & np.isin(status, ("overflow", "underflow"))
+    return lost
 
 
 def _hull(lo_cases, hi_cases):
@@ -242,7 +245,8 @@ class _Search:
         cases = self.family.cases(self.grid.params(indices), self.settings)
         if not self.lean or len(cases.groups()) > 1:
             out = self._outcomes(indices.tolist(), methods)
-            return {m: (_bad(KINDS[0], o.status, o.value), _bad(KINDS[1], o.status, o.value)) for m, o in out.items()}
+            return {m: (_bad(KINDS[0], o.status, o.value, self.fmt), _bad(KINDS[1], o.status, o.value, self.fmt))
+                    for m, o in out.items()}
         fmt, n = self.fmt, len(indices)
         loaded = Arith(fmt, n, ftz=self.settings.ftz)
         inputs = self.experiment.load(loaded, cases)
@@ -253,7 +257,10 @@ class _Search:
             value = np.asarray(arith.deliver(method.kernel(arith, inputs)))
             events = (arith.first_step("overflow") != NEVER) | (arith.first_step("underflow") != NEVER)
             with np.errstate(all="ignore"):
-                flags[method.name] = (np.zeros(n, dtype=bool), ~np.isfinite(value.astype(np.float64)))
+                lost = ~np.isfinite(value.astype(np.float64))
+                if fmt.saturates:  # (a +-max that replaced an infinity: lost too)
+                    lost |= (np.abs(value) == fmt.max) & arith.saturated
+                flags[method.name] = (np.zeros(n, dtype=bool), lost)
             truth = self.experiment.truth_of(method)
             by_truth.setdefault(id(truth), (truth, []))[1].append((method.name, value, events))
         for truth, runs in by_truth.values():
@@ -270,7 +277,7 @@ class _Search:
             rows = np.flatnonzero(unsure)
             out = self._outcomes(indices[rows].tolist(), sorted(flags))
             for m, o in out.items():
-                flags[m][0][rows] = _bad(KINDS[0], o.status, o.value)
+                flags[m][0][rows] = _bad(KINDS[0], o.status, o.value, fmt)
         return flags
 
     def _blame(self, runs, approx, error, flags, todo: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ from rich.console import Console
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, markers, plan
-from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS, Format
-from ..numerics.policies import format_or_policy
+from ..numerics.formats import DEFAULT_FORMATS, Format
+from ..numerics.policies import chosen
 from ..render.markdown import sections_md
 from ..render.model import (
     Section,
@@ -31,18 +31,20 @@ MAX_N = 2**63 - 1
 
 
 class FormatType(click.ParamType):
-    """A format name or alias (fp16, half, bf16, single, double, e4m3, ...) or 'all'."""
+    """A format name or alias (fp16, half, bf16, single, double, e4m3, e4m3fn:sat, ...), 'all' or 'every';
+    ``scales``: the unsigned scale formats (float8_e8m0fnu, float8_e5m3fnu) are accepted too."""
 
     name = "format"
+
+    def __init__(self, scales: bool = False):
+        self.scales = scales
 
     def convert(self, value, param, ctx) -> tuple[Format, ...]:
         if isinstance(value, tuple):
             return value
-        if str(value).strip().lower() == "all":
-            return ALL_FORMATS
         try:
-            return (format_or_policy(str(value)),)
-        except KeyError as exc:
+            return chosen(str(value), scales=self.scales)
+        except (KeyError, ValueError) as exc:
             self.fail(exc.args[0], param, ctx)
 
 
@@ -169,10 +171,12 @@ format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS
                              show_default=True, help="Rich table, GitHub markdown, or JSON.")
 
 
-def dtype_option(default: str = "float16, bfloat16, float32, float64"):
-    return click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
+def dtype_option(default: str = "float16, bfloat16, float32, float64", scales: bool = False):
+    return click.option("-d", "--dtype", "dtypes", type=FormatType(scales), multiple=True,
                         help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
-                             f"float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. Default: {default}.")
+                             "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, any other ml_dtypes float "
+                             "(float8_e4m3fnuz, float4_e2m1fn, ...; NAME:saturate for overflow to +-max), all (those "
+                             f"six) or every (all that experiments can use). Default: {default}.")
 
 
 experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),

@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from ..experiments import EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, schemas
-from ..numerics.formats import ALL_FORMATS, DEFAULT_FORMATS
+from ..numerics.formats import DEFAULT_FORMATS, FORMATS
 from ..render.markdown import table_md
 from ..render.model import check_table
 from ..render.table import print_table
@@ -70,7 +70,7 @@ def check(ctx, baseline_path, update, ulps, dtypes, show_all, fmt, allow, strict
     named = {key.split("/")[-1] for key in doc["entries"]}
     policies = tuple(f for f in map(baseline.entry_format, sorted(named)) if f is not None and f.is_policy)
     formats_ = (chosen_formats(dtypes) if dtypes
-                else tuple(f for f in ALL_FORMATS if f.name in named) + policies or DEFAULT_FORMATS)
+                else tuple(f for f in FORMATS.values() if f.name in named) + policies or DEFAULT_FORMATS)
     simulated = [key for key in doc["entries"] if baseline.audit_key(key) is None]
     # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
     rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[

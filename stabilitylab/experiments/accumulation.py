@@ -77,8 +77,22 @@ def _finish(a: Arith, values: np.ndarray, overflowed: np.ndarray) -> np.ndarray:
         return values.astype(a.dtype)
 
 
+def _loop(a: Arith, loop, x: Loaded) -> np.ndarray:
+    """A running-sum loop in the format, every step rounded by its own convention (a saturating format: +-max
+    at each step, as its hardware would).  Its overflow mask comes from the same loop in the format's held twin
+    (overflow to +-inf): both take the same steps up to the first overflow, so they overflow alike."""
+    fmt = a.accumulate  # the sums' format (a pure format: itself)
+    values, overflowed = loop(fmt, x.values, x.repeat, a.ftz)
+    twin = fmt.held_twin
+    if twin is not fmt:
+        _, overflowed = loop(twin, x.values, x.repeat, a.ftz)
+        if fmt.saturates:
+            a.saturated |= overflowed  # the status rule reads a +-max of these rows as an overflow
+    return _finish(a, values, overflowed)
+
+
 def sequential(a: Arith, x: Loaded):
-    return _finish(a, *running.plain(a.accumulate, x.values, x.repeat, a.ftz))
+    return _loop(a, running.plain, x)
 
 
 def pairwise(a: Arith, x: Loaded):
@@ -86,7 +100,7 @@ def pairwise(a: Arith, x: Loaded):
 
 
 def kahan(a: Arith, x: Loaded):
-    return _finish(a, *running.kahan(a.accumulate, x.values, x.repeat, a.ftz))
+    return _loop(a, running.kahan, x)
 
 
 def wider(fmt: Format) -> Format | None:
@@ -158,7 +172,7 @@ def ones_predict(fmt: Format, method: str, settings: Settings) -> Prediction | N
                           "n* = floor(2^p / (1 - t)) + 1: the loop stops growing at 2^p (s + 1 rounds back "
                           "to s), and the relative error (n - 2^p)/n passes the tolerance t (default sqrt(u))",
                           proof=True)
-    if method == "pairwise":
+    if method == "pairwise" and not fmt.saturates:  # (saturating: the sum stops at max, no failure to predict)
         limit, tie = predict.overflow_bound(fmt)
         n = int(mpmath.floor(limit)) + (0 if tie and limit == int(limit) else 1)
         return Prediction(n, "first_failure", "n* ~ max + ulp(max)/2: the sum of n ones passes the largest finite "

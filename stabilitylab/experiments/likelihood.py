@@ -139,7 +139,7 @@ def iid_predict(fmt: Format, method: str, settings: Settings) -> Prediction | No
     if method == "sum_log":
         with np.errstate(all="ignore"):
             step = abs(float(np.log(fmt.round(p, np.float64))))
-        if step == 0:
+        if step == 0 or fmt.saturates:  # (saturating: the sum stops at max, no failure to predict)
             return None
         limit, tie_overflows = predict.overflow_bound(fmt)
         n = int(mpmath.floor(limit / step))

@@ -27,7 +27,7 @@ _DPS = 50
 def overflow_bound(fmt: Format) -> tuple[mpmath.mpf, bool]:
     """(T, tie_overflows): values above T overflow, T itself iff tie_overflows."""
     t = mpmath.mpf(fmt.max) + mpmath.mpf(float(fmt.ulp(fmt.max))) / 2
-    tie = not np.isfinite(fmt.round(float(t), np.float64))
+    tie = not np.isfinite(fmt.held_twin.round(float(t), np.float64))  # (a saturating format: its twin overflows)
     return t, bool(tie)
 
 

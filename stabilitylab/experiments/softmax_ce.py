@@ -207,7 +207,7 @@ def confident_cases(d: np.ndarray, settings: Settings) -> Logits:
 
 
 def overflow_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
-    if method != "naive_softmax_log":
+    if method != "naive_softmax_log" or fmt.saturates:  # (saturating: exp(d) is max, no failure to predict)
         return None
     limit, _ = predict.overflow_bound(fmt)  # ln(limit) is irrational: the tie never decides
     d = predict.first_value_above(fmt, mpmath.log(limit))

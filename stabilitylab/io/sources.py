@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, first_line, shown
+from ..numerics.formats import FORMATS
 
 __all__ = ["InputError", "LogitsSource", "open_logits", "logits_from_array", "read_labels", "labels_from_array",
            "check_labels",
@@ -66,7 +67,8 @@ NOT_NPY = ("it is not a NumPy .npy file (it does not start with the \\x93NUMPY h
            "an array saved with numpy.save (.npy) or numpy.savez (.npz), or numbers in a .csv / .txt file")
 
 class _MlFloats:
-    """ml_dtypes' bfloat16 / float8 dtypes -> their format names, as a read-only mapping that imports
+    """ml_dtypes' dtypes of the formats experiments compute in (bfloat16, float8, float6, float4) -> their format
+    names, as a read-only mapping that imports
     ml_dtypes (0.5-1.2 s with version 0.7) only when a name is looked up (:meth:`dtype`).  A dtype can be
     one of ml_dtypes' only once ml_dtypes is imported, so membership asks nothing before that: reading a
     float32 or float16 file never imports it."""
@@ -77,8 +79,8 @@ class _MlFloats:
         if _MlFloats._table is None:
             import ml_dtypes
 
-            _MlFloats._table = {np.dtype(getattr(ml_dtypes, name)): name
-                                for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")}
+            _MlFloats._table = {np.dtype(getattr(ml_dtypes, f.dtype_name)): f.name for f in FORMATS.values()
+                                if not f.native and not f.scale_only and ":" not in f.name}
         return _MlFloats._table
 
     def __contains__(self, dtype) -> bool:
@@ -101,12 +103,14 @@ _ML_FLOATS = _MlFloats()
 # names an ml_dtypes format (see _safetensors_dtype)
 _SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": "bfloat16",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-LOGITS_TYPES = "float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2 or integers"
+LOGITS_TYPES = ("float64, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz "
+                "or integers")
 
 
 
@@ -661,7 +665,9 @@ def _torch_dtypes(torch) -> dict:
              torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32), torch.int16: np.dtype(np.int16),
              torch.int8: np.dtype(np.int8), torch.uint8: np.dtype(np.uint8), torch.bool: np.dtype(np.bool_)}
     for name, dtype in (("float8_e4m3fn", _ML_FLOATS.dtype("float8_e4m3fn")),
-                        ("float8_e5m2", _ML_FLOATS.dtype("float8_e5m2")), ("uint16", np.dtype(np.uint16)),
+                        ("float8_e5m2", _ML_FLOATS.dtype("float8_e5m2")),
+                        ("float8_e4m3fnuz", _ML_FLOATS.dtype("float8_e4m3fnuz")),
+                        ("float8_e5m2fnuz", _ML_FLOATS.dtype("float8_e5m2fnuz")), ("uint16", np.dtype(np.uint16)),
                         ("uint32", np.dtype(np.uint32)), ("uint64", np.dtype(np.uint64))):
         if hasattr(torch, name):
             table[getattr(torch, name)] = dtype

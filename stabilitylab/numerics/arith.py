@@ -30,6 +30,12 @@ the operands and the result:
     a mathematically undefined operation on non-NaN operands:
     ``0 / 0``, ``inf - inf``, ``0 * inf``, ``log(x < 0)``.
 
+A format whose conversion hides an event (``:saturate`` variants and fp6 / fp4: overflow and
+infinities become +-max; fp6 / fp4 store a NaN as a zero) is computed in its
+:attr:`~stabilitylab.numerics.formats.Format.held_twin` (the same values, overflow to +-inf, NaN
+kept), so the events above are seen; then +-inf becomes +-max.  A NaN stays NaN in those formats
+(the values are held in float32): a lost value is shown as lost, not as ml_dtypes' zero.
+
 With ``ftz=True`` every subnormal input and result is flushed to (signed) zero,
 as GPUs and CPUs do in flush-to-zero / denormals-are-zero modes; a flushed
 non-zero value is an ``underflow``.
@@ -62,6 +68,7 @@ __all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUN
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
+_SATURATED = "saturated"  # recorded beside the events for _shared's replay
 NEVER = np.iinfo(np.int64).max
 _BLOCK = 2**20  # values per block where a wide row is rounded or checked piecewise (issue #18)
 EXTERNAL_CHUNK = 2**16  # rows per call of an external function (a 32k-point scan is one call)
@@ -137,6 +144,9 @@ def _shared(method):
             return result
         result, log, steps, _ = hit
         for offset, event, rows in log:
+            if event == _SATURATED:  # (not an IEEE event: the rows whose infinity became +-max)
+                self.saturated |= rows
+                continue
             row = self.first[_INDEX[event]]
             np.copyto(row, self.step + offset, where=rows & (row == NEVER))
         self.step += steps
@@ -166,13 +176,15 @@ class Arith:
         # import costs 0.5-1.2 s); external() hands a black box its inputs in the format's own dtype.
         # A policy is held in float32 when float32 holds every value of its storage, compute and
         # accumulation formats (+ - * / of float32 values rounded in float32 and then to a format of
-        # p <= 11 bits is correctly rounded: 24 >= 2p + 2), else in float64 (53 >= 2 * 24 + 2 for float32)
+        # p <= 11 bits is correctly rounded: 24 >= 2p + 2), else in float64 (53 >= 2 * 24 + 2 for float32).
+        # Every rounding to a format F goes through F.held_twin (the same values, but overflow gives +-inf and
+        # NaN stays NaN, so events are seen) and then F's own convention (_settle: +-max where F saturates).
         if fmt.is_policy:
             f32 = FORMATS["float32"]
             self.fast = all(contains(f32, f) for f in (self.storage, self.compute, self.accumulate))
             self.dtype = np.dtype(np.float32) if self.fast else np.dtype(np.float64)
         else:
-            self.fast = fast and fmt.precision <= 11
+            self.fast = (fast or fmt.held_twin is not fmt) and fmt.precision <= 11
             self.dtype = np.dtype(np.float32) if self.fast else fmt.dtype
         # inputs converted to the compute format after storage rounding (it does not hold the storage format)
         self._convert = fmt.is_policy and not contains(self.compute, self.storage)
@@ -181,6 +193,7 @@ class Arith:
         self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
+        self.saturated = np.zeros(rows, dtype=bool)  # an infinity became +-max in the row (saturating formats)
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
         self._wides = {f.name: wide_dtype(f) for f in (fmt, self.storage, self.compute, self.accumulate, self.output)}
         self._memo: dict = {}  # shared by forks: see _shared
@@ -192,6 +205,7 @@ class Arith:
         other.__dict__.update(self.__dict__)
         other.first = self.first.copy()
         other.input_lost = self.input_lost.copy()
+        other.saturated = self.saturated.copy()
         other.errors = dict(self.errors)
         other._logs = []
         return other
@@ -243,16 +257,17 @@ class Arith:
 
     def _rounded(self, y: np.ndarray, fmt: Format) -> np.ndarray:
         """Held values rounded to ``fmt`` (correctly: see __init__), in the held dtype."""
+        held = fmt.held_twin
         if self.fast:
             if y.size > _BLOCK and y.base is None and y.dtype == np.float32:  # (a fresh result: rounded in place,
                 flat = y.reshape(-1)                                         # in blocks, elementwise)
                 for start in range(0, flat.size, _BLOCK):
-                    flat[start:start + _BLOCK] = fmt.round32(flat[start:start + _BLOCK])
+                    flat[start:start + _BLOCK] = held.round32(flat[start:start + _BLOCK])
                 return y
-            return fmt.round32(y)
+            return held.round32(y)
         if not self.fmt.is_policy or fmt.precision == 53:
             return y  # (a pure format computes in its own dtype; float64 results are float64 values)
-        return fmt.round(y, self.dtype)
+        return held.round(y, self.dtype)
 
     def _finish(self, y, operands, *, where, invalid=None, pole=None, exact_nonzero=None, wide=None,
                 rounded=False, fmt: Format | None = None):
@@ -273,7 +288,7 @@ class Arith:
             y = self._rounded(y, fmt)
         y = self._flush(y, fmt)
         if self.quiet:
-            return y
+            return self._settle(y, where, fmt)
         if self._finite_normal(y, fmt=fmt):
             return y  # finite, normal, non-zero results: no event is possible
         if exact_nonzero is None and self._finite_normal(y, tiny=0, fmt=fmt):
@@ -287,6 +302,26 @@ class Arith:
                 self._look(y[:, cols], [a[:, cols] for a in whole], where, **checks)
         else:
             self._look(y, operands, where, **checks)
+        return self._settle(y, where, fmt)
+
+    def _settle(self, y, where=None, fmt: Format | None = None):
+        """``fmt``'s own convention (default: the compute format) applied after the events were noted:
+        +-inf -> +-max where it saturates (NaN stays NaN); the rows where that happened are marked in
+        :attr:`saturated` (the running sums, which round by the format's own convention, mark theirs
+        themselves)."""
+        fmt = self.compute if fmt is None else fmt
+        if not fmt.saturates:
+            return y
+        inf = np.isinf(y)
+        if inf.any():
+            y = np.where(inf, np.copysign(y.dtype.type(fmt.max), y), y).astype(y.dtype, copy=False)
+            if not self.quiet and inf.ndim and inf.shape[0] == self.rows:
+                rows = inf.reshape(self.rows, -1).any(axis=1)
+                if where is not None:  # (as events: rows outside where are computed, not used)
+                    rows &= where
+                self.saturated |= rows
+                for log in self._logs:  # replayed by the forks that share this result (see _shared)
+                    log.append((self.step, _SATURATED, rows))
         return y
 
     def _look(self, y, operands, where, *, invalid, pole, exact_nonzero, wide, fmt: Format) -> None:
@@ -364,8 +399,8 @@ class Arith:
         self.input_lost |= per_row if where is None else per_row & where
         self._note("subnormal", masks[2], where)
         if self._convert:
-            y = self._converted_inputs(y, where)
-        return y
+            return self._converted_inputs(y, where)
+        return self._settle(y, where, self.storage)
 
     def _load_block(self, x: np.ndarray):
         """Inputs (float64) stored (:meth:`_store`), and the masks of inputs that overflow, underflow
@@ -381,7 +416,7 @@ class Arith:
         """The storage step: float64 inputs to storage-format values, held in the held dtype.  Elementwise
         correct rounding for every format today; a block-scaled storage format (a scale per block of
         elements) plugs in here, with its own events in :meth:`_load_block`."""
-        return self.storage.round(x, self.dtype)
+        return self.storage.held_twin.round(x, self.dtype)
 
     def _converted_inputs(self, y: np.ndarray, where) -> np.ndarray:
         """Stored inputs converted to a compute format that does not hold them (``fp32@bf16``: the code
@@ -405,7 +440,7 @@ class Arith:
                 self._note("overflow", finite & ~(np.abs(r) <= fmt.max), where)
                 self._note("underflow", finite & (y != 0) & (r == 0), where)
                 self._note("subnormal", (r != 0) & (np.abs(r) < fmt.tiny) & (r != y), where)
-        return r
+        return self._settle(r, where, fmt)
 
     def deliver(self, y) -> np.ndarray:
         """A kernel's result rounded once to the output format, with that rounding's events (overflow,
@@ -428,7 +463,8 @@ class Arith:
 
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the compute format (no events: constants are chosen)."""
-        return self.compute.round(value, self.dtype)
+        with np.errstate(all="ignore"):
+            return self._settle(self.compute.held_twin.round(value, self.dtype), fmt=self.compute)
 
     def add(self, a, b, where=None):
         return self._add(a, b, where, None)
@@ -498,7 +534,7 @@ class Arith:
 
     def _crmath(self, f, x) -> np.ndarray:
         """crmath's ``f`` in the compute format on x (compute-format values), in the held dtype."""
-        fmt = self.compute
+        fmt = self.compute.held_twin
         x = self._own(x)
         if not self.fmt.is_policy or (self.fast and fmt.precision <= 11) or x.dtype == fmt.dtype:
             return f(fmt, x)
@@ -609,7 +645,8 @@ class Arith:
 
         for start in range(0, self.rows, EXTERNAL_CHUNK):
             call(np.arange(start, min(start + EXTERNAL_CHUNK, self.rows)))
-        return self.output.round(out, self.dtype)
+        with np.errstate(all="ignore"):
+            return self._settle(self.output.held_twin.round(out, self.dtype), fmt=self.output)
 
     def _native(self, a: np.ndarray) -> np.ndarray:
         """Format values as the (storage) format's own dtype (``fast`` holds them in float32; the target

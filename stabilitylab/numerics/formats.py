@@ -19,23 +19,49 @@ from functools import cached_property
 
 import numpy as np
 
-__all__ = ["Format", "FORMATS", "DEFAULT_FORMATS", "ALL_FORMATS", "get_format", "format_names", "round_bits"]
+__all__ = ["Format", "FORMATS", "DEFAULT_FORMATS", "ALL_FORMATS", "EVERY_FORMAT", "SATURATE_SUFFIXES",
+           "get_format", "format_names", "round_bits"]
 
 _NUMPY_NATIVE = ("float16", "float32", "float64")
+_NAN_ENCODINGS = ("ieee", "fn", "fnuz", "none")
 
 
 @dataclass(frozen=True)
 class Format:
     """One binary floating-point format, round to nearest, ties to even.
 
-    Declared: ``exponent_bits`` e, ``fraction_bits`` m (stored significand bits, without the hidden bit)
-    and ``has_inf``.  Exponent bias ``2**(e-1) - 1``.  With infinities (IEEE 754: float16, bfloat16,
-    float32, float64, float8_e5m2) the top exponent field holds only inf and NaN, so
-    ``max = (2 - 2**-m) * 2**(2**e - 2 - bias)``; without (``float8_e4m3fn``: the ``fn`` formats of the
-    OCP FP8 spec) the top exponent holds finite values and one NaN pattern (all ones), so
-    ``max = (2 - 2**(1-m)) * 2**(2**e - 1 - bias)`` and overflow (and an inf input) gives NaN.
-    Derived: ``tiny = 2**(1 - bias)`` (smallest positive normal), ``smallest_subnormal = tiny * 2**-m``,
-    ``eps = 2**-m`` (spacing just above 1), ``precision`` p = m + 1, ``unit_roundoff`` u = eps / 2.
+    Declared by its encoding: ``exponent_bits`` e, ``fraction_bits`` m (stored significand bits, without
+    the hidden bit), and the capability fields
+
+    * ``has_inf``: the top exponent field holds +-inf and NaN only (IEEE 754: float16, bfloat16, float32,
+      float64, float8_e5m2, float8_e4m3, float8_e3m4);
+    * ``nan``: where NaN lives: ``"ieee"`` (top exponent, non-zero fraction), ``"fn"`` (only the all-ones
+      pattern: float8_e4m3fn, the unsigned scales' 0xFF), ``"fnuz"`` (only 0x80, the pattern of -0, which
+      therefore does not exist: float8_e4m3fnuz, float8_e5m2fnuz, float8_e4m3b11fnuz) or ``"none"``
+      (float6_e2m3fn, float6_e3m2fn, float4_e2m1fn: every pattern is a number);
+    * ``signed``: False for the unsigned scale formats (float8_e8m0fnu, float8_e5m3fnu: no sign bit);
+    * ``has_zero``: False for float8_e8m0fnu, whose exponent field 0 is the normal binade ``2**-bias``
+      (an exponent-only format: no zero, no subnormals);
+    * ``exponent_bias``: None for the IEEE bias ``2**(e-1) - 1``; the fnuz formats declare theirs (one higher
+      than IEEE, 11 for float8_e4m3b11fnuz), checked against ml_dtypes.finfo;
+    * ``overflow``: what the conversion gives beyond the range (and for an infinite input): ``"inf"``
+      (IEEE, +-inf), ``"nan"`` (ml_dtypes' fn/fnuz conversions) or ``"saturate"`` (+-max: the fp6/fp4 formats,
+      which have nothing else, and the ``:saturate`` variants of the fn/fnuz formats, as torch's CPU cast to
+      float8_e4m3fn does).  Default: ``"inf"`` with infinities, ``"saturate"`` without NaN, else ``"nan"``.
+
+    Derived, never typed in: ``max`` is the value of the largest finite magnitude pattern (IEEE: top exponent
+    field ``2**e - 2``, fraction all ones; fn: the all-ones pattern minus one; fnuz / none: the all-ones
+    pattern), a pattern with exponent field E > 0 and fraction F being ``(1 + F / 2**m) * 2**(E - bias)`` and
+    with E = 0 ``F * 2**(1 - bias - m)`` (exponent-only formats: ``2**(E - bias)`` for every E).
+    ``tiny`` the smallest positive normal (``2**(1 - bias)``; exponent-only: ``2**-bias``),
+    ``smallest_subnormal = tiny * 2**-m`` (exponent-only: tiny itself), ``eps = 2**-m`` (spacing just above
+    1), ``precision`` p = m + 1, ``unit_roundoff`` u = eps / 2.
+
+    A NaN input to a format without NaN becomes a zero whose sign is the opposite of the NaN's sign bit
+    (np.nan gives -0), and an infinite input +-max: that is what ml_dtypes 0.7 does, and the conformance
+    tests hold :func:`round_bits` to it.  :class:`~stabilitylab.numerics.arith.Arith` does not store such a
+    NaN: it computes in the format's :attr:`held` twin (NaN kept, overflow to +-inf, so that the events are
+    seen) and saturates afterwards.
     """
 
     name: str
@@ -43,6 +69,12 @@ class Format:
     exponent_bits: int
     fraction_bits: int
     has_inf: bool = True
+    nan: str = "ieee"
+    signed: bool = True
+    has_zero: bool = True
+    exponent_bias: int | None = None
+    overflow: str = ""
+    held: bool = False  # the computing twin of a format (see :attr:`held_twin`), never a user's choice
     aliases: tuple[str, ...] = field(default=())
     # a precision policy (numerics/policies.py): the formats inputs are stored in, operations compute in and
     # reductions accumulate in; None: this format itself (a pure format).  The encoding fields above are then
@@ -86,6 +118,48 @@ class Format:
         """(dtype_name, exponent_bits, fraction_bits, has_inf): what the values are."""
         return (self.dtype_name, self.exponent_bits, self.fraction_bits, self.has_inf)
 
+    def __post_init__(self):
+        if self.nan not in _NAN_ENCODINGS:
+            raise ValueError(f"{self.name}: nan must be one of {_NAN_ENCODINGS}, not {self.nan!r}")
+        if self.has_inf != (self.nan == "ieee"):
+            raise ValueError(f"{self.name}: a format has infinities exactly when its NaNs are IEEE ones")
+        if not self.overflow:
+            object.__setattr__(self, "overflow", "inf" if self.has_inf else "saturate" if self.nan == "none"
+                               else "nan")
+        allowed = ("inf",) if self.has_inf else ("saturate",) if self.nan == "none" else ("nan", "saturate")
+        if self.overflow not in allowed and not self.held:
+            raise ValueError(f"{self.name}: overflow {self.overflow!r} is not one of {allowed}")
+
+    @property
+    def signed_zero(self) -> bool:
+        """Whether -0 exists (not in the fnuz formats, whose 0x80 is NaN, nor in the unsigned ones)."""
+        return self.signed and self.has_zero and self.nan != "fnuz"
+
+    @property
+    def saturates(self) -> bool:
+        """Overflow (and an infinite input) gives +-max: a finite value although the overflow happened."""
+        return self.overflow == "saturate"
+
+    @property
+    def scale_only(self) -> bool:
+        """An unsigned scale format (float8_e8m0fnu, float8_e5m3fnu): it cannot hold an experiment's
+        values (no negative numbers; e8m0 not even zero), so ``-d`` refuses it; block quantizers and readers
+        use its constants and :meth:`round`."""
+        return not self.signed
+
+    @property
+    def base_name(self) -> str:
+        """The name of the encoding (``float8_e4m3fn`` for ``float8_e4m3fn:saturate``)."""
+        return self.name.split(":")[0]
+
+    @cached_property
+    def held_twin(self) -> "Format":
+        """The format Arith computes in: the same values, but overflow gives +-inf and a NaN stays NaN
+        (this format itself where it already does both)."""
+        if self.overflow in ("inf", "nan") and self.nan != "none":
+            return self
+        return replace(self, name=self.base_name + ":held", overflow="inf", held=True, aliases=())
+
     @property
     def native(self) -> bool:
         """numpy has the dtype itself (float16, float32, float64): no ml_dtypes needed."""
@@ -111,33 +185,48 @@ class Format:
 
     @property
     def bits(self) -> int:
-        """Storage width: sign + exponent + fraction bits (bfloat16: 16)."""
-        return 1 + self.exponent_bits + self.fraction_bits
+        """Width: sign (if signed) + exponent + fraction bits (bfloat16: 16, float4_e2m1fn: 4, stored in a byte)."""
+        return int(self.signed) + self.exponent_bits + self.fraction_bits
 
     @property
     def bias(self) -> int:
-        return 2 ** (self.exponent_bits - 1) - 1
+        """Exponent bias: declared (fnuz formats), else IEEE's ``2**(e-1) - 1``."""
+        return 2 ** (self.exponent_bits - 1) - 1 if self.exponent_bias is None else self.exponent_bias
+
+    def _decode(self, pattern: int) -> float:
+        """The value of a magnitude bit pattern (exponent field, then fraction field), see the class doc."""
+        m = self.fraction_bits
+        e, f = pattern >> m, pattern & ((1 << m) - 1)
+        if e == 0 and self.has_zero:
+            return math.ldexp(f, 1 - self.bias - m)
+        return math.ldexp((1 << m) + f, e - self.bias - m)
 
     @cached_property
     def max_exponent(self) -> int:
         """e such that max = (1.f...) * 2**e."""
-        top = 2**self.exponent_bits - (2 if self.has_inf else 1)
-        return top - self.bias
+        return math.frexp(self.max)[1] - 1
 
     @cached_property
     def max(self) -> float:
-        """Largest finite value."""
-        reserved = 0 if self.has_inf else 1  # no-inf formats give the all-ones significand to NaN
-        return math.ldexp(2.0 - math.ldexp(1.0, reserved - self.fraction_bits), self.max_exponent)
+        """Largest finite value: the largest magnitude pattern that is neither inf nor NaN."""
+        e, m = self.exponent_bits, self.fraction_bits
+        if self.has_inf:
+            top = ((2**e - 2) << m) | ((1 << m) - 1)
+        elif self.nan == "fn":
+            top = 2 ** (e + m) - 2  # the all-ones pattern is NaN
+        else:  # fnuz (NaN is 0x80, a sign pattern) and none: every magnitude pattern is a number
+            top = 2 ** (e + m) - 1
+        return self._decode(top)
 
     @cached_property
     def tiny(self) -> float:
-        """Smallest positive normal, 2**(1 - bias)."""
-        return math.ldexp(1.0, 1 - self.bias)
+        """Smallest positive normal, 2**(1 - bias) (exponent-only formats: 2**-bias)."""
+        return self._decode(1 << self.fraction_bits if self.has_zero else 0)
 
     @cached_property
     def smallest_subnormal(self) -> float:
-        return math.ldexp(1.0, 1 - self.bias - self.fraction_bits)
+        """Smallest positive value: tiny * 2**-m (exponent-only formats: tiny)."""
+        return self._decode(1 if self.has_zero else 0)
 
     @cached_property
     def eps(self) -> float:
@@ -232,7 +321,9 @@ class Format:
         if self.native:
             return str(self.dtype.type(value))
         with np.errstate(all="ignore"):
-            y = round_bits(np.array([value], dtype=np.float64).astype(np.float32), self)
+            x = np.array([value], dtype=np.float64)
+            # (ml_dtypes converts a float64 to its unsigned scale formats directly: 1e-46 is not 0 -> NaN first)
+            y = round_bits(x if self.scale_only else x.astype(np.float32), self)
         return "%g" % float(y[0])
 
     def __str__(self) -> str:
@@ -245,18 +336,24 @@ _UINT = {4: np.uint32, 8: np.uint64}
 
 def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
     """Round float32 or float64 ``x`` to ``fmt`` (p significand bits, min exponent emin) in
-    the same dtype: round to nearest, ties to even, with IEEE overflow.
+    the same dtype: round to nearest, ties to even, then the format's conventions.
 
     Normal range: on the bits of x, add ``half - 1`` plus the last kept bit, then clear the
     dropped bits (a carry into the exponent is the correct next binade).  Below ``tiny``
     the spacing is fixed at ``q = 2**(emin - p + 1)``: ``(|x| + c) - c`` with ``c = q * 2**t``
     (t = x's significand bits) rounds |x| to a multiple of q in one hardware rounding.
-    Beyond ``max`` (after rounding): +-inf, or NaN for a format without infinity.
-    NaN stays NaN.  Checked against numpy / ml_dtypes on every float32 (tests).
+    Beyond ``max`` (after rounding), and for +-inf: ``fmt.overflow`` (+-inf, NaN or +-max).
+    NaN stays NaN; in a format without NaN it becomes a zero of the opposite sign bit (ml_dtypes).
+    No -0 in a format without it (fnuz, unsigned): +0.  Unsigned formats: a negative value (even one that
+    would underflow) is NaN, -0 is +0.
+    Exponent-only formats (float8_e8m0fnu): see :func:`_round_exponent_only`.
+    Checked against numpy / ml_dtypes on every float32 (tests).
     """
     if x.ndim == 0:  # (the fixes below write through a flat view, which only a C-ordered array of
         return round_bits(x.reshape(1), fmt).reshape(())  # at least one dimension gives)
     x = np.ascontiguousarray(x)
+    if not fmt.has_zero:
+        return _round_exponent_only(x, fmt)
     info = np.finfo(x.dtype)
     uint = _UINT[x.dtype.itemsize]
     drop = info.nmant - (fmt.precision - 1)  # significand bits cleared
@@ -267,39 +364,105 @@ def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
     rounded &= ~uint((1 << drop) - 1)
     y = rounded.view(x.dtype)
     magnitude = np.abs(y)
-    fix = np.flatnonzero(~((magnitude >= fmt.tiny) & (magnitude <= fmt.max)))  # small, big, NaN (rare)
+    keep = (magnitude >= fmt.tiny) & (magnitude <= fmt.max)
+    if not fmt.signed:
+        keep &= y > 0
+    fix = np.flatnonzero(~keep)  # small, big, NaN, negative where unsigned (rare)
     if fix.size:
         v = x.reshape(-1)[fix]
         c = x.dtype.type(2.0 ** (fmt.min_exponent - fmt.precision + 1 + info.nmant))
         out = np.copysign((np.abs(v) + c) - c, v)  # |v| < tiny: a multiple of the subnormal spacing
         big = ~(np.abs(y.reshape(-1)[fix]) < fmt.tiny)
-        out[big] = np.copysign(x.dtype.type(np.inf), v[big]) if fmt.has_inf else np.nan
-        out[np.isnan(v)] = v[np.isnan(v)]
+        if fmt.overflow == "inf":
+            out[big] = np.copysign(x.dtype.type(np.inf), v[big])
+        elif fmt.overflow == "saturate":
+            out[big] = np.copysign(x.dtype.type(fmt.max), v[big])
+        else:
+            out[big] = np.nan
+        nan = np.isnan(v)
+        if fmt.nan == "none" and not fmt.held:  # ml_dtypes: NaN -> the zero of the other sign bit
+            out[nan] = np.where(np.signbit(v[nan]), x.dtype.type(0.0), x.dtype.type(-0.0))
+        else:
+            out[nan] = v[nan]
+        if not fmt.signed_zero:
+            out[out == 0] = 0.0
+        if not fmt.signed:
+            out[v < 0] = np.nan  # (-0 is +0)
         y.reshape(-1)[fix] = out
     return y
 
 
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in (
-        Format("float16", "float16", exponent_bits=5, fraction_bits=10, aliases=("fp16", "half", "f16")),
-        Format("bfloat16", "bfloat16", exponent_bits=8, fraction_bits=7, aliases=("bf16",)),
-        Format("float32", "float32", exponent_bits=8, fraction_bits=23, aliases=("fp32", "single", "f32")),
-        Format("float64", "float64", exponent_bits=11, fraction_bits=52, aliases=("fp64", "double", "f64")),
-        Format("float8_e4m3fn", "float8_e4m3fn", exponent_bits=4, fraction_bits=3, has_inf=False,
-               aliases=("e4m3", "e4m3fn", "fp8_e4m3")),
-        Format("float8_e5m2", "float8_e5m2", exponent_bits=5, fraction_bits=2, aliases=("e5m2", "fp8_e5m2")),
-    )
-}
+def _round_exponent_only(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Round to a format of powers of two only (float8_e8m0fnu: 2**k, -bias <= k <= max_exponent), as
+    ml_dtypes 0.7 does: a tie (1.5 * 2**k) rounds up, to 2**(k+1); a positive value below tiny gives
+    tiny (there is no zero); beyond max (from 1.5 * max on), +-inf, NaN, zero and negative values give
+    NaN.  (torch 2.x's cast differs: it ignores the sign and rounds 464 up to 512; the OCP MX spec leaves
+    this conversion to the implementation.)  Computed with frexp in float64: exact."""
+    v = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        m, e = np.frexp(v)  # v = m * 2**e, 0.5 <= m < 1
+        out = np.ldexp(np.where(m >= 0.75, 1.0, 0.5), e)
+        out = np.maximum(out, fmt.tiny)
+        out[~(out <= fmt.max) | ~(v > 0) | np.isinf(v)] = np.nan
+    return out.astype(x.dtype)
+
+
+_DECLARED = (
+    Format("float16", "float16", exponent_bits=5, fraction_bits=10, aliases=("fp16", "half", "f16")),
+    Format("bfloat16", "bfloat16", exponent_bits=8, fraction_bits=7, aliases=("bf16",)),
+    Format("float32", "float32", exponent_bits=8, fraction_bits=23, aliases=("fp32", "single", "f32")),
+    Format("float64", "float64", exponent_bits=11, fraction_bits=52, aliases=("fp64", "double", "f64")),
+    Format("float8_e4m3fn", "float8_e4m3fn", exponent_bits=4, fraction_bits=3, has_inf=False, nan="fn",
+           aliases=("e4m3", "e4m3fn", "fp8_e4m3", "fp8_e4m3fn")),
+    Format("float8_e5m2", "float8_e5m2", exponent_bits=5, fraction_bits=2, aliases=("e5m2", "fp8_e5m2")),
+    # ml_dtypes' other float formats (0.7), by their specs; the conformance tests hold them to ml_dtypes
+    Format("float8_e4m3fnuz", "float8_e4m3fnuz", exponent_bits=4, fraction_bits=3, has_inf=False, nan="fnuz",
+           exponent_bias=8, aliases=("e4m3fnuz", "fp8_e4m3fnuz")),
+    Format("float8_e5m2fnuz", "float8_e5m2fnuz", exponent_bits=5, fraction_bits=2, has_inf=False, nan="fnuz",
+           exponent_bias=16, aliases=("e5m2fnuz", "fp8_e5m2fnuz")),
+    Format("float8_e4m3b11fnuz", "float8_e4m3b11fnuz", exponent_bits=4, fraction_bits=3, has_inf=False,
+           nan="fnuz", exponent_bias=11, aliases=("e4m3b11fnuz", "e4m3b11", "fp8_e4m3b11fnuz")),
+    Format("float8_e4m3", "float8_e4m3", exponent_bits=4, fraction_bits=3, aliases=("fp8_e4m3_ieee",)),
+    Format("float8_e3m4", "float8_e3m4", exponent_bits=3, fraction_bits=4, aliases=("e3m4", "fp8_e3m4")),
+    Format("float6_e2m3fn", "float6_e2m3fn", exponent_bits=2, fraction_bits=3, has_inf=False, nan="none",
+           aliases=("e2m3", "e2m3fn", "fp6_e2m3")),
+    Format("float6_e3m2fn", "float6_e3m2fn", exponent_bits=3, fraction_bits=2, has_inf=False, nan="none",
+           aliases=("e3m2", "e3m2fn", "fp6_e3m2")),
+    Format("float4_e2m1fn", "float4_e2m1fn", exponent_bits=2, fraction_bits=1, has_inf=False, nan="none",
+           aliases=("e2m1", "e2m1fn", "fp4", "fp4_e2m1")),
+    Format("float8_e8m0fnu", "float8_e8m0fnu", exponent_bits=8, fraction_bits=0, has_inf=False, nan="fn",
+           signed=False, has_zero=False, aliases=("e8m0", "e8m0fnu", "fp8_e8m0")),
+    Format("float8_e5m3fnu", "float8_e5m3fnu", exponent_bits=5, fraction_bits=3, has_inf=False, nan="fn",
+           signed=False, aliases=("e5m3fnu", "fp8_e5m3fnu")),
+)
+SATURATE_SUFFIXES = ("saturate", "sat")
+"""``-d NAME:saturate`` (or ``:sat``): overflow and an infinite input give +-max instead of NaN."""
+_SATURATING = tuple(
+    replace(f, name=f"{f.name}:saturate", overflow="saturate",
+            aliases=tuple(f"{a}:{s}" for a in (f.name, *f.aliases) for s in SATURATE_SUFFIXES if f"{a}:{s}" !=
+                          f"{f.name}:saturate"))
+    for f in _DECLARED if f.signed and f.nan in ("fn", "fnuz"))
+
+FORMATS: dict[str, Format] = {f.name: f for f in (*_DECLARED, *_SATURATING)}
+"""Every format by canonical name: ml_dtypes' float formats and the saturating variants of the fn/fnuz ones."""
 DEFAULT_FORMATS: tuple[Format, ...] = tuple(FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))
-ALL_FORMATS: tuple[Format, ...] = tuple(FORMATS.values())
+ALL_FORMATS: tuple[Format, ...] = tuple(FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64",
+                                                            "float8_e4m3fn", "float8_e5m2"))
+"""``-d all``: the six formats of the first releases (the baselines' set)."""
+EVERY_FORMAT: tuple[Format, ...] = tuple(f for f in FORMATS.values() if not f.scale_only)
+"""``-d every``: every format an experiment can run in (all of FORMATS but the unsigned scale formats)."""
 
 _BY_NAME = {key: f for f in FORMATS.values() for key in (f.name, *f.aliases)}
+for _f in _DECLARED:  # a format that saturates already (fp6, fp4) accepts the suffix too
+    if _f.saturates:
+        _BY_NAME.update({f"{a}:{s}": _f for a in (_f.name, *_f.aliases) for s in SATURATE_SUFFIXES})
+assert len(_BY_NAME) == sum(1 + len(f.aliases) for f in FORMATS.values()) + sum(
+    2 * (1 + len(f.aliases)) for f in _DECLARED if f.saturates), "an alias names two formats"
 
 
 def format_names() -> list[str]:
-    """Canonical names, then 'all'."""
-    return [*FORMATS, "all"]
+    """Canonical names, then 'all' and 'every'."""
+    return [*FORMATS, "all", "every"]
 
 
 def get_format(name: str) -> Format:
@@ -308,5 +471,6 @@ def get_format(name: str) -> Format:
     try:
         return _BY_NAME[name.strip().lower()]
     except KeyError:
-        valid = ", ".join(f"{f.name} ({'/'.join(f.aliases)})" for f in FORMATS.values())
-        raise KeyError(f"unknown format {name!r}; valid: {valid}, all") from None
+        valid = ", ".join(f"{f.name} ({'/'.join(f.aliases)})" if f.aliases and ":" not in f.name else f.name
+                          for f in FORMATS.values())
+        raise KeyError(f"unknown format {name!r}; valid: {valid}, all, every") from None

@@ -197,7 +197,11 @@ class IntervalArith:
     experiment on one instance and their common steps are computed once."""
 
     def __init__(self, fmt: Format, rows: int, ftz: bool = False):
-        self.fmt, self.rows, self.ftz = fmt, rows, ftz
+        # a saturating format is bounded through its twin that overflows to +-inf: an enclosure reaching
+        # +-inf contains the +-max the format gives, and an infinite error bound certifies nothing there
+        # (the error of a saturated result is not u |y|)
+        self.fmt, self.rows, self.ftz = fmt.held_twin, rows, ftz
+        self._saturate = fmt.max if fmt.saturates else None  # see _result
         self._shared: dict = {}
         self.dtype = np.dtype(np.float64)
         self.wide = wide_dtype(fmt)
@@ -228,7 +232,8 @@ class IntervalArith:
         return np.asarray(x).astype(self.wide)
 
     def _own(self, x) -> np.ndarray:
-        return np.asarray(x, dtype=np.float64).astype(self.fmt.dtype)
+        """Format values in the format's dtype, or in float32 for a twin (whose conversion the dtype's is not)."""
+        return np.asarray(x, dtype=np.float64).astype(np.float32 if self.fmt.held else self.fmt.dtype)
 
     def _flush(self, x: np.ndarray) -> np.ndarray:
         return np.where(np.abs(x) < self.fmt.tiny, 0.0, x) if self.ftz else x
@@ -262,12 +267,19 @@ class IntervalArith:
             lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
             xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
             err = np.where(_bad(err) | ~np.isfinite(size), np.inf, err)
+            if self._saturate is not None:  # the format gives +-max for +-inf: an end at +inf (below: -inf)
+                top = self._saturate        # moves to +max; the other infinite ends stay (NaN, a pole: the
+                lo, hi = np.minimum(lo, top), np.maximum(hi, -top)  # range proves nothing finite); the error
+                # bound stays infinite there (size above)
         return Bounds(lo, hi, xlo, xhi, err)
 
     def _op(self, f, *args) -> np.ndarray:
         """f on format arrays, as Arith computes it (correctly rounded), as float64."""
         with np.errstate(all="ignore"):
-            return np.asarray(f(*(self._own(a) for a in args))).astype(np.float64)
+            y = np.asarray(f(*(self._own(a) for a in args)))
+            if self.fmt.held:  # float32 + - * / of format values, rounded once: as Arith computes
+                y = self.fmt.round32(y)
+            return y.astype(np.float64)
 
     # ------------------------------------------------------------ bookkeeping Arith offers
     def fork(self) -> "IntervalArith":
@@ -281,15 +293,17 @@ class IntervalArith:
         """Inputs (already format values: the threshold grids are)."""
         x = Bounds.of(x)
         with np.errstate(all="ignore"):
-            lo = self.fmt.round(x.lo).astype(np.float64)
-            hi = self.fmt.round(x.hi).astype(np.float64)
-        if not (np.array_equal(lo, x.lo) and np.array_equal(hi, x.hi)):
+            lo = self.fmt.round(x.lo, np.float64)
+            hi = self.fmt.round(x.hi, np.float64)
+        if not (np.array_equal(lo, x.lo, equal_nan=True) and np.array_equal(hi, x.hi, equal_nan=True)):
             raise ValueError("interval inputs must be values of the format")
         lo, hi = self._flush(lo), self._flush(hi)  # denormals-are-zero, as Arith.load
         return Bounds(lo, hi)
 
     def const(self, value):
-        return self.fmt.round(value).astype(np.float64)
+        """As Arith.const: rounded (held in float64), +-inf saturated where the format saturates."""
+        v = self.fmt.round(value, np.float64)
+        return v if self._saturate is None else np.where(np.isinf(v), np.copysign(self._saturate, v), v)
 
     def add(self, a, b, where=None) -> Bounds:
         a, b = Bounds.of(a), Bounds.of(b)

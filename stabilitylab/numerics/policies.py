@@ -39,9 +39,9 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from .formats import _BY_NAME, FORMATS, Format, get_format
+from .formats import _BY_NAME, ALL_FORMATS, EVERY_FORMAT, FORMATS, Format, get_format
 
-__all__ = ["format_or_policy", "PRESETS", "policy", "contains", "SPELLING", "notes"]
+__all__ = ["format_or_policy", "chosen", "PRESETS", "policy", "contains", "SPELLING", "notes"]
 
 SPELLING = "STORAGE[@COMPUTE][+ACCUMULATE] (e.g. bf16@fp32, bf16+fp32, bf16@fp32+fp64, bf16@autocast)"
 
@@ -71,7 +71,7 @@ def _part(text: str, spec: str, role: str) -> Format:
 
 
 def _arithmetic(fmt: Format, spec: str, role: str) -> None:
-    if fmt.fraction_bits < 1 or getattr(fmt, "block", None):
+    if fmt.fraction_bits < 1 or fmt.scale_only or getattr(fmt, "block", None):
         raise KeyError(f"policy {spec!r}: {fmt.name} cannot be the {role} format (it is a scale or block "
                        "format, not one operations round to)")
 
@@ -136,3 +136,22 @@ def notes(formats) -> list[str]:
             f"inputs are converted to {f.compute_format.name} once after loading (their overflow or underflow "
             "there counts as the input's: status range)"
             for f in formats if f.is_policy and not contains(f.compute_format, f.storage_format)]
+
+
+def chosen(name: str, scales: bool = False) -> tuple[Format, ...]:
+    """What ``-d NAME`` means (CLI and API alike): ``all`` (:data:`~.formats.ALL_FORMATS`), ``every``
+    (:data:`~.formats.EVERY_FORMAT`), or one format or policy (:func:`format_or_policy`).  An unknown name
+    is a KeyError, a scale format as the storage (unless ``scales``: the ``formats`` command lists them) a
+    ValueError, each with a one-line message."""
+    key = str(name).strip().lower()
+    if key == "all":
+        return ALL_FORMATS
+    if key == "every":
+        return EVERY_FORMAT
+    fmt = format_or_policy(key)
+    storage = fmt.storage_format
+    if storage.scale_only and not scales:
+        raise ValueError(f"{storage.name} is an unsigned scale format (the block scale of MX / NV formats: no "
+                         f"negative values{', no zero' if not storage.has_zero else ''}); an experiment cannot "
+                         "compute in it (-d every lists the formats that can)")
+    return (fmt,)

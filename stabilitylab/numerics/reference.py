@@ -99,8 +99,9 @@ class Exact:
         """The exact values correctly rounded to ``fmt`` (nearest, ties to even), as float64
         (read-only: computed once per format).
 
-        Overflow gives +-inf (NaN in a format without infinity, as its conversions do),
-        values at most half the smallest subnormal give 0.
+        Overflow gives what the format's conversion gives (``fmt.overflow``): +-inf, NaN (a format
+        without infinity) or +-max (a saturating one); values at most half the smallest subnormal
+        give 0 (+0 where there is no -0).  Exponent-only formats (float8_e8m0fnu) are not handled.
         """
         return self._memoized(("rounded", fmt.name), lambda: self._round(fmt))
 
@@ -119,11 +120,16 @@ class Exact:
             n = np.where((frac == 0.5) & (lo < 0), np.floor(t), n)
             out = np.ldexp(n, np.clip(q, -2000, 2000))
         out = np.where(finite, out, hi)  # zeros, infinities, NaN as they are
-        big = np.abs(out) > fmt.max
+        big = np.abs(out) > fmt.max  # (and +-inf)
         if big.any():
-            out = np.where(big, np.copysign(np.inf, out) if fmt.has_inf else np.nan, out)
-        if not fmt.has_inf:
-            out = np.where(np.isinf(out), np.nan, out)
+            if fmt.overflow == "inf":
+                out = np.where(big, np.copysign(np.inf, out), out)
+            elif fmt.saturates:
+                out = np.where(big, np.copysign(fmt.max, out), out)
+            else:
+                out = np.where(big, np.nan, out)
+        if not fmt.signed_zero:
+            out = np.where(out == 0, 0.0, out)
         return out + 0.0
 
     def text(self, digits: int = 10) -> list[str]:

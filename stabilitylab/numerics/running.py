@@ -49,13 +49,13 @@ def rounder(fmt: Format) -> Callable[[float], float]:
         return native
     p, tiny, sub = fmt.precision, fmt.tiny, fmt.smallest_subnormal
     limit = fmt.max + float(fmt.ulp(fmt.max)) / 2  # at or above: overflow (tie: to even)
-    tie_up = not np.isfinite(float(fmt.round(np.array([limit]), np.float64)[0]))
-    overflow = math.inf if fmt.has_inf else math.nan
+    tie_up = not np.isfinite(float(fmt.held_twin.round(np.array([limit]), np.float64)[0]))
+    overflow = {"inf": math.inf, "nan": math.nan, "saturate": fmt.max}[fmt.overflow]
 
     def python(x: float) -> float:
         """Round to nearest, ties to even, on the format's grid (round() is half-even)."""
         if not math.isfinite(x):
-            return x if fmt.has_inf or x != x else math.nan
+            return x if x != x else math.copysign(overflow, x)
         a = abs(x)
         if a > limit or (a == limit and tie_up):
             return math.copysign(overflow, x)

@@ -194,7 +194,9 @@ def formats_document(formats) -> dict:
         {"name": f.name, "aliases": list(f.aliases), "precision": f.precision, "max": f.max,
          "smallest_normal": f.tiny, "smallest_subnormal": f.smallest_subnormal, "eps": f.eps,
          "unit_roundoff": f.unit_roundoff, "ln_max": f.ln_max, "ln_smallest_subnormal": f.ln_smallest_subnormal,
-         "has_inf": f.has_inf} for f in formats]}
+         "has_inf": f.has_inf, "bits": f.bits, "exponent_bits": f.exponent_bits, "fraction_bits": f.fraction_bits,
+         "bias": f.bias, "nan": f.nan, "signed": f.signed, "signed_zero": f.signed_zero, "has_zero": f.has_zero,
+         "overflow": f.overflow} for f in formats]}
 
 
 def train_document(runs, scenarios, said) -> dict:

@@ -18,6 +18,7 @@ from ..analysis.outcome import METHOD_FAILURES, SEVERITY, WHITE_BOX_STATUSES, wo
 from ..numerics.formats import Format
 
 __all__ = ["Cell", "Table", "Section", "value_text", "summary_section", "verdicts", "compare_sections", "formats_table",
+           "encodings_table",
            "thresholds_table", "formulas_section", "check_table", "audit_sections"]
 
 
@@ -239,8 +240,27 @@ def formats_table(formats: list[Format]) -> Table:
                      Cell(number_text(f.smallest_subnormal, 8)), Cell(number_text(f.eps, 8)),
                      Cell(number_text(f.unit_roundoff, 8)), Cell(number_text(f.ln_max, 10)),
                      Cell(number_text(f.ln_smallest_subnormal, 10)),
-                     Cell("yes" if f.has_inf else "no (overflow is NaN)")])
+                     Cell("yes" if f.has_inf else f"no (overflow is {'±max' if f.saturates else 'NaN'})")])
     return Table("Formats (from numpy.finfo / ml_dtypes.finfo)", headers, rows)
+
+
+_NAN_TEXT = {"ieee": "IEEE (top exponent, fraction ≠ 0)", "fn": "one: all ones", "fnuz": "one: 0x80 (-0)",
+             "none": "none"}
+
+
+def encodings_table(formats: list[Format]) -> Table:
+    """How each format encodes its values (the declared fields of Format): widths, bias, inf, NaN, -0,
+    what overflow gives, and the names -d accepts."""
+    headers = ["format", "bits", "exponent bits", "fraction bits", "bias", "inf", "NaN", "-0", "overflow", "aliases"]
+    rows = []
+    for f in formats:
+        over = {"inf": "±inf", "nan": "NaN", "saturate": "±max"}[f.overflow]
+        sign = "" if f.signed else " (unsigned)"
+        rows.append([Cell(f.name), Cell(f"{f.bits}{sign}"), Cell(str(f.exponent_bits)), Cell(str(f.fraction_bits)),
+                     Cell(str(f.bias)), Cell("yes" if f.has_inf else "no"), Cell(_NAN_TEXT[f.nan]),
+                     Cell("yes" if f.signed_zero else "no" if f.has_zero else "no (no zero)"), Cell(over),
+                     Cell(", ".join(a for a in f.aliases if ":" not in a) or "any alias + :sat")])
+    return Table("Encodings (declared; the constants above follow from them)", headers, rows)
 
 
 def _param_text(value, fmt: Format) -> str:
