@@ -54,6 +54,15 @@ the other, counting "method fails, target ok" where neither did).
 A row whose call raised is ``error`` (its value NaN; the exception's first line
 is kept in :attr:`Outcome.errors`), for black boxes only.
 
+**Storage** (``Truth.storage``: the exact value is the input itself, the ``cast``
+experiment): no formula did its best here, the format's range *is* the question, so
+there is no ``range``: the value is ``overflow`` where the exact value is beyond the
+format's range (cr is +-inf, or NaN in a format without infinity), whatever came back
+(+-inf, NaN, or a saturated +-max: 1e4 stored in float8_e4m3fn by torch's cast, 448),
+and ``underflow`` where x != 0 and the value is 0 (x <= half the smallest subnormal, or
+a subnormal x flushed to zero).  White and black boxes alike: the cause is read off the
+input's magnitude, not an event.  (A call that raised stays ``error``.)
+
 Examples (float32 unless stated; tolerance sqrt(u) = 2**-12):
 
 ============================================  ========  =================
@@ -232,9 +241,10 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
 
 
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,
-             black_box: bool = False) -> Outcome:
+             black_box: bool = False, storage: bool = False) -> Outcome:
     """Apply the rule above to a batch; ``arith`` holds the events of the computation
-    (and, for a black box, the rows whose call raised)."""
+    (and, for a black box, the rows whose call raised); ``storage``: the exact value is the
+    input itself (``Truth.storage``)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
@@ -252,9 +262,12 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
+    stored_lost = (beyond, (v == 0) & ~exact.zero & ~np.isnan(exact.hi)) if storage else None
     if black_box:
         status[lost & nan] = "nan"
         status[lost & inf] = "inf"
+        if stored_lost is not None:
+            status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
         messages = np.full(v.shape, "", dtype=object)
         if arith.errors:
             rows = np.fromiter(arith.errors, dtype=np.int64)
@@ -269,6 +282,8 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     seen = (over != NEVER) | (under != NEVER)
     status[lost & seen & (over <= under)] = "overflow"
     status[lost & seen & (under < over)] = "underflow"
+    if stored_lost is not None:
+        status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
     return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy())
 
 

@@ -69,6 +69,7 @@ __all__ = ["AuditError", "Target", "Witness", "Resemblance", "Versus", "Audit", 
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
+    "cast": "f(x (rows,) float32, dtype: str, the format's name) -> x stored in the format (rows,)",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
 WIDE_WITNESS = 2**15  # default cases this wide are always witnesses (Recorder._keep_wide)
@@ -156,10 +157,11 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
 def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool,
                  timeout: float | None = None) -> Target:
     if experiment is None:
-        raise AuditError("name the protocol of a user function with -e softmax_ce or -e binary_ce "
-                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']})")
+        raise AuditError("name the protocol of a user function with -e softmax_ce, -e binary_ce or -e cast "
+                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']}; "
+                         f"cast: {PROTOCOLS['cast']})")
     if experiment not in PROTOCOLS:
-        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce or binary_ce protocol")
+        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce or cast protocol")
     if grad:
         raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
                          "known to stabilitylab")
@@ -386,7 +388,9 @@ def audit_experiment(name: str) -> Experiment:
     """The simulated experiment an audit of protocol ``name`` runs beside the target."""
     from ..experiments import logit_gradient
 
-    table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE,
+    from ..experiments.cast import CAST
+
+    table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE, "cast": CAST,
              "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
     try:
         return table[name]
@@ -397,8 +401,10 @@ def audit_experiment(name: str) -> Experiment:
 def default_audit_cases(experiment: str):
     """The experiment's default cases followed by the bug-report corpus; softmax_ce (not its gradient:
     one row per class would be WIDE**2 values) also the wide rows of :func:`softmax_ce.wide_cases`."""
-    from ..experiments import corpus, logit_gradient, softmax_ce
+    from ..experiments import cast, corpus, logit_gradient, softmax_ce
 
+    if experiment == "cast":
+        return cast.concat([cast.CAST.default_cases(), corpus.corpus("cast")])
     base = experiment.removesuffix("_grad")
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
@@ -409,7 +415,12 @@ def default_audit_cases(experiment: str):
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
 
 
-def _kernel(fn: Callable, grad: bool):
+def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
+    if experiment == "cast":
+        def kernel(a, x):  # the wide input (float64 holding float32 values: no format values, handed on as
+            name = a.fmt.name  # they are) as float32, the cast's input, with the format's name
+            return a.external(lambda v: fn(v.astype(np.float32), name), x.x)
+        return kernel
     if grad:
         def kernel(a, x):
             width = x.logits.shape[1]
@@ -514,7 +525,9 @@ class Recorder:
                 self.same[fmt.name][m.name] += int(np.count_nonzero((sim == v) | (np.isnan(sim) & np.isnan(v))))
             if m.truth is not None:
                 continue
-            method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)
+            status = classify(fmt, sim, outcome.exact, arith, self.tolerance,
+                              storage=self.simulated.truth_of(m).storage).status
+            method_fails = np.isin(status, METHOD_FAILURES)
             guards = np.flatnonzero(method_fails & ~target_fails)
             if self.source == "cases":
                 entry = self.versus.setdefault((fmt.name, m.name), [0, 0, []])
@@ -647,14 +660,18 @@ def probe(target: Target) -> None:
     """Call the target once on a plain batch; a call that raises, or a result of the wrong
     shape or type, is an :class:`AuditError` (the target cannot be audited at all)."""
     fmt = FORMATS["float32"] if "float32" in target.formats else FORMATS[target.formats[0]]
-    if target.experiment == "softmax_ce":
+    if target.experiment == "cast":
+        logits, labels = np.array([1.0, 0.5], dtype=np.float32), fmt.name
+        shown = f"x [1, 0.5] (float32), dtype {fmt.name!r}"
+    elif target.experiment == "softmax_ce":
         logits, labels = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]), np.array([0, 1], dtype=np.int64)
         shown = "logits [[0, 0, 0], [1, 0, -1]], labels [0, 1]"
     else:
         logits, labels = np.array([[0.0, 1.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
         shown = "logits [[0, 1], [-1, 0]], labels [[0, 1], [1, 0]]"
         labels = fmt.round(labels)
-    logits = fmt.round(logits)
+    if target.experiment != "cast":
+        logits = fmt.round(logits)
     protocol = GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -814,11 +831,12 @@ def _row_witnesses(target: Target, audited: Experiment, formats, summary, user, 
 
 def target_method(target: Target, observe: Callable | None = None) -> Method:
     """The target as a black-box :class:`Method` of its audit experiment."""
-    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad), black_box=True,
+    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad, target.experiment),
+                  black_box=True,
                   exact_formula=False, observe=observe)
 
 
-AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad", "cast")
 
 # how a baseline's user targets are allowed to run (named in the line of an entry that was not)
 ALLOW_HINT = ("--allow-target PATTERN, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] in a "

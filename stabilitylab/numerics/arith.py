@@ -339,6 +339,11 @@ class Arith:
                      (y != 0) & (np.abs(y) < self.fmt.tiny) & (y != x)]
         return y, masks
 
+    def store(self, x, where=None) -> np.ndarray:
+        """Values of a wider format (a cast's float32 input) stored in this one: :meth:`load`'s
+        rounding and events (overflow, underflow, subnormal), as one operation of a kernel."""
+        return self.load(x, where)
+
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the format (no events: constants are chosen)."""
         return self.fmt.round(value, self.dtype)
