@@ -387,7 +387,6 @@ def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
 def audit_experiment(name: str) -> Experiment:
     """The simulated experiment an audit of protocol ``name`` runs beside the target."""
     from ..experiments import logit_gradient
-
     from ..experiments.cast import CAST
 
     table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE, "cast": CAST,

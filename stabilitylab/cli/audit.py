@@ -33,8 +33,8 @@ from .base import (
 @click.option("--list", "list_targets", is_flag=True, help="List the built-in targets, installed or not, and exit.")
 @click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce", "cast")), default=None,
               help="The protocol of a user function: softmax_ce f(logits (rows, K), labels (rows,) int64) -> (rows,); "
-                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; cast f(x (rows,) float32, "
-                   "format name) -> x stored in the format (rows,). Adapters know theirs.")
+                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; cast f(x (rows,) "
+                   "float32, format name) -> x stored in the format (rows,). Adapters know theirs.")
 @dtype_option("float16, bfloat16, float32, float64, as the target supports them")
 @click.option("--logits", type=click.Path(), default=None,
               help="Logits file (.npy, .npz, .safetensors, .pt, .csv, .txt), shape (rows, K) or (..., K): its rows "

@@ -175,9 +175,9 @@ class Family:
     The parameter is searched over the integers in ``[lower, 2**62]``
     (``integer``) or over the representable values of the format in
     ``[lower, max]``, or, with ``grid`` (a format name), over that format's values in
-    ``[lower, its max]`` whatever the format under test (a cast's float32 inputs).  ``predict(fmt, method, settings)`` is the analytic
-    threshold, or None where no closed form is known.  Every input entry of
-    ``cases`` is monotone in the parameter, and every exact value is monotone
+    ``[lower, its max]`` whatever the format under test (a cast's float32 inputs).
+    ``predict(fmt, method, settings)`` is the analytic threshold, or None where no closed form
+    is known.  Every input entry of ``cases`` is monotone in the parameter, and every exact value is monotone
     between the ``turning`` points (the threshold search's interval proofs rely
     on both).
     """

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .binary_ce import Binary, binary_case
-from .cast import Values, value_cases
 from .binary_ce import concat as concat_binary
+from .cast import Values, value_cases
 from .softmax_ce import Logits, concat, logits_case
 
 __all__ = ["corpus"]

@@ -24,8 +24,8 @@ compiles a handful of shapes, not one per batch.
 import functools
 
 import jax
-import ml_dtypes
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 try:
