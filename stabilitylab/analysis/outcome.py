@@ -97,7 +97,7 @@ from ..numerics.arith import NEVER, Arith, events_from_steps
 from ..numerics.formats import Format
 from ..numerics.reference import Exact
 
-__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
+__all__ = ["stored_beyond", "STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
            "RANK", "Outcome", "blame", "classify", "errors", "worst_status"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
@@ -240,6 +240,21 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
     return bad, decided
 
 
+def stored_beyond(fmt: Format, exact: Exact) -> np.ndarray:
+    """Where an exact value x is beyond the format's range, whatever its overflow convention: |x| above
+    the rounding boundary ``T = max + ulp(max)/2``, or equal to T where the tie rounds away from max
+    (max's significand is odd: IEEE formats), or infinite in a format without infinity.  Computed from
+    max and its ulp, not from the rounded value (a saturating format rounds 1e4 to its max)."""
+    ulp = float(fmt.ulp(fmt.max))
+    boundary = fmt.max + ulp / 2  # exact in float64 below float64's own max (float64: inf, nothing beyond)
+    odd = int(fmt.max / ulp) % 2 == 1
+    with np.errstate(all="ignore"):
+        x = np.abs(np.ldexp(exact.hi, np.clip(exact.scale, -2000, 2000)))
+        outward = exact.lo * np.sign(exact.hi)  # > 0: |x| is a little above |hi|
+        at = (x == boundary) & ((outward > 0) | ((outward == 0) & odd))
+        return (np.isfinite(exact.hi) & ((x > boundary) | at)) | (np.isinf(exact.hi) & (not fmt.has_inf))
+
+
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,
              black_box: bool = False, storage: bool = False) -> Outcome:
     """Apply the rule above to a batch; ``arith`` holds the events of the computation
@@ -262,7 +277,7 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
-    stored_lost = (beyond, (v == 0) & ~exact.zero & ~np.isnan(exact.hi)) if storage else None
+    stored_lost = (stored_beyond(fmt, exact), (v == 0) & ~exact.zero & ~np.isnan(exact.hi)) if storage else None
     if black_box:
         status[lost & nan] = "nan"
         status[lost & inf] = "inf"
