@@ -154,5 +154,5 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
                            Cell(state, "ok" if r["installed"] else "inaccurate"), Cell(r["computes"])])
     table = Table("Built-in audit targets", ["target", "experiment", "formats", "--grad", "installed", "computes"],
                   table_rows,
-                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce")
+                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce|cast")
     render([Section("Targets", tables=[table])], output, fmt)
