@@ -372,7 +372,8 @@ def test_docs_conventions_table_is_what_the_frameworks_do():
         text = DOC.read_text()
     found = pattern.search(text)
     assert found is not None, f"{DOC} has no generated table"
-    assert found.group(1) == table + "\n", "the frameworks changed: STABILITYLAB_REGENERATE_DOCS=1 pytest tests/test_casts.py"
+    assert found.group(1) == table + "\n", \
+        "the frameworks changed: STABILITYLAB_REGENERATE_DOCS=1 pytest tests/test_casts.py"
 
 
 def test_user_cast_function_and_emit_refused(tmp_path):

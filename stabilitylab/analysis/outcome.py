@@ -97,8 +97,8 @@ from ..numerics.arith import NEVER, Arith, events_from_steps
 from ..numerics.formats import Format
 from ..numerics.reference import Exact
 
-__all__ = ["stored_beyond", "STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
-           "RANK", "Outcome", "blame", "classify", "errors", "worst_status"]
+__all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
+           "RANK", "Outcome", "blame", "classify", "errors", "stored_beyond", "worst_status"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
