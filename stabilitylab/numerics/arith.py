@@ -452,7 +452,8 @@ class Arith:
         """``fn(*arrays)`` for code we cannot see (an audited kernel, a user's function).
 
         ``arrays`` have the case on axis 0 (format values in the format's dtype,
-        integer labels); ``fn`` is called on whole batches, at most
+        integer labels; arrays of another dtype as they are: a cast's input is held
+        in float64, not rounded to the format, and reaches ``fn`` unchanged); ``fn`` is called on whole batches, at most
         ``EXTERNAL_CHUNK`` rows per call.  Its result, anything ``numpy.asarray``
         takes, must be real numbers of shape ``(rows, *shape)``; it is rounded
         correctly to the format (exact when it already is a format value).  No
@@ -507,7 +508,7 @@ class Arith:
 
     def _native(self, a: np.ndarray) -> np.ndarray:
         """Format values as the format's own dtype (``fast`` holds them in float32; the target must see
-        the format's dtype, as its protocol says); other arrays (labels) as they are."""
+        the format's dtype, as its protocol says); other arrays (labels, a cast's float64 input) as they are."""
         if self.fast and a.dtype == self.dtype:
             return a.astype(self.fmt.dtype)
         return a
