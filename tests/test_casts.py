@@ -411,3 +411,19 @@ def test_jax_cast_to_float64_flushes_float32_subnormals():
     assert float(np.float32(1) / np.float32(before)) >= tiny32  # ... and the d before it gives a normal x
     witness = next(w for w in audit.witnesses if w.source == "underflow")
     assert witness.value == 0.0 and 0 < witness.reference < tiny32
+
+
+@pytest.mark.parametrize("extra", [["--emit-pytest", "{tmp}/t.py"], ["--logits", "{tmp}/l.npy"],
+                                   ["-e", "softmax_ce"], ["--family", "nope"]])
+def test_cast_options_that_do_not_apply_are_one_line_and_exit_2(tmp_path, extra):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "l.npy", np.zeros((2, 3)))
+    args = [a.format(tmp=tmp_path) for a in extra]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "stabilitylab", "audit", "torch.cast", "-d", "e4m3fn", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "t.py").exists()
