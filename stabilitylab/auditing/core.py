@@ -416,8 +416,10 @@ def default_audit_cases(experiment: str):
 
 def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
     if experiment == "cast":
-        def kernel(a, x):  # the wide input (float64 holding float32 values: no format values, handed on as
-            name = a.fmt.name  # they are) as float32, the cast's input, with the format's name
+        # the wide input (float64 holding float32 values, not format values: external hands it on as it is)
+        # reaches the target as float32, the cast's input, with the format's name
+        def kernel(a, x):
+            name = a.fmt.name
             return a.external(lambda v: fn(v.astype(np.float32), name), x.x)
         return kernel
     if grad:
