@@ -444,8 +444,10 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
 
     ``experiment``: the protocol of a user function, ``"softmax_ce"`` (``f(logits (rows, K),
     labels (rows,) int64) -> loss (rows,)``) or ``"binary_ce"`` (``f(logits (rows, K), labels
-    (rows, K)) -> loss (rows,)`` summed over K); adapters know theirs.  ``dtypes``: format
-    names (default: float16, bfloat16, float32, float64 as the target supports them; ``"all"``;
+    (rows, K)) -> loss (rows,)`` summed over K) or ``"cast"`` (``f(x (rows,) float32, format name) -> x
+    stored in the format (rows,)``); adapters know theirs.  ``dtypes``: format
+    names (default: float16, bfloat16, float32, float64 as the target supports them, a cast target every
+    format it supports; ``"all"``;
     with logits stored as bfloat16 / float16 / float8, that format).
     ``logits`` / ``labels`` / ``key`` / ``labels_key`` / ``ignore_index``: user data (see the module
     docstring) replacing the default cases and the bug-report corpus.  For a softmax_ce loss it
@@ -465,12 +467,16 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
     from .auditing import core as _audit
 
     t = _audit.resolve(target, experiment, grad, timeout=_timeout(timeout))
-    formats = _formats(dtypes)
+    # a cast's question is the narrow formats: by default every format the target supports (not the four)
+    formats = _formats(dtypes, EVERY_FORMAT if t.experiment == "cast" else DEFAULT_FORMATS)
     _tolerance(tolerance)
     known = [f.name for f in _audit.audit_experiment(t.audited_experiment).families]
     for name in families or ():
         if name not in known:
             raise AuditError(f"no family {name!r} in {t.audited_experiment}; valid: {', '.join(known)}")
+    if t.experiment == "cast" and (logits is not None or labels is not None):
+        raise InputError(f"{t.name} is a cast (protocol cast): it takes no logits or labels; its cases are the "
+                         "default values and the bug-report corpus", "--logits" if logits is not None else "--labels")
     streamed = logits is not None and t.experiment == "softmax_ce" and not t.grad
     if streamed:
         user = _user(logits, labels, key, labels_key, ignore_index)

@@ -135,14 +135,16 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
     dtype = wide_dtype(fmt) if bulk else None
     exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
-    outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
+    outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                for m, arith, value in runs]
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
-            outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box) for m, arith, value in runs]
+            outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                        for m, arith, value in runs]
     return outcomes
 
 

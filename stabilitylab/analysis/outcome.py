@@ -56,6 +56,15 @@ the other, counting "method fails, target ok" where neither did).
 A row whose call raised is ``error`` (its value NaN; the exception's first line
 is kept in :attr:`Outcome.errors`), for black boxes only.
 
+**Storage** (``Truth.storage``: the exact value is the input itself, the ``cast``
+experiment): no formula did its best here, the format's range *is* the question, so
+there is no ``range``: the value is ``overflow`` where the exact value is beyond the
+format's range (cr is +-inf, or NaN in a format without infinity), whatever came back
+(+-inf, NaN, or a saturated +-max: 1e4 stored in float8_e4m3fn by torch's cast, 448),
+and ``underflow`` where x != 0 and the value is 0 (x <= half the smallest subnormal, or
+a subnormal x flushed to zero).  White and black boxes alike: the cause is read off the
+input's magnitude, not an event.  (A call that raised stays ``error``.)
+
 Examples (float32 unless stated; tolerance sqrt(u) = 2**-12):
 
 ============================================  ========  =================
@@ -91,7 +100,7 @@ from ..numerics.formats import Format
 from ..numerics.reference import Exact
 
 __all__ = ["STATUSES", "FAILURES", "METHOD_FAILURES", "BLACK_BOX_STATUSES", "WHITE_BOX_STATUSES", "SEVERITY",
-           "RANK", "Outcome", "blame", "classify", "errors", "worst_status"]
+           "RANK", "Outcome", "blame", "classify", "errors", "stored_beyond", "worst_status"]
 
 STATUSES: tuple[str, ...] = ("ok", "range", "inaccurate", "overflow", "underflow", "nan", "inf", "error")
 FAILURES: tuple[str, ...] = ("overflow", "underflow", "nan", "inf", "error")
@@ -240,10 +249,26 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
     return bad, decided
 
 
+def stored_beyond(fmt: Format, exact: Exact) -> np.ndarray:
+    """Where an exact value x is beyond the format's range, whatever its overflow convention: |x| above
+    the rounding boundary ``T = max + ulp(max)/2``, or equal to T where the tie rounds away from max
+    (max's significand is odd: IEEE formats), or infinite in a format without infinity.  Computed from
+    max and its ulp, not from the rounded value (a saturating format rounds 1e4 to its max)."""
+    ulp = float(fmt.ulp(fmt.max))
+    boundary = fmt.max + ulp / 2  # exact in float64 below float64's own max (float64: inf, nothing beyond)
+    odd = int(fmt.max / ulp) % 2 == 1
+    with np.errstate(all="ignore"):
+        x = np.abs(np.ldexp(exact.hi, np.clip(exact.scale, -2000, 2000)))
+        outward = exact.lo * np.sign(exact.hi)  # > 0: |x| is a little above |hi|
+        at = (x == boundary) & ((outward > 0) | ((outward == 0) & odd))
+        return (np.isfinite(exact.hi) & ((x > boundary) | at)) | (np.isinf(exact.hi) & (not fmt.has_inf))
+
+
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,
-             black_box: bool = False) -> Outcome:
+             black_box: bool = False, storage: bool = False) -> Outcome:
     """Apply the rule above to a batch; ``arith`` holds the events of the computation
-    (and, for a black box, the rows whose call raised)."""
+    (and, for a black box, the rows whose call raised); ``storage``: the exact value is the
+    input itself (``Truth.storage``)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
@@ -265,9 +290,12 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
+    stored_lost = (stored_beyond(fmt, exact), (v == 0) & ~exact.zero & ~np.isnan(exact.hi)) if storage else None
     if black_box:
         status[lost & nan] = "nan"
         status[lost & inf] = "inf"
+        if stored_lost is not None:
+            status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
         messages = np.full(v.shape, "", dtype=object)
         if arith.errors:
             rows = np.fromiter(arith.errors, dtype=np.int64)
@@ -282,6 +310,8 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     seen = (over != NEVER) | (under != NEVER)
     status[lost & seen & (over <= under)] = "overflow"
     status[lost & seen & (under < over)] = "underflow"
+    if stored_lost is not None:
+        status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
     return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy())
 
 

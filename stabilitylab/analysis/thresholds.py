@@ -75,7 +75,7 @@ from ..experiments import EXPERIMENTS, Experiment
 from ..experiments.base import Family, Settings
 from ..numerics import interval, reference
 from ..numerics.arith import NEVER, Arith
-from ..numerics.formats import Format
+from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import format_or_policy
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, blame
@@ -146,18 +146,19 @@ class Threshold:
 
 
 class Grid:
-    """Ordered parameter points: integers [lo, hi], or format values in [lo, max] by bit pattern."""
+    """Ordered parameter points: integers [lo, hi], or format values in [lo, max] by bit pattern
+    (the values of ``family.grid`` when it names a format, else of the format under test)."""
 
     def __init__(self, family: Family, fmt: Format):
         """``fmt``: the format whose values the parameter takes (a policy's storage format)."""
         self.integer = family.integer
-        self.fmt = fmt
+        self.fmt = FORMATS[family.grid] if family.grid else fmt  # whose values the parameter runs over
         if self.integer:
             self.start, self.end = int(family.lower), family.upper or INTEGER_UPPER
         else:
-            self._bits = np.dtype(f"u{fmt.dtype.itemsize}")
-            self.start = self._index(float(fmt.round(family.lower, np.float64)))
-            self.end = self._index(fmt.max)
+            self._bits = np.dtype(f"u{self.fmt.dtype.itemsize}")
+            self.start = self._index(float(self.fmt.round(family.lower, np.float64)))
+            self.end = self._index(self.fmt.max)
 
     def _index(self, value: float) -> int:
         return int(np.array([value]).astype(self.fmt.dtype).view(self._bits)[0])
@@ -217,7 +218,9 @@ class _Search:
         self.keys = [(m, kind) for m in experiment.method_names for kind in KINDS]
         self.black_box = any(m.black_box for m in experiment.methods)
         self.seen: dict[int, dict[str, tuple[bool, bool]]] = {}  # index -> method -> bad per kind
-        self.lean = not self.black_box and not any(m.observe for m in experiment.methods)
+        # (storage experiments: their status rule is not blame()'s, so every point goes through the engine)
+        self.lean = not self.black_box and not any(m.observe or experiment.truth_of(m).storage
+                                                   for m in experiment.methods)
         # no interval proofs (black boxes; precision policies, see interval.supported): verified by points
         # from the start within a budget, and by a window scanned down from the failure found
         self.points_only = self.black_box or fmt.is_policy
@@ -714,6 +717,8 @@ class _Search:
                 ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
         for t in self.family.turning:
             ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
+        if truth.storage:  # a stored value fails where x is beyond the range or lost to 0: prove neither can be
+            ok &= _inside(fmt, v, r_lo, r_hi)
         out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
         proven[sub] = ok
 
@@ -727,6 +732,17 @@ def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:
         one_sign = ((lo > 0) & (r_lo > 0)) | ((hi < 0) & (r_hi < 0))
         spread = np.maximum(hi - r_lo, r_hi - lo) * (1 + 2.0**-40)
         return finite & one_sign & (spread <= tol * np.minimum(np.abs(r_lo), np.abs(r_hi)))
+
+
+def _inside(fmt: Format, v: interval.Bounds, r_lo, r_hi) -> np.ndarray:
+    """Every exact value is non-zero, of one sign and below the rounding boundary max + ulp(max)/2 in
+    magnitude, and every computed value is finite and non-zero: the storage rule's overflow and
+    underflow (:func:`outcome.classify`) cannot apply."""
+    boundary = np.longdouble(fmt.max) + np.longdouble(float(fmt.ulp(fmt.max))) / 2
+    with np.errstate(all="ignore"):
+        exact = ((r_lo > 0) | (r_hi < 0)) & (np.maximum(np.abs(r_lo), np.abs(r_hi)) < boundary)
+        computed = np.isfinite(v.lo) & np.isfinite(v.hi) & ((v.lo > 0) | (v.hi < 0))
+    return exact & computed
 
 
 def _rounds_to(fmt: Format, v: interval.Bounds, r_lo, r_hi) -> np.ndarray:

@@ -74,6 +74,7 @@ __all__ = ["AuditError", "Target", "Witness", "Agreement", "Candidate", "Resembl
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
+    "cast": "f(x (rows,) float32, dtype: str, the format's name) -> x stored in the format (rows,)",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
 WIDE_WITNESS = 2**15  # default cases this wide are always witnesses (Recorder._keep_wide)
@@ -161,10 +162,11 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
 def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool,
                  timeout: float | None = None) -> Target:
     if experiment is None:
-        raise AuditError("name the protocol of a user function with -e softmax_ce or -e binary_ce "
-                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']})")
+        raise AuditError("name the protocol of a user function with -e softmax_ce, -e binary_ce or -e cast "
+                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']}; "
+                         f"cast: {PROTOCOLS['cast']})")
     if experiment not in PROTOCOLS:
-        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce or binary_ce protocol")
+        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce or cast protocol")
     if grad:
         raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
                          "known to stabilitylab")
@@ -390,8 +392,9 @@ def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
 def audit_experiment(name: str) -> Experiment:
     """The simulated experiment an audit of protocol ``name`` runs beside the target."""
     from ..experiments import logit_gradient
+    from ..experiments.cast import CAST
 
-    table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE,
+    table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE, "cast": CAST,
              "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
     try:
         return table[name]
@@ -402,8 +405,10 @@ def audit_experiment(name: str) -> Experiment:
 def default_audit_cases(experiment: str):
     """The experiment's default cases followed by the bug-report corpus; softmax_ce (not its gradient:
     one row per class would be WIDE**2 values) also the wide rows of :func:`softmax_ce.wide_cases`."""
-    from ..experiments import corpus, logit_gradient, softmax_ce
+    from ..experiments import cast, corpus, logit_gradient, softmax_ce
 
+    if experiment == "cast":
+        return cast.concat([cast.CAST.default_cases(), corpus.corpus("cast")])
     base = experiment.removesuffix("_grad")
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
@@ -424,6 +429,8 @@ def realistic_audit_cases(experiment: str):
     (:func:`logit_gradient.components`) of fewer of them (:data:`GRAD_REALISTIC`)."""
     from ..experiments import binary_ce, logit_gradient, softmax_ce
 
+    if not experiment.startswith(("softmax_ce", "binary_ce")):
+        return []  # (a cast: its default cases and families are the whole story)
     module = softmax_ce if experiment.startswith("softmax_ce") else binary_ce
     if not experiment.endswith("_grad"):
         return module.realistic_cases()
@@ -451,7 +458,14 @@ def realistic_text(experiment: str) -> str:
     return text + (", as gradient components" if grad else "")
 
 
-def _kernel(fn: Callable, grad: bool):
+def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
+    if experiment == "cast":
+        # the wide input (float64 holding float32 values, not format values: external hands it on as it is)
+        # reaches the target as float32, the cast's input, with the format's name
+        def kernel(a, x):
+            name = a.fmt.name
+            return a.external(lambda v: fn(v.astype(np.float32), name), x.x)
+        return kernel
     if grad:
         def kernel(a, x):
             width = x.logits.shape[1]
@@ -516,7 +530,8 @@ def candidates(experiment: Experiment, fmt: Format) -> list[tuple[Method, Format
     kernel on ``fmt`` inputs commonly runs with (:func:`policy_candidates`).  A candidate in another format
     has its output rounded once to ``fmt`` before it is compared, and is shown as ``method in <policy>``
     (:func:`candidate_label`)."""
-    return [(m, computed) for computed in (fmt, *policy_candidates(fmt)) for m in experiment.methods]
+    policies = () if experiment.truth.storage else policy_candidates(fmt)  # (a cast computes nothing)
+    return [(m, computed) for computed in (fmt, *policies) for m in experiment.methods]
 
 
 def policy_candidates(fmt: Format) -> tuple[Format, ...]:
@@ -712,7 +727,9 @@ class Recorder:
                     self.rows[fmt.name][label].append(sim)
             if m.truth is not None or computed.name != fmt.name or not witnesses:
                 continue
-            method_fails = np.isin(classify(fmt, sim, outcome.exact, arith, self.tolerance).status, METHOD_FAILURES)
+            status = classify(fmt, sim, outcome.exact, arith, self.tolerance,
+                              storage=self.simulated.truth_of(m).storage).status
+            method_fails = np.isin(status, METHOD_FAILURES)
             guards = np.flatnonzero(method_fails & ~target_fails)
             if self.source == "cases":
                 entry = self.versus.setdefault((fmt.name, m.name), [0, 0, []])
@@ -859,14 +876,18 @@ def probe(target: Target) -> None:
     """Call the target once on a plain batch; a call that raises, or a result of the wrong
     shape or type, is an :class:`AuditError` (the target cannot be audited at all)."""
     fmt = FORMATS["float32"] if "float32" in target.formats else FORMATS[target.formats[0]]
-    if target.experiment == "softmax_ce":
+    if target.experiment == "cast":
+        logits, labels = np.array([1.0, 0.5], dtype=np.float32), fmt.name
+        shown = f"x [1, 0.5] (float32), dtype {fmt.name!r}"
+    elif target.experiment == "softmax_ce":
         logits, labels = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]), np.array([0, 1], dtype=np.int64)
         shown = "logits [[0, 0, 0], [1, 0, -1]], labels [0, 1]"
     else:
         logits, labels = np.array([[0.0, 1.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
         shown = "logits [[0, 1], [-1, 0]], labels [[0, 1], [1, 0]]"
         labels = fmt.round(labels)
-    logits = fmt.round(logits)
+    if target.experiment != "cast":
+        logits = fmt.round(logits)
     protocol = GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -914,8 +935,8 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     notes = []
     try:
         comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
-        if not own_cases:
-            batches = realistic_audit_cases(target.audited_experiment)
+        batches = [] if own_cases else realistic_audit_cases(target.audited_experiment)
+        if batches:
             progress("running the realistic rows")
             for batch in batches:
                 recorder.start("realistic", batch.names)
@@ -1041,11 +1062,12 @@ def _row_witnesses(target: Target, audited: Experiment, formats, summary, user, 
 
 def target_method(target: Target, observe: Callable | None = None) -> Method:
     """The target as a black-box :class:`Method` of its audit experiment."""
-    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad), black_box=True,
+    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad, target.experiment),
+                  black_box=True,
                   exact_formula=False, observe=observe)
 
 
-AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad", "cast")
 
 # how a baseline's user targets are allowed to run (named in the line of an entry that was not)
 ALLOW_HINT = ("--allow-target PATTERN, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] in a "

@@ -229,9 +229,15 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+CAST_REFUSED = ("--emit-pytest writes tests for loss targets (softmax_ce, binary_ce); a cast target's witnesses are "
+                "in --format json, and no test module is written for them yet")
+
+
 def write_pytest(audit: Audit, path: str | os.PathLike) -> int:
     """Write the module atomically; returns the number of tests.  ``path`` may not be the audited file itself
     (OutputRefused); the command line also refuses any existing file that stabilitylab did not write."""
+    if audit.target.experiment == "cast":
+        raise AuditError(CAST_REFUSED)
     source = audit.target.spec.rpartition(":")[0] if audit.target.spec else ""
     if source.endswith(".py") or "/" in source or os.sep in source:
         atomic.check_outputs([atomic.Output("--emit-pytest", path)], [("TARGET", source)], force=True)

@@ -31,9 +31,10 @@ from .base import (
 @cli.command("audit")
 @click.argument("target", required=False)
 @click.option("--list", "list_targets", is_flag=True, help="List the built-in targets, installed or not, and exit.")
-@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce")), default=None,
+@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce", "cast")), default=None,
               help="The protocol of a user function: softmax_ce f(logits (rows, K), labels (rows,) int64) -> (rows,); "
-                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K. Adapters know theirs.")
+                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; cast f(x (rows,) "
+                   "float32, format name) -> x stored in the format (rows,). Adapters know theirs.")
 @dtype_option("float16, bfloat16, float32, float64, as the target supports them")
 @click.option("--logits", type=click.Path(), default=None,
               help="Logits file (.npy, .npz, .safetensors, .pt, .csv, .txt), shape (rows, K) or (..., K): its rows "
@@ -89,6 +90,10 @@ def audit_command(ctx, target, list_targets, experiment, dtypes, logits, key, la
                          (given(ctx, "ignore_index"), "--ignore-index")):
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
+    from ..auditing.adapters import ADAPTERS
+    if emit_pytest and (experiment == "cast" or getattr(ADAPTERS.get(target), "experiment", None) == "cast"):
+        from ..auditing.emit import CAST_REFUSED
+        raise click.BadParameter(CAST_REFUSED, param_hint="'--emit-pytest'")
     inputs = dict(logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
                   families=families or None, tolerance=tolerance, grad=grad, search=not no_thresholds, rows=False,
                   timeout=timeout)
@@ -149,5 +154,5 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
                            Cell(state, "ok" if r["installed"] else "inaccurate"), Cell(r["computes"])])
     table = Table("Built-in audit targets", ["target", "experiment", "formats", "--grad", "installed", "computes"],
                   table_rows,
-                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce")
+                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce|cast")
     render([Section("Targets", tables=[table])], output, fmt)

@@ -100,12 +100,15 @@ class Truth:
     ``exact_rows(inputs)``, and optionally its vectorized ``fast_reference(inputs)``: the same
     value in longdouble, ``(value, exact-zero mask, rows handled)``; with ``fast_float64`` it
     also takes ``dtype=np.float64`` (inputs of at most 24 bits; error bound
-    :func:`stabilitylab.numerics.reference.fast_error`)."""
+    :func:`stabilitylab.numerics.reference.fast_error`).  ``storage``: the exact value is the input
+    itself (a cast): a value the format cannot hold is the failure looked for, so the status rule
+    names it ``overflow`` / ``underflow``, never ``range`` (:func:`stabilitylab.analysis.outcome.classify`)."""
 
     reference_fn: Callable[..., Any]
     exact_rows: Callable[[Any], Sequence[tuple]]
     fast_reference: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
     fast_float64: bool = False  # fast_reference(inputs, dtype=np.float64) is supported
+    storage: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,10 @@ class Family:
     ``cases(params, settings)`` builds a batch for an array of parameter values.
     The parameter is searched over the integers in ``[lower, 2**62]``
     (``integer``) or over the representable values of the format in
-    ``[lower, max]``.  ``predict(fmt, method, settings)`` is the analytic
-    threshold, or None where no closed form is known.  Every input entry of
-    ``cases`` is monotone in the parameter, and every exact value is monotone
+    ``[lower, max]``, or, with ``grid`` (a format name), over that format's values in
+    ``[lower, its max]`` whatever the format under test (a cast's float32 inputs).
+    ``predict(fmt, method, settings)`` is the analytic threshold, or None where no closed form
+    is known.  Every input entry of ``cases`` is monotone in the parameter, and every exact value is monotone
     between the ``turning`` points (the threshold search's interval proofs rely
     on both).
     """
@@ -187,6 +191,7 @@ class Family:
     upper: int | None = None  # integer families: the search range's end (default thresholds.INTEGER_UPPER)
     figure: str = "error_bits"  # what the report plots against the parameter: error_bits or magnitude
     turning: tuple[float, ...] = ()  # parameter values where an exact value of the family may turn (else monotone)
+    grid: str | None = None  # the format whose values the parameter runs over (None: the format under test)
     predict: Callable[[Any, str, Settings], Prediction | None] = lambda fmt, method, settings: None
 
 

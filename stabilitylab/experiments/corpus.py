@@ -13,6 +13,7 @@ import numpy as np
 
 from .binary_ce import Binary, binary_case
 from .binary_ce import concat as concat_binary
+from .cast import Values, value_cases
 from .softmax_ce import Logits, concat, logits_case
 
 __all__ = ["corpus"]
@@ -56,10 +57,20 @@ def _binary_ce() -> list[Binary]:
     ]
 
 
+def _cast() -> Values:
+    # stabilitylab issue #19 (conventions differ): torch's CPU cast to float8_e4m3fn saturates, 1e4 and +inf
+    # become 448, where ml_dtypes (and stabilitylab's round) give NaN; torch's e4m3fnuz cast gives NaN
+    return value_cases([("stabilitylab#19:1e4 (torch e4m3fn cast 448, ml_dtypes NaN)", 1e4),
+                        ("stabilitylab#19:+inf (torch e4m3fn cast 448, ml_dtypes NaN)", np.inf),
+                        ("stabilitylab#19:-1e4 (torch e4m3fn cast -448)", -1e4)])
+
+
 def corpus(experiment: str):
-    """The corpus cases of ``softmax_ce`` or ``binary_ce`` as one batch."""
+    """The corpus cases of ``softmax_ce``, ``binary_ce`` or ``cast`` as one batch."""
     if experiment == "softmax_ce":
         return concat(_softmax_ce())
     if experiment == "binary_ce":
         return concat_binary(_binary_ce())
-    raise KeyError(f"no corpus for {experiment!r}; valid: softmax_ce, binary_ce")
+    if experiment == "cast":
+        return _cast()
+    raise KeyError(f"no corpus for {experiment!r}; valid: softmax_ce, binary_ce, cast")

@@ -461,6 +461,11 @@ class Arith:
             return self.load(total)
         return self._narrow(np.asarray(total, dtype=np.float64).astype(self.dtype), self.compute)
 
+    def store(self, x, where=None) -> np.ndarray:
+        """Values of a wider format (a cast's float32 input) stored in this one: :meth:`load`'s
+        rounding and events (overflow, underflow, subnormal), as one operation of a kernel."""
+        return self.load(x, where)
+
     def const(self, value) -> np.ndarray:
         """A constant, rounded to the compute format (no events: constants are chosen)."""
         with np.errstate(all="ignore"):
@@ -594,7 +599,8 @@ class Arith:
         """``fn(*arrays)`` for code we cannot see (an audited kernel, a user's function).
 
         ``arrays`` have the case on axis 0 (format values in the format's dtype,
-        integer labels); ``fn`` is called on whole batches, at most
+        integer labels; arrays of another dtype as they are: a cast's input is held
+        in float64, not rounded to the format, and reaches ``fn`` unchanged); ``fn`` is called on whole batches, at most
         ``EXTERNAL_CHUNK`` rows per call.  Its result, anything ``numpy.asarray``
         takes, must be real numbers of shape ``(rows, *shape)``; it is rounded
         correctly to the format (exact when it already is a format value).  No
@@ -650,7 +656,8 @@ class Arith:
 
     def _native(self, a: np.ndarray) -> np.ndarray:
         """Format values as the (storage) format's own dtype (``fast`` holds them in float32; the target
-        must see the format's dtype, as its protocol says); other arrays (labels) as they are."""
+        must see the format's dtype, as its protocol says); other arrays (labels, a cast's float64 input)
+        as they are."""
         if (self.fast or self.fmt.is_policy) and a.dtype == self.dtype:
             return a.astype(self.storage.dtype)
         return a

@@ -300,6 +300,17 @@ class IntervalArith:
         lo, hi = self._flush(lo), self._flush(hi)  # denormals-are-zero, as Arith.load
         return Bounds(lo, hi)
 
+    def store(self, x, where=None) -> Bounds:
+        """Values of a wider format (ranges of a cast's float32 inputs) rounded to this one.  Rounding
+        is monotone, so [fl(lo), fl(hi)] encloses every point's stored value (an overflow end, inf or
+        the NaN of a format without inf, makes the enclosure infinite); the exact value is x itself,
+        and each point is off by one rounding (:meth:`_result`'s bound)."""
+        x = Bounds.of(x)
+        with np.errstate(all="ignore"):
+            lo = self.fmt.round(x.lo).astype(np.float64)
+            hi = self.fmt.round(x.hi).astype(np.float64)
+        return self._result(lo, hi, x.lo, x.hi, 0.0)
+
     def const(self, value):
         """As Arith.const: rounded (held in float64), +-inf saturated where the format saturates."""
         v = self.fmt.round(value, np.float64)

@@ -81,6 +81,7 @@ INPUT_CAPTION = ("⚠ input rounded: rounding the inputs to the format changes t
                  f"'{INPUT_ROW}' row has the exact loss of your own inputs (float64, unrounded) and why")
 WHITE_BOX_COUNTS = ("overflow", "underflow", "nan", "inaccurate", "range")
 BLACK_BOX_COUNTS = ("inf", "nan", "inaccurate", "error", "range")
+STORAGE_COUNTS = ("overflow", "underflow", "nan", "inaccurate")  # (a cast: no range; black boxes add error)
 COUNT_NAMES = {"overflow": "overflow", "underflow": "underflow", "nan": "NaN", "inaccurate": "inaccurate",
                "range": "out-of-range", "inf": "inf", "error": "error"}
 
@@ -193,12 +194,16 @@ def compare_sections(comparison: Comparison, max_cases: int | None = None,
         caption = "" if len(cases) == len(shown) else f"first {len(shown)} of {len(cases):,} cases; {MORE}"
         if changed:
             caption = "; ".join(c for c in (INPUT_CAPTION, caption) if c)
-        results_table = Table(f"{experiment.name}: loss per method and format "
-                              "(exact: the true loss of the inputs as rounded to each format)",
+        exact_is = ("the input itself" if experiment.truth.storage
+                    else "the true loss of the inputs as rounded to each format")
+        results_table = Table(f"{experiment.name}: {'value' if experiment.truth.storage else 'loss'} per method "
+                              f"and format (exact: {exact_is})",
                               ["case", "method", *(f.name for f in formats)], rows, caption, labels=(0, 1))
         counts = {(c.method, c.dtype): c for c in comparison.summary if c.experiment == experiment.name}
         black = any(m.black_box for m in experiment.methods)
         shown_counts = BLACK_BOX_COUNTS if black else WHITE_BOX_COUNTS
+        if experiment.truth.storage:
+            shown_counts = STORAGE_COUNTS + (("error",) if black else ())
         count_rows = []
         for method in experiment.methods:
             cells = [Cell(method.name)]
@@ -264,8 +269,16 @@ def encodings_table(formats: list[Format]) -> Table:
 
 
 def _param_text(value, fmt: Format) -> str:
+    """A parameter as the format prints it; one that is not a value of the format (a cast family's
+    float32 inputs, ``Family.grid``) as float32, else float64, prints it."""
     if value is None:
         return "—"
+    if isinstance(value, float) and np.isfinite(value):
+        with np.errstate(all="ignore"):
+            held = float(fmt.round(value, np.float64)) == value
+        if not held:
+            text = str(np.float32(value)) if float(np.float32(value)) == value else repr(value)
+            return text[:-2] if text.endswith(".0") else text
     if isinstance(value, int):
         if abs(value) < 10**12:
             return str(value)
@@ -404,6 +417,10 @@ BLACK_BOX_RULE = ("A black box shows no IEEE events, so no cause is named: its s
                   "range (correctly rounded), inaccurate (relative error above the tolerance, a lost 0 included), "
                   "inf (an infinite loss where the exact one is finite), nan, error (the call raised); a NaN "
                   "for an undefined loss (every logit -inf) is ok.")
+STORAGE_RULE = ("A cast stores its input: the exact value is x itself, and a value the format cannot hold is the "
+                "failure looked for (never range): overflow where |x| is beyond the format's range, whatever came "
+                "back (inf, NaN or a saturated ±max), underflow where x ≠ 0 became 0; else ok (correctly rounded), "
+                "inaccurate (relative error above the tolerance), nan, error (the call raised).")
 
 
 def _pct(share: float) -> str:
@@ -471,7 +488,8 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
     head = Section(
         f"Audit: {target.name} ({audit.experiment.name})",
         paragraphs=[f"Target: {what}{target.name}: {target.formula}. Environment: {env}. Formats: "
-                    f"{', '.join(f.name for f in audit.formats)}.", BLACK_BOX_RULE],
+                    f"{', '.join(f.name for f in audit.formats)}.",
+                    STORAGE_RULE if audit.simulated.truth.storage else BLACK_BOX_RULE],
     )
     sections = [head, *(compare_sections(audit.comparison, max_cases, max_findings) if cases is None else cases)]
     formats = {f.name: f for f in audit.formats}
@@ -491,10 +509,17 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
     sections.append(Section("Which formula is it?", paragraphs=[match_rule(audit.resembles)], bullets=bullets,
                             tables=tables))
     if audit.thresholds:
-        sections.append(Section("Thresholds", paragraphs=[
-            "The same search as `stabilitylab thresholds`, on the target: formats of at most 16 bits are scanned "
-            "completely (exact); float32 / float64 are bisected and then scanned point by point within a budget "
-            "(no interval proof holds for a black box), so their values are often bounds (≤ x)."],
+        how = ("The same search as `stabilitylab thresholds`, on the target: formats of at most 16 bits are scanned "
+               "completely (exact); float32 / float64 are bisected and then scanned point by point within a budget "
+               "(no interval proof holds for a black box), so their values are often bounds (≤ x).")
+        grids = sorted({f.grid for f in audit.simulated.families if f.grid})
+        if grids:
+            how = (f"The same search as `stabilitylab thresholds`, on the target: the parameter runs over the "
+                   f"{', '.join(grids)} values (the cast's input, in every format), too many to scan completely, so "
+                   "they are bisected and then scanned point by point within a budget (no interval proof holds for "
+                   "a black box): a value is a bound (≤ x) unless every input below it was evaluated; the JSON's "
+                   "verified_from says from where up to it every input was.")
+        sections.append(Section("Thresholds", paragraphs=[how],
             tables=[thresholds_table(audit.thresholds, list(audit.formats))]))
     witness_rows = []
     guards = sum(1 for w in audit.witnesses if w.kind.startswith("guard"))

@@ -20,6 +20,13 @@ __all__ = ["Adapter", "ADAPTERS", "MissingLibrary", "installed", "library_versio
 NUMPY_FORMATS = ("float16", "float32", "float64")
 TORCH_FORMATS = ("float16", "bfloat16", "float32", "float64")
 JAX_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
+# casts (the cast protocol): the formats each framework converts float32 to on the CPU (checked by
+# tests/test_casts.py against the adapter modules' own tables); names the formats branch adds are listed so
+# that they work once stabilitylab knows them
+TORCH_CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e4m3fn:saturate",
+                      "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+JAX_CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                    "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu")
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,11 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
        "F.binary_cross_entropy_with_logits(reduction='none').sum(-1) = (1 - y) z - log_sigmoid(z)"),
     _a("torch.bce", "binary_ce", TORCH_FORMATS, "torch_", "bce", ("torch",), "torch",
        "F.binary_cross_entropy(sigmoid(z), y).sum(-1): (y - 1) max(log1p(-p), -100) - y max(log p, -100)"),
+    _a("torch.cast", "cast", TORCH_CAST_FORMATS, "torch_", "cast", ("torch",), "torch",
+       "torch.from_numpy(x).to(dtype): float8_e4m3fn saturates (overflow and +-inf give +-448)", grad=False),
+    _a("jax.cast", "cast", JAX_CAST_FORMATS, "jax_", "cast", ("jax",), "jax",
+       "jnp.asarray(x).astype(ml_dtypes dtype): overflow to inf, or NaN without inf (ml_dtypes' convention)",
+       grad=False),
     _a("jax.log_softmax", "softmax_ce", JAX_FORMATS, "jax_", "log_softmax", ("jax",), "jax",
        "-jax.nn.log_softmax(x)[y] = -(x - max - log(sum exp(x - max)))[y]"),
     _a("optax.softmax_cross_entropy", "softmax_ce", JAX_FORMATS, "optax_", "softmax_cross_entropy",

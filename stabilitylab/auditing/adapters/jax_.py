@@ -9,6 +9,12 @@ computes ``shifted = x - max(x)`` (max with ``initial=-inf``), then
 ``shifted - log(sum(exp(shifted)))``: no log1p form.  In float8_e4m3fn, which has
 no infinity, that ``initial=-inf`` is NaN.
 
+Protocol cast ``f(x (rows,) float32, dtype: str) -> x stored in the format (rows,)``:
+``cast`` is ``jnp.asarray(x).astype(dtype)`` with ml_dtypes' dtype of that name, read back as
+float64 (exact).  XLA's conversions give ml_dtypes' values (overflow to inf, or NaN for a format
+without inf; float4_e2m1fn, which has neither, saturates).  jax 0.10 has no float6 (XLA: "Invalid
+XLA PrimitiveType: F6E2M3FN"): not offered.
+
 Every call runs with ``jax.enable_x64(True)`` (without it jax computes float64
 inputs in float32) and is jit-compiled; batches are padded to a power of 8
 rows (copies of the first row, dropped from the result) so a threshold scan
@@ -19,6 +25,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 try:
@@ -62,3 +69,13 @@ def log_softmax(logits, labels):
 
 def log_softmax_grad(logits, labels):
     return _call(_log_softmax, logits, labels, grad=True)
+
+
+CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu")
+
+
+def cast(x, dtype):
+    target = np.dtype(dtype) if dtype in ("float16", "float32", "float64") else np.dtype(getattr(ml_dtypes, dtype))
+    with _x64(True):
+        return np.asarray(jnp.asarray(np.asarray(x, dtype=np.float32)).astype(target)).astype(np.float64)

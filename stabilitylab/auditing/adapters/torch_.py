@@ -23,6 +23,14 @@ cpu/SoftMaxKernel.cpp; the audit measures, it does not assume):
 
 float8 tensors exist, but these CPU kernels are not implemented for them
 ("not implemented for 'Float8_e4m3fn'"): float16, bfloat16, float32, float64 only.
+
+Protocol cast ``f(x (rows,) float32, dtype: str) -> x stored in the format (rows,)``:
+``cast`` is ``torch.from_numpy(x).to(torch.<dtype>)``, read back as float64 (exact).  torch's
+CPU conversions (c10/util/Float8_*.h) differ in their overflow convention: float8_e4m3fn
+**saturates** (1e4 and +inf become 448: what ``float8_e4m3fn:saturate`` computes), float8_e5m2
+overflows to inf, float8_e4m3fnuz / e5m2fnuz give their NaN.  float4_e2m1fn_x2 (two values
+packed in a byte) cannot be cast to ("copy_kernel" not implemented for 'Float4_e2m1fn_x2',
+torch 2.13): not offered.
 """
 
 import ml_dtypes
@@ -109,3 +117,15 @@ def bce(logits, labels):
 
 def bce_grad(logits, labels):
     return _grad(_bce, logits, labels)
+
+
+# a format (stabilitylab's canonical name; ``:saturate`` names the saturating variant) -> the torch dtype
+CAST_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64",
+               "float8_e4m3fn": "float8_e4m3fn", "float8_e4m3fn:saturate": "float8_e4m3fn",
+               "float8_e5m2": "float8_e5m2", "float8_e4m3fnuz": "float8_e4m3fnuz",
+               "float8_e5m2fnuz": "float8_e5m2fnuz", "float8_e8m0fnu": "float8_e8m0fnu"}
+
+
+def cast(x, dtype):
+    t = torch.from_numpy(np.array(x, dtype=np.float32, copy=True, order="C"))
+    return t.to(getattr(torch, CAST_DTYPES[dtype])).to(torch.float64).numpy()
