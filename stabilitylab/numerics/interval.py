@@ -489,6 +489,7 @@ class IntervalArith:
                         for name in Bounds.__slots__))
 
 
-for _name in ("exp", "log", "log1p", "tanh", "max", "argmax", "shift", "pick", "tree", "sigmoid"):  # the steps kernels share
+for _name in ("exp", "log", "log1p", "tanh", "max", "argmax", "shift", "pick", "tree",
+              "sigmoid"):  # the steps kernels share
     setattr(IntervalArith, _name, _shared(getattr(IntervalArith, _name)))
 del _name
