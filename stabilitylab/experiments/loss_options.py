@@ -153,12 +153,18 @@ def concat(batches: list[LossBatch]) -> LossBatch:
 
 def with_options(cases: LossBatch, options: LossOptions) -> LossBatch:
     """The same inputs under ``options`` (checked) for every case; a case of T > 1 rows under
-    ``none`` becomes T cases of one row."""
+    ``none`` becomes T cases of one row.  Rows whose label is no class (a case's own ignored
+    label) are left out unless ``options.ignore_index`` is that label; a case left with no
+    row is left out."""
     options.check()
     out = []
     for i, name in enumerate(cases.names):
         t, k = int(cases.tokens[i]), int(cases.classes[i])
         x, y = cases.logits[i, :t, :k], cases.labels[i, :t]
+        keep = ((y >= 0) & (y < k)) | (y == options.ignore_index if options.ignore_index is not None else False)
+        if not keep.any():
+            continue
+        x, y, t = x[keep], y[keep], int(keep.sum())
         if options.reduction == "none":
             out += [loss_case(f"{name} row {j} | {options.label()}", x[j], y[j:j + 1], options) for j in range(t)]
         else:
