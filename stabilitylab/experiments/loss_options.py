@@ -26,8 +26,8 @@ ignored rows too (PyTorch before the fix of #73205).
 
 Exact reference (:func:`exact_variant_loss`): the same formula with mpmath at
 :data:`stabilitylab.numerics.reference.DIGITS` digits on the format-rounded logits, the count n
-exact.  The softcap c = 0, which :meth:`LossOptions.check` refuses (as PyTorch's and Megatron's
-kernels take a positive cap or none), is read by the reference as NeMo / Unsloth read it: no cap
+exact.  The softcap c = 0, which :meth:`LossOptions.check` refuses (a cap is a finite c > 0 or
+absent), is read by the reference as NeMo / Unsloth read it: no cap
 (``logit_softcapping=0`` switches it off there).  A kernel that applies c * tanh(x / c) with c = 0
 collapses every logit to 0 (x / 0 = +-inf, 0 * tanh(+-inf) = 0) or to NaN (0 / 0 at a zero logit).
 """
