@@ -265,25 +265,30 @@ def exact_rows(x: Loaded):
             for i in range(len(logits))]
 
 
+def _exact_row(row, y, eps, z, cap, tau):
+    """One row's l_t (module docstring, steps 1-2) in mpmath."""
+    xs = [mpmath.mpf(v) for v in row]
+    if cap:
+        c = mpmath.mpf(cap)
+        xs = [c * mpmath.tanh(v / c) for v in xs]
+    xs = [v / tau for v in xs]
+    m = max(xs)
+    lse = m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in xs))
+    return (1 - eps) * (lse - xs[y]) + eps / len(xs) * mpmath.fsum(lse - v for v in xs) + z * lse**2
+
+
 def exact_variant_loss(logits, labels, reduction, ignore, eps, z, cap, tau):
     """The loss of the module docstring in mpmath (the working precision set by the caller);
     NaN for a mean over no rows; a cap of 0 or None is no cap."""
     eps, z, tau = mpmath.mpf(eps), mpmath.mpf(z), mpmath.mpf(tau)
-    k = len(logits[0])
-    rows, n = [], 0
+    rows, n, seen = [], 0, {}
     for row, y in zip(logits, labels):
         if ignore is not None and y == ignore:
             continue
         n += 1
-        xs = [mpmath.mpf(v) for v in row]
-        if cap:
-            c = mpmath.mpf(cap)
-            xs = [c * mpmath.tanh(v / c) for v in xs]
-        xs = [v / tau for v in xs]
-        m = max(xs)
-        lse = m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in xs))
-        loss = (1 - eps) * (lse - xs[y]) + eps / k * mpmath.fsum(lse - v for v in xs) + z * lse**2
-        rows.append(loss)
+        if (row, y) not in seen:  # (a batch often repeats a row: each distinct one costs once)
+            seen[(row, y)] = _exact_row(row, y, eps, z, cap, tau)
+        rows.append(seen[(row, y)])
     total = mpmath.fsum(rows) if rows else mpmath.mpf(0)
     if REDUCTIONS[reduction] == "mean":
         return total / n if n else mpmath.mpf("nan")
