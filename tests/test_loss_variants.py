@@ -273,3 +273,14 @@ def test_corpus_facts_checked_plainly():
     assert float(ref.loss([[1e8, 1e8]], [0])) == pytest.approx(math.log(2), rel=1e-15)
     assert float(np.float32(1e8) + np.float32(math.log(2))) == float(np.float32(1e8))
     assert _bf16(36.0) == 36.0 and np.nextafter(ml_dtypes.bfloat16(36), ml_dtypes.bfloat16(40)) == 36.25
+
+
+def test_the_guide_shows_the_table_the_command_prints(capsys):
+    """docs/guides/loss-options.md quotes the loss table of `compare -e softmax_ce_variants -d bf16 -d bf16@fp32
+    -d fp16 --format markdown`: it must be what the command prints today."""
+    code, out, err = run(capsys, "compare", "-e", "softmax_ce_variants", "-d", "bf16", "-d", "bf16@fp32", "-d", "fp16",
+                         "--format", "markdown")
+    assert code == 0, err
+    start = out.index("| case | method |")
+    table = out[start:out.index("\n\n", start)]
+    assert table in (ROOT / "docs" / "guides" / "loss-options.md").read_text(encoding="utf-8")
