@@ -519,7 +519,8 @@ def _audit_formats(t: "_audit.Target", user: UserLogits) -> tuple[tuple[Format, 
 def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logits=None, labels=None,
             key: str | None = None, labels_key: str | None = None, ignore_index: int | None = -100,
             p: float | None = None, n: int | None = None, tolerance: float | None = None, ftz: bool = False,
-            rows: bool | None = None, on_rows: Callable[[dict], None] | None = None) -> CompareResult:
+            rows: bool | None = None, on_rows: Callable[[dict], None] | None = None,
+            loss_options=None) -> CompareResult:
     """Every simulated method of the experiments (default: all; with ``logits`` alone: softmax_ce)
     on their cases, in each format (default: float16, bfloat16, float32, float64; with logits
     stored as bfloat16 / float16 / float8, that format).
@@ -527,7 +528,8 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     ``p`` / ``n``: a likelihood case of ``n`` samples of true-class probability ``p`` replaces
     its default cases.  ``logits`` and the other user-data arguments (see the module docstring)
     replace the softmax_ce cases and are streamed in chunks, any size; ``rows`` / ``on_rows`` as
-    in :func:`audit`.
+    in :func:`audit`.  ``loss_options`` (a :class:`~stabilitylab.experiments.loss_options.LossOptions`,
+    checked): the softmax_ce_variants cases' inputs under those options instead of each case's own.
     """
     _tolerance(tolerance)
     if p is not None and not (0 < p <= 1):
@@ -550,6 +552,14 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     cases = {}
     if p is not None or n is not None:
         cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
+    if loss_options is not None:
+        from .experiments import softmax_ce_variants
+
+        if "softmax_ce_variants" not in given:
+            raise InputError("the loss options set softmax_ce_variants cases, but softmax_ce_variants is not among "
+                             "the experiments chosen with -e", "--reduction")
+        cases["softmax_ce_variants"] = softmax_ce_variants.with_options(softmax_ce_variants.default_cases(),
+                                                                        loss_options)
     formats = _formats(dtypes)
     user = None
     if logits is not None:

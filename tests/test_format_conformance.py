@@ -69,7 +69,7 @@ FORMAT_DATA = {
 }
 FORMATS_WITH_NO_INFINITY = [n for n, d in FORMAT_DATA.items() if not d.has_inf]
 ENUMERABLE = [n for n, d in FORMAT_DATA.items() if d.bits <= 16]  # every bit pattern is checked
-FUNCS = ("exp", "log", "log1p")
+FUNCS = ("exp", "log", "log1p", "tanh")
 
 
 def test_every_format_has_conformance_data():
@@ -184,6 +184,8 @@ def mp_function(fmt, name: str, x: float) -> float:
     inf = math.inf
     if math.isnan(x):
         return math.nan
+    if name == "tanh" and (x == 0 or math.isinf(x)):
+        return x if x == 0 else math.copysign(1.0, x)  # tanh(+-0) = +-0, tanh(+-inf) = +-1
     if name == "log" and x <= 0 or name == "log1p" and x <= -1:
         return math.nan if x < (0 if name == "log" else -1) else -inf
     if x == math.inf:
@@ -393,7 +395,7 @@ class TestFormatConformance:
 
     @pytest.mark.parametrize("name", FUNCS)
     def test_crmath_against_mpmath(self, fmt, name):
-        """crmath's exp, log, log1p against mpmath rounded here (from precision, tiny and max, then the
+        """crmath's exp, log, log1p, tanh against mpmath rounded here (from precision, tiny and max, then the
         format's own conversion of +-inf and NaN) on sampled bit patterns and the edges (+-0, +-1, tiny,
         the smallest subnormal, max, +-inf)."""
         data = FORMAT_DATA[fmt.name]
@@ -404,6 +406,8 @@ class TestFormatConformance:
         x = x[~np.isnan(as64(x))]
         if name == "exp":  # around the range where the results are neither 0 nor beyond max
             moderate = fmt.round(rng.uniform(math.log(fmt.smallest_subnormal) - 1, math.log(fmt.max) + 1, 200))
+        elif name == "tanh":  # from tiny arguments (tanh x ~ x) to where tanh rounds to +-1
+            moderate = fmt.round(np.sign(rng.uniform(-1, 1, 200)) * np.exp(rng.uniform(-30, 3.5, 200)))
         else:
             moderate = fmt.round(np.exp(rng.uniform(-30, 30, 200)) - (1 if name == "log1p" else 0))
         s = fmt.smallest_subnormal

@@ -48,6 +48,19 @@ from .base import (
                    "each row's argmax).")
 @labels_key_option
 @ignore_index_option
+@click.option("--reduction", type=click.Choice(("none", "sum", "mean")), default=None,
+              help="softmax_ce_variants: reduce each case's rows to one loss (none: one row per case; mean divides by "
+                   "the count of rows not ignored, held in the format). Any of these options runs the variant "
+                   "cases' inputs under the options given; alone, they run softmax_ce_variants only.")
+@click.option("--label-smoothing", type=float, default=None,
+              help="softmax_ce_variants: eps in [0, 1]: (1 - eps) * nll + eps / K * sum_i -log p_i (PyTorch's).")
+@click.option("--z-loss", type=float, default=None,
+              help="softmax_ce_variants: coefficient z >= 0 of z * logsumexp(x)**2 added per row (PaLM).")
+@click.option("--softcap", type=float, default=None,
+              help="softmax_ce_variants: c > 0: logits become c * tanh(x / c) (Gemma 2); 0 and non-finite c are "
+                   "refused.")
+@click.option("--temperature", type=float, default=None,
+              help="softmax_ce_variants: tau > 0: logits are divided by tau (after the softcap).")
 @click.option("--rows", "rows_mode", type=click.Choice(("summary", "all")), default="summary", show_default=True,
               help="With --logits: a summary (counts, error-bits histogram, worst and failing rows), or every row as "
                    "JSON Lines (streamed; the summary is the last line).")
@@ -56,23 +69,38 @@ from .base import (
 @format_option
 @output_option
 @click.pass_context
-def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, rows_mode, tolerance, ftz,
-            fmt, output) -> None:
+def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, reduction, label_smoothing,
+            z_loss, softcap, temperature, rows_mode, tolerance, ftz, fmt, output) -> None:
     """Run naive and stable formulations side by side in several formats."""
     from .. import api
 
     check_output(output)
+    variant = [name for name in ("reduction", "label_smoothing", "z_loss", "softcap", "temperature")
+               if given(ctx, name)]
+    if variant and logits:
+        raise click.BadParameter("the loss options set softmax_ce_variants cases; --logits sets softmax_ce's",
+                                 param_hint=f"'--{variant[0].replace('_', '-')}'")
+    options = None
+    if variant:
+        from ..experiments.loss_options import LossOptions
+
+        options = LossOptions(reduction or "none", ignore_index if given(ctx, "ignore_index") else None,
+                              label_smoothing or 0.0, 0.0 if z_loss is None else z_loss, softcap,
+                              1.0 if temperature is None else temperature)
+        experiments = experiments or ("softmax_ce_variants",)
     settings_of(p, ftz)
     if n is not None and not 1 <= n <= MAX_N:
         raise click.BadParameter(f"n = {n}; n must be an integer from 1 to 2**63 - 1", param_hint="'--n'")
     check_tolerance(tolerance)
     for used, option in ((labels, "--labels"), (key, "--key"), (labels_key, "--labels-key"),
-                         (given(ctx, "ignore_index"), "--ignore-index"), (given(ctx, "rows_mode"), "--rows")):
+                         (given(ctx, "ignore_index") and not variant, "--ignore-index"),
+                         (given(ctx, "rows_mode"), "--rows")):
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
     names = {e.name for e in chosen_experiments(experiments or (("softmax_ce",) if logits else ()))}
     for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
-                                (bool(logits), "--logits", "softmax_ce")):
+                                (bool(logits), "--logits", "softmax_ce"),
+                                (bool(variant), "--" + (variant or ["x"])[0].replace("_", "-"), "softmax_ce_variants")):
         if used and needs not in names:
             raise click.BadParameter(f"{option} sets {needs} cases, but {needs} is not among the experiments "
                                      f"chosen with -e", param_hint=f"'{option}'")
@@ -84,7 +112,7 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
                                  param_hint="'--format'")
     inputs = dict(experiments=list(experiments) or None, dtypes=chosen_formats(dtypes) if dtypes else None,
                   logits=logits or None, labels=labels, key=key, labels_key=labels_key, ignore_index=ignore_index,
-                  p=p, n=n, tolerance=tolerance, ftz=ftz)
+                  p=p, n=n, tolerance=tolerance, ftz=ftz, loss_options=options)
     if rows_mode == "all":
         _stream_rows(inputs, output)
         return

@@ -9,8 +9,9 @@ from .epsilon_clip import EPSILON_CLIP
 from .gradient import GRADIENT
 from .likelihood import LIKELIHOOD
 from .softmax_ce import SOFTMAX_CE
+from .softmax_ce_variants import SOFTMAX_CE_VARIANTS
 
 __all__ = ["EXPERIMENTS", "Experiment", "Family", "Method"]
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (LIKELIHOOD, SOFTMAX_CE, BINARY_CE, EPSILON_CLIP, ACCUMULATION,
-                                                       GRADIENT)}
+                                                       GRADIENT, SOFTMAX_CE_VARIANTS)}

@@ -44,6 +44,18 @@ def _softmax_ce() -> list[Logits]:
         logits_case(np.zeros(WIDE_ROW), 0, "jax#40409:zeros(2**16),y=0"),
         # a fully masked row: every logit -inf (the loss is undefined; libraries differ by convention)
         logits_case([-np.inf, -np.inf, -np.inf], 0, "pytorch#131060:[-inf,-inf,-inf] (masked row),y=0"),
+        # logsumexp(x) - x_y without a shift: mlx cross_entropy gave 0.0 for [1e8, 1e8] (exact ln 2) and
+        # 0.0625 for [2, -1] + 1e6, 0.0 for [2, -1] + 1e8 (exact 0.0486); fixed by shifting by the max (PR #4188)
+        logits_case([1e8, 1e8], 0, "mlx#4188:[1e8,1e8],y=0"),
+        logits_case([1e8 + 2, 1e8 - 1], 0, "mlx#4188:[2,-1]+1e8,y=0"),
+        # the same pattern in PyTorch's CrossEntropyLoss 0.4.1 (CPU and GPU): 0.0 for [1e8, 1e8], label 1
+        logits_case([1e8, 1e8], 1, "pytorch#11752:[1e8,1e8],y=1"),
+        # a loss near 36 is a multiple of 0.25 in bfloat16 (its ulp there): what a bf16 loss without autocast
+        # shows (constructed from the report's description, Modalities #464: thread not read here)
+        logits_case([0.0, -36.1], 1, "modalities#464 (constructed):[0,-36.1],y=1 (bf16 loss quantum 0.25)"),
+        # a widely spread row whose unshifted exponentials all underflow in float16: sum exp(x) = 0
+        # (constructed from the report's title, pytorch #187053, fp16 softmax_denom underflow: thread not read)
+        logits_case([-18.0, -30.0, -45.0], 1, "pytorch#187053 (constructed):[-18,-30,-45],y=1 (fp16 denominator)"),
     ]
 
 
@@ -54,6 +66,9 @@ def _binary_ce() -> list[Binary]:
         binary_case("pytorch#49844:z=-inf,y=0", -np.inf, 0),
         # BCEWithLogits with pos_weight gave NaN for logits [0, -120], targets [0, 1] (here without pos_weight)
         binary_case("pytorch#13773:z=[0,-120],y=[0,1] (no pos_weight)", [0.0, -120.0], [0, 1]),
+        # log1p(-p.clamp(max=1 - 1e-6)): 1 - 1e-6 rounds to 1 in bfloat16 and float16, so a saturated p = 1
+        # passes the clamp and log1p(-1) = -inf (the loss of a confident wrong answer, z = 8, label 0)
+        binary_case("gliner2#155:z=8,y=0 (p rounds to 1; the clamp 1-1e-6 is 1 in bf16)", 8.0, 0),
     ]
 
 

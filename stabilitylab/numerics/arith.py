@@ -8,7 +8,7 @@ for each row, the first operation at which each IEEE event happened:
 * ``+ - * /`` in the format's dtype: IEEE for float16/32/64; numpy / ml_dtypes
   evaluate float16, bfloat16 and float8 in float32 and round once, which is
   correctly rounded because float32 has at least 2p + 2 bits;
-* ``exp``, ``log``, ``log1p`` by :mod:`stabilitylab.numerics.crmath`, correctly rounded
+* ``exp``, ``log``, ``log1p``, ``tanh`` by :mod:`stabilitylab.numerics.crmath`, correctly rounded
   in every format (not numpy's / ml_dtypes' own functions, which differ between
   CPUs): results and thresholds are facts about the formula and the format,
   identical on every machine.
@@ -43,7 +43,7 @@ non-zero value is an ``underflow``.
 Precision policies (:mod:`stabilitylab.numerics.policies`): ``fmt`` may name a storage, a compute
 and an accumulation format and deliver its result in its own (output) format.  Inputs are rounded
 to the storage format when loaded (input events against it), and converted once to the compute
-format if it does not hold them; ``+ - * / exp log log1p`` and constants round to the compute
+format if it does not hold them; ``+ - * / exp log log1p tanh`` and constants round to the compute
 format; the additions inside ``tree(add, ...)`` / ``repeat(add, ...)`` and running sums round to
 the accumulation format, and a sum's result is rounded to the compute format once complete;
 :meth:`Arith.deliver` rounds a kernel's result to the output format.  Each rounding's events are
@@ -531,6 +531,14 @@ class Arith:
             return self._finish(self._crmath(crmath.log1p, x), (x,), where=where, invalid=lambda x: x < -1,
                                 pole=lambda x: x == -1, exact_nonzero=lambda x: x != 0, wide=np.log1p,
                                 rounded=True)
+
+    @_shared
+    def tanh(self, x, where=None):
+        """tanh(x), correctly rounded (bounded by 1: no overflow; tanh of a subnormal is that subnormal
+        or its neighbour, never 0: no underflow; an inexact subnormal result is noted)."""
+        with np.errstate(all="ignore"):
+            return self._finish(self._crmath(crmath.tanh, x), (x,), where=where,
+                                exact_nonzero=lambda x: x != 0, wide=np.tanh, rounded=True)
 
     def _own(self, x) -> np.ndarray:
         """x as an array of the held dtype (its values already are format values)."""

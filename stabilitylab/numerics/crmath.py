@@ -1,6 +1,6 @@
-"""Correctly rounded ``exp``, ``log`` and ``log1p`` in every format.
+"""Correctly rounded ``exp``, ``log``, ``log1p`` and ``tanh`` in every format.
 
-``exp(fmt, x)``, ``log(fmt, x)`` and ``log1p(fmt, x)`` take an array of
+``exp(fmt, x)``, ``log(fmt, x)``, ``log1p(fmt, x)`` and ``tanh(fmt, x)`` take an array of
 ``fmt.dtype`` (any shape) and return an array of the same dtype and shape
 holding the real function's value at each element *correctly rounded to nearest,
 ties to even* in the format: exactly what :meth:`Format.round` would give if it
@@ -28,16 +28,17 @@ Method (Ziv's strategy)
    rounding boundary ("undecided").  For float64 a double-double evaluation
    comes first (~104 bits, bound ``doubledouble.REL_ERROR = 2**-90``; log and
    log1p are one Newton step from the longdouble value), which decides nearly
-   all of them (arguments in its domains: results and their low parts normal).
+   all of them (arguments in its domains: results and their low parts normal);
+   tanh has no double-double stage and goes straight to mpmath.
    The others are recomputed with mpmath, again with
    an error bound: at ``P`` bits mpmath's exp / log / log1p are within 1 ulp
    (``2**-P`` relative; measured), we allow ``2**(8 - P)``, round both ends of
    the interval exactly with integer arithmetic and, if they still differ,
    double ``P`` and retry (starting at ``P = 2p + 32`` bits).  This terminates:
-   ``exp``, ``log`` and ``log1p`` of a non-trivial rational argument are
-   transcendental (Lindemann), so never exactly a rounding boundary; the
-   trivial exact cases (``exp(0)``, ``log(1)``, ``log1p(0)``) are handled before
-   any evaluation.
+   ``exp``, ``log``, ``log1p`` and ``tanh`` of a non-trivial rational argument are
+   transcendental (Lindemann; tanh x = (e**2x - 1) / (e**2x + 1)), so never exactly
+   a rounding boundary; the trivial exact cases (``exp(0)``, ``log(1)``,
+   ``log1p(0)``, ``tanh(0)``) are handled before any evaluation.
 
 If ``np.longdouble`` is no wider than float64 (Windows, macOS on ARM), float64
 elements all go to the mpmath loop (correct, but ~20-40 us per element).
@@ -53,7 +54,9 @@ per element (longdouble's expl is the slowest part), float32 ~0.07 us.
 Special values follow IEEE 754: ``exp(-inf) = +0``, ``exp(+inf) = inf``,
 ``exp(+-0) = 1``; ``log(+-0) = -inf``, ``log(x < 0) = NaN``, ``log(inf) = inf``,
 ``log(1) = +0``; ``log1p(-1) = -inf``, ``log1p(x < -1) = NaN``,
-``log1p(+-0) = +-0``; NaN inputs are returned unchanged.  Infinite results are
+``log1p(+-0) = +-0``; ``tanh(+-0) = +-0``, ``tanh(+-inf) = +-1``; NaN inputs are
+returned unchanged.  (tanh is odd and bounded by 1: it neither overflows nor underflows; it
+rounds to +-1 once 1 - |tanh x| = 2 / (e**2|x| + 1) is below half the format's ulp under 1.)  Infinite results are
 whatever ``fmt.round`` gives for infinity, so float8_e4m3fn, which has no
 infinity, gives NaN for them, exactly as it does for a finite result beyond its
 range (above 464 = max + ulp(max) / 2; 464 itself rounds to 448, whose last
@@ -73,10 +76,10 @@ import numpy as np
 from .formats import Format
 from .wide import wide_dtype
 
-__all__ = ["exp", "log", "log1p", "WIDE_REL_ERROR", "wide_type"]
+__all__ = ["exp", "log", "log1p", "tanh", "WIDE_REL_ERROR", "wide_type"]
 
 WIDE_REL_ERROR: dict[str, float] = {"float64": 2.0**-44, "longdouble": 2.0**-60}
-"""Relative error bound ``E`` assumed for ``np.exp`` / ``np.log`` / ``np.log1p`` in each wide type.
+"""Relative error bound ``E`` assumed for ``np.exp`` / ``np.log`` / ``np.log1p`` / ``np.tanh`` in each wide type.
 
 ``"float64"``: ``2**-44``, i.e. 256 to 512 ulps of float64 (an ulp is ``2**-53``
 to ``2**-52`` relative).  The implementations numpy uses (the C library's libm,
@@ -200,6 +203,12 @@ def _specials(name: str, fmt: Format, x: np.ndarray):
         out[pinf] = _const(fmt, math.inf)
         out[one] = 0
         mask = nan | neg | zero | pinf | one
+    elif name == "tanh":
+        pinf, minf, zero = x == np.inf, x == -np.inf, x == 0
+        out[pinf] = 1
+        out[minf] = -1
+        # tanh(+-0) = +-0: out already holds x
+        mask = nan | pinf | minf | zero
     else:  # log1p
         below, pole, pinf, zero = x < -1, x == -1, x == np.inf, x == 0
         out[below] = nan_out
@@ -211,7 +220,7 @@ def _specials(name: str, fmt: Format, x: np.ndarray):
 
 
 # ------------------------------------------------------------------- driver
-_WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
+_WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "tanh": np.tanh}
 
 
 _BLOCK = 2**18  # elements per block of one evaluation (its wide temporaries are a few times this)
@@ -254,7 +263,7 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
             out[lost] = np.where(special, values, _round_wide(fmt, kind, w[lost], x.dtype))
             undecided[lost] = False
     undecided = np.flatnonzero(undecided)
-    if undecided.size and kind == "longdouble" and fmt.precision == 53:
+    if undecided.size and kind == "longdouble" and fmt.precision == 53 and name != "tanh":
         undecided = _double_double(name, flat, w, undecided, out, stats)
     if undecided.size:
         values = [_mp_correct(name, fmt, float(v), stats) for v in flat[undecided]]
@@ -377,3 +386,9 @@ def log(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
 def log1p(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
     """ln(1 + x) (of the exact 1 + x) correctly rounded to ``fmt``, elementwise (see :func:`exp`)."""
     return _evaluate("log1p", fmt, x, stats)
+
+
+def tanh(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
+    """tanh(x) = (e**x - e**-x) / (e**x + e**-x) correctly rounded to ``fmt``, elementwise (see :func:`exp`);
+    in [-1, 1], odd, tanh(+-inf) = +-1."""
+    return _evaluate("tanh", fmt, x, stats)

@@ -10,12 +10,12 @@ the range at once,
   rounding to nearest is monotone (a <= b implies fl(a) <= fl(b)): the rounded
   results over the operands' ranges lie between the rounded results at the
   corners, which are computed exactly as :class:`Arith` computes them (the
-  format's own IEEE + - * /, :mod:`stabilitylab.numerics.crmath` for exp, log, log1p).
+  format's own IEEE + - * /, :mod:`stabilitylab.numerics.crmath` for exp, log, log1p, tanh).
   Flush-to-zero is monotone too.
 * ``[xlo, xhi]`` an enclosure of the value the same formula has in exact
   arithmetic (in a wider type: float64 for formats of at most 24 bits, x86
   ``longdouble`` for float64, moved outwards by more than that type's own error:
-  one ulp for + - * /, ``FUNCTION_SLACK`` relative for exp, log, log1p), and
+  one ulp for + - * /, ``FUNCTION_SLACK`` relative for exp, log, log1p, tanh), and
 * ``err``       a bound on |computed - exact formula| at each point: a running
   error analysis.  A rounding adds at most ``u * |y| + smallest_subnormal / 2``
   (``tiny`` under flush-to-zero): relative in the normal range, *absolute* for a
@@ -148,7 +148,7 @@ def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, n
     return out[:lo.size].reshape(np.shape(lo)), out[lo.size:].reshape(np.shape(hi))
 
 
-_NUMPY_FUNCTIONS = {"exp": np.exp, "log": np.log, "log1p": np.log1p}
+_NUMPY_FUNCTIONS = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "tanh": np.tanh}
 
 
 def _maybe_hard(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
@@ -420,6 +420,10 @@ class IntervalArith:
     def log1p(self, x, where=None) -> Bounds:
         return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest), x, -1.0)
 
+    def tanh(self, x, where=None) -> Bounds:
+        """tanh: increasing, |tanh'| = 1 - tanh**2 <= 1."""
+        return self._function(crmath.tanh, np.tanh, lambda lowest, highest: np.ones(np.shape(lowest)), x, -np.inf)
+
     def max(self, x) -> Bounds:
         x = Bounds.of(x)
         return Bounds(np.max(x.lo, axis=-1), np.max(x.hi, axis=-1), np.max(x.xlo, axis=-1), np.max(x.xhi, axis=-1),
@@ -510,6 +514,7 @@ class IntervalArith:
                         for name in Bounds.__slots__))
 
 
-for _name in ("exp", "log", "log1p", "max", "argmax", "shift", "pick", "tree", "sigmoid"):  # the steps kernels share
+for _name in ("exp", "log", "log1p", "tanh", "max", "argmax", "shift", "pick", "tree",
+              "sigmoid"):  # the steps kernels share
     setattr(IntervalArith, _name, _shared(getattr(IntervalArith, _name)))
 del _name
