@@ -14,7 +14,7 @@ import numpy as np
 
 from ..experiments import Experiment
 from ..numerics import policies, reference
-from ..numerics.arith import NEVER, Arith
+from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
@@ -73,6 +73,9 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     tolerance: float | None = None
     ftz: bool = False
+    # block-scaled storage: (experiment, format name) -> per case, the quantization counts
+    # (numerics.arith.BLOCK_COUNTS x cases, int64, summed over the case's inputs)
+    blocks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 SHARED_BYTES = 2**26  # loaded inputs above this share no results between methods (issue #18)
@@ -247,9 +250,15 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
     """
     results: list[Result] = []
     summary: list[Count] = []
+    blocks: dict[tuple[str, str], np.ndarray] = {}
     for experiment in experiments:
         batch = (cases or {}).get(experiment.name) or experiment.default_cases()
-        by_format = {fmt.name: evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz) for fmt in formats}
+        by_format = {}
+        for fmt in formats:
+            counts = None
+            if fmt.block is not None:
+                counts = blocks[experiment.name, fmt.name] = np.zeros((len(BLOCK_COUNTS), len(batch)), np.int64)
+            by_format[fmt.name] = evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz, block_counts=counts)
         users: dict[int, tuple[Exact, list[str]]] = {}  # per truth: the exact loss of the user's own inputs
         changes: dict[tuple[int, str], np.ndarray] = {}
         for method in experiment.methods:
@@ -274,4 +283,4 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
     return Comparison(tuple(experiments), tuple(formats), results, summary, notes=policies.notes(formats),
-                      tolerance=tolerance, ftz=ftz)
+                      tolerance=tolerance, ftz=ftz, blocks=blocks)

@@ -422,25 +422,19 @@ class Arith:
     def _quantized(self, x: np.ndarray, amax: np.ndarray | None) -> np.ndarray:
         """Inputs quantized to the block format (dequantized values, float32 or float64), blocks along the
         last axis (a 1-D input: one block of one value per row); counts added to :attr:`block_counts`.
-        NVFP4 with each row its own tensor: one :func:`.blockscale.quantize` per distinct row amax."""
+        ``amax``: NVFP4 with each row its own tensor, the rows' tensor amax (:meth:`_row_amax`)."""
         shape = x.shape
         x2 = x.reshape(self.rows, 1) if x.ndim == 1 else x.reshape(self.rows, -1, shape[-1])
-        out = np.empty(x2.shape, np.float64)
-        counts = np.zeros((len(BLOCK_COUNTS), self.rows), dtype=np.int64)
-        groups = [(slice(None), self.tensor_amax)] if amax is None else [
-            (np.flatnonzero(amax == a), float(a)) for a in np.unique(amax)]
-        for rows, a in groups:
-            part = x2[rows]
-            q = blockscale.quantize(self.block, part, a)
-            out[rows] = q.values
-            n = len(part)
-            with np.errstate(all="ignore"):
-                counts[0, rows] = (np.isfinite(part) & (part != 0)).reshape(n, -1).sum(axis=1)
-            counts[1, rows] = q.flushed.reshape(n, -1).sum(axis=1)
-            counts[2, rows] = q.saturated.reshape(n, -1).sum(axis=1)
-            counts[3, rows] = q.scale_saturated.reshape(n, -1).sum(axis=1)
-        self.block_counts += counts
-        return out.reshape(shape)
+        tensor = self.tensor_amax if amax is None else (amax if x2.ndim == 2 else np.repeat(amax, x2.shape[1])
+                                                         .reshape(x2.shape[:-1]))
+        q = blockscale.quantize(self.block, x2, tensor)
+        n = self.rows
+        with np.errstate(all="ignore"):
+            self.block_counts[0] += (np.isfinite(x2) & (x2 != 0)).reshape(n, -1).sum(axis=1)
+        self.block_counts[1] += q.flushed.reshape(n, -1).sum(axis=1)
+        self.block_counts[2] += q.saturated.reshape(n, -1).sum(axis=1)
+        self.block_counts[3] += q.scale_saturated.reshape(n, -1).sum(axis=1)
+        return q.values.reshape(shape)
 
     def _converted_inputs(self, y: np.ndarray, where) -> np.ndarray:
         """Stored inputs converted to a compute format that does not hold them (``fp32@bf16``: the code
