@@ -172,7 +172,9 @@ format_option = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS
 def dtype_option(default: str = "float16, bfloat16, float32, float64"):
     return click.option("-d", "--dtype", "dtypes", type=FormatType(), multiple=True,
                         help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
-                             f"float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all. Default: {default}.")
+                             "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, or all; a policy "
+                             "STORAGE[@COMPUTE][+ACCUMULATE] (bf16@fp32); block-scaled storage mxfp8, mxfp8_e5m2, "
+                             f"mxfp6, mxfp6_e3m2, mxfp4, nvfp4 (mxfp4@bf16 ...). Default: {default}.")
 
 
 experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),

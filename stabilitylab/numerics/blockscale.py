@@ -605,7 +605,8 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | np.ndarray 
                      saturated=saturated.reshape(shape), block_amax=amax.reshape(bshape),
                      scale=scale.reshape(bshape), scale_code=code.reshape(bshape),
                      scale_saturated=ssat.reshape(bshape), all_zero=(amax == 0).reshape(bshape),
-                     tensor_scale=s_t.reshape(shape[:-1]) if per_row else s_t, tensor_scale_saturated=t_sat, n_nonzero=n_nonzero, short_block=tail > 0)
+                     tensor_scale=s_t.reshape(shape[:-1]) if per_row else s_t,
+                     tensor_scale_saturated=t_sat, n_nonzero=n_nonzero, short_block=tail > 0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -137,8 +137,9 @@ def block_sentences(summary: Summary) -> list[str]:
     quantization-vs-arithmetic split of the loss error."""
     out = []
     if summary.tensor_amax is not None:
-        out.append(f"NVFP4's per-tensor scale: the tensor is the whole file, amax {summary.tensor_amax:.9g} (its largest "
-                   f"finite |logit|, found in a first pass), s_t = {blockscale.nvfp4_tensor_scale(summary.tensor_amax)[0]:.9g}")
+        s_t = blockscale.nvfp4_tensor_scale(summary.tensor_amax)[0]
+        out.append(f"NVFP4's per-tensor scale: the tensor is the whole file, amax {summary.tensor_amax:.9g} (its "
+                   f"largest finite |logit|, found in a first pass), s_t = {s_t:.9g}")
     for fmt in summary.formats:
         t = summary.blocks.get(fmt.name)
         if t is None:
