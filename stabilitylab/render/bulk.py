@@ -153,7 +153,9 @@ def block_sentences(summary: Summary) -> list[str]:
                    f"{_fmt_count(t.count('scale_saturated'))} block scale(s) saturated; the quantization alone "
                    f"changes the exact loss by more than the tolerance in {_fmt_count(t.changed)} of "
                    f"{_fmt_count(summary.rows)} rows (largest relative change {t.max_change:.3g}); the arithmetic "
-                   f"then fails (inaccurate or worse) in {_fmt_count(failing.get(worst, 0))} rows ({worst})")
+                   "then fails (inaccurate or worse) in " + (
+                       f"{_fmt_count(failing[worst])} rows ({worst}, the most)" if failing.get(worst) else
+                       "no row (any method)"))
     return out
 
 
