@@ -281,3 +281,14 @@ def test_first_flush_is_the_formats_flush_ratio_for_mx():
         assert first_flush(name) == blockscale.BLOCK_FORMATS[name].flush_ratio
     assert math.isclose(first_flush("nvfp4"), 24.0, rel_tol=2**-20)
     assert Fraction(first_flush("nvfp4")) >= 24  # s_t rounds d / 2688 to float32: at or just above 24
+
+
+def test_a_baseline_keeps_block_spread_entries_comparable(tmp_path, capsys):
+    base = tmp_path / "baseline.json"
+    code, _, err = run(capsys, "check", "--baseline", base, "--update", "-d", "mxfp4")
+    assert code == 0, err
+    keys = json.loads(base.read_text())["entries"]
+    assert "softmax_ce/block_spread/log_softmax/mxfp4" in keys
+    code, out, err = run(capsys, "check", "--baseline", base, "--format", "markdown")
+    assert code == 0, (out, err)
+    assert "0 not comparable" in out and "unknown entry" not in out
