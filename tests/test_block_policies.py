@@ -292,3 +292,19 @@ def test_a_baseline_keeps_block_spread_entries_comparable(tmp_path, capsys):
     code, out, err = run(capsys, "check", "--baseline", base, "--format", "markdown")
     assert code == 0, (out, err)
     assert "0 not comparable" in out and "unknown entry" not in out
+
+
+def test_compare_json_findings_name_each_block_format(capsys):
+    code, out, err = run(capsys, "compare", "-e", "softmax_ce", "-d", "mxfp4", "-d", "nvfp4", "-d", "fp32",
+                         "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    lines = [f["text"] for f in doc["findings"] if "(block storage" in f["text"]]
+    assert [t.split(" ")[0] for t in lines] == ["mxfp4", "nvfp4"]  # one per block format, none for float32
+    cases = len({r["case"] for r in doc["results"]})
+    cmp = engine.compare([SOFTMAX_CE], [format_or_policy("mxfp4")])
+    changed = {r.case for r in cmp.results if r.input_change}
+    assert 0 < len(changed) < cases
+    assert f"Quantization alone changes the exact value in {len(changed)} of {cases} cases" in lines[0]
+    assert "an element flushes from a spread amax/|x| of 16 to 32" in lines[0]
+    assert "spread amax/|x| of 24 (a block holding the tensor's amax)" in lines[1]

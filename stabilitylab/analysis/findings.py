@@ -165,7 +165,7 @@ def block_findings(comparison: Comparison) -> list[tuple[str, str]]:
         arithmetic = sorted({r.case for r in rows if r.status in METHOD_FAILURES})
         text += (f". Quantization alone changes the exact value in {len(quantized)} of {len(cases)} cases"
                  + (f" ({_names(quantized)})" if quantized else "")
-                 + f"; the arithmetic then fails (inaccurate or worse) in {len(arithmetic)}"
+                 + f"; the arithmetic then fails (inaccurate or worse, some method) in {len(arithmetic)} cases"
                  + (f" ({_names(arithmetic)})" if arithmetic else "") + ".")
         out.append((experiment, text))
     return out
