@@ -5,6 +5,7 @@
     python benchmarks/run.py --only logits --only compare --repeat 5
     python benchmarks/run.py --markdown           # tables for the README's Speed section
     python benchmarks/run.py --only logits --logits-file x.npy   # internal: this file instead of the generated ones
+    python benchmarks/run.py --only blocks        # block-scaled storage (mxfp4, nvfp4, mxfp8) on 10^8 logits
 
 Every job is a whole ``python -m stabilitylab ...`` process (``sys.executable``, run from the repository
 root so this checkout's package is imported).  Its anchor runs in the same harness run, alternating
@@ -51,6 +52,10 @@ SEED = 0
 LOGIT_SHAPES = ((100_000, 10), (10**7, 10), (800, 128_256))
 QUICK_LOGIT_SHAPES = ((100_000, 10), (80, 128_256))
 DTYPES = ("float16", "bfloat16", "float32", "float64")
+# block-scaled storage on a float32 file of 10^8 logits (issue #19): the bulk path's memory bound applies
+BLOCK_SHAPES = ((1000, 100_000),)
+QUICK_BLOCK_SHAPES = ((100, 10_000),)
+BLOCK_DTYPES = ("mxfp4", "nvfp4", "mxfp8")
 RSS_LIMIT_MB = 1024  # "peak RSS <= 1 GB"
 # Ratio targets of the user-logits jobs; the issue gives none for float16 (only the RSS limit applies).
 LOGITS_RATIO = {"bfloat16": 10.0, "float32": 10.0, "float64": 40.0}
@@ -132,7 +137,10 @@ def log_softmax_anchor(path: Path, shape: tuple[int, int]) -> Anchor:
     return Anchor(f"log_softmax {shape[0]}x{shape[1]}", (sys.executable, "-c", LOG_SOFTMAX_CODE, str(path)), True)
 
 
-def build_jobs(logits: list[tuple[Path, tuple[int, int]]]) -> list[Job]:
+def build_jobs(logits: list[tuple[Path, tuple[int, int]]],
+               blocks: list[tuple[Path, tuple[int, int]]] = ()) -> list[Job]:
+    """The fixed jobs, ``logits RxC DTYPE`` per logits file and format, ``blocks RxC FORMAT`` per file of
+    ``blocks`` and block-scaled format (no ratio target: the issue sets only the memory bound)."""
     jobs = [
         Job("compare", cli("compare"), IMPORT_ANCHOR, Target(ratio=2)),
         Job("thresholds", cli("thresholds"), IMPORT_ANCHOR, Target(work=1)),
@@ -146,6 +154,12 @@ def build_jobs(logits: list[tuple[Path, tuple[int, int]]]) -> list[Job]:
                        "-o", "{tmp}/out.json")
             target = Target(ratio=LOGITS_RATIO.get(dtype), rss_mb=RSS_LIMIT_MB)
             jobs.append(Job(f"logits {shape[0]}x{shape[1]} {dtype}", argv, anchor, target))
+    for path, shape in blocks:
+        anchor = log_softmax_anchor(path, shape)
+        for dtype in BLOCK_DTYPES:
+            argv = cli("compare", "-e", "softmax_ce", "--logits", str(path), "-d", dtype, "--format", "json",
+                       "-o", "{tmp}/out.json")
+            jobs.append(Job(f"blocks {shape[0]}x{shape[1]} {dtype}", argv, anchor, Target(rss_mb=RSS_LIMIT_MB)))
     return jobs
 
 
@@ -437,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Which logits files are needed depends on the selection: select on names first, generate afterwards.
     shapes = QUICK_LOGIT_SHAPES if args.quick else LOGIT_SHAPES
+    block_shapes = QUICK_BLOCK_SHAPES if args.quick else BLOCK_SHAPES
     if args.logits_file:
         files = []
         for path in args.logits_file:
@@ -446,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             files.append((path.resolve(), shape))
     else:
         files = [(args.data_dir.resolve() / f"logits_{r}x{c}_seed{SEED}.npy", (r, c)) for r, c in shapes]
-    jobs = select(build_jobs(files), args.only)
+    block_files = files if args.logits_file else [
+        (args.data_dir.resolve() / f"logits_{r}x{c}_seed{SEED}.npy", (r, c)) for r, c in block_shapes]
+    jobs = select(build_jobs(files, block_files), args.only)
     if not jobs:
         sys.exit(f"no job matches {args.only}")
     if args.list:
@@ -454,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.logits_file:
         needed = {job.anchor.argv[-1] for job in jobs if job.anchor is not None and job.anchor.inner}
-        for path, shape in files:
+        for path, shape in dict.fromkeys([*files, *block_files]):
             if str(path) in needed:
                 logits_file(shape, args.data_dir.resolve())
     results = [bench(job, args.repeat, progress) for job in jobs]

@@ -593,7 +593,7 @@ def thresholds(experiments: str | Sequence[str] | None = None, dtypes=None, *, f
     _tolerance(tolerance)
     if p is None or not (0 < p <= 1):
         raise InputError(f"p = {p} is outside (0, 1]", "--p")
-    known = {f"{e.name}/{f.name}" for e in chosen for f in e.families}
+    known = {f"{e.name}/{f.name}" for e in chosen for f in (*e.families, *e.block_families)}
     short = {k.split("/")[1] for k in known}
     picked = [families] if isinstance(families, str) else list(families or ())
     for name in picked:

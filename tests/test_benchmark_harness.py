@@ -49,6 +49,15 @@ def test_jobs_and_selection(bench):
     assert by_name["compare"].argv[1:] == ("-m", "stabilitylab", "compare")
 
 
+def test_block_jobs(bench):
+    jobs = bench.build_jobs([(Path("x.npy"), (1000, 10))], [(Path("b.npy"), (1000, 100_000))])
+    blocks = bench.select(jobs, ["blocks"])
+    assert [j.name for j in blocks] == [f"blocks 1000x100000 {d}" for d in ("mxfp4", "nvfp4", "mxfp8")]
+    assert blocks[1].argv[-6:] == ("-d", "nvfp4", "--format", "json", "-o", "{tmp}/out.json")
+    assert all(j.target.rss_mb == 1024 and j.target.ratio is None for j in blocks)
+    assert blocks[0].anchor.argv[-1] == "b.npy"
+
+
 def test_ratio_and_verdict_use_the_best_runs(bench):
     compare = _jobs(bench)["compare"]
     result = _result(bench, compare, [1.3, 0.9, 1.1], [0.5, 0.4, 0.6], rss=(80.0, 95.0, 70.0))

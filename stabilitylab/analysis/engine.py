@@ -14,13 +14,13 @@ import numpy as np
 
 from ..experiments import Experiment
 from ..numerics import policies, reference
-from ..numerics.arith import NEVER, Arith
+from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
 from .outcome import STATUSES, Outcome, classify, gather
 
-__all__ = ["Result", "Comparison", "evaluate", "compare", "user_exact", "input_changes"]
+__all__ = ["Result", "Comparison", "evaluate", "compare", "user_exact", "input_changes", "relative_change"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     tolerance: float | None = None
     ftz: bool = False
+    # block-scaled storage: (experiment, format name) -> per case, the quantization counts
+    # (numerics.arith.BLOCK_COUNTS x cases, int64, summed over the case's inputs)
+    blocks: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 SHARED_BYTES = 2**26  # loaded inputs above this share no results between methods (issue #18)
@@ -86,7 +89,8 @@ def _nbytes(inputs: Any) -> int:
 
 def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequence[str] | None = None,
              tolerance: float | None = None, ftz: bool = False,
-             fast_reference: bool | None = None, fast: bool = False) -> dict[str, Outcome]:
+             fast_reference: bool | None = None, fast: bool = False, tensor_amax: float | None = None,
+             block_counts: np.ndarray | None = None) -> dict[str, Outcome]:
     """Outcome of each method on a batch of cases in one format.
 
     Inputs are rounded to the format once; the exact reference is computed for
@@ -99,6 +103,9 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     ``fast``: the bulk path for real-size data: the fast reference is evaluated in
     float64 for formats of <= 24 bits (bound
     :func:`reference.fast_error`, far below their ulp) and in longdouble for float64.
+    Block-scaled storage (``fmt.block``): ``tensor_amax`` is NVFP4's tensor amax (None: each case is its
+    own tensor); ``block_counts``, if given ((len(BLOCK_COUNTS), len(cases)) int64), receives each row's
+    quantization counts (:attr:`Arith.block_counts`).
     """
     chosen = [m for m in experiment.methods if methods is None or m.name in methods]
     if fast_reference is None:
@@ -107,8 +114,10 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
     groups = cases.groups()
     for rows in groups:
         group = cases if len(groups) == 1 else cases.take(rows)
-        loaded = Arith(fmt, len(group), ftz=ftz)
+        loaded = Arith(fmt, len(group), ftz=ftz, tensor_amax=tensor_amax)
         inputs = experiment.load(loaded, group)
+        if block_counts is not None and loaded.block is not None:
+            block_counts[:, rows] = loaded.block_counts
         if _nbytes(inputs) > SHARED_BYTES:  # wide rows: each method's intermediates freed as it goes (issue #18)
             loaded.unshared()
         tol = fmt.default_tolerance if tolerance is None else tolerance
@@ -197,7 +206,7 @@ def user_exact(experiment: Experiment, truth, cases: Any) -> Exact:
     return exact
 
 
-def _relative_change(a: Exact, b: Exact) -> np.ndarray:
+def relative_change(a: Exact, b: Exact) -> np.ndarray:
     """|a - b| / |b| per row: 0 where both are 0 or the same infinity, inf where b is 0 and a is not
     (or exactly one is NaN or infinite)."""
     with np.errstate(all="ignore"):
@@ -219,7 +228,7 @@ def input_changes(experiment: Experiment, fmt: Format, cases: Any, rounded: Exac
     overflows, underflows to 0 or rounds to 1 (a logit rounding to 1 is common and harmless, so
     rounding to 1 alone marks a row only where the exact loss changes)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
-    changed = _relative_change(rounded, user) > tol
+    changed = relative_change(rounded, user) > tol
     out = np.full(len(cases), "", dtype=object)
     for rows, arith, _ in _loaded(experiment, fmt, cases, ftz):
         over = arith.first_step("overflow") != NEVER
@@ -243,9 +252,15 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
     """
     results: list[Result] = []
     summary: list[Count] = []
+    blocks: dict[tuple[str, str], np.ndarray] = {}
     for experiment in experiments:
         batch = (cases or {}).get(experiment.name) or experiment.default_cases()
-        by_format = {fmt.name: evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz) for fmt in formats}
+        by_format = {}
+        for fmt in formats:
+            counts = None
+            if fmt.block is not None:
+                counts = blocks[experiment.name, fmt.name] = np.zeros((len(BLOCK_COUNTS), len(batch)), np.int64)
+            by_format[fmt.name] = evaluate(experiment, fmt, batch, tolerance=tolerance, ftz=ftz, block_counts=counts)
         users: dict[int, tuple[Exact, list[str]]] = {}  # per truth: the exact loss of the user's own inputs
         changes: dict[tuple[int, str], np.ndarray] = {}
         for method in experiment.methods:
@@ -270,4 +285,4 @@ def compare(experiments: Sequence[Experiment], formats: Sequence[Format],
                 counts = {s: int((o.status == s).sum()) for s in STATUSES}
                 summary.append(Count(experiment.name, method.name, fmt.name, len(batch), **counts))
     return Comparison(tuple(experiments), tuple(formats), results, summary, notes=policies.notes(formats),
-                      tolerance=tolerance, ftz=ftz)
+                      tolerance=tolerance, ftz=ftz, blocks=blocks)

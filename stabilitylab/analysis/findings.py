@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .engine import Comparison, Result
-from .outcome import SEVERITY
+import numpy as np
 
-__all__ = ["findings", "VERB"]
+from ..numerics import blockscale
+from ..numerics.arith import BLOCK_COUNTS
+from ..numerics.policies import block_of
+from .engine import Comparison, Result
+from .outcome import METHOD_FAILURES, SEVERITY
+
+__all__ = ["findings", "block_findings", "first_failing_spread_text", "VERB"]
 
 VERB = {
     "range": "is correctly rounded, but the loss itself is not representable",
@@ -87,7 +92,7 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
     everywhere (within 0.43 ulp)."
     """
     formats = [f.name for f in comparison.formats]
-    widest_format = max(comparison.formats, key=lambda f: f.precision).name
+    widest_format = max(comparison.formats, key=lambda f: (f.precision, f.block is None)).name
     grouped: dict[tuple[str, str], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     for r in comparison.results:
         grouped[(r.experiment, r.case)][r.method].append(r)
@@ -117,6 +122,52 @@ def findings(comparison: Comparison) -> list[tuple[str, str]]:
         phrases = [_method_phrase(m, rs, formats) for m, rs in methods.items()]
         head = f"{case} (exact {widest.exact} in {widest.dtype}): "
         out.append((experiment, head + "; ".join(phrases) + "."))
+    return out + block_findings(comparison)
+
+
+def first_failing_spread_text(block: blockscale.BlockFormat) -> str:
+    """The spread amax / |x| at which an element first flushes (:func:`blockscale.first_failing_spread`):
+    for MX a range over the significand of the block's amax in [1, 2); for NVFP4 its value for a block
+    holding the tensor's amax (exact block scale)."""
+    if block.tensor_scale:
+        return f"{float(blockscale.first_failing_spread(block, 1.0, 1.0)):.4g} (a block holding the tensor's amax)"
+    lo, hi = blockscale.first_failing_spread(block, [1.0, np.nextafter(2.0, 0.0)])
+    return f"{float(lo):.4g} to {float(hi):.4g} (by the significand of the block's amax)"
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def block_findings(comparison: Comparison) -> list[tuple[str, str]]:
+    """One sentence per experiment and block-scaled storage format: inputs flushed to zero by their block's
+    scale (count, fraction of the finite non-zero inputs, the cases), saturated elements and block scales,
+    the first failing spread, and the split of the loss error: cases whose exact value the quantization
+    alone changes (beyond the tolerance, or an input lost: the "exact, your input" row) vs cases whose
+    computed value the arithmetic gets wrong (a status of inaccurate or worse against the exact value of
+    the quantized inputs)."""
+    out = []
+    for (experiment, dtype), counts in comparison.blocks.items():
+        fmt = next(f for f in comparison.formats if f.name == dtype)
+        block = block_of(fmt)
+        rows = [r for r in comparison.results if r.experiment == experiment and r.dtype == dtype]
+        cases = list(dict.fromkeys(r.case for r in rows))
+        nz, fl, sat, ssat = (counts[BLOCK_COUNTS.index(k)] for k in BLOCK_COUNTS)
+        total, flushed = int(nz.sum()), int(fl.sum())
+        share = f"{100 * flushed / total:.3g} %" if total else "0 %"
+        where = [c for c, k in zip(cases, fl.tolist()) if k]
+        text = (f"{dtype} (block storage {block.name}, blocks of {block.block_size} along the last axis): "
+                f"{flushed} of {total} non-zero inputs ({share}) flushed to zero by their block's scale"
+                + (f" in {_names(where)}" if where else "")
+                + f"; {int(sat.sum())} saturated to the element's largest value, {int(ssat.sum())} block scale(s) "
+                f"saturated; an element flushes from a spread amax/|x| of {first_failing_spread_text(block)}")
+        quantized = sorted({r.case for r in rows if r.input_change})
+        arithmetic = sorted({r.case for r in rows if r.status in METHOD_FAILURES})
+        text += (f". Quantization alone changes the exact value in {len(quantized)} of {len(cases)} cases"
+                 + (f" ({_names(quantized)})" if quantized else "")
+                 + f"; the arithmetic then fails (inaccurate or worse, some method) in {len(arithmetic)} cases"
+                 + (f" ({_names(arithmetic)})" if arithmetic else "") + ".")
+        out.append((experiment, text))
     return out
 
 
@@ -136,6 +187,9 @@ def threshold_findings(rows) -> list[tuple[str, str]]:
     for (experiment, family, dtype), rs in grouped.items():
         parts = []
         for r in rs:
+            if r.predicted_for == "first_flush" and r is rs[0]:
+                parts.append(f"the true logit first flushes to 0 at {r.parameter} = {_param(r.predicted)} "
+                             "(quantization alone)")
             bound_f = "" if r.exact_failure else "at most "
             bound_i = "" if r.exact_inaccurate else "at most "
             if r.first_failure is not None:

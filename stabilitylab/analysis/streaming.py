@@ -24,6 +24,16 @@ does not depend on the scheduling.
 
 The experiment is softmax_ce, or softmax_ce with an audited target as one more
 (black-box) method: an audit on a user's logits is this same path.
+
+Block-scaled storage (``-d mxfp4``, ``-d nvfp4``...): each chunk's rows are quantized per block of the
+class axis (a block never spans two rows); NVFP4's per-tensor scale is the whole file's: a first
+streaming pass finds the largest finite |logit| of every row of the file (ignored rows included: they are
+part of the tensor) and every chunk is quantized with it, so results do not depend on the chunk size
+or the worker count.  Per block format a :class:`BlockTally` adds up, over the rows: the logits flushed to
+zero by their block's scale, saturated elements and block scales, and the split of the error between the
+quantization alone (the exact loss of the quantized logits against the exact loss of the logits as given,
+both from the vectorized reference) and the arithmetic (the status counts, which judge the computed loss
+against the exact loss of the quantized logits).
 """
 
 from __future__ import annotations
@@ -38,14 +48,15 @@ from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
-from ..numerics.formats import Format
-from ..numerics.policies import format_or_policy
+from ..numerics.arith import BLOCK_COUNTS, Arith
+from ..numerics.formats import FORMATS, Format
+from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
-from .engine import evaluate
+from .engine import evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
 
-__all__ = ["ROW", "Summary", "Cell", "Pair", "summarize", "BITS_BINS"]
+__all__ = ["ROW", "Summary", "Cell", "Pair", "BlockTally", "summarize", "BITS_BINS", "file_amax"]
 
 BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at most ~64 bits), then inf, NaN
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
@@ -123,6 +134,28 @@ class Pair:
 
 
 @dataclass
+class BlockTally:
+    """A block-scaled storage format over the rows: ``counts`` (:data:`~stabilitylab.numerics.arith.BLOCK_COUNTS`:
+    finite non-zero logits, those flushed to 0 by their block's scale, saturated elements, saturated block
+    scales), ``changed`` rows whose exact loss the quantization alone changes by more than the tolerance
+    (relative: |L(quantized) - L(given)| / |L(given)|, from the vectorized references, each within its
+    bound) and the largest such change ``max_change`` (0.0 if none; inf where one loss is 0 or infinite
+    and the other is not)."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(BLOCK_COUNTS), np.int64))
+    changed: int = 0
+    max_change: float = 0.0
+
+    def merge(self, other: "BlockTally") -> None:
+        self.counts += other.counts
+        self.changed += other.changed
+        self.max_change = max(self.max_change, other.max_change)
+
+    def count(self, name: str) -> int:
+        return int(self.counts[BLOCK_COUNTS.index(name)])
+
+
+@dataclass
 class Summary:
     """Per format, per method: a :class:`Cell`; plus what was read and skipped."""
 
@@ -139,6 +172,8 @@ class Summary:
     ftz: bool = False
     black_box: tuple[str, ...] = ()  # methods whose status follows the black-box rule (an audited target)
     versus: dict[tuple[str, str], Pair] = field(default_factory=dict)  # (format, other method) -> Pair
+    blocks: dict[str, BlockTally] = field(default_factory=dict)  # block-scaled format name -> its tally
+    tensor_amax: float | None = None  # NVFP4's tensor amax: the file's largest finite |logit| (None: no NVFP4)
 
 
 def _worst_order(error_bits: np.ndarray, rows: np.ndarray, keep: int | None = None) -> np.ndarray:
@@ -210,11 +245,26 @@ def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray, fmt: For
     return out
 
 
+def _given_exact(experiment: Experiment, cases: Logits):
+    """The exact loss of the logits as given (float32 or float64, not quantized), vectorized."""
+    given = FORMATS["float32" if cases.logits.dtype == np.float32 else "float64"]
+    inputs = experiment.load(Arith(FORMATS["float64"], len(cases), quiet=True), cases)
+    return reference.fast(experiment.truth_of(experiment.methods[0]), inputs, wide_dtype(given))
+
+
+def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
+    change = relative_change(quantized, given)
+    changed = change > tol
+    return BlockTally(counts.sum(axis=1), int(np.count_nonzero(changed)),
+                      float(change[changed].max()) if changed.any() else 0.0)
+
+
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
-              experiment: Experiment = SOFTMAX_CE, versus: str | None = None):
+              experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None):
     """Every method in every format on one chunk: ({(format, method): Cell}, rows or None,
-    (count, first rows) of rows with non-finite logits, {(format, method): Pair})."""
+    (count, first rows) of rows with non-finite logits, {(format, method): Pair}, {format: BlockTally}).
+    ``tensor_amax``: NVFP4's tensor amax (the file's, :func:`file_amax`)."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
     # float32 logits stay float32 (Arith.load rounds them from float64 exactly the same): a wide row
@@ -228,11 +278,20 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     pairs: dict[tuple[str, str], Pair] = {}
+    blocks: dict[str, BlockTally] = {}
     if not len(idx):
-        return cells, columns, nonfinite, pairs
+        return cells, columns, nonfinite, pairs, blocks
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
+    given = None
     for fmt in formats:
-        outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True)
+        counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
+        outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
+                            tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
+                            else None, block_counts=counts)
+        if counts is not None:
+            given = _given_exact(experiment, cases) if given is None else given
+            tol = fmt.default_tolerance if tolerance is None else tolerance
+            blocks[fmt.name] = _tally(counts, next(iter(outcomes.values())).exact, given, tol)
         for method, o in outcomes.items():
             everything = [] if all_rows else None
             cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
@@ -241,7 +300,18 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
         if versus is not None:
             for method, pair in _pairs(outcomes, versus, rows, fmt, tolerance).items():
                 pairs[fmt.name, method] = pair
-    return cells, columns, nonfinite, pairs
+    return cells, columns, nonfinite, pairs, blocks
+
+
+def file_amax(source, rows_per_chunk: int) -> float:
+    """The largest finite |logit| of the whole file (every row), in one streaming pass: NVFP4's tensor amax."""
+    top = 0.0
+    for _, block in source.chunks(rows_per_chunk):
+        a = np.abs(np.asarray(block))
+        finite = a[np.isfinite(a)]
+        if finite.size:
+            top = max(top, float(finite.max()))
+    return top
 
 
 def _chunks_in_order(source, labels, keep_rows, rows_per_chunk) -> Iterator[tuple[int, np.ndarray, np.ndarray,
@@ -278,17 +348,23 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)
     if experiment is not SOFTMAX_CE:  # (only then: worker processes receive the kwargs pickled)
         kwargs["experiment"] = experiment
+    tensor_amax = None
+    if any(block_of(f) is not None and block_of(f).tensor_scale for f in formats):
+        tensor_amax = kwargs["tensor_amax"] = file_amax(source, rows_per_chunk)
+    blocks = {f.name: BlockTally() for f in formats if f.block is not None}
 
     nonfinite = [0, []]
 
     def absorb(result) -> None:
-        chunk_cells, columns, (count, examples), chunk_pairs = result
+        chunk_cells, columns, (count, examples), chunk_pairs, chunk_blocks = result
         nonfinite[0] += count
         nonfinite[1] = (nonfinite[1] + examples.tolist())[:5]
         for key, cell in chunk_cells.items():
             cells[key].merge(cell, keep, cap)
         for key, pair in chunk_pairs.items():
             pairs[key].merge(pair)
+        for key, tally in chunk_blocks.items():
+            blocks[key].merge(tally)
         if on_rows is not None and columns:
             on_rows(columns)
 
@@ -306,7 +382,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         notes.append(f"{nonfinite[0]:,} row(s) with non-finite logits ({shown}): allowed; their exact loss is the "
                      "limit where one exists, else NaN")
     return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds, notes,
-                   worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz, black_box=black_box, versus=pairs)
+                   worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz, black_box=black_box, versus=pairs,
+                   blocks=blocks, tensor_amax=tensor_amax)
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:

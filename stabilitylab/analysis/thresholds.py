@@ -818,12 +818,14 @@ def _family_thresholds(experiment: Experiment, family: Family, fmt: Format, sett
         failure = status[fail][method] if fail is not None else None
         degraded = status[inacc][method] if inacc is not None else None
         pred = None
-        if not fmt.is_policy:  # (the formulas are derived for one arithmetic; a policy gets none)
+        if not fmt.is_policy or family in experiment.block_families:  # (the formulas are derived for one
+            # arithmetic; a policy gets none, except a block family's, which is about the storage alone)
             with mpmath.workdps(50):
                 pred = family.predict(fmt, method, replace(settings, tolerance=tolerance))
         measured = {"first_inaccurate": g.value(inacc), "first_failure": g.value(fail)}
         agrees = None
-        if pred is not None and pred.slack <= AGREEMENT_SLACK and g.value(g.start) <= pred.value <= g.value(g.end):
+        if (pred is not None and pred.kind in measured and pred.slack <= AGREEMENT_SLACK
+                and g.value(g.start) <= pred.value <= g.value(g.end)):
             m = measured[pred.kind]
             agrees = m is not None and abs(m - pred.value) <= pred.slack * abs(pred.value)
             if pred.proof and m == pred.value:  # the derivation is exact: so is the value
@@ -846,9 +848,10 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
     Searches not memoised yet run in ``jobs`` processes (default: :func:`parallel.worker_count`);
     the result does not depend on it.
     """
-    tasks = [(experiment, family, fmt) for experiment in experiments for family in experiment.families
+    tasks = [(experiment, family, fmt) for experiment in experiments
+             for family in (*experiment.families, *experiment.block_families)
              if not families or f"{experiment.name}/{family.name}" in families or family.name in families
-             for fmt in formats]
+             for fmt in formats if family in experiment.families_for(fmt)]
     todo = [(e.name, f.name, fmt.name) for e, f, fmt in tasks  # simulations only: a black box stays here
             if EXPERIMENTS.get(e.name) is e and (e.name, f.name, fmt.name, settings, tolerance, 16) not in _MEMO]
     jobs = worker_count() if jobs is None else jobs

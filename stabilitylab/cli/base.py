@@ -176,7 +176,9 @@ def dtype_option(default: str = "float16, bfloat16, float32, float64", scales: b
                         help="Format (repeatable): float16/fp16/half, bfloat16/bf16, float32/fp32/single, "
                              "float64/fp64/double, float8_e4m3fn/e4m3, float8_e5m2/e5m2, any other ml_dtypes float "
                              "(float8_e4m3fnuz, float4_e2m1fn, ...; NAME:saturate for overflow to +-max), all (those "
-                             f"six) or every (all that experiments can use). Default: {default}.")
+                             "six) or every (all that experiments can use); a policy STORAGE[@COMPUTE][+ACCUMULATE] "
+                             "(bf16@fp32); block-scaled storage mxfp8, mxfp8_e5m2, mxfp6, mxfp6_e3m2, mxfp4, nvfp4 "
+                             f"(mxfp4@bf16 ...). Default: {default}.")
 
 
 experiment_option = click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)),

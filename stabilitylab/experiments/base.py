@@ -215,6 +215,9 @@ class Experiment:
     load: Callable[[Arith, Any], Any]
     truth: Truth
     families: tuple[Family, ...] = field(default=())
+    # families searched only under block-scaled storage (``-d mxfp4`` ...: numerics/blockscale.py), whose
+    # question is the storage's own (an input flushed by its block's scale); not searched for other formats
+    block_families: tuple[Family, ...] = field(default=())
     facts: Callable[[list], tuple[list[str], list[list[str]]]] | None = None
 
     def method(self, name: str) -> Method:
@@ -232,7 +235,12 @@ class Experiment:
         return tuple(m.name for m in self.methods)
 
     def family(self, name: str) -> Family:
-        for f in self.families:
+        for f in (*self.families, *self.block_families):
             if f.name == name:
                 return f
-        raise KeyError(f"unknown family {name!r} of {self.name}; valid: {', '.join(f.name for f in self.families)}")
+        raise KeyError(f"unknown family {name!r} of {self.name}; valid: "
+                       f"{', '.join(f.name for f in (*self.families, *self.block_families))}")
+
+    def families_for(self, fmt) -> tuple[Family, ...]:
+        """The families searched in ``fmt``: :attr:`families`, and :attr:`block_families` under block storage."""
+        return (*self.families, *self.block_families) if getattr(fmt, "block", None) else self.families

@@ -18,10 +18,12 @@ number of classes run together.  Exact reference: ``log1p(sum_{i != y} exp(x_i -
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import mpmath
 import numpy as np
 
+from ..numerics import blockscale
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
 from ..numerics.reference import exp_sum_scaled, from_longdouble
@@ -235,6 +237,50 @@ FAMILIES = (
 )
 
 
+def block_spread_cases(d: np.ndarray, settings: Settings) -> Logits:
+    """[d, 1], label 1: the true logit 1 shares its block with the largest logit d (spread d); under block
+    storage it flushes to 0 once d reaches the format's flush spread.  Exact loss log1p(e**(d - 1))."""
+    return _pair_cases(d, np.ones_like(d), 1, ParamNames("d", d))
+
+
+@lru_cache(maxsize=None)
+def first_flush(block_name: str) -> float:
+    """The first float32 d >= 1 at which the true logit 1 of [d, 1] flushes to 0 in the block format: the
+    smallest d with 1 <= T(d), T = :func:`blockscale.flush_threshold` of a block of amax d (the case is its
+    own tensor: NVFP4's tensor amax is d).  T is nondecreasing in d (MX: 2^(floor(log2 d) - emax) s_min / 2;
+    NVFP4: s_t s_b s_min / 2 with s_t = float32(d / 2688) nondecreasing and s_b = 448 for every normal d),
+    so a bisection over the float32 bit patterns of [1, max] finds it exactly."""
+    block = blockscale.BLOCK_FORMATS[block_name]
+
+    def flushes(i: int) -> bool:
+        d = float(np.array([i], np.uint32).view(np.float32)[0])
+        return bool(1.0 <= blockscale.flush_threshold(block, np.array([d]), d)[0])
+
+    lo = int(np.array([1.0], np.float32).view(np.uint32)[0])
+    hi = int(np.array([np.finfo(np.float32).max], np.float32).view(np.uint32)[0])
+    assert not flushes(lo) and flushes(hi)
+    while hi - lo > 1:  # invariant: lo does not flush, hi does
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if flushes(mid) else (mid, hi)
+    return float(np.array([hi], np.uint32).view(np.float32)[0])
+
+
+def block_spread_predict(fmt: Format, method: str, settings: Settings) -> Prediction | None:
+    block = getattr(fmt, "block", None)
+    if block is None:
+        return None
+    return Prediction(first_flush(block), "first_flush",
+                      f"first float32 d at which the true logit 1 flushes to 0 in {block} (quantization alone: "
+                      "1 <= the flush threshold of a block of amax d, nondecreasing in d; bisection over float32)")
+
+
+BLOCK_FAMILIES = (
+    Family("block_spread", "d", "logits [d, 1], label 1, under block storage: the true logit 1 in the block of the "
+           "largest logit d flushes to 0 once the spread d reaches the format's flush spread",
+           block_spread_cases, lower=1.0, predict=block_spread_predict),
+)
+
+
 def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """a - b = hi + lo exactly (Knuth's TwoSum on float64)."""
     hi = a - b
@@ -405,4 +451,5 @@ SOFTMAX_CE = Experiment(
     load=load,
     truth=Truth(exact_cross_entropy, exact_rows, fast_cross_entropy, fast_float64=True),
     families=FAMILIES,
+    block_families=BLOCK_FAMILIES,
 )

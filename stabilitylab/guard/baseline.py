@@ -204,7 +204,7 @@ def split_key(key: str) -> tuple[str, str, str, str] | None:
         experiment, family, method, dtype = parts
         e = EXPERIMENTS.get(experiment)
         if (e is not None and entry_format(dtype) is not None and method in e.method_names
-                and family in {f.name for f in e.families}):
+                and family in {f.name for f in e.families_for(entry_format(dtype))}):
             return experiment, family, method, dtype
     return audit_key(key)
 

@@ -49,6 +49,18 @@ the accumulation format, and a sum's result is rounded to the compute format onc
 :meth:`Arith.deliver` rounds a kernel's result to the output format.  Each rounding's events are
 judged against the format it rounds to.  A pure format is the case where all four are the format.
 
+Block-scaled storage (``-d mxfp4``, ``-d nvfp4@bf16``: a policy whose ``block`` names a
+:class:`~.blockscale.BlockFormat`): :meth:`load` quantizes the inputs per block along the last axis of
+each input array (a 1-D input, one value per case: each case's value is its own block of one) with
+:func:`.blockscale.quantize`, then rounds the dequantized values to the compute format (where they are
+held).  NVFP4's per-tensor scale: ``tensor_amax`` if given (the caller's whole tensor, e.g. a user's
+logits file), else each case (row) is its own tensor.  Events, per input: a finite non-zero input
+flushed to 0 by its block's scale (or by the conversion) is an ``underflow``, a finite input that
+becomes inf / NaN (a NaN block scale: an inf or NaN in its block, or a scale beyond E8M0) an
+``overflow``; both mark the input lost (status ``range`` by the one rule when the result is then
+correctly rounded).  An element saturated to the element's largest value is part of the format's
+rounding (the MX spec clamps), not an event; :attr:`Arith.block_counts` counts it with the flushes.
+
 With ``quiet=True`` the results are the same and no event is looked for (``first``
 stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.training.train`: a
 step's backward pass, and its forward pass where the loss is finite and non-zero).
@@ -59,14 +71,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TargetError, TargetTimeout, Terminated, described
-from . import crmath
+from . import blockscale, crmath
 from .formats import FORMATS, Format
-from .policies import contains
+from .policies import block_of, contains
 from .wide import wide_dtype
 
-__all__ = ["Arith", "EVENTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
+__all__ = ["Arith", "EVENTS", "BLOCK_COUNTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
+BLOCK_COUNTS: tuple[str, ...] = ("nonzero", "flushed", "saturated", "scale_saturated")
+"""Block-scaled storage, per row (:attr:`Arith.block_counts`): finite non-zero inputs; those flushed to 0 by
+their block's scale; elements saturated to the element's largest magnitude; blocks whose scale saturated
+(see :mod:`.blockscale`)."""
 _INDEX = {name: i for i, name in enumerate(EVENTS)}
 _SATURATED = "saturated"  # recorded beside the events for _shared's replay
 NEVER = np.iinfo(np.int64).max
@@ -164,7 +180,8 @@ class Arith:
     (used when a result is computed for all rows but used by some).
     """
 
-    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = True, quiet: bool = False):
+    def __init__(self, fmt: Format, rows: int, ftz: bool = False, fast: bool = True, quiet: bool = False,
+                 tensor_amax: float | None = None):
         self.fmt = fmt
         self.quiet = quiet  # no event bookkeeping; forks (and so the memo's entries) share it
         # the policy's formats (a pure format: fmt four times)
@@ -194,6 +211,11 @@ class Arith:
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self.saturated = np.zeros(rows, dtype=bool)  # an infinity became +-max in the row (saturating formats)
+        # block-scaled storage: the block format, NVFP4's tensor amax (None: each row is its tensor) and, per
+        # row, the counts of BLOCK_COUNTS over every input loaded
+        self.block = block_of(fmt)
+        self.tensor_amax = tensor_amax if self.block is not None and self.block.tensor_scale else None
+        self.block_counts = np.zeros((len(BLOCK_COUNTS), rows if self.block is not None else 0), dtype=np.int64)
         self.errors: dict[int, str] = {}  # row -> first line of the exception an external call raised there
         self._wides = {f.name: wide_dtype(f) for f in (fmt, self.storage, self.compute, self.accumulate, self.output)}
         self._memo: dict = {}  # shared by forks: see _shared
@@ -206,6 +228,7 @@ class Arith:
         other.first = self.first.copy()
         other.input_lost = self.input_lost.copy()
         other.saturated = self.saturated.copy()
+        other.block_counts = self.block_counts.copy()
         other.errors = dict(self.errors)
         other._logs = []
         return other
@@ -382,14 +405,17 @@ class Arith:
         elementwise, the same values and per-row events, without float64 temporaries of its size."""
         x = np.asarray(x)
         self.step += 1
+        amax = self._row_amax(x)
         if x.ndim != 2 or x.size <= _BLOCK or self.rows != x.shape[0]:
-            y, masks = self._load_block(np.asarray(x, dtype=np.float64))
+            y, masks = self._load_block(np.asarray(x, dtype=np.float64), amax)
         else:
             y = np.empty(x.shape, self.dtype)
             masks = [np.zeros(self.rows, dtype=bool) for _ in range(3)]
             width = max(1, _BLOCK // max(self.rows, 1))
+            if self.block is not None:  # whole blocks per piece (the blocks run along the last axis)
+                width = max(self.block.block_size, width - width % self.block.block_size)
             for start in range(0, x.shape[1], width):
-                part, found = self._load_block(np.asarray(x[:, start:start + width], dtype=np.float64))
+                part, found = self._load_block(np.asarray(x[:, start:start + width], dtype=np.float64), amax)
                 y[:, start:start + width] = part
                 for total, mask in zip(masks, found):
                     total |= mask.reshape(self.rows, -1).any(axis=1)
@@ -402,21 +428,48 @@ class Arith:
             return self._converted_inputs(y, where)
         return self._settle(y, where, self.storage)
 
-    def _load_block(self, x: np.ndarray):
+    def _row_amax(self, x: np.ndarray) -> np.ndarray | None:
+        """NVFP4 with each row its own tensor: per row, the largest finite |x| (else None)."""
+        if self.block is None or not self.block.tensor_scale or self.tensor_amax is not None:
+            return None
+        with np.errstate(all="ignore"):
+            a = np.abs(np.asarray(x, dtype=np.float64).reshape(self.rows, -1))
+            return np.max(np.where(np.isfinite(a), a, 0.0), axis=1, initial=0.0)
+
+    def _load_block(self, x: np.ndarray, amax: np.ndarray | None = None):
         """Inputs (float64) stored (:meth:`_store`), and the masks of inputs that overflow, underflow
         to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
-            y = self._flush(self._store(x), self.storage)
+            y = self._flush(self._store(x, amax), self.storage)
             finite = np.isfinite(x)
             masks = [finite & ~np.isfinite(y), finite & (x != 0) & (y == 0),
                      (y != 0) & (np.abs(y) < self.storage.tiny) & (y != x)]
         return y, masks
 
-    def _store(self, x: np.ndarray) -> np.ndarray:
+    def _store(self, x: np.ndarray, amax: np.ndarray | None = None) -> np.ndarray:
         """The storage step: float64 inputs to storage-format values, held in the held dtype.  Elementwise
-        correct rounding for every format today; a block-scaled storage format (a scale per block of
-        elements) plugs in here, with its own events in :meth:`_load_block`."""
+        correct rounding; for block-scaled storage, :meth:`_quantized` first (``amax``: NVFP4's per-row
+        tensor amax, see :meth:`_row_amax`)."""
+        if self.block is not None:
+            x = self._quantized(x, amax)
         return self.storage.held_twin.round(x, self.dtype)
+
+    def _quantized(self, x: np.ndarray, amax: np.ndarray | None) -> np.ndarray:
+        """Inputs quantized to the block format (dequantized values, float32 or float64), blocks along the
+        last axis (a 1-D input: one block of one value per row); counts added to :attr:`block_counts`.
+        ``amax``: NVFP4 with each row its own tensor, the rows' tensor amax (:meth:`_row_amax`)."""
+        shape = x.shape
+        x2 = x.reshape(self.rows, 1) if x.ndim == 1 else x.reshape(self.rows, -1, shape[-1])
+        tensor = self.tensor_amax if amax is None else (amax if x2.ndim == 2 else np.repeat(amax, x2.shape[1])
+                                                         .reshape(x2.shape[:-1]))
+        q = blockscale.quantize(self.block, x2, tensor)
+        n = self.rows
+        with np.errstate(all="ignore"):
+            self.block_counts[0] += (np.isfinite(x2) & (x2 != 0)).reshape(n, -1).sum(axis=1)
+        self.block_counts[1] += q.flushed.reshape(n, -1).sum(axis=1)
+        self.block_counts[2] += q.saturated.reshape(n, -1).sum(axis=1)
+        self.block_counts[3] += q.scale_saturated.reshape(n, -1).sum(axis=1)
+        return q.values.reshape(shape)
 
     def _converted_inputs(self, y: np.ndarray, where) -> np.ndarray:
         """Stored inputs converted to a compute format that does not hold them (``fp32@bf16``: the code

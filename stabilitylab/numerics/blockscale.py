@@ -277,7 +277,7 @@ class Quantized:
     scale_code: np.ndarray
     scale_saturated: np.ndarray
     all_zero: np.ndarray
-    tensor_scale: float | None
+    tensor_scale: float | np.ndarray | None  # an array when quantize was given one tensor amax per row
     tensor_scale_saturated: bool
     n_nonzero: int
     short_block: bool
@@ -517,7 +517,19 @@ def _finite_max(x2: np.ndarray, amax: np.ndarray) -> float:
     return best
 
 
-def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None) -> Quantized:
+def _tensor_scales(amax_rows: np.ndarray) -> np.ndarray:
+    """:func:`nvfp4_tensor_scale` of every entry of ``amax_rows`` (float64, finite, >= 0), vectorized: the same
+    values (one rounding of the float64 quotient to float32, see Exactness; 0 -> 1.0; clamped to
+    [2^-149, float32 max])."""
+    with np.errstate(over="ignore", under="ignore"):
+        s = (amax_rows / _TENSOR_DIVISOR).astype(np.float32).astype(np.float64)
+    s[s == 0] = math.ldexp(1.0, -149)
+    s[np.isinf(s)] = float(np.finfo(np.float32).max)
+    s[amax_rows == 0] = 1.0
+    return s
+
+
+def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | np.ndarray | None = None) -> Quantized:
     """Quantize ``x`` (float16 / float32 / float64, any shape) to the block format, blocks along the last
     axis (a short last block when its length is not a multiple of the block size), and return the
     dequantized values with the events (see :class:`Quantized` and the module's conventions).
@@ -526,16 +538,23 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
     NVFP4: s_t = float32(amax_tensor / 2688), s_b = RNE_sat_e4m3(amax / (6 s_t)),
            P_i = RNE_sat_e2m1(V_i / (s_t s_b)), value P_i * s_b * s_t.
     ``tensor_amax`` (NVFP4 only): the whole tensor's max |x|, computed by the caller in a first pass; if
-    None, the largest finite |x| of ``x``.  ValueError for other dtypes, or a bad tensor_amax."""
+    None, the largest finite |x| of ``x``.  An array of shape ``x.shape[:-1]`` instead gives every row (every
+    index of the leading axes) its own tensor scale, as if each row were quantized alone with its entry
+    (``Quantized.tensor_scale`` is then that array of s_t, and ``tensor_scale_saturated`` true if any
+    saturated).  ValueError for other dtypes, or a bad tensor_amax."""
     x = np.asarray(x)
     if x.dtype not in (np.float16, np.float32, np.float64):
         raise ValueError(f"quantize takes float16, float32 or float64 values, not {x.dtype}")
     if x.dtype == np.float16:
         x = x.astype(np.float32)  # exact
+    per_row = tensor_amax is not None and np.ndim(tensor_amax) > 0
     if tensor_amax is not None:
         if not block.tensor_scale:
             raise ValueError(f"{block.name} has no per-tensor scale: tensor_amax applies to nvfp4 only")
-        if not (math.isfinite(tensor_amax) and tensor_amax >= 0):
+        t = np.asarray(tensor_amax, dtype=np.float64)
+        if per_row and t.shape != x.shape[:-1]:
+            raise ValueError(f"per-row tensor_amax must have shape {x.shape[:-1]}, not {t.shape}")
+        if not (np.isfinite(t).all() and (t >= 0).all()):
             raise ValueError(f"tensor_amax must be finite and >= 0, not {tensor_amax!r}")
     shape = x.shape
     n = shape[-1] if x.ndim else 1
@@ -556,7 +575,12 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
     have_amax = block.tensor_scale and tensor_amax is None
     if have_amax:  # a first pass: the tensor amax needs every block's
         _block_amax(x2, nfull, tail, B, amax)
-    if block.tensor_scale:
+    if per_row:
+        rows_amax = np.asarray(tensor_amax, dtype=np.float64).reshape(rows)
+        s_t = _tensor_scales(rows_amax)
+        t_sat = bool(((rows_amax > 0) & ((s_t == math.ldexp(1.0, -149)) | (s_t == float(np.finfo(np.float32).max)))
+                      ).any())
+    elif block.tensor_scale:
         s_t, t_sat = nvfp4_tensor_scale(_finite_max(x2, amax) if tensor_amax is None else float(tensor_amax))
     n_nonzero = 0
     with np.errstate(all="ignore"):
@@ -570,8 +594,9 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
             vb, fb, sb = (_strided(o, start, stop, length) for o in (values, flushed, saturated))
             for rs, bs in _tiles(rows, count, length):
                 cols = slice(first + bs.start, first + bs.stop)
+                st = s_t[rs, None] if per_row else s_t or 1.0
                 sc, cd, ss, nz = _quantize_tile(block, xb[rs, bs], vb[rs, bs], fb[rs, bs], sb[rs, bs],
-                                                amax[rs, cols], s_t or 1.0,
+                                                amax[rs, cols], st,
                                                 amax[rs, cols] if have_amax else None)
                 scale[rs, cols], code[rs, cols], ssat[rs, cols] = sc, cd, ss
                 n_nonzero += nz
@@ -580,7 +605,8 @@ def quantize(block: BlockFormat, x: np.ndarray, tensor_amax: float | None = None
                      saturated=saturated.reshape(shape), block_amax=amax.reshape(bshape),
                      scale=scale.reshape(bshape), scale_code=code.reshape(bshape),
                      scale_saturated=ssat.reshape(bshape), all_zero=(amax == 0).reshape(bshape),
-                     tensor_scale=s_t, tensor_scale_saturated=t_sat, n_nonzero=n_nonzero, short_block=tail > 0)
+                     tensor_scale=s_t.reshape(shape[:-1]) if per_row else s_t,
+                     tensor_scale_saturated=t_sat, n_nonzero=n_nonzero, short_block=tail > 0)
 
 
 # ----------------------------------------------------------------------------------------------------------

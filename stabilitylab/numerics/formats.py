@@ -82,6 +82,10 @@ class Format:
     storage: Format | None = None
     compute: Format | None = None
     accumulate: Format | None = None
+    # a block-scaled storage policy (numerics/policies.py): the name of the BlockFormat
+    # (numerics/blockscale.py) inputs are quantized to, per block along their last axis, before they
+    # are held in ``storage`` (the compute format: a block format holds no single value of its own)
+    block: str | None = None
 
     @property
     def is_policy(self) -> bool:
@@ -111,7 +115,8 @@ class Format:
         known = _BY_NAME.get(self.dtype_name)
         if known is not None and known.encoding == self.encoding:
             return known
-        return replace(self, name=self.dtype_name, aliases=(), storage=None, compute=None, accumulate=None)
+        return replace(self, name=self.dtype_name, aliases=(), storage=None, compute=None, accumulate=None,
+                       block=None)
 
     @property
     def encoding(self) -> tuple:

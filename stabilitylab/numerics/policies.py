@@ -39,9 +39,11 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
+from .blockscale import BLOCK_FORMATS, BlockFormat, block_format_names
 from .formats import _BY_NAME, ALL_FORMATS, EVERY_FORMAT, FORMATS, Format, get_format
 
-__all__ = ["format_or_policy", "chosen", "PRESETS", "policy", "contains", "SPELLING", "notes"]
+__all__ = ["format_or_policy", "chosen", "PRESETS", "policy", "block_policy", "block_of", "contains", "SPELLING",
+           "notes"]
 
 SPELLING = "STORAGE[@COMPUTE][+ACCUMULATE] (e.g. bf16@fp32, bf16+fp32, bf16@fp32+fp64, bf16@autocast)"
 
@@ -59,14 +61,21 @@ def contains(outer: Format, inner: Format) -> bool:
             and inner.smallest_subnormal >= outer.smallest_subnormal)
 
 
+def _block_named(name: str) -> BlockFormat | None:
+    return next((b for b in BLOCK_FORMATS.values() if name == b.name or name in b.aliases), None)
+
+
 def _part(text: str, spec: str, role: str) -> Format:
     name = text.strip()
     if not name:
         raise KeyError(f"policy {spec!r}: the {role} format is missing; a policy is {SPELLING}")
     fmt = _BY_NAME.get(name)
+    if fmt is None and _block_named(name) is not None:
+        raise KeyError(f"policy {spec!r}: {name} is a block-scaled format; it can only be the storage format "
+                       f"(the first part: {name}, {name}@fp32, {name}@bf16+fp32 ...)")
     if fmt is None:
         raise KeyError(f"policy {spec!r}: unknown {role} format {name!r}; formats: {', '.join(FORMATS)}; "
-                       f"a policy is {SPELLING}")
+                       f"block formats (storage only): {', '.join(block_format_names())}; a policy is {SPELLING}")
     return fmt
 
 
@@ -95,6 +104,28 @@ def policy(storage: Format, compute: Format | None = None, accumulate: Format | 
 _CANONICAL: dict[Format, Format] = {}
 
 
+def block_policy(block: BlockFormat, compute: Format | None = None, accumulate: Format | None = None) -> Format:
+    """The policy whose storage is the block format ``block``: inputs quantized per block along their last
+    axis (:func:`.blockscale.quantize`), the dequantized values then held in the compute format (default
+    float32), operations in ``compute``, sums in ``accumulate`` (default: compute), the result delivered in
+    the compute format (a block format cannot hold a single result: its scale is set by a block).  The
+    policy's ``storage`` is the compute format (where the quantized values are held) and ``block`` names
+    the block format.  Name: ``mxfp4``, ``mxfp4@bfloat16``, ``mxfp4+float64`` (the block format's canonical
+    name; ``@float32`` is the default and not spelled)."""
+    compute = FORMATS["float32"] if compute is None else compute
+    accumulate = compute if accumulate is None else accumulate
+    name = block.name + ("" if compute.name == "float32" else "@" + compute.name) + (
+        "" if accumulate == compute else "+" + accumulate.name)
+    made = replace(compute, name=name, aliases=(), storage=compute, compute=compute, accumulate=accumulate,
+                   block=block.name)
+    return _CANONICAL.setdefault(made, made)
+
+
+def block_of(fmt: Format) -> BlockFormat | None:
+    """The block format a policy stores its inputs in (None: elementwise storage)."""
+    return None if fmt.block is None else BLOCK_FORMATS[fmt.block]
+
+
 def format_or_policy(spec: str) -> Format:
     """The format or policy ``spec`` names (see the module docstring); KeyError with one line if none.
     Every place a user names a format (``-d``, ``dtypes=``, baseline keys, worker processes) looks it up here."""
@@ -104,15 +135,33 @@ def format_or_policy(spec: str) -> Format:
 @lru_cache(maxsize=None)
 def _parse(spec: str) -> Format:
     if "@" not in spec and "+" not in spec:
-        return get_format(spec)  # a pure format (or its KeyError, listing the names)
+        block = _block_named(spec)
+        if block is not None:
+            return block_policy(block)
+        try:
+            return get_format(spec)  # a pure format (or its KeyError, listing the names)
+        except KeyError as e:
+            raise KeyError(f"{e.args[0]}; block formats: {', '.join(block_format_names())}") from None
     head, _, acc_text = spec.partition("+")
     storage_text, at, compute_text = head.partition("@")
     if "@" in compute_text or "+" in acc_text or (at and not compute_text.strip() and not acc_text):
         if at and not compute_text.strip():
             raise KeyError(f"policy {spec!r}: the compute format is missing; a policy is {SPELLING}")
         raise KeyError(f"policy {spec!r}: at most one @ and one +; a policy is {SPELLING}")
-    storage = _part(storage_text, spec, "storage")
+    block = _block_named(storage_text.strip())
     preset = compute_text.strip() if at else ""
+    if block is not None:
+        if preset in PRESETS:
+            raise KeyError(f"policy {spec!r}: the {preset} preset is for float16 and bfloat16 storage")
+        compute = _part(compute_text, spec, "compute") if at else FORMATS["float32"]
+        _arithmetic(compute, spec, "compute")
+        accumulate = _part(acc_text, spec, "accumulate") if "+" in spec else compute
+        _arithmetic(accumulate, spec, "accumulate")
+        if not contains(accumulate, compute):
+            raise KeyError(f"policy {spec!r}: accumulating in {accumulate.name} loses values of the compute format "
+                           f"{compute.name}; the accumulation format must hold them (e.g. +float32)")
+        return block_policy(block, compute, accumulate)
+    storage = _part(storage_text, spec, "storage")
     if preset in PRESETS:
         if storage.name not in _PRESET_STORAGE:
             raise KeyError(f"policy {spec!r}: the {preset} preset is for float16 and bfloat16 storage")

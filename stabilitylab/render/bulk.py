@@ -10,6 +10,8 @@ import numpy as np
 
 from ..analysis.outcome import METHOD_FAILURES, STATUSES, worst_status
 from ..analysis.streaming import BITS_BINS, Summary
+from ..numerics import blockscale
+from ..numerics.policies import block_of
 from ..numerics.reference import Exact
 from .jsonout import number
 from .model import BLACK_BOX_COUNTS, COUNT_NAMES, WHITE_BOX_COUNTS, Cell, Section, Table, value_text
@@ -64,6 +66,8 @@ def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, fail
     hist = Table("error bits per row: log2(ulps + 1), 0 = exact, 1 = one ulp (rows per bin)", headers, hist_rows,
                  labels=(0, 1))
     tables = [counts, hist]
+    if summary.blocks:
+        tables.append(_block_table(summary))
     for title, attr, limit in (("worst rows (largest error)", "worst", worst),
                                ("failing rows (first ones, in row order)", "failing", failing)):
         rows, total_hidden = [], 0
@@ -84,10 +88,92 @@ def bulk_section(summary: Summary, source_text: str, worst: int | None = 3, fail
     paragraphs = [f"{summary.rows:,} rows of {summary.classes:,} classes, read and evaluated in chunks: the "
                   "summary below, every row with --rows all (JSON Lines)."]
     bounds = "; ".join(f"{f}: {_bound_text(summary.reference_error[f.name])}" for f in formats)
-    bullets = [*summary.notes,
+    bullets = [*summary.notes, *block_sentences(summary),
                f"exact losses come from a vectorized reference with relative error at most {bounds} (a bound); "
                "rows whose status that bound could change are re-computed with mpmath"]
     return Section(heading="softmax_ce: your logits", paragraphs=paragraphs, tables=tables, bullets=bullets)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.3g} %" if whole else "0 %"
+
+
+def _spread_text(fmt, tensor_amax: float | None) -> str:
+    """The first failing spread amax / |x| of the format (:func:`blockscale.first_failing_spread`): MX over
+    amax's significand in [1, 2) (a range); NVFP4 for the block holding the tensor's amax."""
+    block = block_of(fmt)
+    if block.tensor_scale:
+        top = tensor_amax or 1.0
+        return f"{float(blockscale.first_failing_spread(block, top, top)):.4g} (the block holding the file's amax)"
+    lo, hi = blockscale.first_failing_spread(block, [1.0, np.nextafter(2.0, 0.0)])
+    return f"{float(lo):.4g} to {float(hi):.4g} (by the significand of the block's amax)"
+
+
+def _block_table(summary: Summary) -> Table:
+    rows = []
+    for fmt in summary.formats:
+        t = summary.blocks.get(fmt.name)
+        if t is None:
+            continue
+        nz = t.count("nonzero")
+        failing = max((summary.cells[fmt.name, m].failures for m in summary.methods), default=0)
+        rows.append([Cell(fmt.name), Cell(_fmt_count(nz)),
+                     Cell(f"{_fmt_count(t.count('flushed'))} ({_pct(t.count('flushed'), nz)})"),
+                     Cell(_fmt_count(t.count("saturated"))), Cell(_fmt_count(t.count("scale_saturated"))),
+                     Cell(_spread_text(fmt, summary.tensor_amax)),
+                     Cell(f"{_fmt_count(t.changed)} (max {t.max_change:.3g})"), Cell(_fmt_count(failing))])
+    return Table("block-scaled storage: logits flushed to zero by their block's scale, saturated; the loss error "
+                 "from the quantization alone vs from the arithmetic",
+                 ["format", "non-zero logits", "flushed to 0", "saturated elements", "saturated block scales",
+                  "first failing spread", "rows: quantization alone changes the loss > tol",
+                  "rows: arithmetic fails (worst method)"], rows,
+                 "quantization alone: exact loss of the quantized logits vs of your logits (vectorized references, "
+                 "within their bounds); arithmetic: the statuses above, which judge each computed loss against the "
+                 "exact loss of the quantized logits", labels=(0,))
+
+
+def block_sentences(summary: Summary) -> list[str]:
+    """One finding per block-scaled format: flushed logits (count and fraction), saturations, and the
+    quantization-vs-arithmetic split of the loss error."""
+    out = []
+    if summary.tensor_amax is not None:
+        s_t = blockscale.nvfp4_tensor_scale(summary.tensor_amax)[0]
+        out.append(f"NVFP4's per-tensor scale: the tensor is the whole file, amax {summary.tensor_amax:.9g} (its "
+                   f"largest finite |logit|, found in a first pass), s_t = {s_t:.9g}")
+    for fmt in summary.formats:
+        t = summary.blocks.get(fmt.name)
+        if t is None:
+            continue
+        nz = t.count("nonzero")
+        failing = {m: summary.cells[fmt.name, m].failures for m in summary.methods}
+        worst = max(failing, key=failing.get) if failing else ""
+        out.append(f"{fmt.name}: {_fmt_count(t.count('flushed'))} of {_fmt_count(nz)} non-zero logits "
+                   f"({_pct(t.count('flushed'), nz)}) flushed to zero by their block's scale; "
+                   f"{_fmt_count(t.count('saturated'))} saturated to the element's largest value, "
+                   f"{_fmt_count(t.count('scale_saturated'))} block scale(s) saturated; the quantization alone "
+                   f"changes the exact loss by more than the tolerance in {_fmt_count(t.changed)} of "
+                   f"{_fmt_count(summary.rows)} rows (largest relative change {t.max_change:.3g}); the arithmetic "
+                   "then fails (inaccurate or worse) in " + (
+                       f"{_fmt_count(failing[worst])} rows ({worst}, the most)" if failing.get(worst) else
+                       "no row (any method)"))
+    return out
+
+
+def _block_records(summary: Summary) -> dict:
+    out = {}
+    for fmt in summary.formats:
+        t = summary.blocks.get(fmt.name)
+        if t is None:
+            continue
+        block = block_of(fmt)
+        nz = t.count("nonzero")
+        out[fmt.name] = {"block_format": block.name, "logits_nonzero": nz, "flushed": t.count("flushed"),
+                         "flushed_fraction": number(t.count("flushed") / nz if nz else 0.0),
+                         "saturated": t.count("saturated"), "scale_saturated_blocks": t.count("scale_saturated"),
+                         "quantization_changed_rows": t.changed, "quantization_max_change": number(t.max_change),
+                         "arithmetic_failing_rows": {m: summary.cells[fmt.name, m].failures for m in summary.methods},
+                         "tensor_amax": number(summary.tensor_amax) if block.tensor_scale else None}
+    return out
 
 
 def _row_records(rows: np.ndarray) -> list[dict]:
@@ -118,7 +204,8 @@ def bulk_document(summary: Summary, source_text: str) -> dict:
     return {"source": source_text, "rows": summary.rows, "classes": summary.classes,
             "reference_error_bound": {f.name: summary.reference_error[f.name] for f in summary.formats},
             "kept": {"worst": summary.worst_kept, "failing": summary.cap},
-            "cells": cells, "notes": list(summary.notes)}
+            "cells": cells, "notes": list(summary.notes),
+            **({"block_storage": _block_records(summary)} if summary.blocks else {})}
 
 
 def _texts(values: np.ndarray) -> list[str]:

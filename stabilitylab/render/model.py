@@ -322,7 +322,9 @@ def thresholds_table(rows, formats: list[Format]) -> Table:
                         f"{_threshold_text(r.first_failure, r.exact_failure, fmt)}")
                 if r.failure:
                     text += f" {r.failure}"
-                if r.predicted is not None:
+                if r.predicted_for == "first_flush":  # block storage: where the quantization alone flushes
+                    text += f" (input flushes at {_param_text(r.predicted, fmt)})"
+                elif r.predicted is not None:
                     if not r.search_range[0] <= r.predicted <= r.search_range[1]:
                         text += f" (pred {_param_text(r.predicted, fmt)}: beyond the range)"
                     else:
