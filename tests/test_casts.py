@@ -161,8 +161,9 @@ def test_round_thresholds_are_the_rounding_boundaries(name):
 
 
 def test_storage_rule():
-    """A value the format cannot hold is overflow / underflow, white or black box: a saturated 448 included;
-    +inf stored as +inf and NaN as NaN are ok; a call that raised stays error."""
+    """A value the format cannot hold is overflow / underflow / nan, white or black box: a saturated 448
+    included; +inf stored as +inf and NaN as NaN (in a format with NaN) are ok; a call that raised stays
+    error."""
     fmt = get_format("float8_e4m3fn")
     x = np.array([1e4, 1e4, np.inf, 464.0, 2.0**-10, 2.0**-9, np.nan, 3.0])
     value = np.array([np.nan, 448.0, 448.0, 448.0, 0.0, 0.0, np.nan, np.nan])
@@ -179,6 +180,16 @@ def test_storage_rule():
     assert classify(f16, np.array([np.inf]), inf, Arith(f16, 1), storage=True).status.tolist() == ["ok"]
     # without the storage rule the same NaN is range: the rule is what makes it a failure
     assert classify(fmt, value[:1], exact.take(np.array([0])), Arith(fmt, 1)).status.tolist() == ["range"]
+    # a NaN input is lost where the format has no NaN (fp4: whatever came back, NaN or ml_dtypes' zero), and
+    # where a cast gave a number for it (float16: 0); kept as NaN in a format with NaN, it is ok
+    nan = Exact(np.full(3, np.nan), np.zeros(3), np.zeros(3, dtype=np.int64), np.zeros(3, dtype=bool))
+    for name, value, want in (("float4_e2m1fn", [np.nan, -0.0, 0.0], ["nan"] * 3),
+                              ("float16", [np.nan, 0.0, 1.0], ["ok", "nan", "nan"])):
+        f = get_format(name)
+        for black in (False, True):
+            got = classify(f, np.array(value), nan, Arith(f, 3), black_box=black, storage=True).status.tolist()
+            assert got == want
+            assert classify(f, np.array(value), nan, Arith(f, 3), black_box=black).status.tolist() != want
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
