@@ -157,15 +157,17 @@ def test_round_stores_every_case_and_boundary_as_ml_dtypes_converts_float32(name
                                                 "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3",
                                                 "float8_e3m4", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn"]))
 def test_round_thresholds_are_the_rounding_boundaries(name):
-    """overflow: the first failing x is the boundary computed by hand (exact, proven); underflow: d = 2/s."""
+    """overflow: the first inaccurate and the first failing x are the boundary computed by hand (exact, proven;
+    in a saturating format too); underflow: d = 2/s."""
     fmt = get_format(name)
     (over,) = family_thresholds(CAST, CAST.family("overflow"), fmt)
     (under,) = family_thresholds(CAST, CAST.family("underflow"), fmt)
     want = plain_first_overflow(name)
     assert over.first_inaccurate == want and over.exact_inaccurate
     assert over.inaccurate_status == (None if want is None else "overflow")
-    if SPEC[name][2] != "finite":  # (a format without inf and NaN has no non-finite value to give)
-        assert over.first_failure == want and over.exact_failure
+    # (fp6 / fp4 saturate: their +-max there is overflow, and the search counts it as a first failure)
+    assert over.first_failure == want and over.exact_failure
+    assert over.failure == (None if want is None else "overflow")
     d = plain_first_underflow_d(name) if name not in ("float32", "float64") else None
     assert under.first_inaccurate == d and under.exact_inaccurate
     assert under.first_failure is None
@@ -268,7 +270,8 @@ def _results(audit, dtype: str) -> dict:
 def test_torch_cast_saturates_in_e4m3fn_where_round_gives_nan():
     """torch's CPU cast to float8_e4m3fn: 1e4 and +inf become 448 (issue #19), round (ml_dtypes' convention)
     gives NaN.  Both are overflow from the same first x (the boundary by hand); torch never gives a
-    non-finite value there, round does; the witnesses show 448; resembles falls below 100 %."""
+    non-finite value there, round does; the witnesses show 448; resembles: no simulated formula matches
+    (round, the closest, differs on every case beyond the range)."""
     pytest.importorskip("torch")
     audit = _audit("torch.cast", ["float8_e4m3fn"], families=["overflow"])
     results = _results(audit, "float8_e4m3fn")
@@ -289,8 +292,17 @@ def test_torch_cast_saturates_in_e4m3fn_where_round_gives_nan():
     assert witness.case == "1e4" and witness.value == 448.0 and witness.reference == 1e4
     windowed = next(w for w in audit.witnesses if w.source == "overflow" and w.status == "overflow")
     assert windowed.parameter == first and windowed.value == 448.0
+    # resembles: torch differs from round exactly on the cases beyond the range (448 for NaN), so no simulated
+    # formula matches (the share is below MATCH_SHARE); round is the closest, identical on every other case
+    beyond = np.abs(cases.x) >= first
+    assert 0 < beyond.sum() < len(cases.x) and (np.isnan(simulated.value) == (beyond | np.isnan(cases.x))).all()
     (resembles,) = audit.resembles
-    assert resembles.method == "round" and resembles.share < 1
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.best, candidate.method) == (None, "round", "round")
+    assert resembles.share == (len(cases.x) - beyond.sum()) / len(cases.x) < core.MATCH_SHARE
+    assert candidate.cases.points == len(cases.x) and candidate.cases.identical == len(cases.x) - beyond.sum()
+    assert candidate.cases.within_ulp == candidate.cases.identical  # (448 is no ulp away from NaN)
+    assert candidate.thresholds.identical < candidate.thresholds.points  # the search's points beyond 464
 
 
 def test_issue_19_corpus_is_run_by_default():
@@ -301,8 +313,9 @@ def test_issue_19_corpus_is_run_by_default():
 
 @pytest.mark.parametrize("name", formats_param(["float8_e4m3fn:saturate"]))
 def test_torch_cast_is_the_saturating_variant(name):
-    """THE SATURATE VARIANT (formats branch): round in float8_e4m3fn:saturate gives 448 for 1e4 and +inf,
-    status overflow, and torch's cast equals it bit for bit on every case and family point."""
+    """The saturating variant: round in float8_e4m3fn:saturate gives 448 for 1e4 and +inf, status overflow,
+    and torch's cast equals it bit for bit on every case and family point; both first fail at the plain first
+    overflow (a saturated max counts as a failure)."""
     pytest.importorskip("torch")
     fmt = get_format(name)
     cases = core.default_audit_cases("cast")
@@ -310,9 +323,19 @@ def test_torch_cast_is_the_saturating_variant(name):
     i = cases.names.index("stabilitylab#19:+inf (torch e4m3fn cast 448, ml_dtypes NaN)")
     assert out.value[i] == 448.0 and out.status[i] == "overflow"
     audit = _audit("torch.cast", [fmt.name])
-    assert [r.share for r in audit.resembles] == [1.0]
+    (resembles,) = audit.resembles
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.share) == ("round", 1.0)
+    assert candidate.cases.identical == candidate.cases.points == len(cases.x)
+    assert candidate.thresholds.identical == candidate.thresholds.points > 0
+    # a saturated +-max is overflow, and the threshold search counts it as a first failure: torch's 448 from
+    # the plain first overflow on, as round's (the same number as float8_e4m3fn's NaN)
+    first = plain_first_overflow("float8_e4m3fn")
     (row,) = [r for r in audit.thresholds if r.family == "overflow"]
-    assert row.first_inaccurate == plain_first_overflow("float8_e4m3fn") and row.first_failure is None
+    assert (row.first_inaccurate, row.inaccurate_status) == (first, "overflow")
+    assert (row.first_failure, row.failure) == (first, "overflow")
+    (simulated,) = family_thresholds(CAST, CAST.family("overflow"), fmt)
+    assert (simulated.first_failure, simulated.failure, simulated.exact_failure) == (first, "overflow", True)
 
 
 @pytest.mark.parametrize("name", formats_param(["float16", "bfloat16", "float8_e5m2", "float8_e4m3fnuz",
@@ -321,6 +344,8 @@ def test_torch_cast_equals_round_where_it_does_not_saturate(name):
     pytest.importorskip("torch")
     audit = _audit("torch.cast", [name])
     assert [(r.method, r.share) for r in audit.resembles] == [("round", 1.0)]
+    (candidate,) = audit.resembles[0].candidates  # (the share is on the cases: every search point too)
+    assert candidate.thresholds.identical == candidate.thresholds.points > 0
 
 
 JAX_NAMES = ["float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
@@ -348,7 +373,7 @@ def test_jax_cast_equals_round_bit_for_bit(name):
     assert same_bits(got[differ], ml_dtypes_cast(name, cases.x[differ]))  # (jax: ml_dtypes' zero)
     (resembles,) = audit.resembles
     (candidate,) = resembles.candidates
-    assert (resembles.method, resembles.share) == ("round", 1 - differ.mean())
+    assert (resembles.method, resembles.share) == ("round", (len(cases.x) - differ.sum()) / len(cases.x))
     assert candidate.cases.identical == len(cases.x) - differ.sum()
     assert candidate.thresholds.identical == candidate.thresholds.points > 0
     for row in audit.thresholds:
