@@ -233,11 +233,27 @@ def test_adapter_format_lists_are_the_modules_own():
     assert adapters.ADAPTERS["jax.cast"].formats == jax_.CAST_FORMATS
 
 
+def test_scale_formats_are_no_cast_target_format(tmp_path):
+    """float8_e8m0fnu (no zero, no sign) and float8_e5m3fnu are refused by -d everywhere (policies.chosen), so
+    no cast target lists them (a user's function neither), and the API skips them given as Formats."""
+    scales = {"float8_e8m0fnu", "float8_e5m3fnu"}
+    assert all(get_format(n).scale_only for n in scales)
+    clamp = tmp_path / "clamp.py"
+    clamp.write_text("import numpy as np\n\ndef clamp(x, dtype):\n    return np.clip(x, -448, 448)\n")
+    user = core.resolve(f"{clamp}:clamp", "cast")
+    for formats in (adapters.ADAPTERS["torch.cast"].formats, adapters.ADAPTERS["jax.cast"].formats, user.formats):
+        assert scales.isdisjoint(formats) and "float8_e4m3fn" in formats
+    audit = core.run(user, [get_format("float8_e4m3fn"), get_format("float8_e8m0fnu")], search=False)
+    assert [f.name for f in audit.formats] == ["float8_e4m3fn"] and audit.skipped == ("float8_e8m0fnu",)
+    with pytest.raises(core.AuditError, match="none of float8_e8m0fnu"):
+        core.run(user, [get_format("float8_e8m0fnu")], search=False)
+
+
 def test_torch_casts_every_listed_format_and_not_packed_fp4():
     torch = pytest.importorskip("torch")
     from stabilitylab.auditing.adapters import torch_
 
-    x = np.array([1.0, 0.5, 2.0], dtype=np.float32)  # (float8_e8m0fnu has no sign)
+    x = np.array([1.0, -0.5, 2.0], dtype=np.float32)  # (no -0: the fnuz formats have none)
     for name in torch_.CAST_DTYPES:
         assert same_bits(torch_.cast(x, name), x)
     with pytest.raises(RuntimeError, match="not implemented"):  # float4_e2m1fn_x2: two values per byte
@@ -251,7 +267,7 @@ def test_jax_casts_every_listed_format_and_not_float6():
 
     from stabilitylab.auditing.adapters import jax_
 
-    x = np.array([1.0, 0.5, 2.0], dtype=np.float32)  # (float8_e8m0fnu has no sign)
+    x = np.array([1.0, -0.5, 2.0], dtype=np.float32)  # (no -0: the fnuz formats have none)
     for name in jax_.CAST_FORMATS:
         assert same_bits(jax_.cast(x, name), x)
     with pytest.raises(Exception, match="F6E2M3FN"):  # jax 0.10: no float6 in XLA on the CPU
@@ -349,7 +365,7 @@ def test_torch_cast_equals_round_where_it_does_not_saturate(name):
 
 
 JAX_NAMES = ["float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-             "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu"]
+             "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn"]
 
 
 @pytest.mark.parametrize("name", formats_param(JAX_NAMES))
@@ -487,3 +503,16 @@ def test_cast_options_that_do_not_apply_are_one_line_and_exit_2(tmp_path, extra)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "t.py").exists()
+
+
+def test_cast_audit_in_the_scale_format_is_one_line_and_exit_2():
+    """stabilitylab audit jax.cast -d e8m0: refused as -d refuses a scale format everywhere."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "stabilitylab", "audit", "jax.cast", "-d", "e8m0"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert "float8_e8m0fnu is an unsigned scale format" in line
