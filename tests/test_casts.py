@@ -469,7 +469,8 @@ def test_user_cast_function_and_emit_refused(tmp_path):
 def test_jax_cast_to_float64_flushes_float32_subnormals():
     """Found by this audit: XLA's CPU conversion of float32 to float64 flushes float32 subnormal inputs to 0
     (jax 0.10), where the exact value (and round, and numpy) keeps them; every point where jax.cast differs from
-    round in float64 is such an input, status underflow."""
+    round in float64 is such an input, status underflow.  No case is one, so resembles matches on the cases and
+    the difference is in the threshold points."""
     pytest.importorskip("jax")
     from stabilitylab.auditing.adapters import jax_
 
@@ -477,8 +478,15 @@ def test_jax_cast_to_float64_flushes_float32_subnormals():
     x = np.array([tiny32, tiny32 / 2, 2.0**-149, 1.0], dtype=np.float32)
     assert jax_.cast(x, "float64").tolist() == [tiny32, 0.0, 0.0, 1.0]
     audit = _audit("jax.cast", ["float64"], families=["underflow"])
+    # resembles decides on the case rows, which hold no float32 subnormal: identical there (a match); the
+    # flush shows on the underflow search's points, where jax and round differ by more than an ulp
+    cases = core.default_audit_cases("cast").x
+    assert not ((cases != 0) & (np.abs(cases) < tiny32)).any()
     (resembles,) = audit.resembles
-    assert resembles.share < 1
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.share) == ("round", 1.0)
+    assert 0 < candidate.thresholds.identical < candidate.thresholds.points
+    assert candidate.thresholds.within_ulp == candidate.thresholds.identical
     (row,) = audit.thresholds
     assert row.inaccurate_status == "underflow" and row.first_failure is None
     x_first = float(np.float32(1) / np.float32(row.first_inaccurate))
