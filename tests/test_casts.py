@@ -524,3 +524,19 @@ def test_cast_audit_in_the_scale_format_is_one_line_and_exit_2():
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
     assert "float8_e8m0fnu is an unsigned scale format" in line
+
+
+def test_finding_for_a_nan_stored_as_a_number_says_the_nan_is_lost():
+    """status nan on a value that is not NaN (ml_dtypes' zero for a NaN in fp4): the finding says the NaN input
+    is lost, not that the cast gives NaN."""
+    from stabilitylab.analysis.engine import Result
+    from stabilitylab.analysis.findings import _method_phrase
+
+    def row(dtype, value):
+        return Result("cast", "nan", "jax.cast", dtype, value, float("nan"), "nan", "nan", float("nan"),
+                      float("nan"), float("nan"), ())
+
+    assert _method_phrase("jax.cast", [row("float4_e2m1fn", -0.0)], ["float4_e2m1fn"]) == \
+        "jax.cast loses a NaN input in float4_e2m1fn (loss -0)"
+    assert _method_phrase("round", [row("float4_e2m1fn", float("nan"))], ["float4_e2m1fn"]).startswith(
+        "round gives NaN in float4_e2m1fn")
