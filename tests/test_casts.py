@@ -128,9 +128,11 @@ def test_plain_constants_are_the_known_ones():
 @pytest.mark.parametrize("name", formats_param(NARROW))
 def test_round_stores_every_case_and_boundary_as_ml_dtypes_converts_float32(name):
     """round (Arith.store) = ml_dtypes' float32 conversion, bit for bit, on the default cases, the corpus and
-    every float32 within 2**12 steps of the overflow boundary and of half the smallest subnormal."""
+    every float32 within 2**12 steps of the overflow boundary and of half the smallest subnormal; NaN (and
+    -NaN) inputs apart: round keeps NaN in every format, ml_dtypes stores a zero of the opposite sign in a
+    format without NaN (fp6, fp4), and the storage rule calls both lost there (nan), ok elsewhere."""
     fmt = get_format(name)
-    points = [CAST.default_cases().x, corpus.corpus("cast").x]
+    points = [CAST.default_cases().x, corpus.corpus("cast").x, np.array([np.nan, -np.nan])]
     for centre in (plain_first_overflow(name), plain_smallest_subnormal(name) / 2):
         if centre is not None:
             bits = np.array([centre], dtype=np.float32).view(np.int32)[0]
@@ -138,31 +140,43 @@ def test_round_stores_every_case_and_boundary_as_ml_dtypes_converts_float32(name
             points += [around, -around]
     x = np.concatenate(points)
     cases = value_cases([(str(i), v) for i, v in enumerate(x.tolist())])
-    got = evaluate(CAST, fmt, cases)["round"].value
-    assert same_bits(got, ml_dtypes_cast(fmt.dtype_name, x))
+    out = evaluate(CAST, fmt, cases)["round"]
+    stored = ml_dtypes_cast(fmt.dtype_name, x)
+    nan = np.isnan(x)
+    assert nan.sum() == 3 and not np.signbit(x[nan][0]) and np.signbit(x[nan][-1])  # the default case, +-NaN
+    assert same_bits(out.value[~nan], stored[~nan])
+    assert np.isnan(out.value[nan]).all()
+    if SPEC[name][2] == "finite":  # no NaN pattern
+        assert same_bits(stored[nan], np.where(np.signbit(x[nan]), 0.0, -0.0))
+        assert (out.status[nan] == "nan").all()
+    else:
+        assert np.isnan(stored[nan]).all() and (out.status[nan] == "ok").all()
 
 
 @pytest.mark.parametrize("name", formats_param(["float16", "bfloat16", "float32", "float64", "float8_e4m3fn",
                                                 "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e4m3",
                                                 "float8_e3m4", "float6_e2m3fn", "float6_e3m2fn", "float4_e2m1fn"]))
 def test_round_thresholds_are_the_rounding_boundaries(name):
-    """overflow: the first failing x is the boundary computed by hand (exact, proven); underflow: d = 2/s."""
+    """overflow: the first inaccurate and the first failing x are the boundary computed by hand (exact, proven;
+    in a saturating format too); underflow: d = 2/s."""
     fmt = get_format(name)
     (over,) = family_thresholds(CAST, CAST.family("overflow"), fmt)
     (under,) = family_thresholds(CAST, CAST.family("underflow"), fmt)
     want = plain_first_overflow(name)
     assert over.first_inaccurate == want and over.exact_inaccurate
     assert over.inaccurate_status == (None if want is None else "overflow")
-    if SPEC[name][2] != "finite":  # (a format without inf and NaN has no non-finite value to give)
-        assert over.first_failure == want and over.exact_failure
+    # (fp6 / fp4 saturate: their +-max there is overflow, and the search counts it as a first failure)
+    assert over.first_failure == want and over.exact_failure
+    assert over.failure == (None if want is None else "overflow")
     d = plain_first_underflow_d(name) if name not in ("float32", "float64") else None
     assert under.first_inaccurate == d and under.exact_inaccurate
     assert under.first_failure is None
 
 
 def test_storage_rule():
-    """A value the format cannot hold is overflow / underflow, white or black box: a saturated 448 included;
-    +inf stored as +inf and NaN as NaN are ok; a call that raised stays error."""
+    """A value the format cannot hold is overflow / underflow / nan, white or black box: a saturated 448
+    included; +inf stored as +inf and NaN as NaN (in a format with NaN) are ok; a call that raised stays
+    error."""
     fmt = get_format("float8_e4m3fn")
     x = np.array([1e4, 1e4, np.inf, 464.0, 2.0**-10, 2.0**-9, np.nan, 3.0])
     value = np.array([np.nan, 448.0, 448.0, 448.0, 0.0, 0.0, np.nan, np.nan])
@@ -179,6 +193,16 @@ def test_storage_rule():
     assert classify(f16, np.array([np.inf]), inf, Arith(f16, 1), storage=True).status.tolist() == ["ok"]
     # without the storage rule the same NaN is range: the rule is what makes it a failure
     assert classify(fmt, value[:1], exact.take(np.array([0])), Arith(fmt, 1)).status.tolist() == ["range"]
+    # a NaN input is lost where the format has no NaN (fp4: whatever came back, NaN or ml_dtypes' zero), and
+    # where a cast gave a number for it (float16: 0); kept as NaN in a format with NaN, it is ok
+    nan = Exact(np.full(3, np.nan), np.zeros(3), np.zeros(3, dtype=np.int64), np.zeros(3, dtype=bool))
+    for name, value, want in (("float4_e2m1fn", [np.nan, -0.0, 0.0], ["nan"] * 3),
+                              ("float16", [np.nan, 0.0, 1.0], ["ok", "nan", "nan"])):
+        f = get_format(name)
+        for black in (False, True):
+            got = classify(f, np.array(value), nan, Arith(f, 3), black_box=black, storage=True).status.tolist()
+            assert got == want
+            assert classify(f, np.array(value), nan, Arith(f, 3), black_box=black).status.tolist() != want
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
@@ -209,11 +233,27 @@ def test_adapter_format_lists_are_the_modules_own():
     assert adapters.ADAPTERS["jax.cast"].formats == jax_.CAST_FORMATS
 
 
+def test_scale_formats_are_no_cast_target_format(tmp_path):
+    """float8_e8m0fnu (no zero, no sign) and float8_e5m3fnu are refused by -d everywhere (policies.chosen), so
+    no cast target lists them (a user's function neither), and the API skips them given as Formats."""
+    scales = {"float8_e8m0fnu", "float8_e5m3fnu"}
+    assert all(get_format(n).scale_only for n in scales)
+    clamp = tmp_path / "clamp.py"
+    clamp.write_text("import numpy as np\n\ndef clamp(x, dtype):\n    return np.clip(x, -448, 448)\n")
+    user = core.resolve(f"{clamp}:clamp", "cast")
+    for formats in (adapters.ADAPTERS["torch.cast"].formats, adapters.ADAPTERS["jax.cast"].formats, user.formats):
+        assert scales.isdisjoint(formats) and "float8_e4m3fn" in formats
+    audit = core.run(user, [get_format("float8_e4m3fn"), get_format("float8_e8m0fnu")], search=False)
+    assert [f.name for f in audit.formats] == ["float8_e4m3fn"] and audit.skipped == ("float8_e8m0fnu",)
+    with pytest.raises(core.AuditError, match="none of float8_e8m0fnu"):
+        core.run(user, [get_format("float8_e8m0fnu")], search=False)
+
+
 def test_torch_casts_every_listed_format_and_not_packed_fp4():
     torch = pytest.importorskip("torch")
     from stabilitylab.auditing.adapters import torch_
 
-    x = np.array([1.0, 0.5, 2.0], dtype=np.float32)  # (float8_e8m0fnu has no sign)
+    x = np.array([1.0, -0.5, 2.0], dtype=np.float32)  # (no -0: the fnuz formats have none)
     for name in torch_.CAST_DTYPES:
         assert same_bits(torch_.cast(x, name), x)
     with pytest.raises(RuntimeError, match="not implemented"):  # float4_e2m1fn_x2: two values per byte
@@ -227,7 +267,7 @@ def test_jax_casts_every_listed_format_and_not_float6():
 
     from stabilitylab.auditing.adapters import jax_
 
-    x = np.array([1.0, 0.5, 2.0], dtype=np.float32)  # (float8_e8m0fnu has no sign)
+    x = np.array([1.0, -0.5, 2.0], dtype=np.float32)  # (no -0: the fnuz formats have none)
     for name in jax_.CAST_FORMATS:
         assert same_bits(jax_.cast(x, name), x)
     with pytest.raises(Exception, match="F6E2M3FN"):  # jax 0.10: no float6 in XLA on the CPU
@@ -246,7 +286,8 @@ def _results(audit, dtype: str) -> dict:
 def test_torch_cast_saturates_in_e4m3fn_where_round_gives_nan():
     """torch's CPU cast to float8_e4m3fn: 1e4 and +inf become 448 (issue #19), round (ml_dtypes' convention)
     gives NaN.  Both are overflow from the same first x (the boundary by hand); torch never gives a
-    non-finite value there, round does; the witnesses show 448; resembles falls below 100 %."""
+    non-finite value there, round does; the witnesses show 448; resembles: no simulated formula matches
+    (round, the closest, differs on every case beyond the range)."""
     pytest.importorskip("torch")
     audit = _audit("torch.cast", ["float8_e4m3fn"], families=["overflow"])
     results = _results(audit, "float8_e4m3fn")
@@ -267,8 +308,17 @@ def test_torch_cast_saturates_in_e4m3fn_where_round_gives_nan():
     assert witness.case == "1e4" and witness.value == 448.0 and witness.reference == 1e4
     windowed = next(w for w in audit.witnesses if w.source == "overflow" and w.status == "overflow")
     assert windowed.parameter == first and windowed.value == 448.0
+    # resembles: torch differs from round exactly on the cases beyond the range (448 for NaN), so no simulated
+    # formula matches (the share is below MATCH_SHARE); round is the closest, identical on every other case
+    beyond = np.abs(cases.x) >= first
+    assert 0 < beyond.sum() < len(cases.x) and (np.isnan(simulated.value) == (beyond | np.isnan(cases.x))).all()
     (resembles,) = audit.resembles
-    assert resembles.method == "round" and resembles.share < 1
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.best, candidate.method) == (None, "round", "round")
+    assert resembles.share == (len(cases.x) - beyond.sum()) / len(cases.x) < core.MATCH_SHARE
+    assert candidate.cases.points == len(cases.x) and candidate.cases.identical == len(cases.x) - beyond.sum()
+    assert candidate.cases.within_ulp == candidate.cases.identical  # (448 is no ulp away from NaN)
+    assert candidate.thresholds.identical < candidate.thresholds.points  # the search's points beyond 464
 
 
 def test_issue_19_corpus_is_run_by_default():
@@ -279,8 +329,9 @@ def test_issue_19_corpus_is_run_by_default():
 
 @pytest.mark.parametrize("name", formats_param(["float8_e4m3fn:saturate"]))
 def test_torch_cast_is_the_saturating_variant(name):
-    """THE SATURATE VARIANT (formats branch): round in float8_e4m3fn:saturate gives 448 for 1e4 and +inf,
-    status overflow, and torch's cast equals it bit for bit on every case and family point."""
+    """The saturating variant: round in float8_e4m3fn:saturate gives 448 for 1e4 and +inf, status overflow,
+    and torch's cast equals it bit for bit on every case and family point; both first fail at the plain first
+    overflow (a saturated max counts as a failure)."""
     pytest.importorskip("torch")
     fmt = get_format(name)
     cases = core.default_audit_cases("cast")
@@ -288,9 +339,19 @@ def test_torch_cast_is_the_saturating_variant(name):
     i = cases.names.index("stabilitylab#19:+inf (torch e4m3fn cast 448, ml_dtypes NaN)")
     assert out.value[i] == 448.0 and out.status[i] == "overflow"
     audit = _audit("torch.cast", [fmt.name])
-    assert [r.share for r in audit.resembles] == [1.0]
+    (resembles,) = audit.resembles
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.share) == ("round", 1.0)
+    assert candidate.cases.identical == candidate.cases.points == len(cases.x)
+    assert candidate.thresholds.identical == candidate.thresholds.points > 0
+    # a saturated +-max is overflow, and the threshold search counts it as a first failure: torch's 448 from
+    # the plain first overflow on, as round's (the same number as float8_e4m3fn's NaN)
+    first = plain_first_overflow("float8_e4m3fn")
     (row,) = [r for r in audit.thresholds if r.family == "overflow"]
-    assert row.first_inaccurate == plain_first_overflow("float8_e4m3fn") and row.first_failure is None
+    assert (row.first_inaccurate, row.inaccurate_status) == (first, "overflow")
+    assert (row.first_failure, row.failure) == (first, "overflow")
+    (simulated,) = family_thresholds(CAST, CAST.family("overflow"), fmt)
+    assert (simulated.first_failure, simulated.failure, simulated.exact_failure) == (first, "overflow", True)
 
 
 @pytest.mark.parametrize("name", formats_param(["float16", "bfloat16", "float8_e5m2", "float8_e4m3fnuz",
@@ -299,23 +360,38 @@ def test_torch_cast_equals_round_where_it_does_not_saturate(name):
     pytest.importorskip("torch")
     audit = _audit("torch.cast", [name])
     assert [(r.method, r.share) for r in audit.resembles] == [("round", 1.0)]
+    (candidate,) = audit.resembles[0].candidates  # (the share is on the cases: every search point too)
+    assert candidate.thresholds.identical == candidate.thresholds.points > 0
 
 
 JAX_NAMES = ["float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-             "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu"]
+             "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn"]
 
 
 @pytest.mark.parametrize("name", formats_param(JAX_NAMES))
 def test_jax_cast_equals_round_bit_for_bit(name):
-    """jax's cast is ml_dtypes' conversion: round's value on every case and every point of both families'
-    searches (resembles 100 %), and bit for bit (signs of zeros too) on the cases; the same thresholds."""
+    """jax's cast is ml_dtypes' conversion: round's value, bit for bit (signs of zeros too), on every case and
+    every point of both families' searches, and the same status on every case; the same thresholds.  The
+    exception: NaN in a format without NaN (float4_e2m1fn), where jax stores ml_dtypes' zero and round keeps
+    NaN (both status nan): resembles counts those cases as different, and only those."""
     pytest.importorskip("jax")
     audit = _audit("jax.cast", [name])
-    assert [(r.method, r.share) for r in audit.resembles] == [("round", 1.0)]
     cases = core.default_audit_cases("cast")
     fmt = get_format(name)
     results = _results(audit, fmt.name)
-    assert same_bits([results[n].value for n in cases.names], evaluate(CAST, fmt, cases)["round"].value)
+    got = np.array([results[n].value for n in cases.names])
+    simulated = evaluate(CAST, fmt, cases)["round"]
+    assert [results[n].status for n in cases.names] == simulated.status.tolist()
+    nan = np.isnan(cases.x)
+    differ = nan if SPEC[name][2] == "finite" else np.zeros(len(cases.x), dtype=bool)
+    assert same_bits(got[~differ], simulated.value[~differ])
+    assert not any(same_bits([a], [b]) for a, b in zip(got[differ], simulated.value[differ]))
+    assert same_bits(got[differ], ml_dtypes_cast(name, cases.x[differ]))  # (jax: ml_dtypes' zero)
+    (resembles,) = audit.resembles
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.share) == ("round", (len(cases.x) - differ.sum()) / len(cases.x))
+    assert candidate.cases.identical == len(cases.x) - differ.sum()
+    assert candidate.thresholds.identical == candidate.thresholds.points > 0
     for row in audit.thresholds:
         (simulated,) = family_thresholds(CAST, CAST.family(row.family), fmt)
         assert (row.first_inaccurate, row.inaccurate_status) == (simulated.first_inaccurate,
@@ -393,7 +469,8 @@ def test_user_cast_function_and_emit_refused(tmp_path):
 def test_jax_cast_to_float64_flushes_float32_subnormals():
     """Found by this audit: XLA's CPU conversion of float32 to float64 flushes float32 subnormal inputs to 0
     (jax 0.10), where the exact value (and round, and numpy) keeps them; every point where jax.cast differs from
-    round in float64 is such an input, status underflow."""
+    round in float64 is such an input, status underflow.  No case is one, so resembles matches on the cases and
+    the difference is in the threshold points."""
     pytest.importorskip("jax")
     from stabilitylab.auditing.adapters import jax_
 
@@ -401,8 +478,15 @@ def test_jax_cast_to_float64_flushes_float32_subnormals():
     x = np.array([tiny32, tiny32 / 2, 2.0**-149, 1.0], dtype=np.float32)
     assert jax_.cast(x, "float64").tolist() == [tiny32, 0.0, 0.0, 1.0]
     audit = _audit("jax.cast", ["float64"], families=["underflow"])
+    # resembles decides on the case rows, which hold no float32 subnormal: identical there (a match); the
+    # flush shows on the underflow search's points, where jax and round differ by more than an ulp
+    cases = core.default_audit_cases("cast").x
+    assert not ((cases != 0) & (np.abs(cases) < tiny32)).any()
     (resembles,) = audit.resembles
-    assert resembles.share < 1
+    (candidate,) = resembles.candidates
+    assert (resembles.method, resembles.share) == ("round", 1.0)
+    assert 0 < candidate.thresholds.identical < candidate.thresholds.points
+    assert candidate.thresholds.within_ulp == candidate.thresholds.identical
     (row,) = audit.thresholds
     assert row.inaccurate_status == "underflow" and row.first_failure is None
     x_first = float(np.float32(1) / np.float32(row.first_inaccurate))
@@ -427,3 +511,32 @@ def test_cast_options_that_do_not_apply_are_one_line_and_exit_2(tmp_path, extra)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "t.py").exists()
+
+
+def test_cast_audit_in_the_scale_format_is_one_line_and_exit_2():
+    """stabilitylab audit jax.cast -d e8m0: refused as -d refuses a scale format everywhere."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "stabilitylab", "audit", "jax.cast", "-d", "e8m0"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert "float8_e8m0fnu is an unsigned scale format" in line
+
+
+def test_finding_for_a_nan_stored_as_a_number_says_the_nan_is_lost():
+    """status nan on a value that is not NaN (ml_dtypes' zero for a NaN in fp4): the finding says the NaN input
+    is lost, not that the cast gives NaN."""
+    from stabilitylab.analysis.engine import Result
+    from stabilitylab.analysis.findings import _method_phrase
+
+    def row(dtype, value):
+        return Result("cast", "nan", "jax.cast", dtype, value, float("nan"), "nan", "nan", float("nan"),
+                      float("nan"), float("nan"), ())
+
+    assert _method_phrase("jax.cast", [row("float4_e2m1fn", -0.0)], ["float4_e2m1fn"]) == \
+        "jax.cast loses a NaN input in float4_e2m1fn (loss -0)"
+    assert _method_phrase("round", [row("float4_e2m1fn", float("nan"))], ["float4_e2m1fn"]).startswith(
+        "round gives NaN in float4_e2m1fn")

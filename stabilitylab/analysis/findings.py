@@ -56,7 +56,9 @@ def _method_phrase(method: str, rows: list[Result], all_formats: list[str]) -> s
             parts.append(f"{VERB[status]} in {names} ({'; '.join(messages)})")
         elif status != "inaccurate":
             values = sorted({_short(r.value) for r in group})
-            parts.append(f"{VERB[status]} in {names} (loss {'/'.join(values)})")
+            # (a cast's nan: a NaN input stored as a number, or in a format without NaN)
+            verb = "loses a NaN input" if status == "nan" and any(r.value == r.value for r in group) else VERB[status]
+            parts.append(f"{verb} in {names} (loss {'/'.join(values)})")
         else:
             worst = max(r.rel_error for r in group)
             parts.append(f"{VERB[status]} in {names} (relative error up to {worst:.2g})")

@@ -61,9 +61,12 @@ experiment): no formula did its best here, the format's range *is* the question,
 there is no ``range``: the value is ``overflow`` where the exact value is beyond the
 format's range (cr is +-inf, or NaN in a format without infinity), whatever came back
 (+-inf, NaN, or a saturated +-max: 1e4 stored in float8_e4m3fn by torch's cast, 448),
-and ``underflow`` where x != 0 and the value is 0 (x <= half the smallest subnormal, or
-a subnormal x flushed to zero).  White and black boxes alike: the cause is read off the
-input's magnitude, not an event.  (A call that raised stays ``error``.)
+``underflow`` where x != 0 and the value is 0 (x <= half the smallest subnormal, or
+a subnormal x flushed to zero), and ``nan`` where x is NaN and either the format has no
+NaN (fp6, fp4: ml_dtypes stores a zero there, the simulation keeps NaN; either way the
+NaN is lost) or the value is not NaN (a cast that turned a NaN into a number).  White and
+black boxes alike: the cause is read off the input, not an event.  (A call that raised
+stays ``error``.)
 
 Examples (float32 unless stated; tolerance sqrt(u) = 2**-12):
 
@@ -290,12 +293,13 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status = np.full(v.shape, "ok", dtype="<U10")
     status[~same & (rel > tol)] = "inaccurate"
     status[same & out_of_range] = "range"
-    stored_lost = (stored_beyond(fmt, exact), (v == 0) & ~exact.zero & ~np.isnan(exact.hi)) if storage else None
+    stored_lost = _stored_lost(fmt, v, exact) if storage else None
     if black_box:
         status[lost & nan] = "nan"
         status[lost & inf] = "inf"
         if stored_lost is not None:
-            status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
+            for name, rows in stored_lost.items():
+                status[rows] = name
         messages = np.full(v.shape, "", dtype=object)
         if arith.errors:
             rows = np.fromiter(arith.errors, dtype=np.int64)
@@ -311,8 +315,17 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     status[lost & seen & (over <= under)] = "overflow"
     status[lost & seen & (under < over)] = "underflow"
     if stored_lost is not None:
-        status[stored_lost[0]], status[stored_lost[1]] = "overflow", "underflow"
+        for name, rows in stored_lost.items():
+            status[rows] = name
     return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy())
+
+
+def _stored_lost(fmt: Format, v: np.ndarray, exact: Exact) -> dict[str, np.ndarray]:
+    """The storage rule's failures (disjoint rows): ``overflow`` x beyond the range (:func:`stored_beyond`),
+    ``underflow`` x != 0 stored as 0, ``nan`` x NaN where the format has no NaN or the value is a number."""
+    undefined = np.isnan(exact.hi)
+    return {"overflow": stored_beyond(fmt, exact), "underflow": (v == 0) & ~exact.zero & ~undefined,
+            "nan": undefined & ((fmt.nan == "none") | ~np.isnan(v))}
 
 
 def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:

@@ -64,7 +64,7 @@ from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..experiments.softmax_ce import concat as concat_logits
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
 from ..numerics.arith import Arith, TargetError
-from ..numerics.formats import FORMATS, Format
+from ..numerics.formats import EVERY_FORMAT, FORMATS, Format
 from ..numerics.policies import format_or_policy
 from . import adapters
 
@@ -184,8 +184,9 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
-    return Target(name, experiment, _guarded(fn, timeout), tuple(FORMATS), f"user function {name}", env, spec, None,
-                  False)
+    # every format an experiment can run in: not the scale formats, which -d refuses (policies.chosen)
+    formats = tuple(f.name for f in EVERY_FORMAT)
+    return Target(name, experiment, _guarded(fn, timeout), formats, f"user function {name}", env, spec, None, False)
 
 
 class TargetExit(Exception):

@@ -5,14 +5,17 @@ number is rounded to float32 first, once, when the case is made; ``1e-10`` is th
 1e-10), stored in the format:
 
 * ``round``  fl(x): x rounded to the format, to nearest, ties to even, with the format's overflow
-  convention (+-inf, or NaN for a format without infinity, as ml_dtypes converts), the events of
-  :meth:`Arith.store` (= :meth:`Arith.load`: overflow, underflow, subnormal).  The only simulated
+  convention as ml_dtypes converts (+-inf; NaN for float8_e4m3fn and the fnuz formats; +-max for fp6,
+  fp4 and the ``:saturate`` variants), the events of :meth:`Arith.store` (= :meth:`Arith.load`:
+  overflow, underflow, subnormal).  A NaN stays NaN, also in fp6 / fp4, which have no NaN (ml_dtypes
+  stores a zero there; :class:`Arith` keeps NaN so a lost value shows as lost).  The only simulated
   method: an audited cast (``torch.cast``, ``jax.cast``) is compared with it.
 
 The exact value is x itself (:class:`Truth` with ``storage``).  Status: the usual rule (a correctly
 rounded value is ``ok``), except that a value the format cannot hold is a failure here, never ``range``
 (the format's range is the question): ``overflow`` where |x| is beyond the format's range, whatever
-came back (inf, NaN or a saturated +-max), ``underflow`` where x != 0 and the value is 0; see
+came back (inf, NaN or a saturated +-max), ``underflow`` where x != 0 and the value is 0, ``nan``
+where x is NaN and the format has no NaN (fp6, fp4) or the value is a number; see
 :mod:`stabilitylab.analysis.outcome`.
 
 Families (the parameter runs over the **float32** values, ``Family.grid``: the cast's input):
@@ -128,8 +131,8 @@ CAST = Experiment(
     name="cast",
     title="Storing a float32 value in the format (a cast)",
     question="What does storing x in the format give: where does it overflow, saturate or underflow to 0?",
-    methods=(Method("round", "fl(x): x rounded to the format, nearest-even; overflow to inf (NaN without inf)",
-                    round_to_format, stable=True),),
+    methods=(Method("round", "fl(x): x rounded to the format, nearest-even; overflow to inf, NaN or +-max (the "
+                             "format's convention)", round_to_format, stable=True),),
     default_cases=default_cases,
     load=load,
     truth=Truth(exact_value, exact_rows, fast_value, fast_float64=True, storage=True),

@@ -421,8 +421,9 @@ BLACK_BOX_RULE = ("A black box shows no IEEE events, so no cause is named: its s
                   "for an undefined loss (every logit -inf) is ok.")
 STORAGE_RULE = ("A cast stores its input: the exact value is x itself, and a value the format cannot hold is the "
                 "failure looked for (never range): overflow where |x| is beyond the format's range, whatever came "
-                "back (inf, NaN or a saturated ±max), underflow where x ≠ 0 became 0; else ok (correctly rounded), "
-                "inaccurate (relative error above the tolerance), nan, error (the call raised).")
+                "back (inf, NaN or a saturated ±max), underflow where x ≠ 0 became 0, nan where x is NaN and the "
+                "format has no NaN (fp6, fp4) or a number came back; else ok (correctly rounded), inaccurate "
+                "(relative error above the tolerance), nan, error (the call raised).")
 
 
 def _pct(share: float) -> str:

@@ -21,12 +21,11 @@ NUMPY_FORMATS = ("float16", "float32", "float64")
 TORCH_FORMATS = ("float16", "bfloat16", "float32", "float64")
 JAX_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
 # casts (the cast protocol): the formats each framework converts float32 to on the CPU (checked by
-# tests/test_casts.py against the adapter modules' own tables); names the formats branch adds are listed so
-# that they work once stabilitylab knows them
+# tests/test_casts.py against the adapter modules' own tables), but the scale formats (-d refuses them)
 TORCH_CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e4m3fn:saturate",
-                      "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+                      "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
 JAX_CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                    "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu")
+                    "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn")
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,11 @@ def log_softmax_grad(logits, labels):
     return _call(_log_softmax, logits, labels, grad=True)
 
 
+# the formats XLA converts float32 to on the CPU (no float6), but the scale format float8_e8m0fnu: a cast
+# audit judges values by the status rule, which does not apply to a format with no zero and no sign (as -d
+# refuses it everywhere)
 CAST_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
-                "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn", "float8_e8m0fnu")
+                "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn")
 
 
 def cast(x, dtype):
