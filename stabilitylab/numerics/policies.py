@@ -153,14 +153,8 @@ def _parse(spec: str) -> Format:
     if block is not None:
         if preset in PRESETS:
             raise KeyError(f"policy {spec!r}: the {preset} preset is for float16 and bfloat16 storage")
-        compute = _part(compute_text, spec, "compute") if at else FORMATS["float32"]
-        _arithmetic(compute, spec, "compute")
-        accumulate = _part(acc_text, spec, "accumulate") if "+" in spec else compute
-        _arithmetic(accumulate, spec, "accumulate")
-        if not contains(accumulate, compute):
-            raise KeyError(f"policy {spec!r}: accumulating in {accumulate.name} loses values of the compute format "
-                           f"{compute.name}; the accumulation format must hold them (e.g. +float32)")
-        return block_policy(block, compute, accumulate)
+        return block_policy(block, *_arithmetic_parts(spec, compute_text if at else None, acc_text,
+                                                       FORMATS["float32"]))
     storage = _part(storage_text, spec, "storage")
     if preset in PRESETS:
         if storage.name not in _PRESET_STORAGE:
@@ -169,14 +163,21 @@ def _parse(spec: str) -> Format:
             raise KeyError(f"policy {spec!r}: the {preset} preset fixes the accumulation (float32); drop +{acc_text}")
         f32 = FORMATS["float32"]
         return policy(storage, f32, f32, f32, name=f"{storage.name}@{preset}")
-    compute = _part(compute_text, spec, "compute") if at else storage
+    return policy(storage, *_arithmetic_parts(spec, compute_text if at else None, acc_text, storage))
+
+
+def _arithmetic_parts(spec: str, compute_text: str | None, acc_text: str, default: Format) -> tuple[Format, Format]:
+    """The (compute, accumulate) formats of ``spec``: compute named after @ (else ``default``), accumulate
+    after + (else compute); each one operations can round to, and the accumulation holding every compute
+    value."""
+    compute = default if compute_text is None else _part(compute_text, spec, "compute")
     _arithmetic(compute, spec, "compute")
     accumulate = _part(acc_text, spec, "accumulate") if "+" in spec else compute
     _arithmetic(accumulate, spec, "accumulate")
     if not contains(accumulate, compute):
         raise KeyError(f"policy {spec!r}: accumulating in {accumulate.name} loses values of the compute format "
                        f"{compute.name}; the accumulation format must hold them (e.g. +float32)")
-    return policy(storage, compute, accumulate)
+    return compute, accumulate
 
 
 def notes(formats) -> list[str]:
