@@ -43,7 +43,7 @@ format (``-d bf16``: everything bfloat16; ``-d bf16@fp32``: bfloat16 inputs, flo
   ``grad_weight``; the partials accumulated across chunks in a buffer of the *storage* format (Liger-Kernel
   #512: a bfloat16 ``grad_weight`` += each chunk's gradient);
 * ``grad_weight_chunks_fp32`` (G): the same with a float32 buffer (Liger's ``accum_dtype=float32``; in the
-  compute format when that has 24 bits or more);
+  compute format when that has 24 bits or more), written to the storage format at the end;
 * ``grad_hidden`` (G): dL/dH[n, j], the V products g W summed pairwise;
 * ``grad_logit_true`` (G): p_y - 1 of token n in the compute format;
 * ``grad_logit_true_storage`` (G): p_y written to the storage format, then p_y - 1 in the storage
@@ -66,8 +66,8 @@ computed once and shared by the four truths and by cases that differ only in chu
   the naive form's exp overflows);
 * ``vocab`` n: V = 2**n classes, logits [0, -2, -2, ...], label 0, blocks of 256 columns (the online
   sum adds 2**n / 256 block sums in the compute format and stalls once they fall below half its ulp);
-* ``chunks`` n: 1024 tokens in n chunks, dL/dW at a class no token has as its label (every term has
-  one sign): the storage-format buffer adds n partials;
+* ``chunks`` n: 1024 tokens in 2**n chunks, dL/dW at a class no token has as its label (every term has
+  one sign): the storage-format buffer adds 2**n partials;
 * ``hidden`` n: D = 2**n, hidden all ones, weight rows [1.5, 1, 1, ...] and [1, 1, ...], label 0: the
   logits D + 0.5 and D differ by 0.5 whatever D, which a format stops resolving once D reaches 2**p.
 """
@@ -278,7 +278,7 @@ def grad_weight_chunks_storage(a: Arith, x: LinearCEInputs):
 
 def grad_weight_chunks_fp32(a: Arith, x: LinearCEInputs):
     fmt = a.compute if a.compute.precision >= 24 else FORMATS["float32"]
-    return _accumulated(a, _chunk_partials(a, x), fmt)
+    return a.store(_accumulated(a, _chunk_partials(a, x), fmt))  # (cast back to the weight's dtype)
 
 
 def grad_hidden(a: Arith, x: LinearCEInputs):
@@ -443,9 +443,9 @@ def vocab_cases(n: np.ndarray, settings: Settings) -> LinearCEBatch:
 
 
 def chunks_cases(n: np.ndarray, settings: Settings) -> LinearCEBatch:
-    """The 1024-token problem of the default cases in n token chunks; dL/dW[7, 0]."""
+    """The 1024-token problem of the default cases in 2**n token chunks; dL/dW[7, 0]."""
     hidden, weight, labels = _chunk_problem()
-    return concat([problem(hidden, weight, labels, name, chunks=int(v), weight_entry=(7, 0))
+    return concat([problem(hidden, weight, labels, name, chunks=2 ** int(v), weight_entry=(7, 0))
                    for v, name in zip(n.tolist(), _names("n", n))])
 
 
@@ -467,8 +467,8 @@ FAMILIES = (
            integer=True, lower=0, upper=1024),
     Family("vocab", "n", f"V = 2**n classes, logits [0, -2, ..., -2], label 0, blocks of {VOCAB_BLOCK}",
            vocab_cases, integer=True, lower=10, upper=18),
-    Family("chunks", "n", f"{CHUNK_TOKENS} tokens in n chunks, dL/dW of a class no token has", chunks_cases,
-           integer=True, lower=1, upper=CHUNK_TOKENS),
+    Family("chunks", "n", f"{CHUNK_TOKENS} tokens in 2**n chunks, dL/dW of a class no token has", chunks_cases,
+           integer=True, lower=0, upper=CHUNK_TOKENS.bit_length() - 1),
     Family("hidden", "n", "D = 2**n, logits D + 0.5 and D, label 0", hidden_cases, integer=True, lower=0, upper=14),
 )
 
