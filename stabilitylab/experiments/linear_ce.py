@@ -52,20 +52,21 @@ format (``-d bf16``: everything bfloat16; ``-d bf16@fp32``: bfloat16 inputs, flo
 **Exact references.**  The logits of the format-rounded inputs are exact sums of exact products: with
 mpmath at :data:`~stabilitylab.numerics.reference.DIGITS` digits every product of two float64 values is
 exact and ``mpmath.fsum`` of the D products is their sum to 40 digits (relative to the sum of the
-products' magnitudes).  The loss per token is then the exact softmax_ce reference
+products' magnitudes).  The loss per token is then softmax_ce's exact form
 ``log1p(sum_{v != y} exp(x_v - x_y))``; ``p_{n,v} = exp(x_v - lse)`` and
 ``p_y - 1 = -s / (1 + s)`` with s = sum_{v != y} exp(x_v - x_y) (no cancellation); the gradient entries are
-mpmath sums of those exact terms.  Errors: far below 2**-100 relative, beyond any format's ulp.  There is
-no vectorized reference yet: families are sized so that mpmath finishes (a problem's reference is
-computed once and shared by the four truths and by cases that differ only in chunking).
+mpmath sums of those exact terms (each exp(x_v - max) once; s = sum_{v != y} e_v / e_y).  Errors: far
+below 2**-100 relative, beyond any format's ulp.  There is no vectorized reference yet: families are
+sized so that mpmath finishes (a problem's reference is computed once and shared by the four
+truths and by cases that differ only in chunking).
 
 **Families** (all over integers, scanned completely, so every threshold is exact):
 
 * ``confident`` n: logits [0, -n/16], label 0 (p_y -> 1 as n grows: the loss ~ e**-d and p_y - 1 cancel);
 * ``offset`` n: logits [n, n - 1, n - 2, n - 3] through a hidden coordinate equal to n (common offset:
   the naive form's exp overflows);
-* ``vocab`` n: V = 2**n classes, logits [0, -2, -2, ...], label 0, blocks of 256 columns (the online
-  sum adds 2**n / 256 block sums in the compute format and stalls once they fall below half its ulp);
+* ``vocab`` n: V = 2**n classes, logits [0, -2, -2, ...], label 0, blocks of 128 columns (the online
+  sum adds 2**n / 128 block sums in the compute format and stalls once they fall below half its ulp);
 * ``chunks`` n: 1024 tokens in 2**n chunks, dL/dW at a class no token has as its label (every term has
   one sign): the storage-format buffer adds 2**n partials;
 * ``hidden`` n: D = 2**n, hidden all ones, weight rows [1.5, 1, 1, ...] and [1, 1, ...], label 0: the
@@ -74,6 +75,7 @@ computed once and shared by the four truths and by cases that differ only in chu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -84,13 +86,12 @@ import numpy as np
 from ..numerics.arith import Arith
 from ..numerics.formats import FORMATS
 from .base import Batch, Experiment, Family, Method, Rows, Settings, Truth
-from .softmax_ce import exact_cross_entropy
 
 __all__ = ["LinearCEBatch", "LinearCEInputs", "LINEAR_CE", "problem", "concat", "default_cases",
            "CHUNK_TOKENS", "VOCAB_BLOCK"]
 
 CHUNK_TOKENS = 1024  # tokens of the chunks family and of the default chunk cases
-VOCAB_BLOCK = 256  # columns per block of the vocab family's online log-sum-exp
+VOCAB_BLOCK = 128  # columns per block of the vocab family's online log-sum-exp
 
 
 @dataclass(frozen=True)
@@ -321,19 +322,25 @@ def exact_rows(x: LinearCEInputs) -> list[tuple]:
 def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
     """Exact logits, losses, probabilities and true-class gradients of one problem (mpmath at ``prec``)."""
     with mpmath.workprec(prec):
-        if any(not mpmath.isfinite(v) for row in hidden + weight for v in row):
+        if not all(math.isfinite(v) for row in hidden + weight for v in row):
             return None
-        H = [[mpmath.mpf(v) for v in row] for row in hidden]
-        W = [[mpmath.mpf(v) for v in row] for row in weight]
-        X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
+        mp: dict[float, mpmath.mpf] = {}  # (constructed problems repeat values: each converted and exp'd once)
+        H = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in hidden]
+        W = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in weight]
+        if len(H[0]) == 1:  # one exact product each
+            X = [[h[0] * w[0] for w in W] for h in H]
+        else:
+            X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
         losses, P, G = [], [], []
         for xs, y in zip(X, labels):
-            losses.append(exact_cross_entropy(xs, y))
             m = max(xs)
-            total = mpmath.fsum(mpmath.exp(v - m) for v in xs)
-            p = [mpmath.exp(v - m) / total for v in xs]
-            s = mpmath.fsum(mpmath.exp(v - xs[y]) for i, v in enumerate(xs) if i != y)
-            p[y] = 1 - s / (1 + s)
+            seen: dict = {}
+            e = [seen.get(v) or seen.setdefault(v, mpmath.exp(v - m)) for v in xs]
+            s = mpmath.fsum(v for i, v in enumerate(e) if i != y) / e[y]  # sum_{v != y} exp(x_v - x_y)
+            losses.append(mpmath.log1p(s))  # softmax_ce's exact form, log1p(sum_{v != y} exp(x_v - x_y))
+            total = e[y] * (1 + s)
+            p = [v / total for v in e]
+            p[y] = 1 / (1 + s)
             P.append(p)
             G.append(-s / (1 + s))  # p_y - 1 without cancellation
         return H, W, losses, P, G
