@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from clihelp import run
 from stabilitylab.analysis.engine import evaluate
 from stabilitylab.experiments import EXPERIMENTS
 from stabilitylab.experiments.linear_ce import LINEAR_CE, LinearCEBatch, concat, problem
+from stabilitylab.numerics import reference
+from stabilitylab.numerics.arith import Arith
 from stabilitylab.numerics.policies import format_or_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,11 +40,27 @@ def test_registered():
     assert EXPERIMENTS["linear_ce"] is LINEAR_CE
 
 
-def test_exact_references_match_independent_fractions_and_mpmath():
+def _bf16_valued(case: LinearCEBatch) -> LinearCEBatch:
+    def r(a):
+        return a.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+    return LinearCEBatch(case.names, tuple(map(r, case.hidden)), tuple(map(r, case.weight)), case.labels, case.chunks,
+                         case.vocab_chunk, case.weight_entry, case.hidden_entry)
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_exact_references_match_independent_fractions_and_mpmath(narrow):
     """In float64 the inputs are used as given: the four exact values of each problem equal the plain
-    Fraction + mpmath ones to 1e-30 relative (both are far more precise than float64)."""
-    cases = concat([_small(s) for s in range(4)])
-    out = evaluate(LINEAR_CE, format_or_policy("float64"), cases, fast_reference=False)
+    Fraction + mpmath ones to 1e-25 relative and their float64 reference to 2**-52 (both sides are far more
+    precise).  ``narrow``: inputs of 8 bits (the reference's float64 hi + lo dot products), else of 53 bits
+    (mpmath sums the products)."""
+    cases = concat([_small(s, d=(40 if narrow else 3)) for s in range(4)])
+    if narrow:
+        cases = _bf16_valued(cases)
+    f64 = format_or_policy("float64")
+    out = evaluate(LINEAR_CE, f64, cases, fast_reference=False)
+    inputs = LINEAR_CE.load(Arith(f64, len(cases)), cases)
+    exacts = {m: reference.exact(LINEAR_CE.truth_of(LINEAR_CE.method(m)), inputs)
+              for m in ("materialized_log_softmax", "grad_weight", "grad_hidden", "grad_logit_true")}
     for i in range(len(cases)):
         h, w, y = cases.hidden[i].tolist(), cases.weight[i].tolist(), cases.labels[i].tolist()
         loss, dW, dH, true = ic.exact(h, w, y)
@@ -49,8 +68,10 @@ def test_exact_references_match_independent_fractions_and_mpmath():
         wanted = {"materialized_log_softmax": loss, "grad_weight": dW[v][j], "grad_hidden": dH[n][k],
                   "grad_logit_true": true[n]}
         for method, value in wanted.items():
-            got = out[method].exact.text()[i]
-            assert abs(mpmath.mpf(got) - value) <= abs(value) * 1e-9, (method, got, value)
+            e = exacts[method]
+            with mpmath.workdps(60):
+                got = (mpmath.mpf(float(e.hi[i])) + mpmath.mpf(float(e.lo[i]))) * mpmath.mpf(2) ** int(e.scale[i])
+                assert abs(got - value) <= abs(value) * 1e-25, (method, got, value)
             ref = out[method].reference[i]
             assert abs(ref - float(value)) <= abs(float(value)) * 2.0**-52, (method, ref, value)
 

@@ -52,13 +52,15 @@ format (``-d bf16``: everything bfloat16; ``-d bf16@fp32``: bfloat16 inputs, flo
 **Exact references.**  The logits of the format-rounded inputs are exact sums of exact products: with
 mpmath at :data:`~stabilitylab.numerics.reference.DIGITS` digits every product of two float64 values is
 exact and ``mpmath.fsum`` of the D products is their sum to 40 digits (relative to the sum of the
-products' magnitudes).  The loss per token is then softmax_ce's exact form
+products' magnitudes); for inputs of at most 26 bits the products are exact in float64 and are summed as
+a hi + lo pair (:func:`_dot2`: within about D**2 2**-106 of the sum of the products' magnitudes).  The
+loss per token is then softmax_ce's exact form
 ``log1p(sum_{v != y} exp(x_v - x_y))``; ``p_{n,v} = exp(x_v - lse)`` and
 ``p_y - 1 = -s / (1 + s)`` with s = sum_{v != y} exp(x_v - x_y) (no cancellation); the gradient entries are
 mpmath sums of those exact terms (each exp(x_v - max) once; s = sum_{v != y} e_v / e_y).  Errors: far
-below 2**-100 relative, beyond any format's ulp.  There is no vectorized reference yet: families are
-sized so that mpmath finishes (a problem's reference is computed once and shared by the four
-truths and by cases that differ only in chunking).
+below 2**-90 relative (absolute in the logits), beyond any format's ulp.  There is no vectorized
+reference yet: families are sized so that mpmath finishes (a problem's reference is computed once and
+shared by the four truths and by cases that differ only in chunking).
 
 **Families** (all over integers, scanned completely, so every threshold is exact):
 
@@ -318,6 +320,32 @@ def exact_rows(x: LinearCEInputs) -> list[tuple]:
     return rows
 
 
+def _dot2(hidden: np.ndarray, weight: np.ndarray):
+    """hidden @ weight.T as float64 pairs (hi, lo), or None where this is not exact enough.
+
+    For inputs of at most 26 significant bits (every format of <= 24 bits) each product h_j w_j is exact in
+    float64; the D products are then summed by Ogita, Rump and Oishi's Sum2 (a cascade of TwoSum: the
+    running sum and the exact error of each addition, the errors summed apart), kept as the unevaluated
+    pair hi + lo: |hi + lo - sum_j h_j w_j| <= gamma_{D-1}**2 sum_j |h_j w_j|, gamma_k = k u / (1 - k u),
+    u = 2**-53, i.e. about D**2 2**-106 of the sum of the products' magnitudes.  None for wider inputs or
+    non-finite sums (mpmath then sums the products itself)."""
+    with np.errstate(all="ignore"):
+        if not all(np.array_equal(a, a.astype(np.float32).astype(np.float64)) for a in (hidden, weight)):
+            return None
+        if np.abs(hidden).max() * np.abs(weight).max() > 2.0**400:
+            return None
+        products = hidden[:, None, :] * weight[None, :, :]
+        hi = products[..., 0].copy()
+        lo = np.zeros_like(hi)
+        for j in range(1, products.shape[-1]):
+            b = products[..., j]
+            total = hi + b
+            bb = total - hi
+            lo += (hi - (total - bb)) + (b - bb)
+            hi = total
+        return (hi, lo) if np.isfinite(hi).all() and np.isfinite(lo).all() else None
+
+
 @lru_cache(maxsize=8)
 def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
     """Exact logits, losses, probabilities and true-class gradients of one problem (mpmath at ``prec``)."""
@@ -327,8 +355,11 @@ def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
         mp: dict[float, mpmath.mpf] = {}  # (constructed problems repeat values: each converted and exp'd once)
         H = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in hidden]
         W = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in weight]
+        pair = _dot2(np.array(hidden), np.array(weight)) if len(H[0]) > 1 else None
         if len(H[0]) == 1:  # one exact product each
             X = [[h[0] * w[0] for w in W] for h in H]
+        elif pair is not None:
+            X = [[mpmath.mpf(a) + mpmath.mpf(b) for a, b in zip(*rows)] for rows in zip(*(p.tolist() for p in pair))]
         else:
             X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
         losses, P, G = [], [], []
