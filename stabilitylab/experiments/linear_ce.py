@@ -281,7 +281,7 @@ def grad_weight_chunks_storage(a: Arith, x: LinearCEInputs):
 
 def grad_weight_chunks_fp32(a: Arith, x: LinearCEInputs):
     fmt = a.compute if a.compute.precision >= 24 else FORMATS["float32"]
-    return a.store(_accumulated(a, _chunk_partials(a, x), fmt))  # (cast back to the weight's dtype)
+    return a.write_back(_accumulated(a, _chunk_partials(a, x), fmt))  # (cast back to the weight's dtype)
 
 
 def grad_hidden(a: Arith, x: LinearCEInputs):
@@ -304,7 +304,7 @@ def grad_logit_true(a: Arith, x: LinearCEInputs):
 
 
 def grad_logit_true_storage(a: Arith, x: LinearCEInputs):
-    py = a.store(_true_probability(a, x))
+    py = a.write_back(_true_probability(a, x))
     return a.add_in(a.storage, py, a.neg(a.const(np.ones(py.shape))))
 
 

@@ -541,7 +541,7 @@ class Arith:
         ``bf16_tensor += fp32_tensor`` is (computed in float32, then written as bfloat16)."""
         return self._add(a, b, where, fmt)
 
-    def store(self, x, where=None) -> np.ndarray:
+    def write_back(self, x, where=None) -> np.ndarray:
         """Held values rounded to the storage format (a result written to a tensor of the storage
         dtype: a float32 accumulator cast back), with that rounding's events against it.  The identity on
         values of the storage format."""
