@@ -400,15 +400,18 @@ def audit_experiment(name: str) -> Experiment:
 
 
 def default_audit_cases(experiment: str):
-    """The experiment's default cases followed by the bug-report corpus; softmax_ce (not its gradient:
-    one row per class would be WIDE**2 values) also the wide rows of :func:`softmax_ce.wide_cases`."""
+    """The experiment's default cases followed by the bug-report corpus; softmax_ce and its gradient also the
+    wide rows of :func:`softmax_ce.wide_cases` (a gradient audit runs at most three components of each row,
+    :func:`logit_gradient.components`: the label, the largest and the smallest logit; each component is
+    ``p_i - [i = y]`` with ``p_i = exp(x_i - lse)``, so a denominator summed sequentially in the format
+    shifts every one of them, and only wide rows show it)."""
     from ..experiments import corpus, logit_gradient, softmax_ce
 
     base = experiment.removesuffix("_grad")
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
     batches = [simulated.default_cases(), corpus.corpus(base)]
-    if experiment == "softmax_ce":
+    if base == "softmax_ce":
         batches.append(softmax_ce.wide_cases())
     cases = concat(batches)
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
