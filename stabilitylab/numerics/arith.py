@@ -438,6 +438,19 @@ class Arith:
             return self._finish(a + b, (a, b), where=where, invalid=_opposite_infinities,
                                 exact_nonzero=(lambda a, b: a != -b) if self.ftz else None, fmt=fmt)
 
+    def add_in(self, fmt: Format, a, b, where=None):
+        """a + b rounded to ``fmt``, events judged against ``fmt``: a buffer a kernel keeps in a named
+        format whatever the policy (a float32 gradient accumulator, a bfloat16 one).  ``fmt`` must be
+        held exactly by the held dtype (float32 holds every format of <= 24 bits, float64 every format)."""
+        return self._add(a, b, where, fmt)
+
+    def store(self, x, where=None) -> np.ndarray:
+        """Held values rounded to the storage format (a result written to a tensor of the storage
+        dtype), with that rounding's events against it.  The identity for a pure format."""
+        if not self.fmt.is_policy:
+            return x
+        return self._narrow(x, self.storage, where)
+
     def _accumulating_add(self, a, b, where=None):
         """An addition of a sum: rounded to the accumulation format."""
         return self._add(a, b, where, self.accumulate)
