@@ -74,8 +74,19 @@ __all__ = ["AuditError", "Target", "Witness", "Agreement", "Candidate", "Resembl
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
+    "linear_ce": "f(hidden (N, D), weight (V, D), labels (N,) int64) -> loss (N,), per token",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
+LINEAR_GRAD_PROTOCOL = ("f(hidden (N, D), weight (V, D), labels (N,) int64) -> (d sum(loss)/d hidden (N, D), "
+                        "d sum(loss)/d weight (V, D))")
+ARGUMENTS = {"softmax_ce": 2, "binary_ce": 2, "linear_ce": 3}  # how many arrays a protocol's function takes
+
+
+def protocol(experiment: str, grad: bool) -> str:
+    """The calling convention of a target of ``experiment`` (its gradient with ``grad``)."""
+    if grad:
+        return LINEAR_GRAD_PROTOCOL if experiment == "linear_ce" else GRAD_PROTOCOL
+    return PROTOCOLS[experiment]
 WIDE_WITNESS = 2**15  # default cases this wide are always witnesses (Recorder._keep_wide)
 
 
@@ -161,10 +172,11 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
 def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool,
                  timeout: float | None = None) -> Target:
     if experiment is None:
-        raise AuditError("name the protocol of a user function with -e softmax_ce or -e binary_ce "
-                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']})")
+        raise AuditError("name the protocol of a user function with -e softmax_ce, -e binary_ce or -e linear_ce "
+                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']}; "
+                         f"linear_ce: {PROTOCOLS['linear_ce']})")
     if experiment not in PROTOCOLS:
-        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce or binary_ce protocol")
+        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce or linear_ce protocol")
     if grad:
         raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
                          "known to stabilitylab")
@@ -176,9 +188,10 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
         signature = None  # builtins without a signature: the probe call decides
     if signature is not None:
         try:
-            signature.bind(None, None)
+            signature.bind(*[None] * ARGUMENTS[experiment])
         except TypeError:
-            raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as f(logits, labels); the "
+            call = "f(hidden, weight, labels)" if experiment == "linear_ce" else "f(logits, labels)"
+            raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as {call}; the "
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
@@ -388,15 +401,35 @@ def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
 
 # ------------------------------------------------------------- experiments
 def audit_experiment(name: str) -> Experiment:
-    """The simulated experiment an audit of protocol ``name`` runs beside the target."""
-    from ..experiments import logit_gradient
+    """The simulated experiment an audit of protocol ``name`` runs beside the target.
+
+    linear_ce: :data:`~stabilitylab.experiments.linear_ce.LINEAR_CE` with its loss methods only (the mean loss
+    of a problem); linear_ce_grad: with its dL/dW methods only, the entry ``weight_entry`` of each problem
+    (where token chunks accumulate; the other gradient methods measure other quantities)."""
+    from ..experiments import linear_ce, logit_gradient
 
     table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE,
-             "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
+             "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD,
+             "linear_ce": linear_ce_audit(linear_ce.LINEAR_CE, False),
+             "linear_ce_grad": linear_ce_audit(linear_ce.LINEAR_CE, True)}
     try:
         return table[name]
     except KeyError:
         raise AuditError(f"no audit experiment {name!r}; valid: {', '.join(table)}") from None
+
+
+def linear_ce_audit(experiment: Experiment, grad: bool) -> Experiment:
+    """The linear_ce experiment as an audit compares a target with it: the loss methods (no ``truth`` of their
+    own), or with ``grad`` the methods whose truth is dL/dW (that truth becomes the experiment's)."""
+    from ..experiments import linear_ce
+
+    if not grad:
+        return replace(experiment, methods=tuple(m for m in experiment.methods if m.truth is None))
+    truth = linear_ce.GRAD_WEIGHT
+    methods = tuple(replace(m, truth=None) for m in experiment.methods if m.truth is truth)
+    return replace(experiment, name="linear_ce_grad", truth=truth, methods=methods,
+                   title="Linear cross-entropy: the gradient dL/dW at one entry",
+                   question="Which way of accumulating dL/dW[v, j] = (1/N) sum_n (p_nv - [v = y_n]) h_nj loses it?")
 
 
 def default_audit_cases(experiment: str):
@@ -405,9 +438,11 @@ def default_audit_cases(experiment: str):
     :func:`logit_gradient.components`: the label, the largest and the smallest logit; each component is
     ``p_i - [i = y]`` with ``p_i = exp(x_i - lse)``, so a denominator summed sequentially in the format
     shifts every one of them, and only wide rows show it)."""
-    from ..experiments import corpus, logit_gradient, softmax_ce
+    from ..experiments import corpus, linear_ce, logit_gradient, softmax_ce
 
     base = experiment.removesuffix("_grad")
+    if base == "linear_ce":
+        return linear_ce.default_cases()
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
     batches = [simulated.default_cases(), corpus.corpus(base)]
@@ -427,6 +462,8 @@ def realistic_audit_cases(experiment: str):
     (:func:`logit_gradient.components`) of fewer of them (:data:`GRAD_REALISTIC`)."""
     from ..experiments import binary_ce, logit_gradient, softmax_ce
 
+    if experiment.startswith("linear_ce"):
+        return []  # each linear_ce case is a whole problem; its default cases hold the random one
     module = softmax_ce if experiment.startswith("softmax_ce") else binary_ce
     if not experiment.endswith("_grad"):
         return module.realistic_cases()
@@ -454,7 +491,13 @@ def realistic_text(experiment: str) -> str:
     return text + (", as gradient components" if grad else "")
 
 
-def _kernel(fn: Callable, grad: bool):
+def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
+    if experiment == "linear_ce":
+        per_case = _linear_ce_case(fn, grad)
+
+        def kernel(a, x):
+            return a.external(per_case, x.hidden, x.weight, x.labels, x.weight_entry)
+        return kernel
     if grad:
         def kernel(a, x):
             width = x.logits.shape[1]
@@ -463,6 +506,40 @@ def _kernel(fn: Callable, grad: bool):
         def kernel(a, x):
             return a.external(fn, x.logits, x.labels)
     return kernel
+
+
+def _linear_ce_case(fn: Callable, grad: bool) -> Callable:
+    """The linear_ce target on a batch of problems (hidden (c, N, D), weight (c, V, D), labels (c, N),
+    weight_entry (c, 2)), one call per problem, one value per problem as the experiment measures it:
+
+    * the loss: the mean of the target's N per-token losses, summed exactly (``math.fsum`` of its format
+      values) and divided by N in float64; the audit rounds that once to the format (N = 1: the target's
+      value itself);
+    * the gradient: the target's dL/dW of sum(loss) at ``weight_entry`` divided by N (exact for the powers of
+      two N of the cases), rounded once to the format: dL/dW of the mean loss.
+    """
+    import math
+
+    def call(hidden, weight, labels, entry):
+        out = np.empty(len(hidden), dtype=np.float64)
+        for c in range(len(hidden)):
+            n = hidden[c].shape[0]
+            result = fn(hidden[c], weight[c], labels[c])
+            if grad:
+                if not isinstance(result, (tuple, list)) or len(result) != 2:
+                    raise TargetError(f"it returned {type(result).__name__}; the gradient protocol is "
+                                      f"{LINEAR_GRAD_PROTOCOL}")
+                gw = np.asarray(result[1])
+                if gw.shape != weight[c].shape:
+                    raise TargetError(f"its d/d weight has shape {gw.shape}, not {weight[c].shape}")
+                out[c] = float(gw[int(entry[c, 0]), int(entry[c, 1])]) / n
+            else:
+                loss = np.asarray(result)
+                if loss.shape != (n,):
+                    raise TargetError(f"it returned shape {loss.shape}, not ({n},): the loss of each token")
+                out[c] = math.fsum(loss.astype(np.float64).tolist()) / n
+        return out
+    return call
 
 
 # --------------------------------------------------------------- recording
@@ -862,6 +939,9 @@ def probe(target: Target) -> None:
     """Call the target once on a plain batch; a call that raises, or a result of the wrong
     shape or type, is an :class:`AuditError` (the target cannot be audited at all)."""
     fmt = FORMATS["float32"] if "float32" in target.formats else FORMATS[target.formats[0]]
+    if target.experiment == "linear_ce":
+        _probe_linear(target, fmt)
+        return
     if target.experiment == "softmax_ce":
         logits, labels = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0]]), np.array([0, 1], dtype=np.int64)
         shown = "logits [[0, 0, 0], [1, 0, -1]], labels [0, 1]"
@@ -887,6 +967,28 @@ def probe(target: Target) -> None:
         raise AuditError(f"{target.name}: {exc}; the {target.experiment} protocol is {protocol}") from None
 
 
+def _probe_linear(target: Target, fmt: Format) -> None:
+    """:func:`probe` for linear_ce: hidden [[1, 0], [0, 1]], weight [[1, 0], [0, 1], [0, 0]], labels [0, 1]."""
+    hidden = fmt.round(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    weight = fmt.round(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    labels = np.array([0, 1], dtype=np.int64)
+    shown = "hidden [[1, 0], [0, 1]], weight [[1, 0], [0, 1], [0, 0]], labels [0, 1]"
+    call = _linear_ce_case(target.fn, target.grad)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            call(hidden[None], weight[None], labels[None], np.array([[0, 0]]))
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}; the linear_ce protocol is "
+                         f"{protocol('linear_ce', target.grad)}") from None
+    except TargetTimeout as exc:
+        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} problem ({shown}): raise the limit or leave "
+                         "--timeout out") from None
+    except Exception as exc:  # noqa: BLE001
+        raise AuditError(f"{target.name} raised on a plain {fmt.name} problem ({shown}): {described(exc)}; the "
+                         f"linear_ce protocol is {protocol('linear_ce', target.grad)}") from None
+
+
 def run(target: Target, formats: Sequence[Format], cases=None, families: Sequence[str] | None = None,
         tolerance: float | None = None, search: bool = True,
         progress: Callable[[str], None] = lambda step: None) -> Audit:
@@ -904,6 +1006,9 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     own_cases = cases is not None
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
+    elif target.experiment == "linear_ce":
+        raise AuditError(f"{target.name}: a linear_ce audit runs its own problems (user hidden / weight arrays "
+                         "are not read yet); leave --logits out")
     elif target.grad:
         from ..experiments import logit_gradient
         cases = logit_gradient.components(cases)
@@ -911,14 +1016,14 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     experiment = replace(simulated, methods=(method,), facts=None,
                          title=f"{target.name} on {what}",
                          question=f"Protocol {target.audited_experiment}: "
-                                  f"{GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]}.")
+                                  f"{protocol(target.experiment, target.grad)}.")
     recorder.start("cases", cases.names)
     progress("running the cases")
     notes = []
     try:
         comparison = compare([experiment], chosen, {experiment.name: cases}, tolerance=tolerance)
-        if not own_cases:
-            batches = realistic_audit_cases(target.audited_experiment)
+        batches = [] if own_cases else realistic_audit_cases(target.audited_experiment)
+        if batches:
             progress("running the realistic rows")
             for batch in batches:
                 recorder.start("realistic", batch.names)
@@ -1044,11 +1149,12 @@ def _row_witnesses(target: Target, audited: Experiment, formats, summary, user, 
 
 def target_method(target: Target, observe: Callable | None = None) -> Method:
     """The target as a black-box :class:`Method` of its audit experiment."""
-    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad), black_box=True,
+    return Method(target.name, target.formula, _kernel(_quiet(target.fn), target.grad, target.experiment),
+                  black_box=True,
                   exact_formula=False, observe=observe)
 
 
-AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad")
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad", "linear_ce", "linear_ce_grad")
 
 # how a baseline's user targets are allowed to run (named in the line of an entry that was not)
 ALLOW_HINT = ("--allow-target PATTERN, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] in a "

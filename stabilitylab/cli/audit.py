@@ -31,9 +31,10 @@ from .base import (
 @cli.command("audit")
 @click.argument("target", required=False)
 @click.option("--list", "list_targets", is_flag=True, help="List the built-in targets, installed or not, and exit.")
-@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce")), default=None,
+@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce", "linear_ce")), default=None,
               help="The protocol of a user function: softmax_ce f(logits (rows, K), labels (rows,) int64) -> (rows,); "
-                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K. Adapters know theirs.")
+                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; linear_ce "
+                   "f(hidden (N, D), weight (V, D), labels (N,) int64) -> (N,). Adapters know theirs.")
 @dtype_option("float16, bfloat16, float32, float64, as the target supports them")
 @click.option("--logits", type=click.Path(), default=None,
               help="Logits file (.npy, .npz, .safetensors, .pt, .csv, .txt), shape (rows, K) or (..., K): its rows "
@@ -149,5 +150,5 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
                            Cell(state, "ok" if r["installed"] else "inaccurate"), Cell(r["computes"])])
     table = Table("Built-in audit targets", ["target", "experiment", "formats", "--grad", "installed", "computes"],
                   table_rows,
-                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce")
+                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce|linear_ce")
     render([Section("Targets", tables=[table])], output, fmt)
