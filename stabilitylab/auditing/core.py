@@ -442,7 +442,7 @@ def default_audit_cases(experiment: str):
 
     base = experiment.removesuffix("_grad")
     if base == "linear_ce":
-        return linear_ce.default_cases()
+        return linear_ce.concat([linear_ce.default_cases(), wide_linear_cases()])
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
     batches = [simulated.default_cases(), corpus.corpus(base)]
@@ -450,6 +450,29 @@ def default_audit_cases(experiment: str):
         batches.append(softmax_ce.wide_cases())
     cases = concat(batches)
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
+
+
+def wide_linear_cases():
+    """The rows of :func:`softmax_ce.wide_cases` (32768 classes) as linear_ce problems: one token, D = 1,
+    hidden [[1]], weight the row as a column (so the logits are the row, exactly), the same label; dL/dW at
+    the last class, ``p_v h = exp(x_v - lse)``, inversely proportional to the denominator (at the label,
+    ``p_y - 1`` is within 0.2 % of -1 on these rows whatever the denominator, so it would tell nothing).
+    A denominator summed sequentially in
+    bfloat16 / float16 loses its small terms there (8.40 comes out 6.24), and a target that gets them right
+    keeps a *wide* witness of each (:meth:`Recorder._keep_wide`)."""
+    from ..experiments import linear_ce, softmax_ce
+
+    rows = softmax_ce.wide_cases()
+    return linear_ce.concat([linear_ce.problem([[1.0]], row[:, None], [int(y)], name, weight_entry=(len(row) - 1, 0))
+                             for row, y, name in zip(rows.logits, rows.labels, rows.names)])
+
+
+def case_widths(cases) -> np.ndarray | None:
+    """Classes per case: a logits batch's ``widths``; a linear_ce problem's vocabulary V; else None."""
+    widths = getattr(cases, "widths", None)
+    if widths is None and hasattr(cases, "weight"):
+        widths = np.array([w.shape[0] for w in cases.weight], dtype=np.int64)
+    return widths
 
 
 GRAD_REALISTIC = {"rows": 200, "wide_rows": 2}  # a gradient audit's realistic rows (each gives up to 3 components)
@@ -762,7 +785,7 @@ class Recorder:
         v = outcome.value
         case_rows = self.source in CASE_SOURCES
         witnesses = self.source != "realistic"  # realistic rows count for resembles only
-        widths = getattr(cases, "widths", None)
+        widths = case_widths(cases)
         wide = (np.asarray(widths) >= WIDE_ROWS) if case_rows and widths is not None else np.zeros(n, dtype=bool)
         if case_rows and not self.windowed:
             kept = self.rows[fmt.name]
@@ -829,7 +852,7 @@ class Recorder:
         narrow case and every simulated formula (pairwise sums) is fine.  (A row the target fails has
         witnesses of its status already; in float32 a sequential sum of these rows is within the
         tolerance, and each witness costs the whole row in --format json.)"""
-        widths = getattr(cases, "widths", None)
+        widths = case_widths(cases)
         if self.source != "cases" or widths is None or fmt.dtype.itemsize > 2:
             return
         right = ~np.isin(outcome.status, METHOD_FAILURES)
