@@ -112,6 +112,8 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     _a("optax.softmax_cross_entropy_with_integer_labels", "softmax_ce", JAX_FORMATS, "optax_",
        "softmax_cross_entropy_with_integer_labels", ("jax", "optax"), "jax",
        "jax.nn.logsumexp(x) - x[y]"),
+    _a("optax.sigmoid_binary_cross_entropy", "binary_ce", JAX_FORMATS, "optax_", "sigmoid_binary_cross_entropy",
+       ("jax", "optax"), "jax", "(-y log_sigmoid(z) - (1 - y) log_sigmoid(-z)).sum(-1)"),
     _a("torch.linear_cross_entropy", "linear_ce", TORCH_FORMATS, "torch_", "linear_cross_entropy", ("torch",),
        "torch", "F.linear_cross_entropy(h, W, y, reduction='none'), options=None: cross_entropy(linear(h, W), y), "
        "the (N, V) logits rounded to the format (torch >= 2.13)"),
@@ -122,6 +124,4 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
        ("torch", "cut_cross_entropy", "triton"), "cce",
        "cut_cross_entropy.linear_cross_entropy(e, c, y, impl='torch_compile'): "
        "F.cross_entropy((e @ c.T).float(), y) under torch.compile (imports triton on Linux)"),
-    _a("optax.sigmoid_binary_cross_entropy", "binary_ce", JAX_FORMATS, "optax_", "sigmoid_binary_cross_entropy",
-       ("jax", "optax"), "jax", "(-y log_sigmoid(z) - (1 - y) log_sigmoid(-z)).sum(-1)"),
 )}
