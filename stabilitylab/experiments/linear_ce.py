@@ -43,7 +43,7 @@ format (``-d bf16``: everything bfloat16; ``-d bf16@fp32``: bfloat16 inputs, flo
   ``grad_weight``; the partials accumulated across chunks in a buffer of the *storage* format (Liger-Kernel
   #512: a bfloat16 ``grad_weight`` += each chunk's gradient);
 * ``grad_weight_chunks_fp32`` (G): the same with a float32 buffer (Liger's ``accum_dtype=float32``; in the
-  compute format when that has 24 bits or more);
+  compute format when that has 24 bits or more), written to the storage format at the end;
 * ``grad_hidden`` (G): dL/dH[n, j], the V products g W summed pairwise;
 * ``grad_logit_true`` (G): p_y - 1 of token n in the compute format;
 * ``grad_logit_true_storage`` (G): p_y written to the storage format, then p_y - 1 in the storage
@@ -52,28 +52,32 @@ format (``-d bf16``: everything bfloat16; ``-d bf16@fp32``: bfloat16 inputs, flo
 **Exact references.**  The logits of the format-rounded inputs are exact sums of exact products: with
 mpmath at :data:`~stabilitylab.numerics.reference.DIGITS` digits every product of two float64 values is
 exact and ``mpmath.fsum`` of the D products is their sum to 40 digits (relative to the sum of the
-products' magnitudes).  The loss per token is then the exact softmax_ce reference
+products' magnitudes); for inputs of at most 26 bits the products are exact in float64 and are summed as
+a hi + lo pair (:func:`_dot2`: within about D**2 2**-106 of the sum of the products' magnitudes).  The
+loss per token is then softmax_ce's exact form
 ``log1p(sum_{v != y} exp(x_v - x_y))``; ``p_{n,v} = exp(x_v - lse)`` and
 ``p_y - 1 = -s / (1 + s)`` with s = sum_{v != y} exp(x_v - x_y) (no cancellation); the gradient entries are
-mpmath sums of those exact terms.  Errors: far below 2**-100 relative, beyond any format's ulp.  There is
-no vectorized reference yet: families are sized so that mpmath finishes (a problem's reference is
-computed once and shared by the four truths and by cases that differ only in chunking).
+mpmath sums of those exact terms (each exp(x_v - max) once; s = sum_{v != y} e_v / e_y).  Errors: far
+below 2**-90 relative (absolute in the logits), beyond any format's ulp.  There is no vectorized
+reference yet: families are sized so that mpmath finishes (a problem's reference is computed once and
+shared by the four truths and by cases that differ only in chunking).
 
 **Families** (all over integers, scanned completely, so every threshold is exact):
 
 * ``confident`` n: logits [0, -n/16], label 0 (p_y -> 1 as n grows: the loss ~ e**-d and p_y - 1 cancel);
 * ``offset`` n: logits [n, n - 1, n - 2, n - 3] through a hidden coordinate equal to n (common offset:
   the naive form's exp overflows);
-* ``vocab`` n: V = 2**n classes, logits [0, -2, -2, ...], label 0, blocks of 256 columns (the online
-  sum adds 2**n / 256 block sums in the compute format and stalls once they fall below half its ulp);
-* ``chunks`` n: 1024 tokens in n chunks, dL/dW at a class no token has as its label (every term has
-  one sign): the storage-format buffer adds n partials;
+* ``vocab`` n: V = 2**n classes, logits [0, -2, -2, ...], label 0, blocks of 128 columns (the online
+  sum adds 2**n / 128 block sums in the compute format and stalls once they fall below half its ulp);
+* ``chunks`` n: 1024 tokens in 2**n chunks, dL/dW at a class no token has as its label (every term has
+  one sign): the storage-format buffer adds 2**n partials;
 * ``hidden`` n: D = 2**n, hidden all ones, weight rows [1.5, 1, 1, ...] and [1, 1, ...], label 0: the
   logits D + 0.5 and D differ by 0.5 whatever D, which a format stops resolving once D reaches 2**p.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -84,13 +88,12 @@ import numpy as np
 from ..numerics.arith import Arith
 from ..numerics.formats import FORMATS
 from .base import Batch, Experiment, Family, Method, Rows, Settings, Truth
-from .softmax_ce import exact_cross_entropy
 
 __all__ = ["LinearCEBatch", "LinearCEInputs", "LINEAR_CE", "problem", "concat", "default_cases",
            "CHUNK_TOKENS", "VOCAB_BLOCK"]
 
 CHUNK_TOKENS = 1024  # tokens of the chunks family and of the default chunk cases
-VOCAB_BLOCK = 256  # columns per block of the vocab family's online log-sum-exp
+VOCAB_BLOCK = 128  # columns per block of the vocab family's online log-sum-exp
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ def grad_weight_chunks_storage(a: Arith, x: LinearCEInputs):
 
 def grad_weight_chunks_fp32(a: Arith, x: LinearCEInputs):
     fmt = a.compute if a.compute.precision >= 24 else FORMATS["float32"]
-    return _accumulated(a, _chunk_partials(a, x), fmt)
+    return a.store(_accumulated(a, _chunk_partials(a, x), fmt))  # (cast back to the weight's dtype)
 
 
 def grad_hidden(a: Arith, x: LinearCEInputs):
@@ -317,23 +320,58 @@ def exact_rows(x: LinearCEInputs) -> list[tuple]:
     return rows
 
 
+def _dot2(hidden: np.ndarray, weight: np.ndarray):
+    """hidden @ weight.T as float64 pairs (hi, lo), or None where this is not exact enough.
+
+    For inputs of at most 26 significant bits (every format of <= 24 bits) each product h_j w_j is exact in
+    float64; the D products are then summed by Ogita, Rump and Oishi's Sum2 (a cascade of TwoSum: the
+    running sum and the exact error of each addition, the errors summed apart), kept as the unevaluated
+    pair hi + lo: |hi + lo - sum_j h_j w_j| <= gamma_{D-1}**2 sum_j |h_j w_j|, gamma_k = k u / (1 - k u),
+    u = 2**-53, i.e. about D**2 2**-106 of the sum of the products' magnitudes.  None for wider inputs or
+    non-finite sums (mpmath then sums the products itself)."""
+    with np.errstate(all="ignore"):
+        if not all(np.array_equal(a, a.astype(np.float32).astype(np.float64)) for a in (hidden, weight)):
+            return None
+        if np.abs(hidden).max() * np.abs(weight).max() > 2.0**400:
+            return None
+        products = hidden[:, None, :] * weight[None, :, :]
+        hi = products[..., 0].copy()
+        lo = np.zeros_like(hi)
+        for j in range(1, products.shape[-1]):
+            b = products[..., j]
+            total = hi + b
+            bb = total - hi
+            lo += (hi - (total - bb)) + (b - bb)
+            hi = total
+        return (hi, lo) if np.isfinite(hi).all() and np.isfinite(lo).all() else None
+
+
 @lru_cache(maxsize=8)
 def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
     """Exact logits, losses, probabilities and true-class gradients of one problem (mpmath at ``prec``)."""
     with mpmath.workprec(prec):
-        if any(not mpmath.isfinite(v) for row in hidden + weight for v in row):
+        if not all(math.isfinite(v) for row in hidden + weight for v in row):
             return None
-        H = [[mpmath.mpf(v) for v in row] for row in hidden]
-        W = [[mpmath.mpf(v) for v in row] for row in weight]
-        X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
+        mp: dict[float, mpmath.mpf] = {}  # (constructed problems repeat values: each converted and exp'd once)
+        H = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in hidden]
+        W = [[mp.get(v) or mp.setdefault(v, mpmath.mpf(v)) for v in row] for row in weight]
+        pair = _dot2(np.array(hidden), np.array(weight)) if len(H[0]) > 1 else None
+        if len(H[0]) == 1:  # one exact product each
+            X = [[h[0] * w[0] for w in W] for h in H]
+        elif pair is not None:
+            X = [[mpmath.mpf(a) + mpmath.mpf(b) for a, b in zip(*rows)] for rows in zip(*(p.tolist() for p in pair))]
+        else:
+            X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
         losses, P, G = [], [], []
         for xs, y in zip(X, labels):
-            losses.append(exact_cross_entropy(xs, y))
             m = max(xs)
-            total = mpmath.fsum(mpmath.exp(v - m) for v in xs)
-            p = [mpmath.exp(v - m) / total for v in xs]
-            s = mpmath.fsum(mpmath.exp(v - xs[y]) for i, v in enumerate(xs) if i != y)
-            p[y] = 1 - s / (1 + s)
+            seen: dict = {}
+            e = [seen.get(v) or seen.setdefault(v, mpmath.exp(v - m)) for v in xs]
+            s = mpmath.fsum(v for i, v in enumerate(e) if i != y) / e[y]  # sum_{v != y} exp(x_v - x_y)
+            losses.append(mpmath.log1p(s))  # softmax_ce's exact form, log1p(sum_{v != y} exp(x_v - x_y))
+            total = e[y] * (1 + s)
+            p = [v / total for v in e]
+            p[y] = 1 / (1 + s)
             P.append(p)
             G.append(-s / (1 + s))  # p_y - 1 without cancellation
         return H, W, losses, P, G
@@ -443,9 +481,9 @@ def vocab_cases(n: np.ndarray, settings: Settings) -> LinearCEBatch:
 
 
 def chunks_cases(n: np.ndarray, settings: Settings) -> LinearCEBatch:
-    """The 1024-token problem of the default cases in n token chunks; dL/dW[7, 0]."""
+    """The 1024-token problem of the default cases in 2**n token chunks; dL/dW[7, 0]."""
     hidden, weight, labels = _chunk_problem()
-    return concat([problem(hidden, weight, labels, name, chunks=int(v), weight_entry=(7, 0))
+    return concat([problem(hidden, weight, labels, name, chunks=2 ** int(v), weight_entry=(7, 0))
                    for v, name in zip(n.tolist(), _names("n", n))])
 
 
@@ -467,8 +505,8 @@ FAMILIES = (
            integer=True, lower=0, upper=1024),
     Family("vocab", "n", f"V = 2**n classes, logits [0, -2, ..., -2], label 0, blocks of {VOCAB_BLOCK}",
            vocab_cases, integer=True, lower=10, upper=18),
-    Family("chunks", "n", f"{CHUNK_TOKENS} tokens in n chunks, dL/dW of a class no token has", chunks_cases,
-           integer=True, lower=1, upper=CHUNK_TOKENS),
+    Family("chunks", "n", f"{CHUNK_TOKENS} tokens in 2**n chunks, dL/dW of a class no token has", chunks_cases,
+           integer=True, lower=0, upper=CHUNK_TOKENS.bit_length() - 1),
     Family("hidden", "n", "D = 2**n, logits D + 0.5 and D, label 0", hidden_cases, integer=True, lower=0, upper=14),
 )
 

@@ -441,14 +441,16 @@ class Arith:
     def add_in(self, fmt: Format, a, b, where=None):
         """a + b rounded to ``fmt``, events judged against ``fmt``: a buffer a kernel keeps in a named
         format whatever the policy (a float32 gradient accumulator, a bfloat16 one).  ``fmt`` must be
-        held exactly by the held dtype (float32 holds every format of <= 24 bits, float64 every format)."""
+        held exactly by the held dtype (float32 holds every format of <= 24 bits, float64 every format).
+        The sum is computed in the held dtype and rounded to ``fmt``: correctly rounded when both operands
+        are values of a format of at most (held precision - 2) / 2 bits, else rounded twice, as torch's
+        ``bf16_tensor += fp32_tensor`` is (computed in float32, then written as bfloat16)."""
         return self._add(a, b, where, fmt)
 
     def store(self, x, where=None) -> np.ndarray:
         """Held values rounded to the storage format (a result written to a tensor of the storage
-        dtype), with that rounding's events against it.  The identity for a pure format."""
-        if not self.fmt.is_policy:
-            return x
+        dtype: a float32 accumulator cast back), with that rounding's events against it.  The identity on
+        values of the storage format."""
         return self._narrow(x, self.storage, where)
 
     def _accumulating_add(self, a, b, where=None):
