@@ -231,9 +231,35 @@ def test_emitted_gradient_guards_fail_planted_regressions(grad_audit, tmp_path):
         assert failed and all(marker in line for line in failed), (function, run.stdout)
 
 
+@pytest.fixture(scope="module")
+def loss_audit():
+    return stabilitylab.audit("torch.linear_cross_entropy", dtypes=["bfloat16"], search=False)
+
+
+def _failing(result) -> set[str]:
+    return {r["case"] for r in result.to_dict()["results"] if r["status"] not in ("ok", "range")}
+
+
 @needs_torch_lce
-def test_emitted_loss_guards_fail_a_sequential_sum(tmp_path):
-    result = stabilitylab.audit("torch.linear_cross_entropy", dtypes=["bfloat16"], search=False)
+@pytest.mark.skipif("torch.linear_cross_entropy_chunked" not in RUNNABLE, reason="needs torch >= 2.13")
+def test_reference_path_loses_confident_losses_the_chunked_path_keeps(loss_audit):
+    """Measured on torch 2.13 CPU, bfloat16: the reference path (cross_entropy of the bf16 logits) rounds
+    the softmax denominator to bfloat16 before its log (it resembles materialized_log_softmax in
+    bfloat16+float32, bit for bit), so at p_y = 0.99 and 0.999 the loss is wrong; the chunked path computes
+    in float32 (materialized_log_softmax in bfloat16@float32, within 1 ulp everywhere) and is right on every
+    problem."""
+    chunked = stabilitylab.audit("torch.linear_cross_entropy_chunked", dtypes=["bfloat16"], search=False)
+    assert {c.split(" ")[0] for c in _failing(loss_audit)} == {"confident:p_y=0.99", "confident:p_y=0.999"}
+    assert _failing(chunked) == set()
+    (ref,), (chk,) = loss_audit.resembles, chunked.resembles
+    assert ref.method == "materialized_log_softmax in bfloat16+float32"
+    assert chk.method == "materialized_log_softmax in bfloat16@float32"
+    assert ref.candidates[0].cases.identical_share == 1.0 and chk.candidates[0].cases.within_ulp_share == 1.0
+
+
+@needs_torch_lce
+def test_emitted_loss_guards_fail_a_sequential_sum(loss_audit, tmp_path):
+    result = loss_audit
     assert result.to_dict()["experiment"] == "linear_ce"
     assert {w.kind for w in result.witnesses} >= {"wide:11", "wide:12"}
     guards = tmp_path / "test_loss_guards.py"
