@@ -471,6 +471,9 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
     for name in families or ():
         if name not in known:
             raise AuditError(f"no family {name!r} in {t.audited_experiment}; valid: {', '.join(known)}")
+    if logits is not None and t.experiment == "linear_ce":
+        raise InputError(f"{t.name} is a linear_ce target (hidden, weight, labels); it runs the linear_ce problems, "
+                         "not logits: leave --logits out", "--logits")
     streamed = logits is not None and t.experiment == "softmax_ce" and not t.grad
     if streamed:
         user = _user(logits, labels, key, labels_key, ignore_index)

@@ -324,3 +324,28 @@ def test_user_function_of_two_arguments_is_refused(tmp_path):
     (tmp_path / "two.py").write_text("def loss(logits, labels):\n    return logits[:, 0]\n")
     with pytest.raises(stabilitylab.AuditError, match=r"cannot be called as f\(hidden, weight, labels\)"):
         stabilitylab.audit(f"{tmp_path / 'two.py'}:loss", "linear_ce", ["float32"], search=False)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "stabilitylab", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@needs_torch_lce
+def test_logits_are_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    run = _cli("audit", "torch.linear_cross_entropy", "--logits", "x.npy", cwd=tmp_path)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "linear_ce target" in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+@needs_torch_lce
+def test_baseline_of_a_linear_ce_gradient_audit_is_recomputed(tmp_path):
+    saved = _cli("audit", "torch.linear_cross_entropy", "-d", "bf16", "--grad", "--family", "hidden",
+                 "--save-baseline", "base.json", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    keys = list(json.loads((tmp_path / "base.json").read_text())["entries"])
+    assert keys == ["linear_ce_grad/hidden/torch.linear_cross_entropy/bfloat16"]
+    check = _cli("check", "--baseline", "base.json", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "1 entries compared: 0 regressed" in check.stdout

@@ -1030,8 +1030,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
     elif target.experiment == "linear_ce":
-        raise AuditError(f"{target.name}: a linear_ce audit runs its own problems (user hidden / weight arrays "
-                         "are not read yet); leave --logits out")
+        raise AuditError(f"{target.name}: a linear_ce audit runs the linear_ce problems; it takes no cases")
     elif target.grad:
         from ..experiments import logit_gradient
         cases = logit_gradient.components(cases)
