@@ -477,6 +477,9 @@ def audit(target: str | Callable, experiment: str | None = None, dtypes=None, *,
     if t.experiment == "cast" and (logits is not None or labels is not None):
         raise InputError(f"{t.name} is a cast (protocol cast): it takes no logits or labels; its cases are the "
                          "default values and the bug-report corpus", "--logits" if logits is not None else "--labels")
+    if logits is not None and t.experiment == "linear_ce":
+        raise InputError(f"{t.name} is a linear_ce target (hidden, weight, labels); it runs the linear_ce problems, "
+                         "not logits: leave --logits out", "--logits")
     streamed = logits is not None and t.experiment == "softmax_ce" and not t.grad
     if streamed:
         user = _user(logits, labels, key, labels_key, ignore_index)

@@ -54,7 +54,9 @@ def test_wide_rows_are_default_audit_cases():
         assert row.max() - row[label] <= 0.5
     names = default_audit_cases("softmax_ce").names
     assert all(name in names for name in cases.names)
-    assert not any(name.startswith("wide:") for name in default_audit_cases("softmax_ce_grad").names)
+    grad = [name for name in default_audit_cases("softmax_ce_grad").names if name.startswith("wide:")]
+    assert {name.rpartition(",grad[")[0] for name in grad} == set(cases.names)
+    assert len(grad) <= 3 * len(cases.names)  # label, largest and smallest logit: not one row per class
 
 
 def test_sequential_float16_sum_passed_every_emitted_guard(tmp_path):
@@ -96,3 +98,58 @@ def test_sequential_float16_sum_is_wrong_on_the_wide_rows():
 
     scipy = -log_softmax(cases.logits.astype(np.float16), axis=1)[np.arange(2), cases.labels].astype(np.float64)
     assert (np.abs(scipy - exact) / exact < 2.0**-5.5).all()
+
+
+SEQUENTIAL_GRAD = '''\
+import ml_dtypes
+import numpy as np
+import torch
+
+
+def grad(logits, labels):
+    """torch's float32 softmax - onehot on 16-bit logits, except that the denominator is summed left to right
+    and rounded to the input format after every addition (the only change: a sequential low-precision sum)."""
+    x = np.asarray(logits)
+    bf16 = x.dtype == ml_dtypes.bfloat16
+    t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) if bf16 else torch.from_numpy(x)
+    xf = t.float()
+    m = xf.max(dim=-1, keepdim=True).values
+    e = torch.exp(xf - m)
+    total = torch.zeros(len(x))
+    for j in range(x.shape[1]):
+        total = (total + e[:, j]).to(t.dtype).float()
+    g = torch.exp(xf - (m[:, 0] + torch.log(total))[:, None])
+    g[torch.arange(len(x)), torch.as_tensor(np.asarray(labels))] -= 1
+    return g.numpy().astype(x.dtype)
+'''
+
+
+def test_sequential_sum_in_the_gradient_fails_the_emitted_guards(tmp_path):
+    """Issue #20: the gradient guards of torch.cross_entropy had no wide row (the default cases of a gradient
+    audit left the 32k-class rows out), so a softmax gradient whose denominator is a sequential bfloat16 /
+    float16 sum passed all of them; now the wide rows' components are witnesses and the swap fails."""
+    pytest.importorskip("torch", reason="the torch adapter needs torch (the torch extra)")
+    result = stabilitylab.audit("torch.cross_entropy", "softmax_ce", ["bfloat16", "float16"], grad=True, search=False)
+    wide = [w for w in result.witnesses if w.kind.startswith("wide:")]
+    assert {w.dtype for w in wide} == {"bfloat16", "float16"} and all(w.status == "ok" for w in wide)
+    guards = tmp_path / "test_grad_guards.py"
+    count = result.to_pytest(guards)
+    text = guards.read_text()
+    first = pytest_run(guards, tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"{count} passed" in first.stdout
+
+    (tmp_path / "sequential_grad.py").write_text(SEQUENTIAL_GRAD)
+    swapped = tmp_path / "test_sequential_grad.py"
+    swapped.write_text(text + textwrap.dedent('''
+
+        import pathlib  # noqa: E402
+        import sys  # noqa: E402
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+        from sequential_grad import grad as TARGET  # noqa: E402
+    '''))
+    second = pytest_run(swapped, tmp_path)
+    assert second.returncode == 1, second.stdout + second.stderr
+    failed = [line for line in second.stdout.splitlines() if line.startswith("FAILED")]
+    assert failed and all("-wide-" in line for line in failed), second.stdout  # only the wide guards see it
+    assert any("-bfloat16-" in line for line in failed) and any("-float16-" in line for line in failed)

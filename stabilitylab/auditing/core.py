@@ -75,8 +75,19 @@ PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
     "binary_ce": "f(logits (rows, K), labels (rows, K) of 0/1) -> loss (rows,), summed over K",
     "cast": "f(x (rows,) float32, dtype: str, the format's name) -> x stored in the format (rows,)",
+    "linear_ce": "f(hidden (N, D), weight (V, D), labels (N,) int64) -> loss (N,), per token",
 }
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
+LINEAR_GRAD_PROTOCOL = ("f(hidden (N, D), weight (V, D), labels (N,) int64) -> (d sum(loss)/d hidden (N, D), "
+                        "d sum(loss)/d weight (V, D))")
+ARGUMENTS = {"softmax_ce": 2, "binary_ce": 2, "linear_ce": 3}  # how many arrays a protocol's function takes
+
+
+def protocol(experiment: str, grad: bool) -> str:
+    """The calling convention of a target of ``experiment`` (its gradient with ``grad``)."""
+    if grad:
+        return LINEAR_GRAD_PROTOCOL if experiment == "linear_ce" else GRAD_PROTOCOL
+    return PROTOCOLS[experiment]
 WIDE_WITNESS = 2**15  # default cases this wide are always witnesses (Recorder._keep_wide)
 
 
@@ -162,11 +173,12 @@ def _adapter_target(adapter: adapters.Adapter, experiment: str | None, grad: boo
 def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: bool,
                  timeout: float | None = None) -> Target:
     if experiment is None:
-        raise AuditError("name the protocol of a user function with -e softmax_ce, -e binary_ce or -e cast "
-                         f"(softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']}; "
-                         f"cast: {PROTOCOLS['cast']})")
+        raise AuditError("name the protocol of a user function with -e softmax_ce, -e binary_ce, -e linear_ce or "
+                         f"-e cast (softmax_ce: {PROTOCOLS['softmax_ce']}; binary_ce: {PROTOCOLS['binary_ce']}; "
+                         f"linear_ce: {PROTOCOLS['linear_ce']}; cast: {PROTOCOLS['cast']})")
     if experiment not in PROTOCOLS:
-        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce or cast protocol")
+        raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce, linear_ce or cast "
+                         "protocol")
     if grad:
         raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
                          "known to stabilitylab")
@@ -178,9 +190,10 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
         signature = None  # builtins without a signature: the probe call decides
     if signature is not None:
         try:
-            signature.bind(None, None)
+            signature.bind(*[None] * ARGUMENTS[experiment])
         except TypeError:
-            raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as f(logits, labels); the "
+            call = "f(hidden, weight, labels)" if experiment == "linear_ce" else "f(logits, labels)"
+            raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as {call}; the "
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
     env = {"device": "not known (a user function runs where it chooses)"}
@@ -391,33 +404,81 @@ def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
 
 # ------------------------------------------------------------- experiments
 def audit_experiment(name: str) -> Experiment:
-    """The simulated experiment an audit of protocol ``name`` runs beside the target."""
-    from ..experiments import logit_gradient
+    """The simulated experiment an audit of protocol ``name`` runs beside the target.
+
+    linear_ce: :data:`~stabilitylab.experiments.linear_ce.LINEAR_CE` with its loss methods only (the mean loss
+    of a problem); linear_ce_grad: with its dL/dW methods only, the entry ``weight_entry`` of each problem
+    (where token chunks accumulate; the other gradient methods measure other quantities)."""
+    from ..experiments import linear_ce, logit_gradient
     from ..experiments.cast import CAST
 
     table = {"softmax_ce": SOFTMAX_CE, "binary_ce": BINARY_CE, "cast": CAST,
-             "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD}
+             "softmax_ce_grad": logit_gradient.SOFTMAX_CE_GRAD, "binary_ce_grad": logit_gradient.BINARY_CE_GRAD,
+             "linear_ce": linear_ce_audit(linear_ce.LINEAR_CE, False),
+             "linear_ce_grad": linear_ce_audit(linear_ce.LINEAR_CE, True)}
     try:
         return table[name]
     except KeyError:
         raise AuditError(f"no audit experiment {name!r}; valid: {', '.join(table)}") from None
 
 
+def linear_ce_audit(experiment: Experiment, grad: bool) -> Experiment:
+    """The linear_ce experiment as an audit compares a target with it: the loss methods (no ``truth`` of their
+    own), or with ``grad`` the methods whose truth is dL/dW (that truth becomes the experiment's)."""
+    from ..experiments import linear_ce
+
+    if not grad:
+        return replace(experiment, methods=tuple(m for m in experiment.methods if m.truth is None))
+    truth = linear_ce.GRAD_WEIGHT
+    methods = tuple(replace(m, truth=None) for m in experiment.methods if m.truth is truth)
+    return replace(experiment, name="linear_ce_grad", truth=truth, methods=methods,
+                   title="Linear cross-entropy: the gradient dL/dW at one entry",
+                   question="Which way of accumulating dL/dW[v, j] = (1/N) sum_n (p_nv - [v = y_n]) h_nj loses it?")
+
+
 def default_audit_cases(experiment: str):
-    """The experiment's default cases followed by the bug-report corpus; softmax_ce (not its gradient:
-    one row per class would be WIDE**2 values) also the wide rows of :func:`softmax_ce.wide_cases`."""
-    from ..experiments import cast, corpus, logit_gradient, softmax_ce
+    """The experiment's default cases followed by the bug-report corpus; softmax_ce and its gradient also the
+    wide rows of :func:`softmax_ce.wide_cases` (a gradient audit runs at most three components of each row,
+    :func:`logit_gradient.components`: the label, the largest and the smallest logit; each component is
+    ``p_i - [i = y]`` with ``p_i = exp(x_i - lse)``, so a denominator summed sequentially in the format
+    shifts every one of them, and only wide rows show it)."""
+    from ..experiments import cast, corpus, linear_ce, logit_gradient, softmax_ce
 
     if experiment == "cast":
         return cast.concat([cast.CAST.default_cases(), corpus.corpus("cast")])
     base = experiment.removesuffix("_grad")
+    if base == "linear_ce":
+        return linear_ce.concat([linear_ce.default_cases(), wide_linear_cases()])
     simulated = SOFTMAX_CE if base == "softmax_ce" else BINARY_CE
     concat = concat_logits if base == "softmax_ce" else concat_binary
     batches = [simulated.default_cases(), corpus.corpus(base)]
-    if experiment == "softmax_ce":
+    if base == "softmax_ce":
         batches.append(softmax_ce.wide_cases())
     cases = concat(batches)
     return logit_gradient.components(cases) if experiment.endswith("_grad") else cases
+
+
+def wide_linear_cases():
+    """The rows of :func:`softmax_ce.wide_cases` (32768 classes) as linear_ce problems: one token, D = 1,
+    hidden [[1]], weight the row as a column (so the logits are the row, exactly), the same label; dL/dW at
+    the last class, ``p_v h = exp(x_v - lse)``, inversely proportional to the denominator (at the label,
+    ``p_y - 1`` is within 0.2 % of -1 on these rows whatever the denominator, so it would tell nothing).
+    A denominator summed sequentially in
+    bfloat16 / float16 loses its small terms there (8.40 comes out 6.24), and a target that gets them right
+    keeps a *wide* witness of each (:meth:`Recorder._keep_wide`)."""
+    from ..experiments import linear_ce, softmax_ce
+
+    rows = softmax_ce.wide_cases()
+    return linear_ce.concat([linear_ce.problem([[1.0]], row[:, None], [int(y)], name, weight_entry=(len(row) - 1, 0))
+                             for row, y, name in zip(rows.logits, rows.labels, rows.names)])
+
+
+def case_widths(cases) -> np.ndarray | None:
+    """Classes per case: a logits batch's ``widths``; a linear_ce problem's vocabulary V; else None."""
+    widths = getattr(cases, "widths", None)
+    if widths is None and hasattr(cases, "weight"):
+        widths = np.array([w.shape[0] for w in cases.weight], dtype=np.int64)
+    return widths
 
 
 GRAD_REALISTIC = {"rows": 200, "wide_rows": 2}  # a gradient audit's realistic rows (each gives up to 3 components)
@@ -431,7 +492,8 @@ def realistic_audit_cases(experiment: str):
     from ..experiments import binary_ce, logit_gradient, softmax_ce
 
     if not experiment.startswith(("softmax_ce", "binary_ce")):
-        return []  # (a cast: its default cases and families are the whole story)
+        return []  # a cast: its default cases and families are the whole story; each linear_ce case is a whole
+                   # problem and its default cases hold the random one
     module = softmax_ce if experiment.startswith("softmax_ce") else binary_ce
     if not experiment.endswith("_grad"):
         return module.realistic_cases()
@@ -467,6 +529,12 @@ def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
             name = a.fmt.name
             return a.external(lambda v: fn(v.astype(np.float32), name), x.x)
         return kernel
+    if experiment == "linear_ce":
+        per_case = _linear_ce_case(fn, grad)
+
+        def kernel(a, x):
+            return a.external(per_case, x.hidden, x.weight, x.labels, x.weight_entry)
+        return kernel
     if grad:
         def kernel(a, x):
             width = x.logits.shape[1]
@@ -475,6 +543,40 @@ def _kernel(fn: Callable, grad: bool, experiment: str = "softmax_ce"):
         def kernel(a, x):
             return a.external(fn, x.logits, x.labels)
     return kernel
+
+
+def _linear_ce_case(fn: Callable, grad: bool) -> Callable:
+    """The linear_ce target on a batch of problems (hidden (c, N, D), weight (c, V, D), labels (c, N),
+    weight_entry (c, 2)), one call per problem, one value per problem as the experiment measures it:
+
+    * the loss: the mean of the target's N per-token losses, summed exactly (``math.fsum`` of its format
+      values) and divided by N in float64; the audit rounds that once to the format (N = 1: the target's
+      value itself);
+    * the gradient: the target's dL/dW of sum(loss) at ``weight_entry`` divided by N (exact for the powers of
+      two N of the cases), rounded once to the format: dL/dW of the mean loss.
+    """
+    import math
+
+    def call(hidden, weight, labels, entry):
+        out = np.empty(len(hidden), dtype=np.float64)
+        for c in range(len(hidden)):
+            n = hidden[c].shape[0]
+            result = fn(hidden[c], weight[c], labels[c])
+            if grad:
+                if not isinstance(result, (tuple, list)) or len(result) != 2:
+                    raise TargetError(f"it returned {type(result).__name__}; the gradient protocol is "
+                                      f"{LINEAR_GRAD_PROTOCOL}")
+                gw = np.asarray(result[1])
+                if gw.shape != weight[c].shape:
+                    raise TargetError(f"its d/d weight has shape {gw.shape}, not {weight[c].shape}")
+                out[c] = float(gw[int(entry[c, 0]), int(entry[c, 1])]) / n
+            else:
+                loss = np.asarray(result)
+                if loss.shape != (n,):
+                    raise TargetError(f"it returned shape {loss.shape}, not ({n},): the loss of each token")
+                out[c] = math.fsum(loss.astype(np.float64).tolist()) / n
+        return out
+    return call
 
 
 # --------------------------------------------------------------- recording
@@ -698,7 +800,7 @@ class Recorder:
         v = outcome.value
         case_rows = self.source in CASE_SOURCES
         witnesses = self.source != "realistic"  # realistic rows count for resembles only
-        widths = getattr(cases, "widths", None)
+        widths = case_widths(cases)
         wide = (np.asarray(widths) >= WIDE_ROWS) if case_rows and widths is not None else np.zeros(n, dtype=bool)
         if case_rows and not self.windowed:
             kept = self.rows[fmt.name]
@@ -767,7 +869,7 @@ class Recorder:
         narrow case and every simulated formula (pairwise sums) is fine.  (A row the target fails has
         witnesses of its status already; in float32 a sequential sum of these rows is within the
         tolerance, and each witness costs the whole row in --format json.)"""
-        widths = getattr(cases, "widths", None)
+        widths = case_widths(cases)
         if self.source != "cases" or widths is None or fmt.dtype.itemsize > 2:
             return
         right = ~np.isin(outcome.status, METHOD_FAILURES)
@@ -877,6 +979,9 @@ def probe(target: Target) -> None:
     """Call the target once on a plain batch; a call that raises, or a result of the wrong
     shape or type, is an :class:`AuditError` (the target cannot be audited at all)."""
     fmt = FORMATS["float32"] if "float32" in target.formats else FORMATS[target.formats[0]]
+    if target.experiment == "linear_ce":
+        _probe_linear(target, fmt)
+        return
     if target.experiment == "cast":
         logits, labels = np.array([1.0, 0.5], dtype=np.float32), fmt.name
         shown = f"x [1, 0.5] (float32), dtype {fmt.name!r}"
@@ -906,6 +1011,28 @@ def probe(target: Target) -> None:
         raise AuditError(f"{target.name}: {exc}; the {target.experiment} protocol is {protocol}") from None
 
 
+def _probe_linear(target: Target, fmt: Format) -> None:
+    """:func:`probe` for linear_ce: hidden [[1, 0], [0, 1]], weight [[1, 0], [0, 1], [0, 0]], labels [0, 1]."""
+    hidden = fmt.round(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    weight = fmt.round(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    labels = np.array([0, 1], dtype=np.int64)
+    shown = "hidden [[1, 0], [0, 1]], weight [[1, 0], [0, 1], [0, 0]], labels [0, 1]"
+    call = _linear_ce_case(target.fn, target.grad)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            call(hidden[None], weight[None], labels[None], np.array([[0, 0]]))
+    except TargetError as exc:
+        raise AuditError(f"{target.name}: {exc}; the linear_ce protocol is "
+                         f"{protocol('linear_ce', target.grad)}") from None
+    except TargetTimeout as exc:
+        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} problem ({shown}): raise the limit or leave "
+                         "--timeout out") from None
+    except Exception as exc:  # noqa: BLE001
+        raise AuditError(f"{target.name} raised on a plain {fmt.name} problem ({shown}): {described(exc)}; the "
+                         f"linear_ce protocol is {protocol('linear_ce', target.grad)}") from None
+
+
 def run(target: Target, formats: Sequence[Format], cases=None, families: Sequence[str] | None = None,
         tolerance: float | None = None, search: bool = True,
         progress: Callable[[str], None] = lambda step: None) -> Audit:
@@ -923,6 +1050,8 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     own_cases = cases is not None
     if cases is None:
         cases = default_audit_cases(target.audited_experiment)
+    elif target.experiment == "linear_ce":
+        raise AuditError(f"{target.name}: a linear_ce audit runs the linear_ce problems; it takes no cases")
     elif target.grad:
         from ..experiments import logit_gradient
         cases = logit_gradient.components(cases)
@@ -930,7 +1059,7 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
     experiment = replace(simulated, methods=(method,), facts=None,
                          title=f"{target.name} on {what}",
                          question=f"Protocol {target.audited_experiment}: "
-                                  f"{GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]}.")
+                                  f"{protocol(target.experiment, target.grad)}.")
     recorder.start("cases", cases.names)
     progress("running the cases")
     notes = []
@@ -1068,7 +1197,8 @@ def target_method(target: Target, observe: Callable | None = None) -> Method:
                   exact_formula=False, observe=observe)
 
 
-AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad", "cast")
+AUDIT_EXPERIMENTS = ("softmax_ce", "binary_ce", "softmax_ce_grad", "binary_ce_grad", "linear_ce", "linear_ce_grad",
+                     "cast")
 
 # how a baseline's user targets are allowed to run (named in the line of an entry that was not)
 ALLOW_HINT = ("--allow-target PATTERN, or allow_targets = [PATTERN, ...] under [tool.stabilitylab] in a "

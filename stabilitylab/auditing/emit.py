@@ -23,6 +23,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..analysis.outcome import BLACK_BOX_STATUSES, RANK
 from ..errors import shown
 from ..io import atomic, markers
@@ -62,20 +64,16 @@ def _round(values, dtype):
         return np.where(odd, np.nextafter(y, towards), y).astype(dtype)
 
 
+@CALL@
+
 def _status(w):
     """The black-box status rule of stabilitylab (see its outcome.py) at one witness."""
     dtype = DTYPES[w["dtype"]]
-    logits = _round(_floats(w["logits"]), dtype)[None, :]
-    if BINARY:
-        labels = _round(_floats(w["labels"]), dtype)[None, :]
-    else:
-        labels = np.array([w["labels"]], dtype=np.int64)
     try:
         with np.errstate(all="ignore"):
-            out = np.asarray(TARGET(logits, labels))
+            out = np.asarray(_call(w, dtype))
     except Exception as exc:  # the target raised: the worst status
         return "error", f"{type(exc).__name__}: {exc}"
-    out = out[0, w["component"]] if GRADIENT else out.reshape(-1)[0]
     v = float(out) if out.dtype == dtype else float(_round(float(out), dtype))
     hi, lo, scale = float.fromhex(w["hi"]), float.fromhex(w["lo"]), w["scale"]
     rounded = float.fromhex(w["rounded"])
@@ -100,6 +98,35 @@ def test_no_worse_than_recorded(w):
     status, detail = _status(w)
     assert RANK[status] <= RANK[w["status"]], (
         f"{w['case']} in {w['dtype']}: now {status}, recorded {w['status']} ({detail})")
+'''
+
+
+_CALL_LOGITS = '''
+def _call(w, dtype):
+    """The target's value at one witness: its loss of the one row, or the gradient's component."""
+    logits = _round(_floats(w["logits"]), dtype)[None, :]
+    if BINARY:
+        labels = _round(_floats(w["labels"]), dtype)[None, :]
+    else:
+        labels = np.array([w["labels"]], dtype=np.int64)
+    out = np.asarray(TARGET(logits, labels))
+    return out[0, w["component"]] if GRADIENT else out.reshape(-1)[0]
+'''
+
+_CALL_LINEAR = '''
+def _call(w, dtype):
+    """The target on one problem, as stabilitylab's linear_ce audit reads it: the mean of its N per-token
+    losses (summed exactly, divided by N in float64), or dL/dW of the mean loss at w["entry"] (its
+    d sum(loss)/d weight there, divided by N); rounded once to the format by _status."""
+    hidden = _round(_floats(w["hidden"]), dtype).reshape(w["hidden_shape"])
+    weight = _round(_floats(w["weight"]), dtype).reshape(w["weight_shape"])
+    labels = np.array(w["labels"], dtype=np.int64)
+    out = TARGET(hidden, weight, labels)
+    n = hidden.shape[0]
+    if GRADIENT:
+        v, j = w["entry"]
+        return np.float64(np.asarray(out[1])[v, j]) / n
+    return np.float64(math.fsum(np.asarray(out).astype(np.float64).reshape(-1).tolist()) / n)
 '''
 
 
@@ -137,15 +164,23 @@ def _hex_list(values) -> list[str] | tuple:
 
 def _witness_literal(w: Witness, index: int, grad: bool, binary: bool) -> str:
     labels = w.inputs["labels"]
-    entry = {
+    entry: dict = {
         "id": f"{index:03d}-{w.source}-{w.dtype}-{w.kind}-{w.status}".replace(":", "-"),
         "case": w.case, "dtype": w.dtype, "status": w.status,
-        "logits": _hex_list(w.inputs["logits"]),
-        "labels": _hex_list(labels) if binary else int(labels),
-        "component": int(w.inputs["component"]) if grad else None,
+    }
+    if "hidden" in w.inputs:  # linear_ce: one problem, arrays flattened (runs of equal values) with their shapes
+        hidden, weight = np.asarray(w.inputs["hidden"]), np.asarray(w.inputs["weight"])
+        entry.update({"hidden": _hex_list(hidden.reshape(-1)), "hidden_shape": list(hidden.shape),
+                      "weight": _hex_list(weight.reshape(-1)), "weight_shape": list(weight.shape),
+                      "labels": [int(v) for v in labels], "entry": [int(v) for v in w.inputs["weight_entry"]]})
+    else:
+        entry.update({"logits": _hex_list(w.inputs["logits"]),
+                      "labels": _hex_list(labels) if binary else int(labels),
+                      "component": int(w.inputs["component"]) if grad else None})
+    entry.update({
         "hi": float.hex(w.hi), "lo": float.hex(w.lo), "scale": w.scale, "zero": w.zero,
         "rounded": float.hex(w.rounded), "exact": w.exact,
-    }
+    })
     return "    " + repr(entry) + ","
 
 
@@ -224,7 +259,8 @@ def pytest_module(audit: Audit, path: str | os.PathLike) -> str:
         "WITNESSES = [",
         *[_witness_literal(w, i, target.grad, binary) for i, w in enumerate(witnesses)],
         "]",
-        _HELPERS.replace("@RANK@", json.dumps({s: RANK[s] for s in BLACK_BOX_STATUSES})),
+        _HELPERS.replace("@RANK@", json.dumps({s: RANK[s] for s in BLACK_BOX_STATUSES}))
+        .replace("@CALL@", (_CALL_LINEAR if target.experiment == "linear_ce" else _CALL_LOGITS).strip() + "\n"),
     ]
     return "\n".join(lines)
 

@@ -31,10 +31,11 @@ from .base import (
 @cli.command("audit")
 @click.argument("target", required=False)
 @click.option("--list", "list_targets", is_flag=True, help="List the built-in targets, installed or not, and exit.")
-@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce", "cast")), default=None,
+@click.option("-e", "--experiment", type=click.Choice(("softmax_ce", "binary_ce", "linear_ce", "cast")), default=None,
               help="The protocol of a user function: softmax_ce f(logits (rows, K), labels (rows,) int64) -> (rows,); "
-                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; cast f(x (rows,) "
-                   "float32, format name) -> x stored in the format (rows,). Adapters know theirs.")
+                   "binary_ce f(logits (rows, K), labels (rows, K)) -> (rows,) summed over K; linear_ce "
+                   "f(hidden (N, D), weight (V, D), labels (N,) int64) -> (N,); cast f(x (rows,) float32, format "
+                   "name) -> x stored in the format (rows,). Adapters know theirs.")
 @dtype_option("float16, bfloat16, float32, float64, as the target supports them")
 @click.option("--logits", type=click.Path(), default=None,
               help="Logits file (.npy, .npz, .safetensors, .pt, .csv, .txt), shape (rows, K) or (..., K): its rows "
@@ -51,7 +52,8 @@ from .base import (
 @click.option("--no-thresholds", is_flag=True, help="Run the cases only, no threshold search.")
 @click.option("--grad", is_flag=True,
               help="Audit the gradient with respect to the logits (torch, jax and optax targets) against the exact "
-                   "softmax(x) - onehot(y) / sigmoid(z) - y.")
+                   "softmax(x) - onehot(y) / sigmoid(z) - y; linear_ce targets: dL/dW of the mean loss at one entry "
+                   "per problem.")
 @tolerance_option
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Stop each call of the target (and the import of your module) after SECONDS: that call's rows "
@@ -154,5 +156,6 @@ def _list_targets(rows, fmt: str, output: str | None) -> None:
                            Cell(state, "ok" if r["installed"] else "inaccurate"), Cell(r["computes"])])
     table = Table("Built-in audit targets", ["target", "experiment", "formats", "--grad", "installed", "computes"],
                   table_rows,
-                  "user functions: module:function or path/to/file.py:function with -e softmax_ce|binary_ce|cast")
+                  "user functions: module:function or path/to/file.py:function with -e "
+                  "softmax_ce|binary_ce|linear_ce|cast")
     render([Section("Targets", tables=[table])], output, fmt)

@@ -487,7 +487,10 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
     resembles, versus, thresholds and witnesses."""
     target = audit.target
     env = ", ".join(f"{k} {v}" for k, v in target.environment.items())
-    what = "gradient with respect to the logits of " if target.grad else ""
+    what = ""
+    if target.grad:
+        what = ("gradient dL/dW (one entry per problem, of the mean loss) of " if target.experiment == "linear_ce"
+                else "gradient with respect to the logits of ")
     head = Section(
         f"Audit: {target.name} ({audit.experiment.name})",
         paragraphs=[f"Target: {what}{target.name}: {target.formula}. Environment: {env}. Formats: "

@@ -1,6 +1,6 @@
 """Built-in audit targets: ``LIBRARY.NAME -> (experiment, formats, callable)``.
 
-Each adapter module (``scipy_``, ``torch_``, ``jax_``, ``optax_``) is imported
+Each adapter module (``scipy_``, ``torch_``, ``cce_``, ``jax_``, ``optax_``) is imported
 only when one of its targets is used, and is self-contained (numpy, ml_dtypes
 and its library only) so that ``--emit-pytest`` can copy it into a standalone
 test module.  Its docstring says which formula the library computes and where
@@ -19,6 +19,7 @@ __all__ = ["Adapter", "ADAPTERS", "MissingLibrary", "installed", "library_versio
 
 NUMPY_FORMATS = ("float16", "float32", "float64")
 TORCH_FORMATS = ("float16", "bfloat16", "float32", "float64")
+LCE_CPU_FORMATS = ("float16", "bfloat16", "float32")  # cut-cross-entropy's torch_compile path on the CPU
 JAX_FORMATS = ("float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2")
 # casts (the cast protocol): the formats each framework converts float32 to on the CPU (checked by
 # tests/test_casts.py against the adapter modules' own tables), but the scale formats (-d refuses them)
@@ -33,8 +34,9 @@ class Adapter:
     """A framework kernel: ``module.function`` under the experiment's protocol.
 
     ``requires``: the import names it needs (all must be installed); ``extra``:
-    the pip extra that installs them; ``grad``: the function giving d(loss)/d(logits),
-    or None; ``formula``: one line on what the library computes.
+    the pip extra that installs them; ``grad``: the function giving d(loss)/d(logits)
+    (linear_ce: the pair d(sum loss)/d(hidden), d(sum loss)/d(weight)), or None; ``formula``:
+    one line on what the library computes.
     """
 
     name: str
@@ -123,4 +125,14 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
        "jax.nn.logsumexp(x) - x[y]"),
     _a("optax.sigmoid_binary_cross_entropy", "binary_ce", JAX_FORMATS, "optax_", "sigmoid_binary_cross_entropy",
        ("jax", "optax"), "jax", "(-y log_sigmoid(z) - (1 - y) log_sigmoid(-z)).sum(-1)"),
+    _a("torch.linear_cross_entropy", "linear_ce", TORCH_FORMATS, "torch_", "linear_cross_entropy", ("torch",),
+       "torch", "F.linear_cross_entropy(h, W, y, reduction='none'), options=None: cross_entropy(linear(h, W), y), "
+       "the (N, V) logits rounded to the format (torch >= 2.13)"),
+    _a("torch.linear_cross_entropy_chunked", "linear_ce", TORCH_FORMATS, "torch_", "linear_cross_entropy_chunked",
+       ("torch",), "torch", "F.linear_cross_entropy(..., options=LinearCrossEntropyOptions()): the batch in "
+       "chunks, logits never whole; CPU 'auto': acc_policy 'accurate', acc_dtype float32 for 16-bit inputs"),
+    _a("cce.linear_cross_entropy", "linear_ce", LCE_CPU_FORMATS, "cce_", "linear_cross_entropy",
+       ("torch", "cut_cross_entropy", "triton"), "cce",
+       "cut_cross_entropy.linear_cross_entropy(e, c, y, impl='torch_compile'): "
+       "F.cross_entropy((e @ c.T).float(), y) under torch.compile (imports triton on Linux)"),
 )}

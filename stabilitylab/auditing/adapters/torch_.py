@@ -5,7 +5,9 @@ cross to torch through an int16 view, bit for bit):
 
 * softmax_ce ``f(logits (rows, K), labels (rows,) int64) -> loss (rows,)``;
 * binary_ce ``f(logits (rows, K), labels (rows, K)) -> loss (rows,)`` (summed over K);
-* the ``*_grad`` functions return d(loss)/d(logits), shape (rows, K), by autograd.
+* the ``*_grad`` functions return d(loss)/d(logits), shape (rows, K), by autograd;
+* linear_ce ``f(hidden (N, D), weight (V, D), labels (N,) int64) -> loss (N,)``; its ``*_grad``
+  functions return ``(d sum(loss)/d hidden (N, D), d sum(loss)/d weight (V, D))`` by autograd.
 
 What each computes (ATen, CPU; read in aten/src/ATen/native/LossNLL.cpp, Loss.cpp,
 cpu/SoftMaxKernel.cpp; the audit measures, it does not assume):
@@ -20,6 +22,15 @@ cpu/SoftMaxKernel.cpp; the audit measures, it does not assume):
 * ``bce``: ``F.binary_cross_entropy(torch.sigmoid(z), y, reduction="none").sum(-1)``: the
   probability is rounded to the format first, then ``(y - 1) max(log1p(-p), -100) -
   y max(log(p), -100)`` (BCELoss clamps each log at -100).
+
+* ``linear_cross_entropy``: ``F.linear_cross_entropy(h, W, y, reduction="none")`` with ``options=None``,
+  its reference path: ``cross_entropy(linear(h, W), y)``, the (N, V) logits rounded to the format;
+* ``linear_cross_entropy_chunked``: the same with ``options=torch.nn.LinearCrossEntropyOptions()``, the
+  chunked path (the batch in chunks, the logits never whole; the gradients formed in the forward).  Its
+  ``"auto"`` defaults on the CPU are ``acc_policy="accurate"``, ``chunking_method="aspect_ratio"`` for
+  bfloat16 / float16 and ``acc_dtype`` float32 (torch/nn/modules/linear_cross_entropy_options.py,
+  ``_AUTO_DEFAULTS``: "only chunked policy with fp32 weight-grad mm").  ``F.linear_cross_entropy`` is new
+  in torch 2.13; an older torch raises ``NotImplementedError``.
 
 float8 tensors exist, but these CPU kernels are not implemented for them
 ("not implemented for 'Float8_e4m3fn'"): float16, bfloat16, float32, float64 only.
@@ -131,3 +142,47 @@ CAST_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32
 def cast(x, dtype):
     t = torch.from_numpy(np.array(x, dtype=np.float32, copy=True, order="C"))
     return t.to(getattr(torch, CAST_DTYPES[dtype])).to(torch.float64).numpy()
+
+
+def _lce_function():
+    fn = getattr(F, "linear_cross_entropy", None)
+    if fn is None:
+        raise NotImplementedError(f"torch {torch.__version__} has no F.linear_cross_entropy (new in torch 2.13)")
+    return fn
+
+
+def _lce(chunked):
+    options = torch.nn.LinearCrossEntropyOptions() if chunked else None
+
+    def kernel(h, w, y):
+        return _lce_function()(h, w, y, reduction="none", options=options)
+    return kernel
+
+
+def _lce_loss(kernel, hidden, weight, labels):
+    with torch.no_grad():
+        return to_numpy(kernel(to_torch(hidden), to_torch(weight), to_torch(labels)))
+
+
+def _lce_grad(kernel, hidden, weight, labels):
+    h = to_torch(hidden).requires_grad_(True)
+    w = to_torch(weight).requires_grad_(True)
+    loss = kernel(h, w, to_torch(labels))
+    gh, gw = torch.autograd.grad(loss, (h, w), grad_outputs=torch.ones_like(loss))
+    return to_numpy(gh), to_numpy(gw)
+
+
+def linear_cross_entropy(hidden, weight, labels):
+    return _lce_loss(_lce(False), hidden, weight, labels)
+
+
+def linear_cross_entropy_grad(hidden, weight, labels):
+    return _lce_grad(_lce(False), hidden, weight, labels)
+
+
+def linear_cross_entropy_chunked(hidden, weight, labels):
+    return _lce_loss(_lce(True), hidden, weight, labels)
+
+
+def linear_cross_entropy_chunked_grad(hidden, weight, labels):
+    return _lce_grad(_lce(True), hidden, weight, labels)
