@@ -80,7 +80,7 @@ PROTOCOLS = {
 GRAD_PROTOCOL = "f(logits (rows, K), labels) -> d(loss)/d(logits) (rows, K)"
 LINEAR_GRAD_PROTOCOL = ("f(hidden (N, D), weight (V, D), labels (N,) int64) -> (d sum(loss)/d hidden (N, D), "
                         "d sum(loss)/d weight (V, D))")
-ARGUMENTS = {"softmax_ce": 2, "binary_ce": 2, "linear_ce": 3}  # how many arrays a protocol's function takes
+ARGUMENTS = {"softmax_ce": 2, "binary_ce": 2, "linear_ce": 3, "cast": 2}  # arguments a protocol's function takes
 
 
 def protocol(experiment: str, grad: bool) -> str:
@@ -192,7 +192,8 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
         try:
             signature.bind(*[None] * ARGUMENTS[experiment])
         except TypeError:
-            call = "f(hidden, weight, labels)" if experiment == "linear_ce" else "f(logits, labels)"
+            calls = {"linear_ce": "f(hidden, weight, labels)", "cast": "f(x, dtype)"}
+            call = calls.get(experiment, "f(logits, labels)")
             raise AuditError(f"{spec or _name_of(fn)}{signature} cannot be called as {call}; the "
                              f"{experiment} protocol is {PROTOCOLS[experiment]}") from None
     name = spec or _name_of(fn)
