@@ -36,7 +36,7 @@ import numpy as np
 from .analysis import engine
 from .analysis.outcome import STATUSES
 from .errors import AuditError
-from .experiments import EXPERIMENTS
+from .experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
 from .experiments.base import Settings
 from .experiments.likelihood import iid
 from .io import atomic
@@ -113,7 +113,7 @@ def _names(value: str | Sequence[str] | None, valid: Sequence[str], what: str, o
 
 def _experiments(value) -> list:
     names = _names(value, list(EXPERIMENTS), "experiment", "--experiment")
-    return [EXPERIMENTS[n] for n in names] or list(EXPERIMENTS.values())
+    return [EXPERIMENTS[n] for n in names] or list(DEFAULT_EXPERIMENTS)
 
 
 def _tolerance(tolerance: float | None) -> None:
@@ -545,7 +545,8 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
             if used:
                 raise InputError(f"{what} needs logits", f"--{what.replace('_', '-')}")
     names = _names(experiments, list(EXPERIMENTS), "experiment", "--experiment")
-    chosen = [EXPERIMENTS[x] for x in names or (("softmax_ce",) if logits is not None else EXPERIMENTS)]
+    chosen = [EXPERIMENTS[x] for x in names or (("softmax_ce",) if logits is not None
+                                                 else [e.name for e in DEFAULT_EXPERIMENTS])]
     given = {e.name for e in chosen}
     for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
                                 (logits is not None, "--logits", "softmax_ce")):

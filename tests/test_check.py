@@ -216,3 +216,20 @@ def test_wrong_types_in_baseline_are_usage_errors(tmp_path, capsys, doc, mutate,
     code, out, err = check(capsys, path, "-d", "float32")
     assert code == ExitStatus.USAGE and err.count("\n") == 1 and words in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow  # linear_ce's thresholds: ~15 s per run, two runs
+def test_linear_ce_entries_are_added_with_e_and_recomputed_from_the_baseline(tmp_path, capsys):
+    """linear_ce is not a default experiment: a bare --update leaves it out, -e linear_ce adds it, and a plain
+    check of that baseline recomputes it (a changed linear_ce threshold is then a regression)."""
+    path = tmp_path / "b.json"
+    assert main(["check", "--baseline", str(path), "--update", "-d", "e4m3fn", "-e", "linear_ce"]) == 0
+    entries = json.loads(path.read_text())["entries"]
+    assert entries and all(key.startswith("linear_ce/") for key in entries)
+    doc = json.loads(path.read_text())
+    key = next(k for k, v in entries.items() if isinstance(v.get("first_inaccurate"), int))
+    doc["entries"][key]["first_inaccurate"] += 1  # the baseline says it failed later: now a regression
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["check", "--baseline", str(path)]) == ExitStatus.REGRESSION
+    assert key in capsys.readouterr().out

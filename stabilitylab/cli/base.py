@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 from rich.console import Console
 
-from ..experiments import EXPERIMENTS
+from ..experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
 from ..experiments.base import Settings
 from ..io import atomic, markers, plan
 from ..numerics.formats import DEFAULT_FORMATS, Format
@@ -63,7 +63,7 @@ def chosen_formats(chosen: Sequence[tuple[Format, ...]]) -> tuple[Format, ...]:
 
 
 def chosen_experiments(names: Sequence[str]):
-    return [EXPERIMENTS[name] for name in dict.fromkeys(names)] or list(EXPERIMENTS.values())
+    return [EXPERIMENTS[name] for name in dict.fromkeys(names)] or list(DEFAULT_EXPERIMENTS)
 
 
 def settings_of(p: float | None, ftz: bool) -> Settings:

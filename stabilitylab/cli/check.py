@@ -42,6 +42,9 @@ def run_thresholds(*args, **kwargs):
 @click.option("--ulps", type=click.IntRange(min=0, max=2**53), default=0, show_default=True,
               help="Float thresholds may move by this many ulps of their format; integers must match exactly.")
 @dtype_option("the formats in the baseline; with --update float16, bfloat16, float32, float64")
+@click.option("-e", "--experiment", "experiments", type=click.Choice(list(EXPERIMENTS)), multiple=True,
+              help="Experiment to recompute (repeatable). Default: the default experiments and those the baseline "
+                   "names (linear_ce runs only when named here or in the baseline).")
 @click.option("--all", "show_all", is_flag=True, help="List every compared metric, not only the differences.")
 @click.option("--format", "fmt", type=click.Choice(("table", "markdown")), default="table", show_default=True,
               help="Rich table, or markdown (for a CI step summary).")
@@ -53,14 +56,14 @@ def run_thresholds(*args, **kwargs):
               help="Any change fails (exit 1), an improvement too (a threshold that moved to larger inputs, or "
                    "never fails now); without it an improvement passes with a note saying how to record it.")
 @click.pass_context
-def check(ctx, baseline_path, update, ulps, dtypes, show_all, fmt, allow, strict) -> None:
+def check(ctx, baseline_path, update, ulps, dtypes, experiments, show_all, fmt, allow, strict) -> None:
     """Recompute thresholds and compare them with a baseline (exit 1 on a regression; an improvement passes
     with a note, or fails with --strict)."""
     from ..guard import baseline
 
     if update:
         _refuse_with_update(ctx)
-        _update_baseline(baseline_path, dtypes, allow)
+        _update_baseline(baseline_path, dtypes, allow, experiments)
         return
     try:
         doc = baseline.load(baseline_path)
@@ -73,8 +76,8 @@ def check(ctx, baseline_path, update, ulps, dtypes, show_all, fmt, allow, strict
                 else tuple(f for f in FORMATS.values() if f.name in named) + policies or DEFAULT_FORMATS)
     simulated = [key for key in doc["entries"] if baseline.audit_key(key) is None]
     # a baseline of audit entries only (a user's CI guarding a framework kernel) does not ask for the simulations
-    rows = run_thresholds(list(EXPERIMENTS.values()), formats_, settings, tolerance) if simulated or not doc[
-        "entries"] else []
+    recompute = simulated or experiments or not doc["entries"]
+    rows = run_thresholds(_experiments_of(simulated, experiments), formats_, settings, tolerance) if recompute else []
     audit_rows, problems = _audit_rows(doc["entries"], tolerance, formats_, baseline_path, allow)
     for key, why in sorted(problems.items()):
         click.echo(f"stabilitylab: warning: {key}: {why}", err=True)
@@ -150,7 +153,7 @@ def _audit_rows(entries, tolerance, formats_, path, allow):
     return rows, problems
 
 
-def _update_baseline(path: str, dtypes, allow=()) -> None:
+def _update_baseline(path: str, dtypes, allow=(), experiments=()) -> None:
     """Recompute the selected formats; keep the file's settings and every other entry.
 
     An existing file must be a valid baseline: rewriting anything else would lose
@@ -170,7 +173,8 @@ def _update_baseline(path: str, dtypes, allow=()) -> None:
                                      param_hint="'--baseline'") from None
         previous, (settings, tolerance) = old["entries"], baseline.settings_of(old)
     audit_only = bool(previous) and all(baseline.audit_key(key) for key in previous)
-    rows = [] if audit_only else run_thresholds(list(EXPERIMENTS.values()), chosen_formats(dtypes), settings, tolerance)
+    rows = [] if audit_only and not experiments else run_thresholds(_experiments_of(previous, experiments),
+                                                                    chosen_formats(dtypes), settings, tolerance)
     audit_rows, problems = _audit_rows(previous, tolerance, chosen_formats(dtypes), path, allow)
     for key, why in sorted(problems.items()):
         click.echo(f"stabilitylab: warning: kept {key} as it was: {why}", err=True)
@@ -180,3 +184,17 @@ def _update_baseline(path: str, dtypes, allow=()) -> None:
     kept = len(doc["entries"]) - len(rows)
     atomic.after_commit(click.echo, f"wrote {len(rows)} recomputed entries to {path}" + (
         f"; kept {kept} others" if kept else ""))
+
+
+def _experiments_of(keys, chosen=()) -> list:
+    """The experiments ``-e`` names (``chosen``), else those a baseline's simulated entries name
+    (``experiment/family/method/dtype``) and the default ones (an empty or new baseline gets those; an
+    experiment that is not run by default, linear_ce, is recomputed when the baseline holds its entries or
+    ``-e`` names it)."""
+    from ..guard import baseline
+
+    if chosen:
+        return [EXPERIMENTS[name] for name in dict.fromkeys(chosen)]
+
+    named = {key.split("/")[0] for key in keys if baseline.audit_key(key) is None}
+    return [e for e in EXPERIMENTS.values() if e.default or e.name in named]

@@ -219,6 +219,10 @@ class Experiment:
     # question is the storage's own (an input flushed by its block's scale); not searched for other formats
     block_families: tuple[Family, ...] = field(default=())
     facts: Callable[[list], tuple[list[str], list[list[str]]]] | None = None
+    # runs when no experiment is named (compare, thresholds, check, report); False for an experiment whose
+    # exact references cost seconds per format (linear_ce: mpmath over vocabularies up to 2**18), which runs
+    # when named (-e linear_ce) and is guarded by a baseline that names it
+    default: bool = True
 
     def method(self, name: str) -> Method:
         for m in self.methods:

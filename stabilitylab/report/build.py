@@ -27,7 +27,7 @@ from ..analysis.findings import VERB, threshold_findings
 from ..analysis.parallel import fork_pool, worker_count
 from ..analysis.thresholds import family_thresholds
 from ..auditing.core import MATCH_SHARE, WIDE_ROWS
-from ..experiments import EXPERIMENTS
+from ..experiments import DEFAULT_EXPERIMENTS, EXPERIMENTS
 from ..experiments.base import Settings, shortest
 from ..experiments.likelihood import LIKELIHOOD, iid
 from ..io import atomic, markers
@@ -269,7 +269,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     from ..training import train
 
     workers = worker_count() if jobs is None else jobs  # (first: a bad STABILITYLAB_WORKERS fails at once)
-    experiments = list(EXPERIMENTS.values())
+    experiments = list(DEFAULT_EXPERIMENTS)
     names = tuple(f.name for f in formats)
     progress("comparing formulations")
     comparison = compare(experiments, formats)
