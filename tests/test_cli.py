@@ -218,7 +218,7 @@ def test_json_document_structure(capsys):
             v = r[key]
             assert (isinstance(v, float) and np.isfinite(v)) or isinstance(v, int) or v in ("inf", "-inf", "nan"), \
                 (key, v)
-    assert {r["experiment"] for r in doc["results"]} == {e.name for e in DEFAULT_EXPERIMENTS}  # (linear_ce runs when named)
+    assert {r["experiment"] for r in doc["results"]} == {e.name for e in DEFAULT_EXPERIMENTS}
     assert {r["dtype"] for r in doc["results"]} == set(DEFAULT_FOUR)
     assert doc["settings"]["formats"] == list(DEFAULT_FOUR)
 
