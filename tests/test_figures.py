@@ -61,7 +61,7 @@ def test_likelihood_figure_error_axis_is_normalized_to_p():
     plots.plt.close(fig)
 
 
-@pytest.mark.parametrize("make", ["family", "magnitude", "likelihood"])
+@pytest.mark.parametrize("make", ["family", "magnitude", "likelihood", "large_vocab"])
 def test_figures_are_800px_wide_with_legible_text(make):
     names = [f.name for f in DEFAULT_FORMATS]
     if make == "family":
@@ -70,6 +70,14 @@ def test_figures_are_800px_wide_with_legible_text(make):
     elif make == "magnitude":
         draw = lambda render: plots.magnitude_figure("a title", {n: {"x": np.exp(-D)} for n in names}, D,  # noqa: E731
                                                      render=render)
+    elif make == "large_vocab":
+        from stabilitylab.report.large_vocab import CHUNK_METHODS, POLICIES, PY_METHODS, Curve
+
+        x = np.logspace(0, -28, 30)
+        curves = [Curve(panel, policy, method, x, x, np.linspace(0, 8, 30), np.full(30, "ok"), 8)
+                  for panel, methods in (("chunks", CHUNK_METHODS), ("p_y", PY_METHODS))
+                  for policy in POLICIES for method in methods]
+        draw = lambda render: plots.large_vocabulary_figure(curves, render=render)  # noqa: E731
     else:
         n = np.logspace(0, 4, 30)
         curves = {("product", f): (n * 2.0, np.ones_like(n)) for f in names}

@@ -7,11 +7,13 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stabilitylab.cli import main
 from stabilitylab.numerics.formats import DEFAULT_FORMATS
 from stabilitylab.report import build as report
+from stabilitylab.report import large_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +54,39 @@ def test_report_content(files):
     assert "log_softmax_log1p" in audit and "](figures/audit_softmax_ce_confident.png)" in audit
 
 
+def test_large_vocabulary_section(files):
+    """The section is there with its figure, after linear_ce's own section; the bf16 weight-gradient sentence's
+    count is recounted, plainly, from the statuses the engine gives the chunks family (evaluate, not the
+    section's code)."""
+    from stabilitylab.analysis.engine import evaluate
+    from stabilitylab.experiments.base import Settings
+    from stabilitylab.experiments.linear_ce import LINEAR_CE
+    from stabilitylab.numerics.policies import format_or_policy
+
+    md = files[report.INDEX].decode()
+    start = md.index(large_vocab.HEADING)
+    assert md.index("## linear_ce:") < start < md.index("## Flush-to-zero")
+    section = md[start:md.index("## Flush-to-zero")]
+    assert f"]({large_vocab.FIGURE})" in section
+    assert files[large_vocab.FIGURE].startswith(b"\x89PNG\r\n\x1a\n")
+    for policy in large_vocab.POLICIES:
+        assert f"- {policy}, dL/dW[7, 0] over" in section and f"- {policy}, the confident family" in section
+    said = re.search(r"- bf16, dL/dW\[7, 0\] over (\d+) chunk counts .*?not ok at (\d+) of the \d+ chunk counts "
+                     r"\(first \w+ at (\d+) chunks\)", section)
+    assert said is not None, section
+    family = LINEAR_CE.family("chunks")
+    n = list(range(family.lower, family.upper + 1))
+    out = evaluate(LINEAR_CE, format_or_policy("bf16"), family.cases(np.array(n), Settings()),
+                   methods=["grad_weight_chunks_storage"])["grad_weight_chunks_storage"]
+    not_ok, first = 0, None
+    for k, status in zip(n, out.status.tolist()):
+        if status != "ok":
+            not_ok += 1
+            first = 2**k if first is None else first
+    assert (int(said[1]), int(said[2]), int(said[3])) == (len(n), not_ok, first)
+    assert not_ok > 0  # bf16 storage buffers do lose the gradient (Liger-Kernel #512): the sentence is not vacuous
+
+
 def test_committed_report_is_current(files):
     committed = (ROOT / "reports" / report.INDEX).read_text()
     assert _without_environment(committed) == _without_environment(files[report.INDEX].decode()), (
@@ -65,6 +100,8 @@ def test_report_command_writes_files(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["report", "-o", str(out), "-d", "float32"]) == 0
     assert (out / "README.md").exists() and (out / "figures" / "likelihood_nll.png").exists()
+    assert (out / large_vocab.FIGURE).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert large_vocab.HEADING in (out / "README.md").read_text()
     assert not list(out.rglob("*.tmp"))
     assert "wrote" in capsys.readouterr().out
 

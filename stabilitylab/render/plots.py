@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from ..numerics.policies import format_or_policy  # noqa: E402
 
 __all__ = ["png", "likelihood_figure", "family_figure", "magnitude_figure", "training_figure", "FAILED", "DPI",
-           "WIDTH", "SMALLEST_FONT", "bits_lost"]
+           "WIDTH", "SMALLEST_FONT", "bits_lost", "large_vocabulary_figure"]
 
 FAILED = "failed (inf / NaN)"
 DPI = 100
@@ -256,4 +256,50 @@ def training_figure(title: str, runs: dict, formats: list[str], render=png):
                 handles.append(h)
                 labels.append(label)
     _legend_below(fig, handles, labels, columns=2)
+    return render(fig)
+
+
+def large_vocabulary_figure(curves: list, render=png):
+    """Two panels: error vs the number of token chunks (left) and vs 1 - p_y (right), one color per
+    policy, one line style per method.
+
+    ``curves``: objects with ``panel`` ("chunks" or "p_y"), ``policy``, ``method``, ``x``, ``value``,
+    ``error_bits`` and ``precision`` (:class:`stabilitylab.report.large_vocab.Curve`).  The error axis is
+    bits lost as a percentage of each policy's output precision p (policies of different p share it);
+    non-finite values are not drawn.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 4.2), sharey=True)
+    policies = list(dict.fromkeys(c.policy for c in curves))
+    for ax, panel in zip(axes, ("chunks", "p_y")):
+        mine = [c for c in curves if c.panel == panel]
+        methods = list(dict.fromkeys(c.method for c in mine))
+        for c in mine:
+            finite = np.isfinite(c.value)
+            lost = 100 * np.minimum(c.error_bits, c.precision) / c.precision
+            k = policies.index(c.policy)  # earlier policies drawn wider: curves that coincide stay visible
+            ax.plot(c.x[finite], lost[finite], STYLES[methods.index(c.method) % len(STYLES)],
+                    lw=1.2 + 0.9 * (len(policies) - 1 - k), color=f"C{k}", alpha=0.85,
+                    marker="o" if panel == "chunks" else None, ms=3)
+        ax.set_xscale("log", base=2 if panel == "chunks" else 10)
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(-2, 102)
+        ax.set_yticks([0, 25, 50, 75, 100])
+    axes[0].set_xlabel("token chunks k (dL/dW[7, 0], 1024 tokens)")
+    axes[0].set_ylabel("bits lost, % of the output format's p")
+    axes[1].set_xlabel("1 - p_y (confident family, inputs as stored)")
+    axes[1].invert_xaxis()  # p_y -> 1 to the right
+    axes[0].set_title("weight gradient vs chunks")
+    axes[1].set_title("loss and p_y - 1 vs p_y")
+    fig.suptitle(_wrapped("linear_ce: bits lost per precision policy"))
+    fig.tight_layout()
+    # one legend below (never over a curve): a color per policy, a line style per method
+    from matplotlib.lines import Line2D
+
+    methods = list(dict.fromkeys(c.method for c in curves))
+    handles = [Line2D([], [], color=f"C{i}", lw=1.2 + 0.9 * (len(policies) - 1 - i)) for i in range(len(policies))]
+    handles += [Line2D([], [], color="0.3", ls=STYLES[m % len(STYLES)], lw=1.6) for m in
+                (list(dict.fromkeys(c.method for c in curves if c.panel == panel)).index(name)
+                 for name in methods for panel in ("chunks", "p_y")
+                 if name in {c.method for c in curves if c.panel == panel})]
+    _legend_below(fig, handles, [*policies, *methods], columns=3)
     return render(fig)

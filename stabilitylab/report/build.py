@@ -37,6 +37,7 @@ from ..numerics.policies import format_or_policy
 from ..render import plots
 from ..render.markdown import sections_md, table_md
 from ..render.model import Cell, Table, compare_sections, formats_table, thresholds_table
+from . import large_vocab
 
 __all__ = ["build", "write", "STEPS"]
 
@@ -137,6 +138,14 @@ def _panels_task(experiment: str, family: str, formats: tuple[str, ...], setting
 def _family_figure_task(experiment: str, family: str, formats: tuple[str, ...], settings: Settings, rows, panels):
     e = EXPERIMENTS[experiment]
     return _family_figure(e, e.family(family), [format_or_policy(f) for f in formats], settings, rows, panels)
+
+
+def _large_vocab_task(policy: str, settings: Settings):
+    return large_vocab.curves(policy, settings)
+
+
+def _large_vocab_figure_task(curves):
+    return plots.large_vocabulary_figure(curves)
 
 
 def _curves_task(formats: tuple[str, ...], settings: Settings):
@@ -301,6 +310,9 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         for scenario in train.DEFAULT_SCENARIOS:
             tasks.add(("train", scenario), _training_task, scenario)
         tasks.add(("likelihood", "curves"), _curves_task, names, settings)
+        large = tuple(("family", "large_vocab", policy) for policy in large_vocab.POLICIES)
+        for key in large:
+            tasks.add(key, _large_vocab_task, key[2], settings)
         for e in experiments:
             for f in e.families:
                 tasks.add(("family", e.name, f.name), _panels_task, e.name, f.name, names, settings)
@@ -320,6 +332,8 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
                 tasks.add(("family", e.name, f.name, "figure"), after=(("family", e.name, f.name), *mine),
                           make=lambda r, e=e.name, f=f.name, mine=mine: (
                               _family_figure_task, (e, f, names, settings, _joined(r, mine), r[("family", e, f)])))
+        tasks.add(("family", "large_vocab", "figure"), after=large, make=lambda r: (
+            _large_vocab_figure_task, ([c for key in large for c in r[key]],)))
         for name, chosen in (audited if here else {}).items():
             tasks.add(("audit", name), _audit_task, name, chosen, executor=_Inline())
         if installed:
@@ -339,6 +353,8 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
             name = f"figures/{e.name}_{f.name}.png"
             files[name] = results[("family", e.name, f.name, "figure")]
             family_figures.setdefault(e.name, []).append((f, name))
+    files[large_vocab.FIGURE] = results[("family", "large_vocab", "figure")]
+    large_lines = large_vocab.section([c for p in large_vocab.POLICIES for c in results[("family", "large_vocab", p)]])
     training_lines = _training_lines({s: results[("train", s)] for s in train.DEFAULT_SCENARIOS}, files)
     audit_lines = _audit_lines(names, {n: results[("audit", n)] for n in audited},
                                _joined(results, simulated) if installed else [],
@@ -351,7 +367,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
                         for e in experiments for f in e.families if f.figure == "magnitude"}
     files[INDEX] = _markdown(comparison, rows, _joined(results, [("ftz", *k) for k in searches]), formats,
                              curve_sentences, family_figures, training_lines, audit_lines,
-                             figure_sentences).encode("utf-8")
+                             figure_sentences, {"linear_ce": large_lines}).encode("utf-8")
     return files
 
 
@@ -534,7 +550,8 @@ def vanishing_sentences(experiment, family, panels: dict, rows) -> list[str]:
 
 
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
-              audit_lines=(), figure_sentences=None) -> str:
+              audit_lines=(), figure_sentences=None, after_experiment=None) -> str:
+    """``after_experiment[name]``: lines of a section placed after that experiment's section."""
     env = fingerprint()
     lines = [
         markers.REPORT_MARKER,
@@ -570,6 +587,7 @@ def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figur
             lines += [f"![{experiment.name}/{family.name}]({path})", ""]
             beside = (figure_sentences or {}).get((experiment.name, family.name), [])
             lines += [f"- {text}" for text in beside] + ([""] if beside else [])
+        lines += list((after_experiment or {}).get(experiment.name, []))
     lines += ["## Flush-to-zero", "",
               "GPUs and CPUs in flush-to-zero / denormals-are-zero modes replace subnormal inputs and results by 0 "
               "(`--ftz`). Every threshold that moves:", "", table_md(_ftz_table(rows, ftz_rows), 3), *training_lines]
