@@ -367,7 +367,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
                         for e in experiments for f in e.families if f.figure == "magnitude"}
     files[INDEX] = _markdown(comparison, rows, _joined(results, [("ftz", *k) for k in searches]), formats,
                              curve_sentences, family_figures, training_lines, audit_lines,
-                             figure_sentences, {"linear_ce": large_lines}).encode("utf-8")
+                             figure_sentences, {"softmax_ce_variants": large_lines}).encode("utf-8")
     return files
 
 
