@@ -368,6 +368,7 @@ JAX_NAMES = ["float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2", "
              "float8_e5m2fnuz", "float8_e4m3", "float8_e3m4", "float4_e2m1fn"]
 
 
+@pytest.mark.slow  # a jax cast audit per format: ~1.2 s each
 @pytest.mark.parametrize("name", formats_param(JAX_NAMES))
 def test_jax_cast_equals_round_bit_for_bit(name):
     """jax's cast is ml_dtypes' conversion: round's value, bit for bit (signs of zeros too), on every case and

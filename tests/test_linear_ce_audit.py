@@ -214,6 +214,7 @@ def test_grad_audit_has_gradient_and_wide_witnesses(grad_audit):
             "grad_weight_chunks_storage in bfloat16@float32"} <= labels
 
 
+@pytest.mark.slow  # a torch linear_ce audit with thresholds and emitted guards: 6-12 s
 @needs_torch_lce
 def test_emitted_gradient_guards_fail_planted_regressions(grad_audit, tmp_path):
     guards = tmp_path / "test_lce_guards.py"
@@ -257,6 +258,7 @@ def test_reference_path_loses_confident_losses_the_chunked_path_keeps(loss_audit
     assert ref.candidates[0].cases.identical_share == 1.0 and chk.candidates[0].cases.within_ulp_share == 1.0
 
 
+@pytest.mark.slow  # a torch linear_ce audit with thresholds and emitted guards: 6-12 s
 @needs_torch_lce
 def test_emitted_loss_guards_fail_a_sequential_sum(loss_audit, tmp_path):
     result = loss_audit
@@ -274,6 +276,7 @@ def test_emitted_loss_guards_fail_a_sequential_sum(loss_audit, tmp_path):
     assert all("-wide-" in line for line in failed_ids(run.stdout)), run.stdout
 
 
+@pytest.mark.slow  # a torch linear_ce audit with thresholds and emitted guards: 6-12 s
 @needs_torch_lce
 def test_audit_json_fields(tmp_path):
     run = subprocess.run([sys.executable, "-m", "stabilitylab", "audit", "torch.linear_cross_entropy", "-d", "bf16",
@@ -339,6 +342,7 @@ def test_logits_are_refused_in_one_line(tmp_path):
     assert "linear_ce target" in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
+@pytest.mark.slow  # a torch linear_ce audit with thresholds and emitted guards: 6-12 s
 @needs_torch_lce
 def test_baseline_of_a_linear_ce_gradient_audit_is_recomputed(tmp_path):
     saved = _cli("audit", "torch.linear_cross_entropy", "-d", "bf16", "--grad", "--family", "hidden",

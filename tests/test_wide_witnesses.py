@@ -124,6 +124,7 @@ def grad(logits, labels):
 '''
 
 
+@pytest.mark.slow  # a gradient audit with 32k-class rows and its emitted guards run twice: ~12 s
 def test_sequential_sum_in_the_gradient_fails_the_emitted_guards(tmp_path):
     """Issue #20: the gradient guards of torch.cross_entropy had no wide row (the default cases of a gradient
     audit left the 32k-class rows out), so a softmax gradient whose denominator is a sequential bfloat16 /
