@@ -121,6 +121,7 @@ def test_black_box_status_rule_names_no_cause():
 
 
 # ------------------------------------------------------------ user functions
+@pytest.mark.slow  # a full audit with its threshold search: 4-8 s
 def test_user_function_naive_softmax_overflows_at_the_first_float32_above_ln_max(tmp_path, capsys):
     path = write(tmp_path, "naive.py", NAIVE)
     code, out, err = run(capsys, "audit", f"{path}:loss", "-e", "softmax_ce", "-d", "float32", "--format", "json")
@@ -152,6 +153,7 @@ def test_user_function_module_spec_and_exhaustive_float16(tmp_path, capsys, monk
     assert formula(result.resembles[0].method) == "log_softmax_log1p"
 
 
+@pytest.mark.slow  # a full audit with its threshold search: 4-8 s
 def test_emitted_pytest_passes_now_and_fails_when_the_target_gets_worse(tmp_path):
     target = write(tmp_path, "loss_impl.py", STABLE)
     result = stabilitylab.audit(f"{target}:loss", "softmax_ce", ["float16", "float32"], families=["confident"])
@@ -306,6 +308,7 @@ def test_optax_softmax_cross_entropy_reproduces_optax_896():
     assert result.target.environment["optax"]
 
 
+@pytest.mark.slow  # a full audit with its threshold search: 4-8 s
 @needs_jax
 def test_jax_log_softmax_float8_e4m3fn_and_gradient():
     result = stabilitylab.audit("jax.log_softmax", dtypes=["float8_e4m3fn"], search=False)
@@ -401,6 +404,7 @@ def test_scipy_float32_audit_scans_below_its_candidate_to_8_318987846374512_not_
     _window_check("scipy.log_softmax", 8.318987846374512)
 
 
+@pytest.mark.slow  # a full audit with its threshold search: 4-8 s
 @needs_jax
 def test_jax_float32_audit_scans_below_its_candidate_to_8_318010330200195():
     _window_check("jax.log_softmax", 8.318010330200195)

@@ -75,6 +75,7 @@ def _check_big_audit(result, target: str, fmt: str) -> None:
 
 
 # ------------------------------------------------------------------ a real-size batch end to end
+@pytest.mark.slow  # a 6 s audit of a big file
 def test_big_bfloat16_safetensors_through_the_scipy_audit_api(big_file):
     """scipy does not take bfloat16: the stored values are audited in float32, where they are exact."""
     pytest.importorskip("scipy", reason="the scipy audit needs scipy (the test extra)")

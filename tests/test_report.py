@@ -30,6 +30,7 @@ def _without_environment(markdown: str) -> str:
     return re.sub(r"## Environment\n.*?\n## ", "## ", markdown, flags=re.S).rstrip() + "\n"
 
 
+@pytest.mark.slow  # builds the whole report (~20-35 s)
 @pytest.mark.slow  # a second whole build (~25 s)
 def test_report_is_deterministic(files):
     again = report.build(DEFAULT_FORMATS)
@@ -38,6 +39,7 @@ def test_report_is_deterministic(files):
         assert again[name] == files[name], name
 
 
+@pytest.mark.slow  # builds the whole report (~20-35 s)
 def test_report_content(files):
     md = files[report.INDEX].decode()
     assert "In float32 the product of 0.1 first underflows at n = 46" in md
@@ -54,6 +56,7 @@ def test_report_content(files):
     assert "log_softmax_log1p" in audit and "](figures/audit_softmax_ce_confident.png)" in audit
 
 
+@pytest.mark.slow  # builds the whole report (~20-35 s)
 def test_large_vocabulary_section(files):
     """The section is there with its figure, after the last experiment's section (linear_ce runs when named, so
     the report has no linear_ce section of its own); the bf16 weight-gradient sentence's
@@ -89,6 +92,7 @@ def test_large_vocabulary_section(files):
     assert not_ok > 0  # bf16 storage buffers do lose the gradient (Liger-Kernel #512): the sentence is not vacuous
 
 
+@pytest.mark.slow  # builds the whole report (~20-35 s)
 def test_committed_report_is_current(files):
     committed = (ROOT / "reports" / report.INDEX).read_text()
     assert _without_environment(committed) == _without_environment(files[report.INDEX].decode()), (
@@ -98,6 +102,7 @@ def test_committed_report_is_current(files):
             assert (ROOT / "reports" / name).exists(), name
 
 
+@pytest.mark.slow  # builds the whole report (~20-35 s)
 def test_report_command_writes_files(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["report", "-o", str(out), "-d", "float32"]) == 0

@@ -59,6 +59,7 @@ def test_wide_rows_are_default_audit_cases():
     assert len(grad) <= 3 * len(cases.names)  # label, largest and smallest logit: not one row per class
 
 
+@pytest.mark.slow  # emitted guards of 32k-class rows run twice: ~5 s
 def test_sequential_float16_sum_passed_every_emitted_guard(tmp_path):
     result = stabilitylab.audit("scipy.log_softmax", "softmax_ce", ["float16"])
     wide = [w for w in result.witnesses if w.kind.startswith("wide:")]
