@@ -995,21 +995,9 @@ def probe(target: Target) -> None:
         labels = fmt.round(labels)
     if target.experiment != "cast":
         logits = fmt.round(logits)
-    protocol = GRAD_PROTOCOL if target.grad else PROTOCOLS[target.experiment]
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            result = target.fn(logits, labels)
-    except TargetTimeout as exc:
-        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} batch ({shown}): raise the limit or leave "
-                         "--timeout out") from None
-    except Exception as exc:  # noqa: BLE001
-        raise AuditError(f"{target.name} raised on a plain {fmt.name} batch ({shown}): {described(exc)}; the "
-                         f"{target.experiment} protocol is {protocol}") from None
-    try:
-        Arith(fmt, 2)._converted(result, (2, 3 if target.experiment == "softmax_ce" else 2) if target.grad else (2,))
-    except TargetError as exc:
-        raise AuditError(f"{target.name}: {exc}; the {target.experiment} protocol is {protocol}") from None
+    shape = (2, 3 if target.experiment == "softmax_ce" else 2) if target.grad else (2,)
+    _probe_call(target, fmt, f"batch ({shown})",
+                lambda: Arith(fmt, 2)._converted(target.fn(logits, labels), shape))
 
 
 def _probe_linear(target: Target, fmt: Format) -> None:
@@ -1019,19 +1007,25 @@ def _probe_linear(target: Target, fmt: Format) -> None:
     labels = np.array([0, 1], dtype=np.int64)
     shown = "hidden [[1, 0], [0, 1]], weight [[1, 0], [0, 1], [0, 0]], labels [0, 1]"
     call = _linear_ce_case(target.fn, target.grad)
+    _probe_call(target, fmt, f"problem ({shown})",
+                lambda: call(hidden[None], weight[None], labels[None], np.array([[0, 0]])))
+
+
+def _probe_call(target: Target, fmt: Format, what: str, call: Callable[[], Any]) -> None:
+    """``call()`` (the target on a plain input, its result checked): a result of the wrong shape or type, a
+    timeout or an exception is an :class:`AuditError` naming ``what`` was passed and the protocol."""
+    rule = f"the {target.experiment} protocol is {protocol(target.experiment, target.grad)}"
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            call(hidden[None], weight[None], labels[None], np.array([[0, 0]]))
+            call()
     except TargetError as exc:
-        raise AuditError(f"{target.name}: {exc}; the linear_ce protocol is "
-                         f"{protocol('linear_ce', target.grad)}") from None
+        raise AuditError(f"{target.name}: {exc}; {rule}") from None
     except TargetTimeout as exc:
-        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} problem ({shown}): raise the limit or leave "
+        raise AuditError(f"{target.name} {exc} on a plain {fmt.name} {what}: raise the limit or leave "
                          "--timeout out") from None
     except Exception as exc:  # noqa: BLE001
-        raise AuditError(f"{target.name} raised on a plain {fmt.name} problem ({shown}): {described(exc)}; the "
-                         f"linear_ce protocol is {protocol('linear_ce', target.grad)}") from None
+        raise AuditError(f"{target.name} raised on a plain {fmt.name} {what}: {described(exc)}; {rule}") from None
 
 
 def run(target: Target, formats: Sequence[Format], cases=None, families: Sequence[str] | None = None,
