@@ -185,10 +185,10 @@ class Headroom:
         room = f"margin >= {min(margins):.2f} binades" if margins else "no range limit (per-tensor scale)"
         if lost:
             m, s, frac = max(lost, key=lambda r: r[2])
-            sampled = " (block sample)" if s.block_sampled is not None and s.block_sampled < m.nonzero + m.nonfinite \
-                else ""
+            sampled = " (block sample)" if s.block_sampled is not None and s.block_sampled < m.values else ""
+            many = len(lost) != 1
             return (f"underflows {_pct(frac)} of the nonzero values to 0 in {m.module}{sampled}; "
-                    f"{len(lost)} module{'s' * (len(lost) != 1)} lose values to 0; {room}")
+                    f"{len(lost)} module{'s' * many} lose{'s' * (not many)} values to 0; {room}")
         sub = [(m, s) for m, s in rows if s.below_normal]
         if sub:
             m, s = max(sub, key=lambda r: r[1].below_normal)
