@@ -215,3 +215,19 @@ def test_lm_nan_is_nan_in_bf16_only():
     with torch.no_grad():
         assert math.isfinite(float(model(batch)))
         assert math.isnan(float(model.to(torch.bfloat16)(batch)))
+
+
+def test_guide_outputs_are_what_the_code_prints(capsys):
+    """docs/guides/trace.md: every python block that runs without the trace core (no ``stabilitylab.trace(``,
+    no ``t.``) and is followed by a text block prints exactly that text."""
+    import re
+
+    text = (ROOT / "docs" / "guides" / "trace.md").read_text(encoding="utf-8")
+    blocks = list(re.finditer(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M))
+    pairs = [(a.group(2), b.group(2)) for a, b in zip(blocks, blocks[1:])
+             if a.group(1) == "python" and b.group(1) == "text" and not text[a.end():b.start()].strip()]
+    assert len(pairs) == 4
+    for code, printed in pairs:
+        assert "stabilitylab.trace(" not in code
+        exec(compile(code, "trace.md", "exec"), {})
+        assert capsys.readouterr().out == printed
