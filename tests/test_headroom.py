@@ -227,6 +227,7 @@ def test_guide_outputs_are_what_the_code_prints(capsys):
     pairs = [(a.group(2), b.group(2)) for a, b in zip(blocks, blocks[1:])
              if a.group(1) == "python" and b.group(1) == "text" and not text[a.end():b.start()].strip()]
     assert len(pairs) == 4
+    assert f"most {headroom.BLOCK_SAMPLE} values per output" in text
     for code, printed in pairs:
         assert "stabilitylab.trace(" not in code
         exec(compile(code, "trace.md", "exec"), {})

@@ -23,11 +23,13 @@ all calls of a module pooled) and each format, from the values x:
 
 Non-finite values (already inf / NaN in float32) are counted apart (``nonfinite``) and left out of the rest.
 
-Cost: the counts come from one ``torch.bucketize`` of |x| against the sorted thresholds of every format
-(zero, tiny, subnormal / 2, overflow point, each as the first float32 value where ``|x| < b`` switches) and
-one ``torch.bincount``: a few vectorized passes per output, whatever the number of formats.  The thresholds
-are powers of two or midpoints, all float32 numbers or outside float32's range (then the count is 0 or
-all).  A verdict per format: "fits", "overflows in N modules", "underflows X% ...".
+Cost: the output is read once as float32 bit patterns with the sign cleared (an int32 array whose order is
+the order of |x|), then one vectorized comparison pass per threshold (numpy ``count_nonzero(bits < t)``:
+tiny and half the smallest subnormal per format; the overflow point only when amax reaches it).  The
+thresholds are powers of two or midpoints between representable numbers, all float32 numbers, or outside
+float32's range (then no float32 value crosses them and the count is 0).  Block formats add the quantizer
+on the sample.  A parent module that returns its child's output tensor reuses the child's counts.  A verdict
+per format: "fits", "overflows in N modules", "underflows X% ...".
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ __all__ = ["DEFAULT_FORMATS", "BLOCK_SAMPLE", "FormatStats", "ModuleHeadroom", "
            "resolve_formats", "call_model"]
 
 DEFAULT_FORMATS = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "mxfp8", "mxfp4", "nvfp4")
-BLOCK_SAMPLE = 1 << 16  # values per module output quantized per block format (whole rows; see the docstring)
+BLOCK_SAMPLE = 1 << 14  # values per module output quantized per block format (whole rows; see the docstring)
 _F32_MIN_SUB = math.ldexp(1.0, -149)
 _F32_MAX = float(np.finfo(np.float32).max)
 ROOT_NAME = "(model)"
@@ -115,21 +117,6 @@ class _Thresholds:
         return cls(None if fmt.tiny < _F32_MIN_SUB else _bits(fmt.tiny),
                    None if half < _F32_MIN_SUB else _bits(half),
                    None if over > _F32_MAX else _bits(over), tie)
-
-
-def _count_below(bits: np.ndarray, hist: np.ndarray, t: int) -> int:
-    """#{|x| < t} (t a bit pattern): from the exponent histogram when t is a normal power of two, else counted."""
-    if t & 0x7FFFFF == 0 and t >> 23 >= 1:
-        return int(hist[:t >> 23].sum())
-    return int(np.count_nonzero(bits < t))
-
-
-def _count_at_most(bits: np.ndarray, hist: np.ndarray, t: int) -> int:
-    """#{|x| <= t}: #{|x| < t} plus the values equal to t (counted only if t's binade holds any value)."""
-    below = _count_below(bits, hist, t)
-    if t & 0x7FFFFF == 0 and t >> 23 >= 1 and hist[t >> 23] == 0:
-        return below
-    return below + int(np.count_nonzero(bits == t))
 
 
 @dataclass
@@ -327,19 +314,18 @@ class _Collector:
             bits = bits[finite]
             top = int(bits.max()) if bits.size else 0
         amax = float(np.int32(top).view(np.float32))
-        hist = np.bincount(bits >> 23, minlength=256)  # hist[e]: |x| in [2^(e-127), 2^(e-126)) (e >= 1)
         zeros = bits.size - int(np.count_nonzero(bits))
         per = []
         for th, block in zip(self.thresholds, self.blocks):
             if block is not None:
                 per.append(self._block(block, x, amax))
                 continue
-            tiny = 0 if th.tiny is None else _count_below(bits, hist, th.tiny) - zeros
-            flushed = 0 if th.half is None else _count_at_most(bits, hist, th.half) - zeros
+            # one comparison pass per threshold (numpy's bincount of the exponents costs 20x more)
+            tiny = 0 if th.tiny is None else int(np.count_nonzero(bits < th.tiny)) - zeros
+            flushed = 0 if th.half is None else int(np.count_nonzero(bits <= th.half)) - zeros
             over = 0
             if th.over is not None and top >= th.over:
-                over = bits.size - (_count_below(bits, hist, th.over) if th.over_tie
-                                    else _count_at_most(bits, hist, th.over))
+                over = int(np.count_nonzero(bits >= th.over if th.over_tie else bits > th.over))
             per.append((tiny, flushed, over))
         return {"values": n, "nonzero": bits.size - zeros, "nonfinite": nonfinite, "amax": amax, "formats": per}
 
