@@ -24,8 +24,10 @@ all calls of a module pooled) and each format, from the values x:
 Non-finite values (already inf / NaN in float32) are counted apart (``nonfinite``) and left out of the rest.
 
 Cost: the output is read once as float32 bit patterns with the sign cleared (an int32 array whose order is
-the order of |x|), then one vectorized comparison pass per threshold (numpy ``count_nonzero(bits < t)``:
-tiny and half the smallest subnormal per format; the overflow point only when amax reaches it).  The
+the order of |x|); one pass selects the values at or below the largest underflow threshold (zeros
+included), and each threshold is a comparison pass over those (numpy ``count_nonzero(small < t)``: tiny and
+half the smallest subnormal per format); the overflow point is counted over all values, only when amax
+reaches it.  The
 thresholds are powers of two or midpoints between representable numbers, all float32 numbers, or outside
 float32's range (then no float32 value crosses them and the count is 0).  Block formats add the quantizer
 on the sample.  A parent module that returns its child's output tensor reuses the child's counts.  A verdict
@@ -271,6 +273,9 @@ class _Collector:
         self.thresholds = thresholds
         self.blocks = blocks
         self.block_sample = block_sample
+        # every tiny / half threshold is at most this one: the small values are selected once, then counted
+        self.low = max([t for th in thresholds if th is not None for t in (th.tiny, th.half) if t is not None],
+                       default=0)
         self.stats: dict[str, dict] = {}
         self._last: list = []  # [(tensor, counts)] of the latest outputs: a parent returning its child's output
 
@@ -314,15 +319,17 @@ class _Collector:
             bits = bits[finite]
             top = int(bits.max()) if bits.size else 0
         amax = float(np.int32(top).view(np.float32))
-        zeros = bits.size - int(np.count_nonzero(bits))
+        # one pass selects |x| <= the largest threshold (zeros included); each threshold is then one comparison
+        # pass over those few values (numpy's bincount of the exponents would cost 20x one comparison)
+        small = bits[bits <= self.low]
+        zeros = small.size - int(np.count_nonzero(small))
         per = []
         for th, block in zip(self.thresholds, self.blocks):
             if block is not None:
                 per.append(self._block(block, x, amax))
                 continue
-            # one comparison pass per threshold (numpy's bincount of the exponents costs 20x more)
-            tiny = 0 if th.tiny is None else int(np.count_nonzero(bits < th.tiny)) - zeros
-            flushed = 0 if th.half is None else int(np.count_nonzero(bits <= th.half)) - zeros
+            tiny = 0 if th.tiny is None else int(np.count_nonzero(small < th.tiny)) - zeros
+            flushed = 0 if th.half is None else int(np.count_nonzero(small <= th.half)) - zeros
             over = 0
             if th.over is not None and top >= th.over:
                 over = int(np.count_nonzero(bits >= th.over if th.over_tie else bits > th.over))
