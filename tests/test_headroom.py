@@ -225,3 +225,22 @@ def test_guide_outputs_are_what_the_code_prints(capsys):
         assert "stabilitylab.trace(" not in code
         exec(compile(code, "trace.md", "exec"), {})
         assert capsys.readouterr().out == printed
+
+
+def test_a_bf16_model_is_measured_in_float32_on_a_copy():
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    lin.to(torch.bfloat16)
+    x = torch.tensor([[256.0, 1.0]], dtype=torch.bfloat16)  # 257 in float32; bfloat16 would round it to 256
+    h = headroom.measure(lin, x, ["fp16"])
+    assert h.modules[0].amax == 257.0
+    assert lin.weight.dtype == torch.bfloat16  # the caller's model is untouched
+
+
+def test_without_torch_one_line_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"pip install 'stabilitylab\[torch\]'"):
+        headroom.measure(object(), None)
+    with pytest.raises(ImportError, match=r"pip install 'stabilitylab\[torch\]'"):
+        models.build_lm()

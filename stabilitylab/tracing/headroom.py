@@ -381,13 +381,38 @@ def _tensors(torch, output):
             yield from _tensors(torch, o)
 
 
+def _float32(torch, model, inputs):
+    """The model and inputs in float32: a float32 model as it is; a model with other floating parameters or
+    buffers (bfloat16, float16, float64) as a float32 copy (``copy.deepcopy(model).float()``, exact from
+    bfloat16 / float16); floating input tensors converted, other inputs as they are."""
+    import copy
+
+    def floating(t):
+        return isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float32
+
+    if any(floating(t) for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).float()
+
+    def convert(x):
+        if floating(x):
+            return x.float()
+        if isinstance(x, (tuple, list)):
+            return type(x)(convert(v) for v in x)
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        return x
+
+    return model, convert(inputs)
+
+
 def measure(model, inputs, formats=DEFAULT_FORMATS, *, block_sample: int | None = BLOCK_SAMPLE) -> Headroom:
-    """Run ``model`` once on ``inputs`` (:func:`call_model`; under ``torch.no_grad``, in the dtype the model has:
-    give a float32 model for the float32 forward) with a forward hook on every module, and return every module's
-    output statistics against ``formats`` (names or :class:`Format` objects; see the module docstring).
-    ``block_sample``: values quantized per output and block format (None: all).  The hooks are removed
-    afterwards, also when the forward raises."""
+    """Run ``model`` once on ``inputs`` in float32 (:func:`call_model` under ``torch.no_grad``; a model or inputs
+    in another floating dtype are converted first, the model as a copy: the caller's is untouched) with a
+    forward hook on every module, and return every module's output statistics against ``formats`` (names or
+    :class:`Format` objects; see the module docstring).  ``block_sample``: values quantized per output and
+    block format (None: all).  The hooks are removed afterwards, also when the forward raises."""
     torch = _torch()
+    model, inputs = _float32(torch, model, inputs)
     fmts = resolve_formats([formats] if isinstance(formats, (str, Format)) else formats)
     blocks = [block_of(f) for f in fmts]
     thresholds = [None if b is not None else _Thresholds.of(f.storage_format) for f, b in zip(fmts, blocks)]

@@ -54,7 +54,7 @@ INIT_STD = 0.02  # GPT-2's initialisation of every weight matrix and embedding
 def _torch():
     try:
         import torch
-    except ImportError:  # pragma: no cover - the dev venv has torch
+    except ImportError:
         raise ImportError("stabilitylab.tracing.models needs PyTorch: pip install 'stabilitylab[torch]'") from None
     return torch
 
