@@ -244,3 +244,17 @@ def test_without_torch_one_line_names_the_extra(monkeypatch):
         headroom.measure(object(), None)
     with pytest.raises(ImportError, match=r"pip install 'stabilitylab\[torch\]'"):
         models.build_lm()
+
+
+def test_odd_outputs_empty_scalar_integer_transposed_nested():
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return (torch.empty(0), torch.tensor(-3.0), torch.arange(5), torch.ones(4, 6).t() * 2.0**-30,
+                    {"a": torch.full((2, 40), 70000.0)})
+
+    h = headroom.measure(Odd(), torch.zeros(1), ["fp16", "mxfp4"])
+    (m,) = h.modules
+    assert (m.values, m.nonzero, m.amax) == (0 + 1 + 24 + 80, 105, 70000.0)  # the integer output is not counted
+    s = m.formats["float16"]
+    assert s.overflow == 80 and s.flushed == 24 / 105 and s.below_normal == 24 / 105
+    assert m.formats["mxfp4"].block_sampled == 105

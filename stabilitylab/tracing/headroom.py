@@ -171,7 +171,7 @@ class Headroom:
         lost = [(m, s, s.block_flushed if s.block_flushed is not None else s.flushed) for m, s in rows]
         lost = [r for r in lost if r[2]]
         margins = [s.margin for _, s in rows if s.margin is not None]
-        room = f"margin >= {min(margins):.2f} binades" if margins else "no range limit (per-tensor scale)"
+        room = f"margin >= {min(margins):.2f} binades" if margins else "no range limit: per-tensor scale"
         if lost:
             m, s, frac = max(lost, key=lambda r: r[2])
             sampled = " (block sample)" if s.block_sampled is not None and s.block_sampled < m.values else ""
@@ -308,7 +308,7 @@ class _Collector:
         x = t.detach()
         if x.dtype != self.torch.float32:
             x = x.float()  # exact from bfloat16 / float16; float64 rounds to float32
-        xf = x.contiguous().numpy().reshape(-1)
+        xf = x.cpu().contiguous().numpy().reshape(-1)
         n = xf.size
         bits = xf.view(np.int32) & _ABS  # |x|'s pattern: ordered like |x|
         top = int(bits.max()) if n else 0
@@ -337,12 +337,14 @@ class _Collector:
         return {"values": n, "nonzero": bits.size - zeros, "nonfinite": nonfinite, "amax": amax, "formats": per}
 
     def _block(self, block: BlockFormat, x, amax: float) -> tuple[int, int, int]:
+        if x.numel() == 0:
+            return 0, 0, 0
         rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
         length = rows.shape[1]
         if self.block_sample and rows.numel() > self.block_sample:
             step = math.ceil(rows.shape[0] / max(1, self.block_sample // max(1, length)))
             rows = rows[::step]
-        sample = rows.numpy()
+        sample = rows.cpu().numpy()
         finite = np.isfinite(sample)
         if not finite.all():
             sample = np.where(finite, sample, np.float32(0))  # non-finite values are counted apart
