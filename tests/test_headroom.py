@@ -118,6 +118,8 @@ def test_nonfinite_values_are_counted_apart():
     (m,) = h.modules
     assert (m.values, m.nonfinite, m.nonzero, m.amax) == (7, 3, 3, 3.0)
     assert m.formats["float16"].below_normal == pytest.approx(1 / 3) and m.formats["float16"].flushed == 0
+    assert "inf / NaN already in the float32 forward, counted apart" in h.to_markdown()
+    assert ": (model) (3)" in h.to_markdown()
 
 
 def test_fp16_verdict_names_the_overflowing_module():

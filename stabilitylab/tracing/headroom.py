@@ -218,6 +218,10 @@ class Headroom:
                            paragraphs=["margin = log2(format max / amax) in binades; below normal / flushed = "
                                        "fraction of the nonzero values below the smallest normal / rounding to 0."],
                            bullets=[f"{f.name}: {self.verdict(f)}" for f in self.formats])
+        already = [f"{m.module} ({m.nonfinite})" for m in self.modules if m.nonfinite]
+        if already:
+            verdicts.footer.append("inf / NaN already in the float32 forward, counted apart (an attention mask's "
+                                   f"-inf among them): {', '.join(already)}")
         sections = [verdicts]
         for fmt in self.formats:
             block = block_of(fmt) is not None
