@@ -220,8 +220,8 @@ class Headroom:
                            bullets=[f"{f.name}: {self.verdict(f)}" for f in self.formats])
         already = [f"{m.module} ({m.nonfinite})" for m in self.modules if m.nonfinite]
         if already:
-            verdicts.footer.append("inf / NaN already in the float32 forward, counted apart (an attention mask's "
-                                   f"-inf among them): {', '.join(already)}")
+            verdicts.footer.append("inf / NaN already in the float32 forward, counted apart (an intended -inf, "
+                                   f"such as an attention mask, shows here too): {', '.join(already)}")
         sections = [verdicts]
         for fmt in self.formats:
             block = block_of(fmt) is not None
