@@ -6,6 +6,7 @@
     python benchmarks/run.py --markdown           # tables for the README's Speed section
     python benchmarks/run.py --only logits --logits-file x.npy   # internal: this file instead of the generated ones
     python benchmarks/run.py --only blocks        # block-scaled storage (mxfp4, nvfp4, mxfp8) on 10^8 logits
+    python benchmarks/run.py --only trace --only headroom   # issue #21: trace and --headroom on the 2-layer LM
 
 Every job is a whole ``python -m stabilitylab ...`` process (``sys.executable``, run from the repository
 root so this checkout's package is imported).  Its anchor runs in the same harness run, alternating
@@ -19,6 +20,14 @@ Anchors:
 * ``log_softmax RxC``: ``scipy.special.log_softmax(x, axis=1)`` on the same float32 array as the job,
   one process; its seconds are the call only (timed inside that process, ``np.load`` excluded), and
   its peak RSS is the whole process's (listed under "anchors").
+
+* ``bf16 LM step``: one bfloat16 forward + backward step of the 2-layer transformer LM of
+  ``stabilitylab/tracing/models.py`` (vocabulary 8192, sequence 128, batch 4), and ``fp32 LM forward``: its
+  float32 forward; both timed inside the process (``benchmarks/trace_step.py``: build, one warm-up step, the
+  timed step), like the ``trace`` / ``headroom`` jobs they anchor.  These jobs also report their step memory:
+  the rise of the process's peak RSS (``ru_maxrss``) over the warm-up step, and the ``memory`` target is
+  the job's over the anchor's.  Without ``stabilitylab.trace`` (the trace core) the trace jobs are skipped
+  with the line "trace core not present"; without torch every job of the group is skipped.
 
 Peak RSS is ``ru_maxrss`` of the job's process from ``os.wait4`` (MB = 2**20 bytes, max over the
 runs; it covers the process's waited-for children too, as the largest single process, not a sum).
@@ -97,6 +106,7 @@ class Target:
     work: float | None = None  # job seconds - anchor seconds
     wall: float | None = None  # job seconds
     rss_mb: float | None = None  # job peak RSS
+    memory: float | None = None  # job step memory / anchor step memory (inner jobs, see trace_step.py)
 
     def describe(self) -> str:
         parts = []
@@ -108,6 +118,8 @@ class Target:
             parts.append(f"≤ {self.wall:g} s")
         if self.rss_mb is not None:
             parts.append(f"RSS ≤ {self.rss_mb:g} MB")
+        if self.memory is not None:
+            parts.append(f"memory ≤ {self.memory:g}x")
         return ", ".join(parts) or "—"
 
 
@@ -124,6 +136,7 @@ class Job:
     argv: tuple[str, ...]  # "{tmp}" is replaced by a fresh temporary directory for each run
     anchor: Anchor | None
     target: Target
+    inner: bool = False  # the process prints {"seconds": ..., "step_mb": ...} (benchmarks/trace_step.py)
 
 
 def cli(*args: str) -> tuple[str, ...]:
@@ -161,6 +174,41 @@ def build_jobs(logits: list[tuple[Path, tuple[int, int]]],
                        "-o", "{tmp}/out.json")
             jobs.append(Job(f"blocks {shape[0]}x{shape[1]} {dtype}", argv, anchor, Target(rss_mb=RSS_LIMIT_MB)))
     return jobs
+
+
+TRACE_STEP = Path(__file__).resolve().parent / "trace_step.py"
+
+
+def trace_step(mode: str) -> tuple[str, ...]:
+    return (sys.executable, str(TRACE_STEP), mode)
+
+
+def trace_jobs() -> list[Job]:
+    """Issue #21 on the 2-layer LM (benchmarks/trace_step.py): trace with and without --rows against a plain
+    bfloat16 step, --headroom against a plain float32 forward; every time and memory taken inside the process."""
+    step = Anchor("bf16 LM step", trace_step("plain"), True)
+    forward = Anchor("fp32 LM forward", trace_step("forward32"), True)
+    return [
+        Job("trace bf16 LM --rows 1", trace_step("trace-rows"), step, Target(ratio=20, memory=4), True),
+        Job("trace bf16 LM", trace_step("trace"), step, Target(ratio=60, memory=4), True),
+        Job("headroom fp32 LM", trace_step("headroom"), forward, Target(ratio=3), True),
+    ]
+
+
+def trace_skips(jobs: list[Job]) -> tuple[list[Job], list[str]]:
+    """The jobs that can run here and a line per skipped group: the trace jobs need ``stabilitylab.trace``
+    (exit 3 of ``trace_step.py probe``), all of them torch (exit 4)."""
+    if not any(job.argv[:2] == (sys.executable, str(TRACE_STEP)) for job in jobs):
+        return jobs, []
+    code = subprocess.run(trace_step("probe"), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode
+    if code == 0:
+        return jobs, []
+    if code == 3:
+        kept = [job for job in jobs if not job.name.startswith("trace ")]
+        return kept, ["trace core not present: the trace jobs are skipped (stabilitylab.trace is not importable)"]
+    kept = [job for job in jobs if job.argv[:2] != (sys.executable, str(TRACE_STEP))]
+    return kept, [f"torch not usable (probe exit {code}): the trace and headroom jobs are skipped"]
 
 
 def select(jobs: list[Job], patterns: list[str] | None) -> list[Job]:
@@ -214,6 +262,7 @@ class Run:
     rss_mb: float | None
     returncode: int
     error: str = ""  # first stderr line of a failed run
+    step_mb: float | None = None  # what an inner process reported as its step memory
 
     @property
     def ok(self) -> bool:
@@ -247,13 +296,16 @@ def measure(argv: tuple[str, ...], inner: bool = False) -> Run:
             err.seek(0)
             text = first_line(err.read().decode(errors="replace"))
             return Run(seconds, rss, code, text or "(no stderr)")
+        step_mb = None
         if inner:
             out.seek(0)
             try:
-                seconds = float(json.loads(out.read().decode().strip().splitlines()[-1])["seconds"])
+                printed = json.loads(out.read().decode().strip().splitlines()[-1])
+                seconds = float(printed["seconds"])
+                step_mb = None if printed.get("step_mb") is None else float(printed["step_mb"])
             except (ValueError, KeyError, IndexError) as e:
                 return Run(seconds, rss, 0, f"no timing printed ({e!r})")
-        return Run(seconds, rss, code)
+        return Run(seconds, rss, code, step_mb=step_mb)
 
 
 @dataclass
@@ -288,6 +340,21 @@ class Result:
         return max((r.rss_mb for r in self.anchor_runs if r.rss_mb is not None), default=None)
 
     @property
+    def step_mb(self) -> float | None:
+        return max((r.step_mb for r in self.runs if r.step_mb is not None), default=None)
+
+    @property
+    def anchor_step_mb(self) -> float | None:
+        return max((r.step_mb for r in self.anchor_runs if r.step_mb is not None), default=None)
+
+    @property
+    def memory(self) -> float | None:
+        """Step memory ratio, job / anchor (the largest of each over its runs)."""
+        if self.step_mb is None or not self.anchor_step_mb:
+            return None
+        return self.step_mb / self.anchor_step_mb
+
+    @property
     def ratio(self) -> float | None:
         if self.seconds is None or not self.anchor_seconds:
             return None
@@ -314,6 +381,8 @@ class Result:
             missed.append("time")
         if t.rss_mb is not None and (self.rss_mb is None or self.rss_mb > t.rss_mb):
             missed.append("RSS")
+        if t.memory is not None and (self.memory is None or self.memory > t.memory):
+            missed.append("memory")
         word = "misses" if missed else "meets"
         if t.work is not None:  # the only checked figure without a column of its own
             return f"{word} (work {_seconds(self.work)} s)"
@@ -334,7 +403,7 @@ def bench(job: Job, repeat: int, progress=None) -> Result:
             result.anchor_runs.append(measure(job.anchor.argv, job.anchor.inner))
             if result.failure:
                 break
-        result.runs.append(measure(job.argv))
+        result.runs.append(measure(job.argv, job.inner))
         if result.failure:
             break
     return result
@@ -389,6 +458,12 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) 
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
+def memory_rows(results: list[Result]) -> list[tuple[str, ...]]:
+    """One row per job with a step memory: job MB, anchor MB, ratio."""
+    return [(r.job.name, _mb(r.step_mb), r.job.anchor.name if r.job.anchor else "—", _mb(r.anchor_step_mb),
+             "—" if r.memory is None else f"{r.memory:.1f}x") for r in results if r.step_mb is not None]
+
+
 def failures(results: list[Result]) -> list[str]:
     lines = []
     for result in results:
@@ -399,7 +474,7 @@ def failures(results: list[Result]) -> list[str]:
     return lines
 
 
-def render(results: list[Result], repeat: int, markdown: bool = False) -> str:
+def render(results: list[Result], repeat: int, markdown: bool = False, skipped: list[str] = ()) -> str:
     out = [f"Best of {repeat}, job and anchor alternating; ratio = job s / anchor s, work = job s - anchor s; "
            f"peak RSS of the job's process (os.wait4 ru_maxrss, MB = 2**20 bytes).",
            "Anchors: import = whole `python -c \"import numpy, click, rich\"` process; log_softmax RxC = "
@@ -408,10 +483,16 @@ def render(results: list[Result], repeat: int, markdown: bool = False) -> str:
            f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
            f"{os.cpu_count()} CPUs.", ""]
     out.append(table(COLUMNS, [row(r) for r in results], markdown))
+    memory = memory_rows(results)
+    if memory:
+        out += ["", "Step memory (rise of the process's peak RSS over one step, MB; largest over the runs):", ""]
+        out.append(table(("job", "step MB", "anchor", "anchor step MB", "memory"), memory, markdown))
     anchors = anchor_rows(results)
     if anchors:
         out += ["", "Anchors (best seconds, peak RSS of the anchor process):", ""]
         out.append(table(("anchor", "seconds", "peak RSS MB"), anchors, markdown))
+    if skipped:
+        out += [""] + list(skipped)
     failed = failures(results)
     if failed:
         out += ["", "Failed:", ""] + [f"- {line}" if markdown else f"  {line}" for line in failed]
@@ -463,19 +544,22 @@ def main(argv: list[str] | None = None) -> int:
         files = [(args.data_dir.resolve() / f"logits_{r}x{c}_seed{SEED}.npy", (r, c)) for r, c in shapes]
     block_files = files if args.logits_file else [
         (args.data_dir.resolve() / f"logits_{r}x{c}_seed{SEED}.npy", (r, c)) for r, c in block_shapes]
-    jobs = select(build_jobs(files, block_files), args.only)
+    jobs = select(build_jobs(files, block_files) + trace_jobs(), args.only)
     if not jobs:
         sys.exit(f"no job matches {args.only}")
     if args.list:
         print("\n".join(job.name for job in jobs))
         return 0
+    jobs, skipped = trace_skips(jobs)
+    for line in skipped:
+        print(line, file=sys.stderr, flush=True)
     if not args.logits_file:
         needed = {job.anchor.argv[-1] for job in jobs if job.anchor is not None and job.anchor.inner}
         for path, shape in dict.fromkeys([*files, *block_files]):
             if str(path) in needed:
                 logits_file(shape, args.data_dir.resolve())
     results = [bench(job, args.repeat, progress) for job in jobs]
-    print(render(results, args.repeat, args.markdown))
+    print(render(results, args.repeat, args.markdown, skipped))
     return 1 if failures(results) else 0
 
 

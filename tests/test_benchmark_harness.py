@@ -126,3 +126,38 @@ def test_npy_shape(bench, tmp_path):
     (tmp_path / "c.npy").write_bytes(good.read_bytes()[:-4])  # truncated
     assert bench.npy_shape(tmp_path / "c.npy") is None
     assert bench.npy_shape(tmp_path / "missing.npy") is None
+
+
+def test_trace_jobs_targets_and_step_memory(bench):
+    jobs = {job.name: job for job in bench.trace_jobs()}
+    assert list(jobs) == ["trace bf16 LM --rows 1", "trace bf16 LM", "headroom fp32 LM"]
+    rows, full, head = jobs.values()
+    assert (rows.target.ratio, rows.target.memory, full.target.ratio, full.target.memory) == (20, 4, 60, 4)
+    assert head.target.ratio == 3 and head.anchor.name == "fp32 LM forward"
+    assert rows.anchor.argv[-1] == "plain" and rows.argv[-1] == "trace-rows" and all(j.inner for j in jobs.values())
+    assert rows.target.describe() == "ratio ≤ 20x, memory ≤ 4x"
+    ok = bench.Result(rows, [bench.Run(3.0, 500.0, 0, step_mb=150.0), bench.Run(2.5, 500.0, 0, step_mb=170.0)],
+                      [bench.Run(0.25, 300.0, 0, step_mb=50.0)])
+    assert ok.ratio == pytest.approx(10.0) and ok.memory == pytest.approx(3.4) and ok.verdict() == "meets"
+    heavy = bench.Result(full, [bench.Run(20.0, 900.0, 0, step_mb=260.0)], [bench.Run(0.25, 300.0, 0, step_mb=50.0)])
+    assert heavy.verdict() == "misses (ratio, memory)"
+    assert bench.memory_rows([ok, heavy]) == [("trace bf16 LM --rows 1", "170", "bf16 LM step", "50", "3.4x"),
+                                              ("trace bf16 LM", "260", "bf16 LM step", "50", "5.2x")]
+    assert "Step memory" in bench.render([ok], 2)
+
+
+def test_trace_jobs_skip_without_the_core(bench, monkeypatch):
+    jobs = [*bench.build_jobs([(Path("x.npy"), (1000, 10))])[:1], *bench.trace_jobs()]
+
+    def probe(code):
+        monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: type("P", (), {"returncode": code})())
+
+    probe(0)
+    assert bench.trace_skips(jobs) == (jobs, [])
+    probe(3)
+    kept, said = bench.trace_skips(jobs)
+    assert [j.name for j in kept] == ["compare", "headroom fp32 LM"] and said[0].startswith("trace core not present")
+    probe(4)
+    kept, said = bench.trace_skips(jobs)
+    assert [j.name for j in kept] == ["compare"] and "torch" in said[0]
+    assert bench.trace_skips(jobs[:1]) == (jobs[:1], [])  # no probe without a trace job

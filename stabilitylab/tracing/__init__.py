@@ -1,0 +1,1 @@
+"""Shadow execution of real PyTorch models (issue #21)."""
