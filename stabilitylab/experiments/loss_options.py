@@ -10,8 +10,11 @@ The loss of a batch of T rows (tokens) of K logits x_t and labels y_t, with opti
    (PyTorch's label smoothing: the uniform term summed over the whole vocabulary; PaLM's z-loss);
 3. rows whose label is ``ignore_index`` count 0 and are left out of the count n of used rows;
 4. ``none``: l_t (one row per case); ``sum``: sum_t l_t; ``mean``: sum_t l_t / n, where n is
-   held in the compute format as a kernel holds it (a bfloat16 count of 257 is 256) and a mean
-   over n = 0 rows is 0 / 0 = NaN, as PyTorch gives (torchtune #2341, OpenRLHF #583).
+   held in the compute format as a kernel holds it (a bfloat16 count of 257 is 256).  A kernel's
+   mean over n = 0 rows is 0 / 0 = NaN, as PyTorch gives on purpose since its PR #64572 (torchtune
+   #2341, OpenRLHF #583: the loss is NaN and training dies); the exact value follows the convention
+   the fixes return, ``sum_t l_t / max(n, 1)`` = 0 (OpenRLHF #583 pads with zeros, NeMo Automodel's
+   masked cross-entropy returns ``loss * 0.0``), so that NaN is status ``nan``.
 
 A *case* is a small batch: logits (T, K), labels (T,) and its options; its value is the reduced
 loss (for ``none``, T = 1 and the value is that row's loss).  Options are columns, one value per
@@ -279,7 +282,8 @@ def _exact_row(row, y, eps, z, cap, tau):
 
 def exact_variant_loss(logits, labels, reduction, ignore, eps, z, cap, tau):
     """The loss of the module docstring in mpmath (the working precision set by the caller);
-    NaN for a mean over no rows; a cap of 0 or None is no cap."""
+    a mean over no rows is sum / max(n, 1) = 0 (the convention the fixes of the all-ignored NaN
+    return: OpenRLHF #583, NeMo Automodel); a cap of 0 or None is no cap."""
     eps, z, tau = mpmath.mpf(eps), mpmath.mpf(z), mpmath.mpf(tau)
     rows, n, seen = [], 0, {}
     for row, y in zip(logits, labels):
@@ -291,5 +295,5 @@ def exact_variant_loss(logits, labels, reduction, ignore, eps, z, cap, tau):
         rows.append(seen[(row, y)])
     total = mpmath.fsum(rows) if rows else mpmath.mpf(0)
     if REDUCTIONS[reduction] == "mean":
-        return total / n if n else mpmath.mpf("nan")
+        return total / max(n, 1)
     return total

@@ -36,6 +36,8 @@ from .loss_options import (
 __all__ = ["SOFTMAX_CE_VARIANTS", "default_cases", "with_options"]
 
 IGNORE = -100  # PyTorch's default ignore_index
+# the case's name carries its note: a kernel's 0 / 0 is NaN (training dies), the exact value the convention 0
+ALL_IGNORED = "all ignored, mean over n = 0 rows: 0/0 is NaN; exact sum/max(n,1) = 0 (torchtune#2341, OpenRLHF#583)"
 
 
 def default_cases() -> LossBatch:
@@ -43,7 +45,7 @@ def default_cases() -> LossBatch:
     spread = [[2.0, 0.5, -1.0, -3.0], [6.0, -6.0, -6.0, -6.0], [0.0, 1.0, -2.0, 4.0]]
     many = np.tile([[1.0, -1.0]], (257, 1))
     return concat([
-        loss_case("all ignored, mean: 0/0 (torchtune#2341, OpenRLHF#583)", spread, [IGNORE] * 3,
+        loss_case(ALL_IGNORED, spread, [IGNORE] * 3,
                   LossOptions("mean", IGNORE)),
         loss_case("label smoothing 0.1, 1 of 3 rows ignored, mean (pytorch#73205)", spread, [0, IGNORE, 3],
                   LossOptions("mean", IGNORE, label_smoothing=0.1)),
