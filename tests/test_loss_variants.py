@@ -242,7 +242,8 @@ def test_reduction_none_splits_batches_into_rows():
     (("--temperature", "0"), ("'--temperature'", "temperature 0.0")),
     (("--label-smoothing", "1.5"), ("'--label-smoothing'", "outside [0, 1]")),
     (("--z-loss", "-1"), ("'--z-loss'", ">= 0")),
-    (("--softcap", "3", "-e", "softmax_ce"), ("'--softcap'", "softmax_ce_variants is not among")),
+    (("--softcap", "3", "-e", "softmax_ce"), ("'--softcap'", "softmax_ce_variants or linear_ce cases, but neither")),
+    (("--ignore-index", "-100", "--z-loss", "0", "-e", "softmax_ce"), ("'--z-loss'", "or linear_ce cases")),
 ])
 def test_bad_options_are_one_line_and_exit_2(capsys, args, fragments):
     code, out, err = run(capsys, "compare", *args)
