@@ -101,7 +101,7 @@ from .loss_options import (
 )
 
 __all__ = ["LinearCEBatch", "LinearCEInputs", "LINEAR_CE", "problem", "concat", "default_cases",
-           "CHUNK_TOKENS", "VOCAB_BLOCK", "with_options", "with_options_experiment"]
+           "CHUNK_TOKENS", "VOCAB_BLOCK", "with_options", "with_options_experiment", "exact_sum_gradients"]
 
 MEAN = LossOptions("mean")  # linear_ce's loss without options: the mean over the N tokens
 CHUNK_TOKENS = 1024  # tokens of the chunks family and of the default chunk cases
@@ -520,6 +520,21 @@ def exact_grad_logit_true(hidden, weight, labels, weight_entry, hidden_entry):
     if solved is None:
         return mpmath.mpf("nan")
     return solved[4][hidden_entry[0]]
+
+
+def exact_sum_gradients(hidden, weight, labels) -> list:
+    """Every entry of the gradients of sum_n loss_n (the protocol's ``d sum(loss)``): d/d weight (V, D) then
+    d/d hidden (N, D), row-major, as mpf (the caller's precision): ``sum_n g_nv h_nj`` and ``sum_v g_nv W_vj``,
+    g_nv = p_nv - [v = y_n] (p_y - 1 = -s / (1 + s) without cancellation); NaN for non-finite inputs."""
+    solved = _problem(hidden, weight, labels)
+    if solved is None:
+        return [mpmath.mpf("nan")] * (len(weight) * len(weight[0]) + len(hidden) * len(hidden[0]))
+    H, W, _, P, G = solved
+    g = [[G[n] if labels[n] == v else P[n][v] for v in range(len(W))] for n in range(len(H))]
+    gt, ht, wt = list(zip(*g)), list(zip(*H)), list(zip(*W))  # columns: g[:, v], H[:, j], W[:, j]
+    dw = [mpmath.fdot(gt[v], ht[j]) for v in range(len(W)) for j in range(len(ht))]
+    dh = [mpmath.fdot(g[n], wt[j]) for n in range(len(H)) for j in range(len(wt))]
+    return dw + dh
 
 
 LOSS = Truth(exact_loss, exact_rows)
