@@ -131,6 +131,10 @@ def test_torch_adapter_every_entry_and_its_witness():
     assert rows["weight"]["problems"] == rows["hidden"]["problems"] == len(distinct)
     for r in rows.values():
         assert sum(r["statuses"].values()) == r["entries"]
+    guide = (ROOT / "docs" / "guides" / "audit.md").read_text(encoding="utf-8")
+    counts = f"{rows['weight']['statuses'].get('inaccurate', 0)} and {rows['hidden']['statuses'].get('inaccurate', 0)}"
+    assert f"{rows['weight']['entries']:,} weight entries and {rows['hidden']['entries']:,} hidden" in guide
+    assert " ".join(guide.split()).count(f"{counts} inaccurate in bfloat16") == 1  # (torch 2.13.0+cpu here)
     # the witness entry of d/d hidden: torch's own value at that entry, called directly on the bf16 inputs
     w = rows["hidden"]["witness"]
     c = list(cases.names).index(w["case"])

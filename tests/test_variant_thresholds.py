@@ -64,6 +64,11 @@ def test_thresholds_are_the_plain_exhaustive_scan(capsys):
                 r = [t for t in rows if (t["family"], t["dtype"], t["method"]) == (family, fmt, method)][0]
                 assert (r["first_inaccurate"], r["first_failure"]) == (inaccurate, failure), r
                 assert r["exact"] == {"first_inaccurate": True, "first_failure": True}, r
+    code, out, err = run(capsys, "thresholds", "-e", "softmax_ce_variants", "-d", "bf16", "-d", "fp16",
+                         "--format", "markdown")
+    start = out.index("| family (parameter)")
+    table = out[start:out.index("\n\n", start)]
+    assert table in (ROOT / "docs" / "guides" / "loss-options.md").read_text(encoding="utf-8")
 
 
 def test_the_issue_s_thresholds_from_the_tool(capsys):
