@@ -308,6 +308,11 @@ class AuditResult(_Document):
         return self.audit.versus
 
     @property
+    def gradient_entries(self) -> list[_audit.GradientEntries]:
+        """linear_ce with ``grad``: every entry of both gradients, summarized per format (else empty)."""
+        return self.audit.gradient_entries
+
+    @property
     def comparison(self) -> engine.Comparison:
         return self.audit.comparison
 
