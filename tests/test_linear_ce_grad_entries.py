@@ -93,6 +93,30 @@ def test_a_planted_bad_hidden_gradient_is_found_and_the_weight_gradient_is_ok(ta
     assert w["value"] == float(got[n, j])
 
 
+def test_torch_adapter_entries_on_the_small_problems():
+    """The torch adapter through the same check (small problems, bfloat16): every entry counted once, and the
+    witness value is torch's own at that entry on the bfloat16 inputs."""
+    torch = pytest.importorskip("torch")
+    from stabilitylab.auditing import adapters
+
+    if not adapters.ADAPTERS["torch.linear_cross_entropy"].installed:
+        pytest.skip("torch.linear_cross_entropy needs torch >= 2.13")
+    target = core.resolve("torch.linear_cross_entropy", grad=True)
+    cases = _small_problems()
+    entries = {g.gradient: g for g in core.gradient_entries(target, [FORMATS["bfloat16"]], cases, None)}
+    assert entries["weight"].entries == 14 and entries["hidden"].entries == 5
+    for g in entries.values():
+        assert sum(g.counts.values()) == g.entries
+        w = g.witness
+        c = list(cases.names).index(w["case"])
+        h = torch.tensor(_bf16(cases.hidden[c]), dtype=torch.bfloat16, requires_grad=True)
+        wt = torch.tensor(_bf16(cases.weight[c]), dtype=torch.bfloat16, requires_grad=True)
+        y = torch.tensor(cases.labels[c])
+        torch.nn.functional.linear_cross_entropy(h, wt, y, reduction="none").sum().backward()
+        grad = wt.grad if g.gradient == "weight" else h.grad
+        assert float(grad[w["entry"][0], w["entry"][1]]) == w["value"]
+
+
 def test_a_user_function_s_gradient_needs_the_linear_ce_protocol(target_file, capsys):
     code, out, err = run(capsys, "audit", f"{target_file}:bad_hidden", "-e", "softmax_ce", "--grad", "-d", "bf16")
     assert code == 2 and "linear_ce protocol" in err and len(err.strip().splitlines()) == 1, err
