@@ -308,6 +308,11 @@ class AuditResult(_Document):
         return self.audit.versus
 
     @property
+    def gradient_entries(self) -> list[_audit.GradientEntries]:
+        """linear_ce with ``grad``: every entry of both gradients, summarized per format (else empty)."""
+        return self.audit.gradient_entries
+
+    @property
     def comparison(self) -> engine.Comparison:
         return self.audit.comparison
 
@@ -532,7 +537,8 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     its default cases.  ``logits`` and the other user-data arguments (see the module docstring)
     replace the softmax_ce cases and are streamed in chunks, any size; ``rows`` / ``on_rows`` as
     in :func:`audit`.  ``loss_options`` (a :class:`~stabilitylab.experiments.loss_options.LossOptions`,
-    checked): the softmax_ce_variants cases' inputs under those options instead of each case's own.
+    checked): the softmax_ce_variants cases' inputs under those options instead of each case's own, and
+    linear_ce's problems under them (its loss methods only, see :func:`linear_ce.with_options`).
     """
     _tolerance(tolerance)
     if p is not None and not (0 < p <= 1):
@@ -557,13 +563,17 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     if p is not None or n is not None:
         cases["likelihood"] = iid(0.1 if p is None else p, 100 if n is None else n)
     if loss_options is not None:
-        from .experiments import softmax_ce_variants
+        from .experiments import linear_ce, softmax_ce_variants
 
-        if "softmax_ce_variants" not in given:
-            raise InputError("the loss options set softmax_ce_variants cases, but softmax_ce_variants is not among "
-                             "the experiments chosen with -e", "--reduction")
-        cases["softmax_ce_variants"] = softmax_ce_variants.with_options(softmax_ce_variants.default_cases(),
-                                                                        loss_options)
+        if not given & {"softmax_ce_variants", "linear_ce"}:
+            raise InputError("the loss options set softmax_ce_variants or linear_ce cases, but neither is among the "
+                             "experiments chosen with -e", "--reduction")
+        if "softmax_ce_variants" in given:
+            cases["softmax_ce_variants"] = softmax_ce_variants.with_options(softmax_ce_variants.default_cases(),
+                                                                            loss_options)
+        if "linear_ce" in given:  # its loss methods (and the per-block z-loss) under the options
+            cases["linear_ce"] = linear_ce.with_options(linear_ce.default_cases(), loss_options)
+            chosen = [linear_ce.with_options_experiment() if e.name == "linear_ce" else e for e in chosen]
     formats = _formats(dtypes)
     user = None
     if logits is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import ml_dtypes
@@ -43,8 +44,7 @@ def test_registered():
 def _bf16_valued(case: LinearCEBatch) -> LinearCEBatch:
     def r(a):
         return a.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
-    return LinearCEBatch(case.names, tuple(map(r, case.hidden)), tuple(map(r, case.weight)), case.labels, case.chunks,
-                         case.vocab_chunk, case.weight_entry, case.hidden_entry)
+    return replace(case, hidden=tuple(map(r, case.hidden)), weight=tuple(map(r, case.weight)))
 
 
 @pytest.mark.parametrize("narrow", [False, True])

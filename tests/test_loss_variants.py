@@ -144,12 +144,16 @@ def _bf16(v) -> float:
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "bfloat16@float32", "float16"])
-def test_all_ignored_mean_is_nan_as_torch_gives_and_that_is_the_exact_value(rows, dtype):
-    """torchtune#2341 / OpenRLHF#583: the mean over 0 tokens is 0/0; the exact value is undefined, NaN is the
-    faithful answer (status ok under the one rule), with the 0/0 shown as an invalid event."""
-    r = _row(rows, "all ignored, mean", "log_softmax", dtype)
-    assert r["value"] == "nan" and r["exact"] == "nan" and r["status"] == "ok" and "invalid" in r["events"]
-    assert math.isnan(float(ref.loss([[1.0, 2.0]], [-100], "mean", -100)))
+def test_all_ignored_mean_is_nan_against_the_convention_zero(rows, dtype):
+    """torchtune#2341 / OpenRLHF#583: a kernel's mean over 0 tokens is 0/0 = NaN and training dies; the exact
+    value follows the convention the fixes return, sum / max(n, 1) = 0, so the row says plainly: status nan,
+    with the 0/0 shown as an invalid event, and the case's name says which convention the exact value follows."""
+    for method in VARIANTS.method_names:
+        r = _row(rows, "all ignored, mean", method, dtype)
+        assert r["value"] == "nan" and r["exact"] == "0" and r["status"] == "nan" and "invalid" in r["events"]
+        assert "sum/max(n,1) = 0" in r["case"]
+    assert float(ref.loss([[1.0, 2.0]], [-100], "mean", -100)) == 0.0
+    assert float(ref.loss([[1.0, 2.0], [0.5, 0.0]], [-100, 1], "mean", -100)) > 0
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "bfloat16@float32", "float16"])
@@ -238,7 +242,8 @@ def test_reduction_none_splits_batches_into_rows():
     (("--temperature", "0"), ("'--temperature'", "temperature 0.0")),
     (("--label-smoothing", "1.5"), ("'--label-smoothing'", "outside [0, 1]")),
     (("--z-loss", "-1"), ("'--z-loss'", ">= 0")),
-    (("--softcap", "3", "-e", "softmax_ce"), ("'--softcap'", "softmax_ce_variants is not among")),
+    (("--softcap", "3", "-e", "softmax_ce"), ("'--softcap'", "softmax_ce_variants or linear_ce cases, but neither")),
+    (("--ignore-index", "-100", "--z-loss", "0", "-e", "softmax_ce"), ("'--z-loss'", "or linear_ce cases")),
 ])
 def test_bad_options_are_one_line_and_exit_2(capsys, args, fragments):
     code, out, err = run(capsys, "compare", *args)

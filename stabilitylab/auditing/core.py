@@ -69,7 +69,8 @@ from ..numerics.policies import format_or_policy
 from . import adapters
 
 __all__ = ["AuditError", "Target", "Witness", "Agreement", "Candidate", "Resemblance", "Versus", "Audit", "resolve",
-           "run", "run_bulk", "PROTOCOLS", "audit_experiment", "candidates", "MATCH_SHARE", "WIDE_ROWS"]
+           "run", "run_bulk", "PROTOCOLS", "audit_experiment", "candidates", "MATCH_SHARE", "WIDE_ROWS",
+           "GradientEntries", "gradient_entries", "GRADIENT_ENTRIES"]
 
 PROTOCOLS = {
     "softmax_ce": "f(logits (rows, K), labels (rows,) int64) -> loss (rows,)",
@@ -179,9 +180,10 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
     if experiment not in PROTOCOLS:
         raise AuditError(f"-e {experiment}: a user function follows the softmax_ce, binary_ce, linear_ce or cast "
                          "protocol")
-    if grad:
-        raise AuditError("--grad works for torch, jax and optax adapters: a user function's gradient is not "
-                         "known to stabilitylab")
+    if grad and experiment != "linear_ce":
+        raise AuditError("--grad works for torch, jax and optax adapters and for a user function of the linear_ce "
+                         f"protocol ({LINEAR_GRAD_PROTOCOL}): another user function's gradient is not known to "
+                         "stabilitylab")
     if not callable(fn):
         raise AuditError(f"{spec} is not callable (it is a {type(fn).__name__})")
     try:
@@ -200,7 +202,7 @@ def _user_target(fn: Callable, spec: str | None, experiment: str | None, grad: b
     env = {"device": "not known (a user function runs where it chooses)"}
     # every format an experiment can run in: not the scale formats, which -d refuses (policies.chosen)
     formats = tuple(f.name for f in EVERY_FORMAT)
-    return Target(name, experiment, _guarded(fn, timeout), formats, f"user function {name}", env, spec, None, False)
+    return Target(name, experiment, _guarded(fn, timeout), formats, f"user function {name}", env, spec, None, grad)
 
 
 class TargetExit(Exception):
@@ -578,6 +580,115 @@ def _linear_ce_case(fn: Callable, grad: bool) -> Callable:
                 out[c] = math.fsum(loss.astype(np.float64).tolist()) / n
         return out
     return call
+
+
+# ------------------------------------------------------- every gradient entry (linear_ce --grad)
+GRADIENT_ENTRIES = 2**15
+"""A linear_ce gradient audit checks every entry of both gradients of the problems whose d/d weight and d/d hidden
+have at most this many entries together (the default problems and the corpus; the 32768-class wide rows, 32769
+entries each, are left out: their d/d weight entry is what the cases measure)."""
+
+
+@dataclass(frozen=True)
+class GradientEntries:
+    """Every entry of one gradient of sum(loss) of a linear_ce target (``gradient``: "weight", d/d weight
+    (V, D), or "hidden", d/d hidden (N, D)) over the audit's small problems (:data:`GRADIENT_ENTRIES`, each
+    distinct problem once) in one format, against its exact value (mpmath on the format's inputs), each entry's
+    status by the black-box rule: ``counts`` per status; ``worst_bits`` the largest error in bits (NaN if no
+    entry has a finite one); ``witness`` the worst entry (the worst failing one if any fails): ``case``,
+    ``entry`` (row, column), ``value``, ``exact`` (text), ``error_bits``, ``status``."""
+
+    dtype: str
+    gradient: str
+    problems: int
+    entries: int
+    counts: dict[str, int]
+    worst_bits: float
+    witness: dict[str, Any] | None
+
+    @property
+    def failing(self) -> int:
+        return sum(n for status, n in self.counts.items() if status != "ok")
+
+
+def gradient_entries(target: Target, formats: Sequence[Format], cases, tolerance: float | None) -> list:
+    """:class:`GradientEntries` of d/d weight and d/d hidden per format: the target called once per distinct small
+    problem (through :meth:`Arith.external`: format inputs, its outputs rounded to the format), every entry
+    against :func:`~stabilitylab.experiments.linear_ce.exact_sum_gradients`."""
+    import mpmath
+
+    from ..experiments import linear_ce
+    from ..numerics import reference
+
+    seen, keep = set(), []
+    for i, (h, w, y) in enumerate(zip(cases.hidden, cases.weight, cases.labels)):
+        key = (h.tobytes(), w.tobytes(), y.tobytes(), h.shape, w.shape)
+        if w.size + h.size <= GRADIENT_ENTRIES and key not in seen:
+            seen.add(key)
+            keep.append(i)
+    small = cases.take(np.array(keep, dtype=np.int64))
+    out = []
+    for fmt in formats:
+        parts: dict[str, list] = {"weight": [], "hidden": []}  # (case name, shape, values, Exact, errors)
+        for group in small.groups():
+            batch = small.take(group)
+            a = Arith(fmt, len(batch))
+            x = linear_ce.load(a, batch)
+            (n, d), v = x.hidden.shape[1:], x.weight.shape[1]
+
+            def flat(hidden, weight, labels, n=n, d=d, v=v):
+                rows = []
+                for c in range(len(hidden)):
+                    result = target.fn(hidden[c], weight[c], labels[c])
+                    if not isinstance(result, (tuple, list)) or len(result) != 2:
+                        raise TargetError(f"it returned {type(result).__name__}; the gradient protocol is "
+                                          f"{LINEAR_GRAD_PROTOCOL}")
+                    gh, gw = (np.asarray(g, dtype=np.float64) for g in result)
+                    if gw.shape != (v, d) or gh.shape != (n, d):
+                        raise TargetError(f"its gradients have shapes {gh.shape}, {gw.shape}, not ({n}, {d}), "
+                                          f"({v}, {d})")
+                    rows.append(np.concatenate([gw.ravel(), gh.ravel()]))
+                return np.stack(rows)
+
+            values = a.external(flat, x.hidden, x.weight, x.labels, shape=(v * d + n * d,))
+            with mpmath.workdps(reference.DIGITS):
+                for c, row in enumerate(linear_ce.exact_rows(x)):
+                    exact = reference.from_mpmath(linear_ce.exact_sum_gradients(*row[:3]))
+                    error = a.errors.get(c, "")
+                    parts["weight"].append((batch.names[c], (v, d), values[c, :v * d], exact.take(np.arange(v * d)),
+                                            error))
+                    parts["hidden"].append((batch.names[c], (n, d), values[c, v * d:],
+                                            exact.take(np.arange(v * d, v * d + n * d)), error))
+        for gradient, items in parts.items():
+            out.append(_entries_summary(fmt, gradient, items, tolerance))
+    return out
+
+
+def _entries_summary(fmt: Format, gradient: str, items: list, tolerance: float | None) -> GradientEntries:
+    """Statuses, the largest error in bits and the witness entry of ``items`` (case name, gradient shape,
+    the target's values, their Exact, the problem's error message or "")."""
+    counts: dict[str, int] = defaultdict(int)
+    worst_bits, witness, worst_key, total = -np.inf, None, None, 0
+    for name, shape, values, exact, error in items:
+        arith = Arith(fmt, len(values))
+        if error:
+            arith.errors.update({i: error for i in range(len(values))})
+        o = classify(fmt, values, exact, arith, tolerance, black_box=True)
+        total += len(values)
+        for status in o.status.tolist():
+            counts[status] += 1
+        bits = np.where(np.isfinite(o.error_bits), o.error_bits, -np.inf)
+        worst_bits = max(worst_bits, float(bits.max()))
+        failing = o.status != "ok"
+        i = int(np.lexsort((bits, failing))[-1])  # the worst failing entry, else the worst entry
+        key = (bool(failing[i]), float(bits[i]))
+        if worst_key is None or key > worst_key:
+            worst_key = key
+            witness = {"case": name, "entry": [int(k) for k in np.unravel_index(i, shape)],
+                       "value": float(o.value[i]), "exact": exact.take(np.array([i])).text()[0],
+                       "error_bits": float(o.error_bits[i]), "status": str(o.status[i])}
+    return GradientEntries(fmt.name, gradient, len(items), total, dict(sorted(counts.items())),
+                           worst_bits if np.isfinite(worst_bits) else float("nan"), witness)
 
 
 # --------------------------------------------------------------- recording
@@ -974,6 +1085,7 @@ class Audit:
     skipped: tuple[str, ...] = ()  # formats asked for that the target does not support
     bulk: streaming.Summary | None = None  # on a user's logits (run_bulk): the rows' summary; comparison is empty
     bulk_text: str = ""  # what the rows are (file, tensor, shape, dtype)
+    gradient_entries: list["GradientEntries"] = field(default_factory=list)  # linear_ce --grad: every entry
 
 
 def probe(target: Target) -> None:
@@ -1069,6 +1181,10 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
                     evaluate(experiment, fmt, batch, tolerance=tolerance, fast_reference=True)
             notes.append(f"'Which formula is it?' also counts {sum(len(b) for b in batches):,} realistic rows "
                          f"({realistic_text(target.audited_experiment)}); they are not listed with the cases")
+        entries = []
+        if target.experiment == "linear_ce" and target.grad:
+            progress("checking every gradient entry")
+            entries = gradient_entries(target, chosen, cases, tolerance)
         rows = _search(experiment, chosen, families, tolerance, recorder, progress) if search else []
     except TargetError as exc:
         raise AuditError(f"{target.name}: {exc}") from None
@@ -1076,7 +1192,8 @@ def run(target: Target, formats: Sequence[Format], cases=None, families: Sequenc
         notes.append(f"{target.name} does not support {', '.join(skipped)} (supported: {', '.join(target.formats)}); "
                      "skipped")
     return Audit(target, experiment, simulated, chosen, comparison, rows, recorder.resembles(chosen),
-                 recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped)
+                 recorder.versus_list(chosen), recorder.witnesses(), tolerance, notes, skipped,
+                 gradient_entries=entries)
 
 
 def _supported(target: Target, formats: Sequence[Format]) -> tuple[tuple[Format, ...], tuple[str, ...]]:

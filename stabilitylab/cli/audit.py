@@ -52,8 +52,9 @@ from .base import (
 @click.option("--no-thresholds", is_flag=True, help="Run the cases only, no threshold search.")
 @click.option("--grad", is_flag=True,
               help="Audit the gradient with respect to the logits (torch, jax and optax targets) against the exact "
-                   "softmax(x) - onehot(y) / sigmoid(z) - y; linear_ce targets: dL/dW of the mean loss at one entry "
-                   "per problem.")
+                   "softmax(x) - onehot(y) / sigmoid(z) - y; linear_ce targets (also a user function returning "
+                   "(d/d hidden, d/d weight)): dL/dW of the mean loss at one entry per problem, and every entry of "
+                   "both gradients on the small problems.")
 @tolerance_option
 @click.option("--timeout", type=float, default=None, metavar="SECONDS",
               help="Stop each call of the target (and the import of your module) after SECONDS: that call's rows "

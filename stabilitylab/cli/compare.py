@@ -49,18 +49,22 @@ from .base import (
 @labels_key_option
 @ignore_index_option
 @click.option("--reduction", type=click.Choice(("none", "sum", "mean")), default=None,
-              help="softmax_ce_variants: reduce each case's rows to one loss (none: one row per case; mean divides by "
-                   "the count of rows not ignored, held in the format). Any of these options runs the variant "
-                   "cases' inputs under the options given; alone, they run softmax_ce_variants only.")
+              help="softmax_ce_variants, linear_ce: reduce each case's rows to one loss (none: one row per case; "
+                   "mean divides by the count of rows not ignored, held in the format; left out: none for "
+                   "softmax_ce_variants, mean for linear_ce). Any of these options (and --ignore-index without "
+                   "--logits, with another of them or with -e linear_ce / softmax_ce_variants) runs the cases' "
+                   "inputs of softmax_ce_variants and of linear_ce (with -e linear_ce) under the options given; "
+                   "alone, they run softmax_ce_variants only.")
 @click.option("--label-smoothing", type=float, default=None,
-              help="softmax_ce_variants: eps in [0, 1]: (1 - eps) * nll + eps / K * sum_i -log p_i (PyTorch's).")
+              help="softmax_ce_variants, linear_ce: eps in [0, 1]: (1 - eps) * nll + eps / K * sum_i -log p_i "
+                   "(PyTorch's).")
 @click.option("--z-loss", type=float, default=None,
-              help="softmax_ce_variants: coefficient z >= 0 of z * logsumexp(x)**2 added per row (PaLM).")
+              help="softmax_ce_variants, linear_ce: coefficient z >= 0 of z * logsumexp(x)**2 added per row (PaLM).")
 @click.option("--softcap", type=float, default=None,
-              help="softmax_ce_variants: c > 0: logits become c * tanh(x / c) (Gemma 2); 0 and non-finite c are "
-                   "refused.")
+              help="softmax_ce_variants, linear_ce: c > 0: logits become c * tanh(x / c) (Gemma 2); 0 and "
+                   "non-finite c are refused.")
 @click.option("--temperature", type=float, default=None,
-              help="softmax_ce_variants: tau > 0: logits are divided by tau (after the softcap).")
+              help="softmax_ce_variants, linear_ce: tau > 0: logits are divided by tau (after the softcap).")
 @click.option("--rows", "rows_mode", type=click.Choice(("summary", "all")), default="summary", show_default=True,
               help="With --logits: a summary (counts, error-bits histogram, worst and failing rows), or every row as "
                    "JSON Lines (streamed; the summary is the last line).")
@@ -77,6 +81,9 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
     check_output(output)
     variant = [name for name in ("reduction", "label_smoothing", "z_loss", "softcap", "temperature")
                if given(ctx, name)]
+    takers = {"softmax_ce_variants", "linear_ce"}
+    if given(ctx, "ignore_index") and not logits and (variant or takers & set(experiments or ())):
+        variant.append("ignore_index")  # without --logits, with another loss option or -e naming a taker
     if variant and logits:
         raise click.BadParameter("the loss options set softmax_ce_variants cases; --logits sets softmax_ce's",
                                  param_hint=f"'--{variant[0].replace('_', '-')}'")
@@ -84,7 +91,7 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
     if variant:
         from ..experiments.loss_options import LossOptions
 
-        options = LossOptions(reduction or "none", ignore_index if given(ctx, "ignore_index") else None,
+        options = LossOptions(reduction, ignore_index if given(ctx, "ignore_index") else None,
                               label_smoothing or 0.0, 0.0 if z_loss is None else z_loss, softcap,
                               1.0 if temperature is None else temperature)
         experiments = experiments or ("softmax_ce_variants",)
@@ -98,12 +105,14 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
         if used and not logits:
             raise click.BadParameter(f"{option} needs --logits", param_hint=f"'{option}'")
     names = {e.name for e in chosen_experiments(experiments or (("softmax_ce",) if logits else ()))}
-    for used, option, needs in ((p is not None or n is not None, "--p / --n", "likelihood"),
-                                (bool(logits), "--logits", "softmax_ce"),
-                                (bool(variant), "--" + (variant or ["x"])[0].replace("_", "-"), "softmax_ce_variants")):
-        if used and needs not in names:
-            raise click.BadParameter(f"{option} sets {needs} cases, but {needs} is not among the experiments "
-                                     f"chosen with -e", param_hint=f"'{option}'")
+    for used, option, needs in ((p is not None or n is not None, "--p / --n", ("likelihood",)),
+                                (bool(logits), "--logits", ("softmax_ce",)),
+                                (bool(variant), "--" + (variant or ["x"])[0].replace("_", "-"),
+                                 ("softmax_ce_variants", "linear_ce"))):
+        if used and not names & set(needs):
+            raise click.BadParameter(f"{option} sets {' or '.join(needs)} cases, but "
+                                     f"{'neither' if len(needs) > 1 else needs[0]} is among the experiments chosen "
+                                     "with -e", param_hint=f"'{option}'")
     if rows_mode == "all" and names != {"softmax_ce"}:
         raise click.BadParameter("--rows all writes the rows of softmax_ce on your logits only; choose -e softmax_ce "
                                  "alone", param_hint="'--rows'")

@@ -88,10 +88,22 @@ import numpy as np
 from ..numerics.arith import Arith
 from ..numerics.formats import FORMATS
 from .base import Batch, Experiment, Family, Method, Rows, Settings, Truth
+from .loss_options import (
+    OPTION_COLUMNS,
+    Loaded,
+    LossOptions,
+    exact_variant_loss,
+    ignored_rows,
+    naive_loss,
+    option_columns,
+    reduced,
+    transform,
+)
 
 __all__ = ["LinearCEBatch", "LinearCEInputs", "LINEAR_CE", "problem", "concat", "default_cases",
-           "CHUNK_TOKENS", "VOCAB_BLOCK"]
+           "CHUNK_TOKENS", "VOCAB_BLOCK", "with_options", "with_options_experiment", "exact_sum_gradients"]
 
+MEAN = LossOptions("mean")  # linear_ce's loss without options: the mean over the N tokens
 CHUNK_TOKENS = 1024  # tokens of the chunks family and of the default chunk cases
 VOCAB_BLOCK = 128  # columns per block of the vocab family's online log-sum-exp
 
@@ -111,6 +123,14 @@ class LinearCEBatch(Batch):
     vocab_chunk: np.ndarray
     weight_entry: np.ndarray
     hidden_entry: np.ndarray
+    # the loss options (loss_options.OPTION_COLUMNS, one value per case; default: the mean, nothing else)
+    reduction: np.ndarray
+    ignore: np.ndarray
+    ignoring: np.ndarray
+    smoothing: np.ndarray
+    z: np.ndarray
+    cap: np.ndarray
+    temperature: np.ndarray
 
     def take(self, rows: np.ndarray) -> "LinearCEBatch":
         rows = np.asarray(rows).tolist()
@@ -131,24 +151,29 @@ class LinearCEBatch(Batch):
 
 
 def problem(hidden, weight, labels, name: str, *, chunks: int = 1, vocab_chunk: int | None = None,
-            weight_entry: tuple[int, int] | None = None, hidden_entry: tuple[int, int] = (0, 0)) -> LinearCEBatch:
-    """One case.  Defaults: one token chunk, one vocabulary block, dL/dW at (label of token 0, 0)."""
+            weight_entry: tuple[int, int] | None = None, hidden_entry: tuple[int, int] = (0, 0),
+            options: LossOptions = MEAN) -> LinearCEBatch:
+    """One case.  Defaults: one token chunk, one vocabulary block, dL/dW at (label of token 0, 0), the
+    mean loss without other options."""
     h = np.asarray(hidden, dtype=np.float64)
     w = np.asarray(weight, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1] or y.shape != (h.shape[0],):
         raise ValueError(f"hidden (N, D), weight (V, D), labels (N,) expected; got {h.shape}, {w.shape}, {y.shape}")
-    entry = (int(y[0]), 0) if weight_entry is None else weight_entry
+    entry = (int(y[0]) if 0 <= y[0] < w.shape[0] else 0, 0) if weight_entry is None else weight_entry
     return LinearCEBatch((name,), (h,), (w,), (y,), np.array([chunks], dtype=np.int64),
                          np.array([w.shape[0] if vocab_chunk is None else vocab_chunk], dtype=np.int64),
-                         np.array([entry], dtype=np.int64), np.array([hidden_entry], dtype=np.int64))
+                         np.array([entry], dtype=np.int64), np.array([hidden_entry], dtype=np.int64),
+                         **option_columns(options, 1))
+
+
+_COLUMNS = ("chunks", "vocab_chunk", "weight_entry", "hidden_entry", *OPTION_COLUMNS)
 
 
 def concat(batches: Sequence[LinearCEBatch]) -> LinearCEBatch:
     return LinearCEBatch(sum((b.names for b in batches), ()), sum((b.hidden for b in batches), ()),
                          sum((b.weight for b in batches), ()), sum((b.labels for b in batches), ()),
-                         *(np.concatenate([getattr(b, f) for b in batches])
-                           for f in ("chunks", "vocab_chunk", "weight_entry", "hidden_entry")))
+                         **{f: np.concatenate([getattr(b, f) for b in batches]) for f in _COLUMNS})
 
 
 # ------------------------------------------------------------------ inputs and kernels
@@ -165,12 +190,18 @@ class LinearCEInputs(Rows):
     vocab_chunk: np.ndarray
     weight_entry: np.ndarray
     hidden_entry: np.ndarray
+    reduction: np.ndarray
+    ignore: np.ndarray
+    ignoring: np.ndarray
+    smoothing: np.ndarray
+    z: np.ndarray
+    cap: np.ndarray
+    temperature: np.ndarray
 
 
 def load(arith: Arith, cases: LinearCEBatch) -> LinearCEInputs:
     return LinearCEInputs(arith.load(np.stack(cases.hidden)), arith.load(np.stack(cases.weight)),
-                          np.stack(cases.labels), cases.chunks, cases.vocab_chunk, cases.weight_entry,
-                          cases.hidden_entry)
+                          np.stack(cases.labels), **{f: getattr(cases, f) for f in _COLUMNS})
 
 
 def _pick(x: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -190,19 +221,36 @@ def _lse(a: Arith, z: np.ndarray) -> np.ndarray:
     return a.log(a.tree(a.add, a.exp(z), 0.0))
 
 
-def _mean(a: Arith, per_token: np.ndarray) -> np.ndarray:
-    n = per_token.shape[-1]
-    return a.div(a.tree(a.add, per_token, 0.0), a.const(np.full(per_token.shape[0], float(n))))
+def _as_loss(a: Arith, x: LinearCEInputs) -> Loaded:
+    """The materialized logits (c, N, V) with the labels and options: a batch of loss_options' kernels."""
+    return Loaded(logits(a, x), x.labels, **{f: getattr(x, f) for f in OPTION_COLUMNS})
 
 
 def materialized_log_softmax(a: Arith, x: LinearCEInputs):
-    z = a.shift(logits(a, x))
-    return _mean(a, a.sub(_lse(a, z), _pick(z, x.labels)))
+    """The options (loss_options, steps 1-4) on the materialized logits: with z = x' - max x' and
+    log_sum = log(sum exp(z)), -lp_y = log_sum - z_y, sum_i -lp_i = -sum_i (z_i - log_sum), lse = max + log_sum."""
+    xs = transform(a, logits(a, x), x)
+    m = a.max(xs)
+    z = a.sub(xs, m[..., None])
+    log_sum = _lse(a, z)
+    _, label = ignored_rows(x)
+
+    def square(where):
+        lse = a.add(m, log_sum, where=where)
+        return a.mul(lse, lse, where=where)
+
+    return reduced(a, x, a.sub(log_sum, _pick(z, label)), xs.shape[-1],
+                   uniform=lambda: a.neg(a.tree(a.add, a.sub(z, log_sum[..., None]), 0.0)), square=square)
 
 
 def materialized_naive(a: Arith, x: LinearCEInputs):
-    e = a.exp(logits(a, x))
-    return _mean(a, a.neg(a.log(a.div(_pick(e, x.labels), a.tree(a.add, e, 0.0)))))
+    return naive_loss(a, _as_loss(a, x))
+
+
+def _block_lse(a: Arith, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max, sum exp(x - max)) of one block of columns."""
+    top = a.max(part)
+    return top, a.tree(a.add, a.exp(a.sub(part, top[..., None])), 0.0)
 
 
 def online_lse(a: Arith, xs: np.ndarray, block: int) -> np.ndarray:
@@ -212,20 +260,47 @@ def online_lse(a: Arith, xs: np.ndarray, block: int) -> np.ndarray:
     m = s = None
     for start in range(0, xs.shape[-1], block):
         part = xs[..., start:start + block]
-        top = a.max(part)
         if m is None:
-            m, s = top, a.tree(a.add, a.exp(a.sub(part, top[..., None])), 0.0)
+            m, s = _block_lse(a, part)
             continue
-        new = a.maximum(m, top)
+        new = a.maximum(m, a.max(part))
         block_sum = a.tree(a.add, a.exp(a.sub(part, new[..., None])), 0.0)
         s = a.tree(a.add, np.stack([a.mul(s, a.exp(a.sub(m, new))), block_sum], axis=-1), 0.0)
         m = new
     return a.add(a.log(s), m)
 
 
+def _online(a: Arith, x: LinearCEInputs, square=None):
+    """The options (loss_options, steps 1-4) with the online lse over vocabulary blocks: -lp_y = lse - x'_y,
+    sum_i -lp_i = V lse - sum_i x'_i, the z-loss's lse**2 from the final lse (or ``square(xs, where)``)."""
+    xs = transform(a, logits(a, x), x)
+    lse = online_lse(a, xs, int(x.vocab_chunk[0]))
+    _, label = ignored_rows(x)
+    k = xs.shape[-1]
+    return reduced(a, x, a.sub(lse, np.take_along_axis(xs, label[..., None], axis=-1)[..., 0]), k,
+                   uniform=lambda: a.sub(a.mul(a.const(np.full(lse.shape, float(k))), lse), a.tree(a.add, xs, 0.0)),
+                   square=(lambda w: a.mul(lse, lse, where=w)) if square is None else (lambda w: square(xs, w)))
+
+
 def vocab_chunks_online(a: Arith, x: LinearCEInputs):
-    xs = logits(a, x)
-    return _mean(a, a.sub(online_lse(a, xs, int(x.vocab_chunk[0])), _pick(xs, x.labels)))
+    return _online(a, x)
+
+
+def vocab_chunks_z_per_chunk(a: Arith, x: LinearCEInputs):
+    """``vocab_chunks_online`` whose z-loss is z * sum_b lse_b**2 over the vocabulary blocks b, lse_b the
+    block's own log-sum-exp (the bug class issue #20 names: lse = log(sum_b exp(lse_b)), and lse**2 is not
+    sum_b lse_b**2); equal to the online method when z = 0 or when the vocabulary is one block."""
+    block = int(x.vocab_chunk[0])
+
+    def square(xs, where):
+        parts = []
+        for start in range(0, xs.shape[-1], block):
+            top, total = _block_lse(a, xs[..., start:start + block])
+            lse_b = a.add(a.log(total, where=where), top, where=where)
+            parts.append(a.mul(lse_b, lse_b, where=where))
+        return a.tree(a.add, np.stack(parts, axis=-1), 0.0)
+
+    return _online(a, x, square)
 
 
 def _onehot(a: Arith, x: LinearCEInputs, shape) -> np.ndarray:
@@ -347,8 +422,9 @@ def _dot2(hidden: np.ndarray, weight: np.ndarray):
 
 
 @lru_cache(maxsize=8)
-def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
-    """Exact logits, losses, probabilities and true-class gradients of one problem (mpmath at ``prec``)."""
+def _exact_logits(hidden: tuple, weight: tuple, prec: int):
+    """(H, W, X): the inputs and the exact logits X = H W^T of one problem as mpf (mpmath at ``prec``), or
+    None for non-finite inputs."""
     with mpmath.workprec(prec):
         if not all(math.isfinite(v) for row in hidden + weight for v in row):
             return None
@@ -362,6 +438,17 @@ def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
             X = [[mpmath.mpf(a) + mpmath.mpf(b) for a, b in zip(*rows)] for rows in zip(*(p.tolist() for p in pair))]
         else:
             X = [[mpmath.fsum(hv * wv for hv, wv in zip(h, w)) for w in W] for h in H]
+        return H, W, X
+
+
+@lru_cache(maxsize=8)
+def _solve(hidden: tuple, weight: tuple, labels: tuple, prec: int):
+    """Exact logits, losses, probabilities and true-class gradients of one problem (mpmath at ``prec``)."""
+    logits = _exact_logits(hidden, weight, prec)
+    if logits is None:
+        return None
+    H, W, X = logits
+    with mpmath.workprec(prec):
         losses, P, G = [], [], []
         for xs, y in zip(X, labels):
             m = max(xs)
@@ -388,6 +475,21 @@ def exact_loss(hidden, weight, labels, weight_entry, hidden_entry):
         return mpmath.mpf("nan")
     losses = solved[2]
     return mpmath.fsum(losses) / len(losses)
+
+
+def exact_loss_options(hidden, weight, labels, weight_entry, hidden_entry, reduction, ignore, eps, z, cap, tau):
+    """The loss with options (loss_options' exact formula, written once there) of the exact logits."""
+    logits = _exact_logits(hidden, weight, mpmath.mp.prec)
+    if logits is None:
+        return mpmath.mpf("nan")
+    return exact_variant_loss(tuple(map(tuple, logits[2])), labels, reduction, ignore, eps, z, cap, tau)
+
+
+def exact_rows_options(x: LinearCEInputs) -> list[tuple]:
+    """:func:`exact_rows` with each case's options: (reduction, ignore index or None, eps, z, cap or None, tau)."""
+    return [row + (int(x.reduction[c]), int(x.ignore[c]) if x.ignoring[c] else None, float(x.smoothing[c]),
+                   float(x.z[c]), None if np.isnan(x.cap[c]) else float(x.cap[c]), float(x.temperature[c]))
+            for c, row in enumerate(exact_rows(x))]
 
 
 def exact_grad_weight(hidden, weight, labels, weight_entry, hidden_entry):
@@ -420,10 +522,26 @@ def exact_grad_logit_true(hidden, weight, labels, weight_entry, hidden_entry):
     return solved[4][hidden_entry[0]]
 
 
+def exact_sum_gradients(hidden, weight, labels) -> list:
+    """Every entry of the gradients of sum_n loss_n (the protocol's ``d sum(loss)``): d/d weight (V, D) then
+    d/d hidden (N, D), row-major, as mpf (the caller's precision): ``sum_n g_nv h_nj`` and ``sum_v g_nv W_vj``,
+    g_nv = p_nv - [v = y_n] (p_y - 1 = -s / (1 + s) without cancellation); NaN for non-finite inputs."""
+    solved = _problem(hidden, weight, labels)
+    if solved is None:
+        return [mpmath.mpf("nan")] * (len(weight) * len(weight[0]) + len(hidden) * len(hidden[0]))
+    H, W, _, P, G = solved
+    g = [[G[n] if labels[n] == v else P[n][v] for v in range(len(W))] for n in range(len(H))]
+    gt, ht, wt = list(zip(*g)), list(zip(*H)), list(zip(*W))  # columns: g[:, v], H[:, j], W[:, j]
+    dw = [mpmath.fdot(gt[v], ht[j]) for v in range(len(W)) for j in range(len(ht))]
+    dh = [mpmath.fdot(g[n], wt[j]) for n in range(len(H)) for j in range(len(wt))]
+    return dw + dh
+
+
 LOSS = Truth(exact_loss, exact_rows)
 GRAD_WEIGHT = Truth(exact_grad_weight, exact_rows)
 GRAD_HIDDEN = Truth(exact_grad_hidden, exact_rows)
 GRAD_LOGIT_TRUE = Truth(exact_grad_logit_true, exact_rows)
+LOSS_OPTIONS = Truth(exact_loss_options, exact_rows_options)
 
 
 # ------------------------------------------------------------------ cases
@@ -539,3 +657,53 @@ LINEAR_CE = Experiment(
     families=FAMILIES,
     default=False,  # its thresholds take 10-17 s per format: it runs when named (-e linear_ce)
 )
+
+
+# ------------------------------------------------------------------ loss options (compare --reduction ... -e linear_ce)
+def with_options(cases: LinearCEBatch, options: LossOptions) -> LinearCEBatch:
+    """The problems' inputs under ``options`` (checked) instead of the mean.
+
+    Problems that differ only in their token chunking are one problem here (the loss does not depend on
+    it); every vocabulary is split into at least two blocks (so a per-block z-loss differs from the whole
+    row's); with an ``ignore_index`` two problems are added: the seeded random problem with every other
+    label set to it, and the same with every label set to it (a mean over no rows); ``none`` makes each
+    token of a problem a case of its own; a reduction left out (None) is the mean.
+    """
+    options = options.check().resolved("mean")
+    seen, out = set(), []
+    for i, name in enumerate(cases.names):
+        h, w, y = cases.hidden[i], cases.weight[i], cases.labels[i]
+        key = (h.tobytes(), w.tobytes(), y.tobytes(), h.shape, w.shape)
+        if key in seen:
+            continue
+        seen.add(key)
+        if int(cases.chunks[i]) > 1 or name.startswith("chunks="):  # (the loss does not depend on the chunking)
+            name = f"tokens:N={h.shape[0]},V={w.shape[0]},D={h.shape[1]} (seeded; the chunks cases' problem)"
+        out.append((name, h, w, y, min(int(cases.vocab_chunk[i]), -(-w.shape[0] // 2))))
+    if options.ignore_index is not None:
+        h, w, y, block = next(((h, w, y, b) for name, h, w, y, b in out if name.startswith("random")), out[-1][1:])
+        some = np.where(np.arange(len(y)) % 2 == 1, options.ignore_index, y)
+        every = np.full_like(y, options.ignore_index)
+        out += [(f"every other label {options.ignore_index}", h, w, some, block),
+                (f"every label {options.ignore_index} (a mean over no rows)", h, w, every, block)]
+    label = options.label()
+    batch = []
+    for name, h, w, y, block in out:
+        if options.reduction == "none":
+            batch += [problem(h[n:n + 1], w, y[n:n + 1], f"{name} token {n} | {label}", vocab_chunk=block,
+                              options=options) for n in range(len(y))]
+        else:
+            batch.append(problem(h, w, y, f"{name} | {label}", vocab_chunk=block, options=options))
+    return concat(batch)
+
+
+LOSS_METHODS = ("materialized_log_softmax", "materialized_naive", "vocab_chunks_online")
+
+
+def with_options_experiment() -> Experiment:
+    """linear_ce under loss options: its loss methods measured against the loss with the options (exact:
+    loss_options' formula on the exact logits), and ``vocab_chunks_z_per_chunk``.  The gradient methods are
+    left out: they compute the gradient of the mean loss without options."""
+    return replace(LINEAR_CE, methods=tuple(LINEAR_CE.method(m) for m in LOSS_METHODS) + (
+        Method("vocab_chunks_z_per_chunk", "vocab_chunks_online with z * sum_b lse_b**2 over the vocabulary blocks",
+               vocab_chunks_z_per_chunk, exact_formula=False),), truth=LOSS_OPTIONS, families=())

@@ -125,11 +125,12 @@ def _with_window(r, record: dict) -> dict:
 
 
 def audit_document(audit) -> dict:
-    """``stabilitylab audit --format json`` (schema :data:`schemas.AUDIT`)."""
+    """``stabilitylab audit --format json`` (schema :data:`schemas.AUDIT`); a linear_ce gradient audit also has
+    ``gradient_entries`` (every entry of both gradients on the small problems, summarized per format)."""
     target = audit.target
     env = dict(fingerprint())
     env.update({f"target_{k}": v for k, v in target.environment.items()})
-    return {
+    doc = {
         "schema": schemas.AUDIT,
         "target": target.name,
         "experiment": audit.experiment.name,
@@ -148,6 +149,17 @@ def audit_document(audit) -> dict:
         "witnesses": [witness_record(w) for w in audit.witnesses],
         "notes": list(audit.notes),
     }
+    if audit.gradient_entries:
+        doc["gradient_entries"] = [gradient_entries_record(g) for g in audit.gradient_entries]
+    return doc
+
+
+def gradient_entries_record(g) -> dict:
+    """One :class:`~stabilitylab.auditing.core.GradientEntries` as JSON (``worst_error_bits`` null if none)."""
+    witness = None if g.witness is None else {**g.witness, "value": number(g.witness["value"]),
+                                              "error_bits": number(g.witness["error_bits"])}
+    return {"dtype": g.dtype, "gradient": g.gradient, "problems": g.problems, "entries": g.entries,
+            "statuses": dict(g.counts), "worst_error_bits": number(g.worst_bits), "witness": witness}
 
 
 def _agreement(a) -> dict:

@@ -527,6 +527,8 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
                    "verified_from says from where up to it every input was.")
         sections.append(Section("Thresholds", paragraphs=[how],
             tables=[thresholds_table(audit.thresholds, list(audit.formats))]))
+    if audit.gradient_entries:
+        sections.append(gradient_entries_section(audit.gradient_entries, formats))
     witness_rows = []
     guards = sum(1 for w in audit.witnesses if w.kind.startswith("guard"))
     for w in audit.witnesses:
@@ -547,3 +549,24 @@ def audit_sections(audit, max_cases: int | None = None, max_findings: int | None
     if audit.notes:
         sections.append(Section("Audit notes", bullets=list(audit.notes)))
     return sections
+
+
+def gradient_entries_section(entries, formats) -> Section:
+    """Every entry of a linear_ce target's two gradients (:class:`~stabilitylab.auditing.core.GradientEntries`)."""
+    rows = []
+    for g in entries:
+        counts = ", ".join(f"{status} {n:,}" for status, n in g.counts.items())
+        worst = "—" if not np.isfinite(g.worst_bits) else f"{g.worst_bits:.1f}"
+        w = g.witness
+        witness = "—" if w is None else (f"{w['case']} [{w['entry'][0]}, {w['entry'][1]}]: "
+                                         f"{value_text(w['value'], formats[g.dtype])} vs {exact_text(w['exact'])} "
+                                         f"({w['status']})")
+        rows.append([Cell(g.dtype), Cell(f"d sum(loss)/d {g.gradient}"), Cell(f"{g.problems}"), Cell(f"{g.entries:,}"),
+                     Cell(counts, "inaccurate" if g.failing else "ok"), Cell(worst), Cell(witness)])
+    return Section("Every gradient entry", paragraphs=[
+        "The cases above read one dL/dW entry per problem; here every entry of both gradients the target returns "
+        "(d sum(loss)/d weight, (V, D), and d sum(loss)/d hidden, (N, D)) on each distinct small problem is "
+        "measured against its exact value (mpmath on the format's inputs), each with the black-box status rule. "
+        "Witness: the worst failing entry, else the entry with the largest error."],
+        tables=[Table("Every gradient entry", ["format", "gradient", "problems", "entries", "statuses",
+                                               "worst error bits", "witness entry"], rows, labels=(0, 1))])

@@ -7,7 +7,9 @@
   at 80 digits (no shift, no log-sum-exp), -log p_i, loops.  PyTorch's definitions: label
   smoothing (1 - eps) * (-log p_y) + eps / K * sum_i (-log p_i); PaLM's z-loss z * log(sum exp)**2;
   Gemma's cap c * tanh(x / c), then x / tau; ignored rows count 0 and are not counted in a mean;
-  a mean over no rows is NaN.  A cap of 0 is read as no cap (NeMo's / Unsloth's convention).
+  a mean over no rows is
+  sum / max(n, 1) = 0 (the convention of the fixes of the all-ignored NaN: OpenRLHF #583).
+  A cap of 0 is read as no cap (NeMo's / Unsloth's convention).
 """
 
 from __future__ import annotations
@@ -70,5 +72,5 @@ def loss(logits, labels, reduction="none", ignore_index=None, label_smoothing=0.
             total += (1 - eps) * minus_log_p[y] + eps / len(xs) * smooth
             total += mpmath.mpf(z_loss) * mpmath.log(denominator) ** 2
         if reduction == "mean":
-            return total / used if used else mpmath.mpf("nan")
+            return total / max(used, 1)
         return +total
