@@ -8,7 +8,7 @@ command line) and readers (``guard.baseline.load``) take the strings from here.
 
 from __future__ import annotations
 
-__all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BASELINE", "SCHEMAS"]
+__all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BASELINE", "TRACE", "SCHEMAS"]
 
 COMPARE = "stabilitylab.compare/1"  # compare --format json (with --logits: its "user_logits" part)
 THRESHOLDS = "stabilitylab.thresholds/1"  # thresholds --format json
@@ -17,5 +17,6 @@ TRAIN = "stabilitylab.train/1"  # train --format json
 FORMATS = "stabilitylab.formats/1"  # formats --format json
 TARGETS = "stabilitylab.targets/1"  # audit --list --format json
 BASELINE = "stabilitylab.baseline/1"  # the baseline file check reads and writes
+TRACE = "stabilitylab.trace/1"  # trace --json
 
-SCHEMAS: tuple[str, ...] = (COMPARE, THRESHOLDS, AUDIT, TRAIN, FORMATS, TARGETS, BASELINE)
+SCHEMAS: tuple[str, ...] = (COMPARE, THRESHOLDS, AUDIT, TRAIN, FORMATS, TARGETS, BASELINE, TRACE)
