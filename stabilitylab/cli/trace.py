@@ -12,7 +12,7 @@ from .base import call_api, check_output, chosen_formats, cli, dtype_option, emi
 @click.argument("target", required=False)
 @dtype_option("bfloat16")
 @click.option("--model", "model_file", type=click.Path(), default=None,
-              help="A TorchScript module file (torch.jit.save), with --inputs, instead of TARGET.")
+              help="An exported program (torch.export.save), with --inputs, instead of TARGET.")
 @click.option("--inputs", "inputs_file", type=click.Path(), default=None,
               help="The batch for --model: a tensor, list or dict of tensors (read with weights_only=True).")
 @click.option("--rows", type=int, default=None, metavar="K",

@@ -29,8 +29,9 @@ reference with relative error <= 2**-52 times the op's condition, far below ever
 tolerance).  Elements whose relative error is at most half the tolerance are ``ok`` without being
 classified (the fast path).  For ops that are not pointwise (``torch.Tag.pointwise``: matmuls,
 reductions, softmax, norms), an element's relative error is not meaningful by itself (a dot product
-that cancels), so ``inaccurate`` elements count only when the normwise error
-``||v - r||_2 / ||r||_2`` (over the finite elements) exceeds the tolerance.
+that cancels), so ``inaccurate`` elements, and ``underflow`` elements that are 0, count only when the
+normwise error ``||v - r||_2 / ||r||_2`` (over the finite elements) exceeds the tolerance; otherwise they
+are ``ok``.
 
 **Causes** (what makes an op a finding):
 
@@ -89,7 +90,7 @@ _EXACT_OPS: frozenset[str] = frozenset({
     "detach", "alias", "clone", "contiguous", "copy", "cat", "stack", "split", "split_with_sizes", "chunk",
     "unbind", "index_select", "gather", "embedding", "index", "select_scatter", "slice_scatter", "zeros_like",
     "ones_like", "empty_like", "new_zeros", "new_ones", "new_empty", "zero_", "empty", "zeros", "ones",
-    "empty_strided", "lift_fresh", "lift_fresh_copy", "constant_pad_nd", "repeat", "flip", "roll", "max_pool2d",
+    "empty_strided", "new_empty_strided", "lift_fresh", "lift_fresh_copy", "constant_pad_nd", "repeat", "flip", "roll", "max_pool2d",
     "max", "min", "amax", "amin", "sort", "topk", "argmax", "argmin", "relu", "relu_", "threshold_backward",
     "embedding_dense_backward", "sign", "abs", "neg", "neg_", "_to_copy_noop"}) | MASK_OPS
 """Ops that only move, select or compare values (exact in every format): not judged, twins still kept."""
@@ -141,6 +142,7 @@ class OpRecord:
     origin: dict | None = None  # a rounded constant upstream (clamp(max=1 - 1e-6) in bfloat16)
     pattern: str | None = None
     forward_op: str = ""  # backward: the forward op the autograd node belongs to
+    kept: dict | None = None  # Shadow(keep=True): the op's float64 inputs and local reference
     replay: dict | None = None  # the first failing op's inputs (emit-pytest), in memory only
     note: str = ""
 
@@ -205,7 +207,7 @@ class Shadow:
     """Build with a format; ``with shadow.mode():`` runs the program under the dispatch mode; the op records
     accumulate in :attr:`records`.  ``first_replay``: keep the inputs of the first op with a local cause."""
 
-    def __init__(self, fmt: Format, tolerance: float | None = None, samples: int = 3):
+    def __init__(self, fmt: Format, tolerance: float | None = None, samples: int = 3, keep: bool = False):
         self.torch = torch = torch_module()
         from torch.utils.weak import WeakIdKeyDictionary
 
@@ -214,6 +216,7 @@ class Shadow:
         self.tol = self.judge_format.default_tolerance if tolerance is None else tolerance
         self.native = low_dtype(fmt)
         self.samples = samples
+        self.keep = keep  # keep every judged op's float64 inputs and local reference (tests check them)
         self.records: list[OpRecord] = []
         self.twins = WeakIdKeyDictionary()  # low storage -> {dtype: float64 base}
         self.produced = WeakIdKeyDictionary()  # storages written by an op under the mode (emulation: rounded)
@@ -417,9 +420,12 @@ class Shadow:
             mask = out[1]
             scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
             return (x * mask.to(torch.float64) * scale, mask)
-        if name in _RANDOM_OPS or (not floats and name not in ("arange", "full", "linspace", "scalar_tensor",
-                                                                 "tensor", "full_like", "new_full")):
-            return None  # the low values are the twin (random draws; factories of fixed values)
+        if name in _RANDOM_OPS:  # the draw is the low run's: its values are the twin's (bernoulli_ in place too)
+            return torch.utils._pytree.tree_map(
+                lambda o: o.to(torch.float64) if self._floating(o) else o, out)
+        if not floats and name not in ("arange", "full", "linspace", "scalar_tensor", "tensor", "full_like",
+                                       "new_full"):
+            return None  # factories without a floating value argument: the low values are the twin
         self._half_to_float = name in ("_softmax", "_log_softmax")
         args, kwargs = self._twin_args(flat, spec, self.twin)
         if not floats and "dtype" not in kwargs:
@@ -508,6 +514,10 @@ class Shadow:
             rec.note = "not judged: the float64 run gave another shape"
             return
         pointwise = torch.Tag.pointwise in getattr(func, "tags", ())
+        if self.keep:
+            rec.kept = {"inputs": [a.to(torch.float64).numpy().copy() for a in inputs_low if self._floating(a)],
+                        "reference": ref.detach().numpy().copy(), "args": [a for a in inputs_low
+                                                                           if not isinstance(a, torch.Tensor)]}
         v = low.detach().to(torch.float64).reshape(-1).numpy()
         r = ref.detach().reshape(-1).contiguous().numpy()
         # inputs finite, per element for pointwise ops (broadcast), for the whole op otherwise
@@ -590,10 +600,10 @@ class Shadow:
                     np.zeros(vs.shape, dtype=bool)
             outcome = classify(fmt, vs, _exact(rs), _Events(vs.size, overflow, pole, underflow, saturated), tol)
             status = outcome.status.copy()
-            if not pointwise:
+            if not pointwise:  # an element of a reduction is judged with the whole: normwise
                 e, _ = self._normwise(fmt, v, r)
                 if e <= tol:
-                    status[status == "inaccurate"] = "ok"
+                    status[(status == "inaccurate") | ((status == "underflow") & (vs == 0))] = "ok"
             finite_bits = outcome.error_bits[np.isfinite(outcome.error_bits) & (status != "ok")]
             bits = float(finite_bits.max()) if finite_bits.size else 0.0
             for s in np.unique(status):

@@ -5,9 +5,10 @@
   dict (keyword arguments); the step is ``model(*batch)``; with ``loss_fn``, ``loss_fn(model(*inputs))``
   (``inputs`` as ``batch``).  A step whose result is a scalar that requires a gradient is the loss, and the
   backward pass runs after it (``--backward``, the default; ``--no-backward`` skips it).
-* ``--model file.pt --inputs batch.pt``: a whole ``nn.Module`` cannot be loaded without running code, so
-  ``file.pt`` holds a TorchScript module (``torch.jit.save``; loaded with ``torch.jit.load``, which runs no
-  Python) and ``batch.pt`` a tensor, a list / tuple or a dict of tensors read with
+* ``--model program.pt2 --inputs batch.pt``: a whole ``nn.Module`` cannot be unpickled without running code,
+  so the model file holds an exported program (``torch.export.save(torch.export.export(model, args), path)``;
+  loaded with ``torch.export.load``, which reads a graph and weights, not pickled code; TorchScript is
+  deprecated) and ``batch.pt`` a tensor, a list / tuple or a dict of tensors read with
   ``torch.load(weights_only=True)``: reading a data file never runs code.
 
 :func:`prepare` puts model and batch in the format: bfloat16 / float16 natively (``model.to(dtype)``,
@@ -121,9 +122,9 @@ def from_files(model_path: str, inputs_path: str) -> Target:
         raise InputError(f"cannot read {inputs_path} with torch.load(weights_only=True): {described(exc)}",
                          "--inputs") from None
     try:
-        model = torch.jit.load(model_path, map_location="cpu")
+        model = torch.export.load(model_path).module()
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot load {model_path} as a TorchScript module (torch.jit.save): {described(exc)}; "
+        raise InputError(f"cannot load {model_path} as an exported program (torch.export.save): {described(exc)}; "
                          "for a Python model give TARGET as file.py:build", "--model") from None
     if not _all_tensors(torch, inputs):
         raise InputError(f"{inputs_path} must hold a tensor, a list / tuple or a dict of tensors", "--inputs")
