@@ -352,8 +352,8 @@ class Shadow:
         if judged and name.endswith("_") and self._floating(flat[0]):  # in place: keep self as it was
             self_fmt = self._format_of(flat[0])
             if self_fmt is not None:
-                pre_drift = self._normwise(self_fmt, flat[0].to(torch.float64).reshape(-1).numpy(),
-                                           self.twin(flat[0]).reshape(-1).numpy())[0]
+                pre_drift = self._normwise(self_fmt, flat[0].detach().to(torch.float64).reshape(-1),
+                                           self.twin(flat[0]).reshape(-1))[0]
             inputs_low = [flat[0].clone(), *flat[1:]]
 
         out = func(*args, **kwargs)
@@ -518,29 +518,22 @@ class Shadow:
             rec.kept = {"inputs": [a.to(torch.float64).numpy().copy() for a in inputs_low if self._floating(a)],
                         "reference": ref.detach().numpy().copy(), "args": [a for a in inputs_low
                                                                            if not isinstance(a, torch.Tensor)]}
-        v = low.detach().to(torch.float64).reshape(-1).numpy()
-        r = ref.detach().reshape(-1).contiguous().numpy()
-        # inputs finite, per element for pointwise ops (broadcast), for the whole op otherwise
-        fin = np.ones(v.shape, dtype=bool)
+        # float64, flat; the numpy arrays share the tensors' memory (whole-array passes run in torch)
+        v_t = low.detach().to(torch.float64).reshape(-1)
+        r_t = ref.detach().reshape(-1).contiguous()
+        tw_t = self.twin(low).reshape(-1).contiguous()
+        v, r, tw = v_t.numpy(), r_t.numpy(), tw_t.numpy()
         floats_in = [a for a in inputs_low if self._floating(a)]
-        for a in floats_in:
-            ok = torch.isfinite(a)
-            if pointwise and a.dim() <= low.dim():
-                try:
-                    fin &= ok.broadcast_to(low.shape).reshape(-1).numpy()
-                    continue
-                except RuntimeError:
-                    pass
-            if not bool(ok.all()):
-                fin[:] = False
-        tw = self.twin(low).reshape(-1).numpy()
-        self._statuses(rec, fmt, v, r, tw, fin, pointwise)
-        rec.drift, rec.drift_bits = self._normwise(fmt, v, tw)
-        if rec.drift > self.tol and self._noise(tw, [a for a in flat if self._floating(a)]):
+        nonfinite = not bool(torch.isfinite(v_t).all())
+        fin = self._inputs_finite(floats_in, low, pointwise) if nonfinite or fmt.saturates else \
+            np.ones(v.shape, dtype=bool)
+        self._statuses(rec, fmt, v_t, r_t, fin, pointwise)
+        rec.drift, rec.drift_bits = self._normwise(fmt, v_t, tw_t)
+        originals = [a for a in flat if self._floating(a)]
+        if rec.drift > self.tol and self._noise(tw_t, originals):
             rec.drift, rec.drift_bits = 0.0, 0.0  # the twin is float64 noise around 0: no drift to measure
         if rec.cause is None:
-            self._exposed(rec, fmt, v, r, tw, fin, [a for a in flat if self._floating(a)], pre_drift,
-                          inputs_low is not flat)
+            self._exposed(rec, fmt, v, r, tw, fin, nonfinite, originals, pre_drift, inputs_low is not flat)
         if rec.cause is not None:
             origin = None
             for a in floats_in:
@@ -557,40 +550,64 @@ class Shadow:
                 rec.replay = {"op": str(func), "args": tree_unflatten(kept, spec), "reference": ref.detach().clone(),
                               "format": fmt.name, "dtype": str(low.dtype).replace("torch.", "")}
 
-    def _noise(self, tw: np.ndarray, originals) -> bool:
-        """Whether the twin output is float64 cancellation noise: its largest magnitude is below
-        :data:`_NOISE` times the largest magnitude of its inputs' twins (the gradient of a sum of softmax
-        outputs, exactly 0, comes out of float64 as 1e-19)."""
-        with np.errstate(all="ignore"):
-            top = float(np.max(np.abs(tw), initial=0.0, where=np.isfinite(tw)))
-            scale = 0.0
-            for a in originals:
-                ta = self.twin(a).reshape(-1).numpy()
-                scale = max(scale, float(np.max(np.abs(ta), initial=0.0, where=np.isfinite(ta))))
-        return top <= _NOISE * scale
+    def _inputs_finite(self, floats_in, low, pointwise: bool) -> np.ndarray:
+        """Per output element, whether the op's inputs were finite (pointwise ops: the broadcast inputs of that
+        element; other ops: all of every input)."""
+        torch = self.torch
+        fin = np.ones(low.numel(), dtype=bool)
+        for a in floats_in:
+            ok = torch.isfinite(a)
+            if pointwise and a.dim() <= low.dim():
+                try:
+                    fin &= ok.broadcast_to(low.shape).reshape(-1).numpy()
+                    continue
+                except RuntimeError:
+                    pass
+            if not bool(ok.all()):
+                fin[:] = False
+        return fin
 
-    def _normwise(self, fmt: Format, v: np.ndarray, r: np.ndarray) -> tuple[float, float]:
-        with np.errstate(all="ignore"):
-            both = np.isfinite(v) & np.isfinite(r)
-            if not both.any():
-                return 0.0, 0.0
-            d = v[both] - r[both]
-            num = float(np.sqrt(np.dot(d, d)))
-            den = float(np.sqrt(np.dot(r[both], r[both])))
+    def _noise(self, tw_t, originals) -> bool:
+        """Whether the twin output is float64 cancellation noise: its largest finite magnitude is below
+        :data:`_NOISE` times the largest finite magnitude of its inputs' twins (the gradient of a sum of
+        softmax outputs, exactly 0, comes out of float64 as 1e-19)."""
+        torch = self.torch
+
+        def top(t) -> float:
+            t = t.reshape(-1)
+            t = t[torch.isfinite(t)]
+            return float(t.abs().max()) if t.numel() else 0.0
+
+        scale = max((top(self.twin(a)) for a in originals), default=0.0)
+        return top(tw_t) <= _NOISE * scale
+
+    def _normwise(self, fmt: Format, v_t, r_t) -> tuple[float, float]:
+        """(e, bits): e = ||v - r||_2 / ||r||_2 over the elements where both are finite; bits = log2(e / eps + 1)."""
+        torch = self.torch
+        d = v_t - r_t
+        if not bool(torch.isfinite(d).all()):
+            both = torch.isfinite(v_t) & torch.isfinite(r_t)
+            d, r_t = d[both], r_t[both]
+        if d.numel() == 0:
+            return 0.0, 0.0
+        num = float(torch.linalg.vector_norm(d))
+        den = float(torch.linalg.vector_norm(r_t))
         e = 0.0 if num == 0 else (math.inf if den == 0 else num / den)
         return e, math.log2(e / fmt.eps + 1) if math.isfinite(e) else math.inf
 
-    def _statuses(self, rec: OpRecord, fmt: Format, v, r, tw, fin, pointwise: bool) -> None:
+    def _statuses(self, rec: OpRecord, fmt: Format, v_t, r_t, fin, pointwise: bool) -> None:
+        torch = self.torch
         tol = self.tol
-        with np.errstate(all="ignore"):
-            rel = np.abs(v - r) / np.abs(r)
-            easy = (v == r) | (np.isnan(v) & np.isnan(r)) | (np.isfinite(v) & (v != 0) & (rel <= tol / 2))
-        idx = np.flatnonzero(~easy)
-        counts = {"ok": int(v.size - idx.size)}
+        diff = (v_t - r_t).abs()
+        easy = (v_t == r_t) | (torch.isfinite(diff) & (diff <= (tol / 2) * r_t.abs()) & (v_t != 0))
+        idx = torch.nonzero(~easy).reshape(-1).numpy()
+        del diff, easy
+        counts = {"ok": int(v_t.numel() - idx.size)}
         bits = 0.0
         cause, kind, offending = None, None, 0
+        e, nbits = self._normwise(fmt, v_t, r_t)
         if idx.size:
-            vs, rs, fs = v[idx], r[idx], fin[idx]
+            vs, rs, fs = v_t.numpy()[idx], r_t.numpy()[idx], fin[idx]
             with np.errstate(all="ignore"):
                 lost = ~np.isfinite(vs)
                 overflow = lost & fs & np.isfinite(rs)
@@ -600,56 +617,54 @@ class Shadow:
                     np.zeros(vs.shape, dtype=bool)
             outcome = classify(fmt, vs, _exact(rs), _Events(vs.size, overflow, pole, underflow, saturated), tol)
             status = outcome.status.copy()
-            if not pointwise:  # an element of a reduction is judged with the whole: normwise
-                e, _ = self._normwise(fmt, v, r)
-                if e <= tol:
-                    status[(status == "inaccurate") | ((status == "underflow") & (vs == 0))] = "ok"
+            if not pointwise and e <= tol:  # an element of a reduction is judged with the whole: normwise
+                status[(status == "inaccurate") | ((status == "underflow") & (vs == 0))] = "ok"
             finite_bits = outcome.error_bits[np.isfinite(outcome.error_bits) & (status != "ok")]
             bits = float(finite_bits.max()) if finite_bits.size else 0.0
-            for s in np.unique(status):
-                counts[str(s)] = counts.get(str(s), 0) + int(np.count_nonzero(status == s))
+            for st in np.unique(status):
+                counts[str(st)] = counts.get(str(st), 0) + int(np.count_nonzero(status == st))
             range_over = (status == "range") & fs & (lost | saturated)
-            failing = {s: (status == s) for s in ("nan", "overflow", "underflow", "inaccurate")}
+            failing = {st: (status == st) for st in ("nan", "overflow", "underflow", "inaccurate")}
             failing["overflow"] = failing["overflow"] | range_over
-            for s in ("nan", "overflow", "underflow", "inaccurate"):
-                if failing[s].any():
-                    cause, kind, offending = s, "local", int(np.count_nonzero(failing[s]))
-                    rec._offenders = idx[failing[s]]
-                    worst = outcome.error_bits[failing[s]]
+            for st in ("nan", "overflow", "underflow", "inaccurate"):
+                if failing[st].any():
+                    cause, kind, offending = st, "local", int(np.count_nonzero(failing[st]))
+                    rec._offenders = idx[failing[st]]
+                    worst = outcome.error_bits[failing[st]]
                     worst = worst[~np.isnan(worst)]
                     bits = max(bits, float(worst.max()) if worst.size else math.inf)
                     break
-        e, nbits = self._normwise(fmt, v, r)
         rec.local_bits = max(bits, nbits) if math.isfinite(nbits) else bits
         rec.counts = {k: n for k, n in counts.items() if n}
         rec.cause, rec.kind, rec.offending = cause, kind, offending
 
-    def _exposed(self, rec: OpRecord, fmt: Format, v, r, tw, fin, originals, pre_drift, in_place) -> None:
+    def _exposed(self, rec: OpRecord, fmt: Format, v, r, tw, fin, nonfinite, originals, pre_drift,
+                 in_place) -> None:
         torch = self.torch
-        with np.errstate(all="ignore"):
-            lost = (~np.isfinite(v)) & fin & np.isfinite(tw)
-        if lost.any():
-            idx = np.flatnonzero(lost)
-            vs, rs, ts = v[idx], r[idx], tw[idx]
-            pole = np.isinf(rs)
-            overflow = ~pole & ~np.isnan(rs)
-            outcome = classify(fmt, vs, _exact(ts), _Events(vs.size, overflow, pole, np.zeros(vs.shape, bool),
-                                                            np.zeros(vs.shape, bool)), self.tol)
-            bad = np.isin(outcome.status, ("overflow", "underflow", "nan", "inaccurate"))
-            if bad.any():
-                statuses, counts = np.unique(outcome.status[bad], return_counts=True)
-                cause = str(statuses[np.argmax(counts)])
-                rec.cause, rec.kind, rec.offending = cause, "exposed", int(bad.sum())
-                rec.drift_bits = math.inf  # a value lost: every bit
-                rec._offenders = idx[bad]
-                return
+        if nonfinite:
+            with np.errstate(all="ignore"):
+                lost = (~np.isfinite(v)) & fin & np.isfinite(tw)
+            if lost.any():
+                idx = np.flatnonzero(lost)
+                vs, rs, ts = v[idx], r[idx], tw[idx]
+                pole = np.isinf(rs)
+                overflow = ~pole & ~np.isnan(rs)
+                outcome = classify(fmt, vs, _exact(ts), _Events(vs.size, overflow, pole, np.zeros(vs.shape, bool),
+                                                                np.zeros(vs.shape, bool)), self.tol)
+                bad = np.isin(outcome.status, ("overflow", "underflow", "nan", "inaccurate"))
+                if bad.any():
+                    statuses, counts = np.unique(outcome.status[bad], return_counts=True)
+                    rec.cause, rec.kind, rec.offending = str(statuses[np.argmax(counts)]), "exposed", int(bad.sum())
+                    rec.drift_bits = math.inf  # a value lost: every bit
+                    rec._offenders = idx[bad]
+                    return
         if rec.drift > self.tol:
             drift_in = 0.0 if pre_drift is None else pre_drift
             for i, a in enumerate(originals):
                 if a.dtype == torch.float64 or (in_place and i == 0):
                     continue
-                ta = self.twin(a).reshape(-1).numpy()
-                drift_in = max(drift_in, self._normwise(fmt, a.to(torch.float64).reshape(-1).numpy(), ta)[0])
+                drift_in = max(drift_in, self._normwise(fmt, a.detach().to(torch.float64).reshape(-1),
+                                                        self.twin(a).reshape(-1))[0])
             if drift_in <= self.tol:
                 rec.cause, rec.kind = "inaccurate", "exposed"
                 with np.errstate(all="ignore"):
