@@ -166,6 +166,14 @@ class _Events:
         return self.first[EVENTS.index(event)]
 
 
+def _all_finite(torch, t) -> bool:
+    """Every element finite: a sum is finite only if every term is (an inf or NaN makes it inf or NaN); only a
+    sum that overflows, or one that is not finite, needs the elementwise check."""
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def _exact(r: np.ndarray) -> Exact:
     r = np.asarray(r, dtype=np.float64)
     finite = np.isfinite(r)
@@ -259,7 +267,7 @@ class Shadow:
         base = None if per is None else per.get(low.dtype)
         if base is None:
             n = st.nbytes() // low.element_size()
-            base = torch.zeros(n, dtype=torch.float64)
+            base = torch.empty(n, dtype=torch.float64)  # the op's output view is written below
             self.twins.setdefault(st, {})[low.dtype] = base
         if twin.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
             return
@@ -524,10 +532,10 @@ class Shadow:
         tw_t = self.twin(low).reshape(-1).contiguous()
         v, r, tw = v_t.numpy(), r_t.numpy(), tw_t.numpy()
         floats_in = [a for a in inputs_low if self._floating(a)]
-        nonfinite = not bool(torch.isfinite(v_t).all())
+        nonfinite = not _all_finite(torch, v_t)
         fin = self._inputs_finite(floats_in, low, pointwise) if nonfinite or fmt.saturates else \
             np.ones(v.shape, dtype=bool)
-        self._statuses(rec, fmt, v_t, r_t, fin, pointwise)
+        self._statuses(rec, fmt, v_t, r_t, fin, pointwise, nonfinite)
         rec.drift, rec.drift_bits = self._normwise(fmt, v_t, tw_t)
         originals = [a for a in flat if self._floating(a)]
         if rec.drift > self.tol and self._noise(tw_t, originals):
@@ -585,7 +593,7 @@ class Shadow:
         """(e, bits): e = ||v - r||_2 / ||r||_2 over the elements where both are finite; bits = log2(e / eps + 1)."""
         torch = self.torch
         d = v_t - r_t
-        if not bool(torch.isfinite(d).all()):
+        if not _all_finite(torch, d):
             both = torch.isfinite(v_t) & torch.isfinite(r_t)
             d, r_t = d[both], r_t[both]
         if d.numel() == 0:
@@ -595,13 +603,18 @@ class Shadow:
         e = 0.0 if num == 0 else (math.inf if den == 0 else num / den)
         return e, math.log2(e / fmt.eps + 1) if math.isfinite(e) else math.inf
 
-    def _statuses(self, rec: OpRecord, fmt: Format, v_t, r_t, fin, pointwise: bool) -> None:
+    def _statuses(self, rec: OpRecord, fmt: Format, v_t, r_t, fin, pointwise: bool, nonfinite: bool) -> None:
         torch = self.torch
         tol = self.tol
-        diff = (v_t - r_t).abs()
-        easy = (v_t == r_t) | (torch.isfinite(diff) & (diff <= (tol / 2) * r_t.abs()) & (v_t != 0))
-        idx = torch.nonzero(~easy).reshape(-1).numpy()
-        del diff, easy
+        # easy: |v - r| <= tol/2 |r| with r finite (a NaN compares false; thr is 0 where r is inf or NaN, so a
+        # finite v there is not easy), or v == r (+-inf alike); a v of 0 is easy only where r is 0
+        thr = r_t.abs().mul_(tol / 2).nan_to_num_(nan=0.0, posinf=0.0)
+        easy = torch.le((v_t - r_t).abs_(), thr)
+        del thr
+        if nonfinite:
+            easy |= v_t == r_t
+        idx = torch.nonzero(easy.logical_not_()).reshape(-1).numpy()
+        del easy
         counts = {"ok": int(v_t.numel() - idx.size)}
         bits = 0.0
         cause, kind, offending = None, None, 0
