@@ -74,6 +74,14 @@ def test_float16_feed_forward_past_65504():
     assert runs["bfloat16"]["findings"] == []
 
 
+def test_emulated_formats_round_every_op_with_the_projects_rounding():
+    runs = traced("feed_forward", ["e5m2", "mxfp4"])
+    f = first(runs["float8_e5m2"], "overflow")  # 76800 > 57344, the largest float8_e5m2
+    assert (f["op"], f["module"], f["kind"], f["rewrite"]) == ("aten.addmm.default", "ff.fc2", "local", "past_max")
+    assert runs["float8_e5m2"]["native"] is False
+    assert runs["mxfp4"]["findings"] == []  # MXFP4 storage, float32 compute: the policy holds 76800
+
+
 def test_bfloat16_running_sum_stagnates():
     runs = traced("running_sum", ["bf16", "fp16", "fp32"])  # 600 ones: bfloat16 stops at 256
     f = first(runs["bfloat16"], "inaccurate")
@@ -188,6 +196,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     (["trace", f"{PLANTED}:missing"], "has no attribute"),
     (["trace", f"{PLANTED}:healthy", "-d", "fp17"], "fp17"),
     (["trace", f"{PLANTED}:healthy", "--rows", "0"], "--rows"),
+    (["trace", f"{PLANTED}:healthy", "-d", "fp64"], "references are float64"),
     (["trace"], "give a target"),
     (["trace", "--model", "m.pt"], "go together"),
 ])

@@ -41,6 +41,10 @@ def formats_of(dtype) -> tuple[Format, ...]:
             out.extend(chosen(str(item)))
         except (KeyError, ValueError) as exc:
             raise InputError(str(exc.args[0]) if exc.args else str(exc), "-d") from None
+    wide = [f.name for f in out if f.compute_format.name == "float64"]
+    if wide:
+        raise InputError(f"{wide[0]}: the trace's references are float64 themselves; trace a narrower format "
+                         "(bf16, fp16, fp32, fp8 ...)", "-d")
     return tuple(dict.fromkeys(out))
 
 
