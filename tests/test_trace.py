@@ -232,3 +232,17 @@ def test_an_inputs_file_that_needs_code_is_refused_not_run(tmp_path, capsys):
     assert main(["trace", "--model", str(tmp_path / "m.pt2"), "--inputs", str(tmp_path / "bad.pt")]) == 2
     err = capsys.readouterr().err
     assert "weights_only=True" in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_torch_one_line_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch now raises ImportError
+    assert main(["trace", f"{PLANTED}:healthy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'pip install "stabilitylab[torch]"' in err and len(err.splitlines()) == 1
+
+
+def test_json_to_standard_output_is_json_only(capsys):
+    assert main(["trace", f"{PLANTED}:feed_forward", "-d", "fp16", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["runs"][0]["first_events"] == [{"phase": "forward", "cause": "overflow", "op": "aten.addmm.default",
+                                               "module": "ff.fc2", "index": 1}]

@@ -110,9 +110,14 @@ def trace(target=None, dtype="bfloat16", *, rows: int | None = None, backward: b
 def run(target, formats: Sequence[Format], *, rows: int | None = None, backward: bool = True,
         tolerance: float | None = None, model_file: str | None = None, inputs_file: str | None = None) -> TraceResult:
     """One step of the target in every format under the shadow (the command line's and the API's run)."""
+    from ..errors import MissingLibrary
     from . import target as targets
-    from .shadow import Shadow, low_dtype
+    from .shadow import Shadow, low_dtype, torch_module
 
+    try:
+        torch_module()
+    except MissingLibrary as exc:  # one line naming the extra (the command line: exit 2)
+        raise InputError(str(exc)) from None
     if model_file is not None:
         t = targets.from_files(model_file, inputs_file)
     elif isinstance(target, targets.Target):
