@@ -26,8 +26,9 @@ rewritten for the twin and the local reference: every floating dtype becomes flo
 **Statuses** are the project's one rule (:func:`stabilitylab.analysis.outcome.classify`), applied
 per output element with the local reference as the exact value (float64 on the same inputs: a
 reference with relative error <= 2**-52 times the op's condition, far below every judged format's
-tolerance).  Elements whose relative error is at most half the tolerance are ``ok`` without being
-classified (the fast path).  For ops that are not pointwise (``torch.Tag.pointwise``: matmuls,
+tolerance).  Elements whose relative error is at most half the tolerance, and finite non-zero values
+equal to the reference correctly rounded to the format (step 1 of the rule), are ``ok`` without being
+classified (the fast paths).  For ops that are not pointwise (``torch.Tag.pointwise``: matmuls,
 reductions, softmax, norms), an element's relative error is not meaningful by itself (a dot product
 that cancels), so ``inaccurate`` elements, and ``underflow`` elements that are 0, count only when the
 normwise error ``||v - r||_2 / ||r||_2`` (over the finite elements) exceeds the tolerance; otherwise they
@@ -619,8 +620,15 @@ class Shadow:
         bits = 0.0
         cause, kind, offending = None, None, 0
         e, nbits = self._normwise(fmt, v_t, r_t)
+        if idx.size:  # step 1 of the rule first: a finite non-zero v that is the reference correctly rounded is ok
+            vs, rs = v_t.numpy()[idx], r_t.numpy()[idx]
+            with np.errstate(all="ignore"):
+                settled = np.isfinite(vs) & (vs != 0) & (vs == fmt.round(rs, np.float64))
+            if settled.any():
+                counts["ok"] += int(np.count_nonzero(settled))
+                idx, vs, rs = idx[~settled], vs[~settled], rs[~settled]
         if idx.size:
-            vs, rs, fs = v_t.numpy()[idx], r_t.numpy()[idx], fin[idx]
+            fs = fin[idx]
             with np.errstate(all="ignore"):
                 lost = ~np.isfinite(vs)
                 overflow = lost & fs & np.isfinite(rs)
