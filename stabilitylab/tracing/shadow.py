@@ -433,7 +433,7 @@ class Shadow:
             return torch.utils._pytree.tree_map(
                 lambda o: o.to(torch.float64) if self._floating(o) else o, out)
         if not floats and name not in ("arange", "full", "linspace", "scalar_tensor", "tensor", "full_like",
-                                       "new_full"):
+                                       "new_full", "_to_copy"):  # integers cast to a float: the twin is exact
             return None  # factories without a floating value argument: the low values are the twin
         self._half_to_float = name in ("_softmax", "_log_softmax")
         args, kwargs = self._twin_args(flat, spec, self.twin)
