@@ -16,9 +16,9 @@ from stabilitylab.io import schemas  # noqa: E402
 PLANTED = Path(__file__).parent / "trace_models" / "planted.py"
 
 
-def traced(builder: str, formats) -> dict:
+def traced(builder: str, formats, backward: bool = True) -> dict:
     """{format: run} of the JSON document."""
-    doc = json.loads(stabilitylab.trace(f"{PLANTED}:{builder}", dtype=formats).to_json())
+    doc = json.loads(stabilitylab.trace(f"{PLANTED}:{builder}", dtype=formats, backward=backward).to_json())
     assert doc["schema"] == schemas.TRACE
     return {run["format"]: run for run in doc["runs"]}
 
@@ -83,14 +83,14 @@ def test_emulated_formats_round_every_op_with_the_projects_rounding():
 
 
 def test_bfloat16_running_sum_stagnates():
-    runs = traced("running_sum", ["bf16", "fp16", "fp32"])  # 600 ones: bfloat16 stops at 256
+    runs = traced("running_sum", ["bf16", "fp16"], backward=False)  # 300 ones: bfloat16 stops at 256
     f = first(runs["bfloat16"], "inaccurate")
     assert (f["op"], f["module"], f["kind"], f["pattern"], f["rewrite"]) == (
         "aten.add.Tensor", "total", "exposed", "accumulation", "low_precision_sum")
     assert f["samples"][0]["value"] == 256.0 and f["samples"][0]["inputs"] == [256.0, 1.0]
     assert f["command"] == "stabilitylab compare -e accumulation -d bfloat16"
     assert earlier_findings(runs["bfloat16"], f) == []
-    assert runs["float16"]["findings"] == [] and runs["float32"]["findings"] == []  # 600 < 2048 = 2**11
+    assert runs["float16"]["findings"] == []  # 300 < 2048 = 2**11: float16 holds every partial sum
 
 
 def test_rope_phases_in_bfloat16_at_large_positions():
@@ -115,7 +115,7 @@ def test_p_minus_one_cancels_in_bfloat16():
 
 
 def test_a_healthy_model_gives_no_failure():
-    runs = traced("healthy", ["fp16", "bf16", "e5m2"])
+    runs = traced("healthy", ["fp16", "bf16"])
     for name, run in runs.items():
         assert run["findings"] == [], name
         assert run["ops"] > 10 and any(m["phase"] == "backward" for m in run["modules"])
