@@ -123,8 +123,7 @@ def command(entry: Rewrite, fmt: Format) -> str | None:
     """The command that reproduces the entry's formula in the format (``None``: no experiment does yet)."""
     if entry.command is None:
         return None
-    name = fmt.storage_format.name if fmt.is_policy and fmt.block is None else fmt.name
-    return entry.command.format(fmt=name)
+    return entry.command.format(fmt=fmt.name)  # a policy's name is its -d spelling (bfloat16@float32)
 
 
 def table_markdown() -> str:
