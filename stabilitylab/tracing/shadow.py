@@ -624,6 +624,8 @@ class Shadow:
             vs, rs = v_t.numpy()[idx], r_t.numpy()[idx]
             with np.errstate(all="ignore"):
                 settled = np.isfinite(vs) & (vs != 0) & (vs == fmt.round(rs, np.float64))
+                if fmt.saturates:  # +-max may be a saturated overflow: range or lost, for classify to say
+                    settled &= np.abs(vs) != fmt.max
             if settled.any():
                 counts["ok"] += int(np.count_nonzero(settled))
                 idx, vs, rs = idx[~settled], vs[~settled], rs[~settled]
