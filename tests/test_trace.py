@@ -75,11 +75,14 @@ def test_float16_feed_forward_past_65504():
 
 
 def test_emulated_formats_round_every_op_with_the_projects_rounding():
-    runs = traced("feed_forward", ["e5m2", "mxfp4"])
+    runs = traced("feed_forward", ["e5m2", "mxfp4", "e4m3:saturate"])
     f = first(runs["float8_e5m2"], "overflow")  # 76800 > 57344, the largest float8_e5m2
     assert (f["op"], f["module"], f["kind"], f["rewrite"]) == ("aten.addmm.default", "ff.fc2", "local", "past_max")
     assert runs["float8_e5m2"]["native"] is False
     assert runs["mxfp4"]["findings"] == []  # MXFP4 storage, float32 compute: the policy holds 76800
+    f = first(runs["float8_e4m3fn:saturate"], "overflow")  # saturated at 448: lost, not a finite success
+    assert (f["op"], f["module"], f["count"]) == ("aten.addmm.default", "ff.fc2", 8)
+    assert f["samples"][0]["value"] == 448.0
 
 
 def test_bfloat16_running_sum_stagnates():
