@@ -147,6 +147,24 @@ def test_the_with_block_gives_what_the_target_run_gives():
     assert json.loads(t.to_json())["schema"] == schemas.TRACE
 
 
+def test_rows_in_a_with_block_cuts_the_outermost_call_to_k_rows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("planted_models", PLANTED)
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    model, (x, y) = planted.healthy()
+    model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    with stabilitylab.trace(dtype="bf16", rows=2) as t:
+        model(x, y).backward()
+    first_op = t.result.runs[0].records[0]
+    assert first_op.op == "aten.native_layer_norm.default" and first_op.elements == 2 * 16  # 8 rows -> 2
+    assert t.result.rows == 2 and t.findings == []
+    with stabilitylab.trace(dtype="bf16") as whole:  # the hooks are gone after the block
+        model(x, y).backward()
+    assert whole.result.runs[0].records[0].elements == 8 * 16
+
+
 def test_rows_traces_a_slice_of_the_batch():
     whole = stabilitylab.trace(f"{PLANTED}:healthy", dtype="bf16").runs[0].records
     part = stabilitylab.trace(f"{PLANTED}:healthy", dtype="bf16", rows=2).runs[0].records

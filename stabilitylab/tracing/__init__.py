@@ -50,26 +50,62 @@ def formats_of(dtype) -> tuple[Format, ...]:
 
 class Tracer:
     """The context manager of ``stabilitylab.trace(dtype=...)``: traces one format; after the block,
-    :attr:`result` (a :class:`TraceResult`) and its ``summary``, ``findings``, ``to_json()``."""
+    :attr:`result` (a :class:`TraceResult`) and its ``summary``, ``findings``, ``to_json()``.
 
-    def __init__(self, fmt: Format, tolerance: float | None = None):
+    ``rows=K``: the batch is what the block passes to its outermost module call; the tensors among that call's
+    positional arguments are cut to their first K entries (a global forward pre-hook), so the model runs, and
+    is traced, on K rows (its outputs have K rows)."""
+
+    def __init__(self, fmt: Format, tolerance: float | None = None, rows: int | None = None):
         from .shadow import Shadow
 
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise InputError(f"rows must be an integer >= 1, not {rows!r}", "rows")
         self.fmt = fmt
+        self.rows = rows
         self.shadow = Shadow(fmt, tolerance)
         self._mode = None
+        self._hooks: list = []
+        self._depth = 0
         self.result: TraceResult | None = None
 
     def __enter__(self) -> "Tracer":
+        if self.rows is not None:
+            self._cut_the_batch()
         self._mode = self.shadow.mode()
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> bool:
         self._mode.__exit__(*exc)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         run = FormatRun(self.fmt, self.shadow.native is not None, self.shadow.records, self.shadow.twin_failures)
-        self.result = TraceResult([run], target="(traced block)")
+        notes = [f"rows={self.rows}: the outermost module call's tensor arguments were cut to {self.rows} rows"] \
+            if self.rows is not None else []
+        self.result = TraceResult([run], target="(traced block)", rows=self.rows, notes=notes)
         return False
+
+    def _cut_the_batch(self) -> None:
+        from torch.nn.modules import module as nn_module
+
+        from .shadow import torch_module
+
+        torch = torch_module()
+        rows = self.rows
+
+        def before(module, args):
+            self._depth += 1
+            if self._depth == 1:
+                return tuple(a[:rows] if isinstance(a, torch.Tensor) and a.dim() >= 1 else a for a in args)
+            return None
+
+        def after(module, args, output):
+            self._depth -= 1
+
+        self._hooks = [nn_module.register_module_forward_pre_hook(before),
+                       nn_module.register_module_forward_hook(after, always_call=True)]
 
     def _done(self) -> TraceResult:
         if self.result is None:
@@ -97,13 +133,10 @@ def trace(target=None, dtype="bfloat16", *, rows: int | None = None, backward: b
     :class:`~.target.Target` or a ``(model, batch)`` / ``(model, inputs, loss_fn)`` tuple) in each format and
     returns a :class:`TraceResult`; ``trace(dtype=...)`` without a target is a context manager (one format)."""
     if target is None:
-        if rows is not None:
-            raise InputError("rows= applies to trace(TARGET, ...): in a with block, slice your batch yourself",
-                             "rows")
         formats = formats_of(dtype)
         if len(formats) != 1:
             raise InputError("a with block traces one format: give one dtype", "dtype")
-        return Tracer(formats[0], tolerance)
+        return Tracer(formats[0], tolerance, rows)
     return run(target, formats_of(dtype), rows=rows, backward=backward, tolerance=tolerance)
 
 
