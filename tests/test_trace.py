@@ -121,7 +121,7 @@ def test_a_healthy_model_gives_no_failure():
     runs = traced("healthy", ["fp16", "bf16"])
     for name, run in runs.items():
         assert run["findings"] == [], name
-        assert run["ops"] > 10 and any(m["phase"] == "backward" for m in run["modules"])
+        assert run["ops"] > 10 and any(m["phase"] == "backward" for m in run["per_module"])
 
 
 def test_backward_ops_are_placed_at_their_forward_op():

@@ -15,6 +15,7 @@ Patterns (read off the finding, :func:`pattern_of`):
 ``accumulation``      an ``add`` whose offending operands have the same sign (a running sum that stagnates:
                       the addend is below half an ulp of the sum);
 ``large_argument``    ``sin`` / ``cos`` of arguments beyond 2 pi (a rounded phase);
+``out_of_domain``     a NaN that float64 also gives on the same inputs (an input outside the op's domain);
 ``""``                anything else.
 """
 
@@ -78,6 +79,13 @@ CATALOGUE: tuple[Rewrite, ...] = (
             "a result below the format's smallest subnormal flushed to 0 where the value mattered",
             "compute this op in float32, or rescale (loss scaling for gradients)",
             "gradient", "stabilitylab compare -e gradient -d {fmt}"),
+    Rewrite("out_of_domain", (), ("nan",), "out_of_domain",
+            "the input left the op's domain because of earlier rounding (a variance mean(x^2) - mean(x)^2 that "
+            "cancelled to a negative number, then sqrt / rsqrt): float64 on the same input gives the same NaN, "
+            "the op is not at fault",
+            "compute the input stably where it was lost (the finding before this one: a two-pass variance, "
+            "torch.nn.LayerNorm, float32), or clamp it into the domain",
+            None, None),
     Rewrite("invalid", (), ("nan",), None,
             "an invalid operation (0/0, inf - inf, 0 * inf) the float64 reference does not do",
             "find the zero or infinity among the inputs (samples) and guard it; compute this op in float32",
@@ -93,6 +101,9 @@ def pattern_of(op: str, cause: str, origin: dict | None, samples: list) -> str:
     """The pattern of a finding (see the module docstring), from its op's short name, cause, origin and samples."""
     if origin is not None:
         return "rounded_constant"
+    if cause == "nan" and samples and all(isinstance(s.get("local_reference"), float) and
+                                          s["local_reference"] != s["local_reference"] for s in samples):
+        return "out_of_domain"  # NaN in float64 on the same inputs too: an input outside the domain
     if op in ("add", "sub", "rsub", "add_", "sub_") and cause == "inaccurate" and samples:
         cancels = sum(1 for s in samples if len(s.get("inputs", ())) == 2 and
                       abs(s["twin"]) < max(abs(s["inputs"][0]), abs(s["inputs"][1])) / 4)

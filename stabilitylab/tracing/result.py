@@ -131,6 +131,21 @@ class FormatRun:
                 row["causes"][r.cause] = row["causes"].get(r.cause, 0) + 1
         return list(rows.values())
 
+    def cells(self) -> list[dict]:
+        """Per (module, op), forward and backward pooled: the worst local error bits and drift bits and the
+        elements per status (the figure's heat map cells)."""
+        cells: dict[tuple[str, str], dict] = {}
+        for r in self.records:
+            c = cells.setdefault((r.module, r.op), {"format": self.format.name, "module": r.module, "op": r.op,
+                                                    "worst_error_bits": 0.0, "worst_drift_bits": 0.0,
+                                                    "counts": {}})
+            c["worst_error_bits"] = max(c["worst_error_bits"], r.local_bits)
+            c["worst_drift_bits"] = max(c["worst_drift_bits"], r.drift_bits)
+            for st, n in r.counts.items():
+                c["counts"][st] = c["counts"].get(st, 0) + n
+        return [{**c, "worst_error_bits": jsonout.number(c["worst_error_bits"]),
+                 "worst_drift_bits": jsonout.number(c["worst_drift_bits"])} for c in cells.values()]
+
     def counts(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for r in self.records:
@@ -148,8 +163,8 @@ class FormatRun:
                 "first_events": [{"phase": f.phase, "cause": f.cause, "op": f.op, "module": f.module,
                                   "index": f.index} for f in findings],
                 "findings": [f.to_dict() for f in findings],
-                "modules": [{**m, "local_bits": jsonout.number(m["local_bits"]),
-                             "drift_bits": jsonout.number(m["drift_bits"])} for m in self.modules()],
+                "per_module": [{**m, "local_bits": jsonout.number(m["local_bits"]),
+                                "drift_bits": jsonout.number(m["drift_bits"])} for m in self.modules()],
                 "twin_failures": self.twin_failures}
 
 
@@ -183,6 +198,7 @@ class TraceResult:
     def to_dict(self) -> dict:
         return {"schema": schemas.TRACE, "target": self.target, "rows": self.rows, "backward": self.backward,
                 "formats": [r.format.name for r in self.runs], "runs": [r.to_dict() for r in self.runs],
+                "modules": [c for r in self.runs for c in r.cells()],
                 "wider_on_cpu": list(WIDER_ON_CPU), "limits": list(LIMITS), "notes": self.notes}
 
     def to_json(self) -> str:

@@ -198,15 +198,20 @@ def _module(parents) -> str:
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(_HERE)
+_MACHINERY = frozenset(os.path.join(_HERE, f"{m}.py") for m in ("shadow", "__init__", "target", "result", "emit",
+                                                                   "catalogue")) | frozenset(
+    os.path.join(_PACKAGE, f) for f in ("api.py", "__main__.py"))
 
 
 def _user_frame() -> str:
-    """``file:line`` of the innermost frame outside torch and stabilitylab.tracing."""
+    """``file:line`` of the innermost frame that is the model's: not torch's, not the trace's own machinery
+    (a model defined inside stabilitylab, as ``tracing/models.py``, is the model's)."""
     f = sys._getframe(2)
     while f is not None:
         name = f.f_code.co_filename
-        if not (name.startswith(_HERE) or os.sep + "torch" + os.sep in name or name.startswith("<")
-                or "contextlib" in name):
+        if not (name in _MACHINERY or name.startswith(os.path.join(_PACKAGE, "cli")) or name.startswith("<")
+                or os.sep + "torch" + os.sep in name or "contextlib" in name):
             return f"{os.path.basename(name)}:{f.f_lineno}"
         f = f.f_back
     return ""
