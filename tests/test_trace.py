@@ -129,6 +129,10 @@ def test_backward_ops_are_placed_at_their_forward_op():
     back = [f for f in runs["bfloat16"]["findings"] if f["phase"] == "backward"]
     assert back and all(f["node"].endswith("Backward0") and f["forward_op"].startswith("aten.") for f in back)
     assert all(f["module"] == "loss" for f in back)
+    records = stabilitylab.trace(f"{PLANTED}:clamp_log1p", dtype="bf16").runs[0].records
+    placed = [(r.node, r.forward_op) for r in records if r.phase == "backward" and r.node]
+    assert len(placed) >= 5  # MeanBackward0 ... AddmmBackward0: each at the forward op of its own name
+    assert all(node.split("Backward")[0].lower() in op.replace("_", "") for node, op in placed), placed
 
 
 def test_the_with_block_gives_what_the_target_run_gives():

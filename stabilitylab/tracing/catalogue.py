@@ -16,6 +16,7 @@ Patterns (read off the finding, :func:`pattern_of`):
                       the addend is below half an ulp of the sum);
 ``large_argument``    ``sin`` / ``cos`` of arguments beyond 2 pi (a rounded phase);
 ``out_of_domain``     a NaN that float64 also gives on the same inputs (an input outside the op's domain);
+``subnormal``         an inaccurate result whose worst elements (the samples) are below the smallest normal;
 ``""``                anything else.
 """
 
@@ -65,6 +66,11 @@ CATALOGUE: tuple[Rewrite, ...] = (
             "and is lost (the sum stagnates)",
             "accumulate in float32 (sum(dtype=torch.float32), a float32 accumulator), or sum pairwise",
             "accumulation", "stabilitylab compare -e accumulation -d {fmt}"),
+    Rewrite("gradual_underflow", (), ("inaccurate",), "subnormal",
+            "values below the format's smallest normal (6.1e-5 in float16) keep only a few significant bits: "
+            "typical of float16 gradients without loss scaling",
+            "scale the loss (torch.amp.GradScaler), or keep these values in bfloat16 / float32",
+            "gradient", "stabilitylab compare -e gradient -d {fmt}"),
     Rewrite("large_phase", ("sin", "cos"), ("inaccurate",), None,
             "sin / cos of a phase computed in the low format: at large positions position * freq has an ulp of a "
             "radian or more (RoPE)",
@@ -97,10 +103,14 @@ CATALOGUE: tuple[Rewrite, ...] = (
 )
 
 
-def pattern_of(op: str, cause: str, origin: dict | None, samples: list) -> str:
-    """The pattern of a finding (see the module docstring), from its op's short name, cause, origin and samples."""
+def pattern_of(op: str, cause: str, origin: dict | None, samples: list, tiny: float = 0.0) -> str:
+    """The pattern of a finding (see the module docstring), from its op's short name, cause, origin and samples
+    (``tiny``: the format's smallest normal)."""
     if origin is not None:
         return "rounded_constant"
+    if cause == "inaccurate" and samples and all(isinstance(s.get("twin"), float) and abs(s["twin"]) < tiny
+                                                 for s in samples):
+        return "subnormal"  # the worst elements are below the smallest normal: few bits left
     if cause == "nan" and samples and all(isinstance(s.get("local_reference"), float) and
                                           s["local_reference"] != s["local_reference"] for s in samples):
         return "out_of_domain"  # NaN in float64 on the same inputs too: an input outside the domain

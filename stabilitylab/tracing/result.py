@@ -106,7 +106,7 @@ class FormatRun:
                 continue
             seen[(r.phase, r.cause)] = True
             short = r.op.split(".")[1] if "." in r.op else r.op
-            pattern = catalogue.pattern_of(short, r.cause, r.origin, r.samples)
+            pattern = catalogue.pattern_of(short, r.cause, r.origin, r.samples, self.format.tiny)
             entry = catalogue.lookup(short, r.cause, pattern)
             bits = r.local_bits if r.kind == "local" else r.drift_bits
             found.append(Finding(self.format.name, r.phase, r.cause, r.kind, r.op, r.module, r.source, r.node,

@@ -349,9 +349,12 @@ class Shadow:
 
         name = _short(func)
         flat, spec = tree_flatten((args, kwargs))
-        if torch._C._current_graph_task_id() == -1:  # forward: the autograd node this op gets (if any)
-            module = _module(tracker.parents)
-            self.forward_ops[torch._C._autograd._get_sequence_nr() - 1] = (str(func), module, _user_frame())
+        if torch._C._current_graph_task_id() == -1:
+            # forward: an autograd node takes its sequence number just before its op is dispatched, so the first
+            # op seen after a number was taken is that node's (ops that make no node do not take one)
+            seq = torch._C._autograd._get_sequence_nr() - 1
+            if seq not in self.forward_ops:
+                self.forward_ops[seq] = (str(func), _module(tracker.parents), _user_frame())
         emulate = self.native is None
         if emulate:
             flat = [self._low_leaf(a) if self._floating(a) and a.dtype == torch.float32 else a for a in flat]
