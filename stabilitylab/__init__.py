@@ -8,14 +8,15 @@ Python API (imported on first use, so ``python -m stabilitylab`` stays light)::
     result.to_json(); result.to_pytest("tests/test_loss_stability.py")
     stabilitylab.compare(["softmax_ce"]).to_markdown()
     stabilitylab.thresholds("likelihood", dtypes="float32").rows
+    with stabilitylab.trace(dtype="bf16") as t: loss = model(x); loss.backward()   # then t.findings
 
 See :mod:`stabilitylab.api` for the parameters.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["audit", "compare", "thresholds", "train", "adapters_table", "AuditResult", "CompareResult",
-           "ThresholdsResult", "TrainResult", "AuditError", "InputError"]
+__all__ = ["audit", "compare", "thresholds", "train", "trace", "adapters_table", "AuditResult", "CompareResult",
+           "ThresholdsResult", "TrainResult", "TraceResult", "AuditError", "InputError"]
 
 
 def __getattr__(name: str):

@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # imported where used: ``stabilitylab compare`` does not load
     from .analysis import thresholds as _thresholds
     from .auditing import core as _audit
 
-__all__ = ["audit", "compare", "thresholds", "train", "adapters_table", "AuditResult", "CompareResult",
+__all__ = ["audit", "compare", "thresholds", "train", "trace", "adapters_table", "AuditResult", "CompareResult",
            "ThresholdsResult", "TrainResult", "AuditError", "InputError"]
 
 MAX_CASES, MAX_FINDINGS = 60, 40  # a summary's limits: per experiment, cases and findings shown
@@ -662,3 +662,44 @@ def adapters_table() -> list[dict[str, Any]]:
                     "gradient": a.grad is not None, "installed": a.installed,
                     "versions": versions, "extra": a.extra, "computes": a.formula})
     return out
+
+
+def trace(target=None, dtype="bfloat16", *, rows: int | None = None, backward: bool = True,
+          tolerance: float | None = None, model_file: str | None = None, inputs_file: str | None = None):
+    """Trace a PyTorch model in low-precision formats (see :mod:`stabilitylab.tracing`).
+
+    ``trace("model.py:build", dtype=["bf16", "fp16"], rows=4)`` runs one step (forward, and backward when the
+    step returns a scalar loss) of the target in each format and returns a :class:`TraceResult`;
+    ``with stabilitylab.trace(dtype="bf16") as t: loss = model(x); loss.backward()`` traces the block, then
+    ``t.summary``, ``t.findings``, ``t.to_json()``.  ``model_file`` / ``inputs_file``: a TorchScript module
+    and a weights-only batch file instead of a target (the command line's ``--model`` / ``--inputs``)."""
+    from . import tracing
+
+    if model_file is not None or inputs_file is not None:
+        if model_file is None or inputs_file is None:
+            raise InputError("model_file and inputs_file go together", "--model")
+        return tracing.run(None, tracing.formats_of(dtype), rows=rows, backward=backward, tolerance=tolerance,
+                           model_file=model_file, inputs_file=inputs_file)
+    return tracing.trace(target, dtype, rows=rows, backward=backward, tolerance=tolerance)
+
+
+def headroom(target, dtype=None, *, rows: int | None = None, model_file: str | None = None,
+             inputs_file: str | None = None):
+    """``stabilitylab trace --headroom``: "can this model run in fp16 / fp8 / MXFP4?" from one float32 forward
+    with a hook on every module (no shadow): each module's output amax against each format's max (margin in
+    binades), the fraction of its nonzeros below the smallest normal and flushed to 0, and for block formats the
+    fraction flushed by the block scale (:mod:`stabilitylab.tracing.headroom`).  ``dtype`` None: fp16, bf16, e4m3,
+    e5m2, mxfp8, mxfp4, nvfp4."""
+    from . import tracing
+
+    if (model_file is None) != (inputs_file is None):
+        raise InputError("model_file and inputs_file go together", "--model")
+    return tracing.run_headroom(target, dtype, rows=rows, model_file=model_file, inputs_file=inputs_file)
+
+
+def __getattr__(name: str):
+    if name == "TraceResult":
+        from .tracing import TraceResult
+
+        return TraceResult
+    raise AttributeError(f"module 'stabilitylab.api' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import click
 from ..errors import InputError
 from ..io import atomic, output
 from ..status import ExitStatus
-from . import audit, check, compare, formats, report, thresholds, train  # noqa: F401 - each registers its command
+from . import audit, check, compare, formats, report, thresholds, trace, train  # noqa: F401 - each registers its command
 from .base import CheckExit, Interrupted, cli
 
 __all__ = ["main", "cli", "run"]

@@ -8,7 +8,8 @@ command line) and readers (``guard.baseline.load``) take the strings from here.
 
 from __future__ import annotations
 
-__all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BASELINE", "HEADROOM", "SCHEMAS"]
+__all__ = ["COMPARE", "THRESHOLDS", "AUDIT", "TRAIN", "FORMATS", "TARGETS", "BASELINE", "TRACE", "HEADROOM",
+           "SCHEMAS"]
 
 COMPARE = "stabilitylab.compare/1"  # compare --format json (with --logits: its "user_logits" part)
 THRESHOLDS = "stabilitylab.thresholds/1"  # thresholds --format json
@@ -17,6 +18,7 @@ TRAIN = "stabilitylab.train/1"  # train --format json
 FORMATS = "stabilitylab.formats/1"  # formats --format json
 TARGETS = "stabilitylab.targets/1"  # audit --list --format json
 BASELINE = "stabilitylab.baseline/1"  # the baseline file check reads and writes
-HEADROOM = "stabilitylab.headroom/1"  # trace --headroom --format json (tracing/headroom.py)
+TRACE = "stabilitylab.trace/1"  # trace --json
+HEADROOM = "stabilitylab.headroom/1"  # trace --headroom --json (tracing/headroom.py)
 
-SCHEMAS: tuple[str, ...] = (COMPARE, THRESHOLDS, AUDIT, TRAIN, FORMATS, TARGETS, BASELINE, HEADROOM)
+SCHEMAS: tuple[str, ...] = (COMPARE, THRESHOLDS, AUDIT, TRAIN, FORMATS, TARGETS, BASELINE, TRACE, HEADROOM)
