@@ -74,7 +74,8 @@ def test_work_wall_and_rss_targets(bench):
     jobs = _jobs(bench)
     assert _result(bench, jobs["thresholds"], [1.45], [0.4]).verdict() == "misses (work 1.05 s)"
     assert _result(bench, jobs["check"], [1.35], [0.4]).verdict() == "meets (work 0.95 s)"
-    assert _result(bench, jobs["report"], [4.5], []).verdict() == "misses (time)"
+    assert _result(bench, jobs["report"], [8.5], []).verdict() == "misses (time)"
+    assert _result(bench, jobs["report"], [7.9], []).verdict() == "meets"
     assert bench.row(_result(bench, jobs["report"], [3.9], []))[1:5] == ("3.90", "—", "—", "—")
     logits = jobs["logits 1000x10 bfloat16"]
     assert _result(bench, logits, [0.5], [0.05], rss=(1500.0,)).verdict() == "misses (RSS)"

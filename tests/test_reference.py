@@ -117,3 +117,29 @@ def test_a_value_held_at_the_floor_prints_as_the_bound():
         held = reference.from_mpmath([tiny, -tiny, near])
     assert held.text() == [f"<2^{reference.SCALE_FLOOR}", f"-<2^{reference.SCALE_FLOOR}", mpmath.nstr(near, 10)]
     assert not held.zero.any() and (held.rounded(FORMATS["float64"]) == 0).all()
+
+
+def test_wide_rows_remembered_across_calls_give_each_row_its_own_value(monkeypatch):
+    """Wide rows are remembered across calls (the report's audits ask for the same ones): a second
+    call returns the same values, a row that differs in one value gets its own (checked against
+    plain mpmath, not the memo), and the memo holds at most WIDE_MEMO_VALUES values."""
+    monkeypatch.setattr(reference, "_WIDE_MEMO", {})
+    monkeypatch.setattr(reference, "_wide_memo_values", 0)
+    monkeypatch.setattr(reference, "WIDE_MEMO_VALUES", 3 * 100)
+    rng = np.random.default_rng(5)
+    rows = [np.round(rng.normal(0, 3, 100), 3) for _ in range(4)]
+    rows[1] = rows[0].copy()
+    rows[1][7] += 0.5  # one value apart from row 0
+    batches = []
+    for _ in range(2):
+        for x in rows:
+            loaded = Logits(ParamNames("row", np.zeros(1)), x[None, :], np.array([2]), np.array([100]))
+            out = reference.exact(TRUTH, SOFTMAX_CE.load(Arith(FORMATS["float64"], 1), loaded))
+            batches.append((float(out.hi[0]), float(out.lo[0]), int(out.scale[0])))
+    assert batches[:4] == batches[4:]
+    for x, got in zip(rows, batches[:4]):
+        hi, lo, e = plain(x, 2)
+        value = mpmath.ldexp(mpmath.mpf(got[0]) + mpmath.mpf(got[1]), got[2])
+        assert abs(value - mpmath.ldexp(mpmath.mpf(hi) + mpmath.mpf(lo), e)) <= 2.0**-100 * abs(value)
+    assert batches[0] != batches[1]
+    assert reference._wide_memo_values <= 3 * 100 and len(reference._WIDE_MEMO) <= 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,20 @@ from stabilitylab.report import large_vocab
 ROOT = Path(__file__).resolve().parents[1]
 
 
+BUILT: list[float] = []  # the seconds the module's build took, timed here around report.build
+
+
 @pytest.fixture(scope="module")
 def files():
-    return report.build(DEFAULT_FORMATS)
+    started = time.perf_counter()
+    out = report.build(DEFAULT_FORMATS)
+    BUILT.append(time.perf_counter() - started)
+    return out
+
+
+def _without_build_time(markdown: str) -> str:
+    """The report minus the row stating its own build time (it differs from run to run)."""
+    return re.sub(rf"^\| {report.BUILD_ITEM} \|.*\n", "", markdown, flags=re.M)
 
 
 def _without_environment(markdown: str) -> str:
@@ -36,7 +48,26 @@ def test_report_is_deterministic(files):
     again = report.build(DEFAULT_FORMATS)
     assert again.keys() == files.keys()
     for name in files:
-        assert again[name] == files[name], name
+        if name == report.INDEX:  # byte for byte but the build-time row
+            assert _without_build_time(again[name].decode()) == _without_build_time(files[name].decode())
+        else:
+            assert again[name] == files[name], name
+
+
+@pytest.mark.slow  # builds the whole report (~20-35 s)
+def test_report_states_its_build_time(files):
+    """One row of the environment table: the build's wall seconds, at most what this test timed around
+    the same build (timed here, not by the report's code), and its worker processes."""
+    from stabilitylab.analysis.parallel import worker_count
+
+    md = files[report.INDEX].decode()
+    rows = re.findall(rf"^\| {report.BUILD_ITEM} \| ([0-9.]+) s wall, (\d+) worker process(?:es)? ", md, flags=re.M)
+    assert len(rows) == 1, rows
+    seconds, processes = float(rows[0][0]), int(rows[0][1])
+    assert 0 < seconds <= BUILT[0] + 0.05  # (printed to 0.1 s)
+    assert processes == worker_count()
+    assert md.index("## Environment") < md.index(report.BUILD_ITEM) < md.index("## ", md.index("## Environment") + 3)
+    assert _without_build_time(md).count(report.BUILD_ITEM) == 0
 
 
 @pytest.mark.slow  # builds the whole report (~20-35 s)

@@ -259,12 +259,23 @@ def exp_sum_scaled(hi: np.ndarray, lo: np.ndarray, use: np.ndarray) -> tuple[Exa
     return Exact(out_hi, out_lo, np.where(floor, SCALE_FLOOR, scale), np.zeros(len(hi), dtype=bool)), handled
 
 
+WIDE_ROW = 64  # rows of at least this many values are remembered across calls (see exact)
+WIDE_MEMO_VALUES = 2**20  # at most this many values in the rows remembered (then it starts again)
+_WIDE_MEMO: dict[tuple, mpmath.mpf] = {}
+_wide_memo_values = 0
+
+
 def exact(truth, inputs) -> Exact:
     """The truth's mpmath value per row of ``inputs``, exact to ``DIGITS`` digits.
 
     Rows are tuples of Python floats (exactly the format-rounded inputs);
-    repeated rows cost once.
+    repeated rows cost once.  Wide rows (a tuple of at least ``WIDE_ROW`` floats in its arguments:
+    mpmath takes ~10 us per value) are also remembered across calls in this process, keyed by the
+    reference function and the row's exact values, up to ``WIDE_MEMO_VALUES`` values: the value is a
+    pure function of them (the report's audits of several kernels on one worker ask for the same wide
+    rows in each format).
     """
+    global _wide_memo_values
     fn: Callable = truth.reference_fn
     cache: dict[tuple, mpmath.mpf] = {}
     out = []
@@ -272,7 +283,20 @@ def exact(truth, inputs) -> Exact:
         for row in truth.exact_rows(inputs):
             r = cache.get(row)
             if r is None:
-                r = cache[row] = fn(*row)
+                width = sum(len(a) for a in row if isinstance(a, tuple))
+                if width >= WIDE_ROW:
+                    key = (fn, row)
+                    r = _WIDE_MEMO.get(key)
+                    if r is None:
+                        r = fn(*row)
+                        if _wide_memo_values + width > WIDE_MEMO_VALUES:
+                            _WIDE_MEMO.clear()
+                            _wide_memo_values = 0
+                        _WIDE_MEMO[key] = r
+                        _wide_memo_values += width
+                else:
+                    r = fn(*row)
+                cache[row] = r
             out.append(r)
         return from_mpmath(out)
 

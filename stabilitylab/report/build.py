@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
@@ -277,6 +278,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     from ..auditing import adapters
     from ..training import train
 
+    started = time.perf_counter()
     workers = worker_count() if jobs is None else jobs  # (first: a bad STABILITYLAB_WORKERS fails at once)
     experiments = list(DEFAULT_EXPERIMENTS)
     names = tuple(f.name for f in formats)
@@ -365,9 +367,11 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     rows = _joined(results, [("search", *k) for k in searches])
     figure_sentences = {(e.name, f.name): vanishing_sentences(e, f, results[("family", e.name, f.name)], rows)
                         for e in experiments for f in e.families if f.figure == "magnitude"}
-    files[INDEX] = _markdown(comparison, rows, _joined(results, [("ftz", *k) for k in searches]), formats,
-                             curve_sentences, family_figures, training_lines, audit_lines,
-                             figure_sentences, {"softmax_ce_variants": large_lines}).encode("utf-8")
+    markdown = _markdown(comparison, rows, _joined(results, [("ftz", *k) for k in searches]), formats,
+                         curve_sentences, family_figures, training_lines, audit_lines,
+                         figure_sentences, {"softmax_ce_variants": large_lines},
+                         build_line(time.perf_counter() - started, workers if pool is not None else 1))
+    files[INDEX] = markdown.encode("utf-8")
     return files
 
 
@@ -549,10 +553,24 @@ def vanishing_sentences(experiment, family, panels: dict, rows) -> list[str]:
     return out
 
 
+BUILD_ITEM = "report build time"
+
+
+def build_line(seconds: float, processes: int) -> tuple[str, str]:
+    """The environment table's row stating how long this build took: wall seconds from the start of
+    :func:`build` to its markdown (``time.perf_counter``), and the worker processes it ran on.  It differs
+    from run to run, as the versions do from machine to machine: comparisons of reports leave it out."""
+    return BUILD_ITEM, (f"{seconds:.1f} s wall, {processes} worker process{'es' if processes != 1 else ''} "
+                        "(this build; it varies from run to run)")
+
+
 def _markdown(comparison, rows, ftz_rows, formats, curve_sentences, family_figures, training_lines=(),
-              audit_lines=(), figure_sentences=None, after_experiment=None) -> str:
-    """``after_experiment[name]``: lines of a section placed after that experiment's section."""
+              audit_lines=(), figure_sentences=None, after_experiment=None, build=None) -> str:
+    """``after_experiment[name]``: lines of a section placed after that experiment's section; ``build``:
+    the environment table's build-time row (:func:`build_line`)."""
     env = fingerprint()
+    if build is not None:
+        env = {**env, build[0]: build[1]}
     lines = [
         markers.REPORT_MARKER,
         "# stabilitylab report",

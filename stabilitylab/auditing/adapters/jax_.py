@@ -18,7 +18,8 @@ XLA PrimitiveType: F6E2M3FN"): not offered.
 Every call runs with ``jax.enable_x64(True)`` (without it jax computes float64
 inputs in float32) and is jit-compiled; batches are padded to a power of 8
 rows (copies of the first row, dropped from the result) so a threshold scan
-compiles a handful of shapes, not one per batch.
+compiles a handful of shapes, not one per batch, and are passed as numpy arrays
+(``jnp.asarray`` compiles a copy of its own per shape).
 """
 
 import functools
@@ -58,8 +59,9 @@ def _call(kernel, logits, labels, grad=False):
     if size != n:  # pad with copies of the first row: one compiled shape per power of 8 rows
         logits = np.concatenate([logits, np.repeat(logits[:1], size - n, axis=0)])
         labels = np.concatenate([labels, np.repeat(labels[:1], size - n, axis=0)])
-    with _x64(True):
-        out = _compiled(kernel, grad)(jnp.asarray(logits), jnp.asarray(labels))
+    with _x64(True):  # (numpy arrays go to the compiled function as they are: jnp.asarray would compile a
+        # copy per shape, as many compilations again as the kernel's)
+        out = _compiled(kernel, grad)(logits, labels)
         return np.asarray(out)[:n]
 
 
