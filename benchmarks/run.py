@@ -16,9 +16,22 @@ Anchors:
 
 * ``import``: ``python -c "import numpy, click, rich"``, a whole process (Python start-up and the
   imports every job pays);
-* ``log_softmax RxC``: ``scipy.special.log_softmax(x, axis=1)`` on the same float32 array as the job,
-  one process; its seconds are the call only (timed inside that process, ``np.load`` excluded), and
-  its peak RSS is the whole process's (listed under "anchors").
+* ``bare``: ``python -c "import stabilitylab.cli"``, a whole process: what a ``compare`` process costs
+  before it reads anything.  A user-logits job's *work* is its whole-process seconds minus the bare
+  process's (best of each, same run);
+* ``log_softmax RxC``: one process on the same float32 array as the job, timing (``np.load``
+  excluded) two things: ``scipy.special.log_softmax(x, axis=1)`` once (cold: it page-faults its
+  whole-array temporaries, as a one-shot script does), and then, in the same process, a row-blocked
+  numpy log-sum-exp of the same array (:data:`BLOCKED_LSE_CODE`: per block of rows, and of columns for
+  a wide row, max, subtract, exp, sum into a buffer of :data:`BLOCK_VALUES` float32 values that stays
+  in L2; log(sum) + max per row), best of :data:`BLOCKED_REPEAT` warm calls, on one core.  Its peak RSS
+  is the whole process's (listed under "anchors").
+
+The user-logits jobs (``logits RxC DTYPE``, ``blocks RxC FORMAT``) report ``work / blocked`` (their
+target) and ``work / scipy``, and a *floor estimate*: (methods + 1) blocked log-sum-exps (four
+formulations and a reference, each at least one pass of exp over every value) spread over the
+machine's CPUs, ``(methods + 1) * blocked / cpus`` -- an estimate of what the arithmetic allows
+once every intermediate is rounded to the format, not a bound.
 
 Peak RSS is ``ru_maxrss`` of the job's process from ``os.wait4`` (MB = 2**20 bytes, max over the
 runs; it covers the process's waited-for children too, as the largest single process, not a sum).
@@ -58,18 +71,64 @@ QUICK_BLOCK_SHAPES = ((100, 10_000),)
 BLOCK_DTYPES = ("mxfp4", "nvfp4", "mxfp8")
 RSS_LIMIT_MB = 1024  # "peak RSS <= 1 GB"
 # Ratio targets of the user-logits jobs; the issue gives none for float16 (only the RSS limit applies).
-LOGITS_RATIO = {"bfloat16": 10.0, "float32": 10.0, "float64": 40.0}
+# (issue #22: the job's work against the blocked log-sum-exp anchor of the same array, same run)
+LOGITS_RATIO = {"bfloat16": 5.0, "float32": 5.0, "float64": 20.0}
+BLOCK_VALUES = 2**16  # float32 values of the blocked anchor's buffer: 256 KiB, L2-resident
+BLOCKED_REPEAT = 5  # the blocked anchor's warm calls (best of)
 
 IMPORT_ANCHOR_CODE = "import numpy, click, rich"
+BARE_CODE = "import stabilitylab.cli"
+BLOCKED_LSE_CODE = """\
+def blocked_lse(x, out, block):
+    # log(sum(exp(x))) per row: rows (and columns of a wide row) in blocks, one buffer of `block` values
+    rows, cols = x.shape
+    width = min(cols, block)
+    step = max(1, block // cols)
+    buf = np.empty(max(step, 1) * width, np.float32)
+    for i in range(0, rows, step):
+        b = x[i:i + step]
+        n = len(b)
+        if cols <= 16:  # a short row: column by column (a reduction over a short axis is slow)
+            m = b[:, 0].copy()
+            for j in range(1, cols):
+                np.maximum(m, b[:, j], out=m)
+            s = np.zeros(n, np.float32)
+            t = buf[:n]
+            for j in range(cols):
+                np.subtract(b[:, j], m, out=t)
+                np.exp(t, out=t)
+                s += t
+        else:
+            m = b.max(axis=1)
+            s = np.zeros(n, np.float32)
+            for c in range(0, cols, width):
+                w = min(width, cols - c)
+                t = buf[:n * w].reshape(n, w)
+                np.subtract(b[:, c:c + w], m[:, None], out=t)
+                np.exp(t, out=t)
+                s += t.sum(axis=1)
+        out[i:i + n] = np.log(s) + m
+"""
 LOG_SOFTMAX_CODE = """\
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 from scipy.special import log_softmax
+from stabilitylab.experiments.softmax_ce import SOFTMAX_CE
 x = np.load(sys.argv[1])
 assert x.dtype == np.float32 and x.ndim == 2, (x.dtype, x.shape)
+block, repeat = int(sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 log_softmax(x, axis=1)
-print(json.dumps({"seconds": time.perf_counter() - t0}))
+seconds = time.perf_counter() - t0
+""" + BLOCKED_LSE_CODE + """\
+out = np.empty(len(x), np.float32)
+blocked = []
+for _ in range(repeat + 1):  # (the first call warms up: not counted)
+    t0 = time.perf_counter()
+    blocked_lse(x, out, block)
+    blocked.append(time.perf_counter() - t0)
+print(json.dumps({"seconds": seconds, "blocked": min(blocked[1:]), "methods": len(SOFTMAX_CE.methods),
+                  "cpus": os.cpu_count()}))
 """
 GENERATE_CODE = """\
 import os, sys
@@ -124,6 +183,7 @@ class Job:
     argv: tuple[str, ...]  # "{tmp}" is replaced by a fresh temporary directory for each run
     anchor: Anchor | None
     target: Target
+    bare: Anchor | None = None  # user logits: the bare process whose seconds are subtracted (work)
 
 
 def cli(*args: str) -> tuple[str, ...]:
@@ -131,10 +191,12 @@ def cli(*args: str) -> tuple[str, ...]:
 
 
 IMPORT_ANCHOR = Anchor("import", (sys.executable, "-c", IMPORT_ANCHOR_CODE))
+BARE = Anchor("bare", (sys.executable, "-c", BARE_CODE))
 
 
 def log_softmax_anchor(path: Path, shape: tuple[int, int]) -> Anchor:
-    return Anchor(f"log_softmax {shape[0]}x{shape[1]}", (sys.executable, "-c", LOG_SOFTMAX_CODE, str(path)), True)
+    return Anchor(f"log_softmax {shape[0]}x{shape[1]}",
+                  (sys.executable, "-c", LOG_SOFTMAX_CODE, str(path), str(BLOCK_VALUES), str(BLOCKED_REPEAT)), True)
 
 
 def build_jobs(logits: list[tuple[Path, tuple[int, int]]],
@@ -153,13 +215,13 @@ def build_jobs(logits: list[tuple[Path, tuple[int, int]]],
             argv = cli("compare", "-e", "softmax_ce", "--logits", str(path), "-d", dtype, "--format", "json",
                        "-o", "{tmp}/out.json")
             target = Target(ratio=LOGITS_RATIO.get(dtype), rss_mb=RSS_LIMIT_MB)
-            jobs.append(Job(f"logits {shape[0]}x{shape[1]} {dtype}", argv, anchor, target))
+            jobs.append(Job(f"logits {shape[0]}x{shape[1]} {dtype}", argv, anchor, target, BARE))
     for path, shape in blocks:
         anchor = log_softmax_anchor(path, shape)
         for dtype in BLOCK_DTYPES:
             argv = cli("compare", "-e", "softmax_ce", "--logits", str(path), "-d", dtype, "--format", "json",
                        "-o", "{tmp}/out.json")
-            jobs.append(Job(f"blocks {shape[0]}x{shape[1]} {dtype}", argv, anchor, Target(rss_mb=RSS_LIMIT_MB)))
+            jobs.append(Job(f"blocks {shape[0]}x{shape[1]} {dtype}", argv, anchor, Target(rss_mb=RSS_LIMIT_MB), BARE))
     return jobs
 
 
@@ -214,6 +276,7 @@ class Run:
     rss_mb: float | None
     returncode: int
     error: str = ""  # first stderr line of a failed run
+    extra: dict = field(default_factory=dict)  # what an inner anchor printed besides "seconds"
 
     @property
     def ok(self) -> bool:
@@ -250,9 +313,11 @@ def measure(argv: tuple[str, ...], inner: bool = False) -> Run:
         if inner:
             out.seek(0)
             try:
-                seconds = float(json.loads(out.read().decode().strip().splitlines()[-1])["seconds"])
-            except (ValueError, KeyError, IndexError) as e:
+                printed = json.loads(out.read().decode().strip().splitlines()[-1])
+                seconds = float(printed.pop("seconds"))
+            except (ValueError, KeyError, IndexError, AttributeError) as e:
                 return Run(seconds, rss, 0, f"no timing printed ({e!r})")
+            return Run(seconds, rss, code, extra=printed)
         return Run(seconds, rss, code)
 
 
@@ -261,11 +326,12 @@ class Result:
     job: Job
     runs: list[Run] = field(default_factory=list)
     anchor_runs: list[Run] = field(default_factory=list)
+    bare_runs: list[Run] = field(default_factory=list)
 
     @property
     def failure(self) -> tuple[str, Run] | None:
-        """("job" or "anchor", the failed run), if any run failed."""
-        for who, runs in (("anchor", self.anchor_runs), ("job", self.runs)):
+        """("job", "anchor" or "bare", the failed run), if any run failed."""
+        for who, runs in (("bare", self.bare_runs), ("anchor", self.anchor_runs), ("job", self.runs)):
             for run in runs:
                 if not run.ok or run.error:
                     return who, run
@@ -288,22 +354,52 @@ class Result:
         return max((r.rss_mb for r in self.anchor_runs if r.rss_mb is not None), default=None)
 
     @property
+    def bare_seconds(self) -> float | None:
+        return min((r.seconds for r in self.bare_runs), default=None) if self.failure is None else None
+
+    def _anchor_extra(self, key: str) -> list:
+        return [r.extra[key] for r in self.anchor_runs if key in r.extra] if self.failure is None else []
+
+    @property
+    def blocked_seconds(self) -> float | None:
+        """The blocked log-sum-exp anchor: best over the anchor's runs (each the best of its warm calls)."""
+        return min(self._anchor_extra("blocked"), default=None)
+
+    @property
+    def floor(self) -> float | None:
+        """(methods + 1) blocked log-sum-exps over the CPUs (module docstring): an estimate, not a bound."""
+        blocked, methods, cpus = self.blocked_seconds, self._anchor_extra("methods"), self._anchor_extra("cpus")
+        if blocked is None or not methods or not cpus:
+            return None
+        return (methods[0] + 1) * blocked / cpus[0]
+
+    @property
     def ratio(self) -> float | None:
+        """Job seconds / anchor seconds; with a bare process, work / the blocked anchor."""
+        if self.job.bare is not None:
+            return None if self.work is None or not self.blocked_seconds else self.work / self.blocked_seconds
         if self.seconds is None or not self.anchor_seconds:
             return None
         return self.seconds / self.anchor_seconds
 
     @property
+    def scipy_ratio(self) -> float | None:
+        """Work / the scipy anchor (jobs with a bare process)."""
+        return None if self.work is None or not self.anchor_seconds else self.work / self.anchor_seconds
+
+    @property
     def work(self) -> float | None:
-        if self.seconds is None or self.anchor_seconds is None:
+        """Job seconds minus the bare process's (with one), else minus the anchor's."""
+        base = self.bare_seconds if self.job.bare is not None else self.anchor_seconds
+        if self.seconds is None or base is None:
             return None
-        return self.seconds - self.anchor_seconds
+        return self.seconds - base
 
     def verdict(self) -> str:
         failure = self.failure
         if failure is not None:
             who, run = failure
-            return f"{'anchor ' if who == 'anchor' else ''}failed ({_exit(run.returncode)})"
+            return f"{'' if who == 'job' else who + ' '}failed ({_exit(run.returncode)})"
         t = self.job.target
         missed = []
         if t.ratio is not None and (self.ratio is None or self.ratio > t.ratio):
@@ -330,6 +426,10 @@ def bench(job: Job, repeat: int, progress=None) -> Result:
     for i in range(repeat):
         if progress:
             progress(f"{job.name}: run {i + 1}/{repeat}")
+        if job.bare is not None:
+            result.bare_runs.append(measure(job.bare.argv))
+            if result.failure:
+                break
         if job.anchor is not None:
             result.anchor_runs.append(measure(job.anchor.argv, job.anchor.inner))
             if result.failure:
@@ -343,6 +443,8 @@ def bench(job: Job, repeat: int, progress=None) -> Result:
 # ------------------------------------------------------------------------------------------ output
 
 COLUMNS = ("job", "seconds", "anchor", "anchor seconds", "ratio", "target", "peak RSS MB", "verdict")
+LOGITS_COLUMNS = ("job", "seconds", "bare", "work", "blocked", "scipy", "floor", "work / blocked", "work / scipy",
+                  "target", "peak RSS MB", "verdict")
 
 
 def _seconds(s: float | None) -> str:
@@ -366,12 +468,24 @@ def row(result: Result) -> tuple[str, ...]:
             result.job.target.describe(), _mb(result.rss_mb), result.verdict())
 
 
+def _ratio(r: float | None) -> str:
+    return "—" if r is None else f"{r:.1f}x"
+
+
+def logits_row(result: Result) -> tuple[str, ...]:
+    return (result.job.name, _seconds(result.seconds), _seconds(result.bare_seconds), _seconds(result.work),
+            _seconds(result.blocked_seconds), _seconds(result.anchor_seconds), _seconds(result.floor),
+            _ratio(result.ratio), _ratio(result.scipy_ratio),
+            result.job.target.describe().replace("ratio", "work / blocked"), _mb(result.rss_mb), result.verdict())
+
+
 def anchor_rows(results: list[Result]) -> list[tuple[str, str, str]]:
     """One row per anchor: best seconds and peak RSS over all its runs (beside every job that used it)."""
     runs: dict[str, list[Run]] = {}
     for result in results:
-        if result.job.anchor is not None:
-            runs.setdefault(result.job.anchor.name, []).extend(r for r in result.anchor_runs if r.ok and not r.error)
+        for anchor, done in ((result.job.bare, result.bare_runs), (result.job.anchor, result.anchor_runs)):
+            if anchor is not None:
+                runs.setdefault(anchor.name, []).extend(r for r in done if r.ok and not r.error)
     return [(name, _seconds(min((r.seconds for r in rs), default=None)),
              _mb(max((r.rss_mb for r in rs if r.rss_mb is not None), default=None))) for name, rs in runs.items()]
 
@@ -382,7 +496,7 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) 
         lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         return "\n".join(lines)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    right = {i for i, h in enumerate(header) if h in ("seconds", "anchor seconds", "ratio", "peak RSS MB")}
+    right = {i for i, h in enumerate(header) if h not in ("job", "anchor", "target", "verdict")}
     def fmt(cells):
         cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         return "  ".join(cells).rstrip()
@@ -394,20 +508,33 @@ def failures(results: list[Result]) -> list[str]:
     for result in results:
         if result.failure is not None:
             who, run = result.failure
-            name = result.job.name if who == "job" else f"{result.job.name} (anchor {result.job.anchor.name})"
+            anchor = result.job.bare if who == "bare" else result.job.anchor
+            name = result.job.name if who == "job" else f"{result.job.name} (anchor {anchor.name})"
             lines.append(f"{name}: {_exit(run.returncode)}: {run.error}")
     return lines
 
 
 def render(results: list[Result], repeat: int, markdown: bool = False) -> str:
-    out = [f"Best of {repeat}, job and anchor alternating; ratio = job s / anchor s, work = job s - anchor s; "
+    plain = [r for r in results if r.job.bare is None]
+    logits = [r for r in results if r.job.bare is not None]
+    out = [f"Best of {repeat}, job and anchors alternating; ratio = job s / anchor s, work = job s - anchor s; "
            f"peak RSS of the job's process (os.wait4 ru_maxrss, MB = 2**20 bytes).",
            "Anchors: import = whole `python -c \"import numpy, click, rich\"` process; log_softmax RxC = "
            "`scipy.special.log_softmax(x, axis=1)` on the same float32 array, one process, the call only "
            "(np.load excluded).",
            f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
            f"{os.cpu_count()} CPUs.", ""]
-    out.append(table(COLUMNS, [row(r) for r in results], markdown))
+    if plain:
+        out.append(table(COLUMNS, [row(r) for r in plain], markdown))
+    if logits:
+        if plain:
+            out.append("")
+        out += ["User logits: work = job s - bare s (bare = whole `python -c \"import stabilitylab.cli\"` "
+                "process); blocked = a row-blocked numpy log-sum-exp of the same array in the anchor's process "
+                f"(buffer of {BLOCK_VALUES} float32 values, best of {BLOCKED_REPEAT} warm calls, one core); "
+                "scipy = `scipy.special.log_softmax` there, one cold call; floor = (methods + 1) x blocked / "
+                "CPUs, an estimate (not a bound) of what the arithmetic allows.", ""]
+        out.append(table(LOGITS_COLUMNS, [logits_row(r) for r in logits], markdown))
     anchors = anchor_rows(results)
     if anchors:
         out += ["", "Anchors (best seconds, peak RSS of the anchor process):", ""]
@@ -470,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(job.name for job in jobs))
         return 0
     if not args.logits_file:
-        needed = {job.anchor.argv[-1] for job in jobs if job.anchor is not None and job.anchor.inner}
+        needed = {job.anchor.argv[3] for job in jobs if job.anchor is not None and job.anchor.inner}
         for path, shape in dict.fromkeys([*files, *block_files]):
             if str(path) in needed:
                 logits_file(shape, args.data_dir.resolve())
