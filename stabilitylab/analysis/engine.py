@@ -14,7 +14,7 @@ import numpy as np
 
 from ..experiments import Experiment
 from ..numerics import policies, reference
-from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith
+from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith, rows_any
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
@@ -177,7 +177,7 @@ class _Watch(Arith):
     def load(self, x, where=None) -> np.ndarray:
         y = super().load(x, where)
         x = np.asarray(x, dtype=np.float64)
-        per_row = ((np.abs(y) == 1) & (np.abs(x) != 1)).reshape(self.rows, -1).any(axis=1)
+        per_row = rows_any((np.abs(y) == 1) & (np.abs(x) != 1), self.rows)
         self.to_one |= per_row if where is None else per_row & where
         return y
 
