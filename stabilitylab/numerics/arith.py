@@ -465,8 +465,8 @@ class Arith:
                 and not storage.scale_only and (storage.precision <= 11 or storage.dtype_name == "float32"))
 
     def _load_block(self, x: np.ndarray, amax: np.ndarray | None = None):
-        """Inputs (float64, or float32 where :meth:`_rounds32`) stored (:meth:`_store`), and the masks of inputs that overflow, underflow
-        to 0 and become inexact subnormals."""
+        """Inputs (float64, or float32 where :meth:`_rounds32`) stored (:meth:`_store`), and the masks of
+        inputs that overflow, underflow to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
             y = self._flush(self._store(x, amax), self.storage)
             finite = np.isfinite(x)
