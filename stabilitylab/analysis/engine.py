@@ -210,7 +210,7 @@ def relative_change(a: Exact, b: Exact) -> np.ndarray:
     """|a - b| / |b| per row: 0 where both are 0 or the same infinity, inf where b is 0 and a is not
     (or exactly one is NaN or infinite)."""
     with np.errstate(all="ignore"):
-        av = np.ldexp(a.hi + a.lo, np.clip(a.scale - b.scale, -2000, 2000))  # a in the units of b
+        av = np.ldexp(a.hi + a.lo, np.clip(a.scale - b.scale, -2000, 2000).astype(np.int32))  # a in the units of b
         bv = b.hi + b.lo
         rel = np.abs(av - bv) / np.abs(bv)
         rel = np.where(a.zero | b.zero, np.where(a.zero & b.zero, 0.0, np.where(b.zero, np.inf, 1.0)), rel)

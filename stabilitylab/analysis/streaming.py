@@ -205,7 +205,7 @@ def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray
 
 
 def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int, everything: list | None) -> Cell:
-    codes = status_codes(o.status)
+    codes = status_codes(o.status) if o.codes is None else o.codes
     c = Cell()
     c.counts[:] = np.bincount(codes, minlength=len(STATUSES))
     e = o.error_bits

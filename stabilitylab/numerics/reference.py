@@ -112,13 +112,13 @@ class Exact:
         q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)  # log2 of the quantum at x
         q = np.where(finite, q, 0)
         with np.errstate(all="ignore"):
-            shift = np.clip(s - q, -2000, 2000)
+            shift = np.clip(s - q, -2000, 2000).astype(np.int32)  # (numpy's ldexp is fast for int32)
             t = np.ldexp(hi, shift)  # x / quantum, exact unless x is far below the format (then t -> 0)
             frac = t - np.floor(t)
             n = np.rint(t)
             n = np.where((frac == 0.5) & (lo > 0), np.floor(t) + 1, n)
             n = np.where((frac == 0.5) & (lo < 0), np.floor(t), n)
-            out = np.ldexp(n, np.clip(q, -2000, 2000))
+            out = np.ldexp(n, np.clip(q, -2000, 2000).astype(np.int32))
         out = np.where(finite, out, hi)  # zeros, infinities, NaN as they are
         big = np.abs(out) > fmt.max  # (and +-inf)
         if big.any():
@@ -159,7 +159,7 @@ class Exact:
         e = np.where(finite, self._exponent() + self.scale, 0)
         q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
         with np.errstate(all="ignore"):
-            t = np.ldexp(self.hi, np.clip(self.scale - q, -2000, 2000))
+            t = np.ldexp(self.hi, np.clip(self.scale - q, -2000, 2000).astype(np.int32))
             dist = np.abs(np.abs(t - np.floor(t)) - 0.5)  # distance to the midpoint, in quanta
             slack = np.abs(t) * error * 2 + 2.0**-40
         return finite & (dist <= slack)
