@@ -393,6 +393,8 @@ def _exp_float32(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t -= np.int32(1 << (drop - 1))
         np.abs(t, out=t)
         slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
+        if t.size and t.min() > slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
+            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in three passes
         undecided = t <= slack
         magnitude = np.abs(w)
         low = np.flatnonzero(~(magnitude >= fmt.tiny))  # also NaN
