@@ -91,3 +91,36 @@ def test_the_command_line_says_what_is_wrong(monkeypatch, capsys):
     assert out == ""
     assert err.splitlines() == [f"stabilitylab: error: {VAR}='0': it must be a positive integer, the number of "
                                 "worker processes (1: none, run in this process); unset it for one per CPU"]
+
+
+def _glibc() -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).gnu_get_libc_version)
+    except (OSError, AttributeError):
+        return False
+
+
+def test_freed_memory_is_kept_where_glibc_allows_it_and_results_do_not_change():
+    """keep_freed_memory takes on Linux with glibc (both mallopt settings accepted), nothing elsewhere;
+    the bulk summary is the same after it (it changes where memory comes from, not a value)."""
+    x = np.random.default_rng(5).standard_normal((3000, 7)).astype(np.float32)
+
+    class Source:
+        rows, classes = x.shape
+
+        def chunks(self, n):
+            for i in range(0, len(x), n):
+                yield i, x[i:i + n]
+
+    fmts = (FORMATS["bfloat16"],)
+    before = streaming.summarize(Source(), None, np.ones(len(x), bool), fmts, workers=1)
+    assert parallel.keep_freed_memory() is _glibc()
+    after = streaming.summarize(Source(), None, np.ones(len(x), bool), fmts, workers=1)
+    for key, cell in before.cells.items():
+        assert np.array_equal(cell.counts, after.cells[key].counts)
+        assert np.array_equal(cell.worst, after.cells[key].worst)
