@@ -63,6 +63,10 @@ ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), (
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
 WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
+# logits per chunk by default: large enough that a chunk's ~100 numpy calls per value pass are not mostly
+# Python (a wide row's pairwise sum has 17 levels), small enough for its temporaries (float64 / longdouble,
+# a few dozen of a chunk's size, kept for reuse: parallel.keep_freed_memory) to stay ~100 MiB a worker
+CHUNK_VALUES = 2**19
 _STATUS_KEYS = np.array([sum(ord(c) << (21 * i) for i, c in enumerate(s[:3])) for s in STATUSES], dtype=np.int64)
 _KEY_ORDER = np.argsort(_STATUS_KEYS)
 
@@ -338,7 +342,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     methods = experiment.method_names
     black_box = tuple(m.name for m in experiment.methods if m.black_box)
     if rows_per_chunk is None:
-        rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
+        rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES)
     if workers is None:
         workers = worker_count()
     if source.rows * source.classes < 2**20 or black_box or source.rows <= rows_per_chunk or source.classes > WIDE_ROW:
