@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick              # small logits only: 100000x10 and 80x128256
     python benchmarks/run.py --only logits --only compare --repeat 5
     python benchmarks/run.py --markdown           # tables for the README's Speed section
-    python benchmarks/run.py --only logits --update README.md --update docs/reference/speed.md
+    python benchmarks/run.py --only logits --update docs/reference/speed.md --update-table README.md
                                                   # ... written into their generated Speed blocks
     python benchmarks/run.py --only logits --logits-file x.npy   # internal: this file instead of the generated ones
     python benchmarks/run.py --only blocks        # block-scaled storage (mxfp4, nvfp4, mxfp8) on 10^8 logits
@@ -571,6 +571,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--update", action="append", type=Path, metavar="MD",
                         help="also write the markdown tables into this file's generated block (between "
                              f"{MARK_BEGIN!r} and {MARK_END!r}; repeatable)")
+    parser.add_argument("--update-table", action="append", type=Path, metavar="MD",
+                        help="like --update, the user-logits table alone (the README's short Speed section)")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
@@ -613,12 +615,15 @@ def main(argv: list[str] | None = None) -> int:
     given, shown = list(argv if argv is not None else sys.argv[1:]), []
     while given:  # the command line as run, without its --update targets
         arg = given.pop(0)
-        if arg == "--update":
+        if arg in ("--update", "--update-table"):
             given = given[1:]
-        elif not arg.startswith("--update="):
+        elif not arg.startswith(("--update=", "--update-table=")):
             shown.append(arg)
     for path in args.update or ():
         update(path, render(results, args.repeat, markdown=True), " ".join(shown))
+    logits = [r for r in results if r.job.bare is not None]
+    for path in args.update_table or ():
+        update(path, table(LOGITS_COLUMNS, [logits_row(r) for r in logits], True), " ".join(shown))
     return 1 if failures(results) else 0
 
 
@@ -632,7 +637,7 @@ def update(path: Path, tables: str, shown: str) -> None:
     if start < 0 or end < start:
         sys.exit(f"--update {path}: no block from {MARK_BEGIN!r} to {MARK_END!r}")
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"{MARK_BEGIN}\n`python benchmarks/run.py {shown}`, {when}:\n\n{tables}\n"
+    block = f"{MARK_BEGIN}\n{tables}\n\n(`python benchmarks/run.py {shown}`, {when})\n"
     path.write_text(text[:start] + block + text[end:], encoding="utf-8")
 
 

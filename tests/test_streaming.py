@@ -13,6 +13,7 @@ from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
 from stabilitylab.numerics import reference
 from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
+from stabilitylab.numerics.policies import format_or_policy
 
 ROWS, K = 100_000, 10
 
@@ -37,7 +38,14 @@ def _bulk(fmt, x, y):
     return cells, columns
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+POLICIES = ("bf16@fp32", "bf16+fp32", "fp16@fp32", "bf16@autocast", "fp32@bf16")
+SATURATE = pytest.param(format_or_policy("float8_e4m3fn:saturate"), marks=[
+    pytest.mark.slow, pytest.mark.xfail(strict=True, reason="known: naive_softmax_log's status differs between the "
+                                        "bulk path and the general engine on 2 of the 10**5 rows (41306, 75925)")])
+
+
+@pytest.mark.parametrize("fmt", [*ALL_FORMATS, *(pytest.param(format_or_policy(p), marks=pytest.mark.slow)
+                                                  for p in POLICIES), SATURATE], ids=lambda f: f.name)
 def test_bulk_path_equals_the_general_engine(fmt):
     rows = ROWS if fmt.precision <= 24 else 20_000  # float64's general engine runs mpmath per row
     x, y = sample(rows)
