@@ -221,8 +221,9 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows, keep))
     failing = np.flatnonzero(_FAILING[codes])[:cap]
     c.failing = _columns(o, rows, labels, codes, failing)
-    present, first = np.unique(codes, return_index=True)
-    c.first = _columns(o, rows, labels, codes, first)  # np.unique: by status code
+    # the first row of each status present, by status code (a pass per status seen, not a sort)
+    first = np.array([np.argmax(codes == k) for k in np.flatnonzero(c.counts)], dtype=np.intp)
+    c.first = _columns(o, rows, labels, codes, first)
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c

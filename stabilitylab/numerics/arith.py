@@ -112,6 +112,41 @@ def rows_any(mask, rows: int) -> np.ndarray:
     return out
 
 
+def _short_rows(x: np.ndarray) -> bool:
+    """Rows of 2 to 16 floats: reduced column by column (see :func:`rows_any`)."""
+    return x.ndim == 2 and 1 < x.shape[1] <= 16 and x.dtype.kind == "f"
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    """``np.max(x, axis=-1)``, the same values: short rows column by column with ``np.maximum``, and the
+    rows whose maximum is 0 or NaN again with ``np.max`` (which of -0 / +0, which NaN: as it gives)."""
+    if not _short_rows(x):
+        return np.max(x, axis=-1)
+    m = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        np.maximum(m, x[:, j], out=m)
+    again = np.flatnonzero((m == 0) | np.isnan(m))
+    if again.size:
+        m[again] = np.max(x[again], axis=-1)
+    return m
+
+
+def _row_argmax(x: np.ndarray) -> np.ndarray:
+    """``np.argmax(x, axis=-1)`` (the first maximum; the first NaN where there is one), the same indices:
+    short rows column by column, rows holding a NaN again with ``np.argmax``."""
+    if not _short_rows(x):
+        return np.argmax(x, axis=-1)
+    top = np.zeros(len(x), dtype=np.intp)
+    m = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        top[x[:, j] > m] = j  # (strictly: the first of equal maxima stays)
+        np.maximum(m, x[:, j], out=m)
+    again = np.flatnonzero(np.isnan(m))
+    if again.size:
+        top[again] = np.argmax(x[again], axis=-1)
+    return top
+
+
 def _opposite_infinities(a, b):
     return np.isinf(a) & np.isinf(b) & (np.sign(a) != np.sign(b))
 
@@ -657,7 +692,7 @@ class Arith:
     def max(self, x):
         """Maximum along the last axis (exact; NaN propagates)."""
         with np.errstate(all="ignore"):
-            return np.max(x, axis=-1)
+            return _row_max(np.asarray(x))
 
     @_shared
     def shift(self, x):
@@ -667,7 +702,7 @@ class Arith:
     @_shared
     def argmax(self, x) -> np.ndarray:
         """Index of the (first) maximum along the last axis."""
-        return np.argmax(x, axis=-1)
+        return _row_argmax(np.asarray(x))
 
     def pick(self, x, index):
         """x[row, index[row]] for a (rows, K) array."""

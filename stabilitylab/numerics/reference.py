@@ -193,8 +193,11 @@ def from_mpmath(values) -> Exact:
 
 
 def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
-    """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller)."""
-    r = np.asarray(r, dtype=np.longdouble)
+    """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller).
+    float64 values (the float64 tier's) are split in float64: the same hi, scale and lo (= 0) without
+    longdouble's slow x87 passes."""
+    wide = np.float64 if np.asarray(r).dtype == np.float64 else np.longdouble
+    r = np.asarray(r, dtype=wide)
     with np.errstate(all="ignore"):
         tiny = np.isfinite(r) & (r != 0) & ((np.abs(r) < SCALE_BELOW) | (np.abs(r) >= SCALE_ABOVE))
         scale = np.zeros(r.shape, dtype=np.int64)
@@ -205,7 +208,7 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
             scaled = r.copy()
             scaled[tiny] = np.ldexp(r[tiny], -scale[tiny])
         hi = scaled.astype(np.float64) + 0.0  # -0 -> +0, as mpmath gives
-        lo = np.where(np.isfinite(hi), (scaled - hi.astype(np.longdouble)).astype(np.float64), 0.0)
+        lo = np.where(np.isfinite(hi), (scaled - hi.astype(wide)).astype(np.float64), 0.0)
     hi = np.where(zero, 0.0, hi)
     return Exact(hi, np.where(zero, 0.0, lo), np.where(zero, 0, scale), np.asarray(zero, dtype=bool).copy())
 
