@@ -26,7 +26,11 @@ Method (Ziv's strategy)
    one ulp of ``W``, still far above the measured errors.)
    For float32 from float64 and float64 from x87 longdouble (the bulk path's exp), the same decision
    is first taken on the bits of w alone (:func:`_decided_by_bits`, no interval arithmetic over the
-   whole array); only the elements it leaves go through the two ends.
+   whole array): with P the wide significand bits, d = P - p the dropped ones and L their value,
+   w's cast is the correctly rounded result when ``|L - 2**(d-1)| > ceil(E 2**P) + 1`` and w's
+   exponent e satisfies ``emin < e < emax`` of the format (the true value is within
+   ``E |w| < E 2**P`` wide ulps of w; the proof is in that function).  Only the elements it
+   leaves go through the two ends.
 3. The rare elements whose ends round differently lie within ``E`` of a
    rounding boundary ("undecided").  For float64 a double-double evaluation
    comes first (~104 bits, bound ``doubledouble.REL_ERROR = 2**-90``; log and
