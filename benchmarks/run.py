@@ -53,6 +53,7 @@ import fnmatch
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -620,10 +621,10 @@ def main(argv: list[str] | None = None) -> int:
         elif not arg.startswith(("--update=", "--update-table=")):
             shown.append(arg)
     for path in args.update or ():
-        update(path, render(results, args.repeat, markdown=True), " ".join(shown))
+        update(path, render(results, args.repeat, markdown=True), shlex.join(shown))
     logits = [r for r in results if r.job.bare is not None]
     for path in args.update_table or ():
-        update(path, table(LOGITS_COLUMNS, [logits_row(r) for r in logits], True), " ".join(shown))
+        update(path, table(LOGITS_COLUMNS, [logits_row(r) for r in logits], True), shlex.join(shown))
     return 1 if failures(results) else 0
 
 
