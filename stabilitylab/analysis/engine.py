@@ -160,10 +160,13 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:
     """Rows whose status could change within the fast reference's error: ok / inaccurate
     near the tolerance, or a value that may or may not be the correctly rounded exact
-    value (which matters only for 0, subnormal and non-finite values)."""
+    value (which matters only for 0, subnormal and non-finite values, and for +-max in a saturating
+    format: there the exact value's side of the overflow boundary decides ok or range)."""
     with np.errstate(all="ignore"):
         flip = np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * error)
         special = ~(np.abs(o.value) >= fmt.tiny) | np.isinf(o.value)
+        if fmt.saturates:
+            special |= np.abs(o.value) == fmt.max
     return flip | (near & special)
 
 
