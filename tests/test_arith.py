@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,20 @@ def test_repeat_is_vectorized_over_rows_and_handles_huge_n():
     out = a.repeat(a.add, v, n).astype(np.float64)
     # sums of 1.0 in a tree are exact (powers of two) until 2**53 is passed; 2**62 is a power of two
     assert out.tolist() == [1.0, 2.0**62, 1.5]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_row_max_and_argmax_are_numpys(dtype):
+    """Arith.max / argmax reduce rows of <= 16 values column by column: the same values as np.max /
+    np.argmax, bit for bit, with signed zeros, infinities, NaN (first NaN for argmax) and ties; the row
+    any of arith.rows_any is np.any's."""
+    from stabilitylab.numerics.arith import _row_argmax, _row_max, rows_any
+
+    rng = np.random.default_rng(11)
+    values = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, 1.0, -1.0, 2.0])
+    for k in (2, 5, 16, 17):
+        x = rng.choice(values, size=(20_000, k)).astype(dtype)
+        got, want = _row_max(x), np.max(x, axis=-1)
+        assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want))
+        assert np.array_equal(_row_argmax(x), np.argmax(x, axis=-1))
+        assert np.array_equal(rows_any(x > 1, len(x)), (x > 1).any(axis=1))

@@ -34,6 +34,15 @@ def _result(bench, job, seconds, anchor_seconds, rss=(100.0,), anchor_rss=50.0):
     return bench.Result(job, runs, anchors)
 
 
+def _logits(bench, job, seconds, bare, scipy, blocked, rss=(100.0,), methods=4, cpus=2):
+    """A user-logits result: job runs, bare-process runs, and anchor runs printing scipy's seconds and
+    the blocked log-sum-exp's (with the methods and CPUs of the floor)."""
+    runs = [bench.Run(s, r, 0) for s, r in zip(seconds, rss * len(seconds))]
+    anchors = [bench.Run(s, 60.0, 0, extra={"blocked": b, "methods": methods, "cpus": cpus})
+               for s, b in zip(scipy, blocked)]
+    return bench.Result(job, runs, anchors, [bench.Run(s, 40.0, 0) for s in bare])
+
+
 def test_jobs_and_selection(bench):
     jobs = bench.build_jobs([(Path("x.npy"), (1000, 10))])
     names = [job.name for job in jobs]
@@ -45,7 +54,10 @@ def test_jobs_and_selection(bench):
     by_name = {job.name: job for job in jobs}
     assert by_name["logits 1000x10 float64"].argv[-6:] == ("-d", "float64", "--format", "json", "-o", "{tmp}/out.json")
     assert by_name["logits 1000x10 float16"].target.ratio is None
-    assert by_name["logits 1000x10 float64"].target.ratio == 40
+    assert by_name["logits 1000x10 float64"].target.ratio == 20  # work / the blocked anchor (issue #22)
+    assert by_name["logits 1000x10 bfloat16"].target.ratio == by_name["logits 1000x10 float32"].target.ratio == 5
+    assert by_name["logits 1000x10 float32"].bare.argv[1:] == ("-c", "import stabilitylab.cli")
+    assert by_name["compare"].bare is None
     assert by_name["compare"].argv[1:] == ("-m", "stabilitylab", "compare")
 
 
@@ -55,7 +67,7 @@ def test_block_jobs(bench):
     assert [j.name for j in blocks] == [f"blocks 1000x100000 {d}" for d in ("mxfp4", "nvfp4", "mxfp8")]
     assert blocks[1].argv[-6:] == ("-d", "nvfp4", "--format", "json", "-o", "{tmp}/out.json")
     assert all(j.target.rss_mb == 1024 and j.target.ratio is None for j in blocks)
-    assert blocks[0].anchor.argv[-1] == "b.npy"
+    assert blocks[0].anchor.argv[3] == "b.npy" and blocks[0].anchor.inner
 
 
 def test_ratio_and_verdict_use_the_best_runs(bench):
@@ -77,11 +89,42 @@ def test_work_wall_and_rss_targets(bench):
     assert _result(bench, jobs["report"], [8.5], []).verdict() == "misses (time)"
     assert _result(bench, jobs["report"], [7.9], []).verdict() == "meets"
     assert bench.row(_result(bench, jobs["report"], [3.9], []))[1:5] == ("3.90", "—", "—", "—")
-    logits = jobs["logits 1000x10 bfloat16"]
-    assert _result(bench, logits, [0.5], [0.05], rss=(1500.0,)).verdict() == "misses (RSS)"
-    assert _result(bench, logits, [0.6], [0.05], rss=(900.0,)).verdict() == "misses (ratio)"
-    assert _result(bench, logits, [0.6], [0.05], rss=(2000.0,)).verdict() == "misses (ratio, RSS)"
-    assert _result(bench, logits, [0.45], [0.05], rss=(900.0,)).verdict() == "meets"
+    logits = jobs["logits 1000x10 bfloat16"]  # work / blocked <= 5x, RSS <= 1024 MB
+    assert _logits(bench, logits, [0.7], [0.3], [1.0], [0.1], rss=(1500.0,)).verdict() == "misses (RSS)"
+    assert _logits(bench, logits, [0.9], [0.3], [1.0], [0.1], rss=(900.0,)).verdict() == "misses (ratio)"
+    assert _logits(bench, logits, [0.9], [0.3], [1.0], [0.1], rss=(2000.0,)).verdict() == "misses (ratio, RSS)"
+    assert _logits(bench, logits, [0.75], [0.3], [1.0], [0.1], rss=(900.0,)).verdict() == "meets"
+
+
+def test_logits_work_is_the_process_minus_the_bare_one_against_the_blocked_anchor(bench):
+    logits = _jobs(bench)["logits 1000x10 float64"]
+    result = _logits(bench, logits, [3.0, 2.5], [0.5, 0.4], [1.2, 1.0], [0.12, 0.1], methods=4, cpus=2)
+    assert result.seconds == 2.5 and result.bare_seconds == 0.4 and result.work == pytest.approx(2.1)
+    assert result.anchor_seconds == 1.0 and result.blocked_seconds == 0.1
+    assert result.ratio == pytest.approx(21.0) and result.scipy_ratio == pytest.approx(2.1)
+    assert result.floor == pytest.approx(5 * 0.1 / 2)
+    assert result.verdict() == "misses (ratio)"
+    assert bench.logits_row(result) == ("logits 1000x10 float64", "2.50", "0.40", "2.10", "0.10", "1.00", "0.25",
+                                        "21.0x", "2.1x", "work / blocked ≤ 20x, RSS ≤ 1024 MB", "100",
+                                        "misses (ratio)")
+    failed = bench.Result(logits, [bench.Run(1.0, 10.0, 0)], [], [bench.Run(0.1, 10.0, 1, "boom")])
+    assert failed.verdict() == "bare failed (exit 1)" and failed.work is None
+
+
+def test_blocked_anchor_is_a_log_sum_exp(bench):
+    """The blocked anchor's function (run in the anchor's process) computes log(sum(exp(x))) per row,
+    narrow rows column by column and wide rows in column blocks (checked with float64 numpy)."""
+    space = {"np": np}
+    exec(bench.BLOCKED_LSE_CODE, space)
+    rng = np.random.default_rng(3)
+    for shape, block in (((1000, 10), 64), ((7, 300), 64), ((5, 1000), 4096), ((3, 17), 8)):
+        x = (rng.standard_normal(shape) * 3).astype(np.float32)
+        out = np.empty(len(x), np.float32)
+        space["blocked_lse"](x, out, block)
+        x64 = x.astype(np.float64)
+        m = x64.max(axis=1)
+        want = np.log(np.exp(x64 - m[:, None]).sum(axis=1)) + m
+        assert np.allclose(out, want, rtol=1e-5, atol=1e-5), shape
 
 
 def test_failed_job_is_reported_not_timed(bench):
@@ -99,17 +142,20 @@ def test_failed_job_is_reported_not_timed(bench):
 def test_tables(bench):
     jobs = _jobs(bench)
     results = [_result(bench, jobs["compare"], [0.9], [0.45]),
-               _result(bench, jobs["logits 1000x10 float64"], [2.0], [0.08], rss=(120.0,), anchor_rss=55.0),
-               _result(bench, jobs["logits 1000x10 float32"], [1.0], [0.1], anchor_rss=61.0)]
+               _logits(bench, jobs["logits 1000x10 float64"], [2.0], [0.4], [0.08], [0.2], rss=(120.0,)),
+               _logits(bench, jobs["logits 1000x10 float32"], [1.0], [0.5], [0.1], [0.12])]
     md = bench.render(results, 3, markdown=True).splitlines()
     start = md.index("| " + " | ".join(bench.COLUMNS) + " |")
     assert md[start + 1] == "|---|---|---|---|---|---|---|---|"
     assert md[start + 2] == "| compare | 0.90 | import | 0.45 | 2.0x | ratio ≤ 2x | 100 | meets |"
-    assert md[start + 3] == ("| logits 1000x10 float64 | 2.00 | log_softmax 1000x10 | 0.0800 | 25.0x | "
-                             "ratio ≤ 40x, RSS ≤ 1024 MB | 120 | meets |")
-    # the anchors table: best seconds and peak RSS over every run of that anchor
-    assert "| log_softmax 1000x10 | 0.0800 | 61 |" in md
+    assert md[start + 3] == ""  # the user-logits jobs have a table of their own
+    start = md.index("| " + " | ".join(bench.LOGITS_COLUMNS) + " |")
+    assert md[start + 2] == ("| logits 1000x10 float64 | 2.00 | 0.40 | 1.60 | 0.20 | 0.0800 | 0.50 | 8.0x | 20.0x "
+                             "| work / blocked ≤ 20x, RSS ≤ 1024 MB | 120 | meets |")
+    # the anchors table: best seconds and peak RSS over every run of that anchor (the bare process too)
+    assert "| log_softmax 1000x10 | 0.0800 | 60 |" in md
     assert "| import | 0.45 | 50 |" in md
+    assert "| bare | 0.40 | 40 |" in md
     text = bench.render(results, 3).splitlines()
     header = next(line for line in text if line.startswith("job"))
     body = text[text.index(header) + 2]
@@ -162,3 +208,16 @@ def test_trace_jobs_skip_without_the_core(bench, monkeypatch):
     kept, said = bench.trace_skips(jobs)
     assert [j.name for j in kept] == ["compare"] and "torch" in said[0]
     assert bench.trace_skips(jobs[:1]) == (jobs[:1], [])  # no probe without a trace job
+
+
+def test_update_rewrites_only_the_generated_block(bench, tmp_path):
+    page = tmp_path / "speed.md"
+    page.write_text(f"# Speed\nbefore\n{bench.MARK_BEGIN}\nold table\n{bench.MARK_END}\nafter\n", encoding="utf-8")
+    bench.update(page, "| new | table |", "--only logits")
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith(f"# Speed\nbefore\n{bench.MARK_BEGIN}\n| new | table |\n\n(`python benchmarks/run.py --only "
+                           "logits`, ")
+    assert text.endswith(f"UTC)\n{bench.MARK_END}\nafter\n") and "old table" not in text
+    (tmp_path / "plain.md").write_text("no block\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="no block"):
+        bench.update(tmp_path / "plain.md", "x", "")

@@ -709,3 +709,61 @@ def test_float32_exp_error_bound_holds_on_this_machine():
                 float32_exp_worst_rel_error(0x80000000, int(np.array(lo).view(np.uint32))))  # lo <= x <= -0
     assert 0 < worst
     assert worst + crmath.WIDE_REL_ERROR["float64"] <= crmath.FLOAT32_EXP_REL_ERROR
+
+
+def _wide_values(pair: str, drops: np.ndarray, exponents: np.ndarray, seed: int, top: bool = False) -> np.ndarray:
+    """Positive wide values (float64 for float32, x87 longdouble for float64) with the given dropped
+    bits (the bits below the format's last) and exponents, random bits between (``top``: all ones, a
+    significand just below 2)."""
+    rng = np.random.default_rng(seed)
+    n = len(drops)
+    if pair == "float32":  # 52 stored bits, 29 dropped
+        middle = np.full(n, (1 << 23) - 1, np.uint64) if top else rng.integers(0, 1 << 23, n, dtype=np.uint64)
+        bits = ((exponents + 1023).astype(np.uint64) << np.uint64(52)) | (middle << np.uint64(29)) | drops
+        return bits.view(np.float64)
+    words = np.zeros((n, 2), dtype=np.uint64)  # 64 bits with the integer bit, 11 dropped
+    middle = np.full(n, (1 << 52) - 1, np.uint64) if top else rng.integers(0, 1 << 52, n, dtype=np.uint64)
+    words[:, 0] = np.uint64(1 << 63) | (middle << np.uint64(11)) | drops
+    words[:, 1] = (exponents + 16383).astype(np.uint64)
+    return words.reshape(-1).view(np.longdouble)
+
+
+@pytest.mark.parametrize("pair", ["float32", "float64"])
+def test_bits_decision_holds_at_its_slack(pair):
+    """crmath._decided_by_bits (its inequality is in its docstring): wide values w whose dropped bits lie
+    a few wide ulps either side of the slack around the midpoint pattern, in the lowest, a middle and the
+    top binades.  Where it decides, both ends of [w - E|w|, w + E|w|] (exact dyadic rationals, E the
+    wide type's assumed error) round by hand (the Checker) to w's cast; at least one element per side
+    of the slack is decided / left; and a slack two smaller would be wrong: with a significand just below 2,
+    E|w| is within one ulp of the slack, and the ends of w two ulps inside it round differently."""
+    if pair == "float64" and not crmath._X87:
+        pytest.skip("longdouble is not x87 extended precision here")
+    fmt, kind, drop, ulps = (F32, "float64", 29, 2**53) if pair == "float32" else (F64, "longdouble", 11, 2**64)
+    E = Fraction(crmath.WIDE_REL_ERROR[kind])
+    slack = math.ceil(E * ulps) + 1
+    half = 1 << (drop - 1)
+    offsets = np.arange(slack - 3, slack + 4)
+    drops = np.concatenate([half - offsets, half + offsets]).astype(np.uint64)
+    exps = np.array([fmt.min_exponent, fmt.min_exponent + 1, 0, 5, fmt.max_exponent - 1, fmt.max_exponent])
+    d, e = np.meshgrid(drops, exps)
+    w = _wide_values(pair, d.ravel(), e.ravel(), seed=len(pair))
+    decided = crmath._decided_by_bits(fmt, kind, w)
+    distance = np.abs(d.ravel().astype(np.int64) - half)
+    inside = (e.ravel() > fmt.min_exponent) & (e.ravel() < fmt.max_exponent)
+    assert np.array_equal(decided, (distance > slack) & inside)
+    assert decided.any() and (inside & ~decided).any()
+    check = Checker(fmt)
+    cast = w.astype(fmt.dtype).astype(np.float64)
+
+    def ends_round_alike(value, err) -> bool:
+        return check.round_magnitude(value - err, exact=True) == check.round_magnitude(value + err, exact=True)
+
+    for i in np.flatnonzero(inside):
+        value = Fraction(*w[i].as_integer_ratio())
+        if decided[i]:
+            assert ends_round_alike(value, E * value), (pair, i)
+            assert check.round_magnitude(value, exact=True) == cast[i]
+    near = np.array([half - (slack - 2), half + (slack - 2)], dtype=np.uint64)
+    for v in _wide_values(pair, near, np.array([3, 3]), seed=1, top=True):
+        value = Fraction(*v.as_integer_ratio())
+        assert not ends_round_alike(value, E * value)

@@ -123,3 +123,36 @@ def test_float16_32_64_searches_do_not_import_ml_dtypes():
     native = ("float16", "float32", "float64")
     assert not any(thresholds._needs_ml_dtypes(("softmax_ce", "overflow", f)) for f in native)
     assert thresholds._needs_ml_dtypes(("softmax_ce", "overflow", "bf16@fp32"))
+
+
+def _glibc() -> bool:
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).gnu_get_libc_version)
+    except (OSError, AttributeError):
+        return False
+
+
+def test_freed_memory_is_kept_where_glibc_allows_it_and_results_do_not_change():
+    """keep_freed_memory takes on Linux with glibc (both mallopt settings accepted), nothing elsewhere;
+    the bulk summary is the same after it (it changes where memory comes from, not a value)."""
+    x = np.random.default_rng(5).standard_normal((3000, 7)).astype(np.float32)
+
+    class Source:
+        rows, classes = x.shape
+
+        def chunks(self, n):
+            for i in range(0, len(x), n):
+                yield i, x[i:i + n]
+
+    fmts = (FORMATS["bfloat16"],)
+    before = streaming.summarize(Source(), None, np.ones(len(x), bool), fmts, workers=1)
+    assert parallel.keep_freed_memory() is _glibc()
+    after = streaming.summarize(Source(), None, np.ones(len(x), bool), fmts, workers=1)
+    for key, cell in before.cells.items():
+        assert np.array_equal(cell.counts, after.cells[key].counts)
+        assert np.array_equal(cell.worst, after.cells[key].worst)

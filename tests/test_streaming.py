@@ -13,6 +13,7 @@ from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
 from stabilitylab.numerics import reference
 from stabilitylab.numerics.formats import ALL_FORMATS, FORMATS
+from stabilitylab.numerics.policies import format_or_policy
 
 ROWS, K = 100_000, 10
 
@@ -37,7 +38,11 @@ def _bulk(fmt, x, y):
     return cells, columns
 
 
-@pytest.mark.parametrize("fmt", ALL_FORMATS, ids=lambda f: f.name)
+POLICIES = ("bf16@fp32", "bf16+fp32", "fp16@fp32", "bf16@autocast", "fp32@bf16", "float8_e4m3fn:saturate")
+
+
+@pytest.mark.parametrize("fmt", [*ALL_FORMATS, *(pytest.param(format_or_policy(p), marks=pytest.mark.slow)
+                                                  for p in POLICIES)], ids=lambda f: f.name)
 def test_bulk_path_equals_the_general_engine(fmt):
     rows = ROWS if fmt.precision <= 24 else 20_000  # float64's general engine runs mpmath per row
     x, y = sample(rows)
@@ -116,3 +121,21 @@ def test_forked_workers_give_the_same_summary_once_formats_were_used(monkeypatch
     for key, cell in one.cells.items():
         assert np.array_equal(cell.counts, many.cells[key].counts)
         assert np.array_equal(cell.bits, many.cells[key].bits)
+
+
+def test_saturated_max_at_the_overflow_boundary_is_rechecked():
+    """float8_e4m3fn:saturate, logits whose rounded exact loss is 464 + ~1e-16 (max 448 + half its ulp,
+    the overflow boundary, plus a term far below float64's ulp there): naive_softmax_log gives the
+    saturated 448, which is ok below the boundary and range beyond it.  The bulk path's float64 reference
+    reads 464 exactly; the row must be re-checked (a saturated +-max is a value whose status the
+    reference's side of the boundary decides), as the general engine does: range, both."""
+    x = np.array([[24.838934, 182.22444, 39.859818, -27.080265, 139.154, -166.92148, 10.221827, 135.38719,
+                   -82.73219, -293.78265]], dtype=np.float32)
+    y = np.array([9])
+    fmt = format_or_policy("float8_e4m3fn:saturate")
+    _, columns = _bulk(fmt, x, y)
+    cases = Logits(ParamNames("row", np.arange(1)), x.astype(np.float64), y, np.full(1, K))
+    general = engine.evaluate(SOFTMAX_CE, fmt, cases)
+    for method, o in general.items():
+        assert np.array(STATUSES)[columns[fmt.name, method]["status"]].tolist() == o.status.tolist(), method
+    assert general["naive_softmax_log"].status.tolist() == ["range"]

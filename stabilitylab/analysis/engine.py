@@ -14,7 +14,7 @@ import numpy as np
 
 from ..experiments import Experiment
 from ..numerics import policies, reference
-from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith
+from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith, rows_any
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
@@ -160,10 +160,13 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:
     """Rows whose status could change within the fast reference's error: ok / inaccurate
     near the tolerance, or a value that may or may not be the correctly rounded exact
-    value (which matters only for 0, subnormal and non-finite values)."""
+    value (which matters only for 0, subnormal and non-finite values, and for +-max in a saturating
+    format: there the exact value's side of the overflow boundary decides ok or range)."""
     with np.errstate(all="ignore"):
         flip = np.isfinite(o.rel_error) & (np.abs(o.rel_error - tol) <= (1 + o.rel_error) * 4 * error)
         special = ~(np.abs(o.value) >= fmt.tiny) | np.isinf(o.value)
+        if fmt.saturates:
+            special |= np.abs(o.value) == fmt.max
     return flip | (near & special)
 
 
@@ -177,7 +180,7 @@ class _Watch(Arith):
     def load(self, x, where=None) -> np.ndarray:
         y = super().load(x, where)
         x = np.asarray(x, dtype=np.float64)
-        per_row = ((np.abs(y) == 1) & (np.abs(x) != 1)).reshape(self.rows, -1).any(axis=1)
+        per_row = rows_any((np.abs(y) == 1) & (np.abs(x) != 1), self.rows)
         self.to_one |= per_row if where is None else per_row & where
         return y
 
@@ -210,7 +213,7 @@ def relative_change(a: Exact, b: Exact) -> np.ndarray:
     """|a - b| / |b| per row: 0 where both are 0 or the same infinity, inf where b is 0 and a is not
     (or exactly one is NaN or infinite)."""
     with np.errstate(all="ignore"):
-        av = np.ldexp(a.hi + a.lo, np.clip(a.scale - b.scale, -2000, 2000))  # a in the units of b
+        av = np.ldexp(a.hi + a.lo, np.clip(a.scale - b.scale, -2000, 2000).astype(np.int32))  # a in the units of b
         bv = b.hi + b.lo
         rel = np.abs(av - bv) / np.abs(bv)
         rel = np.where(a.zero | b.zero, np.where(a.zero & b.zero, 0.0, np.where(b.zero, np.inf, 1.0)), rel)

@@ -121,6 +121,20 @@ RANK: dict[str, int] = {s: 2 if s in FAILURES else 1 if s in METHOD_FAILURES els
 A status is no worse than another if its rank is not higher (the ``--emit-pytest`` tests' check)."""
 
 
+_CODE: dict[str, int] = {s: i for i, s in enumerate(STATUSES)}
+_NAMES = np.array(STATUSES, dtype="<U10")  # code -> status string
+
+
+def _names(codes: np.ndarray) -> np.ndarray:
+    """The status strings of codes: "ok" everywhere, then the others where they are (a gather of 40-byte
+    strings on every row costs more than filling and patching the few)."""
+    out = np.full(codes.shape, STATUSES[0], dtype="<U10")
+    other = np.flatnonzero(codes)
+    if other.size:
+        out[other] = _NAMES[codes[other]]
+    return out
+
+
 def worst_status(present: Iterable[str], among: Collection[str] = STATUSES) -> str:
     """The most severe (:data:`SEVERITY`) of the statuses ``present`` that are ``among`` the
     given ones; ``"ok"`` if there is none."""
@@ -141,6 +155,7 @@ class Outcome:
     error_bits: np.ndarray
     first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
     errors: np.ndarray | None = None  # black boxes: per row the exception's first line ('' if none)
+    codes: np.ndarray | None = None  # uint8 indices into STATUSES of ``status`` (None: not kept)
 
     @cached_property
     def events(self) -> list[tuple[str, ...]]:
@@ -148,28 +163,40 @@ class Outcome:
         return events_from_steps(self.first_steps)
 
 
+def _small(e) -> np.ndarray:
+    """Exponents clipped to [-2000, 2000] (beyond, ldexp gives 0 or inf for every float64 anyway) as
+    int32: numpy's ldexp is ten times faster with int32 exponents than with int64 ones (same values)."""
+    return np.clip(e, -2000, 2000).astype(np.int32)
+
+
 def errors(fmt: Format, value, exact: Exact):
     """(rel_error, ulps, error_bits) of ``value`` against the exact values."""
     v = np.asarray(value, dtype=np.float64)
     hi, lo, s = exact.hi, exact.lo, exact.scale
-    e = exact._exponent() + s
+    scaled = bool(s.any())  # (the usual case has none: the scale's passes are skipped, the same values)
+    e = exact._exponent() + s if scaled else exact._exponent()
     ulp_exp = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
     with np.errstate(all="ignore"):
-        vs = np.ldexp(v, np.clip(-s, -2000, 2000))  # v in the units of hi (exact for s <= 0; s > 0 only
-        # above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there anyway)
+        vs = np.ldexp(v, _small(-s)) if scaled else v  # v in the units of hi (exact for s <= 0;
+        # s > 0 only above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there)
         diff = np.abs((vs - hi) - lo)
         diff = np.where(vs == hi, np.abs(lo), diff)  # also v == hi == +-inf
         rel = diff / np.abs(hi)
-        rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
-        ulps = np.ldexp(diff, np.clip(s - ulp_exp, -2000, 2000))
-        ulps = np.where(exact.zero, np.where(v == 0, 0.0, np.abs(v) / fmt.smallest_subnormal), ulps)
+        zero = exact.zero.any()
+        if zero:
+            rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
+        ulps = np.ldexp(diff, _small(s - ulp_exp if scaled else -ulp_exp))
+        if zero:
+            ulps = np.where(exact.zero, np.where(v == 0, 0.0, np.abs(v) / fmt.smallest_subnormal), ulps)
         infinite = np.isinf(hi) | np.isinf(v)
-        same_inf = np.isinf(hi) & (v == hi)
-        rel = np.where(infinite, np.where(same_inf, 0.0, np.inf), rel)
-        ulps = np.where(infinite, np.where(same_inf, 0.0, np.inf), ulps)
+        if infinite.any():
+            same_inf = np.isinf(hi) & (v == hi)
+            rel = np.where(infinite, np.where(same_inf, 0.0, np.inf), rel)
+            ulps = np.where(infinite, np.where(same_inf, 0.0, np.inf), ulps)
         nan = np.isnan(v) | np.isnan(hi)
-        rel = np.where(nan, np.nan, rel)
-        ulps = np.where(nan, np.nan, ulps)
+        if nan.any():
+            rel = np.where(nan, np.nan, rel)
+            ulps = np.where(nan, np.nan, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
 
@@ -210,7 +237,7 @@ def blame(fmt: Format, value, approx: Exact, error, events: np.ndarray,
     scaled = bool(s.any())
     with np.errstate(all="ignore"):
         # the common case first, on every row: a relative error clearly within the tolerance
-        vs = np.ldexp(v, np.clip(-s, -2000, 2000)) if scaled else v  # v in the units of hi, as errors()
+        vs = np.ldexp(v, _small(-s)) if scaled else v  # v in the units of hi, as errors()
         diff = np.abs((vs - hi) - lo)  # where vs == hi (finite), |lo| as errors() has it
         rel = diff / np.abs(hi)
         passes = rel <= tol - ((1 + rel) * wide + rel * 2.0**-48)  # False for NaN and inf
@@ -261,7 +288,7 @@ def stored_beyond(fmt: Format, exact: Exact) -> np.ndarray:
     boundary = fmt.max + ulp / 2  # exact in float64 below float64's own max (float64: inf, nothing beyond)
     odd = int(fmt.max / ulp) % 2 == 1
     with np.errstate(all="ignore"):
-        x = np.abs(np.ldexp(exact.hi, np.clip(exact.scale, -2000, 2000)))
+        x = np.abs(np.ldexp(exact.hi, _small(exact.scale)))
         outward = exact.lo * np.sign(exact.hi)  # > 0: |x| is a little above |hi|
         at = (x == boundary) & ((outward > 0) | ((outward == 0) & odd))
         return (np.isfinite(exact.hi) & ((x > boundary) | at)) | (np.isinf(exact.hi) & (not fmt.has_inf))
@@ -276,48 +303,63 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     v = np.asarray(value).astype(np.float64)
     rel, ulps, bits = errors(fmt, v, exact)
     cr = exact.rounded(fmt)
-    # the exact value overflows the format (or is infinite where the format has no inf: cr is NaN); a
-    # saturating format's cr is +-max there, so its twin that overflows to +-inf tells
-    wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
-    beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
+    # (what depends on the exact values alone is computed once per format and shared by the methods)
+    beyond, unrepresentable = exact._memoized(("beyond", fmt.name), lambda: _beyond(fmt, exact))
     nan, inf = np.isnan(v), np.isinf(v)
-    undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
-    same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
-    out_of_range = beyond | ((cr == 0) & ~exact.zero) | arith.input_lost
+    if nan.any():
+        undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
+        same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
+    else:
+        same = v == cr
+    out_of_range = unrepresentable | arith.input_lost
     over, under = arith.first_step("overflow"), arith.first_step("underflow")
     pole = arith.first_step("divide_by_zero") != NEVER
     # a saturating format gives +-max where others give +-inf: lost too, where an infinity was saturated
     saturated = (np.abs(v) == fmt.max) & arith.saturated if fmt.saturates and not black_box else False
     lost = ~same & (nan | inf | (v == 0) | saturated)
 
-    status = np.full(v.shape, "ok", dtype="<U10")
-    status[~same & (rel > tol)] = "inaccurate"
-    status[same & out_of_range] = "range"
+    # (status codes, indices into STATUSES, assigned in this order: a later rule overrides an earlier one)
+    status = np.zeros(v.shape, dtype=np.uint8)
+    status[~same & (rel > tol)] = _CODE["inaccurate"]
+    status[same & out_of_range] = _CODE["range"]
     stored_lost = _stored_lost(fmt, v, exact) if storage else None
+    any_lost = bool(lost.any())
     if black_box:
-        status[lost & nan] = "nan"
-        status[lost & inf] = "inf"
+        if any_lost:
+            status[lost & nan] = _CODE["nan"]
+            status[lost & inf] = _CODE["inf"]
         if stored_lost is not None:
             for name, rows in stored_lost.items():
-                status[rows] = name
+                status[rows] = _CODE[name]
         messages = np.full(v.shape, "", dtype=object)
         if arith.errors:
             rows = np.fromiter(arith.errors, dtype=np.int64)
-            status[rows] = "error"
+            status[rows] = _CODE["error"]
             messages[rows] = list(arith.errors.values())
-        return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy(), messages)
-    # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
-    infinite = inf | saturated | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
-    status[lost & nan] = "nan"
-    status[lost & infinite] = "overflow"
-    status[lost & infinite & pole] = "underflow"
-    seen = (over != NEVER) | (under != NEVER)
-    status[lost & seen & (over <= under)] = "overflow"
-    status[lost & seen & (under < over)] = "underflow"
+        return Outcome(v, exact.value, exact, _names(status), rel, ulps, bits, arith.first.copy(), messages, status)
+    if any_lost:  # (the usual case has no lost value: nothing below applies)
+        # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
+        infinite = inf | saturated | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
+        status[lost & nan] = _CODE["nan"]
+        status[lost & infinite] = _CODE["overflow"]
+        status[lost & infinite & pole] = _CODE["underflow"]
+        seen = (over != NEVER) | (under != NEVER)
+        status[lost & seen & (over <= under)] = _CODE["overflow"]
+        status[lost & seen & (under < over)] = _CODE["underflow"]
     if stored_lost is not None:
         for name, rows in stored_lost.items():
-            status[rows] = name
-    return Outcome(v, exact.value, exact, status, rel, ulps, bits, arith.first.copy())
+            status[rows] = _CODE[name]
+    return Outcome(v, exact.value, exact, _names(status), rel, ulps, bits, arith.first.copy(), codes=status)
+
+
+def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
+    """(beyond, unrepresentable) stacked, per row: the exact value overflows the format (or is infinite where
+    the format has no inf: cr is NaN; a saturating format's cr is +-max there, so its twin that overflows
+    to +-inf tells); it overflows or is non-zero but rounds to 0."""
+    cr = exact.rounded(fmt)
+    wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
+    beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
+    return np.stack([beyond, beyond | ((cr == 0) & ~exact.zero)])
 
 
 def _stored_lost(fmt: Format, v: np.ndarray, exact: Exact) -> dict[str, np.ndarray]:

@@ -9,10 +9,14 @@ and exits when it is gone.  A pool left by an exception (Ctrl-C, :class:`~stabil
 kills its workers instead of running the work still queued, and :func:`kill_workers` (the command line's
 SIGTERM / SIGHUP handler) kills the workers of every live pool.  Workers ignore SIGINT (Ctrl-C reaches
 the whole process group: the parent alone handles it) and take the default action on SIGTERM / SIGHUP.
+
+Every worker, and the command line's own process, keeps the memory it frees for reuse
+(:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -24,9 +28,33 @@ from concurrent.futures import ProcessPoolExecutor
 
 from ..errors import InputError
 
-__all__ = ["WORKERS_VARIABLE", "worker_count", "fork_pool", "kill_workers", "WorkerPool"]
+__all__ = ["WORKERS_VARIABLE", "worker_count", "fork_pool", "kill_workers", "WorkerPool", "keep_freed_memory"]
 
 WORKERS_VARIABLE = "STABILITYLAB_WORKERS"
+KEPT_BYTES = 2**30  # glibc's M_TRIM_THRESHOLD: freed memory kept at the top of the heap, up to this
+HEAP_BELOW = 2**25  # glibc's M_MMAP_THRESHOLD: blocks below this (its largest allowed value) come from the heap
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # (mallopt's parameter numbers, malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: blocks below :data:`HEAP_BELOW` (32 MiB) from
+    the heap, not from a fresh ``mmap`` each, and up to :data:`KEPT_BYTES` (1 GiB) of freed heap kept
+    instead of returned to the kernel.  The bulk path allocates and frees thousands of arrays of a few
+    MiB (a chunk's temporaries); by default glibc maps the larger ones fresh and unmaps them when freed,
+    and trims the heap, so every new temporary is page-faulted in (zeroed pages) again -- measured, about
+    half the CPU time of a user-logits chunk and 5x the float64 reference's own arithmetic.  No result
+    changes; the peak RSS stays the high-water mark of the temporaries (a chunk's few hundred MiB at most).
+    Linux with glibc only (elsewhere nothing is done): returns whether both settings took."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc's own symbol: musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, KEPT_BYTES)) and bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BELOW))
 
 
 def worker_count(environ: Mapping[str, str] | None = None) -> int:
@@ -105,7 +133,9 @@ def kill_workers() -> None:
 
 
 def _worker_started(parent: int) -> None:
-    """Initializer of every worker: die with ``parent`` (the pid of the process that forked it)."""
+    """Initializer of every worker: die with ``parent`` (the pid of the process that forked it); keep
+    freed memory (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("SIGTERM", "SIGHUP"):  # not the parent's handlers, inherited by fork
         if hasattr(signal, name):

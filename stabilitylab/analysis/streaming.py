@@ -63,6 +63,10 @@ ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), (
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
 WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
+# logits per chunk by default: large enough that a chunk's ~100 numpy calls per value pass are not mostly
+# Python (a wide row's pairwise sum has 17 levels), small enough for its temporaries (float64 / longdouble,
+# a few dozen of a chunk's size, kept for reuse: parallel.keep_freed_memory) to stay ~100 MiB a worker
+CHUNK_VALUES = 2**19
 _STATUS_KEYS = np.array([sum(ord(c) << (21 * i) for i, c in enumerate(s[:3])) for s in STATUSES], dtype=np.int64)
 _KEY_ORDER = np.argsort(_STATUS_KEYS)
 
@@ -205,7 +209,7 @@ def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray
 
 
 def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int, everything: list | None) -> Cell:
-    codes = status_codes(o.status)
+    codes = status_codes(o.status) if o.codes is None else o.codes
     c = Cell()
     c.counts[:] = np.bincount(codes, minlength=len(STATUSES))
     e = o.error_bits
@@ -217,8 +221,9 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows, keep))
     failing = np.flatnonzero(_FAILING[codes])[:cap]
     c.failing = _columns(o, rows, labels, codes, failing)
-    present, first = np.unique(codes, return_index=True)
-    c.first = _columns(o, rows, labels, codes, first)  # np.unique: by status code
+    # the first row of each status present, by status code (a pass per status seen, not a sort)
+    first = np.array([np.argmax(codes == k) for k in np.flatnonzero(c.counts)], dtype=np.intp)
+    c.first = _columns(o, rows, labels, codes, first)
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c
@@ -338,7 +343,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     methods = experiment.method_names
     black_box = tuple(m.name for m in experiment.methods if m.black_box)
     if rows_per_chunk is None:
-        rows_per_chunk = default_rows_per_chunk(source.classes, 2**18)
+        rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES)
     if workers is None:
         workers = worker_count()
     if source.rows * source.classes < 2**20 or black_box or source.rows <= rows_per_chunk or source.classes > WIDE_ROW:

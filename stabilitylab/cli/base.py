@@ -207,6 +207,9 @@ class Interrupted(Exception):
 
 class _Group(click.Group):
     def invoke(self, ctx):
+        from ..analysis.parallel import keep_freed_memory
+
+        keep_freed_memory()  # (this process's own: the command line's; workers do it too)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:

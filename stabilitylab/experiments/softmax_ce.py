@@ -412,8 +412,9 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     if not handled.all():
         hi = np.where(handled[:, None], hi, 0.0)
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
-    terms = np.exp(hi.astype(wide))
     gap = -hi[rows, x.labels].astype(wide)  # m - x_y >= 0
+    # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
+    terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
     if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
         inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
         terms[inexact] *= np.exp(lo[inexact].astype(wide))

@@ -76,7 +76,7 @@ from .formats import FORMATS, Format
 from .policies import block_of, contains
 from .wide import wide_dtype
 
-__all__ = ["Arith", "EVENTS", "BLOCK_COUNTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK"]
+__all__ = ["Arith", "EVENTS", "BLOCK_COUNTS", "TargetError", "events_from_steps", "EXTERNAL_CHUNK", "rows_any"]
 
 EVENTS: tuple[str, ...] = ("overflow", "underflow", "subnormal", "divide_by_zero", "invalid")
 BLOCK_COUNTS: tuple[str, ...] = ("nonzero", "flushed", "saturated", "scale_saturated")
@@ -97,6 +97,54 @@ def _numeric(dtype: np.dtype) -> bool:
     if dtype.kind in "iuf":
         return True
     return any(dtype == f.dtype for f in FORMATS.values())
+
+
+def rows_any(mask, rows: int) -> np.ndarray:
+    """Per row, whether any entry of ``mask`` (rows first, any shape) is True.  A short row (at most 16
+    entries) is reduced column by column: numpy's reduction over a short last axis costs ~20 ns a row,
+    the columns' ``logical_or`` ~1 ns a value.  The same booleans either way."""
+    m = np.asarray(mask, dtype=bool).reshape(rows, -1)
+    if m.shape[1] > 16 or m.shape[1] == 0:
+        return m.any(axis=1)
+    out = m[:, 0].copy()
+    for j in range(1, m.shape[1]):
+        np.logical_or(out, m[:, j], out=out)
+    return out
+
+
+def _short_rows(x: np.ndarray) -> bool:
+    """Rows of 2 to 16 floats: reduced column by column (see :func:`rows_any`)."""
+    return x.ndim == 2 and 1 < x.shape[1] <= 16 and x.dtype.kind == "f"
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    """``np.max(x, axis=-1)``, the same values: short rows column by column with ``np.maximum``, and the
+    rows whose maximum is 0 or NaN again with ``np.max`` (which of -0 / +0, which NaN: as it gives)."""
+    if not _short_rows(x):
+        return np.max(x, axis=-1)
+    m = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        np.maximum(m, x[:, j], out=m)
+    again = np.flatnonzero((m == 0) | np.isnan(m))
+    if again.size:
+        m[again] = np.max(x[again], axis=-1)
+    return m
+
+
+def _row_argmax(x: np.ndarray) -> np.ndarray:
+    """``np.argmax(x, axis=-1)`` (the first maximum; the first NaN where there is one), the same indices:
+    short rows column by column, rows holding a NaN again with ``np.argmax``."""
+    if not _short_rows(x):
+        return np.argmax(x, axis=-1)
+    top = np.zeros(len(x), dtype=np.intp)
+    m = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        top[x[:, j] > m] = j  # (strictly: the first of equal maxima stays)
+        np.maximum(m, x[:, j], out=m)
+    again = np.flatnonzero(np.isnan(m))
+    if again.size:
+        top[again] = np.argmax(x[again], axis=-1)
+    return top
 
 
 def _opposite_infinities(a, b):
@@ -262,7 +310,7 @@ class Arith:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():  # the usual case, and a row-wise any over a short last axis is slow
             return
-        per_row = mask.reshape(self.rows, -1).any(axis=1)
+        per_row = rows_any(mask, self.rows)
         if where is not None:
             per_row &= where
         for log in self._logs:
@@ -339,7 +387,7 @@ class Arith:
         if inf.any():
             y = np.where(inf, np.copysign(y.dtype.type(fmt.max), y), y).astype(y.dtype, copy=False)
             if not self.quiet and inf.ndim and inf.shape[0] == self.rows:
-                rows = inf.reshape(self.rows, -1).any(axis=1)
+                rows = rows_any(inf, self.rows)
                 if where is not None:  # (as events: rows outside where are computed, not used)
                     rows &= where
                 self.saturated |= rows
@@ -385,6 +433,11 @@ class Arith:
         fmt = self.compute if fmt is None else fmt
         flat = y.reshape(-1)
         low = fmt.tiny if tiny is None else tiny
+        if flat.size and flat.dtype.kind == "f":  # one sign (exp, sums of exps...): min and max tell, two passes
+            with np.errstate(invalid="ignore"):
+                lowest, highest = flat.min(), flat.max()  # (NaN propagates: no shortcut, below decides)
+            if (low <= lowest and highest <= fmt.max) or (-fmt.max <= lowest and highest <= -low):
+                return True
         for start in range(0, flat.size, _BLOCK):
             magnitude = np.abs(flat[start:start + _BLOCK])
             if not bool(((magnitude <= fmt.max) & (magnitude >= low)).all()):
@@ -406,8 +459,9 @@ class Arith:
         x = np.asarray(x)
         self.step += 1
         amax = self._row_amax(x)
+        given = np.float32 if self._rounds32(x) else np.float64  # (float32 inputs: rounded as they are)
         if x.ndim != 2 or x.size <= _BLOCK or self.rows != x.shape[0]:
-            y, masks = self._load_block(np.asarray(x, dtype=np.float64), amax)
+            y, masks = self._load_block(np.asarray(x, dtype=given), amax)
         else:
             y = np.empty(x.shape, self.dtype)
             masks = [np.zeros(self.rows, dtype=bool) for _ in range(3)]
@@ -415,13 +469,13 @@ class Arith:
             if self.block is not None:  # whole blocks per piece (the blocks run along the last axis)
                 width = max(self.block.block_size, width - width % self.block.block_size)
             for start in range(0, x.shape[1], width):
-                part, found = self._load_block(np.asarray(x[:, start:start + width], dtype=np.float64), amax)
+                part, found = self._load_block(np.asarray(x[:, start:start + width], dtype=given), amax)
                 y[:, start:start + width] = part
                 for total, mask in zip(masks, found):
-                    total |= mask.reshape(self.rows, -1).any(axis=1)
+                    total |= rows_any(mask, self.rows)
         self._note("overflow", masks[0], where)
         self._note("underflow", masks[1], where)
-        per_row = (masks[0] | masks[1]).reshape(self.rows, -1).any(axis=1)
+        per_row = rows_any(masks[0] | masks[1], self.rows)
         self.input_lost |= per_row if where is None else per_row & where
         self._note("subnormal", masks[2], where)
         if self._convert:
@@ -436,9 +490,18 @@ class Arith:
             a = np.abs(np.asarray(x, dtype=np.float64).reshape(self.rows, -1))
             return np.max(np.where(np.isfinite(a), a, 0.0), axis=1, initial=0.0)
 
+    def _rounds32(self, x: np.ndarray) -> bool:
+        """Whether float32 inputs ``x`` are stored from float32 (:meth:`_store`): held in float32, no block
+        scaling, a storage format of at most 11 bits (:meth:`Format.round32`) or float32 itself.  float32
+        converts to float64 exactly, so rounding the float32 values is rounding the float64 ones: the same
+        values, bit for bit, and the same masks, without a float64 copy of the inputs."""
+        storage = self.storage.held_twin
+        return (x.dtype == np.float32 and self.dtype == np.float32 and self.block is None
+                and not storage.scale_only and (storage.precision <= 11 or storage.dtype_name == "float32"))
+
     def _load_block(self, x: np.ndarray, amax: np.ndarray | None = None):
-        """Inputs (float64) stored (:meth:`_store`), and the masks of inputs that overflow, underflow
-        to 0 and become inexact subnormals."""
+        """Inputs (float64, or float32 where :meth:`_rounds32`) stored (:meth:`_store`), and the masks of
+        inputs that overflow, underflow to 0 and become inexact subnormals."""
         with np.errstate(all="ignore"):
             y = self._flush(self._store(x, amax), self.storage)
             finite = np.isfinite(x)
@@ -452,6 +515,9 @@ class Arith:
         tensor amax, see :meth:`_row_amax`)."""
         if self.block is not None:
             x = self._quantized(x, amax)
+        if x.dtype == np.float32:  # (only where _rounds32: Format.round32, correct from float32)
+            y = self.storage.held_twin.round32(x)
+            return y.copy() if y is x else y
         return self.storage.held_twin.round(x, self.dtype)
 
     def _quantized(self, x: np.ndarray, amax: np.ndarray | None) -> np.ndarray:
@@ -477,7 +543,7 @@ class Arith:
         r = self._narrow(y, self.compute, where)
         with np.errstate(all="ignore"):
             lost = (np.isfinite(y) & ~np.isfinite(r)) | ((y != 0) & (r == 0))
-        per_row = lost.reshape(self.rows, -1).any(axis=1)
+        per_row = rows_any(lost, self.rows)
         self.input_lost |= per_row if where is None else per_row & where
         return r
 
@@ -626,7 +692,7 @@ class Arith:
     def max(self, x):
         """Maximum along the last axis (exact; NaN propagates)."""
         with np.errstate(all="ignore"):
-            return np.max(x, axis=-1)
+            return _row_max(np.asarray(x))
 
     @_shared
     def shift(self, x):
@@ -636,7 +702,7 @@ class Arith:
     @_shared
     def argmax(self, x) -> np.ndarray:
         """Index of the (first) maximum along the last axis."""
-        return np.argmax(x, axis=-1)
+        return _row_argmax(np.asarray(x))
 
     def pick(self, x, index):
         """x[row, index[row]] for a (rows, K) array."""

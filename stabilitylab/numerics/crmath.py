@@ -24,6 +24,13 @@ Method (Ziv's strategy)
    (The ends are computed in ``W`` with one rounding each, which narrows the
    interval by at most one ulp of ``W``: the bound actually used is ``E`` minus
    one ulp of ``W``, still far above the measured errors.)
+   For float32 from float64 and float64 from x87 longdouble (the bulk path's exp), the same decision
+   is first taken on the bits of w alone (:func:`_decided_by_bits`, no interval arithmetic over the
+   whole array): with P the wide significand bits, d = P - p the dropped ones and L their value,
+   w's cast is the correctly rounded result when ``|L - 2**(d-1)| > ceil(E 2**P) + 1`` and w's
+   exponent e satisfies ``emin < e < emax`` of the format (the true value is within
+   ``E |w| < E 2**P`` wide ulps of w; the proof is in that function).  Only the elements it
+   leaves go through the two ends.
 3. The rare elements whose ends round differently lie within ``E`` of a
    rounding boundary ("undecided").  For float64 a double-double evaluation
    comes first (~104 bits, bound ``doubledouble.REL_ERROR = 2**-90``; log and
@@ -226,6 +233,57 @@ _WIDE_FUNCS = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "tanh": np.tanh}
 _BLOCK = 2**18  # elements per block of one evaluation (its wide temporaries are a few times this)
 
 
+def _x87() -> bool:
+    """Whether ``np.longdouble`` is x87 extended precision stored in 16 little-endian bytes: the
+    64-bit significand (explicit integer bit) in the first 8 bytes, sign and 15-bit exponent (bias
+    16383) in the next 2 (checked on 1.5 = 0xC000000000000000 * 2**-63 * 2**0)."""
+    if np.dtype(np.longdouble).itemsize != 16 or np.finfo(np.longdouble).nmant != 63:
+        return False
+    words = np.array([1.5, -0.75], dtype=np.longdouble).view(np.uint64).reshape(2, 2)
+    return (words[:, 0].tolist() == [0xC000000000000000] * 2
+            and (words[:, 1] & 0xFFFF).tolist() == [0x3FFF, 0x8000 | 0x3FFE])
+
+
+_X87 = _x87()
+
+
+def _decided_by_bits(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
+    """Where the wide value ``w`` alone decides the correctly rounded result in ``fmt`` (then ``w``
+    cast to the format is it), for float32 from float64 and float64 from x87 longdouble; None for
+    other pairs.
+
+    Let w have P significand bits (53, or 64) and exponent e, so |w| < 2**(e+1) and its ulp is
+    ``2**(e - P + 1)``; the format keeps p of them (24, or 53), dropping d = P - p.  The true value
+    lies within ``E |w| < E 2**(e+1) = E 2**P`` ulps of w (E = :data:`WIDE_REL_ERROR`: 2**-44 * 2**53
+    = 512 ulps of float64, 2**-60 * 2**64 = 16 ulps of longdouble).  The format's rounding
+    boundaries in w's binade are the midpoints, whose dropped bits are exactly ``h = 2**(d-1)``; let
+    L be w's dropped bits.  If ``|L - h| > slack = ceil(E 2**P) + 1``, no midpoint of the binade lies
+    within E|w| of w; nor does one outside it: the power of two at either end is a format value,
+    and the midpoints beyond it are at least 2**(d-2) ulps of w away from the binade (2**9 > 16,
+    2**27 > 512).  So every point of [w - E|w|, w + E|w|] rounds like w, and w's round-to-nearest-even
+    cast (a C cast) is the correctly rounded value.  Only where e is inside the format's normal range
+    and below its top binade (min_exponent < e < max_exponent: no subnormal spacing, no overflow
+    threshold); non-finite w have an exponent out of that range.  The remaining elements go through
+    the interval ends as before; tests/test_crmath.py puts values within a few ulps of w on each side of
+    the slack and checks every result against mpmath."""
+    if kind == "float64" and fmt.dtype_name == "float32" and fmt.precision == 24 and fmt.overflow == "inf":
+        bits = w.view(np.uint64)
+        drop, ulps = 29, 2.0**53
+        low = (bits & np.uint64((1 << drop) - 1)).astype(np.int64)
+        e = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64) - 1023
+    elif kind == "longdouble" and _X87 and fmt.dtype_name == "float64" and fmt.precision == 53:
+        words = w.view(np.uint64).reshape(-1, 2)
+        drop, ulps = 11, 2.0**64
+        low = (words[:, 0] & np.uint64((1 << drop) - 1)).astype(np.int64)
+        e = (words[:, 1] & np.uint64(0x7FFF)).astype(np.int64) - 16383
+    else:
+        return None
+    slack = math.ceil(WIDE_REL_ERROR[kind] * ulps) + 1
+    low -= 1 << (drop - 1)
+    np.abs(low, out=low)
+    return (low > slack) & (e > fmt.min_exponent) & (e < fmt.max_exponent)
+
+
 def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
@@ -250,19 +308,31 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     wide = _WIDE_DTYPES[kind]
     with np.errstate(all="ignore"):
         w = _WIDE_FUNCS[name](flat.astype(wide))
-        err = np.abs(w)
+        quick = _decided_by_bits(fmt, kind, w)
+        if quick is None:
+            ends, wc = None, w
+        else:  # w cast is the result where its bits decide; the interval ends for the rest
+            out = w.astype(x.dtype)
+            ends = np.flatnonzero(~quick)
+            wc = w[ends]
+        err = np.abs(wc)
         err *= wide.type(WIDE_REL_ERROR[kind])
-        out = _round_wide(fmt, kind, w - err, x.dtype)
-        hi = _round_wide(fmt, kind, w + err, x.dtype)
-        undecided = out != hi  # also where w is not finite (fixed below)
+        lower = _round_wide(fmt, kind, wc - err, x.dtype)
+        hi = _round_wide(fmt, kind, wc + err, x.dtype)
+        undecided = lower != hi  # also where w is not finite (fixed below)
         if not fmt.has_inf:  # beyond the range both ends are NaN: decided
-            undecided &= ~(np.isnan(out) & np.isnan(hi))
-        lost = np.flatnonzero(~np.isfinite(w))
+            undecided &= ~(np.isnan(lower) & np.isnan(hi))
+        lost = np.flatnonzero(~np.isfinite(wc))
         if lost.size:  # IEEE special values, and exp beyond the wide type's range
-            special, values = _specials(name, fmt, flat[lost])
-            out[lost] = np.where(special, values, _round_wide(fmt, kind, w[lost], x.dtype))
+            special, values = _specials(name, fmt, flat[lost if ends is None else ends[lost]])
+            lower[lost] = np.where(special, values, _round_wide(fmt, kind, wc[lost], x.dtype))
             undecided[lost] = False
     undecided = np.flatnonzero(undecided)
+    if ends is None:
+        out = lower
+    else:
+        out[ends] = lower
+        undecided = ends[undecided]
     if undecided.size and kind == "longdouble" and fmt.precision == 53 and name != "tanh":
         undecided = _double_double(name, flat, w, undecided, out, stats)
     if undecided.size:
@@ -327,6 +397,8 @@ def _exp_float32(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t -= np.int32(1 << (drop - 1))
         np.abs(t, out=t)
         slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
+        if t.size and t.min() > slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
+            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in three passes
         undecided = t <= slack
         magnitude = np.abs(w)
         low = np.flatnonzero(~(magnitude >= fmt.tiny))  # also NaN

@@ -368,6 +368,11 @@ def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
     rounded += uint((1 << (drop - 1)) - 1)
     rounded &= ~uint((1 << drop) - 1)
     y = rounded.view(x.dtype)
+    if fmt.signed and y.size:  # the usual case, every |y| in [tiny, max], from the magnitudes' bit patterns (ordered
+        low, high = _magnitude_bits(x.dtype, fmt)  # as the magnitudes are; NaN above inf): three passes, not six
+        magnitudes = rounded & uint((1 << (8 * x.dtype.itemsize - 1)) - 1)  # (the sign bit cleared)
+        if magnitudes.min() >= low and magnitudes.max() <= high:
+            return y
     magnitude = np.abs(y)
     keep = (magnitude >= fmt.tiny) & (magnitude <= fmt.max)
     if not fmt.signed:
@@ -395,6 +400,19 @@ def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
             out[v < 0] = np.nan  # (-0 is +0)
         y.reshape(-1)[fix] = out
     return y
+
+
+def _magnitude_bits(dtype: np.dtype, fmt: Format) -> tuple[int, int]:
+    """The bit patterns, in ``dtype``, of the format's tiny and max as :func:`round_bits` compares them
+    (a Python float against an array of ``dtype``: converted to ``dtype``)."""
+    key = (np.dtype(dtype).str, fmt.name)
+    if key not in _MAGNITUDE_BITS:
+        values = np.array([fmt.tiny, fmt.max]).astype(dtype)
+        _MAGNITUDE_BITS[key] = tuple(values.view(_UINT[np.dtype(dtype).itemsize]).tolist())
+    return _MAGNITUDE_BITS[key]
+
+
+_MAGNITUDE_BITS: dict[tuple[str, str], tuple[int, int]] = {}
 
 
 def _round_exponent_only(x: np.ndarray, fmt: Format) -> np.ndarray:

@@ -112,13 +112,13 @@ class Exact:
         q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)  # log2 of the quantum at x
         q = np.where(finite, q, 0)
         with np.errstate(all="ignore"):
-            shift = np.clip(s - q, -2000, 2000)
+            shift = np.clip(s - q, -2000, 2000).astype(np.int32)  # (numpy's ldexp is fast for int32)
             t = np.ldexp(hi, shift)  # x / quantum, exact unless x is far below the format (then t -> 0)
             frac = t - np.floor(t)
             n = np.rint(t)
             n = np.where((frac == 0.5) & (lo > 0), np.floor(t) + 1, n)
             n = np.where((frac == 0.5) & (lo < 0), np.floor(t), n)
-            out = np.ldexp(n, np.clip(q, -2000, 2000))
+            out = np.ldexp(n, np.clip(q, -2000, 2000).astype(np.int32))
         out = np.where(finite, out, hi)  # zeros, infinities, NaN as they are
         big = np.abs(out) > fmt.max  # (and +-inf)
         if big.any():
@@ -159,7 +159,7 @@ class Exact:
         e = np.where(finite, self._exponent() + self.scale, 0)
         q = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
         with np.errstate(all="ignore"):
-            t = np.ldexp(self.hi, np.clip(self.scale - q, -2000, 2000))
+            t = np.ldexp(self.hi, np.clip(self.scale - q, -2000, 2000).astype(np.int32))
             dist = np.abs(np.abs(t - np.floor(t)) - 0.5)  # distance to the midpoint, in quanta
             slack = np.abs(t) * error * 2 + 2.0**-40
         return finite & (dist <= slack)
@@ -193,8 +193,11 @@ def from_mpmath(values) -> Exact:
 
 
 def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
-    """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller)."""
-    r = np.asarray(r, dtype=np.longdouble)
+    """Split extended-precision values into an :class:`Exact` (``zero`` decided exactly by the caller).
+    float64 values (the float64 tier's) are split in float64: the same hi, scale and lo (= 0) without
+    longdouble's slow x87 passes."""
+    wide = np.float64 if np.asarray(r).dtype == np.float64 else np.longdouble
+    r = np.asarray(r, dtype=wide)
     with np.errstate(all="ignore"):
         tiny = np.isfinite(r) & (r != 0) & ((np.abs(r) < SCALE_BELOW) | (np.abs(r) >= SCALE_ABOVE))
         scale = np.zeros(r.shape, dtype=np.int64)
@@ -205,7 +208,7 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
             scaled = r.copy()
             scaled[tiny] = np.ldexp(r[tiny], -scale[tiny])
         hi = scaled.astype(np.float64) + 0.0  # -0 -> +0, as mpmath gives
-        lo = np.where(np.isfinite(hi), (scaled - hi.astype(np.longdouble)).astype(np.float64), 0.0)
+        lo = np.where(np.isfinite(hi), (scaled - hi.astype(wide)).astype(np.float64), 0.0)
     hi = np.where(zero, 0.0, hi)
     return Exact(hi, np.where(zero, 0.0, lo), np.where(zero, 0, scale), np.asarray(zero, dtype=bool).copy())
 
