@@ -1,0 +1,120 @@
+"""compare -e linear_ce --problem: the bulk path's fused dot-product model against the small engine (bit for
+bit where the two must agree), its input checks, and the chunk-buffer finding from the tool's JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stabilitylab.analysis import linear_bulk
+from stabilitylab.analysis.outcome import STATUSES
+from stabilitylab.cli import cli
+from stabilitylab.errors import InputError
+from stabilitylab.experiments import linear_ce
+from stabilitylab.io.problem import open_problem
+from stabilitylab.numerics.arith import Arith
+from stabilitylab.numerics.policies import format_or_policy
+
+
+def _save(folder, hidden, weight, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "hidden.npy", np.asarray(hidden))
+    np.save(folder / "weight.npy", np.asarray(weight))
+    np.save(folder / "labels.npy", np.asarray(labels))
+    return folder
+
+
+def _small_engine(fmt, hidden, weight, labels, chunks, vocab_chunk, weight_entry, hidden_entry):
+    cases = linear_ce.problem(hidden, weight, labels, "x", chunks=chunks, vocab_chunk=vocab_chunk,
+                              weight_entry=weight_entry, hidden_entry=hidden_entry)
+    out = {}
+    for method in linear_ce.LINEAR_CE.methods:
+        a = Arith(fmt, 1)
+        out[method.name] = float(a.deliver(method.kernel(a, linear_ce.load(a, cases)))[0])
+    return out
+
+
+PAIRS = {"materialized_log_softmax": "fused:materialized_log_softmax", "materialized_naive": "fused:materialized_naive",
+         "vocab_chunks_online": "fused:vocab_chunks_online", "grad_logit_true": "fused:grad_logit_true",
+         "grad_logit_true_storage": "fused:grad_logit_true_storage", "grad_weight": "fused:grad_weight",
+         "grad_weight_chunks_storage": "fused:grad_weight_chunks_storage",
+         "grad_weight_chunks_fp32": "fused:grad_weight_chunks_fp32", "grad_hidden": "fused:grad_hidden"}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "bf16@fp32", "float32", "fp16"])
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_model_equals_the_small_engine_where_the_dots_are_exact(tmp_path, dtype, seed):
+    """D = 1 and N = 1: every logit is one product (exact in float64, rounded once both ways); V = 2 with
+    weights +-2**k, so that the two products of dL/dH are exact and their sum rounds once both ways."""
+    rng = np.random.default_rng(seed)
+    fmt = format_or_policy(dtype)
+    for v, block in ((37, 8), (2, 2)):
+        weight = rng.normal(0, 3, (v, 1)) if v > 2 else np.ldexp(rng.choice([-1.0, 1.0], (v, 1)),
+                                                                   rng.integers(-2, 3, (v, 1)))
+        hidden = rng.normal(0, 2, (1, 1))
+        labels = rng.integers(0, v, 1)
+        folder = _save(tmp_path / f"p{v}", fmt.storage_format.round(hidden, np.float64),
+                       fmt.storage_format.round(weight, np.float64), labels)
+        bulk = linear_bulk.run(open_problem(folder), (fmt,), chunks=1, vocab_chunk=block, keep=True)
+        for col in range(v):
+            small = _small_engine(fmt, hidden, weight, labels, 1, block, (col, 0), (0, 0))
+            for name, fused in PAIRS.items():
+                if name == "grad_hidden" and v > 2:
+                    continue
+                entries = bulk.cells[fmt.name, fused].entries["value"]
+                got = entries[col, 0] if name.startswith("grad_weight") else entries[0, 0]
+                assert np.array_equal(got, small[name], equal_nan=True), (name, col, got, small[name])
+
+
+def test_problem_checks_are_one_line(tmp_path):
+    ok = _save(tmp_path / "ok", np.ones((3, 4), np.float32), np.ones((5, 4), np.float32), [0, 1, 4])
+    assert open_problem(ok).vocabulary == 5
+    cases = [
+        (_save(tmp_path / "d", np.ones((3, 4)), np.ones((5, 3)), [0, 1, 2]), "their D must match"),
+        (_save(tmp_path / "y", np.ones((3, 4)), np.ones((5, 4)), [0, 1, 5]), "out of range; allowed 0..4"),
+        (_save(tmp_path / "n", np.ones((3, 4)), np.ones((5, 4)), [0, 1]), "one label per token"),
+        (_save(tmp_path / "i", np.ones((3, 4), np.int32), np.ones((5, 4)), [0, 1, 2]), "floating-point values"),
+        (_save(tmp_path / "f", np.ones((3, 4)), np.ones((5, 4)), [0.5, 1, 2]), "labels must be integers"),
+    ]
+    (tmp_path / "m").mkdir()
+    np.save(tmp_path / "m" / "hidden.npy", np.ones((3, 4)))
+    cases.append((tmp_path / "m", "has no weight.npy"))
+    np.save(tmp_path / "o" / "x.npy" if False else tmp_path / "obj.npy", np.array([object()], dtype=object))
+    pk = _save(tmp_path / "pk", np.ones((3, 4)), np.ones((5, 4)), [0, 1, 2])
+    np.save(pk / "weight.npy", np.array([[object()]], dtype=object), allow_pickle=True)
+    cases.append((pk, "numbers are required"))
+    for folder, message in cases:
+        with pytest.raises(InputError, match=message) as info:
+            open_problem(folder)
+        assert "\n" not in str(info.value)
+    r = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(tmp_path / "y"), "-d", "bf16"])
+    assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
+
+
+def _grad_weight_bits(folder, chunks):
+    r = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder), "-d", "bf16@fp32",
+                                 "--chunks", str(chunks), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)["linear_ce_problem"]
+    cells = {c["method"]: c for c in doc["cells"]}
+    return (cells["fused:grad_weight_chunks_storage"]["median_error_bits"],
+            cells["fused:grad_weight_chunks_fp32"]["median_error_bits"],
+            cells["fused:grad_weight_chunks_storage"]["counts"]["inaccurate"])
+
+
+def test_storage_chunk_buffer_error_grows_with_chunks_and_float32_removes_it(tmp_path):
+    """Liger-Kernel #512 from the tool's JSON: a bfloat16 grad_weight buffer loses more bits as the token
+    chunks grow; a float32 buffer does not."""
+    rng = np.random.default_rng(5)
+    n, d, v = 256, 8, 40
+    folder = _save(tmp_path / "c", rng.normal(0, 1, (n, d)).astype(np.float32),
+                   rng.normal(0, 1 / np.sqrt(d), (v, d)).astype(np.float32), rng.integers(0, v, n))
+    runs = {k: _grad_weight_bits(folder, k) for k in (1, 16, 256)}
+    storage = [runs[k][0] for k in (1, 16, 256)]
+    fp32 = [runs[k][1] for k in (1, 16, 256)]
+    assert storage[0] < storage[1] < storage[2], storage
+    assert max(fp32) <= 1.0 and fp32[2] < storage[2] - 2, (fp32, storage)
+    assert runs[256][2] > runs[1][2]
