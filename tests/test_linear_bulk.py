@@ -175,3 +175,37 @@ def test_every_entry_against_the_independent_checker(tmp_path, v):
                     else:
                         flagged += 1
             assert flagged <= e["value"].size // 10, (fmt.name, name, flagged)
+
+
+def test_problem_options_are_refused_where_they_do_not_apply(tmp_path):
+    folder = _save(tmp_path / "p", np.ones((4, 2), np.float32), np.ones((3, 2), np.float32), [0, 1, 2, 0])
+    runner = CliRunner()
+    for args, message in ((["--chunks", "2"], "--chunks needs --problem"),
+                          (["-e", "softmax_ce", "--problem", str(folder)], "choose -e linear_ce alone"),
+                          (["-e", "linear_ce", "--problem", str(folder), "--chunks", "9"], "more than the 4 tokens"),
+                          (["-e", "linear_ce", "--problem", str(folder), "--chunks", "0"], "a positive integer"),
+                          (["-e", "linear_ce", "--problem", str(folder), "-d", "mxfp4"], "block-scaled"),
+                          (["-e", "linear_ce", "--problem", str(tmp_path / "nothing")], "does not exist")):
+        r = runner.invoke(cli, ["compare", *args])
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_problem_json_and_table(tmp_path):
+    rng = np.random.default_rng(2)
+    folder = _save(tmp_path / "p", rng.normal(0, 1, (16, 8)).astype(np.float32),
+                   rng.normal(0, 0.4, (50, 8)).astype(np.float32), rng.integers(0, 50, 16))
+    r = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)["linear_ce_problem"]
+    assert (doc["tokens"], doc["hidden_size"], doc["vocabulary"], doc["chunks"]) == (16, 8, 50, 8)
+    cells = {(c["dtype"], c["method"]): c for c in doc["cells"]}
+    assert len(cells) == 2 * len(linear_bulk.METHODS)
+    gw = cells["bfloat16", "fused:grad_weight_chunks_storage"]
+    assert gw["entries"] == 50 * 8 == sum(gw["counts"].values())
+    assert gw["witnesses"] and gw["witnesses"][0]["error_bits"] == gw["worst_error_bits"]
+    assert len(doc["token_rows"]["bfloat16"]["fused:materialized_log_softmax"]) == 16
+    assert set(doc["reference_bounds"]) == {"loss (relative)", "p_y - 1 (relative)", "grad_weight (absolute)",
+                                            "grad_hidden (absolute)"}
+    text = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder)]).output
+    assert "fused:grad_weight_chunks_storage" in text and "fused dot product (a model)" in text

@@ -57,7 +57,7 @@ goes through classify itself.  IEEE events recorded: an ``exp`` that overflows (
 **Passes and memory** (N = 1024, D = 1024, V = 128256: the weight held in its storage format, 263 MB in
 bfloat16): pass A over blocks of ``TOKEN_BLOCK`` tokens holding their full logits rows (float64; the
 weight converted to float64 a vocabulary sub-block at a time) computes max, log-sum-exp, losses and p_y - 1
-per policy and the reference; pass B over blocks of ``VOCAB_BLOCK`` vocabulary rows recomputes the
+per policy and the reference; pass B over blocks of ``VOCAB_BLOCK`` (512) vocabulary rows recomputes the
 block's logits, g per policy from pass A's lse, the weight-gradient block and its K chunk partials,
 accumulates dL/dH in float64, summarizes every weight row and drops the block.  Neither the (N, V)
 logits, nor a float64 (V, D) weight, nor a full (V, D) gradient is ever held.  Float64 GEMMs of size
@@ -86,7 +86,8 @@ U = 2.0**-53
 DEFAULT_CHUNKS = 8
 DEFAULT_VOCAB_CHUNK = 4096  # columns per block of the online log-sum-exp
 TOKEN_BLOCK = 64  # tokens per block of pass A (their full logits rows: 64 V float64)
-WEIGHT_BLOCK = 2048  # vocabulary rows per block of pass B and of the conversions to float64
+WEIGHT_BLOCK = 2048  # vocabulary rows per conversion of the weight to float64 (reading, pass A)
+VOCAB_BLOCK = 512  # vocabulary rows per block of pass B (its (N, 512) and (512, D) arrays stay in cache)
 BOUND_FRACTION = 2.0**-8  # a reference is flagged when its bound is not below this fraction of half an ulp
 HIST_STEPS = 16  # error-bits histogram bins per bit (the median is read to 1/16 bit)
 WITNESSES = 5
@@ -104,6 +105,7 @@ METHODS: tuple[tuple[str, str, str], ...] = (  # name, kind, formula
 )
 KINDS = {"loss": "token", "p_y - 1": "token", "grad_hidden": "token", "grad_weight": "weight row"}
 _N_STATUS = len(STATUSES)
+_INACCURATE = STATUSES.index("inaccurate")
 
 
 def _gamma(k: int) -> float:
@@ -124,32 +126,32 @@ def supported(fmt: Format) -> str | None:
     return None
 
 
-def _odd32(x: np.ndarray) -> np.ndarray:
-    """float64 -> float32 rounded to odd (an inexact result gets an odd last bit): rounding that to a format
-    of p <= 22 bits with ties to even is the correctly rounded float64 -> format conversion."""
-    y = x.astype(np.float32)
-    with np.errstate(all="ignore"):
-        back = y.astype(np.float64)
-        fix = (back != x) & np.isfinite(back) & ((y.view(np.uint32) & 1) == 0)
-        if fix.any():
-            bits = y.view(np.uint32)
-            up = np.abs(back) < np.abs(x)
-            bits[fix & up] += 1
-            bits[fix & ~up] -= 1
-    return y
-
-
 def round_to(fmt: Format, x, held) -> np.ndarray:
     """``x`` (float64, or float32 values that are results of one + - * / on values of a format of p <= 11
-    bits, or values of a wider format) correctly rounded to ``fmt``, held in ``held``."""
+    bits, or values of a wider format) correctly rounded to ``fmt``, held in ``held``.
+
+    float64 -> a format of p <= 11 bits: numpy's float32 conversion (correct), then the format's rounding
+    of that float32 (:meth:`Format.round32`); the two roundings differ from one correct rounding only
+    where the float32 lies exactly halfway between two values of the format and is inexact, which needs its
+    lowest 23 - p bits zero: those few values are rounded again from float64 by :meth:`Format.round`."""
     x = np.asarray(x)
     with np.errstate(all="ignore"):
         if fmt.precision == 53:
             return x.astype(np.float64, copy=False)
         if fmt.precision == 24:
             return x.astype(np.float32, copy=False).astype(held, copy=False)
-        y = _odd32(x) if x.dtype == np.float64 else x.astype(np.float32, copy=False)
-        return fmt.round32(y).astype(held, copy=False)
+        if x.dtype != np.float64:
+            return fmt.round32(x.astype(np.float32, copy=False)).astype(held, copy=False)
+        y = x.astype(np.float32)
+        out = fmt.round32(y)
+        low = np.uint32((1 << (23 - fmt.precision)) - 1)
+        suspect = np.flatnonzero((y.view(np.uint32) & low) == 0)
+        if len(suspect):
+            flat, xf = out.reshape(-1), x.reshape(-1)
+            suspect = suspect[y.reshape(-1)[suspect] != xf[suspect]]
+            if len(suspect):
+                flat[suspect] = fmt.round(xf[suspect], np.float32)
+        return out.astype(held, copy=False)
 
 
 class _Ops:
@@ -199,7 +201,9 @@ def _judge(fmt: Format, value: np.ndarray, ref: np.ndarray, bound: np.ndarray, t
            overflow: np.ndarray | None = None, pole: np.ndarray | None = None):
     """Status codes (indices into STATUSES), error bits (float32) and flags of entries (any shape) against
     float64 references with absolute bounds ``bound``.  The rule is classify's; the common case is decided
-    here in bulk (finite non-zero value, tiny <= |ref| <= max, relative error <= tol: ``ok``)."""
+    here in bulk, as classify decides it: a finite non-zero value with tiny <= |ref| <= max is ``ok`` if it
+    is the reference correctly rounded or its relative error is within the tolerance, else ``inaccurate``
+    (no event, no input lost: steps 1 and 3 of the rule); every other entry goes through classify."""
     v = np.asarray(value, dtype=np.float64)
     shape = v.shape
     v, ref, bound = v.reshape(-1), np.asarray(ref, np.float64).reshape(-1), np.asarray(bound, np.float64).reshape(-1)
@@ -209,10 +213,14 @@ def _judge(fmt: Format, value: np.ndarray, ref: np.ndarray, bound: np.ndarray, t
         _, e = np.frexp(ref)
         ulp_exp = np.where(ref == 0, fmt.min_exponent, np.maximum(e - 1, fmt.min_exponent)) - (fmt.precision - 1)
         ulps = np.ldexp(d, -ulp_exp)
-        easy = np.isfinite(v) & (v != 0) & (a >= fmt.tiny) & (a <= fmt.max) & (d <= tol * a)
+        easy = np.isfinite(v) & (v != 0) & (a >= fmt.tiny) & (a <= fmt.max)
         bits = np.log2(ulps.astype(np.float32) + np.float32(1))
         flagged = ~(bound <= np.ldexp(BOUND_FRACTION / 2, ulp_exp))
     codes = np.zeros(v.shape, np.uint8)
+    far = np.flatnonzero(easy & ~(d <= tol * a))  # ok if v is the reference rounded, else inaccurate
+    if len(far):
+        cr = round_to(fmt, ref[far], np.float64)
+        codes[far[v[far] != cr]] = _INACCURATE
     hard = np.flatnonzero(~easy)
     if len(hard):
         r = ref[hard]
@@ -282,8 +290,15 @@ class Cell:
             self.row_counts[sl, :] = 0
             self.row_counts[first + rows, codes[:, 0]] = 1
         else:
-            for k in np.unique(codes).tolist():
-                self.row_counts[sl, k] = np.count_nonzero(codes == k, axis=1)
+            self.row_counts[sl, :] = 0
+            self.row_counts[sl, 0] = codes.shape[1]
+            bad = np.flatnonzero(codes.reshape(-1))
+            if len(bad):
+                r = bad // codes.shape[1]
+                c = codes.reshape(-1)[bad].astype(np.int64)
+                extra = np.bincount(r * _N_STATUS + c, minlength=n * _N_STATUS).reshape(n, _N_STATUS)
+                self.row_counts[sl] += extra
+                self.row_counts[sl, 0] -= extra.sum(axis=1)
         if keep:
             if self.entries is None:
                 self.entries = {k: [] for k in ("value", "reference", "bound", "status", "error_bits")}
@@ -484,8 +499,8 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
     spans = [(i * size, min(n, (i + 1) * size)) for i in range(k) if i * size < n]
     n_c = {f.name: ops[f.name].c_(np.array([float(n)]))[0] for f in formats}  # N in the compute format
     w_bound_max = 0.0
-    for a in range(0, v, WEIGHT_BLOCK):
-        b = min(v, a + WEIGHT_BLOCK)
+    for a in range(0, v, VOCAB_BLOCK):
+        b = min(v, a + VOCAB_BLOCK)
         wb = _weight64(w_store, a, b)
         x = h64 @ wb.T  # (N, Vb)
         lab = np.flatnonzero((y >= a) & (y < b))
