@@ -209,3 +209,11 @@ def test_problem_json_and_table(tmp_path):
                                             "grad_hidden (absolute)"}
     text = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder)]).output
     assert "fused:grad_weight_chunks_storage" in text and "fused dot product (a model)" in text
+
+
+@pytest.mark.parametrize("extra", [("--ignore-index", "-100"), ("--reduction", "sum"), ("--labels", "y.npy"),
+                                   ("--rows", "all"), ("--p", "0.5")])
+def test_problem_refuses_options_of_other_inputs(tmp_path, extra):
+    folder = _save(tmp_path / "p", np.ones((4, 2), np.float32), np.ones((3, 2), np.float32), [0, 1, 2, 0])
+    r = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder), *extra])
+    assert r.exit_code == 2 and f"{extra[0]} does not apply to --problem" in r.output, r.output

@@ -83,12 +83,16 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
     from .. import api
 
     check_output(output)
+    variant = [name for name in ("reduction", "label_smoothing", "z_loss", "softcap", "temperature")
+               if given(ctx, name)]
     for used, option in ((chunks is not None, "--chunks"), (vocab_chunk is not None, "--vocab-chunk")):
         if used and not problem:
             raise click.BadParameter(f"{option} needs --problem", param_hint=f"'{option}'")
     if problem:
         others = [o for used, o in ((logits, "--logits"), (given(ctx, "rows_mode"), "--rows"), (p is not None, "--p"),
-                                    (n is not None, "--n")) if used]
+                                    (n is not None, "--n"), (labels, "--labels"), (key, "--key"),
+                                    (labels_key, "--labels-key"), (given(ctx, "ignore_index"), "--ignore-index"),
+                                    *((True, "--" + v.replace("_", "-")) for v in variant)) if used]
         if others:
             raise click.BadParameter(f"{others[0]} does not apply to --problem", param_hint="'--problem'")
         check_tolerance(tolerance)
@@ -100,8 +104,6 @@ def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ign
         else:
             render(result.sections(full=output is not None), output, fmt)
         return
-    variant = [name for name in ("reduction", "label_smoothing", "z_loss", "softcap", "temperature")
-               if given(ctx, name)]
     if variant and logits:
         raise click.BadParameter("the loss options set softmax_ce_variants cases; --logits sets softmax_ce's",
                                  param_hint=f"'--{variant[0].replace('_', '-')}'")
