@@ -67,6 +67,8 @@ N x D x V: 4 shared (logits twice, the two reference gradients) + 2 per policy.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -351,6 +353,15 @@ class LinearBulk:
     source: str
     notes: list[str] = field(default_factory=list)
     bounds: dict[str, float] = field(default_factory=dict)  # largest bound of each kind (relative or absolute)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (for benchmarks)
+
+    @contextmanager
+    def clock(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -403,7 +414,8 @@ def run(problem: Problem, formats: tuple[Format, ...], *, chunks: int = DEFAULT_
     for fmt in formats:
         groups.setdefault(fmt.storage_format.name, []).append(fmt)
     for storage, members in groups.items():
-        h_store, w_store, notes = _stored(problem, FORMATS[storage])
+        with result.clock("read and round"):
+            h_store, w_store, notes = _stored(problem, FORMATS[storage])
         result.notes.extend(notes)
         _run_group(problem, h_store, w_store, members, result, keep)
         del h_store, w_store
@@ -449,10 +461,11 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
         rows = np.arange(r1 - r0)
         yb = y[r0:r1]
         x = np.empty((r1 - r0, v))
-        for a in range(0, v, WEIGHT_BLOCK):
-            b = min(v, a + WEIGHT_BLOCK)
-            x[:, a:b] = h64[r0:r1] @ _weight64(w_store, a, b).T
-        with np.errstate(all="ignore"):
+        with result.clock("A: logits"):
+            for a in range(0, v, WEIGHT_BLOCK):
+                b = min(v, a + WEIGHT_BLOCK)
+                x[:, a:b] = h64[r0:r1] @ _weight64(w_store, a, b).T
+        with np.errstate(all="ignore"), result.clock("A: reference"):
             m = x.max(axis=1)
             t = x - m[:, None]
             big = np.minimum(-t.min(axis=1), 746.0)
@@ -469,8 +482,9 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
             m_ref[r0:r1], s_ref[r0:r1] = m, total
             rho[r0:r1] = 2 * (np.expm1(2 * delta[r0:r1] + (big + 2) * U) + _gamma(v)) + v * 2.0**-1074 + 4 * U
         for f in formats:
-            _pass_a_policy(ops[f.name], x, yb, rows, r0, r1, result.vocab_chunk, state[f.name], per_token[f.name],
-                           events[f.name])
+            with result.clock("A: policies"):
+                _pass_a_policy(ops[f.name], x, yb, rows, r0, r1, result.vocab_chunk, state[f.name],
+                               per_token[f.name], events[f.name])
         del x
     # judge the per-token methods
     for f in formats:
@@ -501,26 +515,28 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
     w_bound_max = 0.0
     for a in range(0, v, VOCAB_BLOCK):
         b = min(v, a + VOCAB_BLOCK)
-        wb = _weight64(w_store, a, b)
-        x = h64 @ wb.T  # (N, Vb)
+        with result.clock("B: logits"):
+            wb = _weight64(w_store, a, b)
+            x = h64 @ wb.T  # (N, Vb)
         lab = np.flatnonzero((y >= a) & (y < b))
         cols = y[lab] - a
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), result.clock("B: reference g"):
             g = np.exp(x - m_ref[:, None])
             g /= s_ref[:, None]
             g[lab, cols] = py1_ref[lab]
             g /= n
-        gh_ref += g @ wb
-        g_norm2 += np.einsum("ij,ij->i", g, g)
-        gcol = np.sqrt(np.einsum("ij,ij->j", g, g))
-        gw_ref = g.T @ h64  # (Vb, D)
+            g_norm2 += np.einsum("ij,ij->i", g, g)
+            gcol = np.sqrt(np.einsum("ij,ij->j", g, g))
+        with result.clock("B: reference matmuls"):
+            gh_ref += g @ wb
+            gw_ref = g.T @ h64  # (Vb, D)
         w_bound = (r_max + _gamma(n)) * slack * gcol[:, None] * hcol[None, :]
         w_bound_max = max(w_bound_max, float(w_bound.max()) if w_bound.size else 0.0)
         del g
         for f in formats:
             o = ops[f.name]
             st = state[f.name]
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), result.clock("B: policy g"):
                 xc = o.c_(x)
                 z = o.c_(xc - st["m"][:, None])
                 del xc
@@ -531,7 +547,9 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
                 del p
             g64 = gq.astype(np.float64)
             del gq
-            gh_acc[f.name] += g64 @ wb
+            with result.clock("B: policy matmuls"):
+                gh_acc[f.name] += g64 @ wb
+            result.seconds["B: chunks"] = result.seconds.get("B: chunks", 0.0) - time.perf_counter()
             total = np.zeros((b - a, d))
             buf_s = np.zeros((b - a, d), o.held)
             buf_f = np.zeros((b - a, d), o.held)
@@ -548,9 +566,12 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
                       "fused:grad_weight_chunks_storage": o.r(o.o, buf_s),
                       "fused:grad_weight_chunks_fp32": o.r(o.o, o.r(o.s, buf_f))}
             del total, buf_s, buf_f
+            result.seconds["B: chunks"] += time.perf_counter()
             for name, value in values.items():
-                codes, bits, flagged = _judge(f, value, gw_ref, w_bound, tol_of[f.name])
-                result.cells[f.name, name].add(a, value, gw_ref, codes, bits, flagged, keep, w_bound)
+                with result.clock("B: judge"):
+                    codes, bits, flagged = _judge(f, value, gw_ref, w_bound, tol_of[f.name])
+                with result.clock("B: summarize"):
+                    result.cells[f.name, name].add(a, value, gw_ref, codes, bits, flagged, keep, w_bound)
         del x, gw_ref, w_bound
     h_bound = (r_n[:, None] + _gamma(v)) * slack * np.sqrt(g_norm2)[:, None] * wcol[None, :]
     result.bounds["grad_weight (absolute)"] = max(result.bounds.get("grad_weight (absolute)", 0.0), w_bound_max)
