@@ -217,3 +217,19 @@ def test_problem_refuses_options_of_other_inputs(tmp_path, extra):
     folder = _save(tmp_path / "p", np.ones((4, 2), np.float32), np.ones((3, 2), np.float32), [0, 1, 2, 0])
     r = CliRunner().invoke(cli, ["compare", "-e", "linear_ce", "--problem", str(folder), *extra])
     assert r.exit_code == 2 and f"{extra[0]} does not apply to --problem" in r.output, r.output
+
+
+def test_problem_from_safetensors(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(3)
+    h, w, y = (rng.normal(0, 1, (6, 4)).astype(np.float32), rng.normal(0, 1, (9, 4)).astype(np.float32),
+               rng.integers(0, 9, 6))
+    st.save_file({"hidden": h, "weight": w, "labels": y}, str(tmp_path / "p.safetensors"))
+    folder = _save(tmp_path / "same", h, w, y)
+    a = api.compare("linear_ce", ["bf16"], problem=tmp_path / "p.safetensors", chunks=2).to_dict()
+    b = api.compare("linear_ce", ["bf16"], problem=folder, chunks=2).to_dict()
+    assert a["linear_ce_problem"]["cells"] == b["linear_ce_problem"]["cells"]
+    st.save_file({"hidden": h, "weights": w, "labels": y}, str(tmp_path / "q.safetensors"))
+    with pytest.raises(InputError, match="weight") as info:
+        open_problem(tmp_path / "q.safetensors")
+    assert "\n" not in str(info.value)

@@ -55,7 +55,7 @@ goes through classify itself.  IEEE events recorded: an ``exp`` that overflows (
 (a pole); a lost gradient entry's cause is read off its value (inf: overflow; NaN: nan).
 
 **Passes and memory** (N = 1024, D = 1024, V = 128256: the weight held in its storage format, 263 MB in
-bfloat16): pass A over blocks of ``TOKEN_BLOCK`` tokens holding their full logits rows (float64; the
+bfloat16): pass A over blocks of ``TOKEN_BLOCK`` (128) tokens holding their full logits rows (float64; the
 weight converted to float64 a vocabulary sub-block at a time) computes max, log-sum-exp, losses and p_y - 1
 per policy and the reference; pass B over blocks of ``VOCAB_BLOCK`` (512) vocabulary rows recomputes the
 block's logits, g per policy from pass A's lse, the weight-gradient block and its K chunk partials,
@@ -67,7 +67,9 @@ N x D x V: 4 shared (logits twice, the two reference gradients) + 2 per policy.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -87,7 +89,8 @@ __all__ = ["run", "LinearBulk", "Cell", "METHODS", "KINDS", "DEFAULT_CHUNKS", "D
 U = 2.0**-53
 DEFAULT_CHUNKS = 8
 DEFAULT_VOCAB_CHUNK = 4096  # columns per block of the online log-sum-exp
-TOKEN_BLOCK = 64  # tokens per block of pass A (their full logits rows: 64 V float64)
+TOKEN_BLOCK = 128  # tokens per block of pass A (their full logits rows: 128 V float64)
+THREADS = 2  # policies run side by side in threads (pass A and pass B)
 WEIGHT_BLOCK = 2048  # vocabulary rows per conversion of the weight to float64 (reading, pass A)
 VOCAB_BLOCK = 512  # vocabulary rows per block of pass B (its (N, 512) and (512, D) arrays stay in cache)
 BOUND_FRACTION = 2.0**-8  # a reference is flagged when its bound is not below this fraction of half an ulp
@@ -355,13 +358,17 @@ class LinearBulk:
     bounds: dict[str, float] = field(default_factory=dict)  # largest bound of each kind (relative or absolute)
     seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (for benchmarks)
 
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     @contextmanager
     def clock(self, phase: str):
+        """Add the wall seconds of the block to ``seconds[phase]`` (summed over the policies' threads)."""
         t = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+            with self._lock:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -481,10 +488,9 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
             py1_ref[r0:r1] = np.where(small, -1.0 + ey / total, -s / (1 + s))
             m_ref[r0:r1], s_ref[r0:r1] = m, total
             rho[r0:r1] = 2 * (np.expm1(2 * delta[r0:r1] + (big + 2) * U) + _gamma(v)) + v * 2.0**-1074 + 4 * U
-        for f in formats:
-            with result.clock("A: policies"):
-                _pass_a_policy(ops[f.name], x, yb, rows, r0, r1, result.vocab_chunk, state[f.name],
-                               per_token[f.name], events[f.name])
+        with result.clock("A: policies"):
+            _each(formats, lambda f, x=x: _pass_a_policy(ops[f.name], x, yb, rows, r0, r1, result.vocab_chunk,
+                                                         state[f.name], per_token[f.name], events[f.name]))
         del x
     # judge the per-token methods
     for f in formats:
@@ -533,7 +539,8 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
         w_bound = (r_max + _gamma(n)) * slack * gcol[:, None] * hcol[None, :]
         w_bound_max = max(w_bound_max, float(w_bound.max()) if w_bound.size else 0.0)
         del g
-        for f in formats:
+
+        def policy(f: Format, x=x, gw_ref=gw_ref, w_bound=w_bound, wb=wb, a=a, b=b, lab=lab, cols=cols) -> None:
             o = ops[f.name]
             st = state[f.name]
             with np.errstate(all="ignore"), result.clock("B: policy g"):
@@ -543,35 +550,34 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
                 p = o.exp(o.c_(z - st["lse"][:, None]))
                 del z
                 p[lab, cols] = o.c_(p[lab, cols] - o.held.type(1))
-                gq = o.c_(p / n_c[f.name])
+                g64 = o.c_(p / n_c[f.name]).astype(np.float64)
                 del p
-            g64 = gq.astype(np.float64)
-            del gq
             with result.clock("B: policy matmuls"):
                 gh_acc[f.name] += g64 @ wb
-            result.seconds["B: chunks"] = result.seconds.get("B: chunks", 0.0) - time.perf_counter()
-            total = np.zeros((b - a, d))
-            buf_s = np.zeros((b - a, d), o.held)
-            buf_f = np.zeros((b - a, d), o.held)
-            for c0, c1 in spans:
-                part = g64[c0:c1].T @ h64[c0:c1]
-                total += part
-                pc = o.c_(part)
-                del part
-                buf_s = o.r(o.s, buf_s + pc)
-                buf_f = o.r(o.buffer32, buf_f + pc)
-                del pc
-            del g64
-            values = {"fused:grad_weight": o.r(o.o, o.c_(total)),
-                      "fused:grad_weight_chunks_storage": o.r(o.o, buf_s),
-                      "fused:grad_weight_chunks_fp32": o.r(o.o, o.r(o.s, buf_f))}
-            del total, buf_s, buf_f
-            result.seconds["B: chunks"] += time.perf_counter()
+            with np.errstate(all="ignore"), result.clock("B: chunks"):
+                total = np.zeros((b - a, d))
+                buf_s = np.zeros((b - a, d), o.held)
+                buf_f = np.zeros((b - a, d), o.held)
+                for c0, c1 in spans:
+                    part = g64[c0:c1].T @ h64[c0:c1]
+                    total += part
+                    pc = o.c_(part)
+                    del part
+                    buf_s = o.r(o.s, np.add(buf_s, pc, out=buf_s))
+                    buf_f = o.r(o.buffer32, np.add(buf_f, pc, out=buf_f))
+                    del pc
+                del g64
+                values = {"fused:grad_weight": o.r(o.o, o.c_(total)),
+                          "fused:grad_weight_chunks_storage": o.r(o.o, buf_s),
+                          "fused:grad_weight_chunks_fp32": o.r(o.o, o.r(o.s, buf_f))}
+                del total, buf_s, buf_f
             for name, value in values.items():
                 with result.clock("B: judge"):
                     codes, bits, flagged = _judge(f, value, gw_ref, w_bound, tol_of[f.name])
                 with result.clock("B: summarize"):
                     result.cells[f.name, name].add(a, value, gw_ref, codes, bits, flagged, keep, w_bound)
+
+        _each(formats, policy)
         del x, gw_ref, w_bound
     h_bound = (r_n[:, None] + _gamma(v)) * slack * np.sqrt(g_norm2)[:, None] * wcol[None, :]
     result.bounds["grad_weight (absolute)"] = max(result.bounds.get("grad_weight (absolute)", 0.0), w_bound_max)
@@ -582,6 +588,17 @@ def _run_group(problem: Problem, h_store, w_store, formats: list[Format], result
         value = o.r(o.o, o.c_(gh_acc[f.name]))
         codes, bits, flagged = _judge(f, value, gh_ref, h_bound, tol_of[f.name])
         result.cells[f.name, "fused:grad_hidden"].add(0, value, gh_ref, codes, bits, flagged, keep, h_bound)
+
+
+def _each(formats, work) -> None:
+    """``work(fmt)`` for every format: in threads when there are several (numpy's element-wise operations and
+    the matmuls release the GIL; each policy writes only its own cells and accumulators)."""
+    if len(formats) == 1:
+        work(formats[0])
+        return
+    with ThreadPoolExecutor(max_workers=min(len(formats), THREADS)) as pool:
+        for future in [pool.submit(work, f) for f in formats]:
+            future.result()
 
 
 def _pass_a_policy(o: _Ops, x: np.ndarray, yb, rows, r0: int, r1: int, block: int, st: dict, out: dict,
