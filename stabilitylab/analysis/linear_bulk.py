@@ -55,13 +55,14 @@ goes through classify itself.  IEEE events recorded: an ``exp`` that overflows (
 (a pole); a lost gradient entry's cause is read off its value (inf: overflow; NaN: nan).
 
 **Passes and memory** (N = 1024, D = 1024, V = 128256: the weight held in its storage format, 263 MB in
-bfloat16): pass A over blocks of ``TOKEN_BLOCK`` (128) tokens holding their full logits rows (float64; the
+bfloat16): pass A over blocks of ``TOKEN_BLOCK`` (64) tokens holding their full logits rows (float64; the
 weight converted to float64 a vocabulary sub-block at a time) computes max, log-sum-exp, losses and p_y - 1
 per policy and the reference; pass B over blocks of ``VOCAB_BLOCK`` (512) vocabulary rows recomputes the
 block's logits, g per policy from pass A's lse, the weight-gradient block and its K chunk partials,
 accumulates dL/dH in float64, summarizes every weight row and drops the block.  Neither the (N, V)
 logits, nor a float64 (V, D) weight, nor a full (V, D) gradient is ever held.  Float64 GEMMs of size
-N x D x V: 4 shared (logits twice, the two reference gradients) + 2 per policy.
+N x D x V: 4 shared (logits twice, the two reference gradients) + 2 per policy.  Several policies run side by
+side in ``THREADS`` threads (each writes only its own cells and accumulators: the values do not depend on it).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ __all__ = ["run", "LinearBulk", "Cell", "METHODS", "KINDS", "DEFAULT_CHUNKS", "D
 U = 2.0**-53
 DEFAULT_CHUNKS = 8
 DEFAULT_VOCAB_CHUNK = 4096  # columns per block of the online log-sum-exp
-TOKEN_BLOCK = 128  # tokens per block of pass A (their full logits rows: 128 V float64)
+TOKEN_BLOCK = 64  # tokens per block of pass A (their full logits rows: 64 V float64)
 THREADS = 2  # policies run side by side in threads (pass A and pass B)
 WEIGHT_BLOCK = 2048  # vocabulary rows per conversion of the weight to float64 (reading, pass A)
 VOCAB_BLOCK = 512  # vocabulary rows per block of pass B (its (N, 512) and (512, D) arrays stay in cache)
