@@ -229,6 +229,7 @@ class CompareResult(_Document):
     bulk: streaming.Summary | None = None
     source: str = ""
     user_rows: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    linear: Any = None  # compare -e linear_ce --problem: an analysis.linear_bulk.LinearBulk
 
     @property
     def results(self) -> list[engine.Result]:
@@ -241,7 +242,8 @@ class CompareResult(_Document):
     @property
     def notes(self) -> list[str]:
         return [*([] if self.comparison is None else self.comparison.notes),
-                *([] if self.bulk is None else self.bulk.notes)]
+                *([] if self.bulk is None else self.bulk.notes),
+                *([] if self.linear is None else self.linear.notes)]
 
     @property
     def rows(self) -> dict[str, np.ndarray] | None:
@@ -258,10 +260,16 @@ class CompareResult(_Document):
     def to_dict(self) -> dict:
         if self.comparison is not None:
             doc = jsonout.compare_document(self.comparison)
-        else:
+        elif self.bulk is not None:
             doc = jsonout.empty_compare_document(self.bulk.formats, self.bulk.tolerance, self.bulk.ftz)
+        else:
+            doc = jsonout.empty_compare_document(self.linear.formats, self.linear.tolerance, False)
         if self.bulk is not None:
             doc["user_logits"] = self.bulk_document()
+        if self.linear is not None:
+            from .render import linear_bulk as _linear
+
+            doc["linear_ce_problem"] = _linear.linear_document(self.linear)
         return doc
 
     def sections(self, full: bool = True) -> list[Section]:
@@ -274,6 +282,10 @@ class CompareResult(_Document):
 
             sections.append(_bulk.bulk_section(self.bulk, self.source,
                                                *((None, None) if full else (WORST_SHOWN, FAILING_SHOWN))))
+        if self.linear is not None:
+            from .render import linear_bulk as _linear
+
+            sections.append(_linear.linear_section(self.linear, None if full else WORST_SHOWN))
         return sections
 
 
@@ -528,7 +540,8 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
             key: str | None = None, labels_key: str | None = None, ignore_index: int | None = -100,
             p: float | None = None, n: int | None = None, tolerance: float | None = None, ftz: bool = False,
             rows: bool | None = None, on_rows: Callable[[dict], None] | None = None,
-            loss_options=None) -> CompareResult:
+            loss_options=None, problem=None, chunks: int | None = None, vocab_chunk: int | None = None,
+            keep_entries: bool = False) -> CompareResult:
     """Every simulated method of the experiments (default: all; with ``logits`` alone: softmax_ce)
     on their cases, in each format (default: float16, bfloat16, float32, float64; with logits
     stored as bfloat16 / float16 / float8, that format).
@@ -539,8 +552,22 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
     in :func:`audit`.  ``loss_options`` (a :class:`~stabilitylab.experiments.loss_options.LossOptions`,
     checked): the softmax_ce_variants cases' inputs under those options instead of each case's own, and
     linear_ce's problems under them (its loss methods only, see :func:`linear_ce.with_options`).
+
+    ``problem`` (a folder with hidden.npy, weight.npy, labels.npy, or a .safetensors file with those
+    tensors): linear_ce on that real-size problem by the fused dot-product model
+    (:mod:`stabilitylab.analysis.linear_bulk`; default formats bf16 and bf16@fp32), every loss and gradient
+    entry judged, summarized per row (``.linear``); ``chunks`` token chunks (default 8), ``vocab_chunk``
+    columns per online block (default 4096); ``keep_entries``: keep every entry (small problems).
     """
     _tolerance(tolerance)
+    if problem is None:
+        for used, what in ((chunks is not None, "chunks"), (vocab_chunk is not None, "vocab_chunk"),
+                           (keep_entries, "keep_entries")):
+            if used:
+                raise InputError(f"{what} needs problem", f"--{what.replace('_', '-')}")
+    else:
+        return _compare_problem(experiments, dtypes, problem, chunks, vocab_chunk, tolerance, ftz, keep_entries,
+                                logits)
     if p is not None and not (0 < p <= 1):
         raise InputError(f"p = {p} is outside (0, 1]", "--p")
     if n is not None and not 1 <= n <= MAX_N:
@@ -595,6 +622,39 @@ def compare(experiments: str | Sequence[str] | None = None, dtypes=None, *, logi
         raise user.source.out_of_memory("compute the losses of") from None
     summary.notes.extend(user.notes + [n for n in policy_notes(formats) if not comparison or n not in comparison.notes])
     return CompareResult(comparison, summary, user.text, None if collector is None else collector.columns())
+
+
+def _compare_problem(experiments, dtypes, problem, chunks, vocab_chunk, tolerance, ftz, keep, logits) -> CompareResult:
+    """compare -e linear_ce --problem PATH (see :func:`compare`)."""
+    from .analysis import linear_bulk
+    from .io.problem import open_problem
+
+    names = _names(experiments, list(EXPERIMENTS), "experiment", "--experiment") or ["linear_ce"]
+    if names != ["linear_ce"]:
+        raise InputError("--problem sets linear_ce's inputs; choose -e linear_ce alone", "--problem")
+    if logits is not None:
+        raise InputError("--problem and --logits cannot be combined: --problem gives linear_ce hidden, weight and "
+                         "labels", "--problem")
+    if ftz:
+        raise InputError("--ftz does not apply to --problem (the bulk path models no flush-to-zero)", "--ftz")
+    for value, option, low in ((chunks, "--chunks", 1), (vocab_chunk, "--vocab-chunk", 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
+            raise InputError(f"{option} = {value!r}; a positive integer is required", option)
+    formats = _formats(dtypes, default=(FORMATS["bfloat16"], format_or_policy("bf16@fp32")))
+    for fmt in formats:
+        why = linear_bulk.supported(fmt)
+        if why is not None:
+            raise InputError(f"-d {fmt.name}: --problem runs formats of at most 16 bits, float32, float64 and their "
+                             f"policies; not {why}", "--dtype")
+    opened = open_problem(problem)
+    if chunks is not None and chunks > opened.tokens:
+        raise InputError(f"--chunks = {chunks} is more than the {opened.tokens:,} tokens", "--chunks")
+    result = linear_bulk.run(opened, formats,
+                             chunks=min(linear_bulk.DEFAULT_CHUNKS, opened.tokens) if chunks is None else chunks,
+                             vocab_chunk=linear_bulk.DEFAULT_VOCAB_CHUNK if vocab_chunk is None else vocab_chunk,
+                             tolerance=tolerance, keep=keep)
+    result.notes.extend(policy_notes(formats))
+    return CompareResult(None, linear=result)
 
 
 def thresholds(experiments: str | Sequence[str] | None = None, dtypes=None, *, families: Sequence[str] | None = None,

@@ -65,6 +65,14 @@ from .base import (
                    "non-finite c are refused.")
 @click.option("--temperature", type=float, default=None,
               help="softmax_ce_variants, linear_ce: tau > 0: logits are divided by tau (after the softcap).")
+@click.option("--problem", type=click.Path(), default=None,
+              help="linear_ce: a real-size problem, a folder with hidden.npy (N, D), weight.npy (V, D), labels.npy "
+                   "(N,) or a .safetensors file with those tensors: every loss and gradient entry by the fused "
+                   "dot-product model, summarized per row (default -d bf16 -d bf16@fp32).")
+@click.option("--chunks", type=int, default=None,
+              help="With --problem: token chunks K of the chunked weight-gradient methods (default 8).")
+@click.option("--vocab-chunk", "vocab_chunk", type=int, default=None,
+              help="With --problem: columns per block of the online log-sum-exp (default 4096).")
 @click.option("--rows", "rows_mode", type=click.Choice(("summary", "all")), default="summary", show_default=True,
               help="With --logits: a summary (counts, error-bits histogram, worst and failing rows), or every row as "
                    "JSON Lines (streamed; the summary is the last line).")
@@ -74,13 +82,32 @@ from .base import (
 @output_option
 @click.pass_context
 def compare(ctx, experiments, dtypes, p, n, logits, key, labels, labels_key, ignore_index, reduction, label_smoothing,
-            z_loss, softcap, temperature, rows_mode, tolerance, ftz, fmt, output) -> None:
+            z_loss, softcap, temperature, problem, chunks, vocab_chunk, rows_mode, tolerance, ftz, fmt, output) -> None:
     """Run naive and stable formulations side by side in several formats."""
     from .. import api
 
     check_output(output)
     variant = [name for name in ("reduction", "label_smoothing", "z_loss", "softcap", "temperature")
                if given(ctx, name)]
+    for used, option in ((chunks is not None, "--chunks"), (vocab_chunk is not None, "--vocab-chunk")):
+        if used and not problem:
+            raise click.BadParameter(f"{option} needs --problem", param_hint=f"'{option}'")
+    if problem:
+        others = [o for used, o in ((logits, "--logits"), (given(ctx, "rows_mode"), "--rows"), (p is not None, "--p"),
+                                    (n is not None, "--n"), (labels, "--labels"), (key, "--key"),
+                                    (labels_key, "--labels-key"), (given(ctx, "ignore_index"), "--ignore-index"),
+                                    *((True, "--" + v.replace("_", "-")) for v in variant)) if used]
+        if others:
+            raise click.BadParameter(f"{others[0]} does not apply to --problem", param_hint="'--problem'")
+        check_tolerance(tolerance)
+        result = call_api(api.compare, experiments=list(experiments) or None,
+                          dtypes=chosen_formats(dtypes) if dtypes else None, problem=problem, chunks=chunks,
+                          vocab_chunk=vocab_chunk, tolerance=tolerance, ftz=ftz)
+        if fmt == "json":
+            emit(result.to_json(), output)
+        else:
+            render(result.sections(full=output is not None), output, fmt)
+        return
     takers = {"softmax_ce_variants", "linear_ce"}
     if given(ctx, "ignore_index") and not logits and (variant or takers & set(experiments or ())):
         variant.append("ignore_index")  # without --logits, with another loss option or -e naming a taker
