@@ -925,6 +925,9 @@ class Recorder:
             label = candidate_label(m, computed, fmt)
             if (m.name, computed.name, label) not in listed:
                 listed.append((m.name, computed.name, label))
+            guard = m.truth is None and computed.name == fmt.name and witnesses  # its status gives guards
+            if self.windowed and not (guard and self._may_guard(fmt, cases, outcome, target_fails, m.name)):
+                continue  # a dense window's points count for witnesses only
             arith = Arith(computed, n)
             with np.errstate(all="ignore"):
                 sim = np.asarray(arith.deliver(m.kernel(arith, inputs))).astype(np.float64)
@@ -940,7 +943,7 @@ class Recorder:
                              int(close[wide].sum()))
                 if case_rows:
                     self.rows[fmt.name][label].append(sim)
-            if m.truth is not None or computed.name != fmt.name or not witnesses:
+            if not guard:
                 continue
             status = classify(fmt, sim, outcome.exact, arith, self.tolerance,
                               storage=self.simulated.truth_of(m).storage).status
@@ -973,6 +976,24 @@ class Recorder:
             if status == "inaccurate" and np.isfinite(bits).any():
                 j = int(np.nanargmax(np.where(np.isfinite(bits), bits, -np.inf)))
                 self._keep(fmt, cases, inputs, outcome, status, "worst", int(idx[j]), float(bits[j]), smaller=False)
+
+    def _may_guard(self, fmt, cases, outcome, target_fails, method: str) -> bool:
+        """Whether a guard witness of ``method`` from these points could be kept: False when, for every status
+        the target has on its points that do not fail, that status's guard witness is held already at a key at
+        most the smallest key of those points (whichever point the method then failed on, :meth:`_keep` would
+        keep the one held)."""
+        right = np.flatnonzero(~target_fails)
+        if not right.size:
+            return False
+        keys = None
+        for status in np.unique(outcome.status[right]).tolist():
+            held = self.found.get((self.source, fmt.name, status, f"guard:{method}"))
+            if held is None:
+                return True
+            keys = self._keys(cases, right) if keys is None else keys
+            if float(keys[outcome.status[right] == status].min()) < held[0]:
+                return True
+        return False
 
     def _keep_wide(self, fmt, cases, inputs, outcome) -> None:
         """In formats of at most 16 bits, a witness of every default case of at least ``WIDE_WITNESS``

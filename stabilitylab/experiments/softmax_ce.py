@@ -17,11 +17,13 @@ number of classes run together.  Exact reference: ``log1p(sum_{i != y} exp(x_i -
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import mpmath
 import numpy as np
+from mpmath.libmp import from_float, mpf_exp, mpf_sub, mpf_sum
 
 from ..numerics import blockscale
 from ..numerics.arith import Arith
@@ -174,7 +176,17 @@ def exact_rows(x: Loaded):
 
 
 def exact_cross_entropy(logits: tuple[float, ...], label: int):
-    """-log softmax(x)_y = log1p(sum_{i != y} exp(x_i - x_y)), exact to DIGITS digits."""
+    """-log softmax(x)_y = log1p(sum_{i != y} exp(x_i - x_y)), exact to DIGITS digits.
+
+    Finite rows take mpmath's own operations on its raw values (``from_float``, ``mpf_sub``, ``mpf_exp``,
+    ``mpf_sum`` at the working precision, as ``mpf(v) - xy``, ``exp`` and ``fsum`` do), without an mpf object
+    per term: the same value, ~2x faster on wide rows."""
+    if all(math.isfinite(v) for v in logits):
+        prec, rounding = mpmath.mp._prec_rounding
+        xy = from_float(logits[label])
+        terms = [mpf_exp(mpf_sub(from_float(v), xy, prec, rounding), prec, rounding)
+                 for i, v in enumerate(logits) if i != label]
+        return mpmath.log1p(mpmath.mp.make_mpf(mpf_sum(terms, prec, rounding)))
     xy = mpmath.mpf(logits[label])
     rest = [mpmath.mpf(v) for i, v in enumerate(logits) if i != label]
     if mpmath.isnan(xy) or any(mpmath.isnan(v) for v in rest):
