@@ -33,9 +33,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import io
 import os
@@ -62,6 +59,7 @@ from ..experiments.binary_ce import BINARY_CE
 from ..experiments.binary_ce import concat as concat_binary
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..experiments.softmax_ce import concat as concat_logits
+from ..io.usercode import is_file, load_callable
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
 from ..numerics.arith import Arith, TargetError
 from ..numerics.formats import EVERY_FORMAT, FORMATS, Format
@@ -342,67 +340,11 @@ def _spec_of(fn: Callable) -> str | None:
     return f"{module}:{qualname}"
 
 
-def _is_file(where: str) -> bool:
-    """Whether the part of a target before its last ``:`` names a file (else a module)."""
-    return where.endswith(".py") or "/" in where or os.sep in where
-
-
-def _module_name(path: Path) -> str:
-    """The name a target file's module is registered under in ``sys.modules``: unique per file (its resolved
-    path's digest) and the same in every process (unlike ``hash()``)."""
-    digest = hashlib.sha256(os.fsencode(str(path.resolve()))).hexdigest()[:16]
-    return f"_stabilitylab_target_{_word(path.stem)}_{digest}"
-
-
-def _word(text: str) -> str:
-    """``text`` with every character that may not be in a Python name replaced by ``_``."""
-    return "".join(ch if ch.isalnum() and ch.isascii() or ch == "_" else "_" for ch in text)
-
-
 def _load_user_function(spec: str, timeout: float | None = None) -> Callable:
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise AuditError(f"target {spec!r}: expected module:function or path/to/file.py:function")
-    if _is_file(where):
-        path = Path(where)
-        if not path.is_file():
-            raise AuditError(f"target file {where} does not exist or is not a file")
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:  # as when the file is run: it may import its neighbours
-            sys.path.insert(0, folder)
-        module_name, module = _module_name(path), None
-        try:
-            loader_spec = importlib.util.spec_from_file_location(module_name, path)
-            if loader_spec is None or loader_spec.loader is None:
-                raise ImportError("not a Python file")
-            module = importlib.util.module_from_spec(loader_spec)
-            # registered while it runs, as an import does: @dataclass (with postponed annotations), pickle
-            # and multiprocessing find the module by its name
-            sys.modules[module_name] = module
-            with warnings.catch_warnings(), _user_code(timeout):
-                warnings.simplefilter("ignore")
-                loader_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
-            if module is not None and sys.modules.get(module_name) is module:
-                del sys.modules[module_name]
-            raise AuditError(f"could not import {where}: {_failure(exc)}") from None
-    else:
-        if "" not in sys.path and os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            with warnings.catch_warnings(), _user_code(timeout):
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(where)
-        except Exception as exc:  # noqa: BLE001
-            raise AuditError(f"could not import module {where!r}: {_failure(exc)}") from None
-    obj: Any = module
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            raise AuditError(f"{where} has no attribute {name!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise AuditError(f"{spec} is not callable (it is a {type(obj).__name__})")
-    return obj
+    return load_callable(where, name, AuditError, lambda: _user_code(timeout), _failure)
 
 
 # ------------------------------------------------------------- experiments
@@ -1374,7 +1316,7 @@ def baseline_target(spec: str, folder: str | os.PathLike) -> str:
     (``/`` as separator), so that ``check`` finds it from any current directory; adapters and modules as
     they are."""
     where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name or not is_user_target(spec) or not _is_file(where):
+    if not sep or not where or not name or not is_user_target(spec) or not is_file(where):
         return spec
     try:
         relative = os.path.relpath(os.path.abspath(where), os.path.abspath(folder))
@@ -1398,7 +1340,7 @@ def _baseline_resolve(name: str, protocol: str, grad: bool, folder: Path | None,
         raise AuditError(f"not recomputed: {name} is user code, which a baseline runs only when allowed ({hint})")
     where, _, function = name.rpartition(":")
     spec = name
-    if where and function and _is_file(where) and folder is not None and not Path(where).is_absolute():
+    if where and function and is_file(where) and folder is not None and not Path(where).is_absolute():
         beside = folder / where
         if beside.is_file() or not Path(where).is_file():
             spec = f"{beside}:{function}"

@@ -18,11 +18,6 @@ first ``rows`` entries of the batch's first dimension of every batch tensor.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, described
+from ..io.usercode import load_callable
 from .shadow import torch_module
 
 __all__ = ["Target", "load", "from_files", "prepare"]
@@ -74,40 +70,7 @@ def load(spec: str) -> Target:
 
 
 def _load_callable(where: str, name: str) -> Callable:
-    if where.endswith(".py") or "/" in where or os.sep in where:
-        path = Path(where)
-        if not path.is_file():
-            raise InputError(f"target file {where} does not exist or is not a file", "TARGET")
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-        digest = hashlib.sha256(os.fsencode(str(path.resolve()))).hexdigest()[:16]
-        module_name = f"_stabilitylab_trace_{digest}"
-        try:
-            loader_spec = importlib.util.spec_from_file_location(module_name, path)
-            if loader_spec is None or loader_spec.loader is None:
-                raise ImportError("not a Python file")
-            module = importlib.util.module_from_spec(loader_spec)
-            sys.modules[module_name] = module
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001
-            sys.modules.pop(module_name, None)
-            raise InputError(f"could not import {where}: {described(exc)}", "TARGET") from None
-    else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(where)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"could not import module {where!r}: {described(exc)}", "TARGET") from None
-    obj: Any = module
-    for part in name.split("."):
-        if not hasattr(obj, part):
-            raise InputError(f"{where} has no attribute {name!r}", "TARGET")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise InputError(f"{where}:{name} is not callable", "TARGET")
-    return obj
+    return load_callable(where, name, lambda message: InputError(message, "TARGET"))
 
 
 def from_files(model_path: str, inputs_path: str) -> Target:
