@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io import atomic
+from ..io.markers import PYTEST_MARKER
 from .result import TraceResult
 from .shadow import torch_module
 
@@ -65,14 +66,14 @@ def emit_pytest(result: TraceResult, folder: str | os.PathLike) -> Path:
 
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    atomic.write_bytes(folder / INPUTS_NAME, buffer.getvalue())
     _, name, overload = rec.op.split(".")
     finding = next(f for f in run.findings if f.index == rec.index) if any(
         f.index == rec.index for f in run.findings) else None
     advice = finding.entry.rewrite if finding else "compute this op in float32"
     check, message = _CHECKS[rec.cause]
     where = f"{rec.module or '(no module)'}" + (f" at {rec.source}" if rec.source else "")
-    text = f'''"""Replay of the first op that lost a value in {run.format.name}: {rec.op} ({rec.phase}, {where}),
+    text = f'''{PYTEST_MARKER} (trace --emit-pytest): apply the rewrite in op() below.
+"""Replay of the first op that lost a value in {run.format.name}: {rec.op} ({rec.phase}, {where}),
 cause {rec.cause}, written by stabilitylab trace --emit-pytest.
 
 It fails while the op still loses the value; apply the rewrite in op() and it passes.
@@ -100,5 +101,7 @@ def test_{name.strip("_")}_keeps_its_values():
     {check}
     assert not lost.any(), f"{{int(lost.sum())}} of {{lost.numel()}} {message}"
 '''
-    atomic.write_text(folder / TEST_NAME, text)
+    with atomic.transaction():  # both files or neither
+        atomic.write_bytes(folder / INPUTS_NAME, buffer.getvalue())
+        atomic.write_text(folder / TEST_NAME, text)
     return folder / TEST_NAME

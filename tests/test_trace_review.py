@@ -1,0 +1,81 @@
+"""Adversarial review of ``stabilitylab trace`` (issue #21): each test is named after what broke."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from stabilitylab.cli import main  # noqa: E402
+
+PLANTED = str(Path(__file__).parent / "trace_models" / "planted.py")
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown", "--figure"])
+def test_an_output_never_replaces_a_file_stabilitylab_did_not_write(tmp_path, capsys, option):
+    """--json / --markdown / --figure replaced any existing file (the outputs were not in io.plan's list)."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    assert main(["trace", f"{PLANTED}:healthy", option, str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by stabilitylab" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "my notes\n"
+
+
+def test_an_output_is_never_the_target_or_the_inputs(tmp_path, capsys):
+    """``--json model.py`` overwrote the model's own source file, --force or not."""
+    model = tmp_path / "model.py"
+    source = Path(PLANTED).read_text()
+    model.write_text(source)
+    assert main(["trace", f"{model}:healthy", "--json", str(model), "--force"]) == 2
+    assert "is also an input (TARGET" in capsys.readouterr().err
+    assert model.read_text() == source
+    batch = tmp_path / "batch.pt"
+    torch.save(torch.ones(2, 3), batch)
+    assert main(["trace", "--model", str(tmp_path / "m.pt2"), "--inputs", str(batch), "--markdown", str(batch),
+                 "--force"]) == 2
+    assert "is also an input (--inputs" in capsys.readouterr().err
+
+
+def test_outputs_written_by_trace_are_replaced_by_the_next_run(tmp_path, capsys):
+    """A second run replaces its own JSON, markdown, PNG (marked with a constant Software chunk) and replay
+    test; a replay folder whose test is the user's is refused, and so are inputs without a test beside them."""
+    out = {"--json": tmp_path / "t.json", "--markdown": tmp_path / "t.md", "--figure": tmp_path / "t.png"}
+    args = ["trace", f"{PLANTED}:feed_forward", "-d", "fp16", "--emit-pytest", str(tmp_path / "replay")]
+    for option, path in out.items():
+        args += [option, str(path)]
+    assert main(args) == 0
+    first = out["--figure"].read_bytes()
+    assert main(args) == 0
+    assert out["--figure"].read_bytes() == first  # the marker is constant: the same bytes
+    assert json.loads(out["--json"].read_text())["schema"] == "stabilitylab.trace/1"
+    test = tmp_path / "replay" / "test_trace_replay.py"
+    test.write_text("def test_mine():\n    pass\n")
+    assert main(args) == 2
+    assert "test_trace_replay.py exists and was not written by stabilitylab" in capsys.readouterr().err
+    assert test.read_text() == "def test_mine():\n    pass\n"
+    test.unlink()
+    assert main(args) == 2
+    assert "trace_replay_inputs.pt exists and no test_trace_replay.py" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_with_a_payload_is_refused_without_running_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"x": _Payload()}))
+    torch.save(torch.ones(2, 3), tmp_path / "batch.pt")
+    assert main(["trace", "--model", str(tmp_path / "batch.pt"), "--inputs", str(evil)]) == 2
+    assert main(["trace", "--model", str(evil), "--inputs", str(tmp_path / "batch.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+    assert not (tmp_path / "PWNED").exists()
