@@ -79,3 +79,60 @@ def test_a_pickle_with_a_payload_is_refused_without_running_it(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2
     assert not (tmp_path / "PWNED").exists()
+
+
+class _Sqrt(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.sqrt(self.lin(x)).sum()
+
+
+def test_a_model_already_nan_in_float64_is_said_and_no_op_is_blamed():
+    """sqrt of a negative linear output is NaN in float64 too: the trace said nothing at all (every status ok, no
+    note), now one note names the op and counts its NaN elements, and no finding blames bfloat16."""
+    import stabilitylab
+
+    torch.manual_seed(0)
+    model, x = _Sqrt(), torch.randn(4, 8)
+    result = stabilitylab.trace((model, x), dtype="bf16")
+    assert result.findings == []
+    # plain check: the float64 program from the bfloat16 leaves (the twin's start)
+    w = model.lin.weight.detach().to(torch.bfloat16).double()
+    b = model.lin.bias.detach().to(torch.bfloat16).double()
+    negative = int(((x.to(torch.bfloat16).double() @ w.T + b) < 0).sum())
+    assert negative > 0
+    notes = [n for n in result.notes if "float64 too" in n]
+    assert notes == [f"bfloat16: the program gives NaN in float64 too, first in aten.sqrt.default (forward, _Sqrt at "
+                     f"test_trace_review.py:{_Sqrt.forward.__code__.co_firstlineno + 1}): {negative} element(s) from "
+                     "finite inputs; not the format's fault, no op is blamed for it"]
+    assert notes[0] in result.to_dict()["notes"]
+
+
+class _LogSumExpOfLogSoftmax(torch.nn.Module):
+    def forward(self, a):
+        return torch.logsumexp(torch.log_softmax(a, -1), -1)
+
+
+def test_a_zero_from_cancellation_is_inaccurate_not_underflow():
+    """logsumexp of log-probabilities is log(1 + d) with 1 + d rounded to 1 in bfloat16: a 0 where float64 on the
+    same inputs gives ~1e-3, far above the smallest normal: cancellation (inaccurate, compute in float32), not an
+    underflow (the advice was loss scaling)."""
+    import stabilitylab
+
+    torch.manual_seed(0)
+    a = torch.randn(8, 64).to(torch.bfloat16)
+    run = stabilitylab.trace((_LogSumExpOfLogSoftmax(), a), dtype="bf16").runs[0]
+    lse = next(r for r in run.records if r.op == "aten.logsumexp.default")
+    # plain check: float64 logsumexp of the bfloat16 log-probabilities the op was given
+    logp = torch.log_softmax(a, -1)
+    want = torch.logsumexp(logp.double(), -1)
+    got = torch.logsumexp(logp, -1).double()
+    zeros = int(((got == 0) & (want != 0)).sum())
+    assert zeros > 0 and float(want[(got == 0) & (want != 0)].abs().min()) > 1e-5
+    assert lse.cause == "inaccurate" and lse.kind == "local"
+    assert lse.counts.get("underflow", 0) == 0
+    finding = next(f for f in run.findings if f.op == "aten.logsumexp.default")
+    assert finding.entry.key == "inaccurate"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from ..errors import InputError, described
 from ..numerics.formats import Format
-from .result import FormatRun, TraceResult
+from .result import FormatRun, TraceResult, float64_note
 
 __all__ = ["trace", "run", "run_headroom", "TraceResult", "Tracer", "formats_of"]
 
@@ -84,6 +84,7 @@ class Tracer:
         run = FormatRun(self.fmt, self.shadow.native is not None, self.shadow.records, self.shadow.twin_failures)
         notes = [f"rows={self.rows}: the outermost module call's tensor arguments were cut to {self.rows} rows"] \
             if self.rows is not None else []
+        notes += float64_note(self.fmt.name, self.shadow.lost_in_float64)
         self.result = TraceResult([run], target="(traced block)", rows=self.rows, notes=notes)
         return False
 
@@ -166,6 +167,7 @@ def run(target, formats: Sequence[Format], *, rows: int | None = None, backward:
             raise InputError(f"{t.name} failed in {fmt.name}: {described(exc)}", "TARGET") from None
         if backward and not _is_loss(out):
             notes.append(f"{fmt.name}: the step returned no scalar loss that requires a gradient: forward only")
+        notes += float64_note(fmt.name, shadow.lost_in_float64)
         runs.append(FormatRun(fmt, dtype is not None, shadow.records, shadow.twin_failures))
     return TraceResult(runs, target=t.name, rows=rows, backward=backward, notes=notes)
 
