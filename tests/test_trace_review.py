@@ -136,3 +136,36 @@ def test_a_zero_from_cancellation_is_inaccurate_not_underflow():
     assert lse.counts.get("underflow", 0) == 0
     finding = next(f for f in run.findings if f.op == "aten.logsumexp.default")
     assert finding.entry.key == "inaccurate"
+
+
+def _exported(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(4, 8)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "prog.pt2")
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    return tmp_path / "prog.pt2", tmp_path / "x.pt", tmp_path / "weights.pt"
+
+
+def test_a_model_file_that_is_not_an_exported_program_is_one_line(tmp_path, capfd):
+    """torch.export.load logged a dozen warning lines before the error line (and the error said "check the
+    warnings above")."""
+    prog, x, weights = _exported(tmp_path)
+    assert main(["trace", "--model", str(weights), "--inputs", str(x)]) == 2
+    err = capfd.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "cannot load" in err and "warnings above" not in err
+
+
+def test_an_exported_model_is_copied_not_cast_in_place(tmp_path):
+    """Copying an exported module warns (a deprecated pytree API); with warnings as errors the copy failed and
+    the model was cast in place, so the next format's run started from bfloat16-rounded weights."""
+    from stabilitylab.tracing import target as targets
+
+    prog, x, _ = _exported(tmp_path)
+    t = targets.from_files(str(prog), str(x))
+    before = [p.detach().clone() for p in t.model.parameters()]
+    model, _ = targets.prepare(t, torch.bfloat16, None)
+    assert model is not t.model
+    assert all(p.dtype == torch.float32 and torch.equal(p, b) for p, b in zip(t.model.parameters(), before))
