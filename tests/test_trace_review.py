@@ -169,3 +169,60 @@ def test_an_exported_model_is_copied_not_cast_in_place(tmp_path):
     model, _ = targets.prepare(t, torch.bfloat16, None)
     assert model is not t.model
     assert all(p.dtype == torch.float32 and torch.equal(p, b) for p, b in zip(t.model.parameters(), before))
+
+
+class _NaiveSoftmax(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        e = torch.exp(self.lin(x) * 30)
+        return (e / e.sum(-1, keepdim=True)).sum()
+
+
+def test_the_json_numbers_match_a_plain_float64_check():
+    """Recompute two ops' numbers of the JSON with plain float64 arithmetic (not the code under test): the exp
+    overflow count (float64 exp of the bfloat16 inputs at or past bfloat16's max + half an ulp) and the mul's
+    normwise error bits log2(||v - r||_2 / ||r||_2 / 2**-7 + 1)."""
+    import math
+
+    import stabilitylab
+
+    torch.manual_seed(0)
+    model, x = _NaiveSoftmax(), torch.randn(4, 8) * 10
+    doc = json.loads(stabilitylab.trace((model, x), dtype="bf16").to_json())
+    run = doc["runs"][0]
+    exp = next(f for f in run["findings"] if f["op"] == "aten.exp.default")
+    cells = {c["op"]: c for c in doc["modules"]}
+    # the bfloat16 program, step by step, with float64 references of each op on its own inputs
+    low = model.to(torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    with torch.no_grad():
+        h = low.lin(xb)
+        y = h * 30
+        r_mul = h.double() * 30
+        v_mul = y.double()
+    big = 2.0**127 * (2 - 2.0**-7)  # bfloat16's max
+    threshold = big + 2.0**(127 - 7) / 2  # values from here on round to inf
+    with torch.no_grad():
+        overflowed = int((torch.exp(y.double()) >= threshold).sum())
+    assert exp["cause"] == "overflow" and exp["count"] == overflowed > 0
+    e = float(torch.linalg.vector_norm(v_mul - r_mul) / torch.linalg.vector_norm(r_mul))
+    assert math.isclose(cells["aten.mul.Tensor"]["worst_error_bits"], math.log2(e / 2.0**-7 + 1), rel_tol=1e-12)
+
+
+class _Log1pNeg(torch.nn.Module):
+    def forward(self, p):
+        return torch.log1p(-p)
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2", "bf16"])
+def test_a_pole_float64_reaches_too_is_not_blamed_on_a_format_without_inf(fmt):
+    """log1p(-1) is -inf in float64: bfloat16 and e5m2 give -inf (ok, no finding); float8_e4m3fn, which has no
+    inf, gives NaN and was blamed (overflow, local, 'log of a rounded probability') for the program's own pole."""
+    import stabilitylab
+
+    result = stabilitylab.trace((_Log1pNeg(), torch.tensor([1.0, 0.5])), dtype=fmt)
+    assert result.findings == []
+    assert any("float64 too, first in aten.log1p.default" in n for n in result.notes)

@@ -678,7 +678,9 @@ class Shadow:
             bits = float(finite_bits.max()) if finite_bits.size else 0.0
             for st in np.unique(status):
                 counts[str(st)] = counts.get(str(st), 0) + int(np.count_nonzero(status == st))
-            range_over = (status == "range") & fs & (lost | saturated)
+            # the exact value is finite and beyond the range; an infinite reference (log(0), a pole float64 reaches
+            # too) is not the format's: a format without inf can only say it as NaN (or +-max when saturating)
+            range_over = (status == "range") & fs & (lost | saturated) & np.isfinite(rs)
             failing = {st: (status == st) for st in ("nan", "overflow", "underflow", "inaccurate")}
             failing["overflow"] = failing["overflow"] | range_over
             for st in ("nan", "overflow", "underflow", "inaccurate"):
