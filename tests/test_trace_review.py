@@ -251,3 +251,34 @@ def test_the_gradient_of_a_sum_of_softmax_is_not_inaccurate(fmt):
     assert result.findings == []
     back = [r for r in result.runs[0].records if r.op == "aten._softmax_backward_data.default"]
     assert back and all(r.cause is None for r in back)
+
+
+EXITS = '''import sys
+
+import torch
+
+
+def build():
+    sys.exit(0)
+
+
+class Leaves(torch.nn.Module):
+    def forward(self, x):
+        sys.exit("bye")
+
+
+def step():
+    return Leaves(), torch.ones(2)
+'''
+
+
+@pytest.mark.parametrize("builder, extra, said", [("build", [], "raised SystemExit"),
+                                                  ("step", [], "failed in bfloat16: SystemExit: bye"),
+                                                  ("step", ["--headroom"], "float32 forward: SystemExit: bye")])
+def test_a_sys_exit_in_the_users_code_is_one_line_and_exit_2(tmp_path, capsys, builder, extra, said):
+    """sys.exit() in build() or in forward() ended stabilitylab with the user's status (0, or 1 with 'bye')."""
+    model = tmp_path / "exits.py"
+    model.write_text(EXITS)
+    assert main(["trace", f"{model}:{builder}", *extra]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1

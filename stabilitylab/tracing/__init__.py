@@ -163,7 +163,7 @@ def run(target, formats: Sequence[Format], *, rows: int | None = None, backward:
                     out.backward()
         except InputError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the user's model failed: one line
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model failed (or exited): one line
             raise InputError(f"{t.name} failed in {fmt.name}: {described(exc)}", "TARGET") from None
         if backward and not _is_loss(out):
             notes.append(f"{fmt.name}: the step returned no scalar loss that requires a gradient: forward only")
@@ -209,7 +209,7 @@ def run_headroom(target, dtype=None, *, rows: int | None = None, model_file: str
         return room.measure(model, inputs, formats)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the user's model failed: one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model failed (or exited): one line
         raise InputError(f"{t.name} failed in its float32 forward: {described(exc)}", "TARGET") from None
 
 

@@ -1,5 +1,8 @@
 """What ``stabilitylab trace`` runs: a model and its batch.
 
+The user's code (importing the file, ``build()``, the step) runs inside ``except (Exception, SystemExit)``: a
+``sys.exit()`` in it is one line and exit 2, not the user's exit status.
+
 * ``path/to/file.py:build`` or ``module:build``: ``build()`` returns ``(model, batch)`` or
   ``(model, inputs, loss_fn)``.  ``batch`` is a tensor, a tuple / list of tensors (positional arguments) or a
   dict (keyword arguments); the step is ``model(*batch)``; with ``loss_fn``, ``loss_fn(model(*inputs))``
@@ -63,7 +66,7 @@ def load(spec: str) -> Target:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             made = build()
-    except Exception as exc:  # noqa: BLE001 - the user's build(): one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's build(): one line
         raise InputError(f"{spec} raised {described(exc)}", "TARGET") from None
     if not isinstance(made, tuple) or len(made) not in (2, 3):
         raise InputError(f"{spec} must return (model, batch) or (model, inputs, loss_fn), not "
@@ -92,7 +95,7 @@ def _load_callable(where: str, name: str) -> Callable:
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[module_name] = module
             loader_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             sys.modules.pop(module_name, None)
             raise InputError(f"could not import {where}: {described(exc)}", "TARGET") from None
     else:
@@ -100,7 +103,7 @@ def _load_callable(where: str, name: str) -> Callable:
             sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(where)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             raise InputError(f"could not import module {where!r}: {described(exc)}", "TARGET") from None
     obj: Any = module
     for part in name.split("."):
