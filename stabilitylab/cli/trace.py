@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import click
 
-from .base import call_api, check_output, chosen_formats, cli, dtype_option, emit, force_option, render, \
-    refuse_unsafe_outputs
+from .base import (
+    call_api,
+    check_output,
+    chosen_formats,
+    cli,
+    dtype_option,
+    emit,
+    force_option,
+    refuse_unsafe_outputs,
+    render,
+)
 
 
 @cli.command("trace")
