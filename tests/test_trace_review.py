@@ -282,3 +282,31 @@ def test_a_sys_exit_in_the_users_code_is_one_line_and_exit_2(tmp_path, capsys, b
     assert main(["trace", f"{model}:{builder}", *extra]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1
+
+
+class _CastWithMemoryFormat(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = (self.lin(x) * 1e5).float()
+        return y.to(torch.float16, memory_format=torch.contiguous_format).sum()
+
+
+def test_a_replay_of_an_op_with_a_memory_format_is_written(tmp_path):
+    """The first failing op was _to_copy(dtype=float16, memory_format=...): torch.save could not pickle the
+    memory format and --emit-pytest ended in an internal error."""
+    import stabilitylab
+    from stabilitylab.tracing.emit import INPUTS_NAME, emit_pytest
+
+    torch.manual_seed(0)
+    result = stabilitylab.trace((_CastWithMemoryFormat(), torch.randn(2, 4)), dtype="bf16")
+    path = emit_pytest(result, tmp_path / "replay")
+    assert "aten._to_copy.default" in path.read_text()
+    data = torch.load(tmp_path / "replay" / INPUTS_NAME, weights_only=True)
+    assert data["kwargs"] == {"dtype": torch.float16}
+    got = torch.ops.aten._to_copy.default(*data["args"], **data["kwargs"]).double()
+    want = data["reference"]
+    lost = torch.isfinite(want) & ~torch.isfinite(got)
+    assert int(lost.sum()) == int((data["args"][0].double().abs() >= 65520).sum()) > 0  # past fp16's max + ulp/2
