@@ -310,3 +310,31 @@ def test_a_replay_of_an_op_with_a_memory_format_is_written(tmp_path):
     want = data["reference"]
     lost = torch.isfinite(want) & ~torch.isfinite(got)
     assert int(lost.sum()) == int((data["args"][0].double().abs() >= 65520).sum()) > 0  # past fp16's max + ulp/2
+
+
+def test_print_of_a_finding_is_its_sentence():
+    """The guide's `for finding in t.findings: print(finding)` printed the dataclass's field dump (samples,
+    the catalogue entry's repr) instead of the op, module, cause, bits, rewrite and command."""
+    import stabilitylab
+
+    torch.manual_seed(0)
+    model, x = _NaiveSoftmax().to(torch.bfloat16), (torch.randn(4, 8) * 10).to(torch.bfloat16)
+    with stabilitylab.trace(dtype="bf16") as t:
+        model(x).backward()
+    assert not any("no op ran in" in n for n in t.result.notes)
+    finding = t.findings[0]
+    assert str(finding) == finding.sentence()
+    assert str(finding).startswith("bfloat16 forward: first overflow in aten.exp.default, _NaiveSoftmax at ")
+
+
+def test_a_with_block_that_never_ran_in_the_format_says_so():
+    """A float32 model in `with stabilitylab.trace(dtype="bf16")` was judged in float32 and reported as a
+    bfloat16 trace without a word."""
+    import stabilitylab
+
+    torch.manual_seed(0)
+    with stabilitylab.trace(dtype="bf16") as t:
+        _NaiveSoftmax()(torch.randn(4, 8)).backward()
+    assert {r.format for r in t.result.runs[0].records} == {"float32"}
+    assert ("no op ran in bfloat16: the block's tensors were float32, and each op was judged in its own dtype; put "
+            "the model and batch in the format first (model.to(torch.bfloat16))") in t.result.notes

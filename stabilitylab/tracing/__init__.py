@@ -85,6 +85,12 @@ class Tracer:
         notes = [f"rows={self.rows}: the outermost module call's tensor arguments were cut to {self.rows} rows"] \
             if self.rows is not None else []
         notes += float64_note(self.fmt.name, self.shadow.lost_in_float64)
+        records = self.shadow.records
+        if self.shadow.native is not None and records and not any(r.format == self.fmt.name for r in records):
+            judged = sorted({r.format for r in records})
+            notes.append(f"no op ran in {self.fmt.name}: the block's tensors were {', '.join(judged)}, and each op was "
+                         f"judged in its own dtype; put the model and batch in the format first "
+                         f"(model.to(torch.{self.fmt.name}))")
         self.result = TraceResult([run], target="(traced block)", rows=self.rows, notes=notes)
         return False
 

@@ -64,6 +64,9 @@ class Finding:
                 "origin": self.origin, "pattern": self.pattern, "rewrite": self.entry.key, "why": self.entry.why,
                 "advice": self.entry.rewrite, "experiment": self.entry.experiment, "command": self.command}
 
+    def __str__(self) -> str:  # print(finding): the sentence, not the dataclass's field dump
+        return self.sentence()
+
     def sentence(self) -> str:
         where = f"{self.module or '(no module)'}" + (f" at {self.source}" if self.source else "")
         back = f" (backward of {self.forward_op}, {self.node})" if self.phase == "backward" and self.node else ""
