@@ -338,3 +338,30 @@ def test_a_with_block_that_never_ran_in_the_format_says_so():
     assert {r.format for r in t.result.runs[0].records} == {"float32"}
     assert ("no op ran in bfloat16: the block's tensors were float32, and each op was judged in its own dtype; put "
             "the model and batch in the format first (model.to(torch.bfloat16))") in t.result.notes
+
+
+class _GRU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x)[0]
+
+
+def test_an_rnn_runs_emulated():
+    """An emulated format rounded each output through .numpy(), which refuses a tensor that requires grad (the
+    GRU's fused op returns one): every emulated GRU trace was an error."""
+    from stabilitylab.numerics.formats import get_format
+    from stabilitylab.tracing.shadow import Shadow
+
+    torch.manual_seed(0)
+    model, x = _GRU(), torch.randn(2, 5, 8)
+    fmt = get_format("float8_e4m3fn")
+    shadow = Shadow(fmt)
+    with shadow.mode():
+        out = model(x)
+        out.pow(2).mean().backward()
+    values = out.detach().numpy()
+    assert (values == fmt.round32(values)).all()  # the output is held in the format
+    assert len(shadow.records) > 50 and {r.format for r in shadow.records} == {"float8_e4m3fn"}

@@ -295,7 +295,7 @@ class Shadow:
         return fmt.storage_format.round32(np.asarray(x64, dtype=np.float32))
 
     def _round_inplace(self, t, fmt: Format) -> None:
-        a = t.numpy()
+        a = t.detach().numpy()  # (an output that requires grad, as an RNN op's: the same storage)
         a[...] = fmt.round32(a)
 
     def _low_leaf(self, t):
