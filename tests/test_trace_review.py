@@ -365,3 +365,16 @@ def test_an_rnn_runs_emulated():
     values = out.detach().numpy()
     assert (values == fmt.round32(values)).all()  # the output is held in the format
     assert len(shadow.records) > 50 and {r.format for r in shadow.records} == {"float8_e4m3fn"}
+
+
+def test_d_all_traces_its_narrow_formats_and_float64_alone_is_refused(capsys):
+    """-d all (float16, bfloat16, float32, float64, e4m3, e5m2) was refused whole because of its float64."""
+    from stabilitylab.tracing import formats_of
+
+    assert [f.name for f in formats_of("all")] == ["float16", "bfloat16", "float32", "float8_e4m3fn",
+                                                   "float8_e5m2"]
+    assert main(["trace", f"{PLANTED}:healthy", "-d", "fp64"]) == 2
+    assert "references are float64 themselves" in capsys.readouterr().err
+    assert main(["trace", f"{PLANTED}:healthy", "-d", "all", "--headroom", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [f["name"] for f in doc["formats"]] == ["float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2"]

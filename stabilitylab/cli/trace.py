@@ -8,7 +8,6 @@ import click
 from .base import (
     call_api,
     check_output,
-    chosen_formats,
     cli,
     dtype_option,
     emit,
@@ -69,7 +68,7 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
     check_output(figure_path, "'--figure'")
     if emit_dir:
         _check_emit_folder(ctx, emit_dir)
-    formats = chosen_formats(dtypes) if dtypes else None
+    formats = tuple(dtypes) if dtypes else None  # one tuple per -d: formats_of leaves float64 out of a group
     if headroom:
         if emit_dir or figure_path:
             raise click.BadParameter("--emit-pytest and --figure show a trace: not with --headroom",

@@ -26,7 +26,9 @@ __all__ = ["trace", "run", "run_headroom", "TraceResult", "Tracer", "formats_of"
 
 
 def formats_of(dtype) -> tuple[Format, ...]:
-    """The formats ``dtype`` names (a name, a policy, a Format or a sequence of them); InputError otherwise."""
+    """The formats ``dtype`` names (a name, a policy, a Format, a group such as ``all``, or a sequence of them; a
+    tuple is one ``-d`` value of the command line); a group's float64 is left out (the references are float64),
+    float64 named alone is an InputError, as is an unknown name."""
     from ..numerics.policies import chosen
 
     items = [dtype] if isinstance(dtype, (str, Format)) else list(dtype or ())
@@ -34,13 +36,16 @@ def formats_of(dtype) -> tuple[Format, ...]:
         raise InputError("give at least one format (-d bf16)", "-d")
     out: list[Format] = []
     for item in items:
+        group = item if isinstance(item, tuple) else None  # a -d value of the command line (all: six formats)
         if isinstance(item, Format):
             out.append(item)
             continue
         try:
-            out.extend(chosen(str(item)))
+            group = group or chosen(str(item))
         except (KeyError, ValueError) as exc:
             raise InputError(str(exc.args[0]) if exc.args else str(exc), "-d") from None
+        # a group (all, every) traces its formats narrower than the float64 references; float64 alone is refused
+        out.extend(f for f in group if len(group) == 1 or f.compute_format.name != "float64")
     wide = [f.name for f in out if f.compute_format.name == "float64"]
     if wide:
         raise InputError(f"{wide[0]}: the trace's references are float64 themselves; trace a narrower format "
