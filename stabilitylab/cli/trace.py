@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import click
 
-from .base import call_api, check_output, chosen_formats, cli, dtype_option, emit, render
+from .base import (
+    call_api,
+    check_output,
+    cli,
+    dtype_option,
+    emit,
+    force_option,
+    refuse_unsafe_outputs,
+    render,
+)
 
 
 @cli.command("trace")
@@ -33,6 +42,7 @@ from .base import call_api, check_output, chosen_formats, cli, dtype_option, emi
                    "format's range (margin in binades), the share below normal / flushed to 0 and, for block "
                    "formats, flushed by the block scale (schema stabilitylab.headroom/1). Default -d: fp16, bf16, "
                    "e4m3, e5m2, mxfp8, mxfp4, nvfp4.")
+@force_option
 @click.pass_context
 def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, json_path, markdown_path,
                   emit_dir, figure_path, headroom) -> None:
@@ -51,11 +61,14 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
                                  param_hint="'TARGET'")
     if rows is not None and rows < 1:
         raise click.BadParameter(f"must be >= 1, not {rows}", param_hint="'--rows'")
+    refuse_unsafe_outputs()  # every output, the --emit-pytest folder's files too: before any work
     if json_path not in (None, "-"):
         check_output(json_path, "'--json'")
     check_output(markdown_path, "'--markdown'")
     check_output(figure_path, "'--figure'")
-    formats = chosen_formats(dtypes) if dtypes else None
+    if emit_dir:
+        _check_emit_folder(ctx, emit_dir)
+    formats = tuple(dtypes) if dtypes else None  # one tuple per -d: formats_of leaves float64 out of a group
     if headroom:
         if emit_dir or figure_path:
             raise click.BadParameter("--emit-pytest and --figure show a trace: not with --headroom",
@@ -93,3 +106,26 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
             atomic.write_bytes(figure_path, png)
     if json_path != "-":
         render(result.sections(), None, "table")
+
+
+def _check_emit_folder(ctx, folder: str) -> None:
+    """``--emit-pytest DIR`` writes DIR/test_trace_replay.py and DIR/trace_replay_inputs.pt: refuse (exit 2, before
+    any work) a test file stabilitylab did not write, or an inputs file beside one (unless --force), a file that is
+    an input or another output, and a DIR that is a file."""
+    import os
+
+    from ..errors import OutputRefused
+    from ..io import atomic, markers, plan
+    from ..tracing.emit import INPUTS_NAME, TEST_NAME
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise click.BadParameter(f"{folder} exists and is not a folder", param_hint="'--emit-pytest'")
+    force = bool(ctx.meta.get("stabilitylab.force"))
+    test, data = os.path.join(folder, TEST_NAME), os.path.join(folder, INPUTS_NAME)
+    others = [atomic.Output(o.option, o.path) for o in plan.outputs_of(ctx.params)]
+    atomic.check_outputs([*others, atomic.Output("--emit-pytest", test), atomic.Output("--emit-pytest", data,
+                                                                                          "validated")],
+                         plan.inputs_of(ctx.params), force=force)
+    if os.path.lexists(data) and not force and not (os.path.isfile(test) and markers.written_by_stabilitylab(test)):
+        raise OutputRefused(f"--emit-pytest {data} exists and no {TEST_NAME} written by stabilitylab is beside it; "
+                            "choose another folder or pass --force")

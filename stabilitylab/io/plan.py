@@ -2,7 +2,8 @@
 
 The command line calls :func:`check_params` with the parsed parameters of the running command; the
 parameter names are the CLI's (``output``, ``folder``, ``emit_pytest``, ``save_baseline``,
-``baseline_path`` with ``update``; ``logits``, ``labels``, ``target``).  The rules are
+``baseline_path`` with ``update``, trace's ``json_path`` (``-``: standard output), ``markdown_path``,
+``figure_path``; ``logits``, ``labels``, ``target``, ``model_file``, ``inputs_file``).  The rules are
 :func:`stabilitylab.io.atomic.check_outputs`'s.
 """
 
@@ -20,8 +21,12 @@ __all__ = ["OUTPUT_PARAMS", "INPUT_PARAMS", "audited_file", "outputs_of", "input
 # parameter -> (option shown in messages, kind for atomic.Output); check --update validates --baseline itself
 # before any work, with more precise messages than a schema check ("validated")
 OUTPUT_PARAMS = {"output": ("-o", "file"), "folder": ("-o", "folder"), "emit_pytest": ("--emit-pytest", "file"),
-                 "save_baseline": ("--save-baseline", "baseline"), "baseline_path": ("--baseline", "validated")}
-INPUT_PARAMS = {"logits": "--logits", "labels": "--labels", "target": "TARGET"}
+                 "save_baseline": ("--save-baseline", "baseline"), "baseline_path": ("--baseline", "validated"),
+                 "json_path": ("--json", "file"), "markdown_path": ("--markdown", "file"),
+                 "figure_path": ("--figure", "file")}
+INPUT_PARAMS = {"logits": "--logits", "labels": "--labels", "target": "TARGET", "model_file": "--model",
+                "inputs_file": "--inputs"}
+STDOUT = "-"  # --json -: standard output, not a file
 
 
 def audited_file(target: str) -> str | None:
@@ -46,7 +51,8 @@ def audited_file(target: str) -> str | None:
 def outputs_of(params: Mapping) -> list[atomic.Output]:
     """The output files named by a command's parameters (``--baseline`` only with ``--update``)."""
     return [atomic.Output(option, params[name], kind) for name, (option, kind) in OUTPUT_PARAMS.items()
-            if params.get(name) is not None and (name != "baseline_path" or params.get("update"))]
+            if params.get(name) is not None and (name != "baseline_path" or params.get("update"))
+            and not (name == "json_path" and params[name] == STDOUT)]
 
 
 def inputs_of(params: Mapping) -> list[tuple[str, str]]:

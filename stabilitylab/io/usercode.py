@@ -6,7 +6,8 @@ name unique to its resolved path (a digest: the same in every process, unlike ``
 multiprocessing find the module by its name), with its folder on ``sys.path`` (it may import its
 neighbours); a module name is imported from the current directory too.  Warnings raised while the user's
 module runs are silenced (they are the user's, not ours).  Every failure is one line, built by the caller's
-``fail(message)`` (its own exception class); ``guard`` wraps the user's code (the audit's timeout).
+``fail(message)`` (its own exception class), a ``sys.exit()`` in the user's module too (never the user's exit
+status); ``guard`` wraps the user's code (the audit's timeout).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def load_callable(where: str, name: str, fail: Callable[[str], Exception],
             with warnings.catch_warnings(), guard():
                 warnings.simplefilter("ignore")
                 loader_spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001 - any error of the user's module: one line
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error of the user's module (sys.exit too)
             if module is not None and sys.modules.get(registered) is module:
                 del sys.modules[registered]
             raise fail(f"could not import {where}: {quote(exc)}") from None
@@ -78,7 +79,7 @@ def load_callable(where: str, name: str, fail: Callable[[str], Exception],
             with warnings.catch_warnings(), guard():
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(where)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             raise fail(f"could not import module {where!r}: {quote(exc)}") from None
     obj: Any = module
     for part in name.split("."):

@@ -40,9 +40,10 @@ COLORS = {"float16": "#1f77b4", "bfloat16": "#ff7f0e", "float32": "#2ca02c", "fl
 STYLES = ["-", "--", "-.", ":"]
 
 
-def png(fig) -> bytes:
+def png(fig, software: str | None = None) -> bytes:
+    """PNG bytes of ``fig`` (closed); ``software``: the constant ``Software`` text chunk (a marker), else none."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": software}, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

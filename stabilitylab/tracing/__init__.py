@@ -20,13 +20,15 @@ from collections.abc import Sequence
 
 from ..errors import InputError, described
 from ..numerics.formats import Format
-from .result import FormatRun, TraceResult
+from .result import FormatRun, TraceResult, float64_note
 
 __all__ = ["trace", "run", "run_headroom", "TraceResult", "Tracer", "formats_of"]
 
 
 def formats_of(dtype) -> tuple[Format, ...]:
-    """The formats ``dtype`` names (a name, a policy, a Format or a sequence of them); InputError otherwise."""
+    """The formats ``dtype`` names (a name, a policy, a Format, a group such as ``all``, or a sequence of them; a
+    tuple is one ``-d`` value of the command line); a group's float64 is left out (the references are float64),
+    float64 named alone is an InputError, as is an unknown name."""
     from ..numerics.policies import chosen
 
     items = [dtype] if isinstance(dtype, (str, Format)) else list(dtype or ())
@@ -34,13 +36,16 @@ def formats_of(dtype) -> tuple[Format, ...]:
         raise InputError("give at least one format (-d bf16)", "-d")
     out: list[Format] = []
     for item in items:
+        group = item if isinstance(item, tuple) else None  # a -d value of the command line (all: six formats)
         if isinstance(item, Format):
             out.append(item)
             continue
         try:
-            out.extend(chosen(str(item)))
+            group = group or chosen(str(item))
         except (KeyError, ValueError) as exc:
             raise InputError(str(exc.args[0]) if exc.args else str(exc), "-d") from None
+        # a group (all, every) traces its formats narrower than the float64 references; float64 alone is refused
+        out.extend(f for f in group if len(group) == 1 or f.compute_format.name != "float64")
     wide = [f.name for f in out if f.compute_format.name == "float64"]
     if wide:
         raise InputError(f"{wide[0]}: the trace's references are float64 themselves; trace a narrower format "
@@ -84,6 +89,13 @@ class Tracer:
         run = FormatRun(self.fmt, self.shadow.native is not None, self.shadow.records, self.shadow.twin_failures)
         notes = [f"rows={self.rows}: the outermost module call's tensor arguments were cut to {self.rows} rows"] \
             if self.rows is not None else []
+        notes += float64_note(self.fmt.name, self.shadow.lost_in_float64)
+        records = self.shadow.records
+        if self.shadow.native is not None and records and not any(r.format == self.fmt.name for r in records):
+            judged = sorted({r.format for r in records})
+            notes.append(f"no op ran in {self.fmt.name}: the block's tensors were {', '.join(judged)}, and each op was "
+                         f"judged in its own dtype; put the model and batch in the format first "
+                         f"(model.to(torch.{self.fmt.name}))")
         self.result = TraceResult([run], target="(traced block)", rows=self.rows, notes=notes)
         return False
 
@@ -162,10 +174,11 @@ def run(target, formats: Sequence[Format], *, rows: int | None = None, backward:
                     out.backward()
         except InputError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the user's model failed: one line
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model failed (or exited): one line
             raise InputError(f"{t.name} failed in {fmt.name}: {described(exc)}", "TARGET") from None
         if backward and not _is_loss(out):
             notes.append(f"{fmt.name}: the step returned no scalar loss that requires a gradient: forward only")
+        notes += float64_note(fmt.name, shadow.lost_in_float64)
         runs.append(FormatRun(fmt, dtype is not None, shadow.records, shadow.twin_failures))
     return TraceResult(runs, target=t.name, rows=rows, backward=backward, notes=notes)
 
@@ -207,7 +220,7 @@ def run_headroom(target, dtype=None, *, rows: int | None = None, model_file: str
         return room.measure(model, inputs, formats)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the user's model failed: one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's model failed (or exited): one line
         raise InputError(f"{t.name} failed in its float32 forward: {described(exc)}", "TARGET") from None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io import atomic
+from ..io.markers import PYTEST_MARKER
 from .result import TraceResult
 from .shadow import torch_module
 
@@ -27,6 +28,8 @@ __all__ = ["emit_pytest", "TEST_NAME", "INPUTS_NAME"]
 
 TEST_NAME = "test_trace_replay.py"
 INPUTS_NAME = "trace_replay_inputs.pt"
+
+_PLACEMENT = frozenset({"memory_format", "layout", "device", "pin_memory", "non_blocking"})
 
 _CHECKS = {
     "overflow": ("lost = torch.isfinite(want) & ~torch.isfinite(got)",
@@ -60,19 +63,22 @@ def emit_pytest(result: TraceResult, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     args, kwargs = rec.replay["args"]
-    data = {"args": list(args), "kwargs": dict(kwargs), "reference": rec.replay["reference"]}
+    # placement arguments do not change a value and torch.load(weights_only=True) cannot hold them all
+    # (torch.memory_format does not pickle): the replay runs on the CPU with the defaults
+    kwargs = {k: v for k, v in kwargs.items() if k not in _PLACEMENT}
+    data = {"args": list(args), "kwargs": kwargs, "reference": rec.replay["reference"]}
     import io
 
     buffer = io.BytesIO()
     torch.save(data, buffer)
-    atomic.write_bytes(folder / INPUTS_NAME, buffer.getvalue())
     _, name, overload = rec.op.split(".")
     finding = next(f for f in run.findings if f.index == rec.index) if any(
         f.index == rec.index for f in run.findings) else None
     advice = finding.entry.rewrite if finding else "compute this op in float32"
     check, message = _CHECKS[rec.cause]
     where = f"{rec.module or '(no module)'}" + (f" at {rec.source}" if rec.source else "")
-    text = f'''"""Replay of the first op that lost a value in {run.format.name}: {rec.op} ({rec.phase}, {where}),
+    text = f'''{PYTEST_MARKER} (trace --emit-pytest): apply the rewrite in op() below.
+"""Replay of the first op that lost a value in {run.format.name}: {rec.op} ({rec.phase}, {where}),
 cause {rec.cause}, written by stabilitylab trace --emit-pytest.
 
 It fails while the op still loses the value; apply the rewrite in op() and it passes.
@@ -100,5 +106,7 @@ def test_{name.strip("_")}_keeps_its_values():
     {check}
     assert not lost.any(), f"{{int(lost.sum())}} of {{lost.numel()}} {message}"
 '''
-    atomic.write_text(folder / TEST_NAME, text)
+    with atomic.transaction():  # both files or neither
+        atomic.write_bytes(folder / INPUTS_NAME, buffer.getvalue())
+        atomic.write_text(folder / TEST_NAME, text)
     return folder / TEST_NAME

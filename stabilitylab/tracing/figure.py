@@ -9,8 +9,9 @@ number (``"inf"`` / ``"nan"`` in the JSON: an op that returned inf or NaN where 
 is drawn at p and marked with a cross.  Cells with no record stay blank (grey).  Rows and columns keep the
 order in which modules and ops first appear in the records; formats the order of ``"formats"``.
 
-matplotlib with the Agg backend; PNG without metadata (``render.plots.png``), so two runs on the same
-machine give identical bytes.
+matplotlib with the Agg backend; PNG without a timestamp (``render.plots.png``) and with one constant text chunk,
+``Software`` = ``stabilitylab`` (the marker that lets a later run replace it, :mod:`stabilitylab.io.markers`),
+so two runs on the same machine give identical bytes.
 """
 
 from __future__ import annotations
@@ -62,7 +63,15 @@ def grids(doc: dict) -> tuple[list[str], list[str], dict[str, np.ndarray], dict[
     return modules, ops, values, failed
 
 
-def heatmap(doc: dict, render=png):
+def marked_png(fig) -> bytes:
+    """PNG bytes with stabilitylab's marker (a constant ``Software`` text chunk): a second run may replace the
+    file, a file stabilitylab did not write is refused (:mod:`stabilitylab.io.markers`)."""
+    from ..io.markers import PNG_SOFTWARE
+
+    return png(fig, software=PNG_SOFTWARE)
+
+
+def heatmap(doc: dict, render=marked_png):
     """The figure (see the module docstring), rendered by ``render`` (default: PNG bytes; tests pass
     ``lambda fig: fig``).  ValueError if the document holds no module record."""
     import matplotlib.pyplot as plt

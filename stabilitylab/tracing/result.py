@@ -23,7 +23,7 @@ from ..render.model import Cell, Section, Table
 from . import catalogue
 from .shadow import WIDER_ON_CPU, OpRecord
 
-__all__ = ["TraceResult", "FormatRun", "Finding", "CAUSES", "LIMITS"]
+__all__ = ["TraceResult", "FormatRun", "Finding", "CAUSES", "LIMITS", "float64_note"]
 
 CAUSES: tuple[str, ...] = ("nan", "overflow", "underflow", "inaccurate")
 
@@ -64,6 +64,9 @@ class Finding:
                 "origin": self.origin, "pattern": self.pattern, "rewrite": self.entry.key, "why": self.entry.why,
                 "advice": self.entry.rewrite, "experiment": self.entry.experiment, "command": self.command}
 
+    def __str__(self) -> str:  # print(finding): the sentence, not the dataclass's field dump
+        return self.sentence()
+
     def sentence(self) -> str:
         where = f"{self.module or '(no module)'}" + (f" at {self.source}" if self.source else "")
         back = f" (backward of {self.forward_op}, {self.node})" if self.phase == "backward" and self.node else ""
@@ -83,6 +86,17 @@ def _numbers(sample: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def float64_note(fmt: str, lost: dict | None) -> list[str]:
+    """The note for a program that loses a value in float64 too (:attr:`.shadow.Shadow.lost_in_float64`): [] if
+    it does not."""
+    if not lost:
+        return []
+    where = (lost["module"] or "(no module)") + (f" at {lost['source']}" if lost["source"] else "")
+    what = "NaN" if lost["nan"] == lost["elements"] else "inf / NaN"
+    return [f"{fmt}: the program gives {what} in float64 too, first in {lost['op']} ({lost['phase']}, {where}): "
+            f"{lost['elements']} element(s) from finite inputs; not the format's fault, no op is blamed for it"]
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """What ``stabilitylab trace`` runs: a model and its batch.
 
+The user's code (importing the file, ``build()``, the step) runs inside ``except (Exception, SystemExit)``: a
+``sys.exit()`` in it is one line and exit 2, not the user's exit status.
+
 * ``path/to/file.py:build`` or ``module:build``: ``build()`` returns ``(model, batch)`` or
   ``(model, inputs, loss_fn)``.  ``batch`` is a tensor, a tuple / list of tensors (positional arguments) or a
   dict (keyword arguments); the step is ``model(*batch)``; with ``loss_fn``, ``loss_fn(model(*inputs))``
@@ -18,6 +21,8 @@ first ``rows`` entries of the batch's first dimension of every batch tensor.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +62,7 @@ def load(spec: str) -> Target:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             made = build()
-    except Exception as exc:  # noqa: BLE001 - the user's build(): one line
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's build(): one line
         raise InputError(f"{spec} raised {described(exc)}", "TARGET") from None
     if not isinstance(made, tuple) or len(made) not in (2, 3):
         raise InputError(f"{spec} must return (model, batch) or (model, inputs, loss_fn), not "
@@ -85,15 +90,33 @@ def from_files(model_path: str, inputs_path: str) -> Target:
         raise InputError(f"cannot read {inputs_path} with torch.load(weights_only=True): {described(exc)}",
                          "--inputs") from None
     try:
-        model = torch.export.load(model_path).module()
+        with _quiet():
+            model = torch.export.load(model_path).module()
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"cannot load {model_path} as an exported program (torch.export.save): {described(exc)}; "
+        why = described(exc).replace(" Please check the warnings above for possible errors.", "")  # (not shown)
+        raise InputError(f"cannot load {model_path} as an exported program (torch.export.save): {why}; "
                          "for a Python model give TARGET as file.py:build", "--model") from None
     if not _all_tensors(torch, inputs):
         raise InputError(f"{inputs_path} must hold a tensor, a list / tuple or a dict of tensors", "--inputs")
     if isinstance(inputs, list):
         inputs = tuple(inputs)
     return Target(model, inputs, None, f"{model_path} {inputs_path}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch's own warnings and log lines (``torch.export`` logs a dozen lines before raising on a file that is
+    not an exported program; copying an exported module warns of a deprecated pytree API) kept off the
+    terminal: a failure is the one line of the InputError."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _all_tensors(torch, value) -> bool:
@@ -132,7 +155,8 @@ def prepare(target: Target, dtype, rows: int | None):
     else:
         inputs = cast(inputs)
     try:
-        model = copy.deepcopy(target.model)
+        with _quiet():  # a deprecation warning while copying must not make the copy fail (tests: warnings are errors)
+            model = copy.deepcopy(target.model)
     except Exception:  # noqa: BLE001 - a model that cannot be copied runs as it is (cast in place)
         model = target.model
     if hasattr(model, "to"):
