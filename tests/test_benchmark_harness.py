@@ -185,12 +185,13 @@ def test_trace_jobs_targets_and_step_memory(bench):
     assert rows.target.describe() == "ratio ≤ 20x, memory ≤ 4x"
     ok = bench.Result(rows, [bench.Run(3.0, 500.0, 0, step_mb=150.0), bench.Run(2.5, 500.0, 0, step_mb=170.0)],
                       [bench.Run(0.25, 300.0, 0, step_mb=50.0)])
-    assert ok.ratio == pytest.approx(10.0) and ok.memory == pytest.approx(3.4) and ok.verdict() == "meets"
-    heavy = bench.Result(full, [bench.Run(20.0, 900.0, 0, step_mb=260.0)], [bench.Run(0.25, 300.0, 0, step_mb=50.0)])
+    assert ok.ratio == pytest.approx(10.0) and ok.step_memory == pytest.approx(3.4) and ok.verdict() == "meets"
+    assert ok.memory == pytest.approx(500.0 / 300.0)  # the target's: peak RSS, job over anchor
+    heavy = bench.Result(full, [bench.Run(20.0, 1300.0, 0, step_mb=260.0)], [bench.Run(0.25, 300.0, 0, step_mb=50.0)])
     assert heavy.verdict() == "misses (ratio, memory)"
-    assert bench.memory_rows([ok, heavy]) == [("trace bf16 LM --rows 1", "170", "bf16 LM step", "50", "3.4x"),
-                                              ("trace bf16 LM", "260", "bf16 LM step", "50", "5.2x")]
-    assert "Step memory" in bench.render([ok], 2)
+    assert bench.memory_rows([ok, heavy]) == [("trace bf16 LM --rows 1", "170", "bf16 LM step", "50", "3.4x", "1.7x"),
+                                              ("trace bf16 LM", "260", "bf16 LM step", "50", "5.2x", "4.3x")]
+    assert "peak ratio" in bench.render([ok], 2)
 
 
 def test_trace_jobs_skip_without_the_core(bench, monkeypatch):

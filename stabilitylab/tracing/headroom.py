@@ -312,20 +312,21 @@ class _Collector:
         x = t.detach()
         if x.dtype != self.torch.float32:
             x = x.float()  # exact from bfloat16 / float16; float64 rounds to float32
-        xf = x.cpu().contiguous().numpy().reshape(-1)
-        n = xf.size
-        bits = xf.view(np.int32) & _ABS  # |x|'s pattern: ordered like |x|
+        torch = self.torch
+        # the whole-tensor passes run in torch (its element-wise kernels use every core), on int32 patterns
+        bits = x.cpu().contiguous().reshape(-1).view(torch.int32) & int(_ABS)  # |x|'s pattern: ordered like |x|
+        n = bits.numel()
         top = int(bits.max()) if n else 0
         nonfinite = 0
         if top >= _INF_BITS:
             finite = bits < _INF_BITS
-            nonfinite = n - int(np.count_nonzero(finite))
+            nonfinite = n - int(torch.count_nonzero(finite))
             bits = bits[finite]
-            top = int(bits.max()) if bits.size else 0
+            top = int(bits.max()) if bits.numel() else 0
         amax = float(np.int32(top).view(np.float32))
         # one pass selects |x| <= the largest threshold (zeros included); each threshold is then one comparison
         # pass over those few values (numpy's bincount of the exponents would cost 20x one comparison)
-        small = bits[bits <= self.low]
+        small = bits[bits <= self.low].numpy()
         zeros = small.size - int(np.count_nonzero(small))
         per = []
         for th, block in zip(self.thresholds, self.blocks):
@@ -336,9 +337,9 @@ class _Collector:
             flushed = 0 if th.half is None else int(np.count_nonzero(small <= th.half)) - zeros
             over = 0
             if th.over is not None and top >= th.over:
-                over = int(np.count_nonzero(bits >= th.over if th.over_tie else bits > th.over))
+                over = int(torch.count_nonzero(bits >= th.over if th.over_tie else bits > th.over))
             per.append((tiny, flushed, over))
-        return {"values": n, "nonzero": bits.size - zeros, "nonfinite": nonfinite, "amax": amax, "formats": per}
+        return {"values": n, "nonzero": bits.numel() - zeros, "nonfinite": nonfinite, "amax": amax, "formats": per}
 
     def _block(self, block: BlockFormat, x, amax: float) -> tuple[int, int, int]:
         if x.numel() == 0:
