@@ -58,8 +58,10 @@ CATALOGUE: tuple[Rewrite, ...] = (
             "take the log from logits: log_softmax, the log1p form, BCE from logits (binary_cross_entropy_with_logits)",
             "binary_ce", "stabilitylab compare -e binary_ce -d {fmt}"),
     Rewrite("cancellation", ("sub", "rsub", "add", "add_", "sub_"), ("inaccurate",), "cancellation",
-            "cancellation: the difference of two nearly equal rounded values (p_y - 1 with p_y rounded to 1)",
-            "compute the difference in float32 (or from logits: softmax - onehot in float32)",
+            "cancellation: the difference of two nearly equal rounded values (p_y - 1 with p_y rounded to 1; "
+            "a one-pass variance mean(x^2) - mean(x)^2)",
+            "compute the difference in float32 (from logits: softmax - onehot in float32; a variance: two passes, "
+            "mean((x - mean(x))^2))",
             "gradient", "stabilitylab compare -e gradient -d {fmt}"),
     Rewrite("low_precision_sum", ("add", "add_", "sum", "cumsum", "mean"), ("inaccurate",), None,
             "a sum accumulated in the low format: once the sum is large, each addend is below half an ulp of it "
