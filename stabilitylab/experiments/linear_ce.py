@@ -492,6 +492,11 @@ def exact_rows_options(x: LinearCEInputs) -> list[tuple]:
             for c, row in enumerate(exact_rows(x))]
 
 
+def _dlogit(P, G, labels, n: int, v: int):
+    """p_{n,v} - [v = y_n], exact: the true class's p_y - 1 from G (no cancellation), the others' p_{n,v}."""
+    return G[n] if labels[n] == v else P[n][v]
+
+
 def exact_grad_weight(hidden, weight, labels, weight_entry, hidden_entry):
     """(1/N) sum_n (p_{n,v} - [v = y_n]) h_{n,j} at (v, j) = weight_entry."""
     solved = _problem(hidden, weight, labels)
@@ -499,8 +504,7 @@ def exact_grad_weight(hidden, weight, labels, weight_entry, hidden_entry):
         return mpmath.mpf("nan")
     H, _, _, P, G = solved
     v, j = weight_entry
-    terms = [(G[n] if labels[n] == v else P[n][v]) * H[n][j] for n in range(len(H))]
-    return mpmath.fsum(terms) / len(H)
+    return mpmath.fsum(_dlogit(P, G, labels, n, v) * H[n][j] for n in range(len(H))) / len(H)
 
 
 def exact_grad_hidden(hidden, weight, labels, weight_entry, hidden_entry):
@@ -510,8 +514,7 @@ def exact_grad_hidden(hidden, weight, labels, weight_entry, hidden_entry):
         return mpmath.mpf("nan")
     H, W, _, P, G = solved
     n, j = hidden_entry
-    terms = [(G[n] if labels[n] == v else P[n][v]) * W[v][j] for v in range(len(W))]
-    return mpmath.fsum(terms) / len(H)
+    return mpmath.fsum(_dlogit(P, G, labels, n, v) * W[v][j] for v in range(len(W))) / len(H)
 
 
 def exact_grad_logit_true(hidden, weight, labels, weight_entry, hidden_entry):
@@ -530,7 +533,7 @@ def exact_sum_gradients(hidden, weight, labels) -> list:
     if solved is None:
         return [mpmath.mpf("nan")] * (len(weight) * len(weight[0]) + len(hidden) * len(hidden[0]))
     H, W, _, P, G = solved
-    g = [[G[n] if labels[n] == v else P[n][v] for v in range(len(W))] for n in range(len(H))]
+    g = [[_dlogit(P, G, labels, n, v) for v in range(len(W))] for n in range(len(H))]
     gt, ht, wt = list(zip(*g)), list(zip(*H)), list(zip(*W))  # columns: g[:, v], H[:, j], W[:, j]
     dw = [mpmath.fdot(gt[v], ht[j]) for v in range(len(W)) for j in range(len(ht))]
     dh = [mpmath.fdot(g[n], wt[j]) for n in range(len(H)) for j in range(len(wt))]
