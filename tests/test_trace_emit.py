@@ -1,6 +1,7 @@
 """--emit-pytest: the replay test FAILS on the planted model's faulty op and PASSES once the op is rewritten as the
 catalogue says (both run with pytest in a subprocess, as a user would)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,21 @@ def test_replay_fails_on_the_naive_exp_and_passes_max_shifted(tmp_path):
     assert passed.returncode == 0, passed.stdout
 
 
-def test_nothing_to_replay_is_one_line(tmp_path, capsys):
-    assert main(["trace", f"{PLANTED}:healthy", "-d", "bf16", "--emit-pytest", str(tmp_path / "r")]) == 2
+def test_nothing_to_replay_is_one_line_after_the_other_outputs(tmp_path, capsys):
+    """A clean trace is an answer, not bad input: the --json file is written, one line says no test was, exit 0."""
+    out = tmp_path / "t.json"
+    assert main(["trace", f"{PLANTED}:healthy", "-d", "bf16", "--emit-pytest", str(tmp_path / "r"),
+                 "--json", str(out)]) == 0
     err = capsys.readouterr().err.strip()
-    assert "no op lost a value by its own fault" in err and len(err.splitlines()) == 1
+    assert err == "no replay test written: no op lost a value by its own fault (nothing to replay)"
+    assert json.loads(out.read_text())["schema"] == "stabilitylab.trace/1"
+    assert not (tmp_path / "r").exists()
+
+
+def test_markdown_to_standard_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["trace", f"{PLANTED}:healthy", "-d", "bf16", "--markdown", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("#") and not (tmp_path / "-").exists()
+    assert main(["trace", f"{PLANTED}:healthy", "--markdown", "-", "--json", "-"]) == 2
+    assert "only one of --json and --markdown" in capsys.readouterr().err

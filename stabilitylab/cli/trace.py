@@ -31,10 +31,11 @@ from .base import (
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the trace as JSON (schema stabilitylab.trace/1) to this file ('-': standard output).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the first events and per-module tables as markdown (a report section).")
+              help="Write the first events and per-module tables as markdown (a report section; '-': standard "
+                   "output).")
 @click.option("--emit-pytest", "emit_dir", type=click.Path(file_okay=False), default=None,
               help="Write a test replaying the first op that lost a value by its own fault (and its inputs) "
-                   "into this folder: it fails until the op is rewritten.")
+                   "into this folder: it fails until the op is rewritten (none: a note, exit 0).")
 @click.option("--figure", "figure_path", type=click.Path(dir_okay=False), default=None,
               help="Draw a PNG heat map: modules x ops, worst error bits, one panel per format.")
 @click.option("--headroom", is_flag=True, default=False,
@@ -61,10 +62,14 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
                                  param_hint="'TARGET'")
     if rows is not None and rows < 1:
         raise click.BadParameter(f"must be >= 1, not {rows}", param_hint="'--rows'")
+    if json_path == "-" and markdown_path == "-":
+        raise click.BadParameter("only one of --json and --markdown can go to standard output ('-')",
+                                 param_hint="'--json' / '--markdown'")
     refuse_unsafe_outputs()  # every output, the --emit-pytest folder's files too: before any work
     if json_path not in (None, "-"):
         check_output(json_path, "'--json'")
-    check_output(markdown_path, "'--markdown'")
+    if markdown_path != "-":
+        check_output(markdown_path, "'--markdown'")
     check_output(figure_path, "'--figure'")
     if emit_dir:
         _check_emit_folder(ctx, emit_dir)
@@ -77,23 +82,18 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
         if json_path is not None:
             from ..render.jsonout import dumps
 
-            emit(dumps(room.to_json()), None if json_path == "-" else json_path)
+            emit(dumps(room.to_json()), _path(json_path))
         if markdown_path is not None:
-            emit(room.to_markdown(), markdown_path, "markdown")
-        if json_path != "-":
+            emit(room.to_markdown(), _path(markdown_path), "markdown")
+        if "-" not in (json_path, markdown_path):
             render(room.sections(), None, "table")
         return
     result = call_api(api.trace, target, formats or "bfloat16", rows=rows, backward=backward,
                       model_file=model_file, inputs_file=inputs_file)
-    if emit_dir:
-        from ..tracing.emit import emit_pytest
-
-        path = call_api(emit_pytest, result, emit_dir)
-        click.echo(f"wrote {path}", err=True)
     if json_path is not None:
-        emit(result.to_json(), None if json_path == "-" else json_path)
+        emit(result.to_json(), _path(json_path))
     if markdown_path is not None:
-        emit(result.to_markdown(), markdown_path, "markdown")
+        emit(result.to_markdown(), _path(markdown_path), "markdown")
     if figure_path is not None:
         from ..io import atomic
         from ..tracing.figure import heatmap
@@ -104,8 +104,20 @@ def trace_command(ctx, target, dtypes, model_file, inputs_file, rows, backward, 
             click.echo("no figure: no op was traced", err=True)
         else:
             atomic.write_bytes(figure_path, png)
-    if json_path != "-":
+    if emit_dir:  # last: a clean trace writes every other output, then says there is nothing to replay
+        from ..tracing.emit import emit_pytest, replay_of
+
+        if replay_of(result) is None:
+            click.echo("no replay test written: no op lost a value by its own fault (nothing to replay)", err=True)
+        else:
+            click.echo(f"wrote {call_api(emit_pytest, result, emit_dir)}", err=True)
+    if "-" not in (json_path, markdown_path):
         render(result.sections(), None, "table")
+
+
+def _path(option: str) -> str | None:
+    """An output option's file, None for '-' (standard output)."""
+    return None if option == "-" else option
 
 
 def _check_emit_folder(ctx, folder: str) -> None:

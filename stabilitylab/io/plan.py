@@ -2,7 +2,7 @@
 
 The command line calls :func:`check_params` with the parsed parameters of the running command; the
 parameter names are the CLI's (``output``, ``folder``, ``emit_pytest``, ``save_baseline``,
-``baseline_path`` with ``update``, trace's ``json_path`` (``-``: standard output), ``markdown_path``,
+``baseline_path`` with ``update``, trace's ``json_path`` and ``markdown_path`` (``-``: standard output),
 ``figure_path``; ``logits``, ``labels``, ``target``, ``model_file``, ``inputs_file``).  The rules are
 :func:`stabilitylab.io.atomic.check_outputs`'s.
 """
@@ -26,7 +26,7 @@ OUTPUT_PARAMS = {"output": ("-o", "file"), "folder": ("-o", "folder"), "emit_pyt
                  "figure_path": ("--figure", "file")}
 INPUT_PARAMS = {"logits": "--logits", "labels": "--labels", "target": "TARGET", "model_file": "--model",
                 "inputs_file": "--inputs"}
-STDOUT = "-"  # --json -: standard output, not a file
+STDOUT = "-"  # --json - / --markdown -: standard output, not a file
 
 
 def audited_file(target: str) -> str | None:
@@ -52,7 +52,7 @@ def outputs_of(params: Mapping) -> list[atomic.Output]:
     """The output files named by a command's parameters (``--baseline`` only with ``--update``)."""
     return [atomic.Output(option, params[name], kind) for name, (option, kind) in OUTPUT_PARAMS.items()
             if params.get(name) is not None and (name != "baseline_path" or params.get("update"))
-            and not (name == "json_path" and params[name] == STDOUT)]
+            and not (name in ("json_path", "markdown_path") and params[name] == STDOUT)]
 
 
 def inputs_of(params: Mapping) -> list[tuple[str, str]]:

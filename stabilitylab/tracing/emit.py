@@ -24,7 +24,7 @@ from ..io.markers import PYTEST_MARKER
 from .result import TraceResult
 from .shadow import torch_module
 
-__all__ = ["emit_pytest", "TEST_NAME", "INPUTS_NAME"]
+__all__ = ["emit_pytest", "replay_of", "TEST_NAME", "INPUTS_NAME"]
 
 TEST_NAME = "test_trace_replay.py"
 INPUTS_NAME = "trace_replay_inputs.pt"
@@ -45,18 +45,20 @@ _CHECKS = {
 }
 
 
+def replay_of(result: TraceResult):
+    """(run, record) of the first local finding (of any format, runs in order) that has a replay, or None."""
+    for run in result.runs:
+        for rec in run.records:
+            if rec.replay is not None:
+                return run, rec
+    return None
+
+
 def emit_pytest(result: TraceResult, folder: str | os.PathLike) -> Path:
     """Write the replay test of the first local finding (of any format) into ``folder``; its path.
     InputError if no op lost a value by its own fault."""
     torch = torch_module()
-    chosen = None
-    for run in result.runs:
-        for rec in run.records:
-            if rec.replay is not None:
-                chosen = (run, rec)
-                break
-        if chosen:
-            break
+    chosen = replay_of(result)
     if chosen is None:
         raise InputError("--emit-pytest: no op lost a value by its own fault (nothing to replay)", "--emit-pytest")
     run, rec = chosen
