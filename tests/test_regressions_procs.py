@@ -98,12 +98,25 @@ def _gone(pids: set[int], timeout: float = 5) -> set[int]:
     return left
 
 
+# `stabilitylab thresholds` whose workers take 60 s over their first task (patched before the fork, so the
+# workers inherit it): the command cannot finish before the signal arrives, however fast thresholds becomes
+_SLOW_THRESHOLDS = textwrap.dedent("""
+    import sys, time
+    from stabilitylab.analysis import parallel
+    started = parallel._worker_started
+    parallel._worker_started = lambda parent: (started(parent), time.sleep(60))
+    sys.argv = ["stabilitylab", "thresholds"]
+    from stabilitylab.__main__ import run
+    run()
+""")
+
+
 @pytest.mark.parametrize(("signum", "status", "name"), [
     (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")])
 def test_sigterm_left_workers_running_and_the_pipe_open(signum, status, name):
     """`stabilitylab thresholds | tee log`, then `kill <pid>`: the workers are killed, the pipe ends, one
     line and 128 + the signal's number."""
-    with _start([sys.executable, "-m", "stabilitylab", "thresholds"]) as process:
+    with _start([sys.executable, "-c", _SLOW_THRESHOLDS]) as process:
         workers = _workers_of(process)
         process.send_signal(signum)
         _read_to_eof(process)
@@ -117,7 +130,7 @@ def test_sigkill_left_workers_running_and_the_pipe_open():
     """SIGKILL cannot be handled: the kernel kills the workers (PR_SET_PDEATHSIG) and the pipe ends."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
-    with _start([sys.executable, "-m", "stabilitylab", "thresholds"]) as process:
+    with _start([sys.executable, "-c", _SLOW_THRESHOLDS]) as process:
         workers = _workers_of(process)
         process.kill()
         _read_to_eof(process)
@@ -127,7 +140,7 @@ def test_sigkill_left_workers_running_and_the_pipe_open():
 
 def test_ctrl_c_stops_the_workers_with_one_line():
     """Ctrl-C reaches the whole process group: the workers ignore it, the command kills them; one line, 130."""
-    with _start([sys.executable, "-m", "stabilitylab", "thresholds"], start_new_session=True) as process:
+    with _start([sys.executable, "-c", _SLOW_THRESHOLDS], start_new_session=True) as process:
         workers = _workers_of(process)
         os.killpg(process.pid, signal.SIGINT)
         _read_to_eof(process)
