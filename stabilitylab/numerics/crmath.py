@@ -284,7 +284,8 @@ def _decided_by_bits(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None
     return (low > slack) & (e > fmt.min_exponent) & (e < fmt.max_exponent)
 
 
-def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
+def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True,
+              stage64: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
     if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
@@ -293,8 +294,10 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     if flat.size > _BLOCK:  # elementwise: in blocks, the same values, a few blocks' temporaries (issue #18)
         out = np.empty(flat.shape, x.dtype)
         for start in range(0, flat.size, _BLOCK):
-            out[start:start + _BLOCK] = _evaluate(name, fmt, flat[start:start + _BLOCK], stats, stage32)
+            out[start:start + _BLOCK] = _evaluate(name, fmt, flat[start:start + _BLOCK], stats, stage32, stage64)
         return out.reshape(x.shape)
+    if stage64 and name == "exp" and fmt.precision == 53 and x.dtype == np.float64:
+        return _exp_float64(fmt, flat, stats).reshape(x.shape)
     kind = wide_type(fmt)
     if kind is None:
         return _evaluate_mp(name, fmt, x, flat, stats)
@@ -370,6 +373,61 @@ def _double_double(name: str, flat: np.ndarray, w: np.ndarray, undecided: np.nda
     if stats is not None:
         stats["double_double"] = stats.get("double_double", 0) + int(decided.sum())
     return undecided[left]
+
+
+def _exp_float64(fmt: Format, x: np.ndarray, stats: dict | None) -> np.ndarray:
+    """float64 exp, first stage in float64 arithmetic (:mod:`stabilitylab.numerics.exp64`, no
+    longdouble): on its domain, e**x = (s + err) 2**e (1 + d) with |d| <= E = ``exp64.REL_ERROR``,
+    ``1 - 2**-11.5 <= s < 2`` and 2**e s normal, so the correctly rounded result is 2**e times the
+    rounding of y = e**x / 2**e, and y lies within E (s + |err|) of s + err.  Half the spacing of
+    float64 around s is h = 2**-53 for s > 1 (both neighbours at 2**-52) and h = 2**-54 for s <= 1
+    (at s = 1 the neighbour below is 1 - 2**-53: the smaller half, taken for both sides).  Where
+    ``|err| < fl(h - fl(s E (1 + 2**-40)))`` (the computed threshold is below h - E (s + 2**-53):
+    fl(s E (1 + 2**-40)) exceeds E (s + 2**-53) by at least E s 2**-41 = 2**-102 s, far more than
+    the threshold's own two roundings, at most 2**-106), y lies strictly between the midpoints around s: the result
+    is 2**e s, exact (a normal float64).  The rest of the domain (E 2**52 s of the elements: ~0.6%)
+    goes to the double-double stage, then mpmath; arguments outside the domain (non-finite, results
+    near overflow or subnormal) to the wide path."""
+    from . import exp64
+
+    out = np.empty(x.shape, np.float64)
+    inside = exp64.within(x)
+    every = bool(inside.all())
+    idx = None if every else np.flatnonzero(inside)
+    xi = x if every else x[idx]
+    value = out if every else np.empty(xi.size)
+    ok = np.empty(xi.size, dtype=bool)
+    margin = -exp64.REL_ERROR * (1 + 2.0**-40)
+    limit, above = np.empty(min(xi.size, exp64.BLOCK)), np.empty(min(xi.size, exp64.BLOCK), dtype=bool)
+    with np.errstate(all="ignore"):
+        for start, stop, s, err, e in exp64.blocks(xi):  # each block decided while it is in cache
+            t, a = limit[:stop - start], above[:stop - start]
+            np.multiply(s, margin, out=t)
+            t += 2.0**-54
+            np.greater(s, 1.0, out=a)
+            np.add(t, 2.0**-54, out=t, where=a)  # h - fl(s E (1 + 2**-40))
+            np.abs(err, out=err)
+            np.less(err, t, out=ok[start:stop])
+            e += 1023
+            e <<= 52
+            np.multiply(s, e.view(np.float64), out=value[start:stop])  # 2**e s, exact
+    undecided = np.flatnonzero(~ok)
+    if not every:
+        out[idx] = value
+        outside = np.flatnonzero(~inside)
+        out[outside] = _evaluate("exp", fmt, x[outside], stats, stage64=False)
+        undecided = idx[undecided]
+    decided = xi.size - undecided.size
+    if undecided.size:
+        undecided = _double_double("exp", x, None, undecided, out, stats)
+    if undecided.size:
+        values = [_mp_correct("exp", fmt, float(v), stats) for v in x[undecided]]
+        out[undecided] = np.array(values, dtype=np.float64)
+    if stats is not None:
+        stats["elements"] = stats.get("elements", 0) + xi.size
+        stats["undecided"] = stats.get("undecided", 0) + int(undecided.size)
+        stats["float64_decided"] = stats.get("float64_decided", 0) + decided
+    return out
 
 
 FLOAT32_EXP_REL_ERROR = 2.0**-18
