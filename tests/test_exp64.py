@@ -101,6 +101,9 @@ def test_proof_terms_add_up():
     assert abs(c - CTX.mpf(c1) - CTX.mpf(c2)) <= CTX.mpf(2) ** -97
     assert max(abs(exp64.DOMAIN[0]), exp64.DOMAIN[1]) * inv < 1047424 < 2**20
     assert np.all(np.abs(t_lo) <= u * t_hi)
+    table = [abs((CTX.mpf(h) + CTX.mpf(lo)) / CTX.power(2, CTX.mpf(j) / 1024) - 1)
+             for j, (h, lo) in enumerate(zip(t_hi.tolist(), t_lo.tolist()))]
+    assert max(table) <= CTX.mpf(2) ** -106 and len(table) == 1024
     k_low = math.floor(exp64.DOMAIN[0] * inv) - 1
     assert k_low >> 10 >= -1021 and (math.ceil(exp64.DOMAIN[1] * inv) + 1) >> 10 <= 1022
 
