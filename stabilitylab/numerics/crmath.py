@@ -378,14 +378,14 @@ def _double_double(name: str, flat: np.ndarray, w: np.ndarray, undecided: np.nda
 def _exp_float64(fmt: Format, x: np.ndarray, stats: dict | None) -> np.ndarray:
     """float64 exp, first stage in float64 arithmetic (:mod:`stabilitylab.numerics.exp64`, no
     longdouble): on its domain, e**x = (s + err) 2**e (1 + d) with |d| <= E = ``exp64.REL_ERROR``,
-    ``1 - 2**-11.5 <= s < 2`` and 2**e s normal, so the correctly rounded result is 2**e times the
+    ``1 - 2**-12.5 <= s < 2`` and 2**e s normal, so the correctly rounded result is 2**e times the
     rounding of y = e**x / 2**e, and y lies within E (s + |err|) of s + err.  Half the spacing of
     float64 around s is h = 2**-53 for s > 1 (both neighbours at 2**-52) and h = 2**-54 for s <= 1
     (at s = 1 the neighbour below is 1 - 2**-53: the smaller half, taken for both sides).  Where
     ``|err| < fl(h - fl(s E (1 + 2**-40)))`` (the computed threshold is below h - E (s + 2**-53):
-    fl(s E (1 + 2**-40)) exceeds E (s + 2**-53) by at least E s 2**-41 = 2**-102 s, far more than
+    fl(s E (1 + 2**-40)) exceeds E (s + 2**-53) by at least E s 2**-41 = 2**-103 s, far more than
     the threshold's own two roundings, at most 2**-106), y lies strictly between the midpoints around s: the result
-    is 2**e s, exact (a normal float64).  The rest of the domain (E 2**52 s of the elements: ~0.6%)
+    is 2**e s, exact (a normal float64).  The rest of the domain (E 2**52 s of the elements: ~0.3%)
     goes to the double-double stage, then mpmath; arguments outside the domain (non-finite, results
     near overflow or subnormal) to the wide path."""
     from . import exp64
