@@ -183,3 +183,15 @@ def test_crmath_exp_same_bits_as_the_longdouble_path():
     new = crmath.exp(F64, x)
     old = crmath._evaluate("exp", F64, x, None, stage64=False)
     assert np.array_equal(new.view(np.uint64), old.view(np.uint64))
+
+
+def test_crmath_exp_shapes():
+    """Empty, 0-d, 2-d and strided float64 arrays: the same values, each shape kept."""
+    assert crmath.exp(F64, np.array([])).shape == (0,)
+    assert crmath.exp(F64, np.array(1.0)).tolist() == correctly_rounded(1.0)
+    x = np.array([[0.5, 1000.0], [np.nan, -800.0]])
+    got = crmath.exp(F64, x)
+    assert got.shape == (2, 2) and got[0, 0] == correctly_rounded(0.5) and got[0, 1] == np.inf
+    assert np.isnan(got[1, 0]) and got[1, 1] == 0.0
+    y = np.linspace(-700, 700, 30001)[::7]
+    assert crmath.exp(F64, y).tolist() == [correctly_rounded(v) for v in y.tolist()]
