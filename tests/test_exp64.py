@@ -80,7 +80,7 @@ def near_midpoints(n: int, seed: int) -> np.ndarray:
         d = np.abs((w - f.astype(np.longdouble)) / np.spacing(np.abs(f)).astype(np.longdouble))
         pick = x[np.abs(d - 0.5) < 2.0**-8][:n]
     else:  # pragma: no cover
-        pick = x[:n * 100]
+        pytest.skip("finding near-midpoint arguments needs a longdouble wider than float64")
     return pick[[midpoint_distance(v) < 2.0**-7 for v in pick.tolist()]]
 
 
