@@ -88,7 +88,7 @@ def test_proof_terms_add_up():
     """The module docstring's error terms, re-added: the total is at most 2**-63.35 < REL_ERROR / 2.5."""
     u = 2.0**-53
     reduction = 2.0**-66 + 2.0**-77 + 2.0**-76
-    poly = 2.0**-66 + 4 * u * 2.0**-25 * 0.5001 + 1.001 * (2.0**-12.5) ** 6 / 720
+    poly = 2.0**-66 + 4.0001 * u * 2.0**-25 * 0.5001 + 1.001 * (2.0**-12.5) ** 6 / 720
     grow = 1 / (1 - 2.0**-12.4)
     total = reduction + grow * (poly + 3 * u * 2.0**-12.49 + 2.0**-106)
     assert math.log2(reduction) <= -65.99 and math.log2(poly) <= -65.99

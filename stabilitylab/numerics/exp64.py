@@ -35,10 +35,11 @@ over ``2**e``.
   in ``e**r``.
 * Polynomial.  Truncation: ``sum_{n >= 6} |r|**n / n! <= 1.001 (2**-12.5)**6 / 720 < 2**-84``.
   Evaluation: ``h = fl(P(r))`` (coefficients rounded, three multiply-adds whose products are below
-  2**-13.5 of the sums) within ``2 u`` of P(r) relative; ``w = fl(r fl(r h))`` within ``4 u``
-  relative of ``r**2 P(r)``, ``|w| <= 2**-25 * 0.5001``: ``|w - r**2 P(r)| <= 2**-77``.
+  2**-13.5 of the sums) within ``2 u`` of P(r) relative; ``w = fl(r fl(r h))`` within
+  ``(1 + u)**2 (1 + 2 u) - 1 <= 4.0001 u`` relative of ``r**2 P(r)``, ``|r**2 P(r)| <= 2**-25 * 0.5001``:
+  ``|w - r**2 P(r)| <= 2**-76.99``.
   ``q = fl(r + w)``, ``|q| < 2**-12.49`` (binade ``2**-13``): rounding ``<= 2**-66``.
-  ``|q - (e**r - 1)| <= 2**-66 + 2**-77 + 2**-84 <= 2**-65.99`` (absolute).
+  ``|q - (e**r - 1)| <= 2**-66 + 2**-76.99 + 2**-84 <= 2**-65.99`` (absolute).
 * Table: ``|T_hi + T_lo - 2**(j/N)| <= u |T_lo| + 2**-189 <= 2**-106 T_hi``.
 * Reconstruction: ``T_hi + lo`` stands for ``(T_hi + T_lo)(1 + q)``; it differs by the rounding of
   ``T_hi q`` (``<= u |T_hi q| <= 2**-65.49 T_hi``), that of adding T_lo (``<= u (|T_hi q| + |T_lo|)
