@@ -169,15 +169,16 @@ def _training_task(scenario: str):
 
 def _audit_task(name: str, formats: tuple[str, ...]):
     """One installed framework kernel: its audit on the confident family (what the report shows of
-    it) and its figure panels, error bits and finiteness along D_GRID per format it supports (only
-    those: the figure plots what the table reports)."""
-    from ..api import audit
-    from ..auditing.core import resolve, target_method
+    it: resembles, thresholds and versus, as ``stabilitylab audit NAME --family confident`` finds them;
+    no witnesses, which the report does not show) and its figure panels, error bits and finiteness
+    along D_GRID per format it supports (only those: the figure plots what the table reports)."""
+    from ..auditing.core import resolve, run, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
 
-    a = audit(name, dtypes=[format_or_policy(f) for f in formats], families=["confident"])
+    target = resolve(name)
+    a = run(target, [format_or_policy(f) for f in formats], families=["confident"], witnesses=False)
     family = SOFTMAX_CE.family("confident")
-    method = target_method(resolve(name))
+    method = target_method(target)
     panels = {}
     supported = {r.dtype for r in a.resembles}  # the formats the audit ran (the table shows '—' for the others)
     for fmt in (f for f in formats if f in supported):
