@@ -167,11 +167,18 @@ def _training_task(scenario: str):
     return runs, plots.training_figure(f"train/{scenario}: {s.description}", mine, list(TRAIN_FORMATS))
 
 
-def _audit_task(name: str, formats: tuple[str, ...]):
+def _audit_task(name: str, formats: tuple[str, ...], worker: bool = False):
     """One installed framework kernel: its audit on the confident family (what the report shows of
     it: resembles, thresholds and versus, as ``stabilitylab audit NAME --family confident`` finds them;
     no witnesses, which the report does not show) and its figure panels, error bits and finiteness
-    along D_GRID per format it supports (only those: the figure plots what the table reports)."""
+    along D_GRID per format it supports (only those: the figure plots what the table reports).
+
+    ``worker``: this is a worker process of the report, running one task on one core beside the
+    others: the framework's OpenMP threads are limited to one (``OMP_NUM_THREADS=1``, set before the
+    framework is imported).  Its extra threads only spun on the core the other worker uses (torch:
+    ~1.4 s of CPU); the kernels work row by row, and the audit's results are the same."""
+    if worker:
+        os.environ["OMP_NUM_THREADS"] = "1"
     from ..auditing.core import resolve, run, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
 
@@ -305,7 +312,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         here = pool is not None and any(name in sys.modules for name in FORK_UNSAFE)
         # longest first: the audits (each imports a framework), then the float64 and float32 searches
         for name, chosen in ({} if here else audited).items():
-            tasks.add(("audit", name), _audit_task, name, chosen)
+            tasks.add(("audit", name), _audit_task, name, chosen, pool is not None)
         by_cost = sorted(searches, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
         for group, chosen_settings in (("search", settings), ("ftz", Settings(p=settings.p, ftz=True))):
             for key in by_cost:
