@@ -50,3 +50,29 @@ def test_window_scan_keeps_the_witnesses(monkeypatch):
     monkeypatch.setattr(Recorder, "_may_guard", lambda self, *args: True)
     assert witnesses() == pruned
     assert any(w[1].startswith("guard:") and w[0] == "confident" for w in pruned)
+
+
+def _naive_ce(logits, labels):
+    """-log(exp(x_y) / sum exp(x)) in the logits' own dtype: a kernel that fails (overflow, inaccurate)."""
+    x = np.asarray(logits)
+    with np.errstate(all="ignore"):
+        e = np.exp(x)
+        return -np.log(np.take_along_axis(e, np.asarray(labels)[:, None], axis=1)[:, 0] / e.sum(axis=1))
+
+
+def test_report_audit_without_witnesses_finds_the_same():
+    """The report audits without witnesses (``run(..., witnesses=False)``: the search's dense windows
+    are not looked at, the simulated formulas' statuses only on the default cases): resembles (every
+    candidate's tallies), thresholds and versus are those of the full audit, and no witness is kept."""
+    from stabilitylab.auditing.core import resolve, run
+    from stabilitylab.numerics.formats import FORMATS
+
+    target = resolve(_naive_ce, "softmax_ce")
+    formats = [FORMATS["float32"]]  # float32: the search scans dense windows (32 blocks here)
+    full = run(target, formats, families=["confident"])
+    lean = run(target, formats, families=["confident"], witnesses=False)
+    assert full.witnesses and not lean.witnesses  # (the full audit does keep some: the flag does something)
+    assert repr(lean.resembles) == repr(full.resembles)
+    assert [r.__dict__ for r in lean.thresholds] == [r.__dict__ for r in full.thresholds]
+    assert lean.versus == full.versus
+    assert any(v.target_only or v.method_only for v in full.versus)  # versus has counts to compare

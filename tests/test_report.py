@@ -144,6 +144,13 @@ def test_report_command_writes_files(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_every_report_target_has_its_place_in_the_audit_order():
+    """The audits are handed to the workers in AUDIT_ORDER (longest first): every target of the report has a
+    place there, once (a target missing from it would stop the report)."""
+    assert sorted(report.AUDIT_ORDER) == sorted(report.REPORT_TARGETS)
+    assert len(set(report.AUDIT_ORDER)) == len(report.AUDIT_ORDER)
+
+
 @pytest.mark.parametrize("make", ["file", "readonly"])
 def test_bad_output_folder_is_one_line_and_writes_nothing(tmp_path, capsys, make):
     if make == "readonly" and os.geteuid() == 0:

@@ -816,12 +816,18 @@ class Versus:
 
 
 class Recorder:
-    """The target method's ``observe`` hook: resembles tallies, versus counts and witnesses."""
+    """The target method's ``observe`` hook: resembles tallies, versus counts and witnesses.
+
+    ``witnesses=False``: keep no witnesses (for a caller that shows none, as the report): the points of a
+    threshold search's dense windows, which give witnesses only, are not looked at, and the simulated
+    methods' statuses are classified only where versus needs them (the default cases).  Resembles,
+    versus and the thresholds are the same either way."""
 
     EXAMPLES = 5
 
-    def __init__(self, simulated: Experiment, tolerance: float | None):
+    def __init__(self, simulated: Experiment, tolerance: float | None, witnesses: bool = True):
         self.simulated, self.tolerance = simulated, tolerance
+        self.keeps_witnesses = witnesses
         self.source = "cases"
         self._order: dict[str, int] = {}
         # per format, per candidate label, per part ("cases", "wide", "thresholds"):
@@ -850,10 +856,13 @@ class Recorder:
         return fmt.default_tolerance if self.tolerance is None else self.tolerance
 
     def __call__(self, fmt: Format, cases, inputs, outcome: Outcome) -> None:
+        if self.windowed and not self.keeps_witnesses:
+            return  # a dense window's points give witnesses only
         n = len(outcome.value)
         v = outcome.value
         case_rows = self.source in CASE_SOURCES
-        witnesses = self.source != "realistic"  # realistic rows count for resembles only
+        # realistic rows count for resembles only
+        witnesses = self.source != "realistic" and self.keeps_witnesses
         widths = case_widths(cases)
         wide = (np.asarray(widths) >= WIDE_ROWS) if case_rows and widths is not None else np.zeros(n, dtype=bool)
         if case_rows and not self.windowed:
@@ -867,7 +876,8 @@ class Recorder:
             label = candidate_label(m, computed, fmt)
             if (m.name, computed.name, label) not in listed:
                 listed.append((m.name, computed.name, label))
-            guard = m.truth is None and computed.name == fmt.name and witnesses  # its status gives guards
+            # its status gives guard witnesses, and versus on the default cases
+            guard = m.truth is None and computed.name == fmt.name and (witnesses or self.source == "cases")
             if self.windowed and not (guard and self._may_guard(fmt, cases, outcome, target_fails, m.name)):
                 continue  # a dense window's points count for witnesses only
             arith = Arith(computed, n)
@@ -897,7 +907,7 @@ class Recorder:
                 entry[0] += len(only)
                 entry[1] += len(guards)
                 entry[2].extend(cases.names[i] for i in only[: self.EXAMPLES].tolist())
-            if guards.size:
+            if guards.size and witnesses:
                 keys = self._keys(cases, np.arange(n)) if keys is None else keys
                 j = int(guards[np.argmin(keys[guards])])
                 self._keep(fmt, cases, inputs, outcome, str(outcome.status[j]), f"guard:{m.name}", j, float(keys[j]),
@@ -1105,17 +1115,18 @@ def _probe_call(target: Target, fmt: Format, what: str, call: Callable[[], Any])
 
 def run(target: Target, formats: Sequence[Format], cases=None, families: Sequence[str] | None = None,
         tolerance: float | None = None, search: bool = True,
-        progress: Callable[[str], None] = lambda step: None) -> Audit:
+        progress: Callable[[str], None] = lambda step: None, witnesses: bool = True) -> Audit:
     """Run the audit: cases (default + corpus, or ``cases``), every family's thresholds, resembles, witnesses.
 
-    ``formats`` the target does not support are skipped (listed in ``Audit.skipped``).
+    ``formats`` the target does not support are skipped (listed in ``Audit.skipped``).  ``witnesses=False``:
+    none are kept (``Audit.witnesses`` is empty; the rest is the same, see :class:`Recorder`).
     Raises :class:`AuditError` for a target that cannot be audited (probe, wrong
     shape or type of a result).
     """
     chosen, skipped = _supported(target, formats)
     probe(target)
     simulated = audit_experiment(target.audited_experiment)
-    recorder = Recorder(simulated, tolerance)
+    recorder = Recorder(simulated, tolerance, witnesses)
     method = target_method(target, recorder)
     own_cases = cases is not None
     if cases is None:

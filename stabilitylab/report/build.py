@@ -48,6 +48,9 @@ D_GRID = np.unique(np.concatenate([np.linspace(0, 1, 11), np.logspace(0, np.log1
 INTEGER_FIGURE_UPPER = 2**32
 TRAIN_FORMATS = ("float16", "bfloat16", "float32")  # drawn; float64 is the reference of every run
 REPORT_TARGETS = ("scipy.log_softmax", "scipy.logsumexp", "jax.log_softmax", "torch.cross_entropy")
+# the audits handed to the workers longest first (jax: import and ~40 XLA compilations; torch: its import), so
+# that the longest task of the report starts first; the report lists them in REPORT_TARGETS' order
+AUDIT_ORDER = ("jax.log_softmax", "torch.cross_entropy", "scipy.log_softmax", "scipy.logsumexp")
 
 
 # ----------------------------------------------------------------- the likelihood figure
@@ -167,17 +170,25 @@ def _training_task(scenario: str):
     return runs, plots.training_figure(f"train/{scenario}: {s.description}", mine, list(TRAIN_FORMATS))
 
 
-def _audit_task(name: str, formats: tuple[str, ...]):
+def _audit_task(name: str, formats: tuple[str, ...], worker: bool = False):
     """One installed framework kernel: its audit on the confident family (what the report shows of
-    it) and its figure panels, error bits and finiteness along D_GRID per format it supports (only
-    those: the figure plots what the table reports)."""
-    from ..api import audit
-    from ..auditing.core import resolve, target_method
+    it: resembles, thresholds and versus, as ``stabilitylab audit NAME --family confident`` finds them;
+    no witnesses, which the report does not show) and its figure panels, error bits and finiteness
+    along D_GRID per format it supports (only those: the figure plots what the table reports).
+
+    ``worker``: this is a worker process of the report, running one task on one core beside the
+    others: the framework's OpenMP threads are limited to one (``OMP_NUM_THREADS=1``, set before the
+    framework is imported).  Its extra threads only spun on the core the other worker uses (torch:
+    ~1.4 s of CPU); the kernels work row by row, and the audit's results are the same."""
+    if worker:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    from ..auditing.core import resolve, run, target_method
     from ..experiments.softmax_ce import SOFTMAX_CE
 
-    a = audit(name, dtypes=[format_or_policy(f) for f in formats], families=["confident"])
+    target = resolve(name)
+    a = run(target, [format_or_policy(f) for f in formats], families=["confident"], witnesses=False)
     family = SOFTMAX_CE.family("confident")
-    method = target_method(resolve(name))
+    method = target_method(target)
     panels = {}
     supported = {r.dtype for r in a.resembles}  # the formats the audit ran (the table shows '—' for the others)
     for fmt in (f for f in formats if f in supported):
@@ -303,8 +314,8 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         # the other tasks are handed to the workers: a forked copy of it can deadlock
         here = pool is not None and any(name in sys.modules for name in FORK_UNSAFE)
         # longest first: the audits (each imports a framework), then the float64 and float32 searches
-        for name, chosen in ({} if here else audited).items():
-            tasks.add(("audit", name), _audit_task, name, chosen)
+        for name in sorted({} if here else audited, key=AUDIT_ORDER.index):
+            tasks.add(("audit", name), _audit_task, name, audited[name], pool is not None)
         by_cost = sorted(searches, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
         for group, chosen_settings in (("search", settings), ("ftz", Settings(p=settings.p, ftz=True))):
             for key in by_cost:
