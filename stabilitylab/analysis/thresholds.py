@@ -156,16 +156,21 @@ class Grid:
         if self.integer:
             self.start, self.end = int(family.lower), family.upper or INTEGER_UPPER
         else:
-            self._bits = np.dtype(f"u{self.fmt.dtype.itemsize}")
+            if self.fmt.native:
+                self._bits = np.dtype(f"u{self.fmt.dtype.itemsize}")
             self.start = self._index(float(self.fmt.round(family.lower, np.float64)))
             self.end = self._index(self.fmt.max)
 
     def _index(self, value: float) -> int:
+        if not self.fmt.native:  # (no ml_dtypes: its import costs more than most searches of these formats)
+            return int(self.fmt.pattern([value])[0])
         return int(np.array([value]).astype(self.fmt.dtype).view(self._bits)[0])
 
     def params(self, indices) -> np.ndarray:
         if self.integer:
             return np.asarray(indices, dtype=np.int64)
+        if not self.fmt.native:
+            return self.fmt.value_of(indices)
         return np.asarray(indices, dtype=np.uint64).astype(self._bits).view(self.fmt.dtype).astype(np.float64)
 
     def value(self, index: int | None):
@@ -867,19 +872,23 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 
 
 def _needs_ml_dtypes(names: tuple[str, str, str]) -> bool:
-    """The search of ``(experiment, family, format)`` touches a dtype numpy does not have (bfloat16, float8,
-    ...), so its process imports ml_dtypes (~0.6 s of CPU; float16 / float32 / float64 searches never do)."""
+    """The search of ``(experiment, family, format)`` may touch a dtype numpy does not have (bfloat16, float8,
+    ...), so its process may import ml_dtypes (~0.5 s of CPU): a precision policy with such a part.  A pure
+    format's search never does (its grid and predictions read the bits with :attr:`Format.magnitudes`, its
+    arithmetic holds the values in float32; the tests check that ml_dtypes stays out)."""
     fmt, family = format_or_policy(names[2]), EXPERIMENTS[names[0]].family(names[1])
+    if not fmt.is_policy:
+        return False
     parts = (fmt.storage_format, fmt.compute_format, fmt.accumulate_format, fmt.output_format)
     return not all(p.native for p in parts) or (family.grid is not None and not FORMATS[family.grid].native)
 
 
 def _bundles(todo: list[tuple[str, str, str]], jobs: int) -> list[list[tuple[str, str, str]]]:
     """The work units of a pool of ``jobs`` workers: each search alone, the long ones (float64, float32
-    grids) first, except the searches that need ml_dtypes: beside other searches they go together in one
-    unit, first (with the import it is one of the longest), so one worker imports ml_dtypes instead of
-    every worker while the others search float16 / float32 / float64; alone (``-d bfloat16 -d
-    float8_e4m3fn``) they are dealt round-robin into ``jobs`` units.  The results do not depend on it."""
+    grids) first, except the searches that may need ml_dtypes (:func:`_needs_ml_dtypes`: policies with a
+    bfloat16 / float8 part): beside other searches they go together in one unit, first (with the import it
+    is one of the longest), so one worker imports ml_dtypes instead of every worker; alone they are dealt
+    round-robin into ``jobs`` units.  The results do not depend on it."""
     todo = sorted(todo, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
     narrow = [t for t in todo if _needs_ml_dtypes(t)]
     wide = [[t] for t in todo if t not in narrow]
