@@ -571,7 +571,7 @@ class _Search:
         mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
         lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
         window = 2**12
-        ahead: dict[tuple[int, int], dict] = {}  # ranges certified ahead of their round (see _certify_ahead)
+        ahead: dict[tuple[int, int], int] = {}  # ranges certified ahead: keys proven (_certify_ahead)
         while len(lo):
             # Each round works on the lowest entries only (a window, widened until it holds the
             # whole round): entries further up are pruned, clipped and dropped when they reach
@@ -667,20 +667,13 @@ class _Search:
         quarters ... down to ``LEAF`` are certified in the same call, for their parent's
         keys, and kept in ``ahead`` (a range clipped in the meantime is just certified anew).
         """
-        n = len(lo)
-        out = {key: np.zeros(n, dtype=bool) for key in pending}
-        todo = []
-        for i, span in enumerate(zip(lo.tolist(), hi.tolist())):
-            known = ahead.pop(span, None)
-            if known is None:
-                todo.append(i)
-                continue
-            for key, rows in pending.items():
-                if rows[i]:
-                    out[key][i] = known[key]
-        if not todo:
+        bit = {key: j for j, key in enumerate(self.keys)}  # (``ahead``: per range, a bitmask of the keys proven)
+        found = np.array([ahead.pop(span, -1) for span in zip(lo.tolist(), hi.tolist())], dtype=np.int64)
+        known = found >= 0
+        out = {key: known & rows & (((found >> bit[key]) & 1) == 1) for key, rows in pending.items()}
+        if known.all():
             return out
-        todo = np.array(todo)
+        todo = np.flatnonzero(~known)
         parts = [(lo[todo], hi[todo], {key: rows[todo] for key, rows in pending.items()})]
         count = len(todo)
         while count < AHEAD:
@@ -698,9 +691,11 @@ class _Search:
         proven = self._certify(all_lo, all_hi, {key: rows for key, rows in asked.items() if rows.any()})
         for key, rows in proven.items():
             out[key][todo] = rows[:len(todo)]
-        for j in range(len(todo), len(all_lo)):
-            ahead[(int(all_lo[j]), int(all_hi[j]))] = {key: bool(proven[key][j]) for key in pending
-                                                       if asked[key][j] and key in proven}
+        later = slice(len(todo), len(all_lo))
+        mask = np.zeros(len(all_lo) - len(todo), dtype=np.int64)
+        for key, rows in proven.items():
+            mask |= (rows[later] & asked[key][later]).astype(np.int64) << bit[key]
+        ahead.update(zip(zip(all_lo[later].tolist(), all_hi[later].tolist()), mask.tolist()))
         return out
 
     def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
