@@ -471,7 +471,7 @@ class _Search:
         best = {key: g.end + 1 for key in self.keys}
         # runs of consecutive n whose inputs the format holds exactly (see _flags); the other n alone
         whole = len(indices) // INTEGER_RUN * INTEGER_RUN  # (a last, shorter part: n alone)
-        held = self._held(indices[:whole]).reshape(-1, INTEGER_RUN).all(axis=1)
+        held = self._held(indices[:whole]).reshape(-1, INTEGER_RUN).all(axis=1) if whole else np.zeros(0, bool)
         firsts = indices[:whole:INTEGER_RUN][held]
         if len(firsts):
             runs = (firsts, firsts + INTEGER_RUN - 1, np.repeat(np.arange(len(firsts)), INTEGER_RUN))
