@@ -469,8 +469,10 @@ class _Search:
         stop = min(g.end + 1, g.start + INTEGER_SCAN)
         indices = np.arange(g.start, stop)
         best = {key: g.end + 1 for key in self.keys}
-        # runs of consecutive n whose inputs the format holds exactly (see _flags); the other n alone
-        whole = len(indices) // INTEGER_RUN * INTEGER_RUN  # (a last, shorter part: n alone)
+        # runs of consecutive n whose inputs the format holds exactly (see _flags); the other n alone.
+        # (Not where the engine decides every point, as for black boxes and observed methods: there
+        # runs would only change the order in which an observer sees the points.)
+        whole = len(indices) // INTEGER_RUN * INTEGER_RUN if self.lean else 0  # (a last, shorter part: alone)
         held = self._held(indices[:whole]).reshape(-1, INTEGER_RUN).all(axis=1) if whole else np.zeros(0, bool)
         firsts = indices[:whole:INTEGER_RUN][held]
         if len(firsts):
