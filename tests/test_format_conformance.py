@@ -215,6 +215,22 @@ class TestFormatConformance:
         assert fmt.has_inf == data.has_inf == (fmt.name not in FORMATS_WITH_NO_INFINITY)
         assert fmt.saturates == data.saturate and fmt.scale_only == data.scale
 
+    def test_bit_patterns_without_ml_dtypes(self, fmt):
+        """Format.value_of / pattern (numpy only: the threshold grids and predictions of bfloat16 and float8)
+        give ml_dtypes' value of every bit pattern of a signed format with a zero, and back."""
+        data = FORMAT_DATA[fmt.name]
+        if data.bits > 16 or not (fmt.signed and fmt.has_zero):
+            with pytest.raises(ValueError):
+                fmt.magnitudes  # noqa: B018
+            return
+        reference = as64(every_pattern(data))
+        ours = fmt.value_of(np.arange(2**data.bits))
+        finite = np.isfinite(reference)
+        assert np.array_equal(ours[finite], reference[finite])
+        assert np.array_equal(np.signbit(ours[finite]), np.signbit(reference[finite]))  # (-0 is the sign pattern)
+        assert np.isnan(ours[~finite]).all()
+        assert np.array_equal(fmt.pattern(reference[finite]), np.flatnonzero(finite))
+
     def test_constants_are_the_enumerated_values(self, fmt):
         """max, tiny, smallest subnormal and 1 + eps found among the bit patterns themselves."""
         data = FORMAT_DATA[fmt.name]

@@ -93,35 +93,40 @@ def test_the_command_line_says_what_is_wrong(monkeypatch, capsys):
                                 "worker processes (1: none, run in this process); unset it for one per CPU"]
 
 
-def test_searches_that_need_ml_dtypes_share_one_unit_of_the_pool():
-    """bfloat16 / float8 searches go to one unit beside the others (one worker imports ml_dtypes), and
-    round-robin into one unit per worker when they are alone; every search is in exactly one unit."""
+def test_searches_that_may_need_ml_dtypes_share_one_unit_of_the_pool():
+    """Policies with a bfloat16 / float8 part go to one unit beside the others (one worker imports ml_dtypes),
+    and round-robin into one unit per worker when they are alone; pure formats, bfloat16 and float8 included,
+    each go alone, the long ones first; every search is in exactly one unit."""
     names = [("softmax_ce", "overflow", f) for f in ("float32", "bfloat16", "float64", "float8_e4m3fn", "float16")]
-    names.append(("likelihood", "iid", "bf16@fp32"))
+    names += [("likelihood", "iid", "bf16@fp32"), ("softmax_ce", "overflow", "bf16@fp32")]
     units = thresholds._bundles(names, 2)
     assert sorted(t for u in units for t in u) == sorted(names)
-    assert units[0] == [("softmax_ce", "overflow", "bfloat16"), ("likelihood", "iid", "bf16@fp32"),
-                        ("softmax_ce", "overflow", "float8_e4m3fn")]
-    assert [u[0][2] for u in units[1:]] == ["float64", "float32", "float16"] and all(len(u) == 1 for u in units[1:])
-    alone = [n for n in names if n[2] in ("bfloat16", "float8_e4m3fn", "bf16@fp32")]
+    assert units[0] == [("likelihood", "iid", "bf16@fp32"), ("softmax_ce", "overflow", "bf16@fp32")]
+    assert [u[0][2] for u in units[1:]] == ["float64", "float32", "float16", "bfloat16", "float8_e4m3fn"]
+    assert all(len(u) == 1 for u in units[1:])
+    alone = [n for n in names if n[2] == "bf16@fp32"]
     split = thresholds._bundles(alone, 2)
     assert len(split) == 2 and sorted(t for u in split for t in u) == sorted(alone)
 
 
-def test_float16_32_64_searches_do_not_import_ml_dtypes():
-    """The premise of that unit: a search in a format numpy holds never imports ml_dtypes (a fresh process)."""
+def test_pure_format_searches_do_not_import_ml_dtypes():
+    """The premise of those units: a search in a pure format never imports ml_dtypes, bfloat16 and float8
+    included (a fresh process; the grid and the predictions read the bits through Format.magnitudes)."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom stabilitylab.analysis import thresholds\n"
-            "for f in ('float16', 'float32', 'float64'):\n"
+            "for f in ('float16', 'float32', 'float64', 'bfloat16', 'float8_e4m3fn', 'float8_e5m2'):\n"
             "    thresholds._search_task(('likelihood', 'iid', f), thresholds.Settings(), None)\n"
             "    thresholds._search_task(('softmax_ce', 'underflow', f), thresholds.Settings(), None)\n"
+            "for f in ('bfloat16', 'float8_e4m3fn', 'float8_e5m2'):  # (predictions at a format value)\n"
+            "    thresholds._search_task(('softmax_ce', 'overflow', f), thresholds.Settings(), None)\n"
+            "    thresholds._search_task(('binary_ce', 'saturation', f), thresholds.Settings(), None)\n"
             "print('ml_dtypes' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
-    native = ("float16", "float32", "float64")
-    assert not any(thresholds._needs_ml_dtypes(("softmax_ce", "overflow", f)) for f in native)
+    pure = ("float16", "float32", "float64", "bfloat16", "float8_e4m3fn")
+    assert not any(thresholds._needs_ml_dtypes(("softmax_ce", "overflow", f)) for f in pure)
     assert thresholds._needs_ml_dtypes(("softmax_ce", "overflow", "bf16@fp32"))
 
 

@@ -174,3 +174,22 @@ def test_ftz_float64_log1p_fails_from_708_3964185322642_not_none_found():
     o = evaluate(SCE, F64, cases, methods=["log_softmax_log1p"], ftz=True)["log_softmax_log1p"]
     assert list(o.status) == ["ok", "underflow"] and o.value[1] == 0  # (exp(-d) flushed: an underflow)
     assert r.inaccurate_status == "underflow"
+
+
+@pytest.mark.parametrize("dtype", ["float8_e5m2", "float16", "float32"])
+def test_integer_scan_in_runs_gives_the_point_by_point_answers(monkeypatch, dtype):
+    """The integer scan decides runs of n from the exact values at their ends only where the format holds
+    every input that moves with n: float8_e5m2 rounds z_loss's [n, n - 2, n - 5] (at n = 37 to [36, 36, 32],
+    whose exact loss is not between its neighbours': decided from the ends, 37 was called inaccurate),
+    float16 and float32 hold them.  Every threshold equals the scan without runs."""
+    variants = EXPERIMENTS["softmax_ce_variants"]
+    family, fmt = variants.family("z_loss"), FORMATS[dtype]
+    search = th._Search(variants, family, fmt, Settings(), None, 16)
+    held = search._held(np.arange(search.grid.start, search.grid.start + 64))
+    assert held.all() if dtype != "float8_e5m2" else not held[37:].all()
+    with_runs = th._family_thresholds(variants, family, fmt, Settings(), None, 16)
+    monkeypatch.setattr(th, "INTEGER_RUN", 2**40)  # (no whole run: every n alone)
+    assert th._family_thresholds(variants, family, fmt, Settings(), None, 16) == with_runs
+    if dtype == "float8_e5m2":
+        first = {r.method: (r.first_inaccurate, r.inaccurate_status) for r in with_runs}
+        assert first["log_softmax"] == (240, "underflow")

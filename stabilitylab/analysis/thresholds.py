@@ -33,7 +33,11 @@ How each number is established, and its ``exact`` flag:
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
    (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
-   do not fail there are bisected: the same answers.)
+   do not fail there are bisected: the same answers.)  They are evaluated in runs of
+   ``INTEGER_RUN`` consecutive n, each row's status first decided from the exact values at
+   its run's two ends (below), where the format holds every input that moves with n: a
+   rounded input makes the loaded case another one, whose exact value need not lie between
+   the ends' (float8_e5m2 holds z_loss's [37, 35, 32] as [36, 36, 32]).
 
 Evaluating a point means its status, exactly as :func:`engine.evaluate` gives it
 (the reported statuses come from the engine).  To get there with less work, the
@@ -42,6 +46,12 @@ reference wherever every exact value that close to it gets the same answer; a
 run of consecutive points being verified first tries the span of the references
 at its two ends (the exact value is monotone between turning points, so it lies
 in that span).  Only the points neither settles go through the engine.
+
+The interval proofs keep one correlation: a softmax probability e_y / sum(e) is bounded
+as the one function e_y / (e_y + R), increasing in e_y and decreasing in R, where the
+row's pairwise sum is exact over the range (the lemma and its proof:
+:mod:`stabilitylab.numerics.interval`); near float32's thresholds of logits [d, 0] that
+proves the ranges whose corners spread over hundreds of ulps of the probability.
 
 Black boxes (``Method.black_box``: audited framework kernels, users' functions)
 run through the same search, called on whole batches.  Nothing about them can
@@ -66,7 +76,7 @@ is a bound.  Analytic predictions are for pure formats only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import mpmath
 import numpy as np
@@ -92,6 +102,7 @@ RANGE_BUDGET_WIDE = 2**13  # the same for float64
 BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interval proofs: points only)
 BLACK_BOX_WINDOW = 2**20  # points a black box's float32 search evaluates just below its failure found
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
+INTEGER_RUN = 2**5  # ... in runs of this many n, each first tried on the exact values at its two ends
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
@@ -156,16 +167,21 @@ class Grid:
         if self.integer:
             self.start, self.end = int(family.lower), family.upper or INTEGER_UPPER
         else:
-            self._bits = np.dtype(f"u{self.fmt.dtype.itemsize}")
+            if self.fmt.native:
+                self._bits = np.dtype(f"u{self.fmt.dtype.itemsize}")
             self.start = self._index(float(self.fmt.round(family.lower, np.float64)))
             self.end = self._index(self.fmt.max)
 
     def _index(self, value: float) -> int:
+        if not self.fmt.native:  # (no ml_dtypes: its import costs more than most searches of these formats)
+            return int(self.fmt.pattern([value])[0])
         return int(np.array([value]).astype(self.fmt.dtype).view(self._bits)[0])
 
     def params(self, indices) -> np.ndarray:
         if self.integer:
             return np.asarray(indices, dtype=np.int64)
+        if not self.fmt.native:
+            return self.fmt.value_of(indices)
         return np.asarray(indices, dtype=np.uint64).astype(self._bits).view(self.fmt.dtype).astype(np.float64)
 
     def value(self, index: int | None):
@@ -443,10 +459,54 @@ class _Search:
         those n are evaluated first, and a key that fails among them ends at its first
         failure whatever its bisection would have found, so only the other keys are
         bisected (and their candidates, at or beyond the scan, are kept as they are).
+        The scan goes in runs of ``INTEGER_RUN`` consecutive n, each first decided from the
+        exact values at its two ends (:meth:`_flags`: the exact value is monotone between
+        turning points), where the format holds every input of the run exactly (:meth:`_held`),
+        which spares the experiments whose exact value costs mpmath most of it
+        (softmax_ce_variants); the answers are the same.
         """
         g = self.grid
         stop = min(g.end + 1, g.start + INTEGER_SCAN)
-        best = self._scan_points(np.arange(g.start, stop), {key: g.end + 1 for key in self.keys})
+        indices = np.arange(g.start, stop)
+        best = {key: g.end + 1 for key in self.keys}
+        # runs of consecutive n whose inputs the format holds exactly (see _flags); the other n alone.
+        # (Not where the engine decides every point, as for black boxes and observed methods: there
+        # runs would only change the order in which an observer sees the points.)
+        whole = len(indices) // INTEGER_RUN * INTEGER_RUN if self.lean else 0  # (a last, shorter part: alone)
+        held = self._held(indices[:whole]).reshape(-1, INTEGER_RUN).all(axis=1) if whole else np.zeros(0, bool)
+        firsts = indices[:whole:INTEGER_RUN][held]
+        if len(firsts):
+            runs = (firsts, firsts + INTEGER_RUN - 1, np.repeat(np.arange(len(firsts)), INTEGER_RUN))
+            self._scan_points((firsts[:, None] + np.arange(INTEGER_RUN)).ravel(), best, runs=runs)
+        alone = np.concatenate([np.repeat(~held, INTEGER_RUN), np.ones(len(indices) - whole, dtype=bool)])
+        if alone.any():
+            self._scan_points(indices[alone], best)
+        return self._scan_after(best, stop)
+
+    def _held(self, indices: np.ndarray) -> np.ndarray:
+        """Per index: every float input of its case that moves with n is a value of the storage format (not
+        flushed under flush-to-zero), so the loaded case is the family's own and its exact value is monotone
+        between turning points (the family's contract; a rounded input breaks it: float8_e5m2 holds z_loss's
+        [n, n - 2, n - 5] as [36, 36, 32] at n = 37, whose exact loss is not between its neighbours')."""
+        cases, fmt = self.family.cases(self.grid.params(indices), self.settings), self.fmt.storage_format
+        held = np.full(len(indices), is_dataclass(cases))
+        for f in fields(cases) if held.any() else ():
+            x = getattr(cases, f.name)
+            if not (isinstance(x, np.ndarray) and x.dtype.kind == "f" and len(x) == len(indices)):
+                continue
+            x = x.reshape(len(indices), -1).astype(np.float64)
+            if np.array_equal(x, np.broadcast_to(x[:1], x.shape), equal_nan=True):  # (an option, the same for
+                continue  # every n (NaN: none): not an input that moves with n)
+            with np.errstate(all="ignore"):
+                rounded = fmt.round(x, np.float64)
+                same = (rounded == x) | (np.isnan(rounded) & np.isnan(x))
+                if self.settings.ftz:
+                    same &= (x == 0) | (np.abs(x) >= fmt.tiny)
+            held &= same.all(axis=1)
+        return held
+
+    def _scan_after(self, best: dict, stop: int) -> tuple[dict, dict]:
+        """The end of :meth:`_integers`: the keys that did not fail in the scan are bisected."""
         left = [key for key in self.keys if best[key] >= stop]
         if left:
             best.update(self._bisect(left))
@@ -523,7 +583,7 @@ class _Search:
         mask = np.array([(1 << len(keys)) - 1], dtype=np.int64)
         lowest: dict[tuple[str, str], int] = {}  # given-up keys: their lowest unverified index
         window = 2**12
-        ahead: dict[tuple[int, int], dict] = {}  # ranges certified ahead of their round (see _certify_ahead)
+        ahead: dict[tuple[int, int], int] = {}  # ranges certified ahead: keys proven (_certify_ahead)
         while len(lo):
             # Each round works on the lowest entries only (a window, widened until it holds the
             # whole round): entries further up are pruned, clipped and dropped when they reach
@@ -619,20 +679,13 @@ class _Search:
         quarters ... down to ``LEAF`` are certified in the same call, for their parent's
         keys, and kept in ``ahead`` (a range clipped in the meantime is just certified anew).
         """
-        n = len(lo)
-        out = {key: np.zeros(n, dtype=bool) for key in pending}
-        todo = []
-        for i, span in enumerate(zip(lo.tolist(), hi.tolist())):
-            known = ahead.pop(span, None)
-            if known is None:
-                todo.append(i)
-                continue
-            for key, rows in pending.items():
-                if rows[i]:
-                    out[key][i] = known[key]
-        if not todo:
+        bit = {key: j for j, key in enumerate(self.keys)}  # (``ahead``: per range, a bitmask of the keys proven)
+        found = np.array([ahead.pop(span, -1) for span in zip(lo.tolist(), hi.tolist())], dtype=np.int64)
+        known = found >= 0
+        out = {key: known & rows & (((found >> bit[key]) & 1) == 1) for key, rows in pending.items()}
+        if known.all():
             return out
-        todo = np.array(todo)
+        todo = np.flatnonzero(~known)
         parts = [(lo[todo], hi[todo], {key: rows[todo] for key, rows in pending.items()})]
         count = len(todo)
         while count < AHEAD:
@@ -650,9 +703,11 @@ class _Search:
         proven = self._certify(all_lo, all_hi, {key: rows for key, rows in asked.items() if rows.any()})
         for key, rows in proven.items():
             out[key][todo] = rows[:len(todo)]
-        for j in range(len(todo), len(all_lo)):
-            ahead[(int(all_lo[j]), int(all_hi[j]))] = {key: bool(proven[key][j]) for key in pending
-                                                       if asked[key][j] and key in proven}
+        later = slice(len(todo), len(all_lo))
+        mask = np.zeros(len(all_lo) - len(todo), dtype=np.int64)
+        for key, rows in proven.items():
+            mask |= (rows[later] & asked[key][later]).astype(np.int64) << bit[key]
+        ahead.update(zip(zip(all_lo[later].tolist(), all_hi[later].tolist()), mask.tolist()))
         return out
 
     def _certify(self, lo: np.ndarray, hi: np.ndarray, pending: dict[tuple[str, str], np.ndarray]) -> dict:
@@ -867,19 +922,23 @@ def thresholds(experiments, formats, settings: Settings = Settings(), tolerance:
 
 
 def _needs_ml_dtypes(names: tuple[str, str, str]) -> bool:
-    """The search of ``(experiment, family, format)`` touches a dtype numpy does not have (bfloat16, float8,
-    ...), so its process imports ml_dtypes (~0.6 s of CPU; float16 / float32 / float64 searches never do)."""
+    """The search of ``(experiment, family, format)`` may touch a dtype numpy does not have (bfloat16, float8,
+    ...), so its process may import ml_dtypes (~0.5 s of CPU): a precision policy with such a part.  A pure
+    format's search never does (its grid and predictions read the bits with :attr:`Format.magnitudes`, its
+    arithmetic holds the values in float32; the tests check that ml_dtypes stays out)."""
     fmt, family = format_or_policy(names[2]), EXPERIMENTS[names[0]].family(names[1])
+    if not fmt.is_policy:
+        return False
     parts = (fmt.storage_format, fmt.compute_format, fmt.accumulate_format, fmt.output_format)
     return not all(p.native for p in parts) or (family.grid is not None and not FORMATS[family.grid].native)
 
 
 def _bundles(todo: list[tuple[str, str, str]], jobs: int) -> list[list[tuple[str, str, str]]]:
     """The work units of a pool of ``jobs`` workers: each search alone, the long ones (float64, float32
-    grids) first, except the searches that need ml_dtypes: beside other searches they go together in one
-    unit, first (with the import it is one of the longest), so one worker imports ml_dtypes instead of
-    every worker while the others search float16 / float32 / float64; alone (``-d bfloat16 -d
-    float8_e4m3fn``) they are dealt round-robin into ``jobs`` units.  The results do not depend on it."""
+    grids) first, except the searches that may need ml_dtypes (:func:`_needs_ml_dtypes`: policies with a
+    bfloat16 / float8 part): beside other searches they go together in one unit, first (with the import it
+    is one of the longest), so one worker imports ml_dtypes instead of every worker; alone they are dealt
+    round-robin into ``jobs`` units.  The results do not depend on it."""
     todo = sorted(todo, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
     narrow = [t for t in todo if _needs_ml_dtypes(t)]
     wide = [[t] for t in todo if t not in narrow]

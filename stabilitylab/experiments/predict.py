@@ -59,6 +59,10 @@ def first_value_above(fmt: Format, x: mpmath.mpf) -> float:
 
 def _neighbours(fmt: Format, v: float) -> list[float]:
     """v and the two format values on each side of it (via the bit pattern)."""
+    if not fmt.native:  # (the formats of <= 16 bits ml_dtypes holds: their bits without importing it)
+        b = int(fmt.pattern([v])[0])
+        values = fmt.value_of(np.arange(max(b - 2, 0), b + 3) % (1 << fmt.bits))
+        return [float(x) for x in values if np.isfinite(x)]
     bits_type = np.dtype(f"u{fmt.dtype.itemsize}")
     b = int(np.array([v], dtype=np.float64).astype(fmt.dtype).view(bits_type)[0])
     out = []

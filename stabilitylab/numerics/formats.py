@@ -207,6 +207,39 @@ class Format:
         return math.ldexp((1 << m) + f, e - self.bias - m)
 
     @cached_property
+    def magnitudes(self) -> np.ndarray:
+        """The value (float64) of every magnitude bit pattern 0 ... 2**(bits - 1) - 1 of a signed format
+        with a zero and at most 16 bits, in pattern order, which is ascending value order (patterns above
+        ``max``: inf or NaN, are NaN): :meth:`_decode` on every pattern at once.  What the bits of the
+        format's dtype mean, without ml_dtypes (the conformance tests check it against ml_dtypes' bits)."""
+        if not (self.signed and self.has_zero and self.bits <= 16):
+            raise ValueError(f"{self.name}: magnitudes are tabled for signed formats with a zero of <= 16 bits")
+        m = self.fraction_bits
+        pattern = np.arange(1 << (self.bits - 1), dtype=np.int64)
+        e, f = pattern >> m, (pattern & ((1 << m) - 1)).astype(np.float64)
+        value = np.where(e == 0, np.ldexp(f, 1 - self.bias - m), np.ldexp(f + (1 << m), e - self.bias - m))
+        value[~(value <= self.max)] = np.nan
+        value.flags.writeable = False
+        return value
+
+    def pattern(self, value) -> np.ndarray:
+        """The bit pattern (int64) of each format value (float64, exactly a value of this format of at most 16
+        bits): the sign bit, then the magnitude's index in :attr:`magnitudes`."""
+        v = np.asarray(value, dtype=np.float64)
+        index = np.searchsorted(self.magnitudes[: int(np.searchsorted(self.magnitudes, self.max)) + 1], np.abs(v))
+        return np.where(np.signbit(v), index | (1 << (self.bits - 1)), index).astype(np.int64)
+
+    def value_of(self, pattern) -> np.ndarray:
+        """The value (float64) of each bit pattern of this format of at most 16 bits (inverse of :meth:`pattern`;
+        inf and NaN patterns give NaN, the fnuz formats' -0 pattern too)."""
+        p = np.asarray(pattern, dtype=np.int64)
+        magnitude = self.magnitudes[p & ((1 << (self.bits - 1)) - 1)]
+        value = np.where((p >> (self.bits - 1)) & 1, -magnitude, magnitude)
+        if self.nan == "fnuz":
+            value = np.where(p == 1 << (self.bits - 1), np.nan, value)
+        return value
+
+    @cached_property
     def max_exponent(self) -> int:
         """e such that max = (1.f...) * 2**e."""
         return math.frexp(self.max)[1] - 1

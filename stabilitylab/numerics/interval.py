@@ -44,6 +44,32 @@ The kernels run unchanged: :class:`IntervalArith` offers the operations of
 :class:`~stabilitylab.numerics.arith.Arith`.  :meth:`IntervalArith.shift` knows that the
 row maximum's own entry of x - max(x) is exactly 0 when the maximum is the same
 entry over the whole range.
+
+**A softmax probability as one function** (:meth:`IntervalArith.div`).  The quotient
+``e_y / S`` of an entry ``e_y = pick(e, y)`` of a row and the pairwise sum ``S =
+tree(add, e)`` of that same row has e_y on both sides; its corners ``[lo(e_y) / hi(S),
+hi(e_y) / lo(S)]`` spread by the whole width of the range (near a float32 threshold of
+logits [d, 0] that is hundreds of ulps of p where every point is within one).  Where
+
+1. every entry of the row is >= 0 over the range, and
+2. every addition of the tree is *exact* for every combination of values in the
+   entries' enclosures (:func:`_exact_tree`: for non-negative format values a in
+   [a1, a2] and b in [b1, b2], every a is a multiple of ulp(a1) and every b of ulp(b1)
+   (a format value is a multiple of the spacing of its binade, which grows with the
+   magnitude; powers of two; where a1 = a2, of a1's own lowest set bit: :func:`_grain`),
+   so a + b is a multiple of g, the smaller of the two grains; if ulp(a2 + b2) <= g and
+   a2 + b2 <= max, every such sum (at most a2 + b2, so ulp(a + b) <= g) is a multiple of
+   the spacing at its own magnitude and in range: a format value, so the rounded sum is
+   the exact one; a node's enclosure is then the exact sums of its children's ends),
+
+the computed sum is S = e_y + R exactly, R = sum of the other entries, and the computed
+quotient is fl(e_y / (e_y + R)).  The exact function x / (x + r) increases with x >= 0
+and decreases with r >= 0 (derivatives r / (x + r)**2 and -x / (x + r)**2), and rounding
+is monotone, so over the range the quotient lies in ``[fl(lo(e_y) / (lo(e_y) + hi(R))),
+fl(hi(e_y) / (hi(e_y) + lo(R)))]``, each denominator a combination of the entries' bounds
+(summed by the same exact tree).  That enclosure, intersected with the corners', is
+tight where e_y and R move apart (logits [d, 0]: e_y = exp(d) grows, R = 1) and never
+wrong where they do not.  Not under flush-to-zero (a flushed partial sum is not exact).
 """
 
 from __future__ import annotations
@@ -82,6 +108,17 @@ def _unit(x: "Bounds") -> np.ndarray:
     """Where the computed value is exactly +-1 over the whole range (a product or quotient by
     it is exact: its operand is already a format value, flushed under flush-to-zero)."""
     return (x.lo == x.hi) & (np.abs(x.lo) == 1)
+
+
+def _grain(fmt: Format, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A power of two that every format value in [lo, hi] (0 <= lo <= hi) is a multiple of: ulp(lo) (the
+    values from lo up lie in binades whose spacing is at least lo's); for one value (lo == hi) its own lowest
+    set bit, which may be far coarser (1 is a multiple of 1, not only of ulp(1)); inf for 0 alone."""
+    with np.errstate(all="ignore"):
+        m, e = np.frexp(lo)
+        significand = (m * 2.0**53).astype(np.int64)  # (lo is a float64: its significand is an integer below 2**53)
+        own = np.ldexp((significand & -significand).astype(np.float64), e - 53)
+    return np.where(lo == hi, np.where(lo == 0, np.inf, own), fmt.ulp(lo))
 
 
 class Bounds:
@@ -212,6 +249,9 @@ class IntervalArith:
         assert self.eta > 0 and (ftz or self.eta * 2 == self.wide.type(fmt.smallest_subnormal))
         self.wide_tiny = np.finfo(self.wide).smallest_subnormal
         self.step = 0
+        # results of pick and of a tree of adds, by id: id -> (kind, result, row[, index]) (the result is kept,
+        # so the id stays its own): what :meth:`div` needs to see a softmax probability (module docstring)
+        self._origins: dict[int, tuple] = {}
 
     # ------------------------------------------------------------ helpers
     def _w(self, x):
@@ -368,8 +408,66 @@ class IntervalArith:
             carried = self._sum(self._times(a.err, b.magnitude()), self._times(a.magnitude(), b.err))
             carried = np.where(carried == 0, 0.0, _up(_up(carried / low) / low))
         inf = np.full(np.shape(vlo), np.inf)
-        return self._result(np.where(pole, -inf, vlo), np.where(pole, inf, vhi), np.where(pole, -inf, xlo),
-                            np.where(pole, inf, xhi), np.where(pole, np.inf, carried), exact=_unit(b) & ~pole)
+        out = self._result(np.where(pole, -inf, vlo), np.where(pole, inf, vhi), np.where(pole, -inf, xlo),
+                           np.where(pole, inf, xhi), np.where(pole, np.inf, carried), exact=_unit(b) & ~pole)
+        tight = self._probability(a, b)
+        if tight is not None:  # (both enclose every point's computed value: so does their intersection)
+            ok, q_lo, q_hi = tight
+            out.lo = np.where(ok, np.maximum(out.lo, q_lo), out.lo)
+            out.hi = np.where(ok, np.minimum(out.hi, q_hi), out.hi)
+        return out
+
+    def _probability(self, a: Bounds, b: Bounds):
+        """For ``a = pick(e, y)`` over ``b = tree(add, e)`` (the same row e): per row, whether the
+        enclosure of the module docstring's softmax probability applies, and its two ends (else None)."""
+        picked, summed = self._origins.get(id(a)), self._origins.get(id(b))
+        if (self.ftz or picked is None or summed is None or picked[0] != "pick" or summed[0] != "sum"
+                or picked[1] is not a or summed[1] is not b or picked[2] is not summed[2]):
+            return None
+        row, index = picked[2], np.asarray(picked[3])
+        if np.ndim(row.lo) != 2:
+            return None
+        lo, hi = row.lo.astype(np.float64), row.hi.astype(np.float64)
+        valid = index >= 0
+        kk = np.where(valid, index, 0)[:, None]
+        with np.errstate(all="ignore"):
+            ok = valid & (lo >= 0).all(axis=1) & np.isfinite(hi).all(axis=1) & self._exact_tree(lo, hi)
+            y_lo, y_hi = np.take_along_axis(lo, kk, axis=1)[:, 0], np.take_along_axis(hi, kk, axis=1)[:, 0]
+            low_sum, high_sum = hi.copy(), lo.copy()  # (the others at their highest: the smallest quotient)
+            np.put_along_axis(low_sum, kk, y_lo[:, None], axis=1)
+            np.put_along_axis(high_sum, kk, y_hi[:, None], axis=1)
+            s_low, s_high = self._tree_sum(low_sum), self._tree_sum(high_sum)
+            ok &= (s_low > 0) & (s_high > 0)
+            q_lo = self._op(np.divide, y_lo, np.where(ok, s_low, 1.0))
+            q_hi = self._op(np.divide, y_hi, np.where(ok, s_high, 1.0))
+        return ok, q_lo, q_hi
+
+    def _tree_sum(self, x: np.ndarray) -> np.ndarray:
+        """The pairwise sum of each row of format values, in the format (:meth:`Arith.tree`'s order)."""
+        while x.shape[-1] > 1:
+            if x.shape[-1] % 2:
+                x = np.concatenate([x, np.zeros(x.shape[:-1] + (1,))], axis=-1)
+            x = self._op(np.add, x[..., 0::2], x[..., 1::2])
+        return x[..., 0]
+
+    def _exact_tree(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per row: every addition of the pairwise tree over entries in [lo, hi] (format values >= 0) is
+        exact, for every combination of values in those enclosures (the module docstring's criterion,
+        node by node; a node's enclosure is the exact sums of its children's ends)."""
+        fmt = self.fmt
+        ok = np.ones(lo.shape[0], dtype=bool)
+        with np.errstate(all="ignore"):
+            while lo.shape[-1] > 1:
+                if lo.shape[-1] % 2:
+                    pad = np.zeros(lo.shape[:-1] + (1,))
+                    lo, hi = np.concatenate([lo, pad], axis=-1), np.concatenate([hi, pad], axis=-1)
+                a1, a2, b1, b2 = lo[..., 0::2], hi[..., 0::2], lo[..., 1::2], hi[..., 1::2]
+                top = a2 + b2
+                exact = ((a1 >= 0) & (b1 >= 0) & (top <= fmt.max)
+                         & (fmt.ulp(top) <= np.minimum(_grain(fmt, a1, a2), _grain(fmt, b1, b2))))
+                ok &= exact.all(axis=-1)
+                lo, hi = self._op(np.add, a1, b1), self._op(np.add, a2, b2)
+        return ok
 
     def neg(self, a):
         a = Bounds.of(a)
@@ -459,13 +557,17 @@ class IntervalArith:
         return Bounds(*fields)
 
     def pick(self, x, index) -> Bounds:
+        row = x
         x = Bounds.of(x)
         idx = np.asarray(index)
         bad = idx < 0
         kk = np.where(bad, 0, idx)[:, None]
         fields = [np.take_along_axis(getattr(x, name), kk, axis=1)[:, 0] for name in Bounds.__slots__]
-        return Bounds(*(np.where(bad, np.inf if name in ("hi", "xhi", "err") else -np.inf, f)
-                        for name, f in zip(Bounds.__slots__, fields)))
+        out = Bounds(*(np.where(bad, np.inf if name in ("hi", "xhi", "err") else -np.inf, f)
+                       for name, f in zip(Bounds.__slots__, fields)))
+        if isinstance(row, Bounds):
+            self._origins[id(out)] = ("pick", out, row, idx)
+        return out
 
     def drop(self, x, index) -> Bounds:
         x = Bounds.of(x)
@@ -500,7 +602,12 @@ class IntervalArith:
         inf = np.full(full, np.inf)
         return Bounds(-inf, inf, -inf, inf, inf)
 
-    tree = Arith.tree  # the same pairwise tree, on bounds
+    def tree(self, op, x, identity: float):
+        """:meth:`Arith.tree`, the same pairwise tree, on bounds (a sum's row is remembered: see :meth:`div`)."""
+        out = Arith.tree(self, op, x, identity)
+        if getattr(op, "__func__", None) is IntervalArith.add and identity == 0 and isinstance(x, Bounds):
+            self._origins[id(out)] = ("sum", out, x)
+        return out
 
     def _sum_op(self, op):
         """A tree's operation as it is (pure formats only: see :func:`supported`)."""

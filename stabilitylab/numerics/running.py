@@ -127,12 +127,14 @@ def _stepper(fmt: Format, v: float, compensated: bool, ftz: bool) -> Callable[[f
     return kahan_step_rounded
 
 
-def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool) -> dict[int, tuple[float, bool]]:
-    """{n: (value, overflowed)} of the loop for a term v >= 0 (format value), for each n in
-    ``targets`` (ascending), in one pass: jumps stop at every target."""
+def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(value, overflowed) of the loop for a term v >= 0 (format value) at each n in ``targets``
+    (ascending, distinct), as two arrays in the targets' order, in one pass: jumps stop at every
+    target (the targets inside a jump are read off its period at once)."""
     step = _stepper(fmt, v, compensated, ftz)
 
-    out: dict[int, tuple[float, bool]] = {}
+    at = np.asarray(targets, dtype=np.int64)
+    values, flags = np.empty(len(targets)), np.zeros(len(targets), dtype=bool)
     marks = _checkpoints(fmt, v, compensated, ftz)
     i, last = 0, targets[-1]  # targets[i] is the next one to reach
     k, s, c, overflowed = marks[bisect.bisect_right(marks, (targets[0], math.inf)) - 1]
@@ -143,7 +145,7 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
     binade = None
     while i < len(targets):
         if k == targets[i]:
-            out[k] = (s, overflowed)
+            values[i], flags[i] = s, overflowed
             i += 1
             if len(marks) < MAX_CHECKPOINTS and math.isfinite(s):
                 bisect.insort(marks, (k, s, c, overflowed))
@@ -165,8 +167,7 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
             k0, s0 = seen[key]
             period, gain = k - k0, s - s0
             if gain == 0:  # the whole state repeats: a fixed point for ever
-                for n in targets[i:]:
-                    out[n] = (s, overflowed)
+                values[i:], flags[i:] = s, overflowed
                 break
             room = upper - s - gain - abs(v) - abs(c) - unit
             jumps = min(int(room // gain) if room > 0 else 0, (last - k) // period)
@@ -174,11 +175,11 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
                 # every step jumped over is step k0 + r of the period moved up by whole gains:
                 # the targets among them are read off the period (exact: multiples of U in the binade)
                 end = k + jumps * period
-                first = trail[k0 - trail_start:k - trail_start]
-                while i < len(targets) and targets[i] < end:
-                    j, r = divmod(targets[i] - k0, period)
-                    out[targets[i]] = (first[r] + j * gain, overflowed)
-                    i += 1
+                first = np.array(trail[k0 - trail_start:k - trail_start])
+                stop = bisect.bisect_left(targets, end, lo=i)
+                j, r = np.divmod(at[i:stop] - k0, period)
+                values[i:stop], flags[i:stop] = first[r] + j * gain, overflowed  # (float64, as Python's floats)
+                i = stop
                 s += jumps * gain  # exact: a multiple of U inside the binade
                 k = end
                 seen, trail, trail_start = {}, [], k
@@ -192,7 +193,7 @@ def _run(fmt: Format, v: float, targets: list[int], compensated: bool, ftz: bool
         if explicit > MAX_EXPLICIT:
             raise ValueError(f"the running sum of {v!r} x {goal} in {fmt.name} has no short period; "
                              f"at most {MAX_EXPLICIT:,} steps are simulated")
-    return out
+    return values, flags
 
 
 _CHECKPOINTS: dict[tuple, list[tuple[int, float, float, bool]]] = {}
@@ -222,11 +223,13 @@ def _batch(fmt: Format, values: np.ndarray, counts: np.ndarray, compensated: boo
             # inf + inf = inf; Kahan: c = (inf - s) - inf = NaN after the first step
             out[rows] = [v if not compensated or n == 1 else math.nan for n in counts[rows].tolist()]
             continue
+        targets = sorted(set(counts[rows].tolist()))
         with np.errstate(all="ignore"):  # the steps' numpy scalars: an overflow is a result here
-            done = _run(fmt, abs(v), sorted(set(counts[rows].tolist())), compensated, ftz)
-        for i in rows.tolist():
-            total, over[i] = done[int(counts[i])]
-            out[i] = math.copysign(total, v) if total == total else total
+            totals, overflowed = _run(fmt, abs(v), targets, compensated, ftz)
+        where = np.searchsorted(np.asarray(targets, dtype=np.int64), counts[rows])
+        total = totals[where]
+        out[rows] = np.where(np.isnan(total), total, np.copysign(total, v))
+        over[rows] = overflowed[where]
     return out, over
 
 
