@@ -54,6 +54,7 @@ from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
 from .engine import evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
+from . import softmax_bulk
 from .parallel import fork_pool, worker_count
 
 __all__ = ["ROW", "Summary", "Cell", "Pair", "BlockTally", "summarize", "BITS_BINS", "file_amax"]
@@ -290,9 +291,12 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     given = None
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
-        outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
-                            tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
-                            else None, block_counts=counts)
+        if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz):
+            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance)
+        else:
+            outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
+                                tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
+                                else None, block_counts=counts)
         if counts is not None:
             given = _given_exact(experiment, cases) if given is None else given
             tol = fmt.default_tolerance if tolerance is None else tolerance
