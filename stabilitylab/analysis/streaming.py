@@ -52,9 +52,9 @@ from ..numerics.arith import BLOCK_COUNTS, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
+from . import softmax_bulk
 from .engine import evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
-from . import softmax_bulk
 from .parallel import fork_pool, worker_count
 
 __all__ = ["ROW", "Summary", "Cell", "Pair", "BlockTally", "summarize", "BITS_BINS", "file_amax"]
