@@ -49,7 +49,7 @@ import numpy as np
 
 from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
 from ..numerics import crmath
-from ..numerics.arith import Arith, _row_argmax, _row_max
+from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
 from ..numerics.formats import Format
 from .engine import _classified, evaluate
 from .outcome import Outcome, gather
@@ -107,9 +107,14 @@ def _dropped_sum(levels: list[np.ndarray], k: np.ndarray, rnd, dtype) -> np.ndar
     v = np.zeros(len(k), dtype)
     j = k.astype(np.intp)
     for level in levels:
-        v = rnd(v + level[rows, j ^ 1])
-        j = j >> 1
+        v = rnd(v + level.reshape(-1)[rows * level.shape[1] + (j ^ 1)])  # (flat indices: ~3x faster than [rows, j])
+        j >>= 1
     return v
+
+
+def _all(mask: np.ndarray) -> np.ndarray:
+    """Per row, whether every entry of (rows, K) ``mask`` is True (short rows column by column)."""
+    return ~rows_any(~mask, len(mask))
 
 
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
@@ -119,18 +124,18 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     with np.errstate(all="ignore"):
         xl = _store(fmt, x)
         mag = np.abs(xl)
-        ok = (((mag <= fmt.max) & (xl != 0)) | (x == 0)).all(axis=1)
+        ok = _all(((mag <= fmt.max) & (xl != 0)) | (x == 0))
         m = _row_max(xl)
         z = rnd(xl - m[:, None])  # (z = -inf gives ez = 0, flagged below; z <= 0 and finite logits: no NaN)
         ez = crmath.exp(fmt, z)
-        ok &= ((ez > 0) & (ez < np.inf)).all(axis=1)
+        ok &= _all((ez > 0) & (ez < np.inf))
         S, levels = _levels(ez, rnd)
         S1 = _dropped_sum(levels, _row_argmax(xl), rnd, xl.dtype)
         del levels
         zy, ezy = z[rows, y], ez[rows, y]
         del ez, z
         ex = crmath.exp(fmt, xl)
-        ok &= ((ex > 0) & (ex < np.inf)).all(axis=1)
+        ok &= _all((ex > 0) & (ex < np.inf))
         exy = ex[rows, y]
         Sn = _tree(ex, rnd)
         del ex
