@@ -90,3 +90,29 @@ def test_fused_covers_pure_formats_only():
     assert not softmax_bulk.supported(FORMATS["bfloat16"], ftz=True)
     for name in ("float16", "float8_e4m3fn", "bf16@fp32", "mxfp8"):
         assert not softmax_bulk.supported(format_or_policy(name), ftz=False)
+
+
+@pytest.mark.parametrize("fmt", FUSED, ids=lambda f: f.name)
+def test_block_shortcuts_equal_the_row_tests(fmt):
+    """_stored_whole and _positive_finite decide a clean block from its min, max and counts: one bad
+    entry anywhere (each kind) sends them to the row test, whose answer they then are."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 7)).astype(np.float32)
+    x[0, 0] = 0.0
+    x[1, 1] = -0.0
+    xl = softmax_bulk._store(fmt, x)
+    assert softmax_bulk._stored_whole(fmt, x, xl).all()
+    e = np.exp(xl)
+    assert softmax_bulk._positive_finite(e).all()
+    for bad in (np.nan, np.inf, -np.inf, np.float32(1e-45), np.float32(3.3999e38), -np.float32(3.3999e38)):
+        y = x.copy()
+        y[4, 5] = bad
+        yl = softmax_bulk._store(fmt, y)
+        want = softmax_bulk._all(((np.abs(yl) <= fmt.max) & (yl != 0)) | (y == 0))
+        assert np.array_equal(softmax_bulk._stored_whole(fmt, y, yl), want)
+        lost = bool(np.isnan(bad) or np.isinf(bad) or yl[4, 5] == 0 or abs(yl[4, 5]) > fmt.max)
+        assert want.tolist() == [True] * 4 + [not lost, True]
+    for bad in (0.0, np.inf, np.nan):
+        f = e.copy()
+        f[2, 3] = bad
+        assert softmax_bulk._positive_finite(f).tolist() == [True, True, False, True, True, True]

@@ -117,25 +117,41 @@ def _all(mask: np.ndarray) -> np.ndarray:
     return ~rows_any(~mask, len(mask))
 
 
+def _positive_finite(e: np.ndarray) -> np.ndarray:
+    """Per row, whether every entry of (rows, K) ``e`` is in (0, inf): from min and max of the whole
+    block first (NaN fails both), row by row only where that fails."""
+    if e.size and e.min() > 0 and e.max() < np.inf:
+        return np.ones(len(e), dtype=bool)
+    return _all((e > 0) & (e < np.inf))
+
+
+def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
+    """Per row, whether storing ``x`` as ``xl`` lost nothing: every logit finite, stored within the range,
+    and 0 only where it was 0 (no overflow, no underflow to 0).  From the block's min, max and counts of
+    non-zeros first (``xl`` is 0 where x is: the counts are equal exactly when no x != 0 became 0)."""
+    if xl.size and -fmt.max <= xl.min() and xl.max() <= fmt.max and np.count_nonzero(xl) == np.count_nonzero(x):
+        return np.ones(len(x), dtype=bool)
+    return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
+
+
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
     rnd = _rounder(fmt)
     rows = np.arange(len(x))
     with np.errstate(all="ignore"):
         xl = _store(fmt, x)
-        mag = np.abs(xl)
-        ok = _all(((mag <= fmt.max) & (xl != 0)) | (x == 0))
+        ok = _stored_whole(fmt, x, xl)
         m = _row_max(xl)
         z = rnd(xl - m[:, None])  # (z = -inf gives ez = 0, flagged below; z <= 0 and finite logits: no NaN)
         ez = crmath.exp(fmt, z)
-        ok &= _all((ez > 0) & (ez < np.inf))
+        ok &= _positive_finite(ez)
         S, levels = _levels(ez, rnd)
         S1 = _dropped_sum(levels, _row_argmax(xl), rnd, xl.dtype)
         del levels
         zy, ezy = z[rows, y], ez[rows, y]
         del ez, z
         ex = crmath.exp(fmt, xl)
-        ok &= _all((ex > 0) & (ex < np.inf))
+        ok &= _positive_finite(ex)
         exy = ex[rows, y]
         Sn = _tree(ex, rnd)
         del ex
