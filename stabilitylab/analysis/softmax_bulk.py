@@ -131,9 +131,12 @@ def _positive_finite(e: np.ndarray) -> np.ndarray:
 
 def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
     """Per row, whether storing ``x`` as ``xl`` lost nothing: every logit finite, stored within the range,
-    and 0 only where it was 0 (no overflow, no underflow to 0).  From the block's min, max and counts of
-    non-zeros first (``xl`` is 0 where x is: the counts are equal exactly when no x != 0 became 0)."""
-    if xl.size and -fmt.max <= xl.min() and xl.max() <= fmt.max and np.count_nonzero(xl) == np.count_nonzero(x):
+    and 0 only where it was 0 (no overflow, no underflow to 0).  From the block's min and max first: then
+    no underflow is possible where the format holds every float32 (float32, float64: xl = x), nor where no
+    xl is 0 (min |xl| > 0; else the counts of non-zeros tell: xl is 0 where x is, so they are equal
+    exactly when no x != 0 became 0)."""
+    if xl.size and -fmt.max <= xl.min() and xl.max() <= fmt.max and (
+            fmt.precision >= 24 or np.abs(xl).min() > 0 or np.count_nonzero(xl) == np.count_nonzero(x)):
         return np.ones(len(x), dtype=bool)
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
 

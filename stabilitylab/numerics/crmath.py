@@ -429,12 +429,16 @@ def _exp_float32(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = np.exp(x)
         out = fmt.round32(w)
         drop = 23 - (fmt.precision - 1)
+        slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
+        # |L - h| > slack for the dropped bits L (h = 2**(drop-1)) as (L - (h - slack)) mod 2**32 > 2 slack:
+        # L below h - slack wraps around (unsigned)
+        u = w.view(np.uint32) & np.uint32((1 << drop) - 1)
+        u -= np.uint32((1 << (drop - 1)) - slack)
+        if u.size and u.min() > 2 * slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
+            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in two passes
         t = w.view(np.int32) & np.int32((1 << drop) - 1)
         t -= np.int32(1 << (drop - 1))
         np.abs(t, out=t)
-        slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
-        if t.size and t.min() > slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
-            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in three passes
         undecided = t <= slack
         magnitude = np.abs(w)
         low = np.flatnonzero(~(magnitude >= fmt.tiny))  # also NaN
