@@ -88,6 +88,8 @@ def test_fused_covers_pure_formats_only():
 
     assert softmax_bulk.supported(FORMATS["bfloat16"], ftz=False)
     assert not softmax_bulk.supported(FORMATS["bfloat16"], ftz=True)
+    assert softmax_bulk.supported(FORMATS["float64"], ftz=False, classes=2**20)
+    assert not softmax_bulk.supported(FORMATS["float64"], ftz=False, classes=2**20 + 1)
     for name in ("float16", "float8_e4m3fn", "bf16@fp32", "mxfp8"):
         assert not softmax_bulk.supported(format_or_policy(name), ftz=False)
 

@@ -64,9 +64,15 @@ FORMATS = ("bfloat16", "float32", "float64")
 """Pure formats the fused path covers (others: the general engine)."""
 
 
-def supported(fmt: Format, ftz: bool) -> bool:
-    """Whether :func:`evaluate_fused` covers ``fmt`` (a pure format of :data:`FORMATS`, no flush to zero)."""
-    return not ftz and not fmt.is_policy and fmt.block is None and fmt.name in FORMATS
+MAX_CLASSES = 2**20
+"""Rows wider than this go through the engine, which works through a wide row in blocks of columns (a few
+temporaries of the row's size here: issue #18's memory bound)."""
+
+
+def supported(fmt: Format, ftz: bool, classes: int = 1) -> bool:
+    """Whether :func:`evaluate_fused` covers ``fmt`` (a pure format of :data:`FORMATS`, no flush to zero)
+    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`)."""
+    return not ftz and not fmt.is_policy and fmt.block is None and fmt.name in FORMATS and classes <= MAX_CLASSES
 
 
 def _rounder(fmt: Format):

@@ -16,6 +16,10 @@ and is reduced at once to columns that add up across chunks:
   method fails (:class:`Pair`);
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
+In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes) softmax_ce's
+chunk goes through :mod:`.softmax_bulk` instead: the engine's values and statuses, bit for bit, with the
+quantities the four formulations share computed once.
+
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
 bounded window of chunks in flight (in this process when a method is a black box, whose library
@@ -291,7 +295,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     given = None
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
-        if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz):
+        if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
             outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance)
         else:
             outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
