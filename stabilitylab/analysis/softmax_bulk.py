@@ -39,8 +39,11 @@ when none of these can have happened, checked from the values (IEEE, finite oper
   log has no pole; ``log1p(S1)`` is 0 only where S1 = 0 (no underflow); every method's value finite
   (a subtraction overflows only to inf).
 
-Ordinary rows are classified by the one rule with no event (an ``Arith`` that saw nothing); every other
-row goes through the general engine.  Both use the same reference
+Each check looks at the whole chunk first (min, max, counts of non-zeros) and row by row only where that
+fails.  Ordinary rows are classified by the one rule with no event (an ``Arith`` that saw nothing: their
+outcomes' ``first_steps`` are all NEVER, where the engine may have noted a subnormal result, which no
+bulk output shows); every other row goes through the general engine.  Rows of more than
+:data:`MAX_CLASSES` logits go through the engine whole.  Both use the same reference
 (:func:`~stabilitylab.analysis.engine._classified`: the vectorized reference, mpmath where it cannot
 decide a status), which is per row: the rows' outcomes are the engine's, bit for bit
 (tests/test_softmax_bulk.py compares them on adversarial rows, and the 10**5-row identity test on the
