@@ -793,22 +793,3 @@ def test_undecided_float32_is_where_decided_by_bits_fails():
     for outside in (-1.5, 0.0, -0.0, 5e-324, np.inf, -np.inf, np.nan, 2.0**-126 * 1.5, 2.0**127, 2.0**128):
         assert crmath._undecided_float32(fmt, "float64", np.append(w, outside)) is None
     assert crmath._undecided_float32(FORMATS["bfloat16"], "float64", w) is None  # (float32 only)
-
-
-def test_exp_with_given_wide_values_is_exp():
-    """crmath.exp(float64, x, wide=np.exp(x as longdouble)) (the bulk path's shared e^z) is crmath.exp(x),
-    blocks and undecided elements included; wide values of another type or shape are refused."""
-    fmt = FORMATS["float64"]
-    rng = np.random.default_rng(8)
-    x = np.concatenate([rng.uniform(-750, 710, 3 * 2**17 - 7), [0.0, -0.0, np.inf, -np.inf, np.nan, 709.8, -745.2]])
-    x = x.reshape(-1, 2**10)
-    with np.errstate(over="ignore"):
-        w = np.exp(x.astype(np.longdouble))
-    stats: dict = {}
-    got = crmath.exp(fmt, x, wide=w, stats=stats)
-    assert np.array_equal(got, crmath.exp(fmt, x), equal_nan=True) and stats["double_double"] > 100
-    for bad in (np.zeros(x.shape), w[:-1]):
-        with pytest.raises(ValueError):
-            crmath.exp(fmt, x, wide=bad)
-    with pytest.raises(ValueError):
-        crmath.exp(FORMATS["float32"], x.astype(np.float32), wide=w)

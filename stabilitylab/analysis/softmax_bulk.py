@@ -11,10 +11,6 @@ whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
 
 * ``xl`` = the logits stored in F; ``m`` = max xl, ``z = rnd(xl - m)``, ``k`` = argmax xl;
 * ``ez = exp(z)`` (shared by shifted_softmax_log, log_softmax, log_softmax_log1p), ``ex = exp(xl)`` (naive);
-  for float64, ``e^z`` in longdouble (crmath's first stage) is evaluated once and handed to both
-  ``crmath.exp`` and the reference (:attr:`Loaded.shifted_exp`: the reference's ``e^hi`` with
-  ``hi = x - m`` rounded once in float64, which is z; the max's ``+-0`` gives ``e^0 = 1`` either way):
-  two longdouble exps a value instead of three;
 * ``S = T(ez)`` and ``Sn = T(ex)``, T the pairwise tree of :meth:`Arith.tree` (level by level, neighbours
   added and rounded, a 0 appended to an odd level);
 * ``S1`` = T(ez with ez_k set to 0) (log_softmax_log1p).  S1 differs from S only along the path of leaf
@@ -151,8 +147,7 @@ def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
 
 
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
-    """(values per method, ordinary rows, loaded inputs, e^z in longdouble or None) of the fused kernels on
-    finite-or-not logits ``x``."""
+    """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
     rnd = _rounder(fmt)
     rows = np.arange(len(x))
     with np.errstate(all="ignore"):
@@ -160,9 +155,7 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         ok = _stored_whole(fmt, x, xl)
         m = _row_max(xl)
         z = rnd(xl - m[:, None])  # (z = -inf gives ez = 0, flagged below; z <= 0 and finite logits: no NaN)
-        # float64: e^z in longdouble once, for exp(z)'s rounding and the reference (Loaded.shifted_exp)
-        w = np.exp(z.astype(np.longdouble)) if crmath.wide_type(fmt) == "longdouble" else None
-        ez = crmath.exp(fmt, z, wide=w)
+        ez = crmath.exp(fmt, z)
         ok &= _positive_finite(ez)
         S, levels = _levels(ez, rnd)
         S1 = _dropped_sum(levels, _row_argmax(xl), rnd, xl.dtype)
@@ -187,22 +180,21 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         }
         for v in values.values():
             ok &= np.isfinite(v)
-    return values, ok, xl, w
+    return values, ok, xl
 
 
 def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None) -> dict[str, Outcome]:
     """:func:`engine.evaluate` of softmax_ce on ``cases`` (rows of one width) in ``fmt``
     (:func:`supported`) with ``fast=True``: the same outcomes (see the module)."""
     x = cases.logits
-    values, ordinary, xl, w = _values(fmt, x, cases.labels)
+    values, ordinary, xl = _values(fmt, x, cases.labels)
     tol = fmt.default_tolerance if tolerance is None else tolerance
     good = np.flatnonzero(ordinary)
     rest = np.flatnonzero(~ordinary)
     parts: dict[str, list] = {m.name: [] for m in SOFTMAX_CE.methods}
     if good.size:
         every = good.size == len(x)
-        inputs = Loaded(xl if every else xl[good], cases.labels if every else cases.labels[good],
-                        None if w is None else w if every else w[good])
+        inputs = Loaded(xl if every else xl[good], cases.labels if every else cases.labels[good])
         none = Arith(fmt, good.size)  # no event
         runs = [(m, none, values[m.name] if every else values[m.name][good]) for m in SOFTMAX_CE.methods]
         for (m, _, _), outcome in zip(runs, _classified(SOFTMAX_CE.truth, runs, inputs, fmt, tolerance, tol,

@@ -138,10 +138,6 @@ def realistic_cases(rows: int = REALISTIC["rows"], classes: int = REALISTIC["cla
 class Loaded(Rows):
     logits: np.ndarray  # in the format
     labels: np.ndarray
-    # np.exp(x - max x) in longdouble (x - max x rounded once in float64), where a caller computed it for
-    # its own use (the bulk path's float64 exp(z)): the longdouble reference takes it instead of evaluating
-    # it again (:func:`fast_cross_entropy`); None: not known
-    shifted_exp: np.ndarray | None = None
 
 
 def load(arith: Arith, cases: Logits) -> Loaded:
@@ -440,10 +436,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     at_label = rows * k + x.labels  # (flat indices into (rows, k) arrays: faster than [rows, labels])
     gap = -np.take(hi, at_label).astype(wide)  # m - x_y >= 0
     # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
-    if x.shifted_exp is not None and x.shifted_exp.dtype == wide and handled.all():
-        terms = x.shifted_exp.copy()  # = np.exp(hi.astype(wide)): hi is x - m rounded once, as given
-    else:
-        terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
+    terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
     if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
         inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
         terms[inexact] *= np.exp(lo[inexact].astype(wide))

@@ -308,10 +308,7 @@ def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | No
     return np.flatnonzero(t <= 2 * slack)
 
 
-def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True, test32: bool = True,
-              given: np.ndarray | None = None) -> np.ndarray:
-    """``name`` of x correctly rounded to ``fmt`` (see the module); ``given``: the wide function's values
-    of x (flat), when the caller has them (they are then not evaluated again)."""
+def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True, test32: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
     if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
@@ -320,8 +317,7 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     if flat.size > _BLOCK:  # elementwise: in blocks, the same values, a few blocks' temporaries (issue #18)
         out = np.empty(flat.shape, x.dtype)
         for start in range(0, flat.size, _BLOCK):
-            out[start:start + _BLOCK] = _evaluate(name, fmt, flat[start:start + _BLOCK], stats, stage32,
-                                                  given=None if given is None else given[start:start + _BLOCK])
+            out[start:start + _BLOCK] = _evaluate(name, fmt, flat[start:start + _BLOCK], stats, stage32)
         return out.reshape(x.shape)
     kind = wide_type(fmt)
     if kind is None:
@@ -335,7 +331,7 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
         return out.reshape(x.shape)
     wide = _WIDE_DTYPES[kind]
     with np.errstate(all="ignore"):
-        w = _WIDE_FUNCS[name](flat.astype(wide)) if given is None else given
+        w = _WIDE_FUNCS[name](flat.astype(wide))
         left = _undecided_float32(fmt, kind, w) if test32 else None
         if left is not None:  # the usual case for float32: w cast is the result but for a few (elementwise)
             out = w.astype(x.dtype)
@@ -478,22 +474,16 @@ def _evaluate_mp(name: str, fmt: Format, x, flat, stats: dict | None) -> np.ndar
     return out.reshape(x.shape)
 
 
-def exp(fmt: Format, x, *, stats: dict | None = None, wide: np.ndarray | None = None) -> np.ndarray:
+def exp(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
     """e**x correctly rounded to ``fmt`` (nearest, ties to even), elementwise.
 
     ``x``: array of ``fmt.dtype``, any shape; returns the same dtype and shape.
     ``stats``: optional dict to which ``elements``, ``undecided`` (elements
     recomputed with mpmath), ``double_double`` (float64 elements decided by the
     double-double stage) and ``max_prec`` (largest mpmath precision, bits) are added.
-    ``wide``: for float64 (wide type longdouble), ``np.exp(x.astype(np.longdouble))`` when the caller
-    has computed it (the bulk path shares it with its reference): not evaluated again.
     Method and error bounds: see the module docstring.
     """
-    if wide is not None:
-        if wide_type(fmt) != "longdouble" or wide.dtype != np.longdouble or wide.shape != np.shape(x):
-            raise ValueError("crmath.exp: wide values are for float64 (longdouble), of x's shape")
-        wide = wide.reshape(-1)
-    return _evaluate("exp", fmt, x, stats, given=wide)
+    return _evaluate("exp", fmt, x, stats)
 
 
 def log(fmt: Format, x, *, stats: dict | None = None) -> np.ndarray:
