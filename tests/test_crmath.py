@@ -790,6 +790,7 @@ def test_undecided_float32_is_where_decided_by_bits_fails():
     want = np.flatnonzero(~crmath._decided_by_bits(fmt, "float64", w))
     assert np.array_equal(left, want) and 100 < len(want) < len(w) - 100
     assert crmath._undecided_float32(fmt, "float64", np.delete(w, want)).size == 0
+    assert crmath._undecided_float32(fmt, "float64", w[want]) is None  # (nothing decided: the interval path)
     for outside in (-1.5, 0.0, -0.0, 5e-324, np.inf, -np.inf, np.nan, 2.0**-126 * 1.5, 2.0**127, 2.0**128):
         assert crmath._undecided_float32(fmt, "float64", np.append(w, outside)) is None
     assert crmath._undecided_float32(FORMATS["bfloat16"], "float64", w) is None  # (float32 only)

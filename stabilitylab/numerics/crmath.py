@@ -292,7 +292,8 @@ def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | No
     """The indices where :func:`_decided_by_bits` fails, for float64 ``w`` (float32 from float64) whose
     values are all in ``[2**(emin + 1), 2**emax)`` (then only the dropped bits decide), found in fewer
     passes; None where that range test fails (a negative, tiny, huge or NaN element: conservative, as
-    for a log's results) or the test does not apply.  The 29 dropped bits L are the low bits of each
+    for a log's results), where no element is decided (the undecided ones, evaluated again, take the
+    interval path) or the test does not apply.  The 29 dropped bits L are the low bits of each
     value's low 32-bit word (little-endian), and ``|L - h| > slack`` is ``(L - (h - slack)) mod 2**32 >
     2 slack`` (unsigned: L below h - slack wraps around); ``emin < e < emax`` is the range test."""
     if not (_LITTLE and kind == "float64" and fmt.dtype_name == "float32" and fmt.precision == 24
@@ -305,10 +306,11 @@ def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | No
     t -= np.uint32((1 << 28) - slack)
     if t.min() > 2 * slack:
         return np.zeros(0, dtype=np.intp)
-    return np.flatnonzero(t <= 2 * slack)
+    left = np.flatnonzero(t <= 2 * slack)
+    return None if left.size == w.size else left
 
 
-def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True, test32: bool = True) -> np.ndarray:
+def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
     x = np.asarray(x)
     stored = stage32 and x.dtype == np.float32 and fmt.precision <= 11  # a narrow format's values in float32
     if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
@@ -332,11 +334,11 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     wide = _WIDE_DTYPES[kind]
     with np.errstate(all="ignore"):
         w = _WIDE_FUNCS[name](flat.astype(wide))
-        left = _undecided_float32(fmt, kind, w) if test32 else None
+        left = _undecided_float32(fmt, kind, w)
         if left is not None:  # the usual case for float32: w cast is the result but for a few (elementwise)
             out = w.astype(x.dtype)
             if left.size:
-                out[left] = _evaluate(name, fmt, flat[left], stats, stage32, test32=False)
+                out[left] = _evaluate(name, fmt, flat[left], stats, stage32)  # (all undecided: the path below)
             if stats is not None:
                 stats["elements"] = stats.get("elements", 0) + flat.size - left.size
             return out.reshape(x.shape)
