@@ -248,6 +248,31 @@ def _x87() -> bool:
 _X87 = _x87()
 
 
+_LITTLE = sys.byteorder == "little"
+
+
+def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
+    """The indices where :func:`_decided_by_bits` fails, for float64 ``w`` (float32 from float64) whose
+    values are all in ``[2**(emin + 1), 2**emax)`` (then only the dropped bits decide), found in fewer
+    passes; None where that range test fails (a negative, tiny, huge or NaN element: conservative, as
+    for a log's results), where no element is decided (the undecided ones, evaluated again, take the
+    interval path) or the test does not apply.  The 29 dropped bits L are the low bits of each
+    value's low 32-bit word (little-endian), and ``|L - h| > slack`` is ``(L - (h - slack)) mod 2**32 >
+    2 slack`` (unsigned: L below h - slack wraps around); ``emin < e < emax`` is the range test."""
+    if not (_LITTLE and kind == "float64" and fmt.dtype_name == "float32" and fmt.precision == 24
+            and fmt.overflow == "inf" and w.dtype == np.float64 and w.size):
+        return None
+    if not (2.0 ** (fmt.min_exponent + 1) <= w.min() and w.max() < 2.0 ** fmt.max_exponent):
+        return None
+    slack = math.ceil(WIDE_REL_ERROR[kind] * 2.0**53) + 1
+    t = w.view(np.uint32)[0::2] & np.uint32((1 << 29) - 1)
+    t -= np.uint32((1 << 28) - slack)
+    if t.min() > 2 * slack:
+        return np.zeros(0, dtype=np.intp)
+    left = np.flatnonzero(t <= 2 * slack)
+    return None if left.size == w.size else left
+
+
 def _decided_by_bits(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
     """Where the wide value ``w`` alone decides the correctly rounded result in ``fmt`` (then ``w``
     cast to the format is it), for float32 from float64 and float64 from x87 longdouble; None for
@@ -283,31 +308,6 @@ def _decided_by_bits(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None
     low -= 1 << (drop - 1)
     np.abs(low, out=low)
     return (low > slack) & (e > fmt.min_exponent) & (e < fmt.max_exponent)
-
-
-_LITTLE = sys.byteorder == "little"
-
-
-def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
-    """The indices where :func:`_decided_by_bits` fails, for float64 ``w`` (float32 from float64) whose
-    values are all in ``[2**(emin + 1), 2**emax)`` (then only the dropped bits decide), found in fewer
-    passes; None where that range test fails (a negative, tiny, huge or NaN element: conservative, as
-    for a log's results), where no element is decided (the undecided ones, evaluated again, take the
-    interval path) or the test does not apply.  The 29 dropped bits L are the low bits of each
-    value's low 32-bit word (little-endian), and ``|L - h| > slack`` is ``(L - (h - slack)) mod 2**32 >
-    2 slack`` (unsigned: L below h - slack wraps around); ``emin < e < emax`` is the range test."""
-    if not (_LITTLE and kind == "float64" and fmt.dtype_name == "float32" and fmt.precision == 24
-            and fmt.overflow == "inf" and w.dtype == np.float64 and w.size):
-        return None
-    if not (2.0 ** (fmt.min_exponent + 1) <= w.min() and w.max() < 2.0 ** fmt.max_exponent):
-        return None
-    slack = math.ceil(WIDE_REL_ERROR[kind] * 2.0**53) + 1
-    t = w.view(np.uint32)[0::2] & np.uint32((1 << 29) - 1)
-    t -= np.uint32((1 << 28) - slack)
-    if t.min() > 2 * slack:
-        return np.zeros(0, dtype=np.intp)
-    left = np.flatnonzero(t <= 2 * slack)
-    return None if left.size == w.size else left
 
 
 def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = True) -> np.ndarray:
