@@ -428,8 +428,11 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         hi, lo = X - m[:, None], None
     else:
         hi, lo = _two_diff(X, m[:, None])
-    finite = np.isfinite(hi)
-    handled = finite.all(axis=1) if k > 16 else np.logical_and.reduce([finite[:, j] for j in range(k)])
+    if hi.size and np.isfinite(hi.min()) and np.isfinite(hi.max()):  # (NaN propagates into both)
+        handled = np.ones(len(hi), dtype=bool)  # the usual case: every row finite, in two reductions
+    else:
+        finite = np.isfinite(hi)
+        handled = finite.all(axis=1) if k > 16 else np.logical_and.reduce([finite[:, j] for j in range(k)])
     if not handled.all():
         hi = np.where(handled[:, None], hi, 0.0)
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
