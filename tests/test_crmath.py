@@ -771,3 +771,30 @@ def test_bits_decision_holds_at_its_slack(pair):
     for v in _wide_values(pair, near, np.array([3, 3]), seed=1, top=True):
         value = Fraction(*v.as_integer_ratio())
         assert not ends_round_alike(value, E * value)
+
+
+def test_undecided_float32_is_where_decided_by_bits_fails():
+    """crmath._undecided_float32 (the float32 fast test: low words, unsigned wrap, min / max) gives the
+    indices where _decided_by_bits fails, on values in the range it accepts (and None outside it): dropped
+    bits at and around the slack on both sides of the half-way pattern, at 0 and all ones, exponents at
+    the limits of the range; negative, zero, subnormal, out-of-range and non-finite values."""
+    fmt = FORMATS["float32"]
+    slack = math.ceil(crmath.WIDE_REL_ERROR["float64"] * 2.0**53) + 1
+    h = 1 << 28
+    lows = [0, 1, (1 << 29) - 1, h, h - slack, h + slack, h - slack - 1, h + slack + 1, h - slack + 1,
+            h + slack - 1, h - 2 * slack, h + 2 * slack, 12345, (1 << 29) - 12345]
+    rng = np.random.default_rng(5)
+    bases = np.concatenate([rng.uniform(0.5, 100, 20), 2.0 ** np.arange(-125, 127), [2.0**127 * 0.999]])
+    values = []
+    for b in bases:
+        high = np.array([b]).view(np.uint64)[0] & ~np.uint64((1 << 29) - 1)
+        values += [np.array([high | np.uint64(low)], np.uint64).view(np.float64)[0] for low in lows]
+    w = np.array(values, np.float64)
+    left = crmath._undecided_float32(fmt, "float64", w)
+    want = np.flatnonzero(~crmath._decided_by_bits(fmt, "float64", w))
+    assert np.array_equal(left, want) and 100 < len(want) < len(w) - 100
+    assert crmath._undecided_float32(fmt, "float64", np.delete(w, want)).size == 0
+    assert crmath._undecided_float32(fmt, "float64", w[want]) is None  # (nothing decided: the interval path)
+    for outside in (-1.5, 0.0, -0.0, 5e-324, np.inf, -np.inf, np.nan, 2.0**-126 * 1.5, 2.0**127, 2.0**128):
+        assert crmath._undecided_float32(fmt, "float64", np.append(w, outside)) is None
+    assert crmath._undecided_float32(FORMATS["bfloat16"], "float64", w) is None  # (float32 only)

@@ -88,8 +88,8 @@ BF16 = FORMATS["bfloat16"]
 
 
 def test_round_bits_of_float32_for_bfloat16():
-    """round_bits on float32 input for bfloat16, where round32 uses ml_dtypes' cast instead (round32 and
-    round of every format: test_format_conformance.py): equal to that cast on 2**22 random float32
+    """round_bits on float32 input for bfloat16 (round32's bfloat16 path: test_round_bfloat16_is_round_bits;
+    round32 and round of every format: test_format_conformance.py): equal to ml_dtypes' cast on 2**22 random float32
     patterns and on every bfloat16 value's neighbourhood (midpoints and the float32 values next to them)."""
     rng = np.random.default_rng(11)
     values = all_finite_values(BF16)
@@ -109,3 +109,45 @@ def test_round_bits_of_float32_for_bfloat16():
     assert same.all(), y[~same][:5]
     zero = got == 0
     assert np.array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+
+
+def _bfloat16_inputs() -> np.ndarray:
+    rng = np.random.default_rng(12)
+    values = all_finite_values(BF16).astype(np.float32)
+    bits = values.view(np.uint32)
+    # every bfloat16 value with each pattern of the dropped half that decides a rounding: below, at and above
+    # the tie, the extremes; NaNs with payloads (quiet, signalling, all ones) of both signs
+    low = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], np.uint32)
+    near = (bits[:, None] | low[None, :]).ravel()
+    nans = np.array([0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFFC00000, 0xFF800001, 0xFFFFFFFF, 0x7FBF8000], np.uint32)
+    random = rng.integers(0, 2**32, 2**22, dtype=np.uint64).astype(np.uint32)
+    return np.concatenate([near, nans, random]).view(np.float32)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.view(np.uint32) == b.view(np.uint32)
+
+
+def test_round_bfloat16_is_round_bits():
+    """round32's bfloat16 path (four integer passes) gives round_bits' bits, NaN payloads included."""
+    from stabilitylab.numerics.formats import round_bfloat16
+
+    y = _bfloat16_inputs()
+    with np.errstate(all="ignore"):
+        got, want = round_bfloat16(y), round_bits(y, BF16)
+    same = _same_bits(got, want)
+    assert same.all(), y[~same][:5]
+    assert np.array_equal(BF16.round32(y[:1000]).view(np.uint32), want[:1000].view(np.uint32))
+    two = y[: 2**12].reshape(64, 64).T  # (not contiguous)
+    assert _same_bits(round_bfloat16(two), round_bits(np.ascontiguousarray(two), BF16)).all()
+
+
+@pytest.mark.slow
+def test_round_bfloat16_on_every_float32():
+    from stabilitylab.numerics.formats import round_bfloat16
+
+    for start in range(0, 2**32, 2**24):
+        y = np.arange(start, start + 2**24, dtype=np.uint64).astype(np.uint32).view(np.float32)
+        with np.errstate(all="ignore"):
+            same = _same_bits(round_bfloat16(y), round_bits(y, BF16))
+        assert same.all(), y[~same][:5]

@@ -139,3 +139,45 @@ def test_saturated_max_at_the_overflow_boundary_is_rechecked():
     for method, o in general.items():
         assert np.array(STATUSES)[columns[fmt.name, method]["status"]].tolist() == o.status.tolist(), method
     assert general["naive_softmax_log"].status.tolist() == ["range"]
+
+
+def test_workers_read_their_chunks_from_an_npy_file(tmp_path):
+    """Where the file can be read anywhere (.npy), forked workers read their own chunks: the parent does not
+    read the logits (its chunks() would raise here), and the summary is the one-process summary."""
+    from stabilitylab.errors import InputError
+    from stabilitylab.io import sources
+
+    x, y = sample(2**20 // K + 1000, seed=4)
+    path = tmp_path / "logits.npy"
+    np.save(path, x)
+    source = sources.open_logits(path)
+    assert source.readable_anywhere
+    keep = np.ones(len(x), bool)
+    keep[::5] = False
+    fmts = (FORMATS["bfloat16"],)
+    one = streaming.summarize(source, y, keep, fmts, rows_per_chunk=2**14, workers=1)
+
+    def no_reading(n):
+        raise AssertionError("the parent read the logits")
+
+    source.chunks = no_reading
+    many = streaming.summarize(source, y, keep, fmts, rows_per_chunk=2**14, workers=2)
+    for key, cell in one.cells.items():
+        other = many.cells[key]
+        assert np.array_equal(cell.counts, other.counts) and np.array_equal(cell.bits, other.bits)
+        for kept in ("worst", "failing", "first"):
+            a, b = getattr(cell, kept), getattr(other, kept)
+            for name in a.dtype.names:
+                assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), (kept, name)
+    assert one.notes == many.notes
+    # a file cut short after it was opened: the same one-line error, naming --logits, as reading in order gives
+    data = path.read_bytes()
+    errors = []
+    for workers in (1, 2):
+        path.write_bytes(data)
+        source = sources.open_logits(path)
+        path.write_bytes(data[: 128 + 3 * K * 4 * 2**14 + 100])  # (ends inside the fourth chunk)
+        with pytest.raises(InputError) as caught:
+            streaming.summarize(source, y, keep, fmts, rows_per_chunk=2**14, workers=workers)
+        errors.append((str(caught.value), caught.value.option))
+    assert errors[0] == errors[1] and errors[0][1] == "--logits" and "truncated" in errors[0][0]

@@ -16,6 +16,10 @@ and is reduced at once to columns that add up across chunks:
   method fails (:class:`Pair`);
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
+In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes) softmax_ce's
+chunk goes through :mod:`.softmax_bulk` instead: the engine's values and statuses, bit for bit, with the
+quantities the four formulations share computed once.
+
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
 bounded window of chunks in flight (in this process when a method is a black box, whose library
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
 from ..experiments.base import Experiment, ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Logits
 from ..io.sources import default_rows_per_chunk
@@ -52,6 +57,7 @@ from ..numerics.arith import BLOCK_COUNTS, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
+from . import softmax_bulk
 from .engine import evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
@@ -290,9 +296,12 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     given = None
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
-        outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
-                            tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
-                            else None, block_counts=counts)
+        if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
+            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance)
+        else:
+            outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
+                                tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
+                                else None, block_counts=counts)
         if counts is not None:
             given = _given_exact(experiment, cases) if given is None else given
             tol = fmt.default_tolerance if tolerance is None else tolerance
@@ -373,13 +382,21 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         if on_rows is not None and columns:
             on_rows(columns)
 
-    chunks = _chunks_in_order(source, labels, keep_rows, rows_per_chunk)
-    pool = fork_pool(workers)
-    if pool is None:
-        for first, block, y, k in chunks:
-            absorb(run_chunk(formats, first, block, y, k, **kwargs))
-    else:
-        _parallel(pool, chunks, formats, kwargs, workers, absorb)
+    global _SOURCE
+    reading = workers > 1 and getattr(source, "readable_anywhere", False)
+    _SOURCE = source if reading else None  # (before the workers fork: they inherit it)
+    try:
+        pool = fork_pool(workers)
+        if pool is None:
+            for first, block, y, k in _chunks_in_order(source, labels, keep_rows, rows_per_chunk):
+                absorb(run_chunk(formats, first, block, y, k, **kwargs))
+        elif reading:
+            _parallel_reading(pool, source, labels, keep_rows, rows_per_chunk, formats, kwargs, workers, absorb)
+        else:
+            _parallel(pool, _chunks_in_order(source, labels, keep_rows, rows_per_chunk), formats, kwargs, workers,
+                      absorb)
+    finally:
+        _SOURCE = None
     bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
@@ -406,6 +423,49 @@ def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
                 absorb(pending.popleft().result())
         while pending:
             absorb(pending.popleft().result())
+
+
+_SOURCE = None  # the source forked workers read their chunks from (summarize, where it is readable_anywhere)
+
+
+def _parallel_reading(pool, source, labels, keep_rows, rows_per_chunk: int, formats, kwargs, workers: int,
+                      absorb) -> None:
+    """:func:`_parallel` where the workers read their chunks from the file themselves (``_SOURCE``, inherited
+    when they forked): only row numbers, labels and kept rows are sent.  A chunk whose reading failed in
+    its worker is read again here, which raises what reading it in order would (the same message, the same
+    option named); should it then succeed, the chunk runs here."""
+    from collections import deque
+
+    names = tuple(f.name for f in formats)
+    pending: deque = deque()
+
+    def finish() -> None:
+        first, n, y, k, future = pending.popleft()
+        result = future.result()
+        if result is None:
+            result = run_chunk(formats, first, source.read(first, first + n), y, k, **kwargs)
+        absorb(result)
+
+    with pool:
+        for first in range(0, source.rows, rows_per_chunk):
+            n = min(rows_per_chunk, source.rows - first)
+            y = None if labels is None else np.array(labels[first:first + n])
+            k = np.array(keep_rows[first:first + n])
+            pending.append((first, n, y, k, pool.submit(_run_chunk_reading, names, first, n, y, k, **kwargs)))
+            while len(pending) >= 2 * workers:
+                finish()
+        while pending:
+            finish()
+
+
+def _run_chunk_reading(names: tuple[str, ...], first: int, n: int, *args, **kwargs):
+    """:func:`_run_chunk_named` on rows ``first:first + n`` read in the worker from ``_SOURCE``; None where
+    reading them failed (the parent reads them again and raises)."""
+    try:
+        block = _SOURCE.read(first, first + n)
+    except (InputError, MemoryError):
+        return None
+    return _run_chunk_named(names, first, block, *args, **kwargs)
 
 
 def _run_chunk_named(names: tuple[str, ...], *args, **kwargs):

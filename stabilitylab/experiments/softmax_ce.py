@@ -303,7 +303,16 @@ def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _tree_sum(t: np.ndarray) -> np.ndarray:
     """Pairwise sum along the last axis, level by level: a sum of K >= 0 terms with relative
-    error at most ceil(log2 K) u (whatever numpy's own summation order is)."""
+    error at most ceil(log2 K) u (whatever numpy's own summation order is).  Rows of 2 to 16 terms
+    are summed column by column (the same additions of the same pairs, a 0 added to an odd level's
+    last term: ~5x faster than slicing a short last axis)."""
+    if t.ndim == 2 and 1 < t.shape[1] <= 16:
+        columns = [t[:, j] for j in range(t.shape[1])]
+        while len(columns) > 1:
+            if len(columns) % 2:
+                columns.append(np.zeros(len(t), t.dtype))
+            columns = [columns[i] + columns[i + 1] for i in range(0, len(columns), 2)]
+        return columns[0]
     while t.shape[-1] > 1:
         if t.shape[-1] % 2:
             t = np.concatenate([t, np.zeros(t.shape[:-1] + (1,), t.dtype)], axis=-1)
@@ -419,19 +428,23 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         hi, lo = X - m[:, None], None
     else:
         hi, lo = _two_diff(X, m[:, None])
-    finite = np.isfinite(hi)
-    handled = finite.all(axis=1) if k > 16 else np.logical_and.reduce([finite[:, j] for j in range(k)])
+    if hi.size and np.isfinite(hi.min()) and np.isfinite(hi.max()):  # (NaN propagates into both)
+        handled = np.ones(len(hi), dtype=bool)  # the usual case: every row finite, in two reductions
+    else:
+        finite = np.isfinite(hi)
+        handled = finite.all(axis=1) if k > 16 else np.logical_and.reduce([finite[:, j] for j in range(k)])
     if not handled.all():
         hi = np.where(handled[:, None], hi, 0.0)
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
-    gap = -hi[rows, x.labels].astype(wide)  # m - x_y >= 0
+    at_label = rows * k + x.labels  # (flat indices into (rows, k) arrays: faster than [rows, labels])
+    gap = -np.take(hi, at_label).astype(wide)  # m - x_y >= 0
     # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
     terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
     if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
         inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
         terms[inexact] *= np.exp(lo[inexact].astype(wide))
-        gap -= lo[rows, x.labels].astype(wide)
-    terms[rows, top] = 0  # the max's own e^0 = 1
+        gap -= np.take(lo, at_label).astype(wide)
+    np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
     total = _tree_sum(terms)
     tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap

@@ -765,6 +765,14 @@ class LogitsSource:
     _tensor: _Tensor = field(repr=False, compare=False)
 
     @property
+    def readable_anywhere(self) -> bool:
+        """Whether any process may read any rows at no extra cost (:meth:`read`): an uncompressed span of a
+        file with no checksum left to verify (.npy, .safetensors, a stored .npz member's is checked in
+        order).  Forked workers then read their own chunks instead of receiving them pickled."""
+        backend = self._tensor.backend
+        return isinstance(backend, _FileSpan) and backend.crc is None
+
+    @property
     def block_dtype(self) -> np.dtype:
         """dtype of the blocks: float32 for storage of at most 32 bits, float64 for float64 and integers."""
         return _block_dtype(self.dtype)

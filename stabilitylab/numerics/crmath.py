@@ -85,6 +85,7 @@ is not thread-safe.
 from __future__ import annotations
 
 import math
+import sys
 
 import mpmath
 import numpy as np
@@ -256,6 +257,31 @@ def _x87() -> bool:
 _X87 = _x87()
 
 
+_LITTLE = sys.byteorder == "little"
+
+
+def _undecided_float32(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
+    """The indices where :func:`_decided_by_bits` fails, for float64 ``w`` (float32 from float64) whose
+    values are all in ``[2**(emin + 1), 2**emax)`` (then only the dropped bits decide), found in fewer
+    passes; None where that range test fails (a negative, tiny, huge or NaN element: conservative, as
+    for a log's results), where no element is decided (the undecided ones, evaluated again, take the
+    interval path) or the test does not apply.  The 29 dropped bits L are the low bits of each
+    value's low 32-bit word (little-endian), and ``|L - h| > slack`` is ``(L - (h - slack)) mod 2**32 >
+    2 slack`` (unsigned: L below h - slack wraps around); ``emin < e < emax`` is the range test."""
+    if not (_LITTLE and kind == "float64" and fmt.dtype_name == "float32" and fmt.precision == 24
+            and fmt.overflow == "inf" and w.dtype == np.float64 and w.size):
+        return None
+    if not (2.0 ** (fmt.min_exponent + 1) <= w.min() and w.max() < 2.0 ** fmt.max_exponent):
+        return None
+    slack = math.ceil(WIDE_REL_ERROR[kind] * 2.0**53) + 1
+    t = w.view(np.uint32)[0::2] & np.uint32((1 << 29) - 1)
+    t -= np.uint32((1 << 28) - slack)
+    if t.min() > 2 * slack:
+        return np.zeros(0, dtype=np.intp)
+    left = np.flatnonzero(t <= 2 * slack)
+    return None if left.size == w.size else left
+
+
 def _decided_by_bits(fmt: Format, kind: str, w: np.ndarray) -> np.ndarray | None:
     """Where the wide value ``w`` alone decides the correctly rounded result in ``fmt`` (then ``w``
     cast to the format is it), for float32 from float64 and float64 from x87 longdouble; None for
@@ -320,6 +346,14 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     wide = _WIDE_DTYPES[kind]
     with np.errstate(all="ignore"):
         w = _WIDE_FUNCS[name](flat.astype(wide))
+        left = _undecided_float32(fmt, kind, w)
+        if left is not None:  # the usual case for float32: w cast is the result but for a few (elementwise)
+            out = w.astype(x.dtype)
+            if left.size:
+                out[left] = _evaluate(name, fmt, flat[left], stats, stage32)  # (all undecided: the path below)
+            if stats is not None:
+                stats["elements"] = stats.get("elements", 0) + flat.size - left.size
+            return out.reshape(x.shape)
         quick = _decided_by_bits(fmt, kind, w)
         if quick is None:
             ends, wc = None, w
@@ -460,12 +494,16 @@ def _exp_float32(fmt: Format, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = np.exp(x)
         out = fmt.round32(w)
         drop = 23 - (fmt.precision - 1)
+        slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
+        # |L - h| > slack for the dropped bits L (h = 2**(drop-1)) as (L - (h - slack)) mod 2**32 > 2 slack:
+        # L below h - slack wraps around (unsigned)
+        u = w.view(np.uint32) & np.uint32((1 << drop) - 1)
+        u -= np.uint32((1 << (drop - 1)) - slack)
+        if u.size and u.min() > 2 * slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
+            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in two passes
         t = w.view(np.int32) & np.int32((1 << drop) - 1)
         t -= np.int32(1 << (drop - 1))
         np.abs(t, out=t)
-        slack = math.ceil(FLOAT32_EXP_REL_ERROR * 2.0**24) + 1
-        if t.size and t.min() > slack and w.min() >= fmt.tiny and w.max() < np.inf:  # (e**x >= 0; NaN fails)
-            return out, np.zeros(0, dtype=np.intp)  # every element decided: the usual case, in three passes
         undecided = t <= slack
         magnitude = np.abs(w)
         low = np.flatnonzero(~(magnitude >= fmt.tiny))  # also NaN

@@ -13,7 +13,6 @@ float8 *dtype*: their values are held in float32 / float64 and rounded with :fun
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -325,17 +324,17 @@ class Format:
         A float32 result of + - * / on the format's values, rounded again to p <= 11
         bits, is the correctly rounded result (float32 has 24 >= 2p + 2 bits: double
         rounding is innocuous), so simulating in float32 costs one call of this.
-        Large bfloat16 arrays go through ml_dtypes' conversion (float32's exponent range: 2x
-        faster than the bit operations, which the tests check it against), once ml_dtypes is
-        imported or worth importing; everything else through :func:`round_bits` (faster than
-        numpy's float16 and ml_dtypes' float8 casts).  Both give the same bits.
+        bfloat16 (float32's exponent range) goes through :func:`round_bfloat16` (four integer passes,
+        ~1.5x faster than :func:`round_bits` and 3x faster than ml_dtypes' conversion); everything else
+        through :func:`round_bits` (faster than numpy's float16 and ml_dtypes' float8 casts).  The same
+        bits (tests: every float32).
         """
         y = np.asarray(y, dtype=np.float32)
         if self.dtype_name == "float32":
             return y
         with np.errstate(all="ignore"):
-            if self.name == "bfloat16" and (y.size >= _ML_DTYPES_WORTH or "ml_dtypes" in sys.modules):
-                return y.astype(self.dtype).astype(np.float32)
+            if self.name == "bfloat16":
+                return round_bfloat16(y)
             return round_bits(y, self)
 
     def ulp(self, r) -> np.ndarray:
@@ -368,8 +367,31 @@ class Format:
         return self.name
 
 
-_ML_DTYPES_WORTH = 1 << 20  # elements: from here ml_dtypes' faster bfloat16 cast repays its import
 _UINT = {4: np.uint32, 8: np.uint64}
+
+
+def round_bfloat16(y: np.ndarray) -> np.ndarray:
+    """float32 ``y`` rounded to bfloat16 (to nearest, ties to even), as float32: :func:`round_bits`'s
+    value for every float32, in four integer passes on the bits and one reduction.
+
+    bfloat16 is float32 with 16 fewer significand bits (same exponent field), so on the bit pattern b
+    (sign apart) ``b + 0x7FFF + ((b >> 16) & 1)`` with the low 16 bits cleared is the correctly rounded
+    value everywhere except NaN: a normal value's carry into the exponent is the next binade (up to
+    0x7F800000 = inf, bfloat16's overflow), a subnormal's bits are a linear encoding (spacing 2**-133,
+    its carry gives the smallest normal), +-0 and +-inf are fixed points.  A NaN (seen by min: NaN
+    propagates) is returned unchanged, as :func:`round_bits` does (its payload could carry into the sign)."""
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    bits = y.view(np.uint32)
+    r = bits >> np.uint32(16)
+    r &= np.uint32(1)
+    r += bits
+    r += np.uint32(0x7FFF)
+    r &= np.uint32(0xFFFF0000)
+    out = r.view(np.float32).reshape(y.shape)
+    if y.size and np.isnan(y.min()):
+        nan = np.isnan(y)
+        out[nan] = y[nan]
+    return out
 
 
 def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:

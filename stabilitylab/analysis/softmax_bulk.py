@@ -1,0 +1,207 @@
+"""softmax_ce's four formulations fused for the bulk path (``compare --logits``): the same values and
+statuses as the general engine, bit for bit, with each shared quantity computed once.
+
+The general engine (:func:`~stabilitylab.analysis.engine.evaluate`) runs each method's kernel through
+:class:`~stabilitylab.numerics.arith.Arith`, every operation followed by its event bookkeeping.  Here, for
+a pure format ``F`` in :data:`FORMATS` without flush to zero, the operations are the same ones on the same
+operands, each rounded to ``F`` exactly as Arith rounds it (held dtype ``h``: float32 for bfloat16 and
+float32, float64 for float64; ``rnd`` = ``F.round32`` for bfloat16, the identity for float32 / float64,
+whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
+:mod:`~stabilitylab.numerics.crmath`):
+
+* ``xl`` = the logits stored in F; ``m`` = max xl, ``z = rnd(xl - m)``, ``k`` = argmax xl;
+* ``ez = exp(z)`` (shared by shifted_softmax_log, log_softmax, log_softmax_log1p), ``ex = exp(xl)`` (naive);
+* ``S = T(ez)`` and ``Sn = T(ex)``, T the pairwise tree of :meth:`Arith.tree` (level by level, neighbours
+  added and rounded, a 0 appended to an odd level);
+* ``S1`` = T(ez with ez_k set to 0) (log_softmax_log1p).  S1 differs from S only along the path of leaf
+  k: at level l the node ``k >> l`` (its sibling ``(k >> l) ^ 1`` is S's own node, the padding 0 included),
+  so S1 is the ``ceil(log2 K)`` additions ``v <- rnd(v + sibling)`` from ``v = 0`` (addition is
+  commutative in IEEE arithmetic: the left/right order does not change a sum);
+* naive ``-log(rnd(ex_y / Sn))``, shifted ``-log(rnd(ez_y / S))``, log_softmax ``rnd(log(S) - z_y)``,
+  log_softmax_log1p ``rnd(log1p(S1) - z_y)``.
+
+**Events.**  A status depends on the events only through the rows' first overflow and underflow steps,
+a pole (divide_by_zero), inputs lost at load and saturation (:func:`~stabilitylab.analysis.outcome.classify`;
+subnormal results never change a status, and the bulk outputs show no event list).  A row is *ordinary*
+when none of these can have happened, checked from the values (IEEE, finite operands; no flush to zero):
+
+* load: every logit finite, and zero or stored as a non-zero value of magnitude <= max (no overflow, no
+  underflow to 0);
+* every ``ex`` and ``ez`` finite and > 0 (exp overflows to inf, underflows to 0); then ``z`` is finite
+  (``z = rnd(xl - m) <= 0`` overflows only to -inf, whose exp is 0);
+* ``Sn``, ``S`` finite: the terms are >= 0, so every partial sum is at most the (monotone) rounded sum
+  above it, finite too; S1's partials are at most S's;
+* ``ex_y / Sn`` and ``ez_y / S`` > 0 and finite (then no underflow, no pole: ``Sn >= ex_y > 0``), so their
+  log has no pole; ``log1p(S1)`` is 0 only where S1 = 0 (no underflow); every method's value finite
+  (a subtraction overflows only to inf).
+
+Each check looks at the whole chunk first (min, max, counts of non-zeros) and row by row only where that
+fails.  Ordinary rows are classified by the one rule with no event (an ``Arith`` that saw nothing: their
+outcomes' ``first_steps`` are all NEVER, where the engine may have noted a subnormal result, which no
+bulk output shows); every other row goes through the general engine.  Rows of more than
+:data:`MAX_CLASSES` logits go through the engine whole.  Both use the same reference
+(:func:`~stabilitylab.analysis.engine._classified`: the vectorized reference, mpmath where it cannot
+decide a status), which is per row: the rows' outcomes are the engine's, bit for bit
+(tests/test_softmax_bulk.py compares them on adversarial rows, and the 10**5-row identity test on the
+whole bulk path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
+from ..numerics import crmath
+from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
+from ..numerics.formats import Format
+from .engine import _classified, evaluate
+from .outcome import Outcome, gather
+
+__all__ = ["FORMATS", "supported", "evaluate_fused"]
+
+FORMATS = ("bfloat16", "float32", "float64")
+"""Pure formats the fused path covers (others: the general engine)."""
+
+
+MAX_CLASSES = 2**20
+"""Rows wider than this go through the engine, which works through a wide row in blocks of columns (a few
+temporaries of the row's size here: issue #18's memory bound)."""
+
+
+def supported(fmt: Format, ftz: bool, classes: int = 1) -> bool:
+    """Whether :func:`evaluate_fused` covers ``fmt`` (a pure format of :data:`FORMATS`, no flush to zero)
+    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`)."""
+    return not ftz and not fmt.is_policy and fmt.block is None and fmt.name in FORMATS and classes <= MAX_CLASSES
+
+
+def _rounder(fmt: Format):
+    """The rounding of a held result to ``fmt``, as :meth:`Arith._rounded` does it."""
+    if fmt.precision <= 11:
+        return fmt.held_twin.round32
+    return lambda y: y
+
+
+def _store(fmt: Format, x: np.ndarray) -> np.ndarray:
+    """The logits stored in ``fmt`` and held, as :meth:`Arith.load` stores float32 inputs."""
+    if fmt.precision <= 11:
+        with np.errstate(all="ignore"):
+            return fmt.held_twin.round32(x)
+    return x.astype(fmt.dtype)
+
+
+def _levels(e: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pairwise tree of :meth:`Arith.tree` on the rows of ``e``: (sums, each level's operands, padded)."""
+    levels = []
+    t = e
+    while t.shape[1] > 1:
+        if t.shape[1] % 2:
+            t = np.concatenate([t, np.zeros((len(t), 1), t.dtype)], axis=1)
+        levels.append(t)
+        t = rnd(t[:, 0::2] + t[:, 1::2])
+    return t[:, 0], levels
+
+
+def _tree(e: np.ndarray, rnd) -> np.ndarray:
+    t = e
+    while t.shape[1] > 1:
+        if t.shape[1] % 2:
+            t = np.concatenate([t, np.zeros((len(t), 1), t.dtype)], axis=1)
+        t = rnd(t[:, 0::2] + t[:, 1::2])
+    return t[:, 0]
+
+
+def _dropped_sum(levels: list[np.ndarray], k: np.ndarray, rnd, dtype) -> np.ndarray:
+    """The tree's sum with leaf k[row] set to 0, from the levels of the whole tree (see the module)."""
+    rows = np.arange(len(k))
+    v = np.zeros(len(k), dtype)
+    j = k.astype(np.intp)
+    for level in levels:
+        v = rnd(v + level.reshape(-1)[rows * level.shape[1] + (j ^ 1)])  # (flat indices: ~3x faster than [rows, j])
+        j >>= 1
+    return v
+
+
+def _all(mask: np.ndarray) -> np.ndarray:
+    """Per row, whether every entry of (rows, K) ``mask`` is True (short rows column by column)."""
+    return ~rows_any(~mask, len(mask))
+
+
+def _positive_finite(e: np.ndarray) -> np.ndarray:
+    """Per row, whether every entry of (rows, K) ``e`` is in (0, inf): from min and max of the whole
+    block first (NaN fails both), row by row only where that fails."""
+    if e.size and e.min() > 0 and e.max() < np.inf:
+        return np.ones(len(e), dtype=bool)
+    return _all((e > 0) & (e < np.inf))
+
+
+def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
+    """Per row, whether storing ``x`` as ``xl`` lost nothing: every logit finite, stored within the range,
+    and 0 only where it was 0 (no overflow, no underflow to 0).  From the block's min and max first: then
+    no underflow is possible where the format holds every float32 (float32, float64: xl = x), nor where no
+    xl is 0 (min |xl| > 0; else the counts of non-zeros tell: xl is 0 where x is, so they are equal
+    exactly when no x != 0 became 0)."""
+    if xl.size and -fmt.max <= xl.min() and xl.max() <= fmt.max and (
+            fmt.precision >= 24 or np.abs(xl).min() > 0 or np.count_nonzero(xl) == np.count_nonzero(x)):
+        return np.ones(len(x), dtype=bool)
+    return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
+
+
+def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
+    rnd = _rounder(fmt)
+    rows = np.arange(len(x))
+    with np.errstate(all="ignore"):
+        xl = _store(fmt, x)
+        ok = _stored_whole(fmt, x, xl)
+        m = _row_max(xl)
+        z = rnd(xl - m[:, None])  # (z = -inf gives ez = 0, flagged below; z <= 0 and finite logits: no NaN)
+        ez = crmath.exp(fmt, z)
+        ok &= _positive_finite(ez)
+        S, levels = _levels(ez, rnd)
+        S1 = _dropped_sum(levels, _row_argmax(xl), rnd, xl.dtype)
+        del levels
+        zy, ezy = z[rows, y], ez[rows, y]
+        del ez, z
+        ex = crmath.exp(fmt, xl)
+        ok &= _positive_finite(ex)
+        exy = ex[rows, y]
+        Sn = _tree(ex, rnd)
+        del ex
+        ok &= np.isfinite(S) & np.isfinite(Sn)
+        rn, rs = rnd(exy / Sn), rnd(ezy / S)
+        ok &= (rn > 0) & (rn < np.inf) & (rs > 0) & (rs < np.inf)
+        L1 = crmath.log1p(fmt, S1)
+        ok &= (L1 != 0) | (S1 == 0)
+        values = {
+            "naive_softmax_log": -crmath.log(fmt, rn),
+            "shifted_softmax_log": -crmath.log(fmt, rs),
+            "log_softmax": rnd(crmath.log(fmt, S) - zy),
+            "log_softmax_log1p": rnd(L1 - zy),
+        }
+        for v in values.values():
+            ok &= np.isfinite(v)
+    return values, ok, xl
+
+
+def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None) -> dict[str, Outcome]:
+    """:func:`engine.evaluate` of softmax_ce on ``cases`` (rows of one width) in ``fmt``
+    (:func:`supported`) with ``fast=True``: the same outcomes (see the module)."""
+    x = cases.logits
+    values, ordinary, xl = _values(fmt, x, cases.labels)
+    tol = fmt.default_tolerance if tolerance is None else tolerance
+    good = np.flatnonzero(ordinary)
+    rest = np.flatnonzero(~ordinary)
+    parts: dict[str, list] = {m.name: [] for m in SOFTMAX_CE.methods}
+    if good.size:
+        every = good.size == len(x)
+        inputs = Loaded(xl if every else xl[good], cases.labels if every else cases.labels[good])
+        none = Arith(fmt, good.size)  # no event
+        runs = [(m, none, values[m.name] if every else values[m.name][good]) for m in SOFTMAX_CE.methods]
+        for (m, _, _), outcome in zip(runs, _classified(SOFTMAX_CE.truth, runs, inputs, fmt, tolerance, tol,
+                                                        True, True)):
+            parts[m.name].append((good, outcome))
+    if rest.size:
+        for name, outcome in evaluate(SOFTMAX_CE, fmt, cases.take(rest), tolerance=tolerance,
+                                      fast_reference=True, fast=True).items():
+            parts[name].append((rest, outcome))
+    return {name: gather(p, len(x)) for name, p in parts.items()}
