@@ -425,8 +425,8 @@ class IntervalArith:
         """For ``a = pick(e, y)`` over ``b = tree(add, e)`` (the same row e): per row, whether the
         enclosure of the module docstring's softmax probability applies, and its two ends (else None)."""
         picked, summed = self._origins.get(id(a)), self._origins.get(id(b))
-        if (self.ftz or self.fmt.precision > 24 or picked is None or summed is None or picked[0] != "pick" or summed[0] != "sum"
-                or picked[1] is not a or summed[1] is not b or picked[2] is not summed[2]):
+        if (self.ftz or self.fmt.precision > 24 or picked is None or summed is None or picked[0] != "pick"
+                or summed[0] != "sum" or picked[1] is not a or summed[1] is not b or picked[2] is not summed[2]):
             return None
         row, index = picked[2], np.asarray(picked[3])
         if np.ndim(row.lo) != 2:
