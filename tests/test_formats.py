@@ -140,6 +140,9 @@ def test_round_bfloat16_is_round_bits():
     assert np.array_equal(BF16.round32(y[:1000]).view(np.uint32), want[:1000].view(np.uint32))
     two = y[: 2**12].reshape(64, 64).T  # (not contiguous)
     assert _same_bits(round_bfloat16(two), round_bits(np.ascontiguousarray(two), BF16)).all()
+    # a 0-d array or a scalar keeps its shape (np.ascontiguousarray makes it 1-d), as round_bits keeps it
+    for v in (np.float32(1 + 2**-8), np.array(1 + 2**-8, np.float32), 1 + 2**-8):
+        assert round_bfloat16(v).shape == () and BF16.round32(v).shape == () and float(BF16.round32(v)) == 1.0
 
 
 @pytest.mark.slow

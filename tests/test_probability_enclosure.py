@@ -144,3 +144,16 @@ def test_float32_overflow_search_evaluates_thousands_of_points_not_millions(monk
     assert (naive.first_inaccurate, naive.first_failure) == (8.317645072937012, 88.72283935546875)
     assert naive.exact_inaccurate and naive.exact_failure
     assert counted["naive"] < 100_000
+
+
+def test_float64_sampled_thresholds_are_what_they_were_without_the_enclosure():
+    """float64 is not given the probability enclosure: its thresholds are sampled where the error hovers
+    at the tolerance (exact: false), and a tighter enclosure proves other ranges, so the points sampled
+    and the bound reported move (tolerance 1e-3, overflow family: naive's first inaccurate found went
+    30.543432624664195 -> 30.52720561344854, verified below 28.44 -> 29.11), against the promise that
+    these proofs change no value.  These are the values before the enclosure existed (828af68)."""
+    rows = {r.method: r for r in th._family_thresholds(SCE, SCE.family("overflow"), FORMATS["float64"],
+                                                       Settings(), 1e-3, 16)}
+    naive = rows["naive_softmax_log"]
+    assert not naive.exact_inaccurate
+    assert (naive.first_inaccurate, naive.verified_inaccurate) == (30.543432624664195, 28.441174507141113)

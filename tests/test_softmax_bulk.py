@@ -118,3 +118,23 @@ def test_block_shortcuts_equal_the_row_tests(fmt):
         f = e.copy()
         f[2, 3] = bad
         assert softmax_bulk._positive_finite(f).tolist() == [True, True, False, True, True, True]
+
+
+@pytest.mark.parametrize("fmt", FUSED, ids=lambda f: f.name)
+def test_float64_logits_stored_as_the_engine_stores_them(fmt):
+    """float64 logits (a float64 .npy file reaches the bulk path as float64): stored by one correct
+    rounding, not via float32 (1 + 2**-8 + 2**-31 is bfloat16 1 + 2**-7, via float32 it is 1), and a
+    logit that storing in float32 turns to 0 (1e-50) is an input lost at load (status range), as the
+    engine says: the block shortcut may not assume xl = x."""
+    x = np.array([[1 + 2**-8 + 2**-31, 0.0, 0.5], [1e-50, 0.0, 0.5], [2.0, 1e-60, -1e-50], [1.0, 0.0, 0.25]])
+    y = np.array([0, 2, 0, 1])
+    cases = Logits(ParamNames("row", np.arange(len(x))), x, y, np.full(len(x), 3))
+    fused = softmax_bulk.evaluate_fused(fmt, cases)
+    general = engine.evaluate(SOFTMAX_CE, fmt, cases, fast_reference=True, fast=True)
+    if fmt.name == "float32":
+        assert general["log_softmax"].status[1] == "range"
+    for method, o in general.items():
+        f = fused[method]
+        assert np.array_equal(f.value.view(np.int64), o.value.view(np.int64)), method
+        assert np.array_equal(f.status, o.status), method
+        assert np.array_equal(f.rel_error, o.rel_error, equal_nan=True), method

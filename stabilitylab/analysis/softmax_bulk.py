@@ -82,11 +82,15 @@ def _rounder(fmt: Format):
 
 
 def _store(fmt: Format, x: np.ndarray) -> np.ndarray:
-    """The logits stored in ``fmt`` and held, as :meth:`Arith.load` stores float32 inputs."""
-    if fmt.precision <= 11:
-        with np.errstate(all="ignore"):
-            return fmt.held_twin.round32(x)
-    return x.astype(fmt.dtype)
+    """The logits stored in ``fmt`` and held, as :meth:`Arith.load` stores them: float32 ``x`` by
+    ``round32``, float64 ``x`` (a float64 file) by one correct rounding (:meth:`Format.round`; via float32
+    it would round twice: 1 + 2**-8 + 2**-31 would be bfloat16 1, not 1 + 2**-7)."""
+    with np.errstate(all="ignore"):
+        if fmt.precision <= 11:
+            if x.dtype == np.float32:
+                return fmt.held_twin.round32(x)
+            return fmt.held_twin.round(x, np.float32)
+        return x.astype(fmt.dtype)
 
 
 def _levels(e: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -137,11 +141,13 @@ def _positive_finite(e: np.ndarray) -> np.ndarray:
 def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
     """Per row, whether storing ``x`` as ``xl`` lost nothing: every logit finite, stored within the range,
     and 0 only where it was 0 (no overflow, no underflow to 0).  From the block's min and max first: then
-    no underflow is possible where the format holds every float32 (float32, float64: xl = x), nor where no
-    xl is 0 (min |xl| > 0; else the counts of non-zeros tell: xl is 0 where x is, so they are equal
-    exactly when no x != 0 became 0)."""
+    no underflow is possible where xl's dtype holds every value of x's (float32 x in float32 or float64,
+    float64 x in float64: xl = x; not float64 x in float32, where 1e-50 becomes 0), nor where no xl is 0
+    (min |xl| > 0; else the counts of non-zeros tell: xl is 0 where x is, so they are equal exactly when
+    no x != 0 became 0)."""
     if xl.size and -fmt.max <= xl.min() and xl.max() <= fmt.max and (
-            fmt.precision >= 24 or np.abs(xl).min() > 0 or np.count_nonzero(xl) == np.count_nonzero(x)):
+            (fmt.precision >= 24 and x.dtype.itemsize <= xl.dtype.itemsize) or np.abs(xl).min() > 0
+            or np.count_nonzero(xl) == np.count_nonzero(x)):
         return np.ones(len(x), dtype=bool)
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
 

@@ -380,6 +380,7 @@ def round_bfloat16(y: np.ndarray) -> np.ndarray:
     0x7F800000 = inf, bfloat16's overflow), a subnormal's bits are a linear encoding (spacing 2**-133,
     its carry gives the smallest normal), +-0 and +-inf are fixed points.  A NaN (seen by min: NaN
     propagates) is returned unchanged, as :func:`round_bits` does (its payload could carry into the sign)."""
+    shape = np.shape(y)  # (np.ascontiguousarray makes a 0-d array 1-d: a scalar keeps its shape ())
     y = np.ascontiguousarray(y, dtype=np.float32)
     bits = y.view(np.uint32)
     r = bits >> np.uint32(16)
@@ -391,7 +392,7 @@ def round_bfloat16(y: np.ndarray) -> np.ndarray:
     if y.size and np.isnan(y.min()):
         nan = np.isnan(y)
         out[nan] = y[nan]
-    return out
+    return out.reshape(shape)
 
 
 def round_bits(x: np.ndarray, fmt: Format) -> np.ndarray:
