@@ -1,6 +1,7 @@
 """Independent checker for ``compare -e linear_ce --problem`` (a deliberately plain one).
 
-Nothing here imports or reuses code from the ``stabilitylab`` package.
+Nothing here imports or reuses code from the ``stabilitylab`` package (rnd, exp, log and the pairwise sum are
+linear_ce_check.py's, the small engine's independent checker).
 
 INPUTS: the caller's problem holds values of the storage format already (so storage rounding is the
 identity), with few significant bits and a narrow exponent range, so that every float64 dot product of
@@ -30,39 +31,17 @@ log2(|v - x| / ulp(x) + 1), ulp(x) = 2**(floor(log2 |x|) - p_o + 1).
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import mpmath
 
+# the same plain roundings and pairwise sum as the small engine's checker (a sibling file, not the package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from linear_ce_check import _exp, _log, pairwise, rnd  # noqa: E402
+
 DIGITS = 60
-
-
-def rnd(x, p):
-    with mpmath.workprec(p):
-        return +x
-
-
-def _exp(x, p):
-    with mpmath.workprec(200):
-        e = mpmath.exp(x)
-    return rnd(e, p)
-
-
-def _log(x, p):
-    with mpmath.workprec(200):
-        e = mpmath.log(x)
-    return rnd(e, p)
-
-
-def pairwise(values, pa, pc):
-    vals = list(values)
-    with mpmath.workprec(400):
-        while len(vals) > 1:
-            nxt = [rnd(vals[i] + vals[i + 1], pa) for i in range(0, len(vals) - 1, 2)]
-            if len(vals) % 2:
-                nxt.append(vals[-1])
-            vals = nxt
-    return rnd(vals[0], pc)
 
 
 def dots(hidden, weight):
