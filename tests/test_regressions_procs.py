@@ -120,10 +120,11 @@ def test_sigterm_left_workers_running_and_the_pipe_open(signum, status, name):
         workers = _workers_of(process)
         process.send_signal(signum)
         _read_to_eof(process)
-        assert process.wait(10) == status
-        assert _gone(workers) == set()
+        returned = process.wait(10)
         err = process.stderr.read().decode()
-        assert err.splitlines() == [f"stabilitylab: terminated by {name}; the worker processes were stopped"]
+        assert returned == status, err
+        assert _gone(workers) == set()
+        assert err.splitlines() == [f"stabilitylab: terminated by {name}; the worker processes were stopped"], err
 
 
 def test_sigkill_left_workers_running_and_the_pipe_open():

@@ -99,7 +99,7 @@ _PARENT_POLL = 0.5  # seconds between a worker's checks that its parent lives (w
 
 class WorkerPool(ProcessPoolExecutor):
     """A :class:`~concurrent.futures.ProcessPoolExecutor` of forked workers that die with their parent;
-    leaving its ``with`` block by an exception kills them (the work still queued is dropped)."""
+    leaving its ``with`` block by an exception kills them (the work still queued fails with the broken pool)."""
 
     def __init__(self, workers: int):
         super().__init__(workers, mp_context=multiprocessing.get_context("fork"),
@@ -107,7 +107,16 @@ class WorkerPool(ProcessPoolExecutor):
         _LIVE.add(self)
 
     def kill(self) -> None:
-        """SIGKILL every worker now (the pool is then broken: its futures fail)."""
+        """SIGKILL every worker now (the pool is then broken: its futures fail).  The pool's manager thread may
+        then fail on a future its caller has cancelled (``Executor.map`` cancels the rest when it is left by
+        an exception; CPython 3.11's ``terminate_broken`` sets the broken pool's exception on it anyway):
+        that thread's exception is expected and not printed (:func:`_quiet_killed_managers`)."""
+        manager = getattr(self, "_executor_manager_thread", None)
+        if manager is not None:
+            _KILLED_MANAGERS.add(manager)
+            if threading.excepthook is not _quiet_killed_managers:
+                global _PREVIOUS_EXCEPTHOOK
+                _PREVIOUS_EXCEPTHOOK, threading.excepthook = threading.excepthook, _quiet_killed_managers
         for process in list((getattr(self, "_processes", None) or {}).values()):
             try:
                 process.kill()
@@ -120,10 +129,25 @@ class WorkerPool(ProcessPoolExecutor):
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
+            # Killed workers break the pool: its manager thread fails the pending futures itself.  Neither wait
+            # for that thread (a signal may land before it has started: "cannot join thread before it is
+            # started" would replace the exception) nor cancel the futures (the thread would then set an
+            # exception on a cancelled future: InvalidStateError, a traceback on stderr).
             self.kill()
-            self.shutdown(wait=True, cancel_futures=True)
+            self.shutdown(wait=False)
             return False
         return super().__exit__(exc_type, exc, tb)
+
+
+_KILLED_MANAGERS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_PREVIOUS_EXCEPTHOOK = threading.excepthook
+
+
+def _quiet_killed_managers(args) -> None:
+    """``threading.excepthook``: drop the exception of a killed pool's manager thread, pass the rest on."""
+    if args.thread is not None and args.thread in _KILLED_MANAGERS:
+        return
+    _PREVIOUS_EXCEPTHOOK(args)
 
 
 def kill_workers() -> None:
