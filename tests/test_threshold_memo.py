@@ -34,14 +34,21 @@ def test_remembered_rows_are_mpmaths_values(monkeypatch, family):
     """Every row _reference gives, computed now or remembered from another format's search (and after the memo
     filled up and started again), is reference.exact's value of that row."""
     monkeypatch.setattr(thresholds, "_EXACT_ROWS", {})
-    monkeypatch.setattr(thresholds, "EXACT_MEMO_ROWS", 40)
+    monkeypatch.setattr(thresholds, "_exact_values", 0)
+    monkeypatch.setattr(thresholds, "EXACT_MEMO_VALUES", 400)
+    monkeypatch.setattr(thresholds, "EXACT_MEMO_ROW", 100)
+    filled = 0
     truth = VARIANTS.truth_of(VARIANTS.methods[0])
     assert truth.fast_reference is None  # (the premise: these rows are mpmath's)
-    for fmt, ns in (("float32", range(1, 30)), ("float16", range(10, 45, 2)), ("float32", [3, 3, 60, 2, 1])):
+    for fmt, ns in (("float32", range(1, 30)), ("float16", range(10, 45, 2)), ("float32", [3, 3, 60, 2, 1]),
+                    ("float64", range(1, 30))):
         inputs = _inputs(family, fmt, list(ns))
-        before = len(thresholds._EXACT_ROWS)
         _same(thresholds._reference(truth, inputs), reference.exact(truth, inputs))
-        assert 0 < len(thresholds._EXACT_ROWS) <= 40 or before + len(ns) > 40
+        held = sum(thresholds._width(row) for _, row in thresholds._EXACT_ROWS)
+        assert held == thresholds._exact_values <= 400
+        filled = max(filled, held)
+    assert filled > 0 or family == "count"  # (count's cases grow past 100 values)
+    assert all(thresholds._width(row) <= thresholds.EXACT_MEMO_ROW for _, row in thresholds._EXACT_ROWS)
     empty = _inputs(family, "float32", [1]).take(np.zeros(0, dtype=np.int64))
     assert len(thresholds._reference(truth, empty)) == 0
 
@@ -92,4 +99,32 @@ def test_one_familys_mpmath_searches_share_a_unit():
     assert [sorted(t[2] for t in u) for u in shared] == [["bfloat16", "float16", "float32", "float64"]] * 2
     assert {u[0][1] for u in shared} == {"z_loss", "count"} and all(len({t[1] for t in u}) == 1 for u in shared)
     assert all(len(u) == 1 for u in units if u[0][0] == "softmax_ce")
-    assert thresholds._mpmath_rows("softmax_ce_variants") and not thresholds._mpmath_rows("softmax_ce")
+    assert thresholds._shares_rows("softmax_ce_variants") and not thresholds._shares_rows("softmax_ce")
+    lce = [("linear_ce", "vocab", fmt) for fmt in ("float16", "float64", "bfloat16", "float32")]
+    assert not thresholds._shares_rows("linear_ce")  # (its searches take seconds each: shared out, not queued)
+    assert sorted(thresholds._bundles(lce, 2)) == sorted([t] for t in lce)
+
+
+def test_width_counts_input_values():
+    assert thresholds._width(((1.0, 2.0, 3.0), 0)) == 4
+    assert thresholds._width((((1.0, 2.0), (3.0, 4.0), (5.0, 6.0)), (0, 1, 1), 0, None, 0.1)) == 12
+    assert thresholds._width((2.5, 7)) == 2
+
+
+def test_wide_rows_are_not_held(monkeypatch):
+    """Rows of more than EXACT_MEMO_ROW values are not held (a vocabulary of 2**18 classes would fill it)."""
+    monkeypatch.setattr(thresholds, "_EXACT_ROWS", {})
+    monkeypatch.setattr(thresholds, "_exact_values", 0)
+    e = EXPERIMENTS["softmax_ce"]
+    inputs = e.load(Arith(FORMATS["float32"], 2), e.family("overflow").cases(np.array([1.0, 3.0]), Settings()))
+
+    class Narrowless:  # softmax_ce's truth as if it had no vectorized reference, on wide rows
+        fast_reference = None
+        reference_fn = staticmethod(e.truth.reference_fn)
+
+        @staticmethod
+        def exact_rows(x):
+            return [(tuple(float(v) for v in range(thresholds.EXACT_MEMO_ROW)), 0) for _ in range(len(x.labels))]
+
+    got = thresholds._reference(Narrowless, inputs)
+    assert len(got) == 2 and thresholds._EXACT_ROWS == {} and thresholds._exact_values == 0
