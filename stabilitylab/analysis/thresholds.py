@@ -291,7 +291,7 @@ class _Search:
                 rows = np.flatnonzero(todo)
                 part = inputs if len(rows) == n else inputs.take(rows)
                 dtype, error = reference.fast_tier(truth, fmt, part)
-                unsure |= self._blame(runs, reference.fast(truth, part, dtype), 2 * error, flags, todo)
+                unsure |= self._blame(runs, _reference(truth, part, dtype), 2 * error, flags, todo)
         if unsure.any():
             rows = np.flatnonzero(unsure)
             out = self._outcomes(indices[rows].tolist(), sorted(flags))
@@ -320,7 +320,7 @@ class _Search:
         params = self.grid.params(np.concatenate([run_lo, run_hi]))
         inputs = self.experiment.load(Arith(self.fmt, 2 * k, ftz=self.settings.ftz),
                                       self.family.cases(params, self.settings))
-        x = reference.fast(truth, inputs)
+        x = _reference(truth, inputs)
         a, b = slice(0, k), slice(k, 2 * k)
         with np.errstate(all="ignore"):
             mid = (x.hi[a] + x.hi[b]) / 2
@@ -834,7 +834,7 @@ def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
     value is monotone between turning points), widened by the fast reference's error."""
     vals = []
     for inputs in ends:
-        ex = reference.fast(truth, inputs)
+        ex = _reference(truth, inputs)
         with np.errstate(all="ignore"):
             v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
         vals.append(np.where(np.isfinite(v), v, np.nan))
@@ -843,6 +843,52 @@ def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
     tiny = np.finfo(np.longdouble).smallest_subnormal  # (a value below longdouble's range is held as 0)
     with np.errstate(all="ignore"):
         return lo - np.abs(lo) * slack - tiny, hi + np.abs(hi) * slack + tiny
+
+
+EXACT_MEMO_VALUES = 2**18  # input values of the mpmath rows remembered in a process (then it starts again)
+EXACT_MEMO_ROW = 2**12  # ... each of at most this many values (linear_ce's vocabularies of 2**18 classes are not)
+_EXACT_ROWS: dict[tuple, tuple] = {}  # (reference function, row) -> (hi, lo, scale, zero) of its Exact
+_exact_values = 0
+
+
+def _width(row: tuple) -> int:
+    """The number of input values in a row of :attr:`Truth.exact_rows` (tuples of floats, or of such tuples)."""
+    return sum(sum(len(b) if isinstance(b, tuple) else 1 for b in a) if isinstance(a, tuple) else 1 for a in row)
+
+
+def _reference(truth, inputs, dtype=None) -> reference.Exact:
+    """:func:`reference.fast` of ``truth`` on ``inputs`` (in ``dtype``, as there).
+
+    A truth with no vectorized reference (``fast_reference`` None: softmax_ce_variants, linear_ce) takes
+    mpmath's value of every row (:func:`reference.exact`, ~100 us a row): here each distinct row of at most
+    ``EXACT_MEMO_ROW`` input values costs once per process, whichever search asks (the searches of one family
+    in several formats ask for many of the same rows: integer logits are values of every format).  A row's
+    value is a pure function of the reference function and the row's exact inputs (the tuple
+    :attr:`Truth.exact_rows` gives, which is what :func:`reference.exact` evaluates), so a remembered one
+    cannot go stale; rows of at most ``EXACT_MEMO_VALUES`` input values in all are held."""
+    global _exact_values
+    if truth.fast_reference is not None:
+        return reference.fast(truth, inputs) if dtype is None else reference.fast(truth, inputs, dtype)
+    fn = truth.reference_fn
+    keys = [(fn, row) for row in truth.exact_rows(inputs)]
+    known = {key: _EXACT_ROWS[key] for key in keys if key in _EXACT_ROWS}
+    missing = [i for i, key in enumerate(keys) if key not in known]
+    if missing:
+        got = reference.exact(truth, inputs.take(np.asarray(missing, dtype=np.int64)))
+        for j, i in enumerate(missing):
+            known[keys[i]] = (got.hi[j], got.lo[j], got.scale[j], got.zero[j])
+        for i in missing:
+            width = _width(keys[i][1])
+            if width > EXACT_MEMO_ROW or keys[i] in _EXACT_ROWS:
+                continue
+            if _exact_values + width > EXACT_MEMO_VALUES:
+                _EXACT_ROWS.clear()
+                _exact_values = 0
+            _EXACT_ROWS[keys[i]] = known[keys[i]]
+            _exact_values += width
+    hi, lo, scale, zero = zip(*(known[key] for key in keys)) if keys else ((),) * 4
+    return reference.Exact(np.array(hi, dtype=np.float64), np.array(lo, dtype=np.float64),
+                           np.array(scale, dtype=np.int64), np.array(zero, dtype=bool))
 
 
 _MEMO: dict[tuple, list[Threshold]] = {}  # thresholds are pure functions of these arguments
@@ -935,18 +981,45 @@ def _needs_ml_dtypes(names: tuple[str, str, str]) -> bool:
 
 def _bundles(todo: list[tuple[str, str, str]], jobs: int) -> list[list[tuple[str, str, str]]]:
     """The work units of a pool of ``jobs`` workers: each search alone, the long ones (float64, float32
-    grids) first, except the searches that may need ml_dtypes (:func:`_needs_ml_dtypes`: policies with a
-    bfloat16 / float8 part): beside other searches they go together in one unit, first (with the import it
-    is one of the longest), so one worker imports ml_dtypes instead of every worker; alone they are dealt
-    round-robin into ``jobs`` units.  The results do not depend on it."""
+    grids) first, except
+
+    * the searches of one family of an experiment whose references are mpmath's row by row
+      (:func:`_shares_rows`): one unit, so that the rows one format's search computed serve the others'
+      (:func:`_reference`; integer logits are values of every format);
+    * the searches that may need ml_dtypes (:func:`_needs_ml_dtypes`: policies with a bfloat16 / float8
+      part): beside other searches they go together in one unit, first (with the import it is one of the
+      longest), so one worker imports ml_dtypes instead of every worker; alone they are dealt round-robin
+      into ``jobs`` units.
+
+    The results do not depend on it."""
     todo = sorted(todo, key=lambda t: -format_or_policy(t[2]).storage_format.precision)
     narrow = [t for t in todo if _needs_ml_dtypes(t)]
-    wide = [[t] for t in todo if t not in narrow]
+    wide, together = [], {}
+    for t in todo:
+        if t in narrow:
+            continue
+        if _shares_rows(t[0]):  # one family's searches in one process: they share mpmath's rows (_reference)
+            if (t[0], t[1]) not in together:
+                together[(t[0], t[1])] = []
+                wide.append(together[(t[0], t[1])])
+            together[(t[0], t[1])].append(t)
+        else:
+            wide.append([t])
     if not narrow:
         return wide
     if not wide:
         return [narrow[i::jobs] for i in range(min(jobs, len(narrow)))]
     return [narrow] + wide
+
+
+def _shares_rows(experiment: str) -> bool:
+    """Whether one family's searches of the experiment go to one unit of the pool (:func:`_bundles`): a method
+    has a truth with no vectorized reference (mpmath per row, which :func:`_reference` remembers), and the
+    experiment is a default one.  Not linear_ce (``default`` False: its exact references cost seconds per
+    format; its vocab family's search takes ~12 s of CPU in each format and shares nothing across them): its
+    searches stay one unit each, so the workers share them out."""
+    e = EXPERIMENTS[experiment]
+    return e.default and any(e.truth_of(m).fast_reference is None for m in e.methods)
 
 
 def _search_bundle(bundle: list[tuple[str, str, str]], settings: Settings, tolerance: float | None):
