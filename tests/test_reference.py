@@ -143,3 +143,26 @@ def test_wide_rows_remembered_across_calls_give_each_row_its_own_value(monkeypat
         assert abs(value - mpmath.ldexp(mpmath.mpf(hi) + mpmath.mpf(lo), e)) <= 2.0**-100 * abs(value)
     assert batches[0] != batches[1]
     assert reference._wide_memo_values <= 3 * 100 and len(reference._WIDE_MEMO) <= 3
+
+
+def test_float64_differences_exact_test_is_sufficient():
+    """softmax_ce's shortcut (x - m without TwoSum's lo where _differences_exact says every difference is
+    exact) against TwoSum itself, on float32-valued rows at every scale and spread, and rows it must refuse."""
+    from stabilitylab.experiments.softmax_ce import _differences_exact, _two_diff
+
+    rng = np.random.default_rng(5)
+    said = 0
+    for _ in range(3000):
+        k = int(rng.integers(1, 12))
+        x = rng.standard_normal((3, k)) * 10.0 ** rng.uniform(-20, 20) * np.exp2(rng.uniform(-1, 1, (3, k)) * rng.uniform(0, 25))
+        x = x.astype(np.float32).astype(np.float64)
+        if _differences_exact(x):
+            said += 1
+            _, lo = _two_diff(x, x.max(axis=1)[:, None])
+            assert not lo.any()
+    assert 300 < said < 3000  # both answers are exercised
+    assert not _differences_exact(np.array([[1.0, 2.0**-29]]))  # a spread of 29 binades: refused (sufficient only)
+    assert not _differences_exact(np.array([[1.0 + 2.0**-30, 0.5]]))  # 25 significant bits
+    assert not _differences_exact(np.array([[1.0, 0.0]]))  # a zero: refused (not needed, but simple)
+    assert not _differences_exact(np.array([[1.0, np.nan]]))
+    assert _differences_exact(np.array([[1.0, 2.0**-28 * 1.5]]))

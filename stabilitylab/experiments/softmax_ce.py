@@ -301,6 +301,26 @@ def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+_LOW29 = np.uint64(2**29 - 1)  # the low 29 of float64's 52 stored significand bits
+
+
+def _differences_exact(X: np.ndarray) -> bool:
+    """Whether every ``x - m`` of float64 ``X`` (m any of X's values, a row's max) is exact in float64, by a
+    sufficient test in a few passes (:func:`_two_diff`'s ``lo`` would be 0 everywhere): every significand
+    fits in 24 bits (the low 29 stored bits are 0: float32 logits) and every non-zero ``|x|`` lies in
+    ``[2**-1000, 2**(E + 29))`` with ``2**E <= min |x|`` (zeros are not allowed: the test then says no).
+    Proof: x = a 2**(e_x - 23), m = b 2**(e_m - 23) with integers |a|, |b| < 2**24 and e = floor(log2 |.|);
+    both are multiples of 2**(E - 23) (e_x, e_m >= E), and |x - m| <= 2 max|X| < 2**(E + 30); so
+    x - m = c 2**(E - 23) with an integer |c| < 2**53: a float64 (E - 23 >= -1023 - 23 > -1074)."""
+    if not X.size or np.bitwise_and(X.view(np.uint64), _LOW29).any():
+        return False
+    with np.errstate(all="ignore"):
+        small, big = np.abs(X).min(), max(X.max(), -X.min())
+    if not (small >= 2.0**-1000) or not np.isfinite(big):
+        return False
+    return bool(big < np.ldexp(1.0, int(np.frexp(small)[1]) - 1 + 29))
+
+
 def _tree_sum(t: np.ndarray) -> np.ndarray:
     """Pairwise sum along the last axis, level by level: a sum of K >= 0 terms with relative
     error at most ceil(log2 K) u (whatever numpy's own summation order is).  Rows of 2 to 16 terms
@@ -425,6 +445,8 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     else:
         m, top = X.max(axis=1), np.argmax(X, axis=1)
     if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
+        hi, lo = X - m[:, None], None
+    elif _differences_exact(X):  # lo = 0 everywhere (float32 logits, as usual): the same values, 5 passes fewer
         hi, lo = X - m[:, None], None
     else:
         hi, lo = _two_diff(X, m[:, None])
