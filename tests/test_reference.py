@@ -154,7 +154,8 @@ def test_float64_differences_exact_test_is_sufficient():
     said = 0
     for _ in range(3000):
         k = int(rng.integers(1, 12))
-        x = rng.standard_normal((3, k)) * 10.0 ** rng.uniform(-20, 20) * np.exp2(rng.uniform(-1, 1, (3, k)) * rng.uniform(0, 25))
+        spread = np.exp2(rng.uniform(-1, 1, (3, k)) * rng.uniform(0, 25))
+        x = rng.standard_normal((3, k)) * 10.0 ** rng.uniform(-20, 20) * spread
         x = x.astype(np.float32).astype(np.float64)
         if _differences_exact(x):
             said += 1

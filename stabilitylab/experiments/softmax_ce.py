@@ -417,6 +417,43 @@ def _wide_cross_entropy(x: Loaded, wide: np.dtype):
     return from_longdouble(loss, zero).put(np.array([0]), small), zero, ok
 
 
+def _max_argmax(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of float64 ``X``, the max and the (first) argmax."""
+    k = X.shape[1]
+    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
+        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
+        for j in range(1, k):
+            column = X[:, j]
+            top[column > m] = j
+            m = np.maximum(m, column)
+        return m, top
+    return X.max(axis=1), np.argmax(X, axis=1)
+
+
+def bounded_cross_entropy(x: Loaded):
+    """The float64 tier of the longdouble reference (inputs of float64, where ``x_i - m`` is exact:
+    :func:`_differences_exact`): ``(values, bound, handled)``, values an
+    :class:`~stabilitylab.numerics.reference.Exact` within ``bound`` (relative, per row) of the exact loss
+    where ``handled`` (:func:`stabilitylab.numerics.expsum64.log1p_exp_sum`: proof there); None where it
+    does not apply (1 or more than 2**20 classes, a difference that may be inexact, non-finite logits)."""
+    from ..numerics import expsum64
+    from ..numerics.reference import Exact
+
+    k = x.logits.shape[1]
+    if not 2 <= k <= expsum64.MAX_TERMS or x.logits.dtype != np.float64:
+        return None
+    X = x.logits
+    if not _differences_exact(X):  # (also False for non-finite logits)
+        return None
+    m, top = _max_argmax(X)
+    d = X - m[:, None]  # exact
+    g = -np.take(d, np.arange(len(X)) * k + x.labels)  # m - x_y >= 0, exact
+    hi, lo, bound, handled = expsum64.log1p_exp_sum(d, top, g, _tree_sum)
+    n = len(X)
+    hi, lo = np.where(handled, hi, 0.0), np.where(handled, lo, 0.0)
+    return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -436,14 +473,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     X = x.logits.astype(np.float64)
     rows = np.arange(len(X))
     wide = np.dtype(dtype)
-    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
-        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
-        for j in range(1, k):
-            column = X[:, j]
-            top[column > m] = j
-            m = np.maximum(m, column)
-    else:
-        m, top = X.max(axis=1), np.argmax(X, axis=1)
+    m, top = _max_argmax(X)
     if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
         hi, lo = X - m[:, None], None
     elif _differences_exact(X):  # lo = 0 everywhere (float32 logits, as usual): the same values, 5 passes fewer
@@ -483,6 +513,9 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     out = from_longdouble(loss, zero).put(rows, small)
     handled[rows] = ok
     return out, zero, handled
+
+
+fast_cross_entropy.bounded = bounded_cross_entropy  # (engine._classified's float64 tier; Truth has no field for it)
 
 
 SOFTMAX_CE = Experiment(
