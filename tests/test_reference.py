@@ -147,21 +147,25 @@ def test_wide_rows_remembered_across_calls_give_each_row_its_own_value(monkeypat
 
 def test_float64_differences_exact_test_is_sufficient():
     """softmax_ce's shortcut (x - m without TwoSum's lo where _differences_exact says every difference is
-    exact) against TwoSum itself, on float32-valued rows at every scale and spread, and rows it must refuse."""
-    from stabilitylab.experiments.softmax_ce import _differences_exact, _two_diff
+    exact; per row for the bounded float64 tier) against TwoSum itself, on float32-valued rows at every
+    scale and spread, and rows it must refuse."""
+    from stabilitylab.experiments.softmax_ce import _differences_exact, _rows_differences_exact, _two_diff
 
     rng = np.random.default_rng(5)
-    said = 0
+    said = rowed = 0
     for _ in range(3000):
         k = int(rng.integers(1, 12))
         spread = np.exp2(rng.uniform(-1, 1, (3, k)) * rng.uniform(0, 25))
         x = rng.standard_normal((3, k)) * 10.0 ** rng.uniform(-20, 20) * spread
         x = x.astype(np.float32).astype(np.float64)
-        if _differences_exact(x):
+        _, lo = _two_diff(x, x.max(axis=1)[:, None])
+        rows = _rows_differences_exact(x)
+        assert not lo[rows].any()
+        if _differences_exact(x):  # (the whole block's test: stricter than its rows')
             said += 1
-            _, lo = _two_diff(x, x.max(axis=1)[:, None])
-            assert not lo.any()
-    assert 300 < said < 3000  # both answers are exercised
+            assert rows.all()
+        rowed += int(rows.sum())
+    assert 300 < said < 3000 and said * 3 < rowed < 9000  # both answers are exercised, per row too
     assert not _differences_exact(np.array([[1.0, 2.0**-29]]))  # a spread of 29 binades: refused (sufficient only)
     assert not _differences_exact(np.array([[1.0 + 2.0**-30, 0.5]]))  # 25 significant bits
     assert not _differences_exact(np.array([[1.0, 0.0]]))  # a zero: refused (not needed, but simple)

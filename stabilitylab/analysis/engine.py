@@ -208,6 +208,7 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
         mant = np.abs(np.frexp(approx.hi)[0])
         binade = (mant > 0.5 + 2.0**-52 + 4 * b) & (mant < 1 - 2.0**-52 - 4 * b)
         refine |= ~binade
+        known = handled & binade  # rows whose ulps window below holds
         everywhere = np.ones(n, dtype=bool)
         for m, arith, value in runs:
             o = classify(fmt, value, approx, arith, tolerance, m.black_box, truth.storage)
@@ -216,7 +217,7 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
             hi = o.ulps * (1 + 2.0**-50) + w + 1
             j = np.floor(np.log2(lo * (1 - 2.0**-40)))
             refine |= ~(j == np.floor(np.log2(hi * (1 + 2.0**-40))))  # (NaN: refined)
-            low = np.where(refine, -np.inf, lo)  # (the rows refined are candidates anyway)
+            low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
             kth = np.partition(low, n - keep)[n - keep]
             refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
             codes = o.codes

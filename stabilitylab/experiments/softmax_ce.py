@@ -321,6 +321,18 @@ def _differences_exact(X: np.ndarray) -> bool:
     return bool(big < np.ldexp(1.0, int(np.frexp(small)[1]) - 1 + 29))
 
 
+def _rows_differences_exact(X: np.ndarray) -> np.ndarray:
+    """Per row of float64 ``X``, :func:`_differences_exact`'s test on that row alone (the same proof, with
+    the row's own smallest and largest ``|x|``)."""
+    if not X.size or np.bitwise_and(X.view(np.uint64), _LOW29).any():
+        return np.zeros(len(X), dtype=bool)
+    with np.errstate(all="ignore"):
+        a = np.abs(X)
+        small, big = a.min(axis=1), a.max(axis=1)
+        top = np.ldexp(1.0, np.frexp(small)[1].astype(np.int32) - 1 + 29)
+        return (small >= 2.0**-1000) & np.isfinite(big) & (big < top)
+
+
 def _tree_sum(t: np.ndarray) -> np.ndarray:
     """Pairwise sum along the last axis, level by level: a sum of K >= 0 terms with relative
     error at most ceil(log2 K) u (whatever numpy's own summation order is).  Rows of 2 to 16 terms
@@ -431,11 +443,11 @@ def _max_argmax(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bounded_cross_entropy(x: Loaded):
-    """The float64 tier of the longdouble reference (inputs of float64, where ``x_i - m`` is exact:
-    :func:`_differences_exact`): ``(values, bound, handled)``, values an
+    """The float64 tier of the longdouble reference (float64 inputs): ``(values, bound, handled)``, values an
     :class:`~stabilitylab.numerics.reference.Exact` within ``bound`` (relative, per row) of the exact loss
-    where ``handled`` (:func:`stabilitylab.numerics.expsum64.log1p_exp_sum`: proof there); None where it
-    does not apply (1 or more than 2**20 classes, a difference that may be inexact, non-finite logits)."""
+    where ``handled`` (:func:`stabilitylab.numerics.expsum64.log1p_exp_sum`: proof there), which needs every
+    ``x_i - m`` of the row exact (:func:`_rows_differences_exact`: other rows, non-finite ones included, are
+    not handled); None where it does not apply (1 or more than 2**20 classes, no such row)."""
     from ..numerics import expsum64
     from ..numerics.reference import Exact
 
@@ -443,12 +455,17 @@ def bounded_cross_entropy(x: Loaded):
     if not 2 <= k <= expsum64.MAX_TERMS or x.logits.dtype != np.float64:
         return None
     X = x.logits
-    if not _differences_exact(X):  # (also False for non-finite logits)
+    exact = _rows_differences_exact(X)  # (also False for non-finite logits)
+    if not exact.any():
         return None
     m, top = _max_argmax(X)
-    d = X - m[:, None]  # exact
+    d = X - m[:, None]  # exact where `exact`
+    if not exact.all():
+        d[~exact] = 0.0  # (those rows are not handled)
     g = -np.take(d, np.arange(len(X)) * k + x.labels)  # m - x_y >= 0, exact
     hi, lo, bound, handled = expsum64.log1p_exp_sum(d, top, g, _tree_sum)
+    handled &= exact
+    bound = np.where(handled, bound, np.inf)
     n = len(X)
     hi, lo = np.where(handled, hi, 0.0), np.where(handled, lo, 0.0)
     return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
