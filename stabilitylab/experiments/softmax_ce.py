@@ -487,7 +487,7 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     k = x.logits.shape[1]
     if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):
         return _wide_cross_entropy(x, np.dtype(dtype))
-    X = x.logits.astype(np.float64)
+    X = np.asarray(x.logits, dtype=np.float64)  # (read only: no copy of float64 logits)
     rows = np.arange(len(X))
     wide = np.dtype(dtype)
     m, top = _max_argmax(X)
