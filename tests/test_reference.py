@@ -171,3 +171,22 @@ def test_float64_differences_exact_test_is_sufficient():
     assert not _differences_exact(np.array([[1.0, 0.0]]))  # a zero: refused (not needed, but simple)
     assert not _differences_exact(np.array([[1.0, np.nan]]))
     assert _differences_exact(np.array([[1.0, 2.0**-28 * 1.5]]))
+
+
+def test_longdouble_reference_in_blocks_of_columns_is_the_whole_rows(monkeypatch):
+    """softmax_ce's longdouble reference sums a wide row's exps in blocks of columns (_blocked_exp_sum):
+    the same values, bit for bit, as the whole-row pairwise sum, at widths around the block's multiples,
+    with the max in the first, a middle and the last block."""
+    from stabilitylab.experiments import softmax_ce
+    from stabilitylab.experiments.softmax_ce import Loaded, fast_cross_entropy
+
+    rng = np.random.default_rng(9)
+    for k in (2 * softmax_ce._COLUMNS, 2 * softmax_ce._COLUMNS + 1, 3 * softmax_ce._COLUMNS - 1, 40_001):
+        x = (rng.standard_normal((3, k)) * 4).astype(np.float32).astype(np.float64)
+        x[0, 5], x[1, k // 2], x[2, k - 1] = 30.0, 30.0, 30.0
+        cases = Loaded(x, rng.integers(0, k, 3))
+        blocked = fast_cross_entropy(cases)
+        monkeypatch.setattr(softmax_ce, "_COLUMNS", 2**40)
+        whole = fast_cross_entropy(cases)
+        monkeypatch.undo()
+        assert np.array_equal(blocked[0], whole[0]) and np.array_equal(blocked[2], whole[2])

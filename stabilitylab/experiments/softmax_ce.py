@@ -429,6 +429,24 @@ def _wide_cross_entropy(x: Loaded, wide: np.dtype):
     return from_longdouble(loss, zero).put(np.array([0]), small), zero, ok
 
 
+_COLUMNS = 2**13  # columns per block of _blocked_exp_sum: a few longdouble blocks of a row stay in cache
+
+
+def _blocked_exp_sum(hi: np.ndarray, top: np.ndarray, wide) -> np.ndarray:
+    """:func:`_tree_sum` of ``e^hi`` in ``wide`` with each row's column ``top`` set to 0, bit for bit, in
+    blocks of :data:`_COLUMNS` columns (:func:`_tree_levels`' argument): the conversion, the exps and the
+    first 13 levels of the sum on cache-resident blocks instead of whole-chunk longdouble arrays."""
+    rows, k = hi.shape
+    levels = _COLUMNS.bit_length() - 1
+    partial = []
+    for start in range(0, k, _COLUMNS):
+        t = np.exp(hi[:, start:start + _COLUMNS].astype(wide))
+        here = np.flatnonzero((top >= start) & (top < start + _COLUMNS))
+        t[here, top[here] - start] = 0  # the max's own e^0 = 1
+        partial.append(_tree_levels(t, levels))
+    return _tree_sum(np.concatenate(partial, axis=-1))
+
+
 def _max_argmax(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of float64 ``X``, the max and the (first) argmax."""
     k = X.shape[1]
@@ -507,14 +525,17 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
     at_label = rows * k + x.labels  # (flat indices into (rows, k) arrays: faster than [rows, labels])
     gap = -np.take(hi, at_label).astype(wide)  # m - x_y >= 0
-    # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
-    terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
-    if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
-        inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
-        terms[inexact] *= np.exp(lo[inexact].astype(wide))
-        gap -= np.take(lo, at_label).astype(wide)
-    np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
-    total = _tree_sum(terms)
+    if lo is None and wide != hi.dtype and k >= 2 * _COLUMNS:  # wide rows in longdouble: blocks of columns
+        total = _blocked_exp_sum(hi, top, wide)
+    else:
+        # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
+        terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
+        if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
+            inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
+            terms[inexact] *= np.exp(lo[inexact].astype(wide))
+            gap -= np.take(lo, at_label).astype(wide)
+        np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
+        total = _tree_sum(terms)
     tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)

@@ -58,8 +58,9 @@ proven; tests/test_exp64.py also compares the two paths on 10**6 arguments).
 float64 ``log`` and ``log1p`` (x87 longdouble, arrays of at least :data:`LOG64_MIN` elements) likewise come
 first from float64 arithmetic (:func:`_log_float64`): one Newton step from numpy's value with exp64's
 ``e**-y0`` and Dekker's exact product, within ``2**-61.9 + 2**-78 |y|`` (proof there), which decides
-~98-99% of typical arguments (2**19 uniform ones in (0.01, 1), (1, 10), e**+-700; fewer near 0) at ~30-35 ns each instead of
-the longdouble path's ~60-70; the rest, and arguments outside :data:`LOG64_DOMAIN`, take the steps above.
+~98-99% of typical arguments (2**19 uniform ones in (0.01, 1), (1, 10), e**+-700; fewer near 0) at
+~30-35 ns each instead of the longdouble path's ~60-70; the rest, and arguments outside
+:data:`LOG64_DOMAIN`, take the steps above.
 
 If ``np.longdouble`` is no wider than float64 (Windows, macOS on ARM), float64
 elements all go to the mpmath loop (correct, but ~20-40 us per element), except ``exp``'s
