@@ -121,3 +121,20 @@ def test_bounded_tier_gives_the_longdouble_summaries_where_the_two_references_st
     monkeypatch.setattr(softmax_ce.fast_cross_entropy, "bounded", wrong)
     monkeypatch.setattr(reference, "longdouble_error", lambda terms: 0.0)
     assert not _same(plain, _summary(xs, ys, monkeypatch, (10, 100)))
+
+
+def test_bounded_tier_on_rows_of_every_status(monkeypatch):
+    """Logits at every scale, ties, huge and non-finite logits (test_streaming's sample): overflow,
+    underflow, range, inaccurate and NaN rows; the same summaries with and without the float64 tier."""
+    rng = np.random.default_rng(3)
+    rows, k = 20_000, 10
+    x = rng.standard_normal((rows, k)) * rng.choice([0.01, 1, 5, 30, 100, 1e3, 1e5], size=(rows, 1))
+    x[::101, 0] = x[::101, 1]
+    x[::997, 2] += 1e4
+    x[5::1009, 3] = np.inf
+    x[7::1013, 4] = np.nan
+    x[9::1019] = -np.inf
+    x, y = x.astype(np.float32), rng.integers(0, k, rows)
+    plain = _summary(x, y, monkeypatch, None)
+    assert _same(plain, _summary(x, y, monkeypatch, (10, 100)))
+    assert sum(int((c.counts > 0).sum()) for c in plain.values()) >= 16  # several statuses in every method

@@ -179,8 +179,10 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
       decides) and ``|rel_error - tol| > 6 F (1 + rel_error)``: then the longdouble value (within
       ``(b + F)(1 + rel_error) < 2 F (1 + rel_error)`` of it in relative error) gives the same status and
       the re-check flags the row in neither case (its margin is ``4 F``);
-    * the error-bits bin is decided: the exact value's binade is (``hi``'s significand farther than
-      ``2**-52 + 4 b`` from 1/2 and from 1), so ulps moves by at most ``w = (b + D) 2**53 (1 + 2**-40)``
+    * no input was lost (``range`` where the value is the correctly rounded exact value: an equality the
+      float64 value does not decide);
+    * the error-bits bin is decided: both values' binade is (``hi``'s significand farther than
+      ``2**-52 + 2 (b + D)`` from 1/2 and from 1), so ulps moves by at most ``w = (b + D) 2**53 (1 + 2**-40)``
       (|x| / ulp(x) < 2**53) plus its own rounding (``2**-50`` relative): ``ulps + 1`` over that window
       stays strictly inside one ``[2**j, 2**(j+1))``, 2**-40 away from its ends (np.log2's own error is
       far smaller);
@@ -202,17 +204,19 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     n = len(approx)
     terms = reference.terms(inputs)
     F = reference.fast_error(dtype, terms)
-    w = (b + reference.longdouble_error(terms)) * 2.0**53 * (1 + 2.0**-40)
+    apart = b + reference.longdouble_error(terms)  # |float64 tier - longdouble| / |x|, at most
+    w = apart * 2.0**53 * (1 + 2.0**-40)
     refine = ~handled
     with np.errstate(all="ignore"):
         mant = np.abs(np.frexp(approx.hi)[0])
-        binade = (mant > 0.5 + 2.0**-52 + 4 * b) & (mant < 1 - 2.0**-52 - 4 * b)
+        binade = (mant > 0.5 + 2.0**-52 + 2 * apart) & (mant < 1 - 2.0**-52 - 2 * apart)
         refine |= ~binade
         known = handled & binade  # rows whose ulps window below holds
         everywhere = np.ones(n, dtype=bool)
         for m, arith, value in runs:
             o = classify(fmt, value, approx, arith, tolerance, m.black_box, truth.storage)
             refine |= _undecided(o, tol, everywhere, fmt, 1.5 * F)
+            refine |= arith.input_lost  # (range where v is the rounded exact value: that equality is not decided)
             lo = np.maximum(o.ulps * (1 - 2.0**-50) - w, 0.0) + 1
             hi = o.ulps * (1 + 2.0**-50) + w + 1
             j = np.floor(np.log2(lo * (1 - 2.0**-40)))
