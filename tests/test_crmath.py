@@ -485,6 +485,7 @@ def test_float64_double_double_stage_and_its_fallback(name, monkeypatch):
 
     monkeypatch.setitem(crmath.WIDE_REL_ERROR, "longdouble", 2.0**-50)  # many elements reach the stage
     monkeypatch.setattr(exp64, "REL_ERROR", 2.0**-50)  # (exp: from its float64 stage)
+    monkeypatch.setattr(crmath, "LOG64_ERROR", 2.0**-40)  # (log, log1p: from theirs)
     x = f64_samples(name, 1500, seed=67)
     stats = {}
     check(F64, name, x, stats=stats)
@@ -798,3 +799,27 @@ def test_undecided_float32_is_where_decided_by_bits_fails():
     for outside in (-1.5, 0.0, -0.0, 5e-324, np.inf, -np.inf, np.nan, 2.0**-126 * 1.5, 2.0**127, 2.0**128):
         assert crmath._undecided_float32(fmt, "float64", np.append(w, outside)) is None
     assert crmath._undecided_float32(FORMATS["bfloat16"], "float64", w) is None  # (float32 only)
+
+
+@pytest.mark.skipif(not crmath._X87, reason="the float64 log stage is used where longdouble is x87's")
+@pytest.mark.parametrize("name", ["log", "log1p"])
+def test_float64_log_stage_near_midpoints(name, monkeypatch):
+    """crmath's float64 stage for log / log1p (one Newton step from numpy's value with exp64) on arguments
+    whose result is within 2**-9 ulp of a float64 rounding midpoint (found with longdouble), checked against
+    mpmath; with its bound's absolute part 2**-75 (too small) some come out wrong: the check can fail."""
+    rng = np.random.default_rng(68)
+    x = np.concatenate([np.exp(rng.uniform(-30, 30, 2**20)), rng.uniform(-0.5, 4, 2**19)])
+    x = x[(x >= crmath.LOG64_DOMAIN[name][0]) & (x > 0 if name == "log" else x > -0.5)]
+    w = (np.log if name == "log" else np.log1p)(x.astype(np.longdouble))
+    f = w.astype(np.float64)
+    d = np.abs((w - f.astype(np.longdouble)) / np.spacing(np.abs(f)).astype(np.longdouble))
+    x = x[np.abs(d - 0.5) < 2.0**-9]
+    assert len(x) > 500
+    stats = {}
+    got = getattr(crmath, name)(F64, x, stats=stats)
+    assert stats["float64_decided"] > 0.05 * len(x)  # the stage decides some even this near
+    with mpmath.workprec(120):
+        want = np.array([float(getattr(mpmath, name)(mpmath.mpf(float(v)))) for v in x])
+    assert np.array_equal(got, want)
+    monkeypatch.setattr(crmath, "LOG64_ERROR", 2.0**-75)
+    assert not np.array_equal(getattr(crmath, name)(F64, x), want)

@@ -143,3 +143,50 @@ def test_wide_rows_remembered_across_calls_give_each_row_its_own_value(monkeypat
         assert abs(value - mpmath.ldexp(mpmath.mpf(hi) + mpmath.mpf(lo), e)) <= 2.0**-100 * abs(value)
     assert batches[0] != batches[1]
     assert reference._wide_memo_values <= 3 * 100 and len(reference._WIDE_MEMO) <= 3
+
+
+def test_float64_differences_exact_test_is_sufficient():
+    """softmax_ce's shortcut (x - m without TwoSum's lo where _differences_exact says every difference is
+    exact; per row for the bounded float64 tier) against TwoSum itself, on float32-valued rows at every
+    scale and spread, and rows it must refuse."""
+    from stabilitylab.experiments.softmax_ce import _differences_exact, _rows_differences_exact, _two_diff
+
+    rng = np.random.default_rng(5)
+    said = rowed = 0
+    for _ in range(3000):
+        k = int(rng.integers(1, 12))
+        spread = np.exp2(rng.uniform(-1, 1, (3, k)) * rng.uniform(0, 25))
+        x = rng.standard_normal((3, k)) * 10.0 ** rng.uniform(-20, 20) * spread
+        x = x.astype(np.float32).astype(np.float64)
+        _, lo = _two_diff(x, x.max(axis=1)[:, None])
+        rows = _rows_differences_exact(x)
+        assert not lo[rows].any()
+        if _differences_exact(x):  # (the whole block's test: stricter than its rows')
+            said += 1
+            assert rows.all()
+        rowed += int(rows.sum())
+    assert 300 < said < 3000 and said * 3 < rowed < 9000  # both answers are exercised, per row too
+    assert not _differences_exact(np.array([[1.0, 2.0**-29]]))  # a spread of 29 binades: refused (sufficient only)
+    assert not _differences_exact(np.array([[1.0 + 2.0**-30, 0.5]]))  # 25 significant bits
+    assert not _differences_exact(np.array([[1.0, 0.0]]))  # a zero: refused (not needed, but simple)
+    assert not _differences_exact(np.array([[1.0, np.nan]]))
+    assert _differences_exact(np.array([[1.0, 2.0**-28 * 1.5]]))
+
+
+def test_longdouble_reference_in_blocks_of_columns_is_the_whole_rows(monkeypatch):
+    """softmax_ce's longdouble reference sums a wide row's exps in blocks of columns (_blocked_exp_sum):
+    the same values, bit for bit, as the whole-row pairwise sum, at widths around the block's multiples,
+    with the max in the first, a middle and the last block."""
+    from stabilitylab.experiments import softmax_ce
+    from stabilitylab.experiments.softmax_ce import Loaded, fast_cross_entropy
+
+    rng = np.random.default_rng(9)
+    for k in (2 * softmax_ce._COLUMNS, 2 * softmax_ce._COLUMNS + 1, 3 * softmax_ce._COLUMNS - 1, 40_001):
+        x = (rng.standard_normal((3, k)) * 4).astype(np.float32).astype(np.float64)
+        x[0, 5], x[1, k // 2], x[2, k - 1] = 30.0, 30.0, 30.0
+        cases = Loaded(x, rng.integers(0, k, 3))
+        blocked = fast_cross_entropy(cases)
+        monkeypatch.setattr(softmax_ce, "_COLUMNS", 2**40)
+        whole = fast_cross_entropy(cases)
+        monkeypatch.undo()
+        assert np.array_equal(blocked[0], whole[0]) and np.array_equal(blocked[2], whole[2])

@@ -18,7 +18,7 @@ from ..numerics.arith import BLOCK_COUNTS, NEVER, Arith, rows_any
 from ..numerics.formats import FORMATS, Format
 from ..numerics.reference import Exact
 from ..numerics.wide import wide_dtype
-from .outcome import STATUSES, Outcome, classify, gather
+from .outcome import METHOD_FAILURES, STATUSES, Outcome, classify, gather
 
 __all__ = ["Result", "Comparison", "evaluate", "compare", "user_exact", "input_changes", "relative_change"]
 
@@ -140,10 +140,17 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
-                bulk: bool = False) -> list[Outcome]:
-    """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided)."""
+                bulk: bool = False, printed: tuple[int, int] | None = None) -> list[Outcome]:
+    """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided).
+
+    ``printed = (keep, cap)`` (bulk path, a caller that shows only the statuses, the error-bits bins,
+    the ``keep`` worst rows, the first ``cap`` failing rows and the first row of each status: not every
+    row's columns): the longdouble reference is first replaced by its bounded float64 tier where the
+    truth has one (:func:`_bounded`); the outcomes are the same, bit for bit, in every row those read."""
     dtype = wide_dtype(fmt) if bulk else None
-    exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
+    exact = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed) if fast and printed else None
+    if exact is None:
+        exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                 for m, arith, value in runs]
     if fast:
@@ -155,6 +162,77 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
             outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                         for m, arith, value in runs]
     return outcomes
+
+
+def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int]):
+    """The longdouble fast reference (``reference.fast(truth, inputs, longdouble)``) in every row that
+    ``printed = (keep, cap)`` outputs read and every row whose status or error-bits bin it could change;
+    elsewhere its bounded float64 tier (``truth.fast_reference.bounded``: values within ``b`` per row,
+    relative).  None where there is no such tier or it cannot help (as many rows as ``keep``).
+
+    Let F be :func:`reference.fast_error` (the bound the re-check after this uses) and D the
+    longdouble reference's own bound (:func:`reference.longdouble_error`, ~2**-58.4).  A row keeps the
+    float64 value only where, for every method (o: its outcome against the float64 values):
+
+    * the row is handled, the method's value is not special (0, subnormal, +-inf, NaN, a saturated
+      +-max: :func:`_undecided`'s ``special``, whose status the reference's side of a rounding boundary
+      decides) and ``|rel_error - tol| > 6 F (1 + rel_error)``: then the longdouble value (within
+      ``(b + F)(1 + rel_error) < 2 F (1 + rel_error)`` of it in relative error) gives the same status and
+      the re-check flags the row in neither case (its margin is ``4 F``);
+    * no input was lost (``range`` where the value is the correctly rounded exact value: an equality the
+      float64 value does not decide);
+    * the error-bits bin is decided: both values' binade is (``hi``'s significand farther than
+      ``2**-52 + 2 (b + D)`` from 1/2 and from 1), so ulps moves by at most ``w = (b + D) 2**53 (1 + 2**-40)``
+      (|x| / ulp(x) < 2**53) plus its own rounding (``2**-50`` relative): ``ulps + 1`` over that window
+      stays strictly inside one ``[2**j, 2**(j+1))``, 2**-40 away from its ends (np.log2's own error is
+      far smaller);
+    * it is not one that is printed: not a candidate for the ``keep`` worst (``ulps + w`` at least the
+      keep-th largest ``ulps - w`` of the chunk, with margins: a row below is below ``keep`` others
+      whatever the reference), nor among the first ``cap`` failing rows, nor the first row of its status
+      (statuses being decided, these are the same rows under either reference).
+
+    The rows left then get the longdouble values, and the re-check with F (mpmath where undecided)
+    flags exactly the rows it flags on the longdouble reference alone."""
+    bounded = getattr(truth.fast_reference, "bounded", None)
+    keep, cap = printed
+    if bounded is None or dtype is None or np.dtype(dtype) != np.longdouble:
+        return None
+    got = bounded(inputs)
+    if got is None or len(got[0]) <= keep:
+        return None
+    approx, b, handled = got
+    n = len(approx)
+    terms = reference.terms(inputs)
+    F = reference.fast_error(dtype, terms)
+    apart = b + reference.longdouble_error(terms)  # |float64 tier - longdouble| / |x|, at most
+    w = apart * 2.0**53 * (1 + 2.0**-40)
+    refine = ~handled
+    with np.errstate(all="ignore"):
+        mant = np.abs(np.frexp(approx.hi)[0])
+        binade = (mant > 0.5 + 2.0**-52 + 2 * apart) & (mant < 1 - 2.0**-52 - 2 * apart)
+        refine |= ~binade
+        known = handled & binade  # rows whose ulps window below holds
+        everywhere = np.ones(n, dtype=bool)
+        for m, arith, value in runs:
+            o = classify(fmt, value, approx, arith, tolerance, m.black_box, truth.storage)
+            refine |= _undecided(o, tol, everywhere, fmt, 1.5 * F)
+            refine |= arith.input_lost  # (range where v is the rounded exact value: that equality is not decided)
+            lo = np.maximum(o.ulps * (1 - 2.0**-50) - w, 0.0) + 1
+            hi = o.ulps * (1 + 2.0**-50) + w + 1
+            j = np.floor(np.log2(lo * (1 - 2.0**-40)))
+            refine |= ~(j == np.floor(np.log2(hi * (1 + 2.0**-40))))  # (NaN: refined)
+            low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
+            kth = np.partition(low, n - keep)[n - keep]
+            refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
+            codes = o.codes
+            failing = np.flatnonzero(np.isin(codes, [STATUSES.index(s) for s in METHOD_FAILURES]))[:cap]
+            refine[failing] = True
+            present = np.flatnonzero(np.bincount(codes, minlength=len(STATUSES)))
+            refine[[int(np.argmax(codes == c)) for c in present]] = True
+    rows = np.flatnonzero(refine)
+    if rows.size:
+        approx = approx.put(rows, reference.fast(truth, inputs.take(rows), dtype))
+    return approx
 
 
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:

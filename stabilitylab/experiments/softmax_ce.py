@@ -301,6 +301,38 @@ def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+_LOW29 = np.uint64(2**29 - 1)  # the low 29 of float64's 52 stored significand bits
+
+
+def _differences_exact(X: np.ndarray) -> bool:
+    """Whether every ``x - m`` of float64 ``X`` (m any of X's values, a row's max) is exact in float64, by a
+    sufficient test in a few passes (:func:`_two_diff`'s ``lo`` would be 0 everywhere): every significand
+    fits in 24 bits (the low 29 stored bits are 0: float32 logits) and every non-zero ``|x|`` lies in
+    ``[2**-1000, 2**(E + 29))`` with ``2**E <= min |x|`` (zeros are not allowed: the test then says no).
+    Proof: x = a 2**(e_x - 23), m = b 2**(e_m - 23) with integers |a|, |b| < 2**24 and e = floor(log2 |.|);
+    both are multiples of 2**(E - 23) (e_x, e_m >= E), and |x - m| <= 2 max|X| < 2**(E + 30); so
+    x - m = c 2**(E - 23) with an integer |c| < 2**53: a float64 (E - 23 >= -1023 - 23 > -1074)."""
+    if not X.size or np.bitwise_and(X.view(np.uint64), _LOW29).any():
+        return False
+    with np.errstate(all="ignore"):
+        small, big = np.abs(X).min(), max(X.max(), -X.min())
+    if not (small >= 2.0**-1000) or not np.isfinite(big):
+        return False
+    return bool(big < np.ldexp(1.0, int(np.frexp(small)[1]) - 1 + 29))
+
+
+def _rows_differences_exact(X: np.ndarray) -> np.ndarray:
+    """Per row of float64 ``X``, :func:`_differences_exact`'s test on that row alone (the same proof, with
+    the row's own smallest and largest ``|x|``)."""
+    if not X.size or np.bitwise_and(X.view(np.uint64), _LOW29).any():
+        return np.zeros(len(X), dtype=bool)
+    with np.errstate(all="ignore"):
+        a = np.abs(X)
+        small, big = a.min(axis=1), a.max(axis=1)
+        top = np.ldexp(1.0, np.frexp(small)[1].astype(np.int32) - 1 + 29)
+        return (small >= 2.0**-1000) & np.isfinite(big) & (big < top)
+
+
 def _tree_sum(t: np.ndarray) -> np.ndarray:
     """Pairwise sum along the last axis, level by level: a sum of K >= 0 terms with relative
     error at most ceil(log2 K) u (whatever numpy's own summation order is).  Rows of 2 to 16 terms
@@ -397,6 +429,66 @@ def _wide_cross_entropy(x: Loaded, wide: np.dtype):
     return from_longdouble(loss, zero).put(np.array([0]), small), zero, ok
 
 
+_COLUMNS = 2**13  # columns per block of _blocked_exp_sum: a few longdouble blocks of a row stay in cache
+
+
+def _blocked_exp_sum(hi: np.ndarray, top: np.ndarray, wide) -> np.ndarray:
+    """:func:`_tree_sum` of ``e^hi`` in ``wide`` with each row's column ``top`` set to 0, bit for bit, in
+    blocks of :data:`_COLUMNS` columns (:func:`_tree_levels`' argument): the conversion, the exps and the
+    first 13 levels of the sum on cache-resident blocks instead of whole-chunk longdouble arrays."""
+    rows, k = hi.shape
+    levels = _COLUMNS.bit_length() - 1
+    partial = []
+    for start in range(0, k, _COLUMNS):
+        t = np.exp(hi[:, start:start + _COLUMNS].astype(wide))
+        here = np.flatnonzero((top >= start) & (top < start + _COLUMNS))
+        t[here, top[here] - start] = 0  # the max's own e^0 = 1
+        partial.append(_tree_levels(t, levels))
+    return _tree_sum(np.concatenate(partial, axis=-1))
+
+
+def _max_argmax(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of float64 ``X``, the max and the (first) argmax."""
+    k = X.shape[1]
+    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
+        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
+        for j in range(1, k):
+            column = X[:, j]
+            top[column > m] = j
+            m = np.maximum(m, column)
+        return m, top
+    return X.max(axis=1), np.argmax(X, axis=1)
+
+
+def bounded_cross_entropy(x: Loaded):
+    """The float64 tier of the longdouble reference (float64 inputs): ``(values, bound, handled)``, values an
+    :class:`~stabilitylab.numerics.reference.Exact` within ``bound`` (relative, per row) of the exact loss
+    where ``handled`` (:func:`stabilitylab.numerics.expsum64.log1p_exp_sum`: proof there), which needs every
+    ``x_i - m`` of the row exact (:func:`_rows_differences_exact`: other rows, non-finite ones included, are
+    not handled); None where it does not apply (1 or more than 2**20 classes, no such row)."""
+    from ..numerics import expsum64
+    from ..numerics.reference import Exact
+
+    k = x.logits.shape[1]
+    if not 2 <= k <= expsum64.MAX_TERMS or x.logits.dtype != np.float64:
+        return None
+    X = x.logits
+    exact = _rows_differences_exact(X)  # (also False for non-finite logits)
+    if not exact.any():
+        return None
+    m, top = _max_argmax(X)
+    d = X - m[:, None]  # exact where `exact`
+    if not exact.all():
+        d[~exact] = 0.0  # (those rows are not handled)
+    g = -np.take(d, np.arange(len(X)) * k + x.labels)  # m - x_y >= 0, exact
+    hi, lo, bound, handled = expsum64.log1p_exp_sum(d, top, g, _tree_sum)
+    handled &= exact
+    bound = np.where(handled, bound, np.inf)
+    n = len(X)
+    hi, lo = np.where(handled, hi, 0.0), np.where(handled, lo, 0.0)
+    return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -413,18 +505,13 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     k = x.logits.shape[1]
     if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):
         return _wide_cross_entropy(x, np.dtype(dtype))
-    X = x.logits.astype(np.float64)
+    X = np.asarray(x.logits, dtype=np.float64)  # (read only: no copy of float64 logits)
     rows = np.arange(len(X))
     wide = np.dtype(dtype)
-    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
-        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
-        for j in range(1, k):
-            column = X[:, j]
-            top[column > m] = j
-            m = np.maximum(m, column)
-    else:
-        m, top = X.max(axis=1), np.argmax(X, axis=1)
+    m, top = _max_argmax(X)
     if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
+        hi, lo = X - m[:, None], None
+    elif _differences_exact(X):  # lo = 0 everywhere (float32 logits, as usual): the same values, 5 passes fewer
         hi, lo = X - m[:, None], None
     else:
         hi, lo = _two_diff(X, m[:, None])
@@ -438,14 +525,17 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
         lo = None if lo is None else np.where(handled[:, None], lo, 0.0)
     at_label = rows * k + x.labels  # (flat indices into (rows, k) arrays: faster than [rows, labels])
     gap = -np.take(hi, at_label).astype(wide)  # m - x_y >= 0
-    # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
-    terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
-    if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
-        inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
-        terms[inexact] *= np.exp(lo[inexact].astype(wide))
-        gap -= np.take(lo, at_label).astype(wide)
-    np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
-    total = _tree_sum(terms)
+    if lo is None and wide != hi.dtype and k >= 2 * _COLUMNS:  # wide rows in longdouble: blocks of columns
+        total = _blocked_exp_sum(hi, top, wide)
+    else:
+        # (in place where hi is a float64 temporary of its own: no second array of the chunk's size)
+        terms = np.exp(hi, out=hi) if lo is None and wide == hi.dtype else np.exp(hi.astype(wide))
+        if lo is not None:  # e^lo = 1 where x_i - m is exact in float64, as it usually is; where e^hi
+            inexact = (lo != 0) & (terms > 0)  # is 0, so is e^(hi + lo) (|lo| <= ulp(hi) / 2), even for lo = +inf
+            terms[inexact] *= np.exp(lo[inexact].astype(wide))
+            gap -= np.take(lo, at_label).astype(wide)
+        np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
+        total = _tree_sum(terms)
     tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
@@ -461,6 +551,9 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     out = from_longdouble(loss, zero).put(rows, small)
     handled[rows] = ok
     return out, zero, handled
+
+
+fast_cross_entropy.bounded = bounded_cross_entropy  # (engine._classified's float64 tier; Truth has no field for it)
 
 
 SOFTMAX_CE = Experiment(

@@ -16,6 +16,13 @@ N = 2048, C = ln 2 / N.  ``k = rint(fl(x fl(1/C)))``, ``r = x - k C``, ``j = k m
 by Horner.  Then ``lo = fl(fl(T_hi q) + T_lo)``, ``s = fl(T_hi + lo)`` and ``err = (T_hi - s) + lo``
 (Fast2Sum, exact as ``|T_hi| >= |lo|``): ``s + err = T_hi + lo`` exactly.
 
+Passes: k is rounded by adding ``1.5 * 2**52`` (a float64 in ``[2**52, 2**53)`` has spacing 1, so the sum is
+``fl(x INV)`` rounded to an integer, ties to even, as ``rint``) and read as an integer from the sum's bits
+(``bits(1.5 * 2**52) + k``, the shifter's low 51 bits being 0: ``j`` and ``e`` by a mask and a shift, no
+float-to-int cast pass); the table is read with ``np.take(..., mode="wrap")`` (``0 <= j < N``, so the mode
+changes nothing; ``mode="raise"`` with ``out=`` copies through a buffer).  The pairs are the same, bit for
+bit, as with ``rint``, a cast and ``mode="raise"`` (13% less CPU time, measured in one process).
+
 Error bound
 -----------
 u = 2**-53 (float64's unit roundoff).  Errors are relative to ``2**(j/N) e**r_true``, the true value
@@ -84,6 +91,9 @@ threshold, where numpy reuses its buffers cheaply (measured: 8192 the fastest of
 _LOG2N = 11
 _N = 1 << _LOG2N
 
+_SHIFT = 1.5 * 2.0**52  # adding it rounds |y| < 2**51 to an integer, which its low bits then hold
+_SHIFT_BITS = int(np.array(_SHIFT).view(np.int64))  # 0x4338000000000000: its low 51 bits are 0
+
 # P(r) = (e**r - 1 - r) / r**2 to degree 3, highest first: 1/120, 1/24, 1/6, 1/2 (each rounded once)
 _P = (1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5)
 
@@ -123,8 +133,12 @@ def _block(x, s, err, e, k, r, q, j) -> None:
     ``k``, ``r``, ``q`` (float64) and ``j`` (int64) of the same length as scratch."""
     inv, c1, c2, t_hi, t_lo = _constants()
     np.multiply(x, inv, out=k)
-    np.rint(k, out=k)  # k, an integer held in float64 (|k| < 2**21)
-    e[...] = k  # (exact)
+    k += _SHIFT  # fl(fl(x INV) + 1.5 * 2**52): fl(x INV) rounded to an integer k (ties to even, as rint)
+    bits = k.view(np.int64)  # = bits(1.5 * 2**52) + k: the integer k without a float -> int64 cast pass
+    np.bitwise_and(bits, _N - 1, out=j)  # k mod N (the shifter's low 51 bits are 0)
+    np.right_shift(bits, _LOG2N, out=e)
+    e -= _SHIFT_BITS >> _LOG2N  # floor(k / N)
+    k -= _SHIFT  # k, an integer held in float64 (|k| < 2**21), exactly
     np.multiply(k, c1, out=r)
     np.subtract(x, r, out=r)  # r1 = x - k C1, exact
     np.multiply(k, c2, out=q)
@@ -137,10 +151,8 @@ def _block(x, s, err, e, k, r, q, j) -> None:
     q *= r
     q *= r  # w = fl(r fl(r h))
     q += r  # q = fl(r + w) ~ e**r - 1
-    np.bitwise_and(e, _N - 1, out=j)
-    np.right_shift(e, _LOG2N, out=e)  # floor(k / N)
-    np.take(t_hi, j, out=k)
-    np.take(t_lo, j, out=r)
+    np.take(t_hi, j, out=k, mode="wrap")  # (0 <= j < N: "wrap" changes nothing, but spares the copy through a
+    np.take(t_lo, j, out=r, mode="wrap")  # buffer that mode="raise" makes with out=: ~0.9 ns a value each)
     np.multiply(k, q, out=q)
     q += r  # lo = fl(fl(T_hi q) + T_lo)
     np.add(k, q, out=s)  # s = fl(T_hi + lo)

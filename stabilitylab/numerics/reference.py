@@ -39,7 +39,7 @@ from . import wide
 from .formats import FORMATS, Format
 
 __all__ = ["DIGITS", "FAST_ERROR", "SCALE_ABOVE", "SCALE_BELOW", "Exact", "exact", "fast", "fast_error",
-           "exp_sum_scaled", "fast_tier"]
+           "exp_sum_scaled", "fast_tier", "longdouble_error"]
 
 DIGITS = 40
 FAST_ERROR = 2.0**-48  # bound on a fast reference's relative error: (K + 4) 2**-63 for K <= 2**14 terms
@@ -315,7 +315,17 @@ def fast_error(dtype, terms: int) -> float:
     depth = max(int(terms) - 1, 1).bit_length() + 6
     if dtype is not None and np.dtype(dtype) == np.float64:  # + 2**-43.5: x_i - m rounded once (see softmax_ce)
         return 2 * WIDE_REL_ERROR["float64"] + 2.0**-43.5 + depth * 2.0**-53
-    return max(FAST_ERROR, 2 * WIDE_REL_ERROR["longdouble"] + depth * 2.0**-64)
+    return max(FAST_ERROR, longdouble_error(terms))
+
+
+def longdouble_error(terms: int) -> float:
+    """The longdouble fast reference's own bound over rows of ``terms`` terms, without
+    :data:`FAST_ERROR`'s floor: ``2 E + (ceil(log2 terms) + 6) 2**-64`` (E = :data:`crmath.WIDE_REL_ERROR`
+    of longdouble; ~2**-58.4 for 10 terms).  What a bounded float64 reference must stay away from to
+    know what the longdouble one gives (:func:`stabilitylab.analysis.engine._classified`)."""
+    from .crmath import WIDE_REL_ERROR
+
+    return 2 * WIDE_REL_ERROR["longdouble"] + (max(int(terms) - 1, 1).bit_length() + 6) * 2.0**-64
 
 
 def fast_tier(truth, fmt: Format, inputs) -> tuple:
