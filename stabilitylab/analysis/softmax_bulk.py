@@ -152,8 +152,113 @@ def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
 
 
+SHORT = 16
+"""Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
+
+
+def _max_argmax_short(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of (K, n) ``xt`` (a row of logits each): the maximum and the index of its first
+    occurrence, K - 1 contiguous ``maximum`` / ``copyto`` passes.  Where a column holds no NaN these are
+    ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum (``-0 == +0``: the first of them is
+    the index either way); columns holding a NaN get meaningless ones (such rows are never ordinary)."""
+    m = xt[0].copy()
+    k = np.zeros(xt.shape[1], dtype=np.intp)
+    for j in range(1, len(xt)):
+        np.copyto(k, j, where=xt[j] > m)  # (strictly: the first of equal maxima stays)
+        np.maximum(m, xt[j], out=m)
+    return m, k
+
+
+def _levels_short(et: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`_levels` on (K, n) ``et`` (a row per column): the same additions on the same operands, level
+    by level, each level's operands padded with a row of 0 where their count is odd."""
+    levels = []
+    t = et
+    while len(t) > 1:
+        if len(t) % 2:
+            t = np.concatenate([t, np.zeros((1, t.shape[1]), t.dtype)])
+        levels.append(t)
+        t = rnd(t[0::2] + t[1::2])
+    return t[0], levels
+
+
+def _dropped_sum_short(levels: list[np.ndarray], k: np.ndarray, rnd, dtype) -> np.ndarray:
+    """:func:`_dropped_sum` on the transposed levels of :func:`_levels_short`."""
+    n = len(k)
+    cols = np.arange(n)
+    v = np.zeros(n, dtype)
+    j = k.astype(np.intp)
+    for level in levels:
+        v = rnd(v + level.reshape(-1)[(j ^ 1) * n + cols])
+        j >>= 1
+    return v
+
+
+def _positive_finite_short(et: np.ndarray) -> np.ndarray:
+    """:func:`_positive_finite` on (K, n) ``et``: per column."""
+    if et.size and et.min() > 0 and et.max() < np.inf:
+        return np.ones(et.shape[1], dtype=bool)
+    return np.logical_and.reduce((et > 0) & (et < np.inf), axis=0)
+
+
+def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """:func:`_values` on rows of at most :data:`SHORT` logits, worked on transposed: with a row per
+    column, each step (the shift, each level of the pairwise trees, the max) is a few contiguous passes of
+    n values instead of strided ones over rows of K (numpy's inner loops are slow on a short last axis).
+    The same operations on the same operands, elementwise, so the same values; ``m`` (the rows' max)
+    differs from :func:`_values`' only in the sign of a zero max, which changes no value: ``z = xl - m``
+    then differs only where ``xl = -0`` (``-0`` or ``+0``), ``exp(+-0) = 1``, and the methods read z only
+    through ``log(S) - z_y`` and ``log1p(S1) - z_y``, whose subtrahend's zero sign cannot change a
+    rounded-to-nearest difference but where both operands are zeros (``+0 - (+-0) = +0``, as log and log1p
+    give +0, never -0)."""
+    rnd = _rounder(fmt)
+    n = len(x)
+    cols = np.arange(n)
+    with np.errstate(all="ignore"):
+        xl = _store(fmt, x)
+        ok = _stored_whole(fmt, x, xl)
+        xt = np.ascontiguousarray(xl.T)
+        m, k = _max_argmax_short(xt)
+        zt = rnd(xt - m)
+        ezt = crmath.exp(fmt, zt)
+        ok &= _positive_finite_short(ezt)
+        S, levels = _levels_short(ezt, rnd)
+        S1 = _dropped_sum_short(levels, k, rnd, xl.dtype)
+        del levels
+        at = y * n + cols
+        zy, ezy = zt.reshape(-1)[at], ezt.reshape(-1)[at]
+        del ezt, zt
+        ext = crmath.exp(fmt, xt)
+        ok &= _positive_finite_short(ext)
+        exy = ext.reshape(-1)[at]
+        Sn = _levels_short(ext, rnd)[0]
+        del ext
+    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
+
+
+def _tail(fmt: Format, rnd, ok: np.ndarray, S, S1, Sn, exy, ezy, zy) -> dict[str, np.ndarray]:
+    """The four methods' per-row tails (:func:`_values`), ``ok`` narrowed in place to the ordinary rows."""
+    with np.errstate(all="ignore"):
+        ok &= np.isfinite(S) & np.isfinite(Sn)
+        rn, rs = rnd(exy / Sn), rnd(ezy / S)
+        ok &= (rn > 0) & (rn < np.inf) & (rs > 0) & (rs < np.inf)
+        L1 = crmath.log1p(fmt, S1)
+        ok &= (L1 != 0) | (S1 == 0)
+        values = {
+            "naive_softmax_log": -crmath.log(fmt, rn),
+            "shifted_softmax_log": -crmath.log(fmt, rs),
+            "log_softmax": rnd(crmath.log(fmt, S) - zy),
+            "log_softmax_log1p": rnd(L1 - zy),
+        }
+        for v in values.values():
+            ok &= np.isfinite(v)
+    return values
+
+
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
+    if 1 < x.shape[1] <= SHORT:
+        return _values_short(fmt, x, y)
     rnd = _rounder(fmt)
     rows = np.arange(len(x))
     with np.errstate(all="ignore"):
@@ -173,20 +278,7 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         exy = ex[rows, y]
         Sn = _tree(ex, rnd)
         del ex
-        ok &= np.isfinite(S) & np.isfinite(Sn)
-        rn, rs = rnd(exy / Sn), rnd(ezy / S)
-        ok &= (rn > 0) & (rn < np.inf) & (rs > 0) & (rs < np.inf)
-        L1 = crmath.log1p(fmt, S1)
-        ok &= (L1 != 0) | (S1 == 0)
-        values = {
-            "naive_softmax_log": -crmath.log(fmt, rn),
-            "shifted_softmax_log": -crmath.log(fmt, rs),
-            "log_softmax": rnd(crmath.log(fmt, S) - zy),
-            "log_softmax_log1p": rnd(L1 - zy),
-        }
-        for v in values.values():
-            ok &= np.isfinite(v)
-    return values, ok, xl
+    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
 
 
 def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None) -> dict[str, Outcome]:
