@@ -156,16 +156,24 @@ SHORT = 16
 """Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
 
 
-def _max_argmax_short(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of (K, n) ``xt`` (a row of logits each): the maximum and the index of its first
-    occurrence, K - 1 contiguous ``maximum`` / ``copyto`` passes.  Where a column holds no NaN these are
-    ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum (``-0 == +0``: the first of them is
-    the index either way); columns holding a NaN get meaningless ones (such rows are never ordinary)."""
-    m = xt[0].copy()
-    k = np.zeros(xt.shape[1], dtype=np.intp)
+def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of (K, n) ``xt`` (a row of logits each, K >= 1; any sequence of K columns): the maximum
+    ``m`` (``np.maximum`` column after column) and the index ``k`` of its first occurrence, counted as
+    ``k = #{j < K - 1: xt[0..j] all != m}`` -- a few contiguous elementwise passes per column (numpy's
+    reduction over a short last axis costs ~20-40 ns a row; a masked assignment per column ~4 ns a value).
+    Where a column holds no NaN these are ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum
+    (``-0 == +0``: the first of them is the index either way); where it holds one, ``m`` is NaN and ``k``
+    is K - 1 (such rows are never ordinary)."""
+    m = np.array(xt[0], copy=True)
     for j in range(1, len(xt)):
-        np.copyto(k, j, where=xt[j] > m)  # (strictly: the first of equal maxima stays)
         np.maximum(m, xt[j], out=m)
+    k = np.zeros(len(m), dtype=np.intp)
+    before = np.ones(len(m), dtype=bool)  # no maximum in xt[0..j] yet
+    differs = np.empty(len(m), dtype=bool)
+    for j in range(len(xt) - 1):
+        np.not_equal(xt[j], m, out=differs)
+        before &= differs
+        k += before
     return m, k
 
 
@@ -218,7 +226,7 @@ def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
         xl = _store(fmt, x)
         ok = _stored_whole(fmt, x, xl)
         xt = np.ascontiguousarray(xl.T)
-        m, k = _max_argmax_short(xt)
+        m, k = max_argmax_short(xt)
         zt = rnd(xt - m)
         ezt = crmath.exp(fmt, zt)
         ok &= _positive_finite_short(ezt)

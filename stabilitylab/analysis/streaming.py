@@ -270,6 +270,15 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
                       float(change[changed].max()) if changed.any() else 0.0)
 
 
+def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
+    """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
+    every logit is ``finite`` and rows are short, by :func:`softmax_bulk.max_argmax_short` on the transposed
+    block (the first maximum: the same indices)."""
+    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:
+        return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
+    return np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+
+
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
               experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None):
@@ -283,9 +292,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     kept = logits if len(idx) == len(logits) else logits[idx]
     x = np.ascontiguousarray(kept, dtype=np.float32 if kept.dtype == np.float32 and experiment is SOFTMAX_CE
                              else np.float64)
-    odd = rows[~np.isfinite(x).all(axis=1)]
+    # every logit finite, told by the block's min and max (NaN fails both); row by row only where that fails
+    finite = not x.size or bool(x.min() > -np.inf) and bool(x.max() < np.inf)
+    odd = rows[:0] if finite else rows[~np.isfinite(x).all(axis=1)]
     nonfinite = (len(odd), odd[:5])
-    y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    y = labels[idx] if labels is not None else _labels(x, finite)
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     pairs: dict[tuple[str, str], Pair] = {}
