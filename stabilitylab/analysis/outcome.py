@@ -147,7 +147,7 @@ class Outcome:
     """Columnar outcome of one method in one format over a batch of cases."""
 
     value: np.ndarray  # float64, the loss the method produced
-    reference: np.ndarray  # float64 nearest to the exact loss
+    _reference: np.ndarray | None  # float64 nearest to the exact loss (None: made when first read, see :attr:`reference`)
     exact: Exact  # the exact loss, also below float64's range
     _status: np.ndarray | None  # str (None: made from ``codes`` when first read, see :attr:`status`)
     rel_error: np.ndarray
@@ -156,6 +156,14 @@ class Outcome:
     first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
     errors: np.ndarray | None = None  # black boxes: per row the exception's first line ('' if none)
     codes: np.ndarray | None = None  # uint8 indices into STATUSES of ``status`` (None: not kept)
+
+    @property
+    def reference(self) -> np.ndarray:
+        """Per row, the float64 nearest to the exact loss (:attr:`Exact.value`, a function of each row's exact
+        value alone).  Made when first read: the bulk path keeps the exact values themselves."""
+        if self._reference is None:
+            self._reference = self.exact.value
+        return self._reference
 
     @property
     def status(self) -> np.ndarray:
@@ -370,7 +378,7 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
             rows = np.fromiter(arith.errors, dtype=np.int64)
             status[rows] = _CODE["error"]
             messages[rows] = list(arith.errors.values())
-        return Outcome(v, exact.value, exact, None, rel, ulps, bits, arith.first.copy(), messages, status)
+        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
     if any_lost:  # (the usual case has no lost value: nothing below applies)
         over, under = arith.first_step("overflow"), arith.first_step("underflow")
         pole = arith.first_step("divide_by_zero") != NEVER
@@ -385,7 +393,16 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     if stored_lost is not None:
         for name, rows in stored_lost.items():
             status[rows] = _CODE[name]
-    return Outcome(v, exact.value, exact, None, rel, ulps, bits, arith.first.copy(), codes=status)
+    return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
+
+
+def _steps(arith: Arith) -> np.ndarray:
+    """A copy of ``arith``'s first steps (the Arith may go on recording); where it recorded nothing (every
+    step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s."""
+    first = arith.first
+    if first.size and first.min() == NEVER:
+        return np.broadcast_to(np.int64(NEVER), first.shape)
+    return first.copy()
 
 
 def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
@@ -410,8 +427,8 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
     """Reassemble outcomes computed on groups of rows (``(row indices, outcome)``)."""
     if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(rows)):
         return parts[0][1]
-    columns = {"_status": None}
-    names = ["value", "reference", "rel_error", "ulps", "error_bits"]
+    columns = {"_status": None, "_reference": None}  # (the reference is made from the gathered exact values)
+    names = ["value", "rel_error", "ulps", "error_bits"]
     # the status codes where every part has them (the status strings then made when read), else the strings
     names.append("codes" if all(part.codes is not None for _, part in parts) else "_status")
     if parts[0][1].errors is not None:
