@@ -333,11 +333,11 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
 
 def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
     """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
-    every logit is ``finite`` and rows are short, by :func:`softmax_bulk.max_argmax_short` on the transposed
-    block (the first maximum: the same indices)."""
+    every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
+    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices)."""
     if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:
         return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
-    return np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
 
 
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
