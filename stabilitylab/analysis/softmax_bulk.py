@@ -157,7 +157,7 @@ SHORT = 16
 
 
 def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of (K, n) ``xt`` (a row of logits each, K >= 1; any sequence of K columns): the maximum
+    """Per column of (K, n) ``xt`` (a row of logits each, 1 <= K <= 256; any sequence of K columns): the maximum
     ``m`` (``np.maximum`` column after column) and the index ``k`` of its first occurrence, counted as
     ``k = #{j < K - 1: xt[0..j] all != m}`` -- a few contiguous elementwise passes per column (numpy's
     reduction over a short last axis costs ~20-40 ns a row; a masked assignment per column ~4 ns a value).
@@ -167,14 +167,14 @@ def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
     m = np.array(xt[0], copy=True)
     for j in range(1, len(xt)):
         np.maximum(m, xt[j], out=m)
-    k = np.zeros(len(m), dtype=np.intp)
+    k = np.zeros(len(m), dtype=np.uint8)  # (K <= 256 here; uint8 sums are SIMD, bool into intp is not)
     before = np.ones(len(m), dtype=bool)  # no maximum in xt[0..j] yet
     differs = np.empty(len(m), dtype=bool)
     for j in range(len(xt) - 1):
         np.not_equal(xt[j], m, out=differs)
         before &= differs
-        k += before
-    return m, k
+        k += before.view(np.uint8)
+    return m, k.astype(np.intp)
 
 
 def _levels_short(et: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -197,7 +197,7 @@ def _dropped_sum_short(levels: list[np.ndarray], k: np.ndarray, rnd, dtype) -> n
     v = np.zeros(n, dtype)
     j = k.astype(np.intp)
     for level in levels:
-        v = rnd(v + level.reshape(-1)[(j ^ 1) * n + cols])
+        v = rnd(v + np.take(level.reshape(-1), (j ^ 1) * n + cols))  # (np.take: ~2x faster than [...] here)
         j >>= 1
     return v
 
@@ -234,11 +234,11 @@ def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
         S1 = _dropped_sum_short(levels, k, rnd, xl.dtype)
         del levels
         at = y * n + cols
-        zy, ezy = zt.reshape(-1)[at], ezt.reshape(-1)[at]
+        zy, ezy = np.take(zt.reshape(-1), at), np.take(ezt.reshape(-1), at)
         del ezt, zt
         ext = crmath.exp(fmt, xt)
         ok &= _positive_finite_short(ext)
-        exy = ext.reshape(-1)[at]
+        exy = np.take(ext.reshape(-1), at)
         Sn = _levels_short(ext, rnd)[0]
         del ext
     return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
