@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stabilitylab.analysis import streaming
+from stabilitylab.analysis import softmax_bulk, streaming
 from stabilitylab.analysis.outcome import METHOD_FAILURES, STATUSES, Outcome
 from stabilitylab.numerics.arith import EVENTS, NEVER
 from stabilitylab.numerics.reference import Exact
@@ -89,3 +89,27 @@ def test_cell_equals_a_plain_summary(name, e, codes):
     assert cell.failing["row"].tolist() == failing
     assert cell.first["row"].tolist() == first
     assert cell.first["status"].tolist() == sorted(set(codes.tolist()))
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 10, 16, 17])
+def test_labels_are_numpys_argmax_with_nan_as_minus_infinity(classes):
+    """A chunk's labels (no label file): the first maximum, NaN as -inf; finite chunks take the shortcut."""
+    rng = np.random.default_rng(classes)
+    pool = np.array([-0.0, 0.0, 1.0, -1.0, 3.0, -3e38, 3e38, 1e-45], np.float32)
+    x = rng.choice(pool, size=(4000, classes))  # ties everywhere, both zeros
+    plain = [int(np.argmax([v if v == v else -np.inf for v in row])) for row in x.tolist()]
+    assert streaming._labels(x, True).tolist() == plain
+    x[::7, classes // 2] = np.nan
+    x[::5, 0] = -np.inf
+    x[::11] = np.nan
+    plain = [int(np.argmax([v if v == v else -np.inf for v in row])) for row in x.tolist()]
+    assert streaming._labels(x, False).tolist() == plain
+
+
+def test_short_rows_max_and_first_argmax():
+    rng = np.random.default_rng(3)
+    for classes in (1, 2, 5, 16):
+        x = rng.choice(np.array([-0.0, 0.0, 2.0, -1.0, np.inf, -np.inf], np.float32), size=(3000, classes))
+        m, k = softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))
+        assert m.tolist() == [max(row) for row in x.tolist()]
+        assert k.tolist() == [row.index(max(row)) for row in x.tolist()]

@@ -147,7 +147,7 @@ class Outcome:
     """Columnar outcome of one method in one format over a batch of cases."""
 
     value: np.ndarray  # float64, the loss the method produced
-    _reference: np.ndarray | None  # float64 nearest to the exact loss (None: made when first read, see :attr:`reference`)
+    _reference: np.ndarray | None  # float64 nearest to the exact loss (None: made when read, see :attr:`reference`)
     exact: Exact  # the exact loss, also below float64's range
     _status: np.ndarray | None  # str (None: made from ``codes`` when first read, see :attr:`status`)
     rel_error: np.ndarray
