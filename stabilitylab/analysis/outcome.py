@@ -411,6 +411,8 @@ def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
     to +-inf tells); it overflows or is non-zero but rounds to 0."""
     cr = exact.rounded(fmt)
     wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
+    if np.isfinite(wide_cr).all():  # (the usual case: nothing is beyond, every term below is False)
+        return np.stack([np.zeros(len(cr), dtype=bool), (cr == 0) & ~exact.zero])
     beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
     return np.stack([beyond, beyond | ((cr == 0) & ~exact.zero)])
 
