@@ -122,7 +122,7 @@ def _store(fmt: Format, x: np.ndarray) -> np.ndarray:
             if x.dtype == np.float32:
                 return fmt.held_twin.round32(x)
             return fmt.held_twin.round(x, np.float32)
-        return x.astype(fmt.dtype)
+        return x.astype(fmt.dtype, copy=False)  # (x itself where it is held as stored: nothing writes to it)
 
 
 def _levels(e: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
