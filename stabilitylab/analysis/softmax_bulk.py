@@ -3,9 +3,10 @@ statuses as the general engine, bit for bit, with each shared quantity computed 
 
 The general engine (:func:`~stabilitylab.analysis.engine.evaluate`) runs each method's kernel through
 :class:`~stabilitylab.numerics.arith.Arith`, every operation followed by its event bookkeeping.  Here, for
-a pure format ``F`` in :data:`FORMATS` without flush to zero, the operations are the same ones on the same
-operands, each rounded to ``F`` exactly as Arith rounds it (held dtype ``h``: float32 for bfloat16 and
-float32, float64 for float64; ``rnd`` = ``F.round32`` for bfloat16, the identity for float32 / float64,
+a pure format ``F`` in :data:`FORMATS` (and float16 on rows of at most :data:`SHORT` logits) without flush
+to zero, the operations are the same ones on the same operands, each rounded to ``F`` exactly as Arith rounds
+it (held dtype ``h``: float32 for bfloat16, float16 and float32, float64 for float64; ``rnd`` = ``F.round32``
+for bfloat16 and float16, the identity for float32 / float64,
 whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
 :mod:`~stabilitylab.numerics.crmath`):
 
@@ -67,6 +68,15 @@ __all__ = ["FORMATS", "supported", "evaluate_fused"]
 FORMATS = ("bfloat16", "float32", "float64")
 """Pure formats the fused path covers (others: the general engine)."""
 
+SHORT = 16
+"""Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
+
+
+SHORT_FORMATS = ("float16",)
+"""Pure formats the fused path covers on rows of at most :data:`SHORT` logits only: a wide row's ``exp(z)``
+underflows to 0 in float16 somewhere in nearly every row (so nearly every row would go to the engine after
+the kernel), a short row's rarely."""
+
 
 MAX_CLASSES = 2**20
 """Rows wider than this go through the engine, which works through a wide row in blocks of columns (a few
@@ -75,8 +85,11 @@ temporaries of the row's size here: issue #18's memory bound)."""
 
 def supported(fmt: Format, ftz: bool, classes: int = 1) -> bool:
     """Whether :func:`evaluate_fused` covers ``fmt`` (a pure format of :data:`FORMATS`, no flush to zero)
-    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`)."""
-    return not ftz and not fmt.is_policy and fmt.block is None and fmt.name in FORMATS and classes <= MAX_CLASSES
+    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`; at most :data:`SHORT` for
+    :data:`SHORT_FORMATS`)."""
+    if ftz or fmt.is_policy or fmt.block is not None:
+        return False
+    return (fmt.name in FORMATS and classes <= MAX_CLASSES) or (fmt.name in SHORT_FORMATS and classes <= SHORT)
 
 
 _TABLES: dict[tuple[str, str], np.ndarray] = {}
@@ -182,10 +195,6 @@ def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
             or np.count_nonzero(xl) == np.count_nonzero(x)):
         return np.ones(len(x), dtype=bool)
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
-
-
-SHORT = 16
-"""Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
 
 
 def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
