@@ -443,8 +443,10 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
             out[idx] = getattr(part, read)
         columns[name] = out
     steps = np.full((parts[0][1].first_steps.shape[0], rows), NEVER, dtype=np.int64)
+    # (each part's exact values put into one set of arrays: Exact.put would copy all of them per part)
     exact = Exact(np.zeros(rows), np.zeros(rows), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
     for idx, part in parts:
         steps[:, idx] = part.first_steps
-        exact = exact.put(idx, part.exact)
+        exact.hi[idx], exact.lo[idx] = part.exact.hi, part.exact.lo
+        exact.scale[idx], exact.zero[idx] = part.exact.scale, part.exact.zero
     return Outcome(**columns, exact=exact, first_steps=steps)

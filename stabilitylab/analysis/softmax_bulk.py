@@ -22,8 +22,8 @@ whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
   log_softmax_log1p ``rnd(log1p(S1) - z_y)``.
 
 **Speed without other values.**  Rows of at most :data:`SHORT` logits are worked on transposed (a row per
-column: every step a few contiguous passes of n values; :func:`_values_short`).  In bfloat16, ``exp``,
-``log`` and ``log1p`` are read from tables of crmath's own results at each of the 2**16 patterns
+column: every step a few contiguous passes of n values; :func:`_values_short`).  In bfloat16 and float16,
+``exp``, ``log`` and ``log1p`` are read from tables of crmath's own results at each of the 2**16 patterns
 (:func:`_cr`; ~1 ns a value instead of crmath's ~3 ns for exp and ~9 ns for log).
 
 **Events.**  A status depends on the events only through the rows' first overflow and underflow steps,
@@ -97,10 +97,14 @@ _TABLES: dict[tuple[str, str], np.ndarray] = {}
 
 def _table(name: str, fmt: Format) -> np.ndarray:
     """``crmath.<name>(fmt, v)`` at every 16-bit pattern v of a 16-bit format held in float32 (bfloat16: the
-    pattern is the float32's high half), made once per process: 2**16 float32 values (256 KiB)."""
+    pattern is the float32's high half; float16: numpy's float16 bits), made once per process: 2**16 float32
+    values (256 KiB)."""
     table = _TABLES.get((name, fmt.name))
     if table is None:
-        every = (np.arange(2**16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+        if fmt.name == "bfloat16":
+            every = (np.arange(2**16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+        else:
+            every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
         with np.errstate(all="ignore"):
             table = _TABLES[name, fmt.name] = getattr(crmath, name)(fmt, every)
         table.setflags(write=False)
@@ -110,12 +114,14 @@ def _table(name: str, fmt: Format) -> np.ndarray:
 def _cr(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
     """``crmath.<name>(fmt, x)`` (exp, log, log1p: correctly rounded to ``fmt``), elementwise.  In bfloat16,
     whose values are held in float32 with a zero low half, read from :func:`_table` at each value's high
-    half: crmath's own results, computed once per pattern, so the same values but where ``x`` is a NaN whose
-    low half is not zero (``round32`` returns a NaN as it is): there the table gives a NaN of the high half,
-    NaN either way, and a row holding such a NaN (in a logit, an exp, a sum or a quotient) is not ordinary, so
-    its values are the general engine's (see the module)."""
-    if fmt.name != "bfloat16" or x.dtype != np.float32 or not x.flags.c_contiguous:
+    half (in float16 at its float16 bits): crmath's own results, computed once per pattern, so the same values
+    but where ``x`` is a NaN of another payload (``round32`` returns a NaN as it is): there the table gives a
+    NaN, NaN either way, and a row holding such a NaN (in a logit, an exp, a sum or a quotient) is not
+    ordinary, so its values are the general engine's (see the module)."""
+    if fmt.name not in ("bfloat16", "float16") or x.dtype != np.float32 or not x.flags.c_contiguous:
         return getattr(crmath, name)(fmt, x)
+    if fmt.name == "float16":  # (a float16 value held in float32 converts to float16 exactly)
+        return np.take(_table(name, fmt), x.astype(np.float16).view(np.uint16))
     return np.take(_table(name, fmt), x.view(np.uint32) >> np.uint32(16))
 
 
