@@ -16,9 +16,12 @@ and is reduced at once to columns that add up across chunks:
   method fails (:class:`Pair`);
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
-In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes) softmax_ce's
-chunk goes through :mod:`.softmax_bulk` instead: the engine's values and statuses, bit for bit, with the
-quantities the four formulations share computed once.
+In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes), and float16 on rows
+of at most 16 classes, softmax_ce's chunk goes through :mod:`.softmax_bulk` instead: the engine's values and
+statuses, bit for bit, with the quantities the four formulations share computed once.  A chunk's summaries
+(:func:`_cell`) take a few passes per method: the histogram, the worst rows and the first rows read what
+they need without sorting or scanning the whole chunk where they can (each helper says why the result is
+the same).
 
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
