@@ -16,7 +16,7 @@ from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import SOFTMAX_CE, Logits
 from stabilitylab.numerics.formats import FORMATS
 
-FUSED = [FORMATS[name] for name in softmax_bulk.FORMATS]
+FUSED = [FORMATS[name] for name in softmax_bulk.FORMATS + softmax_bulk.SHORT_FORMATS]
 
 
 def _around(v: float, n: int = 6) -> np.ndarray:
@@ -90,7 +90,10 @@ def test_fused_covers_pure_formats_only():
     assert not softmax_bulk.supported(FORMATS["bfloat16"], ftz=True)
     assert softmax_bulk.supported(FORMATS["float64"], ftz=False, classes=2**20)
     assert not softmax_bulk.supported(FORMATS["float64"], ftz=False, classes=2**20 + 1)
-    for name in ("float16", "float8_e4m3fn", "bf16@fp32", "mxfp8"):
+    assert softmax_bulk.supported(FORMATS["float16"], ftz=False, classes=softmax_bulk.SHORT)
+    assert not softmax_bulk.supported(FORMATS["float16"], ftz=False, classes=softmax_bulk.SHORT + 1)
+    assert not softmax_bulk.supported(FORMATS["float16"], ftz=True, classes=2)
+    for name in ("float8_e4m3fn", "bf16@fp32", "mxfp8"):
         assert not softmax_bulk.supported(format_or_policy(name), ftz=False)
 
 

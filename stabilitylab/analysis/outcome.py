@@ -147,15 +147,31 @@ class Outcome:
     """Columnar outcome of one method in one format over a batch of cases."""
 
     value: np.ndarray  # float64, the loss the method produced
-    reference: np.ndarray  # float64 nearest to the exact loss
+    _reference: np.ndarray | None  # float64 nearest to the exact loss (None: made when read, see :attr:`reference`)
     exact: Exact  # the exact loss, also below float64's range
-    status: np.ndarray  # str
+    _status: np.ndarray | None  # str (None: made from ``codes`` when first read, see :attr:`status`)
     rel_error: np.ndarray
     ulps: np.ndarray
     error_bits: np.ndarray
     first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
     errors: np.ndarray | None = None  # black boxes: per row the exception's first line ('' if none)
     codes: np.ndarray | None = None  # uint8 indices into STATUSES of ``status`` (None: not kept)
+
+    @property
+    def reference(self) -> np.ndarray:
+        """Per row, the float64 nearest to the exact loss (:attr:`Exact.value`, a function of each row's exact
+        value alone).  Made when first read: the bulk path keeps the exact values themselves."""
+        if self._reference is None:
+            self._reference = self.exact.value
+        return self._reference
+
+    @property
+    def status(self) -> np.ndarray:
+        """Per row, the status (str, ``<U10``).  Made from :attr:`codes` when first read: the bulk path
+        counts and keeps codes only, and a column of 40-byte strings costs it more than the rule itself."""
+        if self._status is None:
+            self._status = _names(self.codes)
+        return self._status
 
     @cached_property
     def events(self) -> list[tuple[str, ...]]:
@@ -172,31 +188,57 @@ def _small(e) -> np.ndarray:
 def errors(fmt: Format, value, exact: Exact):
     """(rel_error, ulps, error_bits) of ``value`` against the exact values."""
     v = np.asarray(value, dtype=np.float64)
+    return _errors(fmt, v, exact, bool(np.isfinite(v).all()))
+
+
+def _exact_facts(exact: Exact) -> np.ndarray:
+    """(any scaled, any zero, any infinite hi, any NaN hi) of the exact values: what lets :func:`_errors`
+    skip passes that change nothing (shared by every method's classification, computed once)."""
+    return exact._memoized("facts", lambda: np.array([exact.scale.any(), exact.zero.any(),
+                                                        np.isinf(exact.hi).any(), np.isnan(exact.hi).any()]))
+
+
+def _ulp_shift(fmt: Format, exact: Exact) -> np.ndarray:
+    """``-ulp_exp`` as int32 (:func:`_small`) for unscaled exact values: ``ulp_exp = max(e, emin) - (p - 1)``,
+    the exponent of an ulp of ``fmt`` at each exact value (once per format, shared by the methods)."""
+    return exact._memoized(("ulp_shift", fmt.name), lambda: _small(
+        -(np.maximum(exact._exponent(), fmt.min_exponent) - (fmt.precision - 1))))
+
+
+def _errors(fmt: Format, v: np.ndarray, exact: Exact, v_finite: bool):
+    """:func:`errors` of float64 ``v`` (``v_finite``: every v finite).  Steps whose result is known are
+    skipped, the same values: where no hi is infinite, ``v == hi`` gives ``|(v - hi) - lo| = |0 - lo| = |lo|``
+    already (+0 for lo = +-0); the infinite and NaN rules change nothing where neither v nor hi has any."""
     hi, lo, s = exact.hi, exact.lo, exact.scale
-    scaled = bool(s.any())  # (the usual case has none: the scale's passes are skipped, the same values)
-    e = exact._exponent() + s if scaled else exact._exponent()
-    ulp_exp = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
+    scaled, zero, hi_inf, hi_nan = _exact_facts(exact).tolist()
     with np.errstate(all="ignore"):
-        vs = np.ldexp(v, _small(-s)) if scaled else v  # v in the units of hi (exact for s <= 0;
-        # s > 0 only above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there)
+        if scaled:  # (the usual case has none: the scale's passes are skipped, the same values)
+            e = exact._exponent() + s
+            ulp_exp = np.maximum(e, fmt.min_exponent) - (fmt.precision - 1)
+            vs = np.ldexp(v, _small(-s))  # v in the units of hi (exact for s <= 0;
+            # s > 0 only above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there)
+        else:
+            vs = v
         diff = np.abs((vs - hi) - lo)
-        diff = np.where(vs == hi, np.abs(lo), diff)  # also v == hi == +-inf
+        if hi_inf:
+            diff = np.where(vs == hi, np.abs(lo), diff)  # v == hi == +-inf
         rel = diff / np.abs(hi)
-        zero = exact.zero.any()
         if zero:
             rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
-        ulps = np.ldexp(diff, _small(s - ulp_exp if scaled else -ulp_exp))
+        ulps = np.ldexp(diff, _small(s - ulp_exp) if scaled else _ulp_shift(fmt, exact))
         if zero:
             ulps = np.where(exact.zero, np.where(v == 0, 0.0, np.abs(v) / fmt.smallest_subnormal), ulps)
-        infinite = np.isinf(hi) | np.isinf(v)
-        if infinite.any():
-            same_inf = np.isinf(hi) & (v == hi)
-            rel = np.where(infinite, np.where(same_inf, 0.0, np.inf), rel)
-            ulps = np.where(infinite, np.where(same_inf, 0.0, np.inf), ulps)
-        nan = np.isnan(v) | np.isnan(hi)
-        if nan.any():
-            rel = np.where(nan, np.nan, rel)
-            ulps = np.where(nan, np.nan, ulps)
+        if hi_inf or not v_finite:
+            infinite = np.isinf(hi) | np.isinf(v)
+            if infinite.any():
+                same_inf = np.isinf(hi) & (v == hi)
+                rel = np.where(infinite, np.where(same_inf, 0.0, np.inf), rel)
+                ulps = np.where(infinite, np.where(same_inf, 0.0, np.inf), ulps)
+        if hi_nan or not v_finite:
+            nan = np.isnan(v) | np.isnan(hi)
+            if nan.any():
+                rel = np.where(nan, np.nan, rel)
+                ulps = np.where(nan, np.nan, ulps)
         bits = np.log2(ulps + 1)
     return rel, ulps, bits
 
@@ -301,27 +343,27 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     input itself (``Truth.storage``)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
-    rel, ulps, bits = errors(fmt, v, exact)
+    v_finite = bool(np.isfinite(v).all())  # (the usual case: the NaN and inf rules below match no row)
+    rel, ulps, bits = _errors(fmt, v, exact, v_finite)
     cr = exact.rounded(fmt)
     # (what depends on the exact values alone is computed once per format and shared by the methods)
     beyond, unrepresentable = exact._memoized(("beyond", fmt.name), lambda: _beyond(fmt, exact))
-    nan, inf = np.isnan(v), np.isinf(v)
-    if nan.any():
+    nan, inf = (False, False) if v_finite else (np.isnan(v), np.isinf(v))
+    if not v_finite and nan.any():
         undefined = nan & np.isnan(exact.hi)  # NaN for an undefined loss: the faithful answer (step 1, both kinds)
         same = (v == cr) | (nan & np.isnan(cr) & beyond) | undefined
     else:
         same = v == cr
     out_of_range = unrepresentable | arith.input_lost
-    over, under = arith.first_step("overflow"), arith.first_step("underflow")
-    pole = arith.first_step("divide_by_zero") != NEVER
     # a saturating format gives +-max where others give +-inf: lost too, where an infinity was saturated
     saturated = (np.abs(v) == fmt.max) & arith.saturated if fmt.saturates and not black_box else False
     lost = ~same & (nan | inf | (v == 0) | saturated)
 
-    # (status codes, indices into STATUSES, assigned in this order: a later rule overrides an earlier one)
-    status = np.zeros(v.shape, dtype=np.uint8)
-    status[~same & (rel > tol)] = _CODE["inaccurate"]
-    status[same & out_of_range] = _CODE["range"]
+    # (status codes, indices into STATUSES, assigned in this order: a later rule overrides an earlier one;
+    # the first two rules' rows are disjoint, same and not same: the first is a product, not an assignment)
+    status = (~same & (rel > tol)).view(np.uint8) * np.uint8(_CODE["inaccurate"])
+    if out_of_range.any():
+        status[same & out_of_range] = _CODE["range"]
     stored_lost = _stored_lost(fmt, v, exact) if storage else None
     any_lost = bool(lost.any())
     if black_box:
@@ -336,8 +378,10 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
             rows = np.fromiter(arith.errors, dtype=np.int64)
             status[rows] = _CODE["error"]
             messages[rows] = list(arith.errors.values())
-        return Outcome(v, exact.value, exact, _names(status), rel, ulps, bits, arith.first.copy(), messages, status)
+        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
     if any_lost:  # (the usual case has no lost value: nothing below applies)
+        over, under = arith.first_step("overflow"), arith.first_step("underflow")
+        pole = arith.first_step("divide_by_zero") != NEVER
         # a format without infinity (float8_e4m3fn) gives NaN where others give inf: the same cause
         infinite = inf | saturated | (nan & (not fmt.has_inf) & (pole | (over != NEVER)))
         status[lost & nan] = _CODE["nan"]
@@ -349,7 +393,16 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     if stored_lost is not None:
         for name, rows in stored_lost.items():
             status[rows] = _CODE[name]
-    return Outcome(v, exact.value, exact, _names(status), rel, ulps, bits, arith.first.copy(), codes=status)
+    return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
+
+
+def _steps(arith: Arith) -> np.ndarray:
+    """A copy of ``arith``'s first steps (the Arith may go on recording); where it recorded nothing (every
+    step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s."""
+    first = arith.first
+    if first.size and first.min() == NEVER:
+        return np.broadcast_to(np.int64(NEVER), first.shape)
+    return first.copy()
 
 
 def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
@@ -358,6 +411,8 @@ def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
     to +-inf tells); it overflows or is non-zero but rounds to 0."""
     cr = exact.rounded(fmt)
     wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
+    if np.isfinite(wide_cr).all():  # (the usual case: nothing is beyond, every term below is False)
+        return np.stack([np.zeros(len(cr), dtype=bool), (cr == 0) & ~exact.zero])
     beyond = ~np.isnan(exact.hi) & ~np.isfinite(wide_cr) & (np.isfinite(exact.hi) | np.isnan(wide_cr))
     return np.stack([beyond, beyond | ((cr == 0) & ~exact.zero)])
 
@@ -374,19 +429,24 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
     """Reassemble outcomes computed on groups of rows (``(row indices, outcome)``)."""
     if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(rows)):
         return parts[0][1]
-    columns = {}
-    names = ["value", "reference", "status", "rel_error", "ulps", "error_bits"]
+    columns = {"_status": None, "_reference": None}  # (the reference is made from the gathered exact values)
+    names = ["value", "rel_error", "ulps", "error_bits"]
+    # the status codes where every part has them (the status strings then made when read), else the strings
+    names.append("codes" if all(part.codes is not None for _, part in parts) else "_status")
     if parts[0][1].errors is not None:
         names.append("errors")
     for name in names:
-        first = getattr(parts[0][1], name)
+        read = "status" if name == "_status" else name
+        first = getattr(parts[0][1], read)
         out = np.empty(rows, dtype=first.dtype)
         for idx, part in parts:
-            out[idx] = getattr(part, name)
+            out[idx] = getattr(part, read)
         columns[name] = out
     steps = np.full((parts[0][1].first_steps.shape[0], rows), NEVER, dtype=np.int64)
+    # (each part's exact values put into one set of arrays: Exact.put would copy all of them per part)
     exact = Exact(np.zeros(rows), np.zeros(rows), np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=bool))
     for idx, part in parts:
         steps[:, idx] = part.first_steps
-        exact = exact.put(idx, part.exact)
+        exact.hi[idx], exact.lo[idx] = part.exact.hi, part.exact.lo
+        exact.scale[idx], exact.zero[idx] = part.exact.scale, part.exact.zero
     return Outcome(**columns, exact=exact, first_steps=steps)

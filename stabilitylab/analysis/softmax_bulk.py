@@ -3,9 +3,10 @@ statuses as the general engine, bit for bit, with each shared quantity computed 
 
 The general engine (:func:`~stabilitylab.analysis.engine.evaluate`) runs each method's kernel through
 :class:`~stabilitylab.numerics.arith.Arith`, every operation followed by its event bookkeeping.  Here, for
-a pure format ``F`` in :data:`FORMATS` without flush to zero, the operations are the same ones on the same
-operands, each rounded to ``F`` exactly as Arith rounds it (held dtype ``h``: float32 for bfloat16 and
-float32, float64 for float64; ``rnd`` = ``F.round32`` for bfloat16, the identity for float32 / float64,
+a pure format ``F`` in :data:`FORMATS` (and float16 on rows of at most :data:`SHORT` logits) without flush
+to zero, the operations are the same ones on the same operands, each rounded to ``F`` exactly as Arith rounds
+it (held dtype ``h``: float32 for bfloat16, float16 and float32, float64 for float64; ``rnd`` = ``F.round32``
+for bfloat16 and float16, the identity for float32 / float64,
 whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
 :mod:`~stabilitylab.numerics.crmath`):
 
@@ -19,6 +20,11 @@ whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
   commutative in IEEE arithmetic: the left/right order does not change a sum);
 * naive ``-log(rnd(ex_y / Sn))``, shifted ``-log(rnd(ez_y / S))``, log_softmax ``rnd(log(S) - z_y)``,
   log_softmax_log1p ``rnd(log1p(S1) - z_y)``.
+
+**Speed without other values.**  Rows of at most :data:`SHORT` logits are worked on transposed (a row per
+column: every step a few contiguous passes of n values; :func:`_values_short`).  In bfloat16 and float16,
+``exp``, ``log`` and ``log1p`` are read from tables of crmath's own results at each of the 2**16 patterns
+(:func:`_cr`; ~1 ns a value instead of crmath's ~3 ns for exp and ~9 ns for log).
 
 **Events.**  A status depends on the events only through the rows' first overflow and underflow steps,
 a pole (divide_by_zero), inputs lost at load and saturation (:func:`~stabilitylab.analysis.outcome.classify`;
@@ -62,6 +68,15 @@ __all__ = ["FORMATS", "supported", "evaluate_fused"]
 FORMATS = ("bfloat16", "float32", "float64")
 """Pure formats the fused path covers (others: the general engine)."""
 
+SHORT = 16
+"""Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
+
+
+SHORT_FORMATS = ("float16",)
+"""Pure formats the fused path covers on rows of at most :data:`SHORT` logits only: a wide row's ``exp(z)``
+underflows to 0 in float16 somewhere in nearly every row (so nearly every row would go to the engine after
+the kernel), a short row's rarely."""
+
 
 MAX_CLASSES = 2**20
 """Rows wider than this go through the engine, which works through a wide row in blocks of columns (a few
@@ -70,8 +85,44 @@ temporaries of the row's size here: issue #18's memory bound)."""
 
 def supported(fmt: Format, ftz: bool, classes: int = 1) -> bool:
     """Whether :func:`evaluate_fused` covers ``fmt`` (a pure format of :data:`FORMATS`, no flush to zero)
-    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`)."""
-    return not ftz and not fmt.is_policy and fmt.block is None and fmt.name in FORMATS and classes <= MAX_CLASSES
+    on rows of ``classes`` logits (at most :data:`MAX_CLASSES`; at most :data:`SHORT` for
+    :data:`SHORT_FORMATS`)."""
+    if ftz or fmt.is_policy or fmt.block is not None:
+        return False
+    return (fmt.name in FORMATS and classes <= MAX_CLASSES) or (fmt.name in SHORT_FORMATS and classes <= SHORT)
+
+
+_TABLES: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _table(name: str, fmt: Format) -> np.ndarray:
+    """``crmath.<name>(fmt, v)`` at every 16-bit pattern v of a 16-bit format held in float32 (bfloat16: the
+    pattern is the float32's high half; float16: numpy's float16 bits), made once per process: 2**16 float32
+    values (256 KiB)."""
+    table = _TABLES.get((name, fmt.name))
+    if table is None:
+        if fmt.name == "bfloat16":
+            every = (np.arange(2**16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+        else:
+            every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        with np.errstate(all="ignore"):
+            table = _TABLES[name, fmt.name] = getattr(crmath, name)(fmt, every)
+        table.setflags(write=False)
+    return table
+
+
+def _cr(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
+    """``crmath.<name>(fmt, x)`` (exp, log, log1p: correctly rounded to ``fmt``), elementwise.  In bfloat16,
+    whose values are held in float32 with a zero low half, read from :func:`_table` at each value's high
+    half (in float16 at its float16 bits): crmath's own results, computed once per pattern, so the same values
+    but where ``x`` is a NaN of another payload (``round32`` returns a NaN as it is): there the table gives a
+    NaN, NaN either way, and a row holding such a NaN (in a logit, an exp, a sum or a quotient) is not
+    ordinary, so its values are the general engine's (see the module)."""
+    if fmt.name not in ("bfloat16", "float16") or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return getattr(crmath, name)(fmt, x)
+    if fmt.name == "float16":  # (a float16 value held in float32 converts to float16 exactly)
+        return np.take(_table(name, fmt), x.astype(np.float16).view(np.uint16))
+    return np.take(_table(name, fmt), x.view(np.uint32) >> np.uint32(16))
 
 
 def _rounder(fmt: Format):
@@ -90,7 +141,7 @@ def _store(fmt: Format, x: np.ndarray) -> np.ndarray:
             if x.dtype == np.float32:
                 return fmt.held_twin.round32(x)
             return fmt.held_twin.round(x, np.float32)
-        return x.astype(fmt.dtype)
+        return x.astype(fmt.dtype, copy=False)  # (x itself where it is held as stored: nothing writes to it)
 
 
 def _levels(e: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -152,8 +203,117 @@ def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
 
 
+def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of (K, n) ``xt`` (a row of logits each, 1 <= K <= 256; any sequence of K columns): the maximum
+    ``m`` (``np.maximum`` column after column) and the index ``k`` of its first occurrence, counted as
+    ``k = #{j < K - 1: xt[0..j] all != m}`` -- a few contiguous elementwise passes per column (numpy's
+    reduction over a short last axis costs ~20-40 ns a row; a masked assignment per column ~4 ns a value).
+    Where a column holds no NaN these are ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum
+    (``-0 == +0``: the first of them is the index either way); where it holds one, ``m`` is NaN and ``k``
+    is K - 1 (such rows are never ordinary)."""
+    m = np.array(xt[0], copy=True)
+    for j in range(1, len(xt)):
+        np.maximum(m, xt[j], out=m)
+    k = np.zeros(len(m), dtype=np.uint8)  # (K <= 256 here; uint8 sums are SIMD, bool into intp is not)
+    before = np.ones(len(m), dtype=bool)  # no maximum in xt[0..j] yet
+    differs = np.empty(len(m), dtype=bool)
+    for j in range(len(xt) - 1):
+        np.not_equal(xt[j], m, out=differs)
+        before &= differs
+        k += before.view(np.uint8)
+    return m, k.astype(np.intp)
+
+
+def _levels_short(et: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`_levels` on (K, n) ``et`` (a row per column): the same additions on the same operands, level
+    by level, each level's operands padded with a row of 0 where their count is odd."""
+    levels = []
+    t = et
+    while len(t) > 1:
+        if len(t) % 2:
+            t = np.concatenate([t, np.zeros((1, t.shape[1]), t.dtype)])
+        levels.append(t)
+        t = rnd(t[0::2] + t[1::2])
+    return t[0], levels
+
+
+def _dropped_sum_short(levels: list[np.ndarray], k: np.ndarray, rnd, dtype) -> np.ndarray:
+    """:func:`_dropped_sum` on the transposed levels of :func:`_levels_short`."""
+    n = len(k)
+    cols = np.arange(n)
+    v = np.zeros(n, dtype)
+    j = k.astype(np.intp)
+    for level in levels:
+        v = rnd(v + np.take(level.reshape(-1), (j ^ 1) * n + cols))  # (np.take: ~2x faster than [...] here)
+        j >>= 1
+    return v
+
+
+def _positive_finite_short(et: np.ndarray) -> np.ndarray:
+    """:func:`_positive_finite` on (K, n) ``et``: per column."""
+    if et.size and et.min() > 0 and et.max() < np.inf:
+        return np.ones(et.shape[1], dtype=bool)
+    return np.logical_and.reduce((et > 0) & (et < np.inf), axis=0)
+
+
+def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """:func:`_values` on rows of at most :data:`SHORT` logits, worked on transposed: with a row per
+    column, each step (the shift, each level of the pairwise trees, the max) is a few contiguous passes of
+    n values instead of strided ones over rows of K (numpy's inner loops are slow on a short last axis).
+    The same operations on the same operands, elementwise, so the same values; ``m`` (the rows' max)
+    differs from :func:`_values`' only in the sign of a zero max, which changes no value: ``z = xl - m``
+    then differs only where ``xl = -0`` (``-0`` or ``+0``), ``exp(+-0) = 1``, and the methods read z only
+    through ``log(S) - z_y`` and ``log1p(S1) - z_y``, whose subtrahend's zero sign cannot change a
+    rounded-to-nearest difference but where both operands are zeros (``+0 - (+-0) = +0``, as log and log1p
+    give +0, never -0)."""
+    rnd = _rounder(fmt)
+    n = len(x)
+    cols = np.arange(n)
+    with np.errstate(all="ignore"):
+        xl = _store(fmt, x)
+        ok = _stored_whole(fmt, x, xl)
+        xt = np.ascontiguousarray(xl.T)
+        m, k = max_argmax_short(xt)
+        zt = rnd(xt - m)
+        ezt = _cr("exp", fmt, zt)
+        ok &= _positive_finite_short(ezt)
+        S, levels = _levels_short(ezt, rnd)
+        S1 = _dropped_sum_short(levels, k, rnd, xl.dtype)
+        del levels
+        at = y * n + cols
+        zy, ezy = np.take(zt.reshape(-1), at), np.take(ezt.reshape(-1), at)
+        del ezt, zt
+        ext = _cr("exp", fmt, xt)
+        ok &= _positive_finite_short(ext)
+        exy = np.take(ext.reshape(-1), at)
+        Sn = _levels_short(ext, rnd)[0]
+        del ext
+    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
+
+
+def _tail(fmt: Format, rnd, ok: np.ndarray, S, S1, Sn, exy, ezy, zy) -> dict[str, np.ndarray]:
+    """The four methods' per-row tails (:func:`_values`), ``ok`` narrowed in place to the ordinary rows."""
+    with np.errstate(all="ignore"):
+        ok &= np.isfinite(S) & np.isfinite(Sn)
+        rn, rs = rnd(exy / Sn), rnd(ezy / S)
+        ok &= (rn > 0) & (rn < np.inf) & (rs > 0) & (rs < np.inf)
+        L1 = _cr("log1p", fmt, S1)
+        ok &= (L1 != 0) | (S1 == 0)
+        values = {
+            "naive_softmax_log": -_cr("log", fmt, rn),
+            "shifted_softmax_log": -_cr("log", fmt, rs),
+            "log_softmax": rnd(_cr("log", fmt, S) - zy),
+            "log_softmax_log1p": rnd(L1 - zy),
+        }
+        for v in values.values():
+            ok &= np.isfinite(v)
+    return values
+
+
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
+    if 1 < x.shape[1] <= SHORT:
+        return _values_short(fmt, x, y)
     rnd = _rounder(fmt)
     rows = np.arange(len(x))
     with np.errstate(all="ignore"):
@@ -161,32 +321,19 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         ok = _stored_whole(fmt, x, xl)
         m = _row_max(xl)
         z = rnd(xl - m[:, None])  # (z = -inf gives ez = 0, flagged below; z <= 0 and finite logits: no NaN)
-        ez = crmath.exp(fmt, z)
+        ez = _cr("exp", fmt, z)
         ok &= _positive_finite(ez)
         S, levels = _levels(ez, rnd)
         S1 = _dropped_sum(levels, _row_argmax(xl), rnd, xl.dtype)
         del levels
         zy, ezy = z[rows, y], ez[rows, y]
         del ez, z
-        ex = crmath.exp(fmt, xl)
+        ex = _cr("exp", fmt, xl)
         ok &= _positive_finite(ex)
         exy = ex[rows, y]
         Sn = _tree(ex, rnd)
         del ex
-        ok &= np.isfinite(S) & np.isfinite(Sn)
-        rn, rs = rnd(exy / Sn), rnd(ezy / S)
-        ok &= (rn > 0) & (rn < np.inf) & (rs > 0) & (rs < np.inf)
-        L1 = crmath.log1p(fmt, S1)
-        ok &= (L1 != 0) | (S1 == 0)
-        values = {
-            "naive_softmax_log": -crmath.log(fmt, rn),
-            "shifted_softmax_log": -crmath.log(fmt, rs),
-            "log_softmax": rnd(crmath.log(fmt, S) - zy),
-            "log_softmax_log1p": rnd(L1 - zy),
-        }
-        for v in values.values():
-            ok &= np.isfinite(v)
-    return values, ok, xl
+    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
 
 
 def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None) -> dict[str, Outcome]:

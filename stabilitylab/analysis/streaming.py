@@ -16,9 +16,12 @@ and is reduced at once to columns that add up across chunks:
   method fails (:class:`Pair`);
 * with ``rows="all"``, every row's columns, handed to a writer as they come (JSON Lines).
 
-In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes) softmax_ce's
-chunk goes through :mod:`.softmax_bulk` instead: the engine's values and statuses, bit for bit, with the
-quantities the four formulations share computed once.
+In bfloat16, float32 and float64 without flush to zero (rows of at most 2**20 classes), and float16 on rows
+of at most 16 classes, softmax_ce's chunk goes through :mod:`.softmax_bulk` instead: the engine's values and
+statuses, bit for bit, with the quantities the four formulations share computed once.  A chunk's summaries
+(:func:`_cell`) take a few passes per method: the histogram, the worst rows and the first rows read what
+they need without sorting or scanning the whole chunk where they can (each helper says why the result is
+the same).
 
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
@@ -217,22 +220,83 @@ def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray
 def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int, everything: list | None) -> Cell:
     codes = status_codes(o.status) if o.codes is None else o.codes
     c = Cell()
-    c.counts[:] = np.bincount(codes, minlength=len(STATUSES))
+    c.counts[:] = _status_counts(codes)
     e = o.error_bits
-    with np.errstate(invalid="ignore"):
-        finite = np.isfinite(e)
-        c.bits[:BITS_BINS] = np.bincount(np.minimum(e[finite], BITS_BINS - 1).astype(np.int64), minlength=BITS_BINS)
-    c.bits[BITS_BINS] = int(np.isinf(e).sum())
-    c.bits[BITS_BINS + 1] = int(np.isnan(e).sum())
-    c.worst = _columns(o, rows, labels, codes, _worst_order(e, rows, keep))
-    failing = np.flatnonzero(_FAILING[codes])[:cap]
+    c.bits[:] = _bits_histogram(e)
+    c.worst = _columns(o, rows, labels, codes, _worst_rows(e, rows, keep, c.bits))
+    failing = _first_where(lambda block: _FAILING[block], codes, min(cap, int(c.counts[_FAILING].sum())))
     c.failing = _columns(o, rows, labels, codes, failing)
-    # the first row of each status present, by status code (a pass per status seen, not a sort)
-    first = np.array([np.argmax(codes == k) for k in np.flatnonzero(c.counts)], dtype=np.intp)
+    # the first row of each status present, by status code
+    first = np.array([_first_where(lambda block, k=k: block == k, codes, 1)[0] for k in np.flatnonzero(c.counts)],
+                     dtype=np.intp)
     c.first = _columns(o, rows, labels, codes, first)
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c
+
+
+def _status_counts(codes: np.ndarray) -> np.ndarray:
+    """``np.bincount(codes, minlength=len(STATUSES))``: the non-zero codes (not ``ok``) counted code by code,
+    until they are all found (a ``bincount`` converts every uint8 code to an intp first)."""
+    counts = np.zeros(len(STATUSES), np.int64)
+    left = np.count_nonzero(codes)
+    counts[0] = len(codes) - left
+    for k in range(1, len(STATUSES)):
+        if not left:
+            break
+        counts[k] = np.count_nonzero(codes == k)
+        left -= counts[k]
+    return counts
+
+
+def _bits_histogram(e: np.ndarray) -> np.ndarray:
+    """The error-bits histogram of a :class:`Cell` (``BITS_BINS + 2`` counts): bin b < 65 holds the rows with
+    ``b <= e < b + 1``, bin 65 those with ``e >= 65``, then inf, then NaN.  (e = log2(ulps + 1) >= 0.)
+    Where every e is finite (told by the max, NaN fails it) and below 16, from the counts of ``e >= b``
+    (bin b = #(e >= b) - #(e >= b + 1): a handful of comparisons, no integer copy of e)."""
+    out = np.zeros(BITS_BINS + 2, np.int64)
+    top = e.max() if e.size else 0.0
+    if top < 16:  # (False for NaN)
+        above = [len(e)] + [np.count_nonzero(e >= b) for b in range(1, int(top) + 1)] + [0]
+        out[:len(above) - 1] = -np.diff(above)
+        return out
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(e)
+        out[:BITS_BINS] = np.bincount(np.minimum(e[finite], BITS_BINS - 1).astype(np.int64), minlength=BITS_BINS)
+    out[BITS_BINS] = int(np.isinf(e).sum())
+    out[BITS_BINS + 1] = int(np.isnan(e).sum())
+    return out
+
+
+def _worst_rows(e: np.ndarray, rows: np.ndarray, keep: int, bits: np.ndarray) -> np.ndarray:
+    """:func:`_worst_order` (``keep`` rows) of the rows whose error is at least the lowest integer ``b`` with
+    at least ``keep`` rows at or above it (NaN and inf above every bin), read from their histogram ``bits``
+    (:func:`_bits_histogram`).  The same rows in the same order: the keep-th largest error is then at least
+    b, so every row ``_worst_order`` keeps is among them, and its order is total (ties by row)."""
+    if len(e) <= keep:
+        return _worst_order(e, rows, keep)
+    at_or_above = np.cumsum(bits[BITS_BINS - 1::-1]) + bits[BITS_BINS] + bits[BITS_BINS + 1]  # bin 65, 64, ...
+    if bits[BITS_BINS] + bits[BITS_BINS + 1] >= keep:
+        b = np.inf
+    else:
+        b = BITS_BINS - 1 - int(np.argmax(at_or_above >= keep))
+    with np.errstate(invalid="ignore"):
+        sub = np.flatnonzero(~(e < b))  # (NaN too)
+    return sub[_worst_order(e[sub], rows[sub], keep)]
+
+
+def _first_where(test, codes: np.ndarray, want: int) -> np.ndarray:
+    """The first ``want`` indices where ``test(codes[...])`` holds (at least ``want`` exist), scanning blocks of
+    growing size (4096 values, then 4x larger): a status present early is found without a pass over all."""
+    found: list[np.ndarray] = []
+    start, step, got = 0, 4096, 0
+    while got < want and start < len(codes):
+        hits = np.flatnonzero(test(codes[start:start + step]))[: want - got] + start
+        found.append(hits)
+        got += len(hits)
+        start += step
+        step *= 4
+    return np.concatenate(found) if found else np.zeros(0, np.intp)
 
 
 def _pairs(outcomes: dict[str, Outcome], target: str, rows: np.ndarray, fmt: Format,
@@ -270,6 +334,15 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
                       float(change[changed].max()) if changed.any() else 0.0)
 
 
+def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
+    """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
+    every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
+    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices)."""
+    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:
+        return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
+    return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
+
+
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
               experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None):
@@ -283,9 +356,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     kept = logits if len(idx) == len(logits) else logits[idx]
     x = np.ascontiguousarray(kept, dtype=np.float32 if kept.dtype == np.float32 and experiment is SOFTMAX_CE
                              else np.float64)
-    odd = rows[~np.isfinite(x).all(axis=1)]
+    # every logit finite, told by the block's min and max (NaN fails both); row by row only where that fails
+    finite = not x.size or bool(x.min() > -np.inf) and bool(x.max() < np.inf)
+    odd = rows[:0] if finite else rows[~np.isfinite(x).all(axis=1)]
     nonfinite = (len(odd), odd[:5])
-    y = labels[idx] if labels is not None else np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    y = labels[idx] if labels is not None else _labels(x, finite)
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     pairs: dict[tuple[str, str], Pair] = {}
