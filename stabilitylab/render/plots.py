@@ -106,18 +106,22 @@ LEGEND_GAP = 0.12  # inches between the lowest axis text and the legend, and bel
 def _legend_below(fig, handles, labels, columns: int) -> None:
     """Lay the figure out, with one legend for the whole figure under the panels: it can never cover a curve.
 
-    The figure grows by the legend's height h (measured: the legend alone is laid out, in inches) plus
-    2 * LEGEND_GAP; ``tight_layout`` then places the panels and the suptitle in the figure above that band,
-    and the legend sits in it, its top LEGEND_GAP below the band's top.  This is the figure's one layout
-    pass: :func:`png` saves it as it is (no tight bounding box, which drew the whole figure once more)."""
+    ``tight_layout`` places the panels and the suptitle in the figure as it is (height H inches, one
+    layout pass: with ``rect`` it would make two); the figure then grows at the bottom by a band of the
+    legend's height h (the legend alone laid out, inches) plus 2 * LEGEND_GAP, the panels keeping their
+    size and place from the top (a subplot parameter y becomes (y H + band) / (H + band); the spaces
+    between panels are fractions of a panel's size, unchanged), and the legend sits in the band, its
+    top LEGEND_GAP below the band's top.  :func:`png` saves the figure as it is: no tight bounding box,
+    which drew the whole figure once more."""
+    fig.tight_layout()
     legend = fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), columns), frameon=False)
     width, height = fig.get_size_inches()
-    h = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi
-    band = h + 2 * LEGEND_GAP
-    fig.set_size_inches(width, height + band)
+    band = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 2 * LEGEND_GAP
     total = height + band
+    fig.set_size_inches(width, total)
+    params = fig.subplotpars
+    fig.subplots_adjust(bottom=(params.bottom * height + band) / total, top=(params.top * height + band) / total)
     legend.set_bbox_to_anchor((0.5, (band - LEGEND_GAP) / total), transform=fig.transFigure)
-    fig.tight_layout(rect=(0, band / total, 1, 1))
     setattr(fig, LAID_OUT, True)
 
 
