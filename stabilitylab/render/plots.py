@@ -114,6 +114,7 @@ def _legend_below(fig, handles, labels, columns: int) -> None:
     top LEGEND_GAP below the band's top.  :func:`png` saves the figure as it is: no tight bounding box,
     which drew the whole figure once more."""
     fig.tight_layout()
+    _titles_inside(fig)
     legend = fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), columns), frameon=False)
     width, height = fig.get_size_inches()
     band = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 2 * LEGEND_GAP
@@ -122,7 +123,33 @@ def _legend_below(fig, handles, labels, columns: int) -> None:
     params = fig.subplotpars
     fig.subplots_adjust(bottom=(params.bottom * height + band) / total, top=(params.top * height + band) / total)
     legend.set_bbox_to_anchor((0.5, (band - LEGEND_GAP) / total), transform=fig.transFigure)
+    # tight_layout leaves a placeholder layout engine, for which savefig draws the figure once more (without
+    # rendering) before its draw: the layout is final, so no engine
+    fig.set_layout_engine(None)
     setattr(fig, LAID_OUT, True)
+
+
+def _titles_inside(fig, rounds: int = 4) -> None:
+    """Narrow the panels until every axes title is inside the figure, LEGEND_GAP from its sides.
+
+    ``tight_layout`` counts a title only vertically: a title wider than its panel (the training figure's
+    "grad terms underflowed (%)") may cross the figure's edge, which the tight bounding box used to
+    rescue by widening the image.  Each round moves the subplots' left / right edges in by the overhang
+    (the titles' text is laid out already: measuring them again is cheap); a centred title moves by
+    less than its panel's edge, hence a few rounds."""
+    renderer = fig.canvas.get_renderer()
+    titled = [ax for ax in fig.axes if ax.title.get_text()]
+    pad = LEGEND_GAP * fig.dpi
+    for _ in range(rounds):
+        boxes = [ax.title.get_window_extent(renderer) for ax in titled]
+        if not boxes:
+            return
+        left = max(0.0, pad - min(b.x0 for b in boxes))
+        right = max(0.0, max(b.x1 for b in boxes) - (fig.bbox.width - pad))
+        if left < 0.5 and right < 0.5:  # (pixels)
+            return
+        params = fig.subplotpars
+        fig.subplots_adjust(left=params.left + left / fig.bbox.width, right=params.right - right / fig.bbox.width)
 
 
 PANEL_COLUMNS = 2  # two panels across: readable at the 800 px a figure is drawn in
