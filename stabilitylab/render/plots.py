@@ -100,7 +100,7 @@ def _wrapped(title: str) -> str:
     return "\n".join(textwrap.wrap(title, 95))
 
 
-LEGEND_GAP = 0.12  # inches between the lowest axis text and the legend, and below the legend
+LEGEND_GAP = 0.12  # inches: above and below the legend, and between a title and the figure's side
 
 
 def _legend_below(fig, handles, labels, columns: int) -> None:
