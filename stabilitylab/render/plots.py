@@ -40,10 +40,17 @@ COLORS = {"float16": "#1f77b4", "bfloat16": "#ff7f0e", "float32": "#2ca02c", "fl
 STYLES = ["-", "--", "-.", ":"]
 
 
+LAID_OUT = "_stabilitylab_laid_out"  # set on a figure by :func:`_legend_below`: its layout is final
+
+
 def png(fig, software: str | None = None) -> bytes:
-    """PNG bytes of ``fig`` (closed); ``software``: the constant ``Software`` text chunk (a marker), else none."""
+    """PNG bytes of ``fig`` (closed); ``software``: the constant ``Software`` text chunk (a marker), else none.
+
+    A figure laid out by :func:`_legend_below` (every figure of this module) is saved as it is: one draw.
+    Any other is cropped to its tight bounding box (which costs a second full draw)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": software}, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": software},
+                bbox_inches=None if getattr(fig, LAID_OUT, False) else "tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -84,7 +91,6 @@ def likelihood_figure(curves: dict, exact: np.ndarray, n: np.ndarray, failures: 
     bottom.set_yticks([0, 25, 50, 75, 100])
     for ax in (top, bottom):
         ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
     _legend_below(fig, *top.get_legend_handles_labels(), columns=2)
     return render(fig)
 
@@ -94,10 +100,56 @@ def _wrapped(title: str) -> str:
     return "\n".join(textwrap.wrap(title, 95))
 
 
+LEGEND_GAP = 0.12  # inches: above and below the legend, and between a title and the figure's side
+
+
 def _legend_below(fig, handles, labels, columns: int) -> None:
-    """One legend for the whole figure, under it: it can never cover a curve."""
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), columns),
-               frameon=False)
+    """Lay the figure out, with one legend for the whole figure under the panels: it can never cover a curve.
+
+    ``tight_layout`` places the panels and the suptitle in the figure as it is (height H inches, one
+    layout pass: with ``rect`` it would make two); the figure then grows at the bottom by a band of the
+    legend's height h (the legend alone laid out, inches) plus 2 * LEGEND_GAP, the panels keeping their
+    size and place from the top (a subplot parameter y becomes (y H + band) / (H + band); the spaces
+    between panels are fractions of a panel's size, unchanged), and the legend sits in the band, its
+    top LEGEND_GAP below the band's top.  :func:`png` saves the figure as it is: no tight bounding box,
+    which drew the whole figure once more."""
+    fig.tight_layout()
+    _titles_inside(fig)
+    legend = fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), columns), frameon=False)
+    width, height = fig.get_size_inches()
+    band = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 2 * LEGEND_GAP
+    total = height + band
+    fig.set_size_inches(width, total)
+    params = fig.subplotpars
+    fig.subplots_adjust(bottom=(params.bottom * height + band) / total, top=(params.top * height + band) / total)
+    legend.set_bbox_to_anchor((0.5, (band - LEGEND_GAP) / total), transform=fig.transFigure)
+    # tight_layout leaves a placeholder layout engine, for which savefig draws the figure once more (without
+    # rendering) before its draw: the layout is final, so no engine
+    fig.set_layout_engine(None)
+    setattr(fig, LAID_OUT, True)
+
+
+def _titles_inside(fig, rounds: int = 4) -> None:
+    """Narrow the panels until every axes title is inside the figure, LEGEND_GAP from its sides.
+
+    ``tight_layout`` counts a title only vertically: a title wider than its panel (the training figure's
+    "grad terms underflowed (%)") may cross the figure's edge, which the tight bounding box used to
+    rescue by widening the image.  Each round moves the subplots' left / right edges in by the overhang
+    (the titles' text is laid out already: measuring them again is cheap); a centred title moves by
+    less than its panel's edge, hence a few rounds."""
+    renderer = fig.canvas.get_renderer()
+    titled = [ax for ax in fig.axes if ax.title.get_text()]
+    pad = LEGEND_GAP * fig.dpi
+    for _ in range(rounds):
+        boxes = [ax.title.get_window_extent(renderer) for ax in titled]
+        if not boxes:
+            return
+        left = max(0.0, pad - min(b.x0 for b in boxes))
+        right = max(0.0, max(b.x1 for b in boxes) - (fig.bbox.width - pad))
+        if left < 0.5 and right < 0.5:  # (pixels)
+            return
+        params = fig.subplotpars
+        fig.subplots_adjust(left=params.left + left / fig.bbox.width, right=params.right - right / fig.bbox.width)
 
 
 PANEL_COLUMNS = 2  # two panels across: readable at the 800 px a figure is drawn in
@@ -130,7 +182,6 @@ def _finish_panels(fig, axes, formats, title: str, parameter: str, ylabel: str, 
         if k % PANEL_COLUMNS == 0:
             ax.set_ylabel(ylabel)
     fig.suptitle(_wrapped(title))
-    fig.tight_layout()
     _legend_below(fig, *axes[0].get_legend_handles_labels(), columns=4)
     return render(fig)
 
@@ -249,7 +300,6 @@ def training_figure(title: str, runs: dict, formats: list[str], render=png):
     for ax in axes[-1]:
         ax.set_xlabel("step")
     fig.suptitle(_wrapped(title))
-    fig.tight_layout()
     handles, labels = [], []
     for ax in axes[:, 0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
@@ -292,7 +342,6 @@ def large_vocabulary_figure(curves: list, render=png):
     axes[0].set_title("weight gradient vs chunks")
     axes[1].set_title("loss and p_y - 1 vs p_y")
     fig.suptitle(_wrapped("linear_ce: bits lost per precision policy"))
-    fig.tight_layout()
     # one legend below (never over a curve): a color per policy, a line style per method
     from matplotlib.lines import Line2D
 
