@@ -382,7 +382,8 @@ class IntervalArith:
         w = self._w
         with np.errstate(all="ignore"):
             return self._result(self._op(np.add, a.lo, b.lo), self._op(np.add, a.hi, b.hi),
-                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), self._sum(a.err, b.err), absolute=False)
+                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), self._sum(a.err, b.err), absolute=False,
+                                exact=self._zero_operand(a, b))
 
     def sub(self, a, b, where=None) -> Bounds:
         a, b = Bounds.of(a), Bounds.of(b)
@@ -390,7 +391,16 @@ class IntervalArith:
         with np.errstate(all="ignore"):
             return self._result(self._op(np.subtract, a.lo, b.hi), self._op(np.subtract, a.hi, b.lo),
                                 w(a.xlo) - w(b.xhi), w(a.xhi) - w(b.xlo), self._sum(a.err, b.err),
-                                absolute=False)
+                                absolute=False, exact=self._zero_operand(a, b))
+
+    def _zero_operand(self, a: Bounds, b: Bounds):
+        """Where one computed operand of a + or - is 0 over the whole range: the computed result is the
+        other operand (a format value), or its negation, with no rounding (module docstring, **A log1p at
+        a tiny operand**).  Formats of at most 24 bits without flush-to-zero only (None elsewhere)."""
+        if self.ftz or self.fmt.precision > 24:
+            return None
+        zero = ((a.lo == 0) & (a.hi == 0)) | ((b.lo == 0) & (b.hi == 0))
+        return zero if zero.any() else None
 
     def _sum(self, a, b):
         """a + b of error bounds, rounded upward (0 stays 0: an exact operand pair)."""
