@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import mpmath
 import numpy as np
+import pytest
 
+from stabilitylab.analysis import staircase
+from stabilitylab.analysis.engine import evaluate
+from stabilitylab.analysis.outcome import METHOD_FAILURES
+from stabilitylab.experiments import EXPERIMENTS
+from stabilitylab.experiments.base import Settings
 from stabilitylab.experiments.softmax_ce import Loaded, log_softmax_log1p
 from stabilitylab.numerics import interval
 from stabilitylab.numerics.arith import Arith
@@ -133,3 +139,74 @@ def test_sum_with_an_operand_that_is_zero_over_the_range_is_not_rounded():
                 value = np.asarray(getattr(a, op)(*((p, z) if args[0] is x else (z, p)))).astype(np.float64)
                 assert np.array_equal(value, sign * points.astype(np.float64))
                 assert (value >= b.lo[0]).all() and (value <= b.hi[0]).all()
+
+
+def _engine_ok(family: str, d: np.ndarray) -> np.ndarray:
+    """Per d: the engine's status of log_softmax_log1p is not a method failure (at the default tolerance and
+    at 1e-7, where every step is 'inaccurate' unless correctly rounded), and its value is the plain cr(exp(-d))
+    where that is subnormal."""
+    e = EXPERIMENTS["softmax_ce"]
+    ok = np.ones(len(d), dtype=bool)
+    for part in np.array_split(np.arange(len(d)), max(1, len(d) // 2**16)):
+        cases = e.family(family).cases(d[part], Settings())
+        for tol in (None, 1e-7):
+            out = evaluate(e, FP32, cases, methods=["log_softmax_log1p"], tolerance=tol, fast_reference=True)
+            ok[part] &= ~np.isin(out["log_softmax_log1p"].status, METHOD_FAILURES)
+    return ok
+
+
+def _around_midpoints(width: int) -> np.ndarray:
+    """The float32 d within ``width`` values of every d_j = 150 ln 2 - ln(2j + 1), j < 2**12 (mpmath)."""
+    out = []
+    with mpmath.workprec(200):
+        ln2 = mpmath.log(2)
+        for j in range(staircase.MIDPOINTS):
+            centre = float(np.float32(float(150 * ln2 - mpmath.log(2 * j + 1))))
+            out.append(_window(float(centre) - width * 2.0**-17, 2 * width + 1))
+    return np.unique(np.concatenate(out))
+
+
+def test_staircase_proof_agrees_with_the_engine_next_to_every_midpoint():
+    """:mod:`stabilitylab.analysis.staircase` proves [D0, 128) for both families; the engine agrees at the
+    float32 d next to every rounding boundary d_j of the steps (the only places where the argument could
+    fail) and at random d of the span.  The proof holds only for log_softmax_log1p in float32 without
+    flush-to-zero, on those two families."""
+    d0, unsafe = staircase._table()
+    assert len(unsafe) == 0 and 94.9 < d0 < 95.0
+    assert staircase.proven(np.array([d0, 100.0, d0]), np.array([127.99, 103.0, 128.0])).tolist() == [True, True, False]
+    assert not staircase.proven(np.array([float(np.nextafter(np.float32(d0), np.float32(0)))]), np.array([96.0]))[0]
+    rng = np.random.default_rng(11)
+    d = np.concatenate([_around_midpoints(3), rng.uniform(d0, 104.5, 2**13).astype(np.float32).astype(np.float64)])
+    d = d[d >= d0]
+    assert len(d) > 2**14
+    for family in ("overflow", "confident"):
+        assert _engine_ok(family, d).all(), family
+    assert staircase.applies("softmax_ce", "overflow", "log_softmax_log1p", FP32, False)
+    assert not staircase.applies("softmax_ce", "overflow", "log_softmax_log1p", FP32, True)
+    assert not staircase.applies("softmax_ce", "overflow", "log_softmax", FP32, False)
+    assert not staircase.applies("softmax_ce", "underflow", "log_softmax_log1p", FP32, False)
+    assert not staircase.applies("softmax_ce", "overflow", "log_softmax_log1p", FORMATS["float64"], False)
+    assert {("softmax_ce", f.name) for f in EXPERIMENTS["softmax_ce"].families} >= staircase.FAMILIES
+
+
+@pytest.mark.slow
+def test_staircase_proof_agrees_with_the_engine_at_every_float32_d_of_the_span():
+    """Every float32 d from D0 to 104.5 (~1.2 million per family; beyond, exp(-d) rounds to 0 and so does
+    the loss)."""
+    d0, _ = staircase._table()
+    first, last = (int(np.float32(x).view(np.uint32)) for x in (d0, 104.5))
+    d = np.arange(first, last + 1, dtype=np.uint32).view(np.float32).astype(np.float64)
+    for family in ("overflow", "confident"):
+        assert _engine_ok(family, d).all(), family
+
+
+def test_float32_overflow_thresholds_are_the_same_without_the_staircase_proof(monkeypatch):
+    """The proof changes how the search verifies (ranges instead of ~230,000 points), not what it finds."""
+    from stabilitylab.analysis import thresholds
+
+    e = EXPERIMENTS["softmax_ce"]
+    with_proof = thresholds._family_thresholds(e, e.family("overflow"), FP32, Settings(), None, 16)
+    monkeypatch.setattr(staircase, "applies", lambda *args: False)
+    without = thresholds._family_thresholds(e, e.family("overflow"), FP32, Settings(), None, 16)
+    assert with_proof == without
+    assert [r.first_inaccurate for r in with_proof if r.method == "log_softmax_log1p"] == [None]
