@@ -87,6 +87,7 @@ from ..numerics import interval, reference
 from ..numerics.arith import NEVER, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import format_or_policy
+from . import staircase
 from .engine import evaluate
 from .outcome import METHOD_FAILURES, blame
 from .parallel import fork_pool, worker_count
@@ -770,6 +771,8 @@ class _Search:
         if method.exact_formula:  # |computed - exact| <= err at every point of the range
             with np.errstate(all="ignore"):
                 ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+        if staircase.applies(self.experiment.name, self.family.name, method.name, fmt, self.settings.ftz):
+            ok |= staircase.proven(sub_lo, sub_hi)  # every point correctly rounded (its docstring)
         for t in self.family.turning:
             ok &= ~((sub_lo <= t * (1 + 2.0**-50)) & (sub_hi >= t * (1 - 2.0**-50)))
         if truth.storage:  # a stored value fails where x is beyond the range or lost to 0: prove neither can be

@@ -74,6 +74,23 @@ float64: its thresholds are sampled where the error hovers at the tolerance, and
 proves other ranges, so the points sampled and the bound reported (``exact: false``) would move (at
 tolerance 1e-3 the naive overflow's 30.543432624664195 became 30.52720561344854); float64's searches
 were no faster with it.
+
+**A log1p at a tiny operand** (:meth:`IntervalArith.log1p`).  The correctly rounded log1p(x') of a format
+value x' is the format value nearest to log1p(x'), and x' is itself a format value, so the operation's own
+error is |cr(log1p(x')) - log1p(x')| <= |x' - log1p(x')| <= x'**2 (for |x'| <= 1/2: x - log1p(x) lies in
+[0, x**2 / 2] for x >= 0, and |log1p(x) - x| <= x**2 / (2 (1 - |x|)) <= x**2 for -1/2 <= x < 0).  Where the
+computed operand's enclosure lies within ``u**2`` of 0, x'**2 <= u**2 |x'|, far below the one rounding
+(``u |y| + smallest_subnormal / 2``) bounded otherwise, which for a subnormal result is absolute: so the
+error bound carried through there is the operand's (through the Lipschitz bound) plus x'**2 (in fact
+cr(log1p(x')) = x' there, but the bound does not need it).  This is what proves softmax_ce's
+log_softmax_log1p in float32 on the subnormal staircase of logits [d, 0] / [0, -d] (label 0): for d from
+~87.3 (exp(-d) below 2**-126) to ~103.97 (exp(-d) rounds to 0) its value is cr(exp(-d)) = k 2**-149, a step
+function of d (z = -d is exact, the max's own exp(0) is dropped, 0 + s is exact, log1p(s) = s, s - 0 = s),
+whose relative error 1/(2k) at most reaches the tolerance 2**-12 only near k = 2**11; with one absolute
+rounding (exp's) instead of two (exp's and log1p's) the error bound proves every step above k ~ 2**11 on
+ranges of any width, instead of splitting each step's edge down to ``LEAF`` values.  Only for formats of at
+most 24 bits and not under flush-to-zero (float64's sampled bounds depend on which ranges are proven: they
+stay as they were).
 """
 
 from __future__ import annotations
@@ -365,7 +382,8 @@ class IntervalArith:
         w = self._w
         with np.errstate(all="ignore"):
             return self._result(self._op(np.add, a.lo, b.lo), self._op(np.add, a.hi, b.hi),
-                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), self._sum(a.err, b.err), absolute=False)
+                                w(a.xlo) + w(b.xlo), w(a.xhi) + w(b.xhi), self._sum(a.err, b.err), absolute=False,
+                                exact=self._zero_operand(a, b))
 
     def sub(self, a, b, where=None) -> Bounds:
         a, b = Bounds.of(a), Bounds.of(b)
@@ -373,7 +391,16 @@ class IntervalArith:
         with np.errstate(all="ignore"):
             return self._result(self._op(np.subtract, a.lo, b.hi), self._op(np.subtract, a.hi, b.lo),
                                 w(a.xlo) - w(b.xhi), w(a.xhi) - w(b.xlo), self._sum(a.err, b.err),
-                                absolute=False)
+                                absolute=False, exact=self._zero_operand(a, b))
+
+    def _zero_operand(self, a: Bounds, b: Bounds):
+        """Where one computed operand of a + or - is 0 over the whole range: the computed result is the
+        other operand (a format value), or its negation, with no rounding (module docstring, **A log1p at
+        a tiny operand**).  Formats of at most 24 bits without flush-to-zero only (None elsewhere)."""
+        if self.ftz or self.fmt.precision > 24:
+            return None
+        zero = ((a.lo == 0) & (a.hi == 0)) | ((b.lo == 0) & (b.hi == 0))
+        return zero if zero.any() else None
 
     def _sum(self, a, b):
         """a + b of error bounds, rounded upward (0 stays 0: an exact operand pair)."""
@@ -491,9 +518,14 @@ class IntervalArith:
         return Bounds(np.maximum(a.lo, b.lo), np.maximum(a.hi, b.hi), np.maximum(a.xlo, b.xlo),
                       np.maximum(a.xhi, b.xhi), np.maximum(a.err, b.err))
 
-    def _function(self, f, exact, lipschitz, a, domain_low: float) -> Bounds:
+    def _function(self, f, exact, lipschitz, a, domain_low: float, identity: bool = False) -> Bounds:
         """A monotone increasing function: ``f(fmt, x)`` as computed (correctly rounded),
-        ``exact`` in the wide type; ``lipschitz(lowest, highest)`` bounds |f'| over the operand."""
+        ``exact`` in the wide type; ``lipschitz(lowest, highest)`` bounds |f'| over the operand.
+
+        ``identity``: f(x) = x + O(x**2) with |f(x) - x| <= x**2 for |x| <= 1/2 (log1p), so where the
+        computed operand x' lies within ``u**2`` of 0 the correctly rounded f(x') is x' itself and the
+        operation's own error is |x' - f(x')| <= x'**2 instead of one rounding (module docstring, **A
+        log1p at a tiny operand**)."""
         a = Bounds.of(a)
         w = self._w
         with np.errstate(all="ignore"):
@@ -509,9 +541,17 @@ class IntervalArith:
         v_out = (a.lo < domain_low) | np.isnan(a.lo) | np.isnan(a.hi)  # the computed operand may leave the domain
         x_out = (a.xlo < domain_low) | np.isnan(a.xlo) | np.isnan(a.xhi)
         slack = FUNCTION_SLACK if self.wide == np.float64 else _LONG_SLACK
+        carried, kept = np.where(v_out | x_out, np.inf, carried), None
+        if identity and not self.ftz and self.fmt.precision <= 24:
+            with np.errstate(all="ignore"):
+                size = self._e(np.maximum(np.abs(a.lo), np.abs(a.hi)))
+                kept = (size <= self.u * self.u) & ~v_out & ~x_out
+                if kept.any():  # (the wide type is float64: size**2 >= 2**-300 is no underflow)
+                    carried = np.where(kept, _up(carried + _up(size * size)), carried)
+                else:
+                    kept = None
         return self._result(np.where(v_out, -inf, vlo), np.where(v_out, inf, vhi),
-                            np.where(x_out, -inf, xlo), np.where(x_out, inf, xhi),
-                            np.where(v_out | x_out, np.inf, carried), slack)
+                            np.where(x_out, -inf, xlo), np.where(x_out, inf, xhi), carried, slack, exact=kept)
 
     def exp(self, x, where=None) -> Bounds:
         return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest), x, -np.inf)
@@ -520,7 +560,8 @@ class IntervalArith:
         return self._function(crmath.log, np.log, lambda lowest, highest: 1 / lowest, x, 0.0)
 
     def log1p(self, x, where=None) -> Bounds:
-        return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest), x, -1.0)
+        return self._function(crmath.log1p, np.log1p, lambda lowest, highest: 1 / (1 + lowest), x, -1.0,
+                              identity=True)
 
     def tanh(self, x, where=None) -> Bounds:
         """tanh: increasing, |tanh'| = 1 - tanh**2 <= 1."""
