@@ -140,19 +140,32 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
-                bulk: bool = False, printed: tuple[int, int] | None = None) -> list[Outcome]:
+                bulk: bool = False, printed: tuple[int, int] | None = None, defer: bool = False,
+                exact: Exact | None = None) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided).
 
     ``printed = (keep, cap)`` (bulk path, a caller that shows only the statuses, the error-bits bins,
     the ``keep`` worst rows, the first ``cap`` failing rows and the first row of each status: not every
     row's columns): the longdouble reference is first replaced by its bounded float64 tier where the
-    truth has one (:func:`_bounded`); the outcomes are the same, bit for bit, in every row those read."""
+    truth has one (:func:`_bounded`); the outcomes are the same, bit for bit, in every row those read.
+    With ``defer`` too, the tier is also kept in rows that are printed (as long as their status and
+    error-bits bin are decided): each outcome's :attr:`~.outcome.Outcome.window` is then, per row, the
+    ulps window ``w`` of :func:`_bounded` where the row's columns are the tier's (0 where they are final),
+    and the caller must recompute the columns it prints of those rows on the longdouble reference
+    (``streaming.summarize`` does, at the end of a run).  ``exact``: the fast reference's values of
+    ``inputs``, already computed (``fast`` and ``bulk``; then no tier)."""
     dtype = wide_dtype(fmt) if bulk else None
-    exact = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed) if fast and printed else None
+    window = None
+    if exact is None and fast and printed:
+        got = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed, defer)
+        exact, window = got if defer and got is not None else (got, None)
     if exact is None:
         exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                 for m, arith, value in runs]
+    if window is not None:
+        for o in outcomes:
+            o.window = window
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
@@ -164,7 +177,8 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     return outcomes
 
 
-def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int]):
+def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int],
+             defer: bool = False):
     """The longdouble fast reference (``reference.fast(truth, inputs, longdouble)``) in every row that
     ``printed = (keep, cap)`` outputs read and every row whose status or error-bits bin it could change;
     elsewhere its bounded float64 tier (``truth.fast_reference.bounded``: values within ``b`` per row,
@@ -192,13 +206,19 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
       (statuses being decided, these are the same rows under either reference).
 
     The rows left then get the longdouble values, and the re-check with F (mpmath where undecided)
-    flags exactly the rows it flags on the longdouble reference alone."""
+    flags exactly the rows it flags on the longdouble reference alone.
+
+    ``defer``: the last condition is left out (any number of rows, even fewer than ``keep``), and the result
+    is ``(values, window)``: ``window`` is ``w`` in the rows that keep the float64 value, 0 elsewhere.  The
+    statuses and bins are then the longdouble reference's, every row's; the columns of the rows with a
+    window are not (the caller recomputes those it prints), and a row's true ``ulps`` is within
+    ``[ulps (1 - 2**-50) - w, ulps (1 + 2**-50) + w]`` of its float64 one."""
     bounded = getattr(truth.fast_reference, "bounded", None)
     keep, cap = printed
     if bounded is None or dtype is None or np.dtype(dtype) != np.longdouble:
         return None
     got = bounded(inputs)
-    if got is None or len(got[0]) <= keep:
+    if got is None or (len(got[0]) <= keep and not defer):
         return None
     approx, b, handled = got
     n = len(approx)
@@ -221,9 +241,12 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
             hi = o.ulps * (1 + 2.0**-50) + w + 1
             j = np.floor(np.log2(lo * (1 - 2.0**-40)))
             refine |= ~(j == np.floor(np.log2(hi * (1 + 2.0**-40))))  # (NaN: refined)
-            low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
-            kth = np.partition(low, n - keep)[n - keep]
-            refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
+            if defer:
+                continue
+            if keep > 0:
+                low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
+                kth = np.partition(low, n - keep)[n - keep]
+                refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
             codes = o.codes
             failing = np.flatnonzero(np.isin(codes, [STATUSES.index(s) for s in METHOD_FAILURES]))[:cap]
             refine[failing] = True
@@ -232,6 +255,8 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     rows = np.flatnonzero(refine)
     if rows.size:
         approx = approx.put(rows, reference.fast(truth, inputs.take(rows), dtype))
+    if defer:
+        return approx, np.where(refine, 0.0, w)
     return approx
 
 

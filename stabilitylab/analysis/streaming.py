@@ -52,7 +52,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..experiments.base import Experiment, ParamNames
-from ..experiments.softmax_ce import SOFTMAX_CE, Logits
+from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
@@ -61,7 +61,7 @@ from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
 from . import softmax_bulk
-from .engine import evaluate, relative_change
+from .engine import _classified, evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
 
@@ -71,6 +71,8 @@ BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
+# a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final
+ROW_T = np.dtype(ROW.descr + [("window", np.float64)])
 WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
 # logits per chunk by default: large enough that a chunk's ~100 numpy calls per value pass are not mostly
 # Python (a wide row's pairwise sum has 17 levels), small enough for its temporaries (float64 / longdouble,
@@ -103,13 +105,13 @@ class Cell:
     def merge(self, other: "Cell", keep: int, cap: int) -> None:
         self.counts += other.counts
         self.bits += other.bits
-        self.worst = _worst(np.concatenate([self.worst, other.worst]), keep)
+        self.worst = _worst(_join(self.worst, other.worst), keep)
         if len(self.failing) < cap:
-            self.failing = np.concatenate([self.failing, other.failing[: cap - len(self.failing)]])
+            self.failing = _join(self.failing, other.failing[: cap - len(self.failing)])
         seen = set(self.first["status"].tolist())
         new = other.first[[s not in seen for s in other.first["status"].tolist()]]
         if len(new):
-            both = np.concatenate([self.first, new])
+            both = _join(self.first, new)
             self.first = both[np.argsort(both["status"], kind="stable")]
 
     @property
@@ -202,13 +204,62 @@ def _worst_order(error_bits: np.ndarray, rows: np.ndarray, keep: int | None = No
 
 
 def _worst(rows: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` worst of ``rows`` (a ROW array)."""
+    """The ``keep`` worst of ``rows`` (a ROW array; a ROW_T array: :func:`_worst_candidates`)."""
+    if rows.dtype == ROW_T and len(rows) > keep and rows["window"].any():
+        return _worst_candidates(rows, keep)
     return rows[_worst_order(rows["error_bits"], rows["row"], keep)]
+
+
+def _worst_candidates(rows: np.ndarray, keep: int) -> np.ndarray:
+    """Every row of a ROW_T array that may be among its ``keep`` worst once the rows with a window are
+    recomputed (``run_chunk``'s ``defer``): a row's true ``ulps`` is within ``[lo, hi] = [ulps (1 - 2**-50) - w,
+    ulps (1 + 2**-50) + w]`` (w = 0: the row's own), so its error bits ``log2(ulps + 1)`` within
+    ``[log2(lo + 1) - 2**-40, log2(hi + 1) + 2**-40]`` (np.log2's error is far below 2**-40).  A row whose upper
+    end is below the keep-th largest lower end has ``keep`` rows of strictly larger error bits above it (ties by
+    row index cannot matter): it is not among the ``keep`` worst, now or after any merge.  The rest, in
+    :func:`_worst_order`'s order of the columns as they are (NaN and inf rows have no window)."""
+    w, u = rows["window"], rows["ulps"]
+    with np.errstate(invalid="ignore"):
+        rank = np.where(np.isnan(rows["error_bits"]), np.inf, rows["error_bits"])
+        lo = np.where(w > 0, np.log2(np.maximum(u * (1 - 2.0**-50) - w, 0.0) + 1) - 2.0**-40, rank)
+        hi = np.where(w > 0, np.log2(u * (1 + 2.0**-50) + w + 1) + 2.0**-40, rank)
+    kth = np.partition(lo, len(lo) - keep)[len(lo) - keep]
+    sub = rows[~(hi < kth)]
+    return sub[_worst_order(sub["error_bits"], sub["row"])]
+
+
+def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` and ``b`` (ROW or ROW_T arrays) concatenated, as ROW_T where either is (window 0 where absent)."""
+    if a.dtype == b.dtype:
+        return np.concatenate([a, b])
+    return np.concatenate([_with_window(a), _with_window(b)])
+
+
+def _with_window(a: np.ndarray) -> np.ndarray:
+    if a.dtype == ROW_T:
+        return a
+    out = np.zeros(len(a), ROW_T)
+    for name in ROW.names:
+        out[name] = a[name]
+    return out
+
+
+def _without_window(a: np.ndarray) -> np.ndarray:
+    if a.dtype == ROW:
+        return a
+    out = np.empty(len(a), ROW)
+    for name in ROW.names:
+        out[name] = a[name]
+    return out
 
 
 def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray, pick=None) -> np.ndarray:
     sel = slice(None) if pick is None else pick
-    out = np.empty(len(rows[sel]), ROW)
+    if o.window is not None:
+        out = np.empty(len(rows[sel]), ROW_T)
+        out["window"] = o.window[sel]
+    else:
+        out = np.empty(len(rows[sel]), ROW)
     out["row"], out["label"] = rows[sel], labels[sel]
     out["value"], out["status"] = o.value[sel], codes[sel]
     out["exact_hi"], out["exact_lo"] = o.exact.hi[sel], o.exact.lo[sel]
@@ -345,10 +396,18 @@ def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
 
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
-              experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None):
+              experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None,
+              defer: bool = False):
     """Every method in every format on one chunk: ({(format, method): Cell}, rows or None,
     (count, first rows) of rows with non-finite logits, {(format, method): Pair}, {format: BlockTally}).
-    ``tensor_amax``: NVFP4's tensor amax (the file's, :func:`file_amax`)."""
+    ``tensor_amax``: NVFP4's tensor amax (the file's, :func:`file_amax`).
+
+    Without ``all_rows``, only the cells are read, so float64's fused path may take its reference from the
+    bounded float64 tier where that changes none of them (``softmax_bulk.evaluate_fused``'s ``printed``; on
+    rows of more than :data:`softmax_bulk.SHORT` classes: on 10 classes it saved nothing, measured).  With
+    ``defer`` too (``summarize``, which then calls :func:`_settle`), a chunk of at most ``keep`` rows (whose
+    rows are all printed) keeps the tier in its printed rows as well: its cells' rows are ROW_T arrays
+    whose ``window`` marks the rows to recompute at the end."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
     # float32 logits stay float32 (Arith.load rounds them from float64 exactly the same): a wide row
@@ -372,7 +431,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
-            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance)
+            # (every row's columns are read with all_rows: then none of them on the bounded float64 tier)
+            tier = not all_rows and x.shape[1] > softmax_bulk.SHORT
+            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance,
+                                                   printed=(keep, cap) if tier else None,
+                                                   defer=tier and defer and len(idx) <= keep)
         else:
             outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
                                 tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
@@ -437,6 +500,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)
     if experiment is not SOFTMAX_CE:  # (only then: worker processes receive the kwargs pickled)
         kwargs["experiment"] = experiment
+    elif on_rows is None:
+        kwargs["defer"] = True  # (the cells' deferred rows recomputed below: _settle)
     tensor_amax = None
     if any(block_of(f) is not None and block_of(f).tensor_scale for f in formats):
         tensor_amax = kwargs["tensor_amax"] = file_amax(source, rows_per_chunk)
@@ -472,6 +537,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
                       absorb)
     finally:
         _SOURCE = None
+    _settle(cells, source, labels, formats, tolerance, keep)
     bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
@@ -481,6 +547,46 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds, notes,
                    worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz, black_box=black_box, versus=pairs,
                    blocks=blocks, tensor_amax=tensor_amax)
+
+
+def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, tolerance, keep: int) -> None:
+    """The cells' rows whose columns are still the bounded float64 tier's (``window > 0``: ``run_chunk``'s
+    ``defer``) recomputed on the longdouble reference, as a chunk of those rows alone would (the fused path,
+    ``engine._classified`` without the tier: the reference is per row, and those rows had no event), their
+    logits read again from ``source``; then the ``keep`` worst among each cell's candidates, and every
+    array back to ROW.  The statuses (and so the failing and first rows) were final already; the worst rows
+    are now those of the longdouble reference (:func:`_worst_candidates` kept every possible one).  On a wide
+    file this is ~40 rows of 800 (the four methods' worst, the first row of each status, failing rows)."""
+    methods = {m.name: m for m in SOFTMAX_CE.methods}
+    for fmt in formats:
+        mine = [(key, cell) for key, cell in cells.items() if key[0] == fmt.name]
+        marked = [a["row"][a["window"] > 0] for _, cell in mine for a in (cell.worst, cell.failing, cell.first)
+                  if a.dtype == ROW_T]
+        rows = np.unique(np.concatenate(marked)) if marked else np.zeros(0, np.int64)
+        if rows.size:
+            x = source.take(rows)
+            xl = np.asarray(x, dtype=np.float64)  # (float64: the fused path's stored logits, exact)
+            y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
+            exact = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(fmt))
+            tol = fmt.default_tolerance if tolerance is None else tolerance
+            for (_, method), cell in mine:
+                for name in ("worst", "failing", "first"):
+                    a = getattr(cell, name)
+                    if a.dtype != ROW_T or not a["window"].any():
+                        continue
+                    sel = np.flatnonzero(a["window"] > 0)
+                    at = np.searchsorted(rows, a["row"][sel])
+                    run = (methods[method], Arith(fmt, len(sel)), a["value"][sel])  # (no event: see run_chunk)
+                    o = _classified(SOFTMAX_CE.truth, [run], Loaded(xl[at], y[at]), fmt, tolerance, tol, True, True,
+                                    exact=exact.take(at))[0]
+                    fresh = _columns(o, a["row"][sel], a["label"][sel], status_codes(o.status) if o.codes is None
+                                     else o.codes)
+                    for column in ROW.names:
+                        a[column][sel] = fresh[column]
+                    a["window"][sel] = 0.0
+        for _, cell in mine:
+            cell.worst = _without_window(_worst(cell.worst, keep))
+            cell.failing, cell.first = _without_window(cell.failing), _without_window(cell.first)
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
