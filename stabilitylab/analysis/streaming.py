@@ -218,14 +218,21 @@ def _worst_candidates(rows: np.ndarray, keep: int) -> np.ndarray:
     end is below the keep-th largest lower end has ``keep`` rows of strictly larger error bits above it (ties by
     row index cannot matter): it is not among the ``keep`` worst, now or after any merge.  The rest, in
     :func:`_worst_order`'s order of the columns as they are (NaN and inf rows have no window)."""
+    lo, hi = _error_bits_window(rows)
+    kth = np.partition(lo, len(lo) - keep)[len(lo) - keep]
+    sub = rows[~(hi < kth)]
+    return sub[_worst_order(sub["error_bits"], sub["row"])]
+
+
+def _error_bits_window(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per row of a ROW_T array: the error bits (NaN as inf) where the window is 0, else the ends of
+    :func:`_worst_candidates`' interval."""
     w, u = rows["window"], rows["ulps"]
     with np.errstate(invalid="ignore"):
         rank = np.where(np.isnan(rows["error_bits"]), np.inf, rows["error_bits"])
         lo = np.where(w > 0, np.log2(np.maximum(u * (1 - 2.0**-50) - w, 0.0) + 1) - 2.0**-40, rank)
         hi = np.where(w > 0, np.log2(u * (1 + 2.0**-50) + w + 1) + 2.0**-40, rank)
-    kth = np.partition(lo, len(lo) - keep)[len(lo) - keep]
-    sub = rows[~(hi < kth)]
-    return sub[_worst_order(sub["error_bits"], sub["row"])]
+    return lo, hi
 
 
 def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -553,40 +560,75 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
     """The cells' rows whose columns are still the bounded float64 tier's (``window > 0``: ``run_chunk``'s
     ``defer``) recomputed on the longdouble reference, as a chunk of those rows alone would (the fused path,
     ``engine._classified`` without the tier: the reference is per row, and those rows had no event), their
-    logits read again from ``source``; then the ``keep`` worst among each cell's candidates, and every
-    array back to ROW.  The statuses (and so the failing and first rows) were final already; the worst rows
-    are now those of the longdouble reference (:func:`_worst_candidates` kept every possible one).  On a wide
-    file this is ~40 rows of 800 (the four methods' worst, the first row of each status, failing rows)."""
+    logits read again from ``source``; then the ``keep`` worst of each cell, and every array back to ROW.
+
+    The statuses (so the failing and first rows) were final already: those rows are recomputed in the first
+    round.  A cell's worst holds every row that may be among its ``keep`` worst (:func:`_worst_candidates`);
+    each round recomputes, per cell, the rows with a window among its ``keep`` of largest upper end (all its
+    rows with a window where there is none there), then prunes again with the recomputed values, until no
+    candidate has a window: the ``keep`` worst are then those of the longdouble reference.  On a wide file
+    ~40 rows of 800 (the four methods' worst, the first row of each status, failing rows), in two or three
+    readings of the source."""
     methods = {m.name: m for m in SOFTMAX_CE.methods}
     for fmt in formats:
-        mine = [(key, cell) for key, cell in cells.items() if key[0] == fmt.name]
-        marked = [a["row"][a["window"] > 0] for _, cell in mine for a in (cell.worst, cell.failing, cell.first)
-                  if a.dtype == ROW_T]
-        rows = np.unique(np.concatenate(marked)) if marked else np.zeros(0, np.int64)
-        if rows.size:
+        mine = [(key[1], cell) for key, cell in cells.items() if key[0] == fmt.name]
+        tol = fmt.default_tolerance if tolerance is None else tolerance
+        done: dict[int, int] = {}  # row -> index into the recomputed rows (xl, y, exact)
+        got: list = []
+        while True:
+            for method, cell in mine:
+                if got:
+                    for name in ("worst", "failing", "first"):
+                        setattr(cell, name, _recomputed(getattr(cell, name), method, methods, fmt, tolerance, tol,
+                                                        done, got))
+                cell.worst = _worst(cell.worst, keep)
+            want = set()
+            for _, cell in mine:
+                for a in (cell.failing, cell.first):
+                    if a.dtype == ROW_T:
+                        want.update(a["row"][a["window"] > 0].tolist())
+                a = cell.worst
+                if a.dtype == ROW_T and a["window"].any():
+                    top = np.argsort(-_error_bits_window(a)[1], kind="stable")[:keep]
+                    pick = top[a["window"][top] > 0]
+                    want.update(a["row"][pick if pick.size else np.flatnonzero(a["window"] > 0)].tolist())
+            want.difference_update(done)
+            if not want:
+                break
+            rows = np.array(sorted(want), dtype=np.int64)
             x = source.take(rows)
             xl = np.asarray(x, dtype=np.float64)  # (float64: the fused path's stored logits, exact)
             y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
             exact = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(fmt))
-            tol = fmt.default_tolerance if tolerance is None else tolerance
-            for (_, method), cell in mine:
-                for name in ("worst", "failing", "first"):
-                    a = getattr(cell, name)
-                    if a.dtype != ROW_T or not a["window"].any():
-                        continue
-                    sel = np.flatnonzero(a["window"] > 0)
-                    at = np.searchsorted(rows, a["row"][sel])
-                    run = (methods[method], Arith(fmt, len(sel)), a["value"][sel])  # (no event: see run_chunk)
-                    o = _classified(SOFTMAX_CE.truth, [run], Loaded(xl[at], y[at]), fmt, tolerance, tol, True, True,
-                                    exact=exact.take(at))[0]
-                    fresh = _columns(o, a["row"][sel], a["label"][sel], status_codes(o.status) if o.codes is None
-                                     else o.codes)
-                    for column in ROW.names:
-                        a[column][sel] = fresh[column]
-                    a["window"][sel] = 0.0
+            for i, row in enumerate(rows.tolist()):
+                done[row] = len(done)
+                got.append((xl[i], y[i], exact.take([i])))
         for _, cell in mine:
             cell.worst = _without_window(_worst(cell.worst, keep))
             cell.failing, cell.first = _without_window(cell.failing), _without_window(cell.first)
+
+
+def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol: float, done: dict,
+                got: list) -> np.ndarray:
+    """``a`` (ROW or ROW_T) with the columns of its rows with a window whose reference :func:`_settle` has
+    computed recomputed (window 0): ``engine._classified`` of the method's values on those rows alone."""
+    if a.dtype != ROW_T:
+        return a
+    sel = np.flatnonzero((a["window"] > 0) & np.isin(a["row"], np.fromiter(done, np.int64, len(done))))
+    if not sel.size:
+        return a
+    at = [done[r] for r in a["row"][sel].tolist()]
+    xl, y = np.stack([got[i][0] for i in at]), np.array([got[i][1] for i in at])
+    hi, lo, scale, zero = (np.concatenate([getattr(got[i][2], f) for i in at]) for f in ("hi", "lo", "scale", "zero"))
+    run = (methods[method], Arith(fmt, len(sel)), a["value"][sel])  # (no event: the tier is on ordinary rows only)
+    o = _classified(SOFTMAX_CE.truth, [run], Loaded(xl, y), fmt, tolerance, tol, True, True,
+                    exact=reference.Exact(hi, lo, scale, zero))[0]
+    fresh = _columns(o, a["row"][sel], a["label"][sel], status_codes(o.status) if o.codes is None else o.codes)
+    out = a.copy()
+    for column in ROW.names:
+        out[column][sel] = fresh[column]
+    out["window"][sel] = 0.0
+    return out
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
