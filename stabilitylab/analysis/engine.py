@@ -163,9 +163,6 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
         exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
     outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                 for m, arith, value in runs]
-    if window is not None:
-        for o in outcomes:
-            o.window = window
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
@@ -174,6 +171,11 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
             outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                         for m, arith, value in runs]
+            if window is not None:  # (none of them kept the tier's value: _bounded refined them; all final now)
+                window = np.where(np.isin(np.arange(len(window)), undecided), 0.0, window)
+    if window is not None:
+        for o in outcomes:
+            o.window = window
     return outcomes
 
 
