@@ -44,6 +44,7 @@ def _same(a, b) -> bool:
 
 def test_deferred_rows_give_the_longdouble_summaries_and_are_recomputed(wide, monkeypatch):
     source, y = wide
+    monkeypatch.setattr(streaming, "DEFER_ROWS", 0)  # (a small file: by default its chunks would not defer)
     for keep, per_chunk in ((3, 2), (10, None)):  # (chunks of at most keep rows defer)
         plain = _cells(source, y, keep, [], workers=1, rows_per_chunk=per_chunk)
         assert all(c.worst.dtype == streaming.ROW for c in plain.values())
@@ -67,6 +68,18 @@ def test_deferred_rows_give_the_longdouble_summaries_and_are_recomputed(wide, mo
             for c in cells.values() for n in ("worst", "failing", "first")])
         assert not _same(plain, _cells(source, y, keep, workers=1, rows_per_chunk=per_chunk))
         monkeypatch.setattr(streaming, "_settle", original)
+
+
+def test_small_files_do_not_defer(wide, monkeypatch):
+    source, y = wide
+    seen = []
+    original = streaming.run_chunk
+    monkeypatch.setattr(streaming, "run_chunk",
+                        lambda *a, **k: (seen.append(k.get("defer", False)), original(*a, **k))[1])
+    _cells(source, y, 10, workers=1)  # 20 rows < 16 x 10
+    assert seen and not any(seen)
+    _cells(source, y, 1, workers=1)  # 20 rows >= 16 x 1
+    assert all(seen[-3:])
 
 
 def test_worst_candidates_hold_the_true_worst_rows():

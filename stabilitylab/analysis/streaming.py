@@ -73,6 +73,11 @@ ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), (
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
 # a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final
 ROW_T = np.dtype(ROW.descr + [("window", np.float64)])
+# summarize lets chunks defer (run_chunk's ``defer``) only on files of at least this many rows per kept worst row:
+# _settle then re-reads and recomputes ~2.5 keep rows (the four methods' worst, their windows overlapping), at ~3.5x
+# what deferring saves a row (longdouble reference ~70 ns a value against the tier's saving of ~20, measured on
+# 128256 classes): on 80 rows (keep 10) deferring saved nothing (27 rows recomputed), on 800 ~23% of the CPU
+DEFER_ROWS = 16
 WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
 # logits per chunk by default: large enough that a chunk's ~100 numpy calls per value pass are not mostly
 # Python (a wide row's pairwise sum has 17 levels), small enough for its temporaries (float64 / longdouble,
@@ -507,7 +512,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)
     if experiment is not SOFTMAX_CE:  # (only then: worker processes receive the kwargs pickled)
         kwargs["experiment"] = experiment
-    elif on_rows is None:
+    elif on_rows is None and int(keep_rows.sum()) >= DEFER_ROWS * max(keep, 1):
         kwargs["defer"] = True  # (the cells' deferred rows recomputed below: _settle)
     tensor_amax = None
     if any(block_of(f) is not None and block_of(f).tensor_scale for f in formats):
