@@ -155,14 +155,19 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     (``streaming.summarize`` does, at the end of a run).  ``exact``: the fast reference's values of
     ``inputs``, already computed (``fast`` and ``bulk``; then no tier)."""
     dtype = wide_dtype(fmt) if bulk else None
-    window = None
+    window = outcomes = None
     if exact is None and fast and printed:
         got = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed, defer)
-        exact, window = got if defer and got is not None else (got, None)
+        if got is not None:
+            exact, refined, first, window = got
+            if all(_eventless(arith) and not m.black_box for m, arith, _ in runs):
+                outcomes = [_spliced(fmt, o, value, exact, refined, tolerance, truth.storage)
+                            for (_, _, value), o in zip(runs, first)]
     if exact is None:
         exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
-    outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
-                for m, arith, value in runs]
+    if outcomes is None:
+        outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                    for m, arith, value in runs]
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
@@ -179,12 +184,37 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     return outcomes
 
 
+def _eventless(arith: Arith) -> bool:
+    """Whether ``arith`` recorded nothing that :func:`classify` reads (no event, no input lost, no saturated
+    infinity, no error): then a fresh ``Arith(fmt, k)`` stands for it on any k of its rows."""
+    return not (arith.errors or arith.input_lost.any() or arith.saturated.any()
+                or (arith.first.size and arith.first.min() != NEVER))
+
+
+def _spliced(fmt: Format, o: Outcome, value, exact: Exact, rows: np.ndarray, tolerance, storage: bool) -> Outcome:
+    """``o`` (an outcome against other exact values, computed on an eventless Arith) with ``rows`` classified
+    again against ``exact`` (equal to o's exact values elsewhere): ``classify`` is per row, so this is
+    ``classify`` of every row against ``exact``, without a second pass over the rows that kept theirs."""
+    if not rows.size:
+        return Outcome(o.value, None, exact, None, o.rel_error, o.ulps, o.error_bits, o.first_steps, codes=o.codes)
+    sub = classify(fmt, np.asarray(value)[rows], exact.take(rows), Arith(fmt, len(rows)), tolerance, False, storage)
+    columns = []
+    for name in ("rel_error", "ulps", "error_bits", "codes"):
+        column = getattr(o, name).copy()
+        column[rows] = getattr(sub, name)
+        columns.append(column)
+    rel, ulps, bits, codes = columns
+    return Outcome(o.value, None, exact, None, rel, ulps, bits, o.first_steps, codes=codes)
+
+
 def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int],
              defer: bool = False):
     """The longdouble fast reference (``reference.fast(truth, inputs, longdouble)``) in every row that
     ``printed = (keep, cap)`` outputs read and every row whose status or error-bits bin it could change;
     elsewhere its bounded float64 tier (``truth.fast_reference.bounded``: values within ``b`` per row,
-    relative).  None where there is no such tier or it cannot help (as many rows as ``keep``).
+    relative): ``(values, refined, outcomes, window)``, ``refined`` the rows given the longdouble values and
+    ``outcomes`` each run's outcome against the float64 values before that (the same in every other row);
+    None where there is no such tier or it cannot help (as many rows as ``keep``).
 
     Let F be :func:`reference.fast_error` (the bound the re-check after this uses) and D the
     longdouble reference's own bound (:func:`reference.longdouble_error`, ~2**-58.4).  A row keeps the
@@ -210,8 +240,8 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     The rows left then get the longdouble values, and the re-check with F (mpmath where undecided)
     flags exactly the rows it flags on the longdouble reference alone.
 
-    ``defer``: the last condition is left out (any number of rows, even fewer than ``keep``), and the result
-    is ``(values, window)``: ``window`` is ``w`` in the rows that keep the float64 value, 0 elsewhere.  The
+    ``defer``: the last condition is left out (any number of rows, even fewer than ``keep``), and ``window``
+    (None without ``defer``) is ``w`` in the rows that keep the float64 value, 0 elsewhere.  The
     statuses and bins are then the longdouble reference's, every row's; the columns of the rows with a
     window are not (the caller recomputes those it prints), and a row's true ``ulps`` is within
     ``[ulps (1 - 2**-50) - w, ulps (1 + 2**-50) + w]`` of its float64 one."""
@@ -236,8 +266,10 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
         refine |= ~binade
         known = handled & binade  # rows whose ulps window below holds
         everywhere = np.ones(n, dtype=bool)
+        first = []
         for m, arith, value in runs:
             o = classify(fmt, value, approx, arith, tolerance, m.black_box, truth.storage)
+            first.append(o)
             refine |= _undecided(o, tol, everywhere, fmt, 1.5 * F)
             refine |= arith.input_lost  # (range where v is the rounded exact value: that equality is not decided)
             lo = np.maximum(o.ulps * (1 - 2.0**-50) - w, 0.0) + 1
@@ -258,9 +290,7 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     rows = np.flatnonzero(refine)
     if rows.size:
         approx = approx.put(rows, reference.fast(truth, inputs.take(rows), dtype))
-    if defer:
-        return approx, np.where(refine, 0.0, w)
-    return approx
+    return approx, rows, first, np.where(refine, 0.0, w) if defer else None
 
 
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:

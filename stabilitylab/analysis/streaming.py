@@ -73,6 +73,7 @@ ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), (
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
 # a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final
 ROW_T = np.dtype(ROW.descr + [("window", np.float64)])
+TIER_CLASSES = softmax_bulk.SHORT + 1  # float64's bounded reference tier on rows of at least this many classes
 # summarize lets chunks defer (run_chunk's ``defer``) only on files of at least this many rows per kept worst row:
 # _settle then re-reads and recomputes ~2.5 keep rows (the four methods' worst, their windows overlapping), at ~3.5x
 # what deferring saves a row (longdouble reference ~70 ns a value against the tier's saving of ~20, measured on
@@ -444,7 +445,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
             # (every row's columns are read with all_rows: then none of them on the bounded float64 tier)
-            tier = not all_rows and x.shape[1] > softmax_bulk.SHORT
+            tier = not all_rows and x.shape[1] >= TIER_CLASSES
             outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance,
                                                    printed=(keep, cap) if tier else None,
                                                    defer=tier and defer and len(idx) <= keep)
