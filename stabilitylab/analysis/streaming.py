@@ -23,6 +23,11 @@ statuses, bit for bit, with the quantities the four formulations share computed 
 they need without sorting or scanning the whole chunk where they can (each helper says why the result is
 the same).
 
+In float64 the fused path may take its reference from the bounded float64 tier where the rows' columns are not
+written (:func:`run_chunk`): where the summaries cannot tell, and, on chunks of at most ``keep`` rows (wide
+rows), also in the printed rows, which then carry their ulps window through the merge (:data:`ROW_T`) and are
+recomputed on the longdouble reference at the end of the run (:func:`_settle`, their logits read again).
+
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
 bounded window of chunks in flight (in this process when a method is a black box, whose library
