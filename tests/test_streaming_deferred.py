@@ -106,3 +106,36 @@ def test_worst_candidates_hold_the_true_worst_rows():
         plain["window"] = 0.0
         missed_without_windows += not truth <= set(streaming._worst(plain, keep)["row"].tolist())
     assert missed_without_windows > 10
+
+
+def test_printed_tier_on_64_classes_gives_the_longdouble_cells(monkeypatch):
+    """run_chunk without rows' columns (the tier where the cells cannot tell, its kept rows classified once:
+    engine._spliced) against run_chunk with them (longdouble only), on logits at several scales with ties and huge
+    logits: the same cells, byte for byte, and the tier was used; with the refined rows not classified again
+    (their columns the tier's) the cells differ."""
+    from stabilitylab.analysis import engine
+
+    rng = np.random.default_rng(8)
+    rows, k = 4000, 64
+    x = rng.standard_normal((rows, k)) * rng.choice([0.01, 1, 5, 30, 100], size=(rows, 1))
+    x[::101, 0] = x[::101, 1]
+    x[50::97, 2] += 1e3  # (some rows to the engine: no NaN or infinite logit, whose rows would be all the worst)
+    x, y = x.astype(np.float32), rng.integers(0, k, rows)
+    used = []
+    original = engine._bounded
+    monkeypatch.setattr(engine, "_bounded", lambda *a, **kw: (lambda got: (used.append(got is not None), got)[1])(
+        original(*a, **kw)))
+
+    def cells(all_rows):
+        got, *_ = streaming.run_chunk((FORMATS["float64"],), 0, x, y, np.ones(rows, bool), tolerance=None, ftz=False,
+                                      keep=10, cap=100, all_rows=all_rows)
+        return got
+
+    plain = cells(True)
+    assert not used
+    assert _same(plain, cells(False))
+    assert used == [True]
+    assert sum(int((c.counts > 0).sum()) for c in plain.values()) >= 8  # several statuses
+    monkeypatch.setattr(engine, "_spliced", lambda fmt, o, value, exact, *rest: engine.Outcome(
+        o.value, None, exact, None, o.rel_error, o.ulps, o.error_bits, o.first_steps, codes=o.codes))
+    assert not _same(plain, cells(False))

@@ -156,11 +156,13 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     ``inputs``, already computed (``fast`` and ``bulk``; then no tier)."""
     dtype = wide_dtype(fmt) if bulk else None
     window = outcomes = None
+    # (every run's Arith eventless, as the fused path's: rows whose exact value changes are classified alone)
+    splice = bulk and all(_eventless(arith) and not m.black_box for m, arith, _ in runs)
     if exact is None and fast and printed:
         got = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed, defer)
         if got is not None:
             exact, refined, first, window = got
-            if all(_eventless(arith) and not m.black_box for m, arith, _ in runs):
+            if splice:
                 outcomes = [_spliced(fmt, o, value, exact, refined, tolerance, truth.storage)
                             for (_, _, value), o in zip(runs, first)]
     if exact is None:
@@ -174,8 +176,12 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
-            outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
-                        for m, arith, value in runs]
+            if splice:
+                outcomes = [_spliced(fmt, o, value, exact, undecided, tolerance, truth.storage)
+                            for (_, _, value), o in zip(runs, outcomes)]
+            else:
+                outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                            for m, arith, value in runs]
             if window is not None:  # (none of them kept the tier's value: _bounded refined them; all final now)
                 window = np.where(np.isin(np.arange(len(window)), undecided), 0.0, window)
     if window is not None:
