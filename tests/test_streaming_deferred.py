@@ -121,6 +121,16 @@ def test_printed_tier_on_64_classes_gives_the_longdouble_cells(monkeypatch):
     x[::101, 0] = x[::101, 1]
     x[50::97, 2] += 1e3  # (some rows to the engine: no NaN or infinite logit, whose rows would be all the worst)
     x, y = x.astype(np.float32), rng.integers(0, k, rows)
+    from stabilitylab.analysis import softmax_bulk
+
+    promised = []
+    classified = softmax_bulk._classified
+
+    def checked(truth, runs, *args, **kw):  # the fused path's promise: its Ariths recorded nothing classify reads
+        promised.append(kw.get("eventless", False) and all(engine._eventless(a) for _, a, _ in runs))
+        return classified(truth, runs, *args, **kw)
+
+    monkeypatch.setattr(softmax_bulk, "_classified", checked)
     used = []
     original = engine._bounded
     monkeypatch.setattr(engine, "_bounded", lambda *a, **kw: (lambda got: (used.append(got is not None), got)[1])(
@@ -135,6 +145,7 @@ def test_printed_tier_on_64_classes_gives_the_longdouble_cells(monkeypatch):
     assert not used
     assert _same(plain, cells(False))
     assert used == [True]
+    assert promised and all(promised)
     assert sum(int((c.counts > 0).sum()) for c in plain.values()) >= 8  # several statuses
     monkeypatch.setattr(engine, "_spliced", lambda fmt, o, value, exact, *rest: engine.Outcome(
         o.value, None, exact, None, o.rel_error, o.ulps, o.error_bits, o.first_steps, codes=o.codes))

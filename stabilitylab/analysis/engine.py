@@ -141,7 +141,7 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
                 bulk: bool = False, printed: tuple[int, int] | None = None, defer: bool = False,
-                exact: Exact | None = None) -> list[Outcome]:
+                exact: Exact | None = None, eventless: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided).
 
     ``printed = (keep, cap)`` (bulk path, a caller that shows only the statuses, the error-bits bins,
@@ -153,11 +153,12 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
     ulps window ``w`` of :func:`_bounded` where the row's columns are the tier's (0 where they are final),
     and the caller must recompute the columns it prints of those rows on the longdouble reference
     (``streaming.summarize`` does, at the end of a run).  ``exact``: the fast reference's values of
-    ``inputs``, already computed (``fast`` and ``bulk``; then no tier)."""
+    ``inputs``, already computed (``fast`` and ``bulk``; then no tier).  ``eventless``: the caller's promise
+    that every run's Arith recorded nothing :func:`classify` reads (:func:`_eventless`: the fused path's);
+    then rows whose exact value changes after a first classification are classified alone (:func:`_spliced`)."""
     dtype = wide_dtype(fmt) if bulk else None
     window = outcomes = None
-    # (every run's Arith eventless, as the fused path's: rows whose exact value changes are classified alone)
-    splice = bulk and all(_eventless(arith) and not m.black_box for m, arith, _ in runs)
+    splice = eventless and not any(m.black_box for m, _, _ in runs)
     if exact is None and fast and printed:
         got = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed, defer)
         if got is not None:
@@ -192,7 +193,9 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
 
 def _eventless(arith: Arith) -> bool:
     """Whether ``arith`` recorded nothing that :func:`classify` reads (no event, no input lost, no saturated
-    infinity, no error): then a fresh ``Arith(fmt, k)`` stands for it on any k of its rows."""
+    infinity, no error): then a fresh ``Arith(fmt, k)`` stands for it on any k of its rows.  (What
+    ``_classified``'s ``eventless`` promises; a pass over the Arith's first steps: the callers know it, the
+    tests check it.)"""
     return not (arith.errors or arith.input_lost.any() or arith.saturated.any()
                 or (arith.first.size and arith.first.min() != NEVER))
 

@@ -363,7 +363,7 @@ def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None
         runs = [(m, none, values[m.name] if every else values[m.name][good]) for m in SOFTMAX_CE.methods]
         tier = {} if printed is None else {"printed": printed, "defer": defer}
         for (m, _, _), outcome in zip(runs, _classified(SOFTMAX_CE.truth, runs, inputs, fmt, tolerance, tol,
-                                                        True, True, **tier)):
+                                                        True, True, eventless=True, **tier)):
             parts[m.name].append((good, outcome))
     if rest.size:
         for name, outcome in evaluate(SOFTMAX_CE, fmt, cases.take(rest), tolerance=tolerance,

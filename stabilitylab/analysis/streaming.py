@@ -633,7 +633,7 @@ def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol
     hi, lo, scale, zero = (np.concatenate([getattr(got[i][2], f) for i in at]) for f in ("hi", "lo", "scale", "zero"))
     run = (methods[method], Arith(fmt, len(sel)), a["value"][sel])  # (no event: the tier is on ordinary rows only)
     o = _classified(SOFTMAX_CE.truth, [run], Loaded(xl, y), fmt, tolerance, tol, True, True,
-                    exact=reference.Exact(hi, lo, scale, zero))[0]
+                    exact=reference.Exact(hi, lo, scale, zero), eventless=True)[0]
     fresh = _columns(o, a["row"][sel], a["label"][sel], status_codes(o.status) if o.codes is None else o.codes)
     out = a.copy()
     for column in ROW.names:
