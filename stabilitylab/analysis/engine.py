@@ -140,35 +140,90 @@ def evaluate(experiment: Experiment, fmt: Format, cases: Any, *, methods: Sequen
 
 
 def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: bool,
-                bulk: bool = False, printed: tuple[int, int] | None = None) -> list[Outcome]:
+                bulk: bool = False, printed: tuple[int, int] | None = None, defer: bool = False,
+                exact: Exact | None = None, eventless: bool = False) -> list[Outcome]:
     """Outcomes of ``runs`` against ``truth``'s exact value (fast path re-checked where undecided).
 
     ``printed = (keep, cap)`` (bulk path, a caller that shows only the statuses, the error-bits bins,
     the ``keep`` worst rows, the first ``cap`` failing rows and the first row of each status: not every
     row's columns): the longdouble reference is first replaced by its bounded float64 tier where the
-    truth has one (:func:`_bounded`); the outcomes are the same, bit for bit, in every row those read."""
+    truth has one (:func:`_bounded`); the outcomes are the same, bit for bit, in every row those read.
+    With ``defer`` too, the tier is also kept in rows that are printed (as long as their status and
+    error-bits bin are decided): each outcome's :attr:`~.outcome.Outcome.window` is then, per row, the
+    ulps window ``w`` of :func:`_bounded` where the row's columns are the tier's (0 where they are final),
+    and the caller must recompute the columns it prints of those rows on the longdouble reference
+    (``streaming.summarize`` does, at the end of a run).  ``exact``: the fast reference's values of
+    ``inputs``, already computed (``fast`` and ``bulk``; then no tier).  ``eventless``: the caller's promise
+    that every run's Arith recorded nothing :func:`classify` reads (:func:`_eventless`: the fused path's);
+    then rows whose exact value changes after a first classification are classified alone (:func:`_spliced`)."""
     dtype = wide_dtype(fmt) if bulk else None
-    exact = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed) if fast and printed else None
+    window = outcomes = None
+    splice = eventless and not any(m.black_box for m, _, _ in runs)
+    if exact is None and fast and printed:
+        got = _bounded(truth, runs, inputs, fmt, tolerance, tol, dtype, printed, defer)
+        if got is not None:
+            exact, refined, first, window = got
+            if splice:
+                outcomes = [_spliced(fmt, o, value, exact, refined, tolerance, truth.storage)
+                            for (_, _, value), o in zip(runs, first)]
     if exact is None:
         exact = reference.fast(truth, inputs, dtype) if fast else reference.exact(truth, inputs)
-    outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
-                for m, arith, value in runs]
+    if outcomes is None:
+        outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                    for m, arith, value in runs]
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
         near = exact.near_boundary(fmt, 4 * error)
         undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
-            outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
-                        for m, arith, value in runs]
+            if splice:
+                outcomes = [_spliced(fmt, o, value, exact, undecided, tolerance, truth.storage)
+                            for (_, _, value), o in zip(runs, outcomes)]
+            else:
+                outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
+                            for m, arith, value in runs]
+            if window is not None:  # (none of them kept the tier's value: _bounded refined them; all final now)
+                window = np.where(np.isin(np.arange(len(window)), undecided), 0.0, window)
+    if window is not None:
+        for o in outcomes:
+            o.window = window
     return outcomes
 
 
-def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int]):
+def _eventless(arith: Arith) -> bool:
+    """Whether ``arith`` recorded nothing that :func:`classify` reads (no event, no input lost, no saturated
+    infinity, no error): then a fresh ``Arith(fmt, k)`` stands for it on any k of its rows.  (What
+    ``_classified``'s ``eventless`` promises; a pass over the Arith's first steps: the callers know it, the
+    tests check it.)"""
+    return not (arith.errors or arith.input_lost.any() or arith.saturated.any()
+                or (arith.first.size and arith.first.min() != NEVER))
+
+
+def _spliced(fmt: Format, o: Outcome, value, exact: Exact, rows: np.ndarray, tolerance, storage: bool) -> Outcome:
+    """``o`` (an outcome against other exact values, computed on an eventless Arith) with ``rows`` classified
+    again against ``exact`` (equal to o's exact values elsewhere): ``classify`` is per row, so this is
+    ``classify`` of every row against ``exact``, without a second pass over the rows that kept theirs."""
+    if not rows.size:
+        return Outcome(o.value, None, exact, None, o.rel_error, o.ulps, o.error_bits, o.first_steps, codes=o.codes)
+    sub = classify(fmt, np.asarray(value)[rows], exact.take(rows), Arith(fmt, len(rows)), tolerance, False, storage)
+    columns = []
+    for name in ("rel_error", "ulps", "error_bits", "codes"):
+        column = getattr(o, name).copy()
+        column[rows] = getattr(sub, name)
+        columns.append(column)
+    rel, ulps, bits, codes = columns
+    return Outcome(o.value, None, exact, None, rel, ulps, bits, o.first_steps, codes=codes)
+
+
+def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, printed: tuple[int, int],
+             defer: bool = False):
     """The longdouble fast reference (``reference.fast(truth, inputs, longdouble)``) in every row that
     ``printed = (keep, cap)`` outputs read and every row whose status or error-bits bin it could change;
     elsewhere its bounded float64 tier (``truth.fast_reference.bounded``: values within ``b`` per row,
-    relative).  None where there is no such tier or it cannot help (as many rows as ``keep``).
+    relative): ``(values, refined, outcomes, window)``, ``refined`` the rows given the longdouble values and
+    ``outcomes`` each run's outcome against the float64 values before that (the same in every other row);
+    None where there is no such tier or it cannot help (as many rows as ``keep``).
 
     Let F be :func:`reference.fast_error` (the bound the re-check after this uses) and D the
     longdouble reference's own bound (:func:`reference.longdouble_error`, ~2**-58.4).  A row keeps the
@@ -192,13 +247,20 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
       (statuses being decided, these are the same rows under either reference).
 
     The rows left then get the longdouble values, and the re-check with F (mpmath where undecided)
-    flags exactly the rows it flags on the longdouble reference alone."""
+    flags exactly the rows it flags on the longdouble reference alone.
+
+    ``defer``: the last condition is left out (any number of rows, even fewer than ``keep``), and ``window``
+    (None without ``defer``) is ``w`` in the rows that keep the float64 value, 0 elsewhere.  The
+    statuses and bins are then the longdouble reference's, every row's; the columns of the rows with a
+    window are not (the caller recomputes those it prints), and a row's true ``ulps`` is within
+    ``[ulps (1 - 2**-50) - w, ulps (1 + 2**-50) + w]`` of its float64 one."""
     bounded = getattr(truth.fast_reference, "bounded", None)
     keep, cap = printed
-    if bounded is None or dtype is None or np.dtype(dtype) != np.longdouble:
+    if bounded is None or dtype is None or np.dtype(dtype) != np.longdouble or (len(runs[0][2]) <= keep
+                                                                                and not defer):
         return None
     got = bounded(inputs)
-    if got is None or len(got[0]) <= keep:
+    if got is None:
         return None
     approx, b, handled = got
     n = len(approx)
@@ -213,17 +275,22 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
         refine |= ~binade
         known = handled & binade  # rows whose ulps window below holds
         everywhere = np.ones(n, dtype=bool)
+        first = []
         for m, arith, value in runs:
             o = classify(fmt, value, approx, arith, tolerance, m.black_box, truth.storage)
+            first.append(o)
             refine |= _undecided(o, tol, everywhere, fmt, 1.5 * F)
             refine |= arith.input_lost  # (range where v is the rounded exact value: that equality is not decided)
             lo = np.maximum(o.ulps * (1 - 2.0**-50) - w, 0.0) + 1
             hi = o.ulps * (1 + 2.0**-50) + w + 1
             j = np.floor(np.log2(lo * (1 - 2.0**-40)))
             refine |= ~(j == np.floor(np.log2(hi * (1 + 2.0**-40))))  # (NaN: refined)
-            low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
-            kth = np.partition(low, n - keep)[n - keep]
-            refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
+            if defer:
+                continue
+            if keep > 0:
+                low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
+                kth = np.partition(low, n - keep)[n - keep]
+                refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
             codes = o.codes
             failing = np.flatnonzero(np.isin(codes, [STATUSES.index(s) for s in METHOD_FAILURES]))[:cap]
             refine[failing] = True
@@ -232,7 +299,7 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     rows = np.flatnonzero(refine)
     if rows.size:
         approx = approx.put(rows, reference.fast(truth, inputs.take(rows), dtype))
-    return approx
+    return approx, rows, first, np.where(refine, 0.0, w) if defer else None
 
 
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:

@@ -156,6 +156,10 @@ class Outcome:
     first_steps: np.ndarray  # (len(EVENTS), rows): step of each event's first occurrence
     errors: np.ndarray | None = None  # black boxes: per row the exception's first line ('' if none)
     codes: np.ndarray | None = None  # uint8 indices into STATUSES of ``status`` (None: not kept)
+    # the bulk path's deferred rows (engine._classified's ``defer``): per row, the ulps window w where the
+    # exact value and the error columns are the bounded float64 tier's (true ulps within ulps (1 +- 2**-50) +- w;
+    # status and error-bits bin already final), 0 where every column is final; None: every row final
+    window: np.ndarray | None = None
 
     @property
     def reference(self) -> np.ndarray:
@@ -435,6 +439,11 @@ def gather(parts: list[tuple[np.ndarray, Outcome]], rows: int) -> Outcome:
     names.append("codes" if all(part.codes is not None for _, part in parts) else "_status")
     if parts[0][1].errors is not None:
         names.append("errors")
+    if any(part.window is not None for _, part in parts):
+        columns["window"] = np.zeros(rows)
+        for idx, part in parts:
+            if part.window is not None:
+                columns["window"][idx] = part.window
     for name in names:
         read = "status" if name == "_status" else name
         first = getattr(parts[0][1], read)

@@ -336,9 +336,20 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
 
 
-def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None) -> dict[str, Outcome]:
+def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None,
+                   printed: tuple[int, int] | None = None, defer: bool = False) -> dict[str, Outcome]:
     """:func:`engine.evaluate` of softmax_ce on ``cases`` (rows of one width) in ``fmt``
-    (:func:`supported`) with ``fast=True``: the same outcomes (see the module)."""
+    (:func:`supported`) with ``fast=True``: the same outcomes (see the module).
+
+    ``printed = (keep, cap)``: the caller reads only the statuses, the error-bits bins and the columns of the
+    ``keep`` worst rows, the first ``cap`` failing rows and the first row of each status (a chunk's
+    :class:`~stabilitylab.analysis.streaming.Cell`), so the ordinary rows' reference may come from the
+    bounded float64 tier where that provably changes none of these (:func:`engine._classified`; float64
+    only).  Every such row of the chunk is one of the ordinary rows' such rows or one of the other rows
+    (which the engine evaluates on the longdouble reference): the keep-th worst of the ordinary rows is at
+    most the chunk's, the first failing / first of a status of the chunk is the first among the ordinary
+    rows or among the others.  ``defer`` (with ``printed``): the tier is kept in printed rows too, marked
+    by the outcomes' ``window`` (see ``engine._classified``; the caller recomputes what it prints)."""
     x = cases.logits
     values, ordinary, xl = _values(fmt, x, cases.labels)
     tol = fmt.default_tolerance if tolerance is None else tolerance
@@ -350,8 +361,9 @@ def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None
         inputs = Loaded(xl if every else xl[good], cases.labels if every else cases.labels[good])
         none = Arith(fmt, good.size)  # no event
         runs = [(m, none, values[m.name] if every else values[m.name][good]) for m in SOFTMAX_CE.methods]
+        tier = {} if printed is None else {"printed": printed, "defer": defer}
         for (m, _, _), outcome in zip(runs, _classified(SOFTMAX_CE.truth, runs, inputs, fmt, tolerance, tol,
-                                                        True, True)):
+                                                        True, True, eventless=True, **tier)):
             parts[m.name].append((good, outcome))
     if rest.size:
         for name, outcome in evaluate(SOFTMAX_CE, fmt, cases.take(rest), tolerance=tolerance,

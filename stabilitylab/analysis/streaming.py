@@ -23,6 +23,11 @@ statuses, bit for bit, with the quantities the four formulations share computed 
 they need without sorting or scanning the whole chunk where they can (each helper says why the result is
 the same).
 
+In float64 the fused path may take its reference from the bounded float64 tier where the rows' columns are not
+written (:func:`run_chunk`): where the summaries cannot tell, and, on chunks of at most ``keep`` rows (wide
+rows), also in the printed rows, which then carry their ulps window through the merge (:data:`ROW_T`) and are
+recomputed on the longdouble reference at the end of the run (:func:`_settle`, their logits read again).
+
 Only these summaries cross chunks, so memory is bounded by the chunk size whatever the
 file size.  Chunks run on forked worker processes (one per CPU: :mod:`.parallel`), with a
 bounded window of chunks in flight (in this process when a method is a black box, whose library
@@ -52,7 +57,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..experiments.base import Experiment, ParamNames
-from ..experiments.softmax_ce import SOFTMAX_CE, Logits
+from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
 from ..io.sources import default_rows_per_chunk
 from ..numerics import reference
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
@@ -61,7 +66,7 @@ from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
 from . import softmax_bulk
-from .engine import evaluate, relative_change
+from .engine import _classified, evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
 
@@ -71,6 +76,14 @@ BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
+# a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final
+ROW_T = np.dtype(ROW.descr + [("window", np.float64)])
+TIER_CLASSES = softmax_bulk.SHORT + 1  # float64's bounded reference tier on rows of at least this many classes
+# summarize lets chunks defer (run_chunk's ``defer``) only on files of at least this many rows per kept worst row:
+# _settle then re-reads and recomputes ~2.5 keep rows (the four methods' worst, their windows overlapping), at ~3.5x
+# what deferring saves a row (longdouble reference ~70 ns a value against the tier's saving of ~20, measured on
+# 128256 classes): on 80 rows (keep 10) deferring saved nothing (27 rows recomputed), on 800 ~23% of the CPU
+DEFER_ROWS = 16
 WIDE_ROW = 2**22  # classes above which chunks (of one row) run in this process, one at a time
 # logits per chunk by default: large enough that a chunk's ~100 numpy calls per value pass are not mostly
 # Python (a wide row's pairwise sum has 17 levels), small enough for its temporaries (float64 / longdouble,
@@ -103,13 +116,13 @@ class Cell:
     def merge(self, other: "Cell", keep: int, cap: int) -> None:
         self.counts += other.counts
         self.bits += other.bits
-        self.worst = _worst(np.concatenate([self.worst, other.worst]), keep)
+        self.worst = _worst(_join(self.worst, other.worst), keep)
         if len(self.failing) < cap:
-            self.failing = np.concatenate([self.failing, other.failing[: cap - len(self.failing)]])
+            self.failing = _join(self.failing, other.failing[: cap - len(self.failing)])
         seen = set(self.first["status"].tolist())
         new = other.first[[s not in seen for s in other.first["status"].tolist()]]
         if len(new):
-            both = np.concatenate([self.first, new])
+            both = _join(self.first, new)
             self.first = both[np.argsort(both["status"], kind="stable")]
 
     @property
@@ -202,13 +215,69 @@ def _worst_order(error_bits: np.ndarray, rows: np.ndarray, keep: int | None = No
 
 
 def _worst(rows: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` worst of ``rows`` (a ROW array)."""
+    """The ``keep`` worst of ``rows`` (a ROW array; a ROW_T array: :func:`_worst_candidates`)."""
+    if rows.dtype == ROW_T and len(rows) > keep and rows["window"].any():
+        return _worst_candidates(rows, keep)
     return rows[_worst_order(rows["error_bits"], rows["row"], keep)]
+
+
+def _worst_candidates(rows: np.ndarray, keep: int) -> np.ndarray:
+    """Every row of a ROW_T array that may be among its ``keep`` worst once the rows with a window are
+    recomputed (``run_chunk``'s ``defer``): a row's true ``ulps`` is within ``[lo, hi] = [ulps (1 - 2**-50) - w,
+    ulps (1 + 2**-50) + w]`` (w = 0: the row's own), so its error bits ``log2(ulps + 1)`` within
+    ``[log2(lo + 1) - 2**-40, log2(hi + 1) + 2**-40]`` (np.log2's error is far below 2**-40).  A row whose upper
+    end is below the keep-th largest lower end has ``keep`` rows of strictly larger error bits above it (ties by
+    row index cannot matter): it is not among the ``keep`` worst, now or after any merge.  The rest, in
+    :func:`_worst_order`'s order of the columns as they are (NaN and inf rows have no window)."""
+    lo, hi = _error_bits_window(rows)
+    kth = np.partition(lo, len(lo) - keep)[len(lo) - keep]
+    sub = rows[~(hi < kth)]
+    return sub[_worst_order(sub["error_bits"], sub["row"])]
+
+
+def _error_bits_window(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per row of a ROW_T array: the error bits (NaN as inf) where the window is 0, else the ends of
+    :func:`_worst_candidates`' interval."""
+    w, u = rows["window"], rows["ulps"]
+    with np.errstate(invalid="ignore"):
+        rank = np.where(np.isnan(rows["error_bits"]), np.inf, rows["error_bits"])
+        lo = np.where(w > 0, np.log2(np.maximum(u * (1 - 2.0**-50) - w, 0.0) + 1) - 2.0**-40, rank)
+        hi = np.where(w > 0, np.log2(u * (1 + 2.0**-50) + w + 1) + 2.0**-40, rank)
+    return lo, hi
+
+
+def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` and ``b`` (ROW or ROW_T arrays) concatenated, as ROW_T where either is (window 0 where absent)."""
+    if a.dtype == b.dtype:
+        return np.concatenate([a, b])
+    return np.concatenate([_with_window(a), _with_window(b)])
+
+
+def _with_window(a: np.ndarray) -> np.ndarray:
+    if a.dtype == ROW_T:
+        return a
+    out = np.zeros(len(a), ROW_T)
+    for name in ROW.names:
+        out[name] = a[name]
+    return out
+
+
+def _without_window(a: np.ndarray) -> np.ndarray:
+    if a.dtype == ROW:
+        return a
+    out = np.empty(len(a), ROW)
+    for name in ROW.names:
+        out[name] = a[name]
+    return out
 
 
 def _columns(o: Outcome, rows: np.ndarray, labels: np.ndarray, codes: np.ndarray, pick=None) -> np.ndarray:
     sel = slice(None) if pick is None else pick
-    out = np.empty(len(rows[sel]), ROW)
+    if o.window is not None:
+        out = np.empty(len(rows[sel]), ROW_T)
+        out["window"] = o.window[sel]
+    else:
+        out = np.empty(len(rows[sel]), ROW)
     out["row"], out["label"] = rows[sel], labels[sel]
     out["value"], out["status"] = o.value[sel], codes[sel]
     out["exact_hi"], out["exact_lo"] = o.exact.hi[sel], o.exact.lo[sel]
@@ -345,10 +414,18 @@ def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
 
 def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, labels: np.ndarray,
               keep_rows: np.ndarray, *, tolerance, ftz: bool, keep: int, cap: int, all_rows: bool,
-              experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None):
+              experiment: Experiment = SOFTMAX_CE, versus: str | None = None, tensor_amax: float | None = None,
+              defer: bool = False):
     """Every method in every format on one chunk: ({(format, method): Cell}, rows or None,
     (count, first rows) of rows with non-finite logits, {(format, method): Pair}, {format: BlockTally}).
-    ``tensor_amax``: NVFP4's tensor amax (the file's, :func:`file_amax`)."""
+    ``tensor_amax``: NVFP4's tensor amax (the file's, :func:`file_amax`).
+
+    Without ``all_rows``, only the cells are read, so float64's fused path may take its reference from the
+    bounded float64 tier where that changes none of them (``softmax_bulk.evaluate_fused``'s ``printed``; on
+    rows of more than :data:`softmax_bulk.SHORT` classes: on 10 classes it saved nothing, measured).  With
+    ``defer`` too (``summarize``, which then calls :func:`_settle`), a chunk of at most ``keep`` rows (whose
+    rows are all printed) keeps the tier in its printed rows as well: its cells' rows are ROW_T arrays
+    whose ``window`` marks the rows to recompute at the end."""
     idx = np.flatnonzero(keep_rows)
     rows = first_row + idx
     # float32 logits stay float32 (Arith.load rounds them from float64 exactly the same): a wide row
@@ -372,7 +449,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
-            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance)
+            # (every row's columns are read with all_rows: then none of them on the bounded float64 tier)
+            tier = not all_rows and x.shape[1] >= TIER_CLASSES
+            outcomes = softmax_bulk.evaluate_fused(fmt, cases, tolerance=tolerance,
+                                                   printed=(keep, cap) if tier else None,
+                                                   defer=tier and defer and len(idx) <= keep)
         else:
             outcomes = evaluate(experiment, fmt, cases, tolerance=tolerance, ftz=ftz, fast_reference=True, fast=True,
                                 tensor_amax=tensor_amax if block_of(fmt) is not None and block_of(fmt).tensor_scale
@@ -437,6 +518,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     kwargs = dict(tolerance=tolerance, ftz=ftz, keep=keep, cap=cap, all_rows=on_rows is not None, versus=versus)
     if experiment is not SOFTMAX_CE:  # (only then: worker processes receive the kwargs pickled)
         kwargs["experiment"] = experiment
+    elif on_rows is None and int(keep_rows.sum()) >= DEFER_ROWS * max(keep, 1):
+        kwargs["defer"] = True  # (the cells' deferred rows recomputed below: _settle)
     tensor_amax = None
     if any(block_of(f) is not None and block_of(f).tensor_scale for f in formats):
         tensor_amax = kwargs["tensor_amax"] = file_amax(source, rows_per_chunk)
@@ -472,6 +555,7 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
                       absorb)
     finally:
         _SOURCE = None
+    _settle(cells, source, labels, formats, tolerance, keep)
     bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
@@ -481,6 +565,81 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     return Summary(tuple(formats), methods, int(keep_rows.sum()), source.classes, cells, bounds, notes,
                    worst_kept=keep, cap=cap, tolerance=tolerance, ftz=ftz, black_box=black_box, versus=pairs,
                    blocks=blocks, tensor_amax=tensor_amax)
+
+
+def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, tolerance, keep: int) -> None:
+    """The cells' rows whose columns are still the bounded float64 tier's (``window > 0``: ``run_chunk``'s
+    ``defer``) recomputed on the longdouble reference, as a chunk of those rows alone would (the fused path,
+    ``engine._classified`` without the tier: the reference is per row, and those rows had no event), their
+    logits read again from ``source``; then the ``keep`` worst of each cell, and every array back to ROW.
+
+    The statuses (so the failing and first rows) were final already: those rows are recomputed in the first
+    round.  A cell's worst holds every row that may be among its ``keep`` worst (:func:`_worst_candidates`);
+    each round recomputes, per cell, the rows with a window among its ``keep`` of largest upper end (all its
+    rows with a window where there is none there), then prunes again with the recomputed values, until no
+    candidate has a window: the ``keep`` worst are then those of the longdouble reference.  On a wide file
+    ~40 rows of 800 (the four methods' worst, the first row of each status, failing rows), in two or three
+    readings of the source."""
+    methods = {m.name: m for m in SOFTMAX_CE.methods}
+    for fmt in formats:
+        mine = [(key[1], cell) for key, cell in cells.items() if key[0] == fmt.name]
+        tol = fmt.default_tolerance if tolerance is None else tolerance
+        done: dict[int, int] = {}  # row -> index into the recomputed rows (xl, y, exact)
+        got: list = []
+        while True:
+            for method, cell in mine:
+                if got:
+                    for name in ("worst", "failing", "first"):
+                        setattr(cell, name, _recomputed(getattr(cell, name), method, methods, fmt, tolerance, tol,
+                                                        done, got))
+                cell.worst = _worst(cell.worst, keep)
+            want = set()
+            for _, cell in mine:
+                for a in (cell.failing, cell.first):
+                    if a.dtype == ROW_T:
+                        want.update(a["row"][a["window"] > 0].tolist())
+                a = cell.worst
+                if a.dtype == ROW_T and a["window"].any():
+                    top = np.argsort(-_error_bits_window(a)[1], kind="stable")[:keep]
+                    pick = top[a["window"][top] > 0]
+                    want.update(a["row"][pick if pick.size else np.flatnonzero(a["window"] > 0)].tolist())
+            want.difference_update(done)
+            if not want:
+                break
+            rows = np.array(sorted(want), dtype=np.int64)
+            x = source.take(rows)
+            xl = np.asarray(x, dtype=np.float64)  # (float64: the fused path's stored logits, exact)
+            y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
+            exact = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(fmt))
+            for i, row in enumerate(rows.tolist()):
+                done[row] = len(done)
+                got.append((xl[i], y[i], exact.take([i])))
+        for _, cell in mine:
+            cell.worst = _without_window(_worst(cell.worst, keep))
+            cell.failing, cell.first = _without_window(cell.failing), _without_window(cell.first)
+
+
+def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol: float, done: dict,
+                got: list) -> np.ndarray:
+    """``a`` (ROW or ROW_T) with the columns of its rows with a window whose reference :func:`_settle` has
+    computed recomputed (window 0): ``engine._classified`` of the method's values on those rows alone."""
+    if a.dtype != ROW_T:
+        return a
+    sel = np.flatnonzero((a["window"] > 0) & np.isin(a["row"], np.fromiter(done, np.int64, len(done))))
+    if not sel.size:
+        return a
+    at = [done[r] for r in a["row"][sel].tolist()]
+    xl, y = np.stack([got[i][0] for i in at]), np.array([got[i][1] for i in at])
+    hi, lo, scale, zero = (np.concatenate([getattr(got[i][2], f) for i in at]) for f in ("hi", "lo", "scale", "zero"))
+    run = (methods[method], Arith(fmt, len(sel)), a["value"][sel])  # (no event: the tier is on ordinary rows only)
+    o = _classified(SOFTMAX_CE.truth, [run], Loaded(xl, y), fmt, tolerance, tol, True, True,
+                    exact=reference.Exact(hi, lo, scale, zero), eventless=True)[0]
+    fresh = _columns(o, a["row"][sel], a["label"][sel], status_codes(o.status) if o.codes is None else o.codes)
+    out = a.copy()
+    for column in ROW.names:
+        out[column][sel] = fresh[column]
+    out["window"][sel] = 0.0
+    return out
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:

@@ -328,7 +328,13 @@ def _rows_differences_exact(X: np.ndarray) -> np.ndarray:
         return np.zeros(len(X), dtype=bool)
     with np.errstate(all="ignore"):
         a = np.abs(X)
-        small, big = a.min(axis=1), a.max(axis=1)
+        if X.shape[1] <= 16:  # column by column (a reduction over a short last axis is ~4x slower): the same values
+            small, big = a[:, 0].copy(), a[:, 0].copy()
+            for j in range(1, X.shape[1]):
+                np.minimum(small, a[:, j], out=small)
+                np.maximum(big, a[:, j], out=big)
+        else:
+            small, big = a.min(axis=1), a.max(axis=1)
         top = np.ldexp(1.0, np.frexp(small)[1].astype(np.int32) - 1 + 29)
         return (small >= 2.0**-1000) & np.isfinite(big) & (big < top)
 
