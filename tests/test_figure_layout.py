@@ -90,3 +90,20 @@ def test_nothing_outside_the_figure_and_the_legend_over_no_panel(kind, monkeypat
     for ax in fig.axes:
         assert not box.overlaps(ax.get_tightbbox(renderer)), ax.get_title()
     plots.plt.close(fig)
+
+
+@pytest.mark.parametrize("formats", [4, 9])
+def test_the_suptitle_over_no_panel(formats):
+    """A tall figure (9 formats: 5 rows of panels) kept its suptitle (at 0.98 of the figure's height, which
+    tight_layout leaves there) over the first row's panel titles; review5 found it in ``report -d all ...``."""
+    names = ["float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2", "bfloat16@float32",
+             "float16@float32", "mxfp8_e4m3"][:formats]
+    panels = {n: {"loses": (np.where(D < 50, 0.3, 200.0), np.ones_like(D, dtype=bool))} for n in names}
+    fig = plots.family_figure("a title " * 20, panels, D, {}, render=lambda f: f)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        box = ax.get_tightbbox(renderer)
+        assert box.y1 <= title.y0, (ax.get_title(), box.y1, title.y0)
+    plots.plt.close(fig)
