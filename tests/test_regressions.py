@@ -147,6 +147,22 @@ def test_nan_logits_row_in_bfloat16_printed_a_numpy_warning(tmp_path):
     assert done.returncode == ExitStatus.OK and not done.stderr, done.stderr
 
 
+def test_signalling_nan_logits_printed_a_numpy_cast_warning(tmp_path):
+    """Found in the fifth session's review: a float32 signalling NaN in a logits file (a NaN whose quiet bit is
+    clear) put two "invalid value encountered in cast" RuntimeWarnings on stderr (the casts that quiet it)."""
+    x = np.zeros((4, 5), np.float32)
+    x.view(np.uint32)[1, 2] = 0x7F800001  # +sNaN
+    x.view(np.uint32)[2, 0] = 0xFF800010  # -sNaN
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    done = python_m("compare", "-e", "softmax_ce", "--logits", path, "-d", "fp32", "-d", "fp64", "-d", "fp16",
+                    env_extra={"PYTHONWARNINGS": "error"})
+    assert done.returncode == ExitStatus.OK and not done.stderr, done.stderr
+    cells = json.loads(python_m("compare", "-e", "softmax_ce", "--logits", path, "-d", "fp32", "--format",
+                                "json").stdout)["user_logits"]["cells"]
+    assert [sum(c["counts"].values()) for c in cells] == [4] * 4  # every row classified, in each method
+
+
 @pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-report"])
 def test_report_on_a_disk_that_fills_up_writes_nothing(tmp_path, monkeypatch, capsys, existing):
     """All files or none: the third file failing leaves neither a partial report nor a mixed one."""
