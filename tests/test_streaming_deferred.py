@@ -155,7 +155,7 @@ def test_printed_tier_on_64_classes_gives_the_longdouble_cells(monkeypatch):
 def test_a_file_changed_before_the_end_of_run_reread_is_refused(tmp_path, monkeypatch):
     """_settle reads the deferred rows again by path: a file rewritten after the pass must not mix the pass's
     values with the new logits' reference (a silent wrong error); the re-read rows are checked against the
-    pass's (CRC-32 of their float64 logits) and a change is one InputError line."""
+    pass's (CRC-32 of their logits) and a change is one InputError line."""
     from stabilitylab.errors import InputError
 
     rng = np.random.default_rng(5)
