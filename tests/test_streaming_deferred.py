@@ -150,3 +150,30 @@ def test_printed_tier_on_64_classes_gives_the_longdouble_cells(monkeypatch):
     monkeypatch.setattr(engine, "_spliced", lambda fmt, o, value, exact, *rest: engine.Outcome(
         o.value, None, exact, None, o.rel_error, o.ulps, o.error_bits, o.first_steps, codes=o.codes))
     assert not _same(plain, cells(False))
+
+
+def test_a_file_changed_before_the_end_of_run_reread_is_refused(tmp_path, monkeypatch):
+    """_settle reads the deferred rows again by path: a file rewritten after the pass must not mix the pass's
+    values with the new logits' reference (a silent wrong error); the re-read rows are checked against the
+    pass's (CRC-32 of their logits) and a change is one InputError line."""
+    from stabilitylab.errors import InputError
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((40, 64)) * 8).astype(np.float32)
+    path = tmp_path / "logits.npy"
+    np.save(path, x)
+    source, y = open_logits(path), rng.integers(0, 64, 40)
+    settle = streaming._settle
+
+    def rewritten_first(*args, **kwargs):
+        np.save(path, x * np.float32(1.5))  # (same shape and dtype: only the values differ)
+        return settle(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "DEFER_ROWS", 0)  # (a small file: by default its chunks would not defer)
+    monkeypatch.setattr(streaming, "_settle", rewritten_first)
+    with pytest.raises(InputError, match="changed"):
+        _cells(source, y, 10, workers=1, rows_per_chunk=3)
+    np.save(path, x)  # unchanged: the same summaries as without the check
+    monkeypatch.setattr(streaming, "_settle", settle)
+    assert _same(_cells(source, y, 10, workers=1, rows_per_chunk=3), _cells(source, y, 10, [], workers=1,
+                                                                             rows_per_chunk=3))

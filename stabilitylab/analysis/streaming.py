@@ -50,6 +50,7 @@ against the exact loss of the quantized logits).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -76,8 +77,9 @@ BITS_BINS = 66  # error_bits 0..64 by integer bins (a float64 value is off by at
 ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), ("exact_hi", np.float64),
                 ("exact_lo", np.float64), ("exact_scale", np.int64), ("exact_zero", np.bool_),
                 ("status", np.uint8), ("rel_error", np.float64), ("ulps", np.float64), ("error_bits", np.float64)])
-# a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final
-ROW_T = np.dtype(ROW.descr + [("window", np.float64)])
+# a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final,
+# and (where the window is not 0) the CRC-32 of its logits (_logits_crcs), which _settle checks when it reads them again
+ROW_T = np.dtype(ROW.descr + [("window", np.float64), ("crc", np.uint32)])
 TIER_CLASSES = softmax_bulk.SHORT + 1  # float64's bounded reference tier on rows of at least this many classes
 # summarize lets chunks defer (run_chunk's ``defer``) only on files of at least this many rows per kept worst row:
 # _settle then re-reads and recomputes ~2.5 keep rows (the four methods' worst, their windows overlapping), at ~3.5x
@@ -244,6 +246,16 @@ def _error_bits_window(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo = np.where(w > 0, np.log2(np.maximum(u * (1 - 2.0**-50) - w, 0.0) + 1) - 2.0**-40, rank)
         hi = np.where(w > 0, np.log2(u * (1 + 2.0**-50) + w + 1) + 2.0**-40, rank)
     return lo, hi
+
+
+def _logits_crcs(x: np.ndarray) -> np.ndarray:
+    """Per row of the block ``x`` the CRC-32 of its logits' bytes, as float32 where ``x`` is float32, else as
+    float64 (run_chunk's block: a source's ``block_dtype``): what :func:`_settle` compares with the rows it
+    reads again (a file rewritten during the run would otherwise mix the pass's values with the new logits'
+    reference).  ~0.06 ms per row of 60000 float32 logits: under 1% of a deferred chunk's CPU (170 x 60000,
+    measured)."""
+    x = np.ascontiguousarray(x, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+    return np.array([zlib.crc32(r) for r in x], dtype=np.uint32)
 
 
 def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -445,7 +457,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     if not len(idx):
         return cells, columns, nonfinite, pairs, blocks
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
-    given = None
+    given = crcs = None
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
@@ -465,6 +477,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
         for method, o in outcomes.items():
             everything = [] if all_rows else None
             cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
+            if o.window is not None:
+                crcs = _logits_crcs(x) if crcs is None else crcs
+                for name in ("worst", "failing", "first"):
+                    a = getattr(cells[fmt.name, method], name)
+                    a["crc"] = np.where(a["window"] > 0, crcs[np.searchsorted(rows, a["row"])], 0)
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
         if versus is not None:
@@ -585,6 +602,7 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
         mine = [(key[1], cell) for key, cell in cells.items() if key[0] == fmt.name]
         tol = fmt.default_tolerance if tolerance is None else tolerance
         done: dict[int, int] = {}  # row -> index into the recomputed rows (xl, y, exact)
+        crc: dict[int, int] = {}  # row -> the CRC-32 of its logits as the pass read them (_logits_crcs)
         got: list = []
         while True:
             for method, cell in mine:
@@ -595,6 +613,10 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
                 cell.worst = _worst(cell.worst, keep)
             want = set()
             for _, cell in mine:
+                for a in (cell.failing, cell.first, cell.worst):
+                    if a.dtype == ROW_T:
+                        w = a["window"] > 0
+                        crc.update(zip(a["row"][w].tolist(), a["crc"][w].tolist()))
                 for a in (cell.failing, cell.first):
                     if a.dtype == ROW_T:
                         want.update(a["row"][a["window"] > 0].tolist())
@@ -609,6 +631,11 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
             rows = np.array(sorted(want), dtype=np.int64)
             x = source.take(rows)
             xl = np.asarray(x, dtype=np.float64)  # (float64: the fused path's stored logits, exact)
+            for row, now in zip(rows.tolist(), _logits_crcs(x).tolist()):
+                if now != crc[row]:
+                    raise InputError(f"the logits file {source.path} changed during the run (row {row} read again "
+                                     "at the end differs from its first reading); run again once it is no longer "
+                                     "being written", "--logits")
             y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
             exact = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(fmt))
             for i, row in enumerate(rows.tolist()):
