@@ -63,8 +63,8 @@ def test_deferred_rows_give_the_longdouble_summaries_and_are_recomputed(wide, mo
         assert settled[0] >= 4 * keep  # the tier was kept in printed rows: there was something to recompute
         # the end-of-run recompute skipped: the windows dropped, the float64 tier's columns printed
         monkeypatch.setattr(streaming, "_settle", lambda cells, *args: [
-            setattr(c, n, streaming._without_window(streaming._worst(getattr(c, n), keep) if n == "worst"
-                                                    else getattr(c, n)))
+            setattr(c, n, streaming._as_rows(streaming._worst(getattr(c, n), keep) if n == "worst"
+                                              else getattr(c, n), streaming.ROW))
             for c in cells.values() for n in ("worst", "failing", "first")])
         assert not _same(plain, _cells(source, y, keep, workers=1, rows_per_chunk=per_chunk))
         monkeypatch.setattr(streaming, "_settle", original)

@@ -262,22 +262,14 @@ def _join(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a`` and ``b`` (ROW or ROW_T arrays) concatenated, as ROW_T where either is (window 0 where absent)."""
     if a.dtype == b.dtype:
         return np.concatenate([a, b])
-    return np.concatenate([_with_window(a), _with_window(b)])
+    return np.concatenate([_as_rows(a, ROW_T), _as_rows(b, ROW_T)])
 
 
-def _with_window(a: np.ndarray) -> np.ndarray:
-    if a.dtype == ROW_T:
+def _as_rows(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` (ROW or ROW_T) as ``dtype``: ROW's fields copied (a ROW_T's window fields 0 where ``a`` has none)."""
+    if a.dtype == dtype:
         return a
-    out = np.zeros(len(a), ROW_T)
-    for name in ROW.names:
-        out[name] = a[name]
-    return out
-
-
-def _without_window(a: np.ndarray) -> np.ndarray:
-    if a.dtype == ROW:
-        return a
-    out = np.empty(len(a), ROW)
+    out = np.zeros(len(a), dtype)
     for name in ROW.names:
         out[name] = a[name]
     return out
@@ -642,8 +634,8 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
                 done[row] = len(done)
                 got.append((xl[i], y[i], exact.take([i])))
         for _, cell in mine:
-            cell.worst = _without_window(_worst(cell.worst, keep))
-            cell.failing, cell.first = _without_window(cell.failing), _without_window(cell.first)
+            cell.worst = _as_rows(_worst(cell.worst, keep), ROW)
+            cell.failing, cell.first = _as_rows(cell.failing, ROW), _as_rows(cell.first, ROW)
 
 
 def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol: float, done: dict,
