@@ -283,16 +283,14 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
             refine |= arith.input_lost  # (range where v is the rounded exact value: that equality is not decided)
             lo = np.maximum(o.ulps * (1 - 2.0**-50) - w, 0.0) + 1
             hi = o.ulps * (1 + 2.0**-50) + w + 1
-            j = np.floor(np.log2(lo * (1 - 2.0**-40)))
-            refine |= ~(j == np.floor(np.log2(hi * (1 + 2.0**-40))))  # (NaN: refined)
+            refine |= ~_same_binade(lo, hi)
             if defer:
                 continue
             if keep > 0:
-                low = np.where(known, lo, -np.inf)  # (the other rows are refined anyway)
-                kth = np.partition(low, n - keep)[n - keep]
+                kth = _kth_largest(np.where(known, lo, -np.inf), keep)  # (the other rows are refined anyway)
                 refine |= hi * (1 + 2.0**-40) + 2.0**-60 >= kth
             codes = o.codes
-            failing = np.flatnonzero(np.isin(codes, [STATUSES.index(s) for s in METHOD_FAILURES]))[:cap]
+            failing = np.flatnonzero(_FAILING[codes])[:cap]
             refine[failing] = True
             present = np.flatnonzero(np.bincount(codes, minlength=len(STATUSES)))
             refine[[int(np.argmax(codes == c)) for c in present]] = True
@@ -300,6 +298,38 @@ def _bounded(truth, runs, inputs, fmt: Format, tolerance, tol: float, dtype, pri
     if rows.size:
         approx = approx.put(rows, reference.fast(truth, inputs.take(rows), dtype))
     return approx, rows, first, np.where(refine, 0.0, w) if defer else None
+
+
+_FAILING = np.isin(np.arange(256), [STATUSES.index(s) for s in METHOD_FAILURES])  # by status code
+
+
+def _same_binade(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per row, whether ``log2(x)`` floors alike for every x in ``[lo, hi]`` (``lo >= 1``; the error-bits bin
+    of :func:`_bounded`): ``lo (1 - 2**-40)`` and ``hi (1 + 2**-40)`` have the same float64 exponent field
+    (the same ``[2**j, 2**(j+1))``, 2**-40 inside its ends: np.log2's own error is far smaller), or
+    ``hi (1 + 2**-40) < 2`` (bin 0: ``log2(x) >= 0`` for every ``x >= 1``, ``log2(1) = 0`` exactly, whatever
+    the margin below 1).  False where hi is infinite or NaN.  The exponent field of a positive finite float64
+    is its bits >> 52: one shift a bound instead of ``np.floor(np.log2(...))``."""
+    a = (lo * (1 - 2.0**-40)).view(np.int64) >> 52
+    top = hi * (1 + 2.0**-40)
+    same = (a == (top.view(np.int64) >> 52)) & (top < np.inf)
+    same |= top < 2.0
+    return same
+
+
+def _kth_largest(low: np.ndarray, keep: int) -> float:
+    """The ``keep``-th largest of ``low`` (``1 <= keep <= len(low)``) as ``np.partition`` orders it (NaN above
+    everything): ``np.partition`` of every value, or, on long arrays, of those not below ``t``, the ``keep``-th
+    largest of every 16th value (at most the whole array's: the keep values at or above it in the sample are
+    in ``low``), which hold the keep largest and every NaN (t NaN: every value).  The same value, a pass and
+    a partition of n / 16 values instead of a partition of n."""
+    n = len(low)
+    if n >= 64 * keep:
+        sample = low[::16]
+        t = np.partition(sample, len(sample) - keep)[len(sample) - keep]
+        low = low[~(low < t)]
+        n = len(low)
+    return np.partition(low, n - keep)[n - keep]
 
 
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:

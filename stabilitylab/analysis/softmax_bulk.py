@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
+from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits, max_argmax_short
 from ..numerics import crmath
 from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
 from ..numerics.formats import Format
@@ -201,27 +201,6 @@ def _stored_whole(fmt: Format, x: np.ndarray, xl: np.ndarray) -> np.ndarray:
             or np.count_nonzero(xl) == np.count_nonzero(x)):
         return np.ones(len(x), dtype=bool)
     return _all(((np.abs(xl) <= fmt.max) & (xl != 0)) | (x == 0))
-
-
-def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of (K, n) ``xt`` (a row of logits each, 1 <= K <= 256; any sequence of K columns): the maximum
-    ``m`` (``np.maximum`` column after column) and the index ``k`` of its first occurrence, counted as
-    ``k = #{j < K - 1: xt[0..j] all != m}`` -- a few contiguous elementwise passes per column (numpy's
-    reduction over a short last axis costs ~20-40 ns a row; a masked assignment per column ~4 ns a value).
-    Where a column holds no NaN these are ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum
-    (``-0 == +0``: the first of them is the index either way); where it holds one, ``m`` is NaN and ``k``
-    is K - 1 (such rows are never ordinary)."""
-    m = np.array(xt[0], copy=True)
-    for j in range(1, len(xt)):
-        np.maximum(m, xt[j], out=m)
-    k = np.zeros(len(m), dtype=np.uint8)  # (K <= 256 here; uint8 sums are SIMD, bool into intp is not)
-    before = np.ones(len(m), dtype=bool)  # no maximum in xt[0..j] yet
-    differs = np.empty(len(m), dtype=bool)
-    for j in range(len(xt) - 1):
-        np.not_equal(xt[j], m, out=differs)
-        before &= differs
-        k += before.view(np.uint8)
-    return m, k.astype(np.intp)
 
 
 def _levels_short(et: np.ndarray, rnd) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -80,7 +80,8 @@ ROW = np.dtype([("row", np.int64), ("label", np.int64), ("value", np.float64), (
 # a row whose columns may still be the bounded float64 tier's (run_chunk's ``defer``): its ulps window, 0 where final,
 # and (where the window is not 0) the CRC-32 of its logits (_logits_crcs), which _settle checks when it reads them again
 ROW_T = np.dtype(ROW.descr + [("window", np.float64), ("crc", np.uint32)])
-TIER_CLASSES = softmax_bulk.SHORT + 1  # float64's bounded reference tier on rows of at least this many classes
+TIER_CLASSES = 6  # float64's bounded reference tier on rows of at least this many classes (run_chunk's CPU, one
+# process, tier on against off: 2 classes +25%, 4 about even, 6 -7%, 8 -8.5%, 10 -9%, 16 -17%; docs/reference/speed.md)
 # summarize lets chunks defer (run_chunk's ``defer``) only on files of at least this many rows per kept worst row:
 # _settle then re-reads and recomputes ~2.5 keep rows (the four methods' worst, their windows overlapping), at ~3.5x
 # what deferring saves a row (longdouble reference ~70 ns a value against the tier's saving of ~20, measured on
@@ -426,7 +427,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
 
     Without ``all_rows``, only the cells are read, so float64's fused path may take its reference from the
     bounded float64 tier where that changes none of them (``softmax_bulk.evaluate_fused``'s ``printed``; on
-    rows of more than :data:`softmax_bulk.SHORT` classes: on 10 classes it saved nothing, measured).  With
+    rows of at least :data:`TIER_CLASSES` classes).  With
     ``defer`` too (``summarize``, which then calls :func:`_settle`), a chunk of at most ``keep`` rows (whose
     rows are all printed) keeps the tier in its printed rows as well: its cells' rows are ROW_T arrays
     whose ``window`` marks the rows to recompute at the end."""

@@ -324,9 +324,13 @@ def _differences_exact(X: np.ndarray) -> bool:
 
 def _rows_differences_exact(X: np.ndarray) -> np.ndarray:
     """Per row of float64 ``X``, :func:`_differences_exact`'s test on that row alone (the same proof, with
-    the row's own smallest and largest ``|x|``)."""
+    the row's own smallest and largest ``|x|``).  Where the whole block passes, every row does (a row's
+    smallest ``|x|`` is at least the block's, so its E too, and its largest at most the block's): True
+    everywhere after the block's test alone, the usual case."""
     if not X.size or np.bitwise_and(X.view(np.uint64), _LOW29).any():
         return np.zeros(len(X), dtype=bool)
+    if _differences_exact(X):
+        return np.ones(len(X), dtype=bool)
     with np.errstate(all="ignore"):
         a = np.abs(X)
         if X.shape[1] <= 16:  # column by column (a reduction over a short last axis is ~4x slower): the same values
@@ -454,16 +458,34 @@ def _blocked_exp_sum(hi: np.ndarray, top: np.ndarray, wide) -> np.ndarray:
     return _tree_sum(np.concatenate(partial, axis=-1))
 
 
+def max_argmax_short(xt) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of (K, n) ``xt`` (a row of logits each, 1 <= K <= 256; any sequence of K columns): the maximum
+    ``m`` (``np.maximum`` column after column) and the index ``k`` of its first occurrence, counted as
+    ``k = #{j < K - 1: xt[0..j] all != m}`` -- a few contiguous elementwise passes per column (numpy's
+    reduction over a short last axis costs ~20-40 ns a row; a masked assignment per column ~4 ns a value).
+    Where a column holds no NaN these are ``np.max`` / ``np.argmax``'s but for the sign of a zero maximum
+    (``-0 == +0``: the first of them is the index either way); where it holds one, ``m`` is NaN and ``k``
+    is K - 1 (such rows are never ordinary)."""
+    m = np.array(xt[0], copy=True)
+    for j in range(1, len(xt)):
+        np.maximum(m, xt[j], out=m)
+    k = np.zeros(len(m), dtype=np.uint8)  # (K <= 256 here; uint8 sums are SIMD, bool into intp is not)
+    before = np.ones(len(m), dtype=bool)  # no maximum in xt[0..j] yet
+    differs = np.empty(len(m), dtype=bool)
+    for j in range(len(xt) - 1):
+        np.not_equal(xt[j], m, out=differs)
+        before &= differs
+        k += before.view(np.uint8)
+    return m, k.astype(np.intp)
+
+
 def _max_argmax(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of float64 ``X``, the max and the (first) argmax."""
+    """Per row of float64 ``X``, the max and the (first) argmax (rows of at most 16 columns:
+    :func:`max_argmax_short` on the columns; a row with a NaN has a NaN max either way, and its argmax,
+    K - 1 there, is read by no caller: such rows are not handled)."""
     k = X.shape[1]
-    if k <= 16:  # max and argmax (first) column by column: reductions over a short axis are slow
-        m, top = X[:, 0].copy(), np.zeros(len(X), dtype=np.intp)
-        for j in range(1, k):
-            column = X[:, j]
-            top[column > m] = j
-            m = np.maximum(m, column)
-        return m, top
+    if k <= 16:  # column by column: reductions over a short axis are slow
+        return max_argmax_short([X[:, j] for j in range(k)])
     return X.max(axis=1), np.argmax(X, axis=1)
 
 
