@@ -543,24 +543,14 @@ LOG64_ERROR = 2.0**-61.9
 def _log_block(name: str, xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(value, decided) of :func:`_log_float64` on one block of arguments in its domain."""
     from . import exp64
-    from .doubledouble import fast_two_sum, two_prod, two_sum
+    from .doubledouble import fast_two_sum, two_sum
 
     with np.errstate(all="ignore"):
         y0 = np.log(xi) if name == "log" else np.log1p(xi)
-        s, err, e = exp64.parts(-y0)
-        p2 = ((e + 1023) << 52).view(np.float64)  # 2**e (exp64: e in [-1020, 1022])
-        del e
-        W = s * p2
-        F = err * p2
         if name == "log":
-            ph, pe = two_prod(xi, W)
-            rest = pe + xi * F
+            c = exp64.log_newton(xi, None, y0)
         else:
-            a, al = two_sum(np.ones_like(xi), xi)
-            ph, pe = two_prod(a, W)
-            rest = pe + a * F
-            rest += al * W
-        c = (ph - 1.0) + rest
+            c = exp64.log_newton(*two_sum(np.ones_like(xi), xi), y0)
         hi, lo = fast_two_sum(y0, c)
         bound = np.abs(hi) * 2.0**-78 + LOG64_ERROR
         down = hi + (lo - bound)

@@ -188,3 +188,27 @@ def parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for start, stop, bs, berr, be in blocks(x):
         s[start:stop], err[start:stop], e[start:stop] = bs, berr, be
     return s, err, e
+
+
+def pow2(e: np.ndarray) -> np.ndarray:
+    """2**e as float64 for int64 ``e`` in [-1022, 1023] (the exponent field: exact, no ldexp)."""
+    return ((e + 1023) << 52).view(np.float64)
+
+
+def log_newton(a: np.ndarray, al: np.ndarray | None, y0: np.ndarray) -> np.ndarray:
+    """``c`` with ``y0 + c`` one Newton step on ``e**y = a + al`` from ``y0``, in float64 arithmetic with
+    :func:`parts`' ``e**-y0 = (s + err) 2**e``: ``W = s 2**e``, ``F = err 2**e``, ``a W = ph + pe``
+    (Dekker), ``c = fl(fl(ph - 1) + fl(fl(pe + fl(a F)) + fl(al W)))`` (``al`` None: 0, the term left out).
+    The error of c is stated where it is used, with its bounds on ``a``, ``al`` and ``y0``:
+    :func:`stabilitylab.numerics.crmath._log_float64` and :mod:`stabilitylab.numerics.expsum64` (step 6)."""
+    from .doubledouble import two_prod
+
+    s, err, e = parts(-y0)
+    p2 = pow2(e)
+    del e
+    W = s * p2
+    ph, pe = two_prod(a, W)
+    rest = pe + a * (err * p2)
+    if al is not None:
+        rest += al * W
+    return (ph - 1.0) + rest

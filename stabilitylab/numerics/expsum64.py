@@ -61,7 +61,7 @@ import numpy as np
 
 from . import exp64
 from .crmath import WIDE_REL_ERROR
-from .doubledouble import fast_two_sum, two_prod, two_sum
+from .doubledouble import fast_two_sum, two_sum
 
 __all__ = ["MAX_TERMS", "FLOOR", "log1p_exp_sum", "sum_bound"]
 
@@ -86,11 +86,6 @@ def sum_bound(k: int) -> float:
     return 2.0**-62 + 1.0002 * (L + 1) * 2.0**-53 * (2.0 ** (2 * L - 50.99) + 2.0**-52.98) + 2.0**-100
 
 
-def _pow2(e: np.ndarray) -> np.ndarray:
-    """2**e as float64 for int64 ``e`` in [-1022, 1023] (the exponent field: exact, no ldexp)."""
-    return ((e + 1023) << 52).view(np.float64)
-
-
 def _row_max_skipping(d: np.ndarray, skip: np.ndarray) -> np.ndarray:
     """Per row, the largest d other than column ``skip`` (-inf for K = 1)."""
     rows, k = d.shape
@@ -108,7 +103,7 @@ def _sums(d: np.ndarray, skip: np.ndarray, C: np.ndarray, tree_sum) -> tuple[np.
     """(A, B) of the module's steps 1-4 on a block of rows (C = 1.5 * 2**(E + L) per row)."""
     rows, k = d.shape
     s, err, e = exp64.parts(np.maximum(d, _CLAMP).ravel())
-    p2 = _pow2(e)
+    p2 = exp64.pow2(e)
     del e
     T = s
     T *= p2  # T_i = s_i 2**e_i
@@ -153,15 +148,9 @@ def log1p_exp_sum(d: np.ndarray, skip: np.ndarray, g: np.ndarray, tree_sum) -> t
         del C
         sigma, tau = fast_two_sum(A, B)
         y0 = np.log1p(sigma)
-        ws, werr, we = exp64.parts(-y0)
-        w2 = _pow2(we)
-        W = ws * w2
         p, pl = two_sum(np.ones_like(sigma), sigma)
         pl += tau
-        ph, pe = two_prod(p, W)
-        rest = pe + p * (werr * w2)
-        rest += pl * W
-        c = (ph - 1.0) + rest
+        c = exp64.log_newton(p, pl, y0)  # (step 6)
         h1, l1 = two_sum(g, y0)
         l1 += c
         hi, lo = fast_two_sum(h1, l1)
