@@ -450,7 +450,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     if not len(idx):
         return cells, columns, nonfinite, pairs, blocks
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
-    given = crcs = None
+    given = None
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
@@ -470,11 +470,13 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
         for method, o in outcomes.items():
             everything = [] if all_rows else None
             cells[fmt.name, method] = _cell(o, rows, y, keep, cap, everything)
-            if o.window is not None:
-                crcs = _logits_crcs(x) if crcs is None else crcs
+            if o.window is not None:  # the CRCs of the rows _settle reads again (those kept with a window)
                 for name in ("worst", "failing", "first"):
                     a = getattr(cells[fmt.name, method], name)
-                    a["crc"] = np.where(a["window"] > 0, crcs[np.searchsorted(rows, a["row"])], 0)
+                    held = np.flatnonzero(a["window"] > 0)
+                    crc = np.zeros(len(a), a.dtype["crc"])
+                    crc[held] = _logits_crcs(x[np.searchsorted(rows, a["row"][held])])
+                    a["crc"] = crc
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
         if versus is not None:
