@@ -184,7 +184,8 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
                 outcomes = [classify(fmt, value, exact, arith, tolerance, m.black_box, truth.storage)
                             for m, arith, value in runs]
             if window is not None:  # (none of them kept the tier's value: _bounded refined them; all final now)
-                window = np.where(np.isin(np.arange(len(window)), undecided), 0.0, window)
+                window = window.copy()
+                window[undecided] = 0.0
     if window is not None:
         for o in outcomes:
             o.window = window
