@@ -350,11 +350,21 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def compile_package() -> None:
-    """This checkout's modules compiled to bytecode, as an installed package's are (see the module
-    docstring); ``compileall`` writes the ``.pyc`` files whatever ``PYTHONDONTWRITEBYTECODE`` says."""
+def compile_package() -> str:
+    """This checkout's modules compiled to bytecode and its optional C kernel built in place, as ``pip
+    install`` does (see the module docstring); ``compileall`` writes the ``.pyc`` files whatever
+    ``PYTHONDONTWRITEBYTECODE`` says.  Returns the line the report shows: whether the jobs ran with the
+    compiled kernel (``_stabilitylab_kernels``, built by ``setup.py build_ext --inplace`` at the repository
+    root, where the jobs' ``python -m stabilitylab`` finds it) or without it (no compiler: the numpy path)."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "stabilitylab")], cwd=ROOT,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = subprocess.run([sys.executable, "-c", "from stabilitylab.analysis import softmax_kernel as k; "
+                            "print(k.load() is not None)"], cwd=ROOT, capture_output=True, text=True)
+    if probe.stdout.strip() == "True":
+        return "Compiled kernel: present (`_stabilitylab_kernels`, built in place; bfloat16 and float32 sums)."
+    return "Compiled kernel: absent (not built here): every job ran the numpy path."
 
 
 def _wait(proc: subprocess.Popen) -> tuple[int, float | None]:
@@ -619,7 +629,8 @@ def failures(results: list[Result]) -> list[str]:
     return lines
 
 
-def render(results: list[Result], repeat: int, markdown: bool = False, skipped: list[str] = ()) -> str:
+def render(results: list[Result], repeat: int, markdown: bool = False, skipped: list[str] = (),
+           kernel: str = "") -> str:
     plain = [r for r in results if r.job.bare is None]
     logits = [r for r in results if r.job.bare is not None]
     out = [f"Best of {repeat}, job and anchors alternating; ratio = job s / anchor s, work = job s - anchor s; "
@@ -628,7 +639,7 @@ def render(results: list[Result], repeat: int, markdown: bool = False, skipped: 
            "`scipy.special.log_softmax(x, axis=1)` on the same float32 array, one process, the call only "
            "(np.load excluded).",
            f"Python {platform.python_version()}, {platform.system()} {platform.machine()}, "
-           f"{os.cpu_count()} CPUs.", ""]
+           f"{os.cpu_count()} CPUs." + (f" {kernel}" if kernel else ""), ""]
     if plain:
         out.append(table(COLUMNS, [row(r) for r in plain], markdown))
     if logits:
@@ -724,9 +735,9 @@ def main(argv: list[str] | None = None) -> int:
         for path, shape in dict.fromkeys([*files, *block_files]):
             if str(path) in needed:
                 logits_file(shape, args.data_dir.resolve())
-    compile_package()
+    kernel = compile_package()
     results = [bench(job, args.repeat, progress) for job in jobs]
-    print(render(results, args.repeat, args.markdown, skipped))
+    print(render(results, args.repeat, args.markdown, skipped, kernel))
     given, shown = list(argv if argv is not None else sys.argv[1:]), []
     while given:  # the command line as run, without its --update targets
         arg = given.pop(0)
@@ -735,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not arg.startswith(("--update=", "--update-table=")):
             shown.append(arg)
     for path in args.update or ():
-        update(path, render(results, args.repeat, markdown=True, skipped=skipped), shlex.join(shown))
+        update(path, render(results, args.repeat, markdown=True, skipped=skipped, kernel=kernel), shlex.join(shown))
     logits = [r for r in results if r.job.bare is not None]
     for path in args.update_table or ():
         update(path, table(LOGITS_COLUMNS, [logits_row(r) for r in logits], True), shlex.join(shown))

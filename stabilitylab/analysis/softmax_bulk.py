@@ -22,7 +22,7 @@ whose ``+ - /`` are IEEE in their own dtype; ``exp``, ``log``, ``log1p`` by
   log_softmax_log1p ``rnd(log1p(S1) - z_y)``.
 
 **Speed without other values.**  Rows of at most :data:`SHORT` logits are worked on transposed (a row per
-column: every step a few contiguous passes of n values; :func:`_values_short`).  In bfloat16 and float16,
+column: every step a few contiguous passes of n values; :func:`_sums_short`).  In bfloat16 and float16,
 ``exp``, ``log`` and ``log1p`` are read from tables of crmath's own results at each of the 2**16 patterns
 (:func:`_cr`; ~1 ns a value instead of crmath's ~3 ns for exp and ~9 ns for log).
 
@@ -60,6 +60,7 @@ from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits, max_argmax_shor
 from ..numerics import crmath
 from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
 from ..numerics.formats import Format
+from . import softmax_kernel
 from .engine import _classified, evaluate
 from .outcome import Outcome, gather
 
@@ -69,7 +70,7 @@ FORMATS = ("bfloat16", "float32", "float64")
 """Pure formats the fused path covers (others: the general engine)."""
 
 SHORT = 16
-"""Rows of at most this many logits are worked on transposed (:func:`_values_short`)."""
+"""Rows of at most this many logits are worked on transposed (:func:`_sums_short`)."""
 
 
 SHORT_FORMATS = ("float16",)
@@ -235,8 +236,8 @@ def _positive_finite_short(et: np.ndarray) -> np.ndarray:
     return np.logical_and.reduce((et > 0) & (et < np.inf), axis=0)
 
 
-def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
-    """:func:`_values` on rows of at most :data:`SHORT` logits, worked on transposed: with a row per
+def _sums_short(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """:func:`_sums` on rows of at most :data:`SHORT` logits, worked on transposed: with a row per
     column, each step (the shift, each level of the pairwise trees, the max) is a few contiguous passes of
     n values instead of strided ones over rows of K (numpy's inner loops are slow on a short last axis).
     The same operations on the same operands, elementwise, so the same values; ``m`` (the rows' max)
@@ -267,7 +268,7 @@ def _values_short(fmt: Format, x: np.ndarray, y: np.ndarray):
         exy = np.take(ext.reshape(-1), at)
         Sn = _levels_short(ext, rnd)[0]
         del ext
-    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
+    return ok, xl, (S, S1, Sn, exy, ezy, zy)
 
 
 def _tail(fmt: Format, rnd, ok: np.ndarray, S, S1, Sn, exy, ezy, zy) -> dict[str, np.ndarray]:
@@ -290,9 +291,18 @@ def _tail(fmt: Format, rnd, ok: np.ndarray, S, S1, Sn, exy, ezy, zy) -> dict[str
 
 
 def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
-    """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``."""
+    """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``:
+    :func:`_sums` (by the compiled kernel where it applies: :func:`_sums_kernel`), then :func:`_tail`."""
+    got = _sums_kernel(fmt, x, y)
+    ok, xl, sums = _sums(fmt, x, y) if got is None else got
+    return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
+
+
+def _sums(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """(ordinary rows so far, loaded inputs, (S, S1, Sn, ex_y, ez_y, z_y)) on finite-or-not logits ``x``
+    (see the module); ``ok`` is narrowed further by :func:`_tail`."""
     if 1 < x.shape[1] <= SHORT:
-        return _values_short(fmt, x, y)
+        return _sums_short(fmt, x, y)
     rnd = _rounder(fmt)
     rows = np.arange(len(x))
     with np.errstate(all="ignore"):
@@ -312,7 +322,56 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         exy = ex[rows, y]
         Sn = _tree(ex, rnd)
         del ex
-    return _tail(fmt, rnd, ok, S, S1, Sn, exy, ezy, zy), ok, xl
+    return ok, xl, (S, S1, Sn, exy, ezy, zy)
+
+
+KERNEL_FORMATS = {"bfloat16": 0, "float32": 1}
+"""Formats of the compiled kernel (:mod:`.softmax_kernel`), with its code for each."""
+
+FIX_BUDGET = 256
+"""At most this many of the kernel's undecided float32 exps per call are computed by crmath one by one (the
+kernel's exp leaves about 2 in 10**7 arguments of normal results undecided); beyond it, and for subnormal
+results, the kernel leaves the row to the numpy path."""
+
+_F32: list = []
+
+
+def _fix_exp(z: float) -> float:
+    """crmath's float32 exp of one float32 argument (the kernel's undecided ones)."""
+    if not _F32:
+        from ..numerics.formats import get_format
+        _F32.append(get_format("float32"))
+    return float(crmath.exp(_F32[0], np.array([z], dtype=np.float32))[0])
+
+
+def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
+    """:func:`_sums` by the compiled kernel (:mod:`.softmax_kernel`): float32 logits in bfloat16 or float32;
+    None where it does not apply or is not built.  The rows it leaves to numpy (flag 2) are computed by
+    :func:`_sums` and put in place: the same values either way (the kernel's are the numpy path's, bit for
+    bit; tests/test_softmax_kernel.py)."""
+    code = KERNEL_FORMATS.get(fmt.name)
+    if code is None or x.dtype != np.float32 or not x.size:
+        return None
+    module = softmax_kernel.load()
+    if module is None:
+        return None
+    x = np.ascontiguousarray(x)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    n, k = x.shape
+    xl = np.empty_like(x)
+    out = np.empty((6, n), dtype=np.float32)
+    flag = np.empty(n, dtype=np.uint8)
+    table = _table("exp", fmt) if code == 0 else np.zeros(0, np.float32)
+    module.softmax_sums(code, n, k, x, y, table, xl, out, flag, _fix_exp, FIX_BUDGET)
+    ok = flag == 1
+    redo = np.flatnonzero(flag == 2)
+    if redo.size:
+        ok_r, xl_r, sums_r = _sums(fmt, x[redo], y[redo])
+        ok[redo] = ok_r
+        xl[redo] = xl_r
+        for q, v in enumerate(sums_r):
+            out[q, redo] = v
+    return ok, xl, tuple(out)
 
 
 def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None,

@@ -1,0 +1,359 @@
+/* _stabilitylab_kernels: the optional compiled kernel of stabilitylab's bulk softmax_ce path.
+ *
+ * One function does what stabilitylab/analysis/softmax_bulk.py's numpy code does for a block of rows of
+ * float32 logits in bfloat16 or float32 (see that module's docstring for the operations, and
+ * stabilitylab/analysis/softmax_kernel.py for how it is called): per row, the logits stored in the format
+ * (xl), their max m and first argmax k, z = rnd(xl - m), ez = exp(z), ex = exp(xl), the pairwise trees
+ * S = T(ez), Sn = T(ex), S1 = T(ez with ez_k = 0), and ez_y, ex_y, z_y at the label y.  Every operation is the
+ * numpy path's on the same operands, rounded the same way, so the results are the same bit for bit:
+ *
+ *   - float32 + - on float32 operands (x86-64 SSE arithmetic, no excess precision, no contraction: built
+ *     with -ffp-contract=off, never -ffast-math);
+ *   - rnd: bfloat16's round to nearest even on the float32 bits (formats.round_bfloat16), identity in float32;
+ *   - exp in bfloat16: a table of crmath's own results at every 16-bit pattern (passed in, made by crmath);
+ *   - exp in float32: exp32 below, a float64 evaluation whose correct rounding is decided from its bits as
+ *     crmath._decided_by_bits decides it (with this evaluation's own error bound, EXP32_REL_ERROR); an
+ *     undecided value is computed by the caller's crmath (the `fix` callable) and is very rare.
+ *
+ * A row is marked (flag) 1 when nothing the numpy path checks for an ordinary row failed here (stored
+ * logits within range and not lost, every exp in (0, inf)); 0 when one of those checks failed (the row is
+ * not ordinary: the caller sends it to the general engine, whatever the values here are); 2 when this kernel
+ * left the row to the numpy path (an exp whose result is subnormal, or more undecided exps than the budget).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define KERNEL_API 1 /* softmax_kernel.py loads this module only when its API number matches */
+
+static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+static inline double d_of(uint64_t b) { double d; memcpy(&d, &b, 8); return d; }
+static inline uint64_t dbits_of(double d) { uint64_t b; memcpy(&b, &d, 8); return b; }
+
+/* bfloat16 rounding of a float32 (formats.round_bfloat16): b + 0x7FFF + ((b >> 16) & 1), low half cleared;
+ * a NaN unchanged. */
+static inline float rnd_bf16(float y) {
+    uint32_t b = bits_of(y);
+    if ((b & 0x7FFFFFFFu) > 0x7F800000u) return y;
+    return f_of((b + 0x7FFFu + ((b >> 16) & 1u)) & 0xFFFF0000u);
+}
+
+/* ------------------------------------------------------------------------------------------ exp32
+ * e**z for float32 z, correctly rounded to float32 where decided.  w = 2**e * T[j] * p(r) in float64 with
+ * k = rint(z * 64/ln2) = 64 e + j, r = (z - k c_hi) - k c_lo (c_hi + c_lo = ln2/64; k c_hi and the first
+ * difference exact), p the degree-5 Taylor polynomial of e**r (|r| <= ln2/128 + tiny), T[j] = 2**(j/64)
+ * correctly rounded (passed in: made with mpmath).  Relative error of w below 4 * 2**-53 (T 2**-53, the
+ * polynomial's truncation 2**-54.6, its last addition 2**-53, the product 2**-53, the rest below 2**-59):
+ * within EXP32_REL_ERROR = 2**-50.  Decision as crmath._decided_by_bits: with L the 29 dropped bits of w and
+ * w's exponent E in [-126, 127), |L - 2**28| > ceil(2**-50 * 2**53) + 1 = 9 means no float32 rounding
+ * boundary lies within the error of w, and the cast (float)w is the correctly rounded value.  (crmath also
+ * leaves E = -126 aside; its proof holds there too: below 2**-126, a float32, the nearest midpoint is
+ * 2**-150 below it, 2**28 ulps of w away.)  The caller checks every float32 argument's result against crmath
+ * (tests/test_softmax_kernel.py, exhaustively in the slow run).
+ *
+ * Written without branches or calls (k from the bits of x/c + 1.5 2**52, 2**e from k's bits) so that the
+ * compiler vectorizes the block loops; the same IEEE operations in every lane, so the same values. */
+static double EXP_T[64], EXP_INV, EXP_HI, EXP_LO;
+static int exp_ready = 0;
+#define EXP32_SLACK 9
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+/* out[i] = exp32(z[i]) and dec[i] = 1 where decided (0: undecided, a subnormal or huge result) */
+static inline void exp32_block(const float *restrict z, float *restrict out, uint8_t *restrict dec,
+                               Py_ssize_t n) {
+    const double shift = 6755399441055744.0; /* 1.5 * 2**52: adding and subtracting it rounds to an integer */
+    const uint64_t shift_bits = 0x4338000000000000ull;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double x = (double)z[i];
+        double t = x * EXP_INV + shift;
+        double kd = t - shift;
+        uint64_t k = dbits_of(t) - shift_bits; /* k mod 2**64 */
+        double r = (x - kd * EXP_HI) - kd * EXP_LO;
+        double p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))));
+        uint64_t j = k & 63;
+        double w = EXP_T[j] * p * d_of(((k - j) << 46) + (1023ull << 52)); /* 2**e: (e + 1023) << 52 */
+        uint64_t u = dbits_of(w);
+        uint64_t E = (u >> 52) & 0x7FF; /* biased: 897 .. 1149 for [-126, 127) */
+        uint64_t L = (u & ((1ull << 29) - 1)) - ((1ull << 28) - EXP32_SLACK); /* wraps below */
+        out[i] = (float)w;
+        dec[i] = (uint8_t)((E >= 1023 - 126) & (E < 1023 + 127) & (L > 2 * EXP32_SLACK)
+                           & (x > -104.0) & (x < 89.0));
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ rows */
+enum { BF16 = 0, F32 = 1 };
+#define BF16_MAX 3.3895313892515355e38f /* 0x7F7F0000 */
+
+typedef struct {
+    int kind;
+    const float *table; /* bfloat16: exp at each pattern */
+    PyObject *fix;      /* float32: crmath's exp of one argument */
+    Py_ssize_t budget;  /* calls of fix left in this call */
+} Ctx;
+
+static inline float rnd(int kind, float v) { return kind == BF16 ? rnd_bf16(v) : v; }
+
+/* exp of one float32 value the block left undecided: 1 ok, 0 the row is left to numpy (flag 2), -1 error */
+static int exp_fix(Ctx *c, float z, float *out) {
+    if (z >= 89.0f) { *out = INFINITY; return 1; } /* e**89 > max + ulp/2: inf (the row is not ordinary) */
+    if (z <= -104.0f) { *out = 0.0f; return 1; }   /* e**-104 < 2**-150: 0 (likewise) */
+    if (!(z > -87.0f && z < 88.0f) || c->budget <= 0) return 0; /* subnormal / top-binade result: numpy */
+    c->budget--;
+    PyObject *got = PyObject_CallFunction(c->fix, "d", (double)z);
+    if (got == NULL) return -1;
+    double v = PyFloat_AsDouble(got);
+    Py_DECREF(got);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    *out = (float)v; /* (a float32 value: exact) */
+    return 1;
+}
+
+/* one level of the tree: d[i] = rnd(s[2i] + s[2i + 1]) for i < n / 2, and d[n / 2] = rnd(s[n - 1] + 0) where n
+ * is odd (Arith.tree pads an odd level with +0; s is never written) */
+static inline Py_ssize_t level(int kind, const float *restrict s, float *restrict d, Py_ssize_t n) {
+    Py_ssize_t h = n >> 1;
+    if (kind == BF16)
+        for (Py_ssize_t i = 0; i < h; i++) d[i] = rnd_bf16(s[2 * i] + s[2 * i + 1]);
+    else
+        for (Py_ssize_t i = 0; i < h; i++) d[i] = s[2 * i] + s[2 * i + 1];
+    if (n & 1) d[h++] = rnd(kind, s[n - 1] + 0.0f);
+    return h;
+}
+
+/* the pairwise tree (Arith.tree) of e[0..n), its levels in b and t (room for n / 2 + 1 each), and the sum with
+ * leaf k set to 0: at each level the sibling of k's node (the padding 0 where it is the odd level's last) */
+static inline float tree(int kind, const float *e, float *b, float *t, Py_ssize_t n, Py_ssize_t k, float *dropped) {
+    float v = 0.0f;
+    const float *src = e;
+    float *dst = t, *other = b;
+    Py_ssize_t at = k;
+    while (n > 1) {
+        v = rnd(kind, v + ((at ^ 1) < n ? src[at ^ 1] : 0.0f));
+        at >>= 1;
+        n = level(kind, src, dst, n);
+        src = dst;
+        dst = other;
+        other = (float *)src;
+    }
+    *dropped = v;
+    return src[0];
+}
+
+/* max of the finite li[0..K) (16 lanes, then the lanes; a zero max may come out as either zero: see
+ * softmax_kernel.py) and the index of its first occurrence */
+static inline float row_max(const float *restrict li, Py_ssize_t K, Py_ssize_t *first) {
+    float acc[16], m;
+    Py_ssize_t j = 0;
+    if (K >= 16) {
+        for (int l = 0; l < 16; l++) acc[l] = li[0];
+        for (; j + 16 <= K; j += 16)
+            for (int l = 0; l < 16; l++) acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];
+        m = acc[0];
+        for (int l = 1; l < 16; l++) m = acc[l] > m ? acc[l] : m;
+    } else {
+        m = li[0];
+    }
+    for (; j < K; j++) m = li[j] > m ? li[j] : m;
+    j = 0;
+    for (; j + 16 <= K; j += 16) {
+        int any = 0;
+        for (int l = 0; l < 16; l++) any |= li[j + l] == m;
+        if (any) break;
+    }
+    while (!(li[j] == m)) j++;
+    *first = j;
+    return m;
+}
+
+/* e = exp(a) on n values (B rows of K): the rows whose flag is 1 keep it where every exp of theirs is in
+ * (0, inf), get 0 where one is not, 2 where one is left to numpy; -1 on a Python error */
+static inline int exps(Ctx *c, const float *restrict a, float *restrict e, uint8_t *restrict dec, Py_ssize_t B,
+                       Py_ssize_t K, uint8_t *restrict flag) {
+    Py_ssize_t n = B * K;
+    if (c->kind == BF16) {
+        for (Py_ssize_t j = 0; j < n; j++) e[j] = c->table[bits_of(a[j]) >> 16];
+    } else {
+        exp32_block(a, e, dec, n);
+        Py_ssize_t decided = 0;
+        for (Py_ssize_t j = 0; j < n; j++) decided += dec[j];
+        if (decided != n)
+            for (Py_ssize_t j = 0; j < n; j++)
+                if (!dec[j] && flag[j / K] == 1) {
+                    int got = exp_fix(c, a[j], e + j);
+                    if (got < 0) return -1;
+                    if (got == 0) flag[j / K] = 2;
+                }
+    }
+    for (Py_ssize_t i = 0; i < B; i++) {
+        const float *ei = e + i * K;
+        Py_ssize_t good = 0;
+        for (Py_ssize_t j = 0; j < K; j++) good += (ei[j] > 0.0f) & (ei[j] < INFINITY);
+        if (good != K && flag[i] == 1) flag[i] = 0;
+    }
+    return 0;
+}
+
+/* B rows of K logits x: the stored logits xl, flag[i] (1, 0 or 2: see the header) and, where 1, the six sums
+ * o[q * stride + i]; -1 on a Python error.  a and e hold B K values, b and t K / 2 + 1 */
+CLONES static int rows_block(Ctx *c, const float *restrict x, float *restrict xl, Py_ssize_t B, Py_ssize_t K,
+                             const int64_t *restrict y, float *restrict a, float *restrict e, float *restrict b,
+                             float *restrict t, uint8_t *restrict dec, float *restrict m, Py_ssize_t *restrict top,
+                             uint8_t *restrict flag, float *restrict o, Py_ssize_t stride) {
+    const int kind = c->kind;
+    const float big = kind == BF16 ? BF16_MAX : 3.4028234663852886e38f;
+    const Py_ssize_t n = B * K;
+    if (kind == BF16)
+        for (Py_ssize_t j = 0; j < n; j++) xl[j] = rnd_bf16(x[j]);
+    else
+        memcpy(xl, x, sizeof(float) * (size_t)n);
+    for (Py_ssize_t i = 0; i < B; i++) {
+        const float *xi = x + i * K, *li = xl + i * K;
+        Py_ssize_t whole = 0;
+        for (Py_ssize_t j = 0; j < K; j++)
+            whole += ((li[j] <= big) & (li[j] >= -big)) & ((li[j] != 0.0f) | (xi[j] == 0.0f));
+        flag[i] = (uint8_t)(whole == K && y[i] >= 0 && y[i] < K);
+        float *ai = a + i * K;
+        if (!flag[i]) {
+            memset(ai, 0, sizeof(float) * (size_t)K);
+            continue;
+        }
+        m[i] = row_max(li, K, top + i);
+        if (kind == BF16)
+            for (Py_ssize_t j = 0; j < K; j++) ai[j] = rnd_bf16(li[j] - m[i]);
+        else
+            for (Py_ssize_t j = 0; j < K; j++) ai[j] = li[j] - m[i];
+    }
+    if (exps(c, a, e, dec, B, K, flag) < 0) return -1;
+    for (Py_ssize_t i = 0; i < B; i++) {
+        if (flag[i] != 1) continue;
+        float S1, S = tree(kind, e + i * K, b, t, K, top[i], &S1);
+        o[i] = S;
+        o[stride + i] = S1;
+        o[4 * stride + i] = e[i * K + y[i]];
+        o[5 * stride + i] = a[i * K + y[i]];
+    }
+    if (exps(c, xl, e, dec, B, K, flag) < 0) return -1;
+    for (Py_ssize_t i = 0; i < B; i++) {
+        if (flag[i] != 1) continue;
+        float unused;
+        o[2 * stride + i] = tree(kind, e + i * K, b, t, K, 0, &unused);
+        o[3 * stride + i] = e[i * K + y[i]];
+    }
+    return 0;
+}
+
+#define BLOCK_VALUES 4096 /* values per block of rows (a row at least) */
+
+static PyObject *softmax_sums(PyObject *self, PyObject *args) {
+    int kind;
+    Py_ssize_t rows, K, budget;
+    Py_buffer xb, yb, tb, xlb, ob, fb;
+    PyObject *fix;
+    if (!PyArg_ParseTuple(args, "inny*y*y*w*w*w*On", &kind, &rows, &K, &xb, &yb, &tb, &xlb, &ob, &fb, &fix,
+                          &budget))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / K;
+    float *a = NULL, *e = NULL, *b = NULL, *t = NULL, *m = NULL;
+    Py_ssize_t *top = NULL;
+    uint8_t *dec = NULL;
+    if ((kind != BF16 && kind != F32) || rows < 0 || K < 1 || xb.len != rows * K * 4 || yb.len != rows * 8
+        || xlb.len != rows * K * 4 || ob.len != 6 * rows * 4 || fb.len != rows
+        || (kind == BF16 && tb.len != 65536 * 4) || (kind == F32 && !exp_ready)) {
+        PyErr_SetString(PyExc_ValueError, "softmax_sums: buffers of the wrong size, or no exp constants");
+        goto done;
+    }
+    a = (float *)malloc(sizeof(float) * (size_t)(B * K));
+    e = (float *)malloc(sizeof(float) * (size_t)(B * K));
+    b = (float *)malloc(sizeof(float) * (size_t)(K / 2 + 1));
+    t = (float *)malloc(sizeof(float) * (size_t)(K / 2 + 1));
+    m = (float *)malloc(sizeof(float) * (size_t)B);
+    top = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (size_t)B);
+    dec = (uint8_t *)malloc((size_t)(B * K));
+    if (!a || !e || !b || !t || !m || !top || !dec) { PyErr_NoMemory(); goto done; }
+    Ctx c = {kind, (const float *)tb.buf, fix, budget};
+    const float *x = (const float *)xb.buf;
+    const int64_t *y = (const int64_t *)yb.buf;
+    float *xl = (float *)xlb.buf, *o = (float *)ob.buf;
+    uint8_t *flag = (uint8_t *)fb.buf;
+    for (Py_ssize_t i = 0; i < rows; i += B) {
+        Py_ssize_t here = rows - i < B ? rows - i : B;
+        if (rows_block(&c, x + i * K, xl + i * K, here, K, y + i, a, e, b, t, dec, m, top, flag + i, o + i, rows) < 0)
+            goto done;
+    }
+    result = PyLong_FromSsize_t(budget - c.budget);
+done:
+    free(a); free(e); free(b); free(t); free(m); free(top); free(dec);
+    PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&tb);
+    PyBuffer_Release(&xlb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+    return result;
+}
+
+static PyObject *set_exp_constants(PyObject *self, PyObject *args) {
+    Py_buffer tb;
+    double inv, hi, lo;
+    if (!PyArg_ParseTuple(args, "y*ddd", &tb, &inv, &hi, &lo)) return NULL;
+    if (tb.len != 64 * 8) {
+        PyBuffer_Release(&tb);
+        PyErr_SetString(PyExc_ValueError, "set_exp_constants: 64 float64 values");
+        return NULL;
+    }
+    memcpy(EXP_T, tb.buf, 64 * 8);
+    EXP_INV = inv; EXP_HI = hi; EXP_LO = lo;
+    exp_ready = 1;
+    PyBuffer_Release(&tb);
+    Py_RETURN_NONE;
+}
+
+CLONES static void exp32_many_block(const float *x, float *o, uint8_t *d, Py_ssize_t n) {
+    exp32_block(x, o, d, n);
+}
+
+/* exp32 on every float32 of a buffer: out (float32) and decided (uint8), for the tests */
+static PyObject *exp32_many(PyObject *self, PyObject *args) {
+    Py_buffer xb, ob, db;
+    if (!PyArg_ParseTuple(args, "y*w*w*", &xb, &ob, &db)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = xb.len / 4;
+    if (!exp_ready || ob.len != xb.len || db.len != n) {
+        PyErr_SetString(PyExc_ValueError, "exp32_many: buffers of the wrong size, or no exp constants");
+    } else {
+        const float *x = (const float *)xb.buf;
+        float *o = (float *)ob.buf;
+        uint8_t *d = (uint8_t *)db.buf;
+        exp32_many_block(x, o, d, n);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&db);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"softmax_sums", softmax_sums, METH_VARARGS,
+     "softmax_sums(kind, rows, K, x, y, table, xl, out, flag, fix, budget) -> calls of fix"},
+    {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
+    {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stabilitylab_kernels",
+                                    "stabilitylab's optional compiled kernel (csrc/softmax_values.c)", -1, methods};
+
+PyMODINIT_FUNC PyInit__stabilitylab_kernels(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API", KERNEL_API) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

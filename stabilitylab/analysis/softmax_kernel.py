@@ -1,0 +1,60 @@
+"""The optional compiled kernel of the bulk softmax_ce path (``csrc/softmax_values.c``, the extension module
+``_stabilitylab_kernels`` that ``pip install`` builds where a C compiler is present).
+
+It computes, for rows of float32 logits in bfloat16 or float32, what :func:`.softmax_bulk._sums` computes
+with numpy -- the stored logits, the shifted logits' and the logits' exps, their pairwise sums and the
+label's terms -- one row at a time in a buffer that stays in cache, instead of a dozen passes over
+whole-chunk arrays.  The operations and their roundings are the same (see the C file's header), so the results
+are the same bit for bit; tests/test_softmax_kernel.py checks that against the numpy path, and checks the
+kernel's float32 exp against :mod:`~stabilitylab.numerics.crmath` (every float32 argument in the slow run).
+
+:func:`load` returns the module, or None where it is not built (no compiler at install time), is of another
+API version (a stale build), or is switched off with the environment variable ``STABILITYLAB_KERNEL=0``
+(the numpy path then runs: the same output, slower).
+
+The float32 exp's constants are made here with mpmath (:func:`exp_constants`), not typed into the C file:
+``T[j] = 2**(j/64)`` correctly rounded, ``64 / ln 2``, and ``ln 2 / 64`` split into a 38-bit ``c_hi``
+(so ``k c_hi`` is exact for ``|k| < 2**14``) and ``c_lo``, the float64 nearest to the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mpmath
+import numpy as np
+
+__all__ = ["API", "load", "exp_constants"]
+
+API = 1
+"""The kernel API this package calls (the C module's ``API``)."""
+
+_loaded: list = []  # [module or None], once per process
+
+
+def exp_constants() -> tuple[np.ndarray, float, float, float]:
+    """``(T, 64/ln2, c_hi, c_lo)`` for the kernel's float32 exp (see the module)."""
+    ctx = mpmath.MPContext()
+    ctx.prec = 200
+    table = np.array([float(ctx.power(2, ctx.mpf(j) / 64)) for j in range(64)], dtype=np.float64)
+    c = ctx.log(2) / 64
+    c_hi = float(ctx.nint(c * 2**44)) / 2.0**44  # (ln2/64 is in [2**-7, 2**-6): 38 significant bits)
+    return table, float(64 / ctx.log(2)), c_hi, float(c - c_hi)
+
+
+def load():
+    """The compiled module with its constants set, or None (see the module)."""
+    if os.environ.get("STABILITYLAB_KERNEL", "1") == "0":
+        return None
+    if not _loaded:
+        try:
+            import _stabilitylab_kernels as module
+        except ImportError:
+            module = None
+        if module is not None and getattr(module, "API", None) != API:
+            module = None
+        if module is not None:
+            table, inv, hi, lo = exp_constants()
+            module.set_exp_constants(table.tobytes(), inv, hi, lo)
+        _loaded.append(module)
+    return _loaded[0]

@@ -1,0 +1,170 @@
+"""The optional compiled kernel (csrc/softmax_values.c through analysis/softmax_kernel.py) against the numpy
+path it replaces, bit for bit: the sums of softmax_bulk._sums on adversarial rows of every width class, the
+rows it leaves to numpy (subnormal exps, a spent budget of crmath calls), and its float32 exp against crmath
+(a sample here; every float32 argument in the slow run).  Skipped where the kernel is not built (.ci/run
+checks that it is there)."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+from test_softmax_bulk import adversarial
+
+from stabilitylab.analysis import softmax_bulk, softmax_kernel
+from stabilitylab.experiments.base import ParamNames
+from stabilitylab.experiments.softmax_ce import Logits
+from stabilitylab.numerics import crmath
+from stabilitylab.numerics.formats import FORMATS
+
+KERNEL = softmax_kernel.load()
+pytestmark = pytest.mark.skipif(KERNEL is None, reason="the compiled kernel is not built (no C compiler at install)")
+
+KERNEL_FORMATS = [FORMATS[name] for name in softmax_bulk.KERNEL_FORMATS]
+F32 = FORMATS["float32"]
+
+
+def _numpy(monkeypatch, fn, *args):
+    """fn(*args) with the kernel switched off (STABILITYLAB_KERNEL=0)."""
+    with monkeypatch.context() as m:
+        m.setenv("STABILITYLAB_KERNEL", "0")
+        assert softmax_kernel.load() is None
+        return fn(*args)
+
+
+def _same_sums(fmt, x, y):
+    """The kernel's (ok, xl, sums) equal numpy's, bit for bit on every ordinary row (z_y up to the sign of a
+    zero: the kernel's max of a row whose max is 0 may be either zero, as numpy's reduction may; the module
+    softmax_bulk shows that no value depends on it); returns the number of ordinary rows."""
+    got = softmax_bulk._sums_kernel(fmt, x, y)
+    assert got is not None
+    ok, xl, sums = got
+    ok0, xl0, sums0 = softmax_bulk._sums(fmt, x, y)
+    assert np.array_equal(ok, ok0), np.flatnonzero(ok != ok0)[:5]
+    assert np.array_equal(xl[ok].view(np.uint32), xl0[ok].view(np.uint32))
+    for q, (a, b) in enumerate(zip(sums, sums0)):
+        a, b = np.asarray(a, np.float32)[ok], np.asarray(b, np.float32)[ok]
+        if q == 5:
+            a, b = a + np.float32(0), b + np.float32(0)
+        bad = np.flatnonzero(a.view(np.uint32) != b.view(np.uint32))
+        assert not bad.size, (q, bad[:5], a[bad[:3]], b[bad[:3]])
+    return int(ok.sum())
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5, 10, 16, 17, 33, 409, 4095, 4097])
+@pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
+def test_kernel_sums_equal_numpy(fmt, classes):
+    x, y = adversarial(fmt, classes)
+    ordinary = _same_sums(fmt, x, y)
+    assert 20 <= ordinary <= len(x) - 20  # both sides of the ordinary test (else this could not fail)
+
+
+@pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
+def test_kernel_wide_rows(fmt):
+    """Rows wider than the kernel's block (one row per block), logits spread like an LLM's and ties."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((6, 20011)) * 4).astype(np.float32)
+    x[1, 7] = x[1, 9000] = x[1].max() + 1  # a tied max
+    x[2] = np.float32(0)  # a zero max, every term 1
+    x[3, ::2] = -0.0
+    y = np.array([0, 9000, 5, 4, 20010, int(np.argmax(x[5]))])
+    assert _same_sums(fmt, x, y) == 6
+
+
+def test_kernel_rows_left_to_numpy(monkeypatch):
+    """float32 exps with subnormal results (z in (-104, -87)) are left to numpy (flag 2) and put in place;
+    undecided exps of normal results go to crmath one by one until the budget is spent, then to numpy."""
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((300, 9)) * 2).astype(np.float32)
+    x[::5, 3] = np.float32(-95.5)  # shifted exp subnormal: left to numpy
+    sub = x.copy()
+    y = rng.integers(0, 9, len(x))
+    assert _same_sums(F32, sub, y) == len(x)
+    # arguments whose exp the kernel leaves undecided (normal results; found by scanning every float32 of
+    # [-64, 64] with KERNEL.exp32_many): it still says so
+    hard = np.array([0x3FE67199, 0x4001B249, 0x40315B33, 0xBAE0E25C, 0xBBF0EDF1, 0xC16912CD],
+                    np.uint32).view(np.float32)
+    out, dec = np.empty_like(hard), np.empty(hard.size, np.uint8)
+    KERNEL.exp32_many(hard, out, dec)
+    assert not dec.any()
+    x2 = np.zeros((len(hard) * 4, 4), np.float32)
+    x2[:, 1] = np.tile(hard, 4)  # exp(x) undecided in the naive pass (and z = x - max where max is 0)
+    x2[:, 2] = -1.0
+    y2 = np.arange(len(x2)) % 4
+    calls = []
+    real = softmax_bulk._fix_exp
+    monkeypatch.setattr(softmax_bulk, "_fix_exp", lambda v: calls.append(v) or real(v))
+    assert _same_sums(F32, x2, y2) > 0
+    assert calls  # crmath was asked
+    monkeypatch.setattr(softmax_bulk, "FIX_BUDGET", 0)
+    calls.clear()
+    assert _same_sums(F32, x2, y2) > 0
+    assert not calls  # budget 0: every such row left to numpy instead
+
+
+@pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
+def test_fused_outcomes_with_and_without_the_kernel(fmt, monkeypatch):
+    x, y = adversarial(fmt, 10, seed=3)
+    cases = Logits(ParamNames("row", np.arange(len(x))), x, y, np.full(len(x), 10))
+    fused = softmax_bulk.evaluate_fused(fmt, cases)
+    plain = _numpy(monkeypatch, softmax_bulk.evaluate_fused, fmt, cases)
+    for method, o in plain.items():
+        f = fused[method]
+        assert np.array_equal(f.value, o.value, equal_nan=True), method
+        assert np.array_equal(np.signbit(f.value), np.signbit(o.value)), method
+        assert np.array_equal(f.status, o.status), method
+        assert np.array_equal(f.error_bits, o.error_bits, equal_nan=True), method
+
+
+def test_exp_constants_are_the_correctly_rounded_values():
+    table, inv, hi, lo = softmax_kernel.exp_constants()
+    mpmath.mp.prec = 300
+    try:
+        for j in range(64):
+            assert table[j] == float(mpmath.power(2, mpmath.mpf(j) / 64)), j
+        c = mpmath.log(2) / 64
+        assert hi + lo == pytest.approx(float(c), rel=2**-52)
+        assert abs(mpmath.mpf(hi) + mpmath.mpf(lo) - c) < mpmath.mpf(2) ** -95
+        assert math.frexp(hi)[0] * 2**38 == int(math.frexp(hi)[0] * 2**38)  # 38 significant bits
+        assert inv == float(64 / mpmath.log(2))
+    finally:
+        mpmath.mp.prec = 53
+
+
+def _exp_against_crmath(z: np.ndarray) -> tuple[int, int]:
+    """(decided, undecided of normal results) of the kernel's exp on float32 ``z``; every decided value equal
+    to crmath's correctly rounded one."""
+    out, dec = np.empty_like(z), np.empty(z.size, np.uint8)
+    KERNEL.exp32_many(z, out, dec)
+    d = dec.astype(bool)
+    ref = crmath.exp(F32, z[d])
+    bad = np.flatnonzero(out[d].view(np.uint32) != ref.view(np.uint32))
+    assert not bad.size, (z[d][bad[:5]], out[d][bad[:5]], ref[bad[:5]])
+    normal = (z > -87.3) & (z < 88.0)  # (results in [2**-126, 2**127): the top binade is left aside)
+    return int(d.sum()), int((~d & normal).sum())
+
+
+def test_kernel_exp_is_crmath_on_a_sample():
+    rng = np.random.default_rng(7)
+    z = np.concatenate([rng.uniform(-104, 89, 2**20), rng.uniform(-1e-3, 1e-3, 2**16),
+                        [0.0, -0.0, 1e-45, -1e-45, 88.72283, -87.33654, -103.97, -86.64]]).astype(np.float32)
+    decided, undecided = _exp_against_crmath(z)
+    assert decided > 0.9 * z.size
+    assert undecided <= 5  # about 2 in 10**7 arguments of normal results
+
+
+@pytest.mark.slow
+def test_kernel_exp_is_crmath_for_every_float32():
+    """Every float32 argument in [-104, 89], in blocks:
+    the kernel's decided results are crmath's, bit for bit, and it leaves few undecided."""
+    lo, hi = np.float32(-104.0).view(np.uint32), np.float32(89.0).view(np.uint32)
+    undecided = 0
+    for start in range(0, int(lo) - 0x80000000 + 1, 2**24):  # negative z: bits 0x80000000 .. lo
+        bits = np.arange(0x80000000 + start, min(0x80000000 + start + 2**24, int(lo) + 1), dtype=np.uint32)
+        undecided += _exp_against_crmath(bits.view(np.float32))[1]
+    for start in range(0, int(hi) + 1, 2**24):
+        bits = np.arange(start, min(start + 2**24, int(hi) + 1), dtype=np.uint32)
+        undecided += _exp_against_crmath(bits.view(np.float32))[1]
+    assert undecided < 2000
