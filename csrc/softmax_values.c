@@ -149,21 +149,20 @@ static inline float tree(int kind, const float *e, float *b, float *t, Py_ssize_
     return src[0];
 }
 
-/* max of the finite li[0..K) (16 lanes, then the lanes; a zero max may come out as either zero: see
- * softmax_kernel.py) and the index of its first occurrence */
-static inline float row_max(const float *restrict li, Py_ssize_t K, Py_ssize_t *first) {
-    float acc[16], m;
+/* The first index of the maximum of li[0..K), NaN taken as -inf (np.argmax(np.where(np.isnan(x), -inf, x)):
+ * 0 where every value is NaN or -inf), and the maximum in *max (-inf there).  The maximum in 16 lanes (a > that
+ * a NaN never passes), then the lanes; then the first index holding it, 16 values at a time (which of -0 / +0
+ * a zero maximum is: any; the index is the first of them either way). */
+static inline Py_ssize_t first_max(const float *restrict li, Py_ssize_t K, float *max) {
+    float acc[16], m = -INFINITY;
     Py_ssize_t j = 0;
-    if (K >= 16) {
-        for (int l = 0; l < 16; l++) acc[l] = li[0];
-        for (; j + 16 <= K; j += 16)
-            for (int l = 0; l < 16; l++) acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];
-        m = acc[0];
-        for (int l = 1; l < 16; l++) m = acc[l] > m ? acc[l] : m;
-    } else {
-        m = li[0];
-    }
+    for (int l = 0; l < 16; l++) acc[l] = -INFINITY;
+    for (; j + 16 <= K; j += 16)
+        for (int l = 0; l < 16; l++) acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];
+    for (int l = 0; l < 16; l++) m = acc[l] > m ? acc[l] : m;
     for (; j < K; j++) m = li[j] > m ? li[j] : m;
+    *max = m;
+    if (m == -INFINITY) return 0;
     j = 0;
     for (; j + 16 <= K; j += 16) {
         int any = 0;
@@ -171,8 +170,7 @@ static inline float row_max(const float *restrict li, Py_ssize_t K, Py_ssize_t *
         if (any) break;
     }
     while (!(li[j] == m)) j++;
-    *first = j;
-    return m;
+    return j;
 }
 
 /* e = exp(a) on n values (B rows of K): the rows whose flag is 1 keep it where every exp of theirs is in
@@ -203,9 +201,10 @@ static inline int exps(Ctx *c, const float *restrict a, float *restrict e, uint8
     return 0;
 }
 
-/* B rows of K logits x: the stored logits xl, flag[i] (1, 0 or 2: see the header) and, where 1, the six sums
+/* B rows of K logits x: the stored logits xl (bfloat16; in float32 the logits are stored as they are and xl
+ * is x itself, not written), flag[i] (1, 0 or 2: see the header) and, where 1, the six sums
  * o[q * stride + i]; -1 on a Python error.  a and e hold B K values, b and t K / 2 + 1 */
-CLONES static int rows_block(Ctx *c, const float *restrict x, float *restrict xl, Py_ssize_t B, Py_ssize_t K,
+CLONES static int rows_block(Ctx *c, const float *restrict x, float *xl, Py_ssize_t B, Py_ssize_t K,
                              const int64_t *restrict y, float *restrict a, float *restrict e, float *restrict b,
                              float *restrict t, uint8_t *restrict dec, float *restrict m, Py_ssize_t *restrict top,
                              uint8_t *restrict flag, float *restrict o, Py_ssize_t stride) {
@@ -215,7 +214,7 @@ CLONES static int rows_block(Ctx *c, const float *restrict x, float *restrict xl
     if (kind == BF16)
         for (Py_ssize_t j = 0; j < n; j++) xl[j] = rnd_bf16(x[j]);
     else
-        memcpy(xl, x, sizeof(float) * (size_t)n);
+        xl = (float *)x; /* (read only below) */
     for (Py_ssize_t i = 0; i < B; i++) {
         const float *xi = x + i * K, *li = xl + i * K;
         Py_ssize_t whole = 0;
@@ -227,7 +226,7 @@ CLONES static int rows_block(Ctx *c, const float *restrict x, float *restrict xl
             memset(ai, 0, sizeof(float) * (size_t)K);
             continue;
         }
-        m[i] = row_max(li, K, top + i);
+        top[i] = first_max(li, K, m + i); /* (every value finite here) */
         if (kind == BF16)
             for (Py_ssize_t j = 0; j < K; j++) ai[j] = rnd_bf16(li[j] - m[i]);
         else
@@ -268,7 +267,7 @@ static PyObject *softmax_sums(PyObject *self, PyObject *args) {
     Py_ssize_t *top = NULL;
     uint8_t *dec = NULL;
     if ((kind != BF16 && kind != F32) || rows < 0 || K < 1 || xb.len != rows * K * 4 || yb.len != rows * 8
-        || xlb.len != rows * K * 4 || ob.len != 6 * rows * 4 || fb.len != rows
+        || xlb.len != (kind == BF16 ? rows * K * 4 : 0) || ob.len != 6 * rows * 4 || fb.len != rows
         || (kind == BF16 && tb.len != 65536 * 4) || (kind == F32 && !exp_ready)) {
         PyErr_SetString(PyExc_ValueError, "softmax_sums: buffers of the wrong size, or no exp constants");
         goto done;
@@ -284,11 +283,11 @@ static PyObject *softmax_sums(PyObject *self, PyObject *args) {
     Ctx c = {kind, (const float *)tb.buf, fix, budget};
     const float *x = (const float *)xb.buf;
     const int64_t *y = (const int64_t *)yb.buf;
-    float *xl = (float *)xlb.buf, *o = (float *)ob.buf;
+    float *xl = kind == BF16 ? (float *)xlb.buf : NULL, *o = (float *)ob.buf;
     uint8_t *flag = (uint8_t *)fb.buf;
     for (Py_ssize_t i = 0; i < rows; i += B) {
         Py_ssize_t here = rows - i < B ? rows - i : B;
-        if (rows_block(&c, x + i * K, xl + i * K, here, K, y + i, a, e, b, t, dec, m, top, flag + i, o + i, rows) < 0)
+        if (rows_block(&c, x + i * K, xl ? xl + i * K : NULL, here, K, y + i, a, e, b, t, dec, m, top, flag + i, o + i, rows) < 0)
             goto done;
     }
     result = PyLong_FromSsize_t(budget - c.budget);
@@ -296,6 +295,27 @@ done:
     free(a); free(e); free(b); free(t); free(m); free(top); free(dec);
     PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&tb);
     PyBuffer_Release(&xlb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+    return result;
+}
+
+CLONES static void argmax_block(const float *x, Py_ssize_t rows, Py_ssize_t K, int64_t *out) {
+    float unused;
+    for (Py_ssize_t i = 0; i < rows; i++) out[i] = (int64_t)first_max(x + i * K, K, &unused);
+}
+
+static PyObject *argmax_rows(PyObject *self, PyObject *args) {
+    Py_ssize_t rows, K;
+    Py_buffer xb, ob;
+    if (!PyArg_ParseTuple(args, "nny*w*", &rows, &K, &xb, &ob)) return NULL;
+    PyObject *result = NULL;
+    if (rows < 0 || K < 1 || xb.len != rows * K * 4 || ob.len != rows * 8) {
+        PyErr_SetString(PyExc_ValueError, "argmax_rows: buffers of the wrong size");
+    } else {
+        argmax_block((const float *)xb.buf, rows, K, (int64_t *)ob.buf);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob);
     return result;
 }
 
@@ -341,7 +361,9 @@ static PyObject *exp32_many(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"softmax_sums", softmax_sums, METH_VARARGS,
-     "softmax_sums(kind, rows, K, x, y, table, xl, out, flag, fix, budget) -> calls of fix"},
+     "softmax_sums(kind, rows, K, x, y, table, xl (bfloat16; float32: empty), out, flag, fix, budget) -> calls of fix"},
+    {"argmax_rows", argmax_rows, METH_VARARGS,
+     "argmax_rows(rows, K, x float32, out int64): each row's first maximum, NaN as -inf"},
     {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
     {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
     {NULL, NULL, 0, NULL}};

@@ -168,3 +168,17 @@ def test_kernel_exp_is_crmath_for_every_float32():
         bits = np.arange(start, min(start + 2**24, int(hi) + 1), dtype=np.uint32)
         undecided += _exp_against_crmath(bits.view(np.float32))[1]
     assert undecided < 2000
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 10, 16, 17, 40, 1000])
+def test_kernel_argmax_is_numpys(classes):
+    """The labels of a file without labels (streaming._labels): each row's first maximum, NaN as -inf."""
+    rng = np.random.default_rng(classes)
+    x = rng.choice(np.array([0.0, -0.0, 1.0, 2.0, np.inf, -np.inf, np.nan, 3e38, -1e-45], np.float32),
+                   size=(4000, classes))
+    x[::3] = rng.standard_normal((len(x[::3]), classes)).astype(np.float32)
+    x[5] = np.nan
+    x[6] = -np.inf
+    x[7, 0], x[7, 1:] = np.nan, -np.inf
+    want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
+    assert np.array_equal(softmax_kernel.argmax_rows(x), want)

@@ -358,17 +358,18 @@ def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
     x = np.ascontiguousarray(x)
     y = np.ascontiguousarray(y, dtype=np.int64)
     n, k = x.shape
-    xl = np.empty_like(x)
+    xl = np.empty_like(x) if code == 0 else x  # (float32 logits are stored as they are: xl is x)
     out = np.empty((6, n), dtype=np.float32)
     flag = np.empty(n, dtype=np.uint8)
     table = _table("exp", fmt) if code == 0 else np.zeros(0, np.float32)
-    module.softmax_sums(code, n, k, x, y, table, xl, out, flag, _fix_exp, FIX_BUDGET)
+    module.softmax_sums(code, n, k, x, y, table, xl if code == 0 else table, out, flag, _fix_exp, FIX_BUDGET)
     ok = flag == 1
     redo = np.flatnonzero(flag == 2)
     if redo.size:
         ok_r, xl_r, sums_r = _sums(fmt, x[redo], y[redo])
         ok[redo] = ok_r
-        xl[redo] = xl_r
+        if code == 0:
+            xl[redo] = xl_r
         for q, v in enumerate(sums_r):
             out[q, redo] = v
     return ok, xl, tuple(out)

@@ -24,7 +24,7 @@ import os
 import mpmath
 import numpy as np
 
-__all__ = ["API", "load", "exp_constants"]
+__all__ = ["API", "load", "exp_constants", "argmax_rows"]
 
 API = 1
 """The kernel API this package calls (the C module's ``API``)."""
@@ -58,3 +58,16 @@ def load():
             module.set_exp_constants(table.tobytes(), inv, hi, lo)
         _loaded.append(module)
     return _loaded[0]
+
+
+def argmax_rows(x: np.ndarray) -> np.ndarray | None:
+    """Each row's first maximum of float32 (rows, K) ``x``, NaN taken as -inf
+    (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``, the same indices), by the kernel; None where it is
+    not loaded or ``x`` is not float32 with K >= 1."""
+    module = load()
+    if module is None or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] < 1:
+        return None
+    x = np.ascontiguousarray(x)
+    out = np.empty(len(x), dtype=np.int64)
+    module.argmax_rows(len(x), x.shape[1], x, out)
+    return out

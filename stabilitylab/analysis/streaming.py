@@ -66,7 +66,7 @@ from ..numerics.arith import BLOCK_COUNTS, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
-from . import softmax_bulk
+from . import softmax_bulk, softmax_kernel
 from .engine import _classified, evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
@@ -411,7 +411,11 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
 def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
     """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
     every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
-    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices)."""
+    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices); by the
+    compiled kernel where it is loaded (:func:`softmax_kernel.argmax_rows`: the same indices)."""
+    got = softmax_kernel.argmax_rows(x)
+    if got is not None:
+        return got
     if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:
         return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
     return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
