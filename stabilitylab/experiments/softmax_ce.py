@@ -518,6 +518,99 @@ def bounded_cross_entropy(x: Loaded):
     return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
 
 
+_SHORT = 16  # rows of at most this many logits: the float64 reference works column by column
+_TILE = 2**16  # float64 values a block of the float64 reference's work holds (512 KiB: stays in L2)
+_TILE_COLUMNS = 2**15  # columns a block holds of a row wider than _TILE (a power of 2)
+
+
+def _float64_short(L: np.ndarray, labels: np.ndarray):
+    """The float64 reference's ``(m, top, gap, total)`` (:func:`fast_cross_entropy`) on rows of at most
+    :data:`_SHORT` logits, worked transposed (a row per column: each step a few contiguous passes of n values;
+    numpy's inner loops over a short last axis are slow), or None if a difference ``x_i - m`` is not finite
+    (then every row goes the general way).  The same values bit for bit as the general way:
+
+    * ``m, top``: :func:`max_argmax_short` on ``L``'s own dtype (float32 to float64 is exact and keeps the
+      order, so the same comparisons): the general way's max and first argmax but for the sign of a zero
+      max, which changes no value (below);
+    * ``hi = x - m`` in float64 (``np.subtract`` of the float32 logit and the float64 max casts the logit
+      first: the same rounding); ``gap = -hi_y``; the terms ``e^hi``, the max's set to +0;
+    * the pairwise sum of the K columns, level by level (:func:`_tree_sum`'s pairs), in place; where a
+      level has an odd length its last column goes up alone instead of being added to 0: every term is +0
+      or positive (``exp`` and the put give no -0), so is every partial sum, and ``v + 0 = v`` for those.
+
+    A zero max's sign: ``x_i - (+-0)`` differs only where ``x_i`` is a zero, where ``e^(+-0) = 1``; ``gap`` may
+    then be -0 instead of +0, and ``log1p(s) + gap`` is the same for both (``s >= +0``: a non-zero sum
+    absorbs it, ``+0 + -0 = +0``), as is ``gap == 0``."""
+    n, k = L.shape
+    xt = np.ascontiguousarray(L.T)
+    m, top = max_argmax_short(xt)
+    m = m.astype(np.float64)
+    if not (m.min() > -np.inf and m.max() < np.inf):  # (a NaN max fails both)
+        return None
+    terms = np.empty((k, n))
+    for j in range(k):
+        np.subtract(xt[j], m, out=terms[j])
+    del xt
+    if not terms.min() > -np.inf:  # (x_i - m <= 0: finite unless it overflowed or x_i = -inf)
+        return None
+    cols = np.arange(n)
+    gap = -np.take(terms, np.asarray(labels, dtype=np.intp) * n + cols)
+    np.exp(terms, out=terms)
+    np.put(terms, top * n + cols, 0)  # the max's own e^0 = 1
+    level = list(terms)
+    while len(level) > 1:
+        for i in range(0, len(level) - 1, 2):
+            np.add(level[i], level[i + 1], out=level[i])
+        level = level[::2]
+    return m, top, gap, level[0]
+
+
+def _float64_wide(L: np.ndarray, labels: np.ndarray):
+    """The float64 reference's ``(m, top, gap, total)`` (:func:`fast_cross_entropy`) on rows of more than
+    :data:`_SHORT` logits, in blocks of at most :data:`_TILE` values that stay in cache, or None if a
+    difference ``x_i - m`` is not finite (then every row goes the general way).  The same values bit for bit:
+
+    * ``top`` = ``np.argmax`` of ``L``'s own dtype (an exact, order-keeping cast away from float64's), and
+      ``m`` the logit there: the general way's max but for the sign of a zero max, which changes no value
+      (:func:`_float64_short` says why); ``gap = -(x_y - m)``, the label's term alone;
+    * a block is a group of rows and ``c`` columns (``c`` = K, or :data:`_TILE_COLUMNS` = 2^p where a row
+      has more than :data:`_TILE` logits): ``x - m`` in float64, ``e^(x - m)`` in place, the max's term set
+      to +0, then either the rows' whole :func:`_tree_sum` or p levels of it (:func:`_tree_levels`: one
+      value a block of 2^p columns, the row's last block included), whose values, concatenated, are then
+      summed by :func:`_tree_sum`: the whole row's pairwise tree (the proof in :func:`_tree_levels`)."""
+    n, k = L.shape
+    rows = np.arange(n)
+    top = np.argmax(L, axis=1)
+    m = np.take(L, rows * k + top).astype(np.float64)
+    if not (m.min() > -np.inf and m.max() < np.inf):
+        return None
+    gap = -(np.take(L, rows * k + labels).astype(np.float64) - m)
+    c = k if k <= _TILE else _TILE_COLUMNS
+    group = max(1, _TILE // c)
+    blocks = -(-k // c)
+    levels = c.bit_length() - 1
+    total = np.empty(n)
+    partial = np.empty((n, blocks)) if blocks > 1 else None
+    buf = np.empty(min(n, group) * c)
+    for r0 in range(0, n, group):
+        r1 = min(n, r0 + group)
+        tops = top[r0:r1]
+        for b in range(blocks):
+            c0, c1 = b * c, min(k, (b + 1) * c)
+            t = buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+            np.subtract(L[r0:r1, c0:c1], m[r0:r1, None], out=t)
+            if not t.min() > -np.inf:
+                return None
+            np.exp(t, out=t)
+            here = np.flatnonzero((tops >= c0) & (tops < c1))
+            np.put(t, here * (c1 - c0) + (tops[here] - c0), 0)  # the max's own e^0 = 1
+            if partial is None:
+                total[r0:r1] = _tree_sum(t)
+            else:
+                partial[r0:r1, b] = _tree_levels(t, levels)[:, 0]
+    return m, top, gap, total if partial is None else _tree_sum(partial)
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -530,13 +623,22 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     smallest normal (terms may have underflowed) are summed scaled
     (:func:`stabilitylab.numerics.reference.exp_sum_scaled`), and the result is then an
     :class:`~stabilitylab.numerics.reference.Exact`.  Rows it does not handle (non-finite logits,
-    sums near e**-7.6e11) go to mpmath."""
+    sums near e**-7.6e11) go to mpmath.
+
+    In float64, on float32 or float64 logits whose every ``x_i - m`` is finite (the usual case), the
+    values are made without whole-chunk temporaries (:func:`_float64_short`, :func:`_float64_wide`);
+    otherwise, and in longdouble, whole chunks at a time.  The same values either way."""
     k = x.logits.shape[1]
+    wide = np.dtype(dtype)
+    if wide == np.dtype(np.float64) and x.logits.dtype in (np.float32, np.float64) and x.logits.size:
+        L = np.ascontiguousarray(x.logits)
+        got = (_float64_short if k <= _SHORT else _float64_wide)(L, x.labels)
+        if got is not None:
+            return _finished(L, k, *got, np.ones(len(L), dtype=bool), wide)
     if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):
-        return _wide_cross_entropy(x, np.dtype(dtype))
+        return _wide_cross_entropy(x, wide)
     X = np.asarray(x.logits, dtype=np.float64)  # (read only: no copy of float64 logits)
     rows = np.arange(len(X))
-    wide = np.dtype(dtype)
     m, top = _max_argmax(X)
     if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
         hi, lo = X - m[:, None], None
@@ -565,6 +667,13 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
             gap -= np.take(lo, at_label).astype(wide)
         np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
         total = _tree_sum(terms)
+    return _finished(X, k, m, top, gap, total, handled, wide)
+
+
+def _finished(X: np.ndarray, k: int, m, top, gap, total, handled, wide):
+    """:func:`fast_cross_entropy`'s result from the rows' max ``m``, argmax ``top``, ``gap = m - x_y`` and
+    ``total = sum_{i != top} e^(x_i - m)`` (``X``: the logits, any float dtype; ``handled``: rows of finite
+    differences, changed in place)."""
     tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
     loss = np.log1p(total) + gap
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
@@ -576,7 +685,8 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     rows = np.flatnonzero(tiny)
     use = np.ones((len(rows), k), dtype=bool)
     use[np.arange(len(rows)), top[rows]] = False
-    small, ok = exp_sum_scaled(*_two_diff(X[rows], m[rows, None]), use)  # (x - m exactly, also in the float64 tier)
+    X = np.asarray(X[rows], dtype=np.float64)  # (x - m exactly, also in the float64 tier)
+    small, ok = exp_sum_scaled(*_two_diff(X, m[rows, None]), use)
     out = from_longdouble(loss, zero).put(rows, small)
     handled[rows] = ok
     return out, zero, handled
