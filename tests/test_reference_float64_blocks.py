@@ -293,6 +293,8 @@ def _adversarial(rows: int, k: int, seed: int, dtype=np.float32) -> tuple[np.nda
     x = x.astype(dtype)
     if rows > 7:
         x[7] = x[7].astype(ml_dtypes.bfloat16).astype(dtype)
+    if rows >= 16:  # the same rows again at the end (in the last block of rows)
+        x[-8:], y[-8:] = x[:8], y[:8]
     return x, y
 
 
@@ -319,18 +321,21 @@ def test_a_non_finite_row_sends_the_chunk_the_general_way(k):
         _check(x, y, blocked=False)
 
 
-def test_small_blocks_and_groups_are_the_same_tree(monkeypatch):
+@pytest.mark.parametrize("levels", [1, 2, 6])
+def test_small_blocks_and_groups_are_the_same_tree(levels, monkeypatch):
     """Blocks of 2^4 columns (rows of 17 to 100 logits in many blocks, a ragged last one, the max in any of
-    them) and groups of rows that do not divide the chunk: the same values."""
+    them), 1, 2 or all 4 levels of the sum in a block, and groups of rows that do not divide the chunk
+    (short rows too): the same values."""
     monkeypatch.setattr(softmax_ce, "_TILE", 2**6)
     monkeypatch.setattr(softmax_ce, "_TILE_COLUMNS", 2**4)
-    for k in (17, 31, 32, 33, 64, 65, 100):
+    monkeypatch.setattr(softmax_ce, "_TILE_LEVELS", levels)
+    for k in (3, 7, 16, 17, 31, 32, 33, 64, 65, 100):
         x, y = _adversarial(50, k, seed=k)
         _check(x, y, blocked=True)
         x[3, k - 1] = 1e3  # the max in the last block
         _check(x, y, blocked=True)
     monkeypatch.setattr(softmax_ce, "_TILE", 2**9)  # a whole row a block, several rows a group (7 of 50)
-    _check(*_adversarial(50, 70, seed=1))
+    _check(*_adversarial(50, 70, seed=1), blocked=True)
 
 
 def test_more_than_2_to_the_20_classes():
