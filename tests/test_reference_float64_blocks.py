@@ -298,7 +298,7 @@ def _adversarial(rows: int, k: int, seed: int, dtype=np.float32) -> tuple[np.nda
     return x, y
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 17, 33, 100, 8191, 8193, 16385])
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 16, 17, 33, 48, 49, 100, 8191, 8193, 16385])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_float64_reference_is_the_old_one_bit_for_bit(k, dtype):
     rows = max(9, min(200, 2**17 // k))
