@@ -372,3 +372,24 @@ def test_the_comparison_sees_another_order_of_the_sum(monkeypatch):
     assert differs(2**16 + 5)
     monkeypatch.setattr(softmax_ce, "max_argmax_short", lambda xt: (np.max(xt, axis=0), np.argmin(xt, axis=0)))
     assert differs(7)
+
+
+def test_from_longdouble_is_the_old_split():
+    """reference.from_longdouble's float64 shortcut (every value finite, non-zero, in [2^-960, 2^1023)) against
+    the old split, field by field, on such arrays and on arrays with one value outside (each kind), with and
+    without rows marked zero; longdouble input unchanged."""
+    from stabilitylab.numerics.reference import from_longdouble
+
+    rng = np.random.default_rng(4)
+    outside = [0.0, -0.0, np.nan, np.inf, -np.inf, 2.0**-961, -(2.0**-1000), 5e-324, 2.0**1023, -1.7e308]
+    for trial in range(40):
+        r = rng.standard_normal(50) * 10.0 ** rng.uniform(-280, 300, 50)
+        if trial % 2:
+            r[int(rng.integers(50))] = outside[trial // 2 % len(outside)]
+        zero = rng.random(50) < 0.1 if trial % 4 > 1 else np.zeros(50, dtype=bool)
+        for values in (r, r.astype(np.longdouble)):
+            new, old = from_longdouble(values, zero), _old_from_longdouble(values, zero)
+            for name in ("hi", "lo", "scale", "zero"):
+                a, b = getattr(new, name), getattr(old, name)
+                assert a.dtype == b.dtype and np.array_equal(_bits(a) if a.dtype.kind == "f" else a,
+                                                             _bits(b) if b.dtype.kind == "f" else b), name
