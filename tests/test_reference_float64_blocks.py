@@ -393,3 +393,24 @@ def test_from_longdouble_is_the_old_split():
                 a, b = getattr(new, name), getattr(old, name)
                 assert a.dtype == b.dtype and np.array_equal(_bits(a) if a.dtype.kind == "f" else a,
                                                              _bits(b) if b.dtype.kind == "f" else b), name
+
+
+def test_random_chunks_of_every_kind(monkeypatch):
+    """300 random chunks (1 to 40 rows, 1 to 300 logits, float32 or float64, values from a mixture of scales,
+    exact ties and zeros of both signs, sometimes a non-finite logit), with small tiles so that wide rows take
+    several: the same bits as the oracle."""
+    monkeypatch.setattr(softmax_ce, "_TILE", 2**8)
+    monkeypatch.setattr(softmax_ce, "_TILE_COLUMNS", 2**6)
+    rng = np.random.default_rng(2026)
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 88.7, -745.5, -1e5, 3e38, -3e38, 1e-45, 2.0**-126, 7.5])
+    for trial in range(300):
+        rows, k = int(rng.integers(1, 41)), int(rng.choice([1, 2, 3, 5, 16, 31, 48, 49, 64, 65, 130, 300]))
+        x = rng.standard_normal((rows, k)) * 10.0 ** rng.uniform(-3, 3, (rows, 1))
+        pick = rng.random((rows, k)) < 0.2
+        x[pick] = rng.choice(pool, int(pick.sum()))
+        if trial % 7 == 0:
+            x[int(rng.integers(rows)), int(rng.integers(k))] = rng.choice([np.nan, np.inf, -np.inf])
+        dtype = np.float64 if trial % 3 == 0 else np.float32
+        with np.errstate(all="ignore"):
+            x = x.astype(dtype)
+        _check(x, rng.integers(0, k, rows))
