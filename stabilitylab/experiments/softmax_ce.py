@@ -548,7 +548,7 @@ def _float64_short(L: np.ndarray, labels: np.ndarray):
     * ``hi = x - m`` in float64; ``gap = -hi_y``; the terms ``e^hi``, the max's set to +0;
     * the pairwise sum of the K columns, level by level (:func:`_tree_sum`'s pairs), in place; where a
       level has an odd length its last column goes up alone instead of being added to 0: every term is +0
-      or positive (``exp`` and the put give no -0), so is every partial sum, and ``v + 0 = v`` for those.
+      or positive (``exp`` and the zeroed term give no -0), so is every partial sum, and ``v + 0 = v`` for those.
 
     A zero max's sign: ``x_i - (+-0)`` differs only where ``x_i`` is a zero, where ``e^(+-0) = 1``; ``gap`` may
     then be -0 instead of +0, and ``log1p(s) + gap`` is the same for both (``s >= +0``: a non-zero sum
