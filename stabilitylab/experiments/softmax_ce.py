@@ -518,6 +518,132 @@ def bounded_cross_entropy(x: Loaded):
     return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
 
 
+_SHORT = 48  # rows of at most this many logits: the float64 reference works on them transposed (measured:
+# faster than the blocks of _float64_wide up to 48-64 logits, 2x at 17)
+_TILE = 2**18  # values a block of the float64 reference's work holds (2 MiB of float64: few numpy calls a value)
+_TILE_COLUMNS = 2**17  # columns a block holds of a row wider than that (a power of 2)
+_TILE_LEVELS = 6  # levels of the pairwise sum done in a block (then on the blocks' 2**-6 as many partial sums)
+
+
+def _loss(total: np.ndarray, gap: np.ndarray, k: int, wide) -> tuple[np.ndarray, np.ndarray]:
+    """``log1p(total) + gap``, and the rows to sum scaled: the true class is the max (``gap`` = 0) and the
+    sum is within 2**62 of ``wide``'s smallest normal (its terms may have underflowed)."""
+    tiny = total <= np.finfo(wide).tiny * 2.0**62
+    if k > 1 and tiny.any():  # (rarely: two passes fewer)
+        tiny &= gap == 0
+    else:
+        tiny[:] = False
+    return np.log1p(total) + gap, tiny
+
+
+def _float64_short(L: np.ndarray, labels: np.ndarray):
+    """The float64 reference's ``(loss, tiny, m, top)`` (:func:`fast_cross_entropy`; ``m`` and ``top`` of the
+    ``tiny`` rows alone) on rows of at most :data:`_SHORT` logits, in blocks of about :data:`_TILE` values
+    worked transposed (a row per column: each step a few contiguous passes of the block's rows; numpy's
+    inner loops over a short last axis are slow), or None if a difference ``x_i - m`` is not finite (then
+    every row goes the general way).  The same values bit for bit as the general way:
+
+    * ``m, top``: :func:`max_argmax_short` on the block's columns (the logits cast to float64, exactly): the
+      general way's max and first argmax but for the sign of a zero max, which changes no value (below);
+    * ``hi = x - m`` in float64; ``gap = -hi_y``; the terms ``e^hi``, the max's set to +0;
+    * the pairwise sum of the K columns, level by level (:func:`_tree_sum`'s pairs), in place; where a
+      level has an odd length its last column goes up alone instead of being added to 0: every term is +0
+      or positive (``exp`` and the zeroed term give no -0), so is every partial sum, and ``v + 0 = v`` for those.
+
+    A zero max's sign: ``x_i - (+-0)`` differs only where ``x_i`` is a zero, where ``e^(+-0) = 1``; ``gap`` may
+    then be -0 instead of +0, and ``log1p(s) + gap`` is the same for both (``s >= +0``: a non-zero sum
+    absorbs it, ``+0 + -0 = +0``), as is ``gap == 0``."""
+    n, k = L.shape
+    labels = np.asarray(labels, dtype=np.intp)
+    rows = max(1, _TILE // k)
+    loss, tiny = np.empty(n), np.empty(n, dtype=bool)
+    scaled = []  # (m, top) of each block's tiny rows
+    buf = np.empty(k * min(n, rows))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        b = r1 - r0
+        terms = buf[:k * b].reshape(k, b)
+        np.copyto(terms, L[r0:r1].T)
+        m, top = max_argmax_short(terms)
+        if not (m.min() > -np.inf and m.max() < np.inf):  # (a NaN max fails both)
+            return None
+        np.subtract(terms, m, out=terms)
+        if not terms.min() > -np.inf:  # (x_i - m <= 0: finite unless it overflowed or x_i = -inf)
+            return None
+        cols = np.arange(b)
+        gap = -np.take(terms, labels[r0:r1] * b + cols)
+        np.exp(terms, out=terms)
+        terms.reshape(-1)[top * b + cols] = 0  # the max's own e^0 = 1 (a view: ~3x faster than np.put)
+        level = list(terms)
+        while len(level) > 1:
+            for i in range(0, len(level) - 1, 2):
+                np.add(level[i], level[i + 1], out=level[i])
+            level = level[::2]
+        loss[r0:r1], tiny[r0:r1] = _loss(level[0], gap, k, np.float64)
+        if tiny[r0:r1].any():
+            here = np.flatnonzero(tiny[r0:r1])
+            scaled.append((m[here], top[here]))
+    if not scaled:
+        return loss, tiny, None, None
+    return loss, tiny, np.concatenate([m for m, _ in scaled]), np.concatenate([t for _, t in scaled])
+
+
+def _levels_length(length: int, levels: int) -> int:
+    """The length of a row of ``length`` terms after ``levels`` levels of :func:`_tree_levels`."""
+    for _ in range(levels):
+        length = (length + 1) // 2
+    return length
+
+
+def _float64_wide(L: np.ndarray, labels: np.ndarray):
+    """The float64 reference's ``(loss, tiny, m, top)`` (:func:`fast_cross_entropy`; ``m`` and ``top`` of the
+    ``tiny`` rows alone) on rows of more than :data:`_SHORT` logits, in blocks of about :data:`_TILE` values,
+    or None if a difference ``x_i - m`` is not finite (then every row goes the general way).  The same values
+    bit for bit:
+
+    * per group of rows, ``top`` = ``np.argmax`` of ``L``'s own dtype (an exact, order-keeping cast away from
+      float64's), and ``m`` the logit there: the general way's max but for the sign of a zero max, which
+      changes no value (:func:`_float64_short` says why); ``gap = -(x_y - m)``, the label's term alone;
+    * a block is the group's rows and ``c`` columns (``c`` = K, or :data:`_TILE_COLUMNS` = 2^q on rows wider
+      than that): ``x - m`` in float64, ``e^(x - m)`` in place, the max's term set to +0, then p =
+      min(:data:`_TILE_LEVELS`, q) levels of the pairwise sum (:func:`_tree_levels`); the blocks' results,
+      side by side in the row's order, are then summed by :func:`_tree_sum`.  That is the whole row's
+      pairwise tree: at each of the first p levels every block but the row's last has an even length
+      (2^(q - level + 1)), so no pair straddles two blocks, and the whole row's level has an odd length
+      exactly when the last block's has, whose padding 0 :func:`_tree_levels` puts at that block's end,
+      where the whole row's goes; after p levels the results side by side are the whole row's level p."""
+    n, k = L.shape
+    labels = np.asarray(labels, dtype=np.intp)
+    c = min(k, _TILE_COLUMNS)
+    group = max(1, _TILE // c)
+    blocks = -(-k // c)
+    levels = min(_TILE_LEVELS, c.bit_length() - 1)
+    per = _levels_length(c, levels)  # (c is 2^q where blocks > 1)
+    partial = np.empty((n, (blocks - 1) * per + _levels_length(k - (blocks - 1) * c, levels)))
+    m, top = np.empty(n), np.empty(n, dtype=np.intp)
+    buf = np.empty(min(n, group) * c)
+    for r0 in range(0, n, group):
+        r1 = min(n, r0 + group)
+        tops = top[r0:r1] = np.argmax(L[r0:r1], axis=1)
+        m[r0:r1] = np.take(L[r0:r1], np.arange(r1 - r0) * k + tops)
+        if not (m[r0:r1].min() > -np.inf and m[r0:r1].max() < np.inf):  # (a NaN max fails both)
+            return None
+        for b in range(blocks):
+            c0, c1 = b * c, min(k, (b + 1) * c)
+            t = buf[:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+            np.subtract(L[r0:r1, c0:c1], m[r0:r1, None], out=t)
+            if not t.min() > -np.inf:  # (x_i - m <= 0: finite unless it overflowed or x_i = -inf)
+                return None
+            np.exp(t, out=t)
+            here = np.flatnonzero((tops >= c0) & (tops < c1))
+            np.put(t, here * (c1 - c0) + (tops[here] - c0), 0)  # the max's own e^0 = 1
+            t = _tree_levels(t, levels)
+            partial[r0:r1, b * per:b * per + t.shape[1]] = t
+    gap = -(np.take(L, np.arange(n) * k + labels).astype(np.float64) - m)
+    loss, tiny = _loss(_tree_sum(partial), gap, k, np.float64)
+    return loss, tiny, m[tiny], top[tiny]
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -530,13 +656,22 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     smallest normal (terms may have underflowed) are summed scaled
     (:func:`stabilitylab.numerics.reference.exp_sum_scaled`), and the result is then an
     :class:`~stabilitylab.numerics.reference.Exact`.  Rows it does not handle (non-finite logits,
-    sums near e**-7.6e11) go to mpmath."""
+    sums near e**-7.6e11) go to mpmath.
+
+    In float64, on float32 or float64 logits whose every ``x_i - m`` is finite (the usual case), the
+    values are made in blocks of rows and columns that need no copy of the chunk (:func:`_float64_short`,
+    :func:`_float64_wide`); otherwise, and in longdouble, whole chunks at a time.  The same values either way."""
     k = x.logits.shape[1]
+    wide = np.dtype(dtype)
+    if wide == np.dtype(np.float64) and x.logits.dtype in (np.float32, np.float64) and x.logits.size:
+        L = np.ascontiguousarray(x.logits)
+        got = (_float64_short if k <= _SHORT else _float64_wide)(L, x.labels)
+        if got is not None:
+            return _finished(L, k, np.ones(len(L), dtype=bool), *got)
     if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):
-        return _wide_cross_entropy(x, np.dtype(dtype))
+        return _wide_cross_entropy(x, wide)
     X = np.asarray(x.logits, dtype=np.float64)  # (read only: no copy of float64 logits)
     rows = np.arange(len(X))
-    wide = np.dtype(dtype)
     m, top = _max_argmax(X)
     if wide == np.dtype(np.float64):  # x - m rounded once: e^(d (1 + 2**-53)), |d| <= 745: 2**-43.5 relative
         hi, lo = X - m[:, None], None
@@ -565,8 +700,15 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
             gap -= np.take(lo, at_label).astype(wide)
         np.put(terms, rows * k + top, 0)  # the max's own e^0 = 1
         total = _tree_sum(terms)
-    tiny = handled & (gap == 0) & (total <= np.finfo(wide).tiny * 2.0**62) & (k > 1)  # terms may have underflowed
-    loss = np.log1p(total) + gap
+    loss, tiny = _loss(total, gap, k, wide)
+    tiny &= handled
+    return _finished(X, k, handled, loss, tiny, m[tiny], top[tiny])
+
+
+def _finished(X: np.ndarray, k: int, handled: np.ndarray, loss: np.ndarray, tiny: np.ndarray, m, top):
+    """:func:`fast_cross_entropy`'s result from :func:`_loss`'s ``(loss, tiny)`` (``handled``: the rows of
+    finite differences, changed in place; ``m``, ``top``: the max and argmax of the ``tiny`` rows; ``X``: the
+    logits, any float dtype)."""
     handled &= np.isfinite(loss)  # (finite logits give a finite loss: anything else is left to mpmath)
     zero = np.full(len(X), k == 1)
     if not tiny.any() or not LONGDOUBLE_IS_WIDE:
@@ -575,8 +717,9 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     # is log1p(s) = s (1 - s/2 ...) = s to far below any bound, s summed scaled (exact, not rounded to 0)
     rows = np.flatnonzero(tiny)
     use = np.ones((len(rows), k), dtype=bool)
-    use[np.arange(len(rows)), top[rows]] = False
-    small, ok = exp_sum_scaled(*_two_diff(X[rows], m[rows, None]), use)  # (x - m exactly, also in the float64 tier)
+    use[np.arange(len(rows)), top] = False
+    X = np.asarray(X[rows], dtype=np.float64)  # (x - m exactly, also in the float64 tier)
+    small, ok = exp_sum_scaled(*_two_diff(X, m[:, None]), use)
     out = from_longdouble(loss, zero).put(rows, small)
     handled[rows] = ok
     return out, zero, handled

@@ -198,6 +198,14 @@ def from_longdouble(r: np.ndarray, zero: np.ndarray) -> Exact:
     longdouble's slow x87 passes."""
     wide = np.float64 if np.asarray(r).dtype == np.float64 else np.longdouble
     r = np.asarray(r, dtype=wide)
+    if wide is np.float64 and r.ndim == 1 and r.size:
+        a = np.abs(r)
+        if a.min() >= SCALE_BELOW and a.max() < SCALE_ABOVE:  # (the usual case; NaN fails both)
+            # every value finite, non-zero and in range: scale 0, hi = r (+ 0.0 changes no non-zero value),
+            # lo = r - hi = +0 (below: the same values in a few passes)
+            z = np.asarray(zero, dtype=bool)
+            n = len(r)
+            return Exact(np.where(z, 0.0, r), np.zeros(n), np.zeros(n, dtype=np.int64), z.copy())
     with np.errstate(all="ignore"):
         tiny = np.isfinite(r) & (r != 0) & ((np.abs(r) < SCALE_BELOW) | (np.abs(r) >= SCALE_ABOVE))
         scale = np.zeros(r.shape, dtype=np.int64)
