@@ -336,6 +336,13 @@ results, the kernel leaves the row to the numpy path."""
 _F32: list = []
 
 
+def kernel_covers(fmt: Format, ftz: bool, dtype: np.dtype) -> bool:
+    """Whether the compiled kernel computes :func:`_sums` of blocks of ``dtype`` logits in ``fmt`` here (built
+    and loaded, a format of :data:`KERNEL_FORMATS`, float32 logits, no flush to zero)."""
+    return (fmt.name in KERNEL_FORMATS and supported(fmt, ftz) and np.dtype(dtype) == np.float32
+            and softmax_kernel.load() is not None)
+
+
 def _fix_exp(z: float) -> float:
     """crmath's float32 exp of one float32 argument (the kernel's undecided ones)."""
     if not _F32:
