@@ -173,8 +173,7 @@ def _classified(truth, runs, inputs, fmt: Format, tolerance, tol: float, fast: b
                     for m, arith, value in runs]
     if fast:
         error = reference.fast_error(dtype, reference.terms(inputs))
-        near = exact.near_boundary(fmt, 4 * error)
-        undecided = np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error) for o in outcomes], axis=0))
+        undecided = _undecided_rows(outcomes, tol, exact, fmt, error)
         if undecided.size:
             exact = exact.put(undecided, reference.exact(truth, inputs.take(undecided)))
             if splice:
@@ -331,6 +330,59 @@ def _kth_largest(low: np.ndarray, keep: int) -> float:
         low = low[~(low < t)]
         n = len(low)
     return np.partition(low, n - keep)[n - keep]
+
+
+def _undecided_rows(outcomes: list[Outcome], tol: float, exact: Exact, fmt: Format, error: float) -> np.ndarray:
+    """The rows (sorted indices) where :func:`_undecided` holds for some outcome, with ``near`` =
+    ``exact.near_boundary(fmt, 4 * error)``: ``np.flatnonzero(np.any([_undecided(o, tol, near, fmt, error)
+    for o in outcomes], axis=0))``.  The same rows, from each outcome's candidates (:func:`_flip_rows`,
+    :func:`_special_rows`), and ``near_boundary`` evaluated only on the rows where some value is special (none:
+    the usual case, where every value is a normal finite number)."""
+    flips = [_flip_rows(o.rel_error, tol, error) for o in outcomes]
+    specials = [_special_rows(o.value, fmt) for o in outcomes]
+    special = _union(specials)
+    if special.size:
+        near = exact.take(special).near_boundary(fmt, 4 * error)
+        special = special[near]
+    return _union(flips + [special])
+
+
+def _union(rows: list[np.ndarray]) -> np.ndarray:
+    """The sorted union of index arrays (each sorted)."""
+    rows = [r for r in rows if r.size]
+    if not rows:
+        return np.zeros(0, np.intp)
+    return rows[0] if len(rows) == 1 else np.unique(np.concatenate(rows))
+
+
+def _flip_rows(rel: np.ndarray, tol: float, error: float) -> np.ndarray:
+    """``np.flatnonzero(np.isfinite(rel) & (np.abs(rel - tol) <= (1 + rel) * 4 * error))`` (:func:`_undecided`'s
+    ``flip``), tested only on the rows with ``rel > tol / 2`` where that is enough: for ``0 <= rel <= tol / 2``
+    (rel is a relative error: >= 0, or NaN, which fails both tests), ``|rel - tol| >= tol / 2`` while
+    ``(1 + rel) 4 error <= (1 + tol) 4 error``, below ``tol / 2`` by more than both sides' float64 rounding
+    (a few ulps, relative) whenever ``(1 + tol) 4 error <= tol / 4`` (checked; else every row is tested)."""
+    with np.errstate(all="ignore"):
+        if (1 + tol) * 4 * error <= tol / 4 and tol > 0:
+            cand = np.flatnonzero(rel > tol / 2)
+            r = rel[cand]
+            return cand[np.isfinite(r) & (np.abs(r - tol) <= (1 + r) * 4 * error)]
+        return np.flatnonzero(np.isfinite(rel) & (np.abs(rel - tol) <= (1 + rel) * 4 * error))
+
+
+def _special_rows(value: np.ndarray, fmt: Format) -> np.ndarray:
+    """``np.flatnonzero(special)`` of :func:`_undecided` (0, subnormal, +-inf, NaN, and +-max in a saturating
+    format): none where every value is within ``[tiny, max)`` in magnitude (for a saturating format) or
+    ``[tiny, inf)``, told by the values' min and max (NaN fails both tests: then row by row)."""
+    with np.errstate(all="ignore"):
+        if value.size:
+            low, high = value.min(), value.max()
+            top = fmt.max if fmt.saturates else np.inf
+            if (low >= fmt.tiny and high < top) or (high <= -fmt.tiny and -low < top):  # (one sign, in range)
+                return np.zeros(0, np.intp)
+        special = ~(np.abs(value) >= fmt.tiny) | np.isinf(value)
+        if fmt.saturates:
+            special |= np.abs(value) == fmt.max
+    return np.flatnonzero(special)
 
 
 def _undecided(o: Outcome, tol: float, near: np.ndarray, fmt: Format, error: float) -> np.ndarray:
