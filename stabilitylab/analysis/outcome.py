@@ -223,10 +223,13 @@ def _errors(fmt: Format, v: np.ndarray, exact: Exact, v_finite: bool):
             # s > 0 only above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there)
         else:
             vs = v
-        diff = np.abs((vs - hi) - lo)
+        diff = vs - hi
+        if exact._lo_any():  # (every lo 0: (v - hi) - 0 is v - hi, -0 only where v - hi is, and |.| drops that sign)
+            diff -= lo
+        np.abs(diff, out=diff)
         if hi_inf:
             diff = np.where(vs == hi, np.abs(lo), diff)  # v == hi == +-inf
-        rel = diff / np.abs(hi)
+        rel = diff / exact._magnitude()
         if zero:
             rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
         ulps = np.ldexp(diff, _small(s - ulp_exp) if scaled else _ulp_shift(fmt, exact))
@@ -243,7 +246,8 @@ def _errors(fmt: Format, v: np.ndarray, exact: Exact, v_finite: bool):
             if nan.any():
                 rel = np.where(nan, np.nan, rel)
                 ulps = np.where(nan, np.nan, ulps)
-        bits = np.log2(ulps + 1)
+        bits = ulps + 1
+        np.log2(bits, out=bits)
     return rel, ulps, bits
 
 
@@ -347,6 +351,10 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     input itself (``Truth.storage``)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
+    if not storage and not (fmt.saturates and not black_box):
+        plain = _classify_plain(fmt, v, exact, arith, tol, black_box)
+        if plain is not None:
+            return plain
     v_finite = bool(np.isfinite(v).all())  # (the usual case: the NaN and inf rules below match no row)
     rel, ulps, bits = _errors(fmt, v, exact, v_finite)
     cr = exact.rounded(fmt)
@@ -398,6 +406,54 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
         for name, rows in stored_lost.items():
             status[rows] = _CODE[name]
     return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
+
+
+def _classify_plain(fmt: Format, v: np.ndarray, exact: Exact, arith: Arith, tol: float,
+                    black_box: bool) -> Outcome | None:
+    """:func:`classify` of a batch where the rule's special cases match no row (None otherwise): every exact
+    value finite, not 0, held unscaled (:func:`_exact_facts`), every value finite and > 0 (told by the values'
+    min and max: NaN fails both), not the storage rule, and no saturated infinity to look for (a white box in a
+    saturating format goes the general way).  Then no value is NaN, +-inf or 0, so none is lost (step 2 matches
+    no row), and the statuses are: ``inaccurate`` where ``rel_error > tol`` and v is not cr (step 3; compared
+    with cr only where some rel_error is above the tolerance), ``range`` where v is cr and the exact value is
+    unrepresentable or an input was lost (step 1; compared only where some row is either), else ``ok``; for a
+    black box, ``error`` where the call raised.  The same codes, columns and steps as the general path."""
+    if not v.size or _exact_facts(exact).any():
+        return None
+    low = v.min()
+    if not (low >= 0 and v.max() < np.inf):
+        return None
+    rel, ulps, bits = _errors(fmt, v, exact, True)
+    cr = exact.rounded(fmt)
+    inaccurate = rel > tol
+    if inaccurate.any():
+        inaccurate &= v != cr
+        status = inaccurate.view(np.uint8) * np.uint8(_CODE["inaccurate"])
+    else:
+        status = np.zeros(v.shape, np.uint8)
+    unrepresentable = exact._memoized(("beyond", fmt.name), lambda: _beyond(fmt, exact))[1]
+    if _any(exact, ("unrepresentable", fmt.name), unrepresentable) or arith.input_lost.any():
+        status[(v == cr) & (unrepresentable | arith.input_lost)] = _CODE["range"]
+    if black_box:
+        messages = np.full(v.shape, "", dtype=object)
+        if arith.errors:
+            rows = np.fromiter(arith.errors, dtype=np.int64)
+            status[rows] = _CODE["error"]
+            messages[rows] = list(arith.errors.values())
+        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
+    if low == 0:  # (a 0 that is not cr is lost: its cause is the first overflow / underflow event, if any)
+        lost = (v == 0) & (v != cr)
+        if lost.any():
+            over, under = arith.first_step("overflow"), arith.first_step("underflow")
+            seen = (over != NEVER) | (under != NEVER)
+            status[lost & seen & (over <= under)] = _CODE["overflow"]
+            status[lost & seen & (under < over)] = _CODE["underflow"]
+    return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
+
+
+def _any(exact: Exact, key, mask: np.ndarray) -> bool:
+    """``mask.any()`` of a mask memoized on ``exact`` under ``key`` (memoized too)."""
+    return bool(exact._memoized(("any",) + key, lambda: np.array(mask.any())))
 
 
 def _steps(arith: Arith) -> np.ndarray:
