@@ -1,7 +1,7 @@
 """The narrow-row bulk path's shortcuts (issue #22) against the plain computations they replace, frozen below
 as oracles (every pass on every row): the engine's re-check of undecided rows (``engine._undecided_rows``
 against ``np.any([_undecided(...)])`` with ``near_boundary`` on every row), on adversarial relative errors and
-values at every boundary of the test (the tolerance +- the margin, tol / 2, 0, NaN, +-inf, subnormals, tiny,
+values at every boundary of the test (the tolerance +- the margin, the candidates' band, 0, NaN, +-inf, subnormals, tiny,
 +-max), alone and in batches."""
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def rel_errors(tol: float, error: float) -> list[float]:
     margin = (1 + tol) * 4 * error
     out = [0.0, tol / 2, np.nextafter(tol / 2, 0), np.nextafter(tol / 2, 1), tol, tol - margin, tol + margin,
            np.nan, np.inf, 1.0, 2 * tol, tol / 3]
-    for t in (tol - margin, tol + margin, tol):
+    c = tol * 2.0**-10  # (the candidates' band, engine._flip_rows)
+    for t in (tol - margin, tol + margin, tol, tol - c, tol + c):
         out += [np.nextafter(t, 0), np.nextafter(t, 1), np.nextafter(np.nextafter(t, 0), 0)]
     return out
 

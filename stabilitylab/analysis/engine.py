@@ -357,13 +357,16 @@ def _union(rows: list[np.ndarray]) -> np.ndarray:
 
 def _flip_rows(rel: np.ndarray, tol: float, error: float) -> np.ndarray:
     """``np.flatnonzero(np.isfinite(rel) & (np.abs(rel - tol) <= (1 + rel) * 4 * error))`` (:func:`_undecided`'s
-    ``flip``), tested only on the rows with ``rel > tol / 2`` where that is enough: for ``0 <= rel <= tol / 2``
-    (rel is a relative error: >= 0, or NaN, which fails both tests), ``|rel - tol| >= tol / 2`` while
-    ``(1 + rel) 4 error <= (1 + tol) 4 error``, below ``tol / 2`` by more than both sides' float64 rounding
-    (a few ulps, relative) whenever ``(1 + tol) 4 error <= tol / 4`` (checked; else every row is tested)."""
+    ``flip``), tested only on the rows with ``tol - c <= rel <= tol + c``, ``c = tol 2**-10``, where that is
+    enough: outside, ``|rel - tol| >= c`` exactly, and ``rel (1 - 4 error) - tol - 4 error`` (above the
+    tolerance) or ``tol - rel - (1 + rel) 4 error`` (below) is monotone in rel, so
+    ``|rel - tol| - (1 + rel) 4 error >= c - (1 + tol + c) 4 error``: positive by a factor 2 (far more than
+    both sides' float64 roundings, a few ulps) whenever ``c >= 8 error (1 + tol + c)`` (checked; else every row
+    is tested).  NaN and inf fail both tests."""
+    c = tol * 2.0**-10
     with np.errstate(all="ignore"):
-        if (1 + tol) * 4 * error <= tol / 4 and tol > 0:
-            cand = np.flatnonzero(rel > tol / 2)
+        if tol > 0 and c >= 8 * error * (1 + tol + c):
+            cand = np.flatnonzero((rel >= tol - c) & (rel <= tol + c))
             r = rel[cand]
             return cand[np.isfinite(r) & (np.abs(r - tol) <= (1 + r) * 4 * error)]
         return np.flatnonzero(np.isfinite(rel) & (np.abs(rel - tol) <= (1 + rel) * 4 * error))
