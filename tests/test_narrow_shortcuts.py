@@ -243,7 +243,8 @@ def test_classify_plain_equals_the_rule(name, black_box, lo_zero, tolerance):
     value, x, arith = plain_batch(fmt, black_box, lo_zero, tol)
     taken = outcome_module._classify_plain(fmt, value, Exact(x.hi, x.lo, x.scale, x.zero), arith, tol, black_box)
     assert taken is not None  # (its own conditions met; classify takes it unless a white box saturates)
-    for rows in (slice(None), np.flatnonzero(value != 0), np.flatnonzero(np.arange(len(value)) % 7 == 0)):
+    normal = np.flatnonzero((x.hi >= fmt.tiny) & (x.hi <= fmt.max / 2))  # (every cr normal: no unrepresentable row)
+    for rows in (slice(None), np.flatnonzero(value != 0), np.flatnonzero(np.arange(len(value)) % 7 == 0), normal):
         v, sub = value[rows], x.take(rows)
         a = Arith(fmt, len(v))
         a.first[:] = arith.first[:, rows]

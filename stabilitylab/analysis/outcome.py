@@ -198,8 +198,14 @@ def errors(fmt: Format, value, exact: Exact):
 def _exact_facts(exact: Exact) -> np.ndarray:
     """(any scaled, any zero, any infinite hi, any NaN hi) of the exact values: what lets :func:`_errors`
     skip passes that change nothing (shared by every method's classification, computed once)."""
+    if exact._plain():  # (every hi finite and not 0, every scale 0: none of them)
+        return _NO_FACTS
     return exact._memoized("facts", lambda: np.array([exact.scale.any(), exact.zero.any(),
                                                         np.isinf(exact.hi).any(), np.isnan(exact.hi).any()]))
+
+
+_NO_FACTS = np.zeros(4, dtype=bool)
+_NO_FACTS.setflags(write=False)
 
 
 def _ulp_shift(fmt: Format, exact: Exact) -> np.ndarray:
@@ -470,6 +476,8 @@ def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
     the format has no inf: cr is NaN; a saturating format's cr is +-max there, so its twin that overflows
     to +-inf tells); it overflows or is non-zero but rounds to 0."""
     cr = exact.rounded(fmt)
+    if not fmt.saturates and exact._rounded_normal(fmt):  # (every cr a normal number of fmt: none of them)
+        return np.zeros((2, len(cr)), dtype=bool)
     wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
     if np.isfinite(wide_cr).all():  # (the usual case: nothing is beyond, every term below is False)
         return np.stack([np.zeros(len(cr), dtype=bool), (cr == 0) & ~exact.zero])

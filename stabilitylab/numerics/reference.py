@@ -122,9 +122,16 @@ class Exact:
         """
         return self._memoized(("rounded", fmt.name), lambda: self._round(fmt))
 
+    def _rounded_normal(self, fmt: Format) -> bool:
+        """Whether every value of :meth:`rounded` is a normal number of ``fmt`` (finite, at least ``fmt.tiny``
+        in magnitude): known where it was made by :meth:`_round_plain` (False otherwise: not known)."""
+        self.rounded(fmt)
+        return ("normal", fmt.name) in self._memo
+
     def _round(self, fmt: Format) -> np.ndarray:
         out = self._round_plain(fmt)
         if out is not None:
+            self._memo["normal", fmt.name] = True
             return out
         hi, lo, s = self.hi, self.lo, self.scale
         finite = np.isfinite(hi) & (hi != 0)
