@@ -367,6 +367,8 @@ def _flip_rows(rel: np.ndarray, tol: float, error: float) -> np.ndarray:
     with np.errstate(all="ignore"):
         if tol > 0 and c >= 8 * error * (1 + tol + c):
             cand = np.flatnonzero((rel >= tol - c) & (rel <= tol + c))
+            if not cand.size:
+                return cand
             r = rel[cand]
             return cand[np.isfinite(r) & (np.abs(r - tol) <= (1 + r) * 4 * error)]
         return np.flatnonzero(np.isfinite(rel) & (np.abs(rel - tol) <= (1 + rel) * 4 * error))

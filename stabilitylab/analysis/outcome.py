@@ -467,9 +467,14 @@ def _steps(arith: Arith) -> np.ndarray:
     step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s."""
     first = arith.first
     if first.size and first.min() == NEVER:
-        return np.broadcast_to(np.int64(NEVER), first.shape)
+        never = _NEVER_STEPS.get(first.shape)
+        if never is None:  # (one per shape: np.broadcast_to costs ~5 us a call, a chunk's fixed cost)
+            never = _NEVER_STEPS[first.shape] = np.broadcast_to(np.int64(NEVER), first.shape)
+        return never
     return first.copy()
 
+
+_NEVER_STEPS: dict[tuple, np.ndarray] = {}  # shape -> a read-only broadcast of NEVER
 
 def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
     """(beyond, unrepresentable) stacked, per row: the exact value overflows the format (or is infinite where

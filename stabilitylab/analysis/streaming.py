@@ -304,7 +304,8 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
                      dtype=np.intp)
     # (one ROW array of the three sets of rows, then split: a field-by-field gather costs ~1 us a field and call)
     both = _columns(o, rows, labels, codes, np.concatenate([worst, failing, first]))
-    c.worst, c.failing, c.first = np.split(both, [len(worst), len(worst) + len(failing)])
+    a, b = len(worst), len(worst) + len(failing)
+    c.worst, c.failing, c.first = both[:a], both[a:b], both[b:]
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c
@@ -367,6 +368,9 @@ def _worst_rows(e: np.ndarray, rows: np.ndarray, keep: int, bits: np.ndarray) ->
 def _first_where(test, codes: np.ndarray, want: int) -> np.ndarray:
     """The first ``want`` indices where ``test(codes[...])`` holds (at least ``want`` exist), scanning blocks of
     growing size (4096 values, then 4x larger): a status present early is found without a pass over all."""
+    hits = np.flatnonzero(test(codes[:4096]))  # (the usual case: found in the first block)
+    if len(hits) >= want or len(codes) <= 4096:
+        return hits[:want]
     found: list[np.ndarray] = []
     start, step, got = 0, 4096, 0
     while got < want and start < len(codes):
