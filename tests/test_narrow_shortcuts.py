@@ -1,8 +1,14 @@
 """The narrow-row bulk path's shortcuts (issue #22) against the plain computations they replace, frozen below
-as oracles (every pass on every row): the engine's re-check of undecided rows (``engine._undecided_rows``
-against ``np.any([_undecided(...)])`` with ``near_boundary`` on every row), on adversarial relative errors and
-values at every boundary of the test (the tolerance +- the margin, the candidates' band, 0, NaN, +-inf, subnormals, tiny,
-+-max), alone and in batches."""
+as oracles (every pass on every row):
+
+* the engine's re-check of undecided rows (``engine._undecided_rows`` against ``np.any([_undecided(...)])``
+  with ``near_boundary`` on every row), on adversarial relative errors and values at every boundary of the
+  test (the tolerance +- the margin, the candidates' band, 0, NaN, +-inf, subnormals, tiny, +-max), alone and
+  in batches;
+* ``Exact.rounded`` and ``Exact._exponent`` on plain values (lo 0: the float64 tier's) against the general
+  rounding, at every rounding boundary of every format (midpoints both ways, tiny, subnormals, max, beyond);
+* ``classify``'s plain path against the rule on every row (``test_outcome_shortcuts.old_classify``), values
+  at and beside the correct rounding, 0 and -0, with every event combination, lost inputs, black boxes."""
 
 from __future__ import annotations
 
@@ -10,9 +16,12 @@ import itertools
 
 import numpy as np
 import pytest
+from test_outcome_shortcuts import _INDEX, EVENTS, old_classify, same_floats
 
 from stabilitylab.analysis import engine
+from stabilitylab.analysis import outcome as outcome_module
 from stabilitylab.analysis.outcome import Outcome
+from stabilitylab.numerics.arith import Arith
 from stabilitylab.numerics.formats import FORMATS, Format
 from stabilitylab.numerics.reference import Exact
 
@@ -194,11 +203,6 @@ def test_rounded_plain_reaches_ties_both_ways():
 
 
 # --- classify's plain path (no special case in the batch) against the rule on every row ---
-
-from test_outcome_shortcuts import EVENTS, _INDEX, old_classify, same_floats  # noqa: E402
-
-from stabilitylab.analysis import outcome as outcome_module  # noqa: E402
-from stabilitylab.numerics.arith import Arith  # noqa: E402
 
 
 def plain_batch(fmt: Format, black_box: bool, lo_zero: bool, tol: float):
