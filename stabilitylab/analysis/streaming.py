@@ -104,6 +104,9 @@ def status_codes(status: np.ndarray) -> np.ndarray:
     where = np.searchsorted(_STATUS_KEYS[_KEY_ORDER], keys)
     return _KEY_ORDER[np.minimum(where, len(STATUSES) - 1)].astype(np.uint8)
 _FAILING = np.array([s in METHOD_FAILURES for s in STATUSES])
+# the failing codes are those from this one up (STATUSES lists ok and range first): a comparison, not a table lookup
+_FAILING_FROM = int(np.argmax(_FAILING))
+assert _FAILING[_FAILING_FROM:].all() and not _FAILING[:_FAILING_FROM].any()
 
 
 @dataclass
@@ -298,7 +301,7 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     e = o.error_bits
     c.bits[:] = _bits_histogram(e)
     worst = _worst_rows(e, rows, keep, c.bits)
-    failing = _first_where(lambda block: _FAILING[block], codes, min(cap, int(c.counts[_FAILING].sum())))
+    failing = _first_where(lambda block: block >= _FAILING_FROM, codes, min(cap, int(c.counts[_FAILING].sum())))
     # the first row of each status present, by status code
     first = np.array([_first_where(lambda block, k=k: block == k, codes, 1)[0] for k in np.flatnonzero(c.counts)],
                      dtype=np.intp)
