@@ -220,7 +220,7 @@ def plain_batch(fmt: Format, black_box: bool, lo_zero: bool, tol: float):
             continue
         step = abs(c) * 2.0 ** (1 - fmt.precision) if c else fmt.smallest_subnormal
         for w in (c, c + step, max(c - step, 0.0), c * (1 + 2 * tol), c * (1 + tol / 2), 0.0, -0.0, hi[i]):
-            for events in range(len(EVENTS)):
+            for events in range(len(EVENTS) + 1):  # (and both at one step: a tie, overflow by the rule)
                 for lost in (False, True):
                     rows.append((i, events, lost))
                     value.append(w)
@@ -230,8 +230,11 @@ def plain_batch(fmt: Format, black_box: bool, lo_zero: bool, tol: float):
         arith.errors = {i: "raised" for i in range(0, len(rows), 29)}
     else:
         for j, (_, events, lost) in enumerate(rows):
-            for step, event in enumerate(EVENTS[events]):
-                arith.first[_INDEX[event], j] = step + 1
+            if events == len(EVENTS):
+                arith.first[_INDEX["overflow"], j] = arith.first[_INDEX["underflow"], j] = 1
+            else:
+                for step, event in enumerate(EVENTS[events]):
+                    arith.first[_INDEX[event], j] = step + 1
             arith.input_lost[j] = lost
     return np.array(value), x.take(which), arith
 

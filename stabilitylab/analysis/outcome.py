@@ -448,12 +448,13 @@ def _classify_plain(fmt: Format, v: np.ndarray, exact: Exact, arith: Arith, tol:
             messages[rows] = list(arith.errors.values())
         return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
     if low == 0:  # (a 0 that is not cr is lost: its cause is the first overflow / underflow event, if any)
-        lost = (v == 0) & (v != cr)
-        if lost.any():
-            over, under = arith.first_step("overflow"), arith.first_step("underflow")
+        zeros = np.flatnonzero(v == 0)
+        lost = zeros[cr[zeros] != 0]  # (v != cr where v is 0; NaN != 0 too)
+        if lost.size:
+            over, under = arith.first_step("overflow")[lost], arith.first_step("underflow")[lost]
             seen = (over != NEVER) | (under != NEVER)
-            status[lost & seen & (over <= under)] = _CODE["overflow"]
-            status[lost & seen & (under < over)] = _CODE["underflow"]
+            status[lost[seen & (over <= under)]] = _CODE["overflow"]
+            status[lost[seen & (under < over)]] = _CODE["underflow"]
     return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
 
 
