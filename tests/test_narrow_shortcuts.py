@@ -85,8 +85,10 @@ def test_undecided_rows_equal_the_plain_test(name, tol):
         want = old_undecided_rows(outs, tol, x, fmt, error)
         got = engine._undecided_rows(outs, tol, x, fmt, error)
         assert got.tolist() == want.tolist()
-    for value in values(fmt):
-        rows = np.flatnonzero((v == value) | (np.isnan(v) & np.isnan(value)))
+    top = fmt.max if fmt.saturates else np.inf
+    groups = [np.flatnonzero((v == value) | (np.isnan(v) & np.isnan(value))) for value in values(fmt)]
+    groups.append(np.flatnonzero((v >= 0) & (v < top)))  # (0, -0, subnormals and normal values of one sign)
+    for rows in groups:
         outs = [outcome(v[rows], rel[rows])]
         sub = x.take(rows)
         assert engine._undecided_rows(outs, tol, sub, fmt, error).tolist() == \

@@ -377,13 +377,16 @@ def _flip_rows(rel: np.ndarray, tol: float, error: float) -> np.ndarray:
 def _special_rows(value: np.ndarray, fmt: Format) -> np.ndarray:
     """``np.flatnonzero(special)`` of :func:`_undecided` (0, subnormal, +-inf, NaN, and +-max in a saturating
     format): none where every value is within ``[tiny, max)`` in magnitude (for a saturating format) or
-    ``[tiny, inf)``, told by the values' min and max (NaN fails both tests: then row by row)."""
+    ``[tiny, inf)``, told by the values' min and max (NaN fails both tests: then row by row); where every value
+    is in ``[0, max)`` (or ``[0, inf)``), those below tiny."""
     with np.errstate(all="ignore"):
         if value.size:
             low, high = value.min(), value.max()
             top = fmt.max if fmt.saturates else np.inf
             if (low >= fmt.tiny and high < top) or (high <= -fmt.tiny and -low < top):  # (one sign, in range)
                 return np.zeros(0, np.intp)
+            if low >= 0 and high < top:  # (none NaN, none beyond: the special ones are the values below tiny)
+                return np.flatnonzero(value < fmt.tiny)
         special = ~(np.abs(value) >= fmt.tiny) | np.isinf(value)
         if fmt.saturates:
             special |= np.abs(value) == fmt.max
