@@ -371,6 +371,8 @@ def _worst_rows(e: np.ndarray, rows: np.ndarray, keep: int, bits: np.ndarray) ->
 def _first_where(test, codes: np.ndarray, want: int) -> np.ndarray:
     """The first ``want`` indices where ``test(codes[...])`` holds (at least ``want`` exist), scanning blocks of
     growing size (4096 values, then 4x larger): a status present early is found without a pass over all."""
+    if want <= 0:
+        return np.zeros(0, np.intp)
     hits = np.flatnonzero(test(codes[:4096]))  # (the usual case: found in the first block)
     if len(hits) >= want or len(codes) <= 4096:
         return hits[:want]
