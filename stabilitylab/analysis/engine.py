@@ -340,19 +340,24 @@ def _undecided_rows(outcomes: list[Outcome], tol: float, exact: Exact, fmt: Form
     the usual case, where every value is a normal finite number)."""
     flips = [_flip_rows(o.rel_error, tol, error) for o in outcomes]
     specials = [_special_rows(o.value, fmt) for o in outcomes]
-    special = _union(specials)
+    n = len(exact)
+    special = _union(specials, n)
     if special.size:
         near = exact.take(special).near_boundary(fmt, 4 * error)
         special = special[near]
-    return _union(flips + [special])
+    return _union(flips + [special], n)
 
 
-def _union(rows: list[np.ndarray]) -> np.ndarray:
-    """The sorted union of index arrays (each sorted)."""
+def _union(rows: list[np.ndarray], n: int) -> np.ndarray:
+    """The sorted union of index arrays (each sorted) into ``range(n)``: marked on a mask of n (``np.unique``
+    of their concatenation takes ~0.2 ms for a few thousand indices)."""
     rows = [r for r in rows if r.size]
-    if not rows:
-        return np.zeros(0, np.intp)
-    return rows[0] if len(rows) == 1 else np.unique(np.concatenate(rows))
+    if len(rows) <= 1:
+        return rows[0] if rows else np.zeros(0, np.intp)
+    mask = np.zeros(n, dtype=bool)
+    for r in rows:
+        mask[r] = True
+    return np.flatnonzero(mask)
 
 
 def _flip_rows(rel: np.ndarray, tol: float, error: float) -> np.ndarray:
