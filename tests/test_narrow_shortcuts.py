@@ -141,8 +141,7 @@ def old_round(x: Exact, fmt: Format) -> np.ndarray:
     return out + 0.0
 
 
-ROUND_FORMATS = ["bfloat16", "float16", "float32", "float64", "float8_e4m3fn", "float8_e5m2",
-                 "float8_e4m3fn:saturate", "float8_e4m3fnuz", "float6_e2m3fn", "float4_e2m1fn"]
+ROUND_FORMATS = list(FORMATS)  # (float8_e8m0fnu, which rounded() does not handle, included: it keeps what it gave)
 
 
 def boundary_values(fmt: Format) -> np.ndarray:
@@ -184,7 +183,7 @@ def test_rounded_plain_equals_the_general_rounding(name):
     for part in (inside[inside > 0], inside):
         m = len(part)
         x = Exact(part, np.zeros(m), np.zeros(m, np.int64), np.zeros(m, bool))
-        if fmt.precision < 53:
+        if fmt.precision < 53 and fmt.fraction_bits >= 1:  # (the shortcut taken: not exponent-only formats)
             assert x._round_plain(fmt) is not None or np.abs(old_round(x, fmt)).max() > fmt.max
         assert np.array_equal(x.rounded(fmt), old_round(x, fmt), equal_nan=True)
     # lo != 0 somewhere: not plain (the general rounding, ties broken by lo)

@@ -168,9 +168,10 @@ class Exact:
         with round to nearest even: ``b + (2**(k-1) - 1) + ((b >> k) & 1)``, the low k bits then cleared (a carry
         out of the significand is the next binade, as ``rint(t) = 2**p`` is).  None where some |x| is below
         ``fmt.tiny`` (the quantum is then fixed: subnormal results or 0) or some result beyond ``fmt.max``
-        (the format's overflow convention)."""
+        (the format's overflow convention), and for exponent-only formats (float8_e8m0fnu, which
+        :meth:`rounded` does not handle: it keeps what the general code gives)."""
         k = 53 - fmt.precision
-        if not (0 < k < 53) or not self._plain():
+        if not (0 < k < 52) or fmt.fraction_bits < 1 or not self._plain():  # (not exponent-only formats)
             return None
         if not self._magnitude().min() >= fmt.tiny:
             return None
