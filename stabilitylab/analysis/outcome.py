@@ -470,6 +470,8 @@ def _steps(arith: Arith) -> np.ndarray:
     if first.size and first.min() == NEVER:
         never = _NEVER_STEPS.get(first.shape)
         if never is None:  # (one per shape: np.broadcast_to costs ~5 us a call, a chunk's fixed cost)
+            if len(_NEVER_STEPS) >= 64:
+                _NEVER_STEPS.clear()
             never = _NEVER_STEPS[first.shape] = np.broadcast_to(np.int64(NEVER), first.shape)
         return never
     return first.copy()
