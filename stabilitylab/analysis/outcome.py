@@ -198,8 +198,14 @@ def errors(fmt: Format, value, exact: Exact):
 def _exact_facts(exact: Exact) -> np.ndarray:
     """(any scaled, any zero, any infinite hi, any NaN hi) of the exact values: what lets :func:`_errors`
     skip passes that change nothing (shared by every method's classification, computed once)."""
+    if exact._plain():  # (every hi finite and not 0, every scale 0: none of them)
+        return _NO_FACTS
     return exact._memoized("facts", lambda: np.array([exact.scale.any(), exact.zero.any(),
                                                         np.isinf(exact.hi).any(), np.isnan(exact.hi).any()]))
+
+
+_NO_FACTS = np.zeros(4, dtype=bool)
+_NO_FACTS.setflags(write=False)
 
 
 def _ulp_shift(fmt: Format, exact: Exact) -> np.ndarray:
@@ -223,10 +229,13 @@ def _errors(fmt: Format, v: np.ndarray, exact: Exact, v_finite: bool):
             # s > 0 only above 2**1023, where it drops bits of a v below 2**(s - 1074) only: relative error ~1 there)
         else:
             vs = v
-        diff = np.abs((vs - hi) - lo)
+        diff = vs - hi
+        if exact._lo_any():  # (every lo 0: (v - hi) - 0 is v - hi, -0 only where v - hi is, and |.| drops that sign)
+            diff -= lo
+        np.abs(diff, out=diff)
         if hi_inf:
             diff = np.where(vs == hi, np.abs(lo), diff)  # v == hi == +-inf
-        rel = diff / np.abs(hi)
+        rel = diff / exact._magnitude()
         if zero:
             rel = np.where(exact.zero, np.where(v == 0, 0.0, np.inf), rel)
         ulps = np.ldexp(diff, _small(s - ulp_exp) if scaled else _ulp_shift(fmt, exact))
@@ -243,7 +252,8 @@ def _errors(fmt: Format, v: np.ndarray, exact: Exact, v_finite: bool):
             if nan.any():
                 rel = np.where(nan, np.nan, rel)
                 ulps = np.where(nan, np.nan, ulps)
-        bits = np.log2(ulps + 1)
+        bits = ulps + 1
+        np.log2(bits, out=bits)
     return rel, ulps, bits
 
 
@@ -347,6 +357,10 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     input itself (``Truth.storage``)."""
     tol = fmt.default_tolerance if tolerance is None else tolerance
     v = np.asarray(value).astype(np.float64)
+    if not storage and not (fmt.saturates and not black_box):
+        plain = _classify_plain(fmt, v, exact, arith, tol, black_box)
+        if plain is not None:
+            return plain
     v_finite = bool(np.isfinite(v).all())  # (the usual case: the NaN and inf rules below match no row)
     rel, ulps, bits = _errors(fmt, v, exact, v_finite)
     cr = exact.rounded(fmt)
@@ -400,20 +414,78 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
     return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
 
 
+def _classify_plain(fmt: Format, v: np.ndarray, exact: Exact, arith: Arith, tol: float,
+                    black_box: bool) -> Outcome | None:
+    """:func:`classify` of a batch where the rule's special cases match no row (None otherwise): every exact
+    value finite, not 0, held unscaled (:func:`_exact_facts`), every value finite and > 0 (told by the values'
+    min and max: NaN fails both), not the storage rule, and no saturated infinity to look for (a white box in a
+    saturating format goes the general way).  Then no value is NaN, +-inf or 0, so none is lost (step 2 matches
+    no row), and the statuses are: ``inaccurate`` where ``rel_error > tol`` and v is not cr (step 3; compared
+    with cr only where some rel_error is above the tolerance), ``range`` where v is cr and the exact value is
+    unrepresentable or an input was lost (step 1; compared only where some row is either), else ``ok``; for a
+    black box, ``error`` where the call raised.  The same codes, columns and steps as the general path."""
+    if not v.size or _exact_facts(exact).any():
+        return None
+    low = v.min()
+    if not (low >= 0 and v.max() < np.inf):
+        return None
+    rel, ulps, bits = _errors(fmt, v, exact, True)
+    cr = exact.rounded(fmt)
+    inaccurate = rel > tol
+    if inaccurate.any():
+        inaccurate &= v != cr
+        status = inaccurate.view(np.uint8) * np.uint8(_CODE["inaccurate"])
+    else:
+        status = np.zeros(v.shape, np.uint8)
+    unrepresentable = exact._memoized(("beyond", fmt.name), lambda: _beyond(fmt, exact))[1]
+    if _any(exact, ("unrepresentable", fmt.name), unrepresentable) or arith.input_lost.any():
+        status[(v == cr) & (unrepresentable | arith.input_lost)] = _CODE["range"]
+    if black_box:
+        messages = np.full(v.shape, "", dtype=object)
+        if arith.errors:
+            rows = np.fromiter(arith.errors, dtype=np.int64)
+            status[rows] = _CODE["error"]
+            messages[rows] = list(arith.errors.values())
+        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
+    if low == 0:  # (a 0 that is not cr is lost: its cause is the first overflow / underflow event, if any)
+        zeros = np.flatnonzero(v == 0)
+        lost = zeros[cr[zeros] != 0]  # (v != cr where v is 0; NaN != 0 too)
+        if lost.size:
+            over, under = arith.first_step("overflow")[lost], arith.first_step("underflow")[lost]
+            seen = (over != NEVER) | (under != NEVER)
+            status[lost[seen & (over <= under)]] = _CODE["overflow"]
+            status[lost[seen & (under < over)]] = _CODE["underflow"]
+    return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), codes=status)
+
+
+def _any(exact: Exact, key, mask: np.ndarray) -> bool:
+    """``mask.any()`` of a mask memoized on ``exact`` under ``key`` (memoized too)."""
+    return bool(exact._memoized(("any",) + key, lambda: np.array(mask.any())))
+
+
 def _steps(arith: Arith) -> np.ndarray:
     """A copy of ``arith``'s first steps (the Arith may go on recording); where it recorded nothing (every
     step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s."""
     first = arith.first
     if first.size and first.min() == NEVER:
-        return np.broadcast_to(np.int64(NEVER), first.shape)
+        never = _NEVER_STEPS.get(first.shape)
+        if never is None:  # (one per shape: np.broadcast_to costs ~5 us a call, a chunk's fixed cost)
+            if len(_NEVER_STEPS) >= 64:
+                _NEVER_STEPS.clear()
+            never = _NEVER_STEPS[first.shape] = np.broadcast_to(np.int64(NEVER), first.shape)
+        return never
     return first.copy()
 
+
+_NEVER_STEPS: dict[tuple, np.ndarray] = {}  # shape -> a read-only broadcast of NEVER
 
 def _beyond(fmt: Format, exact: Exact) -> np.ndarray:
     """(beyond, unrepresentable) stacked, per row: the exact value overflows the format (or is infinite where
     the format has no inf: cr is NaN; a saturating format's cr is +-max there, so its twin that overflows
     to +-inf tells); it overflows or is non-zero but rounds to 0."""
     cr = exact.rounded(fmt)
+    if not fmt.saturates and exact._rounded_normal(fmt):  # (every cr a normal number of fmt: none of them)
+        return np.zeros((2, len(cr)), dtype=bool)
     wide_cr = exact.rounded(fmt.held_twin) if fmt.saturates else cr
     if np.isfinite(wide_cr).all():  # (the usual case: nothing is beyond, every term below is False)
         return np.stack([np.zeros(len(cr), dtype=bool), (cr == 0) & ~exact.zero])

@@ -109,6 +109,9 @@ def status_codes(status: np.ndarray) -> np.ndarray:
     where = np.searchsorted(_STATUS_KEYS[_KEY_ORDER], keys)
     return _KEY_ORDER[np.minimum(where, len(STATUSES) - 1)].astype(np.uint8)
 _FAILING = np.array([s in METHOD_FAILURES for s in STATUSES])
+# the failing codes are those from this one up (STATUSES lists ok and range first): a comparison, not a table lookup
+_FAILING_FROM = int(np.argmax(_FAILING))
+assert _FAILING[_FAILING_FROM:].all() and not _FAILING[:_FAILING_FROM].any()
 
 
 @dataclass
@@ -302,13 +305,15 @@ def _cell(o: Outcome, rows: np.ndarray, labels: np.ndarray, keep: int, cap: int,
     c.counts[:] = _status_counts(codes)
     e = o.error_bits
     c.bits[:] = _bits_histogram(e)
-    c.worst = _columns(o, rows, labels, codes, _worst_rows(e, rows, keep, c.bits))
-    failing = _first_where(lambda block: _FAILING[block], codes, min(cap, int(c.counts[_FAILING].sum())))
-    c.failing = _columns(o, rows, labels, codes, failing)
+    worst = _worst_rows(e, rows, keep, c.bits)
+    failing = _first_where(lambda block: block >= _FAILING_FROM, codes, min(cap, int(c.counts[_FAILING].sum())))
     # the first row of each status present, by status code
     first = np.array([_first_where(lambda block, k=k: block == k, codes, 1)[0] for k in np.flatnonzero(c.counts)],
                      dtype=np.intp)
-    c.first = _columns(o, rows, labels, codes, first)
+    # (one ROW array of the three sets of rows, then split: a field-by-field gather costs ~1 us a field and call)
+    both = _columns(o, rows, labels, codes, np.concatenate([worst, failing, first]))
+    a, b = len(worst), len(worst) + len(failing)
+    c.worst, c.failing, c.first = both[:a], both[a:b], both[b:]
     if everything is not None:
         everything.append(_columns(o, rows, labels, codes))
     return c
@@ -332,12 +337,16 @@ def _bits_histogram(e: np.ndarray) -> np.ndarray:
     """The error-bits histogram of a :class:`Cell` (``BITS_BINS + 2`` counts): bin b < 65 holds the rows with
     ``b <= e < b + 1``, bin 65 those with ``e >= 65``, then inf, then NaN.  (e = log2(ulps + 1) >= 0.)
     Where every e is finite (told by the max, NaN fails it) and below 16, from the counts of ``e >= b``
-    (bin b = #(e >= b) - #(e >= b + 1): a handful of comparisons, no integer copy of e)."""
+    (bin b = #(e >= b) - #(e >= b + 1): a handful of comparisons, no integer copy of e); below 65, by a
+    ``bincount`` of e truncated to uint8 (its floor, e >= 0: a copy of one byte a row, not eight)."""
     out = np.zeros(BITS_BINS + 2, np.int64)
     top = e.max() if e.size else 0.0
     if top < 16:  # (False for NaN)
         above = [len(e)] + [np.count_nonzero(e >= b) for b in range(1, int(top) + 1)] + [0]
         out[:len(above) - 1] = -np.diff(above)
+        return out
+    if top < BITS_BINS - 1:  # (every e finite, in [0, 64]: its integer part, the bin, is exact in uint8)
+        out[:BITS_BINS] = np.bincount(e.astype(np.uint8), minlength=BITS_BINS)
         return out
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(e)
@@ -367,6 +376,11 @@ def _worst_rows(e: np.ndarray, rows: np.ndarray, keep: int, bits: np.ndarray) ->
 def _first_where(test, codes: np.ndarray, want: int) -> np.ndarray:
     """The first ``want`` indices where ``test(codes[...])`` holds (at least ``want`` exist), scanning blocks of
     growing size (4096 values, then 4x larger): a status present early is found without a pass over all."""
+    if want <= 0:
+        return np.zeros(0, np.intp)
+    hits = np.flatnonzero(test(codes[:4096]))  # (the usual case: found in the first block)
+    if len(hits) >= want or len(codes) <= 4096:
+        return hits[:want]
     found: list[np.ndarray] = []
     start, step, got = 0, 4096, 0
     while got < want and start < len(codes):

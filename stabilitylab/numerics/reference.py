@@ -92,8 +92,25 @@ class Exact:
         with np.errstate(all="ignore"):
             mant, e = np.frexp(self.hi)
         e = e.astype(np.int64) - 1
+        if not self._lo_any():  # (every lo 0: no row is one binade down; the float64 tier's values)
+            return e
         below = (np.abs(mant) == 0.5) & (self.lo != 0) & (np.sign(self.lo) != np.sign(self.hi))
         return e - below
+
+    def _lo_any(self) -> bool:
+        """Whether some ``lo`` is not 0 (memoized): the float64 tier's values have ``lo = 0`` in every row."""
+        return bool(self._memoized("lo_any", lambda: np.array(self.lo.any())))
+
+    def _magnitude(self) -> np.ndarray:
+        """``|hi|`` (memoized, read-only: the methods classified against these values share it)."""
+        return self._memoized("magnitude", lambda: np.abs(self.hi))
+
+    def _plain(self) -> bool:
+        """Whether every row is an ordinary number (memoized): ``hi`` finite and not 0, ``scale`` 0, ``lo`` 0
+        (also every ``zero`` False: an exact zero has ``hi`` 0)."""
+        return bool(self._memoized("plain", lambda: np.array(
+            bool(len(self.hi)) and not self._lo_any() and not self.scale.any()
+            and bool(np.isfinite(self.hi).all()) and bool(self.hi.all()))))
 
     def rounded(self, fmt: Format) -> np.ndarray:
         """The exact values correctly rounded to ``fmt`` (nearest, ties to even), as float64
@@ -105,7 +122,17 @@ class Exact:
         """
         return self._memoized(("rounded", fmt.name), lambda: self._round(fmt))
 
+    def _rounded_normal(self, fmt: Format) -> bool:
+        """Whether every value of :meth:`rounded` is a normal number of ``fmt`` (finite, at least ``fmt.tiny``
+        in magnitude): known where it was made by :meth:`_round_plain` (False otherwise: not known)."""
+        self.rounded(fmt)
+        return ("normal", fmt.name) in self._memo
+
     def _round(self, fmt: Format) -> np.ndarray:
+        out = self._round_plain(fmt)
+        if out is not None:
+            self._memo["normal", fmt.name] = True
+            return out
         hi, lo, s = self.hi, self.lo, self.scale
         finite = np.isfinite(hi) & (hi != 0)
         e = np.where(finite, self._exponent() + s, 0)
@@ -131,6 +158,31 @@ class Exact:
         if not fmt.signed_zero:
             out = np.where(out == 0, 0.0, out)
         return out + 0.0
+
+    def _round_plain(self, fmt: Format) -> np.ndarray | None:
+        """:meth:`_round` where every row is :meth:`_plain` (x = hi, a float64) and ``fmt`` has fewer bits than
+        float64, with every result a normal number of ``fmt`` (checked; else None): round to nearest, ties to
+        even, on hi's bits.  For a normal x of ``fmt``, ``_round`` scales x to ``t = x / quantum`` in
+        ``[2**(p-1), 2**p)`` (exact), takes ``rint(t)`` (ties to even; ``lo = 0`` breaks no tie) and scales back;
+        on the bit pattern b of x (sign and magnitude) that is dropping its ``k = 53 - p`` low significand bits
+        with round to nearest even: ``b + (2**(k-1) - 1) + ((b >> k) & 1)``, the low k bits then cleared (a carry
+        out of the significand is the next binade, as ``rint(t) = 2**p`` is).  None where some |x| is below
+        ``fmt.tiny`` (the quantum is then fixed: subnormal results or 0) or some result beyond ``fmt.max``
+        (the format's overflow convention), and for exponent-only formats (float8_e8m0fnu, which
+        :meth:`rounded` does not handle: it keeps what the general code gives)."""
+        k = 53 - fmt.precision
+        if not (0 < k < 52) or fmt.fraction_bits < 1 or not self._plain():  # (not exponent-only formats)
+            return None
+        if not self._magnitude().min() >= fmt.tiny:
+            return None
+        b = self.hi.view(np.uint64)
+        r = b + np.uint64(2 ** (k - 1) - 1)
+        r += (b >> np.uint64(k)) & np.uint64(1)
+        r &= np.uint64(~(2**k - 1) & (2**64 - 1))
+        out = r.view(np.float64)
+        if not (-fmt.max <= out.min() and out.max() <= fmt.max):
+            return None
+        return out
 
     def text(self, digits: int = 10) -> list[str]:
         """Each exact value to ``digits`` significant digits, also below float64's range; a value
