@@ -156,6 +156,16 @@ static inline float tree(int kind, const float *e, float *b, float *t, Py_ssize_
 static inline Py_ssize_t first_max(const float *restrict li, Py_ssize_t K, float *max) {
     float acc[16], m = -INFINITY;
     Py_ssize_t j = 0;
+    if (K < 32) { /* short rows: one pass, without branches (a strict > keeps the first) */
+        Py_ssize_t k = 0;
+        for (; j < K; j++) {
+            int up = li[j] > m;
+            m = up ? li[j] : m;
+            k = up ? j : k;
+        }
+        *max = m;
+        return k;
+    }
     for (int l = 0; l < 16; l++) acc[l] = -INFINITY;
     for (; j + 16 <= K; j += 16)
         for (int l = 0; l < 16; l++) acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];

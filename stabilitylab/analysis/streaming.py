@@ -430,13 +430,13 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
 def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
     """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
     every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
-    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices); by the
-    compiled kernel where it is loaded (:func:`softmax_kernel.argmax_rows`: the same indices)."""
+    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices); wider
+    rows by the compiled kernel where it is loaded (:func:`softmax_kernel.argmax_rows`: the same indices)."""
+    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:  # (~8 ns a row of 10; the kernel's, ~24: numpy here)
+        return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
     got = softmax_kernel.argmax_rows(x)
     if got is not None:
         return got
-    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:
-        return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
     return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
 
 
