@@ -261,6 +261,155 @@ CLONES static int rows_block(Ctx *c, const float *restrict x, float *xl, Py_ssiz
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ short rows
+ * Rows of at most SHORT_K logits, R = 256 rows at a time, worked on transposed: every step below is a loop over the
+ * R rows of one column (contiguous, vectorized), as softmax_bulk._sums_short does in numpy, instead of a loop over
+ * a row's few logits.  The same operations on the same operands as rows_block, so the same values. */
+#define SHORT_K 16
+#define SHORT_R 256
+
+typedef struct {
+    float xt[SHORT_K][SHORT_R], lt[SHORT_K][SHORT_R], zt[SHORT_K][SHORT_R], et[SHORT_K][SHORT_R];
+    float lv[2][SHORT_K / 2 + 1][SHORT_R];
+    float m[SHORT_R], v[SHORT_R];
+    int32_t at[SHORT_R], ok[SHORT_R];
+    uint8_t dec[SHORT_R];
+} Tile;
+
+/* et = exp(a) on the n rows of the tile; ok[r] kept where row r's exps are in (0, inf), 0 where not, 2 where left
+ * to numpy; -1 on a Python error */
+static inline int exps_tile(Ctx *c, Tile *T, float (*a)[SHORT_R], Py_ssize_t n, Py_ssize_t K) {
+    for (Py_ssize_t j = 0; j < K; j++) {
+        float *restrict e = T->et[j];
+        const float *restrict aj = a[j];
+        if (c->kind == BF16) {
+            for (Py_ssize_t r = 0; r < n; r++) e[r] = c->table[bits_of(aj[r]) >> 16];
+        } else {
+            uint8_t *restrict dec = T->dec;
+            exp32_block(aj, e, dec, n);
+            Py_ssize_t decided = 0;
+            for (Py_ssize_t r = 0; r < n; r++) decided += dec[r];
+            if (decided != n)
+                for (Py_ssize_t r = 0; r < n; r++) {
+                    if (!dec[r] && T->ok[r] == 1) {
+                        int got = exp_fix(c, aj[r], e + r);
+                        if (got < 0) return -1;
+                        if (got == 0) T->ok[r] = 2;
+                    }
+                }
+        }
+        int32_t *restrict ok = T->ok;
+        for (Py_ssize_t r = 0; r < n; r++) {
+            int bad = !((e[r] > 0.0f) & (e[r] < INFINITY)) & (ok[r] == 1);
+            ok[r] = bad ? 0 : ok[r];
+        }
+    }
+    return 0;
+}
+
+/* the tree of the columns of T->et over the n rows (levels in T->lv), the sum in out[r]; with drop, the sum without
+ * leaf T->at[r] in T->v[r] */
+static inline void tree_tile(int kind, Tile *T, Py_ssize_t n, Py_ssize_t K, int drop, float *restrict out) {
+    float(*src)[SHORT_R] = T->et;
+    int which = 0;
+    Py_ssize_t len = K;
+    int32_t at[SHORT_R];
+    if (drop)
+        for (Py_ssize_t r = 0; r < n; r++) { T->v[r] = 0.0f; at[r] = T->at[r]; }
+    while (len > 1) {
+        float(*dst)[SHORT_R] = T->lv[which];
+        if (drop)
+            for (Py_ssize_t r = 0; r < n; r++) {
+                int32_t sib = at[r] ^ 1;
+                float s = sib < len ? src[sib][r] : 0.0f;
+                T->v[r] = rnd(kind, T->v[r] + s);
+                at[r] >>= 1;
+            }
+        Py_ssize_t h = len >> 1;
+        for (Py_ssize_t i = 0; i < h; i++) {
+            const float *restrict s0 = src[2 * i], *restrict s1 = src[2 * i + 1];
+            float *restrict d = dst[i];
+            if (kind == BF16)
+                for (Py_ssize_t r = 0; r < n; r++) d[r] = rnd_bf16(s0[r] + s1[r]);
+            else
+                for (Py_ssize_t r = 0; r < n; r++) d[r] = s0[r] + s1[r];
+        }
+        if (len & 1) {
+            const float *restrict s0 = src[len - 1];
+            float *restrict d = dst[h];
+            for (Py_ssize_t r = 0; r < n; r++) d[r] = rnd(kind, s0[r] + 0.0f);
+            h++;
+        }
+        src = dst;
+        which ^= 1;
+        len = h;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) out[r] = src[0][r];
+}
+
+/* n <= SHORT_R rows of K <= SHORT_K logits: as rows_block */
+CLONES static int rows_short(Ctx *c, Tile *T, const float *restrict x, float *xl, Py_ssize_t n, Py_ssize_t K,
+                             const int64_t *restrict y, uint8_t *restrict flag, float *restrict o, Py_ssize_t stride) {
+    const int kind = c->kind;
+    const float big = kind == BF16 ? BF16_MAX : 3.4028234663852886e38f;
+    for (Py_ssize_t r = 0; r < n; r++)
+        for (Py_ssize_t j = 0; j < K; j++) T->xt[j][r] = x[r * K + j];
+    for (Py_ssize_t j = 0; j < K; j++) {
+        const float *restrict xj = T->xt[j];
+        float *restrict lj = T->lt[j];
+        if (kind == BF16)
+            for (Py_ssize_t r = 0; r < n; r++) lj[r] = rnd_bf16(xj[r]);
+        else
+            for (Py_ssize_t r = 0; r < n; r++) lj[r] = xj[r];
+    }
+    if (kind == BF16) /* (row-major, from x: the same rounding) */
+        for (Py_ssize_t i = 0; i < n * K; i++) xl[i] = rnd_bf16(x[i]);
+    int32_t *restrict ok = T->ok;
+    for (Py_ssize_t r = 0; r < n; r++) ok[r] = (y[r] >= 0) & (y[r] < K);
+    for (Py_ssize_t j = 0; j < K; j++) {
+        const float *restrict xj = T->xt[j], *restrict lj = T->lt[j];
+        for (Py_ssize_t r = 0; r < n; r++)
+            ok[r] &= ((lj[r] <= big) & (lj[r] >= -big)) & ((lj[r] != 0.0f) | (xj[r] == 0.0f));
+    }
+    float *restrict m = T->m;
+    int32_t *restrict at = T->at;
+    for (Py_ssize_t r = 0; r < n; r++) { m[r] = -INFINITY; at[r] = 0; }
+    for (Py_ssize_t j = 0; j < K; j++) { /* a strict > keeps the first maximum */
+        const float *restrict lj = T->lt[j];
+        for (Py_ssize_t r = 0; r < n; r++) {
+            int up = lj[r] > m[r];
+            m[r] = up ? lj[r] : m[r];
+            at[r] = up ? (int32_t)j : at[r];
+        }
+    }
+    for (Py_ssize_t j = 0; j < K; j++) {
+        const float *restrict lj = T->lt[j];
+        float *restrict zj = T->zt[j];
+        if (kind == BF16)
+            for (Py_ssize_t r = 0; r < n; r++) zj[r] = rnd_bf16(lj[r] - m[r]);
+        else
+            for (Py_ssize_t r = 0; r < n; r++) zj[r] = lj[r] - m[r];
+    }
+    for (Py_ssize_t r = 0; r < n; r++) /* (rows not whole: any finite stand-in, their values are not read) */
+        if (!ok[r]) {
+            at[r] = 0;
+            for (Py_ssize_t j = 0; j < K; j++) T->zt[j][r] = 0.0f;
+        }
+    if (exps_tile(c, T, T->zt, n, K) < 0) return -1;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t yr = ok[r] ? (Py_ssize_t)y[r] : 0;
+        o[4 * stride + r] = T->et[yr][r];
+        o[5 * stride + r] = T->zt[yr][r];
+    }
+    tree_tile(kind, T, n, K, 1, o);
+    for (Py_ssize_t r = 0; r < n; r++) o[stride + r] = T->v[r];
+    if (exps_tile(c, T, T->lt, n, K) < 0) return -1;
+    for (Py_ssize_t r = 0; r < n; r++) o[3 * stride + r] = T->et[ok[r] ? (Py_ssize_t)y[r] : 0][r];
+    tree_tile(kind, T, n, K, 0, o + 2 * stride);
+    for (Py_ssize_t r = 0; r < n; r++) flag[r] = (uint8_t)ok[r];
+    return 0;
+}
+
 #define BLOCK_VALUES 4096 /* values per block of rows (a row at least) */
 
 static PyObject *softmax_sums(PyObject *self, PyObject *args) {
@@ -295,6 +444,17 @@ static PyObject *softmax_sums(PyObject *self, PyObject *args) {
     const int64_t *y = (const int64_t *)yb.buf;
     float *xl = kind == BF16 ? (float *)xlb.buf : NULL, *o = (float *)ob.buf;
     uint8_t *flag = (uint8_t *)fb.buf;
+    if (K <= SHORT_K) {
+        Tile *T = (Tile *)malloc(sizeof(Tile));
+        if (T == NULL) { PyErr_NoMemory(); goto done; }
+        int failed = 0;
+        for (Py_ssize_t i = 0; i < rows && !failed; i += SHORT_R) {
+            Py_ssize_t here = rows - i < SHORT_R ? rows - i : SHORT_R;
+            failed = rows_short(&c, T, x + i * K, xl ? xl + i * K : NULL, here, K, y + i, flag + i, o + i, rows) < 0;
+        }
+        free(T);
+        if (failed) goto done;
+    } else
     for (Py_ssize_t i = 0; i < rows; i += B) {
         Py_ssize_t here = rows - i < B ? rows - i : B;
         if (rows_block(&c, x + i * K, xl ? xl + i * K : NULL, here, K, y + i, a, e, b, t, dec, m, top, flag + i, o + i, rows) < 0)

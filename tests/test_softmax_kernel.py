@@ -73,6 +73,20 @@ def test_kernel_wide_rows(fmt):
     assert _same_sums(fmt, x, y) == 6
 
 
+@pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
+def test_kernel_short_rows_in_tiles(fmt):
+    """Short rows go through the kernel 256 at a time, transposed: counts that are not a multiple of 256, each
+    row's own label and max, a few rows not whole (NaN, inf, a logit beyond the format) among ordinary ones."""
+    rng = np.random.default_rng(11)
+    for rows, k in ((1, 2), (255, 7), (257, 10), (1000, 16), (513, 1)):
+        x = (rng.standard_normal((rows, k)) * rng.choice([0.1, 3, 40], size=(rows, 1))).astype(np.float32)
+        x[rows // 3, 0] = np.nan
+        x[rows // 2, k - 1] = np.inf
+        x[-1, 0] = np.float32(3.4e38)
+        y = rng.integers(0, k, rows)
+        assert _same_sums(fmt, x, y) >= rows // 2
+
+
 def test_kernel_rows_left_to_numpy(monkeypatch):
     """float32 exps with subnormal results (z in (-104, -87)) are left to numpy (flag 2) and put in place;
     undecided exps of normal results go to crmath one by one until the budget is spent, then to numpy."""
