@@ -27,7 +27,7 @@
 #include <string.h>
 #include <math.h>
 
-#define KERNEL_API 1 /* softmax_kernel.py loads this module only when its API number matches */
+#define KERNEL_API 2 /* softmax_kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -60,6 +60,12 @@ static inline float rnd_bf16(float y) {
 static double EXP_T[64], EXP_INV, EXP_HI, EXP_LO;
 static int exp_ready = 0;
 #define EXP32_SLACK 9
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -489,6 +495,199 @@ static PyObject *argmax_rows(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------ tail
+ * The four methods' per-row tails (softmax_bulk._tail) from the sums: rn = rnd(ex_y / Sn), rs = rnd(ez_y / S),
+ * naive -log(rn), shifted -log(rs), log_softmax rnd(log(S) - z_y), log_softmax_log1p rnd(log1p(S1) - z_y), and
+ * the ordinary-row checks there.  log and log1p: bfloat16 from tables of crmath's results at every pattern (as
+ * softmax_bulk._cr), float32 by log32 below, decided from its bits as exp32 (a row with an undecided one is left
+ * to numpy, flag 2).
+ *
+ * log32: log a for a positive finite float64 a (a float32, or 1 + S1).  a = 2**e m with m in [0.703125,
+ * 1.40625) (m >= 1.40625 halved), c = i / 128 with i = rint(128 m) (so c is exact and m - c too: |m - c| <=
+ * 2**-8, both multiples of 2**-53), r = (m - c) (1 / c) rounded twice (within 2**-52 |r|; |r| < 0.0056), log a = e ln2 + log c + log1p(r)
+ * with log1p(r) by its Taylor series to r**7 (truncation below 2**-63 |r|... |r|**8 / 8 < 2**-62), ln2 = L_HI + L_LO
+ * (L_HI of 40 bits: e L_HI exact) and log c from a table made with mpmath (correctly rounded).  Where e != 0,
+ * |log a| >= 0.33 and |e ln2| + |log c| <= 3.1 |log a|; where e = 0 and c != 1, |log a| >= |log c| / 2; c = 1
+ * leaves log1p(r) alone: the roundings (table 2**-53 |log c|, two additions, the polynomial's last steps and r's
+ * 2**-53 |r|) stay below 8 * 2**-53 |log a| = 2**-50 |log a|; the bound used is LOG32_REL_ERROR = 2**-49
+ * (slack ceil(2**-49 2**53) + 1 = 17 float64 ulps).  log1p(s) for s < 2**-7 by its Taylor series to s**8 (exact
+ * s, truncation below 2**-63 s); above, log32(1 + s) (1 + s exact below 2**29; beyond, its rounding moves log by
+ * below 2**-53 / 20 relative).  tests/test_softmax_kernel.py checks every float32 argument against crmath (slow
+ * run). */
+static double LOG_C[256], LOG_HI, LOG_LO;
+static int log_ready = 0;
+#define LOG32_SLACK 17
+
+INLINE double log_poly(double r) { /* log1p(r) = r - r^2/2 + ... + r^7/7 */
+    double q = r * (1.0 / 7.0);
+    q = r * (-1.0 / 6.0 + q);
+    q = r * (1.0 / 5.0 + q);
+    q = r * (-1.0 / 4.0 + q);
+    q = r * (1.0 / 3.0 + q);
+    q = r * (-0.5 + q);
+    return r + r * q;
+}
+
+/* log a (a > 0 finite, normal; any other a gives some finite value, not read), without branches */
+static double LOG_INV_C[256];
+
+INLINE double log_wide(double a) {
+    uint64_t u = dbits_of(a);
+    int64_t e = (int64_t)((u >> 52) & 0x7FF) - 1023;
+    double m = d_of((u & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull); /* [1, 2) */
+    int64_t up = m >= 1.40625;
+    m = up ? m * 0.5 : m;
+    e += up;
+    double ci = (m * 128.0 + 6755399441055744.0) - 6755399441055744.0; /* rint(128 m): 90 .. 180 */
+    uint64_t i = dbits_of(m * 128.0 + 6755399441055744.0) & 255;
+    double r = (m - ci * (1.0 / 128.0)) * LOG_INV_C[i]; /* ((m - c) exact) / c, rounded twice: |error| < 2**-52 |r| */
+    double ed = (double)e;
+    return (ed * LOG_HI + LOG_C[i]) + (log_poly(r) + ed * LOG_LO);
+}
+
+/* log1p s (s >= 0 finite), without branches */
+INLINE double log1p_wide(double s) {
+    double q = s * (-1.0 / 8.0);
+    q = s * (1.0 / 7.0 + q);
+    q = s * (-1.0 / 6.0 + q);
+    q = s * (1.0 / 5.0 + q);
+    q = s * (-1.0 / 4.0 + q);
+    q = s * (1.0 / 3.0 + q);
+    q = s * (-0.5 + q);
+    double small = s + s * q, big = log_wide(1.0 + s);
+    return s < 0.0078125 ? small : big;
+}
+
+/* the float32 rounding of w, and whether it is decided as exp32's */
+INLINE float decided32(double w, int *dec) {
+    uint64_t u = dbits_of(w);
+    uint64_t E = (u >> 52) & 0x7FF;
+    uint64_t L = (u & ((1ull << 29) - 1)) - ((1ull << 28) - LOG32_SLACK);
+    *dec = (E >= 1023 - 126) & (E < 1023 + 127) & (L > 2 * LOG32_SLACK);
+    return (float)w;
+}
+
+/* float32 log v (v > 0 normal and finite: ordinary rows' arguments; log 1 = +0) and log1p v (v = 0 or normal and
+ * finite; log1p 0 = 0), and whether decided (subnormal, 0 (log), NaN, inf: not) */
+INLINE float log32(float v, int *dec) {
+    int d;
+    float out = decided32(log_wide((double)v), &d);
+    int one = v == 1.0f;
+    *dec = one | (d & (v >= 1.1754943508222875e-38f) & (v < INFINITY));
+    return one ? 0.0f : out;
+}
+INLINE float log1p32(float v, int *dec) {
+    int d;
+    float out = decided32(log1p_wide((double)v), &d);
+    int zero = v == 0.0f;
+    *dec = zero | (d & (v >= 1.1754943508222875e-38f) & (v < INFINITY));
+    return zero ? v : out;
+}
+
+CLONES static void log32_many_block(const float *restrict x, float *restrict o, uint8_t *restrict d, Py_ssize_t n,
+                                    int one) {
+    if (one)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int dec;
+            o[i] = log1p32(x[i], &dec);
+            d[i] = (uint8_t)dec;
+        }
+    else
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int dec;
+            o[i] = log32(x[i], &dec);
+            d[i] = (uint8_t)dec;
+        }
+}
+
+/* log32_many(x, out, decided, log1p): the kernel's float32 log (log1p) of each value, for the tests */
+static PyObject *log32_many(PyObject *self, PyObject *args) {
+    Py_buffer xb, ob, db;
+    int one;
+    if (!PyArg_ParseTuple(args, "y*w*w*p", &xb, &ob, &db, &one)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = xb.len / 4;
+    if (!log_ready || ob.len != xb.len || db.len != n) {
+        PyErr_SetString(PyExc_ValueError, "log32_many: buffers of the wrong size, or no log constants");
+    } else {
+        log32_many_block((const float *)xb.buf, (float *)ob.buf, (uint8_t *)db.buf, n, one);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&db);
+    return result;
+}
+
+CLONES static void tail_block(int kind, Py_ssize_t n, const float *restrict sums, const float *restrict tl,
+                              const float *restrict tl1, float *restrict o, uint8_t *restrict flag) {
+    const float *S = sums, *S1 = sums + n, *Sn = sums + 2 * n, *exy = sums + 3 * n, *ezy = sums + 4 * n,
+                *zy = sums + 5 * n;
+    for (Py_ssize_t i = 0; i < n; i++) { /* (without branches: rows not ordinary compute anything, flagged 0) */
+        float rn = rnd(kind, exy[i] / Sn[i]), rs = rnd(kind, ezy[i] / S[i]);
+        int ok = (S[i] < INFINITY) & (Sn[i] < INFINITY) & (rn > 0.0f) & (rn < INFINITY) & (rs > 0.0f)
+                 & (rs < INFINITY);
+        float ln, ls, lS, l1;
+        int dec = 1;
+        if (kind == BF16) {
+            ln = tl[bits_of(rn) >> 16];
+            ls = tl[bits_of(rs) >> 16];
+            lS = tl[bits_of(S[i]) >> 16];
+            l1 = tl1[bits_of(S1[i]) >> 16];
+        } else {
+            int d0, d1, d2, d3;
+            ln = log32(rn, &d0);
+            ls = log32(rs, &d1);
+            lS = log32(S[i], &d2);
+            l1 = log1p32(S1[i], &d3);
+            dec = d0 & d1 & d2 & d3;
+        }
+        float v0 = -ln, v1 = -ls, v2 = rnd(kind, lS - zy[i]), v3 = rnd(kind, l1 - zy[i]);
+        ok &= ((l1 != 0.0f) | (S1[i] == 0.0f)) & (fabsf(v0) < INFINITY) & (fabsf(v1) < INFINITY)
+              & (fabsf(v2) < INFINITY) & (fabsf(v3) < INFINITY);
+        int f = flag[i];
+        flag[i] = (uint8_t)(f != 1 ? f : !ok ? 0 : dec ? 1 : 2);
+        o[i] = v0; o[n + i] = v1; o[2 * n + i] = v2; o[3 * n + i] = v3;
+    }
+}
+
+/* softmax_tail(kind, n, sums (6, n) float32, log table, log1p table, out (4, n) float32, flag uint8 in/out) */
+static PyObject *softmax_tail(PyObject *self, PyObject *args) {
+    int kind;
+    Py_ssize_t n;
+    Py_buffer sb, tb, t1b, ob, fb;
+    if (!PyArg_ParseTuple(args, "iny*y*y*w*w*", &kind, &n, &sb, &tb, &t1b, &ob, &fb)) return NULL;
+    PyObject *result = NULL;
+    if ((kind != BF16 && kind != F32) || n < 0 || sb.len != 6 * n * 4 || ob.len != 4 * n * 4 || fb.len != n
+        || (kind == BF16 && (tb.len != 65536 * 4 || t1b.len != 65536 * 4)) || (kind == F32 && !log_ready)) {
+        PyErr_SetString(PyExc_ValueError, "softmax_tail: buffers of the wrong size, or no log constants");
+    } else {
+        tail_block(kind, n, (const float *)sb.buf, (const float *)tb.buf, (const float *)t1b.buf, (float *)ob.buf,
+                   (uint8_t *)fb.buf);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&sb); PyBuffer_Release(&tb); PyBuffer_Release(&t1b);
+    PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+    return result;
+}
+
+static PyObject *set_log_constants(PyObject *self, PyObject *args) {
+    Py_buffer tb;
+    double hi, lo;
+    if (!PyArg_ParseTuple(args, "y*dd", &tb, &hi, &lo)) return NULL;
+    if (tb.len != 256 * 8) {
+        PyBuffer_Release(&tb);
+        PyErr_SetString(PyExc_ValueError, "set_log_constants: 256 float64 values");
+        return NULL;
+    }
+    memcpy(LOG_C, tb.buf, 256 * 8);
+    for (int i = 0; i < 256; i++) LOG_INV_C[i] = i ? 128.0 / (double)i : 0.0; /* (IEEE: 1 / c correctly rounded) */
+    LOG_HI = hi; LOG_LO = lo;
+    log_ready = 1;
+    PyBuffer_Release(&tb);
+    Py_RETURN_NONE;
+}
+
 static PyObject *set_exp_constants(PyObject *self, PyObject *args) {
     Py_buffer tb;
     double inv, hi, lo;
@@ -534,6 +733,10 @@ static PyMethodDef methods[] = {
      "softmax_sums(kind, rows, K, x, y, table, xl (bfloat16; float32: empty), out, flag, fix, budget) -> calls of fix"},
     {"argmax_rows", argmax_rows, METH_VARARGS,
      "argmax_rows(rows, K, x float32, out int64): each row's first maximum, NaN as -inf"},
+    {"softmax_tail", softmax_tail, METH_VARARGS,
+     "softmax_tail(kind, n, sums, log table, log1p table, out, flag): the four methods' values from the sums"},
+    {"log32_many", log32_many, METH_VARARGS, "log32_many(x, out, decided, log1p)"},
+    {"set_log_constants", set_log_constants, METH_VARARGS, "set_log_constants(log c for c = i/128, ln2_hi, ln2_lo)"},
     {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
     {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
     {NULL, NULL, 0, NULL}};

@@ -118,6 +118,31 @@ def test_kernel_rows_left_to_numpy(monkeypatch):
     assert not calls  # budget 0: every such row left to numpy instead
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3, 10, 17, 409])
+@pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
+def test_kernel_values_equal_numpy(fmt, classes, monkeypatch):
+    """The four methods' values (the kernel's tail: its float32 log and log1p, bfloat16's tables) on the rows
+    both call ordinary, bit for bit, and the same ordinary rows."""
+    x, y = adversarial(fmt, classes, seed=4)
+    values, ok, _ = softmax_bulk._values(fmt, x, y)
+    values0, ok0, _ = _numpy(monkeypatch, softmax_bulk._values, fmt, x, y)
+    assert np.array_equal(ok, ok0), np.flatnonzero(ok != ok0)[:5]
+    assert 20 <= ok.sum() <= len(x) - 20
+    for name, v in values0.items():
+        assert np.array_equal(values[name][ok].view(np.uint32), v[ok].view(np.uint32)), name
+
+
+def test_kernel_tail_rows_left_to_numpy(monkeypatch):
+    """A row whose float32 log the kernel cannot decide (a subnormal ratio) is done by numpy's tail."""
+    x = np.array([[0.0, -90.0, 1.0], [0.0, 1.0, 2.0]], np.float32)  # exp(-92) / (1 + e + ...) is subnormal
+    y = np.array([1, 0])
+    values, ok, _ = softmax_bulk._values(F32, x, y)
+    values0, ok0, _ = _numpy(monkeypatch, softmax_bulk._values, F32, x, y)
+    assert np.array_equal(ok, ok0)
+    for name, v in values0.items():
+        assert np.array_equal(values[name][ok].view(np.uint32), v[ok].view(np.uint32)), name
+
+
 @pytest.mark.parametrize("fmt", KERNEL_FORMATS, ids=lambda f: f.name)
 def test_fused_outcomes_with_and_without_the_kernel(fmt, monkeypatch):
     x, y = adversarial(fmt, 10, seed=3)
@@ -145,6 +170,41 @@ def test_exp_constants_are_the_correctly_rounded_values():
         assert inv == float(64 / mpmath.log(2))
     finally:
         mpmath.mp.prec = 53
+
+
+def _log_against_crmath(x: np.ndarray, one: bool) -> tuple[int, int]:
+    """(decided, undecided among normal arguments) of the kernel's float32 log (log1p with ``one``) on ``x``;
+    every decided value equal to crmath's."""
+    out, dec = np.empty_like(x), np.empty(x.size, np.uint8)
+    KERNEL.log32_many(x, out, dec, one)
+    d = dec.astype(bool)
+    ref = (crmath.log1p if one else crmath.log)(F32, x[d])
+    bad = np.flatnonzero(out[d].view(np.uint32) != ref.view(np.uint32))
+    assert not bad.size, (x[d][bad[:5]], out[d][bad[:5]], ref[bad[:5]])
+    return int(d.sum()), int((~d & (x >= np.finfo(np.float32).tiny) & (x < np.inf)).sum())
+
+
+@pytest.mark.parametrize("one", [False, True], ids=["log", "log1p"])
+def test_kernel_log_is_crmath_on_a_sample(one):
+    rng = np.random.default_rng(8)
+    x = np.concatenate([np.exp(rng.uniform(-87, 88, 2**19)), rng.uniform(0.5, 2, 2**18),
+                        1 + rng.uniform(-2**-10, 2**-10, 2**16), rng.uniform(0, 2**-6, 2**16),
+                        [1.0, 0.0, 2**-126, 3e38, 0.0078125, 0.0078124]]).astype(np.float32)
+    decided, undecided = _log_against_crmath(x, one)
+    assert decided >= x.size - 10
+    assert undecided <= 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("one", [False, True], ids=["log", "log1p"])
+def test_kernel_log_is_crmath_for_every_float32(one):
+    """Every positive finite float32 (and +0): the kernel's decided log / log1p are crmath's, bit for bit."""
+    undecided = 0
+    top = int(np.float32(np.inf).view(np.uint32))
+    for start in range(0, top, 2**24):
+        bits = np.arange(start, min(start + 2**24, top), dtype=np.uint32)
+        undecided += _log_against_crmath(bits.view(np.float32), one)[1]
+    assert undecided < 4000
 
 
 def _exp_against_crmath(z: np.ndarray) -> tuple[int, int]:

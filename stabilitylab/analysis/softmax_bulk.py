@@ -294,8 +294,11 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
     """(values per method, ordinary rows, loaded inputs) of the fused kernels on finite-or-not logits ``x``:
     :func:`_sums` (by the compiled kernel where it applies: :func:`_sums_kernel`), then :func:`_tail`."""
     got = _sums_kernel(fmt, x, y)
-    ok, xl, sums = _sums(fmt, x, y) if got is None else got
-    return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
+    if got is None:
+        ok, xl, sums = _sums(fmt, x, y)
+        return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
+    ok, xl, sums = got
+    return _tail_kernel(fmt, ok, sums), ok, xl
 
 
 def _sums(fmt: Format, x: np.ndarray, y: np.ndarray):
@@ -351,6 +354,27 @@ def _fix_exp(z: float) -> float:
     return float(crmath.exp(_F32[0], np.array([z], dtype=np.float32))[0])
 
 
+def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`_tail` by the compiled kernel on the (6, n) float32 ``sums`` of :func:`_sums_kernel` (``ok``
+    narrowed in place, as there): the same values and rows (its float32 log and log1p are checked against
+    crmath's; a row with an undecided one, about 1 in 10**6, is done by :func:`_tail`)."""
+    code = KERNEL_FORMATS[fmt.name]
+    n = sums.shape[1]
+    out = np.empty((4, n), dtype=np.float32)
+    flag = ok.view(np.uint8).copy()
+    log, log1p = (_table("log", fmt), _table("log1p", fmt)) if code == 0 else (np.zeros(0, np.float32),) * 2
+    softmax_kernel.load().softmax_tail(code, n, sums, log, log1p, out, flag)
+    redo = np.flatnonzero(flag == 2)
+    if redo.size:
+        sub = ok[redo].copy()
+        again = _tail(fmt, _rounder(fmt), sub, *(s[redo] for s in sums))
+        for q, name in enumerate(again):
+            out[q, redo] = again[name]
+        flag[redo] = sub
+    ok &= flag == 1
+    return {m.name: out[q] for q, m in enumerate(SOFTMAX_CE.methods)}
+
+
 def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
     """:func:`_sums` by the compiled kernel (:mod:`.softmax_kernel`): float32 logits in bfloat16 or float32;
     None where it does not apply or is not built.  The rows it leaves to numpy (flag 2) are computed by
@@ -379,7 +403,7 @@ def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
             xl[redo] = xl_r
         for q, v in enumerate(sums_r):
             out[q, redo] = v
-    return ok, xl, tuple(out)
+    return ok, xl, out
 
 
 def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None,

@@ -24,9 +24,9 @@ import os
 import mpmath
 import numpy as np
 
-__all__ = ["API", "load", "exp_constants", "argmax_rows"]
+__all__ = ["API", "load", "exp_constants", "log_constants", "argmax_rows"]
 
-API = 1
+API = 2
 """The kernel API this package calls (the C module's ``API``)."""
 
 _loaded: list = []  # [module or None], once per process
@@ -40,6 +40,20 @@ def exp_constants() -> tuple[np.ndarray, float, float, float]:
     c = ctx.log(2) / 64
     c_hi = float(ctx.nint(c * 2**44)) / 2.0**44  # (ln2/64 is in [2**-7, 2**-6): 38 significant bits)
     return table, float(64 / ctx.log(2)), c_hi, float(c - c_hi)
+
+
+def log_constants() -> tuple[np.ndarray, float, float]:
+    """``(LOG_C, ln2_hi, ln2_lo)`` for the kernel's float32 log: ``log(i / 128)`` correctly rounded for i in
+    [90, 180] (0 elsewhere: not read), and ln 2 split into a 40-bit ``ln2_hi`` (``e ln2_hi`` exact for
+    ``|e| < 2**13``) and the float64 nearest to the rest; made with mpmath."""
+    ctx = mpmath.MPContext()
+    ctx.prec = 200
+    table = np.zeros(256, dtype=np.float64)
+    for i in range(90, 181):
+        table[i] = float(ctx.log(ctx.mpf(i) / 128))
+    ln2 = ctx.log(2)
+    hi = float(ctx.nint(ln2 * 2**40)) / 2.0**40
+    return table, hi, float(ln2 - hi)
 
 
 def load():
@@ -56,6 +70,8 @@ def load():
         if module is not None:
             table, inv, hi, lo = exp_constants()
             module.set_exp_constants(table.tobytes(), inv, hi, lo)
+            table, hi, lo = log_constants()
+            module.set_log_constants(table.tobytes(), hi, lo)
         _loaded.append(module)
     return _loaded[0]
 
