@@ -360,7 +360,7 @@ def compile_package() -> str:
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=ROOT,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probe = subprocess.run([sys.executable, "-c", "from stabilitylab.analysis import softmax_kernel as k; "
+    probe = subprocess.run([sys.executable, "-c", "from stabilitylab.numerics import kernel as k; "
                             "print(k.load() is not None)"], cwd=ROOT, capture_output=True, text=True)
     if probe.stdout.strip() == "True":
         return "Compiled kernel: present (`_stabilitylab_kernels`, built in place; bfloat16 and float32 sums)."

@@ -2,7 +2,7 @@
  *
  * One function does what stabilitylab/analysis/softmax_bulk.py's numpy code does for a block of rows of
  * float32 logits in bfloat16 or float32 (see that module's docstring for the operations, and
- * stabilitylab/analysis/softmax_kernel.py for how it is called): per row, the logits stored in the format
+ * stabilitylab/numerics/kernel.py and analysis/softmax_bulk.py for how it is called): per row, the logits stored in the format
  * (xl), their max m and first argmax k, z = rnd(xl - m), ez = exp(z), ex = exp(xl), the pairwise trees
  * S = T(ez), Sn = T(ex), S1 = T(ez with ez_k = 0), and ez_y, ex_y, z_y at the label y.  Every operation is the
  * numpy path's on the same operands, rounded the same way, so the results are the same bit for bit:
@@ -27,7 +27,7 @@
 #include <string.h>
 #include <math.h>
 
-#define KERNEL_API 2 /* softmax_kernel.py loads this module only when its API number matches */
+#define KERNEL_API 2 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }

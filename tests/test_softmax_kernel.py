@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from test_softmax_bulk import adversarial
 
-from stabilitylab.analysis import softmax_bulk, softmax_kernel
+from stabilitylab.analysis import softmax_bulk
 from stabilitylab.experiments.base import ParamNames
 from stabilitylab.experiments.softmax_ce import Logits
 from stabilitylab.numerics import crmath
+from stabilitylab.numerics import kernel as softmax_kernel
 from stabilitylab.numerics.formats import FORMATS
 
 KERNEL = softmax_kernel.load()

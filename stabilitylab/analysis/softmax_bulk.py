@@ -57,10 +57,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits, max_argmax_short
-from ..numerics import crmath
+from ..numerics import crmath, kernel
 from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
 from ..numerics.formats import Format
-from . import softmax_kernel
 from .engine import _classified, evaluate
 from .outcome import Outcome, gather
 
@@ -329,7 +328,7 @@ def _sums(fmt: Format, x: np.ndarray, y: np.ndarray):
 
 
 KERNEL_FORMATS = {"bfloat16": 0, "float32": 1}
-"""Formats of the compiled kernel (:mod:`.softmax_kernel`), with its code for each."""
+"""Formats of the compiled kernel (:mod:`~stabilitylab.numerics.kernel`), with its code for each."""
 
 FIX_BUDGET = 256
 """At most this many of the kernel's undecided float32 exps per call are computed by crmath one by one (the
@@ -343,7 +342,7 @@ def kernel_covers(fmt: Format, ftz: bool, dtype: np.dtype) -> bool:
     """Whether the compiled kernel computes :func:`_sums` of blocks of ``dtype`` logits in ``fmt`` here (built
     and loaded, a format of :data:`KERNEL_FORMATS`, float32 logits, no flush to zero)."""
     return (fmt.name in KERNEL_FORMATS and supported(fmt, ftz) and np.dtype(dtype) == np.float32
-            and softmax_kernel.load() is not None)
+            and kernel.load() is not None)
 
 
 def _fix_exp(z: float) -> float:
@@ -363,7 +362,7 @@ def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.
     out = np.empty((4, n), dtype=np.float32)
     flag = ok.view(np.uint8).copy()
     log, log1p = (_table("log", fmt), _table("log1p", fmt)) if code == 0 else (np.zeros(0, np.float32),) * 2
-    softmax_kernel.load().softmax_tail(code, n, sums, log, log1p, out, flag)
+    kernel.load().softmax_tail(code, n, sums, log, log1p, out, flag)
     redo = np.flatnonzero(flag == 2)
     if redo.size:
         sub = ok[redo].copy()
@@ -376,14 +375,15 @@ def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.
 
 
 def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
-    """:func:`_sums` by the compiled kernel (:mod:`.softmax_kernel`): float32 logits in bfloat16 or float32;
+    """:func:`_sums` by the compiled kernel (:mod:`~stabilitylab.numerics.kernel`): float32 logits in bfloat16 or
+    float32;
     None where it does not apply or is not built.  The rows it leaves to numpy (flag 2) are computed by
     :func:`_sums` and put in place: the same values either way (the kernel's are the numpy path's, bit for
     bit; tests/test_softmax_kernel.py)."""
     code = KERNEL_FORMATS.get(fmt.name)
     if code is None or x.dtype != np.float32 or not x.size:
         return None
-    module = softmax_kernel.load()
+    module = kernel.load()
     if module is None:
         return None
     x = np.ascontiguousarray(x)

@@ -60,13 +60,13 @@ from ..errors import InputError
 from ..experiments.base import Experiment, ParamNames
 from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits
 from ..io.sources import default_rows_per_chunk
-from ..numerics import reference
+from ..numerics import kernel, reference
 from ..numerics.agreement import identical, within_one_ulp, within_tolerance
 from ..numerics.arith import BLOCK_COUNTS, Arith
 from ..numerics.formats import FORMATS, Format
 from ..numerics.policies import block_of, format_or_policy
 from ..numerics.wide import wide_dtype
-from . import softmax_bulk, softmax_kernel
+from . import softmax_bulk
 from .engine import _classified, evaluate, relative_change
 from .outcome import METHOD_FAILURES, STATUSES, Outcome
 from .parallel import fork_pool, worker_count
@@ -431,10 +431,11 @@ def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
     """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
     every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
     :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices); wider
-    rows by the compiled kernel where it is loaded (:func:`softmax_kernel.argmax_rows`: the same indices)."""
+    rows by the compiled kernel where it is loaded (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same
+    indices)."""
     if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:  # (~8 ns a row of 10; the kernel's, ~24: numpy here)
         return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
-    got = softmax_kernel.argmax_rows(x)
+    got = kernel.argmax_rows(x)
     if got is not None:
         return got
     return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
@@ -543,9 +544,9 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     methods = experiment.method_names
     black_box = tuple(m.name for m in experiment.methods if m.black_box)
     if rows_per_chunk is None:
-        kernel = experiment is SOFTMAX_CE and formats and all(
+        by_kernel = experiment is SOFTMAX_CE and formats and all(
             softmax_bulk.kernel_covers(f, ftz, getattr(source, "block_dtype", np.float64)) for f in formats)
-        rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES_KERNEL if kernel else CHUNK_VALUES)
+        rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES_KERNEL if by_kernel else CHUNK_VALUES)
     if workers is None:
         workers = worker_count()
     if source.rows * source.classes < 2**20 or black_box or source.rows <= rows_per_chunk or source.classes > WIDE_ROW:
