@@ -7,14 +7,26 @@ from setuptools.command.build_ext import build_ext
 
 
 class BuildExt(build_ext):
-    """Adds gcc/clang flags that keep the arithmetic IEEE round-to-nearest (no contraction into FMA, no fast-math)
-    there; ``-fno-trapping-math`` (after ``-fno-fast-math``, which would turn trapping back on) only lets the
-    compiler compute both sides of a select, which changes no value, so that the loops vectorize."""
+    """IEEE round-to-nearest arithmetic whatever the environment's flags say: gcc/clang get ``-O3`` (CFLAGS in
+    the environment replace Python's own, -O3 included), no contraction into FMA, no fast-math (its flags are
+    removed from the compile and link commands too: linking gcc's crtfastmath.o turns on flush to zero for the
+    whole process; the module also refuses to load if it finds that on); ``-fno-trapping-math`` (after
+    ``-fno-fast-math``, which would turn trapping back on) only lets the compiler compute both sides of a select,
+    which changes no value, so that the loops vectorize.  Always rebuilt (``force``): a stale object in ``build/``
+    is never installed."""
+
+    UNSAFE = ("-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only", "-fno-signed-zeros",
+              "-freciprocal-math", "-fassociative-math")
 
     def build_extensions(self):
+        self.force = True
         if self.compiler.compiler_type == "unix":
+            for name in ("compiler_so", "linker_so", "compiler", "linker_exe"):
+                command = getattr(self.compiler, name, None)
+                if command:
+                    setattr(self.compiler, name, [a for a in command if a not in self.UNSAFE])
             for ext in self.extensions:
-                ext.extra_compile_args += ["-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math"]
+                ext.extra_compile_args += ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math"]
         super().build_extensions()
 
 

@@ -14,11 +14,12 @@
  *   - exp in float32: exp32 below, a float64 evaluation whose correct rounding is decided from its bits as
  *     crmath._decided_by_bits decides it (with this evaluation's own error bound, EXP32_REL_ERROR); an
  *     undecided value is computed by the caller's crmath (the `fix` callable) and is very rare.
+ *   - log and log1p in float32 (the tail): log32 / log1p32 below, decided the same way.
  *
  * A row is marked (flag) 1 when nothing the numpy path checks for an ordinary row failed here (stored
  * logits within range and not lost, every exp in (0, inf)); 0 when one of those checks failed (the row is
  * not ordinary: the caller sends it to the general engine, whatever the values here are); 2 when this kernel
- * left the row to the numpy path (an exp whose result is subnormal, or more undecided exps than the budget).
+ * left the row to the numpy path (an undecided exp beyond the budget of crmath calls).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,8 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
-#define KERNEL_API 2 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 3 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -49,10 +53,12 @@ static inline float rnd_bf16(float y) {
  * correctly rounded (passed in: made with mpmath).  Relative error of w below 4 * 2**-53 (T 2**-53, the
  * polynomial's truncation 2**-54.6, its last addition 2**-53, the product 2**-53, the rest below 2**-59):
  * within EXP32_REL_ERROR = 2**-50.  Decision as crmath._decided_by_bits: with L the 29 dropped bits of w and
- * w's exponent E in [-126, 127), |L - 2**28| > ceil(2**-50 * 2**53) + 1 = 9 means no float32 rounding
+ * w's exponent E in [-126, 128), |L - 2**28| > ceil(2**-50 * 2**53) + 1 = 9 means no float32 rounding
  * boundary lies within the error of w, and the cast (float)w is the correctly rounded value.  (crmath also
- * leaves E = -126 aside; its proof holds there too: below 2**-126, a float32, the nearest midpoint is
- * 2**-150 below it, 2**28 ulps of w away.)  The caller checks every float32 argument's result against crmath
+ * leaves E = -126 and E = 127 aside; its proof holds there too: below 2**-126, a float32, the nearest midpoint
+ * is 2**-150 below it, 2**28 ulps of w away; in the top binade the overflow threshold max + ulp/2 is the
+ * midpoint above max, of the same dropped bits, and the cast rounds beyond it to inf.)  Subnormal results
+ * (E < -126): decided where w 2**149 is farther than its error from the nearest half-integer.  The caller checks every float32 argument's result against crmath
  * (tests/test_softmax_kernel.py, exhaustively in the slow run).
  *
  * Written without branches or calls (k from the bits of x/c + 1.5 2**52, 2**e from k's bits) so that the
@@ -88,10 +94,17 @@ static inline void exp32_block(const float *restrict z, float *restrict out, uin
         uint64_t j = k & 63;
         double w = EXP_T[j] * p * d_of(((k - j) << 46) + (1023ull << 52)); /* 2**e: (e + 1023) << 52 */
         uint64_t u = dbits_of(w);
-        uint64_t E = (u >> 52) & 0x7FF; /* biased: 897 .. 1149 for [-126, 127) */
+        uint64_t E = (u >> 52) & 0x7FF; /* biased: 897 .. 1150 for [-126, 128) */
         uint64_t L = (u & ((1ull << 29) - 1)) - ((1ull << 28) - EXP32_SLACK); /* wraps below */
+        /* subnormal results (w < 2**-126): u = w 2**149 in units of the spacing 2**-149, q = rint(u) (|u| < 2**23:
+         * the shift rounds to an integer), decided where the nearest rounding boundary q +- 1/2 is farther from u
+         * than w's error, 2**-50 u (u - q is exact) */
+        double u2 = w * 7.1362384635297994e44; /* 2**149 */
+        double q = (u2 + shift) - shift;
+        double gap = 0.5 - fabs(u2 - q);
+        int sub = (E < 1023 - 126) & (gap > u2 * 8.881784197001252e-16 + 1e-30); /* 2**-50 u */
         out[i] = (float)w;
-        dec[i] = (uint8_t)((E >= 1023 - 126) & (E < 1023 + 127) & (L > 2 * EXP32_SLACK)
+        dec[i] = (uint8_t)((((E >= 1023 - 126) & (E < 1023 + 128) & (L > 2 * EXP32_SLACK)) | sub)
                            & (x > -104.0) & (x < 89.0));
     }
 }
@@ -427,7 +440,7 @@ static PyObject *softmax_sums(PyObject *self, PyObject *args) {
                           &budget))
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / K;
+    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / (K > 0 ? K : 1);
     float *a = NULL, *e = NULL, *b = NULL, *t = NULL, *m = NULL;
     Py_ssize_t *top = NULL;
     uint8_t *dec = NULL;
@@ -745,6 +758,18 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stabilitylab_kernel
                                     "stabilitylab's optional compiled kernel (csrc/softmax_values.c)", -1, methods};
 
 PyMODINIT_FUNC PyInit__stabilitylab_kernels(void) {
+#if defined(__SSE__) || defined(__x86_64__)
+    /* A build linked with -ffast-math / -Ofast sets flush-to-zero and denormals-are-zero when it is loaded (gcc's
+     * crtfastmath.o), for the whole process: every subnormal result of stabilitylab would change.  Undo it and
+     * refuse to load (setup.py strips those flags; this catches a build made otherwise). */
+    unsigned int csr = _mm_getcsr();
+    if (csr & 0x8040u) {
+        _mm_setcsr(csr & ~0x8040u);
+        PyErr_SetString(PyExc_ImportError, "_stabilitylab_kernels was built with fast-math (flush to zero): "
+                                           "rebuild it without -ffast-math / -Ofast");
+        return NULL;
+    }
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "API", KERNEL_API) < 0) {
         Py_DECREF(m);

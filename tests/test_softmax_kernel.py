@@ -6,7 +6,11 @@ checks that it is there)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -89,8 +93,8 @@ def test_kernel_short_rows_in_tiles(fmt):
 
 
 def test_kernel_rows_left_to_numpy(monkeypatch):
-    """float32 exps with subnormal results (z in (-104, -87)) are left to numpy (flag 2) and put in place;
-    undecided exps of normal results go to crmath one by one until the budget is spent, then to numpy."""
+    """float32 exps with subnormal results (z in (-104, -87)) are decided by the kernel too; undecided exps go to
+    crmath one by one until the budget is spent, then their rows to numpy (flag 2), put in place."""
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((300, 9)) * 2).astype(np.float32)
     x[::5, 3] = np.float32(-95.5)  # shifted exp subnormal: left to numpy
@@ -257,3 +261,35 @@ def test_kernel_argmax_is_numpys(classes):
     x[7, 0], x[7, 1:] = np.nan, -np.inf
     want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
     assert np.array_equal(softmax_kernel.argmax_rows(x), want)
+
+
+C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
+C_SOURCE_SHA256 = "baacdb39fe2b37878a632030932090ddea79ae73af1884673e43e65d2f2e5915"
+
+
+def test_the_c_file_is_the_one_of_this_api_number():
+    """A change to csrc/softmax_values.c must bump KERNEL_API there and kernel.API (a stale build of the same
+    number would be loaded and called with the new arguments), then pin the new hash here."""
+    assert softmax_kernel.API == 3
+    assert f"#define KERNEL_API {softmax_kernel.API} " in C_SOURCE.read_text()
+    assert hashlib.sha256(C_SOURCE.read_bytes()).hexdigest() == C_SOURCE_SHA256
+
+
+def test_loading_the_kernel_leaves_subnormals_alone():
+    """A build linked with fast-math would flush subnormals to zero in the whole process when loaded."""
+    code = ("import numpy as np\nfrom stabilitylab.numerics import kernel\nassert kernel.load() is not None\n"
+            "print(float(np.float32(1e-40) * np.float32(1)), float(np.float64(1e-310) * 1.0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) > 0 and float(out[1]) > 0
+
+
+def test_version_says_whether_the_kernel_is_in_use(monkeypatch):
+    from click.testing import CliRunner
+
+    from stabilitylab.cli import cli
+
+    got = CliRunner().invoke(cli, ["--version"])
+    assert got.exit_code == 0 and "compiled kernel: in use (" in got.output, got.output
+    monkeypatch.setenv("STABILITYLAB_KERNEL", "0")
+    got = CliRunner().invoke(cli, ["--version"])
+    assert "compiled kernel: off (STABILITYLAB_KERNEL=0)" in got.output

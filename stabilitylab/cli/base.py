@@ -122,8 +122,9 @@ def _print_version(ctx: click.Context, param, value: bool) -> None:
     """--version (click's version_option would read the package metadata at every start)."""
     if value and not ctx.resilient_parsing:
         from ..io.environment import package_version
+        from ..numerics import kernel
 
-        click.echo(f"stabilitylab, version {package_version()}", color=ctx.color)
+        click.echo(f"stabilitylab, version {package_version()}\n{kernel.status()}", color=ctx.color)
         ctx.exit()
 
 

@@ -9,8 +9,10 @@ are the same bit for bit; tests/test_softmax_kernel.py checks that against the n
 kernel's float32 exp against :mod:`~stabilitylab.numerics.crmath` (every float32 argument in the slow run).
 
 :func:`load` returns the module, or None where it is not built (no compiler at install time), is of another
-API version (a stale build), or is switched off with the environment variable ``STABILITYLAB_KERNEL=0``
-(the numpy path then runs: the same output, slower).
+API version or lacks a function (a stale build), fails to import (a build with fast-math refuses to load: it
+would flush subnormals to zero in the whole process), or is switched off with the environment variable
+``STABILITYLAB_KERNEL=0`` (the numpy path then runs: the same output, slower).  :func:`status` says which, and
+``stabilitylab --version`` prints it.
 
 The float32 exp's constants are made here with mpmath (:func:`exp_constants`), not typed into the C file:
 ``T[j] = 2**(j/64)`` correctly rounded, ``64 / ln 2``, and ``ln 2 / 64`` split into a 38-bit ``c_hi``
@@ -24,12 +26,17 @@ import os
 import mpmath
 import numpy as np
 
-__all__ = ["API", "load", "exp_constants", "log_constants", "argmax_rows"]
+__all__ = ["API", "FUNCTIONS", "load", "status", "exp_constants", "log_constants", "argmax_rows"]
 
-API = 2
-"""The kernel API this package calls (the C module's ``API``)."""
+API = 3
+"""The kernel API this package calls (the C module's ``API``; tests/test_softmax_kernel.py pins the C file's hash
+beside it, so that a change to the C file cannot keep the number)."""
 
-_loaded: list = []  # [module or None], once per process
+FUNCTIONS = ("softmax_sums", "softmax_tail", "argmax_rows", "exp32_many", "log32_many", "set_exp_constants",
+             "set_log_constants")
+"""What this package calls in the module: a build without one of them is not loaded."""
+
+_loaded: list = []  # [(module or None, why)], once per process
 
 
 def exp_constants() -> tuple[np.ndarray, float, float, float]:
@@ -57,23 +64,42 @@ def log_constants() -> tuple[np.ndarray, float, float]:
 
 
 def load():
-    """The compiled module with its constants set, or None (see the module)."""
+    """The compiled module with its constants set, or None (see the module and :func:`status`)."""
     if os.environ.get("STABILITYLAB_KERNEL", "1") == "0":
         return None
     if not _loaded:
-        try:
-            import _stabilitylab_kernels as module
-        except ImportError:
-            module = None
-        if module is not None and getattr(module, "API", None) != API:
-            module = None
-        if module is not None:
-            table, inv, hi, lo = exp_constants()
-            module.set_exp_constants(table.tobytes(), inv, hi, lo)
-            table, hi, lo = log_constants()
-            module.set_log_constants(table.tobytes(), hi, lo)
-        _loaded.append(module)
-    return _loaded[0]
+        _loaded.append(_import())
+    return _loaded[0][0]
+
+
+def _import():
+    """(module, "") or (None, why not)."""
+    try:
+        import _stabilitylab_kernels as module
+    except ImportError as e:  # (not built; or built with fast-math: its own message)
+        return None, "not built" if "No module named" in str(e) else f"not loaded: {e}"
+    except Exception as e:  # a broken build: never a crash of the command
+        return None, f"not loaded: {type(e).__name__}: {e}"
+    if getattr(module, "API", None) != API or not all(hasattr(module, f) for f in FUNCTIONS):
+        return None, f"not loaded: API {getattr(module, 'API', None)} at {module.__file__}, this package calls {API}"
+    try:
+        table, inv, hi, lo = exp_constants()
+        module.set_exp_constants(table.tobytes(), inv, hi, lo)
+        table, hi, lo = log_constants()
+        module.set_log_constants(table.tobytes(), hi, lo)
+    except Exception as e:
+        return None, f"not loaded: {type(e).__name__}: {e}"
+    return module, ""
+
+
+def status() -> str:
+    """One line: whether the compiled kernel is in use, and if not why (``stabilitylab --version`` prints it)."""
+    if os.environ.get("STABILITYLAB_KERNEL", "1") == "0":
+        return "compiled kernel: off (STABILITYLAB_KERNEL=0)"
+    module = load()
+    if module is not None:
+        return f"compiled kernel: in use ({module.__file__})"
+    return f"compiled kernel: {_loaded[0][1]} (the numpy path runs: the same output, slower)"
 
 
 def argmax_rows(x: np.ndarray) -> np.ndarray | None:
