@@ -31,7 +31,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 3 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 4 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -701,6 +701,95 @@ static PyObject *set_log_constants(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------ reference
+ * The float64 reference of bfloat16 / float16 / float32 (experiments/softmax_ce.fast_cross_entropy in float64)
+ * but its exps, which stay numpy's (np.exp, whose values the general engine's reference uses too): ref_terms
+ * writes, per row of float32 logits, t_i = x_i - m in float64 (m = x_top, top the first maximum: np.argmax's)
+ * with t_top = -inf (so that e^t_top is the +0 the numpy path puts there), gap = -(x_y - m), m and top; the
+ * caller takes np.exp(t) in place; ref_tree then sums each row's terms pairwise, level by level, an odd level's
+ * last term added to +0 (softmax_ce._tree_sum's tree).  The same float64 operations on the same operands as the
+ * numpy path, so the same values.  ref_terms returns 0 (nothing usable) if a logit is not finite: the numpy path
+ * then takes the chunk as a whole, as it does itself. */
+CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *restrict L, const int64_t *restrict y,
+                                  double *restrict t, double *restrict gap, double *restrict mo, int64_t *restrict top) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *li = L + i * K;
+        double *ti = t + i * K;
+        Py_ssize_t finite = 0;
+        for (Py_ssize_t j = 0; j < K; j++) finite += fabsf(li[j]) < INFINITY;
+        if (finite != K || y[i] < 0 || y[i] >= K) return 0;
+        float mf;
+        Py_ssize_t k = first_max(li, K, &mf);
+        double m = (double)mf;
+        for (Py_ssize_t j = 0; j < K; j++) ti[j] = (double)li[j] - m;
+        gap[i] = -ti[y[i]];
+        ti[k] = -INFINITY;
+        mo[i] = m;
+        top[i] = (int64_t)k;
+    }
+    return 1;
+}
+
+CLONES static void ref_tree_block(Py_ssize_t rows, Py_ssize_t K, const double *restrict t, double *restrict b,
+                                  double *restrict c, double *restrict total) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const double *src = t + i * K;
+        double *dst = b, *other = c;
+        Py_ssize_t n = K;
+        while (n > 1) {
+            Py_ssize_t h = n >> 1;
+            for (Py_ssize_t q = 0; q < h; q++) dst[q] = src[2 * q] + src[2 * q + 1];
+            if (n & 1) dst[h++] = src[n - 1] + 0.0;
+            src = dst;
+            dst = other;
+            other = (double *)src;
+            n = h;
+        }
+        total[i] = src[0];
+    }
+}
+
+/* ref_terms(rows, K, L float32, y int64, t float64 (rows K), gap, m float64, top int64) -> bool */
+static PyObject *ref_terms(PyObject *self, PyObject *args) {
+    Py_ssize_t rows, K;
+    Py_buffer lb, yb, tb, gb, mb, kb;
+    if (!PyArg_ParseTuple(args, "nny*y*w*w*w*w*", &rows, &K, &lb, &yb, &tb, &gb, &mb, &kb)) return NULL;
+    PyObject *result = NULL;
+    if (rows < 0 || K < 1 || lb.len != rows * K * 4 || yb.len != rows * 8 || tb.len != rows * K * 8
+        || gb.len != rows * 8 || mb.len != rows * 8 || kb.len != rows * 8) {
+        PyErr_SetString(PyExc_ValueError, "ref_terms: buffers of the wrong size");
+    } else {
+        result = PyBool_FromLong(ref_terms_block(rows, K, (const float *)lb.buf, (const int64_t *)yb.buf,
+                                                 (double *)tb.buf, (double *)gb.buf, (double *)mb.buf,
+                                                 (int64_t *)kb.buf));
+    }
+    PyBuffer_Release(&lb); PyBuffer_Release(&yb); PyBuffer_Release(&tb);
+    PyBuffer_Release(&gb); PyBuffer_Release(&mb); PyBuffer_Release(&kb);
+    return result;
+}
+
+/* ref_tree(rows, K, t float64 (rows K), total float64 (rows)) */
+static PyObject *ref_tree(PyObject *self, PyObject *args) {
+    Py_ssize_t rows, K;
+    Py_buffer tb, ob;
+    if (!PyArg_ParseTuple(args, "nny*w*", &rows, &K, &tb, &ob)) return NULL;
+    PyObject *result = NULL;
+    double *b = NULL, *c = NULL;
+    if (rows < 0 || K < 1 || tb.len != rows * K * 8 || ob.len != rows * 8) {
+        PyErr_SetString(PyExc_ValueError, "ref_tree: buffers of the wrong size");
+    } else if (!(b = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))
+               || !(c = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))) {
+        PyErr_NoMemory();
+    } else {
+        ref_tree_block(rows, K, (const double *)tb.buf, b, c, (double *)ob.buf);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    free(b); free(c);
+    PyBuffer_Release(&tb); PyBuffer_Release(&ob);
+    return result;
+}
+
 static PyObject *set_exp_constants(PyObject *self, PyObject *args) {
     Py_buffer tb;
     double inv, hi, lo;
@@ -750,6 +839,8 @@ static PyMethodDef methods[] = {
      "softmax_tail(kind, n, sums, log table, log1p table, out, flag): the four methods' values from the sums"},
     {"log32_many", log32_many, METH_VARARGS, "log32_many(x, out, decided, log1p)"},
     {"set_log_constants", set_log_constants, METH_VARARGS, "set_log_constants(log c for c = i/128, ln2_hi, ln2_lo)"},
+    {"ref_terms", ref_terms, METH_VARARGS, "ref_terms(rows, K, L, y, t, gap, m, top) -> all finite"},
+    {"ref_tree", ref_tree, METH_VARARGS, "ref_tree(rows, K, t, total): each row's pairwise sum"},
     {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
     {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
     {NULL, NULL, 0, NULL}};

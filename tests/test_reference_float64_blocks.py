@@ -250,6 +250,7 @@ def _check(x: np.ndarray, y: np.ndarray, dtype=np.float64, blocked: bool | None 
     used = []
     short, wide = softmax_ce._float64_short, softmax_ce._float64_wide
     with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
+        mp.setenv("STABILITYLAB_KERNEL", "0")  # (the numpy blocks; tests/test_softmax_kernel.py: the kernel's)
         mp.setattr(softmax_ce, "_float64_short", lambda *a: used.append(short(*a)) or used[-1])
         mp.setattr(softmax_ce, "_float64_wide", lambda *a: used.append(wide(*a)) or used[-1])
         new = softmax_ce.fast_cross_entropy(cases, dtype=dtype)
@@ -358,6 +359,7 @@ def test_the_comparison_sees_another_order_of_the_sum(monkeypatch):
     order), or the short rows' argmax replaced by the argmin, rows differ.  (Rows whose loss ~ the sum itself:
     the true class the max, the rest far below, so the sum's last bits show in the loss.)"""
     rng = np.random.default_rng(11)
+    monkeypatch.setenv("STABILITYLAB_KERNEL", "0")  # (the numpy blocks)
 
     def differs(k: int) -> bool:
         x = (rng.standard_normal((16, k)) - 20).astype(np.float32)

@@ -25,7 +25,7 @@ import mpmath
 import numpy as np
 from mpmath.libmp import from_float, mpf_exp, mpf_sub, mpf_sum
 
-from ..numerics import blockscale
+from ..numerics import blockscale, kernel
 from ..numerics.arith import Arith
 from ..numerics.formats import Format
 from ..numerics.reference import exp_sum_scaled, from_longdouble
@@ -645,6 +645,34 @@ def _float64_wide(L: np.ndarray, labels: np.ndarray):
     return loss, tiny, m[tiny], top[tiny]
 
 
+def _float64_kernel(L: np.ndarray, labels: np.ndarray):
+    """:func:`_float64_short` / :func:`_float64_wide`'s result on float32 logits by the compiled kernel
+    (:mod:`~stabilitylab.numerics.kernel`: ``ref_terms`` and ``ref_tree``) around numpy's own ``np.exp``, in
+    blocks of about :data:`_TILE` values; None where the kernel is not loaded, the logits are not float32 or
+    one is not finite (then the numpy way decides).  The same values bit for bit: per row ``top`` = the first
+    maximum (``np.argmax``'s), ``m = x_top``, ``x - m`` in float64 with the max's own term ``-inf`` (``np.exp``
+    gives the +0 the numpy way puts there), ``gap = -(x_y - m)``; the terms' exps by ``np.exp`` in place; the
+    row's pairwise tree of :func:`_tree_sum` (which the numpy way's blocks give too)."""
+    module = kernel.load()
+    if module is None or L.dtype != np.float32:
+        return None
+    n, k = L.shape
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    total, gap, m = np.empty(n), np.empty(n), np.empty(n)
+    top = np.empty(n, dtype=np.int64)
+    rows = max(1, _TILE // k)
+    buf = np.empty(min(n, rows) * k)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        t = buf[:(r1 - r0) * k]
+        if not module.ref_terms(r1 - r0, k, L[r0:r1], labels[r0:r1], t, gap[r0:r1], m[r0:r1], top[r0:r1]):
+            return None
+        np.exp(t, out=t)
+        module.ref_tree(r1 - r0, k, t, total[r0:r1])
+    loss, tiny = _loss(total, gap, k, np.float64)
+    return loss, tiny, m[tiny], top[tiny].astype(np.intp)
+
+
 def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     """log1p(sum_{i != k} e^(x_i - m)) + (m - x_y) in ``dtype`` (longdouble, or float64 for
     inputs of at most 24 bits).  In longdouble x_i - m is split exactly into float64 hi + lo
@@ -666,7 +694,9 @@ def fast_cross_entropy(x: Loaded, dtype=np.longdouble):
     wide = np.dtype(dtype)
     if wide == np.dtype(np.float64) and x.logits.dtype in (np.float32, np.float64) and x.logits.size:
         L = np.ascontiguousarray(x.logits)
-        got = (_float64_short if k <= _SHORT else _float64_wide)(L, x.labels)
+        got = _float64_kernel(L, x.labels)
+        if got is None:
+            got = (_float64_short if k <= _SHORT else _float64_wide)(L, x.labels)
         if got is not None:
             return _finished(L, k, np.ones(len(L), dtype=bool), *got)
     if k > _BLOCK and len(x.logits) == 1 and x.logits.dtype in (np.float32, np.float64):

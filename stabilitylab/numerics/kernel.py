@@ -28,12 +28,12 @@ import numpy as np
 
 __all__ = ["API", "FUNCTIONS", "load", "status", "exp_constants", "log_constants", "argmax_rows"]
 
-API = 3
+API = 4
 """The kernel API this package calls (the C module's ``API``; tests/test_softmax_kernel.py pins the C file's hash
 beside it, so that a change to the C file cannot keep the number)."""
 
-FUNCTIONS = ("softmax_sums", "softmax_tail", "argmax_rows", "exp32_many", "log32_many", "set_exp_constants",
-             "set_log_constants")
+FUNCTIONS = ("softmax_sums", "softmax_tail", "argmax_rows", "ref_terms", "ref_tree", "exp32_many", "log32_many",
+             "set_exp_constants", "set_log_constants")
 """What this package calls in the module: a build without one of them is not loaded."""
 
 _loaded: list = []  # [(module or None, why)], once per process
