@@ -80,33 +80,47 @@ static int exp_ready = 0;
 #endif
 
 /* out[i] = exp32(z[i]) and dec[i] = 1 where decided (0: undecided, a subnormal or huge result) */
-static inline void exp32_block(const float *restrict z, float *restrict out, uint8_t *restrict dec,
-                               Py_ssize_t n) {
+INLINE double exp32_wide(float z) {
     const double shift = 6755399441055744.0; /* 1.5 * 2**52: adding and subtracting it rounds to an integer */
     const uint64_t shift_bits = 0x4338000000000000ull;
+    double x = (double)z;
+    double t = x * EXP_INV + shift;
+    double kd = t - shift;
+    uint64_t k = dbits_of(t) - shift_bits; /* k mod 2**64 */
+    double r = (x - kd * EXP_HI) - kd * EXP_LO;
+    double p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))));
+    uint64_t j = k & 63;
+    return EXP_T[j] * p * d_of(((k - j) << 46) + (1023ull << 52)); /* 2**e: (e + 1023) << 52 */
+}
+
+/* out[i] = exp32(z[i]) and dec[i] = 1 where decided by w's bits, results in [2**-126, 2**128) (0: undecided, and
+ * every subnormal or huge result: exp32_sub decides most subnormal ones, out of the hot loop) */
+static inline void exp32_block(const float *restrict z, float *restrict out, uint8_t *restrict dec,
+                               Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        double x = (double)z[i];
-        double t = x * EXP_INV + shift;
-        double kd = t - shift;
-        uint64_t k = dbits_of(t) - shift_bits; /* k mod 2**64 */
-        double r = (x - kd * EXP_HI) - kd * EXP_LO;
-        double p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))));
-        uint64_t j = k & 63;
-        double w = EXP_T[j] * p * d_of(((k - j) << 46) + (1023ull << 52)); /* 2**e: (e + 1023) << 52 */
+        double w = exp32_wide(z[i]);
         uint64_t u = dbits_of(w);
         uint64_t E = (u >> 52) & 0x7FF; /* biased: 897 .. 1150 for [-126, 128) */
         uint64_t L = (u & ((1ull << 29) - 1)) - ((1ull << 28) - EXP32_SLACK); /* wraps below */
-        /* subnormal results (w < 2**-126): u = w 2**149 in units of the spacing 2**-149, q = rint(u) (|u| < 2**23:
-         * the shift rounds to an integer), decided where the nearest rounding boundary q +- 1/2 is farther from u
-         * than w's error, 2**-50 u (u - q is exact) */
-        double u2 = w * 7.1362384635297994e44; /* 2**149 */
-        double q = (u2 + shift) - shift;
-        double gap = 0.5 - fabs(u2 - q);
-        int sub = (E < 1023 - 126) & (gap > u2 * 8.881784197001252e-16 + 1e-30); /* 2**-50 u */
         out[i] = (float)w;
-        dec[i] = (uint8_t)((((E >= 1023 - 126) & (E < 1023 + 128) & (L > 2 * EXP32_SLACK)) | sub)
-                           & (x > -104.0) & (x < 89.0));
+        dec[i] = (uint8_t)((E >= 1023 - 126) & (E < 1023 + 128) & (L > 2 * EXP32_SLACK) & (z[i] > -104.0f)
+                           & (z[i] < 89.0f));
     }
+}
+
+/* subnormal results (w < 2**-126): u = w 2**149 in units of the spacing 2**-149, q = rint(u) (|u| < 2**23: the
+ * shift rounds to an integer), decided (1, *out set) where the nearest rounding boundary q +- 1/2 is farther from
+ * u than w's error, 2**-50 u (u - q is exact) */
+static inline int exp32_sub(float z, float *out) {
+    const double shift = 6755399441055744.0;
+    double w = exp32_wide(z);
+    double u = w * 7.1362384635297994e44; /* 2**149 */
+    double q = (u + shift) - shift;
+    if (z > -104.0f && w < 1.1754943508222875e-38 && 0.5 - fabs(u - q) > u * 8.881784197001252e-16 + 1e-30) {
+        *out = (float)w;
+        return 1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ rows */
@@ -215,7 +229,7 @@ static inline int exps(Ctx *c, const float *restrict a, float *restrict e, uint8
         for (Py_ssize_t j = 0; j < n; j++) decided += dec[j];
         if (decided != n)
             for (Py_ssize_t j = 0; j < n; j++)
-                if (!dec[j] && flag[j / K] == 1) {
+                if (!dec[j] && flag[j / K] == 1 && !exp32_sub(a[j], e + j)) {
                     int got = exp_fix(c, a[j], e + j);
                     if (got < 0) return -1;
                     if (got == 0) flag[j / K] = 2;
@@ -310,7 +324,7 @@ static inline int exps_tile(Ctx *c, Tile *T, float (*a)[SHORT_R], Py_ssize_t n, 
             for (Py_ssize_t r = 0; r < n; r++) decided += dec[r];
             if (decided != n)
                 for (Py_ssize_t r = 0; r < n; r++) {
-                    if (!dec[r] && T->ok[r] == 1) {
+                    if (!dec[r] && T->ok[r] == 1 && !exp32_sub(aj[r], e + r)) {
                         int got = exp_fix(c, aj[r], e + r);
                         if (got < 0) return -1;
                         if (got == 0) T->ok[r] = 2;
@@ -808,6 +822,8 @@ static PyObject *set_exp_constants(PyObject *self, PyObject *args) {
 
 CLONES static void exp32_many_block(const float *x, float *o, uint8_t *d, Py_ssize_t n) {
     exp32_block(x, o, d, n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!d[i]) d[i] = (uint8_t)exp32_sub(x[i], o + i);
 }
 
 /* exp32 on every float32 of a buffer: out (float32) and decided (uint8), for the tests */

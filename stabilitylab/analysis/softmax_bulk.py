@@ -345,6 +345,14 @@ def kernel_covers(fmt: Format, ftz: bool, dtype: np.dtype) -> bool:
             and kernel.load() is not None)
 
 
+def warm(fmt: Format) -> None:
+    """Make the tables the kernel path reads in ``fmt`` (bfloat16's exp, log and log1p; ~18 ms) now: before
+    worker processes fork, which then share them instead of each making its own."""
+    if KERNEL_FORMATS.get(fmt.name) == 0:
+        for name in ("exp", "log", "log1p"):
+            _table(name, fmt)
+
+
 def _fix_exp(z: float) -> float:
     """crmath's float32 exp of one float32 argument (the kernel's undecided ones)."""
     if not _F32:

@@ -547,6 +547,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         by_kernel = experiment is SOFTMAX_CE and formats and all(
             softmax_bulk.kernel_covers(f, ftz, getattr(source, "block_dtype", np.float64)) for f in formats)
         rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES_KERNEL if by_kernel else CHUNK_VALUES)
+        for f in formats if by_kernel else ():
+            softmax_bulk.warm(f)  # (before the workers fork: they share the tables)
     if workers is None:
         workers = worker_count()
     if source.rows * source.classes < 2**20 or black_box or source.rows <= rows_per_chunk or source.classes > WIDE_ROW:
