@@ -350,6 +350,17 @@ def stored_beyond(fmt: Format, exact: Exact) -> np.ndarray:
         return (np.isfinite(exact.hi) & ((x > boundary) | at)) | (np.isinf(exact.hi) & (not fmt.has_inf))
 
 
+def _with_errors(v, exact, rel, ulps, bits, arith, status: np.ndarray) -> Outcome:
+    """A black box's outcome: ``status`` with the rows where the call raised set to ``error`` (their messages
+    kept), no blame."""
+    messages = np.full(v.shape, "", dtype=object)
+    if arith.errors:
+        rows = np.fromiter(arith.errors, dtype=np.int64)
+        status[rows] = _CODE["error"]
+        messages[rows] = list(arith.errors.values())
+    return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
+
+
 def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | None = None,
              black_box: bool = False, storage: bool = False) -> Outcome:
     """Apply the rule above to a batch; ``arith`` holds the events of the computation
@@ -391,12 +402,7 @@ def classify(fmt: Format, value, exact: Exact, arith: Arith, tolerance: float | 
         if stored_lost is not None:
             for name, rows in stored_lost.items():
                 status[rows] = _CODE[name]
-        messages = np.full(v.shape, "", dtype=object)
-        if arith.errors:
-            rows = np.fromiter(arith.errors, dtype=np.int64)
-            status[rows] = _CODE["error"]
-            messages[rows] = list(arith.errors.values())
-        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
+        return _with_errors(v, exact, rel, ulps, bits, arith, status)
     if any_lost:  # (the usual case has no lost value: nothing below applies)
         over, under = arith.first_step("overflow"), arith.first_step("underflow")
         pole = arith.first_step("divide_by_zero") != NEVER
@@ -441,12 +447,7 @@ def _classify_plain(fmt: Format, v: np.ndarray, exact: Exact, arith: Arith, tol:
     if _any(exact, ("unrepresentable", fmt.name), unrepresentable) or arith.input_lost.any():
         status[(v == cr) & (unrepresentable | arith.input_lost)] = _CODE["range"]
     if black_box:
-        messages = np.full(v.shape, "", dtype=object)
-        if arith.errors:
-            rows = np.fromiter(arith.errors, dtype=np.int64)
-            status[rows] = _CODE["error"]
-            messages[rows] = list(arith.errors.values())
-        return Outcome(v, None, exact, None, rel, ulps, bits, _steps(arith), messages, status)
+        return _with_errors(v, exact, rel, ulps, bits, arith, status)
     if low == 0:  # (a 0 that is not cr is lost: its cause is the first overflow / underflow event, if any)
         zeros = np.flatnonzero(v == 0)
         lost = zeros[cr[zeros] != 0]  # (v != cr where v is 0; NaN != 0 too)
