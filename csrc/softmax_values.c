@@ -1,11 +1,17 @@
 /* _stabilitylab_kernels: the optional compiled kernel of stabilitylab's bulk softmax_ce path.
  *
- * One function does what stabilitylab/analysis/softmax_bulk.py's numpy code does for a block of rows of
- * float32 logits in bfloat16 or float32 (see that module's docstring for the operations, and
- * stabilitylab/numerics/kernel.py and analysis/softmax_bulk.py for how it is called): per row, the logits stored in the format
- * (xl), their max m and first argmax k, z = rnd(xl - m), ez = exp(z), ex = exp(xl), the pairwise trees
- * S = T(ez), Sn = T(ex), S1 = T(ez with ez_k = 0), and ez_y, ex_y, z_y at the label y.  Every operation is the
- * numpy path's on the same operands, rounded the same way, so the results are the same bit for bit:
+ * It does what the numpy code does for blocks of rows of float32 logits in bfloat16 or float32 (called from
+ * stabilitylab/analysis/softmax_bulk.py, loaded by stabilitylab/numerics/kernel.py; softmax_bulk's docstring
+ * states the operations):
+ *   softmax_sums: per row, the logits stored in the format (xl), their max m and first argmax k, z = rnd(xl - m),
+ *     ez = exp(z), ex = exp(xl), the pairwise trees S = T(ez), Sn = T(ex), S1 = T(ez with ez_k = 0), and ez_y,
+ *     ex_y, z_y at the label y (softmax_bulk._sums);
+ *   softmax_tail: the four methods' values from those (softmax_bulk._tail);
+ *   ref_terms / ref_tree: the float64 reference's terms and sums around numpy's own exp
+ *     (experiments/softmax_ce.fast_cross_entropy in float64);
+ *   argmax_rows: each row's first maximum (the labels of a file without labels).
+ * Every operation is the numpy path's on the same operands, rounded the same way, so the results are the same
+ * bit for bit:
  *
  *   - float32 + - on float32 operands (x86-64 SSE arithmetic, no excess precision, no contraction: built
  *     with -ffp-contract=off, never -ffast-math);
@@ -58,8 +64,9 @@ static inline float rnd_bf16(float y) {
  * leaves E = -126 and E = 127 aside; its proof holds there too: below 2**-126, a float32, the nearest midpoint
  * is 2**-150 below it, 2**28 ulps of w away; in the top binade the overflow threshold max + ulp/2 is the
  * midpoint above max, of the same dropped bits, and the cast rounds beyond it to inf.)  Subnormal results
- * (E < -126): decided where w 2**149 is farther than its error from the nearest half-integer.  The caller checks every float32 argument's result against crmath
- * (tests/test_softmax_kernel.py, exhaustively in the slow run).
+ * (E < -126): decided where w 2**149 is farther than its error from the nearest half-integer (exp32_sub).  The
+ * caller checks every float32 argument's result against crmath (tests/test_softmax_kernel.py, exhaustively in the
+ * slow run).
  *
  * Written without branches or calls (k from the bits of x/c + 1.5 2**52, 2**e from k's bits) so that the
  * compiler vectorizes the block loops; the same IEEE operations in every lane, so the same values. */
@@ -490,7 +497,8 @@ static PyObject *softmax_sums(PyObject *self, PyObject *args) {
     } else
     for (Py_ssize_t i = 0; i < rows; i += B) {
         Py_ssize_t here = rows - i < B ? rows - i : B;
-        if (rows_block(&c, x + i * K, xl ? xl + i * K : NULL, here, K, y + i, a, e, b, t, dec, m, top, flag + i, o + i, rows) < 0)
+        if (rows_block(&c, x + i * K, xl ? xl + i * K : NULL, here, K, y + i, a, e, b, t, dec, m, top, flag + i,
+                       o + i, rows) < 0)
             goto done;
     }
     result = PyLong_FromSsize_t(budget - c.budget);
@@ -531,7 +539,8 @@ static PyObject *argmax_rows(PyObject *self, PyObject *args) {
  *
  * log32: log a for a positive finite float64 a (a float32, or 1 + S1).  a = 2**e m with m in [0.703125,
  * 1.40625) (m >= 1.40625 halved), c = i / 128 with i = rint(128 m) (so c is exact and m - c too: |m - c| <=
- * 2**-8, both multiples of 2**-53), r = (m - c) (1 / c) rounded twice (within 2**-52 |r|; |r| < 0.0056), log a = e ln2 + log c + log1p(r)
+ * 2**-8, both multiples of 2**-53), r = (m - c) (1 / c) rounded twice (within 2**-52 |r|; |r| < 0.0056),
+ * log a = e ln2 + log c + log1p(r)
  * with log1p(r) by its Taylor series to r**7 (truncation below 2**-63 |r|... |r|**8 / 8 < 2**-62), ln2 = L_HI + L_LO
  * (L_HI of 40 bits: e L_HI exact) and log c from a table made with mpmath (correctly rounded).  Where e != 0,
  * |log a| >= 0.33 and |e ln2| + |log c| <= 3.1 |log a|; where e = 0 and c != 1, |log a| >= |log c| / 2; c = 1
@@ -724,8 +733,9 @@ static PyObject *set_log_constants(PyObject *self, PyObject *args) {
  * last term added to +0 (softmax_ce._tree_sum's tree).  The same float64 operations on the same operands as the
  * numpy path, so the same values.  ref_terms returns 0 (nothing usable) if a logit is not finite: the numpy path
  * then takes the chunk as a whole, as it does itself. */
-CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *restrict L, const int64_t *restrict y,
-                                  double *restrict t, double *restrict gap, double *restrict mo, int64_t *restrict top) {
+CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *restrict L,
+                                  const int64_t *restrict y, double *restrict t, double *restrict gap,
+                                  double *restrict mo, int64_t *restrict top) {
     for (Py_ssize_t i = 0; i < rows; i++) {
         const float *li = L + i * K;
         double *ti = t + i * K;

@@ -1,12 +1,14 @@
 """The optional compiled kernel of the bulk softmax_ce path (``csrc/softmax_values.c``, the extension module
 ``_stabilitylab_kernels`` that ``pip install`` builds where a C compiler is present).
 
-It computes, for rows of float32 logits in bfloat16 or float32, what :func:`.softmax_bulk._sums` computes
-with numpy -- the stored logits, the shifted logits' and the logits' exps, their pairwise sums and the
-label's terms -- one row at a time in a buffer that stays in cache, instead of a dozen passes over
-whole-chunk arrays.  The operations and their roundings are the same (see the C file's header), so the results
-are the same bit for bit; tests/test_softmax_kernel.py checks that against the numpy path, and checks the
-kernel's float32 exp against :mod:`~stabilitylab.numerics.crmath` (every float32 argument in the slow run).
+It computes, for rows of float32 logits in bfloat16 or float32, what :mod:`~stabilitylab.analysis.softmax_bulk`
+computes with numpy -- the stored logits, the shifted logits' and the logits' exps, their pairwise sums, the
+label's terms and the four methods' values -- and the float64 reference's terms and sums around numpy's own exp
+(:func:`~stabilitylab.experiments.softmax_ce.fast_cross_entropy`), a row (or 256 short rows) at a time in
+buffers that stay in cache, instead of a dozen passes over whole-chunk arrays.  The operations and their
+roundings are the same (see the C file's header), so the results are the same bit for bit;
+tests/test_softmax_kernel.py checks that against the numpy path, and checks the kernel's float32 exp, log and
+log1p against :mod:`~stabilitylab.numerics.crmath` (every float32 argument in the slow run).
 
 :func:`load` returns the module, or None where it is not built (no compiler at install time), is of another
 API version or lacks a function (a stale build), fails to import (a build with fast-math refuses to load: it
@@ -14,7 +16,8 @@ would flush subnormals to zero in the whole process), or is switched off with th
 ``STABILITYLAB_KERNEL=0`` (the numpy path then runs: the same output, slower).  :func:`status` says which, and
 ``stabilitylab --version`` prints it.
 
-The float32 exp's constants are made here with mpmath (:func:`exp_constants`), not typed into the C file:
+The float32 exp's and log's constants are made here with mpmath (:func:`exp_constants`, :func:`log_constants`),
+not typed into the C file:
 ``T[j] = 2**(j/64)`` correctly rounded, ``64 / ln 2``, and ``ln 2 / 64`` split into a 38-bit ``c_hi``
 (so ``k c_hi`` is exact for ``|k| < 2**14``) and ``c_lo``, the float64 nearest to the rest.
 """
