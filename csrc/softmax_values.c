@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <float.h>
 #include <math.h>
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
@@ -121,9 +122,9 @@ static inline void exp32_block(const float *restrict z, float *restrict out, uin
 static inline int exp32_sub(float z, float *out) {
     const double shift = 6755399441055744.0;
     double w = exp32_wide(z);
-    double u = w * 7.1362384635297994e44; /* 2**149 */
+    double u = w * 0x1p149;
     double q = (u + shift) - shift;
-    if (z > -104.0f && w < 1.1754943508222875e-38 && 0.5 - fabs(u - q) > u * 8.881784197001252e-16 + 1e-30) {
+    if (z > -104.0f && w < FLT_MIN && 0.5 - fabs(u - q) > u * 0x1p-50 + 1e-30) {
         *out = (float)w;
         return 1;
     }
@@ -132,7 +133,7 @@ static inline int exp32_sub(float z, float *out) {
 
 /* ------------------------------------------------------------------------------------------ rows */
 enum { BF16 = 0, F32 = 1 };
-#define BF16_MAX 3.3895313892515355e38f /* 0x7F7F0000 */
+#define BF16_MAX 0x1.fep127f /* (2 - 2**-7) 2**127: bits 0x7F7F0000 */
 
 typedef struct {
     int kind;
@@ -259,7 +260,7 @@ CLONES static int rows_block(Ctx *c, const float *restrict x, float *xl, Py_ssiz
                              float *restrict t, uint8_t *restrict dec, float *restrict m, Py_ssize_t *restrict top,
                              uint8_t *restrict flag, float *restrict o, Py_ssize_t stride) {
     const int kind = c->kind;
-    const float big = kind == BF16 ? BF16_MAX : 3.4028234663852886e38f;
+    const float big = kind == BF16 ? BF16_MAX : FLT_MAX;
     const Py_ssize_t n = B * K;
     if (kind == BF16)
         for (Py_ssize_t j = 0; j < n; j++) xl[j] = rnd_bf16(x[j]);
@@ -391,7 +392,7 @@ static inline void tree_tile(int kind, Tile *T, Py_ssize_t n, Py_ssize_t K, int 
 CLONES static int rows_short(Ctx *c, Tile *T, const float *restrict x, float *xl, Py_ssize_t n, Py_ssize_t K,
                              const int64_t *restrict y, uint8_t *restrict flag, float *restrict o, Py_ssize_t stride) {
     const int kind = c->kind;
-    const float big = kind == BF16 ? BF16_MAX : 3.4028234663852886e38f;
+    const float big = kind == BF16 ? BF16_MAX : FLT_MAX;
     for (Py_ssize_t r = 0; r < n; r++)
         for (Py_ssize_t j = 0; j < K; j++) T->xt[j][r] = x[r * K + j];
     for (Py_ssize_t j = 0; j < K; j++) {
@@ -609,14 +610,14 @@ INLINE float log32(float v, int *dec) {
     int d;
     float out = decided32(log_wide((double)v), &d);
     int one = v == 1.0f;
-    *dec = one | (d & (v >= 1.1754943508222875e-38f) & (v < INFINITY));
+    *dec = one | (d & (v >= FLT_MIN) & (v < INFINITY));
     return one ? 0.0f : out;
 }
 INLINE float log1p32(float v, int *dec) {
     int d;
     float out = decided32(log1p_wide((double)v), &d);
     int zero = v == 0.0f;
-    *dec = zero | (d & (v >= 1.1754943508222875e-38f) & (v < INFINITY));
+    *dec = zero | (d & (v >= FLT_MIN) & (v < INFINITY));
     return zero ? v : out;
 }
 

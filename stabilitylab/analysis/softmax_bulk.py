@@ -59,7 +59,7 @@ import numpy as np
 from ..experiments.softmax_ce import SOFTMAX_CE, Loaded, Logits, max_argmax_short
 from ..numerics import crmath, kernel
 from ..numerics.arith import Arith, _row_argmax, _row_max, rows_any
-from ..numerics.formats import Format
+from ..numerics.formats import Format, get_format
 from .engine import _classified, evaluate
 from .outcome import Outcome, gather
 
@@ -335,7 +335,6 @@ FIX_BUDGET = 256
 kernel's exp leaves about 2 in 10**7 arguments of normal results undecided); beyond it, and for subnormal
 results, the kernel leaves the row to the numpy path."""
 
-_F32: list = []
 
 
 def kernel_covers(fmt: Format, ftz: bool, dtype: np.dtype) -> bool:
@@ -355,10 +354,7 @@ def warm(fmt: Format) -> None:
 
 def _fix_exp(z: float) -> float:
     """crmath's float32 exp of one float32 argument (the kernel's undecided ones)."""
-    if not _F32:
-        from ..numerics.formats import get_format
-        _F32.append(get_format("float32"))
-    return float(crmath.exp(_F32[0], np.array([z], dtype=np.float32))[0])
+    return float(crmath.exp(get_format("float32"), np.array([z], dtype=np.float32))[0])
 
 
 def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
