@@ -38,7 +38,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 4 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 5 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -857,6 +857,429 @@ static PyObject *exp32_many(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------ float64
+ * softmax_sums64: softmax_bulk._sums in float64 (held dtype float64, rnd the identity: IEEE + on float64) for
+ * float32 logits, whose float64 values are exact (xl = x; a float32 is finite or not, never lost in float64).
+ * exp is crmath's float64 exp, correctly rounded, decided in three stages as crmath decides it:
+ *
+ *   1. exp64_pair: numerics/exp64._block, the same float64 operations in the same order (so its proven bound,
+ *      REL_ERROR = 2**-62, holds), e**x = (s + err) 2**e (1 + d) for x in [-707, 709]; decided where
+ *      |err| < fl(h - fl(s E (1 + 2**-40))) with h = 2**-53 for s > 1, 2**-54 for s <= 1 (crmath._exp_float64's
+ *      test and proof): the result is 2**e s.  About 0.3% of the arguments are left to
+ *   2. exp64_dd: numerics/doubledouble.exp (_exp_parts, _scaled), the same double-double operations (REL_ERROR
+ *      2**-90, domain [-670, 709]); decided where h + (l - E|h|) and h + (l + E|h|) round alike (crmath.
+ *      _double_double's test).  What is left (about 2**-36 of those), and arguments outside the domains with a
+ *      subnormal or near-overflow result, go to
+ *   3. the caller's crmath (the `fix` callable), within a budget; beyond it the row is left to numpy (flag 2).
+ * Arguments >= 710 give inf and <= -746 give 0 (e**710 > max, e**-746 < 2**-1075): the row is not ordinary.
+ * The constants are numerics/exp64's and numerics/doubledouble's own (set_exp64_constants), made with mpmath.
+ */
+static double X64_HI[2048], X64_LO[2048], X64_INV, X64_C1, X64_C2, DD_L[3], DD_C[12][2];
+static int exp64_ready = 0;
+#define X64_SHIFT 6755399441055744.0 /* 1.5 * 2**52 */
+#define X64_SHIFT_BITS 0x4338000000000000ll
+
+/* exp64._block for one x in [-707, 709]: (s, err, e) */
+INLINE double exp64_pair(double x, double *err, int64_t *e) {
+    double k = x * X64_INV;
+    k += X64_SHIFT;
+    int64_t bits = (int64_t)dbits_of(k);
+    int64_t j = bits & 2047;
+    *e = (bits >> 11) - (X64_SHIFT_BITS >> 11);
+    k -= X64_SHIFT;
+    double r = k * X64_C1;
+    r = x - r;
+    double q = k * X64_C2;
+    r = r - q;
+    q = r * (1.0 / 120.0);
+    q += 1.0 / 24.0;
+    q *= r;
+    q += 1.0 / 6.0;
+    q *= r;
+    q += 0.5;
+    q *= r;
+    q *= r;
+    q += r;
+    double th = X64_HI[j], tl = X64_LO[j];
+    q = th * q;
+    q += tl;
+    double s = th + q;
+    *err = (th - s) + q;
+    return s;
+}
+
+/* stage 1 on n arguments: out[i] = 2**e s and dec[i] = 1 where decided (0 elsewhere, and outside [-707, 709]) */
+INLINE void exp64_block(const double *restrict x, double *restrict out, uint8_t *restrict dec, Py_ssize_t n) {
+    const double margin = -0x1p-62 * (1.0 + 0x1p-40); /* -REL_ERROR (1 + 2**-40), exact */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double xi = x[i];
+        int in = (xi >= -707.0) & (xi <= 709.0);
+        double a = in ? xi : 0.0, err;
+        int64_t e;
+        double s = exp64_pair(a, &err, &e);
+        double t = s * margin + 0x1p-54;
+        t = s > 1.0 ? t + 0x1p-54 : t;
+        out[i] = s * d_of((uint64_t)(e + 1023) << 52);
+        dec[i] = (uint8_t)(in & (fabs(err) < t));
+    }
+}
+
+/* double-double arithmetic (doubledouble.py: two_sum, fast_two_sum, Veltkamp's split, Dekker's product) */
+INLINE void dd_two_sum(double a, double b, double *s, double *e) {
+    *s = a + b;
+    double bb = *s - a;
+    *e = (a - (*s - bb)) + (b - bb);
+}
+INLINE void dd_fast_two_sum(double a, double b, double *s, double *e) {
+    *s = a + b;
+    *e = b - (*s - a);
+}
+INLINE void dd_split(double a, double *hi, double *lo) {
+    double c = 134217729.0 * a;
+    *hi = c - (c - a);
+    *lo = a - *hi;
+}
+INLINE void dd_two_prod(double a, double b, double *p, double *e) {
+    double ah, al, bh, bl;
+    *p = a * b;
+    dd_split(a, &ah, &al);
+    dd_split(b, &bh, &bl);
+    *e = ((ah * bh - *p) + ah * bl + al * bh) + al * bl;
+}
+INLINE void dd_mul(double ah, double al, double bh, double bl, double *h, double *l) {
+    double p, e;
+    dd_two_prod(ah, bh, &p, &e);
+    e = e + (ah * bl + al * bh);
+    dd_fast_two_sum(p, e, h, l);
+}
+INLINE void dd_add(double ah, double al, double bh, double bl, double *h, double *l) {
+    double s, e, t, f;
+    dd_two_sum(ah, bh, &s, &e);
+    dd_two_sum(al, bl, &t, &f);
+    e = e + t;
+    dd_fast_two_sum(s, e, &s, &e);
+    e = e + f;
+    dd_fast_two_sum(s, e, h, l);
+}
+
+/* stage 2: doubledouble.exp(x) for x in [-670, 709] and crmath._double_double's decision; 1 and *out where
+ * decided */
+static int exp64_dd(double x, double *out) {
+    if (!(x >= -670.0 && x <= 709.0)) return 0;
+    double k = rint(x / (DD_L[0] + DD_L[1]));
+    double r1 = x - k * DD_L[0];
+    double rh, rl;
+    dd_two_sum(r1, -(k * DD_L[1]), &rh, &rl);
+    dd_fast_two_sum(rh, rl - k * DD_L[2], &rh, &rl);
+    double sh = rh / 256.0, sl = rl / 256.0; /* 2**SQUARINGS */
+    double qh = DD_C[11][0], ql = DD_C[11][1];
+    for (int n = 10; n >= 0; n--) {
+        dd_mul(qh, ql, sh, sl, &qh, &ql);
+        dd_add(qh, ql, DD_C[n][0], DD_C[n][1], &qh, &ql);
+    }
+    dd_mul(qh, ql, sh, sl, &qh, &ql);
+    for (int n = 0; n < 8; n++) {
+        double th, tl;
+        dd_add(2.0, 0.0, qh, ql, &th, &tl);
+        dd_mul(qh, ql, th, tl, &qh, &ql);
+    }
+    double eh, el;
+    dd_add(1.0, 0.0, qh, ql, &eh, &el);
+    int scale = (int)k;
+    double h = ldexp(eh, scale), lo = ldexp(el, scale);
+    double err = fabs(h) * 0x1p-90;
+    double down = h + (lo - err), up = h + (lo + err);
+    if (down == up && fabs(down) < INFINITY) {
+        *out = down;
+        return 1;
+    }
+    return 0;
+}
+
+/* one argument stage 1 left: 1 and *out set, 0 the row is left to numpy (flag 2), -1 on a Python error */
+static int exp64_fix(PyObject *fix, Py_ssize_t *budget, double x, double *out) {
+    if (x >= 710.0) { *out = INFINITY; return 1; } /* (the row is not ordinary) */
+    if (x <= -746.0) { *out = 0.0; return 1; }
+    if (exp64_dd(x, out)) return 1;
+    if (*budget <= 0) return 0;
+    (*budget)--;
+    PyObject *got = PyObject_CallFunction(fix, "d", x);
+    if (got == NULL) return -1;
+    double v = PyFloat_AsDouble(got);
+    Py_DECREF(got);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    *out = v;
+    return 1;
+}
+
+/* e = exp(a) on B rows of K: flag 1 kept where every exp is in (0, inf), 0 where not, 2 where left to numpy */
+static inline int exps64(PyObject *fix, Py_ssize_t *budget, const double *restrict a, double *restrict e,
+                         uint8_t *restrict dec, Py_ssize_t B, Py_ssize_t K, uint8_t *restrict flag) {
+    Py_ssize_t n = B * K, decided = 0;
+    exp64_block(a, e, dec, n);
+    for (Py_ssize_t j = 0; j < n; j++) decided += dec[j];
+    if (decided != n)
+        for (Py_ssize_t j = 0; j < n; j++)
+            if (!dec[j] && flag[j / K] == 1) {
+                int got = exp64_fix(fix, budget, a[j], e + j);
+                if (got < 0) return -1;
+                if (got == 0) flag[j / K] = 2;
+            }
+    for (Py_ssize_t i = 0; i < B; i++) {
+        const double *ei = e + i * K;
+        Py_ssize_t good = 0;
+        for (Py_ssize_t j = 0; j < K; j++) good += (ei[j] > 0.0) & (ei[j] < INFINITY);
+        if (good != K && flag[i] == 1) flag[i] = 0;
+    }
+    return 0;
+}
+
+/* the pairwise tree of e[0..n) (as tree(), in float64), and the sum with leaf k set to 0 in *dropped */
+static inline double tree64(const double *e, double *b, double *t, Py_ssize_t n, Py_ssize_t k, double *dropped) {
+    double v = 0.0;
+    const double *src = e;
+    double *dst = t, *other = b;
+    Py_ssize_t at = k;
+    while (n > 1) {
+        v = v + ((at ^ 1) < n ? src[at ^ 1] : 0.0);
+        at >>= 1;
+        Py_ssize_t h = n >> 1;
+        for (Py_ssize_t i = 0; i < h; i++) dst[i] = src[2 * i] + src[2 * i + 1];
+        if (n & 1) dst[h++] = src[n - 1] + 0.0;
+        n = h;
+        src = dst;
+        dst = other;
+        other = (double *)src;
+    }
+    *dropped = v;
+    return src[0];
+}
+
+/* B rows of K float32 logits: flag[i] and, where 1, the six sums o[q * stride + i] in float64 (as rows_block) */
+CLONES static int rows_block64(PyObject *fix, Py_ssize_t *budget, const float *restrict x, Py_ssize_t B,
+                               Py_ssize_t K, const int64_t *restrict y, double *restrict a, double *restrict xl,
+                               double *restrict e, double *restrict b, double *restrict t, uint8_t *restrict dec,
+                               Py_ssize_t *restrict top, uint8_t *restrict flag, double *restrict o,
+                               Py_ssize_t stride) {
+    for (Py_ssize_t i = 0; i < B; i++) {
+        const float *xi = x + i * K;
+        double *ai = a + i * K, *li = xl + i * K;
+        Py_ssize_t whole = 0;
+        for (Py_ssize_t j = 0; j < K; j++) whole += fabsf(xi[j]) <= FLT_MAX;
+        for (Py_ssize_t j = 0; j < K; j++) li[j] = (double)xi[j];
+        flag[i] = (uint8_t)(whole == K && y[i] >= 0 && y[i] < K);
+        if (!flag[i]) {
+            memset(ai, 0, sizeof(double) * (size_t)K);
+            memset(li, 0, sizeof(double) * (size_t)K);
+            continue;
+        }
+        float mf;
+        top[i] = first_max(xi, K, &mf); /* (the float32 maximum's first index: that of its float64 value) */
+        double m = (double)mf;
+        for (Py_ssize_t j = 0; j < K; j++) ai[j] = li[j] - m;
+    }
+    if (exps64(fix, budget, a, e, dec, B, K, flag) < 0) return -1;
+    for (Py_ssize_t i = 0; i < B; i++) {
+        if (flag[i] != 1) continue;
+        double S1, S = tree64(e + i * K, b, t, K, top[i], &S1);
+        o[i] = S;
+        o[stride + i] = S1;
+        o[4 * stride + i] = e[i * K + y[i]];
+        o[5 * stride + i] = a[i * K + y[i]];
+    }
+    if (exps64(fix, budget, xl, e, dec, B, K, flag) < 0) return -1;
+    for (Py_ssize_t i = 0; i < B; i++) {
+        if (flag[i] != 1) continue;
+        double unused;
+        o[2 * stride + i] = tree64(e + i * K, b, t, K, 0, &unused);
+        o[3 * stride + i] = e[i * K + y[i]];
+    }
+    return 0;
+}
+
+/* softmax_sums64(rows, K, x float32, y int64, out (6, rows) float64, flag uint8, fix, budget) -> calls of fix */
+static PyObject *softmax_sums64(PyObject *self, PyObject *args) {
+    Py_ssize_t rows, K, budget;
+    Py_buffer xb, yb, ob, fb;
+    PyObject *fix;
+    if (!PyArg_ParseTuple(args, "nny*y*w*w*On", &rows, &K, &xb, &yb, &ob, &fb, &fix, &budget)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / (K > 0 ? K : 1);
+    double *a = NULL, *xl = NULL, *e = NULL, *b = NULL, *t = NULL;
+    Py_ssize_t *top = NULL;
+    uint8_t *dec = NULL;
+    if (rows < 0 || K < 1 || xb.len != rows * K * 4 || yb.len != rows * 8 || ob.len != 6 * rows * 8
+        || fb.len != rows || !exp64_ready) {
+        PyErr_SetString(PyExc_ValueError, "softmax_sums64: buffers of the wrong size, or no exp64 constants");
+        goto done;
+    }
+    a = (double *)malloc(sizeof(double) * (size_t)(B * K));
+    xl = (double *)malloc(sizeof(double) * (size_t)(B * K));
+    e = (double *)malloc(sizeof(double) * (size_t)(B * K));
+    b = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1));
+    t = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1));
+    top = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (size_t)B);
+    dec = (uint8_t *)malloc((size_t)(B * K));
+    if (!a || !xl || !e || !b || !t || !top || !dec) { PyErr_NoMemory(); goto done; }
+    const float *x = (const float *)xb.buf;
+    const int64_t *y = (const int64_t *)yb.buf;
+    double *o = (double *)ob.buf;
+    uint8_t *flag = (uint8_t *)fb.buf;
+    Py_ssize_t left = budget;
+    for (Py_ssize_t i = 0; i < rows; i += B) {
+        Py_ssize_t here = rows - i < B ? rows - i : B;
+        if (rows_block64(fix, &left, x + i * K, here, K, y + i, a, xl, e, b, t, dec, top, flag + i, o + i, rows) < 0)
+            goto done;
+    }
+    result = PyLong_FromSsize_t(budget - left);
+done:
+    free(a); free(xl); free(e); free(b); free(t); free(top); free(dec);
+    PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
+    return result;
+}
+
+/* set_exp64_constants(T_hi bytes, T_lo bytes, INV, C1, C2, (L1, L2, L3) bytes, Taylor 1/n! pairs bytes (12 x 2)) */
+static PyObject *set_exp64_constants(PyObject *self, PyObject *args) {
+    Py_buffer hb, lb, db, cb;
+    double inv, c1, c2;
+    if (!PyArg_ParseTuple(args, "y*y*dddy*y*", &hb, &lb, &inv, &c1, &c2, &db, &cb)) return NULL;
+    PyObject *result = NULL;
+    if (hb.len != 2048 * 8 || lb.len != 2048 * 8 || db.len != 3 * 8 || cb.len != 24 * 8) {
+        PyErr_SetString(PyExc_ValueError, "set_exp64_constants: 2048, 2048, 3 and 24 float64 values");
+    } else {
+        memcpy(X64_HI, hb.buf, 2048 * 8);
+        memcpy(X64_LO, lb.buf, 2048 * 8);
+        memcpy(DD_L, db.buf, 3 * 8);
+        memcpy(DD_C, cb.buf, 24 * 8);
+        X64_INV = inv; X64_C1 = c1; X64_C2 = c2;
+        exp64_ready = 1;
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&hb); PyBuffer_Release(&lb); PyBuffer_Release(&db); PyBuffer_Release(&cb);
+    return result;
+}
+
+CLONES static void exp64_many_block(const double *x, double *o, uint8_t *d, Py_ssize_t n) {
+    exp64_block(x, o, d, n);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!d[i]) d[i] = (uint8_t)(2 * exp64_dd(x[i], o + i));
+}
+
+/* exp64_many(x float64, out float64, stage uint8): the kernel's float64 exp of each value, for the tests
+ * (stage 1 or 2 where decided there, 0 where left to crmath) */
+static PyObject *exp64_many(PyObject *self, PyObject *args) {
+    Py_buffer xb, ob, db;
+    if (!PyArg_ParseTuple(args, "y*w*w*", &xb, &ob, &db)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = xb.len / 8;
+    if (!exp64_ready || ob.len != xb.len || db.len != n) {
+        PyErr_SetString(PyExc_ValueError, "exp64_many: buffers of the wrong size, or no exp64 constants");
+    } else {
+        exp64_many_block((const double *)xb.buf, (double *)ob.buf, (uint8_t *)db.buf, n);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&db);
+    return result;
+}
+
+/* ref_expsum64: the float64 tier of softmax_ce's float64 reference (experiments/softmax_ce.bounded_cross_entropy,
+ * numerics/expsum64.log1p_exp_sum's steps 1-4), per row of float64 logits X (rows, K), 2 <= K <= 2**20, labels y:
+ *   exact[i]: softmax_ce._rows_differences_exact (every x's low 29 significand bits 0 -- in the whole block, or no
+ *     row is --, the smallest |x| at least 2**-1000 and the largest below 2**(floor(log2 smallest) + 29));
+ *   d = x - m (m the row's max, k its first argmax; d = 0 in a row not exact), g = -d_y, d2 = max of d but d_k;
+ *   with d2' = d2 where d2 >= -600 (expsum64.FLOOR), else 0: E = floor(d2' log2e) + 2, C = 1.5 2**(E + L)
+ *     (L = ceil(log2 K), log2e numpy's np.log2(np.e), passed in);
+ *   per term (k's left out): exp64_pair(max(d, -707)) = (s, err, e), T = s 2**e, F = err 2**e,
+ *     H = (T + C) - C, R' = (T - H) + F; A = sum of H (exact in any order), B = the pairwise tree of R'
+ *     (softmax_ce._tree_sum's pairs: an odd level's last term plus 0).
+ * The same float64 operations as the numpy code, so the same A, B, d2, g bit for bit (tests/test_softmax_kernel.py).
+ * out: (4, rows) float64 A, B, d2, g; exact: uint8. */
+CLONES static void ref_expsum64_block(Py_ssize_t rows, Py_ssize_t K, const double *restrict X, const int64_t *y,
+                                      double log2e, double *restrict R, double *restrict b, double *restrict t,
+                                      double *restrict o, uint8_t *restrict exact) {
+    int low_any = 0;
+    Py_ssize_t L = 0;
+    while (((Py_ssize_t)1 << L) < (K - 1 > 1 ? K - 1 : 1) + 1) L++; /* (max(K - 1, 1)).bit_length() */
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const double *xi = X + i * K;
+        uint64_t low = 0;
+        double small = INFINITY, big = 0.0;
+        for (Py_ssize_t j = 0; j < K; j++) {
+            double a = fabs(xi[j]);
+            low |= dbits_of(xi[j]) & ((1ull << 29) - 1);
+            small = a < small ? a : small;
+            big = a > big ? a : big;
+        }
+        int ex;
+        frexp(small, &ex);
+        exact[i] = (uint8_t)(low == 0 && small >= 0x1p-1000 && big < INFINITY && big < ldexp(1.0, ex - 1 + 29));
+        low_any |= low != 0;
+    }
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const double *xi = X + i * K;
+        if (low_any) exact[i] = 0;
+        int ok = exact[i];
+        Py_ssize_t k = 0;
+        double m = xi[0];
+        for (Py_ssize_t j = 1; j < K; j++)
+            if (xi[j] > m) { m = xi[j]; k = j; }
+        double d2 = -INFINITY;
+        for (Py_ssize_t j = 0; j < K; j++) {
+            double d = ok ? xi[j] - m : 0.0;
+            d2 = (j != k && d > d2) ? d : d2;
+        }
+        if (!ok) k = 0; /* (numpy's argmax of the row; not read: the row is not handled) */
+        double g = -(ok ? xi[y[i]] - m : 0.0);
+        double dh = d2 >= -600.0 ? d2 : 0.0;
+        int64_t E = (int64_t)floor(dh * log2e) + 2;
+        double C = ldexp(1.5, (int)(E + L));
+        double A = 0.0;
+        for (Py_ssize_t j = 0; j < K; j++) {
+            double d = ok ? xi[j] - m : 0.0, err;
+            int64_t e;
+            double s = exp64_pair(d > -707.0 ? d : -707.0, &err, &e);
+            double p2 = d_of((uint64_t)(e + 1023) << 52);
+            double T = j == k ? 0.0 : s * p2, F = j == k ? 0.0 : err * p2;
+            double H = (T + C) - C;
+            R[j] = (T - H) + F;
+            A += H;
+        }
+        double unused;
+        o[i] = A;
+        o[rows + i] = tree64(R, b, t, K, 0, &unused);
+        o[2 * rows + i] = d2;
+        o[3 * rows + i] = g;
+    }
+}
+
+/* ref_expsum64(rows, K, X float64, y int64, log2e, out (4, rows) float64, exact uint8) */
+static PyObject *ref_expsum64(PyObject *self, PyObject *args) {
+    Py_ssize_t rows, K;
+    double log2e;
+    Py_buffer xb, yb, ob, eb;
+    if (!PyArg_ParseTuple(args, "nny*y*dw*w*", &rows, &K, &xb, &yb, &log2e, &ob, &eb)) return NULL;
+    PyObject *result = NULL;
+    double *R = NULL, *b = NULL, *t = NULL;
+    if (rows < 0 || K < 2 || K > (1 << 20) || xb.len != rows * K * 8 || yb.len != rows * 8 || ob.len != 4 * rows * 8
+        || eb.len != rows || !exp64_ready) {
+        PyErr_SetString(PyExc_ValueError, "ref_expsum64: buffers of the wrong size, or no exp64 constants");
+    } else if (!(R = (double *)malloc(sizeof(double) * (size_t)K))
+               || !(b = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))
+               || !(t = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))) {
+        PyErr_NoMemory();
+    } else {
+        ref_expsum64_block(rows, K, (const double *)xb.buf, (const int64_t *)yb.buf, log2e, R, b, t,
+                           (double *)ob.buf, (uint8_t *)eb.buf);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    free(R); free(b); free(t);
+    PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&ob); PyBuffer_Release(&eb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"softmax_sums", softmax_sums, METH_VARARGS,
      "softmax_sums(kind, rows, K, x, y, table, xl (bfloat16; float32: empty), out, flag, fix, budget) -> calls of fix"},
@@ -870,6 +1293,13 @@ static PyMethodDef methods[] = {
     {"ref_tree", ref_tree, METH_VARARGS, "ref_tree(rows, K, t, total): each row's pairwise sum"},
     {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
     {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
+    {"softmax_sums64", softmax_sums64, METH_VARARGS,
+     "softmax_sums64(rows, K, x float32, y, out (6, rows) float64, flag, fix, budget) -> calls of fix"},
+    {"set_exp64_constants", set_exp64_constants, METH_VARARGS,
+     "set_exp64_constants(T_hi, T_lo, INV, C1, C2, ln2 parts, Taylor pairs)"},
+    {"exp64_many", exp64_many, METH_VARARGS, "exp64_many(x, out, stage)"},
+    {"ref_expsum64", ref_expsum64, METH_VARARGS,
+     "ref_expsum64(rows, K, X float64, y, log2e, out (4, rows) float64: A, B, d2, g, exact uint8)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stabilitylab_kernels",

@@ -48,12 +48,15 @@ def _same_sums(fmt, x, y):
     ok, xl, sums = got
     ok0, xl0, sums0 = softmax_bulk._sums(fmt, x, y)
     assert np.array_equal(ok, ok0), np.flatnonzero(ok != ok0)[:5]
-    assert np.array_equal(xl[ok].view(np.uint32), xl0[ok].view(np.uint32))
+    assert xl.dtype == xl0.dtype and sums.dtype == xl0.dtype  # (float32, or float64 for float64)
+    bits = np.uint32 if xl0.dtype == np.float32 else np.uint64
+    assert np.array_equal(xl[ok].view(bits), xl0[ok].view(bits))
     for q, (a, b) in enumerate(zip(sums, sums0)):
-        a, b = np.asarray(a, np.float32)[ok], np.asarray(b, np.float32)[ok]
+        assert np.asarray(b).dtype == xl0.dtype
+        a, b = a[ok], np.asarray(b)[ok]
         if q == 5:
-            a, b = a + np.float32(0), b + np.float32(0)
-        bad = np.flatnonzero(a.view(np.uint32) != b.view(np.uint32))
+            a, b = a + 0, b + 0
+        bad = np.flatnonzero(a.view(bits) != b.view(bits))
         assert not bad.size, (q, bad[:5], a[bad[:3]], b[bad[:3]])
     return int(ok.sum())
 
@@ -280,6 +283,100 @@ def test_kernel_exp_is_crmath_for_every_float32():
     assert undecided < 2000
 
 
+F64 = FORMATS["float64"]
+
+
+def _exp64_against_crmath(x: np.ndarray) -> np.ndarray:
+    """The stage (1 or 2; 0: left to crmath) at which the kernel's float64 exp decided each of ``x``; every
+    decided value equal to crmath's correctly rounded one, bit for bit."""
+    out, stage = np.empty_like(x), np.empty(x.size, np.uint8)
+    KERNEL.exp64_many(x, out, stage)
+    d = stage > 0
+    ref = crmath.exp(F64, x[d])
+    bad = np.flatnonzero(out[d].view(np.uint64) != ref.view(np.uint64))
+    assert not bad.size, (x[d][bad[:5]], out[d][bad[:5]], ref[bad[:5]])
+    return stage
+
+
+def test_kernel_exp64_is_crmath_on_a_sample():
+    """The float64 exp (softmax_sums64's): stage 1 (exp64's pair) decides all but ~0.3%, stage 2 (the
+    double-double) nearly all of the rest, inside their domains; outside them (subnormal results, near overflow)
+    nothing is decided by the kernel."""
+    rng = np.random.default_rng(9)
+    grid = rng.integers(-2**20, 2**20, 2**16) * (math.log(2) / 2048)  # near the reduction's table points
+    x = np.concatenate([rng.uniform(-707, 709, 2**19), rng.standard_normal(2**18) * 5, grid, np.nextafter(grid, 1),
+                        -np.abs(rng.standard_normal(2**17) * 30).astype(np.float32),
+                        rng.uniform(-1e-6, 1e-6, 2**14), [0.0, -0.0, 709.0, -707.0, -670.0, 1e-300, -5e-324]])
+    stage = _exp64_against_crmath(x)
+    assert 0.99 * x.size < (stage == 1).sum() < x.size  # (both stages used: else this could not fail)
+    assert (stage == 2).sum() > 1000 and ((stage == 0) & (x >= -670)).sum() <= 5  # (stage 2's domain: >= -670)
+    outside = np.array([-707.5, -745.0, -800.0, 709.5, 710.0, np.inf, -np.inf, np.nan])
+    assert not _exp64_against_crmath(outside).any()
+
+
+@pytest.mark.slow
+def test_kernel_exp64_is_crmath_on_many():
+    """2**26 random float64 arguments over both stages' domain [-670, 709]: decided ones are crmath's."""
+    rng = np.random.default_rng(10)
+    left = 0
+    for _ in range(16):
+        x = np.concatenate([rng.uniform(-670, 709, 2**21), rng.standard_normal(2**21) * 20])
+        left += int((_exp64_against_crmath(x) == 0).sum())
+    assert left <= 10
+
+
+def test_kernel_float64_rows_left_to_numpy(monkeypatch):
+    """float64 exps the kernel's stages leave (subnormal results: z in (-746, -707)) go to crmath one by one
+    until the budget is spent, then their rows to numpy (flag 2), put in place: the same sums either way."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((300, 9)) * 2).astype(np.float32)
+    x[::5, 3] = np.float32(-720.25)  # e**(z) subnormal in float64
+    x[1::7, 4] = np.float32(-800.0)  # 0: not ordinary
+    y = rng.integers(0, 9, len(x))
+    calls = []
+    real = softmax_bulk._fix_exp64
+    monkeypatch.setattr(softmax_bulk, "_fix_exp64", lambda v: calls.append(v) or real(v))
+    assert 100 < _same_sums(F64, x, y) < len(x)
+    assert calls
+    monkeypatch.setattr(softmax_bulk, "FIX_BUDGET", 0)
+    calls.clear()
+    assert 100 < _same_sums(F64, x, y) < len(x)
+    assert not calls
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10, 16, 17, 33, 409, 4097])
+def test_kernel_bounded_reference_equals_numpy(classes, monkeypatch):
+    """bounded_cross_entropy (float64's bounded tier) with the kernel's ref_expsum64: the same values, bounds
+    and handled rows bit for bit, on float32-valued rows (ties, a row near the FLOOR, zeros, tiny and huge
+    logits: rows not exact) and on a block with one value that is not a float32 (then no row is handled)."""
+    from stabilitylab.experiments import softmax_ce
+
+    rng = np.random.default_rng(classes)
+    x = (rng.standard_normal((64, classes)) * rng.choice([0.01, 1, 30, 300], size=(64, 1))).astype(np.float32)
+    x[1, :] = x[1, 0]  # every logit tied
+    x[2, 0] = 0.0  # a zero: not exact
+    x[3, 0], x[3, 1:] = 0.0, -650.0  # d2 below the FLOOR
+    x[4, -1] = 1e-30  # tiny beside large: not exact
+    x[5] = -x[5]
+    y = rng.integers(0, classes, len(x))
+    y[6] = int(np.argmax(x[6]))
+    X = x.astype(np.float64)
+    for block in (X, np.where(np.arange(classes) == 0, X + 2.0**-40, X)):
+        cases = softmax_ce.Loaded(block, y.astype(np.int64))
+        with np.errstate(all="ignore"):
+            got = softmax_ce.bounded_cross_entropy(cases)
+            want = _numpy(monkeypatch, softmax_ce.bounded_cross_entropy, cases)
+        assert (got is None) == (want is None)
+        if want is None:
+            assert block is not X
+            continue
+        (v, b, h), (w, b0, h0) = got, want
+        assert 40 <= h0.sum() <= len(x) - 3 and np.array_equal(h, h0)
+        assert np.array_equal(b, b0)
+        for name in ("hi", "lo", "scale", "zero"):
+            assert np.array_equal(getattr(v, name), getattr(w, name)), name
+
+
 @pytest.mark.parametrize("classes", [1, 2, 3, 10, 16, 17, 40, 1000])
 def test_kernel_argmax_is_numpys(classes):
     """The labels of a file without labels (streaming._labels): each row's first maximum, NaN as -inf."""
@@ -295,14 +392,14 @@ def test_kernel_argmax_is_numpys(classes):
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "187a29f05f759e5887d40e91f4333acdaf8669de0786c42eee365bc8f42d7a6e"
+C_SOURCE_SHA256 = "079d01cd957fd07e7db9ef7aed353c301736b3c4095a77b79f9b7ef64c424780"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
     """A change to csrc/softmax_values.c must bump KERNEL_API there and kernel.API (a stale build of the same
     number would be loaded and called with the new arguments), then pin the new hash here (a change of comments
     alone need not bump it)."""
-    assert softmax_kernel.API == 4
+    assert softmax_kernel.API == 5
     assert f"#define KERNEL_API {softmax_kernel.API} " in C_SOURCE.read_text()
     assert hashlib.sha256(C_SOURCE.read_bytes()).hexdigest() == C_SOURCE_SHA256
 

@@ -297,6 +297,8 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         ok, xl, sums = _sums(fmt, x, y)
         return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
     ok, xl, sums = got
+    if sums.dtype == np.float64:
+        return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
     return _tail_kernel(fmt, ok, sums), ok, xl
 
 
@@ -327,8 +329,9 @@ def _sums(fmt: Format, x: np.ndarray, y: np.ndarray):
     return ok, xl, (S, S1, Sn, exy, ezy, zy)
 
 
-KERNEL_FORMATS = {"bfloat16": 0, "float32": 1}
-"""Formats of the compiled kernel (:mod:`~stabilitylab.numerics.kernel`), with its code for each."""
+KERNEL_FORMATS = {"bfloat16": 0, "float32": 1, "float64": 2}
+"""Formats of the compiled kernel (:mod:`~stabilitylab.numerics.kernel`), with its code for each (float64: its
+``softmax_sums64``, whose tail is :func:`_tail`'s numpy)."""
 
 FIX_BUDGET = 256
 """At most this many of the kernel's undecided float32 exps per call are computed by crmath one by one (the
@@ -355,6 +358,11 @@ def warm(fmt: Format) -> None:
 def _fix_exp(z: float) -> float:
     """crmath's float32 exp of one float32 argument (the kernel's undecided ones)."""
     return float(crmath.exp(get_format("float32"), np.array([z], dtype=np.float32))[0])
+
+
+def _fix_exp64(z: float) -> float:
+    """crmath's float64 exp of one float64 argument (those the kernel's two stages leave)."""
+    return float(crmath.exp(get_format("float64"), np.array([z], dtype=np.float64))[0])
 
 
 def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -393,17 +401,22 @@ def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
     x = np.ascontiguousarray(x)
     y = np.ascontiguousarray(y, dtype=np.int64)
     n, k = x.shape
-    xl = np.empty_like(x) if code == 0 else x  # (float32 logits are stored as they are: xl is x)
-    out = np.empty((6, n), dtype=np.float32)
     flag = np.empty(n, dtype=np.uint8)
-    table = _table("exp", fmt) if code == 0 else np.zeros(0, np.float32)
-    module.softmax_sums(code, n, k, x, y, table, xl if code == 0 else table, out, flag, _fix_exp, FIX_BUDGET)
+    if code == 2:  # float64: the logits' float64 values are exact (as _store's cast)
+        xl = x.astype(np.float64)
+        out = np.empty((6, n), dtype=np.float64)
+        module.softmax_sums64(n, k, x, y, out, flag, _fix_exp64, FIX_BUDGET)
+    else:
+        xl = np.empty_like(x) if code == 0 else x  # (float32 logits are stored as they are: xl is x)
+        out = np.empty((6, n), dtype=np.float32)
+        table = _table("exp", fmt) if code == 0 else np.zeros(0, np.float32)
+        module.softmax_sums(code, n, k, x, y, table, xl if code == 0 else table, out, flag, _fix_exp, FIX_BUDGET)
     ok = flag == 1
     redo = np.flatnonzero(flag == 2)
     if redo.size:
         ok_r, xl_r, sums_r = _sums(fmt, x[redo], y[redo])
         ok[redo] = ok_r
-        if code == 0:
+        if code != 1:
             xl[redo] = xl_r
         for q, v in enumerate(sums_r):
             out[q, redo] = v

@@ -503,20 +503,45 @@ def bounded_cross_entropy(x: Loaded):
     if not 2 <= k <= expsum64.MAX_TERMS or x.logits.dtype != np.float64:
         return None
     X = x.logits
-    exact = _rows_differences_exact(X)  # (also False for non-finite logits)
-    if not exact.any():
-        return None
-    m, top = _max_argmax(X)
-    d = X - m[:, None]  # exact where `exact`
-    if not exact.all():
-        d[~exact] = 0.0  # (those rows are not handled)
-    g = -np.take(d, np.arange(len(X)) * k + x.labels)  # m - x_y >= 0, exact
-    hi, lo, bound, handled = expsum64.log1p_exp_sum(d, top, g, _tree_sum)
+    got = _bounded_kernel(X, x.labels)
+    if got is not None:
+        exact, (A, B, d2, g) = got
+        if not exact.any():
+            return None
+        hi, lo, bound, handled = expsum64.finish(A, B, d2, g, k)
+    else:
+        exact = _rows_differences_exact(X)  # (also False for non-finite logits)
+        if not exact.any():
+            return None
+        m, top = _max_argmax(X)
+        d = X - m[:, None]  # exact where `exact`
+        if not exact.all():
+            d[~exact] = 0.0  # (those rows are not handled)
+        g = -np.take(d, np.arange(len(X)) * k + x.labels)  # m - x_y >= 0, exact
+        hi, lo, bound, handled = expsum64.log1p_exp_sum(d, top, g, _tree_sum)
     handled &= exact
     bound = np.where(handled, bound, np.inf)
     n = len(X)
     hi, lo = np.where(handled, hi, 0.0), np.where(handled, lo, 0.0)
     return Exact(hi + 0.0, lo, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)), bound, handled
+
+
+def _bounded_kernel(X: np.ndarray, labels: np.ndarray):
+    """``(exact, (A, B, d2, g))`` of :func:`bounded_cross_entropy` (its rows' test and the sums of
+    :func:`~stabilitylab.numerics.expsum64.log1p_exp_sum`'s steps 1-4) by the compiled kernel's ``ref_expsum64``,
+    a row at a time in cache (the same values bit for bit: tests/test_softmax_kernel.py); None where it is not
+    loaded."""
+    from ..numerics import expsum64
+
+    module = kernel.load()
+    if module is None:
+        return None
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n, k = X.shape
+    out = np.empty((4, n))
+    exact = np.empty(n, dtype=np.uint8)
+    module.ref_expsum64(n, k, X, np.ascontiguousarray(labels, dtype=np.int64), expsum64.LOG2E, out, exact)
+    return exact.view(bool), out
 
 
 _SHORT = 48  # rows of at most this many logits: the float64 reference works on them transposed (measured:

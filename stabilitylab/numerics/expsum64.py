@@ -63,7 +63,7 @@ from . import exp64
 from .crmath import WIDE_REL_ERROR
 from .doubledouble import fast_two_sum, two_sum
 
-__all__ = ["MAX_TERMS", "FLOOR", "log1p_exp_sum", "sum_bound"]
+__all__ = ["MAX_TERMS", "FLOOR", "LOG2E", "log1p_exp_sum", "finish", "sum_bound"]
 
 MAX_TERMS = 2**20
 """Widest rows :func:`log1p_exp_sum` takes (the proof's step 5 needs L <= 20)."""
@@ -126,6 +126,10 @@ def _sums(d: np.ndarray, skip: np.ndarray, C: np.ndarray, tree_sum) -> tuple[np.
     return H.sum(axis=1), tree_sum(T)  # A exact (step 3), B
 
 
+LOG2E = float(np.log2(np.e))
+"""``fl(log2(fl(e)))``, the scale's factor (step 2; the compiled kernel is given this value)."""
+
+
 def log1p_exp_sum(d: np.ndarray, skip: np.ndarray, g: np.ndarray, tree_sum) -> tuple:
     """``(hi, lo, bound, handled)``: per row ``hi + lo`` within ``bound`` (relative) of
     ``g + log1p(sum_{i != skip} e**d_i)`` where ``handled`` (see the module: inputs and proof).
@@ -137,15 +141,22 @@ def log1p_exp_sum(d: np.ndarray, skip: np.ndarray, g: np.ndarray, tree_sum) -> t
     # (one row where wider; 16 x more rows where short: fewer numpy calls a row, measured ~2 ns a value)
     L = _depth(k)
     d2 = _row_max_skipping(d, skip)
-    handled = d2 >= FLOOR
-    d2 = np.where(handled, d2, 0.0)
     A, B = np.empty(rows), np.empty(rows)
     with np.errstate(all="ignore"):
-        E = np.floor(d2 * np.log2(np.e)).astype(np.int64) + 2
+        E = np.floor(np.where(d2 >= FLOOR, d2, 0.0) * LOG2E).astype(np.int64) + 2
         C = np.ldexp(1.5, (E + L).astype(np.int32))
         for i in range(0, rows, step):
             A[i:i + step], B[i:i + step] = _sums(d[i:i + step], skip[i:i + step], C[i:i + step], tree_sum)
         del C
+    return finish(A, B, d2, g, k)
+
+
+def finish(A: np.ndarray, B: np.ndarray, d2: np.ndarray, g: np.ndarray, k: int) -> tuple:
+    """:func:`log1p_exp_sum`'s result from the steps 1-4's sums ``A`` and ``B``, each row's largest kept ``d_i``
+    ``d2`` and ``g`` (steps 5-7; the compiled kernel's ``ref_expsum64`` computes A, B, d2 and g as
+    :func:`log1p_exp_sum` does, bit for bit)."""
+    handled = d2 >= FLOOR
+    with np.errstate(all="ignore"):
         sigma, tau = fast_two_sum(A, B)
         y0 = np.log1p(sigma)
         p, pl = two_sum(np.ones_like(sigma), sigma)

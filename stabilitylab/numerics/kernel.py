@@ -29,14 +29,15 @@ import os
 import mpmath
 import numpy as np
 
-__all__ = ["API", "FUNCTIONS", "load", "status", "exp_constants", "log_constants", "argmax_rows"]
+__all__ = ["API", "FUNCTIONS", "load", "status", "exp_constants", "log_constants", "exp64_constants", "argmax_rows"]
 
-API = 4
+API = 5
 """The kernel API this package calls (the C module's ``API``; tests/test_softmax_kernel.py pins the C file's hash
 beside it, so that a change to the C file cannot keep the number)."""
 
 FUNCTIONS = ("softmax_sums", "softmax_tail", "argmax_rows", "ref_terms", "ref_tree", "exp32_many", "log32_many",
-             "set_exp_constants", "set_log_constants")
+             "set_exp_constants", "set_log_constants", "softmax_sums64", "set_exp64_constants", "exp64_many",
+             "ref_expsum64")
 """What this package calls in the module: a build without one of them is not loaded."""
 
 _loaded: list = []  # [(module or None, why)], once per process
@@ -66,6 +67,20 @@ def log_constants() -> tuple[np.ndarray, float, float]:
     return table, hi, float(ln2 - hi)
 
 
+def exp64_constants() -> tuple:
+    """The float64 exp's constants, :mod:`~stabilitylab.numerics.exp64`'s and
+    :mod:`~stabilitylab.numerics.doubledouble`'s own (made there with mpmath), as the kernel's
+    ``set_exp64_constants`` takes them: ``(T_hi, T_lo, INV, C1, C2, (L1, L2, L3), the Taylor pairs 1/n!,
+    n = 1..12)``, arrays as bytes."""
+    from . import doubledouble, exp64
+
+    inv, c1, c2, t_hi, t_lo = exp64._constants()
+    ln2, taylor = doubledouble._constants()
+    assert doubledouble.DEGREE == 12 and doubledouble.SQUARINGS == 8 and len(t_hi) == 2048  # (the C file's)
+    return (t_hi.astype(np.float64).tobytes(), t_lo.astype(np.float64).tobytes(), inv, c1, c2,
+            np.array(ln2, dtype=np.float64).tobytes(), np.array(taylor, dtype=np.float64).tobytes())
+
+
 def load():
     """The compiled module with its constants set, or None (see the module and :func:`status`)."""
     if os.environ.get("STABILITYLAB_KERNEL", "1") == "0":
@@ -90,6 +105,7 @@ def _import():
         module.set_exp_constants(table.tobytes(), inv, hi, lo)
         table, hi, lo = log_constants()
         module.set_log_constants(table.tobytes(), hi, lo)
+        module.set_exp64_constants(*exp64_constants())
     except Exception as e:
         return None, f"not loaded: {type(e).__name__}: {e}"
     return module, ""
