@@ -874,7 +874,7 @@ static PyObject *exp32_many(PyObject *self, PyObject *args) {
  * Arguments >= 710 give inf and <= -746 give 0 (e**710 > max, e**-746 < 2**-1075): the row is not ordinary.
  * The constants are numerics/exp64's and numerics/doubledouble's own (set_exp64_constants), made with mpmath.
  */
-static double X64_HI[2048], X64_LO[2048], X64_INV, X64_C1, X64_C2, DD_L[3], DD_C[12][2];
+static double X64_HI[2048], X64_LO[2048], X64_INV, X64_C1, X64_C2, DD_L[3], DD_C[12][2], X64_LOG_ERROR;
 static int exp64_ready = 0;
 #define X64_SHIFT 6755399441055744.0 /* 1.5 * 2**52 */
 #define X64_SHIFT_BITS 0x4338000000000000ll
@@ -1138,11 +1138,12 @@ done:
     return result;
 }
 
-/* set_exp64_constants(T_hi bytes, T_lo bytes, INV, C1, C2, (L1, L2, L3) bytes, Taylor 1/n! pairs bytes (12 x 2)) */
+/* set_exp64_constants(T_hi bytes, T_lo bytes, INV, C1, C2, (L1, L2, L3) bytes, Taylor 1/n! pairs bytes (12 x 2),
+ * crmath.LOG64_ERROR) */
 static PyObject *set_exp64_constants(PyObject *self, PyObject *args) {
     Py_buffer hb, lb, db, cb;
-    double inv, c1, c2;
-    if (!PyArg_ParseTuple(args, "y*y*dddy*y*", &hb, &lb, &inv, &c1, &c2, &db, &cb)) return NULL;
+    double inv, c1, c2, log_error;
+    if (!PyArg_ParseTuple(args, "y*y*dddy*y*d", &hb, &lb, &inv, &c1, &c2, &db, &cb, &log_error)) return NULL;
     PyObject *result = NULL;
     if (hb.len != 2048 * 8 || lb.len != 2048 * 8 || db.len != 3 * 8 || cb.len != 24 * 8) {
         PyErr_SetString(PyExc_ValueError, "set_exp64_constants: 2048, 2048, 3 and 24 float64 values");
@@ -1151,7 +1152,7 @@ static PyObject *set_exp64_constants(PyObject *self, PyObject *args) {
         memcpy(X64_LO, lb.buf, 2048 * 8);
         memcpy(DD_L, db.buf, 3 * 8);
         memcpy(DD_C, cb.buf, 24 * 8);
-        X64_INV = inv; X64_C1 = c1; X64_C2 = c2;
+        X64_INV = inv; X64_C1 = c1; X64_C2 = c2; X64_LOG_ERROR = log_error;
         exp64_ready = 1;
         result = Py_None;
         Py_INCREF(result);
@@ -1181,6 +1182,118 @@ static PyObject *exp64_many(PyObject *self, PyObject *args) {
         Py_INCREF(result);
     }
     PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&db);
+    return result;
+}
+
+/* log64 / log1p64: crmath._log_float64's first stage (its proof there): y0 = the C library's log (log1p), within
+ * 2**-44 of the exact value (crmath.WIDE_REL_ERROR; here log_wide's or log1p_wide's value, within 2**-50), one Newton step on e**y = X with exp64_pair(-y0) (X = x, or 1 + x = a + al exactly),
+ * c = fl(fl(ph - 1) + fl(fl(pe + fl(a fl(err 2**e))) + fl(al W))), (hi, lo) = Fast2Sum(y0, c), decided where
+ * hi + (lo -+ B) round alike, B = 2**-78 |hi| + crmath.LOG64_ERROR (set_exp64_constants), and |y0| >= 2**-40; log 1 = +0 and
+ * log1p 0 = 0 (its sign kept) exactly.  Domains: log [2**-990, 2**990], log1p [0, 2**990] (crmath's is [-0.5, 2**990]:
+ * the tail's log1p arguments are sums, >= 0); elsewhere undecided. */
+INLINE double log64(double x, int one, int *dec) {
+    /* y0: log_wide / log1p_wide above (within 2**-50 relative: their proof at log32) */
+    double y0 = one ? log1p_wide(x) : log_wide(x);
+    int in = one ? (x >= 0.0) & (x <= 0x1p990) : (x >= 0x1p-990) & (x <= 0x1p990);
+    double err, ph, pe, a = x, al = 0.0;
+    int64_t e;
+    if (one) dd_two_sum(1.0, x, &a, &al);
+    double s = exp64_pair(in ? -y0 : 0.0, &err, &e);
+    double p2 = d_of((uint64_t)(e + 1023) << 52);
+    double W = s * p2;
+    dd_two_prod(a, W, &ph, &pe);
+    double rest = pe + a * (err * p2);
+    if (one) rest += al * W;
+    double c = (ph - 1.0) + rest, hi, lo;
+    dd_fast_two_sum(y0, c, &hi, &lo);
+    double bound = fabs(hi) * 0x1p-78 + X64_LOG_ERROR;
+    double down = hi + (lo - bound), up = hi + (lo + bound);
+    int exact = one ? x == 0.0 : x == 1.0;
+    *dec = exact | (in & (down == up) & (fabs(y0) >= 0x1p-40));
+    return exact ? (one ? x : 0.0) : down;
+}
+
+CLONES static void log64_many_block(const double *restrict x, double *restrict o, uint8_t *restrict d, Py_ssize_t n,
+                                    int one) {
+    if (one)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int dec;
+            o[i] = log64(x[i], 1, &dec);
+            d[i] = (uint8_t)dec;
+        }
+    else
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int dec;
+            o[i] = log64(x[i], 0, &dec);
+            d[i] = (uint8_t)dec;
+        }
+}
+
+/* log64_many(x float64, out float64, decided uint8, log1p): the kernel's float64 log (log1p), for the tests */
+static PyObject *log64_many(PyObject *self, PyObject *args) {
+    Py_buffer xb, ob, db;
+    int one;
+    if (!PyArg_ParseTuple(args, "y*w*w*p", &xb, &ob, &db, &one)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = xb.len / 8;
+    if (!exp64_ready || !log_ready || ob.len != xb.len || db.len != n) {
+        PyErr_SetString(PyExc_ValueError, "log64_many: buffers of the wrong size, or no exp64 / log constants");
+    } else {
+        log64_many_block((const double *)xb.buf, (double *)ob.buf, (uint8_t *)db.buf, n, one);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&db);
+    return result;
+}
+
+/* softmax_tail64(n, sums (6, n) float64, out (4, n) float64, flag uint8 in/out): tail_block in float64 (softmax_bulk.
+ * _tail, rnd the identity) with log64 / log1p64, in blocks of TAIL64 rows, each step a loop of its own (the compiler
+ * vectorizes those; one loop with the four logs it does not); a row with an undecided log is left to numpy (flag 2) */
+#define TAIL64 512
+CLONES static void tail_block64(Py_ssize_t n, const double *restrict sums, double *restrict o,
+                                uint8_t *restrict flag) {
+    const double *S = sums, *S1 = sums + n, *Sn = sums + 2 * n, *exy = sums + 3 * n, *ezy = sums + 4 * n,
+                 *zy = sums + 5 * n;
+    double rn[TAIL64], rs[TAIL64], l[4][TAIL64];
+    uint8_t d[4][TAIL64];
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += TAIL64) {
+        Py_ssize_t b = n - i0 < TAIL64 ? n - i0 : TAIL64;
+        for (Py_ssize_t i = 0; i < b; i++) {
+            rn[i] = exy[i0 + i] / Sn[i0 + i];
+            rs[i] = ezy[i0 + i] / S[i0 + i];
+        }
+        for (Py_ssize_t i = 0; i < b; i++) { int dec; l[0][i] = log64(rn[i], 0, &dec); d[0][i] = (uint8_t)dec; }
+        for (Py_ssize_t i = 0; i < b; i++) { int dec; l[1][i] = log64(rs[i], 0, &dec); d[1][i] = (uint8_t)dec; }
+        for (Py_ssize_t i = 0; i < b; i++) { int dec; l[2][i] = log64(S[i0 + i], 0, &dec); d[2][i] = (uint8_t)dec; }
+        for (Py_ssize_t i = 0; i < b; i++) { int dec; l[3][i] = log64(S1[i0 + i], 1, &dec); d[3][i] = (uint8_t)dec; }
+        for (Py_ssize_t i = 0; i < b; i++) {
+            Py_ssize_t r = i0 + i;
+            int ok = (S[r] < INFINITY) & (Sn[r] < INFINITY) & (rn[i] > 0.0) & (rn[i] < INFINITY) & (rs[i] > 0.0)
+                     & (rs[i] < INFINITY);
+            double v0 = -l[0][i], v1 = -l[1][i], v2 = l[2][i] - zy[r], v3 = l[3][i] - zy[r];
+            ok &= ((l[3][i] != 0.0) | (S1[r] == 0.0)) & (fabs(v0) < INFINITY) & (fabs(v1) < INFINITY)
+                  & (fabs(v2) < INFINITY) & (fabs(v3) < INFINITY);
+            int f = flag[r], dec = d[0][i] & d[1][i] & d[2][i] & d[3][i];
+            flag[r] = (uint8_t)(f != 1 ? f : !ok ? 0 : dec ? 1 : 2);
+            o[r] = v0; o[n + r] = v1; o[2 * n + r] = v2; o[3 * n + r] = v3;
+        }
+    }
+}
+
+static PyObject *softmax_tail64(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    Py_buffer sb, ob, fb;
+    if (!PyArg_ParseTuple(args, "ny*w*w*", &n, &sb, &ob, &fb)) return NULL;
+    PyObject *result = NULL;
+    if (n < 0 || sb.len != 6 * n * 8 || ob.len != 4 * n * 8 || fb.len != n || !exp64_ready || !log_ready) {
+        PyErr_SetString(PyExc_ValueError, "softmax_tail64: buffers of the wrong size, or no exp64 / log constants");
+    } else {
+        tail_block64(n, (const double *)sb.buf, (double *)ob.buf, (uint8_t *)fb.buf);
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&sb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
     return result;
 }
 
@@ -1298,6 +1411,9 @@ static PyMethodDef methods[] = {
     {"set_exp64_constants", set_exp64_constants, METH_VARARGS,
      "set_exp64_constants(T_hi, T_lo, INV, C1, C2, ln2 parts, Taylor pairs)"},
     {"exp64_many", exp64_many, METH_VARARGS, "exp64_many(x, out, stage)"},
+    {"log64_many", log64_many, METH_VARARGS, "log64_many(x, out, decided, log1p)"},
+    {"softmax_tail64", softmax_tail64, METH_VARARGS,
+     "softmax_tail64(n, sums (6, n) float64, out (4, n) float64, flag): the four methods' values in float64"},
     {"ref_expsum64", ref_expsum64, METH_VARARGS,
      "ref_expsum64(rows, K, X float64, y, log2e, out (4, rows) float64: A, B, d2, g, exact uint8)"},
     {NULL, NULL, 0, NULL}};

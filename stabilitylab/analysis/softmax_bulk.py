@@ -297,8 +297,6 @@ def _values(fmt: Format, x: np.ndarray, y: np.ndarray):
         ok, xl, sums = _sums(fmt, x, y)
         return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
     ok, xl, sums = got
-    if sums.dtype == np.float64:
-        return _tail(fmt, _rounder(fmt), ok, *sums), ok, xl
     return _tail_kernel(fmt, ok, sums), ok, xl
 
 
@@ -366,15 +364,18 @@ def _fix_exp64(z: float) -> float:
 
 
 def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`_tail` by the compiled kernel on the (6, n) float32 ``sums`` of :func:`_sums_kernel` (``ok``
-    narrowed in place, as there): the same values and rows (its float32 log and log1p are checked against
-    crmath's; a row with an undecided one, about 1 in 10**6, is done by :func:`_tail`)."""
+    """:func:`_tail` by the compiled kernel on the (6, n) ``sums`` of :func:`_sums_kernel` (float32; float64 for
+    float64), ``ok`` narrowed in place, as there: the same values and rows (its float32 and float64 log and
+    log1p are checked against crmath's; a row with an undecided one is done by :func:`_tail`)."""
     code = KERNEL_FORMATS[fmt.name]
     n = sums.shape[1]
-    out = np.empty((4, n), dtype=np.float32)
+    out = np.empty((4, n), dtype=sums.dtype)
     flag = ok.view(np.uint8).copy()
-    log, log1p = (_table("log", fmt), _table("log1p", fmt)) if code == 0 else (np.zeros(0, np.float32),) * 2
-    kernel.load().softmax_tail(code, n, sums, log, log1p, out, flag)
+    if code == 2:  # float64: crmath's first stage for log and log1p (its softmax_tail64)
+        kernel.load().softmax_tail64(n, sums, out, flag)
+    else:
+        log, log1p = (_table("log", fmt), _table("log1p", fmt)) if code == 0 else (np.zeros(0, np.float32),) * 2
+        kernel.load().softmax_tail(code, n, sums, log, log1p, out, flag)
     redo = np.flatnonzero(flag == 2)
     if redo.size:
         sub = ok[redo].copy()

@@ -37,7 +37,7 @@ beside it, so that a change to the C file cannot keep the number)."""
 
 FUNCTIONS = ("softmax_sums", "softmax_tail", "argmax_rows", "ref_terms", "ref_tree", "exp32_many", "log32_many",
              "set_exp_constants", "set_log_constants", "softmax_sums64", "set_exp64_constants", "exp64_many",
-             "ref_expsum64")
+             "ref_expsum64", "log64_many", "softmax_tail64")
 """What this package calls in the module: a build without one of them is not loaded."""
 
 _loaded: list = []  # [(module or None, why)], once per process
@@ -71,14 +71,14 @@ def exp64_constants() -> tuple:
     """The float64 exp's constants, :mod:`~stabilitylab.numerics.exp64`'s and
     :mod:`~stabilitylab.numerics.doubledouble`'s own (made there with mpmath), as the kernel's
     ``set_exp64_constants`` takes them: ``(T_hi, T_lo, INV, C1, C2, (L1, L2, L3), the Taylor pairs 1/n!,
-    n = 1..12)``, arrays as bytes."""
-    from . import doubledouble, exp64
+    n = 1..12, crmath.LOG64_ERROR)``, arrays as bytes (the float64 log's bound is crmath's too)."""
+    from . import crmath, doubledouble, exp64
 
     inv, c1, c2, t_hi, t_lo = exp64._constants()
     ln2, taylor = doubledouble._constants()
     assert doubledouble.DEGREE == 12 and doubledouble.SQUARINGS == 8 and len(t_hi) == 2048  # (the C file's)
     return (t_hi.astype(np.float64).tobytes(), t_lo.astype(np.float64).tobytes(), inv, c1, c2,
-            np.array(ln2, dtype=np.float64).tobytes(), np.array(taylor, dtype=np.float64).tobytes())
+            np.array(ln2, dtype=np.float64).tobytes(), np.array(taylor, dtype=np.float64).tobytes(), crmath.LOG64_ERROR)
 
 
 def load():
