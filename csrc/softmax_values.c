@@ -570,15 +570,17 @@ static double LOG_INV_C[256];
 
 INLINE double log_wide(double a) {
     uint64_t u = dbits_of(a);
-    int64_t e = (int64_t)((u >> 52) & 0x7FF) - 1023;
     double m = d_of((u & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull); /* [1, 2) */
-    int64_t up = m >= 1.40625;
-    m = up ? m * 0.5 : m;
-    e += up;
+    /* m >= 1.40625: m halved, e + 1 (by arithmetic on a scale of 1 or 1/2, not a branch: the compiler would split
+     * the rest of the function on it and no longer vectorize the loops) */
+    double half = d_of(0x3FF0000000000000ull - ((uint64_t)(m >= 1.40625) << 52)); /* 1 or 1/2 */
+    m = m * half;
     double ci = (m * 128.0 + 6755399441055744.0) - 6755399441055744.0; /* rint(128 m): 90 .. 180 */
     uint64_t i = dbits_of(m * 128.0 + 6755399441055744.0) & 255;
     double r = (m - ci * (1.0 / 128.0)) * LOG_INV_C[i]; /* ((m - c) exact) / c, rounded twice: |error| < 2**-52 |r| */
-    double ed = (double)e;
+    /* e = the exponent (+ 1 where m was halved), as a float64 from the exponent field's bits (2**52 + field, exact;
+     * no integer-to-float conversion, which keeps the loops vectorized): integers, every step exact */
+    double ed = ((d_of(0x4330000000000000ull | ((u >> 52) & 0x7FF)) - 0x1p52) - 1023.0) + (2.0 - 2.0 * half);
     return (ed * LOG_HI + LOG_C[i]) + (log_poly(r) + ed * LOG_LO);
 }
 
@@ -1189,8 +1191,44 @@ static PyObject *exp64_many(PyObject *self, PyObject *args) {
  * 2**-44 of the exact value (crmath.WIDE_REL_ERROR; here log_wide's or log1p_wide's value, within 2**-50), one Newton step on e**y = X with exp64_pair(-y0) (X = x, or 1 + x = a + al exactly),
  * c = fl(fl(ph - 1) + fl(fl(pe + fl(a fl(err 2**e))) + fl(al W))), (hi, lo) = Fast2Sum(y0, c), decided where
  * hi + (lo -+ B) round alike, B = 2**-78 |hi| + crmath.LOG64_ERROR (set_exp64_constants), and |y0| >= 2**-40; log 1 = +0 and
- * log1p 0 = 0 (its sign kept) exactly.  Domains: log [2**-990, 2**990], log1p [0, 2**990] (crmath's is [-0.5, 2**990]:
+ * log1p 0 = 0 (its sign kept) exactly; log of x within 2**-7 of 1 and log1p of x <= 2**-7 by log1p_near (Newton's
+ * absolute bound decides few of those).  Domains: log [2**-990, 2**990], log1p [0, 2**990] (crmath's is [-0.5, 2**990]:
  * the tail's log1p arguments are sums, >= 0); elsewhere undecided. */
+/* log1p t for 2**-480 <= |t| <= 2**-7 (*dec = 1 where decided; 0 elsewhere), correctly rounded where decided: the
+ * results crmath leaves to its longdouble path (log of x near 1, t = x - 1, exact by Sterbenz's lemma; log1p of
+ * a tiny sum).  log1p t = t - t**2/2 + t**3 Q(t), Q = sum_{n=3..11} (-1)**(n+1) t**(n-3) / n (truncation below
+ * |t|**12 / 12 <= 2**-80 |t|).  t**2 = p + pe exactly (Dekker; pe normal as |t| >= 2**-480), h2 = -p/2 and
+ * l2 = -pe/2 exact; Q by Horner in float64 (coefficients rounded, |t| <= 2**-7: within 2**-51.9 of Q, |Q| <= 0.34);
+ * r3 = fl(fl(t p) Q) within 2**-50.6 relative of t**3 Q (dropping pe: 2**-53), so within 2**-66.1 |t|
+ * (|t**3 Q| <= 2**-15.5 |t|).  (s1, e1) = TwoSum(t, h2) exactly; w = fl(l2 + r3) and lo = fl(e1 + w) round by at
+ * most 2**-68.4 |t| each; (hi, lo2) = Fast2Sum(s1, lo) exactly (|s1| >= |t| (1 - 2**-8) > |lo|).  In all
+ * |hi + lo2 - log1p t| <= 2**-65.5 |t| <= 2**-65.3 |hi|; with B = 2**-63 |hi| (margin 2**2.3 for the roundings
+ * of lo2 -+ B, at most 2**-105 |hi|), hi + (lo2 -+ B) bracket the exact value after rounding (monotonicity, as
+ * crmath._log_float64's test): equal, they are its correct rounding. */
+INLINE double log1p_near(double t, int *dec) {
+    double p, pe, s1, e1, hi, lo2;
+    dd_two_prod(t, t, &p, &pe);
+    double h2 = -0.5 * p, l2 = -0.5 * pe;
+    double Q = t * (1.0 / 11.0);
+    Q = t * (-1.0 / 10.0 + Q);
+    Q = t * (1.0 / 9.0 + Q);
+    Q = t * (-1.0 / 8.0 + Q);
+    Q = t * (1.0 / 7.0 + Q);
+    Q = t * (-1.0 / 6.0 + Q);
+    Q = t * (1.0 / 5.0 + Q);
+    Q = t * (-1.0 / 4.0 + Q);
+    Q = 1.0 / 3.0 + Q;
+    double r3 = (t * p) * Q;
+    dd_two_sum(t, h2, &s1, &e1);
+    double w = l2 + r3;
+    double lo = e1 + w;
+    dd_fast_two_sum(s1, lo, &hi, &lo2);
+    double B = fabs(hi) * 0x1p-63;
+    double down = hi + (lo2 - B), up = hi + (lo2 + B);
+    *dec = (down == up) & (fabs(t) >= 0x1p-480) & (fabs(t) <= 0x1p-7);
+    return down;
+}
+
 INLINE double log64(double x, int one, int *dec) {
     /* y0: log_wide / log1p_wide above (within 2**-50 relative: their proof at log32) */
     double y0 = one ? log1p_wide(x) : log_wide(x);
@@ -1213,23 +1251,67 @@ INLINE double log64(double x, int one, int *dec) {
     return exact ? (one ? x : 0.0) : down;
 }
 
+/* log64's value of x within 2**-7 of 1 (log) or in [0, 2**-7] (log1p): log1p_near's, in place of *v and *dec (a
+ * pass of its own after log64's: in one loop with it the compiler computes one of the two under a mask and no longer
+ * vectorizes) */
+INLINE void log64_near(double x, int one, double *v, uint8_t *dec) {
+    int near_dec;
+    double t = one ? x : x - 1.0; /* (exact where |x - 1| <= 2**-7) */
+    double near = log1p_near(t, &near_dec);
+    int use = (fabs(t) <= 0x1p-7) & (x >= 0.0) & (one ? x != 0.0 : x != 1.0); /* (0 and 1: exact in log64) */
+    *v = use ? near : *v;
+    *dec = (uint8_t)(use ? near_dec : *dec);
+}
+
+/* The second stage of log64 / log1p64, where the C long double is the x87 format (64-bit significand), as crmath's
+ * longdouble path: w = logl(x) (log1pl), within 2**-60 of the exact value (crmath.WIDE_REL_ERROR["longdouble"], the
+ * bound the project assumes of the C library's long double functions); decided as crmath._decided_by_bits decides
+ * it: where w's 11 dropped bits L are farther than ceil(2**-60 2**64) + 1 = 17 from the midpoint 2**10 and |w| is a
+ * normal float64 below the top binade, the rounding (double)w is the correctly rounded value.  Elsewhere (or
+ * without x87) undecided. */
+static double log_x87(double x, int one, int *dec) {
+#if LDBL_MANT_DIG == 64 && (defined(__x86_64__) || defined(__i386__))
+    long double w = one ? log1pl((long double)x) : logl((long double)x);
+    uint64_t mant;
+    memcpy(&mant, &w, 8); /* (the x87 format's low 8 bytes: the significand, explicit leading bit) */
+    int64_t L = (int64_t)(mant & 2047) - 1024;
+    long double a = fabsl(w);
+    *dec = (L > 17 || L < -17) && a >= (long double)DBL_MIN && a < (long double)0x1p1023;
+    return (double)w;
+#else
+    (void)x; (void)one;
+    *dec = 0;
+    return 0.0;
+#endif
+}
+
 CLONES static void log64_many_block(const double *restrict x, double *restrict o, uint8_t *restrict d, Py_ssize_t n,
                                     int one) {
-    if (one)
+    if (one) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int dec;
             o[i] = log64(x[i], 1, &dec);
             d[i] = (uint8_t)dec;
         }
-    else
+        for (Py_ssize_t i = 0; i < n; i++) log64_near(x[i], 1, o + i, d + i);
+    } else {
         for (Py_ssize_t i = 0; i < n; i++) {
             int dec;
             o[i] = log64(x[i], 0, &dec);
             d[i] = (uint8_t)dec;
         }
+        for (Py_ssize_t i = 0; i < n; i++) log64_near(x[i], 0, o + i, d + i);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!d[i] && x[i] > 0.0 && x[i] < INFINITY) {
+            int dec;
+            double v = log_x87(x[i], one, &dec);
+            if (dec) { o[i] = v; d[i] = 2; }
+        }
 }
 
-/* log64_many(x float64, out float64, decided uint8, log1p): the kernel's float64 log (log1p), for the tests */
+/* log64_many(x float64, out float64, decided uint8, log1p): the kernel's float64 log (log1p), for the tests (decided:
+ * 1 by log64, 2 by the x87 stage) */
 static PyObject *log64_many(PyObject *self, PyObject *args) {
     Py_buffer xb, ob, db;
     int one;
@@ -1267,6 +1349,19 @@ CLONES static void tail_block64(Py_ssize_t n, const double *restrict sums, doubl
         for (Py_ssize_t i = 0; i < b; i++) { int dec; l[1][i] = log64(rs[i], 0, &dec); d[1][i] = (uint8_t)dec; }
         for (Py_ssize_t i = 0; i < b; i++) { int dec; l[2][i] = log64(S[i0 + i], 0, &dec); d[2][i] = (uint8_t)dec; }
         for (Py_ssize_t i = 0; i < b; i++) { int dec; l[3][i] = log64(S1[i0 + i], 1, &dec); d[3][i] = (uint8_t)dec; }
+        for (Py_ssize_t i = 0; i < b; i++) log64_near(rn[i], 0, l[0] + i, d[0] + i);
+        for (Py_ssize_t i = 0; i < b; i++) log64_near(rs[i], 0, l[1] + i, d[1] + i);
+        for (Py_ssize_t i = 0; i < b; i++) log64_near(S[i0 + i], 0, l[2] + i, d[2] + i);
+        for (Py_ssize_t i = 0; i < b; i++) log64_near(S1[i0 + i], 1, l[3] + i, d[3] + i);
+        for (int q = 0; q < 4; q++) { /* the few left undecided: the x87 stage */
+            const double *arg = q == 0 ? rn : q == 1 ? rs : q == 2 ? S + i0 : S1 + i0;
+            for (Py_ssize_t i = 0; i < b; i++)
+                if (!d[q][i] && arg[i] > 0.0 && arg[i] < INFINITY) {
+                    int dec;
+                    double v = log_x87(arg[i], q == 3, &dec);
+                    if (dec) { l[q][i] = v; d[q][i] = 1; }
+                }
+        }
         for (Py_ssize_t i = 0; i < b; i++) {
             Py_ssize_t r = i0 + i;
             int ok = (S[r] < INFINITY) & (Sn[r] < INFINITY) & (rn[i] > 0.0) & (rn[i] < INFINITY) & (rs[i] > 0.0)
@@ -1309,9 +1404,20 @@ static PyObject *softmax_tail64(PyObject *self, PyObject *args) {
  *     (softmax_ce._tree_sum's pairs: an odd level's last term plus 0).
  * The same float64 operations as the numpy code, so the same A, B, d2, g bit for bit (tests/test_softmax_kernel.py).
  * out: (4, rows) float64 A, B, d2, g; exact: uint8. */
+/* the pairs of exp64_pair on n arguments (a loop of its own: vectorized) */
+INLINE void exp64_pairs(const double *restrict x, double *restrict s, double *restrict err, int64_t *restrict e,
+                        Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) s[i] = exp64_pair(x[i], err + i, e + i);
+}
+
+/* rows of X in blocks of about BLOCK_VALUES values: each row's test, max and d first, the block's pairs in one pass,
+ * then each row's sums; scratch d, s, err (B K float64), e (B K int64), R (K), b and t (K / 2 + 1), and per row of
+ * the block top, C */
 CLONES static void ref_expsum64_block(Py_ssize_t rows, Py_ssize_t K, const double *restrict X, const int64_t *y,
-                                      double log2e, double *restrict R, double *restrict b, double *restrict t,
-                                      double *restrict o, uint8_t *restrict exact) {
+                                      double log2e, double *restrict dd, double *restrict s, double *restrict er,
+                                      int64_t *restrict ee, double *restrict R, double *restrict b, double *restrict t,
+                                      Py_ssize_t *restrict top, double *restrict Cs, double *restrict o,
+                                      uint8_t *restrict exact) {
     int low_any = 0;
     Py_ssize_t L = 0;
     while (((Py_ssize_t)1 << L) < (K - 1 > 1 ? K - 1 : 1) + 1) L++; /* (max(K - 1, 1)).bit_length() */
@@ -1319,51 +1425,63 @@ CLONES static void ref_expsum64_block(Py_ssize_t rows, Py_ssize_t K, const doubl
         const double *xi = X + i * K;
         uint64_t low = 0;
         double small = INFINITY, big = 0.0;
+        int finite = 1; /* (numpy's min and max of |x| are NaN with a NaN: the row is not exact) */
         for (Py_ssize_t j = 0; j < K; j++) {
             double a = fabs(xi[j]);
             low |= dbits_of(xi[j]) & ((1ull << 29) - 1);
             small = a < small ? a : small;
             big = a > big ? a : big;
+            finite &= a <= DBL_MAX;
         }
-        int ex;
-        frexp(small, &ex);
-        exact[i] = (uint8_t)(low == 0 && small >= 0x1p-1000 && big < INFINITY && big < ldexp(1.0, ex - 1 + 29));
+        /* 2**(floor(log2 small) + 29) from small's exponent field (small >= 2**-1000: normal; inf beyond the range) */
+        uint64_t field = (dbits_of(small) >> 52) & 0x7FF;
+        double top2 = field + 29 >= 0x7FF ? INFINITY : d_of((field + 29) << 52);
+        exact[i] = (uint8_t)(finite && low == 0 && small >= 0x1p-1000 && big < top2);
         low_any |= low != 0;
     }
-    for (Py_ssize_t i = 0; i < rows; i++) {
-        const double *xi = X + i * K;
-        if (low_any) exact[i] = 0;
-        int ok = exact[i];
-        Py_ssize_t k = 0;
-        double m = xi[0];
-        for (Py_ssize_t j = 1; j < K; j++)
-            if (xi[j] > m) { m = xi[j]; k = j; }
-        double d2 = -INFINITY;
-        for (Py_ssize_t j = 0; j < K; j++) {
-            double d = ok ? xi[j] - m : 0.0;
-            d2 = (j != k && d > d2) ? d : d2;
+    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / K;
+    for (Py_ssize_t i0 = 0; i0 < rows; i0 += B) {
+        Py_ssize_t nb = rows - i0 < B ? rows - i0 : B;
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            Py_ssize_t i = i0 + r;
+            const double *xi = X + i * K;
+            double *di = dd + r * K;
+            if (low_any) exact[i] = 0;
+            int ok = exact[i];
+            Py_ssize_t k = 0;
+            double m = xi[0];
+            for (Py_ssize_t j = 1; j < K; j++) { /* (without branches: a strict > keeps the first maximum) */
+                int up = xi[j] > m;
+                m = up ? xi[j] : m;
+                k = up ? j : k;
+            }
+            double d2 = -INFINITY;
+            for (Py_ssize_t j = 0; j < K; j++) {
+                double d = ok ? xi[j] - m : 0.0;
+                d2 = (j != k && d > d2) ? d : d2;
+                di[j] = d > -707.0 ? d : -707.0; /* (exp64's domain: expsum64's clamp) */
+            }
+            top[r] = ok ? k : 0; /* (a row not exact: not handled, any column will do) */
+            double dh = d2 >= -600.0 ? d2 : 0.0;
+            int64_t n2 = (int64_t)floor(dh * log2e) + 2 + L; /* in [-862, 22]: 1.5 2**n2 is normal */
+            Cs[r] = d_of(0x3FF8000000000000ull + ((uint64_t)n2 << 52));
+            o[2 * rows + i] = d2;
+            o[3 * rows + i] = -(ok ? xi[y[i]] - m : 0.0);
         }
-        if (!ok) k = 0; /* (numpy's argmax of the row; not read: the row is not handled) */
-        double g = -(ok ? xi[y[i]] - m : 0.0);
-        double dh = d2 >= -600.0 ? d2 : 0.0;
-        int64_t E = (int64_t)floor(dh * log2e) + 2;
-        double C = ldexp(1.5, (int)(E + L));
-        double A = 0.0;
-        for (Py_ssize_t j = 0; j < K; j++) {
-            double d = ok ? xi[j] - m : 0.0, err;
-            int64_t e;
-            double s = exp64_pair(d > -707.0 ? d : -707.0, &err, &e);
-            double p2 = d_of((uint64_t)(e + 1023) << 52);
-            double T = j == k ? 0.0 : s * p2, F = j == k ? 0.0 : err * p2;
-            double H = (T + C) - C;
-            R[j] = (T - H) + F;
-            A += H;
+        exp64_pairs(dd, s, er, ee, nb * K);
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            double C = Cs[r], A = 0.0, unused;
+            for (Py_ssize_t j = 0; j < K; j++) {
+                Py_ssize_t q = r * K + j;
+                double p2 = d_of((uint64_t)(ee[q] + 1023) << 52);
+                double T = j == top[r] ? 0.0 : s[q] * p2, F = j == top[r] ? 0.0 : er[q] * p2;
+                double H = (T + C) - C;
+                R[j] = (T - H) + F;
+                A += H;
+            }
+            o[i0 + r] = A;
+            o[rows + i0 + r] = tree64(R, b, t, K, 0, &unused);
         }
-        double unused;
-        o[i] = A;
-        o[rows + i] = tree64(R, b, t, K, 0, &unused);
-        o[2 * rows + i] = d2;
-        o[3 * rows + i] = g;
     }
 }
 
@@ -1374,21 +1492,28 @@ static PyObject *ref_expsum64(PyObject *self, PyObject *args) {
     Py_buffer xb, yb, ob, eb;
     if (!PyArg_ParseTuple(args, "nny*y*dw*w*", &rows, &K, &xb, &yb, &log2e, &ob, &eb)) return NULL;
     PyObject *result = NULL;
-    double *R = NULL, *b = NULL, *t = NULL;
+    Py_ssize_t B = K >= BLOCK_VALUES ? 1 : BLOCK_VALUES / (K > 0 ? K : 1), n = B * K;
+    double *R = NULL, *b = NULL, *t = NULL, *dd = NULL, *s = NULL, *er = NULL, *Cs = NULL;
+    int64_t *ee = NULL;
+    Py_ssize_t *top = NULL;
     if (rows < 0 || K < 2 || K > (1 << 20) || xb.len != rows * K * 8 || yb.len != rows * 8 || ob.len != 4 * rows * 8
         || eb.len != rows || !exp64_ready) {
         PyErr_SetString(PyExc_ValueError, "ref_expsum64: buffers of the wrong size, or no exp64 constants");
     } else if (!(R = (double *)malloc(sizeof(double) * (size_t)K))
                || !(b = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))
-               || !(t = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))) {
+               || !(t = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))
+               || !(dd = (double *)malloc(sizeof(double) * (size_t)n)) || !(s = (double *)malloc(sizeof(double) * (size_t)n))
+               || !(er = (double *)malloc(sizeof(double) * (size_t)n)) || !(ee = (int64_t *)malloc(8 * (size_t)n))
+               || !(Cs = (double *)malloc(sizeof(double) * (size_t)B))
+               || !(top = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (size_t)B))) {
         PyErr_NoMemory();
     } else {
-        ref_expsum64_block(rows, K, (const double *)xb.buf, (const int64_t *)yb.buf, log2e, R, b, t,
-                           (double *)ob.buf, (uint8_t *)eb.buf);
+        ref_expsum64_block(rows, K, (const double *)xb.buf, (const int64_t *)yb.buf, log2e, dd, s, er, ee, R, b, t,
+                           top, Cs, (double *)ob.buf, (uint8_t *)eb.buf);
         result = Py_None;
         Py_INCREF(result);
     }
-    free(R); free(b); free(t);
+    free(R); free(b); free(t); free(dd); free(s); free(er); free(ee); free(Cs); free(top);
     PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&ob); PyBuffer_Release(&eb);
     return result;
 }

@@ -316,9 +316,9 @@ def test_kernel_exp64_is_crmath_on_a_sample():
 
 @pytest.mark.parametrize("one", [False, True], ids=["log", "log1p"])
 def test_kernel_log64_is_crmath_on_a_sample(one):
-    """The float64 log / log1p of softmax_tail64 (crmath's first stage from the kernel's own log_wide): decided
-    values are crmath's bit for bit; it decides nearly every argument whose result is at least 1/2 in magnitude,
-    and none outside its domain (the bound has an absolute part, 2**-61.9: tiny results are left undecided)."""
+    """The float64 log / log1p of softmax_tail64 (crmath's first stage from the kernel's own log_wide, log1p_near
+    near 1 / 0, then the x87 stage, 2 in ``dec``): decided values are crmath's bit for bit; it decides nearly every
+    argument, the first stages none outside their domain, the x87 stage only positive finite ones."""
     rng = np.random.default_rng(13)
     x = np.concatenate([np.exp(rng.uniform(-680, 680, 2**18)), rng.uniform(0.5, 2, 2**18), rng.uniform(0, 1e-3, 2**14),
                         1 + rng.uniform(-1e-9, 1e-9, 2**12), [1.0, 0.0, -0.0, 2.0**-990, 2.0**990, 1.5]])
@@ -331,9 +331,13 @@ def test_kernel_log64_is_crmath_on_a_sample(one):
     with np.errstate(divide="ignore"):
         big = np.abs(np.log1p(x) if one else np.log(x)) >= 0.5
     assert (~d & big).sum() <= 0.01 * big.sum() and d.sum() > 0.6 * x.size
+    assert ((dec == 2) & (x < 2.0**990)).sum() > 100  # (the x87 stage decides some the first leaves)
     outside = np.array([-0.25, -1e-300, 2.0**991, np.inf, np.nan] + ([] if one else [2.0**-991, 0.0]))
-    KERNEL.log64_many(outside, out[:outside.size], dec[:outside.size], one)
-    assert not dec[:outside.size].any()
+    o, d = out[:outside.size], dec[:outside.size]
+    KERNEL.log64_many(outside, o, d, one)
+    assert not (d == 1).any() and not d[[0, 1, 3, 4]].any()  # (the x87 stage takes positive finite arguments)
+    ref = (crmath.log1p if one else crmath.log)(F64, outside[d == 2])
+    assert np.array_equal(o[d == 2].view(np.uint64), ref.view(np.uint64))
 
 
 @pytest.mark.slow
@@ -380,6 +384,7 @@ def test_kernel_bounded_reference_equals_numpy(classes, monkeypatch):
     x[3, 0], x[3, 1:] = 0.0, -650.0  # d2 below the FLOOR
     x[4, -1] = 1e-30  # tiny beside large: not exact
     x[5] = -x[5]
+    x[7, -1], x[8, 0] = np.nan, -np.inf  # not finite: not exact
     y = rng.integers(0, classes, len(x))
     y[6] = int(np.argmax(x[6]))
     X = x.astype(np.float64)
@@ -414,7 +419,7 @@ def test_kernel_argmax_is_numpys(classes):
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "cec676408399899ebc37c5eb420d6f16aa02b4f7659346d487f65eca11a13507"
+C_SOURCE_SHA256 = "2d2f8d9c9acbe7ca575952aaf8ea02f8d0520c27d5c95bd8a95a5dc234736132"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
