@@ -9,7 +9,12 @@
  *   softmax_tail: the four methods' values from those (softmax_bulk._tail);
  *   ref_terms / ref_tree: the float64 reference's terms and sums around numpy's own exp
  *     (experiments/softmax_ce.fast_cross_entropy in float64);
- *   argmax_rows: each row's first maximum (the labels of a file without labels).
+ *   argmax_rows: each row's first maximum (the labels of a file without labels);
+ *   softmax_sums64 / softmax_tail64: the same sums and values in float64 (its section below: crmath's float64 exp,
+ *     log and log1p, decided in stages);
+ *   ref_expsum64: the sums of float64's bounded reference tier (experiments/softmax_ce.bounded_cross_entropy,
+ *     numerics/expsum64.log1p_exp_sum's steps 1-4);
+ *   exp32_many, log32_many, exp64_many, log64_many: the exps and logs alone, for the tests.
  * Every operation is the numpy path's on the same operands, rounded the same way, so the results are the same
  * bit for bit:
  *

@@ -1,14 +1,17 @@
 """The optional compiled kernel of the bulk softmax_ce path (``csrc/softmax_values.c``, the extension module
 ``_stabilitylab_kernels`` that ``pip install`` builds where a C compiler is present).
 
-It computes, for rows of float32 logits in bfloat16 or float32, what :mod:`~stabilitylab.analysis.softmax_bulk`
-computes with numpy -- the stored logits, the shifted logits' and the logits' exps, their pairwise sums, the
-label's terms and the four methods' values -- and the float64 reference's terms and sums around numpy's own exp
-(:func:`~stabilitylab.experiments.softmax_ce.fast_cross_entropy`), a row (or 256 short rows) at a time in
+It computes, for rows of float32 logits in bfloat16, float32 or float64, what
+:mod:`~stabilitylab.analysis.softmax_bulk` computes with numpy -- the stored logits, the shifted logits' and the
+logits' exps, their pairwise sums, the label's terms and the four methods' values -- the float64 reference's
+terms and sums around numpy's own exp (:func:`~stabilitylab.experiments.softmax_ce.fast_cross_entropy`), and the
+sums of float64's bounded reference tier (:func:`~stabilitylab.experiments.softmax_ce.bounded_cross_entropy`),
+a row (or 256 short rows) at a time in
 buffers that stay in cache, instead of a dozen passes over whole-chunk arrays.  The operations and their
 roundings are the same (see the C file's header), so the results are the same bit for bit;
-tests/test_softmax_kernel.py checks that against the numpy path, and checks the kernel's float32 exp, log and
-log1p against :mod:`~stabilitylab.numerics.crmath` (every float32 argument in the slow run).
+tests/test_softmax_kernel.py checks that against the numpy path, and checks the kernel's float32 and float64 exp,
+log and log1p against :mod:`~stabilitylab.numerics.crmath` (every float32 argument, and 2**26 float64 ones, in
+the slow run).
 
 :func:`load` returns the module, or None where it is not built (no compiler at install time), is of another
 API version or lacks a function (a stale build), fails to import (a build with fast-math refuses to load: it
