@@ -363,8 +363,8 @@ def compile_package() -> str:
     probe = subprocess.run([sys.executable, "-c", "from stabilitylab.numerics import kernel as k; "
                             "print(k.load() is not None)"], cwd=ROOT, capture_output=True, text=True)
     if probe.stdout.strip() == "True":
-        return ("Compiled kernel: present (`_stabilitylab_kernels`, built in place: bfloat16 and float32 values "
-                "and their float64 reference).")
+        return ("Compiled kernel: present (`_stabilitylab_kernels`, built in place: bfloat16, float32 and float64 "
+                "values and their references).")
     return "Compiled kernel: absent (not built here): every job ran the numpy path."
 
 
