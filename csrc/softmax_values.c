@@ -971,8 +971,8 @@ INLINE void dd_add(double ah, double al, double bh, double bl, double *h, double
 
 /* stage 2: doubledouble.exp(x) for x in [-670, 709] and crmath._double_double's decision; 1 and *out where
  * decided */
-static int exp64_dd(double x, double *out) {
-    if (!(x >= -670.0 && x <= 709.0)) return 0;
+/* doubledouble._exp_parts: x = k ln2 + r, q = e**r - 1 as the double-double (qh, ql) */
+static void dd_exp_parts(double x, double *k_out, double *qh_out, double *ql_out) {
     double k = rint(x / (DD_L[0] + DD_L[1]));
     double r1 = x - k * DD_L[0];
     double rh, rl;
@@ -990,10 +990,21 @@ static int exp64_dd(double x, double *out) {
         dd_add(2.0, 0.0, qh, ql, &th, &tl);
         dd_mul(qh, ql, th, tl, &qh, &ql);
     }
-    double eh, el;
+    *k_out = k; *qh_out = qh; *ql_out = ql;
+}
+
+/* doubledouble.exp (x in [-670, 709]): 2**k (1 + q) (_scaled) */
+static void dd_exp(double x, double *h, double *l) {
+    double k, qh, ql, eh, el;
+    dd_exp_parts(x, &k, &qh, &ql);
     dd_add(1.0, 0.0, qh, ql, &eh, &el);
-    int scale = (int)k;
-    double h = ldexp(eh, scale), lo = ldexp(el, scale);
+    *h = ldexp(eh, (int)k);
+    *l = ldexp(el, (int)k);
+}
+
+/* crmath._double_double's decision on a double-double (h, lo) within 2**-90 (doubledouble.REL_ERROR): 1 and *out
+ * where h + (lo -+ E |h|) round alike (and are finite) */
+static int dd_decided(double h, double lo, double *out) {
     double err = fabs(h) * 0x1p-90;
     double down = h + (lo - err), up = h + (lo + err);
     if (down == up && fabs(down) < INFINITY) {
@@ -1002,6 +1013,55 @@ static int exp64_dd(double x, double *out) {
     }
     return 0;
 }
+
+/* stage 2: doubledouble.exp(x) for x in [-670, 709] and crmath._double_double's decision; 1 and *out where
+ * decided */
+static int exp64_dd(double x, double *out) {
+    if (!(x >= -670.0 && x <= 709.0)) return 0;
+    double h, lo;
+    dd_exp(x, &h, &lo);
+    return dd_decided(h, lo, out);
+}
+
+#if LDBL_MANT_DIG == 64 && (defined(__x86_64__) || defined(__i386__))
+/* doubledouble.log / log1p from the longdouble w (one Newton step: _newton_near, _newton_far, their operations in
+ * the same order), decided as crmath._double_double: log's domain [2**-960, 2**966], log1p's (-1, 2**966] with
+ * |t| >= 2**-500 (doubledouble.within); 1 and *out where decided */
+static int log_dd(double x, int one, long double w, double *out) {
+    if (one ? !(x > -1.0 && x <= 0x1p966 && fabs(x) >= 0x1p-500) : !(x >= 0x1p-960 && x <= 0x1p966)) return 0;
+    double yh = (double)w, yl = (double)(w - (long double)yh); /* (_split_wide) */
+    double t = one ? x : x - 1.0; /* (log of x in [1/2, 2]: log1p(x - 1), exact by Sterbenz) */
+    int near = one ? (t >= -0.5) & (t <= 1.0) : (x >= 0.5) & (x <= 2.0);
+    double rh, rl;
+    if (near) { /* _newton_near(t, yh, yl): m = e**-yh - 1 (expm1), corrected for yl; t + m + t m */
+        double k, mh, ml, ch, cl, ah, al, bh, bl, dh, dl;
+        dd_exp_parts(-yh, &k, &mh, &ml);
+        if (k != 0.0) { /* (expm1: 2**k (1 + q) - 1 where k != 0) */
+            double eh, el;
+            dd_add(1.0, 0.0, mh, ml, &eh, &el);
+            eh = ldexp(eh, (int)k);
+            el = ldexp(el, (int)k);
+            dd_add(eh, el, -1.0, 0.0, &mh, &ml);
+        }
+        dd_mul(mh + 1.0, ml, -yl, yl * yl / 2, &ch, &cl);
+        dd_add(mh, ml, ch, cl, &mh, &ml);
+        dd_mul(t, 0.0, mh, ml, &ah, &al);
+        dd_add(t, 0.0, mh, ml, &bh, &bl);
+        dd_add(ah, al, bh, bl, &dh, &dl);
+        dd_add(yh, yl, dh, dl, &rh, &rl);
+    } else { /* _newton_far(u, yh, yl), u = x, or 1 + t exactly (TwoSum) */
+        double uh = x, ul = 0.0, eh, el, ch, cl, ph, pl, dh, dl;
+        if (one) dd_two_sum(1.0, t, &uh, &ul);
+        dd_exp(-yh, &eh, &el); /* _exp_minus: e**-yh (1 - yl + yl**2 / 2) */
+        dd_two_sum(1.0, -yl, &ch, &cl);
+        dd_mul(eh, el, ch, cl + yl * yl / 2, &eh, &el);
+        dd_mul(uh, ul, eh, el, &ph, &pl);
+        dd_add(ph, pl, -1.0, 0.0, &dh, &dl);
+        dd_add(yh, yl, dh, dl, &rh, &rl);
+    }
+    return dd_decided(rh, rl, out);
+}
+#endif
 
 /* one argument stage 1 left: 1 and *out set, 0 the row is left to numpy (flag 2), -1 on a Python error */
 static int exp64_fix(PyObject *fix, Py_ssize_t *budget, double x, double *out) {
@@ -1272,8 +1332,8 @@ INLINE void log64_near(double x, int one, double *v, uint8_t *dec) {
  * longdouble path: w = logl(x) (log1pl), within 2**-60 of the exact value (crmath.WIDE_REL_ERROR["longdouble"], the
  * bound the project assumes of the C library's long double functions); decided as crmath._decided_by_bits decides
  * it: where w's 11 dropped bits L are farther than ceil(2**-60 2**64) + 1 = 17 from the midpoint 2**10 and |w| is a
- * normal float64 below the top binade, the rounding (double)w is the correctly rounded value.  Elsewhere (or
- * without x87) undecided. */
+ * normal float64 below the top binade, the rounding (double)w is the correctly rounded value; elsewhere crmath's
+ * next stage, log_dd (*dec = 3 where it decides).  Without x87, undecided. */
 static double log_x87(double x, int one, int *dec) {
 #if LDBL_MANT_DIG == 64 && (defined(__x86_64__) || defined(__i386__))
     long double w = one ? log1pl((long double)x) : logl((long double)x);
@@ -1282,7 +1342,10 @@ static double log_x87(double x, int one, int *dec) {
     int64_t L = (int64_t)(mant & 2047) - 1024;
     long double a = fabsl(w);
     *dec = (L > 17 || L < -17) && a >= (long double)DBL_MIN && a < (long double)0x1p1023;
-    return (double)w;
+    double v = (double)w;
+    if (!*dec && a < (long double)0x1p1023) /* crmath's next stage: the double-double Newton step from w */
+        *dec = log_dd(x, one, w, &v) ? 3 : 0;
+    return v;
 #else
     (void)x; (void)one;
     *dec = 0;
@@ -1311,12 +1374,12 @@ CLONES static void log64_many_block(const double *restrict x, double *restrict o
         if (!d[i] && x[i] > 0.0 && x[i] < INFINITY) {
             int dec;
             double v = log_x87(x[i], one, &dec);
-            if (dec) { o[i] = v; d[i] = 2; }
+            if (dec) { o[i] = v; d[i] = (uint8_t)(dec == 3 ? 3 : 2); }
         }
 }
 
 /* log64_many(x float64, out float64, decided uint8, log1p): the kernel's float64 log (log1p), for the tests (decided:
- * 1 by log64, 2 by the x87 stage) */
+ * 1 by log64, 2 by the x87 stage, 3 by the double-double stage after it) */
 static PyObject *log64_many(PyObject *self, PyObject *args) {
     Py_buffer xb, ob, db;
     int one;
