@@ -1122,6 +1122,127 @@ static inline double tree64(const double *e, double *b, double *t, Py_ssize_t n,
     return src[0];
 }
 
+/* Rows of at most SHORT_K logits in float64, SHORT_R at a time, transposed (as rows_short: each step a loop over the
+ * tile's rows of one column, vectorized); the same operations on the same operands as rows_block64 */
+typedef struct {
+    double xt[SHORT_K][SHORT_R], zt[SHORT_K][SHORT_R], et[SHORT_K][SHORT_R];
+    double lv[2][SHORT_K / 2 + 1][SHORT_R];
+    double m[SHORT_R], v[SHORT_R];
+    int32_t at[SHORT_R], ok[SHORT_R];
+    uint8_t dec[SHORT_R];
+} Tile64;
+
+/* et = exp(a) on the n rows of the tile: ok[r] kept where row r's exps are in (0, inf), 0 where not, 2 where left to
+ * numpy; -1 on a Python error */
+static inline int exps_tile64(PyObject *fix, Py_ssize_t *budget, Tile64 *T, double (*a)[SHORT_R], Py_ssize_t n,
+                              Py_ssize_t K) {
+    for (Py_ssize_t j = 0; j < K; j++) {
+        double *restrict e = T->et[j];
+        const double *restrict aj = a[j];
+        uint8_t *restrict dec = T->dec;
+        exp64_block(aj, e, dec, n);
+        Py_ssize_t decided = 0;
+        for (Py_ssize_t r = 0; r < n; r++) decided += dec[r];
+        if (decided != n)
+            for (Py_ssize_t r = 0; r < n; r++)
+                if (!dec[r] && T->ok[r] == 1) {
+                    int got = exp64_fix(fix, budget, aj[r], e + r);
+                    if (got < 0) return -1;
+                    if (got == 0) T->ok[r] = 2;
+                }
+        int32_t *restrict ok = T->ok;
+        for (Py_ssize_t r = 0; r < n; r++) {
+            int bad = !((e[r] > 0.0) & (e[r] < INFINITY)) & (ok[r] == 1);
+            ok[r] = bad ? 0 : ok[r];
+        }
+    }
+    return 0;
+}
+
+/* the tree of the columns of T->et over the n rows (as tree_tile, in float64) */
+static inline void tree_tile64(Tile64 *T, Py_ssize_t n, Py_ssize_t K, int drop, double *restrict out) {
+    double(*src)[SHORT_R] = T->et;
+    int which = 0;
+    Py_ssize_t len = K;
+    int32_t at[SHORT_R];
+    if (drop)
+        for (Py_ssize_t r = 0; r < n; r++) { T->v[r] = 0.0; at[r] = T->at[r]; }
+    while (len > 1) {
+        double(*dst)[SHORT_R] = T->lv[which];
+        if (drop)
+            for (Py_ssize_t r = 0; r < n; r++) {
+                int32_t sib = at[r] ^ 1;
+                double sv = sib < len ? src[sib][r] : 0.0;
+                T->v[r] = T->v[r] + sv;
+                at[r] >>= 1;
+            }
+        Py_ssize_t h = len >> 1;
+        for (Py_ssize_t i = 0; i < h; i++) {
+            const double *restrict s0 = src[2 * i], *restrict s1 = src[2 * i + 1];
+            double *restrict d = dst[i];
+            for (Py_ssize_t r = 0; r < n; r++) d[r] = s0[r] + s1[r];
+        }
+        if (len & 1) {
+            const double *restrict s0 = src[len - 1];
+            double *restrict d = dst[h];
+            for (Py_ssize_t r = 0; r < n; r++) d[r] = s0[r] + 0.0;
+            h++;
+        }
+        src = dst;
+        which ^= 1;
+        len = h;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) out[r] = src[0][r];
+}
+
+/* n <= SHORT_R rows of K <= SHORT_K float32 logits: as rows_block64 */
+CLONES static int rows_short64(PyObject *fix, Py_ssize_t *budget, Tile64 *T, const float *restrict x, Py_ssize_t n,
+                               Py_ssize_t K, const int64_t *restrict y, uint8_t *restrict flag, double *restrict o,
+                               Py_ssize_t stride) {
+    for (Py_ssize_t r = 0; r < n; r++)
+        for (Py_ssize_t j = 0; j < K; j++) T->xt[j][r] = (double)x[r * K + j];
+    int32_t *restrict ok = T->ok;
+    for (Py_ssize_t r = 0; r < n; r++) ok[r] = (y[r] >= 0) & (y[r] < K);
+    for (Py_ssize_t j = 0; j < K; j++) {
+        const double *restrict xj = T->xt[j];
+        for (Py_ssize_t r = 0; r < n; r++) ok[r] &= fabs(xj[r]) <= DBL_MAX;
+    }
+    double *restrict m = T->m;
+    int32_t *restrict at = T->at;
+    for (Py_ssize_t r = 0; r < n; r++) { m[r] = -INFINITY; at[r] = 0; }
+    for (Py_ssize_t j = 0; j < K; j++) { /* a strict > keeps the first maximum */
+        const double *restrict xj = T->xt[j];
+        for (Py_ssize_t r = 0; r < n; r++) {
+            int up = xj[r] > m[r];
+            m[r] = up ? xj[r] : m[r];
+            at[r] = up ? (int32_t)j : at[r];
+        }
+    }
+    for (Py_ssize_t j = 0; j < K; j++) {
+        const double *restrict xj = T->xt[j];
+        double *restrict zj = T->zt[j];
+        for (Py_ssize_t r = 0; r < n; r++) zj[r] = xj[r] - m[r];
+    }
+    for (Py_ssize_t r = 0; r < n; r++) /* (rows not whole: any finite stand-in, their values are not read) */
+        if (!ok[r]) {
+            at[r] = 0;
+            for (Py_ssize_t j = 0; j < K; j++) T->zt[j][r] = 0.0, T->xt[j][r] = 0.0;
+        }
+    if (exps_tile64(fix, budget, T, T->zt, n, K) < 0) return -1;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t yr = ok[r] ? (Py_ssize_t)y[r] : 0;
+        o[4 * stride + r] = T->et[yr][r];
+        o[5 * stride + r] = T->zt[yr][r];
+    }
+    tree_tile64(T, n, K, 1, o);
+    for (Py_ssize_t r = 0; r < n; r++) o[stride + r] = T->v[r];
+    if (exps_tile64(fix, budget, T, T->xt, n, K) < 0) return -1;
+    for (Py_ssize_t r = 0; r < n; r++) o[3 * stride + r] = T->et[ok[r] ? (Py_ssize_t)y[r] : 0][r];
+    tree_tile64(T, n, K, 0, o + 2 * stride);
+    for (Py_ssize_t r = 0; r < n; r++) flag[r] = (uint8_t)ok[r];
+    return 0;
+}
+
 /* B rows of K float32 logits: flag[i] and, where 1, the six sums o[q * stride + i] in float64 (as rows_block) */
 CLONES static int rows_block64(PyObject *fix, Py_ssize_t *budget, const float *restrict x, Py_ssize_t B,
                                Py_ssize_t K, const int64_t *restrict y, double *restrict a, double *restrict xl,
@@ -1193,6 +1314,17 @@ static PyObject *softmax_sums64(PyObject *self, PyObject *args) {
     double *o = (double *)ob.buf;
     uint8_t *flag = (uint8_t *)fb.buf;
     Py_ssize_t left = budget;
+    if (K <= SHORT_K) {
+        Tile64 *T = (Tile64 *)malloc(sizeof(Tile64));
+        if (T == NULL) { PyErr_NoMemory(); goto done; }
+        int failed = 0;
+        for (Py_ssize_t i = 0; i < rows && !failed; i += SHORT_R) {
+            Py_ssize_t here = rows - i < SHORT_R ? rows - i : SHORT_R;
+            failed = rows_short64(fix, &left, T, x + i * K, here, K, y + i, flag + i, o + i, rows) < 0;
+        }
+        free(T);
+        if (failed) goto done;
+    } else
     for (Py_ssize_t i = 0; i < rows; i += B) {
         Py_ssize_t here = rows - i < B ? rows - i : B;
         if (rows_block64(fix, &left, x + i * K, here, K, y + i, a, xl, e, b, t, dec, top, flag + i, o + i, rows) < 0)

@@ -544,10 +544,12 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
     methods = experiment.method_names
     black_box = tuple(m.name for m in experiment.methods if m.black_box)
     if rows_per_chunk is None:
-        # (not with float64, whose chunks of a wide file must stay at most `keep` rows to defer: run_chunk)
+        # (but not with float64 where a chunk of CHUNK_VALUES logits holds at most `keep` rows: such chunks defer the
+        # longdouble reference of their printed rows (run_chunk), larger ones could not)
+        defers = default_rows_per_chunk(source.classes, CHUNK_VALUES) <= max(keep, 1)
         by_kernel = experiment is SOFTMAX_CE and formats and all(
-            softmax_bulk.kernel_covers(f, ftz, getattr(source, "block_dtype", np.float64)) and f.name != "float64"
-            for f in formats)
+            softmax_bulk.kernel_covers(f, ftz, getattr(source, "block_dtype", np.float64))
+            and not (f.name == "float64" and defers) for f in formats)
         rows_per_chunk = default_rows_per_chunk(source.classes, CHUNK_VALUES_KERNEL if by_kernel else CHUNK_VALUES)
         for f in formats if by_kernel else ():
             softmax_bulk.warm(f)  # (before the workers fork: they share the tables)
