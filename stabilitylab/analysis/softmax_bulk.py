@@ -403,8 +403,9 @@ def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
     y = np.ascontiguousarray(y, dtype=np.int64)
     n, k = x.shape
     flag = np.empty(n, dtype=np.uint8)
-    if code == 2:  # float64: the logits' float64 values are exact (as _store's cast)
-        xl = x.astype(np.float64)
+    if code == 2:  # float64: the logits' float64 values are exact (as _store's cast, which quiets a signalling NaN)
+        with np.errstate(all="ignore"):
+            xl = x.astype(np.float64)
         out = np.empty((6, n), dtype=np.float64)
         module.softmax_sums64(n, k, x, y, out, flag, _fix_exp64, FIX_BUDGET)
     else:
