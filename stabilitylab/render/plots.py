@@ -49,10 +49,31 @@ def png(fig, software: str | None = None) -> bytes:
     A figure laid out by :func:`_legend_below` (every figure of this module) is saved as it is: one draw.
     Any other is cropped to its tight bounding box (which costs a second full draw)."""
     buf = io.BytesIO()
+    _renderer(fig)  # (the renderer savefig draws with, if the figure keeps its size: the shared mathtext parser)
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": software},
                 bbox_inches=None if getattr(fig, LAID_OUT, False) else "tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+_MATHTEXT: list = []  # [the process's mathtext parser], set by the first figure's renderer (see _renderer)
+
+
+def _renderer(fig):
+    """The Agg renderer of ``fig`` at its present size (``canvas.get_renderer()``, which makes a new one
+    whenever the size changes), parsing mathtext with one parser for the whole process.
+
+    Each renderer comes with its own parser, and matplotlib's cache of parsed mathtext (50 entries) is keyed
+    by the parser: every figure, and each size a figure is laid out at, parsed every tick label of a log or
+    symlog axis (``$10^{2}$``) again, ~7 ms each.  A parse is a function of the text, dpi, font and
+    antialiasing only (the key's other fields), so one parser gives the same boxes and glyphs: the same
+    pixels, without the repeated parses."""
+    renderer = fig.canvas.get_renderer()
+    if hasattr(renderer, "mathtext_parser"):
+        if not _MATHTEXT:
+            _MATHTEXT.append(renderer.mathtext_parser)
+        renderer.mathtext_parser = _MATHTEXT[0]
+    return renderer
 
 
 def bits_lost(bits: np.ndarray, dtype: str) -> np.ndarray:
@@ -115,11 +136,12 @@ def _legend_below(fig, handles, labels, columns: int) -> None:
     top LEGEND_GAP below the band's top; the panels' top comes down where they would reach the suptitle
     (:func:`_below_suptitle`).  :func:`png` saves the figure as it is: no tight bounding box, which drew the
     whole figure once more."""
+    _renderer(fig)  # (what tight_layout measures with)
     fig.tight_layout()
     _titles_inside(fig)
     legend = fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), columns), frameon=False)
     width, height = fig.get_size_inches()
-    band = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + 2 * LEGEND_GAP
+    band = legend.get_window_extent(_renderer(fig)).height / fig.dpi + 2 * LEGEND_GAP
     total = height + band
     fig.set_size_inches(width, total)
     params = fig.subplotpars
@@ -139,13 +161,18 @@ def _below_suptitle(fig) -> None:
     (``report -d all -d bf16@fp32 ...``: 5 rows of panels, 17 inches) the room it leaves above the first
     row is less than that 2% of the height: the suptitle crossed the first row's titles (found by review5;
     so since before issue #22's work).  The first row's top moves with the subplots' top, its title with
-    it: one adjustment; figures whose panels are clear of the suptitle are left as they are."""
+    it: one adjustment; figures whose panels are clear of the suptitle are left as they are.
+
+    Only the first row is measured (the axes whose box reaches highest: ``get_position``, no layout): the
+    rows below it sit under its panels, and each axes measured lays out all its ticks again (a third of a
+    9-panel figure's time went to measuring all nine)."""
     title = fig._suptitle
     if title is None or not title.get_text() or not fig.axes:
         return
-    renderer = fig.canvas.get_renderer()
+    renderer = _renderer(fig)
     bottom = title.get_window_extent(renderer).y0
-    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+    highest = max(ax.get_position().y1 for ax in fig.axes)
+    top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_position().y1 >= highest - 1e-9)
     over = top - (bottom - LEGEND_GAP / 2 * fig.dpi)
     if over > 0:
         fig.subplots_adjust(top=fig.subplotpars.top - over / fig.bbox.height)
@@ -159,7 +186,7 @@ def _titles_inside(fig, rounds: int = 4) -> None:
     rescue by widening the image.  Each round moves the subplots' left / right edges in by the overhang
     (the titles' text is laid out already: measuring them again is cheap); a centred title moves by
     less than its panel's edge, hence a few rounds."""
-    renderer = fig.canvas.get_renderer()
+    renderer = _renderer(fig)
     titled = [ax for ax in fig.axes if ax.title.get_text()]
     pad = LEGEND_GAP * fig.dpi
     for _ in range(rounds):
