@@ -762,8 +762,9 @@ class _Search:
                                          self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
             position = np.full(n, -1)
             position[at] = np.arange(len(at))
-            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
-        position, r_lo, r_hi = enclosures[id(truth)]
+            values = [_end_values(truth, inputs) for inputs in ends]
+            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends, values), values)
+        position, r_lo, r_hi, values = enclosures[id(truth)]
         here = inaccurate[rows]  # the method's ranges that ask for this key
         sub, at = rows[here], position[rows[here]]
         v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
@@ -771,6 +772,8 @@ class _Search:
         if method.exact_formula:  # |computed - exact| <= err at every point of the range
             with np.errstate(all="ignore"):
                 ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+        elif self._bias_bounded(method):  # |computed - exact| <= err + the formula's bias at the worse end
+            ok |= self._bias_proven(method, v, sub_lo, sub_hi, r_lo, r_hi, [x[at] for x in values])
         if staircase.applies(self.experiment.name, self.family.name, method.name, fmt, self.settings.ftz):
             ok |= staircase.proven(sub_lo, sub_hi)  # every point correctly rounded (its docstring)
         for t in self.family.turning:
@@ -779,6 +782,49 @@ class _Search:
             ok &= _inside(fmt, v, r_lo, r_hi)
         out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
         proven[sub] = ok
+
+
+    def _bias_bounded(self, method) -> bool:
+        """Whether :meth:`_bias_proven` applies: the family names the method's bias monotone, in a format of
+        at most 24 bits (float32: every threshold of its float grids is exact however it is verified; float64's
+        sampled bounds depend on which ranges are proven, so they stay as they were)."""
+        return method.name in self.family.monotone_bias and self.fmt.precision <= 24
+
+    def _bias_proven(self, method, v: interval.Bounds, d_lo, d_hi, r_lo, r_hi, ends) -> np.ndarray:
+        """Per range [d_lo, d_hi]: every point's relative error is within the tolerance, for a method whose
+        formula F is not the exact value L but whose bias F - L is monotone in the parameter
+        (``Family.monotone_bias``).
+
+        At every point d of the range, |c(d) - L(d)| <= |c(d) - F(d)| + |F(d) - L(d)| <= err + B, where err is
+        the interval kernel's running error bound over the range (``v.err``, which keeps the correlation
+        between the computed value and its formula) and B = max(|b(d_lo)|, |b(d_hi)|), b = F - L: a monotone
+        function's magnitude is largest at an end.  F at an end is the interval kernel's exact-formula
+        enclosure on the one-value range (``xlo``..``xhi``, moved outwards in the wide type), L the fast
+        reference there (``ends``: its values at the two ends, widened by its error as
+        :func:`_exact_enclosure` widens them).  With L of one sign over the range and |L| >= m = min(|r_lo|,
+        |r_hi|) (the exact value is monotone between turning points, which the caller excludes), the
+        relative error is at most (err + B) / m; the range is proven where that is below the tolerance (and
+        below 1/2), the computed enclosure finite.  This keeps the correlation the enclosures lose: near
+        epsilon_clip's threshold the clipped value and the loss both move with d by far more than their
+        difference."""
+        with np.errstate(all="ignore"):
+            params = np.concatenate([d_lo, d_hi])
+            ia = interval.IntervalArith(self.fmt, len(params), ftz=self.settings.ftz)
+            f = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, self.family.cases(params,
+                                                                                               self.settings))))
+            k = len(d_lo)
+            slack, tiny = 4 * reference.FAST_ERROR, np.finfo(np.longdouble).smallest_subnormal
+            bias = []
+            for part, value in zip((slice(0, k), slice(k, 2 * k)), ends):
+                l_lo = value - np.abs(value) * slack - tiny
+                l_hi = value + np.abs(value) * slack + tiny
+                x_lo, x_hi = f.xlo[part].astype(np.longdouble), f.xhi[part].astype(np.longdouble)
+                bias.append(np.maximum(np.abs(x_hi - l_lo), np.abs(x_lo - l_hi)))
+            total = (v.err.astype(np.longdouble) + np.maximum(bias[0], bias[1])) * (1 + 2.0**-40)
+            floor = np.minimum(np.abs(r_lo), np.abs(r_hi))
+            one_sign = (r_lo > 0) | (r_hi < 0)
+            finite = np.isfinite(v.lo) & np.isfinite(v.hi) & np.isfinite(total)
+            return one_sign & finite & (total < min(self.tol, 0.5) * floor * (1 - 2.0**-30))
 
 
 def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:
@@ -832,15 +878,19 @@ def _neighbours(fmt: Format, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(zero, -s, below), np.where(zero, s, above)
 
 
-def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
+def _end_values(truth, inputs) -> np.ndarray:
+    """The fast reference's value (longdouble; NaN where not finite) of each row of ``inputs``."""
+    ex = _reference(truth, inputs)
+    with np.errstate(all="ignore"):
+        v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
+    return np.where(np.isfinite(v), v, np.nan)
+
+
+def _exact_enclosure(truth, ends, values=None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds (longdouble) of the exact value over each range, from its two ends (the exact
-    value is monotone between turning points), widened by the fast reference's error."""
-    vals = []
-    for inputs in ends:
-        ex = _reference(truth, inputs)
-        with np.errstate(all="ignore"):
-            v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
-        vals.append(np.where(np.isfinite(v), v, np.nan))
+    value is monotone between turning points), widened by the fast reference's error.
+    ``values``: :func:`_end_values` of the two ends, if computed already."""
+    vals = [_end_values(truth, inputs) for inputs in ends] if values is None else values
     lo, hi = np.minimum(vals[0], vals[1]), np.maximum(vals[0], vals[1])
     slack = 4 * reference.FAST_ERROR
     tiny = np.finfo(np.longdouble).smallest_subnormal  # (a value below longdouble's range is held as 0)
