@@ -108,6 +108,7 @@ LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
 AHEAD = 2**8  # a certification call with fewer ranges also certifies their halves, quarters ... up to this many
+PROBE_AHEAD = 2**6  # a verification round probing fewer midpoints also evaluates the next rounds' (_probe)
 PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
 AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
 KINDS = ("first_inaccurate", "first_failure")
@@ -242,6 +243,7 @@ class _Search:
         # from the start within a budget, and by a window scanned down from the failure found
         self.points_only = self.black_box or fmt.is_policy
         self.window: dict[tuple[str, str], int] = {}  # black boxes: see _scan_down
+        self.probed: dict[int, tuple[bool, ...]] = {}  # midpoints evaluated ahead: index -> bad per key (_probe)
 
     # ------------------------------------------------------------ point evaluation
     def _outcomes(self, indices, methods=None):
@@ -660,7 +662,7 @@ class _Search:
                     # every range above it now, instead of after they have all been halved down
                     # to leaves (a candidate far above the first failure spent the whole budget)
                     # (every method: a given-up key's bound is lowered too)
-                    self._scan_points(np.unique(mid), best)
+                    self._probe(np.unique(mid), best, r_lo, r_hi)
                 new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
                        np.repeat(r_mask, 2)]
             # still ascending: the ranges are disjoint, and the halves of this round's lowest
@@ -669,6 +671,57 @@ class _Search:
             hi = np.concatenate([new[1], rest[1]])
             mask = np.concatenate([new[2], rest[2]])
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
+
+    def _probe(self, mid: np.ndarray, best: dict, r_lo: np.ndarray, r_hi: np.ndarray) -> None:
+        """``_scan_points(mid, best)`` for every method (the midpoints of a round's unproven ranges
+        ``[r_lo, r_hi]``), with fewer calls: a round with fewer than ``PROBE_AHEAD`` midpoints also
+        evaluates the midpoints the next rounds would probe if those ranges' halves, quarters ... stay
+        unproven (up to ``PROBE_AHEAD`` points in all), and keeps their flags in ``probed``; a later round
+        takes a midpoint's flags from there.  A point's flags are a pure function of the point, and only the
+        midpoints a round probes lower ``best`` (the minimum of their first failures, in any grouping), so
+        the answers are the ones :meth:`_scan_points` gives; a float64 search whose frontier is one or two
+        ranges wide for dozens of rounds pays one call per few rounds instead of one per round.  Not where
+        the engine decides every point (an observer would see points nobody asked for)."""
+        if not self.lean:
+            self._scan_points(mid, best)
+            return
+        if self.probed:
+            hit = np.fromiter((i in self.probed for i in mid.tolist()), dtype=bool, count=len(mid))
+            for i in mid[hit].tolist():
+                for key, bad in zip(self.keys, self.probed.pop(i)):
+                    if bad and i < best[key]:
+                        best[key] = i
+            mid = mid[~hit]
+        extra = self._ahead_midpoints(r_lo, r_hi) if 0 < len(mid) < PROBE_AHEAD else []
+        if not extra:
+            if len(mid):
+                self._scan_points(mid, best)
+            return
+        extra = np.array(extra, dtype=np.int64)
+        out = self._flags(np.concatenate([mid, extra]))
+        k = len(mid)
+        bad = np.stack([out[m][KINDS.index(kind)] for m, kind in self.keys])  # (keys, points)
+        for j, key in enumerate(self.keys):
+            row = bad[j, :k]
+            if row.any():
+                best[key] = min(best[key], int(mid[int(np.argmax(row))]))
+        for i, flags in zip(extra.tolist(), bad[:, k:].T.tolist()):
+            self.probed[i] = tuple(flags)
+
+    def _ahead_midpoints(self, r_lo: np.ndarray, r_hi: np.ndarray) -> list[int]:
+        """The midpoints of the halves, quarters ... of the ranges [r_lo, r_hi] (those larger than ``LEAF``,
+        which a round probes), level by level, up to ``PROBE_AHEAD`` in all, not probed yet."""
+        out: list[int] = []
+        a, b = r_lo, r_hi
+        while True:
+            m = a + (b - a) // 2
+            a, b = np.concatenate([a, m + 1]), np.concatenate([m, b])
+            keep = b - a + 1 > LEAF
+            a, b = a[keep], b[keep]
+            mids = [i for i in (a + (b - a) // 2).tolist() if i not in self.probed]
+            if not len(a) or len(out) + len(mids) > PROBE_AHEAD:
+                return out
+            out += mids
 
     # ------------------------------------------------------------ interval proof
     def _certify_ahead(self, lo: np.ndarray, hi: np.ndarray, pending: dict, ahead: dict) -> dict:
