@@ -182,6 +182,12 @@ def _bad(x) -> np.ndarray:
     return np.isnan(x)
 
 
+def _unless_nan(x: np.ndarray, fill: float) -> np.ndarray:
+    """x with its NaNs replaced by ``fill`` (x itself where it has none)."""
+    bad = _bad(x)
+    return np.where(bad, fill, x) if bad.any() else x
+
+
 def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """f(fmt, lo) and f(fmt, hi) (crmath: correctly rounded), as float64, with each input that
     crmath may have to settle with mpmath evaluated once per distinct value (by bit pattern:
@@ -320,14 +326,21 @@ class IntervalArith:
                 # the absolute part only where a result may be below tiny (subnormal, flushed or 0):
                 # a result of at least tiny is off by at most u |fl(y)| (also when y rounded up to tiny)
                 below = ~((lo >= self.fmt.tiny) | (hi <= -self.fmt.tiny))
-                rounding = np.where(below, _up(rounding + self.eta), rounding)
+                if below.any():  # (each np.where below is skipped where it would change nothing)
+                    rounding = np.where(below, _up(rounding + self.eta), rounding)
             if exact is not None:
                 rounding = np.where(exact, 0.0, rounding)
-            err = np.where(rounding == 0, self._e(carried), _up(self._e(carried) + rounding))
+            carried = self._e(carried)
+            err = _up(carried + rounding)
+            exact_here = rounding == 0
+            if exact_here.any():
+                err = np.where(exact_here, carried, err)
             # infinite bounds are sound (log(0) = -inf is a value); NaN bounds enclose nothing
-            lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
-            xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
-            err = np.where(_bad(err) | ~np.isfinite(size), np.inf, err)
+            lo, hi = _unless_nan(lo, -np.inf), _unless_nan(hi, np.inf)
+            xlo, xhi = _unless_nan(xlo, -np.inf), _unless_nan(xhi, np.inf)
+            lost = _bad(err) | ~np.isfinite(size)
+            if lost.any():
+                err = np.where(lost, np.inf, err)
             if self._saturate is not None:  # the format gives +-max for +-inf: an end at +inf (below: -inf)
                 top = self._saturate        # moves to +max; the other infinite ends stay (NaN, a pole: the
                 lo, hi = np.minimum(lo, top), np.maximum(hi, -top)  # range proves nothing finite); the error
@@ -405,13 +418,13 @@ class IntervalArith:
     def _sum(self, a, b):
         """a + b of error bounds, rounded upward (0 stays 0: an exact operand pair)."""
         e = self._e
-        return np.where((a == 0) & (b == 0), 0.0, _up(e(a) + e(b))).astype(self.wide)
+        return np.where((a == 0) & (b == 0), 0.0, _up(e(a) + e(b))).astype(self.wide, copy=False)
 
     def _times(self, a, b):
         """a * b of non-negative bounds, rounded upward (0 where either is 0: an exact operand)."""
         e = self._e
         with np.errstate(all="ignore"):
-            return np.where((a == 0) | (b == 0), 0.0, _up(e(a) * e(b))).astype(self.wide)
+            return np.where((a == 0) | (b == 0), 0.0, _up(e(a) * e(b))).astype(self.wide, copy=False)
 
     def _corners(self, f, alo, ahi, blo, bhi, computed: bool):
         """min and max of f over the four corners: in the format (``computed``) or in the wide type."""
