@@ -104,6 +104,7 @@ BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interv
 BLACK_BOX_WINDOW = 2**20  # points a black box's float32 search evaluates just below its failure found
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
 INTEGER_RUN = 2**5  # ... in runs of this many n, each first tried on the exact values at its two ends
+SPLIT_NARROW = 2**3  # an unproven range of a grid of at most 24 bits is split into this many parts (_children)
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
@@ -663,8 +664,8 @@ class _Search:
                     # to leaves (a candidate far above the first failure spent the whole budget)
                     # (every method: a given-up key's bound is lowered too)
                     self._probe(np.unique(mid), best, r_lo, r_hi)
-                new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
-                       np.repeat(r_mask, 2)]
+                c_lo, c_hi, parent = self._children(r_lo, r_hi)
+                new = [c_lo, c_hi, r_mask[parent]]
             # still ascending: the ranges are disjoint, and the halves of this round's lowest
             # entries lie below every entry left for later rounds
             lo = np.concatenate([new[0], rest[0]])
@@ -714,14 +715,33 @@ class _Search:
         out: list[int] = []
         a, b = r_lo, r_hi
         while True:
-            m = a + (b - a) // 2
-            a, b = np.concatenate([a, m + 1]), np.concatenate([m, b])
+            a, b, _ = self._children(a, b)
             keep = b - a + 1 > LEAF
             a, b = a[keep], b[keep]
             mids = [i for i in (a + (b - a) // 2).tolist() if i not in self.probed]
             if not len(a) or len(out) + len(mids) > PROBE_AHEAD:
                 return out
             out += mids
+
+    def _children(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The parts an unproven range [lo, hi] is split into, in ascending order, and each part's range
+        (its index in ``lo``): halves ([lo, mid], [mid + 1, hi], mid = lo + (hi - lo) // 2), or, for grids
+        of at most 24 bits, ``SPLIT_NARROW`` nearly equal parts.  How a range is split changes which ranges
+        are proven and which points evaluated, never a point's status, so a verification that reaches its
+        end (every float32 threshold of a float grid does) finds the same first failure either way; fewer,
+        wider levels mean fewer rounds, each of which pays its calls' fixed cost.  float64 stays with halves:
+        its searches stop at their budgets, and the bounds they report depend on the order."""
+        if self.grid.fmt.precision > 24:
+            mid = lo + (hi - lo) // 2  # (no int64 overflow near the top of float64)
+            return (np.stack([lo, mid + 1], axis=1).ravel(), np.stack([mid, hi], axis=1).ravel(),
+                    np.repeat(np.arange(len(lo)), 2))
+        size = hi - lo + 1  # (indices below 2**32: no overflow below)
+        parts = np.clip(size // (2 * LEAF), 2, SPLIT_NARROW)[:, None]  # (near the leaves: halves, as before)
+        j = np.arange(SPLIT_NARROW + 1)
+        cuts = lo[:, None] + (size[:, None] * np.minimum(j, parts)) // parts
+        c_lo, c_hi = cuts[:, :-1], cuts[:, 1:] - 1
+        keep = (j[:-1] < parts) & (c_hi >= c_lo)
+        return c_lo[keep], c_hi[keep], np.broadcast_to(np.arange(len(lo))[:, None], c_lo.shape)[keep]
 
     # ------------------------------------------------------------ interval proof
     def _certify_ahead(self, lo: np.ndarray, hi: np.ndarray, pending: dict, ahead: dict) -> dict:
@@ -744,12 +764,11 @@ class _Search:
         count = len(todo)
         while count < AHEAD:
             a, b, asked = parts[-1]
-            mid = a + (b - a) // 2
-            c_lo, c_hi = np.concatenate([a, mid + 1]), np.concatenate([mid, b])
+            c_lo, c_hi, parent = self._children(a, b)
             keep = c_hi - c_lo + 1 > LEAF  # the halves a round would certify
             if not keep.any() or count + int(keep.sum()) > AHEAD:
                 break
-            halves = {key: np.concatenate([rows, rows])[keep] for key, rows in asked.items()}
+            halves = {key: rows[parent][keep] for key, rows in asked.items()}
             parts.append((c_lo[keep], c_hi[keep], halves))
             count += int(keep.sum())
         all_lo, all_hi = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
