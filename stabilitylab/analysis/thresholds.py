@@ -109,6 +109,7 @@ LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
 AHEAD = 2**8  # a certification call with fewer ranges also certifies their halves, quarters ... up to this many
+BISECT_AHEAD = 6  # integer grids: rounds of the bisection evaluated ahead on the all-ok branch (_bisect)
 PROBE_AHEAD = 2**6  # a verification round probing fewer midpoints also evaluates the next rounds' (_probe)
 PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
 AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
@@ -412,7 +413,15 @@ class _Search:
 
     def _bisect(self, keys=None) -> dict[tuple[str, str], int]:
         """A failing index per key (or end + 1): the candidate the verification starts from.
-        Each key's bisection depends on its own answers only."""
+        Each key's bisection depends on its own answers only.
+
+        Integer grids (every point's flags are cheap next to a call's fixed cost: ``repeat`` runs ~124
+        operations for n up to 2**62 whatever the rows): each round also evaluates the points of the
+        next ``BISECT_AHEAD`` rounds on the branch where every point of the round is ok, the path of a
+        key that never fails (likelihood's sum_log, most of accumulation's), so such keys need a call
+        every few rounds.  A point's flags are a pure function of the point and only the round's own
+        points move a bracket: the same answers (not where the engine decides every point: an observer
+        would see points nobody asked for)."""
         g = self.grid
         brackets = {key: (g.start - 1, g.end + 1) for key in (self.keys if keys is None else keys)}
         while True:
@@ -420,7 +429,17 @@ class _Search:
             if not open_keys:
                 return {key: b for key, (a, b) in brackets.items()}
             points = {key: _spread(*brackets[key], self.k) for key in open_keys}
-            self._evaluate([i for pts in points.values() for i in pts], sorted({m for m, _ in open_keys}))
+            wanted = [i for pts in points.values() for i in pts]
+            if self.lean and g.integer:  # look ahead on the branch where every point is ok (see below)
+                for key in open_keys:
+                    a, b = brackets[key]
+                    ahead = points[key]
+                    for _ in range(BISECT_AHEAD):
+                        if not ahead:
+                            break
+                        ahead = _spread(ahead[-1], b, self.k)
+                        wanted += ahead
+            self._evaluate(wanted, sorted({m for m, _ in open_keys}))
             for key, pts in points.items():
                 a, b = brackets[key]
                 for i in pts:
