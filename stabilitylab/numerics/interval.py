@@ -290,9 +290,11 @@ class IntervalArith:
             if slack is None:  # correctly rounded in the wide type: one ulp
                 return (np.nextafter(lo, self.wide.type(-np.inf)), np.nextafter(hi, self.wide.type(np.inf)))
             # (4 ulps of the wide type's subnormals: the functions' absolute error there)
-            tiny = 4 * np.finfo(self.wide).smallest_subnormal
-            return (np.where(np.isfinite(lo), lo - np.abs(lo) * slack - tiny, lo),
-                    np.where(np.isfinite(hi), hi + np.abs(hi) * slack + tiny, hi))
+            tiny = 4 * self.wide_tiny
+            down, up = lo - np.abs(lo) * slack - tiny, hi + np.abs(hi) * slack + tiny
+            finite_lo, finite_hi = np.isfinite(lo), np.isfinite(hi)  # (infinite ends stay)
+            return (down if finite_lo.all() else np.where(finite_lo, down, lo),
+                    up if finite_hi.all() else np.where(finite_hi, up, hi))
 
     def _e(self, x) -> np.ndarray:
         """An error bound (or a factor of one) in the wide type."""
@@ -543,18 +545,21 @@ class IntervalArith:
         w = self._w
         with np.errstate(all="ignore"):
             vlo, vhi = _once(f, self.fmt, self._own(a.lo), self._own(a.hi))
-            xlo, xhi = exact(w(a.xlo)), exact(w(a.xhi))
-            lowest = np.minimum(w(a.lo), w(a.xlo))  # the computed and the exact operand both lie in [lowest, highest]
-            highest = np.maximum(w(a.hi), w(a.xhi))
+            w_xlo, w_xhi = w(a.xlo), w(a.xhi)
+            xlo, xhi = exact(w_xlo), exact(w_xhi)
+            lowest = np.minimum(w(a.lo), w_xlo)  # the computed and the exact operand both lie in [lowest, highest]
+            highest = np.maximum(w(a.hi), w_xhi)
             # the derivative bound in the wide type, widened by its own relative error (2**-40) and
             # its absolute error below the wide type's normal range (a few of its subnormals)
-            lip = _up(lipschitz(lowest, highest) * (1 + 2.0**-40) + 4 * self.wide_tiny)
-            carried = self._times(np.where(np.isnan(lip), np.inf, lip), a.err)
-        inf = np.full(np.shape(vlo), np.inf)
+            lip = _unless_nan(_up(lipschitz(lowest, highest) * (1 + 2.0**-40) + 4 * self.wide_tiny), np.inf)
+            carried = self._times(lip, a.err)
         v_out = (a.lo < domain_low) | np.isnan(a.lo) | np.isnan(a.hi)  # the computed operand may leave the domain
         x_out = (a.xlo < domain_low) | np.isnan(a.xlo) | np.isnan(a.xhi)
         slack = FUNCTION_SLACK if self.wide == np.float64 else _LONG_SLACK
-        carried, kept = np.where(v_out | x_out, np.inf, carried), None
+        out = v_out | x_out
+        kept = None
+        if out.any():  # (each np.where here is skipped where it would change nothing)
+            carried = np.where(out, np.inf, carried)
         if identity and not self.ftz and self.fmt.precision <= 24:
             with np.errstate(all="ignore"):
                 size = self._e(np.maximum(np.abs(a.lo), np.abs(a.hi)))
@@ -563,8 +568,11 @@ class IntervalArith:
                     carried = np.where(kept, _up(carried + _up(size * size)), carried)
                 else:
                     kept = None
-        return self._result(np.where(v_out, -inf, vlo), np.where(v_out, inf, vhi),
-                            np.where(x_out, -inf, xlo), np.where(x_out, inf, xhi), carried, slack, exact=kept)
+        if v_out.any():
+            vlo, vhi = np.where(v_out, -np.inf, vlo), np.where(v_out, np.inf, vhi)
+        if x_out.any():
+            xlo, xhi = np.where(x_out, -np.inf, xlo), np.where(x_out, np.inf, xhi)
+        return self._result(vlo, vhi, xlo, xhi, carried, slack, exact=kept)
 
     def exp(self, x, where=None) -> Bounds:
         return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest), x, -np.inf)
