@@ -432,7 +432,7 @@ class _Search:
             wanted = [i for pts in points.values() for i in pts]
             if self.lean and g.integer:  # look ahead on the branch where every point is ok (see below)
                 for key in open_keys:
-                    a, b = brackets[key]
+                    b = brackets[key][1]
                     ahead = points[key]
                     for _ in range(BISECT_AHEAD):
                         if not ahead:
@@ -529,9 +529,11 @@ class _Search:
         return held
 
     def _scan_after(self, best: dict, stop: int) -> tuple[dict, dict]:
-        """The end of :meth:`_integers`: the keys that did not fail in the scan are bisected."""
+        """The end of :meth:`_integers`: the keys that did not fail in the scan are bisected (not where the
+        scan reached the grid's end: every n was evaluated, none failed, and a point's flags are the same
+        however it is evaluated, so the bisection would find nothing; those keys stay at end + 1)."""
         left = [key for key in self.keys if best[key] >= stop]
-        if left:
+        if left and stop <= self.grid.end:
             best.update(self._bisect(left))
         return best, {key: b if b <= stop else stop for key, b in best.items()}
 
@@ -873,7 +875,6 @@ class _Search:
             ok &= _inside(fmt, v, r_lo, r_hi)
         out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
         proven[sub] = ok
-
 
     def _bias_bounded(self, method) -> bool:
         """Whether :meth:`_bias_proven` applies: the family names the method's bias monotone, in a format of
