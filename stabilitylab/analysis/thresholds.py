@@ -29,11 +29,13 @@ How each number is established, and its ``exact`` flag:
    ``RANGE_BUDGET`` ranges proving, with smaller budgets for float64: a float64
    error that hovers around the tolerance does so over 2**40 values) it is the smallest
    failing value found, flagged ``exact: false``, and shown as a bound ("<= x").
-   "Never fails" is exact only if the whole range was verified.
+   "Never fails" is exact only if the whole range was verified.  (A range not proven is
+   halved; in a grid of at most 24 bits it is split into up to ``SPLIT_NARROW`` parts,
+   which changes no answer there: every such threshold is verified to its end.)
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
    (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
-   do not fail there are bisected: the same answers.)  They are evaluated in runs of
+   do not fail there are bisected, unless the scan reached the grid's end: the same answers.)  They are evaluated in runs of
    ``INTEGER_RUN`` consecutive n, each row's status first decided from the exact values at
    its run's two ends (below), where the format holds every input that moves with n: a
    rounded input makes the loaded case another one, whose exact value need not lie between
