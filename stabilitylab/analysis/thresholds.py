@@ -35,9 +35,10 @@ How each number is established, and its ``exact`` flag:
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
    (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
-   do not fail there are bisected, unless the scan reached the grid's end: the same answers.)  They are evaluated in runs of
-   ``INTEGER_RUN`` consecutive n, each row's status first decided from the exact values at
-   its run's two ends (below), where the format holds every input that moves with n: a
+   do not fail there are bisected, unless the scan reached the grid's end: the same
+   answers.)  They are evaluated in runs of ``INTEGER_RUN`` consecutive n, each row's
+   status first decided from the exact values at its run's two ends (below), where the
+   format holds every input that moves with n: a
    rounded input makes the loaded case another one, whose exact value need not lie between
    the ends' (float8_e5m2 holds z_loss's [37, 35, 32] as [36, 36, 32]).
 
