@@ -1,4 +1,5 @@
-"""log_softmax_log1p on float32's subnormal staircase: whole ranges of d proven correctly rounded at once.
+"""log_softmax_log1p (and gradient's mse_sigmoid) on float32's subnormal staircase: whole ranges of d proven
+correctly rounded at once.
 
 softmax_ce's families ``overflow`` (logits [d, 0]) and ``confident`` (logits [0, -d]), label 0, in float32
 without flush-to-zero.  For every float32 d > 0 with e**-d <= u**2 = 2**-48 (d >= 33.3), the kernel
@@ -27,6 +28,15 @@ constant, one ulp of log, one subtraction, each at most 2**-46 here) and calls e
 range of float32 d in [D0, 128), D0 = d_{2**12 - 1} rounded up to float32, containing no unsafe value, is then
 proven: every point's status is ok or range.
 
+**gradient's mse_sigmoid** (family ``vanishing``: logits [-d, 0], target 1) has the same staircase, with the
+same table: there z = -d - 0 = -d is exact, the stable sigmoid's e = cr(exp(-|z|)) = cr(E(d)) = s, 1 + s = 1
+(s <= 2**-137, far below u / 2), s / 1 = s; then s - 1 = -1, -1 * s = -s, 1 - s = 1 and -s * 1 = -s, each
+exact or correctly rounded to those values: v(d) = -cr(E(d)).  The exact gradient is G = -(1 - p)**2 p with
+p = 1 / (1 + e**d) = E / (1 + E), so |G| = E / (1 + E)**3 and 0 < E - |G| < 3 E**2 < 27 b_j**2 while E <
+b_{j+1} <= 3 b_j; a float32 d below d_j with d_j - d > 27 b_j (< 2**-132, still far below ``MARGIN``) has
+E(d) - b_j >= b_j (d_j - d) > E - |G|, so |G| and E round alike, and cr(G) = -cr(|G|) = v (rounding to
+nearest is symmetric; -0 == 0 where both round to 0).
+
 The table of the d_j is a pure function of these constants (computed once per process, nothing to go stale).
 ``tests/test_log1p_staircase.py`` compares the proof with the engine's status at every float32 d of the span.
 """
@@ -41,8 +51,10 @@ from ..numerics.formats import Format
 
 __all__ = ["applies", "proven"]
 
-FAMILIES = {("softmax_ce", "overflow"), ("softmax_ce", "confident")}  # logits [d, 0] / [0, -d], label 0
-METHOD = "log_softmax_log1p"
+# (experiment, family) -> the method on the staircase: softmax_ce's logits [d, 0] / [0, -d], label 0, and
+# gradient's logits [-d, 0], target 1 (the MSE gradient through the sigmoid)
+FAMILIES = {("softmax_ce", "overflow"): "log_softmax_log1p", ("softmax_ce", "confident"): "log_softmax_log1p",
+            ("gradient", "vanishing"): "mse_sigmoid"}
 MIDPOINTS = 2**12  # b_j for j < this: E(d) <= 2**-137 from D0 on
 GRID = 2.0**-17  # the spacing of float32 values in [64, 128)
 MARGIN = 2.0**-40  # far above the float64 error of d_j (2**-44) plus 8 b_j (< 2**-130)
@@ -50,7 +62,7 @@ MARGIN = 2.0**-40  # far above the float64 error of d_j (2**-44) plus 8 b_j (< 2
 
 def applies(experiment: str, family: str, method: str, fmt: Format, ftz: bool) -> bool:
     """Whether :func:`proven` holds for this method's search (float32, no flush-to-zero)."""
-    return (experiment, family) in FAMILIES and method == METHOD and fmt.name == "float32" and not ftz
+    return FAMILIES.get((experiment, family)) == method and fmt.name == "float32" and not ftz
 
 
 @functools.lru_cache(maxsize=1)

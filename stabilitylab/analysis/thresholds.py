@@ -29,13 +29,16 @@ How each number is established, and its ``exact`` flag:
    ``RANGE_BUDGET`` ranges proving, with smaller budgets for float64: a float64
    error that hovers around the tolerance does so over 2**40 values) it is the smallest
    failing value found, flagged ``exact: false``, and shown as a bound ("<= x").
-   "Never fails" is exact only if the whole range was verified.
+   "Never fails" is exact only if the whole range was verified.  (A range not proven is
+   halved; in a grid of at most 24 bits it is split into up to ``SPLIT_NARROW`` parts,
+   which changes no answer there: every such threshold is verified to its end.)
 3. Integer grids (n): every n below the candidate is evaluated when there are at
    most ``INTEGER_SCAN`` of them; otherwise the bisection's answer is a bound.
    (The first ``INTEGER_SCAN`` values are evaluated first, and only the keys that
-   do not fail there are bisected: the same answers.)  They are evaluated in runs of
-   ``INTEGER_RUN`` consecutive n, each row's status first decided from the exact values at
-   its run's two ends (below), where the format holds every input that moves with n: a
+   do not fail there are bisected, unless the scan reached the grid's end: the same
+   answers.)  They are evaluated in runs of ``INTEGER_RUN`` consecutive n, each row's
+   status first decided from the exact values at its run's two ends (below), where the
+   format holds every input that moves with n: a
    rounded input makes the loaded case another one, whose exact value need not lie between
    the ends' (float8_e5m2 holds z_loss's [37, 35, 32] as [36, 36, 32]).
 
@@ -104,10 +107,13 @@ BLACK_BOX_POINT_BUDGET = 2**20  # the same for black boxes in float32 (no interv
 BLACK_BOX_WINDOW = 2**20  # points a black box's float32 search evaluates just below its failure found
 INTEGER_SCAN = 2**15  # integer thresholds up to this far from the start are verified point by point
 INTEGER_RUN = 2**5  # ... in runs of this many n, each first tried on the exact values at its two ends
+SPLIT_NARROW = 2**3  # an unproven range of a grid of at most 24 bits is split into this many parts (_children)
 LEAF = 2**5  # ranges this small are evaluated point by point instead of halved
 ROUND_POINTS = 2**16  # points evaluated per round of the verification
 ROUND_CHUNKS = 2**15  # ranges certified per vectorized call
 AHEAD = 2**8  # a certification call with fewer ranges also certifies their halves, quarters ... up to this many
+BISECT_AHEAD = 6  # integer grids: rounds of the bisection evaluated ahead on the all-ok branch (_bisect)
+PROBE_AHEAD = 2**6  # a verification round probing fewer midpoints also evaluates the next rounds' (_probe)
 PROBE = 2**12  # points spread above the verified part of a given-up key, looking for an earlier failure
 AGREEMENT_SLACK = 2.0**-8  # a prediction whose slack is wider does not get an agreement mark
 KINDS = ("first_inaccurate", "first_failure")
@@ -242,6 +248,7 @@ class _Search:
         # from the start within a budget, and by a window scanned down from the failure found
         self.points_only = self.black_box or fmt.is_policy
         self.window: dict[tuple[str, str], int] = {}  # black boxes: see _scan_down
+        self.probed: dict[int, tuple[bool, ...]] = {}  # midpoints evaluated ahead: index -> bad per key (_probe)
 
     # ------------------------------------------------------------ point evaluation
     def _outcomes(self, indices, methods=None):
@@ -409,7 +416,15 @@ class _Search:
 
     def _bisect(self, keys=None) -> dict[tuple[str, str], int]:
         """A failing index per key (or end + 1): the candidate the verification starts from.
-        Each key's bisection depends on its own answers only."""
+        Each key's bisection depends on its own answers only.
+
+        Integer grids (every point's flags are cheap next to a call's fixed cost: ``repeat`` runs ~124
+        operations for n up to 2**62 whatever the rows): each round also evaluates the points of the
+        next ``BISECT_AHEAD`` rounds on the branch where every point of the round is ok, the path of a
+        key that never fails (likelihood's sum_log, most of accumulation's), so such keys need a call
+        every few rounds.  A point's flags are a pure function of the point and only the round's own
+        points move a bracket: the same answers (not where the engine decides every point: an observer
+        would see points nobody asked for)."""
         g = self.grid
         brackets = {key: (g.start - 1, g.end + 1) for key in (self.keys if keys is None else keys)}
         while True:
@@ -417,7 +432,17 @@ class _Search:
             if not open_keys:
                 return {key: b for key, (a, b) in brackets.items()}
             points = {key: _spread(*brackets[key], self.k) for key in open_keys}
-            self._evaluate([i for pts in points.values() for i in pts], sorted({m for m, _ in open_keys}))
+            wanted = [i for pts in points.values() for i in pts]
+            if self.lean and g.integer:  # look ahead on the branch where every point is ok (see below)
+                for key in open_keys:
+                    b = brackets[key][1]
+                    ahead = points[key]
+                    for _ in range(BISECT_AHEAD):
+                        if not ahead:
+                            break
+                        ahead = _spread(ahead[-1], b, self.k)
+                        wanted += ahead
+            self._evaluate(wanted, sorted({m for m, _ in open_keys}))
             for key, pts in points.items():
                 a, b = brackets[key]
                 for i in pts:
@@ -507,9 +532,13 @@ class _Search:
         return held
 
     def _scan_after(self, best: dict, stop: int) -> tuple[dict, dict]:
-        """The end of :meth:`_integers`: the keys that did not fail in the scan are bisected."""
+        """The end of :meth:`_integers`: the keys that did not fail in the scan are bisected (not where the
+        scan reached the grid's end: every n was evaluated, none failed, and a point's flags are the same
+        however it is evaluated, so the bisection would find nothing; those keys stay at end + 1.  Except
+        where the engine decides every point: an observer, such as an audit's recorder, is shown the
+        bisection's points as before)."""
         left = [key for key in self.keys if best[key] >= stop]
-        if left:
+        if left and (stop <= self.grid.end or not self.lean):
             best.update(self._bisect(left))
         return best, {key: b if b <= stop else stop for key, b in best.items()}
 
@@ -660,15 +689,85 @@ class _Search:
                     # every range above it now, instead of after they have all been halved down
                     # to leaves (a candidate far above the first failure spent the whole budget)
                     # (every method: a given-up key's bound is lowered too)
-                    self._scan_points(np.unique(mid), best)
-                new = [np.stack([r_lo, mid + 1], axis=1).ravel(), np.stack([mid, r_hi], axis=1).ravel(),
-                       np.repeat(r_mask, 2)]
+                    self._probe(np.unique(mid), best, r_lo, r_hi)
+                c_lo, c_hi, parent = self._children(r_lo, r_hi)
+                new = [c_lo, c_hi, r_mask[parent]]
             # still ascending: the ranges are disjoint, and the halves of this round's lowest
             # entries lie below every entry left for later rounds
             lo = np.concatenate([new[0], rest[0]])
             hi = np.concatenate([new[1], rest[1]])
             mask = np.concatenate([new[2], rest[2]])
         return {key: best[key] if exact[key] else lowest.get(key, g.start) for key in keys}
+
+    def _probe(self, mid: np.ndarray, best: dict, r_lo: np.ndarray, r_hi: np.ndarray) -> None:
+        """``_scan_points(mid, best)`` for every method (the midpoints of a round's unproven ranges
+        ``[r_lo, r_hi]``), with fewer calls: a round with fewer than ``PROBE_AHEAD`` midpoints also
+        evaluates the midpoints the next rounds would probe if those ranges' halves, quarters ... stay
+        unproven (up to ``PROBE_AHEAD`` points in all), and keeps their flags in ``probed``; a later round
+        takes a midpoint's flags from there.  A point's flags are a pure function of the point, and only the
+        midpoints a round probes lower ``best`` (the minimum of their first failures, in any grouping), so
+        the answers are the ones :meth:`_scan_points` gives; a float64 search whose frontier is one or two
+        ranges wide for dozens of rounds pays one call per few rounds instead of one per round.  Not where
+        the engine decides every point (an observer would see points nobody asked for)."""
+        if not self.lean:
+            self._scan_points(mid, best)
+            return
+        if self.probed:
+            hit = np.fromiter((i in self.probed for i in mid.tolist()), dtype=bool, count=len(mid))
+            for i in mid[hit].tolist():
+                for key, bad in zip(self.keys, self.probed.pop(i)):
+                    if bad and i < best[key]:
+                        best[key] = i
+            mid = mid[~hit]
+        extra = self._ahead_midpoints(r_lo, r_hi) if 0 < len(mid) < PROBE_AHEAD else []
+        if not extra:
+            if len(mid):
+                self._scan_points(mid, best)
+            return
+        extra = np.array(extra, dtype=np.int64)
+        out = self._flags(np.concatenate([mid, extra]))
+        k = len(mid)
+        bad = np.stack([out[m][KINDS.index(kind)] for m, kind in self.keys])  # (keys, points)
+        for j, key in enumerate(self.keys):
+            row = bad[j, :k]
+            if row.any():
+                best[key] = min(best[key], int(mid[int(np.argmax(row))]))
+        for i, flags in zip(extra.tolist(), bad[:, k:].T.tolist()):
+            self.probed[i] = tuple(flags)
+
+    def _ahead_midpoints(self, r_lo: np.ndarray, r_hi: np.ndarray) -> list[int]:
+        """The midpoints of the halves, quarters ... of the ranges [r_lo, r_hi] (those larger than ``LEAF``,
+        which a round probes), level by level, up to ``PROBE_AHEAD`` in all, not probed yet."""
+        out: list[int] = []
+        a, b = r_lo, r_hi
+        while True:
+            a, b, _ = self._children(a, b)
+            keep = b - a + 1 > LEAF
+            a, b = a[keep], b[keep]
+            mids = [i for i in (a + (b - a) // 2).tolist() if i not in self.probed]
+            if not len(a) or len(out) + len(mids) > PROBE_AHEAD:
+                return out
+            out += mids
+
+    def _children(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The parts an unproven range [lo, hi] is split into, in ascending order, and each part's range
+        (its index in ``lo``): halves ([lo, mid], [mid + 1, hi], mid = lo + (hi - lo) // 2), or, for grids
+        of at most 24 bits, ``SPLIT_NARROW`` nearly equal parts.  How a range is split changes which ranges
+        are proven and which points evaluated, never a point's status, so a verification that reaches its
+        end (every float32 threshold of a float grid does) finds the same first failure either way; fewer,
+        wider levels mean fewer rounds, each of which pays its calls' fixed cost.  float64 stays with halves:
+        its searches stop at their budgets, and the bounds they report depend on the order."""
+        if self.grid.fmt.precision > 24:
+            mid = lo + (hi - lo) // 2  # (no int64 overflow near the top of float64)
+            return (np.stack([lo, mid + 1], axis=1).ravel(), np.stack([mid, hi], axis=1).ravel(),
+                    np.repeat(np.arange(len(lo)), 2))
+        size = hi - lo + 1  # (indices below 2**32: no overflow below)
+        parts = np.clip(size // (2 * LEAF), 2, SPLIT_NARROW)[:, None]  # (near the leaves: halves, as before)
+        j = np.arange(SPLIT_NARROW + 1)
+        cuts = lo[:, None] + (size[:, None] * np.minimum(j, parts)) // parts
+        c_lo, c_hi = cuts[:, :-1], cuts[:, 1:] - 1
+        keep = (j[:-1] < parts) & (c_hi >= c_lo)
+        return c_lo[keep], c_hi[keep], np.broadcast_to(np.arange(len(lo))[:, None], c_lo.shape)[keep]
 
     # ------------------------------------------------------------ interval proof
     def _certify_ahead(self, lo: np.ndarray, hi: np.ndarray, pending: dict, ahead: dict) -> dict:
@@ -691,12 +790,11 @@ class _Search:
         count = len(todo)
         while count < AHEAD:
             a, b, asked = parts[-1]
-            mid = a + (b - a) // 2
-            c_lo, c_hi = np.concatenate([a, mid + 1]), np.concatenate([mid, b])
+            c_lo, c_hi, parent = self._children(a, b)
             keep = c_hi - c_lo + 1 > LEAF  # the halves a round would certify
             if not keep.any() or count + int(keep.sum()) > AHEAD:
                 break
-            halves = {key: np.concatenate([rows, rows])[keep] for key, rows in asked.items()}
+            halves = {key: rows[parent][keep] for key, rows in asked.items()}
             parts.append((c_lo[keep], c_hi[keep], halves))
             count += int(keep.sum())
         all_lo, all_hi = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -762,8 +860,9 @@ class _Search:
                                          self.family.cases(g.params(x[at]), self.settings)) for x in (lo, hi)]
             position = np.full(n, -1)
             position[at] = np.arange(len(at))
-            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends))
-        position, r_lo, r_hi = enclosures[id(truth)]
+            values = [_end_values(truth, inputs) for inputs in ends]
+            enclosures[id(truth)] = (position, *_exact_enclosure(truth, ends, values), values)
+        position, r_lo, r_hi, values = enclosures[id(truth)]
         here = inaccurate[rows]  # the method's ranges that ask for this key
         sub, at = rows[here], position[rows[here]]
         v, r_lo, r_hi, sub_lo, sub_hi = v[here], r_lo[at], r_hi[at], lo_p[here], hi_p[here]
@@ -771,6 +870,8 @@ class _Search:
         if method.exact_formula:  # |computed - exact| <= err at every point of the range
             with np.errstate(all="ignore"):
                 ok |= v.err < min(self.tol, 0.5) * np.minimum(np.abs(r_lo), np.abs(r_hi)) * (1 - 2.0**-30)
+        elif self._bias_bounded(method):  # |computed - exact| <= err + the formula's bias at the worse end
+            ok |= self._bias_proven(method, v, sub_lo, sub_hi, r_lo, r_hi, [x[at] for x in values])
         if staircase.applies(self.experiment.name, self.family.name, method.name, fmt, self.settings.ftz):
             ok |= staircase.proven(sub_lo, sub_hi)  # every point correctly rounded (its docstring)
         for t in self.family.turning:
@@ -779,6 +880,48 @@ class _Search:
             ok &= _inside(fmt, v, r_lo, r_hi)
         out[(method.name, "first_inaccurate")] = proven = np.zeros(n, dtype=bool)
         proven[sub] = ok
+
+    def _bias_bounded(self, method) -> bool:
+        """Whether :meth:`_bias_proven` applies: the family names the method's bias monotone, in a format of
+        at most 24 bits (float32: every threshold of its float grids is exact however it is verified; float64's
+        sampled bounds depend on which ranges are proven, so they stay as they were)."""
+        return method.name in self.family.monotone_bias and self.fmt.precision <= 24
+
+    def _bias_proven(self, method, v: interval.Bounds, d_lo, d_hi, r_lo, r_hi, ends) -> np.ndarray:
+        """Per range [d_lo, d_hi]: every point's relative error is within the tolerance, for a method whose
+        formula F is not the exact value L but whose bias F - L is monotone in the parameter
+        (``Family.monotone_bias``).
+
+        At every point d of the range, |c(d) - L(d)| <= |c(d) - F(d)| + |F(d) - L(d)| <= err + B, where err is
+        the interval kernel's running error bound over the range (``v.err``, which keeps the correlation
+        between the computed value and its formula) and B = max(|b(d_lo)|, |b(d_hi)|), b = F - L: a monotone
+        function's magnitude is largest at an end.  F at an end is the interval kernel's exact-formula
+        enclosure on the one-value range (``xlo``..``xhi``, moved outwards in the wide type), L the fast
+        reference there (``ends``: its values at the two ends, widened by its error as
+        :func:`_exact_enclosure` widens them).  With L of one sign over the range and |L| >= m = min(|r_lo|,
+        |r_hi|) (the exact value is monotone between turning points, which the caller excludes), the
+        relative error is at most (err + B) / m; the range is proven where that is below the tolerance (and
+        below 1/2), the computed enclosure finite.  This keeps the correlation the enclosures lose: near
+        epsilon_clip's threshold the clipped value and the loss both move with d by far more than their
+        difference."""
+        with np.errstate(all="ignore"):
+            params = np.concatenate([d_lo, d_hi])
+            ia = interval.IntervalArith(self.fmt, len(params), ftz=self.settings.ftz)
+            f = interval.Bounds.of(method.kernel(ia, self.experiment.load(ia, self.family.cases(params,
+                                                                                               self.settings))))
+            k = len(d_lo)
+            slack, tiny = 4 * reference.FAST_ERROR, np.finfo(np.longdouble).smallest_subnormal
+            bias = []
+            for part, value in zip((slice(0, k), slice(k, 2 * k)), ends):
+                l_lo = value - np.abs(value) * slack - tiny
+                l_hi = value + np.abs(value) * slack + tiny
+                x_lo, x_hi = f.xlo[part].astype(np.longdouble), f.xhi[part].astype(np.longdouble)
+                bias.append(np.maximum(np.abs(x_hi - l_lo), np.abs(x_lo - l_hi)))
+            total = (v.err.astype(np.longdouble) + np.maximum(bias[0], bias[1])) * (1 + 2.0**-40)
+            floor = np.minimum(np.abs(r_lo), np.abs(r_hi))
+            one_sign = (r_lo > 0) | (r_hi < 0)
+            finite = np.isfinite(v.lo) & np.isfinite(v.hi) & np.isfinite(total)
+            return one_sign & finite & (total < min(self.tol, 0.5) * floor * (1 - 2.0**-30))
 
 
 def _within(v: interval.Bounds, r_lo, r_hi, tol: float) -> np.ndarray:
@@ -832,15 +975,19 @@ def _neighbours(fmt: Format, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(zero, -s, below), np.where(zero, s, above)
 
 
-def _exact_enclosure(truth, ends) -> tuple[np.ndarray, np.ndarray]:
+def _end_values(truth, inputs) -> np.ndarray:
+    """The fast reference's value (longdouble; NaN where not finite) of each row of ``inputs``."""
+    ex = _reference(truth, inputs)
+    with np.errstate(all="ignore"):
+        v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
+    return np.where(np.isfinite(v), v, np.nan)
+
+
+def _exact_enclosure(truth, ends, values=None) -> tuple[np.ndarray, np.ndarray]:
     """Bounds (longdouble) of the exact value over each range, from its two ends (the exact
-    value is monotone between turning points), widened by the fast reference's error."""
-    vals = []
-    for inputs in ends:
-        ex = _reference(truth, inputs)
-        with np.errstate(all="ignore"):
-            v = np.ldexp(ex.hi.astype(np.longdouble) + ex.lo.astype(np.longdouble), ex.scale)
-        vals.append(np.where(np.isfinite(v), v, np.nan))
+    value is monotone between turning points), widened by the fast reference's error.
+    ``values``: :func:`_end_values` of the two ends, if computed already."""
+    vals = [_end_values(truth, inputs) for inputs in ends] if values is None else values
     lo, hi = np.minimum(vals[0], vals[1]), np.maximum(vals[0], vals[1])
     slack = 4 * reference.FAST_ERROR
     tiny = np.finfo(np.longdouble).smallest_subnormal  # (a value below longdouble's range is held as 0)

@@ -180,6 +180,12 @@ class Family:
     is known.  Every input entry of ``cases`` is monotone in the parameter, and every exact value is monotone
     between the ``turning`` points (the threshold search's interval proofs rely
     on both).
+
+    ``monotone_bias``: names of methods with ``exact_formula`` False whose formula, evaluated exactly on the
+    family's (format-rounded) inputs, minus the exact value is a monotone function of the parameter over the
+    whole grid (the experiment's module states the proof where it names them).  The threshold search then
+    bounds |computed - exact| on a range by the running error bound plus that difference's larger magnitude at
+    the range's two ends (:mod:`stabilitylab.analysis.thresholds`, ``_bias_proven``).
     """
 
     name: str
@@ -193,6 +199,7 @@ class Family:
     turning: tuple[float, ...] = ()  # parameter values where an exact value of the family may turn (else monotone)
     grid: str | None = None  # the format whose values the parameter runs over (None: the format under test)
     predict: Callable[[Any, str, Settings], Prediction | None] = lambda fmt, method, settings: None
+    monotone_bias: tuple[str, ...] = ()  # methods whose (formula - exact value) is monotone in the parameter
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,12 @@ def fast_bce(x: Loaded):
 
 
 def saturation_cases(z: np.ndarray, settings: Settings) -> Binary:
-    """One sample, label 0, logit z >= 0: the loss softplus(z) ~ z."""
+    """One sample, label 0, logit z >= 0: the loss softplus(z) ~ z.
+
+    ``sigmoid_log_clamped`` has a bias monotone in z (``Family.monotone_bias``): evaluated exactly, with
+    p = 1 / (1 + e**-z) in (0, 1) and label 0, its formula is -(0 max(log p, -100) + 1 max(log(1 - p), -100))
+    = min(-log(1 - p), 100) = min(L, 100), L = log(1 + e**z) the exact loss; so formula - L = min(0, 100 - L),
+    non-increasing in z (L increases)."""
     return Binary(ParamNames("z", z), z[:, None].copy(), np.zeros((len(z), 1)), np.ones(len(z), dtype=np.int64))
 
 
@@ -190,5 +195,5 @@ BINARY_CE = Experiment(
     load=load,
     truth=Truth(exact_bce, exact_rows, fast_bce),
     families=(Family("saturation", "z", "logit z >= 0, label 0 (sigmoid rounds to 1)", saturation_cases,
-                     predict=saturation_predict),),
+                     predict=saturation_predict, monotone_bias=("sigmoid_log_clamped",)),),
 )

@@ -73,7 +73,13 @@ def default_cases() -> Logits:
 
 
 def ceiling_cases(d: np.ndarray, settings: Settings) -> Logits:
-    """[0, -d], label 1: the true class has probability ~ e**-d; exact loss ~ d."""
+    """[0, -d], label 1: the true class has probability ~ e**-d; exact loss ~ d.
+
+    Both clipped forms have a bias monotone in d (``Family.monotone_bias``): evaluated exactly, with
+    p = e**-d / (1 + e**-d) = 1 / (1 + e**d) (the shift by the row's maximum changes nothing in exact
+    arithmetic) and the exact loss L = -log p, clip_add's formula minus L is -log(p + eps) + log p =
+    -log(1 + eps (1 + e**d)), and clip_max's is -log(max(p, eps)) + log p = min(0, log(p / eps)); p decreases
+    with d, so both are non-increasing in d (eps = fl(1e-7) > 0 in float32, the only format searched on ranges)."""
     rows = len(d)
     return Logits(ParamNames("d", d), np.stack([np.zeros_like(d), -d], axis=1), np.ones(rows, dtype=np.int64),
                   np.full(rows, 2, dtype=np.int64))
@@ -112,6 +118,6 @@ EPSILON_CLIP = Experiment(
     load=load,
     truth=Truth(exact_cross_entropy, exact_rows, fast_cross_entropy),
     families=(Family("ceiling", "d", "logits [0, -d], label 1 (the clipped loss is capped near -log(eps))",
-                     ceiling_cases),),
+                     ceiling_cases, monotone_bias=("clip_add", "clip_max")),),
     facts=facts,
 )

@@ -182,6 +182,12 @@ def _bad(x) -> np.ndarray:
     return np.isnan(x)
 
 
+def _unless_nan(x: np.ndarray, fill: float) -> np.ndarray:
+    """x with its NaNs replaced by ``fill`` (x itself where it has none)."""
+    bad = _bad(x)
+    return np.where(bad, fill, x) if bad.any() else x
+
+
 def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """f(fmt, lo) and f(fmt, hi) (crmath: correctly rounded), as float64, with each input that
     crmath may have to settle with mpmath evaluated once per distinct value (by bit pattern:
@@ -284,9 +290,11 @@ class IntervalArith:
             if slack is None:  # correctly rounded in the wide type: one ulp
                 return (np.nextafter(lo, self.wide.type(-np.inf)), np.nextafter(hi, self.wide.type(np.inf)))
             # (4 ulps of the wide type's subnormals: the functions' absolute error there)
-            tiny = 4 * np.finfo(self.wide).smallest_subnormal
-            return (np.where(np.isfinite(lo), lo - np.abs(lo) * slack - tiny, lo),
-                    np.where(np.isfinite(hi), hi + np.abs(hi) * slack + tiny, hi))
+            tiny = 4 * self.wide_tiny
+            down, up = lo - np.abs(lo) * slack - tiny, hi + np.abs(hi) * slack + tiny
+            finite_lo, finite_hi = np.isfinite(lo), np.isfinite(hi)  # (infinite ends stay)
+            return (down if finite_lo.all() else np.where(finite_lo, down, lo),
+                    up if finite_hi.all() else np.where(finite_hi, up, hi))
 
     def _e(self, x) -> np.ndarray:
         """An error bound (or a factor of one) in the wide type."""
@@ -320,14 +328,21 @@ class IntervalArith:
                 # the absolute part only where a result may be below tiny (subnormal, flushed or 0):
                 # a result of at least tiny is off by at most u |fl(y)| (also when y rounded up to tiny)
                 below = ~((lo >= self.fmt.tiny) | (hi <= -self.fmt.tiny))
-                rounding = np.where(below, _up(rounding + self.eta), rounding)
+                if below.any():  # (each np.where below is skipped where it would change nothing)
+                    rounding = np.where(below, _up(rounding + self.eta), rounding)
             if exact is not None:
                 rounding = np.where(exact, 0.0, rounding)
-            err = np.where(rounding == 0, self._e(carried), _up(self._e(carried) + rounding))
+            carried = self._e(carried)
+            err = _up(carried + rounding)
+            exact_here = rounding == 0
+            if exact_here.any():
+                err = np.where(exact_here, carried, err)
             # infinite bounds are sound (log(0) = -inf is a value); NaN bounds enclose nothing
-            lo, hi = np.where(_bad(lo), -np.inf, lo), np.where(_bad(hi), np.inf, hi)
-            xlo, xhi = np.where(_bad(xlo), -np.inf, xlo), np.where(_bad(xhi), np.inf, xhi)
-            err = np.where(_bad(err) | ~np.isfinite(size), np.inf, err)
+            lo, hi = _unless_nan(lo, -np.inf), _unless_nan(hi, np.inf)
+            xlo, xhi = _unless_nan(xlo, -np.inf), _unless_nan(xhi, np.inf)
+            lost = _bad(err) | ~np.isfinite(size)
+            if lost.any():
+                err = np.where(lost, np.inf, err)
             if self._saturate is not None:  # the format gives +-max for +-inf: an end at +inf (below: -inf)
                 top = self._saturate        # moves to +max; the other infinite ends stay (NaN, a pole: the
                 lo, hi = np.minimum(lo, top), np.maximum(hi, -top)  # range proves nothing finite); the error
@@ -405,13 +420,13 @@ class IntervalArith:
     def _sum(self, a, b):
         """a + b of error bounds, rounded upward (0 stays 0: an exact operand pair)."""
         e = self._e
-        return np.where((a == 0) & (b == 0), 0.0, _up(e(a) + e(b))).astype(self.wide)
+        return np.where((a == 0) & (b == 0), 0.0, _up(e(a) + e(b))).astype(self.wide, copy=False)
 
     def _times(self, a, b):
         """a * b of non-negative bounds, rounded upward (0 where either is 0: an exact operand)."""
         e = self._e
         with np.errstate(all="ignore"):
-            return np.where((a == 0) | (b == 0), 0.0, _up(e(a) * e(b))).astype(self.wide)
+            return np.where((a == 0) | (b == 0), 0.0, _up(e(a) * e(b))).astype(self.wide, copy=False)
 
     def _corners(self, f, alo, ahi, blo, bhi, computed: bool):
         """min and max of f over the four corners: in the format (``computed``) or in the wide type."""
@@ -530,18 +545,21 @@ class IntervalArith:
         w = self._w
         with np.errstate(all="ignore"):
             vlo, vhi = _once(f, self.fmt, self._own(a.lo), self._own(a.hi))
-            xlo, xhi = exact(w(a.xlo)), exact(w(a.xhi))
-            lowest = np.minimum(w(a.lo), w(a.xlo))  # the computed and the exact operand both lie in [lowest, highest]
-            highest = np.maximum(w(a.hi), w(a.xhi))
+            w_xlo, w_xhi = w(a.xlo), w(a.xhi)
+            xlo, xhi = exact(w_xlo), exact(w_xhi)
+            lowest = np.minimum(w(a.lo), w_xlo)  # the computed and the exact operand both lie in [lowest, highest]
+            highest = np.maximum(w(a.hi), w_xhi)
             # the derivative bound in the wide type, widened by its own relative error (2**-40) and
             # its absolute error below the wide type's normal range (a few of its subnormals)
-            lip = _up(lipschitz(lowest, highest) * (1 + 2.0**-40) + 4 * self.wide_tiny)
-            carried = self._times(np.where(np.isnan(lip), np.inf, lip), a.err)
-        inf = np.full(np.shape(vlo), np.inf)
+            lip = _unless_nan(_up(lipschitz(lowest, highest) * (1 + 2.0**-40) + 4 * self.wide_tiny), np.inf)
+            carried = self._times(lip, a.err)
         v_out = (a.lo < domain_low) | np.isnan(a.lo) | np.isnan(a.hi)  # the computed operand may leave the domain
         x_out = (a.xlo < domain_low) | np.isnan(a.xlo) | np.isnan(a.xhi)
         slack = FUNCTION_SLACK if self.wide == np.float64 else _LONG_SLACK
-        carried, kept = np.where(v_out | x_out, np.inf, carried), None
+        out = v_out | x_out
+        kept = None
+        if out.any():  # (each np.where here is skipped where it would change nothing)
+            carried = np.where(out, np.inf, carried)
         if identity and not self.ftz and self.fmt.precision <= 24:
             with np.errstate(all="ignore"):
                 size = self._e(np.maximum(np.abs(a.lo), np.abs(a.hi)))
@@ -550,8 +568,11 @@ class IntervalArith:
                     carried = np.where(kept, _up(carried + _up(size * size)), carried)
                 else:
                     kept = None
-        return self._result(np.where(v_out, -inf, vlo), np.where(v_out, inf, vhi),
-                            np.where(x_out, -inf, xlo), np.where(x_out, inf, xhi), carried, slack, exact=kept)
+        if v_out.any():
+            vlo, vhi = np.where(v_out, -np.inf, vlo), np.where(v_out, np.inf, vhi)
+        if x_out.any():
+            xlo, xhi = np.where(x_out, -np.inf, xlo), np.where(x_out, np.inf, xhi)
+        return self._result(vlo, vhi, xlo, xhi, carried, slack, exact=kept)
 
     def exp(self, x, where=None) -> Bounds:
         return self._function(crmath.exp, np.exp, lambda lowest, highest: np.exp(highest), x, -np.inf)
