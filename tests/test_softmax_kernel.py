@@ -292,10 +292,30 @@ def _exp64_against_crmath(x: np.ndarray) -> np.ndarray:
     out, stage = np.empty_like(x), np.empty(x.size, np.uint8)
     KERNEL.exp64_many(x, out, stage)
     d = stage > 0
-    ref = crmath.exp(F64, x[d])
+    ref = crmath.exp(F64, x[d], stats={})  # (stats: crmath's own numpy stages, not the kernel)
     bad = np.flatnonzero(out[d].view(np.uint64) != ref.view(np.uint64))
     assert not bad.size, (x[d][bad[:5]], out[d][bad[:5]], ref[bad[:5]])
     return stage
+
+
+def test_crmath_float64_uses_the_kernel_and_gives_its_numpy_values(monkeypatch):
+    """crmath's float64 exp / log / log1p take the kernel's stages first where it is loaded (no stats asked): the
+    same values as crmath's numpy stages, special and out-of-domain arguments included (those go the numpy way)."""
+    rng = np.random.default_rng(15)
+    x = np.concatenate([rng.uniform(-750, 712, 2**14), np.exp(rng.uniform(-745, 709, 2**14)), rng.uniform(-1, 3, 2**12),
+                        [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 5e-324, 2.0**-1022, 1.7e308]])
+    calls = []
+    real = crmath._compiled64
+    monkeypatch.setattr(crmath, "_compiled64", lambda *a: calls.append(a[0]) or real(*a))
+    with np.errstate(all="ignore"):
+        for name in ("exp", "log", "log1p"):
+            got = getattr(crmath, name)(F64, x)
+            want = getattr(crmath, name)(F64, x, stats={})
+            assert np.array_equal(got.view(np.uint64), want.view(np.uint64)) or np.array_equal(got, want,
+                                                                                             equal_nan=True), name
+            assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(np.signbit(got[~np.isnan(got)]),
+                                                                                      np.signbit(want[~np.isnan(want)]))
+    assert calls == ["exp", "log", "log1p"]
 
 
 def test_kernel_exp64_is_crmath_on_a_sample():
@@ -326,7 +346,7 @@ def test_kernel_log64_is_crmath_on_a_sample(one):
     out, dec = np.empty_like(x), np.empty(x.size, np.uint8)
     KERNEL.log64_many(x, out, dec, one)
     d = dec.astype(bool)
-    ref = (crmath.log1p if one else crmath.log)(F64, x[d])
+    ref = (crmath.log1p if one else crmath.log)(F64, x[d], stats={})
     bad = np.flatnonzero(out[d].view(np.uint64) != ref.view(np.uint64))
     assert not bad.size, (x[d][bad[:5]], out[d][bad[:5]], ref[bad[:5]])
     with np.errstate(divide="ignore"):
@@ -338,7 +358,7 @@ def test_kernel_log64_is_crmath_on_a_sample(one):
     o, d = out[:outside.size], dec[:outside.size]
     KERNEL.log64_many(outside, o, d, one)
     assert not (d == 1).any() and not d[[0, 1, 3, 4]].any()  # (the x87 stages take positive finite arguments)
-    ref = (crmath.log1p if one else crmath.log)(F64, outside[d >= 2])
+    ref = (crmath.log1p if one else crmath.log)(F64, outside[d >= 2], stats={})
     assert np.array_equal(o[d >= 2].view(np.uint64), ref.view(np.uint64))
 
 
@@ -366,7 +386,7 @@ def test_kernel_log64_near_is_crmath_on_many(one):
     out, dec = np.empty_like(x), np.empty(x.size, np.uint8)
     KERNEL.log64_many(x, out, dec, one)
     d = dec > 0
-    ref = (crmath.log1p if one else crmath.log)(F64, x[d])
+    ref = (crmath.log1p if one else crmath.log)(F64, x[d], stats={})
     assert np.array_equal(out[d].view(np.uint64), ref.view(np.uint64))
     assert d.mean() > 0.995
 

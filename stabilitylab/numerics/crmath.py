@@ -333,6 +333,13 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     if not (x.dtype == np.float32 and fmt.precision <= 11) and x.dtype != fmt.dtype:
         raise TypeError(f"crmath.{name}: expected an array of {fmt.dtype}, got {x.dtype} (round it to {fmt} first)")
     flat = x.reshape(-1)
+    if stats is None and stage64 and name in _COMPILED64 and fmt.precision == 53 and x.dtype == np.float64:
+        got = _compiled64(name, flat)
+        if got is not None:  # the compiled kernel's stages decided these; the others go the way below
+            out, left = got
+            if left.size:  # (the float64 stages would leave them too: the wide type's way, then mpmath)
+                out[left] = _evaluate(name, fmt, flat[left], stats, stage32, stage64=False)
+            return out.reshape(x.shape)
     if flat.size > _BLOCK:  # elementwise: in blocks, the same values, a few blocks' temporaries (issue #18)
         out = np.empty(flat.shape, x.dtype)
         for start in range(0, flat.size, _BLOCK):
@@ -399,6 +406,31 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
         stats["elements"] = stats.get("elements", 0) + flat.size
         stats["undecided"] = stats.get("undecided", 0) + int(undecided.size)
     return out.reshape(x.shape)
+
+
+_COMPILED64 = {"exp": "exp64_many", "log": "log64_many", "log1p": "log64_many"}
+"""float64 functions the compiled kernel (:mod:`~stabilitylab.numerics.kernel`) decides first where it is loaded
+and no ``stats`` are asked for (they count this module's own stages)."""
+
+
+def _compiled64(name: str, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(out, left)``: float64 ``name`` of ``flat`` correctly rounded by the compiled kernel's stages (the same
+    stages as this module's, in C: exp64's pair, then doubledouble; log and log1p from the kernel's own log, a
+    series near 0, then the x87 and double-double stages; tests/test_softmax_kernel.py compares them with this
+    module's numpy stages), ``left`` the indices it left (outside its domains: the caller computes them); None
+    where the kernel is not loaded."""
+    from . import kernel
+
+    module = kernel.load()
+    if module is None:
+        return None
+    x = np.ascontiguousarray(flat, dtype=np.float64)
+    out, stage = np.empty_like(x), np.empty(x.size, dtype=np.uint8)
+    if name == "exp":
+        module.exp64_many(x, out, stage)
+    else:
+        module.log64_many(x, out, stage, name == "log1p")
+    return out, np.flatnonzero(stage == 0)
 
 
 def _double_double(name: str, flat: np.ndarray, w: np.ndarray, undecided: np.ndarray,
