@@ -97,6 +97,7 @@ import sys
 import mpmath
 import numpy as np
 
+from .exp64 import LOG_NEWTON_ERROR
 from .formats import Format
 from .wide import wide_dtype
 
@@ -568,8 +569,9 @@ def _log_float64(name: str, fmt: Format, x: np.ndarray, stats: dict | None) -> n
 
 LOG64_BLOCK = 8192
 LOG64_MIN = 256  # smaller arrays take the longdouble path: the stage's ~60 numpy calls cost ~0.1 ms a call
-LOG64_ERROR = 2.0**-61.9
-"""The absolute part of :func:`_log_float64`'s bound ``B = 2**-78 |hi| + LOG64_ERROR`` (proof there)."""
+LOG64_ERROR = LOG_NEWTON_ERROR
+"""The absolute part of :func:`_log_float64`'s bound ``B = 2**-78 |hi| + LOG64_ERROR`` (proof there): 2**-61.9,
+:data:`stabilitylab.numerics.exp64.LOG_NEWTON_ERROR`."""
 
 
 def _log_block(name: str, xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

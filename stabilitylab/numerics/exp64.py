@@ -75,11 +75,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["BLOCK", "DOMAIN", "REL_ERROR", "blocks", "parts", "within"]
+__all__ = ["BLOCK", "DOMAIN", "LOG_NEWTON_ERROR", "REL_ERROR", "blocks", "parts", "within"]
 
 REL_ERROR = 2.0**-62
 """Bound on the relative error of :func:`parts` on :data:`DOMAIN` (proof in the module docstring:
 at most 2**-63.35)."""
+
+LOG_NEWTON_ERROR = 2.0**-61.9
+"""The absolute part of the bound ``2**-78 |hi| + LOG_NEWTON_ERROR`` of a float64 log / log1p from one Newton step
+with :func:`log_newton` (proof at :func:`stabilitylab.numerics.crmath._log_float64`, which uses it as
+``crmath.LOG64_ERROR``; the compiled kernel's float64 log takes it from here)."""
 
 DOMAIN = (-707.0, 709.0)
 """Arguments :func:`parts` takes (both ends included)."""

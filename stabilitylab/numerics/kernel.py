@@ -74,14 +74,15 @@ def exp64_constants() -> tuple:
     """The float64 exp's constants, :mod:`~stabilitylab.numerics.exp64`'s and
     :mod:`~stabilitylab.numerics.doubledouble`'s own (made there with mpmath), as the kernel's
     ``set_exp64_constants`` takes them: ``(T_hi, T_lo, INV, C1, C2, (L1, L2, L3), the Taylor pairs 1/n!,
-    n = 1..12, crmath.LOG64_ERROR)``, arrays as bytes (the float64 log's bound is crmath's too)."""
-    from . import crmath, doubledouble, exp64
+    n = 1..12, exp64.LOG_NEWTON_ERROR)``, arrays as bytes (the float64 log's bound is crmath's too)."""
+    from . import doubledouble, exp64
 
     inv, c1, c2, t_hi, t_lo = exp64._constants()
     ln2, taylor = doubledouble._constants()
     assert doubledouble.DEGREE == 12 and doubledouble.SQUARINGS == 8 and len(t_hi) == 2048  # (the C file's)
     return (t_hi.astype(np.float64).tobytes(), t_lo.astype(np.float64).tobytes(), inv, c1, c2,
-            np.array(ln2, dtype=np.float64).tobytes(), np.array(taylor, dtype=np.float64).tobytes(), crmath.LOG64_ERROR)
+            np.array(ln2, dtype=np.float64).tobytes(), np.array(taylor, dtype=np.float64).tobytes(),
+            exp64.LOG_NEWTON_ERROR)
 
 
 def load():
