@@ -1385,7 +1385,7 @@ static PyObject *exp64_many(PyObject *self, PyObject *args) {
 }
 
 /* log64 / log1p64: crmath._log_float64's first stage (its proof there): y0 = the C library's log (log1p), within
- * 2**-44 of the exact value (crmath.WIDE_REL_ERROR; here log_wide's or log1p_wide's value, within 2**-50), one Newton step on e**y = X with exp64_pair(-y0) (X = x, or 1 + x = a + al exactly),
+ * 2**-44 of the exact value (crmath.WIDE_REL_ERROR; here log_wide's or log1p_wide's value: see y0 below), one Newton step on e**y = X with exp64_pair(-y0) (X = x, or 1 + x = a + al exactly),
  * c = fl(fl(ph - 1) + fl(fl(pe + fl(a fl(err 2**e))) + fl(al W))), (hi, lo) = Fast2Sum(y0, c), decided where
  * hi + (lo -+ B) round alike, B = 2**-78 |hi| + crmath.LOG64_ERROR (set_exp64_constants), and |y0| >= 2**-40; log 1 = +0 and
  * log1p 0 = 0 (its sign kept) exactly; log of x within 2**-7 of 1 and log1p of x <= 2**-7 by log1p_near (Newton's
@@ -1427,7 +1427,10 @@ INLINE double log1p_near(double t, int *dec) {
 }
 
 INLINE double log64(double x, int one, int *dec) {
-    /* y0: log_wide / log1p_wide above (within 2**-50 relative: their proof at log32) */
+    /* y0: log_wide / log1p_wide above: within 2**-50 relative where their proof at log32 holds (log_wide of any
+     * positive normal float64; log1p_wide below 2**-7), within 2**-45.9 for log1p_wide's float64 arguments above
+     * (there 1 + s is rounded: 2**-53 of 1 + s moves the log by at most 2**-53 / log1p(2**-7) relative; measured by
+     * review8 at 2**-46.0): both inside the 2**-44 the Newton step's proof assumes */
     double y0 = one ? log1p_wide(x) : log_wide(x);
     int in = one ? (x >= 0.0) & (x <= 0x1p990) : (x >= 0x1p-990) & (x <= 0x1p990);
     double err, ph, pe, a = x, al = 0.0;
@@ -1708,10 +1711,17 @@ static PyObject *ref_expsum64(PyObject *self, PyObject *args) {
                || !(top = (Py_ssize_t *)malloc(sizeof(Py_ssize_t) * (size_t)B))) {
         PyErr_NoMemory();
     } else {
-        ref_expsum64_block(rows, K, (const double *)xb.buf, (const int64_t *)yb.buf, log2e, dd, s, er, ee, R, b, t,
-                           top, Cs, (double *)ob.buf, (uint8_t *)eb.buf);
-        result = Py_None;
-        Py_INCREF(result);
+        const int64_t *y = (const int64_t *)yb.buf;
+        Py_ssize_t bad = 0;
+        for (Py_ssize_t i = 0; i < rows; i++) bad += (y[i] < 0) | (y[i] >= K);
+        if (bad) { /* (as the numpy path's take: an error, not a read outside the row) */
+            PyErr_SetString(PyExc_ValueError, "ref_expsum64: a label outside [0, K)");
+        } else {
+            ref_expsum64_block(rows, K, (const double *)xb.buf, y, log2e, dd, s, er, ee, R, b, t, top, Cs,
+                               (double *)ob.buf, (uint8_t *)eb.buf);
+            result = Py_None;
+            Py_INCREF(result);
+        }
     }
     free(R); free(b); free(t); free(dd); free(s); free(er); free(ee); free(Cs); free(top);
     PyBuffer_Release(&xb); PyBuffer_Release(&yb); PyBuffer_Release(&ob); PyBuffer_Release(&eb);

@@ -444,6 +444,17 @@ def test_kernel_bounded_reference_equals_numpy(classes, monkeypatch):
             assert np.array_equal(getattr(v, name), getattr(w, name)), name
 
 
+def test_kernel_bounded_reference_refuses_labels_outside_the_row():
+    """review8: ref_expsum64 read X[i, y[i]] without checking y; now a ValueError, as numpy's take raises."""
+    from stabilitylab.experiments import softmax_ce
+
+    x = np.zeros((3, 4))
+    x[:, 1] = 1.0
+    for y in ([0, 4, 1], [0, -1, 1]):
+        with pytest.raises(ValueError, match="label outside"):
+            softmax_ce._bounded_kernel(x + 1.0, np.array(y))
+
+
 @pytest.mark.parametrize("classes", [1, 2, 3, 10, 16, 17, 40, 1000])
 def test_kernel_argmax_is_numpys(classes):
     """The labels of a file without labels (streaming._labels): each row's first maximum, NaN as -inf."""
@@ -459,7 +470,7 @@ def test_kernel_argmax_is_numpys(classes):
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "40c2b6819e934ac63a5f548ca1824eff3d366fa1d54b968541880351167188d7"
+C_SOURCE_SHA256 = "8c6d4c9c9f74998d7404e61ac645caad342be1aa99dc8ff039af11246c1c05f0"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
