@@ -475,6 +475,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
         return cells, columns, nonfinite, pairs, blocks
     cases = Logits(ParamNames("row", rows), x, y, np.full(len(idx), x.shape[1], dtype=np.int64))
     given = None
+    crcs: dict[int, int] = {}  # row -> the CRC-32 of its logits, each row's computed once (it is kept in many cells)
     for fmt in formats:
         counts = None if fmt.block is None else np.zeros((len(BLOCK_COUNTS), len(idx)), np.int64)
         if experiment is SOFTMAX_CE and softmax_bulk.supported(fmt, ftz, x.shape[1]):
@@ -498,8 +499,11 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
                 for name in ("worst", "failing", "first"):
                     a = getattr(cells[fmt.name, method], name)
                     held = np.flatnonzero(a["window"] > 0)
+                    new = np.unique(a["row"][held])
+                    new = new[[r not in crcs for r in new.tolist()]] if crcs else new
+                    crcs.update(zip(new.tolist(), _logits_crcs(x[np.searchsorted(rows, new)]).tolist()))
                     crc = np.zeros(len(a), a.dtype["crc"])
-                    crc[held] = _logits_crcs(x[np.searchsorted(rows, a["row"][held])])
+                    crc[held] = [crcs[r] for r in a["row"][held].tolist()]
                     a["crc"] = crc
             if columns is not None:
                 columns[fmt.name, method] = everything[0]
