@@ -329,13 +329,13 @@ def _sums(fmt: Format, x: np.ndarray, y: np.ndarray):
 
 KERNEL_FORMATS = {"bfloat16": 0, "float32": 1, "float64": 2}
 """Formats of the compiled kernel (:mod:`~stabilitylab.numerics.kernel`), with its code for each (float64: its
-``softmax_sums64``, whose tail is :func:`_tail`'s numpy)."""
+``softmax_sums64`` and ``softmax_tail64``)."""
 
 FIX_BUDGET = 256
-"""At most this many of the kernel's undecided float32 exps per call are computed by crmath one by one (the
-kernel's exp leaves about 2 in 10**7 arguments of normal results undecided); beyond it, and for subnormal
-results, the kernel leaves the row to the numpy path."""
-
+"""At most this many of the kernel's undecided exps per call are computed by crmath one by one (its float32 exp
+leaves about 2 in 10**7 arguments of normal results undecided, its float64 stages nearly none but arguments with
+subnormal or near-overflow results); beyond it (and for float32's subnormal results it cannot decide) the kernel
+leaves the row to the numpy path."""
 
 
 def kernel_covers(fmt: Format, ftz: bool, dtype: np.dtype) -> bool:
@@ -388,11 +388,10 @@ def _tail_kernel(fmt: Format, ok: np.ndarray, sums: np.ndarray) -> dict[str, np.
 
 
 def _sums_kernel(fmt: Format, x: np.ndarray, y: np.ndarray):
-    """:func:`_sums` by the compiled kernel (:mod:`~stabilitylab.numerics.kernel`): float32 logits in bfloat16 or
-    float32;
-    None where it does not apply or is not built.  The rows it leaves to numpy (flag 2) are computed by
-    :func:`_sums` and put in place: the same values either way (the kernel's are the numpy path's, bit for
-    bit; tests/test_softmax_kernel.py)."""
+    """:func:`_sums` by the compiled kernel (:mod:`~stabilitylab.numerics.kernel`): float32 logits in bfloat16,
+    float32 or float64; None where it does not apply or is not built.  The rows it leaves to numpy (flag 2) are
+    computed by :func:`_sums` and put in place: the same values either way (the kernel's are the numpy path's,
+    bit for bit; tests/test_softmax_kernel.py)."""
     code = KERNEL_FORMATS.get(fmt.name)
     if code is None or x.dtype != np.float32 or not x.size:
         return None

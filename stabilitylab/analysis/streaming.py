@@ -499,9 +499,8 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
                 for name in ("worst", "failing", "first"):
                     a = getattr(cells[fmt.name, method], name)
                     held = np.flatnonzero(a["window"] > 0)
-                    new = np.unique(a["row"][held])
-                    new = new[[r not in crcs for r in new.tolist()]] if crcs else new
-                    crcs.update(zip(new.tolist(), _logits_crcs(x[np.searchsorted(rows, new)]).tolist()))
+                    new = [r for r in np.unique(a["row"][held]).tolist() if r not in crcs]
+                    crcs.update(zip(new, _logits_crcs(x[np.searchsorted(rows, new)]).tolist()))
                     crc = np.zeros(len(a), a.dtype["crc"])
                     crc[held] = [crcs[r] for r in a["row"][held].tolist()]
                     a["crc"] = crc

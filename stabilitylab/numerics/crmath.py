@@ -409,7 +409,7 @@ def _evaluate(name: str, fmt: Format, x, stats: dict | None, stage32: bool = Tru
     return out.reshape(x.shape)
 
 
-_COMPILED64 = {"exp": "exp64_many", "log": "log64_many", "log1p": "log64_many"}
+_COMPILED64 = ("exp", "log", "log1p")
 """float64 functions the compiled kernel (:mod:`~stabilitylab.numerics.kernel`) decides first where it is loaded
 and no ``stats`` are asked for (they count this module's own stages)."""
 
