@@ -43,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 5 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 6 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -736,9 +736,10 @@ static PyObject *set_log_constants(PyObject *self, PyObject *args) {
  * The float64 reference of bfloat16 / float16 / float32 (experiments/softmax_ce.fast_cross_entropy in float64)
  * but its exps, which stay numpy's (np.exp, whose values the general engine's reference uses too): ref_terms
  * writes, per row of float32 logits, t_i = x_i - m in float64 (m = x_top, top the first maximum: np.argmax's)
- * with t_top = -inf (so that e^t_top is the +0 the numpy path puts there), gap = -(x_y - m), m and top; the
- * caller takes np.exp(t) in place; ref_tree then sums each row's terms pairwise, level by level, an odd level's
- * last term added to +0 (softmax_ce._tree_sum's tree).  The same float64 operations on the same operands as the
+ * with t_top = 0, gap = -(x_y - m), m and top; the caller takes np.exp(t) in place; ref_tree then sets each
+ * row's t_top to the +0 the numpy path puts there and sums the row's terms pairwise, level by level, an odd
+ * level's last term added to +0 (softmax_ce._tree_sum's tree).  (t_top = -inf would give that +0 from np.exp
+ * itself, but one -inf in a few lanes sends numpy's SIMD exp to its slow path: 5x slower on rows of 10.)  The same float64 operations on the same operands as the
  * numpy path, so the same values.  ref_terms returns 0 (nothing usable) if a logit is not finite: the numpy path
  * then takes the chunk as a whole, as it does itself. */
 CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *restrict L,
@@ -755,19 +756,23 @@ CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *re
         double m = (double)mf;
         for (Py_ssize_t j = 0; j < K; j++) ti[j] = (double)li[j] - m;
         gap[i] = -ti[y[i]];
-        ti[k] = -INFINITY;
+        ti[k] = 0.0;
         mo[i] = m;
         top[i] = (int64_t)k;
     }
     return 1;
 }
 
-CLONES static void ref_tree_block(Py_ssize_t rows, Py_ssize_t K, const double *restrict t, double *restrict b,
-                                  double *restrict c, double *restrict total) {
+CLONES static void ref_tree_block(Py_ssize_t rows, Py_ssize_t K, double *restrict t, const int64_t *restrict top,
+                                  double *restrict b, double *restrict c, double *restrict total) {
+    /* the max's own term: +0 (np.exp left its e^0 = 1), in a pass of its own: a store just before the row's
+     * loads would stall them (the store is not forwarded to a wider load) */
+    for (Py_ssize_t i = 0; i < rows; i++) t[i * K + top[i]] = 0.0;
     for (Py_ssize_t i = 0; i < rows; i++) {
         const double *src = t + i * K;
         double *dst = b, *other = c;
         Py_ssize_t n = K;
+        if (n == 1) b[0] = 0.0, src = b;
         while (n > 1) {
             Py_ssize_t h = n >> 1;
             for (Py_ssize_t q = 0; q < h; q++) dst[q] = src[2 * q] + src[2 * q + 1];
@@ -800,25 +805,28 @@ static PyObject *ref_terms(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* ref_tree(rows, K, t float64 (rows K), total float64 (rows)) */
+/* ref_tree(rows, K, t float64 (rows K), top int64 (rows, each in [0, K)), total float64 (rows)) */
 static PyObject *ref_tree(PyObject *self, PyObject *args) {
     Py_ssize_t rows, K;
-    Py_buffer tb, ob;
-    if (!PyArg_ParseTuple(args, "nny*w*", &rows, &K, &tb, &ob)) return NULL;
+    Py_buffer tb, kb, ob;
+    if (!PyArg_ParseTuple(args, "nnw*y*w*", &rows, &K, &tb, &kb, &ob)) return NULL;
     PyObject *result = NULL;
     double *b = NULL, *c = NULL;
-    if (rows < 0 || K < 1 || tb.len != rows * K * 8 || ob.len != rows * 8) {
+    const int64_t *top = (const int64_t *)kb.buf;
+    int tops_in_range = kb.len == rows * 8;
+    for (Py_ssize_t i = 0; tops_in_range && i < rows; i++) tops_in_range = top[i] >= 0 && top[i] < K;
+    if (rows < 0 || K < 1 || tb.len != rows * K * 8 || ob.len != rows * 8 || !tops_in_range) {
         PyErr_SetString(PyExc_ValueError, "ref_tree: buffers of the wrong size");
     } else if (!(b = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))
                || !(c = (double *)malloc(sizeof(double) * (size_t)(K / 2 + 1)))) {
         PyErr_NoMemory();
     } else {
-        ref_tree_block(rows, K, (const double *)tb.buf, b, c, (double *)ob.buf);
+        ref_tree_block(rows, K, (double *)tb.buf, top, b, c, (double *)ob.buf);
         result = Py_None;
         Py_INCREF(result);
     }
     free(b); free(c);
-    PyBuffer_Release(&tb); PyBuffer_Release(&ob);
+    PyBuffer_Release(&tb); PyBuffer_Release(&kb); PyBuffer_Release(&ob);
     return result;
 }
 
@@ -1738,7 +1746,7 @@ static PyMethodDef methods[] = {
     {"log32_many", log32_many, METH_VARARGS, "log32_many(x, out, decided, log1p)"},
     {"set_log_constants", set_log_constants, METH_VARARGS, "set_log_constants(log c for c = i/128, ln2_hi, ln2_lo)"},
     {"ref_terms", ref_terms, METH_VARARGS, "ref_terms(rows, K, L, y, t, gap, m, top) -> all finite"},
-    {"ref_tree", ref_tree, METH_VARARGS, "ref_tree(rows, K, t, total): each row's pairwise sum"},
+    {"ref_tree", ref_tree, METH_VARARGS, "ref_tree(rows, K, t, top, total): each row's pairwise sum, t_top set to +0"},
     {"set_exp_constants", set_exp_constants, METH_VARARGS, "set_exp_constants(T64, 64/ln2, c_hi, c_lo)"},
     {"exp32_many", exp32_many, METH_VARARGS, "exp32_many(x, out, decided)"},
     {"softmax_sums64", softmax_sums64, METH_VARARGS,

@@ -470,14 +470,14 @@ def test_kernel_argmax_is_numpys(classes):
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "8c6d4c9c9f74998d7404e61ac645caad342be1aa99dc8ff039af11246c1c05f0"
+C_SOURCE_SHA256 = "e4c0ff1fe74e18e14101aed3aeb72724ba853843b5b2a15bd317d1570f2f0e70"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
     """A change to csrc/softmax_values.c must bump KERNEL_API there and kernel.API (a stale build of the same
     number would be loaded and called with the new arguments), then pin the new hash here (a change of comments
     alone need not bump it)."""
-    assert softmax_kernel.API == 5
+    assert softmax_kernel.API == 6
     assert f"#define KERNEL_API {softmax_kernel.API} " in C_SOURCE.read_text()
     assert hashlib.sha256(C_SOURCE.read_bytes()).hexdigest() == C_SOURCE_SHA256
 
@@ -500,3 +500,18 @@ def test_version_says_whether_the_kernel_is_in_use(monkeypatch):
     monkeypatch.setenv("STABILITYLAB_KERNEL", "0")
     got = CliRunner().invoke(cli, ["--version"])
     assert "compiled kernel: off (STABILITYLAB_KERNEL=0)" in got.output
+
+
+def test_ref_tree_zeroes_the_max_term_and_refuses_tops_outside_the_row():
+    """ref_tree sums each row pairwise with +0 in place of its ``top`` term (ref_terms leaves e^0 = 1 there: a -inf
+    would slow numpy's exp), and a ``top`` outside [0, K) is refused before anything is written."""
+    module = softmax_kernel.load()
+    if module is None:
+        pytest.skip("the compiled kernel is not built here")
+    t = np.array([[1.0, 2.0, 4.0], [8.0, 16.0, 32.0]])
+    total = np.full(2, np.nan)
+    module.ref_tree(2, 3, t, np.array([2, 0], np.int64), total)
+    assert total.tolist() == [(1.0 + 2.0) + (0.0 + 0.0), (0.0 + 16.0) + (32.0 + 0.0)]
+    for top in ([3, 0], [0, -1]):
+        with pytest.raises(ValueError, match="ref_tree"):
+            module.ref_tree(2, 3, t.copy(), np.array(top, np.int64), total)
