@@ -9,7 +9,7 @@
  *   softmax_tail: the four methods' values from those (softmax_bulk._tail);
  *   ref_terms / ref_tree: the float64 reference's terms and sums around numpy's own exp
  *     (experiments/softmax_ce.fast_cross_entropy in float64);
- *   argmax_rows: each row's first maximum (the labels of a file without labels);
+ *   argmax_rows: each row's first maximum (the labels of a file without labels) and whether it is all finite;
  *   softmax_sums64 / softmax_tail64: the same sums and values in float64 (its section below: crmath's float64 exp,
  *     log and log1p, decided in stages);
  *   ref_expsum64: the sums of float64's bounded reference tier (experiments/softmax_ce.bounded_cross_entropy,
@@ -43,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 6 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 8 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -220,6 +220,36 @@ static inline Py_ssize_t first_max(const float *restrict li, Py_ssize_t K, float
     *max = m;
     if (m == -INFINITY) return 0;
     j = 0;
+    for (; j + 16 <= K; j += 16) {
+        int any = 0;
+        for (int l = 0; l < 16; l++) any |= li[j + l] == m;
+        if (any) break;
+    }
+    while (!(li[j] == m)) j++;
+    return j;
+}
+
+/* Whether every value of li[0..K) is finite, and (where it is) their maximum in *max: first_max's maximum, in
+ * the same pass as the count of finite values (16 lanes of each). */
+static inline int all_finite_max(const float *restrict li, Py_ssize_t K, float *max) {
+    float acc[16], m = -INFINITY;
+    int32_t fin[16];
+    Py_ssize_t j = 0, finite = 0;
+    for (int l = 0; l < 16; l++) acc[l] = -INFINITY, fin[l] = 0;
+    for (; j + 16 <= K; j += 16)
+        for (int l = 0; l < 16; l++) {
+            acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];
+            fin[l] += fabsf(li[j + l]) < INFINITY;
+        }
+    for (int l = 0; l < 16; l++) m = acc[l] > m ? acc[l] : m, finite += fin[l];
+    for (; j < K; j++) m = li[j] > m ? li[j] : m, finite += fabsf(li[j]) < INFINITY;
+    *max = m;
+    return finite == K;
+}
+
+/* The first index of li[0..K) holding m, a value of it (first_max's second pass). */
+static inline Py_ssize_t first_index(const float *restrict li, Py_ssize_t K, float m) {
+    Py_ssize_t j = 0;
     for (; j + 16 <= K; j += 16) {
         int any = 0;
         for (int l = 0; l < 16; l++) any |= li[j + l] == m;
@@ -515,24 +545,32 @@ done:
     return result;
 }
 
-CLONES static void argmax_block(const float *x, Py_ssize_t rows, Py_ssize_t K, int64_t *out) {
+/* argmax_rows: each row's first maximum (first_max) and whether every value of the row is finite (1) or not (0);
+ * the row is read again by the count of finite values while it is still in cache. */
+CLONES static void argmax_block(const float *x, Py_ssize_t rows, Py_ssize_t K, int64_t *out, uint8_t *fin) {
     float unused;
-    for (Py_ssize_t i = 0; i < rows; i++) out[i] = (int64_t)first_max(x + i * K, K, &unused);
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *li = x + i * K;
+        out[i] = (int64_t)first_max(li, K, &unused);
+        Py_ssize_t finite = 0;
+        for (Py_ssize_t j = 0; j < K; j++) finite += fabsf(li[j]) < INFINITY;
+        fin[i] = finite == K;
+    }
 }
 
 static PyObject *argmax_rows(PyObject *self, PyObject *args) {
     Py_ssize_t rows, K;
-    Py_buffer xb, ob;
-    if (!PyArg_ParseTuple(args, "nny*w*", &rows, &K, &xb, &ob)) return NULL;
+    Py_buffer xb, ob, fb;
+    if (!PyArg_ParseTuple(args, "nny*w*w*", &rows, &K, &xb, &ob, &fb)) return NULL;
     PyObject *result = NULL;
-    if (rows < 0 || K < 1 || xb.len != rows * K * 4 || ob.len != rows * 8) {
+    if (rows < 0 || K < 1 || xb.len != rows * K * 4 || ob.len != rows * 8 || fb.len != rows) {
         PyErr_SetString(PyExc_ValueError, "argmax_rows: buffers of the wrong size");
     } else {
-        argmax_block((const float *)xb.buf, rows, K, (int64_t *)ob.buf);
+        argmax_block((const float *)xb.buf, rows, K, (int64_t *)ob.buf, (uint8_t *)fb.buf);
         result = Py_None;
         Py_INCREF(result);
     }
-    PyBuffer_Release(&xb); PyBuffer_Release(&ob);
+    PyBuffer_Release(&xb); PyBuffer_Release(&ob); PyBuffer_Release(&fb);
     return result;
 }
 
@@ -748,11 +786,9 @@ CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *re
     for (Py_ssize_t i = 0; i < rows; i++) {
         const float *li = L + i * K;
         double *ti = t + i * K;
-        Py_ssize_t finite = 0;
-        for (Py_ssize_t j = 0; j < K; j++) finite += fabsf(li[j]) < INFINITY;
-        if (finite != K || y[i] < 0 || y[i] >= K) return 0;
         float mf;
-        Py_ssize_t k = first_max(li, K, &mf);
+        if (!all_finite_max(li, K, &mf) || y[i] < 0 || y[i] >= K) return 0;
+        Py_ssize_t k = first_index(li, K, mf);
         double m = (double)mf;
         for (Py_ssize_t j = 0; j < K; j++) ti[j] = (double)li[j] - m;
         gap[i] = -ti[y[i]];
@@ -1740,7 +1776,8 @@ static PyMethodDef methods[] = {
     {"softmax_sums", softmax_sums, METH_VARARGS,
      "softmax_sums(kind, rows, K, x, y, table, xl (bfloat16; float32: empty), out, flag, fix, budget) -> calls of fix"},
     {"argmax_rows", argmax_rows, METH_VARARGS,
-     "argmax_rows(rows, K, x float32, out int64): each row's first maximum, NaN as -inf"},
+     "argmax_rows(rows, K, x float32, out int64, finite uint8): each row's first maximum, NaN as -inf, and "
+     "whether all its values are finite"},
     {"softmax_tail", softmax_tail, METH_VARARGS,
      "softmax_tail(kind, n, sums, log table, log1p table, out, flag): the four methods' values from the sums"},
     {"log32_many", log32_many, METH_VARARGS, "log32_many(x, out, decided, log1p)"},

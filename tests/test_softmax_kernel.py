@@ -466,18 +466,21 @@ def test_kernel_argmax_is_numpys(classes):
     x[6] = -np.inf
     x[7, 0], x[7, 1:] = np.nan, -np.inf
     want = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)
-    assert np.array_equal(softmax_kernel.argmax_rows(x), want)
+    top, finite = softmax_kernel.argmax_rows(x)
+    assert np.array_equal(top, want)
+    assert finite.dtype == bool and np.array_equal(finite, np.isfinite(x).all(axis=1))
+    assert 0 < np.count_nonzero(finite) < len(x)
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "e4c0ff1fe74e18e14101aed3aeb72724ba853843b5b2a15bd317d1570f2f0e70"
+C_SOURCE_SHA256 = "cceb684522858e24786a31873ba3f6da7ddd5d7056cbd53f666b94d82a981d6a"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
     """A change to csrc/softmax_values.c must bump KERNEL_API there and kernel.API (a stale build of the same
     number would be loaded and called with the new arguments), then pin the new hash here (a change of comments
     alone need not bump it)."""
-    assert softmax_kernel.API == 6
+    assert softmax_kernel.API == 8
     assert f"#define KERNEL_API {softmax_kernel.API} " in C_SOURCE.read_text()
     assert hashlib.sha256(C_SOURCE.read_bytes()).hexdigest() == C_SOURCE_SHA256
 
@@ -515,3 +518,32 @@ def test_ref_tree_zeroes_the_max_term_and_refuses_tops_outside_the_row():
     for top in ([3, 0], [0, -1]):
         with pytest.raises(ValueError, match="ref_tree"):
             module.ref_tree(2, 3, t.copy(), np.array(top, np.int64), total)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_run_chunk_scan_of_wide_rows_is_numpys(labelled, monkeypatch):
+    """run_chunk on rows of more than SHORT float32 logits takes the block's finiteness, its rows with a
+    non-finite logit and (without labels) each row's argmax from one kernel pass (streaming._scan): the same
+    non-finite rows, labels and cells as with the kernel off."""
+    from stabilitylab.analysis import streaming
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((40, 24)) * 3).astype(np.float32)
+    x[3, 5], x[7, 0], x[11, :] = np.nan, np.inf, -np.inf
+    x[13, 2] = x[13].max()  # (a tie: the first maximum)
+    y = rng.integers(0, 24, len(x)) if labelled else None
+    keep = np.ones(len(x), bool)
+    keep[7] = False
+    assert streaming._scan(x)[2] is not None
+
+    def run():
+        return streaming.run_chunk((F32, FORMATS["bfloat16"]), 100, x, y, keep, tolerance=None, ftz=False, keep=5, cap=5,
+                                   all_rows=True)
+
+    got, want = run(), _numpy(monkeypatch, run)
+    assert got[2][0] == want[2][0] == 2 and np.array_equal(got[2][1], want[2][1])
+    assert np.array_equal(got[2][1], [103, 111])
+    for key, cell in want[0].items():
+        assert str(got[0][key]) == str(cell), key
+    for key, column in want[1].items():
+        assert got[1][key].tobytes() == column.tobytes(), key

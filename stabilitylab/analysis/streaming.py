@@ -427,6 +427,22 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
                       float(change[changed].max()) if changed.any() else 0.0)
 
 
+def _scan(x: np.ndarray) -> tuple[bool, np.ndarray | None, np.ndarray | None]:
+    """``(finite, rows_finite, top)`` of a chunk's logits: whether every logit is finite, which rows are (None
+    where all are), and each row's argmax with NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x),
+    axis=1)``; None where not computed here: :func:`_labels` makes it when it is needed).  Rows of more than
+    :data:`softmax_bulk.SHORT` float32 logits in one pass by the compiled kernel where it is loaded
+    (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same indices, and each row's finiteness on the way);
+    otherwise the block's min and max tell (NaN fails both), and row by row only where that fails."""
+    got = kernel.argmax_rows(x) if x.ndim == 2 and x.shape[1] > softmax_bulk.SHORT else None
+    if got is not None:
+        top, rows_finite = got
+        finite = bool(rows_finite.all())
+        return finite, None if finite else rows_finite, top
+    finite = not x.size or bool(x.min() > -np.inf) and bool(x.max() < np.inf)
+    return finite, None if finite else np.isfinite(x).all(axis=1), None
+
+
 def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
     """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
     every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
@@ -437,7 +453,7 @@ def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
         return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
     got = kernel.argmax_rows(x)
     if got is not None:
-        return got
+        return got[0]
     return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
 
 
@@ -462,11 +478,10 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     kept = logits if len(idx) == len(logits) else logits[idx]
     x = np.ascontiguousarray(kept, dtype=np.float32 if kept.dtype == np.float32 and experiment is SOFTMAX_CE
                              else np.float64)
-    # every logit finite, told by the block's min and max (NaN fails both); row by row only where that fails
-    finite = not x.size or bool(x.min() > -np.inf) and bool(x.max() < np.inf)
-    odd = rows[:0] if finite else rows[~np.isfinite(x).all(axis=1)]
+    finite, rows_finite, top = _scan(x)
+    odd = rows[:0] if finite else rows[~rows_finite]
     nonfinite = (len(odd), odd[:5])
-    y = labels[idx] if labels is not None else _labels(x, finite)
+    y = labels[idx] if labels is not None else top if top is not None else _labels(x, finite)
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     pairs: dict[tuple[str, str], Pair] = {}

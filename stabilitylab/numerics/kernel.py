@@ -34,7 +34,7 @@ import numpy as np
 
 __all__ = ["API", "FUNCTIONS", "load", "status", "exp_constants", "log_constants", "exp64_constants", "argmax_rows"]
 
-API = 6
+API = 8
 """The kernel API this package calls (the C module's ``API``; tests/test_softmax_kernel.py pins the C file's hash
 beside it, so that a change to the C file cannot keep the number)."""
 
@@ -125,14 +125,16 @@ def status() -> str:
     return f"compiled kernel: {_loaded[0][1]} (the numpy path runs: the same output, slower)"
 
 
-def argmax_rows(x: np.ndarray) -> np.ndarray | None:
-    """Each row's first maximum of float32 (rows, K) ``x``, NaN taken as -inf
-    (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``, the same indices), by the kernel; None where it is
-    not loaded or ``x`` is not float32 with K >= 1."""
+def argmax_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(top, finite)`` of float32 (rows, K) ``x`` by the kernel: each row's first maximum, NaN taken as -inf
+    (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``, the same indices, int64), and whether every value
+    of the row is finite (``np.isfinite(x).all(axis=1)``, bool), in one pass over the rows; None where the kernel
+    is not loaded or ``x`` is not float32 with K >= 1."""
     module = load()
     if module is None or x.dtype != np.float32 or x.ndim != 2 or x.shape[1] < 1:
         return None
     x = np.ascontiguousarray(x)
     out = np.empty(len(x), dtype=np.int64)
-    module.argmax_rows(len(x), x.shape[1], x, out)
-    return out
+    finite = np.empty(len(x), dtype=bool)
+    module.argmax_rows(len(x), x.shape[1], x, out, finite.view(np.uint8))
+    return out, finite
