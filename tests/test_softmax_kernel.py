@@ -537,8 +537,8 @@ def test_run_chunk_scan_of_wide_rows_is_numpys(labelled, monkeypatch):
     assert streaming._scan(x)[2] is not None
 
     def run():
-        return streaming.run_chunk((F32, FORMATS["bfloat16"]), 100, x, y, keep, tolerance=None, ftz=False, keep=5, cap=5,
-                                   all_rows=True)
+        return streaming.run_chunk((F32, FORMATS["bfloat16"]), 100, x, y, keep, tolerance=None, ftz=False, keep=5,
+                                   cap=5, all_rows=True)
 
     got, want = run(), _numpy(monkeypatch, run)
     assert got[2][0] == want[2][0] == 2 and np.array_equal(got[2][1], want[2][1])
