@@ -43,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 8 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 9 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -220,36 +220,6 @@ static inline Py_ssize_t first_max(const float *restrict li, Py_ssize_t K, float
     *max = m;
     if (m == -INFINITY) return 0;
     j = 0;
-    for (; j + 16 <= K; j += 16) {
-        int any = 0;
-        for (int l = 0; l < 16; l++) any |= li[j + l] == m;
-        if (any) break;
-    }
-    while (!(li[j] == m)) j++;
-    return j;
-}
-
-/* Whether every value of li[0..K) is finite, and (where it is) their maximum in *max: first_max's maximum, in
- * the same pass as the count of finite values (16 lanes of each). */
-static inline int all_finite_max(const float *restrict li, Py_ssize_t K, float *max) {
-    float acc[16], m = -INFINITY;
-    int32_t fin[16];
-    Py_ssize_t j = 0, finite = 0;
-    for (int l = 0; l < 16; l++) acc[l] = -INFINITY, fin[l] = 0;
-    for (; j + 16 <= K; j += 16)
-        for (int l = 0; l < 16; l++) {
-            acc[l] = li[j + l] > acc[l] ? li[j + l] : acc[l];
-            fin[l] += fabsf(li[j + l]) < INFINITY;
-        }
-    for (int l = 0; l < 16; l++) m = acc[l] > m ? acc[l] : m, finite += fin[l];
-    for (; j < K; j++) m = li[j] > m ? li[j] : m, finite += fabsf(li[j]) < INFINITY;
-    *max = m;
-    return finite == K;
-}
-
-/* The first index of li[0..K) holding m, a value of it (first_max's second pass). */
-static inline Py_ssize_t first_index(const float *restrict li, Py_ssize_t K, float m) {
-    Py_ssize_t j = 0;
     for (; j + 16 <= K; j += 16) {
         int any = 0;
         for (int l = 0; l < 16; l++) any |= li[j + l] == m;
@@ -786,9 +756,11 @@ CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *re
     for (Py_ssize_t i = 0; i < rows; i++) {
         const float *li = L + i * K;
         double *ti = t + i * K;
+        Py_ssize_t finite = 0;
+        for (Py_ssize_t j = 0; j < K; j++) finite += fabsf(li[j]) < INFINITY;
+        if (finite != K || y[i] < 0 || y[i] >= K) return 0;
         float mf;
-        if (!all_finite_max(li, K, &mf) || y[i] < 0 || y[i] >= K) return 0;
-        Py_ssize_t k = first_index(li, K, mf);
+        Py_ssize_t k = first_max(li, K, &mf);
         double m = (double)mf;
         for (Py_ssize_t j = 0; j < K; j++) ti[j] = (double)li[j] - m;
         gap[i] = -ti[y[i]];
