@@ -768,8 +768,8 @@ static PyObject *set_log_constants(PyObject *self, PyObject *args) {
  * with t_top = 0, gap = -(x_y - m), m and top; the caller takes np.exp(t) in place; ref_tree then sets each
  * row's t_top to the +0 the numpy path puts there and sums the row's terms pairwise, level by level, an odd
  * level's last term added to +0 (softmax_ce._tree_sum's tree).  (t_top = -inf would give that +0 from np.exp
- * itself, but one -inf in a few lanes sends numpy's SIMD exp to its slow path: 5x slower on rows of 10.)  The same float64 operations on the same operands as the
- * numpy path, so the same values.  ref_terms returns 0 (nothing usable) if a logit is not finite: the numpy path
+ * itself, but one -inf in a few lanes sends numpy's SIMD exp to its slow path: 5x slower on rows of 10.)  The same
+ * float64 operations on the same operands as the numpy path, so the same values.  ref_terms returns 0 (nothing usable) if a logit is not finite: the numpy path
  * then takes the chunk as a whole, as it does itself. */
 CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *restrict L,
                                   const int64_t *restrict y, double *restrict t, double *restrict gap,
@@ -794,14 +794,13 @@ CLONES static int ref_terms_block(Py_ssize_t rows, Py_ssize_t K, const float *re
 
 CLONES static void ref_tree_block(Py_ssize_t rows, Py_ssize_t K, double *restrict t, const int64_t *restrict top,
                                   double *restrict b, double *restrict c, double *restrict total) {
-    /* the max's own term: +0 (np.exp left its e^0 = 1), in a pass of its own: a store just before the row's
-     * loads would stall them (the store is not forwarded to a wider load) */
+    /* the max's own term: +0 (np.exp left its e^0 = 1), in a pass of its own (measured faster than storing it
+     * just before each row's loads) */
     for (Py_ssize_t i = 0; i < rows; i++) t[i * K + top[i]] = 0.0;
     for (Py_ssize_t i = 0; i < rows; i++) {
         const double *src = t + i * K;
         double *dst = b, *other = c;
         Py_ssize_t n = K;
-        if (n == 1) b[0] = 0.0, src = b;
         while (n > 1) {
             Py_ssize_t h = n >> 1;
             for (Py_ssize_t q = 0; q < h; q++) dst[q] = src[2 * q] + src[2 * q + 1];
