@@ -178,3 +178,29 @@ def test_a_file_changed_before_the_end_of_run_reread_is_refused(tmp_path, monkey
     monkeypatch.setattr(streaming, "_settle", settle)
     assert _same(_cells(source, y, 10, workers=1, rows_per_chunk=3), _cells(source, y, 10, [], workers=1,
                                                                              rows_per_chunk=3))
+
+
+def test_settling_reference_in_parts_is_the_whole(wide):
+    """The end-of-run reference on the pool's workers, in parts of the rows (1 row alone included: the single-row
+    wide path of fast_cross_entropy), equals the reference of all the rows at once, bit for bit."""
+    from stabilitylab.analysis import parallel
+
+    source, y = wide
+    rows = np.array([0, 3, 5, 8, 13])
+    xl, labels = np.asarray(source.take(rows), dtype=np.float64), y[rows]
+    f64 = FORMATS["float64"]
+    whole = streaming._settling_reference(f64, xl, labels, None, 1)
+    pool = parallel.fork_pool(2)
+    if pool is None:
+        pytest.skip("no fork here")
+    sent = []
+    with pool:
+        submit = pool.submit
+        pool.submit = lambda fn, *a: (sent.append(len(a[1])), submit(fn, *a))[1]
+        parts = streaming._settling_reference(f64, xl, labels, pool, 2)
+        alone = streaming._settling_reference(f64, xl[1:2], labels[1:2], pool, 2)
+    assert sent == [2, 3]  # (two parts; one row is computed here)
+    assert len(parts) == 5 and len(alone) == 1
+    for name in ("hi", "lo", "scale", "zero"):
+        assert getattr(parts, name).tobytes() == getattr(whole, name).tobytes(), name
+        assert getattr(alone, name).tobytes() == getattr(whole, name)[1:2].tobytes(), name

@@ -610,14 +610,18 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
         if pool is None:
             for first, block, y, k in _chunks_in_order(source, labels, keep_rows, rows_per_chunk):
                 absorb(run_chunk(formats, first, block, y, k, **kwargs))
-        elif reading:
-            _parallel_reading(pool, source, labels, keep_rows, rows_per_chunk, formats, kwargs, workers, absorb)
+            _settle(cells, source, labels, formats, tolerance, keep)
         else:
-            _parallel(pool, _chunks_in_order(source, labels, keep_rows, rows_per_chunk), formats, kwargs, workers,
-                      absorb)
+            with pool:  # (the workers also share the settling's reference: idle by then)
+                if reading:
+                    _parallel_reading(pool, source, labels, keep_rows, rows_per_chunk, formats, kwargs, workers,
+                                      absorb)
+                else:
+                    _parallel(pool, _chunks_in_order(source, labels, keep_rows, rows_per_chunk), formats, kwargs,
+                              workers, absorb)
+                _settle(cells, source, labels, formats, tolerance, keep, pool, workers)
     finally:
         _SOURCE = None
-    _settle(cells, source, labels, formats, tolerance, keep)
     bounds = {f.name: reference.fast_error(wide_dtype(f), source.classes) for f in formats}
     notes = []
     if nonfinite[0]:
@@ -629,7 +633,8 @@ def summarize(source, labels: np.ndarray, keep_rows: np.ndarray, formats: tuple[
                    blocks=blocks, tensor_amax=tensor_amax)
 
 
-def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, tolerance, keep: int) -> None:
+def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, tolerance, keep: int, pool=None,
+            workers: int = 1) -> None:
     """The cells' rows whose columns are still the bounded float64 tier's (``window > 0``: ``run_chunk``'s
     ``defer``) recomputed on the longdouble reference, as a chunk of those rows alone would (the fused path,
     ``engine._classified`` without the tier: the reference is per row, and those rows had no event), their
@@ -641,7 +646,8 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
     rows with a window where there is none there), then prunes again with the recomputed values, until no
     candidate has a window: the ``keep`` worst are then those of the longdouble reference.  On a wide file
     ~40 rows of 800 (the four methods' worst, the first row of each status, failing rows), in two or three
-    readings of the source."""
+    readings of the source.  With a ``pool`` of ``workers`` processes (the chunks' own, idle by then), each
+    reading's reference is computed on up to ``workers`` parts of its rows at once (:func:`_settling_reference`)."""
     methods = {m.name: m for m in SOFTMAX_CE.methods}
     for fmt in formats:
         mine = [(key[1], cell) for key, cell in cells.items() if key[0] == fmt.name]
@@ -682,13 +688,34 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
                                      "at the end differs from its first reading); run again once it is no longer "
                                      "being written", "--logits")
             y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
-            exact = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(fmt))
+            exact = _settling_reference(fmt, xl, y, pool, workers)
             for i, row in enumerate(rows.tolist()):
                 done[row] = len(done)
                 got.append((xl[i], y[i], exact.take([i])))
         for _, cell in mine:
             cell.worst = _as_rows(_worst(cell.worst, keep), ROW)
             cell.failing, cell.first = _as_rows(cell.failing, ROW), _as_rows(cell.first, ROW)
+
+
+def _settling_reference(fmt: Format, xl: np.ndarray, y: np.ndarray, pool, workers: int) -> reference.Exact:
+    """``reference.fast`` of softmax_ce on rows ``xl`` (float64) with labels ``y`` in ``fmt``'s wide type
+    (longdouble for float64), on ``pool`` in up to ``workers`` parts of consecutive rows where there is a pool and
+    more than one row.  The same values: each row's reference is its own, whichever rows are computed with it
+    (tests/test_streaming_settle.py compares the parts with the whole)."""
+    parts = min(workers, len(xl)) if pool is not None else 1
+    if parts <= 1:
+        return reference.Exact(*_reference_rows(fmt.name, xl, y))
+    cuts = np.linspace(0, len(xl), parts + 1).round().astype(int)
+    futures = [pool.submit(_reference_rows, fmt.name, xl[a:b], y[a:b]) for a, b in zip(cuts, cuts[1:])]
+    got = [f.result() for f in futures]
+    return reference.Exact(*(np.concatenate([g[q] for g in got]) for q in range(4)))
+
+
+def _reference_rows(name: str, xl: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(hi, lo, scale, zero) of :func:`_settling_reference`'s reference on these rows (in a worker: the format
+    sent by name, the result as plain arrays)."""
+    e = reference.fast(SOFTMAX_CE.truth, Loaded(xl, y), wide_dtype(format_or_policy(name)))
+    return e.hi, e.lo, e.scale, e.zero
 
 
 def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol: float, done: dict,
@@ -715,20 +742,19 @@ def _recomputed(a: np.ndarray, method: str, methods, fmt: Format, tolerance, tol
 
 
 def _parallel(pool, chunks, formats, kwargs, workers: int, absorb) -> None:
-    """Run chunks on ``pool`` (``workers`` forked processes), at most 2 per worker in flight,
-    absorbing results in row order."""
+    """Run chunks on ``pool`` (``workers`` forked processes, in the caller's ``with`` block), at most 2 per worker
+    in flight, absorbing results in row order."""
     from collections import deque
 
     names = tuple(f.name for f in formats)
     pending: deque = deque()
-    with pool:
-        for first, block, y, k in chunks:
-            pending.append(pool.submit(_run_chunk_named, names, first, np.array(block),
-                                       None if y is None else np.array(y), np.array(k), **kwargs))
-            while len(pending) >= 2 * workers:
-                absorb(pending.popleft().result())
-        while pending:
+    for first, block, y, k in chunks:
+        pending.append(pool.submit(_run_chunk_named, names, first, np.array(block),
+                                   None if y is None else np.array(y), np.array(k), **kwargs))
+        while len(pending) >= 2 * workers:
             absorb(pending.popleft().result())
+    while pending:
+        absorb(pending.popleft().result())
 
 
 _SOURCE = None  # the source forked workers read their chunks from (summarize, where it is readable_anywhere)
@@ -752,16 +778,15 @@ def _parallel_reading(pool, source, labels, keep_rows, rows_per_chunk: int, form
             result = run_chunk(formats, first, source.read(first, first + n), y, k, **kwargs)
         absorb(result)
 
-    with pool:
-        for first in range(0, source.rows, rows_per_chunk):
-            n = min(rows_per_chunk, source.rows - first)
-            y = None if labels is None else np.array(labels[first:first + n])
-            k = np.array(keep_rows[first:first + n])
-            pending.append((first, n, y, k, pool.submit(_run_chunk_reading, names, first, n, y, k, **kwargs)))
-            while len(pending) >= 2 * workers:
-                finish()
-        while pending:
+    for first in range(0, source.rows, rows_per_chunk):
+        n = min(rows_per_chunk, source.rows - first)
+        y = None if labels is None else np.array(labels[first:first + n])
+        k = np.array(keep_rows[first:first + n])
+        pending.append((first, n, y, k, pool.submit(_run_chunk_reading, names, first, n, y, k, **kwargs)))
+        while len(pending) >= 2 * workers:
             finish()
+    while pending:
+        finish()
 
 
 def _run_chunk_reading(names: tuple[str, ...], first: int, n: int, *args, **kwargs):
