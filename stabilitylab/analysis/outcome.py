@@ -466,8 +466,12 @@ def _any(exact: Exact, key, mask: np.ndarray) -> bool:
 
 def _steps(arith: Arith) -> np.ndarray:
     """A copy of ``arith``'s first steps (the Arith may go on recording); where it recorded nothing (every
-    step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s."""
+    step NEVER, told by the min), a read-only broadcast of NEVER instead: no copy of (events x rows) int64s.  A
+    quiet Arith's steps are such a broadcast already (told by its zero strides, not by a scan of every row)."""
     first = arith.first
+    if first.ndim == 2 and first.strides == (0, 0) and not first.flags.writeable and first.size \
+            and first[0, 0] == NEVER:
+        return first  # (a quiet Arith's: a read-only broadcast of NEVER already, never written)
     if first.size and first.min() == NEVER:
         never = _NEVER_STEPS.get(first.shape)
         if never is None:  # (one per shape: np.broadcast_to costs ~5 us a call, a chunk's fixed cost)

@@ -447,7 +447,7 @@ def evaluate_fused(fmt: Format, cases: Logits, *, tolerance: float | None = None
     if good.size:
         every = good.size == len(x)
         inputs = Loaded(xl if every else xl[good], cases.labels if every else cases.labels[good])
-        none = Arith(fmt, good.size)  # no event
+        none = Arith(fmt, good.size, quiet=True)  # no event (its `first` a broadcast of NEVER, not filled)
         runs = [(m, none, values[m.name] if every else values[m.name][good]) for m in SOFTMAX_CE.methods]
         tier = {} if printed is None else {"printed": printed, "defer": defer}
         for (m, _, _), outcome in zip(runs, _classified(SOFTMAX_CE.truth, runs, inputs, fmt, tolerance, tol,

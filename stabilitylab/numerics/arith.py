@@ -62,8 +62,9 @@ correctly rounded).  An element saturated to the element's largest value is part
 rounding (the MX spec clamps), not an event; :attr:`Arith.block_counts` counts it with the flushes.
 
 With ``quiet=True`` the results are the same and no event is looked for (``first``
-stays NEVER): for values whose events nobody reads (:mod:`stabilitylab.training.train`: a
-step's backward pass, and its forward pass where the loss is finite and non-zero).
+stays NEVER, a read-only broadcast): for values whose events nobody reads
+(:mod:`stabilitylab.training.train`: a step's backward pass, and its forward pass where the loss is
+finite and non-zero; the fused softmax_ce path, whose rows have none).
 """
 
 from __future__ import annotations
@@ -255,7 +256,9 @@ class Arith:
         self._convert = fmt.is_policy and not contains(self.compute, self.storage)
         self.rows = rows
         self.ftz = ftz
-        self.first = np.full((len(EVENTS), rows), NEVER, dtype=np.int64)
+        # (quiet: a read-only broadcast of NEVER, never written: no (events x rows) array to fill and scan)
+        self.first = (np.broadcast_to(np.int64(NEVER), (len(EVENTS), rows)) if quiet
+                      else np.full((len(EVENTS), rows), NEVER, dtype=np.int64))
         self.step = 0
         self.input_lost = np.zeros(rows, dtype=bool)  # an input over/underflowed when rounded to the format
         self.saturated = np.zeros(rows, dtype=bool)  # an infinity became +-max in the row (saturating formats)
@@ -273,7 +276,7 @@ class Arith:
         """A copy with the same events so far (inputs loaded once, several kernels)."""
         other = Arith.__new__(Arith)
         other.__dict__.update(self.__dict__)
-        other.first = self.first.copy()
+        other.first = self.first if self.quiet else self.first.copy()  # (quiet: read-only, never written)
         other.input_lost = self.input_lost.copy()
         other.saturated = self.saturated.copy()
         other.block_counts = self.block_counts.copy()
