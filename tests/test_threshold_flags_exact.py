@@ -57,7 +57,8 @@ def test_flags_are_the_engines_statuses(monkeypatch, experiment, family, fmt, ft
 
 
 def test_engine_only_for_rows_mpmath_leaves_open(monkeypatch):
-    """softmax_ce's overflow in float64 where the fast reference leaves rows open: mpmath's values decide most, so the engine sees fewer rows than there were open ones (the saving this path is for)."""
+    """softmax_ce's overflow in float64 where the fast reference leaves rows open: mpmath's values decide most,
+    so the engine sees fewer rows than there were open ones (the saving this path is for)."""
     e = EXPERIMENTS["softmax_ce"]
     search = thresholds._Search(e, e.family("overflow"), format_or_policy("float64"), Settings(), None, 16)
     indices = _indices(search, (19.245648, 671.188899, 745.1332191019413))
