@@ -194,8 +194,13 @@ def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, n
     -0 and +0 stay apart).  Enclosures repeat values (a saturated probability's 1 - 2**-23
     in float32, whose log is such an input, appeared 19000 times in one search), and every
     repeat would cost mpmath again.  Which inputs those are is guessed generously (see
-    ``_maybe_hard``); a wrong guess costs time only, never a different value."""
+    ``_maybe_hard``); a wrong guess costs time only, never a different value.  float64's exp, log and
+    log1p where the compiled kernel is loaded (:func:`_compiled_float64`): every input at once (the kernel
+    decides ~all of them at a few ns each; sorting out the distinct ones cost ten times that)."""
     x = np.concatenate([np.ravel(lo), np.ravel(hi)])
+    if fmt.precision > 24 and _compiled_float64(f.__name__, fmt):
+        out = f(fmt, x).astype(np.float64)
+        return out[:lo.size].reshape(np.shape(lo)), out[lo.size:].reshape(np.shape(hi))
     bits = x.view(np.dtype(f"u{x.dtype.itemsize}"))
     if fmt.precision > 24:  # crmath costs far more per input than finding the distinct ones
         keys, inverse = np.unique(bits, return_inverse=True)
@@ -213,6 +218,14 @@ def _once(f, fmt: Format, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, n
 
 
 _NUMPY_FUNCTIONS = {"exp": np.exp, "log": np.log, "log1p": np.log1p, "tanh": np.tanh}
+
+
+def _compiled_float64(name: str, fmt: Format) -> bool:
+    """Whether crmath's ``name`` in ``fmt`` (float64) goes to the compiled kernel first (:mod:`.kernel`
+    loaded; crmath's ``_COMPILED64`` functions): the same values as crmath's numpy stages, whichever way."""
+    from . import kernel
+
+    return fmt.precision == 53 and name in crmath._COMPILED64 and kernel.load() is not None
 
 
 def _maybe_hard(name: str, fmt: Format, x: np.ndarray) -> np.ndarray:
