@@ -521,20 +521,21 @@ def test_ref_tree_zeroes_the_max_term_and_refuses_tops_outside_the_row():
 
 
 @pytest.mark.parametrize("labelled", [False, True])
-def test_run_chunk_scan_of_wide_rows_is_numpys(labelled, monkeypatch):
-    """run_chunk on rows of more than SHORT float32 logits takes the block's finiteness, its rows with a
-    non-finite logit and (without labels) each row's argmax from one kernel pass (streaming._scan): the same
-    non-finite rows, labels and cells as with the kernel off."""
+@pytest.mark.parametrize("width", [10, 24])
+def test_run_chunk_scan_is_numpys(width, labelled, monkeypatch):
+    """run_chunk on float32 logits of a file without labels, or rows of more than SHORT logits, takes the block's
+    finiteness, its rows with a non-finite logit and (without labels) each row's argmax from one kernel pass
+    (streaming._scan): the same non-finite rows, labels and cells as with the kernel off."""
     from stabilitylab.analysis import streaming
 
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal((40, 24)) * 3).astype(np.float32)
+    x = (rng.standard_normal((40, width)) * 3).astype(np.float32)
     x[3, 5], x[7, 0], x[11, :] = np.nan, np.inf, -np.inf
     x[13, 2] = x[13].max()  # (a tie: the first maximum)
-    y = rng.integers(0, 24, len(x)) if labelled else None
+    y = rng.integers(0, width, len(x)) if labelled else None
     keep = np.ones(len(x), bool)
     keep[7] = False
-    assert streaming._scan(x)[2] is not None
+    assert (streaming._scan(x, labelled)[2] is not None) == (not labelled or width > softmax_bulk.SHORT)
 
     def run():
         return streaming.run_chunk((F32, FORMATS["bfloat16"]), 100, x, y, keep, tolerance=None, ftz=False, keep=5,

@@ -427,14 +427,17 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
                       float(change[changed].max()) if changed.any() else 0.0)
 
 
-def _scan(x: np.ndarray) -> tuple[bool, np.ndarray | None, np.ndarray | None]:
+def _scan(x: np.ndarray, labelled: bool) -> tuple[bool, np.ndarray | None, np.ndarray | None]:
     """``(finite, rows_finite, top)`` of a chunk's logits: whether every logit is finite, which rows are (None
     where all are), and each row's argmax with NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x),
-    axis=1)``; None where not computed here: :func:`_labels` makes it when it is needed).  Rows of more than
-    :data:`softmax_bulk.SHORT` float32 logits in one pass by the compiled kernel where it is loaded
-    (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same indices, and each row's finiteness on the way);
-    otherwise the block's min and max tell (NaN fails both), and row by row only where that fails."""
-    got = kernel.argmax_rows(x) if x.ndim == 2 and x.shape[1] > softmax_bulk.SHORT else None
+    axis=1)``; None where not computed here: :func:`_labels` makes it when it is needed).  float32 logits of a file
+    without labels (``labelled`` False), or rows of more than :data:`softmax_bulk.SHORT` logits, in one pass by the
+    compiled kernel where it is loaded (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same indices, and
+    each row's finiteness on the way; 1.3 ms for 209,715 rows of 10 against 2.4 for numpy's transposed argmax and
+    the block's min and max); otherwise the block's min and max tell (NaN fails both), and row by row only where
+    that fails."""
+    wanted = x.ndim == 2 and (not labelled or x.shape[1] > softmax_bulk.SHORT)
+    got = kernel.argmax_rows(x) if wanted else None
     if got is not None:
         top, rows_finite = got
         finite = bool(rows_finite.all())
@@ -478,7 +481,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     kept = logits if len(idx) == len(logits) else logits[idx]
     x = np.ascontiguousarray(kept, dtype=np.float32 if kept.dtype == np.float32 and experiment is SOFTMAX_CE
                              else np.float64)
-    finite, rows_finite, top = _scan(x)
+    finite, rows_finite, top = _scan(x, labels is not None)
     odd = rows[:0] if finite else rows[~rows_finite]
     nonfinite = (len(odd), odd[:5])
     y = labels[idx] if labels is not None else top if top is not None else _labels(x, finite)
