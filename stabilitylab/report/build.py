@@ -293,8 +293,6 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
     workers = worker_count() if jobs is None else jobs  # (first: a bad STABILITYLAB_WORKERS fails at once)
     experiments = list(DEFAULT_EXPERIMENTS)
     names = tuple(f.name for f in formats)
-    progress("comparing formulations")
-    comparison = compare(experiments, formats)
     installed = [n for n in REPORT_TARGETS if adapters.ADAPTERS[n].installed]
     audited = {n: tuple(f for f in names if f in adapters.ADAPTERS[n].formats) for n in installed}
     audited = {n: chosen for n, chosen in audited.items() if chosen}
@@ -358,6 +356,9 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
             needed = (("audit", "log1p"), *(("audit", n) for n in audited))
             tasks.add(("audit", "figure"), after=needed, make=lambda r: (_audit_figure_task, (_audit_panels(
                 names, [r[("audit", n)] for n in audited], r[("audit", "log1p")]),)))
+        # the comparison table here, while the workers (forked at the first task) run the tasks
+        progress("comparing formulations")
+        comparison = compare(experiments, formats)
         results = tasks.run()
     for group in GROUPS:
         if group not in reported:  # a group without tasks (nothing installed to audit) is still a step
