@@ -73,7 +73,35 @@ def _renderer(fig):
         if not _MATHTEXT:
             _MATHTEXT.append(renderer.mathtext_parser)
         renderer.mathtext_parser = _MATHTEXT[0]
+        _share_text_metrics(renderer)
     return renderer
+
+
+_METRICS: list = []  # [the first Agg renderer, its text-metrics function] (see _share_text_metrics)
+
+
+def _share_text_metrics(renderer) -> None:
+    """Give ``renderer`` the text-metrics cache of the process's first Agg renderer.
+
+    matplotlib caches each text's (width, height, descent) per renderer (``text._get_text_metrics_function``:
+    a weak dictionary of renderers, each with an lru_cache keyed by the text, font properties, math flag and
+    dpi), and a figure gets a new renderer whenever its size changes: every figure measured its tick labels,
+    titles and legend entries again, twice (laid out at one size, drawn at another).  An Agg renderer's
+    metrics are a function of that key and of the mathtext parser only (``RendererAgg.
+    get_text_width_height_descent``: FreeType's layout of the text in the font at the dpi; the parser is the
+    shared one, :func:`_renderer`), never of the canvas size: the first renderer's answers are this one's, the
+    same boxes and the same pixels.  Where matplotlib has no such cache, nothing is done."""
+    from matplotlib import text as mtext
+
+    function = getattr(mtext, "_get_text_metrics_function", None)
+    defaults = getattr(function, "__defaults__", None)
+    cache = defaults[0] if defaults else None
+    if not hasattr(cache, "__setitem__") or type(renderer).__name__ != "RendererAgg":
+        return
+    if not _METRICS:
+        _METRICS.extend((renderer, function(renderer)))  # (the first renderer kept alive: the function calls it)
+    if renderer is not _METRICS[0] and _METRICS[0].dpi == renderer.dpi:
+        cache[renderer] = _METRICS[1]
 
 
 def bits_lost(bits: np.ndarray, dtype: str) -> np.ndarray:
