@@ -144,12 +144,11 @@ def _family_figure_task(experiment: str, family: str, formats: tuple[str, ...], 
     return _family_figure(e, e.family(family), [format_or_policy(f) for f in formats], settings, rows, panels)
 
 
-def _large_vocab_task(policy: str, settings: Settings):
-    return large_vocab.curves(policy, settings)
-
-
-def _large_vocab_figure_task(curves):
-    return plots.large_vocabulary_figure(curves)
+def _large_vocab_task(settings: Settings):
+    """The large-vocabulary curves of every policy (in one process: the bfloat16 policies store the same
+    inputs, whose exact references ``linear_ce`` computes once a process) and their figure."""
+    curves = [c for policy in large_vocab.POLICIES for c in large_vocab.curves(policy, settings)]
+    return curves, plots.large_vocabulary_figure(curves)
 
 
 def _curves_task(formats: tuple[str, ...], settings: Settings):
@@ -305,12 +304,9 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         reported.append(group)
         progress(GROUPS[group])
 
+    # ml_dtypes (~0.6 s to import) is not imported before the fork: no task of the default report needs it but
+    # the jax audit, whose jax imports it anyway (bfloat16 is held in float32, the training weights too)
     pool = fork_pool(workers)
-    if pool is not None:
-        # the workers (forked at the first task) inherit what is imported here: ml_dtypes, which every worker
-        # needs (training in bfloat16 at least), costs ~0.8 s of CPU to import, once here instead of per worker
-        for name in (*names, *TRAIN_FORMATS):
-            format_or_policy(name).storage_format.dtype  # (imports ml_dtypes for a format numpy lacks)
     with pool if pool is not None else contextlib.nullcontext():
         tasks = _Tasks(pool or _Inline(), done)
         # a framework already running here (the Python API, a test session) is audited here, after
@@ -326,9 +322,7 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
         for scenario in train.DEFAULT_SCENARIOS:
             tasks.add(("train", scenario), _training_task, scenario)
         tasks.add(("likelihood", "curves"), _curves_task, names, settings)
-        large = tuple(("family", "large_vocab", policy) for policy in large_vocab.POLICIES)
-        for key in large:
-            tasks.add(key, _large_vocab_task, key[2], settings)
+        tasks.add(("family", "large_vocab"), _large_vocab_task, settings)
         for e in experiments:
             for f in e.families:
                 tasks.add(("family", e.name, f.name), _panels_task, e.name, f.name, names, settings)
@@ -348,8 +342,6 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
                 tasks.add(("family", e.name, f.name, "figure"), after=(("family", e.name, f.name), *mine),
                           make=lambda r, e=e.name, f=f.name, mine=mine: (
                               _family_figure_task, (e, f, names, settings, _joined(r, mine), r[("family", e, f)])))
-        tasks.add(("family", "large_vocab", "figure"), after=large, make=lambda r: (
-            _large_vocab_figure_task, ([c for key in large for c in r[key]],)))
         for name, chosen in (audited if here else {}).items():
             tasks.add(("audit", name), _audit_task, name, chosen, executor=_Inline())
         if installed:
@@ -372,8 +364,8 @@ def build(formats: Sequence[Format], settings: Settings = Settings(),
             name = f"figures/{e.name}_{f.name}.png"
             files[name] = results[("family", e.name, f.name, "figure")]
             family_figures.setdefault(e.name, []).append((f, name))
-    files[large_vocab.FIGURE] = results[("family", "large_vocab", "figure")]
-    large_lines = large_vocab.section([c for p in large_vocab.POLICIES for c in results[("family", "large_vocab", p)]])
+    large_curves, files[large_vocab.FIGURE] = results[("family", "large_vocab")]
+    large_lines = large_vocab.section(large_curves)
     training_lines = _training_lines({s: results[("train", s)] for s in train.DEFAULT_SCENARIOS}, files)
     audit_lines = _audit_lines(names, {n: results[("audit", n)] for n in audited},
                                _joined(results, simulated) if installed else [],
