@@ -5,8 +5,8 @@
   and wide blocks;
 * every figure's renderer parses mathtext with one parser for the process: the PNG bytes are those of a
   renderer with its own parser (matplotlib's default);
-* every Agg renderer of the process measures text with the first one's metrics cache: the PNG bytes of
-  figures of other sizes are those of renderers with caches of their own (matplotlib's default).
+* every Agg renderer of the process measures text with one metrics cache: the PNG bytes of figures of
+  different sizes are those of renderers with caches of their own (matplotlib's default).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def test_one_mathtext_parser_gives_the_same_png(monkeypatch):
 
 
 def test_shared_text_metrics_give_the_same_png(monkeypatch):
-    """Figures of two heights (1 and 2 rows of panels: each laid out at one size and drawn at another),
-    after a first figure whose renderer holds the cache: the same bytes as with a cache per renderer."""
+    """Figures of two heights (1 and 2 rows of panels: each laid out at one size and drawn at another): the
+    same bytes as with a cache per renderer."""
     from matplotlib import text as mtext
 
     def family(formats):
@@ -69,7 +69,6 @@ def test_shared_text_metrics_give_the_same_png(monkeypatch):
         return plots.family_figure("a title long enough to be wrapped " * 4, panels, d, {("a", formats[0]): 40.0})
 
     sizes = [("float16",), ("float16", "bfloat16", "float32")]
-    _magnitude(plots.png)  # (the process's first renderer, if no other test drew before)
     shared = [family(f) for f in sizes]
     fig = _magnitude(lambda f: f)
     renderer = fig.canvas.get_renderer()
