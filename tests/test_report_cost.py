@@ -4,9 +4,7 @@
   plain mpmath formula's, one mpf per value (the checker below), on rows of repeated values, signed zeros
   and wide blocks;
 * every figure's renderer parses mathtext with one parser for the process: the PNG bytes are those of a
-  renderer with its own parser (matplotlib's default);
-* every Agg renderer of the process measures text with one metrics cache: the PNG bytes of figures of
-  different sizes are those of renderers with caches of their own (matplotlib's default).
+  renderer with its own parser (matplotlib's default).
 """
 
 from __future__ import annotations
@@ -56,25 +54,3 @@ def test_one_mathtext_parser_gives_the_same_png(monkeypatch):
     monkeypatch.setattr(plots, "_renderer", lambda fig: fig.canvas.get_renderer())  # each renderer its own parser
     own = _magnitude(plots.png)
     assert shared[0] == shared[1] == own
-
-
-def test_shared_text_metrics_give_the_same_png(monkeypatch):
-    """Figures of two heights (1 and 2 rows of panels: each laid out at one size and drawn at another): the
-    same bytes as with a cache per renderer."""
-    from matplotlib import text as mtext
-
-    def family(formats):
-        d = np.linspace(0, 50, 40)
-        panels = {n: {"a": (np.minimum(d, 30.0), d < 40), "b": (d / 4, np.ones(d.size, bool))} for n in formats}
-        return plots.family_figure("a title long enough to be wrapped " * 4, panels, d, {("a", formats[0]): 40.0})
-
-    sizes = [("float16",), ("float16", "bfloat16", "float32")]
-    shared = [family(f) for f in sizes]
-    fig = _magnitude(lambda f: f)
-    renderer = fig.canvas.get_renderer()
-    assert renderer is not plots._METRICS[0]
-    assert mtext._get_text_metrics_function(renderer) is plots._METRICS[1]
-    plots.plt.close(fig)
-    monkeypatch.setattr(plots, "_share_text_metrics", lambda renderer: None)  # each renderer its own cache
-    own = [family(f) for f in sizes]
-    assert shared == own
