@@ -73,7 +73,38 @@ def _renderer(fig):
         if not _MATHTEXT:
             _MATHTEXT.append(renderer.mathtext_parser)
         renderer.mathtext_parser = _MATHTEXT[0]
+        _share_text_metrics(renderer)
     return renderer
+
+
+_METRICS: list = []  # [a 1 x 1 Agg renderer at DPI, its text-metrics function] (see _share_text_metrics)
+
+
+def _share_text_metrics(renderer) -> None:
+    """Give the Agg ``renderer`` the process's one text-metrics cache (at :data:`DPI`).
+
+    matplotlib caches each text's (width, height, descent) per renderer (``text._get_text_metrics_function``:
+    a weak dictionary of renderers, each with an lru_cache keyed by the text, font properties, math flag and
+    dpi), and a figure gets a new renderer whenever its size changes: every figure measured its tick labels,
+    titles and legend entries again, twice (laid out at one size, drawn at another).  An Agg renderer's
+    metrics are a function of that key and of its mathtext parser only (``RendererAgg.
+    get_text_width_height_descent``: FreeType's layout of the text in the font at the dpi; the parser is the
+    shared one, :func:`_renderer`), never of the canvas size: a 1 x 1 renderer at the same dpi, kept for the
+    process, answers for all of them -- the same boxes, the same pixels.  A renderer at another dpi, or a
+    matplotlib without that cache, keeps its own."""
+    from matplotlib import text as mtext
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    function = getattr(mtext, "_get_text_metrics_function", None)
+    defaults = getattr(function, "__defaults__", None)
+    cache = defaults[0] if defaults else None
+    if not hasattr(cache, "__setitem__") or type(renderer) is not RendererAgg or renderer.dpi != DPI:
+        return
+    if not _METRICS:
+        measuring = RendererAgg(1, 1, DPI)
+        measuring.mathtext_parser = _MATHTEXT[0]
+        _METRICS.extend((measuring, function(measuring)))  # (the renderer kept alive: the function calls it)
+    cache[renderer] = _METRICS[1]
 
 
 def bits_lost(bits: np.ndarray, dtype: str) -> np.ndarray:

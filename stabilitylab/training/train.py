@@ -240,8 +240,11 @@ def _predict(fmt: Format, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(logits), (logits >= 0).astype(np.int64), -1)
 
 
-def _initial(scenario: Scenario, fmt: Format, features: int, classes: int, methods: int) -> np.ndarray:
-    """The starting weights of every method, (M, K, D) or (M, D), in the format."""
+def _initial(scenario: Scenario, fmt: Format, features: int, classes: int, methods: int,
+             dtype=None) -> np.ndarray:
+    """The starting weights of every method, (M, K, D) or (M, D), the format's values in ``dtype`` (default:
+    the format's own; the training loop gives its Arith's held dtype, in which every later weight is held:
+    bfloat16's values in float32, without importing ml_dtypes)."""
     if scenario.model == "softmax":
         w = np.zeros((methods, classes, features + 1))
     else:
@@ -249,7 +252,7 @@ def _initial(scenario: Scenario, fmt: Format, features: int, classes: int, metho
         if scenario.weights is not None:
             w[:, :-1] = scenario.weights
     w[..., -1] = scenario.bias
-    return fmt.round(w)
+    return fmt.round(w, dtype)
 
 
 def _after(first: np.ndarray, offset) -> np.ndarray:
@@ -329,7 +332,7 @@ def _train(scenario: Scenario, fmt: Format, methods: tuple[str, ...]) -> list[tu
     targets = data.const(np.eye(classes)[y_all] if scenario.model == "softmax" else y_all.astype(float))
     lr = data.const(scenario.lr)
     m = len(methods)
-    w = _initial(scenario, fmt, width - 1, classes, m)
+    w = _initial(scenario, fmt, width - 1, classes, m, data.dtype)
     axes = tuple(range(1, w.ndim))  # the weight axes of (M, ...) arrays
     column = (m,) + (1,) * len(axes)  # a value per method, against (M, ...) weights or (M, B, ...) dL/dz
     batch = scenario.batch
