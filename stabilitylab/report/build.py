@@ -272,7 +272,7 @@ class _Tasks:
         return self.results
 
 
-FORK_UNSAFE = ("jax", "torch", "tensorflow")
+FORK_UNSAFE = ("jax", "torch", "tensorflow")  # cannot run in a process forked after they started threads
 GC_YOUNG = 10_000  # the garbage collector's youngest-generation threshold during a build (CPython's default: 700)
 
 
@@ -299,7 +299,7 @@ def _collector():
     finally:
         gc.set_threshold(*threshold)
         if freeze:
-            gc.unfreeze()  # cannot run in a process forked after they started threads
+            gc.unfreeze()
 
 
 # ----------------------------------------------------------------- the report
