@@ -43,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 10 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 11 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -123,13 +123,14 @@ static inline void exp32_block(const float *restrict z, float *restrict out, uin
 
 /* subnormal results (w < 2**-126): u = w 2**149 in units of the spacing 2**-149, q = rint(u) (|u| < 2**23: the
  * shift rounds to an integer), decided (1, *out set) where the nearest rounding boundary q +- 1/2 is farther from
- * u than w's error, 2**-50 u (u - q is exact) */
+ * u than w's error, 2**-50 u (u - q is exact).  Only z in (-104, -87) (e**-87 is above 2**-126): for z >= 89
+ * exp32_wide's 2**e wraps around and w may come out below 2**-126 (e**102114.375 as 1e-41: review9). */
 static inline int exp32_sub(float z, float *out) {
     const double shift = 6755399441055744.0;
     double w = exp32_wide(z);
     double u = w * 0x1p149;
     double q = (u + shift) - shift;
-    if (z > -104.0f && w < FLT_MIN && 0.5 - fabs(u - q) > u * 0x1p-50 + 1e-30) {
+    if (z > -104.0f && z < -87.0f && w < FLT_MIN && 0.5 - fabs(u - q) > u * 0x1p-50 + 1e-30) {
         *out = (float)w;
         return 1;
     }

@@ -268,6 +268,38 @@ def test_kernel_exp_is_crmath_on_a_sample():
     assert undecided <= 5  # about 2 in 10**7 arguments of normal results
 
 
+def _decided_outside(z: np.ndarray) -> np.ndarray:
+    """The arguments of float32 ``z`` (all outside (-104, 89), or NaN) whose exp the kernel says it decided."""
+    out, dec = np.empty_like(z), np.empty(z.size, np.uint8)
+    KERNEL.exp32_many(z, out, dec)
+    return z[dec.astype(bool)]
+
+
+def test_kernel_exp_decides_nothing_outside_its_domain(monkeypatch):
+    """Beyond 89 the exp's 2**e wraps around: exp32_sub took e**102114.375 for the subnormal 1e-41 (review9), and
+    a row of such logits for an ordinary one (naive softmax's overflow missed).  Outside (-104, 89) nothing is
+    decided (the callers then give inf or 0, or leave the row to numpy), and such rows are numpy's."""
+    big = np.geomspace(89, 3.4e38, 2**16).astype(np.float32)
+    z = np.concatenate([big, -big - np.float32(15), [np.inf, -np.inf, np.nan, 102114.375, 710.67, 89.0, -104.0]])
+    assert _decided_outside(z.astype(np.float32)).size == 0
+    x = np.repeat(np.array([[102114.375], [5000.0], [3e38]], np.float32), 10, axis=1)
+    x[:, 1::2] -= np.float32(1.0)
+    y = np.zeros(len(x), np.int64)
+    values, ok, _ = softmax_bulk._values(F32, x, y)
+    values0, ok0, _ = _numpy(monkeypatch, softmax_bulk._values, F32, x, y)
+    assert np.array_equal(ok, ok0) and not ok.any()
+
+
+@pytest.mark.slow
+def test_kernel_exp_decides_no_float32_outside_its_domain():
+    """Every float32 argument outside (-104, 89) (and every NaN): none decided."""
+    lo, hi = int(np.float32(-104.0).view(np.uint32)), int(np.float32(89.0).view(np.uint32))
+    for first, last in ((hi, 0x80000000), (lo, 2**32)):
+        for start in range(first, last, 2**24):
+            bits = np.arange(start, min(start + 2**24, last), dtype=np.uint32)
+            assert _decided_outside(bits.view(np.float32)).size == 0, hex(start)
+
+
 @pytest.mark.slow
 def test_kernel_exp_is_crmath_for_every_float32():
     """Every float32 argument in [-104, 89], in blocks:
@@ -473,14 +505,14 @@ def test_kernel_argmax_is_numpys(classes):
 
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "softmax_values.c"
-C_SOURCE_SHA256 = "1aa3e5b8a415c2ec3b0b1f974c0dff0be4c4be5dae2a760d025fa50ee0097fdc"
+C_SOURCE_SHA256 = "3bf388b8187b2ea7c49fccae6f6a0e2612a7f950905051a18c7f3a1baaead611"
 
 
 def test_the_c_file_is_the_one_of_this_api_number():
     """A change to csrc/softmax_values.c must bump KERNEL_API there and kernel.API (a stale build of the same
     number would be loaded and called with the new arguments), then pin the new hash here (a change of comments
     alone need not bump it)."""
-    assert softmax_kernel.API == 10
+    assert softmax_kernel.API == 11
     assert f"#define KERNEL_API {softmax_kernel.API} " in C_SOURCE.read_text()
     assert hashlib.sha256(C_SOURCE.read_bytes()).hexdigest() == C_SOURCE_SHA256
 

@@ -704,7 +704,7 @@ def _settling_reference(fmt: Format, xl: np.ndarray, y: np.ndarray, pool, worker
     """``reference.fast`` of softmax_ce on rows ``xl`` (float64) with labels ``y`` in ``fmt``'s wide type
     (longdouble for float64), on ``pool`` in up to ``workers`` parts of consecutive rows where there is a pool and
     more than one row.  The same values: each row's reference is its own, whichever rows are computed with it
-    (tests/test_streaming_settle.py compares the parts with the whole)."""
+    (tests/test_streaming_deferred.py compares the parts with the whole)."""
     parts = min(workers, len(xl)) if pool is not None else 1
     if parts <= 1:
         return reference.Exact(*_reference_rows(fmt.name, xl, y))
