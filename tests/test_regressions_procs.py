@@ -193,3 +193,30 @@ def test_a_pool_left_by_an_exception_ran_the_queued_work():
     assert time.monotonic() - start < 10
     assert _gone(workers) == set()
     assert all(f.done() for f in futures)
+
+
+# `stabilitylab thresholds -o FILE` whose first worker task kills its worker (SIGKILL, as the OOM killer does)
+_KILLED_WORKER = textwrap.dedent("""
+    import os, signal, sys
+    from stabilitylab.analysis import thresholds
+    thresholds._family_thresholds = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    sys.argv = ["stabilitylab", "thresholds", "-o", sys.argv[1]]
+    from stabilitylab.__main__ import run
+    run()
+""")
+
+
+def test_a_killed_worker_is_one_line_and_its_own_exit_code(tmp_path):
+    """A worker killed from outside (kill -9, the OOM killer) is not a bug of stabilitylab: exit 71 (EX_OSERR)
+    and one line saying what happened, nothing written, no worker left (it was exit 70, "a bug in
+    stabilitylab", found by review9)."""
+    target = tmp_path / "t.json"
+    with _start([sys.executable, "-c", _KILLED_WORKER, str(target)]) as process:
+        out, err = process.communicate(timeout=120)
+        workers = process.workers | _children(process.pid)
+    assert process.returncode == 71, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stabilitylab: error: a worker process ended abruptly"), lines
+    assert "STABILITYLAB_WORKERS=1" in lines[0] and out == b""
+    assert not target.exists() and os.listdir(tmp_path) == []
+    assert _gone(workers) == set()

@@ -42,6 +42,13 @@ def _fail(message: str, status: ExitStatus) -> int:
     return int(status)
 
 
+def _worker_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a process pool's BrokenProcessPool (one of its worker processes ended abruptly), told
+    without importing concurrent.futures for commands that start no pool."""
+    module = sys.modules.get("concurrent.futures.process")
+    return module is not None and isinstance(exc, module.BrokenProcessPool)
+
+
 def _run(argv: Sequence[str] | None) -> int:
     try:
         with atomic.transaction():  # every file the command writes is replaced at its end, or none is
@@ -65,6 +72,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except InputError as exc:  # bad input found below a command's own checks (STABILITYLAB_WORKERS)
         return _fail(str(exc), ExitStatus.USAGE)
     except Exception as exc:  # a bug: never exit 1, which means "a threshold regressed"
+        if _worker_lost(exc):  # (not a bug: a worker killed from outside, by SIGKILL or the OOM killer)
+            return _fail("a worker process ended abruptly (killed, or the system ran out of memory); nothing was "
+                         "written or replaced (STABILITYLAB_WORKERS=1 runs without worker processes)",
+                         ExitStatus.WORKER_LOST)
         if os.environ.get("STABILITYLAB_DEBUG"):
             raise
         first = (str(exc).splitlines() or [""])[0]
