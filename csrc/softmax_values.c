@@ -43,7 +43,7 @@
 #include <xmmintrin.h>
 #endif
 
-#define KERNEL_API 11 /* numerics/kernel.py loads this module only when its API number matches */
+#define KERNEL_API 12 /* numerics/kernel.py loads this module only when its API number matches */
 
 static inline float f_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
@@ -365,13 +365,22 @@ static inline void tree_tile(int kind, Tile *T, Py_ssize_t n, Py_ssize_t K, int 
         for (Py_ssize_t r = 0; r < n; r++) { T->v[r] = 0.0f; at[r] = T->at[r]; }
     while (len > 1) {
         float(*dst)[SHORT_R] = T->lv[which];
-        if (drop)
+        if (drop) { /* each row's sibling of its leaf's node (0 past the level's end), chosen column by column on
+                     * the bits (a read of src[at ^ 1][r], a different column per row, is not vectorized) */
+            float sib[SHORT_R];
+            for (Py_ssize_t r = 0; r < n; r++) sib[r] = 0.0f;
+            for (Py_ssize_t c = 0; c < len; c++) {
+                const float *restrict sc = src[c];
+                for (Py_ssize_t r = 0; r < n; r++) {
+                    const uint32_t hit = -(uint32_t)((at[r] ^ 1) == (int32_t)c), b = bits_of(sib[r]);
+                    sib[r] = f_of(b ^ ((b ^ bits_of(sc[r])) & hit));
+                }
+            }
             for (Py_ssize_t r = 0; r < n; r++) {
-                int32_t sib = at[r] ^ 1;
-                float s = sib < len ? src[sib][r] : 0.0f;
-                T->v[r] = rnd(kind, T->v[r] + s);
+                T->v[r] = rnd(kind, T->v[r] + sib[r]);
                 at[r] >>= 1;
             }
+        }
         Py_ssize_t h = len >> 1;
         for (Py_ssize_t i = 0; i < h; i++) {
             const float *restrict s0 = src[2 * i], *restrict s1 = src[2 * i + 1];
@@ -423,10 +432,10 @@ CLONES static int rows_short(Ctx *c, Tile *T, const float *restrict x, float *xl
     for (Py_ssize_t r = 0; r < n; r++) { m[r] = -INFINITY; at[r] = 0; }
     for (Py_ssize_t j = 0; j < K; j++) { /* a strict > keeps the first maximum */
         const float *restrict lj = T->lt[j];
-        for (Py_ssize_t r = 0; r < n; r++) {
-            int up = lj[r] > m[r];
-            m[r] = up ? lj[r] : m[r];
-            at[r] = up ? (int32_t)j : at[r];
+        for (Py_ssize_t r = 0; r < n; r++) { /* (the choice made on the bits: gcc vectorizes this, not a ?:) */
+            const uint32_t up = -(uint32_t)(lj[r] > m[r]), mb = bits_of(m[r]);
+            m[r] = f_of(mb ^ ((mb ^ bits_of(lj[r])) & up));
+            at[r] = (int32_t)((uint32_t)at[r] ^ (((uint32_t)at[r] ^ (uint32_t)j) & up));
         }
     }
     for (Py_ssize_t j = 0; j < K; j++) {
