@@ -99,11 +99,13 @@ def test_labels_are_numpys_argmax_with_nan_as_minus_infinity(classes):
     x = rng.choice(pool, size=(4000, classes))  # ties everywhere, both zeros
     plain = [int(np.argmax([v if v == v else -np.inf for v in row])) for row in x.tolist()]
     assert streaming._labels(x, True).tolist() == plain
+    assert streaming._scan(x, False)[2].tolist() == plain  # (the kernel's, where it is built)
     x[::7, classes // 2] = np.nan
     x[::5, 0] = -np.inf
     x[::11] = np.nan
     plain = [int(np.argmax([v if v == v else -np.inf for v in row])) for row in x.tolist()]
     assert streaming._labels(x, False).tolist() == plain
+    assert streaming._scan(x, False)[2].tolist() == plain
 
 
 def test_short_rows_max_and_first_argmax():

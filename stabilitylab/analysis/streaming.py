@@ -429,34 +429,30 @@ def _tally(counts: np.ndarray, quantized, given, tol: float) -> BlockTally:
 
 def _scan(x: np.ndarray, labelled: bool) -> tuple[bool, np.ndarray | None, np.ndarray | None]:
     """``(finite, rows_finite, top)`` of a chunk's logits: whether every logit is finite, which rows are (None
-    where all are), and each row's argmax with NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x),
-    axis=1)``; None where not computed here: :func:`_labels` makes it when it is needed).  float32 logits of a file
-    without labels (``labelled`` False), or rows of more than :data:`softmax_bulk.SHORT` logits, in one pass by the
-    compiled kernel where it is loaded (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same indices, and
-    each row's finiteness on the way; 1.3 ms for 209,715 rows of 10 against 2.4 for numpy's transposed argmax and
-    the block's min and max); otherwise the block's min and max tell (NaN fails both), and row by row only where
-    that fails."""
+    where all are), and, for a file without labels (``labelled`` False), each row's argmax with NaN taken as -inf
+    (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``, its labels; None with labels).  float32 logits of a
+    file without labels, or rows of more than :data:`softmax_bulk.SHORT` logits, in one pass by the compiled
+    kernel where it is loaded (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same indices, and each row's
+    finiteness on the way; 1.3 ms for 209,715 rows of 10 against 2.4 for numpy's transposed argmax and the block's
+    min and max); otherwise the block's min and max tell (NaN fails both), row by row only where that fails, and
+    the labels are :func:`_labels`'."""
     wanted = x.ndim == 2 and (not labelled or x.shape[1] > softmax_bulk.SHORT)
     got = kernel.argmax_rows(x) if wanted else None
     if got is not None:
         top, rows_finite = got
         finite = bool(rows_finite.all())
-        return finite, None if finite else rows_finite, top
+        return finite, None if finite else rows_finite, None if labelled else top
     finite = not x.size or bool(x.min() > -np.inf) and bool(x.max() < np.inf)
-    return finite, None if finite else np.isfinite(x).all(axis=1), None
+    return finite, None if finite else np.isfinite(x).all(axis=1), None if labelled else _labels(x, finite)
 
 
 def _labels(x: np.ndarray, finite: bool) -> np.ndarray:
-    """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``): where
-    every logit is ``finite``, of x itself (no NaN to replace), and for short rows by
-    :func:`softmax_bulk.max_argmax_short` on the transposed block (the first maximum: the same indices); wider
-    rows by the compiled kernel where it is loaded (:func:`~stabilitylab.numerics.kernel.argmax_rows`: the same
-    indices)."""
-    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:  # (~8 ns a row of 10, as fast as the kernel's ~9)
+    """Each row's argmax, NaN taken as -inf (``np.argmax(np.where(np.isnan(x), -np.inf, x), axis=1)``), by numpy
+    (:func:`_scan` takes the compiled kernel's where it is loaded): where every logit is ``finite``, of x itself
+    (no NaN to replace), and for short rows by :func:`softmax_bulk.max_argmax_short` on the transposed block (the
+    first maximum: the same indices)."""
+    if finite and 1 < x.shape[1] <= softmax_bulk.SHORT:  # (~8 ns a row of 10)
         return softmax_bulk.max_argmax_short(np.ascontiguousarray(x.T))[1]
-    got = kernel.argmax_rows(x)
-    if got is not None:
-        return got[0]
     return np.argmax(x if finite else np.where(np.isnan(x), -np.inf, x), axis=1)
 
 
@@ -484,7 +480,7 @@ def run_chunk(formats: tuple[Format, ...], first_row: int, logits: np.ndarray, l
     finite, rows_finite, top = _scan(x, labels is not None)
     odd = rows[:0] if finite else rows[~rows_finite]
     nonfinite = (len(odd), odd[:5])
-    y = labels[idx] if labels is not None else top if top is not None else _labels(x, finite)
+    y = labels[idx] if labels is not None else top
     cells: dict[tuple[str, str], Cell] = {}
     columns: dict[tuple[str, str], list] | None = {} if all_rows else None
     pairs: dict[tuple[str, str], Pair] = {}
@@ -690,7 +686,7 @@ def _settle(cells: dict[tuple[str, str], Cell], source, labels, formats, toleran
                     raise InputError(f"the logits file {source.path} changed during the run (row {row} read again "
                                      "at the end differs from its first reading); run again once it is no longer "
                                      "being written", "--logits")
-            y = labels[rows] if labels is not None else _labels(x, bool(x.min() > -np.inf) and bool(x.max() < np.inf))
+            y = labels[rows] if labels is not None else _scan(x, False)[2]
             exact = _settling_reference(fmt, xl, y, pool, workers)
             for i, row in enumerate(rows.tolist()):
                 done[row] = len(done)
